@@ -1,0 +1,145 @@
+"""`mt5-pipeline`: the command line. Each command reads the settings once, then calls the core."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from mt5_pipeline.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("mt5_pipeline")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
+
+
+def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    from mt5_pipeline.storage import migrate
+    from mt5_pipeline.storage.engine import redact
+
+    result = migrate.upgrade(settings.database_url)
+    print(f"{redact(settings.database_url)}: {result.describe()}")
+    return 0
+
+
+def cmd_import_csv(settings: Settings, args: argparse.Namespace) -> int:
+    from mt5_pipeline.mt5_csv import ImportError_, import_file
+
+    try:
+        report = import_file(
+            settings,
+            args.file,
+            symbol=args.symbol,
+            timeframe=args.timeframe,
+            tz_offset_hours=args.tz_offset,
+            chunk_rows=args.chunk_rows,
+            progress=not args.no_progress,
+        )
+    except ImportError_ as exc:
+        print(f"import failed: {exc}", file=sys.stderr)
+        return 1
+    print(report.describe())
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app.main import create_app
+
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=args.host or settings.api_host,
+        port=args.port or settings.api_port,
+        log_level=settings.log_level.lower(),
+        # The API's own request logging names no keys; uvicorn's access log would
+        # print query strings, which never carry keys here either.
+        access_log=True,
+    )
+    return 0
+
+
+def cmd_push(settings: Settings, args: argparse.Namespace) -> int:
+    from mt5_pipeline.pusher import run_worker
+
+    return run_worker(settings, once=args.once)
+
+
+def cmd_ea_sim(settings: Settings, args: argparse.Namespace) -> int:
+    from mt5_pipeline.ea_sim import serve
+
+    serve(settings, host=args.host, port=args.port, ack_url=args.ack_url, ticks_log=args.log_file)
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from mt5_pipeline.demo import run_demo
+
+    return run_demo(settings, csv_file=args.csv)
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from mt5_pipeline.devserver import run_dev
+
+    return run_dev(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mt5-pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="create or migrate the schema at DATABASE_URL").set_defaults(func=cmd_db_upgrade)
+
+    imp = sub.add_parser("import-csv", help='import an MT5 "Export Bars" file or a plain MqlRates CSV')
+    imp.add_argument("file")
+    imp.add_argument("--symbol", required=True)
+    imp.add_argument("--timeframe", required=True)
+    imp.add_argument("--tz-offset", type=float, default=0.0, help="hours the file's times are ahead of UTC (broker time, often 2 or 3)")
+    imp.add_argument("--chunk-rows", type=int, default=200_000)
+    imp.add_argument("--no-progress", action="store_true")
+    imp.set_defaults(func=cmd_import_csv)
+
+    serve = sub.add_parser("serve", help="the Starlette API under uvicorn")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    push = sub.add_parser("push", help="the EA pusher worker")
+    push.add_argument("--once", action="store_true", help="one cycle, then exit")
+    push.set_defaults(func=cmd_push)
+
+    sim = sub.add_parser("ea-sim", help="the reference EA server (paper trading)")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8080)
+    sim.add_argument("--ack-url", default=None, help="POST an ack here for every accepted signal (e.g. http://127.0.0.1:18001/ea/ack)")
+    sim.add_argument("--log-file", default=None, help="append every accepted signal as a JSON line")
+    sim.set_defaults(func=cmd_ea_sim)
+
+    demo = sub.add_parser("demo", help="the whole pipeline once, on the embedded default")
+    demo.add_argument("--csv", default=None, help="an MT5 export file to replay instead of the generated sample")
+    demo.set_defaults(func=cmd_demo)
+
+    sub.add_parser("dev", help="Dagster webserver + daemon, API, pusher and reference EA together").set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"mt5-pipeline: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    func: Callable[[Settings, argparse.Namespace], int] = args.func
+    return func(settings, args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

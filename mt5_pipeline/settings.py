@@ -1,0 +1,327 @@
+"""Every environment variable the pipeline reads, typed and checked once at start.
+
+A bad value stops the program with a message naming the variable: a trading tool that
+starts with a silently defaulted threshold is worse than one that does not start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+# The seed's example key. Accepted in development so the seed's curl examples work as
+# written; refused in production.
+DEV_API_KEY = "mt5_trading_secure_key_2025_prod"
+
+TIMEFRAME_SECONDS: dict[str, int] = {
+    "M1": 60,
+    "M5": 300,
+    "M15": 900,
+    "M30": 1800,
+    "H1": 3600,
+    "H4": 14400,
+    "D1": 86400,
+    "W1": 604800,
+    "MN1": 2592000,  # nominal; months are aligned by calendar, not by this figure
+}
+
+# Grace on top of two bars before the feed counts as stalled: the EA posts a bar a few
+# seconds after it closes, and clocks drift a little.
+BAR_AGE_GRACE_SECONDS = 30
+
+
+class SettingsError(ValueError):
+    """One or more environment variables are invalid; the message names each."""
+
+
+@dataclass(frozen=True)
+class Var:
+    """Documentation of one variable: the README and `.env.example` are checked against these."""
+
+    name: str
+    default: str
+    meaning: str
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {raw!r}") from None
+
+
+def _float(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a number, got {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"expected a finite number, got {raw!r}")
+    return value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _keys(raw: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def _http_url(raw: str) -> str:
+    value = raw.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"the port in {value!r} is not a number") from None
+    return value
+
+
+def _db_url(raw: str) -> str:
+    value = raw.strip()
+    if not re.match(r"^(sqlite|postgres|postgresql)(\+\w+)?://", value):
+        raise ValueError("expected a SQLAlchemy URL such as sqlite:///./data/mt5.db or postgresql://user@host:5432/db")
+    return value
+
+
+def _symbol_map(parse_value: Callable[[str], Any]) -> Callable[[str], dict[str, Any]]:
+    """Parse ``EURUSD=..., USDJPY=...`` into a dict keyed by upper-case symbol."""
+
+    def parse(raw: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for item in (i.strip() for i in raw.split(",")):
+            if not item:
+                continue
+            if "=" not in item:
+                raise ValueError(f"expected SYMBOL=value items separated by commas, got {item!r}")
+            symbol, value = (s.strip() for s in item.split("=", 1))
+            out[symbol.upper()] = parse_value(value)
+        return out
+
+    return parse
+
+
+def _sl_tp(raw: str) -> tuple[float, float]:
+    parts = raw.split("/")
+    if len(parts) != 2:
+        raise ValueError(f"expected SL/TP in pips like 20/40, got {raw!r}")
+    sl, tp = (_float(p) for p in parts)
+    if sl <= 0 or tp <= 0:
+        raise ValueError(f"pips must be positive, got {raw!r}")
+    return sl, tp
+
+
+def _label_mode(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("horizon", "triple_barrier"):
+        raise ValueError(f"expected horizon or triple_barrier, got {raw!r}")
+    return value
+
+
+def _env_name(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("development", "production"):
+        raise ValueError(f"expected development or production, got {raw!r}")
+    return value
+
+
+def _opt(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An optional variable: empty means unset."""
+    return lambda raw: parse(raw) if raw.strip() else None
+
+
+def _cron(raw: str) -> str:
+    value = raw.strip()
+    if len(value.split()) != 5:
+        raise ValueError(f"expected a 5-field cron expression like '0 3 * * *', got {raw!r}")
+    return value
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(f"expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw!r}")
+    return value
+
+
+def _setting(env: str, default: str, meaning: str, parse: Callable[[str], Any] = _str) -> Any:
+    return field(metadata={"env": env, "default": default, "meaning": meaning, "parse": parse})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration. Build it with :func:`load_settings` (or ``Settings.from_env``)."""
+
+    database_url: str = _setting("DATABASE_URL", "sqlite:///./data/mt5.db", "market data, features, queue, acks (SQLAlchemy URL; postgresql:// means psycopg2)", _db_url)
+    mt5_env: str = _setting("MT5_ENV", "development", "`production` refuses to start with no API key or the seed's example key", _env_name)
+    api_keys: tuple[str, ...] = _setting("API_KEYS", "", "inbound keys for X-API-Key, comma-separated for rotation; empty in development means the seed's example key", _keys)
+    api_host: str = _setting("API_HOST", "127.0.0.1", "where `mt5-pipeline serve` listens")
+    api_port: int = _setting("API_PORT", "18001", "port of `mt5-pipeline serve`", _int)
+    api_max_body_bytes: int = _setting("API_MAX_BODY_BYTES", "33554432", "largest request body the API reads (32 MiB: about 150,000 candles); larger gets 413", _int)
+    metrics_public: bool = _setting("METRICS_PUBLIC", "false", "serve /metrics without X-API-Key (only for a scraper on a private network)", _bool)
+    ea_server_ip: str = _setting("EA_SERVER_IP", "127.0.0.1", "EA host (the seed's 192.168.15.18 is an example)")
+    ea_server_port: int = _setting("EA_SERVER_PORT", "8080", "EA port", _int)
+    ea_server_url_override: str | None = _setting("EA_SERVER_URL", "", "full EA signals URL, https:// allowed; overrides EA_SERVER_IP/PORT", _opt(_http_url))
+    ea_api_key: str = _setting("EA_API_KEY", "", "key sent to the EA as X-API-Key")
+    ea_ca_bundle: str | None = _setting("EA_CA_BUNDLE", "", "CA bundle file for an EA behind a self-signed certificate (verification stays on)", _opt(_str))
+    ea_push_interval: float = _setting("EA_PUSH_INTERVAL", "30", "seconds between push cycles", _float)
+    ea_push_enabled: bool = _setting("EA_PUSH_ENABLED", "true", "automatic pushing on/off (off = pull mode: the EA polls GET /ea/signals)", _bool)
+    ea_request_timeout: float = _setting("EA_REQUEST_TIMEOUT", "10", "overall deadline in seconds per EA request", _float)
+    ea_batch_size: int = _setting("EA_BATCH_SIZE", "100", "most signals per push cycle", _int)
+    ea_max_attempts: int = _setting("EA_MAX_ATTEMPTS", "5", "delivery attempts before a signal is FAILED", _int)
+    signal_ttl_seconds: int = _setting("SIGNAL_TTL_SECONDS", "60", "a signal not delivered this long after its bar closed is EXPIRED, never sent", _int)
+    signal_max_bar_age_seconds: int | None = _setting("SIGNAL_MAX_BAR_AGE_SECONDS", "", "no signal when the newest bar is older than this (empty: two bars + 30 s, per timeframe)", _opt(_int))
+    model_max_age_hours: float = _setting("MODEL_MAX_AGE_HOURS", "48", "no signal from a model older than this (two missed daily retrains)", _float)
+    signal_buy_threshold: float = _setting("SIGNAL_BUY_THRESHOLD", "0.55", "probability at or above which a BUY is generated", _float)
+    signal_sell_threshold: float = _setting("SIGNAL_SELL_THRESHOLD", "0.45", "probability at or below which a SELL is generated", _float)
+    default_sl_pips: float = _setting("DEFAULT_SL_PIPS", "20", "stop-loss in pips", _float)
+    default_tp_pips: float = _setting("DEFAULT_TP_PIPS", "40", "take-profit in pips", _float)
+    symbol_sl_tp_pips: dict = _setting("SYMBOL_SL_TP_PIPS", "", "per-symbol SL/TP overrides, e.g. USDJPY=25/50,XAUUSD=300/600", _symbol_map(_sl_tp))
+    pip_sizes: dict = _setting("PIP_SIZES", "", "per-symbol pip size overrides, e.g. XAUUSD=0.1 (default 0.0001, JPY pairs 0.01)", _symbol_map(_float))
+    model_dir: Path = _setting("MODEL_DIR", "./models", "rf_m1.pkl, its versioned copies and their JSON sidecars", lambda raw: Path(raw.strip()))
+    label_mode: str = _setting("LABEL_MODE", "horizon", "horizon: close N bars ahead above close now; triple_barrier: TP hit before SL", _label_mode)
+    label_horizon_bars: int = _setting("LABEL_HORIZON_BARS", "5", "bars ahead for the horizon label (and the train/test embargo)", _int)
+    label_max_hold_bars: int = _setting("LABEL_MAX_HOLD_BARS", "60", "longest holding time in bars for triple-barrier labels and the backtest", _int)
+    rf_n_estimators: int = _setting("RF_N_ESTIMATORS", "100", "trees in the random forest", _int)
+    rf_max_depth: int = _setting("RF_MAX_DEPTH", "12", "depth bound per tree (keeps training time and file size in check)", _int)
+    rf_min_samples_leaf: int = _setting("RF_MIN_SAMPLES_LEAF", "50", "smallest leaf; larger is smoother and smaller", _int)
+    rf_max_samples: float = _setting("RF_MAX_SAMPLES", "0.25", "share of training rows each tree draws (0..1]", _float)
+    rf_random_state: int = _setting("RF_RANDOM_STATE", "42", "seed, so a retrain on the same data gives the same model", _int)
+    retrain_cron: str = _setting("RETRAIN_CRON", "0 3 * * *", "when rf_m1_retrain_schedule retrains (UTC cron)", _cron)
+    dagster_autostart: bool = _setting("DAGSTER_AUTOSTART", "true", "sensors and the retrain schedule start running when the code location loads", _bool)
+    log_level: str = _setting("LOG_LEVEL", "INFO", "logging level", _log_level)
+
+    # ---- derived -------------------------------------------------------------
+    @property
+    def ea_server_url(self) -> str:
+        if self.ea_server_url_override:
+            return self.ea_server_url_override
+        return f"http://{self.ea_server_ip}:{self.ea_server_port}/signals"
+
+    @property
+    def effective_api_keys(self) -> tuple[str, ...]:
+        if self.api_keys:
+            return self.api_keys
+        return (DEV_API_KEY,) if self.mt5_env == "development" else ()
+
+    def max_bar_age_seconds(self, timeframe: str) -> int:
+        if self.signal_max_bar_age_seconds is not None:
+            return self.signal_max_bar_age_seconds
+        return 2 * TIMEFRAME_SECONDS[timeframe] + BAR_AGE_GRACE_SECONDS
+
+    def sl_tp_pips(self, symbol: str) -> tuple[float, float]:
+        return self.symbol_sl_tp_pips.get(symbol.upper(), (self.default_sl_pips, self.default_tp_pips))
+
+    # ---- construction --------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> "Settings":
+        """Read the environment (over an optional ``.env``); raise SettingsError naming every bad variable."""
+        values = dict(_read_env_file(env_file)) if env_file else {}
+        values.update(os.environ if environ is None else environ)
+        kwargs: dict[str, Any] = {}
+        errors: list[str] = []
+        for f in fields(cls):
+            meta = f.metadata
+            raw = values.get(meta["env"], meta["default"])
+            try:
+                kwargs[f.name] = meta["parse"](raw)
+            except ValueError as exc:
+                errors.append(f"{meta['env']}: {exc}")
+        if errors:
+            raise SettingsError("invalid configuration:\n  " + "\n  ".join(errors))
+        settings = cls(**kwargs)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Cross-field rules; raise SettingsError naming the variables."""
+        errors: list[str] = []
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                errors.append(message)
+
+        for name, value in (("SIGNAL_BUY_THRESHOLD", self.signal_buy_threshold), ("SIGNAL_SELL_THRESHOLD", self.signal_sell_threshold)):
+            need(0.0 <= value <= 1.0, f"{name}: must be between 0 and 1, got {value}")
+        need(
+            self.signal_buy_threshold > self.signal_sell_threshold,
+            f"SIGNAL_BUY_THRESHOLD ({self.signal_buy_threshold}) must be greater than SIGNAL_SELL_THRESHOLD ({self.signal_sell_threshold})",
+        )
+        for env, value in (
+            ("API_PORT", self.api_port),
+            ("EA_SERVER_PORT", self.ea_server_port),
+        ):
+            need(0 < value < 65536, f"{env}: must be a TCP port between 1 and 65535, got {value}")
+        for env, value in (
+            ("EA_PUSH_INTERVAL", self.ea_push_interval),
+            ("EA_REQUEST_TIMEOUT", self.ea_request_timeout),
+            ("EA_BATCH_SIZE", self.ea_batch_size),
+            ("EA_MAX_ATTEMPTS", self.ea_max_attempts),
+            ("SIGNAL_TTL_SECONDS", self.signal_ttl_seconds),
+            ("MODEL_MAX_AGE_HOURS", self.model_max_age_hours),
+            ("DEFAULT_SL_PIPS", self.default_sl_pips),
+            ("DEFAULT_TP_PIPS", self.default_tp_pips),
+            ("LABEL_HORIZON_BARS", self.label_horizon_bars),
+            ("LABEL_MAX_HOLD_BARS", self.label_max_hold_bars),
+            ("RF_N_ESTIMATORS", self.rf_n_estimators),
+            ("RF_MAX_DEPTH", self.rf_max_depth),
+            ("RF_MIN_SAMPLES_LEAF", self.rf_min_samples_leaf),
+            ("API_MAX_BODY_BYTES", self.api_max_body_bytes),
+        ):
+            need(value > 0, f"{env}: must be greater than 0, got {value}")
+        need(0 < self.rf_max_samples <= 1, f"RF_MAX_SAMPLES: must be in (0, 1], got {self.rf_max_samples}")
+        if self.signal_max_bar_age_seconds is not None:
+            need(self.signal_max_bar_age_seconds > 0, f"SIGNAL_MAX_BAR_AGE_SECONDS: must be greater than 0, got {self.signal_max_bar_age_seconds}")
+        need(bool(re.match(r"^[A-Za-z0-9_.\-]+$", self.ea_server_ip)), f"EA_SERVER_IP: not a host name or address: {self.ea_server_ip!r}")
+        if self.mt5_env == "production":
+            need(bool(self.api_keys), "API_KEYS: must be set when MT5_ENV=production (no key would leave the API open)")
+            need(DEV_API_KEY not in self.api_keys, "API_KEYS: the seed's example key is for local development only; set your own when MT5_ENV=production")
+            need(self.ea_api_key != DEV_API_KEY, "EA_API_KEY: the seed's example key is for local development only; set your own when MT5_ENV=production")
+        if errors:
+            raise SettingsError("invalid configuration:\n  " + "\n  ".join(errors))
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with some fields changed (tests and the demo use it), checked again."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        settings = Settings(**values)
+        settings.check()
+        return settings
+
+
+def documented_variables() -> list[Var]:
+    """Every variable the settings read, with its default and meaning (README / .env.example)."""
+    return [Var(f.metadata["env"], f.metadata["default"], f.metadata["meaning"]) for f in fields(Settings)]
+
+
+def _read_env_file(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
+    return Settings.from_env(environ, env_file)

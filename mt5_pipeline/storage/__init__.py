@@ -1,0 +1,16 @@
+"""Storage: the schema, engines and migrations. Everything above it imports from here."""
+
+from mt5_pipeline.storage.engine import get_engine, is_postgres, normalize_url
+from mt5_pipeline.storage.schema import candles, features_m1, metadata, model_registry, signals_ack, signals_queue
+
+__all__ = [
+    "candles",
+    "features_m1",
+    "get_engine",
+    "is_postgres",
+    "metadata",
+    "model_registry",
+    "normalize_url",
+    "signals_ack",
+    "signals_queue",
+]

@@ -1,0 +1,97 @@
+"""Database URLs and engines: the one place a `DATABASE_URL` is interpreted.
+
+SQLAlchemy 2.1 maps a bare ``postgresql://`` URL to psycopg 3, while the project's
+declared driver is psycopg2. Every URL goes through :func:`normalize_url`, so
+``postgresql://``, ``postgres://``, ``postgresql+psycopg2://`` and ``sqlite:///`` all work.
+Bulk paths (COPY) use psycopg 3 on a raw connection from :func:`psycopg_conninfo`.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+
+def normalize_url(url: str) -> str:
+    """Return the URL with an explicit driver: psycopg2 for PostgreSQL, pysqlite for SQLite."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql" and parsed.drivername in ("postgresql", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    elif backend not in ("postgresql", "sqlite"):
+        raise ValueError(f"DATABASE_URL: unsupported database {backend!r}; use postgresql:// or sqlite:///")
+    return parsed.render_as_string(hide_password=False)
+
+
+def is_postgres(url_or_engine: str | Engine) -> bool:
+    url = url_or_engine.url if isinstance(url_or_engine, Engine) else make_url(normalize_url(url_or_engine))
+    return url.get_backend_name() == "postgresql"
+
+
+def redact(url: str) -> str:
+    """The URL with its password masked, for logs and errors."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
+def psycopg_conninfo(url: str) -> str:
+    """A libpq connection string (for psycopg 3's COPY) from a SQLAlchemy PostgreSQL URL."""
+    parsed = make_url(normalize_url(url))
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets the API read while the pusher or Dagster writes; the busy timeout makes
+    # a writer wait for the lock instead of failing at once.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def make_engine(url: str) -> Engine:
+    """A new engine for the URL (creating the SQLite file's folder if needed)."""
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,  # a database restart must not cost the next request
+        pool_size=5,
+        max_overflow=10,
+        connect_args={"connect_timeout": 5, "application_name": "mt5-pipeline"},
+    )
+
+
+def get_engine(url: str) -> Engine:
+    """The process-wide engine for a URL (one pool per database per process)."""
+    key = normalize_url(url)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = make_engine(key)
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (after fork, and in tests that drop databases)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()

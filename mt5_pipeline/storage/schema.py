@@ -1,0 +1,160 @@
+"""The tables, defined once (SQLAlchemy Core). Alembic migrations create them; a test
+checks that the migrations and this module agree.
+
+Times are timezone-aware UTC everywhere. On SQLite they are stored as ISO text by
+SQLAlchemy, so always compare through these column objects, never with raw strings.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+UtcDateTime = DateTime(timezone=True)
+Double = Float(precision=53)
+
+SIGNAL_STATUSES = ("PENDING", "SENT", "ACKED", "FAILED", "EXPIRED", "REJECTED")
+
+candles = Table(
+    "candles",
+    metadata,
+    Column("symbol", String(32), primary_key=True),
+    Column("timeframe", String(4), primary_key=True),
+    Column("ts", UtcDateTime, primary_key=True, comment="bar open time, UTC (MT5's bar time)"),
+    Column("open", Double, nullable=False),
+    Column("high", Double, nullable=False),
+    Column("low", Double, nullable=False),
+    Column("close", Double, nullable=False),
+    Column("tick_volume", BigInteger, nullable=False, server_default="0"),
+    Column("spread", Integer, nullable=False, server_default="0", comment="in points, as MT5 gives it"),
+    Column("real_volume", BigInteger, nullable=False, server_default="0"),
+    Column("ingested_at", UtcDateTime, nullable=False, comment="set on insert and whenever a re-sent bar changes"),
+    # The primary key (symbol, timeframe, ts) serves "newest bar per symbol" and "a time
+    # range per symbol". This one finds bars changed since the features last ran.
+    Index("ix_candles_symbol_tf_ingested_at", "symbol", "timeframe", "ingested_at"),
+)
+
+# Feature set: see mt5_pipeline/features.py (FEATURE_SET_NAME / FEATURE_SET_VERSION).
+FEATURE_COLUMNS = (
+    "ret_1",
+    "ret_5",
+    "ret_10",
+    "ma_5_ratio",
+    "ma_10_ratio",
+    "ma_20_ratio",
+    "ma_50_ratio",
+    "std_5",
+    "std_10",
+    "std_20",
+    "rsi_14",
+    "vol_ratio",
+    "range_ratio",
+    "hour",
+    "dow",
+)
+RAW_LEVEL_COLUMNS = ("close", "ma_5", "ma_10", "ma_20", "ma_50", "volume_ema_20")
+
+features_m1 = Table(
+    "features_m1",
+    metadata,
+    Column("symbol", String(32), primary_key=True),
+    Column("timeframe", String(4), primary_key=True, server_default="M1"),
+    Column("ts", UtcDateTime, primary_key=True),
+    *(Column(name, Double, nullable=True) for name in RAW_LEVEL_COLUMNS),
+    *(Column(name, Double, nullable=True) for name in FEATURE_COLUMNS),
+    Column("after_gap", Boolean, nullable=False, server_default=text("false"), comment="first bars after a gap longer than the limit"),
+    Column("usable", Boolean, nullable=False, server_default=text("false"), comment="every window full and past warm-up"),
+    Column("feature_set_version", String(32), nullable=False),
+    Column("source_ingested_at", UtcDateTime, nullable=False, comment="the candle's ingested_at when these features were computed"),
+    Column("computed_at", UtcDateTime, nullable=False),
+)
+
+signals_queue = Table(
+    "signals_queue",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("signal_id", String(36), nullable=False, unique=True),
+    Column("symbol", String(32), nullable=False),
+    Column("timeframe", String(4), nullable=False),
+    Column("ts", UtcDateTime, nullable=False, comment="the bar's open time"),
+    Column("side", String(4), nullable=False),
+    Column("confidence", Double, nullable=False),
+    Column("probability", Double, nullable=False),
+    Column("sl_pips", Double, nullable=False),
+    Column("tp_pips", Double, nullable=False),
+    Column("price", Double, nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("meta", Text, nullable=False, server_default="{}", comment="JSON sent to the EA as meta"),
+    Column("status", String(10), nullable=False, server_default="PENDING"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("sent_at", UtcDateTime, nullable=True),
+    Column("acked_at", UtcDateTime, nullable=True),
+    Column("ticket", BigInteger, nullable=True),
+    Column("claim_token", String(36), nullable=True, comment="who holds the lease; the final update must match it"),
+    Column("lease_until", UtcDateTime, nullable=True),
+    # One signal per bar and model version, enforced by the database, not only in Python.
+    UniqueConstraint("symbol", "timeframe", "ts", "model_version", name="uq_signals_queue_bar_model"),
+    # The claim scans pending rows oldest first; a partial index keeps that fast when
+    # millions of delivered rows sit in the table.
+    Index(
+        "ix_signals_queue_pending",
+        "id",
+        postgresql_where=text("status = 'PENDING'"),
+        sqlite_where=text("status = 'PENDING'"),
+    ),
+    Index("ix_signals_queue_status_created", "status", "created_at"),
+)
+
+signals_ack = Table(
+    "signals_ack",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("signal_id", String(36), nullable=False, unique=True),
+    Column("ticket", BigInteger, nullable=True),
+    Column("status", String(20), nullable=False),
+    Column("message", Text, nullable=False, server_default=""),
+    Column("acked_at", UtcDateTime, nullable=False),
+    Index("ix_signals_ack_acked_at", "acked_at"),
+)
+
+model_registry = Table(
+    "model_registry",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("model", String(64), nullable=False),
+    Column("version", String(64), nullable=False, unique=True),
+    Column("path", Text, nullable=False),
+    Column("trained_at", UtcDateTime, nullable=False),
+    Column("symbols", Text, nullable=False, comment="JSON list"),
+    Column("train_start", UtcDateTime, nullable=True),
+    Column("train_end", UtcDateTime, nullable=True),
+    Column("rows", BigInteger, nullable=False),
+    Column("feature_set_version", String(32), nullable=False),
+    Column("label_mode", String(20), nullable=False),
+    Column("metrics", Text, nullable=False, comment="JSON"),
+    Column("data_hash", String(64), nullable=False),
+    Column("is_current", Boolean, nullable=False, server_default=text("false")),
+    Index("ix_model_registry_model_trained_at", "model", "trained_at"),
+)

@@ -1,0 +1,55 @@
+"""mt5-pipeline: MetaTrader 5 candles -> features -> RandomForest signals -> the EA, orchestrated by Dagster."""
+
+from setuptools import find_packages, setup
+
+# dagster, dagster-webserver and dagster-postgres are released in lock-step: each
+# dagster-postgres requires its exact dagster, and unpinned pip can fall back to an
+# ancient dagster-postgres. Keep the three pins moving together.
+DAGSTER = "1.13.27"
+DAGSTER_LIBS = "0.29.27"
+
+setup(
+    name="mt5-pipeline",
+    version="0.1.0",
+    description="MetaTrader 5 market data to ML trade signals, delivered safely to an Expert Advisor",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mt5_pipeline", "mt5_pipeline.*", "api", "api.*"]),
+    package_data={"mt5_pipeline": ["storage/migrations/*.ini", "storage/migrations/*.mako", "storage/migrations/versions/*.py"]},
+    include_package_data=True,
+    install_requires=[
+        f"dagster=={DAGSTER}",
+        f"dagster-webserver=={DAGSTER}",
+        f"dagster-postgres=={DAGSTER_LIBS}",
+        "pandas>=2.2",
+        "numpy>=1.26",
+        "scikit-learn>=1.5",
+        "joblib>=1.4",
+        "sqlalchemy>=2.0.30",
+        "alembic>=1.13",
+        "psycopg2-binary>=2.9.9",
+        # psycopg 3 sits beside psycopg2 only for its binary COPY, which makes bulk
+        # ingest and bulk reads several times faster.
+        "psycopg[binary]>=3.2",
+        "httpx>=0.27",
+        "starlette>=0.40",
+        "uvicorn>=0.30",
+        "prometheus-client>=0.20",
+        "python-dotenv>=1.0",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "schemathesis>=3.30",
+            "ta>=0.11",
+            "PyYAML>=6",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={"console_scripts": ["mt5-pipeline=mt5_pipeline.cli:main"]},
+)

@@ -8,6 +8,11 @@ model, signals, queue, ea_client, pusher). The Dagster code location is exposed 
 __version__ = "0.1.0"
 
 
+def __dir__() -> list[str]:
+    # Dagster discovers `defs` by listing the module's members.
+    return sorted([*globals(), "defs"])
+
+
 def __getattr__(name: str):
     if name == "defs":
         from mt5_pipeline.definitions import defs

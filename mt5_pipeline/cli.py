@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from mt5_pipeline.settings import Settings, SettingsError, load_settings
 
@@ -47,7 +47,6 @@ def cmd_import_csv(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
-
     from api.app.main import create_app
 
     app = create_app(settings)

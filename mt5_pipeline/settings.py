@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 # The seed's example key. Accepted in development so the seed's curl examples work as
@@ -91,7 +92,7 @@ def _http_url(raw: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
     try:
-        parts.port
+        _ = parts.port  # raises on a non-numeric port
     except ValueError:
         raise ValueError(f"the port in {value!r} is not a number") from None
     return value
@@ -234,7 +235,7 @@ class Settings:
 
     # ---- construction --------------------------------------------------------
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
         """Read the environment (over an optional ``.env``); raise SettingsError naming every bad variable."""
         values = dict(_read_env_file(env_file)) if env_file else {}
         values.update(os.environ if environ is None else environ)
@@ -300,7 +301,7 @@ class Settings:
         if errors:
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(errors))
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests and the demo use it), checked again."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)

@@ -7,6 +7,8 @@ SQLAlchemy, so always compare through these column objects, never with raw strin
 
 from __future__ import annotations
 
+from datetime import timezone
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -22,12 +24,39 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData()
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-UtcDateTime = DateTime(timezone=True)
+
+
+class UtcDateTime(TypeDecorator):
+    """Timezone-aware UTC in and out, on both backends.
+
+    SQLite keeps no offset, so a naive value read back is UTC by construction; an aware
+    value going in is converted to UTC first. A naive value going in is taken as UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
 Double = Float(precision=53)
 
 SIGNAL_STATUSES = ("PENDING", "SENT", "ACKED", "FAILED", "EXPIRED", "REJECTED")

@@ -1,0 +1,63 @@
+"""Dagster resources: the database, the model store and the EA, configured from the environment.
+
+Each resource holds only what differs per deployment; the rest of the configuration is
+the same `Settings` the API and the worker read. Values that come from the environment
+are passed as `EnvVar`s so the Dagster UI shows the variable's name, never a password.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from mt5_pipeline.settings import Settings, load_settings
+
+
+class DatabaseResource(dg.ConfigurableResource):
+    """Where candles, features, the queue and the registry live (DATABASE_URL)."""
+
+    database_url: str
+
+
+class ModelStoreResource(dg.ConfigurableResource):
+    """Where rf_m1.pkl and its versions live (MODEL_DIR)."""
+
+    model_dir: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.model_dir)
+
+
+class EAResource(dg.ConfigurableResource):
+    """The Expert Advisor's signals endpoint and key (EA_SERVER_URL or EA_SERVER_IP/PORT, EA_API_KEY)."""
+
+    server_url: str = ""
+    api_key: str = ""
+
+
+def pipeline_settings(database: DatabaseResource, models: ModelStoreResource, ea: EAResource | None = None) -> Settings:
+    """The core's Settings with the resources' values laid over the environment's."""
+    changes: dict = {"database_url": database.database_url, "model_dir": models.path}
+    if ea is not None:
+        if ea.server_url:
+            changes["ea_server_url_override"] = ea.server_url
+        if ea.api_key:
+            changes["ea_api_key"] = ea.api_key
+    return load_settings().replace(**changes)
+
+
+def _env_or(name: str, default: str) -> str | dg.EnvVar:
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    """Resources for the code location, read from the environment when it loads."""
+    base = load_settings()
+    return {
+        "database": DatabaseResource(database_url=_env_or("DATABASE_URL", base.database_url)),
+        "models": ModelStoreResource(model_dir=_env_or("MODEL_DIR", str(base.model_dir))),
+        "ea": EAResource(server_url=_env_or("EA_SERVER_URL", ""), api_key=_env_or("EA_API_KEY", "")),
+    }

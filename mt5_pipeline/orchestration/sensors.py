@@ -1,0 +1,112 @@
+"""Sensors: new candles trigger features and prediction; pending signals trigger a push.
+
+`@asset_sensor` watches Dagster's own event log, not a table, so both are plain sensors
+that read the database. Each says why it skipped, so the sensor history explains itself.
+"""
+
+
+import json
+
+import dagster as dg
+
+from mt5_pipeline.orchestration.jobs import ea_push_job, features_job, predict_job
+from mt5_pipeline.orchestration.partitions import symbols_partitions
+from mt5_pipeline.orchestration.resources import DatabaseResource, ModelStoreResource, pipeline_settings
+from mt5_pipeline.settings import Settings
+
+_IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def _status(settings: Settings) -> dg.DefaultSensorStatus:
+    return dg.DefaultSensorStatus.RUNNING if settings.dagster_autostart else dg.DefaultSensorStatus.STOPPED
+
+
+def build_new_candles_sensor(settings: Settings) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="new_candles_sensor",
+        jobs=[predict_job, features_job],
+        minimum_interval_seconds=10,
+        default_status=_status(settings),
+        description="Watches the newest ingested bar per symbol; requests features and a prediction for symbols with new or corrected bars.",
+    )
+    def new_candles_sensor(context: dg.SensorEvaluationContext, database: DatabaseResource, models: ModelStoreResource):
+        from mt5_pipeline.model import current_model_info
+        from mt5_pipeline.storage.bulk import newest_bars
+
+        bars = [b for b in newest_bars(database.database_url) if b["timeframe"] == "M1"]
+        if not bars:
+            return dg.SkipReason("no M1 candles ingested yet: POST /ingest or `mt5-pipeline import-csv`")
+        cursor: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        known = set(context.instance.get_dynamic_partitions(symbols_partitions.name))
+        has_model = current_model_info(pipeline_settings(database, models)) is not None
+        job = predict_job if has_model else features_job
+
+        run_requests, observations = [], []
+        for bar in bars:
+            symbol = bar["symbol"]
+            # The newest ingested_at changes when a bar is corrected, not only when a
+            # new one arrives: either way the features from it onward are stale.
+            stamp = f"{bar['newest_ts'].isoformat()}|{bar['newest_ingested_at'].isoformat()}"
+            if cursor.get(symbol) == stamp:
+                continue
+            cursor[symbol] = stamp
+            observations.append(
+                dg.AssetObservation(
+                    asset_key="candles",
+                    partition=symbol,
+                    metadata={"bars": int(bar["bars"]), "newest_bar": bar["newest_ts"].isoformat()},
+                )
+            )
+            run_requests.append(
+                dg.RunRequest(
+                    run_key=f"{job.name}:{symbol}:{stamp}",
+                    job_name=job.name,
+                    partition_key=symbol,
+                    tags={"mt5_pipeline/newest_bar": bar["newest_ts"].isoformat()},
+                )
+            )
+        new_symbols = sorted({b["symbol"] for b in bars} - known)
+        if not run_requests:
+            return dg.SkipReason(f"no new bars for {len(bars)} symbol(s) since the last evaluation")
+        if not has_model:
+            context.log.info("no model yet: requesting features only, no signals (materialize rf_m1 to start predicting)")
+        return dg.SensorResult(
+            run_requests=run_requests,
+            asset_events=observations,
+            dynamic_partitions_requests=[symbols_partitions.build_add_request(new_symbols)] if new_symbols else [],
+            cursor=json.dumps(cursor, sort_keys=True),
+        )
+
+    return new_candles_sensor
+
+
+def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:
+    # A cron schedule cannot fire more often than once a minute; a sensor honours a
+    # 30-second minimum interval and can skip when there is nothing to send.
+    @dg.sensor(
+        name="ea_push_sensor",
+        job=ea_push_job,
+        minimum_interval_seconds=max(1, int(round(settings.ea_push_interval))),
+        default_status=_status(settings),
+        description=f"Every {settings.ea_push_interval:g} s (EA_PUSH_INTERVAL): requests a push run when deliverable signals are pending.",
+    )
+    def ea_push_sensor(context: dg.SensorEvaluationContext, database: DatabaseResource, models: ModelStoreResource):
+        from mt5_pipeline.queue import count_deliverable
+
+        current = pipeline_settings(database, models)
+        if not current.ea_push_enabled:
+            return dg.SkipReason("EA_PUSH_ENABLED=false: pull mode, the EA polls GET /ea/signals")
+        in_flight = context.instance.get_runs_count(dg.RunsFilter(job_name=ea_push_job.name, statuses=_IN_FLIGHT))
+        if in_flight:
+            return dg.SkipReason("a push run is already queued or running")
+        pending = count_deliverable(database.database_url)
+        if pending == 0:
+            return dg.SkipReason("no pending signals due for delivery")
+        return dg.RunRequest(tags={"mt5_pipeline/pending": str(pending)})
+
+    return ea_push_sensor

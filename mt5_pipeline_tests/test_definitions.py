@@ -1,0 +1,95 @@
+"""The code location: loadable, validated by Dagster's own CLI, and the lineage we promise."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from mt5_pipeline.definitions import build_defs
+from mt5_pipeline.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _defs(**env) -> dg.Definitions:
+    return build_defs(Settings.from_env({k: str(v) for k, v in env.items()}, env_file=None))
+
+
+def test_package_exposes_defs():
+    import mt5_pipeline
+
+    assert isinstance(mt5_pipeline.defs, dg.Definitions)
+    dg.Definitions.validate_loadable(mt5_pipeline.defs)
+
+
+def test_lineage_is_candles_features_model_signals():
+    graph = _defs().resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {"candles", "features_m1", "rf_m1", "signals"}
+    edges = {
+        (parent.to_user_string(), key.to_user_string())
+        for key in graph.get_all_asset_keys()
+        for parent in graph.get(key).parent_keys
+    }
+    assert edges == {("candles", "features_m1"), ("features_m1", "rf_m1"), ("features_m1", "signals"), ("rf_m1", "signals")}
+    assert not graph.get(dg.AssetKey("candles")).is_materializable  # written by the EA, observed by Dagster
+    assert graph.get(dg.AssetKey("features_m1")).partitions_def.name == "symbols"
+    assert graph.get(dg.AssetKey("rf_m1")).partitions_def is None  # one model shared by every symbol
+
+
+def test_sensors_schedule_and_jobs_are_named_as_promised():
+    defs = _defs(EA_PUSH_INTERVAL=30)
+    repo = defs.get_repository_def()
+    assert {s.name for s in repo.sensor_defs} == {"new_candles_sensor", "ea_push_sensor"}
+    assert repo.get_sensor_def("ea_push_sensor").minimum_interval_seconds == 30
+    schedule = repo.get_schedule_def("rf_m1_retrain_schedule")
+    assert schedule.cron_schedule == "0 3 * * *"
+    assert repo.get_job("ea_push_job").tags.get("mt5_pipeline/ea_push") == "push"
+
+
+def test_autostart_setting_controls_default_status():
+    on = _defs(DAGSTER_AUTOSTART="true").get_repository_def()
+    off = _defs(DAGSTER_AUTOSTART="false").get_repository_def()
+    assert on.get_sensor_def("ea_push_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    assert off.get_sensor_def("new_candles_sensor").default_status == dg.DefaultSensorStatus.STOPPED
+    assert off.get_schedule_def("rf_m1_retrain_schedule").default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+def test_push_interval_and_retrain_cron_come_from_settings():
+    repo = _defs(EA_PUSH_INTERVAL=15, RETRAIN_CRON="30 */6 * * *").get_repository_def()
+    assert repo.get_sensor_def("ea_push_sensor").minimum_interval_seconds == 15
+    assert repo.get_schedule_def("rf_m1_retrain_schedule").cron_schedule == "30 */6 * * *"
+
+
+def test_every_asset_has_its_checks():
+    graph = _defs().resolve_asset_graph()
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    by_asset = {a for a, _ in checks}
+    assert by_asset == {"candles", "features_m1", "rf_m1", "signals"}
+    assert ("signals", "signals_none_pending_past_expiry") in checks
+
+
+def test_dagster_cli_validates_the_code_location(tmp_path):
+    # DAGSTER_HOME points at an empty folder: the repo's dagster.yaml is the production
+    # (PostgreSQL) instance and needs DAGSTER_PG_* variables.
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    dagster = Path(sys.executable).with_name("dagster")
+    proc = subprocess.run(
+        [str(dagster), "definitions", "validate", "-m", "mt5_pipeline"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Validation successful" in proc.stdout + proc.stderr
+
+
+def test_workspace_yaml_loads_the_module():
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "workspace.yaml").read_text())
+    assert spec["load_from"][0]["python_module"]["module_name"] == "mt5_pipeline"
+    instance = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert instance["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
+    limits = instance["run_coordinator"]["config"]["tag_concurrency_limits"]
+    assert {"key": "mt5_pipeline/ea_push", "limit": 1} in limits

@@ -188,7 +188,11 @@ def model_beats_baseline(settings: Settings) -> CheckOutcome:
     info = current_model_info(settings)
     if info is None:
         return CheckOutcome(False, "no model trained yet", {}, severity="WARN")
-    metrics = info.get("metrics", {})
+    return judge_auc(info.get("metrics", {}))
+
+
+def judge_auc(metrics: dict[str, Any]) -> CheckOutcome:
+    """Out-of-sample AUC against the baseline's (0.5 for a constant guess), with a margin."""
     auc, base = metrics.get("auc"), metrics.get("baseline_auc", 0.5)
     if auc is None:
         return CheckOutcome(False, "the model has no out-of-sample AUC", {}, severity="WARN")

@@ -86,6 +86,14 @@ def generate_candles(
     )
 
 
+def open_minutes(start: datetime, end: datetime, *, with_weekends: bool = True) -> int:
+    """How many M1 bars open after `start` up to and including `end`."""
+    if end <= start:
+        return 0
+    minutes = pd.date_range(start=pd.Timestamp(start) + pd.Timedelta(minutes=1), end=pd.Timestamp(end), freq="min")
+    return int(_is_fx_open(minutes).sum()) if with_weekends else len(minutes)
+
+
 def to_ingest_payload(frame: pd.DataFrame) -> list[dict]:
     """Rows as POST /ingest candles (time as epoch seconds, as an MQL5 EA sends MqlRates)."""
     out = frame.copy()

@@ -326,3 +326,12 @@ def _read_env_file(path: str | Path) -> dict[str, str]:
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
     return Settings.from_env(environ, env_file)
+
+
+def config_markdown() -> str:
+    """The README's configuration table, generated from the fields above (a test compares them)."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for var in documented_variables():
+        default = f"`{var.default}`" if var.default else "—"
+        rows.append(f"| `{var.name}` | {default} | {var.meaning.replace('|', '/')} |")
+    return "\n".join(rows)

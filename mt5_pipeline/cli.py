@@ -14,6 +14,9 @@ log = logging.getLogger("mt5_pipeline")
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
+    # Per-request and per-migration-step chatter drowns the seed's log lines at INFO.
+    for noisy in ("httpx", "httpcore", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:

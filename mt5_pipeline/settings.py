@@ -206,7 +206,7 @@ class Settings:
     rf_n_estimators: int = _setting("RF_N_ESTIMATORS", "100", "trees in the random forest", _int)
     rf_max_depth: int = _setting("RF_MAX_DEPTH", "12", "depth bound per tree (keeps training time and file size in check)", _int)
     rf_min_samples_leaf: int = _setting("RF_MIN_SAMPLES_LEAF", "50", "smallest leaf; larger is smoother and smaller", _int)
-    rf_max_samples: float = _setting("RF_MAX_SAMPLES", "0.25", "share of training rows each tree draws (0..1]", _float)
+    rf_max_samples: float = _setting("RF_MAX_SAMPLES", "0.1", "share of training rows each tree draws (0..1]", _float)
     rf_random_state: int = _setting("RF_RANDOM_STATE", "42", "seed, so a retrain on the same data gives the same model", _int)
     retrain_cron: str = _setting("RETRAIN_CRON", "0 3 * * *", "when rf_m1_retrain_schedule retrains (UTC cron)", _cron)
     dagster_autostart: bool = _setting("DAGSTER_AUTOSTART", "true", "sensors and the retrain schedule start running when the code location loads", _bool)

@@ -13,7 +13,7 @@ import base64
 import dagster as dg
 
 from mt5_pipeline.orchestration.partitions import symbols_partitions
-from mt5_pipeline.orchestration.resources import DatabaseResource, ModelStoreResource, pipeline_settings
+from mt5_pipeline.orchestration.resources import DatabaseResource, ModelStoreResource, SettingsResource, pipeline_settings
 
 GROUP = "mt5_pipeline"
 
@@ -22,7 +22,7 @@ candles = dg.AssetSpec(
     description="M1 bars posted by the EA to POST /ingest (or imported with `mt5-pipeline import-csv`).",
     partitions_def=symbols_partitions,
     group_name=GROUP,
-    kinds={"postgres"},
+    kinds={"sql"},
     metadata={"table": "candles"},
 )
 
@@ -61,10 +61,10 @@ def _equity_markdown(png_path) -> str:
     kinds={"scikitlearn"},
     description="RandomForest trained on every symbol's usable features; evaluated out of sample against naive baselines and backtested.",
 )
-def rf_m1(context: dg.AssetExecutionContext, database: DatabaseResource, models: ModelStoreResource) -> dg.MaterializeResult:
+def rf_m1(context: dg.AssetExecutionContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.MaterializeResult:
     from mt5_pipeline.model import train_model
 
-    settings = pipeline_settings(database, models)
+    settings = pipeline_settings(config, database, models)
     result = train_model(settings)
     importances = sorted(result.feature_importances.items(), key=lambda kv: -kv[1])
     metadata: dict = {
@@ -98,10 +98,10 @@ def rf_m1(context: dg.AssetExecutionContext, database: DatabaseResource, models:
     kinds={"python"},
     description="Predicts the newest bar of the symbol and queues at most one BUY/SELL signal for it in signals_queue.",
 )
-def signals(context: dg.AssetExecutionContext, database: DatabaseResource, models: ModelStoreResource) -> dg.MaterializeResult:
+def signals(context: dg.AssetExecutionContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.MaterializeResult:
     from mt5_pipeline.signals import generate_signal
 
-    settings = pipeline_settings(database, models)
+    settings = pipeline_settings(config, database, models)
     result = generate_signal(settings, context.partition_key, "M1")
     context.log.info(f"{context.partition_key}: {result.status} - {result.message}")
     metadata: dict = {

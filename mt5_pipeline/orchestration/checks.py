@@ -5,7 +5,7 @@ import dagster as dg
 
 from mt5_pipeline import quality
 from mt5_pipeline.orchestration.assets import features_m1, rf_m1, signals
-from mt5_pipeline.orchestration.resources import DatabaseResource, ModelStoreResource, pipeline_settings
+from mt5_pipeline.orchestration.resources import DatabaseResource, ModelStoreResource, SettingsResource, pipeline_settings
 
 
 def _result(outcome: quality.CheckOutcome) -> dg.AssetCheckResult:
@@ -33,8 +33,8 @@ def candles_gaps(database: DatabaseResource) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset="candles", description="every symbol's newest bar is recent enough to trade on")
-def candles_fresh(database: DatabaseResource, models: ModelStoreResource) -> dg.AssetCheckResult:
-    return _result(quality.candles_fresh(database.database_url, pipeline_settings(database, models)))
+def candles_fresh(config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.AssetCheckResult:
+    return _result(quality.candles_fresh(database.database_url, pipeline_settings(config, database, models)))
 
 
 @dg.asset_check(asset=features_m1, description="no NaN, null or infinite value in rows used for training")
@@ -48,18 +48,18 @@ def features_m1_matches_candles(database: DatabaseResource) -> dg.AssetCheckResu
 
 
 @dg.asset_check(asset=rf_m1, description="out-of-sample AUC not below the naive baseline beyond a margin (warning: markets are noisy)")
-def rf_m1_beats_baseline(database: DatabaseResource, models: ModelStoreResource) -> dg.AssetCheckResult:
-    return _result(quality.model_beats_baseline(pipeline_settings(database, models)))
+def rf_m1_beats_baseline(config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.AssetCheckResult:
+    return _result(quality.model_beats_baseline(pipeline_settings(config, database, models)))
 
 
 @dg.asset_check(asset=rf_m1, description="the model's feature set is the one features_m1 holds")
-def rf_m1_feature_set_matches(database: DatabaseResource, models: ModelStoreResource) -> dg.AssetCheckResult:
-    return _result(quality.model_matches_features(pipeline_settings(database, models)))
+def rf_m1_feature_set_matches(config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.AssetCheckResult:
+    return _result(quality.model_matches_features(pipeline_settings(config, database, models)))
 
 
 @dg.asset_check(asset=signals, description="no PENDING signal past its expiry (the pusher expires them each cycle)")
-def signals_none_pending_past_expiry(database: DatabaseResource, models: ModelStoreResource) -> dg.AssetCheckResult:
-    return _result(quality.no_pending_past_expiry(pipeline_settings(database, models)))
+def signals_none_pending_past_expiry(config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.AssetCheckResult:
+    return _result(quality.no_pending_past_expiry(pipeline_settings(config, database, models)))
 
 
 asset_checks = [

@@ -7,7 +7,7 @@ multiprocess executor would double it for a step that takes milliseconds.
 
 import dagster as dg
 
-from mt5_pipeline.orchestration.resources import DatabaseResource, EAResource, ModelStoreResource, pipeline_settings
+from mt5_pipeline.orchestration.resources import DatabaseResource, EAResource, ModelStoreResource, SettingsResource, pipeline_settings
 
 # dagster.yaml limits runs carrying this tag to one at a time: two pushes never overlap,
 # on top of the queue's own claim safety.
@@ -42,10 +42,10 @@ candles_checks_job = dg.define_asset_job(
 
 
 @dg.op(description="One push cycle: expire stale signals, claim, send to the EA, record the outcome.")
-def push_signals(context: dg.OpExecutionContext, database: DatabaseResource, models: ModelStoreResource, ea: EAResource) -> dg.Output:
+def push_signals(context: dg.OpExecutionContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource, ea: EAResource) -> dg.Output:
     from mt5_pipeline.pusher import push_pending
 
-    result = push_pending(pipeline_settings(database, models, ea))
+    result = push_pending(pipeline_settings(config, database, models, ea))
     context.log.info(
         f"pushed {result.sent} signals (claimed {result.claimed}, rejected {result.rejected}, retry {result.retried}, "
         f"failed {result.failed}, expired {result.expired})"

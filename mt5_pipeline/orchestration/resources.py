@@ -15,6 +15,19 @@ import dagster as dg
 from mt5_pipeline.settings import Settings, load_settings
 
 
+class SettingsResource(dg.ConfigurableResource):
+    """Everything else the core reads: the environment, with explicit overrides on top.
+
+    Production leaves `overrides` empty, so the code location reads the same variables as the
+    API and the worker; tests and the demo put their overrides here.
+    """
+
+    overrides: dict[str, str] = {}
+
+    def settings(self) -> Settings:
+        return Settings.from_env({**os.environ, **self.overrides})
+
+
 class DatabaseResource(dg.ConfigurableResource):
     """Where candles, features, the queue and the registry live (DATABASE_URL)."""
 
@@ -38,15 +51,17 @@ class EAResource(dg.ConfigurableResource):
     api_key: str = ""
 
 
-def pipeline_settings(database: DatabaseResource, models: ModelStoreResource, ea: EAResource | None = None) -> Settings:
-    """The core's Settings with the resources' values laid over the environment's."""
+def pipeline_settings(
+    config: SettingsResource, database: DatabaseResource, models: ModelStoreResource, ea: EAResource | None = None
+) -> Settings:
+    """The core's Settings: the environment and its overrides, with the resources' values on top."""
     changes: dict = {"database_url": database.database_url, "model_dir": models.path}
     if ea is not None:
         if ea.server_url:
             changes["ea_server_url_override"] = ea.server_url
         if ea.api_key:
             changes["ea_api_key"] = ea.api_key
-    return load_settings().replace(**changes)
+    return config.settings().replace(**changes)
 
 
 def _env_or(name: str, default: str) -> str | dg.EnvVar:
@@ -57,6 +72,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources for the code location, read from the environment when it loads."""
     base = load_settings()
     return {
+        "config": SettingsResource(),
         "database": DatabaseResource(database_url=_env_or("DATABASE_URL", base.database_url)),
         "models": ModelStoreResource(model_dir=_env_or("MODEL_DIR", str(base.model_dir))),
         "ea": EAResource(server_url=_env_or("EA_SERVER_URL", ""), api_key=_env_or("EA_API_KEY", "")),

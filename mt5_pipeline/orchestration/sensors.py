@@ -11,7 +11,7 @@ import dagster as dg
 
 from mt5_pipeline.orchestration.jobs import ea_push_job, features_job, predict_job
 from mt5_pipeline.orchestration.partitions import symbols_partitions
-from mt5_pipeline.orchestration.resources import DatabaseResource, ModelStoreResource, pipeline_settings
+from mt5_pipeline.orchestration.resources import DatabaseResource, ModelStoreResource, SettingsResource, pipeline_settings
 from mt5_pipeline.settings import Settings
 
 _IN_FLIGHT = [
@@ -34,7 +34,7 @@ def build_new_candles_sensor(settings: Settings) -> dg.SensorDefinition:
         default_status=_status(settings),
         description="Watches the newest ingested bar per symbol; requests features and a prediction for symbols with new or corrected bars.",
     )
-    def new_candles_sensor(context: dg.SensorEvaluationContext, database: DatabaseResource, models: ModelStoreResource):
+    def new_candles_sensor(context: dg.SensorEvaluationContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource):
         from mt5_pipeline.model import current_model_info
         from mt5_pipeline.storage.bulk import newest_bars
 
@@ -43,7 +43,7 @@ def build_new_candles_sensor(settings: Settings) -> dg.SensorDefinition:
             return dg.SkipReason("no M1 candles ingested yet: POST /ingest or `mt5-pipeline import-csv`")
         cursor: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         known = set(context.instance.get_dynamic_partitions(symbols_partitions.name))
-        has_model = current_model_info(pipeline_settings(database, models)) is not None
+        has_model = current_model_info(pipeline_settings(config, database, models)) is not None
         job = predict_job if has_model else features_job
 
         run_requests, observations = [], []
@@ -95,10 +95,10 @@ def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:
         default_status=_status(settings),
         description=f"Every {settings.ea_push_interval:g} s (EA_PUSH_INTERVAL): requests a push run when deliverable signals are pending.",
     )
-    def ea_push_sensor(context: dg.SensorEvaluationContext, database: DatabaseResource, models: ModelStoreResource):
+    def ea_push_sensor(context: dg.SensorEvaluationContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource):
         from mt5_pipeline.queue import count_deliverable
 
-        current = pipeline_settings(database, models)
+        current = pipeline_settings(config, database, models)
         if not current.ea_push_enabled:
             return dg.SkipReason("EA_PUSH_ENABLED=false: pull mode, the EA polls GET /ea/signals")
         in_flight = context.instance.get_runs_count(dg.RunsFilter(job_name=ea_push_job.name, statuses=_IN_FLIGHT))

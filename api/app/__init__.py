@@ -1,0 +1,1 @@
+"""The Starlette shell: routes over the mt5_pipeline core."""

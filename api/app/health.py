@@ -1,0 +1,137 @@
+"""GET /health: can this process do its job, and is anything it depends on stale?
+
+No key needed. Cheap: one `SELECT 1`, the model sidecar, and (cached for a few seconds)
+the EA probe. The newest bar per series is read fresh:
+an index probe per series on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import text
+
+from api.app.errors import DB_RETRY_AFTER_SECONDS, is_database_outage
+from api.app.metrics import _utc_seconds
+from api.app.openapi import VERSION
+from api.app.state import AppState
+
+log = logging.getLogger("api.health")
+
+
+def _database_ok(url: str) -> bool:
+    from mt5_pipeline.storage.engine import get_engine
+
+    try:
+        with get_engine(url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception as exc:
+        if not is_database_outage(exc):
+            log.error("health: database check failed", exc_info=exc)
+        return False
+
+
+def _model(state: AppState, now: float) -> dict[str, Any]:
+    try:
+        from mt5_pipeline.model import current_model_info
+
+        info = current_model_info(state.settings)
+    except ImportError:
+        info = None
+    except Exception as exc:
+        log.error("health: reading the current model failed", exc_info=exc)
+        info = None
+    if not info:
+        return {"model": "missing", "model_version": None, "model_age_seconds": None}
+    if info.get("error"):  # a model file this code cannot use
+        return {"model": "missing", "model_version": info.get("version"), "model_age_seconds": None, "model_error": str(info["error"])}
+    trained = _utc_seconds(info.get("trained_at"))
+    age = None if trained is None else round(max(0.0, now - trained), 1)
+    from mt5_pipeline.signals import model_staleness
+
+    stale = model_staleness(state.settings, info.get("trained_at"), now=datetime.fromtimestamp(now, timezone.utc))
+    out = {"model": "stale" if stale else "loaded", "model_version": info.get("version"), "model_age_seconds": age}
+    if stale:
+        out["model_stale_reason"] = stale
+    return out
+
+
+def _ea(state: AppState) -> str:
+    if not state.settings.ea_push_enabled:
+        return "disabled"
+
+    def probe() -> str:
+        try:
+            result = state.ea_client().test_connection()
+        except Exception as exc:
+            log.warning("health: EA probe failed: %s", type(exc).__name__)
+            state.metrics.connection_test_success.set(0)
+            return "unreachable"
+        connected = bool(result.get("connected"))
+        state.metrics.connection_test_success.set(1 if connected else 0)
+        return "reachable" if connected else "unreachable"
+
+    return state.ea_probe.get(probe)
+
+
+def _bars(state: AppState, now: float) -> list[dict[str, Any]]:
+    def read() -> list[dict[str, Any]]:
+        from mt5_pipeline.storage.bulk import newest_bars
+
+        return newest_bars(state.settings.database_url)
+
+    try:
+        rows = read()
+    except ImportError:
+        return []
+    from mt5_pipeline.signals import bar_staleness
+
+    at = datetime.fromtimestamp(now, timezone.utc)
+    out = []
+    for row in rows:
+        newest = _utc_seconds(row.get("newest_ts"))
+        timeframe = str(row["timeframe"])
+        try:
+            stale = bar_staleness(state.settings, timeframe, row.get("newest_ts"), now=at) is not None
+        except KeyError:  # a timeframe these settings do not know
+            stale = False
+        out.append(
+            {
+                "symbol": row["symbol"],
+                "timeframe": timeframe,
+                "newest_ts": None if newest is None else datetime.fromtimestamp(newest, timezone.utc),
+                "age_seconds": None if newest is None else round(max(0.0, now - newest), 1),
+                "stale": stale,
+            }
+        )
+    return out
+
+
+def check_health(state: AppState) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status code, body, headers). Runs in a worker thread: everything here blocks."""
+    now = time.time()
+    database_ok = _database_ok(state.settings.database_url)
+    body: dict[str, Any] = {
+        "status": "ok",
+        "database": "ok" if database_ok else "unavailable",
+        **_model(state, now),
+        "ea": _ea(state),
+        "delivery": "push" if state.settings.ea_push_enabled else "pull",
+        "newest_bars": [],
+        "version": VERSION,
+    }
+    if database_ok:
+        try:
+            body["newest_bars"] = _bars(state, now)
+        except Exception as exc:
+            if not is_database_outage(exc):
+                log.error("health: reading the newest bars failed", exc_info=exc)
+    healthy = database_ok and body["model"] == "loaded" and body["ea"] in ("reachable", "disabled")
+    body["status"] = "ok" if healthy else "degraded"
+    if not database_ok:
+        return 503, body, {"Retry-After": str(DB_RETRY_AFTER_SECONDS)}
+    return 200, body, {}

@@ -1,0 +1,169 @@
+"""Prometheus metrics: queue figures read from the database at scrape time, plus what
+only this process can see.
+
+The pusher worker and Dagster runs are other processes. Counting sends in the API's
+memory would show zero while the worker delivers hundreds, so the seed's
+`ea_signals_*_total` figures, the queue depth, bar ages and model age are derived from
+the database whenever /metrics is scraped: true across processes and restarts. (As
+counters they only go down if rows are deleted, which a retention job would do.)
+
+In-process figures (ingest batches, push durations of pushes this API ran, the last EA
+connection test) live in a private CollectorRegistry per app, so two apps in one test
+process never share or double-register them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from api.app.errors import is_database_outage
+from mt5_pipeline.settings import Settings
+
+log = logging.getLogger("api.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SIGNAL_STATUSES = ("PENDING", "SENT", "ACKED", "FAILED", "EXPIRED", "REJECTED")
+
+
+def _utc_seconds(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if hasattr(value, "to_pydatetime"):
+        value = value.to_pydatetime()  # pandas Timestamp
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp()
+    return None
+
+
+class DatabaseCollector(Collector):
+    """Queue, candle and model figures computed from the database on every scrape."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+
+    def describe(self) -> list[Metric]:
+        # Empty: registering must not query the database.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        families: list[Metric] = []
+        database_up = 1
+        for part in (self._queue_families, self._candle_families, self._model_families):
+            try:
+                families.extend(part())
+            except ImportError:  # a core module this build does not have
+                continue
+            except Exception as exc:  # a scrape must still answer while the database is down
+                if is_database_outage(exc):
+                    log.warning("metrics: database unavailable: %s", type(exc).__name__)
+                    database_up = 0
+                    break
+                log.error("metrics: %s failed", part.__name__, exc_info=exc)
+        up = GaugeMetricFamily("mt5_database_up", "1 when the last scrape could read the database")
+        up.add_metric([], database_up)
+        yield up
+        yield from families
+
+    def _queue_families(self) -> Iterator[Metric]:
+        from mt5_pipeline.queue import status_counts
+
+        counts = {s: 0 for s in SIGNAL_STATUSES}
+        counts.update(status_counts(self.settings.database_url))
+        generated = CounterMetricFamily("ea_signals_generated", "signals ever queued (all statuses), from signals_queue")
+        generated.add_metric([], sum(counts.values()))
+        sent = CounterMetricFamily("ea_signals_sent", "signals delivered to the EA (SENT or ACKED), from signals_queue")
+        sent.add_metric([], counts["SENT"] + counts["ACKED"])
+        failed = CounterMetricFamily("ea_signals_failed", "signals never delivered: FAILED (gave up) plus REJECTED (the EA said no)")
+        failed.add_metric([], counts["FAILED"] + counts["REJECTED"])
+        expired = CounterMetricFamily("ea_signals_expired", "signals too late to send (EXPIRED)")
+        expired.add_metric([], counts["EXPIRED"])
+        depth = GaugeMetricFamily("ea_signals_queue", "signals in signals_queue per status", labels=["status"])
+        for status in sorted(counts):
+            depth.add_metric([status], counts[status])
+        yield from (generated, sent, failed, expired, depth)
+
+    def _candle_families(self) -> Iterator[Metric]:
+        from mt5_pipeline.storage.bulk import newest_bars
+
+        now = self.clock()
+        age = GaugeMetricFamily(
+            "mt5_newest_bar_age_seconds", "seconds since the open time of the newest stored bar", labels=["symbol", "timeframe"]
+        )
+        bars = GaugeMetricFamily("mt5_candles_stored", "bars stored", labels=["symbol", "timeframe"])
+        for row in newest_bars(self.settings.database_url):
+            labels = [str(row["symbol"]), str(row["timeframe"])]
+            newest = _utc_seconds(row.get("newest_ts"))
+            if newest is not None:
+                age.add_metric(labels, max(0.0, now - newest))
+            if row.get("bars") is not None:
+                bars.add_metric(labels, float(row["bars"]))
+        yield from (age, bars)
+
+    def _model_families(self) -> Iterator[Metric]:
+        from mt5_pipeline.model import current_model_info
+
+        info = current_model_info(self.settings)
+        present = GaugeMetricFamily("mt5_model_present", "1 when a current model exists")
+        present.add_metric([], 0 if info is None else 1)
+        yield present
+        if info is None:
+            return
+        trained = _utc_seconds(info.get("trained_at"))
+        if trained is not None:
+            age = GaugeMetricFamily("mt5_model_age_seconds", "seconds since the current model was trained")
+            age.add_metric([], max(0.0, self.clock() - trained))
+            yield age
+        version = GaugeMetricFamily("mt5_model_info", "the current model's version", labels=["version"])
+        version.add_metric([str(info.get("version", ""))], 1)
+        yield version
+
+
+class ApiMetrics:
+    """Every metric of one app, in its own registry."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.connection_test_success = Gauge(
+            "ea_connection_test_success", "1 if the last EA connection test from this API succeeded, else 0", registry=r
+        )
+        self.candles_ingested = Counter(
+            "mt5_candles_ingested", "candles received by POST /ingest, by outcome", ["result"], registry=r
+        )
+        self.ingest_batch_size = Histogram(
+            "mt5_ingest_batch_size",
+            "candles per POST /ingest batch",
+            buckets=(1, 10, 100, 1_000, 10_000, 50_000, 100_000, 200_000),
+            registry=r,
+        )
+        self.ingest_duration = Histogram(
+            "mt5_ingest_duration_seconds",
+            "time in the ingest core per accepted batch",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.push_duration = Histogram(
+            "ea_push_duration_seconds",
+            "duration of push cycles run by this API (POST /ea/push-signals)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.requests = Counter(
+            "mt5_api_requests", "requests answered, by route and status", ["method", "route", "status"], registry=r
+        )
+        r.register(DatabaseCollector(settings))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

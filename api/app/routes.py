@@ -1,0 +1,230 @@
+"""The routes. Thin: parse the request, call the core off the event loop, answer.
+
+Core modules are imported inside the handlers so the app starts (and /health reports
+what is missing) even in a build without the ML extras installed.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from api.app.body import read_json_object
+from api.app.errors import JSON, ApiError
+from api.app.health import check_health
+from api.app.metrics import CONTENT_TYPE
+from api.app.schemas import parse_ack, parse_generate_signal, parse_ingest, parse_pull_query
+from api.app.state import AppState
+
+NEUTRAL_MESSAGE = "No signal: confidence inside the neutral band"
+QUEUED_MESSAGE = "Signal generated and added to queue"
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.api
+
+
+# ---- market data --------------------------------------------------------------
+
+
+async def ingest(request: Request) -> Response:
+    state = _state(request)
+    body = await read_json_object(request, state.settings.api_max_body_bytes)
+    req = parse_ingest(body)
+    if not req.candles:
+        return JSON({"success": True, "received": 0, "inserted": 0, "updated": 0, "unchanged": 0})
+    from mt5_pipeline.ingest import CandleValidationError, ingest_candles
+
+    started = time.perf_counter()
+    try:
+        result = await run_in_threadpool(
+            partial(ingest_candles, utc_offset_hours=req.utc_offset_hours),
+            state.settings.database_url,
+            req.symbol,
+            req.timeframe,
+            req.candles,
+        )
+    except CandleValidationError as exc:
+        total = getattr(exc, "total", len(exc.errors))
+        raise ApiError(422, f"invalid candles: {total} problem(s), nothing was stored", exc.errors) from None
+    m = state.metrics
+    m.ingest_duration.observe(time.perf_counter() - started)
+    m.ingest_batch_size.observe(result.received)
+    for outcome in ("inserted", "updated", "unchanged"):
+        m.candles_ingested.labels(outcome).inc(getattr(result, outcome))
+    out = {
+        "success": True,
+        "received": result.received,
+        "inserted": result.inserted,
+        "updated": result.updated,
+        "unchanged": result.unchanged,
+    }
+    duplicates = getattr(result, "duplicates", 0)
+    if duplicates:
+        out["duplicates"] = duplicates  # same ts twice in the batch: the last one was kept
+    return JSON(out)
+
+
+# ---- signals ------------------------------------------------------------------
+
+
+async def generate_signal(request: Request) -> Response:
+    state = _state(request)
+    body = await read_json_object(request, state.settings.api_max_body_bytes)
+    req = parse_generate_signal(body)
+    from mt5_pipeline import signals
+    from mt5_pipeline.model import ModelMismatchError, NoFeaturesError, NoModelError
+
+    try:
+        result = await run_in_threadpool(signals.generate_signal, state.settings, req.symbol, req.timeframe, req.force)
+    except NoFeaturesError as exc:
+        raise ApiError(404, str(exc) or f"no features for {req.symbol} {req.timeframe}", extra={"reason": "no_features"}) from None
+    except NoModelError as exc:
+        raise ApiError(503, str(exc), extra={"reason": "no_model"}) from None
+    except ModelMismatchError as exc:
+        raise ApiError(503, str(exc), extra={"reason": "model_mismatch"}) from None
+    return _signal_response(result)
+
+
+def _signal_response(result: Any) -> Response:
+    status = result.status
+    if status == "queued":
+        return JSON({"success": True, "message": QUEUED_MESSAGE, "signal": result.signal})
+    if status == "neutral":
+        return JSON(
+            {
+                "success": False,
+                "message": result.message or NEUTRAL_MESSAGE,
+                "confidence": result.confidence,
+                "probability": result.probability,
+                "reason": "neutral",
+            }
+        )
+    # duplicate / stale_bar: the request was fine, the state says no -> 409;
+    # stale_model: no usable model -> 503, like having none.
+    code = 503 if status == "stale_model" else 409
+    extra: dict[str, Any] = {"reason": status}
+    if result.signal:
+        extra["signal"] = result.signal
+    if result.confidence is not None:
+        extra["confidence"] = result.confidence
+    raise ApiError(code, result.message or status, extra=extra)
+
+
+async def test_connection(request: Request) -> Response:
+    state = _state(request)
+    client = state.ea_client()
+    try:
+        result = await run_in_threadpool(client.test_connection)
+    except Exception:
+        state.metrics.connection_test_success.set(0)
+        raise
+    state.metrics.connection_test_success.set(1 if result.get("connected") else 0)
+    state.ea_probe.clear()  # /health should not contradict a fresher probe
+    return JSON(result)
+
+
+async def queue_status(request: Request) -> Response:
+    state = _state(request)
+    from mt5_pipeline.queue import queue_status as read_status
+
+    since = datetime.now(timezone.utc) - timedelta(hours=24)
+    counts = await run_in_threadpool(read_status, state.settings.database_url, since=since)
+    return JSON({"success": True, "queue_status": counts, "period": "last_24_hours"})
+
+
+async def push_signals(request: Request) -> Response:
+    state = _state(request)
+    # A manual push works in pull mode too: EA_PUSH_ENABLED switches the automatic
+    # pushers (worker, sensor) only, as the seed describes it.
+    from mt5_pipeline.pusher import push_pending
+
+    started = time.perf_counter()
+    result = await run_in_threadpool(push_pending, state.settings, client=state.ea_client())
+    state.metrics.push_duration.observe(time.perf_counter() - started)
+    if result.auth_error:
+        raise ApiError(502, f"{result.message}: check EA_API_KEY here and on the EA", extra={"reason": "ea_auth", "sent_count": result.sent})
+    return JSON(
+        {
+            "success": True,
+            "sent_count": result.sent,
+            "message": result.message,
+            "claimed": result.claimed,
+            "rejected": result.rejected,
+            "retried": result.retried,
+            "failed": result.failed,
+            "expired": result.expired,
+        }
+    )
+
+
+async def ack(request: Request) -> Response:
+    state = _state(request)
+    body = await read_json_object(request, state.settings.api_max_body_bytes)
+    req = parse_ack(body)
+    from mt5_pipeline.queue import UnknownSignalError, record_ack
+
+    try:
+        recorded = await run_in_threadpool(
+            record_ack, state.settings.database_url, req.signal_id, req.ticket, req.status, req.message
+        )
+    except UnknownSignalError:
+        raise ApiError(404, "no such signal_id", extra={"reason": "unknown_signal"}) from None
+    except ValueError as exc:  # the queue's own checks, should the schema ever let one through
+        raise ApiError(422, "invalid ack", [{"loc": str(exc).split(":", 1)[0], "message": str(exc)}]) from None
+    out: dict[str, Any] = {"success": True}
+    if isinstance(recorded, dict):
+        out.update({k: v for k, v in recorded.items() if k != "success"})
+    return JSON(out)
+
+
+async def pull_signals(request: Request) -> Response:
+    state = _state(request)
+    query = parse_pull_query(request.query_params)
+    from mt5_pipeline.queue import pending_for_pull
+
+    signals = await run_in_threadpool(pending_for_pull, state.settings.database_url, query.limit)
+    return JSON({"success": True, "signals": signals})
+
+
+# ---- operations -----------------------------------------------------------------
+
+
+async def health(request: Request) -> Response:
+    code, body, headers = await run_in_threadpool(check_health, _state(request))
+    return JSON(body, status_code=code, headers=headers)
+
+
+async def metrics(request: Request) -> Response:
+    payload = await run_in_threadpool(_state(request).metrics.render)
+    return Response(payload, media_type=CONTENT_TYPE)
+
+
+async def openapi(request: Request) -> Response:
+    return Response(_state(request).openapi_json, media_type="application/json")
+
+
+async def docs(request: Request) -> Response:
+    return HTMLResponse(_state(request).docs_html)
+
+
+ROUTES = [
+    Route("/ingest", ingest, methods=["POST"]),
+    Route("/ea/generate-signal", generate_signal, methods=["POST"]),
+    Route("/ea/test-connection", test_connection, methods=["GET"]),
+    Route("/ea/queue-status", queue_status, methods=["GET"]),
+    Route("/ea/push-signals", push_signals, methods=["POST"]),
+    Route("/ea/ack", ack, methods=["POST"]),
+    Route("/ea/signals", pull_signals, methods=["GET"]),
+    Route("/health", health, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/docs", docs, methods=["GET"]),
+]

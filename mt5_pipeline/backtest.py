@@ -1,0 +1,205 @@
+"""Out-of-sample backtest of the model's signals, against random sides at the same times.
+
+Rules, the same as the triple-barrier label's (see ``labels.walk_barriers``):
+
+- a probability for bar t at or above ``SIGNAL_BUY_THRESHOLD`` is a BUY, at or below
+  ``SIGNAL_SELL_THRESHOLD`` a SELL; every signal is a trade (the pipeline sends one
+  signal per bar, so trades may overlap, as they would at the EA);
+- entry at the open of bar t+1, when the signal can first reach the EA;
+- exit at the stop-loss or take-profit (per symbol, in pips), checked against each
+  bar's low and high; the stop-loss wins a bar that touches both; else at the close of
+  bar t + ``LABEL_MAX_HOLD_BARS``; trades whose holding window runs past the data and
+  hit nothing are left out (their result is unknown);
+- the entry bar's spread is paid once: MT5 gives it in points, a tenth of a pip on 5-
+  and 3-digit quotes (``pips.point_size``). Candles are bid prices, so a long pays it
+  on entry and a short on exit: either way the trade's pips shrink by the spread.
+
+Reported for the model and for a random-side baseline (a fair coin per trade, fixed
+seed, same entry bars): trades, hit rate (share with positive net pips), profit factor,
+total and average pips, maximum drawdown of the cumulative pips (by exit time), and the
+Sharpe ratio of daily P&L (summed by exit day, UTC; annualised with sqrt(252); days
+without trades do not count).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mt5_pipeline.labels import EXIT_NAMES, walk_barriers
+from mt5_pipeline.pips import pip_size, point_size
+from mt5_pipeline.settings import Settings
+
+TRADING_DAYS_PER_YEAR = 252
+BASELINE_SEED = 12345
+
+_TRADE_COLUMNS = ("symbol", "signal_ts", "entry_ts", "exit_ts", "side", "entry_price", "exit_price", "gross_pips", "cost_pips", "pips", "exit_reason")
+
+
+@dataclass
+class BacktestResult:
+    summary: dict  # flat and numeric: model figures, then the baseline's as baseline_*
+    trades: pd.DataFrame
+    baseline_trades: pd.DataFrame
+
+
+def simulate_trades(
+    candles: pd.DataFrame,
+    signal_index: np.ndarray,
+    side: np.ndarray,
+    *,
+    symbol: str,
+    sl_pips: float,
+    tp_pips: float,
+    max_hold: int,
+    pip_overrides: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """Trades for signals on bars ``signal_index`` (positions in ``candles``, sorted by ts), ``side`` +1/-1."""
+    signal_index = np.asarray(signal_index, dtype=np.int64)
+    side = np.asarray(side, dtype=np.int64)
+    n = len(candles)
+    keep = signal_index + 1 < n
+    signal_index, side = signal_index[keep], side[keep]
+    pip = pip_size(symbol, pip_overrides)
+    open_ = candles["open"].to_numpy(dtype=np.float64)
+    close = candles["close"].to_numpy(dtype=np.float64)
+    entry = signal_index + 1
+    walk = walk_barriers(
+        open_,
+        candles["high"].to_numpy(dtype=np.float64),
+        candles["low"].to_numpy(dtype=np.float64),
+        close,
+        entry,
+        side,
+        sl_distance=sl_pips * pip,
+        tp_distance=tp_pips * pip,
+        max_hold=max_hold,
+    )
+    done = walk.complete
+    entry, side, signal_index = entry[done], side[done], signal_index[done]
+    exit_index, exit_price, reason = walk.exit_index[done], walk.exit_price[done], walk.reason[done]
+    entry_price = open_[entry]
+    gross = side * (exit_price - entry_price) / pip
+    spread_points = candles["spread"].to_numpy(dtype=np.float64) if "spread" in candles.columns else np.zeros(n)
+    cost = spread_points[entry] * point_size(symbol, pip_overrides) / pip
+    # A DatetimeIndex, not .to_numpy(): that would make an object array of Timestamps.
+    ts = pd.DatetimeIndex(pd.to_datetime(candles["ts"], utc=True))
+    return pd.DataFrame(
+        {
+            "symbol": symbol,
+            "signal_ts": ts[signal_index],
+            "entry_ts": ts[entry],
+            "exit_ts": ts[exit_index],
+            "side": np.where(side > 0, "BUY", "SELL"),
+            "entry_price": entry_price,
+            "exit_price": exit_price,
+            "gross_pips": gross,
+            "cost_pips": cost,
+            "pips": gross - cost,
+            "exit_reason": [EXIT_NAMES[int(r)] for r in reason],
+        },
+        columns=list(_TRADE_COLUMNS),
+    )
+
+
+def summarize(trades: pd.DataFrame) -> dict[str, float]:
+    """The figures of a set of trades (NaN where a figure is undefined, e.g. no trades)."""
+    n = len(trades)
+    if n == 0:
+        return {
+            "trades": 0.0,
+            "hit_rate": math.nan,
+            "profit_factor": math.nan,
+            "total_pips": 0.0,
+            "avg_pips": math.nan,
+            "max_drawdown_pips": 0.0,
+            "sharpe_daily": math.nan,
+            "days": 0.0,
+        }
+    ordered = trades.sort_values("exit_ts", kind="stable")
+    pips = ordered["pips"].to_numpy(dtype=np.float64)
+    wins, losses = pips[pips > 0].sum(), -pips[pips < 0].sum()
+    equity = np.cumsum(pips)
+    peak = np.maximum.accumulate(np.concatenate([[0.0], equity]))[1:]
+    daily = pd.Series(pips, index=pd.DatetimeIndex(ordered["exit_ts"])).groupby(lambda t: t.date()).sum()
+    sd = float(daily.std(ddof=1)) if len(daily) > 1 else math.nan
+    sharpe = float(daily.mean()) / sd * math.sqrt(TRADING_DAYS_PER_YEAR) if sd and sd > 0 else math.nan
+    return {
+        "trades": float(n),
+        "hit_rate": float((pips > 0).mean()),
+        "profit_factor": float(wins / losses) if losses > 0 else (math.inf if wins > 0 else math.nan),
+        "total_pips": float(pips.sum()),
+        "avg_pips": float(pips.mean()),
+        "max_drawdown_pips": float((peak - equity).max()),
+        "sharpe_daily": sharpe,
+        "days": float(len(daily)),
+    }
+
+
+def run_backtest(
+    candles_by_symbol: Mapping[str, pd.DataFrame],
+    predictions: pd.DataFrame,
+    settings: Settings,
+    *,
+    seed: int = BASELINE_SEED,
+) -> BacktestResult:
+    """Backtest ``predictions`` (columns symbol, ts, probability) on each symbol's candles."""
+    rng = np.random.default_rng(seed)
+    model_parts, base_parts = [], []
+    for symbol in sorted(predictions["symbol"].unique()):
+        candles = candles_by_symbol[symbol]
+        candles = candles if candles["ts"].is_monotonic_increasing else candles.sort_values("ts", kind="stable")
+        candles = candles.reset_index(drop=True)
+        rows = predictions[predictions["symbol"] == symbol].sort_values("ts", kind="stable")
+        p = rows["probability"].to_numpy(dtype=np.float64)
+        side = np.where(p >= settings.signal_buy_threshold, 1, np.where(p <= settings.signal_sell_threshold, -1, 0))
+        ts_ns = pd.DatetimeIndex(pd.to_datetime(candles["ts"], utc=True)).as_unit("ns").asi8
+        at = np.searchsorted(ts_ns, pd.DatetimeIndex(pd.to_datetime(rows["ts"], utc=True)).as_unit("ns").asi8)
+        trade = side != 0
+        index, side = at[trade], side[trade]
+        sl, tp = settings.sl_tp_pips(symbol)
+        common = dict(symbol=symbol, sl_pips=sl, tp_pips=tp, max_hold=settings.label_max_hold_bars, pip_overrides=settings.pip_sizes)
+        model_parts.append(simulate_trades(candles, index, side, **common))
+        base_parts.append(simulate_trades(candles, index, rng.choice(np.array([-1, 1]), size=len(index)), **common))
+    empty = pd.DataFrame(columns=list(_TRADE_COLUMNS))
+    trades = pd.concat(model_parts, ignore_index=True) if model_parts else empty
+    baseline = pd.concat(base_parts, ignore_index=True) if base_parts else empty
+    summary = summarize(trades)
+    summary.update({f"baseline_random_{k}": v for k, v in summarize(baseline).items()})
+    return BacktestResult(summary=summary, trades=trades, baseline_trades=baseline)
+
+
+def plot_equity(result: BacktestResult, path: Path, *, title: str = "rf_m1 out-of-sample backtest") -> Path:
+    """Cumulative pips of the model and of the random-side baseline, by exit time, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in Dagster runs
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    try:
+        for trades, label, style in ((result.trades, "model", "-"), (result.baseline_trades, "random side (baseline)", "--")):
+            if len(trades):
+                ordered = trades.sort_values("exit_ts", kind="stable")
+                ax.plot(pd.to_datetime(ordered["exit_ts"], utc=True), np.cumsum(ordered["pips"].to_numpy(dtype=float)), style, label=f"{label}: {len(trades)} trades")
+            else:
+                ax.plot([], [], style, label=f"{label}: no trades")
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_title(title)
+        ax.set_ylabel("cumulative pips (after spread)")
+        ax.set_xlabel("exit time (UTC)")
+        ax.legend(loc="best")
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,98 @@
+"""`mt5-pipeline dev` (`make dev`): every process on loopback, logs prefixed, Ctrl-C stops all.
+
+Dagster webserver + daemon (`dagster dev`, sensors and schedules live), the API, the
+pusher worker and the reference EA, on the embedded default (SQLite under ./data/,
+Dagster instance under ./.dagster/).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from mt5_pipeline.settings import Settings
+
+DAGSTER_UI_PORT = 3000
+COLORS = {"dagster": "35", "api": "36", "pusher": "33", "ea-sim": "32"}
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def commands(settings: Settings, ea_port: int) -> dict[str, list[str]]:
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    return {
+        "dagster": [_bin("dagster"), "dev", "-m", "mt5_pipeline", "-h", "127.0.0.1", "-p", str(DAGSTER_UI_PORT)],
+        "api": [_bin("mt5-pipeline"), "serve"],
+        "pusher": [_bin("mt5-pipeline"), "push"],
+        "ea-sim": [_bin("mt5-pipeline"), "ea-sim", "--host", "127.0.0.1", "--port", str(ea_port), "--ack-url", f"{api}/ea/ack"],
+    }
+
+
+def _pump(name: str, stream, lock: threading.Lock) -> None:
+    color = COLORS.get(name, "0")
+    prefix = f"\x1b[{color}m{name:>8} |\x1b[0m " if sys.stdout.isatty() else f"{name:>8} | "
+    for line in iter(stream.readline, ""):
+        with lock:
+            sys.stdout.write(prefix + line)
+            sys.stdout.flush()
+
+
+def _stop(procs: dict[str, subprocess.Popen]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_dev(settings: Settings) -> int:
+    from mt5_pipeline.demo import DEMO_EA_KEY
+    from mt5_pipeline.orchestration.instance import ensure_local_dagster_home
+    from mt5_pipeline.storage import migrate
+
+    print(migrate.upgrade(settings.database_url).describe())
+    home = ensure_local_dagster_home(os.environ.get("DAGSTER_HOME") or ".dagster")
+    ea_port = settings.ea_server_port
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "EA_API_KEY": settings.ea_api_key or DEMO_EA_KEY,
+        "EA_SERVER_URL": settings.ea_server_url_override or f"http://127.0.0.1:{ea_port}/signals",
+        "PYTHONUNBUFFERED": "1",
+    }
+    lock = threading.Lock()
+    procs: dict[str, subprocess.Popen] = {}
+    for name, argv in commands(settings, ea_port).items():
+        # Each child leads its own process group, so a stop reaches what it spawned
+        # (dagster dev starts the webserver and the daemon).
+        procs[name] = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        threading.Thread(target=_pump, args=(name, procs[name].stdout, lock), daemon=True).start()
+    print(
+        f"Dagster UI http://127.0.0.1:{DAGSTER_UI_PORT} | API http://{settings.api_host}:{settings.api_port}/docs | "
+        f"reference EA http://127.0.0.1:{ea_port}/health | Ctrl-C stops everything"
+    )
+    code = 0
+    try:
+        while True:
+            exited = {name: p.returncode for name, p in procs.items() if p.poll() is not None}
+            if exited:
+                print(f"stopping everything: {', '.join(f'{n} exited with {c}' for n, c in exited.items())}")
+                code = 1
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nCtrl-C: stopping every process")
+    finally:
+        _stop(procs)
+    return code

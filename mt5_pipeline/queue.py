@@ -1,0 +1,651 @@
+"""The signals outbox (`signals_queue`): every SQL statement of the queue, named after what it does.
+
+Life of a signal: ``PENDING -> SENT -> ACKED``; ``FAILED`` after ``EA_MAX_ATTEMPTS``;
+``EXPIRED`` when ``expires_at`` passes before delivery (never sent); ``REJECTED`` when
+the EA answers but says no.
+
+There is no in-flight status. A pusher *claims* PENDING rows by giving them a claim token
+and a lease (``lease_until``) in one statement; every later update of the row must match
+that token, so a pusher whose lease ran out (it stalled, or died and another pusher took
+the row) cannot overwrite what the new holder did. A pusher that dies leaves leases that
+simply run out; the row is claimed again and re-sent with the same ``signal_id``, which
+the EA dedupes. No queue can promise exactly-once delivery; this one promises
+at-least-once with a stable ``signal_id``.
+
+Order per symbol: a row is only claimable when no earlier (lower id) PENDING, unexpired
+row of the same symbol is outside the claimer's own candidate set -- i.e. none is leased
+by another pusher, being claimed right now, or waiting for its retry. So a symbol's later
+signal never overtakes an earlier one that is still in play. (Inside a batch the pusher
+sends in id order and ends the cycle at the first row that must be retried, releasing
+the rest untried.)
+
+PostgreSQL: the claim is one ``UPDATE ... WHERE id IN (... FOR UPDATE SKIP LOCKED)``
+statement, safe with several pushers. SQLite: the same statement without the lock
+clause; SQLite runs each write statement under its single database write lock, so the
+claim is atomic there too (one pusher is the intended set-up).
+
+Times: aware UTC datetimes in and out. SQLite stores them as naive text in UTC, so every
+value is normalised before binding and given back its zone after reading.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Integer, and_, bindparam, case, exists, func, literal, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from mt5_pipeline.storage.engine import get_engine
+from mt5_pipeline.storage.schema import SIGNAL_STATUSES, signals_ack, signals_queue
+
+q = signals_queue
+
+# LISTEN/NOTIFY channel: enqueue notifies it in the inserting transaction, the worker listens.
+NOTIFY_CHANNEL = "signals_queue"
+
+# An ack proves the EA has the signal, so it wins over our own guess that delivery failed
+# or came too late. A signal the EA itself refused stays REJECTED (the ack is still stored).
+ACKABLE_STATUSES = ("PENDING", "SENT", "FAILED", "EXPIRED")
+
+PAYLOAD_KEYS = (
+    "signal_id",
+    "timestamp",
+    "symbol",
+    "timeframe",
+    "side",
+    "confidence",
+    "sl_pips",
+    "tp_pips",
+    "price",
+    "meta",
+    "expires_at",
+)
+
+
+class UnknownSignalError(LookupError):
+    """An ack (or lookup) named a signal_id that is not in signals_queue."""
+
+
+# ---- time helpers ----------------------------------------------------------------------
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Aware UTC; naive values (SQLite reads) are taken as UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def iso_z(value: datetime) -> str:
+    """ISO 8601 in UTC with ``Z`` (whole seconds unless there is a fraction)."""
+    value = as_utc(value)
+    text_ = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text_ += f".{value.microsecond:06d}".rstrip("0")
+    return text_ + "Z"
+
+
+def parse_iso(value: str | datetime) -> datetime:
+    if isinstance(value, datetime):
+        return as_utc(value)
+    return as_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+
+
+def _now(now: datetime | None) -> datetime:
+    return as_utc(now) if now is not None else utcnow()
+
+
+def _number(value: float) -> int | float:
+    """20.0 -> 20: the seed's payload shows whole pips as integers."""
+    value = float(value)
+    return int(value) if value.is_integer() else value
+
+
+# ---- rows and payloads ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A row this pusher holds: send ``payload``, then finish it with ``claim_token``."""
+
+    id: int
+    signal_id: str
+    symbol: str
+    side: str
+    confidence: float
+    attempts: int  # including the attempt this claim is for
+    expires_at: datetime
+    claim_token: str
+    lease_until: datetime
+    payload: dict
+
+
+_PAYLOAD_COLUMNS = (
+    q.c.id,
+    q.c.signal_id,
+    q.c.ts,
+    q.c.symbol,
+    q.c.timeframe,
+    q.c.side,
+    q.c.confidence,
+    q.c.sl_pips,
+    q.c.tp_pips,
+    q.c.price,
+    q.c.meta,
+    q.c.expires_at,
+    q.c.attempts,
+    q.c.lease_until,
+)
+
+
+def payload_from_row(row: Any) -> dict:
+    """The body the EA receives, in the seed's key order, from a signals_queue row."""
+    m = row._mapping
+    return {
+        "signal_id": m["signal_id"],
+        "timestamp": iso_z(m["ts"]),
+        "symbol": m["symbol"],
+        "timeframe": m["timeframe"],
+        "side": m["side"],
+        "confidence": float(m["confidence"]),
+        "sl_pips": _number(m["sl_pips"]),
+        "tp_pips": _number(m["tp_pips"]),
+        "price": float(m["price"]),
+        "meta": json.loads(m["meta"] or "{}"),
+        "expires_at": iso_z(m["expires_at"]),
+    }
+
+
+def _row_values(signal: dict, now: datetime) -> dict:
+    missing = [k for k in PAYLOAD_KEYS if k not in signal]
+    if missing:
+        raise ValueError(f"signal lacks {', '.join(missing)}")
+    meta = dict(signal["meta"])
+    for key in ("model", "model_version", "probability"):
+        if key not in meta:
+            raise ValueError(f"signal meta lacks {key!r}")
+    return {
+        "signal_id": str(signal["signal_id"]),
+        "symbol": signal["symbol"],
+        "timeframe": signal["timeframe"],
+        "ts": parse_iso(signal["timestamp"]),
+        "side": signal["side"],
+        "confidence": float(signal["confidence"]),
+        "probability": float(meta["probability"]),
+        "sl_pips": float(signal["sl_pips"]),
+        "tp_pips": float(signal["tp_pips"]),
+        "price": float(signal["price"]),
+        "model": str(meta["model"]),
+        "model_version": str(meta["model_version"]),
+        "meta": json.dumps(meta, separators=(",", ":"), sort_keys=False),
+        "status": "PENDING",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "expires_at": parse_iso(signal["expires_at"]),
+    }
+
+
+def _insert_ignoring_duplicates(conn: Connection):
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    # No conflict target: a second signal for the same bar+model (uq_signals_queue_bar_model)
+    # and a re-sent signal_id are both "already queued".
+    return dialect_insert(q).on_conflict_do_nothing().returning(q.c.id)
+
+
+def _notify(conn: Connection, count: int) -> None:
+    # Inside the inserting transaction: PostgreSQL delivers it at commit, never before the
+    # row is visible, and never for a rolled-back insert.
+    if conn.dialect.name == "postgresql" and count:
+        conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": str(count)})
+
+
+# ---- writing ------------------------------------------------------------------------------
+
+
+def enqueue(database_url: str, signal: dict, *, now: datetime | None = None) -> bool:
+    """Queue one signal (EA payload shape). False when its bar+model_version (or its
+    signal_id) already has a row: the database's unique constraint decides, not Python."""
+    values = _row_values(signal, _now(now))
+    with get_engine(database_url).begin() as conn:
+        inserted = conn.execute(_insert_ignoring_duplicates(conn), values).first() is not None
+        _notify(conn, int(inserted))
+    return inserted
+
+
+def enqueue_many(database_url: str, signals: Iterable[dict], *, now: datetime | None = None) -> int:
+    """Queue many signals in one transaction (one NOTIFY); returns how many were new."""
+    at = _now(now)
+    rows = [_row_values(s, at) for s in signals]
+    if not rows:
+        return 0
+    with get_engine(database_url).begin() as conn:
+        inserted = len(conn.execute(_insert_ignoring_duplicates(conn), rows).all())
+        _notify(conn, inserted)
+    return inserted
+
+
+def _claim_statement():
+    """The claim, built once (bound parameters: now, limit, token, lease_until)."""
+    at = bindparam("now", type_=q.c.expires_at.type)
+    candidates = (
+        select(q.c.id, q.c.symbol)
+        .where(
+            q.c.status == "PENDING",
+            q.c.next_attempt_at <= at,
+            q.c.expires_at > at,
+            or_(q.c.lease_until.is_(None), q.c.lease_until < at),
+        )
+        .order_by(q.c.id)
+        .limit(bindparam("limit", type_=Integer))
+        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite's compiler drops it
+        .cte("candidates")
+    )
+    earlier = q.alias("earlier")
+    # An earlier row of the same symbol still in play and not ours to send first
+    # (leased elsewhere, locked by a concurrent claim, or waiting for its retry).
+    blocked = exists().where(
+        earlier.c.status == "PENDING",
+        earlier.c.symbol == candidates.c.symbol,
+        earlier.c.id < candidates.c.id,
+        earlier.c.expires_at > at,
+        earlier.c.id.not_in(select(candidates.c.id)),
+    )
+    claimable = select(candidates.c.id).where(~blocked)
+    return (
+        update(q)
+        .where(q.c.id.in_(claimable))
+        .values(
+            claim_token=bindparam("token", type_=q.c.claim_token.type),
+            lease_until=bindparam("lease_until", type_=q.c.lease_until.type),
+            attempts=q.c.attempts + 1,
+        )
+        .returning(*_PAYLOAD_COLUMNS)
+    )
+
+
+_CLAIM = _claim_statement()
+
+
+def claim_batch(database_url: str, limit: int, *, lease_seconds: float, now: datetime | None = None) -> list[Claimed]:
+    """Claim up to ``limit`` deliverable rows, oldest first, keeping order per symbol.
+
+    Deliverable: PENDING, due (``next_attempt_at <= now``), not expired, not leased.
+    Claiming counts the attempt (``attempts + 1``); :func:`release_claims` undoes it for
+    rows that were not tried.
+    """
+    if limit <= 0:
+        return []
+    at = _now(now)
+    token = str(uuid.uuid4())
+    lease_until = at + timedelta(seconds=lease_seconds)
+    engine = get_engine(database_url)
+    params = {"now": at, "limit": int(limit), "token": token, "lease_until": lease_until}
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # A claim need not survive a database crash (the row would just be claimed
+            # again, same signal_id), so it does not wait for the WAL flush: this
+            # statement sits between a fresh signal and the EA.
+            conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+        rows = conn.execute(_CLAIM, params).all()
+    rows.sort(key=lambda r: r.id)
+    return [
+        Claimed(
+            id=r.id,
+            signal_id=r.signal_id,
+            symbol=r.symbol,
+            side=r.side,
+            confidence=float(r.confidence),
+            attempts=r.attempts,
+            expires_at=as_utc(r.expires_at),
+            claim_token=token,
+            lease_until=lease_until,
+            payload=payload_from_row(r),
+        )
+        for r in rows
+    ]
+
+
+def extend_lease(database_url: str, claim_token: str, *, lease_seconds: float, now: datetime | None = None) -> set[int]:
+    """Push the lease of every row still held under ``claim_token``; returns their ids."""
+    until = _now(now) + timedelta(seconds=lease_seconds)
+    stmt = update(q).where(q.c.claim_token == claim_token, q.c.status == "PENDING").values(lease_until=until).returning(q.c.id)
+    with get_engine(database_url).begin() as conn:
+        return {r.id for r in conn.execute(stmt)}
+
+
+@dataclass(frozen=True)
+class Mark:
+    """The end of one attempt, applied with :func:`apply_marks`.
+
+    kind: SENT | RETRY | REJECTED | FAILED | EXPIRED.
+    """
+
+    id: int
+    claim_token: str
+    kind: str
+    at: datetime
+    ticket: int | None = None
+    error: str | None = None
+    next_attempt_at: datetime | None = None
+
+
+def _mark_statement(mark: Mark):
+    held = and_(q.c.id == mark.id, q.c.claim_token == mark.claim_token)
+    release = {"claim_token": None, "lease_until": None}
+    at = as_utc(mark.at)
+    if mark.kind == "SENT":
+        # The EA's background ack may land before this update: keep ACKED then.
+        return (
+            update(q)
+            .where(held, q.c.status.in_(("PENDING", "ACKED")))
+            .values(
+                status=case((q.c.status == "ACKED", literal("ACKED")), else_=literal("SENT")),
+                sent_at=at,
+                ticket=func.coalesce(q.c.ticket, mark.ticket),
+                **release,
+            )
+        )
+    if mark.kind == "RETRY":
+        if mark.next_attempt_at is None:
+            raise ValueError("a RETRY mark needs next_attempt_at")
+        return update(q).where(held, q.c.status == "PENDING").values(next_attempt_at=as_utc(mark.next_attempt_at), last_error=mark.error, **release)
+    if mark.kind in ("REJECTED", "FAILED", "EXPIRED"):
+        return update(q).where(held, q.c.status == "PENDING").values(status=mark.kind, last_error=mark.error, **release)
+    raise ValueError(f"unknown mark kind {mark.kind!r}")
+
+
+# PostgreSQL: a whole flush of attempt results in one statement (one round trip), the
+# per-row values passed as arrays. Same rules as _mark_statement, row by row.
+_APPLY_MARKS_PG = text(
+    """
+    UPDATE signals_queue AS q SET
+        status = CASE
+            WHEN v.kind = 'SENT' THEN CASE WHEN q.status = 'ACKED' THEN 'ACKED' ELSE 'SENT' END
+            WHEN v.kind = 'RETRY' THEN 'PENDING'
+            ELSE v.kind END,
+        sent_at = CASE WHEN v.kind = 'SENT' THEN v.at ELSE q.sent_at END,
+        ticket = CASE WHEN v.kind = 'SENT' THEN COALESCE(q.ticket, v.ticket) ELSE q.ticket END,
+        next_attempt_at = CASE WHEN v.kind = 'RETRY' THEN v.next_at ELSE q.next_attempt_at END,
+        last_error = CASE WHEN v.kind = 'SENT' THEN q.last_error ELSE v.error END,
+        claim_token = NULL,
+        lease_until = NULL
+    FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:tokens AS varchar[]), CAST(:kinds AS varchar[]), CAST(:tickets AS bigint[]),
+        CAST(:errors AS text[]), CAST(:next_ats AS timestamptz[]), CAST(:ats AS timestamptz[])
+    ) AS v(id, token, kind, ticket, error, next_at, at)
+    WHERE q.id = v.id
+      AND q.claim_token = v.token
+      AND (q.status = 'PENDING' OR (v.kind = 'SENT' AND q.status = 'ACKED'))
+    RETURNING q.id
+    """
+)
+
+
+def apply_marks(database_url: str, marks: Iterable[Mark]) -> set[int]:
+    """Apply attempt results in one transaction; returns the ids whose token still matched
+    (a row missing from the result was taken over by another pusher after our lease ran out)."""
+    marks = list(marks)
+    if not marks:
+        return set()
+    for mark in marks:
+        if mark.kind not in ("SENT", "RETRY", "REJECTED", "FAILED", "EXPIRED"):
+            raise ValueError(f"unknown mark kind {mark.kind!r}")
+        if mark.kind == "RETRY" and mark.next_attempt_at is None:
+            raise ValueError("a RETRY mark needs next_attempt_at")
+    engine = get_engine(database_url)
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            params = {
+                "ids": [m.id for m in marks],
+                "tokens": [m.claim_token for m in marks],
+                "kinds": [m.kind for m in marks],
+                "tickets": [m.ticket for m in marks],
+                "errors": [m.error for m in marks],
+                "next_ats": [as_utc(m.next_attempt_at) if m.next_attempt_at else None for m in marks],
+                "ats": [as_utc(m.at) for m in marks],
+            }
+            return {r[0] for r in conn.execute(_APPLY_MARKS_PG, params)}
+        applied: set[int] = set()
+        for mark in marks:
+            if conn.execute(_mark_statement(mark).returning(q.c.id)).first() is not None:
+                applied.add(mark.id)
+        return applied
+
+
+def mark_sent(database_url: str, row_id: int, claim_token: str, ticket: int | None, *, now: datetime | None = None) -> bool:
+    return row_id in apply_marks(database_url, [Mark(row_id, claim_token, "SENT", _now(now), ticket=ticket)])
+
+
+def mark_retry(database_url: str, row_id: int, claim_token: str, error: str, next_attempt_at: datetime, *, now: datetime | None = None) -> bool:
+    return row_id in apply_marks(database_url, [Mark(row_id, claim_token, "RETRY", _now(now), error=error, next_attempt_at=next_attempt_at)])
+
+
+def mark_rejected(database_url: str, row_id: int, claim_token: str, error: str, *, now: datetime | None = None) -> bool:
+    return row_id in apply_marks(database_url, [Mark(row_id, claim_token, "REJECTED", _now(now), error=error)])
+
+
+def mark_failed(database_url: str, row_id: int, claim_token: str, error: str, *, now: datetime | None = None) -> bool:
+    return row_id in apply_marks(database_url, [Mark(row_id, claim_token, "FAILED", _now(now), error=error)])
+
+
+def mark_expired(database_url: str, row_id: int, claim_token: str, *, now: datetime | None = None) -> bool:
+    return row_id in apply_marks(database_url, [Mark(row_id, claim_token, "EXPIRED", _now(now), error="expired before delivery")])
+
+
+def release_claims(
+    database_url: str,
+    claim_token: str,
+    *,
+    ids: Iterable[int] | None = None,
+    not_before: datetime | None = None,
+) -> int:
+    """Give back rows held under ``claim_token`` that were not tried: the lease goes, and
+    the attempt the claim counted is undone. ``not_before`` postpones them (the EA is down:
+    no point in another pusher trying them at once). Returns the rows released."""
+    where = [q.c.claim_token == claim_token]
+    if ids is not None:
+        where.append(q.c.id.in_(list(ids)))
+    values: dict[str, Any] = {
+        "claim_token": None,
+        "lease_until": None,
+        "attempts": case((q.c.attempts > 0, q.c.attempts - 1), else_=0),
+    }
+    if not_before is not None:
+        nb = as_utc(not_before)
+        values["next_attempt_at"] = case((q.c.next_attempt_at < nb, nb), else_=q.c.next_attempt_at)
+    with get_engine(database_url).begin() as conn:
+        released = conn.execute(update(q).where(*where, q.c.status == "PENDING").values(**values)).rowcount
+        # A row the EA acked while we held it keeps no stale lease either.
+        conn.execute(update(q).where(*where, q.c.status != "PENDING").values(claim_token=None, lease_until=None))
+    return released
+
+
+def _expire_statement():
+    at = bindparam("now", type_=q.c.expires_at.type)
+    return (
+        update(q)
+        .where(
+            q.c.status == "PENDING",
+            q.c.expires_at <= at,
+            or_(q.c.lease_until.is_(None), q.c.lease_until < at),
+        )
+        .values(status="EXPIRED", last_error="expired before delivery", claim_token=None, lease_until=None)
+    )
+
+
+_EXPIRE = _expire_statement()
+
+
+def expire_stale(database_url: str, *, now: datetime | None = None) -> int:
+    """PENDING rows past ``expires_at`` become EXPIRED (never sent). Leased rows are left to
+    their holder, which checks expiry itself before sending."""
+    with get_engine(database_url).begin() as conn:
+        return conn.execute(_EXPIRE, {"now": _now(now)}).rowcount
+
+
+def record_ack(
+    database_url: str,
+    signal_id: str,
+    ticket: int | None,
+    status: str,
+    message: str = "",
+    *,
+    now: datetime | None = None,
+) -> dict:
+    """Store the EA's acknowledgement and move the signal to ACKED.
+
+    Repeating an ack is harmless (the row is updated, ``acked_at`` keeps the first time).
+    Raises UnknownSignalError for a signal_id that was never queued, ValueError for a bad
+    status or ticket.
+    """
+    if not isinstance(status, str) or not status.strip() or len(status.strip()) > 20:
+        raise ValueError("status: expected a non-empty string of at most 20 characters (e.g. FILLED)")
+    if ticket is not None and (isinstance(ticket, bool) or not isinstance(ticket, int) or ticket < 0):
+        raise ValueError("ticket: expected a non-negative whole number or null")
+    status = status.strip()
+    message = message or ""
+    at = _now(now)
+    engine = get_engine(database_url)
+    with engine.begin() as conn:
+        lookup = select(q.c.id, q.c.status).where(q.c.signal_id == signal_id)
+        if conn.dialect.name == "postgresql":
+            lookup = lookup.with_for_update()
+        row = conn.execute(lookup).first()
+        if row is None:
+            raise UnknownSignalError(f"unknown signal_id {signal_id!r}: no such signal in signals_queue")
+        repeated = conn.execute(select(signals_ack.c.id).where(signals_ack.c.signal_id == signal_id)).first() is not None
+        dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        ins = dialect_insert(signals_ack).values(signal_id=signal_id, ticket=ticket, status=status, message=message, acked_at=at)
+        conn.execute(
+            ins.on_conflict_do_update(
+                index_elements=[signals_ack.c.signal_id],
+                set_={
+                    "ticket": func.coalesce(ins.excluded.ticket, signals_ack.c.ticket),
+                    "status": ins.excluded.status,
+                    "message": ins.excluded.message,
+                },
+            )
+        )
+        queue_status = row.status
+        if row.status in ACKABLE_STATUSES:
+            conn.execute(
+                update(q)
+                .where(q.c.id == row.id)
+                .values(status="ACKED", acked_at=func.coalesce(q.c.acked_at, at), ticket=func.coalesce(literal(ticket, q.c.ticket.type), q.c.ticket))
+            )
+            queue_status = "ACKED"
+        elif row.status == "ACKED" and ticket is not None:
+            conn.execute(update(q).where(q.c.id == row.id, q.c.ticket.is_(None)).values(ticket=ticket))
+    return {"signal_id": signal_id, "status": queue_status, "ticket": ticket, "ack_status": status, "repeated": repeated}
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+
+def queue_status(database_url: str, *, since: datetime) -> dict:
+    """``{"PENDING": {"count": n, "latest": iso}, ...}`` for signals created since ``since``
+    (the seed's /ea/queue-status). Only statuses with signals appear."""
+    stmt = select(q.c.status, func.count().label("n"), func.max(q.c.created_at).label("latest")).where(q.c.created_at >= as_utc(since)).group_by(q.c.status)
+    with get_engine(database_url).connect() as conn:
+        rows = conn.execute(stmt).all()
+    order = {s: i for i, s in enumerate(SIGNAL_STATUSES)}
+    return {
+        r.status: {"count": int(r.n), "latest": iso_z(r.latest) if r.latest is not None else None} for r in sorted(rows, key=lambda r: order.get(r.status, 99))
+    }
+
+
+def status_counts(database_url: str) -> dict[str, int]:
+    """Signals per status, all time (for /metrics); every status present, zero if none."""
+    with get_engine(database_url).connect() as conn:
+        rows = conn.execute(select(q.c.status, func.count()).group_by(q.c.status)).all()
+    counts = {s: 0 for s in SIGNAL_STATUSES}
+    counts.update({status: int(n) for status, n in rows})
+    return counts
+
+
+def pending_for_pull(database_url: str, limit: int = 100, *, now: datetime | None = None) -> list[dict]:
+    """EA payloads of unexpired PENDING signals, oldest first, for EAs that poll (changes nothing)."""
+    at = _now(now)
+    stmt = select(*_PAYLOAD_COLUMNS).where(q.c.status == "PENDING", q.c.expires_at > at).order_by(q.c.id).limit(max(0, int(limit)))
+    with get_engine(database_url).connect() as conn:
+        return [payload_from_row(r) for r in conn.execute(stmt)]
+
+
+def _deliverable(at: datetime):
+    return and_(
+        q.c.status == "PENDING",
+        q.c.next_attempt_at <= at,
+        q.c.expires_at > at,
+        or_(q.c.lease_until.is_(None), q.c.lease_until < at),
+    )
+
+
+def count_deliverable(database_url: str, *, now: datetime | None = None) -> int:
+    """PENDING signals a push cycle could send now (due, unexpired, not leased)."""
+    with get_engine(database_url).connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(q).where(_deliverable(_now(now)))).scalar_one())
+
+
+def count_pending(database_url: str, *, now: datetime | None = None) -> int:
+    """Unexpired PENDING signals, whether due, waiting for a retry or leased."""
+    with get_engine(database_url).connect() as conn:
+        stmt = select(func.count()).select_from(q).where(q.c.status == "PENDING", q.c.expires_at > _now(now))
+        return int(conn.execute(stmt).scalar_one())
+
+
+def _heads_statement():
+    at = bindparam("now", type_=q.c.expires_at.type)
+    earlier = q.alias("earlier")
+    return select(q.c.next_attempt_at, q.c.lease_until).where(
+        q.c.status == "PENDING",
+        q.c.expires_at > at,
+        ~exists().where(earlier.c.status == "PENDING", earlier.c.symbol == q.c.symbol, earlier.c.id < q.c.id, earlier.c.expires_at > at),
+    )
+
+
+_HEADS = _heads_statement()
+
+
+def next_due_at(database_url: str, *, now: datetime | None = None) -> datetime | None:
+    """When a push cycle will next find something to send: the earliest time a symbol's
+    first unexpired PENDING row becomes due (its retry time, or its lease running out).
+    None when nothing is pending. Rows behind an earlier row of their symbol are ignored:
+    they wait for it, so counting them would wake the pusher for nothing."""
+    with get_engine(database_url).connect() as conn:
+        rows = conn.execute(_HEADS, {"now": _now(now)}).all()
+    due = [max(as_utc(r.next_attempt_at), as_utc(r.lease_until) if r.lease_until is not None else as_utc(r.next_attempt_at)) for r in rows]
+    return min(due) if due else None
+
+
+def get_signal(database_url: str, signal_id: str) -> dict | None:
+    """The whole signals_queue row (aware datetimes, ``meta`` decoded), or None."""
+    with get_engine(database_url).connect() as conn:
+        row = conn.execute(select(q).where(q.c.signal_id == signal_id)).first()
+    if row is None:
+        return None
+    out = dict(row._mapping)
+    for key, value in out.items():
+        if isinstance(value, datetime):
+            out[key] = as_utc(value)
+    out["meta"] = json.loads(out["meta"] or "{}")
+    return out
+
+
+def find_bar_signal(database_url: str, symbol: str, timeframe: str, ts: datetime, model_version: str) -> dict | None:
+    """The EA payload already queued for this bar and model version, or None."""
+    stmt = select(*_PAYLOAD_COLUMNS).where(q.c.symbol == symbol, q.c.timeframe == timeframe, q.c.ts == as_utc(ts), q.c.model_version == model_version)
+    with get_engine(database_url).connect() as conn:
+        row = conn.execute(stmt).first()
+    return payload_from_row(row) if row is not None else None

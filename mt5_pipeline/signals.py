@@ -1,0 +1,183 @@
+"""From a model probability to a queued trade signal: the decision band, the staleness
+guards, and one signal per bar.
+
+The seed calls the model's probability "confidence": at or above SIGNAL_BUY_THRESHOLD a
+BUY whose confidence is the probability; at or below SIGNAL_SELL_THRESHOLD a SELL whose
+confidence is 1 - p (the probability of the move the SELL bets on); in between nothing,
+unless forced.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from mt5_pipeline import queue
+from mt5_pipeline.queue import as_utc, iso_z, parse_iso
+from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "rf_m1"
+
+Predictor = Callable[[Settings, str, str], Any]
+
+
+@dataclass(frozen=True)
+class Decision:
+    side: str | None  # "BUY" | "SELL" | None (neutral band, not forced)
+    confidence: float
+    probability: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    status: str  # "queued" | "duplicate" | "neutral" | "stale_bar" | "stale_model"
+    message: str
+    probability: float | None
+    confidence: float | None
+    signal: dict | None  # EA payload shape (for "duplicate": the signal already queued)
+
+    @property
+    def queued(self) -> bool:
+        return self.status == "queued"
+
+
+def decide(probability: float, settings: Settings, force: bool = False) -> Decision:
+    """The seed's decision band. In the band the confidence reported is the probability
+    itself (what the seed's "0.45 < Confidence < 0.55" means); forced, the side follows
+    the probability's side of 0.5."""
+    p = float(probability)
+    if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+        raise ValueError(f"probability must be between 0 and 1, got {probability!r}")
+    buy, sell = settings.signal_buy_threshold, settings.signal_sell_threshold
+    if p >= buy:
+        return Decision("BUY", p, p, f"probability {p:.3f} >= SIGNAL_BUY_THRESHOLD {buy}")
+    if p <= sell:
+        return Decision("SELL", 1.0 - p, p, f"probability {p:.3f} <= SIGNAL_SELL_THRESHOLD {sell}")
+    band = f"probability {p:.3f} is inside the neutral band ({sell}, {buy})"
+    if not force:
+        return Decision(None, p, p, band)
+    if p >= 0.5:
+        return Decision("BUY", p, p, f"forced: {band}; BUY because it is >= 0.5")
+    return Decision("SELL", 1.0 - p, p, f"forced: {band}; SELL because it is < 0.5")
+
+
+def signal_expires_at(bar_open: datetime, timeframe: str, settings: Settings) -> datetime:
+    """The bar's close (open + timeframe) plus SIGNAL_TTL_SECONDS."""
+    return as_utc(bar_open) + timedelta(seconds=TIMEFRAME_SECONDS[timeframe] + settings.signal_ttl_seconds)
+
+
+def bar_staleness(settings: Settings, timeframe: str, newest_bar_open: datetime | str | None, *, now: datetime | None = None) -> str | None:
+    """Why the newest bar is too old to trade on (the feed stalled), or None if fresh.
+
+    Age is measured from the bar's open time: a healthy M1 feed keeps it under two bars,
+    so the limit is SIGNAL_MAX_BAR_AGE_SECONDS (default two bars + 30 s). /health uses this too.
+    """
+    at = queue._now(now)
+    if newest_bar_open is None:
+        return f"no {timeframe} bars at all"
+    newest_bar_open = parse_iso(newest_bar_open)
+    age = (at - newest_bar_open).total_seconds()
+    limit = settings.max_bar_age_seconds(timeframe)
+    if age > limit:
+        return f"the newest {timeframe} bar ({iso_z(newest_bar_open)}) is {age:.0f} s old, more than SIGNAL_MAX_BAR_AGE_SECONDS={limit}: the feed has stalled"
+    return None
+
+
+def model_staleness(settings: Settings, trained_at: datetime | str | None, *, now: datetime | None = None) -> str | None:
+    """Why the model is too old to trade on, or None if fresh enough (/health uses this too)."""
+    if trained_at is None:
+        return "the model's training time is unknown"
+    at = queue._now(now)
+    trained_at = parse_iso(trained_at)
+    age_h = (at - trained_at).total_seconds() / 3600.0
+    if age_h > settings.model_max_age_hours:
+        return f"the model was trained {age_h:.1f} h ago ({iso_z(trained_at)}), more than MODEL_MAX_AGE_HOURS={settings.model_max_age_hours:g}: retrain it"
+    return None
+
+
+def build_signal(prediction: Any, decision: Decision, settings: Settings, *, forced: bool = False) -> dict:
+    """The EA payload (the seed's body plus ``expires_at``) for a decided prediction."""
+    if decision.side is None:
+        raise ValueError("no side: nothing to build")
+    sl, tp = settings.sl_tp_pips(prediction.symbol)
+    return {
+        "signal_id": str(uuid.uuid4()),
+        "timestamp": iso_z(prediction.ts),
+        "symbol": prediction.symbol,
+        "timeframe": prediction.timeframe,
+        "side": decision.side,
+        "confidence": round(decision.confidence, 6),
+        "sl_pips": queue._number(sl),
+        "tp_pips": queue._number(tp),
+        "price": float(prediction.close),
+        "meta": {
+            "model": getattr(prediction, "model", None) or DEFAULT_MODEL_NAME,
+            # The class the model predicts: 1 = price up (BUY), 0 = not up (SELL).
+            "label": 1 if decision.side == "BUY" else 0,
+            "model_version": prediction.model_version,
+            "probability": round(decision.probability, 6),
+            "label_mode": getattr(prediction, "label_mode", None),
+            "label_horizon": getattr(prediction, "label_horizon", None),
+            "forced": forced,
+        },
+        "expires_at": iso_z(signal_expires_at(prediction.ts, prediction.timeframe, settings)),
+    }
+
+
+def _default_predictor() -> Predictor:
+    from mt5_pipeline.model import predict_latest  # helper module; heavy imports stay lazy
+
+    return predict_latest
+
+
+def generate_signal(
+    settings: Settings,
+    symbol: str,
+    timeframe: str = "M1",
+    force: bool = False,
+    *,
+    now: datetime | None = None,
+    predictor: Predictor | None = None,
+) -> GenerateResult:
+    """Predict the newest bar, decide, and queue at most one signal for it.
+
+    NoModelError / NoFeaturesError / ModelMismatchError from the predictor propagate.
+    Stale inputs never produce a signal, forced or not.
+    """
+    at = queue._now(now)
+    predict = predictor or _default_predictor()
+    prediction = predict(settings, symbol, timeframe)
+    p = float(prediction.probability)
+
+    stale = bar_staleness(settings, prediction.timeframe, prediction.ts, now=at)
+    if stale:
+        log.warning("No signal for %s %s: %s", symbol, timeframe, stale)
+        return GenerateResult("stale_bar", f"No signal: {stale}", p, None, None)
+    stale = model_staleness(settings, getattr(prediction, "model_trained_at", None), now=at)
+    if stale:
+        log.warning("No signal for %s %s: %s", symbol, timeframe, stale)
+        return GenerateResult("stale_model", f"No signal: {stale}", p, None, None)
+
+    decision = decide(p, settings, force)
+    if decision.side is None:
+        message = f"No signal: {decision.reason}; send force=true to trade it anyway"
+        log.info("No signal for %s %s: %s", symbol, timeframe, decision.reason)
+        return GenerateResult("neutral", message, p, decision.confidence, None)
+
+    signal = build_signal(prediction, decision, settings, forced=force and decision.reason.startswith("forced"))
+    if not queue.enqueue(settings.database_url, signal, now=at):
+        existing = queue.find_bar_signal(settings.database_url, prediction.symbol, prediction.timeframe, prediction.ts, prediction.model_version)
+        message = f"A signal for {prediction.symbol} {prediction.timeframe} bar {iso_z(prediction.ts)} and model {prediction.model_version} is already queued; nothing new"
+        log.info(message)
+        return GenerateResult("duplicate", message, p, decision.confidence, existing)
+
+    log.info("Generated signal: %s %s (confidence: %.1f%%)", signal["symbol"], signal["side"], decision.confidence * 100)
+    return GenerateResult("queued", "Signal generated and added to queue", p, decision.confidence, signal)

@@ -1,0 +1,204 @@
+"""The `reference_ea` fixture: the real reference EA (mt5_pipeline.ea_sim) served by uvicorn
+on a free loopback port in a background thread.
+
+Failures are injected here, in a thin ASGI wrapper in front of the product app, so the
+reference EA itself stays a clean implementation:
+
+    reference_ea.app_state.status = 500          # answer every POST /signals with 500
+    reference_ea.app_state.reject = "no margin"  # answer 200 {"success": false, "message": ...}
+    reference_ea.app_state.delay = 0.05          # seconds before answering
+    reference_ea.stop(); ...; reference_ea.start()   # the EA is down (connection refused), then back
+
+`received` lists every POST /signals that reached the server, as (headers, body), before
+any injected failure; `peers` the client port of each (to see connection reuse).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import uvicorn
+
+from mt5_pipeline.ea_sim import create_ea_app
+from mt5_pipeline.queue import iso_z
+
+TEST_EA_KEY = "test-ea-key-0123456789"
+
+
+def make_signal(
+    symbol: str = "EURUSD",
+    *,
+    ts: datetime | None = None,
+    side: str = "BUY",
+    probability: float = 0.785,
+    ttl: float = 600.0,
+    expires_at: datetime | None = None,
+    model_version: str = "v-test",
+    price: float = 1.095,
+) -> dict:
+    """An EA payload as signals.generate_signal builds it, for tests that queue directly."""
+    ts = ts or datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    expires_at = expires_at or datetime.now(timezone.utc) + timedelta(seconds=ttl)
+    confidence = probability if side == "BUY" else 1 - probability
+    return {
+        "signal_id": str(uuid.uuid4()),
+        "timestamp": iso_z(ts),
+        "symbol": symbol,
+        "timeframe": "M1",
+        "side": side,
+        "confidence": round(confidence, 6),
+        "sl_pips": 20,
+        "tp_pips": 40,
+        "price": price,
+        "meta": {"model": "rf_m1", "label": 1 if side == "BUY" else 0, "model_version": model_version, "probability": probability},
+        "expires_at": iso_z(expires_at),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """Any ASGI app under uvicorn in a daemon thread; stop() and start() again on the same port."""
+
+    def __init__(self, app: Any, port: int | None = None, **config: Any) -> None:
+        self.app = app
+        self.port = port or free_port()
+        self.config = config  # extra uvicorn.Config options (ssl_certfile, ...)
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        scheme = "https" if self.config.get("ssl_certfile") else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", access_log=False, interface="asgi3", **self.config
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True, name=f"uvicorn-{self.port}")
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"test server on port {self.port} did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._server.force_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = self._thread = None
+
+
+@dataclass
+class Faults:
+    status: int | None = None  # answer POST /signals with this HTTP status
+    reject: str | None = None  # answer 200 {"success": false, "message": reject}
+    delay: float = 0.0  # seconds before answering (after recording)
+
+
+class ReferenceEA(ServerThread):
+    def __init__(self, api_key: str = TEST_EA_KEY, *, server_config: dict | None = None, **app_kwargs: Any) -> None:
+        self.api_key = api_key
+        self.ea_app = create_ea_app(api_key, **app_kwargs)
+        self.ea = self.ea_app.state.ea
+        self.app_state = Faults()
+        self.received: list[tuple[dict, Any]] = []
+        self.peers: list[int] = []
+        self._lock = threading.Lock()
+        super().__init__(self._asgi, **(server_config or {}))
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/signals"
+
+    def settings(self, base, **changes):
+        """``base`` settings pointed at this EA with its key."""
+        return base.replace(ea_server_url_override=self.url, ea_api_key=self.api_key, **changes)
+
+    def signal_ids(self) -> list[str]:
+        with self._lock:
+            return [body.get("signal_id") if isinstance(body, dict) else None for _, body in self.received]
+
+    async def _asgi(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/signals" or scope["method"] != "POST":
+            await self.ea_app(scope, receive, send)
+            return
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        raw = b"".join(chunks)
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:
+            body = raw
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        with self._lock:
+            self.received.append((headers, body))
+            self.peers.append(scope["client"][1] if scope.get("client") else -1)
+        faults = self.app_state
+        if faults.delay:
+            await asyncio.sleep(faults.delay)
+        if faults.status is not None or faults.reject is not None:
+            status = faults.status or 200
+            message = faults.reject or f"injected {status}"
+            payload = json.dumps({"success": False, "message": message}).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        await self.ea_app(scope, replay, send)
+
+
+@pytest.fixture
+def reference_ea() -> Iterator[ReferenceEA]:
+    ea = ReferenceEA()
+    ea.start()
+    yield ea
+    ea.stop()
+    ea.ea.close()
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02) -> bool:
+    """Poll until ``predicate()`` is true; False if it never became true within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

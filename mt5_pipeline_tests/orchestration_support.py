@@ -1,0 +1,43 @@
+"""Shared set-up for the Dagster-layer tests: a database with fresh candles, and resources."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from mt5_pipeline.definitions import build_defs
+from mt5_pipeline.ingest import ingest_candles
+from mt5_pipeline.orchestration.resources import DatabaseResource, EAResource, ModelStoreResource, SettingsResource
+from mt5_pipeline.sample_data import generate_candles
+from mt5_pipeline.settings import Settings
+
+# Small and fast: enough bars for warm-up, a split with embargo and a few folds.
+FAST_MODEL = {"RF_N_ESTIMATORS": 10, "RF_MAX_DEPTH": 6, "RF_MIN_SAMPLES_LEAF": 20}
+# A band this narrow turns every probability into a BUY or a SELL, so tests that need a
+# queued signal do not depend on what the forest happens to predict.
+ALWAYS_DECIDE = {"SIGNAL_BUY_THRESHOLD": 0.5, "SIGNAL_SELL_THRESHOLD": 0.4999}
+
+
+def minute_now() -> datetime:
+    return datetime.now(timezone.utc).replace(second=0, microsecond=0)
+
+
+def load_symbols(url: str, symbols: dict[str, int], *, end: datetime | None = None, bars: int = 4000) -> None:
+    for seed, (symbol, _) in enumerate(symbols.items()):
+        frame = generate_candles(bars, end=end or minute_now(), seed=seed, with_weekends=False, start_price=1.1 + seed * 0.2)
+        ingest_candles(url, symbol, "M1", frame)
+
+
+def resources_for(settings: Settings, **overrides) -> dict:
+    """Resources for `settings`; `overrides` are the environment variables the test changed."""
+    return {
+        "config": SettingsResource(overrides={k: str(v) for k, v in overrides.items()}),
+        "database": DatabaseResource(database_url=settings.database_url),
+        "models": ModelStoreResource(model_dir=str(settings.model_dir)),
+        "ea": EAResource(server_url=settings.ea_server_url, api_key=settings.ea_api_key),
+    }
+
+
+def defs_for(settings: Settings, **overrides) -> dg.Definitions:
+    return build_defs(settings, resources_for(settings, **overrides))

@@ -1,0 +1,212 @@
+"""The EA client against real servers on loopback: the reference EA, a server that never
+finishes its answer, a TLS server with a self-signed certificate."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from mt5_pipeline.ea_client import EAClient
+from mt5_pipeline_tests.ea_server import ReferenceEA, ServerThread, free_port, make_signal
+
+
+@pytest.fixture
+def client_for(settings_for, sqlite_url):
+    clients = []
+
+    def build(url: str, key: str = "test-ea-key-0123456789", **overrides) -> EAClient:
+        client = EAClient(settings_for(sqlite_url, ea_server_url=url, ea_api_key=key, **overrides))
+        clients.append(client)
+        return client
+
+    yield build
+    for c in clients:
+        c.close()
+
+
+def test_sends_the_signal_with_the_seeds_headers(reference_ea, client_for):
+    client = client_for(reference_ea.url, reference_ea.api_key)
+    signal = make_signal()
+    outcome = client.send(signal)
+    assert outcome.kind == "ok" and outcome.status_code == 200
+    assert outcome.ticket == reference_ea.ea.by_signal[signal["signal_id"]]["ticket"]
+    [(headers, body)] = reference_ea.received
+    assert body == signal
+    assert headers["content-type"] == "application/json"
+    assert headers["x-api-key"] == reference_ea.api_key
+    assert headers["idempotency-key"] == signal["signal_id"]
+
+
+def test_one_pooled_connection_serves_many_requests(reference_ea, client_for):
+    client = client_for(reference_ea.url, reference_ea.api_key)
+    for _ in range(20):
+        assert client.send(make_signal()).ok
+    assert len(reference_ea.peers) == 20
+    assert len(set(reference_ea.peers)) == 1  # keep-alive: one TCP connection
+
+
+def test_outcomes_are_classified(reference_ea, client_for):
+    client = client_for(reference_ea.url, reference_ea.api_key)
+    reference_ea.app_state.status = 500
+    o = client.send(make_signal())
+    assert (o.kind, o.status_code) == ("retry", 500)
+    reference_ea.app_state.status = 429
+    assert client.send(make_signal()).kind == "retry"
+    reference_ea.app_state.status = None
+    reference_ea.app_state.reject = "market closed"
+    o = client.send(make_signal())
+    assert o.kind == "reject" and "market closed" in o.error
+    reference_ea.app_state.reject = None
+    # The real EA's own validation: a 4xx is a rejection with its message.
+    bad = make_signal()
+    bad["side"] = "HOLD"
+    o = client.send(bad)
+    assert (o.kind, o.status_code) == ("reject", 422) and "side: expected BUY or SELL" in o.error
+
+
+def test_a_wrong_key_is_an_auth_outcome_and_the_key_is_never_logged(reference_ea, client_for, caplog):
+    caplog.set_level(logging.DEBUG)
+    secret = "wrong-key-that-must-not-leak-42"
+    client = client_for(reference_ea.url, secret)
+    o = client.send(make_signal())
+    assert (o.kind, o.status_code) == ("auth", 401)
+    assert "EA_API_KEY" in o.error and secret not in o.error
+    assert client.test_connection()["connected"] is True  # /health needs no key
+    assert secret not in caplog.text and reference_ea.api_key not in caplog.text
+
+
+def test_nothing_listening_is_a_clean_retry(client_for):
+    client = client_for(f"http://127.0.0.1:{free_port()}/signals")
+    o = client.send(make_signal())
+    assert o.kind == "retry" and not o.ambiguous and "cannot connect" in o.error
+    t = client.test_connection()
+    assert t["connected"] is False and t["message"].startswith("❌")
+
+
+def test_connection_test_has_the_seeds_shape(reference_ea, client_for):
+    client = client_for(reference_ea.url, reference_ea.api_key)
+    result = client.test_connection()
+    assert {k: result[k] for k in ("connected", "ea_server", "ea_url", "message")} == {
+        "connected": True,
+        "ea_server": f"127.0.0.1:{reference_ea.port}",
+        "ea_url": reference_ea.url,
+        "message": "✅ Connected",
+    }
+
+
+def test_a_2xx_without_the_expected_json_is_retried_as_ambiguous(client_for):
+    async def ok_text(request):
+        return PlainTextResponse("OK")
+
+    server = ServerThread(Starlette(routes=[Route("/signals", ok_text, methods=["POST"])]))
+    server.start()
+    try:
+        o = client_for(f"{server.base_url}/signals").send(make_signal())
+    finally:
+        server.stop()
+    assert o.kind == "retry" and o.ambiguous and "without the expected JSON" in o.error
+
+
+class DripServer:
+    """Accepts, reads the request, then trickles a header byte every 0.2 s and never
+    finishes: each byte resets a per-read timeout, so only an overall deadline ends it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                while not self.stop.wait(0.2):
+                    try:
+                        conn.sendall(b"X")
+                    except OSError:
+                        break
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def test_the_overall_deadline_holds_against_a_trickling_server(client_for):
+    server = DripServer()
+    try:
+        client = client_for(f"http://127.0.0.1:{server.port}/signals", ea_request_timeout=1)
+        o = client.send(make_signal())
+    finally:
+        server.close()
+    # Sent, then no complete answer in time: the EA may have acted, so retry same signal_id.
+    assert o.kind == "retry" and o.ambiguous
+    assert "no answer from the EA within 1 s" in o.error
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_https_verifies_certificates_and_accepts_a_ca_bundle(self_signed, client_for):
+    cert, key = self_signed
+    ea = ReferenceEA(server_config={"ssl_certfile": str(cert), "ssl_keyfile": str(key)})
+    ea.start()
+    try:
+        assert ea.url.startswith("https://")
+        untrusted = client_for(ea.url, ea.api_key).send(make_signal())
+        assert untrusted.kind == "retry" and "CERTIFICATE_VERIFY_FAILED" in untrusted.error
+        assert ea.received == []
+        trusted = client_for(ea.url, ea.api_key, ea_ca_bundle=str(cert))
+        assert trusted.send(make_signal()).ok
+        assert trusted.test_connection()["connected"] is True
+    finally:
+        ea.stop()
+
+
+def test_an_unreadable_ca_bundle_is_named_at_start(client_for, tmp_path):
+    with pytest.raises(ValueError, match="EA_CA_BUNDLE"):
+        client_for("https://127.0.0.1:8443/signals", ea_ca_bundle=str(tmp_path / "missing.pem"))

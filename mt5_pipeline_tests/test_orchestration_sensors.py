@@ -1,0 +1,122 @@
+"""Sensors and the schedule evaluated with Dagster's own contexts against a real database."""
+
+import json
+from datetime import timedelta
+
+import dagster as dg
+
+from mt5_pipeline.ingest import ingest_candles
+from mt5_pipeline.model import train_model
+from mt5_pipeline.queue import enqueue
+from mt5_pipeline.sample_data import generate_candles
+from mt5_pipeline_tests.orchestration_support import FAST_MODEL, defs_for, load_symbols, minute_now
+
+
+def _tick(defs, instance, name, cursor=None):
+    sensor = defs.get_repository_def().get_sensor_def(name)
+    with dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor, resources=defs.resources) as context:
+        result = sensor(context)
+        return result, result.cursor if isinstance(result, dg.SensorResult) else context.cursor
+
+
+def test_new_candles_sensor_requests_only_new_bars_and_never_twice(db_url, settings_for):
+    settings = settings_for(db_url, **FAST_MODEL)
+    defs = defs_for(settings, **FAST_MODEL)
+    instance = dg.DagsterInstance.ephemeral()
+
+    empty, _ = _tick(defs, instance, "new_candles_sensor")
+    assert isinstance(empty, dg.SkipReason) and "no M1 candles" in empty.skip_message
+
+    now = minute_now()
+    load_symbols(db_url, {"EURUSD": 0}, end=now, bars=3000)
+    result, cursor = _tick(defs, instance, "new_candles_sensor")
+    assert [r.partition_key for r in result.run_requests] == ["EURUSD"]
+    # No model yet: features only, never signals from nothing.
+    assert result.run_requests[0].job_name == "features_job"
+    assert result.dynamic_partitions_requests[0].partition_keys == ["EURUSD"]
+    assert result.asset_events[0].metadata["bars"].value == 3000
+    assert json.loads(cursor)["EURUSD"].startswith(now.isoformat())
+
+    again, _ = _tick(defs, instance, "new_candles_sensor", cursor)
+    assert isinstance(again, dg.SkipReason) and "no new bars" in again.skip_message
+
+    # A new symbol arrives, and the model now exists: a prediction run for it alone.
+    instance.add_dynamic_partitions("symbols", ["EURUSD"])
+    ingest_candles(db_url, "GBPUSD", "M1", generate_candles(3000, end=now, seed=7, with_weekends=False))
+    from mt5_pipeline.features import update_features
+
+    for symbol in ("EURUSD", "GBPUSD"):
+        update_features(db_url, symbol)
+    train_model(settings)
+    result, cursor2 = _tick(defs, instance, "new_candles_sensor", cursor)
+    assert [(r.partition_key, r.job_name) for r in result.run_requests] == [("GBPUSD", "predict_job")]
+    assert result.dynamic_partitions_requests[0].partition_keys == ["GBPUSD"]
+    keys = {r.run_key for r in result.run_requests}
+
+    # The EA re-sends the newest EURUSD bar with a corrected close: features go stale.
+    last = generate_candles(1, end=now, seed=99, with_weekends=False)
+    ingest_candles(db_url, "EURUSD", "M1", last)
+    result, _ = _tick(defs, instance, "new_candles_sensor", cursor2)
+    assert [r.partition_key for r in result.run_requests] == ["EURUSD"]
+    assert not keys & {r.run_key for r in result.run_requests}
+
+
+def _signal(now, bar_offset_min=1, **extra):
+    import uuid
+
+    bar = now - timedelta(minutes=bar_offset_min)
+    body = {
+        "signal_id": str(uuid.uuid4()),
+        "timestamp": bar.isoformat().replace("+00:00", "Z"),
+        "symbol": "EURUSD",
+        "timeframe": "M1",
+        "side": "BUY",
+        "confidence": 0.61,
+        "sl_pips": 20,
+        "tp_pips": 40,
+        "price": 1.0801,
+        "meta": {"model": "rf_m1", "label": 1, "model_version": "test-v1", "probability": 0.61},
+        "expires_at": (bar + timedelta(seconds=60 + 600)).isoformat().replace("+00:00", "Z"),
+    }
+    body.update(extra)
+    return body
+
+
+def test_ea_push_sensor_skips_on_empty_queue_and_requests_a_run_otherwise(db_url, settings_for):
+    settings = settings_for(db_url)
+    defs = defs_for(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    skipped, _ = _tick(defs, instance, "ea_push_sensor")
+    assert isinstance(skipped, dg.SkipReason) and "no pending signals" in skipped.skip_message
+
+    assert enqueue(db_url, _signal(minute_now()))
+    requested, _ = _tick(defs, instance, "ea_push_sensor")
+    assert isinstance(requested, dg.RunRequest)
+    assert requested.tags["mt5_pipeline/pending"] == "1"
+
+    pull_mode = defs_for(settings, EA_PUSH_ENABLED="false")
+    skipped, _ = _tick(pull_mode, instance, "ea_push_sensor")
+    assert isinstance(skipped, dg.SkipReason) and "pull mode" in skipped.skip_message
+
+
+def test_push_job_delivers_to_the_reference_ea(pg_url, settings_for, reference_ea):
+    settings = reference_ea.settings(settings_for(pg_url))
+    defs = defs_for(settings)
+    body = _signal(minute_now())
+    assert enqueue(pg_url, body)
+    result = defs.resolve_job_def("ea_push_job").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    assert reference_ea.signal_ids() == [body["signal_id"]]
+    headers, _ = reference_ea.received[0]
+    assert headers["idempotency-key"] == body["signal_id"]
+    assert headers["x-api-key"] == reference_ea.api_key
+
+
+def test_retrain_schedule_requests_a_training_run(sqlite_url, settings_for):
+    defs = defs_for(settings_for(sqlite_url, RETRAIN_CRON="15 4 * * *"))
+    schedule = defs.get_repository_def().get_schedule_def("rf_m1_retrain_schedule")
+    with dg.build_schedule_context(instance=dg.DagsterInstance.ephemeral()) as context:
+        requests = list(schedule.evaluate_tick(context).run_requests)
+    assert len(requests) == 1
+    assert schedule.job_name == "rf_m1_train_job"
+    assert schedule.cron_schedule == "15 4 * * *"

@@ -6,8 +6,9 @@ Creates a scratch database on TEST_DATABASE_URL's server (default
 postgresql://postgres@127.0.0.1:5432/test), drops it afterwards, and measures in one run:
 
 * 1,000,000 M1 candles through ``ingest_candles`` in batches of 100,000 — validation,
-  binary COPY and the idempotent upsert included — once as DataFrames (the importer's
-  path) and once as lists of dicts (the API's path, after JSON parsing);
+  binary COPY and the idempotent upsert included — as DataFrames (the importer's path)
+  and as lists of dicts (the API's path, after JSON parsing), each into an empty table,
+  best of --repeat runs (default 3);
 * the same million again (every bar unchanged: nothing written, nothing locked);
 * 100,000 bars re-sent with other values (updates);
 * the naive baseline: one INSERT and one commit per row, on a 5,000-row sample;
@@ -83,6 +84,18 @@ def ingest_all(url: str, symbol: str, frame: pd.DataFrame, batch: int, as_dicts:
     return spent, totals
 
 
+def best_of(repeat: int, url: str, symbol: str, frame: pd.DataFrame, batch: int, as_dicts: bool, now: datetime) -> float:
+    times = []
+    for _ in range(repeat):
+        truncate(url)
+        spent, counts = ingest_all(url, symbol, frame, batch, as_dicts=as_dicts, now=now)
+        assert counts["inserted"] == len(frame), counts
+        times.append(spent)
+    kind = "dicts" if as_dicts else "DataFrame"
+    print(f"  new bars, {kind}: " + ", ".join(f"{len(frame) / t:,.0f}" for t in times) + " candles/s", flush=True)
+    return min(times)
+
+
 def truncate(url: str) -> None:
     with psycopg.connect(psycopg_conninfo(url), autocommit=True) as conn:
         conn.execute("TRUNCATE candles")
@@ -115,6 +128,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="200,000 candles and a 2,000-row naive sample")
     parser.add_argument("--batch", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3, help="new-bar runs per input kind; the best is reported")
     args = parser.parse_args()
     n = 200_000 if args.quick else 1_000_000
     naive_n = 2_000 if args.quick else 5_000
@@ -131,13 +145,12 @@ def main() -> int:
         load = os.getloadavg()[0]
         print(f"ingest core, {n:,} M1 candles in batches of {args.batch:,} (PostgreSQL scratch database {name}; load average {load:.2f})", flush=True)
 
-        # Each new-bar run starts from an empty table, so neither pays for the other's
-        # index growth (two million rows outgrow the server's 128 MB of shared buffers).
-        t_dicts, c_dicts = ingest_all(url, "GBPUSD", make_bars(n, seed=2), args.batch, as_dicts=True, now=now)
-        assert c_dicts["inserted"] == n, c_dicts
-        truncate(url)
-        t_df, c_df = ingest_all(url, "EURUSD", frame, args.batch, as_dicts=False, now=now)
-        assert c_df["inserted"] == n, c_df
+        # Each new-bar run starts from an empty table, so no run pays for another's index
+        # growth (two million rows outgrow the server's 128 MB of shared buffers). The
+        # best of --repeat runs is reported: on a shared 2-core machine other processes'
+        # bursts only ever slow a run down.
+        t_dicts = best_of(args.repeat, url, "GBPUSD", make_bars(n, seed=2), args.batch, True, now)
+        t_df = best_of(args.repeat, url, "EURUSD", frame, args.batch, False, now)  # leaves EURUSD stored
         t_again, c_again = ingest_all(url, "EURUSD", frame, args.batch, as_dicts=False, now=now)
         assert c_again["unchanged"] == n, c_again
         changed = frame.iloc[: args.batch].copy()
@@ -166,8 +179,8 @@ def main() -> int:
             }
         )
 
-    row("ingest_candles, new bars, DataFrame batches", n / t_df, "candles/s", naive_rate, f">= {AIM_CANDLES_PER_S:,} candles/s, >= {AIM_RATIO}x naive")
-    row("ingest_candles, new bars, list-of-dict batches (API)", n / t_dicts, "candles/s", naive_rate, f">= {AIM_CANDLES_PER_S:,} candles/s")
+    row(f"ingest_candles, new bars, DataFrame batches (best of {args.repeat})", n / t_df, "candles/s", naive_rate, f">= {AIM_CANDLES_PER_S:,} candles/s, >= {AIM_RATIO}x naive")
+    row(f"ingest_candles, new bars, list-of-dict batches, API path (best of {args.repeat})", n / t_dicts, "candles/s", naive_rate, f">= {AIM_CANDLES_PER_S:,} candles/s")
     row("ingest_candles, re-sent unchanged bars", n / t_again, "candles/s", naive_rate, "faster than new bars")
     row("ingest_candles, re-sent changed bars (updates)", len(changed) / t_upd, "candles/s", naive_rate, "")
     row("naive: one INSERT + COMMIT per row", naive_rate, "rows/s", None, "baseline")

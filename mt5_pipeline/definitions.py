@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from mt5_pipeline.orchestration.assets import candles, features_m1, rf_m1, signals
@@ -11,6 +13,11 @@ from mt5_pipeline.orchestration.resources import default_resources
 from mt5_pipeline.orchestration.schedules import build_retrain_schedule
 from mt5_pipeline.orchestration.sensors import build_ea_push_sensor, build_new_candles_sensor
 from mt5_pipeline.settings import Settings, load_settings
+
+
+# Dagster's own sensor decorator passes the beta `owners` parameter on every load; the
+# warning is about Dagster's internals, not this code location.
+warnings.filterwarnings("ignore", message="Parameter `owners`", category=dg.BetaWarning)
 
 
 def build_defs(settings: Settings | None = None, resources: dict | None = None) -> dg.Definitions:

@@ -44,16 +44,26 @@ def _pump(name: str, stream, lock: threading.Lock) -> None:
             sys.stdout.flush()
 
 
-def _stop(procs: dict[str, subprocess.Popen]) -> None:
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _stop(procs: dict[str, subprocess.Popen], grace: float = 15.0) -> None:
+    """SIGTERM every group, wait, then SIGKILL what is left (grandchildren included)."""
     for proc in procs.values():
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
     for proc in procs.values():
         try:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            pass
+    for proc in procs.values():
+        # The leader may be gone while what it spawned (dagster's webserver) lives on.
+        _signal_group(proc, signal.SIGKILL)
 
 
 def run_dev(settings: Settings) -> int:
@@ -82,17 +92,24 @@ def run_dev(settings: Settings) -> int:
         f"Dagster UI http://127.0.0.1:{DAGSTER_UI_PORT} | API http://{settings.api_host}:{settings.api_port}/docs | "
         f"reference EA http://127.0.0.1:{ea_port}/health | Ctrl-C stops everything"
     )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        print(f"\n{signal.Signals(signum).name}: stopping every process")
+        stop.set()
+
+    # Explicit handlers: a shell starts background jobs with SIGINT ignored, and
+    # service managers stop with SIGTERM; either must bring everything down.
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     code = 0
     try:
-        while True:
+        while not stop.wait(0.5):
             exited = {name: p.returncode for name, p in procs.items() if p.poll() is not None}
             if exited:
                 print(f"stopping everything: {', '.join(f'{n} exited with {c}' for n, c in exited.items())}")
                 code = 1
                 break
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        print("\nCtrl-C: stopping every process")
     finally:
         _stop(procs)
     return code

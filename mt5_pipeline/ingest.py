@@ -270,7 +270,7 @@ def _numbers_from_list(values: list, field: str, problems: _Problems, skip: np.n
     kinds = set(map(type, values))
     if kinds <= {float, int}:
         try:
-            return np.array(values, dtype=np.float64), skip
+            return np.fromiter(values, dtype=np.float64, count=len(values)), skip
         except OverflowError:
             pass
     elif kinds == {_Missing} and field in OPTIONAL_FIELDS:

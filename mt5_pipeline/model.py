@@ -70,8 +70,9 @@ TIMEFRAME = "M1"
 MIN_TRAIN_ROWS = 200
 
 HOW_TO_TRAIN = (
-    "train one: materialize the rf_m1 asset in Dagster (`dagster asset materialize -m mt5_pipeline --select rf_m1`, "
-    "or the rf_m1_train_job in the UI), or run `docker compose run --rm ml-trainer python train_model.py`"
+    "train one: materialize the rf_m1 asset in Dagster (the rf_m1_train_job in the UI, or "
+    "`dagster asset materialize -m mt5_pipeline --select rf_m1`), run `cd ml && python train_model.py`, "
+    "or `docker compose run --rm ml-trainer python train_model.py`"
 )
 
 

@@ -27,6 +27,7 @@ import io
 import re
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from mt5_pipeline.ingest import OPTIONAL_FIELDS, CandleValidationError, ingest_candles
+from mt5_pipeline.ingest import OPTIONAL_FIELDS, CandleValidationError, IngestResult, ingest_candles
 from mt5_pipeline.settings import Settings
 
 _MT5_NAMES = {
@@ -257,6 +258,7 @@ def _mt5_times(chunk: pd.DataFrame, layout: _Layout, problems: list) -> pd.Serie
 
 _ZONED = re.compile(r"(?:Z|[+-]\d{2}(?::?\d{2})?)$", re.IGNORECASE)
 _DIGITS = re.compile(r"^-?\d+$")
+_MAX_EPOCH_S = 10**11  # year 5138: larger numbers are not epoch seconds
 
 
 def _csv_times(chunk: pd.DataFrame, layout: _Layout, offset: pd.Timedelta, problems: list) -> pd.Series:
@@ -264,14 +266,14 @@ def _csv_times(chunk: pd.DataFrame, layout: _Layout, offset: pd.Timedelta, probl
     col = chunk["time"]
     shown = layout.shown.get("time", "time")
     out = pd.Series(pd.NaT, index=chunk.index, dtype="datetime64[ns, UTC]")
-    if pd.api.types.is_integer_dtype(col.dtype):
-        return pd.Series(pd.to_datetime(col.to_numpy(dtype=np.int64), unit="s", utc=True), index=chunk.index) - offset
     text = col.astype("string").str.strip()
     epoch = text.str.match(_DIGITS).fillna(False).to_numpy(dtype=bool)
     zoned = text.str.contains(_ZONED).fillna(False).to_numpy(dtype=bool) & ~epoch
     naive = ~epoch & ~zoned & text.notna().to_numpy()
     if epoch.any():
-        out[epoch] = pd.to_datetime(text[epoch].astype("int64").to_numpy(), unit="s", utc=True) - offset
+        seconds = pd.to_numeric(text[epoch], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        seconds[~(np.abs(seconds) < _MAX_EPOCH_S)] = np.nan  # out of range (milliseconds?): reported below
+        out[epoch] = pd.to_datetime(seconds, unit="s", utc=True) - offset
     if zoned.any():
         out[zoned] = pd.to_datetime(text[zoned], format="ISO8601", utc=True, errors="coerce")
     if naive.any():
@@ -391,43 +393,67 @@ def import_file(
                 quoting=csv.QUOTE_NONE if layout.format != "MqlRates CSV" else csv.QUOTE_MINIMAL,
                 engine="c",
             )
-            while True:
-                try:
-                    chunk = next(reader)
-                except StopIteration:
-                    break
-                except (pd.errors.ParserError, ValueError) as exc:
-                    raise _parser_failure(report, exc, next_line) from None
-                chunk = chunk[[n for n in layout.names if n]]
-                lines = next_line + np.arange(len(chunk))
-                next_line += len(chunk)
-                blank = chunk.isna().all(axis=1).to_numpy()
-                if blank.any():
-                    chunk, lines = chunk.loc[~blank], lines[~blank]
-                if chunk.empty:
-                    continue
-                chunk = chunk.reset_index(drop=True)
-                try:
-                    frame = _frame(chunk, layout, tz_offset_hours, lines)
-                    result = ingest_candles(settings.database_url, symbol, timeframe, frame, utc_offset_hours=tz_offset_hours)
-                except _BadLines as exc:
-                    raise _chunk_failure(report, int(lines[0]), int(lines[-1]), exc.problems, exc.total) from None
-                except CandleValidationError as exc:
-                    raise _validation_failure(report, exc, layout, lines) from None
-                report.rows_read += len(chunk)
-                report.inserted += result.inserted
-                report.updated += result.updated
-                report.unchanged += result.unchanged
-                report.duplicates += result.duplicates
-                report.chunks += 1
-                lo, hi = frame["ts"].min().to_pydatetime(), frame["ts"].max().to_pydatetime()
-                report.first_ts = lo if report.first_ts is None else min(report.first_ts, lo)
-                report.last_ts = hi if report.last_ts is None else max(report.last_ts, hi)
-                bar.set_postfix(rows=f"{report.rows_read:,}", refresh=False)
+            # One chunk is stored (on a worker thread, which waits on PostgreSQL with the
+            # GIL released) while the next is parsed: the file's parsing hides behind the
+            # database's work instead of adding to it. Chunks are still stored in order and
+            # one at a time, so a failure leaves every earlier chunk stored and no later one.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-csv") as pool:
+                in_flight: tuple[Future, pd.DataFrame, np.ndarray] | None = None
+
+                def settle() -> None:
+                    nonlocal in_flight
+                    if in_flight is None:
+                        return
+                    future, frame, lines = in_flight
+                    in_flight = None
+                    try:
+                        result = future.result()
+                    except CandleValidationError as exc:
+                        raise _validation_failure(report, exc, layout, lines) from None
+                    _account(report, result, frame)
+                    bar.set_postfix(rows=f"{report.rows_read:,}", refresh=False)
+
+                while True:
+                    try:
+                        chunk = next(reader)
+                    except StopIteration:
+                        break
+                    except (pd.errors.ParserError, ValueError) as exc:
+                        settle()
+                        raise _parser_failure(report, exc, next_line) from None
+                    chunk = chunk[[n for n in layout.names if n]]
+                    lines = next_line + np.arange(len(chunk))
+                    next_line += len(chunk)
+                    blank = chunk.isna().all(axis=1).to_numpy()
+                    if blank.any():
+                        chunk, lines = chunk.loc[~blank], lines[~blank]
+                    if chunk.empty:
+                        continue
+                    try:
+                        frame = _frame(chunk.reset_index(drop=True), layout, tz_offset_hours, lines)
+                    except _BadLines as exc:
+                        settle()
+                        raise _chunk_failure(report, int(lines[0]), int(lines[-1]), exc.problems, exc.total) from None
+                    settle()
+                    future = pool.submit(ingest_candles, settings.database_url, symbol, timeframe, frame, utc_offset_hours=tz_offset_hours)
+                    in_flight = (future, frame, lines)
+                settle()
     finally:
         bar.close()
         report.seconds = time.perf_counter() - started
     return report
+
+
+def _account(report: ImportReport, result: IngestResult, frame: pd.DataFrame) -> None:
+    report.rows_read += len(frame)
+    report.inserted += result.inserted
+    report.updated += result.updated
+    report.unchanged += result.unchanged
+    report.duplicates += result.duplicates
+    report.chunks += 1
+    lo, hi = frame["ts"].min().to_pydatetime(), frame["ts"].max().to_pydatetime()
+    report.first_ts = lo if report.first_ts is None else min(report.first_ts, lo)
+    report.last_ts = hi if report.last_ts is None else max(report.last_ts, hi)
 
 
 def _validation_failure(report: ImportReport, exc: CandleValidationError, layout: _Layout, lines: np.ndarray) -> ImportError_:

@@ -61,3 +61,17 @@ def test_features_asset_is_incremental(sqlite_url, settings_for):
     second = dg.materialize([features_m1], partition_key="EURUSD", instance=instance, resources=resources)
     assert first.asset_materializations_for_node("features_m1")[0].metadata["rows_written"].value == 3000
     assert second.asset_materializations_for_node("features_m1")[0].metadata["rows_written"].value == 0
+
+
+def test_training_without_enough_data_fails_the_run_with_the_reason(sqlite_url, settings_for):
+    settings = settings_for(sqlite_url)
+    load_symbols(sqlite_url, {"EURUSD": 0}, bars=200)  # not even past the feature warm-up
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("symbols", ["EURUSD"])
+    resources = resources_for(settings)
+    dg.materialize([features_m1], partition_key="EURUSD", instance=instance, resources=resources)
+    result = dg.materialize([rf_m1], instance=instance, resources=resources, raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("rf_m1")
+    assert "rf_m1 not trained" in failure.user_failure_data.description
+    assert not (settings.model_dir / "rf_m1.pkl").exists()

@@ -62,10 +62,14 @@ def _equity_markdown(png_path) -> str:
     description="RandomForest trained on every symbol's usable features; evaluated out of sample against naive baselines and backtested.",
 )
 def rf_m1(context: dg.AssetExecutionContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.MaterializeResult:
-    from mt5_pipeline.model import train_model
+    from mt5_pipeline.model import InsufficientDataError, train_model
 
     settings = pipeline_settings(config, database, models)
-    result = train_model(settings)
+    try:
+        result = train_model(settings)
+    except InsufficientDataError as exc:
+        # Not a bug to retry: the run fails with the reason, and the current model stays.
+        raise dg.Failure(description=f"rf_m1 not trained: {exc}", allow_retries=False) from exc
     importances = sorted(result.feature_importances.items(), key=lambda kv: -kv[1])
     metadata: dict = {
         # Floats and ints only here, so the UI plots each across materializations.

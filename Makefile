@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/mt5-pipeline demo
 
 test: $(STAMP)
+	$(BIN)/ruff check mt5_pipeline api ml benchmarks mt5_pipeline_tests
 	$(BIN)/python -m pytest -q mt5_pipeline_tests
 
 dev: $(STAMP)

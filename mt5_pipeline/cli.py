@@ -50,6 +50,7 @@ def cmd_import_csv(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
+
     from api.app.main import create_app
 
     app = create_app(settings)

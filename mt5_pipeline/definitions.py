@@ -14,7 +14,6 @@ from mt5_pipeline.orchestration.schedules import build_retrain_schedule
 from mt5_pipeline.orchestration.sensors import build_ea_push_sensor, build_new_candles_sensor
 from mt5_pipeline.settings import Settings, load_settings
 
-
 # Dagster's own sensor decorator passes the beta `owners` parameter on every load; the
 # warning is about Dagster's internals, not this code location.
 warnings.filterwarnings("ignore", message="Parameter `owners`", category=dg.BetaWarning)

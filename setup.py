@@ -29,8 +29,8 @@ setup(
         "sqlalchemy>=2.0.30",
         "alembic>=1.13",
         "psycopg2-binary>=2.9.9",
-        # psycopg 3 sits beside psycopg2 only for its binary COPY, which makes bulk
-        # ingest and bulk reads several times faster.
+        # psycopg 3 sits beside psycopg2 (the declared driver) for the pusher's
+        # LISTEN/NOTIFY wake-up, whose notifies() generator takes a timeout.
         "psycopg[binary]>=3.2",
         "httpx>=0.27",
         "starlette>=0.40",

@@ -25,6 +25,7 @@ setup(
         "pandas>=2.2",
         "numpy>=1.26",
         "scikit-learn>=1.5",
+        "scipy>=1.11",  # lfilter for the exponential averages (also a scikit-learn dependency)
         "joblib>=1.4",
         "sqlalchemy>=2.0.30",
         "alembic>=1.13",

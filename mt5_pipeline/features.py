@@ -38,13 +38,15 @@ Rules, each tested:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
 from mt5_pipeline.storage.engine import get_engine
@@ -291,6 +293,30 @@ def first_stale_bar(database_url: str, symbol: str, timeframe: str = "M1") -> tu
     return (min(found) if found else None), False
 
 
+@contextmanager
+def _one_writer_per_symbol(database_url: str, symbol: str, timeframe: str) -> Iterator[None]:
+    """Serialize feature updates of one symbol across processes (PostgreSQL).
+
+    Two runs for consecutive bars can overlap (the sensor launches one per new bar); on
+    PostgreSQL the second would delete and re-insert the tail under the first's feet and
+    fail on the primary key. A session advisory lock makes it wait, then find little or
+    nothing stale. SQLite has one writer at a time anyway, and its upsert is idempotent.
+    """
+    from mt5_pipeline.storage.engine import is_postgres
+
+    if not is_postgres(database_url):
+        yield
+        return
+    key = {"key": f"features_m1:{symbol}:{timeframe}"}
+    with get_engine(database_url).connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(hashtext(:key))"), key)
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(hashtext(:key))"), key)
+            conn.commit()
+
+
 def update_features(
     database_url: str,
     symbol: str,
@@ -303,8 +329,13 @@ def update_features(
 
     Incremental: recompute from the earliest stale bar onward (see :func:`first_stale_bar`)
     with ``LOOKBACK_BARS`` bars before it; a full run also deletes feature rows whose
-    candle is gone.
+    candle is gone. Safe to call from several processes at once.
     """
+    with _one_writer_per_symbol(database_url, symbol, timeframe):
+        return _update_features(database_url, symbol, timeframe, full=full, now=now)
+
+
+def _update_features(database_url: str, symbol: str, timeframe: str, *, full: bool, now: datetime | None) -> FeatureUpdate:
     from mt5_pipeline.storage.bulk import read_candles, write_frame
     from mt5_pipeline.storage.engine import is_postgres
 

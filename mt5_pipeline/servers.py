@@ -17,31 +17,41 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class BackgroundServer:
-    """A real HTTP server for `app` on `host:port`, started and stopped as a context manager."""
+    """A real HTTP server for `app` on `host:port`; a context manager, and restartable on
+    the same port (tests take an EA down and bring it back)."""
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int | None = None, log_level: str = "warning") -> None:
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int | None = None, **config: Any) -> None:
+        self.app = app
         self.host = host
         self.port = port or free_port(host)
-        config = uvicorn.Config(app, host=host, port=self.port, log_level=log_level, lifespan="on", access_log=False)
-        self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
+        # Extra uvicorn.Config options (lifespan, interface, ssl_certfile, ...).
+        self.config = {"log_level": "warning", "lifespan": "on", "access_log": False, **config}
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.config.get("ssl_certfile") else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> BackgroundServer:
+        self._server = uvicorn.Server(uvicorn.Config(self.app, host=self.host, port=self.port, **self.config))
+        self._thread = threading.Thread(target=self._server.run, name=f"uvicorn-{self.port}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
-        while not self.server.started:
+        while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"server on {self.base_url} did not start")
-            time.sleep(0.02)
+            time.sleep(0.01)
         return self
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self._thread.join(timeout=10)
+        if self._server is not None:
+            self._server.should_exit = True
+            self._server.force_exit = True  # do not wait for idle keep-alive connections
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = self._thread = None
 
     def __enter__(self) -> BackgroundServer:
         return self.start()

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from api.app.main import create_app
+from mt5_pipeline.servers import free_port  # noqa: F401 - re-exported for the API tests
 from mt5_pipeline.settings import Settings
 
 API_KEY = "test-key-one"
@@ -85,11 +86,6 @@ def make_signal(symbol: str = "EURUSD", *, minutes_ago: int = 1, expires_in: flo
         "expires_at": iso_z(now + timedelta(seconds=expires_in)),
     }
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def subprocess_env(**env: str) -> dict[str, str]:

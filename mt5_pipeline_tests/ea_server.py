@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 import uuid
@@ -27,10 +26,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-import uvicorn
 
 from mt5_pipeline.ea_sim import create_ea_app
 from mt5_pipeline.queue import iso_z
+from mt5_pipeline.servers import BackgroundServer
 
 TEST_EA_KEY = "test-ea-key-0123456789"
 
@@ -65,47 +64,14 @@ def make_signal(
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerThread:
-    """Any ASGI app under uvicorn in a daemon thread; stop() and start() again on the same port."""
+class ServerThread(BackgroundServer):
+    """Any ASGI app under uvicorn in a daemon thread, without lifespan; stop() and start()
+    again on the same port."""
 
     def __init__(self, app: Any, port: int | None = None, **config: Any) -> None:
-        self.app = app
-        self.port = port or free_port()
-        self.config = config  # extra uvicorn.Config options (ssl_certfile, ...)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def base_url(self) -> str:
-        scheme = "https" if self.config.get("ssl_certfile") else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", access_log=False, interface="asgi3", **self.config
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True, name=f"uvicorn-{self.port}")
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"test server on port {self.port} did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
+        # asgi3 explicitly: the reference EA's wrapper is a bound coroutine method,
+        # which uvicorn's auto-detection would take for ASGI 2.
+        super().__init__(app, port=port, lifespan="off", interface="asgi3", **config)
 
 
 @dataclass

@@ -93,3 +93,23 @@ def test_workspace_yaml_loads_the_module():
     assert instance["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
     limits = instance["run_coordinator"]["config"]["tag_concurrency_limits"]
     assert {"key": "mt5_pipeline/ea_push", "limit": 1} in limits
+
+
+def test_production_dagster_yaml_stores_runs_in_postgres(pg_server_url, monkeypatch):
+    """The repository's dagster.yaml, pointed at the test server through DAGSTER_PG_*."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_server_url)
+    for name, value in {"USER": url.username, "PASSWORD": url.password or "", "HOST": url.host, "DB": url.database, "PORT": str(url.port or 5432)}.items():
+        monkeypatch.setenv(f"DAGSTER_PG_{name}", value)
+
+    @dg.asset
+    def probe() -> int:
+        return 1
+
+    with dg.DagsterInstance.from_config(str(ROOT)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        result = dg.materialize([probe], instance=instance)
+        assert result.success
+        assert instance.get_run_by_id(result.run_id) is not None

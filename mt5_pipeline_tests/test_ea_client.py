@@ -15,7 +15,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from mt5_pipeline.ea_client import EAClient
-from mt5_pipeline_tests.ea_server import ReferenceEA, ServerThread, free_port, make_signal
+from mt5_pipeline.servers import free_port
+from mt5_pipeline_tests.ea_server import ReferenceEA, ServerThread, make_signal
 
 
 @pytest.fixture

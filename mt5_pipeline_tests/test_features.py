@@ -277,3 +277,22 @@ def test_rows_of_another_feature_set_version_force_a_full_recompute(db_url):
     result = update_features(db_url, "EURUSD", now=END + timedelta(minutes=1))
     assert result.full and result.rows_written == 500
     assert_same_features(_stored(db_url), compute_features(history))
+
+
+def test_concurrent_updates_of_one_symbol_do_not_collide(db_url):
+    """Two runs for consecutive bars may overlap (one sensor run per new bar)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mt5_pipeline.storage.bulk import read_candles
+
+    frame = generate_candles(2_000, seed=3, with_weekends=False)
+    ingest_candles(db_url, "EURUSD", "M1", frame.iloc[:1_500])
+    update_features(db_url, "EURUSD")
+    ingest_candles(db_url, "EURUSD", "M1", frame.iloc[1_500:])
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: update_features(db_url, "EURUSD"), range(3)))
+    assert sum(r.rows_written for r in results) >= 500
+    stored = load_feature_rows(db_url, ["EURUSD"], usable_only=False).sort_values("ts").reset_index(drop=True)
+    expected = compute_features(read_candles(db_url, "EURUSD", "M1"))
+    assert len(stored) == len(expected) == 2_000
+    np.testing.assert_allclose(stored["rsi_14"].to_numpy(), expected["rsi_14"].to_numpy(), rtol=0, atol=1e-9, equal_nan=True)

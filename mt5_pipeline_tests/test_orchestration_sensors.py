@@ -36,6 +36,7 @@ def test_new_candles_sensor_requests_only_new_bars_and_never_twice(db_url, setti
     assert result.dynamic_partitions_requests[0].partition_keys == ["EURUSD"]
     assert result.asset_events[0].metadata["bars"].value == 3000
     assert json.loads(cursor)["EURUSD"].startswith(now.isoformat())
+    assert result.run_requests[0].tags["mt5_pipeline/symbol"] == "EURUSD"
 
     again, _ = _tick(defs, instance, "new_candles_sensor", cursor)
     assert isinstance(again, dg.SkipReason) and "no new bars" in again.skip_message

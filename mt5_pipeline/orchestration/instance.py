@@ -17,6 +17,11 @@ run_coordinator:
     tag_concurrency_limits:
       - key: mt5_pipeline/ea_push
         limit: 1
+      # One features/prediction run per symbol at a time; symbols run side by side.
+      - key: mt5_pipeline/symbol
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
       - key: dagster/job_name
         value: rf_m1_train_job
         limit: 1

@@ -14,6 +14,8 @@ from mt5_pipeline.orchestration.partitions import symbols_partitions
 from mt5_pipeline.orchestration.resources import DatabaseResource, ModelStoreResource, SettingsResource, pipeline_settings
 from mt5_pipeline.settings import Settings
 
+SYMBOL_TAG = "mt5_pipeline/symbol"
+
 _IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -67,7 +69,9 @@ def build_new_candles_sensor(settings: Settings) -> dg.SensorDefinition:
                     run_key=f"{job.name}:{symbol}:{stamp}",
                     job_name=job.name,
                     partition_key=symbol,
-                    tags={"mt5_pipeline/newest_bar": bar["newest_ts"].isoformat()},
+                    # dagster.yaml runs one run per symbol at a time (the features lock
+                    # would make a second one wait anyway, holding a run slot).
+                    tags={"mt5_pipeline/newest_bar": bar["newest_ts"].isoformat(), SYMBOL_TAG: symbol},
                 )
             )
         new_symbols = sorted({b["symbol"] for b in bars} - known)

@@ -14,6 +14,9 @@ from sqlalchemy import Engine, text
 from mt5_pipeline.storage.engine import get_engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# Not alembic's default `alembic_version`: Dagster's PostgreSQL storage keeps its own
+# alembic history in that table, and production shares one database between the two.
+VERSION_TABLE = "mt5_pipeline_alembic_version"
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ def head_revision() -> str | None:
 
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
 def candles_storage(engine: Engine) -> str:

@@ -2,6 +2,7 @@
 
 from alembic import context
 
+from mt5_pipeline.storage.migrate import VERSION_TABLE
 from mt5_pipeline.storage.schema import metadata
 
 connection = context.config.attributes.get("connection")
@@ -13,6 +14,7 @@ context.configure(
     target_metadata=metadata,
     render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER most things
     compare_type=True,
+    version_table=VERSION_TABLE,
 )
 with context.begin_transaction():
     context.run_migrations()

@@ -146,13 +146,21 @@ def generate_signal(
     *,
     now: datetime | None = None,
     predictor: Predictor | None = None,
+    refresh_features: bool = False,
 ) -> GenerateResult:
     """Predict the newest bar, decide, and queue at most one signal for it.
 
-    NoModelError / NoFeaturesError / ModelMismatchError from the predictor propagate.
-    Stale inputs never produce a signal, forced or not.
+    `refresh_features` first brings the symbol's features up to its newest candle (the
+    API's manual path: the bar just ingested may not have features yet; the Dagster
+    prediction run has just computed them). NoModelError / NoFeaturesError /
+    ModelMismatchError from the predictor propagate. Stale inputs never produce a
+    signal, forced or not.
     """
     at = queue._now(now)
+    if refresh_features:
+        from mt5_pipeline.features import update_features
+
+        update_features(settings.database_url, symbol, timeframe)
     predict = predictor or _default_predictor()
     prediction = predict(settings, symbol, timeframe)
     p = float(prediction.probability)

@@ -242,3 +242,18 @@ async def test_a_model_file_that_cannot_be_used_is_503(ea_settings):
     assert "retrain" in response.json()["error"].lower()
     assert health.json()["model"] == "missing" and "model_error" in health.json()
     assert health.json()["status"] == "degraded"
+
+
+async def test_generate_signal_predicts_the_bar_just_ingested(db_url, settings_for):
+    """The manual path brings the symbol's features up to its newest candle first."""
+    from mt5_pipeline.sample_data import generate_candles, minutes_ago, to_ingest_payload
+
+    settings = settings_for(db_url, API_KEYS=KEYS, RF_N_ESTIMATORS=10, RF_MIN_SAMPLES_LEAF=20)
+    _train(settings)  # features up to one minute ago
+    newest = generate_candles(1, end=minutes_ago(0), start_price=1.1, seed=11, with_weekends=False)
+    async with api_client(settings) as client:
+        ingested = await client.post("/ingest", json={"symbol": "EURUSD", "timeframe": "M1", "candles": to_ingest_payload(newest)})
+        assert ingested.status_code == 200 and ingested.json()["inserted"] == 1
+        reply = await client.post("/ea/generate-signal", json={"symbol": "EURUSD", "force": True})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["signal"]["timestamp"] == newest["time"].iloc[0].strftime("%Y-%m-%dT%H:%M:%SZ")

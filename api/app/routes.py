@@ -83,7 +83,9 @@ async def generate_signal(request: Request) -> Response:
     from mt5_pipeline.model import ModelMismatchError, NoFeaturesError, NoModelError
 
     try:
-        result = await run_in_threadpool(signals.generate_signal, state.settings, req.symbol, req.timeframe, req.force)
+        result = await run_in_threadpool(
+            signals.generate_signal, state.settings, req.symbol, req.timeframe, req.force, refresh_features=True
+        )
     except NoFeaturesError as exc:
         raise ApiError(404, str(exc) or f"no features for {req.symbol} {req.timeframe}", extra={"reason": "no_features"}) from None
     except NoModelError as exc:

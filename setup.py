@@ -33,7 +33,7 @@ setup(
         # psycopg 3 sits beside psycopg2 (the declared driver) for the pusher's
         # LISTEN/NOTIFY wake-up, whose notifies() generator takes a timeout.
         "psycopg[binary]>=3.2",
-        "httpx>=0.27",
+        "httpx>=0.27,<1.0",  # ea_client builds its pool on httpcore under httpx's transport
         "starlette>=0.40",
         "uvicorn>=0.30",
         "prometheus-client>=0.20",

@@ -20,53 +20,24 @@ Prints a table and writes benchmarks/out/bench_ingest.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
 import time
-import uuid
 from datetime import datetime, timezone
-from pathlib import Path
+from functools import partial
 
-import numpy as np
 import pandas as pd
 import psycopg
 import psycopg2
+from _support import add_row, database_name, make_bars, report, scratch_database
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mt5_pipeline.ingest import ingest_candles
+from mt5_pipeline.storage.engine import psycopg_conninfo
 
-from mt5_pipeline.ingest import ingest_candles  # noqa: E402
-from mt5_pipeline.storage import migrate  # noqa: E402
-from mt5_pipeline.storage.engine import dispose_engines, psycopg_conninfo  # noqa: E402
-
-SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-OUT = Path(__file__).resolve().parent / "out" / "bench_ingest.json"
 AIM_CANDLES_PER_S = 150_000
 AIM_RATIO = 70
 AIM_PEAK_MB = 1024
-START = 1_577_836_800  # 2020-01-01 00:00 UTC
-
-
-def make_bars(n: int, seed: int, start: int = START) -> pd.DataFrame:
-    """A random walk of consecutive M1 bars with valid OHLC (numpy only: quick to make)."""
-    rng = np.random.default_rng(seed)
-    close = 1.1 * np.exp(np.cumsum(rng.normal(0, 1e-4, n)))
-    open_ = np.concatenate([[1.1], close[:-1]])
-    wick = np.abs(rng.normal(0, 5e-5, (2, n)))
-    return pd.DataFrame(
-        {
-            "time": start + 60 * np.arange(n, dtype=np.int64),
-            "open": np.round(open_, 5),
-            "high": np.round(np.maximum(open_, close) + wick[0], 5) + 1e-5,
-            "low": np.round(np.minimum(open_, close) - wick[1], 5) - 1e-5,
-            "close": np.round(close, 5),
-            "tick_volume": rng.integers(1, 200, n),
-            "spread": rng.integers(0, 20, n),
-            "real_volume": np.zeros(n, dtype=np.int64),
-        }
-    )
 
 
 def ingest_all(url: str, symbol: str, frame: pd.DataFrame, batch: int, as_dicts: bool, now: datetime) -> tuple[float, dict]:
@@ -133,17 +104,11 @@ def main() -> int:
     n = 200_000 if args.quick else 1_000_000
     naive_n = 2_000 if args.quick else 5_000
 
-    admin = psycopg.connect(psycopg_conninfo(SERVER_URL), autocommit=True)
-    name = f"mt5_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    url = psycopg_conninfo(SERVER_URL).rsplit("/", 1)[0] + f"/{name}"
-    rows: list[dict] = []
-    try:
-        migrate.upgrade(url)
+    with scratch_database("mt5_bench_ingest") as url:
         now = datetime.now(timezone.utc)
         frame = make_bars(n, seed=1)
         load = os.getloadavg()[0]
-        print(f"ingest core, {n:,} M1 candles in batches of {args.batch:,} (PostgreSQL scratch database {name}; load average {load:.2f})", flush=True)
+        print(f"ingest core, {n:,} M1 candles in batches of {args.batch:,} (PostgreSQL scratch database {database_name(url)}; load average {load:.2f})", flush=True)
 
         # Each new-bar run starts from an empty table, so no run pays for another's index
         # growth (two million rows outgrow the server's 128 MB of shared buffers). The
@@ -159,42 +124,19 @@ def main() -> int:
         t_upd, c_upd = ingest_all(url, "EURUSD", changed, args.batch, as_dicts=False, now=now)
         assert c_upd["updated"] == len(changed), c_upd
         t_naive = naive_insert(url, make_bars(naive_n, seed=3))
-    finally:
-        dispose_engines()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
     naive_rate = naive_n / t_naive
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    def row(figure: str, value: float, unit: str, baseline: float | None, aim: str) -> None:
-        rows.append(
-            {
-                "figure": figure,
-                "value": round(value, 1),
-                "unit": unit,
-                "baseline": None if baseline is None else round(baseline, 1),
-                "ratio": None if not baseline else round(value / baseline, 1),
-                "aim": aim,
-            }
-        )
-
+    rows: list[dict] = []
+    row = partial(add_row, rows, digits=1, ratio_digits=1)
     row(f"ingest_candles, new bars, DataFrame batches (best of {args.repeat})", n / t_df, "candles/s", naive_rate, f">= {AIM_CANDLES_PER_S:,} candles/s, >= {AIM_RATIO}x naive")
     row(f"ingest_candles, new bars, list-of-dict batches, API path (best of {args.repeat})", n / t_dicts, "candles/s", naive_rate, f">= {AIM_CANDLES_PER_S:,} candles/s")
     row("ingest_candles, re-sent unchanged bars", n / t_again, "candles/s", naive_rate, "faster than new bars")
     row("ingest_candles, re-sent changed bars (updates)", len(changed) / t_upd, "candles/s", naive_rate, "")
     row("naive: one INSERT + COMMIT per row", naive_rate, "rows/s", None, "baseline")
     row("peak memory (max RSS)", peak_mb, "MB", None, f"< {AIM_PEAK_MB} MB")
-
-    width = max(len(r["figure"]) for r in rows)
-    print(f"\n{'figure':<{width}}  {'value':>12}  {'unit':<10} {'baseline':>10}  {'ratio':>7}  aim")
-    for r in rows:
-        baseline = "" if r["baseline"] is None else f"{r['baseline']:,.0f}"
-        ratio = "" if r["ratio"] is None else f"{r['ratio']:.1f}x"
-        print(f"{r['figure']:<{width}}  {r['value']:>12,.0f}  {r['unit']:<10} {baseline:>10}  {ratio:>7}  {r['aim']}")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\nwrote {OUT.relative_to(ROOT)}")
+    report("bench_ingest", rows)
     ok = n / t_df >= AIM_CANDLES_PER_S and peak_mb < AIM_PEAK_MB
     print("aim met" if ok else "aim NOT met")
     return 0

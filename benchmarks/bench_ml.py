@@ -39,25 +39,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _support import ROOT, add_row, database_name, percentile, report, scratch_database
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mt5_pipeline.features import LOOKBACK_BARS, compute_features, update_features, wilder_rsi
+from mt5_pipeline.ingest import ingest_candles
+from mt5_pipeline.sample_data import generate_candles
+from mt5_pipeline.settings import Settings
 
-from mt5_pipeline.features import LOOKBACK_BARS, compute_features, update_features, wilder_rsi  # noqa: E402
-from mt5_pipeline.ingest import ingest_candles  # noqa: E402
-from mt5_pipeline.sample_data import generate_candles  # noqa: E402
-from mt5_pipeline.settings import Settings  # noqa: E402
-from mt5_pipeline.storage import migrate  # noqa: E402
-from mt5_pipeline.storage.engine import dispose_engines, psycopg_conninfo  # noqa: E402
-
-SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-OUT = Path(__file__).resolve().parent / "out" / "bench_ml.json"
 END = datetime(2024, 6, 28, 21, 0, tzinfo=timezone.utc)
 INGEST_BATCH = 200_000
 
@@ -68,6 +62,9 @@ def settings_for(url: str, model_dir: Path, **overrides) -> Settings:
     return Settings.from_env(env, env_file=None)
 
 
+row = partial(add_row, digits=3, ratio_digits=4)
+
+
 def best_of(fn, repeat: int = 3) -> float:
     times = []
     for _ in range(repeat):
@@ -75,10 +72,6 @@ def best_of(fn, repeat: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q * 100))
 
 
 def market(n: int, seed: int, end: datetime = END) -> pd.DataFrame:
@@ -370,39 +363,6 @@ def bench_prediction(url: str, model_path: Path, rows: list[dict], n: int) -> No
     row(rows, "predict_latest, p99", percentile(times, 0.99) * 1000, "ms", None, "< 10 ms", digits=3)
 
 
-# ---- the table -------------------------------------------------------------------------------------
-
-
-def row(rows: list[dict], figure: str, value: float, unit: str, baseline: float | None, aim: str, digits: int | None = 3) -> None:
-    def rnd(v):
-        return None if v is None else (float(f"{v:.3g}") if digits is None else round(float(v), digits))
-
-    rows.append(
-        {
-            "figure": figure,
-            "value": rnd(value),
-            "unit": unit,
-            "baseline": rnd(baseline),
-            "ratio": None if not baseline else round(float(value) / float(baseline), 4),
-            "aim": aim,
-        }
-    )
-
-
-def print_table(rows: list[dict]) -> None:
-    width = max(len(r["figure"]) for r in rows)
-
-    def fmt(v):
-        if v is None:
-            return ""
-        return f"{v:.3g}" if abs(v) < 0.01 and v != 0 else f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}"
-
-    print(f"\n{'figure':<{width}}  {'value':>10}  {'unit':<8} {'baseline':>10}  {'ratio':>8}  aim")
-    for r in rows:
-        ratio = "" if r["ratio"] is None else f"{r['ratio']:.3g}x"
-        print(f"{r['figure']:<{width}}  {fmt(r['value']):>10}  {r['unit']:<8} {fmt(r['baseline']):>10}  {ratio:>8}  {r['aim']}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100,000 bars, training at 20k, 50k and 100k rows")
@@ -417,18 +377,11 @@ def main() -> int:
     train_sizes = [20_000, 50_000, n_bars] if args.quick else [100_000, 300_000, n_bars]
     n_predictions = 200 if args.quick else 1_000
 
-    import psycopg
-
-    admin = psycopg.connect(psycopg_conninfo(SERVER_URL), autocommit=True)
-    name = f"mt5_bench_ml_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    url = psycopg_conninfo(SERVER_URL).rsplit("/", 1)[0] + f"/{name}"
-    rows: list[dict] = []
     work = Path(tempfile.mkdtemp(prefix="bench_ml_"))
     started = time.perf_counter()
-    try:
-        migrate.upgrade(url)
-        print(f"{n_bars:,} generated M1 bars (PostgreSQL scratch database {name}; {os.cpu_count()} cores)", flush=True)
+    rows: list[dict] = []
+    with scratch_database("mt5_bench_ml") as url:
+        print(f"{n_bars:,} generated M1 bars (PostgreSQL scratch database {database_name(url)}; {os.cpu_count()} cores)", flush=True)
         frame = market(n_bars, seed=1)
         print("features ...", flush=True)
         bench_features(frame, rows)
@@ -438,15 +391,8 @@ def main() -> int:
         model_path = bench_training(url, train_sizes, n_bars, rows, work)
         print("prediction ...", flush=True)
         bench_prediction(url, model_path, rows, n_predictions)
-    finally:
-        dispose_engines()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-    print_table(rows)
-    print(f"\n(total {time.perf_counter() - started:.0f} s; load average at the end {os.getloadavg()[0]:.2f})")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"wrote {OUT.relative_to(ROOT)}")
+    report("bench_ml", rows)
+    print(f"(total {time.perf_counter() - started:.0f} s; load average at the end {os.getloadavg()[0]:.2f})")
     return 0
 
 

@@ -95,10 +95,14 @@ def test_workspace_yaml_loads_the_module():
     assert {"key": "mt5_pipeline/ea_push", "limit": 1} in limits
 
 
-def test_production_dagster_yaml_stores_runs_in_postgres(pg_server_url, monkeypatch):
+def test_production_dagster_yaml_stores_runs_in_postgres(pg_server_url, monkeypatch, tmp_path):
     """The repository's dagster.yaml, pointed at the test server through DAGSTER_PG_*."""
+    import shutil
+
     from sqlalchemy.engine import make_url
 
+    # A copy in a temp DAGSTER_HOME: the instance keeps run artifacts beside its config.
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
     url = make_url(pg_server_url)
     for name, value in {"USER": url.username, "PASSWORD": url.password or "", "HOST": url.host, "DB": url.database, "PORT": str(url.port or 5432)}.items():
         monkeypatch.setenv(f"DAGSTER_PG_{name}", value)
@@ -107,7 +111,7 @@ def test_production_dagster_yaml_stores_runs_in_postgres(pg_server_url, monkeypa
     def probe() -> int:
         return 1
 
-    with dg.DagsterInstance.from_config(str(ROOT)) as instance:
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         result = dg.materialize([probe], instance=instance)

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mt5_pipeline import queue
+from mt5_pipeline.model import Prediction
 from mt5_pipeline.pusher import backoff_seconds, push_pending, run_worker
 from mt5_pipeline.signals import generate_signal
 from mt5_pipeline.storage.engine import get_engine
@@ -32,19 +32,6 @@ from mt5_pipeline_tests.ea_server import ReferenceEA, ServerThread, make_signal,
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_KEYS = ["signal_id", "timestamp", "symbol", "timeframe", "side", "confidence", "sl_pips", "tp_pips", "price", "meta"]
-
-
-@dataclass
-class Prediction:  # the fields of mt5_pipeline.model.Prediction
-    symbol: str
-    timeframe: str
-    ts: datetime
-    close: float
-    probability: float
-    model_version: str
-    model_trained_at: datetime
-    label_mode: str
-    label_horizon: int
 
 
 @pytest.fixture

@@ -5,34 +5,23 @@ tests pin probabilities exactly; the queue is the real database."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from mt5_pipeline import queue
+from mt5_pipeline.model import Prediction
 from mt5_pipeline.signals import decide, generate_signal
 
 NOW = datetime(2025, 10, 25, 10, 31, 5, tzinfo=timezone.utc)
 BAR = datetime(2025, 10, 25, 10, 30, tzinfo=timezone.utc)
 
 
-@dataclass
-class Prediction:  # the fields of mt5_pipeline.model.Prediction
-    symbol: str
-    timeframe: str
-    ts: datetime
-    close: float
-    probability: float
-    model_version: str = "20251025T030000Z"
-    model_trained_at: datetime = NOW - timedelta(hours=7)
-    label_mode: str = "horizon"
-    label_horizon: int = 5
-
-
 def predictor_of(p: float, *, ts: datetime = BAR, close: float = 1.0950, **kw):
+    fields = {"model_version": "20251025T030000Z", "model_trained_at": NOW - timedelta(hours=7), "label_mode": "horizon", "label_horizon": 5, **kw}
+
     def predict(settings, symbol, timeframe):
-        return Prediction(symbol, timeframe, ts, close, p, **kw)
+        return Prediction(symbol, timeframe, ts, close, p, **fields)
 
     return predict
 

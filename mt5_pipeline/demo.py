@@ -106,6 +106,8 @@ def materialize_graph(settings: Settings, say: Callable[[str], None]) -> dict:
         for symbol in symbols:
             run("features_job", symbol)
         say(f"features_m1 materialized for {len(symbols)} symbol(s)")
+        checks = run("candles_checks_job").get_asset_check_evaluations()
+        say("candles checks: " + ", ".join(f"{c.check_name} {'passed' if c.passed else 'FAILED'}" for c in checks))
         run("rf_m1_train_job")
         say("rf_m1 trained, evaluated and backtested")
         decisions = {}

@@ -48,6 +48,29 @@ def cmd_import_csv(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features(settings: Settings, args: argparse.Namespace) -> int:
+    from mt5_pipeline.features import update_all_features
+
+    for update in update_all_features(settings.database_url):
+        print(f"{update.symbol} {update.timeframe}: {update.rows_written} feature rows written, newest bar {update.newest_ts}")
+    return 0
+
+
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    from mt5_pipeline.model import InsufficientDataError, train_model
+
+    cmd_features(settings, args)
+    try:
+        result = train_model(settings)
+    except InsufficientDataError as exc:
+        print(f"rf_m1 not trained: {exc}", file=sys.stderr)
+        return 1
+    metrics = result.metrics
+    print(f"trained {result.version} on {result.rows} rows ({', '.join(result.symbols)}) -> {result.path}")
+    print(f"out-of-sample AUC {metrics.get('auc', float('nan')):.4f} (baseline {metrics.get('baseline_auc', 0.5):.4f})")
+    return 0
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -107,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--chunk-rows", type=int, default=200_000)
     imp.add_argument("--no-progress", action="store_true")
     imp.set_defaults(func=cmd_import_csv)
+
+    sub.add_parser("features", help="bring features_m1 up to date for every symbol").set_defaults(func=cmd_features)
+    sub.add_parser("train", help="update the features, then train, evaluate and save rf_m1").set_defaults(func=cmd_train)
 
     serve = sub.add_parser("serve", help="the Starlette API under uvicorn")
     serve.add_argument("--host")

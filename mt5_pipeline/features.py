@@ -452,6 +452,13 @@ def _delete_orphans(database_url: str, symbol: str, timeframe: str) -> int:
         return conn.execute(delete(features_m1).where(f.symbol == symbol, f.timeframe == timeframe, candle.is_(None))).rowcount
 
 
+def update_all_features(database_url: str, timeframe: str = "M1") -> list[FeatureUpdate]:
+    """`update_features` for every symbol with candles in the timeframe (the seed's prepare_dataset)."""
+    from mt5_pipeline.storage.bulk import list_symbols
+
+    return [update_features(database_url, symbol, tf) for symbol, tf in list_symbols(database_url, timeframe)]
+
+
 def feature_symbols(database_url: str, timeframe: str = "M1") -> list[str]:
     """Symbols that have feature rows for the timeframe."""
     f = features_m1.c

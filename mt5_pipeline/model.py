@@ -71,7 +71,7 @@ MIN_TRAIN_ROWS = 200
 
 HOW_TO_TRAIN = (
     "train one: materialize the rf_m1 asset in Dagster (the rf_m1_train_job in the UI, or "
-    "`dagster asset materialize -m mt5_pipeline --select rf_m1`), run `cd ml && python train_model.py`, "
+    "`dagster asset materialize -m mt5_pipeline --select rf_m1`), run `mt5-pipeline train`, "
     "or `docker compose run --rm ml-trainer python train_model.py`"
 )
 

@@ -89,7 +89,7 @@ def run_dev(settings: Settings) -> int:
         procs[name] = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         threading.Thread(target=_pump, args=(name, procs[name].stdout, lock), daemon=True).start()
     print(
-        f"Dagster UI http://127.0.0.1:{DAGSTER_UI_PORT} | API http://{settings.api_host}:{settings.api_port}/docs | "
+        f"Dagster UI http://127.0.0.1:{DAGSTER_UI_PORT} | API http://{settings.api_host}:{settings.api_port}/health | "
         f"reference EA http://127.0.0.1:{ea_port}/health | Ctrl-C stops everything"
     )
     stop = threading.Event()

@@ -111,7 +111,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from mt5_pipeline.devserver import run_dev
 
-    return run_dev(settings)
+    return run_dev(settings, dagster_port=args.dagster_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--csv", default=None, help="an MT5 export file to replay instead of the generated sample")
     demo.set_defaults(func=cmd_demo)
 
-    sub.add_parser("dev", help="Dagster webserver + daemon, API, pusher and reference EA together").set_defaults(func=cmd_dev)
+    dev = sub.add_parser("dev", help="Dagster webserver + daemon, API, pusher and reference EA together")
+    dev.add_argument("--dagster-port", type=int, default=3000, help="port of the Dagster UI")
+    dev.set_defaults(func=cmd_dev)
     return parser
 
 

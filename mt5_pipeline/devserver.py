@@ -25,10 +25,10 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-def commands(settings: Settings, ea_port: int) -> dict[str, list[str]]:
+def commands(settings: Settings, ea_port: int, dagster_port: int = DAGSTER_UI_PORT) -> dict[str, list[str]]:
     api = f"http://{settings.api_host}:{settings.api_port}"
     return {
-        "dagster": [_bin("dagster"), "dev", "-m", "mt5_pipeline", "-h", "127.0.0.1", "-p", str(DAGSTER_UI_PORT)],
+        "dagster": [_bin("dagster"), "dev", "-m", "mt5_pipeline", "-h", "127.0.0.1", "-p", str(dagster_port)],
         "api": [_bin("mt5-pipeline"), "serve"],
         "pusher": [_bin("mt5-pipeline"), "push"],
         "ea-sim": [_bin("mt5-pipeline"), "ea-sim", "--host", "127.0.0.1", "--port", str(ea_port), "--ack-url", f"{api}/ea/ack"],
@@ -66,7 +66,7 @@ def _stop(procs: dict[str, subprocess.Popen], grace: float = 15.0) -> None:
         _signal_group(proc, signal.SIGKILL)
 
 
-def run_dev(settings: Settings) -> int:
+def run_dev(settings: Settings, *, dagster_port: int = DAGSTER_UI_PORT) -> int:
     from mt5_pipeline.demo import DEMO_EA_KEY
     from mt5_pipeline.orchestration.instance import ensure_local_dagster_home
     from mt5_pipeline.storage import migrate
@@ -83,13 +83,13 @@ def run_dev(settings: Settings) -> int:
     }
     lock = threading.Lock()
     procs: dict[str, subprocess.Popen] = {}
-    for name, argv in commands(settings, ea_port).items():
+    for name, argv in commands(settings, ea_port, dagster_port).items():
         # Each child leads its own process group, so a stop reaches what it spawned
         # (dagster dev starts the webserver and the daemon).
         procs[name] = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         threading.Thread(target=_pump, args=(name, procs[name].stdout, lock), daemon=True).start()
     print(
-        f"Dagster UI http://127.0.0.1:{DAGSTER_UI_PORT} | API http://{settings.api_host}:{settings.api_port}/health | "
+        f"Dagster UI http://127.0.0.1:{dagster_port} | API http://{settings.api_host}:{settings.api_port}/health | "
         f"reference EA http://127.0.0.1:{ea_port}/health | Ctrl-C stops everything"
     )
     stop = threading.Event()

@@ -43,6 +43,7 @@ import numpy as np
 from _support import add_row, database_name, percentile, report, scratch_database, stop, wait_healthy
 
 from mt5_pipeline import queue
+from mt5_pipeline.clock import iso_z
 from mt5_pipeline.ea_client import EAClient
 from mt5_pipeline.pusher import push_pending
 from mt5_pipeline.servers import free_port
@@ -64,7 +65,7 @@ def make_signals(n: int, symbols: int = 50) -> list[dict]:
         out.append(
             {
                 "signal_id": str(uuid.uuid4()),
-                "timestamp": queue.iso_z(ts),
+                "timestamp": iso_z(ts),
                 "symbol": f"SYM{sym:03d}",
                 "timeframe": "M1",
                 "side": "BUY",
@@ -73,7 +74,7 @@ def make_signals(n: int, symbols: int = 50) -> list[dict]:
                 "tp_pips": 40,
                 "price": 1.095,
                 "meta": {"model": "rf_m1", "label": 1, "model_version": version, "probability": 0.785},
-                "expires_at": queue.iso_z(expires),
+                "expires_at": iso_z(expires),
             }
         )
     return out

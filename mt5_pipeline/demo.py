@@ -74,17 +74,11 @@ def materialize_graph(settings: Settings, say: Callable[[str], None]) -> dict:
     from mt5_pipeline.orchestration.instance import ensure_local_dagster_home
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    from mt5_pipeline.orchestration.resources import DatabaseResource, EAResource, ModelStoreResource, SettingsResource
+    from mt5_pipeline.orchestration.resources import resources_for
 
     home = ensure_local_dagster_home(os.environ.get("DAGSTER_HOME") or ".dagster")
     os.environ["DAGSTER_HOME"] = str(home)
-    resources = {
-        "config": SettingsResource(),
-        "database": DatabaseResource(database_url=settings.database_url),
-        "models": ModelStoreResource(model_dir=str(settings.model_dir)),
-        "ea": EAResource(server_url=settings.ea_server_url, api_key=settings.ea_api_key),
-    }
-    defs = build_defs(settings, resources)
+    defs = build_defs(settings, resources_for(settings))
     outcome: dict = {}
     with dg.DagsterInstance.get() as instance:
         sensor = defs.get_repository_def().get_sensor_def("new_candles_sensor")
@@ -126,16 +120,10 @@ def push_through_dagster(settings: Settings) -> None:
     import dagster as dg
 
     from mt5_pipeline.definitions import build_defs
-    from mt5_pipeline.orchestration.resources import DatabaseResource, EAResource, ModelStoreResource, SettingsResource
+    from mt5_pipeline.orchestration.resources import resources_for
 
-    resources = {
-        "config": SettingsResource(),
-        "database": DatabaseResource(database_url=settings.database_url),
-        "models": ModelStoreResource(model_dir=str(settings.model_dir)),
-        "ea": EAResource(server_url=settings.ea_server_url, api_key=settings.ea_api_key),
-    }
     with dg.DagsterInstance.get() as instance:
-        build_defs(settings, resources).resolve_job_def("ea_push_job").execute_in_process(instance=instance, raise_on_error=True, run_config=QUIET_RUN)
+        build_defs(settings, resources_for(settings)).resolve_job_def("ea_push_job").execute_in_process(instance=instance, raise_on_error=True, run_config=QUIET_RUN)
 
 
 def _wait_for_acks(settings: Settings, since: datetime, timeout: float = 15.0) -> dict:

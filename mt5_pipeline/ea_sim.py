@@ -39,8 +39,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from mt5_pipeline.clock import iso_z, utcnow
 from mt5_pipeline.pips import pip_size
-from mt5_pipeline.queue import iso_z, utcnow
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
 
 log = logging.getLogger(__name__)

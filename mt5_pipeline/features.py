@@ -48,6 +48,7 @@ import pandas as pd
 from scipy.signal import lfilter
 from sqlalchemy import delete, func, select, text
 
+from mt5_pipeline.clock import parse_iso
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import FEATURE_COLUMNS, RAW_LEVEL_COLUMNS, candles, features_m1
@@ -240,11 +241,7 @@ class FeatureUpdate:
 
 
 def _as_utc(value: datetime | str | None) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return None if value is None else parse_iso(value)
 
 
 def first_stale_bar(database_url: str, symbol: str, timeframe: str = "M1") -> tuple[datetime | None, bool]:

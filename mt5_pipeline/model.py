@@ -55,6 +55,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sqlalchemy import select, update
 
 from mt5_pipeline.backtest import plot_equity, run_backtest
+from mt5_pipeline.clock import parse_iso
 from mt5_pipeline.evaluation import DEFAULT_FOLDS, TEST_FRACTION, classification_metrics, walk_forward_folds
 from mt5_pipeline.features import FEATURE_SET_NAME, FEATURE_SET_VERSION, MODEL_FEATURES, feature_symbols, load_feature_rows
 from mt5_pipeline.labels import LabelSpec, lookahead_bars, make_labels
@@ -139,7 +140,7 @@ class LoadedModel:
 
     @property
     def trained_at(self) -> datetime:
-        return _parse_time(self.meta["trained_at"])
+        return parse_iso(self.meta["trained_at"])
 
     def probability_up(self, X: np.ndarray) -> np.ndarray:
         return forest_probability_up(self.forest, X)
@@ -175,12 +176,6 @@ def current_model_path(settings: Settings) -> Path:
 
 def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
-
-
-def _parse_time(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(timezone.utc)
 
 
 def _iso(value: datetime) -> str:
@@ -619,7 +614,7 @@ def predict_latest(settings: Settings, symbol: str, timeframe: str = "M1") -> Pr
             f"the newest features of {symbol} {timeframe} are feature set v{row['feature_set_version']}, this code computes "
             f"v{FEATURE_SET_VERSION}: recompute features_m1 (update_features with full=True)"
         )
-    ts = _parse_time(row["ts"])
+    ts = parse_iso(row["ts"])
     if not row["usable"]:
         raise NoFeaturesError(
             f"the newest bar of {symbol} {timeframe} ({_iso(ts)}) is not usable: the symbol needs more history "
@@ -668,6 +663,6 @@ def current_model_info(settings: Settings) -> dict | None:
         info["error"] = str(exc)
     info["versioned_path"] = meta.get("path")
     info["path"] = str(path)
-    info["trained_at"] = _parse_time(meta["trained_at"]) if meta.get("trained_at") else None
+    info["trained_at"] = parse_iso(meta["trained_at"]) if meta.get("trained_at") else None
     info.setdefault("metrics", {})
     return info

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from mt5_pipeline import queue
+from mt5_pipeline.clock import as_utc, resolve_now, utcnow
 from mt5_pipeline.ea_client import EAClient
 from mt5_pipeline.queue import Claimed, Mark
 from mt5_pipeline.settings import Settings
@@ -89,8 +90,8 @@ class PushResult:
 def _clock(now: datetime | None) -> Callable[[], datetime]:
     """A pinned start time still advances with real time, so deadlines inside a cycle work."""
     if now is None:
-        return queue.utcnow
-    start, t0 = queue.as_utc(now), time.monotonic()
+        return utcnow
+    start, t0 = as_utc(now), time.monotonic()
     return lambda: start + timedelta(seconds=time.monotonic() - t0)
 
 
@@ -282,7 +283,7 @@ def _idle_seconds(settings: Settings, result: PushResult | None, *, now: datetim
     due = queue.next_due_at(settings.database_url, now=now)
     if due is None:
         return interval
-    return max(MIN_IDLE_SECONDS, min(interval, (due - queue._now(now)).total_seconds()))
+    return max(MIN_IDLE_SECONDS, min(interval, (due - resolve_now(now)).total_seconds()))
 
 
 def run_worker(

@@ -7,13 +7,14 @@ them, so an operator script or a test can run the same checks without Dagster.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import and_, func, or_, select
 
+from mt5_pipeline.clock import as_utc, resolve_now
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import FEATURE_COLUMNS, candles, features_m1, signals_queue
@@ -34,10 +35,6 @@ class CheckOutcome:
     description: str
     metadata: dict[str, Any] = field(default_factory=dict)
     severity: str = "ERROR"  # ERROR or WARN
-
-
-def _now(now: datetime | None) -> datetime:
-    return now or datetime.now(timezone.utc)
 
 
 # ---- candles -------------------------------------------------------------------
@@ -86,25 +83,22 @@ def _is_weekend_gap(prev: pd.Series, nxt: pd.Series) -> np.ndarray:
 
 
 def candles_gaps(database_url: str, timeframe: str = "M1") -> CheckOutcome:
+    from mt5_pipeline.storage.bulk import list_symbols, read_candles
+
     step = TIMEFRAME_SECONDS[timeframe]
     per_symbol: dict[str, dict[str, int]] = {}
-    with get_engine(database_url).connect() as conn:
-        symbols = [r[0] for r in conn.execute(select(candles.c.symbol).where(candles.c.timeframe == timeframe).distinct())]
-        for symbol in symbols:
-            rows = conn.execute(
-                select(candles.c.ts).where(candles.c.symbol == symbol, candles.c.timeframe == timeframe).order_by(candles.c.ts)
-            ).scalars()
-            ts = pd.Series(pd.to_datetime(list(rows), utc=True))
-            if len(ts) < 2:
-                per_symbol[symbol] = {"gaps": 0, "weekend_gaps": 0, "long_gaps": 0}
-                continue
-            prev, nxt = ts.iloc[:-1].reset_index(drop=True), ts.iloc[1:].reset_index(drop=True)
-            delta = (nxt - prev).dt.total_seconds().to_numpy()
-            is_gap = delta > step
-            weekend = is_gap & _is_weekend_gap(prev, nxt)
-            other = is_gap & ~weekend
-            long_ = other & (delta > LONG_GAP_MINUTES * 60)
-            per_symbol[symbol] = {"gaps": int(other.sum()), "weekend_gaps": int(weekend.sum()), "long_gaps": int(long_.sum())}
+    for symbol, _ in list_symbols(database_url, timeframe):
+        ts = read_candles(database_url, symbol, timeframe)["ts"]  # COPY on PostgreSQL: fast for years of bars
+        if len(ts) < 2:
+            per_symbol[symbol] = {"gaps": 0, "weekend_gaps": 0, "long_gaps": 0}
+            continue
+        prev, nxt = ts.iloc[:-1].reset_index(drop=True), ts.iloc[1:].reset_index(drop=True)
+        delta = (nxt - prev).dt.total_seconds().to_numpy()
+        is_gap = delta > step
+        weekend = is_gap & _is_weekend_gap(prev, nxt)
+        other = is_gap & ~weekend
+        long_ = other & (delta > LONG_GAP_MINUTES * 60)
+        per_symbol[symbol] = {"gaps": int(other.sum()), "weekend_gaps": int(weekend.sum()), "long_gaps": int(long_.sum())}
     long_total = sum(v["long_gaps"] for v in per_symbol.values())
     meta: dict[str, Any] = {f"{s}_{k}": v for s, d in per_symbol.items() for k, v in d.items()}
     meta["long_gaps"] = long_total
@@ -118,7 +112,7 @@ def candles_gaps(database_url: str, timeframe: str = "M1") -> CheckOutcome:
 
 
 def candles_fresh(database_url: str, settings: Settings, *, now: datetime | None = None, timeframe: str = "M1") -> CheckOutcome:
-    now = _now(now)
+    now = resolve_now(now)
     limit = settings.max_bar_age_seconds(timeframe)
     with get_engine(database_url).connect() as conn:
         rows = conn.execute(
@@ -128,16 +122,12 @@ def candles_fresh(database_url: str, settings: Settings, *, now: datetime | None
         return CheckOutcome(False, "no candles yet", {"symbols": 0}, severity="WARN")
     step = TIMEFRAME_SECONDS[timeframe]
     # A bar's age counts from its close (open time + one bar), as the signal guard does.
-    ages = {symbol: (now - (_aware(newest) + timedelta(seconds=step))).total_seconds() for symbol, newest in rows}
+    ages = {symbol: (now - (as_utc(newest) + timedelta(seconds=step))).total_seconds() for symbol, newest in rows}
     stale = sorted(s for s, age in ages.items() if age > limit)
     meta: dict[str, Any] = {f"{s}_newest_bar_age_s": round(a, 1) for s, a in ages.items()}
     meta["limit_s"] = limit
     desc = f"stale feed for {', '.join(stale)}" if stale else f"every symbol's newest bar is within {limit} s"
     return CheckOutcome(not stale, desc, meta, severity="WARN")
-
-
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
 # ---- features ------------------------------------------------------------------
@@ -236,7 +226,7 @@ def no_pending_past_expiry(settings: Settings, *, now: datetime | None = None) -
     # The pusher expires stale rows at the start of each cycle, so a row may sit past
     # its expiry for up to one push interval; beyond that, nobody is expiring them.
     grace = timedelta(seconds=settings.ea_push_interval + 5)
-    cutoff = _now(now) - grace
+    cutoff = resolve_now(now) - grace
     q = signals_queue.c
     with get_engine(settings.database_url).connect() as conn:
         count = conn.execute(

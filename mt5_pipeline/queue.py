@@ -34,7 +34,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Integer, and_, bindparam, case, exists, func, literal, or_, select, text, update
@@ -42,6 +42,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from mt5_pipeline.clock import as_utc, iso_z, parse_iso, resolve_now
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import SIGNAL_STATUSES, signals_ack, signals_queue
 
@@ -73,40 +74,7 @@ class UnknownSignalError(LookupError):
     """An ack (or lookup) named a signal_id that is not in signals_queue."""
 
 
-# ---- time helpers ----------------------------------------------------------------------
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def as_utc(value: datetime) -> datetime:
-    """Aware UTC; naive values (SQLite reads) are taken as UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
-
-
-def iso_z(value: datetime) -> str:
-    """ISO 8601 in UTC with ``Z`` (whole seconds unless there is a fraction)."""
-    value = as_utc(value)
-    text_ = value.strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text_ += f".{value.microsecond:06d}".rstrip("0")
-    return text_ + "Z"
-
-
-def parse_iso(value: str | datetime) -> datetime:
-    if isinstance(value, datetime):
-        return as_utc(value)
-    return as_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
-
-
-def _now(now: datetime | None) -> datetime:
-    return as_utc(now) if now is not None else utcnow()
-
-
-def _number(value: float) -> int | float:
+def json_number(value: float) -> int | float:
     """20.0 -> 20: the seed's payload shows whole pips as integers."""
     value = float(value)
     return int(value) if value.is_integer() else value
@@ -159,8 +127,8 @@ def payload_from_row(row: Any) -> dict:
         "timeframe": m["timeframe"],
         "side": m["side"],
         "confidence": float(m["confidence"]),
-        "sl_pips": _number(m["sl_pips"]),
-        "tp_pips": _number(m["tp_pips"]),
+        "sl_pips": json_number(m["sl_pips"]),
+        "tp_pips": json_number(m["tp_pips"]),
         "price": float(m["price"]),
         "meta": json.loads(m["meta"] or "{}"),
         "expires_at": iso_z(m["expires_at"]),
@@ -217,7 +185,7 @@ def _notify(conn: Connection, count: int) -> None:
 def enqueue(database_url: str, signal: dict, *, now: datetime | None = None) -> bool:
     """Queue one signal (EA payload shape). False when its bar+model_version (or its
     signal_id) already has a row: the database's unique constraint decides, not Python."""
-    values = _row_values(signal, _now(now))
+    values = _row_values(signal, resolve_now(now))
     with get_engine(database_url).begin() as conn:
         inserted = conn.execute(_insert_ignoring_duplicates(conn), values).first() is not None
         _notify(conn, int(inserted))
@@ -226,7 +194,7 @@ def enqueue(database_url: str, signal: dict, *, now: datetime | None = None) -> 
 
 def enqueue_many(database_url: str, signals: Iterable[dict], *, now: datetime | None = None) -> int:
     """Queue many signals in one transaction (one NOTIFY); returns how many were new."""
-    at = _now(now)
+    at = resolve_now(now)
     rows = [_row_values(s, at) for s in signals]
     if not rows:
         return 0
@@ -287,7 +255,7 @@ def claim_batch(database_url: str, limit: int, *, lease_seconds: float, now: dat
     """
     if limit <= 0:
         return []
-    at = _now(now)
+    at = resolve_now(now)
     token = str(uuid.uuid4())
     lease_until = at + timedelta(seconds=lease_seconds)
     engine = get_engine(database_url)
@@ -319,7 +287,7 @@ def claim_batch(database_url: str, limit: int, *, lease_seconds: float, now: dat
 
 def extend_lease(database_url: str, claim_token: str, *, lease_seconds: float, now: datetime | None = None) -> set[int]:
     """Push the lease of every row still held under ``claim_token``; returns their ids."""
-    until = _now(now) + timedelta(seconds=lease_seconds)
+    until = resolve_now(now) + timedelta(seconds=lease_seconds)
     stmt = update(q).where(q.c.claim_token == claim_token, q.c.status == "PENDING").values(lease_until=until).returning(q.c.id)
     with get_engine(database_url).begin() as conn:
         return {r.id for r in conn.execute(stmt)}
@@ -425,23 +393,23 @@ def apply_marks(database_url: str, marks: Iterable[Mark]) -> set[int]:
 
 
 def mark_sent(database_url: str, row_id: int, claim_token: str, ticket: int | None, *, now: datetime | None = None) -> bool:
-    return row_id in apply_marks(database_url, [Mark(row_id, claim_token, "SENT", _now(now), ticket=ticket)])
+    return row_id in apply_marks(database_url, [Mark(row_id, claim_token, "SENT", resolve_now(now), ticket=ticket)])
 
 
 def mark_retry(database_url: str, row_id: int, claim_token: str, error: str, next_attempt_at: datetime, *, now: datetime | None = None) -> bool:
-    return row_id in apply_marks(database_url, [Mark(row_id, claim_token, "RETRY", _now(now), error=error, next_attempt_at=next_attempt_at)])
+    return row_id in apply_marks(database_url, [Mark(row_id, claim_token, "RETRY", resolve_now(now), error=error, next_attempt_at=next_attempt_at)])
 
 
 def mark_rejected(database_url: str, row_id: int, claim_token: str, error: str, *, now: datetime | None = None) -> bool:
-    return row_id in apply_marks(database_url, [Mark(row_id, claim_token, "REJECTED", _now(now), error=error)])
+    return row_id in apply_marks(database_url, [Mark(row_id, claim_token, "REJECTED", resolve_now(now), error=error)])
 
 
 def mark_failed(database_url: str, row_id: int, claim_token: str, error: str, *, now: datetime | None = None) -> bool:
-    return row_id in apply_marks(database_url, [Mark(row_id, claim_token, "FAILED", _now(now), error=error)])
+    return row_id in apply_marks(database_url, [Mark(row_id, claim_token, "FAILED", resolve_now(now), error=error)])
 
 
 def mark_expired(database_url: str, row_id: int, claim_token: str, *, now: datetime | None = None) -> bool:
-    return row_id in apply_marks(database_url, [Mark(row_id, claim_token, "EXPIRED", _now(now), error="expired before delivery")])
+    return row_id in apply_marks(database_url, [Mark(row_id, claim_token, "EXPIRED", resolve_now(now), error="expired before delivery")])
 
 
 def release_claims(
@@ -492,7 +460,7 @@ def expire_stale(database_url: str, *, now: datetime | None = None) -> int:
     """PENDING rows past ``expires_at`` become EXPIRED (never sent). Leased rows are left to
     their holder, which checks expiry itself before sending."""
     with get_engine(database_url).begin() as conn:
-        return conn.execute(_EXPIRE, {"now": _now(now)}).rowcount
+        return conn.execute(_EXPIRE, {"now": resolve_now(now)}).rowcount
 
 
 def record_ack(
@@ -516,7 +484,7 @@ def record_ack(
         raise ValueError("ticket: expected a non-negative whole number or null")
     status = status.strip()
     message = message or ""
-    at = _now(now)
+    at = resolve_now(now)
     engine = get_engine(database_url)
     with engine.begin() as conn:
         lookup = select(q.c.id, q.c.status).where(q.c.signal_id == signal_id)
@@ -577,7 +545,7 @@ def status_counts(database_url: str) -> dict[str, int]:
 
 def pending_for_pull(database_url: str, limit: int = 100, *, now: datetime | None = None) -> list[dict]:
     """EA payloads of unexpired PENDING signals, oldest first, for EAs that poll (changes nothing)."""
-    at = _now(now)
+    at = resolve_now(now)
     stmt = select(*_PAYLOAD_COLUMNS).where(q.c.status == "PENDING", q.c.expires_at > at).order_by(q.c.id).limit(max(0, int(limit)))
     with get_engine(database_url).connect() as conn:
         return [payload_from_row(r) for r in conn.execute(stmt)]
@@ -595,13 +563,13 @@ def _deliverable(at: datetime):
 def count_deliverable(database_url: str, *, now: datetime | None = None) -> int:
     """PENDING signals a push cycle could send now (due, unexpired, not leased)."""
     with get_engine(database_url).connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(q).where(_deliverable(_now(now)))).scalar_one())
+        return int(conn.execute(select(func.count()).select_from(q).where(_deliverable(resolve_now(now)))).scalar_one())
 
 
 def count_pending(database_url: str, *, now: datetime | None = None) -> int:
     """Unexpired PENDING signals, whether due, waiting for a retry or leased."""
     with get_engine(database_url).connect() as conn:
-        stmt = select(func.count()).select_from(q).where(q.c.status == "PENDING", q.c.expires_at > _now(now))
+        stmt = select(func.count()).select_from(q).where(q.c.status == "PENDING", q.c.expires_at > resolve_now(now))
         return int(conn.execute(stmt).scalar_one())
 
 
@@ -624,7 +592,7 @@ def next_due_at(database_url: str, *, now: datetime | None = None) -> datetime |
     None when nothing is pending. Rows behind an earlier row of their symbol are ignored:
     they wait for it, so counting them would wake the pusher for nothing."""
     with get_engine(database_url).connect() as conn:
-        rows = conn.execute(_HEADS, {"now": _now(now)}).all()
+        rows = conn.execute(_HEADS, {"now": resolve_now(now)}).all()
     due = [max(as_utc(r.next_attempt_at), as_utc(r.lease_until) if r.lease_until is not None else as_utc(r.next_attempt_at)) for r in rows]
     return min(due) if due else None
 

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from mt5_pipeline import queue
-from mt5_pipeline.queue import as_utc, iso_z, parse_iso
+from mt5_pipeline.clock import as_utc, iso_z, parse_iso, resolve_now
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def bar_staleness(settings: Settings, timeframe: str, newest_bar_open: datetime 
     Age is measured from the bar's open time: a healthy M1 feed keeps it under two bars,
     so the limit is SIGNAL_MAX_BAR_AGE_SECONDS (default two bars + 30 s). /health uses this too.
     """
-    at = queue._now(now)
+    at = resolve_now(now)
     if newest_bar_open is None:
         return f"no {timeframe} bars at all"
     newest_bar_open = parse_iso(newest_bar_open)
@@ -95,7 +95,7 @@ def model_staleness(settings: Settings, trained_at: datetime | str | None, *, no
     """Why the model is too old to trade on, or None if fresh enough (/health uses this too)."""
     if trained_at is None:
         return "the model's training time is unknown"
-    at = queue._now(now)
+    at = resolve_now(now)
     trained_at = parse_iso(trained_at)
     age_h = (at - trained_at).total_seconds() / 3600.0
     if age_h > settings.model_max_age_hours:
@@ -115,8 +115,8 @@ def build_signal(prediction: Any, decision: Decision, settings: Settings, *, for
         "timeframe": prediction.timeframe,
         "side": decision.side,
         "confidence": round(decision.confidence, 6),
-        "sl_pips": queue._number(sl),
-        "tp_pips": queue._number(tp),
+        "sl_pips": queue.json_number(sl),
+        "tp_pips": queue.json_number(tp),
         "price": float(prediction.close),
         "meta": {
             "model": getattr(prediction, "model", None) or DEFAULT_MODEL_NAME,
@@ -156,7 +156,7 @@ def generate_signal(
     ModelMismatchError from the predictor propagate. Stale inputs never produce a
     signal, forced or not.
     """
-    at = queue._now(now)
+    at = resolve_now(now)
     if refresh_features:
         from mt5_pipeline.features import update_features
 

@@ -68,7 +68,7 @@ def bars(n: int, *, end: datetime | None = None, timeframe_seconds: int = 60, st
 
 def make_signal(symbol: str = "EURUSD", *, minutes_ago: int = 1, expires_in: float = 600, version: str = "v-test") -> dict:
     """An EA payload as the signal generator builds it, for a bar `minutes_ago` back."""
-    from mt5_pipeline.queue import iso_z
+    from mt5_pipeline.clock import iso_z
 
     now = datetime.now(timezone.utc)
     bar = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes_ago)

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
+from mt5_pipeline.clock import iso_z
 from mt5_pipeline.ea_sim import create_ea_app
-from mt5_pipeline.queue import iso_z
 from mt5_pipeline.servers import BackgroundServer
 
 TEST_EA_KEY = "test-ea-key-0123456789"

@@ -8,7 +8,7 @@ import dagster as dg
 
 from mt5_pipeline.definitions import build_defs
 from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.orchestration.resources import DatabaseResource, EAResource, ModelStoreResource, SettingsResource
+from mt5_pipeline.orchestration.resources import resources_for
 from mt5_pipeline.sample_data import generate_candles
 from mt5_pipeline.settings import Settings
 
@@ -28,15 +28,6 @@ def load_symbols(url: str, symbols: dict[str, int], *, end: datetime | None = No
         frame = generate_candles(bars, end=end or minute_now(), seed=seed, with_weekends=False, start_price=1.1 + seed * 0.2)
         ingest_candles(url, symbol, "M1", frame)
 
-
-def resources_for(settings: Settings, **overrides) -> dict:
-    """Resources for `settings`; `overrides` are the environment variables the test changed."""
-    return {
-        "config": SettingsResource(overrides={k: str(v) for k, v in overrides.items()}),
-        "database": DatabaseResource(database_url=settings.database_url),
-        "models": ModelStoreResource(model_dir=str(settings.model_dir)),
-        "ea": EAResource(server_url=settings.ea_server_url, api_key=settings.ea_api_key),
-    }
 
 
 def defs_for(settings: Settings, **overrides) -> dg.Definitions:

@@ -12,6 +12,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from mt5_pipeline import queue
+from mt5_pipeline.clock import iso_z, utcnow
 from mt5_pipeline.queue import UnknownSignalError
 from mt5_pipeline.storage.engine import get_engine, psycopg_conninfo
 from mt5_pipeline.storage.schema import signals_ack, signals_queue
@@ -195,7 +196,7 @@ def test_status_views(db_url):
     [c] = queue.claim_batch(db_url, 1, lease_seconds=30, now=T0)
     queue.mark_sent(db_url, c.id, c.claim_token, 1, now=T0)
     status = queue.queue_status(db_url, since=T0 - timedelta(days=1))
-    assert status == {"PENDING": {"count": 2, "latest": queue.iso_z(T0)}, "SENT": {"count": 1, "latest": queue.iso_z(T0)}}
+    assert status == {"PENDING": {"count": 2, "latest": iso_z(T0)}, "SENT": {"count": 1, "latest": iso_z(T0)}}
     assert queue.queue_status(db_url, since=T0 + timedelta(seconds=1)) == {}
     assert queue.status_counts(db_url) == {"PENDING": 2, "SENT": 1, "ACKED": 0, "FAILED": 0, "EXPIRED": 0, "REJECTED": 0}
     assert queue.count_deliverable(db_url, now=T0) == 2
@@ -222,7 +223,7 @@ def test_concurrent_claims_on_postgres_never_overlap(pg_url):
                     break
                 continue
             mine.extend(c.id for c in claims)
-            queue.apply_marks(pg_url, [queue.Mark(c.id, c.claim_token, "SENT", queue.utcnow(), ticket=c.id) for c in claims])
+            queue.apply_marks(pg_url, [queue.Mark(c.id, c.claim_token, "SENT", utcnow(), ticket=c.id) for c in claims])
         with lock:
             taken.append(mine)
 

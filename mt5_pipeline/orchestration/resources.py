@@ -77,3 +77,14 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "models": ModelStoreResource(model_dir=_env_or("MODEL_DIR", str(base.model_dir))),
         "ea": EAResource(server_url=_env_or("EA_SERVER_URL", ""), api_key=_env_or("EA_API_KEY", "")),
     }
+
+
+def resources_for(settings: Settings, **overrides: object) -> dict[str, dg.ConfigurableResource]:
+    """Resources holding `settings`' values literally (the demo, tests); `overrides` are
+    environment variables to lay over the process's for everything else the core reads."""
+    return {
+        "config": SettingsResource(overrides={k: str(v) for k, v in overrides.items()}),
+        "database": DatabaseResource(database_url=settings.database_url),
+        "models": ModelStoreResource(model_dir=str(settings.model_dir)),
+        "ea": EAResource(server_url=settings.ea_server_url, api_key=settings.ea_api_key),
+    }

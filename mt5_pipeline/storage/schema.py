@@ -7,8 +7,6 @@ SQLAlchemy, so always compare through these column objects, never with raw strin
 
 from __future__ import annotations
 
-from datetime import timezone
-
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -25,6 +23,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.types import TypeDecorator
+
+from mt5_pipeline.clock import as_utc
 
 metadata = MetaData()
 
@@ -45,17 +45,11 @@ class UtcDateTime(TypeDecorator):
     def process_bind_param(self, value, dialect):
         if value is None:
             return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        value = value.astimezone(timezone.utc)
+        value = as_utc(value)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value, dialect):
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+        return None if value is None else as_utc(value)
 
 Double = Float(precision=53)
 

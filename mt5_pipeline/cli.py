@@ -95,6 +95,12 @@ def cmd_push(settings: Settings, args: argparse.Namespace) -> int:
     return run_worker(settings, once=args.once)
 
 
+def cmd_live(settings: Settings, args: argparse.Namespace) -> int:
+    from mt5_pipeline.live import run_live_worker
+
+    return run_live_worker(settings)
+
+
 def cmd_ea_sim(settings: Settings, args: argparse.Namespace) -> int:
     from mt5_pipeline.ea_sim import serve
 
@@ -142,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     push = sub.add_parser("push", help="the EA pusher worker")
     push.add_argument("--once", action="store_true", help="one cycle, then exit")
     push.set_defaults(func=cmd_push)
+
+    sub.add_parser(
+        "live", help="the live-signal worker: a signal for each closed bar as soon as it is committed (LISTEN/NOTIFY, or polling on SQLite)"
+    ).set_defaults(func=cmd_live)
 
     sim = sub.add_parser("ea-sim", help="the reference EA server (paper trading)")
     sim.add_argument("--host", default="127.0.0.1")

@@ -1,6 +1,7 @@
 """`mt5-pipeline dev` (`make dev`): every process on loopback, logs prefixed, Ctrl-C stops all.
 
 Dagster webserver + daemon (`dagster dev`, sensors and schedules live), the API, the
+live-signal worker, the
 pusher worker and the reference EA, on the embedded default (SQLite under ./data/,
 Dagster instance under ./.dagster/).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from mt5_pipeline.settings import Settings
 
 DAGSTER_UI_PORT = 3000
-COLORS = {"dagster": "35", "api": "36", "pusher": "33", "ea-sim": "32"}
+COLORS = {"dagster": "35", "api": "36", "live": "34", "pusher": "33", "ea-sim": "32"}
 
 
 def _bin(name: str) -> str:
@@ -30,6 +31,7 @@ def commands(settings: Settings, ea_port: int, dagster_port: int = DAGSTER_UI_PO
     return {
         "dagster": [_bin("dagster"), "dev", "-m", "mt5_pipeline", "-h", "127.0.0.1", "-p", str(dagster_port)],
         "api": [_bin("mt5-pipeline"), "serve"],
+        "live": [_bin("mt5-pipeline"), "live"],
         "pusher": [_bin("mt5-pipeline"), "push"],
         "ea-sim": [_bin("mt5-pipeline"), "ea-sim", "--host", "127.0.0.1", "--port", str(ea_port), "--ack-url", f"{api}/ea/ack"],
     }

@@ -41,14 +41,15 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 from sqlalchemy import delete, func, select, text
 
-from mt5_pipeline.clock import parse_iso
+from mt5_pipeline.bars import closed_cutoff
+from mt5_pipeline.clock import parse_iso, resolve_now
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import FEATURE_COLUMNS, RAW_LEVEL_COLUMNS, candles, features_m1
@@ -244,8 +245,21 @@ def _as_utc(value: datetime | str | None) -> datetime | None:
     return None if value is None else parse_iso(value)
 
 
-def first_stale_bar(database_url: str, symbol: str, timeframe: str = "M1") -> tuple[datetime | None, bool]:
+def newest_candle_ts(database_url: str, symbol: str, timeframe: str) -> datetime | None:
+    """The series' newest stored bar, forming or not (one primary-key lookup)."""
+    c = candles.c
+    with get_engine(database_url).connect() as conn:
+        value = conn.execute(select(c.ts).where(c.symbol == symbol, c.timeframe == timeframe).order_by(c.ts.desc()).limit(1)).scalar()
+    return _as_utc(value)
+
+
+def first_stale_bar(
+    database_url: str, symbol: str, timeframe: str = "M1", *, closed_until: datetime | None = None
+) -> tuple[datetime | None, bool]:
     """(open time of the earliest bar whose features are missing or stale, whether to recompute everything).
+
+    Only closed bars count (``ts <= closed_until``, see :mod:`mt5_pipeline.bars`): the
+    forming bar gets no feature row, so a feature row is never computed from a partial bar.
 
     Stale: the candle's ``ingested_at`` differs from the ``source_ingested_at`` its
     features were computed from (ingest re-stamps a bar it replaced). Only candles stamped
@@ -265,6 +279,7 @@ def first_stale_bar(database_url: str, symbol: str, timeframe: str = "M1") -> tu
         if newest is None or str(newest.feature_set_version) != FEATURE_SET_VERSION:
             return None, True
         newest_ts = _as_utc(newest.ts)
+        closed = [] if closed_until is None else [c.ts <= closed_until]
         watermark = _as_utc(newest.source_ingested_at) - WATERMARK_MARGIN
         # A correlated scalar probe per candidate: the planner must look each one up by
         # the primary key, whatever its statistics say (fresh tables have none, and a
@@ -277,14 +292,20 @@ def first_stale_bar(database_url: str, symbol: str, timeframe: str = "M1") -> tu
         )
         stale = (
             select(c.ts.label("ts"))
-            .where(c.symbol == symbol, c.timeframe == timeframe, c.ingested_at >= watermark, computed_from.is_distinct_from(c.ingested_at))
+            .where(
+                c.symbol == symbol,
+                c.timeframe == timeframe,
+                c.ingested_at >= watermark,
+                computed_from.is_distinct_from(c.ingested_at),
+                *closed,
+            )
             .offset(0)
             .subquery()
         )
         changed = conn.execute(select(func.min(stale.c.ts))).scalar()
         # Bars newer than every feature row, whatever their stamp (a clock that went back).
         beyond = conn.execute(
-            select(c.ts).where(c.symbol == symbol, c.timeframe == timeframe, c.ts > newest_ts).order_by(c.ts).limit(1)
+            select(c.ts).where(c.symbol == symbol, c.timeframe == timeframe, c.ts > newest_ts, *closed).order_by(c.ts).limit(1)
         ).scalar()
     found = [t for t in (_as_utc(changed), _as_utc(beyond)) if t is not None]
     return (min(found) if found else None), False
@@ -326,7 +347,8 @@ def update_features(
 
     Incremental: recompute from the earliest stale bar onward (see :func:`first_stale_bar`)
     with ``LOOKBACK_BARS`` bars before it; a full run also deletes feature rows whose
-    candle is gone. Safe to call from several processes at once.
+    candle is gone. Only closed bars get features (``now`` decides which bar is still
+    forming). Safe to call from several processes at once.
     """
     with _one_writer_per_symbol(database_url, symbol, timeframe):
         return _update_features(database_url, symbol, timeframe, full=full, now=now)
@@ -336,22 +358,23 @@ def _update_features(database_url: str, symbol: str, timeframe: str, *, full: bo
     from mt5_pipeline.storage.bulk import read_candles, write_frame
     from mt5_pipeline.storage.engine import is_postgres
 
-    computed_at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    computed_at = resolve_now(now)
+    closed_until = closed_cutoff(timeframe, now=computed_at, newest_open=newest_candle_ts(database_url, symbol, timeframe))
     start: datetime | None = None
     if not full:
-        start, full = first_stale_bar(database_url, symbol, timeframe)
+        start, full = first_stale_bar(database_url, symbol, timeframe, closed_until=closed_until)
         if start is None and not full:
             return FeatureUpdate(symbol, timeframe, 0, _newest_feature_ts(database_url, symbol, timeframe), 0, None, False)
 
     if full:
-        bars = read_candles(database_url, symbol, timeframe)
+        bars = read_candles(database_url, symbol, timeframe, end=closed_until)
         lookback = 0
     else:
         assert start is not None
         # Bounds are inclusive and bar times are whole seconds: a microsecond before `start`
         # is the bar before it.
         before = read_candles(database_url, symbol, timeframe, end=start - timedelta(microseconds=1), last_n=LOOKBACK_BARS)
-        rest = read_candles(database_url, symbol, timeframe, start=start)
+        rest = read_candles(database_url, symbol, timeframe, start=start, end=closed_until)
         lookback = len(before)
         bars = pd.concat([before, rest], ignore_index=True) if lookback else rest
 
@@ -423,6 +446,10 @@ def _replace_tail_pg(database_url: str, symbol: str, timeframe: str, out: pd.Dat
         where = sql.SQL("{} AND ts >= {}").format(where, sql.Literal(start))
     copy = sql.SQL("COPY features_m1 ({}) FROM STDIN (FORMAT BINARY)").format(sql.SQL(", ").join(map(sql.Identifier, _WRITE_COLUMNS)))
     with pg_connection(database_url) as conn, conn.cursor() as cur:
+        # Derived rows: a crash that loses this commit leaves the bars stale, and the next
+        # run recomputes them. Not waiting for the WAL flush takes a disk write off the
+        # live path (closed bar -> signal).
+        cur.execute("SET LOCAL synchronous_commit TO OFF")
         cur.execute(sql.SQL("DELETE FROM features_m1 WHERE {}").format(where))
         for rows in (np.flatnonzero(has_null), np.flatnonzero(~has_null)):
             if len(rows):

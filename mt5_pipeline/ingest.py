@@ -19,6 +19,10 @@ Rules worth knowing:
   (MT5's week), MN1 on the 1st of the month 00:00 — all in that offset's local time.
 * The same ts twice in one batch: the last one wins (a later line is a later version).
 * Symbols are stored as given (MT5 suffixes like ``EURUSDm`` are case-sensitive).
+* The forming bar may be stored (and replaced by its final version); only closed bars
+  become features, labels or signals (:mod:`mt5_pipeline.bars`). On PostgreSQL a batch
+  holding a closed bar notifies ``CANDLES_CHANNEL`` in its own transaction, so the live
+  worker wakes the moment the bar is visible, never before.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ from mt5_pipeline.storage.bulk import (
 from mt5_pipeline.storage.engine import get_engine, is_postgres
 
 TIMEFRAMES: tuple[str, ...] = tuple(TIMEFRAME_SECONDS)
+# LISTEN/NOTIFY channel of committed closed bars; the payload is "SYMBOL TIMEFRAME".
+CANDLES_CHANNEL = "candles_closed"
 FUTURE_SKEW_SECONDS = 60
 MAX_REPORTED_ERRORS = 50
 SYMBOL_PATTERN = re.compile(r"[A-Za-z0-9._#-]{1,32}")
@@ -686,9 +692,25 @@ def _store_pg(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int, in
             )
             if cur.rowcount != len(rows):  # cannot happen under the lock; never report wrong counts
                 raise RuntimeError(f"updated {cur.rowcount} bars, expected {len(rows)}")
+        closed = newest_closed_in_batch(batch, now)
+        if closed is not None:
+            # Even when nothing changed: a final version identical to the forming one is
+            # still the news that the bar closed. Delivered at commit, never before.
+            cur.execute("SELECT pg_notify(%s, %s)", (CANDLES_CHANNEL, f"{batch.symbol} {batch.timeframe} {closed}"))
     touched = new | changed
     first = int(batch.ts[np.argmax(touched)]) * 1_000_000 if touched.any() else None
     return int(new.sum()), int(changed.sum()), first
+
+
+def newest_closed_in_batch(batch: CandleBatch, now: datetime) -> int | None:
+    """Open time (epoch s) of the newest closed bar the batch holds, or None: every bar but
+    the newest is closed (a later one exists); the newest is once its timeframe has run out."""
+    if len(batch) == 0:
+        return None
+    newest = int(batch.ts[-1])
+    if newest + TIMEFRAME_SECONDS[batch.timeframe] <= now.timestamp():
+        return newest
+    return int(batch.ts[-2]) if len(batch) > 1 else None
 
 
 def _store_sqlite(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int, int | None]:

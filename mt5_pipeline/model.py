@@ -89,6 +89,14 @@ class ModelMismatchError(RuntimeError):
     """The saved model was trained for other features or another scikit-learn; the message says what differs."""
 
 
+class ModelTimeframeError(ValueError):
+    """The model was trained on another timeframe; ``available`` lists the timeframes that have a model."""
+
+    def __init__(self, message: str, available: list[str]) -> None:
+        super().__init__(message)
+        self.available = available
+
+
 class InsufficientDataError(ValueError):
     """Too few labelled rows (or one class only) to train and evaluate honestly."""
 
@@ -239,8 +247,13 @@ class TrainingSet:
     candles: dict[str, pd.DataFrame]
 
 
-def build_training_set(settings: Settings, symbols: list[str] | None = None) -> TrainingSet:
-    """Usable feature rows with labels, for the symbols (default: every symbol with features)."""
+def build_training_set(settings: Settings, symbols: list[str] | None = None, *, now: datetime | None = None) -> TrainingSet:
+    """Usable feature rows with labels, for the symbols (default: every symbol with features).
+
+    Closed bars only: the forming bar is neither a training row nor the future a label
+    looks at (its close is not a price yet).
+    """
+    from mt5_pipeline.bars import closed_only
     from mt5_pipeline.storage.bulk import read_candles
 
     url = settings.database_url
@@ -251,7 +264,7 @@ def build_training_set(settings: Settings, symbols: list[str] | None = None) -> 
         feats = load_feature_rows(url, [symbol], TIMEFRAME, usable_only=True)
         if feats.empty:
             continue
-        bars = read_candles(url, symbol, TIMEFRAME).reset_index(drop=True)
+        bars = closed_only(read_candles(url, symbol, TIMEFRAME).reset_index(drop=True), TIMEFRAME, now=now)
         labels = make_labels(bars, LabelSpec.from_settings(settings, symbol))
         merged = feats.merge(labels, on="ts", how="inner", validate="one_to_one")
         merged = merged[merged["label"].notna() & merged["label_end_ts"].notna()]
@@ -325,7 +338,7 @@ def train_model(
     """Train rf_m1 on the symbols' usable features, evaluate, backtest, save atomically and register it."""
     started = time.perf_counter()
     trained_at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    data = build_training_set(settings, symbols)
+    data = build_training_set(settings, symbols, now=trained_at)
     frame = data.frame
     loaded_s = time.perf_counter() - started
 
@@ -596,19 +609,49 @@ def clear_model_cache() -> None:
 _LATEST_COLUMNS = ("ts", "close", "usable", "feature_set_version", *MODEL_FEATURES)
 
 
-def predict_latest(settings: Settings, symbol: str, timeframe: str = "M1") -> Prediction:
-    """Probability for the symbol's newest feature row, from the current model."""
+def model_timeframes(settings: Settings) -> list[str]:
+    """Timeframes that have a model to predict with (today: rf_m1's, when it exists)."""
+    info = current_model_info(settings)
+    if info is None:
+        return []
+    return [str(info.get("timeframe") or TIMEFRAME)]
+
+
+def check_timeframe(loaded: LoadedModel, timeframe: str) -> None:
+    """A model only predicts the timeframe it was trained on: M1 patterns say nothing about H1 bars."""
+    trained_on = str(loaded.meta.get("timeframe") or TIMEFRAME)
+    if timeframe != trained_on:
+        raise ModelTimeframeError(
+            f"no model for {timeframe}: {MODEL_NAME} was trained on {trained_on} bars and only predicts {trained_on} "
+            f"(timeframes with a model: {trained_on})",
+            [trained_on],
+        )
+
+
+def predict_latest(settings: Settings, symbol: str, timeframe: str = "M1", *, now: datetime | None = None) -> Prediction:
+    """Probability for the symbol's newest CLOSED bar (see :mod:`mt5_pipeline.bars`), from the current model.
+
+    Feature rows are only written for closed bars; the cutoff here also guards against
+    rows a previous version wrote for a forming bar. ModelTimeframeError for a timeframe
+    the model was not trained on.
+    """
+    from mt5_pipeline.bars import closed_cutoff
+    from mt5_pipeline.features import newest_candle_ts
+
     loaded = load_current(settings)
+    check_timeframe(loaded, timeframe)
+    url = settings.database_url
+    cutoff = closed_cutoff(timeframe, now=now, newest_open=newest_candle_ts(url, symbol, timeframe))
     f = features_m1.c
-    with get_engine(settings.database_url).connect() as conn:
+    with get_engine(url).connect() as conn:
         row = conn.execute(
             select(*(f[c] for c in _LATEST_COLUMNS))
-            .where(f.symbol == symbol, f.timeframe == timeframe)
+            .where(f.symbol == symbol, f.timeframe == timeframe, f.ts <= cutoff)
             .order_by(f.ts.desc())
             .limit(1)
         ).mappings().first()
     if row is None:
-        raise NoFeaturesError(f"no features for {symbol} {timeframe}: ingest its candles and materialize features_m1")
+        raise NoFeaturesError(f"no features for a closed {symbol} {timeframe} bar: ingest its candles and materialize features_m1")
     if str(row["feature_set_version"]) != FEATURE_SET_VERSION:
         raise NoFeaturesError(
             f"the newest features of {symbol} {timeframe} are feature set v{row['feature_set_version']}, this code computes "

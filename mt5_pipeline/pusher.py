@@ -34,9 +34,10 @@ from datetime import datetime, timedelta
 from mt5_pipeline import queue
 from mt5_pipeline.clock import as_utc, resolve_now, utcnow
 from mt5_pipeline.ea_client import EAClient
+from mt5_pipeline.listen import Listener
 from mt5_pipeline.queue import Claimed, Mark
 from mt5_pipeline.settings import Settings
-from mt5_pipeline.storage.engine import is_postgres, psycopg_conninfo, redact
+from mt5_pipeline.storage.engine import is_postgres
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ FLUSH_SECONDS = 0.25
 # Renew the lease when less than one request timeout plus this is left.
 LEASE_MARGIN_SECONDS = 2.0
 MIN_IDLE_SECONDS = 0.05
-LISTEN_RECONNECT_SECONDS = 5.0
+# Pull mode: how often the worker turns PENDING signals past their deadline into EXPIRED.
+PULL_EXPIRY_SECONDS = 1.0
 
 
 def default_lease_seconds(settings: Settings) -> float:
@@ -215,64 +217,6 @@ def push_pending(
 # ---- the worker ------------------------------------------------------------------------------
 
 
-class _Listener:
-    """LISTEN on the queue's channel, so a fresh signal wakes the worker at once. The slow
-    poll stays the safety net: a lost connection only costs latency, never signals."""
-
-    def __init__(self, database_url: str) -> None:
-        self.database_url = database_url
-        self.conn = None
-        self._next_connect = 0.0
-
-    def _connect(self) -> None:
-        if self.conn is not None or time.monotonic() < self._next_connect:
-            return
-        import psycopg
-
-        try:
-            self.conn = psycopg.connect(psycopg_conninfo(self.database_url), autocommit=True, connect_timeout=5)
-            self.conn.execute(f"LISTEN {queue.NOTIFY_CHANNEL}")
-        except Exception as exc:
-            self.close()
-            self._next_connect = time.monotonic() + LISTEN_RECONNECT_SECONDS
-            log.warning("LISTEN on %s failed (%s); polling only for now", redact(self.database_url), exc.__class__.__name__)
-
-    def wait(self, seconds: float, stop: threading.Event) -> bool:
-        """Wait up to ``seconds``; True if a signal was queued meanwhile. Wakes for ``stop``."""
-        end = time.monotonic() + max(0.0, seconds)
-        while not stop.is_set():
-            left = end - time.monotonic()
-            if left <= 0:
-                return False
-            self._connect()
-            if self.conn is None:
-                stop.wait(min(left, 0.5))
-                continue
-            try:
-                # Short slices so a stop request is seen promptly.
-                woken = any(True for _ in self.conn.notifies(timeout=min(left, 0.5), stop_after=1))
-                if woken:
-                    self._drain()
-                    return True
-            except Exception as exc:
-                log.warning("LISTEN connection lost (%s); polling until it is back", exc.__class__.__name__)
-                self.close()
-        return False
-
-    def _drain(self) -> None:
-        # Several inserts may have notified; one cycle serves them all.
-        for _ in self.conn.notifies(timeout=0.001):
-            pass
-
-    def close(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:
-                pass
-        self.conn = None
-
-
 def _idle_seconds(settings: Settings, result: PushResult | None, *, now: datetime | None = None) -> float:
     """How long to wait before the next cycle."""
     interval = settings.ea_push_interval
@@ -295,7 +239,9 @@ def run_worker(
     listen: bool | None = None,
 ) -> int:
     """The pusher worker: a cycle every EA_PUSH_INTERVAL seconds (sooner when a retry falls
-    due, at once on NOTIFY with PostgreSQL), idle while EA_PUSH_ENABLED=false.
+    due, at once on NOTIFY with PostgreSQL). With EA_PUSH_ENABLED=false (pull mode) it
+    sends nothing but still expires: signals past their deadline become EXPIRED about
+    every second, whatever the delivery mode -- this worker is where expiry runs.
 
     SIGTERM/SIGINT (or ``stop``) end it cleanly: the request in flight finishes, unsent
     claims are released, exit code 0. ``once``: one cycle; exit code 1 if it failed or the
@@ -317,7 +263,7 @@ def run_worker(
     if logging.getLogger("httpx").level == logging.NOTSET:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     use_listen = is_postgres(settings.database_url) if listen is None else listen
-    listener = _Listener(settings.database_url) if use_listen and not once else None
+    listener = Listener(settings.database_url, queue.NOTIFY_CHANNEL) if use_listen and not once else None
     client = EAClient(settings)
     log.info(
         "EA pusher started: EA %s, every %g s, batch %d%s",
@@ -333,11 +279,17 @@ def run_worker(
         while not stop.is_set():
             if not settings.ea_push_enabled:
                 if not idle_logged:
-                    log.info("EA_PUSH_ENABLED=false: not pushing (pull mode: the EA polls GET /ea/signals)")
+                    log.info("EA_PUSH_ENABLED=false: not pushing (pull mode: the EA polls GET /ea/signals); expiring what passes its deadline")
                     idle_logged = True
+                try:
+                    expired = queue.expire_stale(settings.database_url)
+                    if expired:
+                        log.warning("%d signals passed their deadline unacknowledged (pull mode): EXPIRED", expired)
+                except Exception as exc:
+                    log.warning("Expiring signals failed (%s); trying again shortly", exc.__class__.__name__)
                 if once:
                     return 0
-                stop.wait(settings.ea_push_interval)
+                stop.wait(PULL_EXPIRY_SECONDS)
                 continue
             result: PushResult | None
             try:

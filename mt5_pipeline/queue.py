@@ -167,8 +167,9 @@ def _row_values(signal: dict, now: datetime) -> dict:
 
 def _insert_ignoring_duplicates(conn: Connection):
     dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    # No conflict target: a second signal for the same bar+model (uq_signals_queue_bar_model)
-    # and a re-sent signal_id are both "already queued".
+    # No conflict target: a second signal for the same bar, whatever the model version
+    # (the partial unique index uq_signals_queue_bar), and a re-sent signal_id are both
+    # "already queued".
     return dialect_insert(q).on_conflict_do_nothing().returning(q.c.id)
 
 
@@ -183,8 +184,9 @@ def _notify(conn: Connection, count: int) -> None:
 
 
 def enqueue(database_url: str, signal: dict, *, now: datetime | None = None) -> bool:
-    """Queue one signal (EA payload shape). False when its bar+model_version (or its
-    signal_id) already has a row: the database's unique constraint decides, not Python."""
+    """Queue one signal (EA payload shape). False when its bar (symbol, timeframe, ts) or
+    its signal_id already has a row: the database's unique index decides, not Python, so
+    two processes racing on one bar queue one signal."""
     values = _row_values(signal, resolve_now(now))
     with get_engine(database_url).begin() as conn:
         inserted = conn.execute(_insert_ignoring_duplicates(conn), values).first() is not None
@@ -611,9 +613,9 @@ def get_signal(database_url: str, signal_id: str) -> dict | None:
     return out
 
 
-def find_bar_signal(database_url: str, symbol: str, timeframe: str, ts: datetime, model_version: str) -> dict | None:
-    """The EA payload already queued for this bar and model version, or None."""
-    stmt = select(*_PAYLOAD_COLUMNS).where(q.c.symbol == symbol, q.c.timeframe == timeframe, q.c.ts == as_utc(ts), q.c.model_version == model_version)
+def find_bar_signal(database_url: str, symbol: str, timeframe: str, ts: datetime) -> dict | None:
+    """The EA payload of the signal this bar already has (whatever its model version), or None."""
+    stmt = select(*_PAYLOAD_COLUMNS).where(q.c.symbol == symbol, q.c.timeframe == timeframe, q.c.ts == as_utc(ts), q.c.superseded.is_(False))
     with get_engine(database_url).connect() as conn:
         row = conn.execute(stmt).first()
     return payload_from_row(row) if row is not None else None

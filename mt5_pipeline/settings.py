@@ -191,7 +191,10 @@ class Settings:
     ea_batch_size: int = _setting("EA_BATCH_SIZE", "100", "most signals per push cycle", _int)
     ea_max_attempts: int = _setting("EA_MAX_ATTEMPTS", "5", "delivery attempts before a signal is FAILED", _int)
     signal_ttl_seconds: int = _setting("SIGNAL_TTL_SECONDS", "60", "a signal not delivered this long after its bar closed is EXPIRED, never sent", _int)
-    signal_max_bar_age_seconds: int | None = _setting("SIGNAL_MAX_BAR_AGE_SECONDS", "", "no signal when the newest bar is older than this (empty: two bars + 30 s, per timeframe)", _opt(_int))
+    signal_max_bar_age_seconds: int | None = _setting("SIGNAL_MAX_BAR_AGE_SECONDS", "", "no signal when the newest closed bar opened longer ago than this (empty: two bars + 30 s, per timeframe); a bar past its close + SIGNAL_TTL_SECONDS is refused as too late whatever this says", _opt(_int))
+    live_close_grace_seconds: float = _setting("LIVE_CLOSE_GRACE_SECONDS", "2", "the live worker waits this long after a bar's close for its final version before signalling the stored (last forming) version", _float)
+    live_worker_threads: int = _setting("LIVE_WORKER_THREADS", "4", "symbols the live worker decides at once (most of a decision is waiting for the database)", _int)
+    live_poll_seconds: float = _setting("LIVE_POLL_SECONDS", "0.25", "how often the live worker looks for closed bars without LISTEN/NOTIFY (SQLite), and its safety-net poll on PostgreSQL (x20)", _float)
     model_max_age_hours: float = _setting("MODEL_MAX_AGE_HOURS", "48", "no signal from a model older than this (two missed daily retrains)", _float)
     signal_buy_threshold: float = _setting("SIGNAL_BUY_THRESHOLD", "0.55", "probability at or above which a BUY is generated", _float)
     signal_sell_threshold: float = _setting("SIGNAL_SELL_THRESHOLD", "0.45", "probability at or below which a SELL is generated", _float)
@@ -288,8 +291,11 @@ class Settings:
             ("RF_MAX_DEPTH", self.rf_max_depth),
             ("RF_MIN_SAMPLES_LEAF", self.rf_min_samples_leaf),
             ("API_MAX_BODY_BYTES", self.api_max_body_bytes),
+            ("LIVE_POLL_SECONDS", self.live_poll_seconds),
+            ("LIVE_WORKER_THREADS", self.live_worker_threads),
         ):
             need(value > 0, f"{env}: must be greater than 0, got {value}")
+        need(0 <= self.live_close_grace_seconds < 60, f"LIVE_CLOSE_GRACE_SECONDS: must be between 0 and 60, got {self.live_close_grace_seconds}")
         need(0 < self.rf_max_samples <= 1, f"RF_MAX_SAMPLES: must be in (0, 1], got {self.rf_max_samples}")
         if self.signal_max_bar_age_seconds is not None:
             need(self.signal_max_bar_age_seconds > 0, f"SIGNAL_MAX_BAR_AGE_SECONDS: must be greater than 0, got {self.signal_max_bar_age_seconds}")

@@ -38,11 +38,13 @@ class Decision:
 
 @dataclass(frozen=True)
 class GenerateResult:
-    status: str  # "queued" | "duplicate" | "neutral" | "stale_bar" | "stale_model"
+    status: str  # "queued" | "duplicate" | "neutral" | "too_late" | "stale_bar" | "stale_model"
     message: str
     probability: float | None
     confidence: float | None
-    signal: dict | None  # EA payload shape (for "duplicate": the signal already queued)
+    signal: dict | None  # EA payload shape (for "duplicate": the signal the bar already has)
+    bar: datetime | None = None  # open time of the closed bar that was decided on
+    figures: dict | None = None  # "too_late": the bar's close, the deadline, how late
 
     @property
     def queued(self) -> bool:
@@ -74,11 +76,33 @@ def signal_expires_at(bar_open: datetime, timeframe: str, settings: Settings) ->
     return as_utc(bar_open) + timedelta(seconds=TIMEFRAME_SECONDS[timeframe] + settings.signal_ttl_seconds)
 
 
-def bar_staleness(settings: Settings, timeframe: str, newest_bar_open: datetime | str | None, *, now: datetime | None = None) -> str | None:
-    """Why the newest bar is too old to trade on (the feed stalled), or None if fresh.
+def too_late(settings: Settings, bar_open: datetime, timeframe: str, *, now: datetime | None = None) -> dict | None:
+    """The figures when a signal for this bar could no longer be delivered (its close +
+    SIGNAL_TTL_SECONDS has passed), else None. Checked before queueing, so the queue never
+    holds a signal that was born expired."""
+    at = resolve_now(now)
+    expires = signal_expires_at(bar_open, timeframe, settings)
+    if at < expires:
+        return None
+    close = as_utc(bar_open) + timedelta(seconds=TIMEFRAME_SECONDS[timeframe])
+    return {
+        "bar": iso_z(bar_open),
+        "bar_close": iso_z(close),
+        "signal_ttl_seconds": settings.signal_ttl_seconds,
+        "deadline": iso_z(expires),
+        "now": iso_z(at),
+        "seconds_late": round((at - expires).total_seconds(), 3),
+    }
 
-    Age is measured from the bar's open time: a healthy M1 feed keeps it under two bars,
-    so the limit is SIGNAL_MAX_BAR_AGE_SECONDS (default two bars + 30 s). /health uses this too.
+
+def bar_staleness(settings: Settings, timeframe: str, newest_bar_open: datetime | str | None, *, now: datetime | None = None) -> str | None:
+    """Why the newest closed bar is too old to trade on (the feed stalled), or None if fresh.
+
+    Age is measured from the bar's open time: a healthy M1 feed keeps its newest closed
+    bar under two bars old, so the limit is SIGNAL_MAX_BAR_AGE_SECONDS (default two bars +
+    30 s). A signal also needs its bar's close + SIGNAL_TTL_SECONDS ahead
+    (:func:`too_late`, checked first), so this guard can only be the stricter of the two:
+    whichever limit a bar passes first, no undeliverable signal is queued. /health uses this too.
     """
     at = resolve_now(now)
     if newest_bar_open is None:
@@ -132,10 +156,10 @@ def build_signal(prediction: Any, decision: Decision, settings: Settings, *, for
     }
 
 
-def _default_predictor() -> Predictor:
+def _default_predictor(now: datetime) -> Predictor:
     from mt5_pipeline.model import predict_latest  # helper module; heavy imports stay lazy
 
-    return predict_latest
+    return lambda settings, symbol, timeframe: predict_latest(settings, symbol, timeframe, now=now)
 
 
 def generate_signal(
@@ -148,44 +172,61 @@ def generate_signal(
     predictor: Predictor | None = None,
     refresh_features: bool = False,
 ) -> GenerateResult:
-    """Predict the newest bar, decide, and queue at most one signal for it.
+    """Predict the newest closed bar, decide, and queue at most one signal for it.
 
-    `refresh_features` first brings the symbol's features up to its newest candle (the
-    API's manual path: the bar just ingested may not have features yet; the Dagster
-    prediction run has just computed them). NoModelError / NoFeaturesError /
-    ModelMismatchError from the predictor propagate. Stale inputs never produce a
-    signal, forced or not.
+    `refresh_features` first brings the symbol's features up to its newest closed candle
+    (the API's manual path and the live worker: the bar just ingested may not have
+    features yet; the Dagster prediction run has just computed them). NoModelError /
+    NoFeaturesError / ModelMismatchError / ModelTimeframeError from the predictor
+    propagate. Late or stale inputs never produce a signal, forced or not. The database
+    holds one signal per (symbol, timeframe, bar), whatever the model version: a second
+    request for the bar answers "duplicate" with the signal the bar already has.
     """
     at = resolve_now(now)
     if refresh_features:
         from mt5_pipeline.features import update_features
 
-        update_features(settings.database_url, symbol, timeframe)
-    predict = predictor or _default_predictor()
+        update_features(settings.database_url, symbol, timeframe, now=at)
+    predict = predictor or _default_predictor(at)
     prediction = predict(settings, symbol, timeframe)
     p = float(prediction.probability)
+    bar = as_utc(prediction.ts)
 
-    stale = bar_staleness(settings, prediction.timeframe, prediction.ts, now=at)
+    late = too_late(settings, bar, prediction.timeframe, now=at)
+    if late:
+        message = (
+            f"No signal: too late for {symbol} {prediction.timeframe} bar {late['bar']}: it closed at {late['bar_close']}, "
+            f"and with SIGNAL_TTL_SECONDS={late['signal_ttl_seconds']} its signal had to reach the EA by {late['deadline']}; "
+            f"it is now {late['now']} ({late['seconds_late']:g} s late)"
+        )
+        log.warning(message)
+        return GenerateResult("too_late", message, p, None, None, bar, late)
+    stale = bar_staleness(settings, prediction.timeframe, bar, now=at)
     if stale:
         log.warning("No signal for %s %s: %s", symbol, timeframe, stale)
-        return GenerateResult("stale_bar", f"No signal: {stale}", p, None, None)
+        return GenerateResult("stale_bar", f"No signal: {stale}", p, None, None, bar)
     stale = model_staleness(settings, getattr(prediction, "model_trained_at", None), now=at)
     if stale:
         log.warning("No signal for %s %s: %s", symbol, timeframe, stale)
-        return GenerateResult("stale_model", f"No signal: {stale}", p, None, None)
+        return GenerateResult("stale_model", f"No signal: {stale}", p, None, None, bar)
 
     decision = decide(p, settings, force)
     if decision.side is None:
         message = f"No signal: {decision.reason}; send force=true to trade it anyway"
         log.info("No signal for %s %s: %s", symbol, timeframe, decision.reason)
-        return GenerateResult("neutral", message, p, decision.confidence, None)
+        return GenerateResult("neutral", message, p, decision.confidence, None, bar)
 
     signal = build_signal(prediction, decision, settings, forced=force and decision.reason.startswith("forced"))
     if not queue.enqueue(settings.database_url, signal, now=at):
-        existing = queue.find_bar_signal(settings.database_url, prediction.symbol, prediction.timeframe, prediction.ts, prediction.model_version)
-        message = f"A signal for {prediction.symbol} {prediction.timeframe} bar {iso_z(prediction.ts)} and model {prediction.model_version} is already queued; nothing new"
+        existing = queue.find_bar_signal(settings.database_url, prediction.symbol, prediction.timeframe, bar)
+        if existing is None:  # the signal_id collided, not the bar: cannot happen with uuid4
+            raise RuntimeError(f"signal {signal['signal_id']} was not queued and the bar has no signal")
+        message = (
+            f"The {prediction.symbol} {prediction.timeframe} bar {iso_z(bar)} already has its signal: {existing['signal_id']} "
+            f"({existing['side']}, model {existing['meta'].get('model_version')}); one signal per bar, nothing new queued"
+        )
         log.info(message)
-        return GenerateResult("duplicate", message, p, decision.confidence, existing)
+        return GenerateResult("duplicate", message, p, decision.confidence, existing, bar)
 
     log.info("Generated signal: %s %s (confidence: %.1f%%)", signal["symbol"], signal["side"], decision.confidence * 100)
-    return GenerateResult("queued", "Signal generated and added to queue", p, decision.confidence, signal)
+    return GenerateResult("queued", "Signal generated and added to queue", p, decision.confidence, signal, bar)

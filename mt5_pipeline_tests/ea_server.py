@@ -44,6 +44,7 @@ def make_signal(
     expires_at: datetime | None = None,
     model_version: str = "v-test",
     price: float = 1.095,
+    timeframe: str = "M1",
 ) -> dict:
     """An EA payload as signals.generate_signal builds it, for tests that queue directly."""
     ts = ts or datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=1)
@@ -53,7 +54,7 @@ def make_signal(
         "signal_id": str(uuid.uuid4()),
         "timestamp": iso_z(ts),
         "symbol": symbol,
-        "timeframe": "M1",
+        "timeframe": timeframe,
         "side": side,
         "confidence": round(confidence, 6),
         "sl_pips": 20,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
@@ -15,8 +15,10 @@ from mt5_pipeline.settings import Settings
 # Small and fast: enough bars for warm-up, a split with embargo and a few folds.
 FAST_MODEL = {"RF_N_ESTIMATORS": 10, "RF_MAX_DEPTH": 6, "RF_MIN_SAMPLES_LEAF": 20}
 # A band this narrow turns every probability into a BUY or a SELL, so tests that need a
-# queued signal do not depend on what the forest happens to predict.
-ALWAYS_DECIDE = {"SIGNAL_BUY_THRESHOLD": 0.5, "SIGNAL_SELL_THRESHOLD": 0.4999}
+# queued signal do not depend on what the forest happens to predict; a wide TTL, so they
+# do not depend on where in the minute they run either (a bar is "too late" after its
+# close + TTL).
+ALWAYS_DECIDE = {"SIGNAL_BUY_THRESHOLD": 0.5, "SIGNAL_SELL_THRESHOLD": 0.4999, "SIGNAL_TTL_SECONDS": 600}
 
 
 def minute_now() -> datetime:
@@ -24,8 +26,9 @@ def minute_now() -> datetime:
 
 
 def load_symbols(url: str, symbols: dict[str, int], *, end: datetime | None = None, bars: int = 4000) -> None:
+    """`bars` closed M1 bars per symbol, the newest opening at `end` (default: the last closed minute)."""
     for seed, (symbol, _) in enumerate(symbols.items()):
-        frame = generate_candles(bars, end=end or minute_now(), seed=seed, with_weekends=False, start_price=1.1 + seed * 0.2)
+        frame = generate_candles(bars, end=end or minute_now() - timedelta(minutes=1), seed=seed, with_weekends=False, start_price=1.1 + seed * 0.2)
         ingest_candles(url, symbol, "M1", frame)
 
 

@@ -165,7 +165,14 @@ def _train(settings) -> None:
 
 
 async def test_generate_signal_paths(db_url, settings_for, reference_ea):  # noqa: F811
-    fast = {"API_KEYS": KEYS, "EA_SERVER_URL": reference_ea.url, "EA_API_KEY": reference_ea.api_key, "RF_N_ESTIMATORS": 10, "RF_MIN_SAMPLES_LEAF": 20}
+    fast = {
+        "API_KEYS": KEYS,
+        "EA_SERVER_URL": reference_ea.url,
+        "EA_API_KEY": reference_ea.api_key,
+        "RF_N_ESTIMATORS": 10,
+        "RF_MIN_SAMPLES_LEAF": 20,
+        "SIGNAL_TTL_SECONDS": 600,  # the test must not depend on where in the minute it runs
+    }
     settings = settings_for(db_url, **fast)
     async with api_client(settings) as client:
         no_model = await client.post("/ea/generate-signal", json={"symbol": "EURUSD", "timeframe": "M1", "force": False})
@@ -244,16 +251,26 @@ async def test_a_model_file_that_cannot_be_used_is_503(ea_settings):
     assert health.json()["status"] == "degraded"
 
 
-async def test_generate_signal_predicts_the_bar_just_ingested(db_url, settings_for):
-    """The manual path brings the symbol's features up to its newest candle first."""
+async def test_generate_signal_ignores_the_forming_bar_and_refuses_a_timeframe_without_model(db_url, settings_for):
+    """The manual path brings features up to the newest CLOSED candle first: the forming
+    bar just ingested is stored, but the signal is for the bar before it."""
     from mt5_pipeline.sample_data import generate_candles, minutes_ago, to_ingest_payload
 
-    settings = settings_for(db_url, API_KEYS=KEYS, RF_N_ESTIMATORS=10, RF_MIN_SAMPLES_LEAF=20)
-    _train(settings)  # features up to one minute ago
-    newest = generate_candles(1, end=minutes_ago(0), start_price=1.1, seed=11, with_weekends=False)
+    # A wide TTL: the test must not depend on where in the minute it runs.
+    settings = settings_for(db_url, API_KEYS=KEYS, RF_N_ESTIMATORS=10, RF_MIN_SAMPLES_LEAF=20, SIGNAL_TTL_SECONDS=600, SIGNAL_MAX_BAR_AGE_SECONDS=900)
+    _train(settings)  # closed bars up to the one that opened a minute ago
+    forming = generate_candles(1, end=minutes_ago(0), start_price=1.1, seed=11, with_weekends=False)
     async with api_client(settings) as client:
-        ingested = await client.post("/ingest", json={"symbol": "EURUSD", "timeframe": "M1", "candles": to_ingest_payload(newest)})
+        ingested = await client.post("/ingest", json={"symbol": "EURUSD", "timeframe": "M1", "candles": to_ingest_payload(forming)})
         assert ingested.status_code == 200 and ingested.json()["inserted"] == 1
+        h1 = await client.post("/ea/generate-signal", json={"symbol": "EURUSD", "timeframe": "H1", "force": True})
         reply = await client.post("/ea/generate-signal", json={"symbol": "EURUSD", "force": True})
+    assert h1.status_code == 422, h1.text
+    assert h1.json()["reason"] == "no_model_for_timeframe" and h1.json()["timeframes_with_model"] == ["M1"]
+    assert h1.json()["details"][0]["loc"] == "timeframe" and "H1" in h1.json()["error"]
     assert reply.status_code == 200, reply.text
-    assert reply.json()["signal"]["timestamp"] == newest["time"].iloc[0].strftime("%Y-%m-%dT%H:%M:%SZ")
+    forming_open = forming["time"].iloc[0].to_pydatetime()
+    assert reply.json()["signal"]["timestamp"] != forming_open.strftime("%Y-%m-%dT%H:%M:%SZ")
+    signal_bar = datetime.fromisoformat(reply.json()["signal"]["timestamp"].replace("Z", "+00:00"))
+    assert signal_bar < forming_open
+    assert [s["timestamp"] for s in queue.pending_for_pull(db_url)] == [reply.json()["signal"]["timestamp"]]

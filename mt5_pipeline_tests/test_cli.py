@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from mt5_pipeline.ingest import ingest_candles
@@ -29,7 +30,8 @@ def test_db_upgrade_twice_says_what_it_did(tmp_path):
 def test_the_seeds_training_scripts_train_a_model(tmp_path):
     env = _env(tmp_path, RF_N_ESTIMATORS="10", RF_MIN_SAMPLES_LEAF="20")
     assert subprocess.run([CLI, "db", "upgrade"], env=env, capture_output=True, timeout=60).returncode == 0
-    ingest_candles(env["DATABASE_URL"], "EURUSD", "M1", generate_candles(3000, with_weekends=False))
+    closed = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    ingest_candles(env["DATABASE_URL"], "EURUSD", "M1", generate_candles(3000, end=closed, with_weekends=False))
 
     prepared = subprocess.run([sys.executable, "prepare_dataset.py"], cwd=ROOT / "ml", env=env, capture_output=True, text=True, timeout=120)
     assert prepared.returncode == 0, prepared.stderr

@@ -39,4 +39,6 @@ def test_demo_delivers_and_acknowledges_signals_and_runs_twice(tmp_path):
 
     second = _run_demo(tmp_path)
     assert _figure(second, "candles stored") >= 60_000
-    assert _figure(second, "signals acknowledged") >= 1
+    # Within the same minute every newest closed bar already has its signal (one per bar);
+    # a minute later there is a new bar to signal.
+    assert _figure(second, "signals acknowledged") >= 1 or _figure(second, "already signalled") == 3

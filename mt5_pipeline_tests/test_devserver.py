@@ -45,7 +45,7 @@ def test_dev_starts_everything_and_ctrl_c_stops_everything(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0
     assert "SIGINT: stopping every process" in output
-    for prefix in ("     api |", "  pusher |", "  ea-sim |", " dagster |"):
+    for prefix in ("     api |", "    live |", "  pusher |", "  ea-sim |", " dagster |"):
         assert prefix in output  # logs are prefixed per process
     time.sleep(1)
     assert not any(_up(u) for u in urls)  # nothing left listening

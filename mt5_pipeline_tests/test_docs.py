@@ -33,7 +33,8 @@ def test_readme_table_is_the_generated_one():
 
 def test_compose_has_the_services_and_the_seed_commands():
     services = COMPOSE["services"]
-    assert {"db", "migrate", "api", "dagster-webserver", "dagster-daemon", "ea-pusher", "ml-trainer"} <= set(services)
+    assert {"db", "migrate", "api", "dagster-webserver", "dagster-daemon", "ea-pusher", "live-signals", "ml-trainer"} <= set(services)
+    assert services["live-signals"]["command"] == "mt5-pipeline live"
     assert services["db"]["image"].startswith("timescale/timescaledb")
     assert services["ea-pusher"]["command"] == "python run_ea_pusher.py"
     assert services["ea-pusher"]["working_dir"] == "/app/api"
@@ -68,7 +69,7 @@ def test_dockerfile_runs_as_non_root_with_a_dependency_layer():
 
 def test_systemd_units_exist_for_every_long_running_process():
     units = {p.name for p in (ROOT / "docker" / "systemd").glob("*.service")}
-    assert units == {"mt5-api.service", "mt5-ea-pusher.service", "mt5-dagster-daemon.service", "mt5-dagster-webserver.service"}
+    assert units == {"mt5-api.service", "mt5-ea-pusher.service", "mt5-live-signals.service", "mt5-dagster-daemon.service", "mt5-dagster-webserver.service"}
     for unit in units:
         text = (ROOT / "docker" / "systemd" / unit).read_text()
         assert "ExecStart=" in text and "EnvironmentFile=" in text

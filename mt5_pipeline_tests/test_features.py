@@ -232,7 +232,7 @@ def test_older_history_imported_later_recomputes_the_warm_up(db_url):
     history = bars(1_200, seed=14, weekends=False)
     t0 = END
     store(db_url, history.iloc[600:], now=t0)
-    update_features(db_url, "EURUSD", now=t0)
+    update_features(db_url, "EURUSD", now=t0 + timedelta(minutes=1))  # the END bar has closed
     assert _stored(db_url)["usable"].sum() == 600 - WARMUP_BARS
     t1 = t0 + timedelta(minutes=3)
     store(db_url, history.iloc[:600], now=t1)  # a CSV backfill of earlier bars
@@ -257,7 +257,7 @@ def test_each_symbol_is_its_own_series_and_usable_only_filters(db_url):
     store(db_url, bars(400, seed=16, weekends=False), now=END, symbol="EURUSD")
     store(db_url, bars(350, seed=17, weekends=False), now=END, symbol="USDJPY")
     for symbol in ("EURUSD", "USDJPY"):
-        update_features(db_url, symbol, now=END)
+        update_features(db_url, symbol, now=END + timedelta(minutes=1))
     everything = load_feature_rows(db_url, None, "M1", usable_only=False)
     assert everything.groupby("symbol").size().to_dict() == {"EURUSD": 400, "USDJPY": 350}
     usable = load_feature_rows(db_url, None, "M1", usable_only=True)
@@ -285,7 +285,8 @@ def test_concurrent_updates_of_one_symbol_do_not_collide(db_url):
 
     from mt5_pipeline.storage.bulk import read_candles
 
-    frame = generate_candles(2_000, seed=3, with_weekends=False)
+    closed_minute = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    frame = generate_candles(2_000, end=closed_minute, seed=3, with_weekends=False)
     ingest_candles(db_url, "EURUSD", "M1", frame.iloc[:1_500])
     update_features(db_url, "EURUSD")
     ingest_candles(db_url, "EURUSD", "M1", frame.iloc[1_500:])
@@ -296,3 +297,29 @@ def test_concurrent_updates_of_one_symbol_do_not_collide(db_url):
     expected = compute_features(read_candles(db_url, "EURUSD", "M1"))
     assert len(stored) == len(expected) == 2_000
     np.testing.assert_allclose(stored["rsi_14"].to_numpy(), expected["rsi_14"].to_numpy(), rtol=0, atol=1e-9, equal_nan=True)
+
+
+def test_the_forming_bar_gets_no_features_until_it_closes_and_then_from_its_final_version(db_url):
+    """MT5 stamps a bar with its open time; the bar opening at END is forming until END + 1 min."""
+    history = bars(400, seed=21, weekends=False)
+    forming = history.iloc[[-1]].copy()
+    forming[["high", "close"]] = forming[["open", "open"]].to_numpy()  # 45 s into the bar
+    store(db_url, pd.concat([history.iloc[:-1], forming]), now=END + timedelta(seconds=45))
+    update_features(db_url, "EURUSD", now=END + timedelta(seconds=45))
+    assert _stored(db_url)["ts"].max() == END - timedelta(minutes=1)  # the forming bar has none
+    store(db_url, history.iloc[[-1]], now=END + timedelta(seconds=60.5))  # the final version
+    result = update_features(db_url, "EURUSD", now=END + timedelta(seconds=61))
+    assert result.newest_ts == END
+    stored = _stored(db_url)
+    assert stored["ts"].max() == END
+    assert stored["close"].iloc[-1] == history["close"].iloc[-1]
+    assert_same_features(stored, compute_features(history))
+
+
+def test_a_later_bar_closes_the_one_before_it_whatever_our_clock_says(db_url):
+    history = bars(400, seed=22, weekends=False)
+    # Our clock lags the EA's by 30 s: END is forming by the clock, but END + 1 min exists.
+    extra = bars(401, seed=22, weekends=False, end=END + timedelta(minutes=1)).iloc[[-1]]
+    store(db_url, pd.concat([history, extra]), now=END + timedelta(minutes=1))
+    update_features(db_url, "EURUSD", now=END + timedelta(seconds=30))
+    assert _stored(db_url)["ts"].max() == END

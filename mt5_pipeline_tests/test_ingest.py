@@ -290,3 +290,23 @@ def test_bars_open_on_their_timeframe_boundaries(timeframe, good, bad, offset):
 
 def test_timeframes_are_the_settings_list():
     assert TIMEFRAMES == ("M1", "M5", "M15", "M30", "H1", "H4", "D1", "W1", "MN1")
+
+
+def test_a_committed_closed_bar_notifies_the_live_worker_and_a_forming_one_does_not(pg_url):
+    """PostgreSQL: NOTIFY candles_closed "SYMBOL TF OPEN", delivered at commit."""
+    import psycopg
+
+    from mt5_pipeline.ingest import CANDLES_CHANNEL
+    from mt5_pipeline.storage.engine import psycopg_conninfo
+
+    bar = datetime(2025, 10, 27, 11, 29, tzinfo=timezone.utc)
+    candle = {"time": int(bar.timestamp()), "open": 1.1, "high": 1.1002, "low": 1.0999, "close": 1.1001, "tick_volume": 9}
+    with psycopg.connect(psycopg_conninfo(pg_url), autocommit=True) as listener:
+        listener.execute(f"LISTEN {CANDLES_CHANNEL}")
+        ingest_candles(pg_url, "EURUSD", "M1", [candle], now=bar + timedelta(seconds=45))  # forming
+        assert [n.payload for n in listener.notifies(timeout=0.5)] == []
+        ingest_candles(pg_url, "EURUSD", "M1", [candle], now=bar + timedelta(seconds=60.2))  # final, unchanged
+        assert [n.payload for n in listener.notifies(timeout=2, stop_after=1)] == [f"EURUSD M1 {int(bar.timestamp())}"]
+        nxt = {**candle, "time": int(bar.timestamp()) + 60}
+        ingest_candles(pg_url, "EURUSD", "M1", [candle, nxt], now=bar + timedelta(seconds=75))  # a later bar closes it
+        assert [n.payload for n in listener.notifies(timeout=2, stop_after=1)] == [f"EURUSD M1 {int(bar.timestamp())}"]

@@ -19,6 +19,7 @@ from mt5_pipeline.ingest import ingest_candles
 from mt5_pipeline.labels import LabelSpec, make_labels
 from mt5_pipeline.model import (
     ModelMismatchError,
+    ModelTimeframeError,
     NoFeaturesError,
     NoModelError,
     current_model_info,
@@ -199,7 +200,7 @@ def _load_market(url: str, bars: int = 10_000) -> None:
     for i, (symbol, price, digits) in enumerate((("EURUSD", 1.08, 5), ("USDJPY", 150.0, 3))):
         frame = generate_candles(bars, end=END, start_price=price, seed=20 + i, digits=digits, momentum=0.15)
         ingest_candles(url, symbol, "M1", frame, now=END)
-        update_features(url, symbol, now=END)
+        update_features(url, symbol, now=END + timedelta(minutes=1))  # the END bar has closed
 
 
 def test_train_evaluate_persist_register_and_predict(db_url, settings_for):
@@ -242,6 +243,12 @@ def test_train_evaluate_persist_register_and_predict(db_url, settings_for):
     assert prediction.ts == newest["time"].to_pydatetime() and prediction.close == pytest.approx(newest["close"])
     assert 0.0 <= prediction.probability <= 1.0
     assert prediction.model_version == result.version and prediction.label_horizon == 5
+    # A model only predicts the timeframe it was trained on.
+    with pytest.raises(ModelTimeframeError, match="trained on M1") as refused:
+        predict_latest(settings, "USDJPY", "H1")
+    assert refused.value.available == ["M1"]
+    # The forming bar is never predicted: at END + 30 s the END bar is still forming.
+    assert predict_latest(settings, "USDJPY", now=END + timedelta(seconds=30)).ts == END - timedelta(minutes=1)
     with pytest.raises(NoFeaturesError, match="GBPUSD"):
         predict_latest(settings, "GBPUSD")
 

@@ -251,6 +251,25 @@ def test_worker_idles_while_pushing_is_disabled(pg_url, settings_for, reference_
     assert queue.status_counts(pg_url)["PENDING"] == 1
 
 
+@pytest.mark.parametrize("push_enabled", ["true", "false"])
+def test_expiry_runs_in_push_and_in_pull_mode(db_url, settings_for, reference_ea, push_enabled):
+    """Pull mode sends nothing, yet a signal nobody fetched or acked still ends EXPIRED at its deadline."""
+    s = reference_ea.settings(settings_for(db_url, ea_push_enabled=push_enabled))
+    now = datetime.now(timezone.utc)
+    late, fresh = make_signal(expires_at=now - timedelta(seconds=1)), make_signal("GBPUSD", ttl=600)
+    enqueue(db_url, [late, fresh])
+    stop = threading.Event()
+    worker = threading.Thread(target=run_worker, args=(s,), kwargs={"stop": stop, "listen": False}, daemon=True)
+    worker.start()
+    try:
+        assert wait_for(lambda: queue.get_signal(db_url, late["signal_id"])["status"] == "EXPIRED", timeout=10)
+    finally:
+        stop.set()
+        worker.join(10)
+    assert queue.get_signal(db_url, fresh["signal_id"])["status"] in (("SENT", "ACKED") if push_enabled == "true" else ("PENDING",))
+    assert late["signal_id"] not in reference_ea.signal_ids()
+
+
 def env_for(url: str, ea: ReferenceEA, **extra) -> dict:
     env = dict(os.environ)
     env.update({"DATABASE_URL": url, "EA_SERVER_URL": ea.url, "EA_API_KEY": ea.api_key, "LOG_LEVEL": "INFO"})

@@ -38,19 +38,22 @@ def row(url: str, signal_id: str) -> dict:
     return found
 
 
-def test_one_signal_per_bar_and_model_version_is_the_databases_rule(db_url):
+def test_one_signal_per_bar_whatever_the_model_version_is_the_databases_rule(db_url):
     first = make_signal(ts=BAR)
     assert queue.enqueue(db_url, first, now=T0) is True
     again = make_signal(ts=BAR)  # a new signal_id, same bar and model
     assert queue.enqueue(db_url, again, now=T0) is False
-    assert queue.enqueue(db_url, make_signal(ts=BAR, model_version="v-other"), now=T0) is True
+    # A retrained model is no licence for a second signal on the same bar.
+    assert queue.enqueue(db_url, make_signal(ts=BAR, model_version="v-other"), now=T0) is False
     assert queue.enqueue(db_url, first, now=T0) is False  # the same signal_id twice
+    assert queue.enqueue(db_url, make_signal(ts=BAR, timeframe="M5"), now=T0) is True  # another series' bar
     # Not only a check in Python: a plain INSERT of a second signal for the bar fails.
-    values = queue._row_values(make_signal(ts=BAR), T0)
+    values = queue._row_values(make_signal(ts=BAR, model_version="v-third"), T0)
     with pytest.raises(IntegrityError):
         with get_engine(db_url).begin() as conn:
             conn.execute(insert(signals_queue).values(**values))
     assert queue.status_counts(db_url)["PENDING"] == 2
+    assert queue.find_bar_signal(db_url, "EURUSD", "M1", BAR)["signal_id"] == first["signal_id"]
 
 
 def test_payload_round_trips_in_the_seeds_shape(db_url):

@@ -85,7 +85,7 @@ def test_the_same_bar_predicted_twice_gives_one_signal(settings):
     first = generate_signal(settings, "EURUSD", now=NOW, predictor=predictor_of(0.8))
     second = generate_signal(settings, "EURUSD", now=NOW + timedelta(seconds=3), predictor=predictor_of(0.8), force=True)
     assert first.status == "queued" and second.status == "duplicate"
-    assert "already queued" in second.message
+    assert "already has its signal" in second.message
     assert second.signal["signal_id"] == first.signal["signal_id"]
     assert queue.status_counts(settings.database_url)["PENDING"] == 1
 
@@ -100,13 +100,51 @@ def test_neutral_probability_queues_nothing_unless_forced(settings):
     assert forced.status == "queued" and forced.signal["meta"]["forced"] is True
 
 
-def test_no_signal_from_a_stalled_feed_even_forced(settings):
-    # M1: two bars + 30 s = 150 s; this bar opened 151 s ago.
-    result = generate_signal(settings, "EURUSD", force=True, now=BAR + timedelta(seconds=151), predictor=predictor_of(0.9))
-    assert result.status == "stale_bar" and result.signal is None
-    assert "SIGNAL_MAX_BAR_AGE_SECONDS=150" in result.message and "stalled" in result.message
-    ok = generate_signal(settings, "EURUSD", now=BAR + timedelta(seconds=149), predictor=predictor_of(0.9))
+def test_a_retrain_mid_bar_never_adds_a_second_signal(settings):
+    """The bar has one signal whatever the model version: the database's unique index says so."""
+    first = generate_signal(settings, "EURUSD", now=NOW, predictor=predictor_of(0.2, model_version="v1"))
+    second = generate_signal(settings, "EURUSD", now=NOW + timedelta(seconds=5), predictor=predictor_of(0.9, model_version="v2"))
+    assert first.status == "queued" and first.signal["side"] == "SELL"
+    assert second.status == "duplicate" and second.signal["signal_id"] == first.signal["signal_id"]
+    assert first.signal["signal_id"] in second.message and "SELL" in second.message and "v1" in second.message
+    assert queue.status_counts(settings.database_url)["PENDING"] == 1
+    assert [s["side"] for s in queue.pending_for_pull(settings.database_url, now=NOW)] == ["SELL"]
+
+
+def test_a_bar_past_close_plus_ttl_is_too_late_and_queues_nothing(settings):
+    # M1 bar 10:30 closes 10:31; SIGNAL_TTL_SECONDS=60: deliverable until 10:32:00.
+    late = generate_signal(settings, "EURUSD", force=True, now=BAR + timedelta(seconds=121), predictor=predictor_of(0.9))
+    assert late.status == "too_late" and late.signal is None
+    assert "too late" in late.message and "10:32:00Z" in late.message and "SIGNAL_TTL_SECONDS=60" in late.message
+    assert late.figures == {
+        "bar": "2025-10-25T10:30:00Z",
+        "bar_close": "2025-10-25T10:31:00Z",
+        "signal_ttl_seconds": 60,
+        "deadline": "2025-10-25T10:32:00Z",
+        "now": "2025-10-25T10:32:01Z",
+        "seconds_late": 1.0,
+    }
+    assert queue.status_counts(settings.database_url)["PENDING"] == 0
+    ok = generate_signal(settings, "EURUSD", now=BAR + timedelta(seconds=119), predictor=predictor_of(0.9))
     assert ok.status == "queued"
+
+
+@pytest.mark.parametrize("timeframe", ["M1", "M5", "M15", "H1", "H4", "D1"])
+def test_bar_age_guard_and_ttl_agree_on_every_timeframe(settings, timeframe):
+    """Whatever the timeframe, a signal is queued only while it can still be delivered."""
+    from mt5_pipeline.settings import TIMEFRAME_SECONDS
+
+    for offset in (-1, 0, 1, 200):
+        now = BAR + timedelta(seconds=TIMEFRAME_SECONDS[timeframe] + settings.signal_ttl_seconds + offset)
+        result = generate_signal(settings, "EURUSD", timeframe, now=now, predictor=predictor_of(0.9))
+        if result.status == "queued":
+            assert now < datetime.fromisoformat(result.signal["expires_at"].replace("Z", "+00:00"))
+            queue.expire_stale(settings.database_url, now=now)
+        else:
+            assert result.status in ("too_late", "stale_bar")
+    assert all(
+        datetime.fromisoformat(s["expires_at"].replace("Z", "+00:00")) > BAR for s in queue.pending_for_pull(settings.database_url, now=BAR)
+    )
 
 
 def test_bar_age_limit_is_a_setting(settings_for, db_url):

@@ -54,8 +54,48 @@ def test_indexes_fit_the_queries(db_url):
     assert insp.get_pk_constraint("candles")["constrained_columns"] == ["symbol", "timeframe", "ts"]
     queue_indexes = {ix["name"] for ix in insp.get_indexes("signals_queue")}
     assert "ix_signals_queue_pending" in queue_indexes
+    one_per_bar = [ix for ix in insp.get_indexes("signals_queue") if ix["name"] == "uq_signals_queue_bar"]
+    assert one_per_bar and one_per_bar[0]["unique"] and one_per_bar[0]["column_names"] == ["symbol", "timeframe", "ts"]
     uniques = {tuple(u["column_names"]) for u in insp.get_unique_constraints("signals_queue")}
-    assert ("symbol", "timeframe", "ts", "model_version") in uniques
+    assert ("symbol", "timeframe", "ts", "model_version") not in uniques
+
+
+def test_migration_0003_keeps_old_duplicate_signals_but_sends_only_the_first(db_url):
+    """Two signals for one bar from two model versions, stored before 0003: both rows stay,
+    the later one is superseded and (being PENDING) EXPIRED, and the bar is then closed to
+    a third."""
+    import datetime as dt
+
+    from alembic import command
+
+    from mt5_pipeline import queue
+    from mt5_pipeline.storage.schema import signals_queue
+
+    url = db_url
+    engine = get_engine(url)
+    with engine.begin() as conn:  # back to the schema as it was before 0003
+        config = migrate.alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0002")
+    bar = dt.datetime(2025, 10, 25, 11, 29, tzinfo=dt.timezone.utc)
+    now = bar + dt.timedelta(seconds=65)
+    with engine.begin() as conn:
+        for i, (side, version) in enumerate((("SELL", "v1"), ("BUY", "v2"), ("BUY", "v1"))):
+            ts = bar if i < 2 else bar - dt.timedelta(minutes=1)
+            conn.execute(
+                signals_queue.insert().values(
+                    signal_id=f"sig-{i}", symbol="EURUSD", timeframe="M1", ts=ts, side=side, confidence=0.6, probability=0.6,
+                    sl_pips=20, tp_pips=40, price=1.1, model="rf_m1", model_version=version, meta="{}", status="PENDING",
+                    attempts=0, next_attempt_at=now, created_at=now, expires_at=now + dt.timedelta(hours=1),
+                )
+            )
+    migrate.upgrade(url)
+    rows = {sid: queue.get_signal(url, sid) for sid in ("sig-0", "sig-1", "sig-2")}
+    assert rows["sig-0"]["status"] == "PENDING" and not rows["sig-0"]["superseded"]
+    assert rows["sig-1"]["status"] == "EXPIRED" and rows["sig-1"]["superseded"] and "superseded" in rows["sig-1"]["last_error"]
+    assert rows["sig-2"]["status"] == "PENDING" and not rows["sig-2"]["superseded"]
+    assert [s["signal_id"] for s in queue.pending_for_pull(url, now=now)] == ["sig-0", "sig-2"]
+    assert queue.find_bar_signal(url, "EURUSD", "M1", bar)["signal_id"] == "sig-0"
 
 
 def test_upgrade_reports_plain_table_without_timescaledb(pg_url):

@@ -307,12 +307,16 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         "/ea/generate-signal": {
             "post": {
                 "operationId": "generateSignal",
-                "summary": "Predict on the newest bar and queue a signal for the EA",
+                "summary": "Predict on the newest closed bar and queue a signal for the EA",
                 "description": (
-                    "200 with success=true: queued (the seed's response). 200 with success=false: the probability is "
-                    "inside the neutral band (no signal unless force=true). 404: no features for that symbol and "
-                    "timeframe. 409 reason=duplicate: this bar already has a signal from this model; 409 "
-                    "reason=stale_bar: the newest bar is too old (the feed has stalled). 503: no model yet "
+                    "Only a closed bar is predicted (open + timeframe <= now, or a later bar exists); the forming bar "
+                    "is ignored. 200 with success=true: queued (the seed's response). 200 with success=false: the "
+                    "probability is inside the neutral band (no signal unless force=true). 404: no features for that "
+                    "symbol and timeframe. 422 reason=no_model_for_timeframe: no model was trained on that timeframe "
+                    "(timeframes_with_model lists those that have one). 409 reason=duplicate: this bar already has its "
+                    "signal (one per bar, whatever the model version; `signal` is that one); 409 reason=too_late: the "
+                    "bar's close + SIGNAL_TTL_SECONDS has passed, so a signal could not be delivered (`figures` says by "
+                    "how much); 409 reason=stale_bar: the newest bar is too old (the feed has stalled). 503: no model yet "
                     "(train one with the rf_m1 asset or `mt5-pipeline` training), a model too old "
                     "(reason=stale_model) or not matching the features, or the database is down."
                 ),
@@ -329,7 +333,10 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     **_BODY_ERRORS,
                     **_AUTH,
                     "404": _error("no features for this symbol and timeframe"),
-                    "409": _error("reason=duplicate (this bar already has a signal) or reason=stale_bar (the feed has stalled)"),
+                    "409": _error(
+                        "reason=duplicate (this bar already has its signal), reason=too_late (past the bar's close + "
+                        "SIGNAL_TTL_SECONDS) or reason=stale_bar (the feed has stalled)"
+                    ),
                     "503": _error("no model yet (the message says how to train one), a stale or mismatched model, or the database is down"),
                 },
             }

@@ -22,6 +22,7 @@ from api.app.health import check_health
 from api.app.metrics import CONTENT_TYPE
 from api.app.schemas import parse_ack, parse_generate_signal, parse_ingest, parse_pull_query
 from api.app.state import AppState
+from mt5_pipeline.clock import iso_z
 
 NEUTRAL_MESSAGE = "No signal: confidence inside the neutral band"
 QUEUED_MESSAGE = "Signal generated and added to queue"
@@ -80,7 +81,7 @@ async def generate_signal(request: Request) -> Response:
     body = await read_json_object(request, state.settings.api_max_body_bytes)
     req = parse_generate_signal(body)
     from mt5_pipeline import signals
-    from mt5_pipeline.model import ModelMismatchError, NoFeaturesError, NoModelError
+    from mt5_pipeline.model import ModelMismatchError, ModelTimeframeError, NoFeaturesError, NoModelError
 
     try:
         result = await run_in_threadpool(
@@ -92,6 +93,11 @@ async def generate_signal(request: Request) -> Response:
         raise ApiError(503, str(exc), extra={"reason": "no_model"}) from None
     except ModelMismatchError as exc:
         raise ApiError(503, str(exc), extra={"reason": "model_mismatch"}) from None
+    except ModelTimeframeError as exc:
+        # A request for a timeframe no model was trained on: the caller's input, not our outage.
+        raise ApiError(
+            422, str(exc), [{"loc": "timeframe", "message": str(exc)}], extra={"reason": "no_model_for_timeframe", "timeframes_with_model": exc.available}
+        ) from None
     return _signal_response(result)
 
 
@@ -109,12 +115,16 @@ def _signal_response(result: Any) -> Response:
                 "reason": "neutral",
             }
         )
-    # duplicate / stale_bar: the request was fine, the state says no -> 409;
+    # duplicate / too_late / stale_bar: the request was fine, the state says no -> 409;
     # stale_model: no usable model -> 503, like having none.
     code = 503 if status == "stale_model" else 409
     extra: dict[str, Any] = {"reason": status}
+    if getattr(result, "bar", None) is not None:
+        extra["bar"] = iso_z(result.bar)
     if result.signal:
         extra["signal"] = result.signal
+    if getattr(result, "figures", None):
+        extra["figures"] = result.figures
     if result.confidence is not None:
         extra["confidence"] = result.confidence
     raise ApiError(code, result.message or status, extra=extra)

@@ -19,7 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.types import TypeDecorator
@@ -137,8 +137,24 @@ signals_queue = Table(
     Column("ticket", BigInteger, nullable=True),
     Column("claim_token", String(36), nullable=True, comment="who holds the lease; the final update must match it"),
     Column("lease_until", UtcDateTime, nullable=True),
-    # One signal per bar and model version, enforced by the database, not only in Python.
-    UniqueConstraint("symbol", "timeframe", "ts", "model_version", name="uq_signals_queue_bar_model"),
+    Column(
+        "superseded",
+        Boolean,
+        nullable=False,
+        server_default=false(),
+        comment="a second signal for a bar, kept from before one-signal-per-bar (migration 0003); never sent",
+    ),
+    # One signal per bar whatever the model version, enforced by the database: a retrain
+    # mid-bar, or the live worker and a Dagster run racing, can never queue a second one.
+    Index(
+        "uq_signals_queue_bar",
+        "symbol",
+        "timeframe",
+        "ts",
+        unique=True,
+        postgresql_where=text("NOT superseded"),
+        sqlite_where=text("NOT superseded"),
+    ),
     # The claim scans pending rows oldest first; a partial index keeps that fast when
     # millions of delivered rows sit in the table.
     Index(

@@ -1,0 +1,301 @@
+"""Live signals: from the POST of a closed M1 bar to the reference EA's receipt of its signal.
+
+The stack as deployed, each part its own process on a scratch PostgreSQL database: the
+API (`mt5-pipeline serve`), the live worker (`mt5-pipeline live`), the pusher
+(`mt5-pipeline push`) and the reference EA (`mt5-pipeline ea-sim`, logging each receipt
+with its time). N symbols each POST one closed bar at the same moment, round after round;
+the latency of a bar is the EA's receipt time minus the moment the POSTs of its round
+started. Every bar must become exactly one signal (a narrow decision band, a wide TTL).
+
+Rounds do not wait for real minutes: the bars are from the recent past (the closed-bar
+rule is the same code as in production; a past bar is closed by the clock), with
+SIGNAL_TTL_SECONDS and SIGNAL_MAX_BAR_AGE_SECONDS set wide enough to deliver them.
+
+Baseline, in the same run: the Dagster path the issue measured (sensor -> a run per
+symbol -> features_m1 + signals), executed here as `dagster.materialize` of the same
+assets per symbol in one process, one symbol after another, right after the POSTs. That
+is a *lower bound* of the deployed path: it leaves out the sensor's 10 s tick and the
+daemon's run launch (seconds each, two runs at a time in `make dev`).
+
+    python benchmarks/bench_live.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+from _support import ROOT, add_row, percentile, report, scratch_database, stop, wait_healthy
+
+sys.path.insert(0, str(ROOT))
+
+KEY = "bench-live-key-0123456789"
+EA_KEY = "bench-ea-key-0123456789"
+HISTORY_BARS = 1_400  # warm-up (300) + the incremental look-back (1,000) + room
+ENV = {
+    "RF_N_ESTIMATORS": "30",
+    "RF_MAX_DEPTH": "8",
+    "RF_MIN_SAMPLES_LEAF": "20",
+    # Every probability becomes a BUY or a SELL: every bar is a signal to time.
+    "SIGNAL_BUY_THRESHOLD": "0.5",
+    "SIGNAL_SELL_THRESHOLD": "0.4999",
+    "SIGNAL_TTL_SECONDS": "14400",
+    "SIGNAL_MAX_BAR_AGE_SECONDS": "86400",
+    "LOG_LEVEL": "WARNING",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _symbols(n: int) -> list[str]:
+    majors = ["EUR", "GBP", "AUD", "NZD", "USD", "CAD", "CHF", "JPY"]
+    pairs = [a + b for i, a in enumerate(majors) for b in majors[i + 1 :]]  # the 28 majors and crosses
+    return (pairs + [f"SYN{i:03d}" for i in range(max(0, n - len(pairs)))])[:n]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Stack:
+    """API, live worker, pusher and reference EA as processes."""
+
+    def __init__(self, url: str, model_dir: Path, workdir: Path, *, live: bool = True) -> None:
+        self.api_port, self.ea_port = _free_port(), _free_port()
+        self.ea_log = workdir / "ea-received.jsonl"
+        self.env = {
+            **os.environ,
+            **ENV,
+            "DATABASE_URL": url,
+            "MODEL_DIR": str(model_dir),
+            "API_KEYS": KEY,
+            "API_PORT": str(self.api_port),
+            "EA_SERVER_URL": f"http://127.0.0.1:{self.ea_port}/signals",
+            "EA_API_KEY": EA_KEY,
+        }
+        bin_ = Path(sys.executable).with_name("mt5-pipeline")
+        commands = {
+            "ea": [str(bin_), "ea-sim", "--host", "127.0.0.1", "--port", str(self.ea_port), "--log-file", str(self.ea_log)],
+            "api": [str(bin_), "serve", "--port", str(self.api_port)],
+            "pusher": [str(bin_), "push"],
+        }
+        if live:
+            commands["live"] = [str(bin_), "live"]
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs = {name: workdir / f"{name}.log" for name in commands}
+        for name, argv in commands.items():
+            self.procs[name] = subprocess.Popen(argv, env=self.env, cwd=workdir, stdout=self.logs[name].open("w"), stderr=subprocess.STDOUT)
+        wait_healthy(f"http://127.0.0.1:{self.ea_port}/health", self.procs["ea"], self.logs["ea"], 60)
+        wait_healthy(f"http://127.0.0.1:{self.api_port}/health", self.procs["api"], self.logs["api"], 60)
+        time.sleep(2.0)  # the workers' imports, and the live worker's first pass
+
+    def received(self) -> list[dict]:
+        if not self.ea_log.exists():
+            return []
+        return [json.loads(line) for line in self.ea_log.read_text().splitlines() if line.strip()]
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            stop(proc)
+
+
+def _post_round(api_port: int, bars: dict[str, dict], clients: list) -> float:
+    """POST each symbol's bar from its own thread, all released at once; returns the release time."""
+    barrier = threading.Barrier(len(bars) + 1)
+    errors: list[str] = []
+
+    def post(client, symbol: str, bar: dict) -> None:
+        barrier.wait()
+        r = client.post(f"http://127.0.0.1:{api_port}/ingest", json={"symbol": symbol, "timeframe": "M1", "candles": [bar]}, headers={"X-API-Key": KEY})
+        if r.status_code != 200:
+            errors.append(f"{symbol}: {r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=post, args=(clients[i], s, b)) for i, (s, b) in enumerate(bars.items())]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.time()
+    for t in threads:
+        t.join()
+    if errors:
+        raise SystemExit("ingest failed: " + "; ".join(errors[:5]))
+    return started
+
+
+def _bar(frame, i: int) -> dict:
+    row = frame.iloc[i]
+    return {k: (int(row[k]) if k in ("time", "tick_volume", "spread", "real_volume") else float(row[k])) for k in frame.columns}
+
+
+def prepare(url: str, model_dir: Path, symbols: list[str], first_round_open: int, rounds: int):
+    """History up to the bar before the first round, features, one model; returns each symbol's frame."""
+    from _support import make_bars
+
+    from mt5_pipeline.features import update_features
+    from mt5_pipeline.ingest import ingest_candles
+    from mt5_pipeline.model import train_model
+    from mt5_pipeline.settings import Settings
+
+    start = first_round_open - HISTORY_BARS * 60
+    frames = {}
+    for i, symbol in enumerate(symbols):
+        frame = make_bars(HISTORY_BARS + rounds, seed=100 + i, start=start)
+        ingest_candles(url, symbol, "M1", frame.iloc[:HISTORY_BARS])
+        update_features(url, symbol, "M1")
+        frames[symbol] = frame
+    settings = Settings.from_env({**ENV, "DATABASE_URL": url, "MODEL_DIR": str(model_dir)}, env_file=None)
+    train_model(settings, symbols[:3])
+    return frames
+
+
+def run_live(n_symbols: int, rounds: int) -> dict:
+    import httpx
+
+    symbols = _symbols(n_symbols)
+    now = int(time.time()) // 60 * 60
+    first = now - (rounds + 5) * 60
+    with scratch_database("bench_live") as url, tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        frames = prepare(url, work / "models", symbols, first, rounds)
+        stack = Stack(url, work / "models", work)
+        clients = [httpx.Client(timeout=30, trust_env=False) for _ in symbols]
+        try:
+            cpu0 = _cpu_seconds(stack.procs["live"].pid)
+            latencies: list[float] = []
+            missing = 0
+            for r in range(rounds):
+                bars = {s: _bar(frames[s], HISTORY_BARS + r) for s in symbols}
+                bar_iso = datetime.fromtimestamp(first + r * 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                started = _post_round(stack.api_port, bars, clients)
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    got = [x for x in stack.received() if x["signal"]["timestamp"] == bar_iso]
+                    if len({x["signal"]["symbol"] for x in got}) >= len(symbols):
+                        break
+                    time.sleep(0.01)
+                got = {x["signal"]["symbol"]: x["received_at"] for x in stack.received() if x["signal"]["timestamp"] == bar_iso}
+                missing += len(symbols) - len(got)
+                latencies += [t - started for t in got.values()]
+                time.sleep(0.3)
+            cpu = _cpu_seconds(stack.procs["live"].pid) - cpu0
+            received = stack.received()
+            per_id = Counter(x["signal"]["signal_id"] for x in received)
+            per_bar = Counter((x["signal"]["symbol"], x["signal"]["timestamp"]) for x in received)
+        finally:
+            for c in clients:
+                c.close()
+            stack.close()
+    bars_total = n_symbols * rounds
+    return {
+        "symbols": n_symbols,
+        "rounds": rounds,
+        "bars": bars_total,
+        "received": len(latencies),
+        "missing": missing,
+        "duplicate_deliveries": sum(n - 1 for n in per_id.values()),
+        "second_signal_for_a_bar": sum(1 for n in per_bar.values() if n > 1),
+        "p50_s": percentile(latencies, 0.5) if latencies else float("nan"),
+        "p99_s": percentile(latencies, 0.99) if latencies else float("nan"),
+        "max_s": max(latencies) if latencies else float("nan"),
+        "cpu_ms_per_bar": 1000 * cpu / max(1, bars_total),
+    }
+
+
+def run_dagster_baseline(n_symbols: int, rounds: int) -> dict:
+    """The old path's work for each bar: a Dagster run per symbol (features_m1 + signals)."""
+    import dagster as dg
+    import httpx
+
+    from mt5_pipeline.orchestration.assets import features_m1, signals
+    from mt5_pipeline.orchestration.resources import resources_for
+    from mt5_pipeline.settings import Settings
+
+    symbols = _symbols(n_symbols)
+    now = int(time.time()) // 60 * 60
+    first = now - (rounds + 5) * 60
+    with scratch_database("bench_live_base") as url, tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        frames = prepare(url, work / "models", symbols, first, rounds)
+        stack = Stack(url, work / "models", work, live=False)
+        settings = Settings.from_env({**ENV, "DATABASE_URL": url, "MODEL_DIR": str(work / "models")}, env_file=None)
+        instance = dg.DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions("symbols", symbols)
+        resources = resources_for(settings, **ENV)
+        clients = [httpx.Client(timeout=30, trust_env=False) for _ in symbols]
+        latencies: list[float] = []
+        try:
+            for r in range(rounds):
+                bars = {s: _bar(frames[s], HISTORY_BARS + r) for s in symbols}
+                bar_iso = datetime.fromtimestamp(first + r * 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                started = _post_round(stack.api_port, bars, clients)
+                for s in symbols:
+                    dg.materialize([features_m1, signals], partition_key=s, instance=instance, resources=resources, raise_on_error=True)
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and len([x for x in stack.received() if x["signal"]["timestamp"] == bar_iso]) < len(symbols):
+                    time.sleep(0.01)
+                latencies += [x["received_at"] - started for x in stack.received() if x["signal"]["timestamp"] == bar_iso]
+        finally:
+            for c in clients:
+                c.close()
+            stack.close()
+    return {
+        "symbols": n_symbols,
+        "rounds": rounds,
+        "received": len(latencies),
+        "p50_s": percentile(latencies, 0.5),
+        "p99_s": percentile(latencies, 0.99),
+        "max_s": max(latencies),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, no 100-symbol run")
+    args = parser.parse_args()
+    rounds = 5 if args.quick else 20
+    scales = [1, 28] if args.quick else [1, 28, 100]
+    results = {n: run_live(n, rounds if n <= 28 else max(5, rounds // 2)) for n in scales}
+    base = run_dagster_baseline(4, 2 if args.quick else 3)
+
+    live28 = results[28]
+    print("\nsymbols  rounds  bars  received  missing  dup.deliveries  2nd-signal  p50 ms  p99 ms  max ms  worker CPU ms/bar")
+    for n, r in results.items():
+        print(
+            f"{n:>7}  {r['rounds']:>6}  {r['bars']:>4}  {r['received']:>8}  {r['missing']:>7}  {r['duplicate_deliveries']:>14}  "
+            f"{r['second_signal_for_a_bar']:>10}  {r['p50_s'] * 1000:>6.0f}  {r['p99_s'] * 1000:>6.0f}  {r['max_s'] * 1000:>6.0f}  {r['cpu_ms_per_bar']:>17.1f}"
+        )
+    print(
+        f"\nbaseline (a Dagster run per symbol, in process, {base['symbols']} symbols x {base['rounds']} rounds): "
+        f"received {base['received']}, p50 {base['p50_s'] * 1000:.0f} ms, p99 {base['p99_s'] * 1000:.0f} ms, max {base['max_s'] * 1000:.0f} ms"
+    )
+    rows: list[dict] = []
+    add_row(rows, "live: 28 symbols, POST -> EA p50", live28["p50_s"] * 1000, "ms", None, "", digits=0)
+    add_row(rows, "live: 28 symbols, POST -> EA p99", live28["p99_s"] * 1000, "ms", base["p99_s"] * 1000, "p99 < 1,000 ms", digits=0, higher_is_better=False)
+    add_row(rows, "live: 28 symbols, POST -> EA max", live28["max_s"] * 1000, "ms", None, "", digits=0)
+    add_row(rows, "live: 28 symbols, bars without a signal at the EA", live28["missing"], "bars", None, "0", digits=0)
+    add_row(rows, "live: 28 symbols, second signal for a bar", live28["second_signal_for_a_bar"], "bars", None, "0", digits=0)
+    add_row(rows, "live worker CPU per bar per symbol (28 symbols)", live28["cpu_ms_per_bar"], "ms", None, "", digits=1)
+    for n, r in results.items():
+        if n != 28:
+            add_row(rows, f"live: {n} symbol(s), POST -> EA p99", r["p99_s"] * 1000, "ms", None, f"{r['missing']} missing", digits=0)
+    add_row(rows, f"baseline: Dagster run per symbol ({base['symbols']} symbols), POST -> EA p99", base["p99_s"] * 1000, "ms", None, "lower bound of the sensor path", digits=0)
+    report("bench_live", rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""The live-signal worker (`mt5-pipeline live`): from a committed closed bar to a queued
+signal in milliseconds, for every symbol at once.
+
+Dagster stays the control plane and the record (``new_candles_sensor`` still
+materializes ``features_m1`` and ``signals`` per symbol, so the UI shows every bar and
+decision), but a Dagster run per symbol and bar costs seconds; a trader on M1 needs the
+signal at the EA within a second of the bar's close. This worker is that hot path:
+
+- **Woken by the ingest commit.** On PostgreSQL the ingest core NOTIFYs
+  ``CANDLES_CHANNEL`` with "SYMBOL TIMEFRAME OPEN" when a batch holds a closed bar; the
+  worker LISTENs. SQLite polls every ``LIVE_POLL_SECONDS`` and reaches the same decisions.
+- **A timer for the EA that only sends the forming bar.** ``LIVE_CLOSE_GRACE_SECONDS``
+  after each bar's close, a bar whose final version never came is signalled from the
+  version stored (its last forming one). A final version posted within the grace wins.
+- **Incremental.** For each woken series: the newest *ready* closed bar (below), its
+  features brought up to date (:func:`features.update_features`, closed bars only), one
+  prediction, the decision, one INSERT -- whose own NOTIFY wakes the pusher.
+- **Once per bar.** The worker remembers the bar it decided per series; the database's
+  one-signal-per-bar index settles a race with the Dagster path (or a second worker):
+  the loser gets "duplicate", never a second signal.
+
+A closed bar is *ready* when its final version is in: a later bar of the series exists,
+the EA posted it after its close (its ``ingested_at`` is past the close, or the NOTIFY
+said so), or the grace after its close has run out.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal as os_signal
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select
+
+from mt5_pipeline.bars import bar_close
+from mt5_pipeline.clock import as_utc, iso_z, resolve_now, utcnow
+from mt5_pipeline.ingest import CANDLES_CHANNEL
+from mt5_pipeline.listen import Listener
+from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
+from mt5_pipeline.signals import Predictor, generate_signal
+from mt5_pipeline.storage.engine import get_engine, is_postgres
+from mt5_pipeline.storage.schema import candles
+
+log = logging.getLogger(__name__)
+
+Series = tuple[str, str]  # (symbol, timeframe)
+
+# The set of series is re-read this often (a new symbol's first bar also arrives by NOTIFY).
+SERIES_REFRESH_SECONDS = 30.0
+# On PostgreSQL the poll is only a safety net behind LISTEN.
+LISTEN_POLL_FACTOR = 20
+# Which timeframes have a model is re-read this often (a first training starts the worker).
+MODELS_REFRESH_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class LiveDecision:
+    symbol: str
+    timeframe: str
+    bar: datetime | None
+    status: str  # generate_signal's status, or "no_features" / "no_model" / "error"
+    message: str
+    trigger: str  # "notify" | "poll" | "timer" | "start"
+    signal_id: str | None = None
+    seconds: float = 0.0  # time spent on this series (features + predict + queue)
+
+
+def parse_notification(payload: str) -> tuple[Series, datetime | None] | None:
+    """"SYMBOL TIMEFRAME [OPEN]" -> ((symbol, timeframe), open time of the bar the EA sent closed)."""
+    parts = payload.split()
+    if len(parts) < 2 or parts[1] not in TIMEFRAME_SECONDS:
+        return None
+    final = None
+    if len(parts) > 2 and parts[2].isdigit():
+        final = datetime.fromtimestamp(int(parts[2]), timezone.utc)
+    return (parts[0], parts[1]), final
+
+
+class LiveWorker:
+    """Decides each series' newest ready closed bar once. ``handle`` is one pass; ``run`` is the loop."""
+
+    def __init__(self, settings: Settings, *, predictor: Predictor | None = None) -> None:
+        self.settings = settings
+        self.predictor = predictor
+        self.decided: dict[Series, datetime] = {}
+        self.final: dict[Series, datetime] = {}  # bars the EA sent after they closed (NOTIFY)
+        self.known: set[Series] = set()
+        self._series_read_at = float("-inf")
+        self._timeframes: list[str] = []
+        self._timeframes_read_at = float("-inf")
+
+    # ---- what there is to do --------------------------------------------------------
+
+    def timeframes(self) -> list[str]:
+        """Timeframes with a model (no model, no signals: the worker idles until the first training)."""
+        if time.monotonic() - self._timeframes_read_at >= MODELS_REFRESH_SECONDS:
+            from mt5_pipeline.model import model_timeframes
+
+            self._timeframes = model_timeframes(self.settings)
+            self._timeframes_read_at = time.monotonic()
+        return self._timeframes
+
+    def refresh_series(self, *, force: bool = False) -> set[Series]:
+        if force or time.monotonic() - self._series_read_at >= SERIES_REFRESH_SECONDS:
+            from mt5_pipeline.storage.bulk import list_symbols
+
+            self.known |= set(list_symbols(self.settings.database_url))
+            self._series_read_at = time.monotonic()
+        return self.known
+
+    def ready_bar(self, series: Series, *, now: datetime | None = None) -> datetime | None:
+        """The newest closed bar of the series whose final version is in, or None."""
+        symbol, timeframe = series
+        at = resolve_now(now)
+        c = candles.c
+        with get_engine(self.settings.database_url).connect() as conn:
+            rows = conn.execute(
+                select(c.ts, c.ingested_at).where(c.symbol == symbol, c.timeframe == timeframe).order_by(c.ts.desc()).limit(2)
+            ).all()
+        if not rows:
+            return None
+        newest, newest_stamp = as_utc(rows[0].ts), as_utc(rows[0].ingested_at)
+        close = bar_close(newest, timeframe)
+        if close <= at:
+            sent_closed = newest_stamp >= close or self.final.get(series) == newest
+            grace_over = at >= close + timedelta(seconds=self.settings.live_close_grace_seconds)
+            if sent_closed or grace_over:
+                return newest
+        # The newest bar is forming (or its final version may still come): the one before
+        # it is closed, since a later bar exists.
+        return as_utc(rows[1].ts) if len(rows) > 1 else None
+
+    def next_tick(self, now: datetime) -> datetime | None:
+        """The next bar close + grace over the timeframes with a model (None: none has one)."""
+        grace = self.settings.live_close_grace_seconds
+        ticks = []
+        for timeframe in self.timeframes():
+            step = TIMEFRAME_SECONDS[timeframe]
+            since = (now - timedelta(seconds=grace)).timestamp()
+            boundary = (int(since) // step + 1) * step
+            ticks.append(datetime.fromtimestamp(boundary + grace, timezone.utc))
+        return min(ticks) if ticks else None
+
+    # ---- one pass ---------------------------------------------------------------------
+
+    def handle(self, series: Iterable[Series], *, now: datetime | None = None, trigger: str = "poll") -> list[LiveDecision]:
+        """Decide every given series whose newest ready bar is not decided yet.
+
+        Series are independent (one lock per symbol in the features, one row per bar in
+        the queue), so they run on LIVE_WORKER_THREADS threads: most of a decision is
+        waiting for the database, and 28 symbols closing the same minute should not queue
+        behind each other.
+        """
+        timeframes = set(self.timeframes())
+        keys = sorted(k for k in set(series) if k[1] in timeframes)
+        self.known.update(keys)
+        if len(keys) <= 1 or self.settings.live_worker_threads <= 1:
+            return [d for d in map(lambda k: self._one(k, now, trigger), keys) if d is not None]
+        with ThreadPoolExecutor(max_workers=min(len(keys), self.settings.live_worker_threads), thread_name_prefix="live") as pool:
+            return [d for d in pool.map(lambda k: self._one(k, now, trigger), keys) if d is not None]
+
+    def _one(self, key: Series, now: datetime | None, trigger: str) -> LiveDecision | None:
+        at = resolve_now(now)
+        bar = self.ready_bar(key, now=at)
+        if bar is None or (key in self.decided and self.decided[key] >= bar):
+            return None
+        return self._decide(key, bar, at, trigger)
+
+    def _decide(self, key: Series, bar: datetime, at: datetime, trigger: str) -> LiveDecision:
+        from mt5_pipeline.model import ModelMismatchError, ModelTimeframeError, NoFeaturesError, NoModelError
+
+        symbol, timeframe = key
+        started = time.perf_counter()
+        try:
+            result = generate_signal(self.settings, symbol, timeframe, now=at, predictor=self.predictor, refresh_features=True)
+        except NoFeaturesError as exc:
+            self.decided[key] = bar  # warm-up or a gap: nothing to do until the next bar
+            return LiveDecision(symbol, timeframe, bar, "no_features", str(exc), trigger, seconds=time.perf_counter() - started)
+        except (NoModelError, ModelMismatchError, ModelTimeframeError) as exc:
+            self._timeframes_read_at = float("-inf")  # the model changed under us: look again
+            log.warning("No live signal for %s %s: %s", symbol, timeframe, exc)
+            return LiveDecision(symbol, timeframe, bar, "no_model", str(exc), trigger, seconds=time.perf_counter() - started)
+        self.decided[key] = max(bar, result.bar) if result.bar is not None else bar
+        signal_id = result.signal["signal_id"] if result.signal else None
+        seconds = time.perf_counter() - started
+        log.info("live %s %s bar %s (%s): %s in %.0f ms", symbol, timeframe, iso_z(bar), trigger, result.status, seconds * 1000)
+        return LiveDecision(symbol, timeframe, result.bar or bar, result.status, result.message, trigger, signal_id, seconds)
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, listen: bool | None = None) -> None:
+        url = self.settings.database_url
+        use_listen = is_postgres(url) if listen is None else listen
+        listener = Listener(url, CANDLES_CHANNEL) if use_listen else None
+        poll = self.settings.live_poll_seconds * (LISTEN_POLL_FACTOR if listener else 1)
+        if listener:
+            listener.connect()  # before the first pass, so no commit falls between the two
+        self._safely(lambda: self.handle(self.refresh_series(force=True), trigger="start"))
+        try:
+            while not stop.is_set():
+                now = utcnow()
+                tick = self.next_tick(now)
+                wait = poll if tick is None else max(0.0, min(poll, (tick - now).total_seconds()))
+                if listener is not None:
+                    payloads = listener.wait(wait, stop)
+                else:
+                    stop.wait(wait)
+                    payloads = []
+                if stop.is_set():
+                    break
+                woken: set[Series] = set()
+                for payload in payloads:
+                    parsed = parse_notification(payload)
+                    if parsed is None:
+                        continue
+                    key, final = parsed
+                    woken.add(key)
+                    if final is not None and (key not in self.final or final > self.final[key]):
+                        self.final[key] = final
+                if woken:
+                    self._safely(lambda keys=woken: self.handle(keys, trigger="notify"))
+                elif tick is not None and utcnow() >= tick:
+                    self._safely(lambda: self.handle(self.refresh_series(), trigger="timer"))
+                else:
+                    self._safely(lambda: self.handle(self.refresh_series(), trigger="poll"))
+        finally:
+            if listener is not None:
+                listener.close()
+
+    def _safely(self, step) -> None:
+        try:
+            step()
+        except Exception as exc:  # a database blip must not end the worker; the next pass retries
+            log.exception("live pass failed (%s); retrying on the next wake-up", exc.__class__.__name__)
+            time.sleep(min(1.0, self.settings.live_poll_seconds))
+
+
+def run_live_worker(settings: Settings, *, stop: threading.Event | None = None, listen: bool | None = None) -> int:
+    """`mt5-pipeline live`: run until SIGTERM/SIGINT (or ``stop``); exit code 0."""
+    stop = stop or threading.Event()
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("Received %s: stopping the live worker", os_signal.Signals(signum).name)
+            stop.set()
+
+        for sig in (os_signal.SIGTERM, os_signal.SIGINT):
+            previous[sig] = os_signal.signal(sig, on_signal)
+    worker = LiveWorker(settings)
+    timeframes = worker.timeframes()
+    log.info(
+        "Live worker started: %s, grace %g s after each close%s",
+        f"timeframes with a model: {', '.join(timeframes)}" if timeframes else "no model yet (waiting for the first training)",
+        settings.live_close_grace_seconds,
+        ", woken by LISTEN/NOTIFY" if is_postgres(settings.database_url) and listen is not False else f", polling every {settings.live_poll_seconds:g} s",
+    )
+    try:
+        worker.run(stop, listen=listen)
+    finally:
+        for sig, handler in previous.items():
+            os_signal.signal(sig, handler)  # type: ignore[arg-type]
+    log.info("Live worker stopped")
+    return 0
+

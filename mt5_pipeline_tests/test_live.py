@@ -1,0 +1,199 @@
+"""The live-signal worker on real parts: the ingest core, features, a trained forest, the
+queue and (for the loop) LISTEN/NOTIFY on PostgreSQL or polling on SQLite.
+
+Times are pinned where the rule is about time (forming vs closed, the grace timer); the
+loop tests run on the real clock with a wide TTL.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+
+from mt5_pipeline import queue
+from mt5_pipeline.features import update_features
+from mt5_pipeline.ingest import ingest_candles
+from mt5_pipeline.live import LiveWorker, parse_notification
+from mt5_pipeline.model import train_model
+from mt5_pipeline.sample_data import generate_candles
+from mt5_pipeline_tests.orchestration_support import ALWAYS_DECIDE, FAST_MODEL
+
+END = datetime(2025, 10, 27, 11, 29, tzinfo=timezone.utc)  # a Monday; the bar that will form
+LIVE = {**FAST_MODEL, **ALWAYS_DECIDE, "SIGNAL_TTL_SECONDS": 60, "LIVE_CLOSE_GRACE_SECONDS": 2}
+
+
+def _history(end: datetime, n: int = 3000) -> pd.DataFrame:
+    return generate_candles(n, end=end, seed=5, with_weekends=False)
+
+
+def _trained(db_url, settings_for, *, end: datetime = END, now: datetime | None = None, **overrides):
+    """A model trained on closed bars up to (not including) `end`; the bar at `end` is held back."""
+    settings = settings_for(db_url, **{**LIVE, **overrides})
+    history = _history(end)
+    now = now or end
+    ingest_candles(db_url, "EURUSD", "M1", history.iloc[:-1], now=now)
+    update_features(db_url, "EURUSD", "M1", now=now)
+    train_model(settings, ["EURUSD"], now=now)
+    return settings, history.iloc[[-1]].reset_index(drop=True)
+
+
+def _partial(bar: pd.DataFrame) -> pd.DataFrame:
+    """The same bar 45 s into its minute: a different close, high and volume."""
+    partial = bar.copy()
+    partial["close"] = partial["open"]
+    partial["high"] = partial[["open", "close"]].max(axis=1)
+    partial["low"] = partial[["open", "close"]].min(axis=1)
+    partial["tick_volume"] = 3
+    return partial
+
+
+def _bar_signal(url: str, bar: datetime):
+    return queue.find_bar_signal(url, "EURUSD", "M1", bar)
+
+
+def test_the_forming_bar_never_becomes_a_signal_and_its_final_version_does(db_url, settings_for):
+    settings, final = _trained(db_url, settings_for)
+    worker = LiveWorker(settings)
+    worker.handle([("EURUSD", "M1")], now=END, trigger="start")  # the bar before END
+    before = END - timedelta(minutes=1)
+    assert worker.decided[("EURUSD", "M1")] == before
+
+    ingest_candles(db_url, "EURUSD", "M1", _partial(final), now=END + timedelta(seconds=45))
+    assert worker.handle([("EURUSD", "M1")], now=END + timedelta(seconds=45), trigger="notify") == []
+    assert _bar_signal(db_url, END) is None
+
+    ingest_candles(db_url, "EURUSD", "M1", final, now=END + timedelta(seconds=60, milliseconds=300))
+    [decision] = worker.handle([("EURUSD", "M1")], now=END + timedelta(seconds=60, milliseconds=400), trigger="notify")
+    assert decision.bar == END and decision.status == "queued", decision
+    signal = _bar_signal(db_url, END)
+    assert signal["signal_id"] == decision.signal_id
+    assert signal["price"] == pytest.approx(float(final["close"].iloc[0]))  # the final close, not the partial one
+    # Once per bar: a second wake-up for the same bar does nothing.
+    assert worker.handle([("EURUSD", "M1")], now=END + timedelta(seconds=61), trigger="timer") == []
+
+
+def test_the_minute_timer_signals_a_bar_only_ever_sent_while_forming(db_url, settings_for):
+    settings, final = _trained(db_url, settings_for)
+    worker = LiveWorker(settings)
+    worker.handle([("EURUSD", "M1")], now=END, trigger="start")
+    partial = _partial(final)
+    ingest_candles(db_url, "EURUSD", "M1", partial, now=END + timedelta(seconds=45))
+    # Closed by the clock, but its final version may still come within the grace.
+    assert worker.handle([("EURUSD", "M1")], now=END + timedelta(seconds=61), trigger="poll") == []
+    tick = worker.next_tick(END + timedelta(seconds=45))
+    assert tick == END + timedelta(seconds=62)  # the close + LIVE_CLOSE_GRACE_SECONDS
+    [decision] = worker.handle([("EURUSD", "M1")], now=tick, trigger="timer")
+    assert decision.bar == END and decision.status == "queued"
+    assert _bar_signal(db_url, END)["price"] == pytest.approx(float(partial["close"].iloc[0]))
+
+
+def test_a_bar_whose_ttl_has_passed_gets_no_signal(db_url, settings_for):
+    settings, final = _trained(db_url, settings_for)
+    ingest_candles(db_url, "EURUSD", "M1", final, now=END + timedelta(seconds=61))
+    [decision] = LiveWorker(settings).handle([("EURUSD", "M1")], now=END + timedelta(seconds=121))
+    assert decision.status == "too_late" and "too late" in decision.message
+    assert queue.status_counts(db_url)["PENDING"] == 0
+
+
+def test_a_timeframe_without_model_is_left_alone(db_url, settings_for):
+    settings, _ = _trained(db_url, settings_for)
+    h1 = generate_candles(400, end=END - timedelta(hours=1), seed=3, with_weekends=False)
+    h1 = h1[h1["time"].dt.minute == 0]
+    ingest_candles(db_url, "EURUSD", "H1", h1, now=END)
+    worker = LiveWorker(settings)
+    assert worker.timeframes() == ["M1"]
+    assert worker.handle([("EURUSD", "H1")], now=END) == []
+    assert queue.status_counts(db_url)["PENDING"] == 0
+
+
+def test_notification_payloads():
+    assert parse_notification("EURUSD M1 1761564540") == (("EURUSD", "M1"), datetime(2025, 10, 27, 11, 29, tzinfo=timezone.utc))
+    assert parse_notification("XAUUSD.m H1") == (("XAUUSD.m", "H1"), None)
+    assert parse_notification("junk") is None and parse_notification("EURUSD X9 1") is None
+
+
+# ---- the loop, on the real clock ----------------------------------------------------------------
+
+
+def _wait_for(predicate, seconds: float = 20.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    return None
+
+
+@pytest.mark.slow
+def test_the_running_worker_signals_a_closed_bar_as_soon_as_it_is_ingested(db_url, settings_for):
+    """PostgreSQL: woken by the ingest's NOTIFY. SQLite: by its poll. Same result."""
+    last_closed = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    settings, final = _trained(db_url, settings_for, end=last_closed, now=datetime.now(timezone.utc), SIGNAL_TTL_SECONDS=600)
+    stop = threading.Event()
+    worker = LiveWorker(settings)
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        # The bar before `last_closed` is decided at start; then the bar just ingested.
+        assert _wait_for(lambda: worker.decided.get(("EURUSD", "M1")) == last_closed - timedelta(minutes=1))
+        ingest_candles(db_url, "EURUSD", "M1", final)
+        signal = _wait_for(lambda: _bar_signal(db_url, last_closed))
+        assert signal is not None and signal["price"] == pytest.approx(float(final["close"].iloc[0]))
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def _race_live(url: str, model_dir: str, start_at: float, out) -> None:
+    from mt5_pipeline.live import LiveWorker
+    from mt5_pipeline.settings import Settings
+
+    settings = Settings.from_env({"DATABASE_URL": url, "MODEL_DIR": model_dir, **{k: str(v) for k, v in LIVE.items()}, "SIGNAL_TTL_SECONDS": "600"}, env_file=None)
+    worker = LiveWorker(settings)
+    worker.timeframes()  # warm: load the sidecar before the start line
+    time.sleep(max(0.0, start_at - time.time()))
+    out.put(("live", [d.status for d in worker.handle([("EURUSD", "M1")], trigger="notify")]))
+
+
+def _race_dagster(url: str, model_dir: str, start_at: float, out) -> None:
+    import dagster as dg
+
+    from mt5_pipeline.orchestration.assets import signals
+    from mt5_pipeline.orchestration.resources import resources_for
+    from mt5_pipeline.settings import Settings
+
+    env = {**{k: str(v) for k, v in LIVE.items()}, "SIGNAL_TTL_SECONDS": "600"}
+    settings = Settings.from_env({"DATABASE_URL": url, "MODEL_DIR": model_dir, **env}, env_file=None)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("symbols", ["EURUSD"])
+    time.sleep(max(0.0, start_at - time.time()))
+    result = dg.materialize([signals], partition_key="EURUSD", instance=instance, resources=resources_for(settings, **env))
+    out.put(("dagster", [result.asset_materializations_for_node("signals")[0].metadata["decision"].value]))
+
+
+@pytest.mark.slow
+def test_the_hot_path_and_the_sensor_path_racing_on_one_bar_leave_one_signal(pg_url, settings_for):
+    last_closed = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    settings, final = _trained(pg_url, settings_for, end=last_closed, now=datetime.now(timezone.utc), SIGNAL_TTL_SECONDS=600)
+    ingest_candles(pg_url, "EURUSD", "M1", final)
+    update_features(pg_url, "EURUSD", "M1")  # both processes then only predict and queue
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    start_at = time.time() + 8.0  # after both processes have imported what they need
+    procs = [ctx.Process(target=f, args=(pg_url, str(settings.model_dir), start_at, out)) for f in (_race_live, _race_dagster)]
+    for p in procs:
+        p.start()
+    results = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(30)
+    statuses = sorted(results["live"] + results["dagster"])
+    assert statuses == ["duplicate", "queued"], results
+    assert queue.status_counts(pg_url)["PENDING"] == 1
+    assert _bar_signal(pg_url, last_closed) is not None

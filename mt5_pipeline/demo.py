@@ -212,7 +212,7 @@ def run_demo(settings: Settings, *, csv_file: str | None = None, say: Callable[[
         "",
         "=== mt5-pipeline demo summary ===",
         f"candles stored      {candles_total}",
-        f"feature rows        {feature_rows}",
+        f"feature rows        {feature_rows}  (closed bars only: a bar still forming has none yet)",
         *_metric_lines(settings),
         f"signals generated   {generated}",
         f"signals sent        {count['SENT'] + count['ACKED']}",

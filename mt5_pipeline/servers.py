@@ -25,7 +25,9 @@ class BackgroundServer:
         self.host = host
         self.port = port or free_port(host)
         # Extra uvicorn.Config options (lifespan, interface, ssl_certfile, ...).
-        self.config = {"log_level": "warning", "lifespan": "on", "access_log": False, **config}
+        # A bounded graceful shutdown: idle keep-alive connections close at once, a request
+        # in flight gets a few seconds, and the app's lifespan shutdown runs to its end.
+        self.config = {"log_level": "warning", "lifespan": "on", "access_log": False, "timeout_graceful_shutdown": 5, **config}
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -47,8 +49,9 @@ class BackgroundServer:
 
     def stop(self) -> None:
         if self._server is not None:
+            # Not force_exit: that cancels the lifespan's shutdown half-way, and uvicorn
+            # prints the CancelledError as an ERROR traceback (the demo's last screen).
             self._server.should_exit = True
-            self._server.force_exit = True  # do not wait for idle keep-alive connections
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._server = self._thread = None

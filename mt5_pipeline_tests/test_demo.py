@@ -29,7 +29,8 @@ def test_demo_delivers_and_acknowledges_signals_and_runs_twice(tmp_path):
     first = _run_demo(tmp_path)
     assert "generated sample" in first  # the data is labelled for what it is
     assert _figure(first, "candles stored") == 60_000
-    assert _figure(first, "feature rows") == 60_000
+    # Closed bars only: each symbol's newest bar may still be forming when features run.
+    assert 60_000 - 3 <= _figure(first, "feature rows") <= 60_000
     generated, sent, acked = (_figure(first, n) for n in ("signals generated", "signals sent", "signals acknowledged"))
     assert generated >= 1 and sent == generated and acked == generated
     assert "ROC AUC" in first and "baseline" in first

@@ -29,7 +29,7 @@ Rules, each tested:
   RSI weighs (13/14)^300 = 2e-10 and that of the volume EMA less, so usable rows do not
   depend on where the history starts.
 - **Incremental.** :func:`update_features` recomputes from the earliest new or changed
-  bar onward, reading ``LOOKBACK_BARS`` bars before it. (13/14)^1000 is below 1e-32, so
+  bar onward, reading ``LOOKBACK_BARS`` bars before it. (13/14)^500 is below 1e-16, so
   the result equals a full recomputation to far better than 1e-9. ``usable`` agrees too:
   if the look-back is full the bars written have at least ``LOOKBACK_BARS`` >=
   ``WARMUP_BARS`` predecessors; if it is short it holds the whole history.
@@ -63,7 +63,9 @@ FEATURE_SET_VERSION = "1"
 MODEL_FEATURES: tuple[str, ...] = tuple(FEATURE_COLUMNS)
 
 WARMUP_BARS = 300
-LOOKBACK_BARS = 1000
+# 500, not more: every live bar reads and recomputes this many, and beyond it the
+# recursions' seeds weigh less than 1e-16.
+LOOKBACK_BARS = 500
 GAP_LIMIT_BARS = 10
 AFTER_GAP_BARS = 10
 # Candles committed out of order (a slow transaction whose ingested_at is older than a

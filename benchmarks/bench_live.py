@@ -168,71 +168,85 @@ def prepare(url: str, model_dir: Path, symbols: list[str], first_round_open: int
     return frames
 
 
-def run_live(n_symbols: int, rounds: int) -> dict:
+def _timed_rounds(stack: Stack, symbols: list[str], frames: dict, first: int, rounds: int, *, wait: float, after_post=None) -> tuple[list[float], int]:
+    """POST one bar per symbol per round and time each to the EA's receipt; (latencies in s, bars lost)."""
     import httpx
 
+    clients = [httpx.Client(timeout=30, trust_env=False) for _ in symbols]
+    latencies: list[float] = []
+    lost = 0
+    try:
+        for r in range(rounds):
+            bars = {s: _bar(frames[s], HISTORY_BARS + r) for s in symbols}
+            bar_iso = datetime.fromtimestamp(first + r * 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            started = _post_round(stack.api_port, bars, clients)
+            if after_post is not None:
+                after_post(symbols)
+            got = _wait_received(stack, bar_iso, len(symbols), wait)
+            lost += len(symbols) - len(got)
+            latencies += [t - started for t in got.values()]
+            time.sleep(0.3)
+    finally:
+        for c in clients:
+            c.close()
+    return latencies, lost
+
+
+def _wait_received(stack: Stack, bar_iso: str, n: int, wait: float) -> dict[str, float]:
+    """{symbol: receipt time} of the signals for the bar, once all n arrived or `wait` ran out."""
+    deadline = time.monotonic() + wait
+    while True:
+        got = {x["signal"]["symbol"]: x["received_at"] for x in stack.received() if x["signal"]["timestamp"] == bar_iso}
+        if len(got) >= n or time.monotonic() > deadline:
+            return got
+        time.sleep(0.01)
+
+
+def _summary(latencies: list[float]) -> dict:
+    if not latencies:
+        return {"p50_s": float("nan"), "p99_s": float("nan"), "max_s": float("nan")}
+    return {"p50_s": percentile(latencies, 0.5), "p99_s": percentile(latencies, 0.99), "max_s": max(latencies)}
+
+
+def run_live(n_symbols: int, rounds: int) -> dict:
     symbols = _symbols(n_symbols)
-    now = int(time.time()) // 60 * 60
-    first = now - (rounds + 5) * 60
+    first = int(time.time()) // 60 * 60 - (rounds + 5) * 60
     with scratch_database("bench_live") as url, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         frames = prepare(url, work / "models", symbols, first, rounds)
         stack = Stack(url, work / "models", work)
-        clients = [httpx.Client(timeout=30, trust_env=False) for _ in symbols]
         try:
             cpu0 = _cpu_seconds(stack.procs["live"].pid)
-            latencies: list[float] = []
-            missing = 0
-            for r in range(rounds):
-                bars = {s: _bar(frames[s], HISTORY_BARS + r) for s in symbols}
-                bar_iso = datetime.fromtimestamp(first + r * 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-                started = _post_round(stack.api_port, bars, clients)
-                deadline = time.monotonic() + 20
-                while time.monotonic() < deadline:
-                    got = [x for x in stack.received() if x["signal"]["timestamp"] == bar_iso]
-                    if len({x["signal"]["symbol"] for x in got}) >= len(symbols):
-                        break
-                    time.sleep(0.01)
-                got = {x["signal"]["symbol"]: x["received_at"] for x in stack.received() if x["signal"]["timestamp"] == bar_iso}
-                missing += len(symbols) - len(got)
-                latencies += [t - started for t in got.values()]
-                time.sleep(0.3)
+            latencies, missing = _timed_rounds(stack, symbols, frames, first, rounds, wait=20)
             cpu = _cpu_seconds(stack.procs["live"].pid) - cpu0
             received = stack.received()
-            per_id = Counter(x["signal"]["signal_id"] for x in received)
-            per_bar = Counter((x["signal"]["symbol"], x["signal"]["timestamp"]) for x in received)
         finally:
-            for c in clients:
-                c.close()
             stack.close()
-    bars_total = n_symbols * rounds
+    per_id = Counter(x["signal"]["signal_id"] for x in received)
+    per_bar = Counter((x["signal"]["symbol"], x["signal"]["timestamp"]) for x in received)
     return {
         "symbols": n_symbols,
         "rounds": rounds,
-        "bars": bars_total,
+        "bars": n_symbols * rounds,
         "received": len(latencies),
         "missing": missing,
         "duplicate_deliveries": sum(n - 1 for n in per_id.values()),
         "second_signal_for_a_bar": sum(1 for n in per_bar.values() if n > 1),
-        "p50_s": percentile(latencies, 0.5) if latencies else float("nan"),
-        "p99_s": percentile(latencies, 0.99) if latencies else float("nan"),
-        "max_s": max(latencies) if latencies else float("nan"),
-        "cpu_ms_per_bar": 1000 * cpu / max(1, bars_total),
+        "cpu_ms_per_bar": 1000 * cpu / max(1, n_symbols * rounds),
+        **_summary(latencies),
     }
 
 
 def run_dagster_baseline(n_symbols: int, rounds: int) -> dict:
-    """The old path's work for each bar: a Dagster run per symbol (features_m1 + signals)."""
+    """The old path's work for each bar: a Dagster run per symbol (features_m1 + signals), in process."""
     import dagster as dg
-    import httpx
 
     from mt5_pipeline.orchestration.assets import features_m1, signals
     from mt5_pipeline.orchestration.resources import resources_for
     from mt5_pipeline.settings import Settings
 
     symbols = _symbols(n_symbols)
-    now = int(time.time()) // 60 * 60
-    first = now - (rounds + 5) * 60
+    first = int(time.time()) // 60 * 60 - (rounds + 5) * 60
     with scratch_database("bench_live_base") as url, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         frames = prepare(url, work / "models", symbols, first, rounds)
@@ -241,43 +255,26 @@ def run_dagster_baseline(n_symbols: int, rounds: int) -> dict:
         instance = dg.DagsterInstance.ephemeral()
         instance.add_dynamic_partitions("symbols", symbols)
         resources = resources_for(settings, **ENV)
-        clients = [httpx.Client(timeout=30, trust_env=False) for _ in symbols]
-        latencies: list[float] = []
+
+        def runs(posted: list[str]) -> None:
+            for s in posted:
+                dg.materialize([features_m1, signals], partition_key=s, instance=instance, resources=resources, raise_on_error=True)
+
         try:
-            for r in range(rounds):
-                bars = {s: _bar(frames[s], HISTORY_BARS + r) for s in symbols}
-                bar_iso = datetime.fromtimestamp(first + r * 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-                started = _post_round(stack.api_port, bars, clients)
-                for s in symbols:
-                    dg.materialize([features_m1, signals], partition_key=s, instance=instance, resources=resources, raise_on_error=True)
-                deadline = time.monotonic() + 20
-                while time.monotonic() < deadline and len([x for x in stack.received() if x["signal"]["timestamp"] == bar_iso]) < len(symbols):
-                    time.sleep(0.01)
-                latencies += [x["received_at"] - started for x in stack.received() if x["signal"]["timestamp"] == bar_iso]
+            latencies, lost = _timed_rounds(stack, symbols, frames, first, rounds, wait=20, after_post=runs)
         finally:
-            for c in clients:
-                c.close()
             stack.close()
-    return {
-        "symbols": n_symbols,
-        "rounds": rounds,
-        "received": len(latencies),
-        "p50_s": percentile(latencies, 0.5),
-        "p99_s": percentile(latencies, 0.99),
-        "max_s": max(latencies),
-    }
+    return {"symbols": n_symbols, "rounds": rounds, "received": len(latencies), "lost": lost, **_summary(latencies)}
 
 
 def run_daemon_baseline(n_symbols: int, rounds: int, *, wait: float = 90.0) -> dict:
     """The sensor-and-run path as deployed: dagster-daemon on PostgreSQL storage."""
     import shutil
 
-    import httpx
     from _support import database_name
 
     symbols = _symbols(n_symbols)
-    now = int(time.time()) // 60 * 60
-    first = now - (rounds + 5) * 60
+    first = int(time.time()) // 60 * 60 - (rounds + 5) * 60
     with scratch_database("bench_live_daemon") as url, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         frames = prepare(url, work / "models", symbols, first, rounds)
@@ -300,41 +297,16 @@ def run_daemon_baseline(n_symbols: int, rounds: int, *, wait: float = 90.0) -> d
             [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "mt5_pipeline"],
             env=env, cwd=ROOT, stdout=daemon_log.open("w"), stderr=subprocess.STDOUT,
         )
-        clients = [httpx.Client(timeout=30, trust_env=False) for _ in symbols]
-        latencies: list[float] = []
-        lost = 0
         try:
             # The first tick signals the history's newest bar: the daemon is then warm.
             last_hist = datetime.fromtimestamp(first - 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline and len({x["signal"]["symbol"] for x in stack.received() if x["signal"]["timestamp"] == last_hist}) < len(symbols):
-                if daemon.poll() is not None:
-                    raise SystemExit("dagster-daemon exited:\n" + daemon_log.read_text()[-3000:])
-                time.sleep(0.2)
-            for r in range(rounds):
-                bars = {s: _bar(frames[s], HISTORY_BARS + r) for s in symbols}
-                bar_iso = datetime.fromtimestamp(first + r * 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-                started = _post_round(stack.api_port, bars, clients)
-                deadline = time.monotonic() + wait
-                while time.monotonic() < deadline and len({x["signal"]["symbol"] for x in stack.received() if x["signal"]["timestamp"] == bar_iso}) < len(symbols):
-                    time.sleep(0.05)
-                got = {x["signal"]["symbol"]: x["received_at"] for x in stack.received() if x["signal"]["timestamp"] == bar_iso}
-                lost += len(symbols) - len(got)
-                latencies += [t - started for t in got.values()]
+            if len(_wait_received(stack, last_hist, len(symbols), 180)) < len(symbols):
+                raise SystemExit("the daemon never signalled the history's newest bar:\n" + daemon_log.read_text()[-3000:])
+            latencies, lost = _timed_rounds(stack, symbols, frames, first, rounds, wait=wait)
         finally:
-            for c in clients:
-                c.close()
             stop(daemon, timeout=30)
             stack.close()
-    return {
-        "symbols": n_symbols,
-        "rounds": rounds,
-        "received": len(latencies),
-        "lost": lost,
-        "p50_s": percentile(latencies, 0.5) if latencies else float("nan"),
-        "p99_s": percentile(latencies, 0.99) if latencies else float("nan"),
-        "max_s": max(latencies) if latencies else float("nan"),
-    }
+    return {"symbols": n_symbols, "rounds": rounds, "received": len(latencies), "lost": lost, **_summary(latencies)}
 
 
 def main() -> None:

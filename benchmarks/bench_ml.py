@@ -47,7 +47,8 @@ import numpy as np
 import pandas as pd
 from _support import ROOT, add_row, database_name, percentile, report, scratch_database
 
-from mt5_pipeline.features import LOOKBACK_BARS, compute_features, update_features, wilder_rsi
+from mt5_pipeline.features import LOOKBACK_BARS, update_features
+from mt5_pipeline.indicators import compute_features, wilder_rsi
 from mt5_pipeline.ingest import ingest_candles
 from mt5_pipeline.sample_data import generate_candles
 from mt5_pipeline.settings import Settings
@@ -216,7 +217,7 @@ def train_child(url: str, symbol: str, model_dir: str, mode: str) -> None:
         from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
         from mt5_pipeline.evaluation import time_split
-        from mt5_pipeline.features import MODEL_FEATURES
+        from mt5_pipeline.indicators import MODEL_FEATURES
 
         data = build_training_set(settings, [symbol])
         frame = data.frame
@@ -317,7 +318,8 @@ def bench_training(url: str, sizes: list[int], n_bars: int, rows: list[dict], wo
 def bench_prediction(url: str, model_path: Path, rows: list[dict], n: int) -> None:
     import shutil
 
-    from mt5_pipeline.features import MODEL_FEATURES, load_feature_rows
+    from mt5_pipeline.features import load_feature_rows
+    from mt5_pipeline.indicators import MODEL_FEATURES
     from mt5_pipeline.model import forest_probability_up, load_model, predict_latest
 
     forest = load_model(model_path).forest

@@ -57,7 +57,8 @@ from sqlalchemy import select, update
 from mt5_pipeline.backtest import plot_equity, run_backtest
 from mt5_pipeline.clock import parse_iso
 from mt5_pipeline.evaluation import DEFAULT_FOLDS, TEST_FRACTION, classification_metrics, walk_forward_folds
-from mt5_pipeline.features import FEATURE_SET_NAME, FEATURE_SET_VERSION, MODEL_FEATURES, feature_symbols, load_feature_rows
+from mt5_pipeline.features import feature_symbols, load_feature_rows
+from mt5_pipeline.indicators import FEATURE_SET_NAME, FEATURE_SET_VERSION, MODEL_FEATURES
 from mt5_pipeline.labels import LabelSpec, lookahead_bars, make_labels
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.storage.engine import get_engine

@@ -196,7 +196,7 @@ def judge_auc(metrics: dict[str, Any]) -> CheckOutcome:
 
 
 def model_matches_features(settings: Settings) -> CheckOutcome:
-    from mt5_pipeline.features import FEATURE_SET_VERSION, MODEL_FEATURES
+    from mt5_pipeline.indicators import FEATURE_SET_VERSION, MODEL_FEATURES
     from mt5_pipeline.model import current_model_info
 
     info = current_model_info(settings)

@@ -8,16 +8,8 @@ import pandas as pd
 import pytest
 from sqlalchemy import delete, select
 
-from mt5_pipeline.features import (
-    AFTER_GAP_BARS,
-    FEATURE_SET_VERSION,
-    LOOKBACK_BARS,
-    MODEL_FEATURES,
-    WARMUP_BARS,
-    compute_features,
-    load_feature_rows,
-    update_features,
-)
+from mt5_pipeline.features import LOOKBACK_BARS, load_feature_rows, update_features
+from mt5_pipeline.indicators import AFTER_GAP_BARS, FEATURE_SET_VERSION, MODEL_FEATURES, WARMUP_BARS, compute_features
 from mt5_pipeline.ingest import ingest_candles
 from mt5_pipeline.sample_data import generate_candles
 from mt5_pipeline.storage.engine import get_engine

@@ -14,7 +14,8 @@ from sklearn.ensemble import RandomForestClassifier
 from sqlalchemy import select
 
 from mt5_pipeline.evaluation import classification_metrics, time_split, walk_forward_folds
-from mt5_pipeline.features import FEATURE_SET_VERSION, MODEL_FEATURES, update_features
+from mt5_pipeline.features import update_features
+from mt5_pipeline.indicators import FEATURE_SET_VERSION, MODEL_FEATURES
 from mt5_pipeline.ingest import ingest_candles
 from mt5_pipeline.labels import LabelSpec, make_labels
 from mt5_pipeline.model import (

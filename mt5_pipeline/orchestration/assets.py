@@ -35,7 +35,8 @@ candles = dg.AssetSpec(
     description="Scale-free technical features per M1 bar, computed incrementally for new or corrected bars.",
 )
 def features_m1(context: dg.AssetExecutionContext, database: DatabaseResource) -> dg.MaterializeResult:
-    from mt5_pipeline.features import FEATURE_SET_VERSION, update_features
+    from mt5_pipeline.features import update_features
+    from mt5_pipeline.indicators import FEATURE_SET_VERSION
 
     update = update_features(database.database_url, context.partition_key, "M1")
     return dg.MaterializeResult(

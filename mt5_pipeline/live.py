@@ -186,7 +186,7 @@ class LiveWorker:
             log.warning("No live signal for %s %s: %s", symbol, timeframe, exc)
             return LiveDecision(symbol, timeframe, bar, "no_model", str(exc), trigger, seconds=time.perf_counter() - started)
         self.decided[key] = max(bar, result.bar) if result.bar is not None else bar
-        signal_id = result.signal["signal_id"] if result.signal else None
+        signal_id = result.signal.signal_id if result.signal else None
         seconds = time.perf_counter() - started
         log.info("live %s %s bar %s (%s): %s in %.0f ms", symbol, timeframe, iso_z(bar), trigger, result.status, seconds * 1000)
         return LiveDecision(symbol, timeframe, result.bar or bar, result.status, result.message, trigger, signal_id, seconds)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,9 +42,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from mt5_pipeline.clock import as_utc, iso_z, parse_iso, resolve_now
+from mt5_pipeline.clock import as_utc, iso_z, resolve_now
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import SIGNAL_STATUSES, signals_ack, signals_queue
+from mt5_pipeline.trade_signal import Signal
 
 q = signals_queue
 
@@ -55,29 +56,8 @@ NOTIFY_CHANNEL = "signals_queue"
 # or came too late. A signal the EA itself refused stays REJECTED (the ack is still stored).
 ACKABLE_STATUSES = ("PENDING", "SENT", "FAILED", "EXPIRED")
 
-PAYLOAD_KEYS = (
-    "signal_id",
-    "timestamp",
-    "symbol",
-    "timeframe",
-    "side",
-    "confidence",
-    "sl_pips",
-    "tp_pips",
-    "price",
-    "meta",
-    "expires_at",
-)
-
-
 class UnknownSignalError(LookupError):
     """An ack (or lookup) named a signal_id that is not in signals_queue."""
-
-
-def json_number(value: float) -> int | float:
-    """20.0 -> 20: the seed's payload shows whole pips as integers."""
-    value = float(value)
-    return int(value) if value.is_integer() else value
 
 
 # ---- rows and payloads ------------------------------------------------------------------
@@ -85,18 +65,38 @@ def json_number(value: float) -> int | float:
 
 @dataclass(frozen=True)
 class Claimed:
-    """A row this pusher holds: send ``payload``, then finish it with ``claim_token``."""
+    """A row this pusher holds: send ``signal``, then finish it with ``claim_token``."""
 
     id: int
-    signal_id: str
-    symbol: str
-    side: str
-    confidence: float
+    signal: Signal
     attempts: int  # including the attempt this claim is for
-    expires_at: datetime
     claim_token: str
     lease_until: datetime
-    payload: dict
+
+    @property
+    def signal_id(self) -> str:
+        return self.signal.signal_id
+
+    @property
+    def symbol(self) -> str:
+        return self.signal.symbol
+
+    @property
+    def side(self) -> str:
+        return self.signal.side
+
+    @property
+    def confidence(self) -> float:
+        return self.signal.confidence
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.signal.expires_at
+
+    @property
+    def payload(self) -> dict:
+        """The body the EA receives."""
+        return self.signal.to_payload()
 
 
 _PAYLOAD_COLUMNS = (
@@ -117,52 +117,10 @@ _PAYLOAD_COLUMNS = (
 )
 
 
-def payload_from_row(row: Any) -> dict:
-    """The body the EA receives, in the seed's key order, from a signals_queue row."""
-    m = row._mapping
-    return {
-        "signal_id": m["signal_id"],
-        "timestamp": iso_z(m["ts"]),
-        "symbol": m["symbol"],
-        "timeframe": m["timeframe"],
-        "side": m["side"],
-        "confidence": float(m["confidence"]),
-        "sl_pips": json_number(m["sl_pips"]),
-        "tp_pips": json_number(m["tp_pips"]),
-        "price": float(m["price"]),
-        "meta": json.loads(m["meta"] or "{}"),
-        "expires_at": iso_z(m["expires_at"]),
-    }
-
-
-def _row_values(signal: dict, now: datetime) -> dict:
-    missing = [k for k in PAYLOAD_KEYS if k not in signal]
-    if missing:
-        raise ValueError(f"signal lacks {', '.join(missing)}")
-    meta = dict(signal["meta"])
-    for key in ("model", "model_version", "probability"):
-        if key not in meta:
-            raise ValueError(f"signal meta lacks {key!r}")
-    return {
-        "signal_id": str(signal["signal_id"]),
-        "symbol": signal["symbol"],
-        "timeframe": signal["timeframe"],
-        "ts": parse_iso(signal["timestamp"]),
-        "side": signal["side"],
-        "confidence": float(signal["confidence"]),
-        "probability": float(meta["probability"]),
-        "sl_pips": float(signal["sl_pips"]),
-        "tp_pips": float(signal["tp_pips"]),
-        "price": float(signal["price"]),
-        "model": str(meta["model"]),
-        "model_version": str(meta["model_version"]),
-        "meta": json.dumps(meta, separators=(",", ":"), sort_keys=False),
-        "status": "PENDING",
-        "attempts": 0,
-        "next_attempt_at": now,
-        "created_at": now,
-        "expires_at": parse_iso(signal["expires_at"]),
-    }
+def _row_values(signal: Signal | Mapping[str, Any], now: datetime) -> dict:
+    """A new PENDING row for a signal (a Signal, or an EA payload that must parse as one)."""
+    value = signal if isinstance(signal, Signal) else Signal.from_payload(signal)
+    return {**value.to_row(), "status": "PENDING", "attempts": 0, "next_attempt_at": now, "created_at": now}
 
 
 def _insert_ignoring_duplicates(conn: Connection):
@@ -183,8 +141,8 @@ def _notify(conn: Connection, count: int) -> None:
 # ---- writing ------------------------------------------------------------------------------
 
 
-def enqueue(database_url: str, signal: dict, *, now: datetime | None = None) -> bool:
-    """Queue one signal (EA payload shape). False when its bar (symbol, timeframe, ts) or
+def enqueue(database_url: str, signal: Signal | Mapping[str, Any], *, now: datetime | None = None) -> bool:
+    """Queue one signal (a Signal, or an EA payload). False when its bar (symbol, timeframe, ts) or
     its signal_id already has a row: the database's unique index decides, not Python, so
     two processes racing on one bar queue one signal."""
     values = _row_values(signal, resolve_now(now))
@@ -194,7 +152,7 @@ def enqueue(database_url: str, signal: dict, *, now: datetime | None = None) -> 
     return inserted
 
 
-def enqueue_many(database_url: str, signals: Iterable[dict], *, now: datetime | None = None) -> int:
+def enqueue_many(database_url: str, signals: Iterable[Signal | Mapping[str, Any]], *, now: datetime | None = None) -> int:
     """Queue many signals in one transaction (one NOTIFY); returns how many were new."""
     at = resolve_now(now)
     rows = [_row_values(s, at) for s in signals]
@@ -271,18 +229,7 @@ def claim_batch(database_url: str, limit: int, *, lease_seconds: float, now: dat
         rows = conn.execute(_CLAIM, params).all()
     rows.sort(key=lambda r: r.id)
     return [
-        Claimed(
-            id=r.id,
-            signal_id=r.signal_id,
-            symbol=r.symbol,
-            side=r.side,
-            confidence=float(r.confidence),
-            attempts=r.attempts,
-            expires_at=as_utc(r.expires_at),
-            claim_token=token,
-            lease_until=lease_until,
-            payload=payload_from_row(r),
-        )
+        Claimed(id=r.id, signal=Signal.from_row(r), attempts=r.attempts, claim_token=token, lease_until=lease_until)
         for r in rows
     ]
 
@@ -545,12 +492,12 @@ def status_counts(database_url: str) -> dict[str, int]:
     return counts
 
 
-def pending_for_pull(database_url: str, limit: int = 100, *, now: datetime | None = None) -> list[dict]:
-    """EA payloads of unexpired PENDING signals, oldest first, for EAs that poll (changes nothing)."""
+def pending_for_pull(database_url: str, limit: int = 100, *, now: datetime | None = None) -> list[Signal]:
+    """Unexpired PENDING signals, oldest first, for EAs that poll (changes nothing)."""
     at = resolve_now(now)
     stmt = select(*_PAYLOAD_COLUMNS).where(q.c.status == "PENDING", q.c.expires_at > at).order_by(q.c.id).limit(max(0, int(limit)))
     with get_engine(database_url).connect() as conn:
-        return [payload_from_row(r) for r in conn.execute(stmt)]
+        return [Signal.from_row(r) for r in conn.execute(stmt)]
 
 
 def _deliverable(at: datetime):
@@ -613,9 +560,9 @@ def get_signal(database_url: str, signal_id: str) -> dict | None:
     return out
 
 
-def find_bar_signal(database_url: str, symbol: str, timeframe: str, ts: datetime) -> dict | None:
-    """The EA payload of the signal this bar already has (whatever its model version), or None."""
+def find_bar_signal(database_url: str, symbol: str, timeframe: str, ts: datetime) -> Signal | None:
+    """The signal this bar already has (whatever its model version), or None."""
     stmt = select(*_PAYLOAD_COLUMNS).where(q.c.symbol == symbol, q.c.timeframe == timeframe, q.c.ts == as_utc(ts), q.c.superseded.is_(False))
     with get_engine(database_url).connect() as conn:
         row = conn.execute(stmt).first()
-    return payload_from_row(row) if row is not None else None
+    return Signal.from_row(row) if row is not None else None

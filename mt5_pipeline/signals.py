@@ -20,6 +20,7 @@ from typing import Any
 from mt5_pipeline import queue
 from mt5_pipeline.clock import as_utc, iso_z, parse_iso, resolve_now
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
+from mt5_pipeline.trade_signal import Signal
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class GenerateResult:
     message: str
     probability: float | None
     confidence: float | None
-    signal: dict | None  # EA payload shape (for "duplicate": the signal the bar already has)
+    signal: Signal | None  # the signal queued (for "duplicate": the one the bar already has)
     bar: datetime | None = None  # open time of the closed bar that was decided on
     figures: dict | None = None  # "too_late": the bar's close, the deadline, how late
 
@@ -127,22 +128,23 @@ def model_staleness(settings: Settings, trained_at: datetime | str | None, *, no
     return None
 
 
-def build_signal(prediction: Any, decision: Decision, settings: Settings, *, forced: bool = False) -> dict:
-    """The EA payload (the seed's body plus ``expires_at``) for a decided prediction."""
+def build_signal(prediction: Any, decision: Decision, settings: Settings, *, forced: bool = False) -> Signal:
+    """The signal for a decided prediction: priced at the bar's close, expiring at its close + TTL."""
     if decision.side is None:
         raise ValueError("no side: nothing to build")
     sl, tp = settings.sl_tp_pips(prediction.symbol)
-    return {
-        "signal_id": str(uuid.uuid4()),
-        "timestamp": iso_z(prediction.ts),
-        "symbol": prediction.symbol,
-        "timeframe": prediction.timeframe,
-        "side": decision.side,
-        "confidence": round(decision.confidence, 6),
-        "sl_pips": queue.json_number(sl),
-        "tp_pips": queue.json_number(tp),
-        "price": float(prediction.close),
-        "meta": {
+    return Signal(
+        signal_id=str(uuid.uuid4()),
+        bar=prediction.ts,
+        symbol=prediction.symbol,
+        timeframe=prediction.timeframe,
+        side=decision.side,
+        confidence=round(decision.confidence, 6),
+        sl_pips=sl,
+        tp_pips=tp,
+        price=float(prediction.close),
+        expires_at=signal_expires_at(prediction.ts, prediction.timeframe, settings),
+        meta={
             "model": getattr(prediction, "model", None) or DEFAULT_MODEL_NAME,
             # The class the model predicts: 1 = price up (BUY), 0 = not up (SELL).
             "label": 1 if decision.side == "BUY" else 0,
@@ -152,8 +154,7 @@ def build_signal(prediction: Any, decision: Decision, settings: Settings, *, for
             "label_horizon": getattr(prediction, "label_horizon", None),
             "forced": forced,
         },
-        "expires_at": iso_z(signal_expires_at(prediction.ts, prediction.timeframe, settings)),
-    }
+    )
 
 
 def _default_predictor(now: datetime) -> Predictor:
@@ -220,13 +221,13 @@ def generate_signal(
     if not queue.enqueue(settings.database_url, signal, now=at):
         existing = queue.find_bar_signal(settings.database_url, prediction.symbol, prediction.timeframe, bar)
         if existing is None:  # the signal_id collided, not the bar: cannot happen with uuid4
-            raise RuntimeError(f"signal {signal['signal_id']} was not queued and the bar has no signal")
+            raise RuntimeError(f"signal {signal.signal_id} was not queued and the bar has no signal")
         message = (
-            f"The {prediction.symbol} {prediction.timeframe} bar {iso_z(bar)} already has its signal: {existing['signal_id']} "
-            f"({existing['side']}, model {existing['meta'].get('model_version')}); one signal per bar, nothing new queued"
+            f"The {prediction.symbol} {prediction.timeframe} bar {iso_z(bar)} already has its signal: {existing.signal_id} "
+            f"({existing.side}, model {existing.model_version}); one signal per bar, nothing new queued"
         )
         log.info(message)
         return GenerateResult("duplicate", message, p, decision.confidence, existing, bar)
 
-    log.info("Generated signal: %s %s (confidence: %.1f%%)", signal["symbol"], signal["side"], decision.confidence * 100)
+    log.info("Generated signal: %s %s (confidence: %.1f%%)", signal.symbol, signal.side, decision.confidence * 100)
     return GenerateResult("queued", "Signal generated and added to queue", p, decision.confidence, signal, bar)

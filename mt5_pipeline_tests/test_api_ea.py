@@ -273,4 +273,4 @@ async def test_generate_signal_ignores_the_forming_bar_and_refuses_a_timeframe_w
     assert reply.json()["signal"]["timestamp"] != forming_open.strftime("%Y-%m-%dT%H:%M:%SZ")
     signal_bar = datetime.fromisoformat(reply.json()["signal"]["timestamp"].replace("Z", "+00:00"))
     assert signal_bar < forming_open
-    assert [s["timestamp"] for s in queue.pending_for_pull(db_url)] == [reply.json()["signal"]["timestamp"]]
+    assert [s.bar for s in queue.pending_for_pull(db_url)] == [signal_bar]

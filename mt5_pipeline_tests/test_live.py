@@ -71,8 +71,8 @@ def test_the_forming_bar_never_becomes_a_signal_and_its_final_version_does(db_ur
     [decision] = worker.handle([("EURUSD", "M1")], now=END + timedelta(seconds=60, milliseconds=400), trigger="notify")
     assert decision.bar == END and decision.status == "queued", decision
     signal = _bar_signal(db_url, END)
-    assert signal["signal_id"] == decision.signal_id
-    assert signal["price"] == pytest.approx(float(final["close"].iloc[0]))  # the final close, not the partial one
+    assert signal.signal_id == decision.signal_id
+    assert signal.price == pytest.approx(float(final["close"].iloc[0]))  # the final close, not the partial one
     # Once per bar: a second wake-up for the same bar does nothing.
     assert worker.handle([("EURUSD", "M1")], now=END + timedelta(seconds=61), trigger="timer") == []
 
@@ -89,7 +89,7 @@ def test_the_minute_timer_signals_a_bar_only_ever_sent_while_forming(db_url, set
     assert tick == END + timedelta(seconds=62)  # the close + LIVE_CLOSE_GRACE_SECONDS
     [decision] = worker.handle([("EURUSD", "M1")], now=tick, trigger="timer")
     assert decision.bar == END and decision.status == "queued"
-    assert _bar_signal(db_url, END)["price"] == pytest.approx(float(partial["close"].iloc[0]))
+    assert _bar_signal(db_url, END).price == pytest.approx(float(partial["close"].iloc[0]))
 
 
 def test_a_bar_whose_ttl_has_passed_gets_no_signal(db_url, settings_for):
@@ -144,7 +144,7 @@ def test_the_running_worker_signals_a_closed_bar_as_soon_as_it_is_ingested(db_ur
         assert _wait_for(lambda: worker.decided.get(("EURUSD", "M1")) == last_closed - timedelta(minutes=1))
         ingest_candles(db_url, "EURUSD", "M1", final)
         signal = _wait_for(lambda: _bar_signal(db_url, last_closed))
-        assert signal is not None and signal["price"] == pytest.approx(float(final["close"].iloc[0]))
+        assert signal is not None and signal.price == pytest.approx(float(final["close"].iloc[0]))
     finally:
         stop.set()
         thread.join(10)

@@ -71,7 +71,7 @@ def test_the_ea_receives_the_seeds_body_and_headers(db_url, settings_for, refere
     assert (result.claimed, result.sent, result.auth_error) == (1, 1, False)
 
     [(headers, body)] = reference_ea.received
-    assert body == generated.signal
+    assert body == generated.signal.to_payload()
     assert list(body) == SEED_KEYS + ["expires_at"]
     assert headers["content-type"] == "application/json"
     assert headers["x-api-key"] == reference_ea.api_key

@@ -16,6 +16,7 @@ from mt5_pipeline.clock import iso_z, utcnow
 from mt5_pipeline.queue import UnknownSignalError
 from mt5_pipeline.storage.engine import get_engine, psycopg_conninfo
 from mt5_pipeline.storage.schema import signals_ack, signals_queue
+from mt5_pipeline.trade_signal import PAYLOAD_KEYS
 from mt5_pipeline_tests.ea_server import make_signal
 
 T0 = datetime.now(timezone.utc).replace(microsecond=0)
@@ -53,15 +54,15 @@ def test_one_signal_per_bar_whatever_the_model_version_is_the_databases_rule(db_
         with get_engine(db_url).begin() as conn:
             conn.execute(insert(signals_queue).values(**values))
     assert queue.status_counts(db_url)["PENDING"] == 2
-    assert queue.find_bar_signal(db_url, "EURUSD", "M1", BAR)["signal_id"] == first["signal_id"]
+    assert queue.find_bar_signal(db_url, "EURUSD", "M1", BAR).signal_id == first["signal_id"]
 
 
 def test_payload_round_trips_in_the_seeds_shape(db_url):
     signal = make_signal(ts=BAR)
     queue.enqueue(db_url, signal, now=T0)
-    [payload] = queue.pending_for_pull(db_url, now=T0)
+    [payload] = [s.to_payload() for s in queue.pending_for_pull(db_url, now=T0)]
     assert payload == signal
-    assert list(payload) == list(queue.PAYLOAD_KEYS)
+    assert list(payload) == list(PAYLOAD_KEYS)
     assert isinstance(payload["sl_pips"], int) and payload["timestamp"].endswith("Z")
 
 
@@ -204,7 +205,7 @@ def test_status_views(db_url):
     assert queue.status_counts(db_url) == {"PENDING": 2, "SENT": 1, "ACKED": 0, "FAILED": 0, "EXPIRED": 0, "REJECTED": 0}
     assert queue.count_deliverable(db_url, now=T0) == 2
     assert queue.count_pending(db_url, now=T0) == 2
-    assert [p["signal_id"] for p in queue.pending_for_pull(db_url, limit=1, now=T0)] == [signals[1]["signal_id"]]
+    assert [p.signal_id for p in queue.pending_for_pull(db_url, limit=1, now=T0)] == [signals[1]["signal_id"]]
     assert queue.next_due_at(db_url, now=T0) == T0
 
 

@@ -60,7 +60,7 @@ def test_a_buy_is_queued_in_the_seeds_shape_and_logged(settings, caplog):
     caplog.set_level(logging.INFO, logger="mt5_pipeline")
     result = generate_signal(settings, "EURUSD", "M1", now=NOW, predictor=predictor_of(0.785))
     assert result.status == "queued" and result.message == "Signal generated and added to queue"
-    s = result.signal
+    s = result.signal.to_payload()
     assert list(s) == ["signal_id", "timestamp", "symbol", "timeframe", "side", "confidence", "sl_pips", "tp_pips", "price", "meta", "expires_at"]
     assert s["timestamp"] == "2025-10-25T10:30:00Z"  # the bar's open time
     assert (s["symbol"], s["timeframe"], s["side"], s["confidence"], s["price"]) == ("EURUSD", "M1", "BUY", 0.785, 1.095)
@@ -69,7 +69,7 @@ def test_a_buy_is_queued_in_the_seeds_shape_and_logged(settings, caplog):
     assert s["meta"]["model_version"] == "20251025T030000Z" and s["meta"]["probability"] == 0.785
     # bar close (10:31) + SIGNAL_TTL_SECONDS (60)
     assert s["expires_at"] == "2025-10-25T10:32:00Z"
-    assert queue.pending_for_pull(settings.database_url, now=NOW) == [s]
+    assert queue.pending_for_pull(settings.database_url, now=NOW) == [result.signal]
     assert "Generated signal: EURUSD BUY (confidence: 78.5%)" in caplog.text
 
 
@@ -77,8 +77,8 @@ def test_a_sell_carries_the_inverted_confidence_and_per_symbol_pips(settings_for
     s = settings_for(db_url, symbol_sl_tp_pips="USDJPY=25/50.5")
     result = generate_signal(s, "USDJPY", now=NOW, predictor=predictor_of(0.3, close=150.25))
     assert result.status == "queued"
-    assert (result.signal["side"], result.signal["confidence"], result.signal["meta"]["label"]) == ("SELL", 0.7, 0)
-    assert (result.signal["sl_pips"], result.signal["tp_pips"]) == (25, 50.5)
+    assert (result.signal.side, result.signal.confidence, result.signal.meta["label"]) == ("SELL", 0.7, 0)
+    assert (result.signal.to_payload()["sl_pips"], result.signal.to_payload()["tp_pips"]) == (25, 50.5)
 
 
 def test_the_same_bar_predicted_twice_gives_one_signal(settings):
@@ -86,7 +86,7 @@ def test_the_same_bar_predicted_twice_gives_one_signal(settings):
     second = generate_signal(settings, "EURUSD", now=NOW + timedelta(seconds=3), predictor=predictor_of(0.8), force=True)
     assert first.status == "queued" and second.status == "duplicate"
     assert "already has its signal" in second.message
-    assert second.signal["signal_id"] == first.signal["signal_id"]
+    assert second.signal.signal_id == first.signal.signal_id
     assert queue.status_counts(settings.database_url)["PENDING"] == 1
 
 
@@ -97,18 +97,18 @@ def test_neutral_probability_queues_nothing_unless_forced(settings):
     assert "0.510" in result.message and "(0.45, 0.55)" in result.message and "force" in result.message
     assert queue.status_counts(settings.database_url)["PENDING"] == 0
     forced = generate_signal(settings, "EURUSD", force=True, now=NOW, predictor=predictor_of(0.51))
-    assert forced.status == "queued" and forced.signal["meta"]["forced"] is True
+    assert forced.status == "queued" and forced.signal.meta["forced"] is True
 
 
 def test_a_retrain_mid_bar_never_adds_a_second_signal(settings):
     """The bar has one signal whatever the model version: the database's unique index says so."""
     first = generate_signal(settings, "EURUSD", now=NOW, predictor=predictor_of(0.2, model_version="v1"))
     second = generate_signal(settings, "EURUSD", now=NOW + timedelta(seconds=5), predictor=predictor_of(0.9, model_version="v2"))
-    assert first.status == "queued" and first.signal["side"] == "SELL"
-    assert second.status == "duplicate" and second.signal["signal_id"] == first.signal["signal_id"]
-    assert first.signal["signal_id"] in second.message and "SELL" in second.message and "v1" in second.message
+    assert first.status == "queued" and first.signal.side == "SELL"
+    assert second.status == "duplicate" and second.signal.signal_id == first.signal.signal_id
+    assert first.signal.signal_id in second.message and "SELL" in second.message and "v1" in second.message
     assert queue.status_counts(settings.database_url)["PENDING"] == 1
-    assert [s["side"] for s in queue.pending_for_pull(settings.database_url, now=NOW)] == ["SELL"]
+    assert [s.side for s in queue.pending_for_pull(settings.database_url, now=NOW)] == ["SELL"]
 
 
 def test_a_bar_past_close_plus_ttl_is_too_late_and_queues_nothing(settings):
@@ -138,12 +138,12 @@ def test_bar_age_guard_and_ttl_agree_on_every_timeframe(settings, timeframe):
         now = BAR + timedelta(seconds=TIMEFRAME_SECONDS[timeframe] + settings.signal_ttl_seconds + offset)
         result = generate_signal(settings, "EURUSD", timeframe, now=now, predictor=predictor_of(0.9))
         if result.status == "queued":
-            assert now < datetime.fromisoformat(result.signal["expires_at"].replace("Z", "+00:00"))
+            assert now < result.signal.expires_at
             queue.expire_stale(settings.database_url, now=now)
         else:
             assert result.status in ("too_late", "stale_bar")
     assert all(
-        datetime.fromisoformat(s["expires_at"].replace("Z", "+00:00")) > BAR for s in queue.pending_for_pull(settings.database_url, now=BAR)
+        s.expires_at > BAR for s in queue.pending_for_pull(settings.database_url, now=BAR)
     )
 
 

@@ -94,8 +94,8 @@ def test_migration_0003_keeps_old_duplicate_signals_but_sends_only_the_first(db_
     assert rows["sig-0"]["status"] == "PENDING" and not rows["sig-0"]["superseded"]
     assert rows["sig-1"]["status"] == "EXPIRED" and rows["sig-1"]["superseded"] and "superseded" in rows["sig-1"]["last_error"]
     assert rows["sig-2"]["status"] == "PENDING" and not rows["sig-2"]["superseded"]
-    assert [s["signal_id"] for s in queue.pending_for_pull(url, now=now)] == ["sig-0", "sig-2"]
-    assert queue.find_bar_signal(url, "EURUSD", "M1", bar)["signal_id"] == "sig-0"
+    assert [s.signal_id for s in queue.pending_for_pull(url, now=now)] == ["sig-0", "sig-2"]
+    assert queue.find_bar_signal(url, "EURUSD", "M1", bar).signal_id == "sig-0"
 
 
 def test_upgrade_reports_plain_table_without_timescaledb(pg_url):

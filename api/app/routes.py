@@ -104,7 +104,7 @@ async def generate_signal(request: Request) -> Response:
 def _signal_response(result: Any) -> Response:
     status = result.status
     if status == "queued":
-        return JSON({"success": True, "message": QUEUED_MESSAGE, "signal": result.signal})
+        return JSON({"success": True, "message": QUEUED_MESSAGE, "signal": result.signal.to_payload()})
     if status == "neutral":
         return JSON(
             {
@@ -122,7 +122,7 @@ def _signal_response(result: Any) -> Response:
     if getattr(result, "bar", None) is not None:
         extra["bar"] = iso_z(result.bar)
     if result.signal:
-        extra["signal"] = result.signal
+        extra["signal"] = result.signal.to_payload()
     if getattr(result, "figures", None):
         extra["figures"] = result.figures
     if result.confidence is not None:
@@ -203,7 +203,7 @@ async def pull_signals(request: Request) -> Response:
     from mt5_pipeline.queue import pending_for_pull
 
     signals = await run_in_threadpool(pending_for_pull, state.settings.database_url, query.limit)
-    return JSON({"success": True, "signals": signals})
+    return JSON({"success": True, "signals": [s.to_payload() for s in signals]})
 
 
 # ---- operations -----------------------------------------------------------------

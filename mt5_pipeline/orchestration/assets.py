@@ -118,7 +118,7 @@ def signals(context: dg.AssetExecutionContext, config: SettingsResource, databas
     if result.confidence is not None:
         metadata["confidence"] = float(result.confidence)
     if result.signal:
-        metadata["signal_id"] = result.signal["signal_id"]
-        metadata["side"] = result.signal["side"]
-        metadata["bar"] = result.signal["timestamp"]
+        metadata["signal_id"] = result.signal.signal_id
+        metadata["side"] = result.signal.side
+        metadata["bar"] = result.signal.bar.isoformat()
     return dg.MaterializeResult(metadata=metadata)

@@ -387,3 +387,58 @@ def test_bridge_settings_are_checked():
         Settings.from_env({"BRIDGE_UTC_OFFSET_HOURS": "20"}, env_file=None)
     s = Settings.from_env({"BRIDGE_SYMBOLS": "EURUSD, XAUUSD", "BRIDGE_TIMEFRAMES": "m1,h1", "BRIDGE_UTC_OFFSET_HOURS": "3"}, env_file=None)
     assert s.bridge_symbols == ("EURUSD", "XAUUSD") and s.bridge_timeframes == ("M1", "H1") and s.bridge_utc_offset_hours == 3
+
+
+# ---- as operators run it -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_bridge_command_feeds_bars_and_trades_pushed_signals(tmp_path):
+    """`mt5-pipeline serve` and `mt5-pipeline bridge --fake` as real processes, the real
+    pusher in between: bars arrive, a pushed signal becomes an order and comes back ACKED."""
+    import subprocess
+
+    from mt5_pipeline.servers import free_port
+    from mt5_pipeline.storage import migrate
+    from mt5_pipeline_tests.api_support import cli, serve_process, subprocess_env
+    from mt5_pipeline_tests.ea_server import wait_for
+
+    url = f"sqlite:///{tmp_path / 'mt5.db'}"
+    migrate.upgrade(url)
+    api_port, bridge_port = free_port(), free_port()
+    common = {"DATABASE_URL": url, "MODEL_DIR": str(tmp_path / "models"), "API_KEYS": "k-api", "EA_API_KEY": "k-ea", "LOG_LEVEL": "INFO"}
+    env = subprocess_env(
+        **common,
+        BRIDGE_API_URL=f"http://127.0.0.1:{api_port}",
+        BRIDGE_PORT=str(bridge_port),
+        BRIDGE_SYMBOLS="EURUSD,XAUUSD",
+        BRIDGE_HISTORY_BARS="30",
+        BRIDGE_STORE=str(tmp_path / "bridge.sqlite3"),
+    )
+    with serve_process(subprocess_env(**common, API_PORT=str(api_port)), api_port, tmp_path):
+        log = open(tmp_path / "bridge.log", "wb")
+        proc = subprocess.Popen([*cli(), "bridge", "--fake"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{bridge_port}"
+
+            def healthy() -> bool:
+                try:
+                    return httpx.get(base + "/health", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            assert wait_for(healthy, timeout=60), (tmp_path / "bridge.log").read_text()
+            assert wait_for(lambda: len(read_candles(url, "XAUUSD", "M1")) >= 30, timeout=30), (tmp_path / "bridge.log").read_text()
+            [signal] = [make_signal("EURUSD")]
+            queue.enqueue(url, signal)
+            settings = Settings.from_env({**common, "EA_SERVER_URL": f"{base}/signals"}, env_file=None)
+            assert push_pending(settings).sent == 1
+            assert wait_for(lambda: queue.get_signal(url, signal["signal_id"])["status"] == "ACKED", timeout=30)
+            assert queue.get_signal(url, signal["signal_id"])["ticket"] > 0
+            health = httpx.get(base + "/health").json()
+            assert health["signals"] == {"FILLED": 1} and health["acks_pending"] == 0
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+            log.close()
+    assert "k-ea" not in (tmp_path / "bridge.log").read_text()  # keys never in the log

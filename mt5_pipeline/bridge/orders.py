@@ -15,8 +15,8 @@ XAUUSD 2391.45        2       0.01     0.1     (10 points: gold's customary pip,
 anything else         any     p        p       (indices, crypto: set PIP_SIZES)
 ====================  ======  =======  ==========================================
 
-A 2-digit symbol counts as gold-like (pip = 10 points) unless its name looks like a
-currency pair with JPY; that is the one guess here, and ``PIP_SIZES`` overrides it.
+A 2-digit symbol counts as gold-like (pip = 10 points) unless its name contains JPY;
+that is the one guess here, and ``PIP_SIZES`` overrides it.
 
 The order comment is the first 31 characters of the ``signal_id``: MT5 keeps at most 31
 characters of a comment, and a prefix of the UUID is still searchable in the terminal's
@@ -93,8 +93,7 @@ def describe_retcode(retcode: int | None, server_comment: str = "") -> str:
 
 
 def _is_jpy_pair(symbol: str) -> bool:
-    letters = "".join(ch for ch in symbol.upper() if ch.isalpha())
-    return len(letters) >= 6 and letters[:6].isalpha() and "JPY" in letters[:6]
+    return "JPY" in symbol.upper()  # the MQL5 EA tests the same way (StringFind)
 
 
 def pip_for(symbol: str, point: float, digits: int, overrides: Mapping[str, float] | None = None) -> float:
@@ -131,7 +130,9 @@ class Execution:
 
     @property
     def message(self) -> str:
-        if self.status == "FILLED":
+        if self.status == "FILLED" and self.price is None:
+            base = f"filled, ticket {self.ticket}"
+        elif self.status == "FILLED":
             base = f"filled {self.volume} at {self.price} sl {self.sl} tp {self.tp}"
         else:
             base = f"retcode {self.retcode}: {self.description}" if self.retcode is not None else self.description

@@ -442,3 +442,10 @@ def test_the_bridge_command_feeds_bars_and_trades_pushed_signals(tmp_path):
             proc.wait(timeout=20)
             log.close()
     assert "k-ea" not in (tmp_path / "bridge.log").read_text()  # keys never in the log
+
+
+def test_health_says_when_the_terminal_is_gone(rig):
+    assert rig.bridge.health()[0] == 200
+    rig.mt5.shutdown()  # the terminal closed under the bridge
+    code, body = rig.bridge.health()
+    assert code == 503 and body["status"] == "degraded" and body["terminal"] == "disconnected"

@@ -53,6 +53,7 @@ def last_closed_open(rig) -> int:
 def test_bars_catch_up_on_start_then_each_closed_bar_as_it_closes(rig):
     sent = rig.bridge.bars.cycle()
     assert sent == 3 * 120
+    assert {"EURUSD", "USDJPY", "XAUUSD"} <= rig.mt5.visible  # put in Market Watch first
     for symbol in ("EURUSD", "USDJPY", "XAUUSD"):
         times = stored_times(rig.url, symbol)
         assert len(times) == 120

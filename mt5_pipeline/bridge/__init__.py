@@ -120,7 +120,7 @@ class Bridge:
             "mode": self.settings.bridge_mode,
             "terminal": "connected" if connected else "disconnected",
             "trade_allowed": trade_allowed,
-            "api": "unreachable" if (self.acks.last_error or self.poller.last_error or any(s.last_error for s in self.bars.status.values())) else "ok",
+            "api": "unreachable" if (self.acks.last_error or self.poller.last_error or any(s.api_error for s in self.bars.status.values())) else "ok",
             "bars": bars,
             "signals": {k: v for k, v in counts.items() if k != "acks_pending"},
             "acks_pending": counts["acks_pending"],
@@ -145,6 +145,9 @@ def run_bridge(settings: Settings, *, fake: bool = False) -> int:
         except TerminalError as exc:
             log.error("%s", exc)
             return 2
+    if not bridge_api_key(settings):
+        log.error("bridge not started: BRIDGE_API_KEY is empty (set it to one of the API's API_KEYS)")
+        return 2
     try:
         bridge = Bridge(settings, mt5)
     except (TerminalError, ValueError) as exc:

@@ -58,6 +58,7 @@ def candle(rate: Any, offset_s: int) -> dict:
 class FeedStatus:
     last_bar: int | None = None  # UTC epoch of the newest bar the API took
     last_error: str = ""
+    api_error: bool = False  # last_error came from the API (not from the terminal)
     bars_sent: int = 0
 
 
@@ -73,6 +74,7 @@ class BarFeeder:
     clock: Callable[[], datetime] = utcnow
     status: dict[tuple[str, str], FeedStatus] = field(default_factory=dict)
     measured_offset_s: int | None = None
+    selected: set[str] = field(default_factory=set)  # symbols put in Market Watch (hidden ones get no rates)
 
     # ---- the UTC offset -------------------------------------------------------------
     def offset_seconds(self) -> int | None:
@@ -122,6 +124,8 @@ class BarFeeder:
             count = self.history_bars + 1
         else:
             count = min(MAX_FETCH, max(2, (now - last) // seconds + 3))
+        if symbol not in self.selected and self.terminal.select(symbol) is not None:
+            self.selected.add(symbol)
         with self.terminal.session() as mt5:
             rates = mt5.copy_rates_from_pos(symbol, mt5_timeframe(mt5, timeframe), 0, count)
             if rates is None:
@@ -144,6 +148,7 @@ class BarFeeder:
                 self.api.ingest(symbol, timeframe, chunk, offset / 3600)
             except (ApiUnavailable, ApiRefused) as exc:
                 status.last_error = str(exc)
+                status.api_error = True
                 log.warning("Bars %s %s not taken (will resend): %s", symbol, timeframe, exc)
                 return new
             newest = chunk[-1]["time"]
@@ -151,6 +156,7 @@ class BarFeeder:
             self.store.set_last_bar(symbol, timeframe, newest)
             status.last_bar = newest
             status.last_error = ""
+            status.api_error = False
         status.bars_sent += new
         return new
 

@@ -32,6 +32,14 @@ def rig(sqlite_url, tmp_path):
 
 
 @pytest.fixture
+def any_rig(db_url, tmp_path):
+    """The rig on both API databases (SQLite, then PostgreSQL)."""
+    r = build_rig(db_url, tmp_path)
+    yield r
+    r.close()
+
+
+@pytest.fixture
 def pull_rig(sqlite_url, tmp_path):
     r = build_rig(sqlite_url, tmp_path, mode="pull")
     yield r
@@ -50,7 +58,8 @@ def last_closed_open(rig) -> int:
 # ---- bars ------------------------------------------------------------------------------
 
 
-def test_bars_catch_up_on_start_then_each_closed_bar_as_it_closes(rig):
+def test_bars_catch_up_on_start_then_each_closed_bar_as_it_closes(any_rig):
+    rig = any_rig
     sent = rig.bridge.bars.cycle()
     assert sent == 3 * 120
     assert {"EURUSD", "USDJPY", "XAUUSD"} <= rig.mt5.visible  # put in Market Watch first
@@ -149,7 +158,8 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("side", ["BUY", "SELL"])
-def test_buy_and_sell_on_each_symbol_give_the_right_request_and_an_ack(rig, side):
+def test_buy_and_sell_on_each_symbol_give_the_right_request_and_an_ack(any_rig, side):
+    rig = any_rig
     signals = enqueue(rig, *(make_signal(s, side=side) for s in EXPECTED))
     ticks = {s: rig.mt5.symbol_info_tick(s) for s in EXPECTED}
     result = push_pending(rig.api_settings)

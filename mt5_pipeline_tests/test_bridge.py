@@ -132,6 +132,27 @@ def test_bar_loop_wakes_just_after_each_close(rig):
         assert newest == int(t) // 60 * 60 - 60
 
 
+def test_a_restarted_terminal_is_attached_again(rig):
+    rig.bridge.bars.cycle()
+    rig.mt5.shutdown()  # the terminal closed and came back: the IPC link is gone
+    rig.clock.advance(60)
+    assert rig.bridge.bars.cycle() == 3
+    assert rig.mt5.initialized
+    assert [c[0] for c in rig.mt5.calls].count("initialize") == 2
+
+
+def test_signals_wait_while_the_terminal_is_down_and_trade_once_it_is_back(rig):
+    [signal] = enqueue(rig, make_signal("EURUSD"))
+    rig.mt5.shutdown()
+    rig.mt5.available = False
+    result = push_pending(rig.api_settings)
+    assert result.sent == 0 and result.retried == 1  # a 503: asked again later, not rejected
+    assert rig.bridge.store.execution(signal["signal_id"]) is None and rig.mt5.requests == []
+    rig.mt5.available = True
+    answer = post(rig, signal).json()  # the pusher's retry
+    assert answer["success"] is True and len(rig.mt5.requests) == 1
+
+
 def test_server_offset_is_measured_from_the_tick_or_taken_from_the_settings(rig, sqlite_url, tmp_path):
     assert rig.bridge.bars.offset_seconds() == OFFSET
     other = build_rig(sqlite_url, tmp_path / "fixed", BRIDGE_UTC_OFFSET_HOURS="2")

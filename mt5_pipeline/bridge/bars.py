@@ -99,6 +99,10 @@ class BarFeeder:
     # ---- one cycle ------------------------------------------------------------------
     def cycle(self) -> int:
         """Post every closed bar not yet taken by the API; the number of new bars sent."""
+        if not self.terminal.ensure():
+            for key in self._keys():
+                self.status.setdefault(key, FeedStatus()).last_error = "the terminal is not reachable"
+            return 0
         offset = self.offset_seconds()
         if offset is None:
             for key in self._keys():

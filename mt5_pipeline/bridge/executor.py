@@ -56,6 +56,11 @@ class Executor:
                 answer = {"success": False, "message": message, "reason": "expired"}
                 self._finish(signal, "EXPIRED", None, None, message, answer)
                 return 200, answer
+            if not self.terminal.ensure():
+                # Nothing was sent and nothing is recorded: 503 makes the pusher try again
+                # (and in pull mode the signal stays pending for the next poll).
+                code, text = self.terminal.last_error()
+                return 503, {"success": False, "message": f"the MT5 terminal is not reachable ({code} {text}); try again"}
             self.store.begin(signal)
             try:
                 execution = orders.place(self.terminal, signal, self.cfg)

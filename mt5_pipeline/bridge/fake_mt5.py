@@ -192,6 +192,7 @@ class FakeMT5:
         self.orders: list[TradeOrder] = []
         self.market_closed: set[str] = set()
         self.trade_allowed = True
+        self.available = True  # False: the terminal is not running (initialize fails)
         self._scripts: dict[str, deque[int]] = defaultdict(deque)
         self._shift: dict[str, float] = defaultdict(float)  # price moves from requotes, in price units
         self._error: tuple[int, str] = (RES_S_OK, "Success")
@@ -201,6 +202,9 @@ class FakeMT5:
     # ---- connection -----------------------------------------------------------------
     def initialize(self, path: str | None = None, **kwargs: Any) -> bool:
         self.calls.append(("initialize", path, {k: ("***" if k == "password" else v) for k, v in kwargs.items()}))
+        if not self.available:
+            self._error = (-10003, "IPC initialize failed, MetaTrader 5 x64 not found")
+            return False
         self.initialized = True
         self._error = (RES_S_OK, "Success")
         return True

@@ -237,6 +237,9 @@ def place(terminal: Any, signal: Mapping[str, Any], cfg: OrderSettings) -> Execu
     """Send the market order for ``signal``; one retry at the new price after a requote."""
     symbol = signal["symbol"]
     with terminal.session() as mt5:
+        if not terminal.ensure():
+            code, text = terminal.last_error()
+            return Execution("REJECTED", description=f"the terminal is not reachable ({code} {text})")
         info = terminal.select(symbol)
         if info is None:
             code, text = terminal.last_error()

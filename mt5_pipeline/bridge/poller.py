@@ -40,7 +40,9 @@ class Poller:
         answers = []
         for signal in signals:
             code, answer = self.executor.handle(signal)
-            if code != 200:
+            if code == 503:
+                log.warning("Pulled signal left for the next poll: %s", answer.get("message"))
+            elif code != 200:
                 log.warning("Pulled signal refused: %s", answer.get("message"))
             answers.append(answer)
         return answers

@@ -42,6 +42,7 @@ class Terminal:
     def __init__(self, mt5: Any) -> None:
         self.mt5 = mt5
         self.lock = threading.RLock()
+        self._settings: Settings | None = None
 
     @contextmanager
     def session(self):
@@ -58,6 +59,7 @@ class Terminal:
                 kwargs["password"] = settings.bridge_password
             if settings.bridge_server:
                 kwargs["server"] = settings.bridge_server
+        self._settings = settings
         with self.lock:
             args = (settings.bridge_terminal_path,) if settings.bridge_terminal_path else ()
             if not self.mt5.initialize(*args, **kwargs):
@@ -67,6 +69,23 @@ class Terminal:
             info = self.mt5.terminal_info()
             if info is not None and not getattr(info, "trade_allowed", True):
                 log.warning("Algo trading is disabled in the terminal (the AutoTrading / Algo Trading button): orders will be refused")
+
+    def ensure(self) -> bool:
+        """Attach again if the terminal went away (restarted, closed and reopened): the
+        package's calls then fail with "No IPC connection" until ``initialize`` runs."""
+        with self.lock:
+            if self.mt5.terminal_info() is not None:
+                return True
+            if self._settings is None:
+                return False
+            code, text = self.last_error()
+            log.warning("Lost the terminal (%s %s); attaching again", code, text)
+            try:
+                self.connect(self._settings)
+            except TerminalError as exc:
+                log.warning("%s", exc)
+                return False
+            return True
 
     def last_error(self) -> tuple[int, str]:
         err = self.mt5.last_error()

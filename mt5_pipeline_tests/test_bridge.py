@@ -132,6 +132,21 @@ def test_bar_loop_wakes_just_after_each_close(rig):
         assert newest == int(t) // 60 * 60 - 60
 
 
+def test_h4_bars_keep_the_brokers_day_boundaries(sqlite_url, tmp_path):
+    """H4 bars open at 00:00, 04:00, ... server time (UTC+2): 22:00, 02:00, ... UTC. The
+    bridge sends UTC times with utc_offset_hours, which ingest checks them against."""
+    rig = build_rig(sqlite_url, tmp_path, BRIDGE_TIMEFRAMES="M5,H4", BRIDGE_HISTORY_BARS="12", BRIDGE_SYMBOLS="EURUSD")
+    try:
+        assert rig.bridge.bars.cycle() == 24
+        h4 = [int(ts.timestamp()) for ts in read_candles(rig.url, "EURUSD", "H4")["ts"]]
+        assert len(h4) == 12 and all((t + OFFSET) % 14400 == 0 for t in h4)
+        assert h4[-1] + 14400 <= rig.clock().timestamp()  # closed
+        m5 = [int(ts.timestamp()) for ts in read_candles(rig.url, "EURUSD", "M5")["ts"]]
+        assert m5[-1] == int(rig.clock().timestamp()) // 300 * 300 - 300
+    finally:
+        rig.close()
+
+
 def test_a_restarted_terminal_is_attached_again(rig):
     rig.bridge.bars.cycle()
     rig.mt5.shutdown()  # the terminal closed and came back: the IPC link is gone

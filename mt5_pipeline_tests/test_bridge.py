@@ -143,6 +143,11 @@ def test_h4_bars_keep_the_brokers_day_boundaries(sqlite_url, tmp_path):
         assert h4[-1] + 14400 <= rig.clock().timestamp()  # closed
         m5 = [int(ts.timestamp()) for ts in read_candles(rig.url, "EURUSD", "M5")["ts"]]
         assert m5[-1] == int(rig.clock().timestamp()) // 300 * 300 - 300
+        # The loop wakes at the next close of either: M5 first, then H4 at a server boundary.
+        now = rig.clock().timestamp()
+        assert rig.bridge.bars.seconds_to_next_close() == pytest.approx(300 - now % 300 + 0.3)
+        rig.bridge.bars.timeframes = ("H4",)
+        assert (now + rig.bridge.bars.seconds_to_next_close() - 0.3 + OFFSET) % 14400 == pytest.approx(0, abs=1e-6)
     finally:
         rig.close()
 

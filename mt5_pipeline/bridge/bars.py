@@ -166,9 +166,16 @@ class BarFeeder:
 
     # ---- the loop -------------------------------------------------------------------
     def seconds_to_next_close(self) -> float:
+        """Until the next bar close of any feed, plus the grace. Bars up to D1 close on
+        whole multiples of their length in server time (hence the offset: an H4 bar of a
+        UTC+2 server closes at 22:00, 02:00, ... UTC); W1 and MN1 are checked every minute."""
         now = self.clock().timestamp()
-        nearest = min(TIMEFRAME_SECONDS[tf] - (now % TIMEFRAME_SECONDS[tf]) for tf in self.timeframes if tf != "MN1") if any(tf != "MN1" for tf in self.timeframes) else 60.0
-        return nearest + CLOSE_GRACE_SECONDS
+        offset = self.utc_offset_hours * 3600 if self.utc_offset_hours is not None else (self.measured_offset_s or 0)
+        waits = []
+        for tf in self.timeframes:
+            seconds = TIMEFRAME_SECONDS[tf]
+            waits.append(seconds - ((now + offset) % seconds) if seconds <= TIMEFRAME_SECONDS["D1"] else 60.0)
+        return min(waits) + CLOSE_GRACE_SECONDS
 
     def run(self, stop: threading.Event, *, retry_seconds: float = 5.0, wait: Callable[[float], bool] | None = None) -> None:
         """Cycle at every bar close (+ a grace), sooner while something failed."""

@@ -240,9 +240,19 @@ def test_stops_inside_the_brokers_stop_level_are_widened(rig):
     [req] = rig.mt5.requests
     tick = rig.mt5.symbol_info_tick("XAUUSD")
     assert req["sl"] == round(tick.bid - 50 * 0.01, 2)
-    rig.bridge.acks.send_due()
-    ack = queue.get_signal(rig.url, signal["signal_id"])
-    assert ack["status"] == "ACKED"
+    assert rig.bridge.acks.send_due() == 1
+    assert queue.get_signal(rig.url, signal["signal_id"])["status"] == "ACKED"
+    assert "sl widened" in ack_row(rig, signal["signal_id"]).message  # the ack says so
+
+
+def ack_row(rig, signal_id):
+    from sqlalchemy import select
+
+    from mt5_pipeline.storage.engine import get_engine
+    from mt5_pipeline.storage.schema import signals_ack
+
+    with get_engine(rig.url).connect() as conn:
+        return conn.execute(select(signals_ack).where(signals_ack.c.signal_id == signal_id)).one()
 
 
 def test_a_requote_is_retried_once_at_the_new_price(rig):
@@ -273,13 +283,7 @@ def test_a_closed_market_is_rejected_with_the_retcode_and_acked_as_such(rig):
     assert rig.bridge.acks.send_due() == 1
     row = queue.get_signal(rig.url, signal["signal_id"])
     assert row["ticket"] is None
-    from sqlalchemy import select
-
-    from mt5_pipeline.storage.engine import get_engine
-    from mt5_pipeline.storage.schema import signals_ack
-
-    with get_engine(rig.url).connect() as conn:
-        ack = conn.execute(select(signals_ack).where(signals_ack.c.signal_id == signal["signal_id"])).one()
+    ack = ack_row(rig, signal["signal_id"])
     assert ack.status == "REJECTED"
     assert "10018" in ack.message and "Market is closed" in ack.message
 

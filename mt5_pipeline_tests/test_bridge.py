@@ -367,6 +367,12 @@ def test_an_interrupted_send_is_looked_up_not_sent_again(rig):
     ticket = rig.mt5.requests and max(rig.mt5.positions)
     answer = post(rig, placed).json()
     assert answer["success"] is True and answer["ticket"] == ticket
+    # While the terminal cannot answer, "not found" is not concluded: 503, still in flight.
+    rig.mt5.shutdown()
+    rig.mt5.available = False
+    response = post(rig, lost)
+    assert response.status_code == 503 and rig.bridge.store.execution(lost["signal_id"])["status"] == "SENDING"
+    rig.mt5.available = True
     answer = post(rig, lost).json()
     assert answer["success"] is False and "not sent again" in answer["message"]
     assert len(rig.mt5.requests) == 1

@@ -16,6 +16,7 @@ from typing import Any
 
 from mt5_pipeline.bridge import orders
 from mt5_pipeline.bridge.store import BridgeStore
+from mt5_pipeline.bridge.terminal import TerminalError
 from mt5_pipeline.clock import parse_iso, utcnow
 from mt5_pipeline.ea_sim import validate_signal
 
@@ -49,7 +50,7 @@ class Executor:
             if previous is not None and previous["status"] != "SENDING":
                 return 200, {**previous["answer"], "duplicate": True}
             if previous is not None:
-                return 200, self._reconcile(signal, previous)
+                return self._reconcile(signal)
             expires_at = parse_iso(signal["expires_at"])
             if self.clock() >= expires_at:
                 message = f"signal expired at {signal['expires_at']}; not traded"
@@ -64,9 +65,9 @@ class Executor:
             self.store.begin(signal)
             try:
                 execution = orders.place(self.terminal, signal, self.cfg)
-            except Exception as exc:  # the terminal connection broke mid-call: outcome unknown
+            except Exception:  # the terminal connection broke mid-call: outcome unknown
                 log.exception("order_send for %s raised", signal["signal_id"])
-                return 200, self._reconcile(signal, {"error": exc.__class__.__name__})
+                return self._reconcile(signal)
             return 200, self._record(signal, execution)
 
     def _record(self, signal: dict, execution: orders.Execution) -> dict:
@@ -89,18 +90,22 @@ class Executor:
         self.store.finish(signal, status, ticket=ticket, retcode=retcode, message=message, answer=answer, ack=ack)
         self.on_ack()
 
-    def _reconcile(self, signal: dict, previous: dict) -> dict:
+    def _reconcile(self, signal: dict) -> tuple[int, dict]:
         """order_send was called but its result never recorded (a crash, a broken
-        connection): look the order up in the terminal rather than send it again."""
+        connection): look the order up in the terminal rather than send it again. While
+        the terminal cannot answer, 503 and the signal stays in flight for the next try."""
         now = self.clock()
-        ticket = orders.find_placed(
-            self.terminal, signal["symbol"], orders.order_comment(signal["signal_id"]), self.cfg.magic, now - timedelta(days=7), now + timedelta(days=1)
-        )
+        try:
+            ticket = orders.find_placed(
+                self.terminal, signal["symbol"], orders.order_comment(signal["signal_id"]), self.cfg.magic, now - timedelta(days=7), now + timedelta(days=1)
+            )
+        except TerminalError as exc:
+            return 503, {"success": False, "message": f"outcome of an interrupted order_send unknown yet ({exc}); try again"}
         if ticket is not None:
             execution = orders.Execution("FILLED", ticket=ticket, retcode=10009, description="found in the terminal after an interrupted send")
             execution.notes.append("recovered after an interrupted order_send")
-            return self._record(signal, execution)
+            return 200, self._record(signal, execution)
         execution = orders.Execution(
             "REJECTED", description="an earlier order_send for this signal was interrupted and no order with its comment exists; not sent again"
         )
-        return self._record(signal, execution)
+        return 200, self._record(signal, execution)

@@ -278,12 +278,26 @@ def place(terminal: Any, signal: Mapping[str, Any], cfg: OrderSettings) -> Execu
 
 def find_placed(terminal: Any, symbol: str, comment: str, magic: int, since: Any, until: Any) -> int | None:
     """The ticket of an order the bridge already sent for ``comment`` (after a crash
-    between ``order_send`` and recording its result), from open positions and history."""
+    between ``order_send`` and recording its result), from open positions and history.
+    Raises TerminalError when the terminal cannot answer: "not found" must mean not found."""
+    from mt5_pipeline.bridge.terminal import TerminalError
+
     with terminal.session() as mt5:
-        for position in mt5.positions_get(symbol=symbol) or ():
+        if not terminal.ensure():
+            raise TerminalError("the terminal is not reachable to look the order up")
+
+        def listed(result: Any, what: str) -> tuple:
+            if result is None:
+                code, text = terminal.last_error()
+                if code != 1:  # RES_S_OK: nothing found, not an error
+                    raise TerminalError(f"{what} failed: {code} {text}")
+                return ()
+            return tuple(result)
+
+        for position in listed(mt5.positions_get(symbol=symbol), "positions_get"):
             if position.comment == comment and position.magic == magic:
                 return int(position.ticket)
-        for order in mt5.history_orders_get(since, until) or ():
+        for order in listed(mt5.history_orders_get(since, until), "history_orders_get"):
             if order.comment == comment and order.magic == magic and order.symbol == symbol:
                 return int(order.ticket)
     return None

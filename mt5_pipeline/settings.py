@@ -245,6 +245,7 @@ class Settings:
     bridge_history_bars: int = _setting("BRIDGE_HISTORY_BARS", "5000", "closed bars per symbol sent on the first start (later starts resume after the last bar the API took)", _int)
     bridge_utc_offset_hours: float | None = _setting("BRIDGE_UTC_OFFSET_HOURS", "auto", "the trade server's UTC offset (MT5 bar times are server time); auto: measured from the last tick", _offset_hours)
     bridge_lots: float = _setting("BRIDGE_LOTS", "0.01", "volume of each order in lots (rounded down to the symbol's volume step)", _float)
+    bridge_risk_percent: float | None = _setting("BRIDGE_RISK_PERCENT", "", "size each order to lose this % of the balance at its stop-loss instead of BRIDGE_LOTS (empty: fixed BRIDGE_LOTS)", _opt(_float))
     bridge_magic: int = _setting("BRIDGE_MAGIC", "250101", "magic number on every order the bridge or the MQL5 EA places", _int)
     bridge_deviation: int = _setting("BRIDGE_DEVIATION", "10", "largest slippage accepted, in points", _int)
     bridge_poll_interval: float = _setting("BRIDGE_POLL_INTERVAL", "1", "seconds between GET /ea/signals polls in pull mode", _float)
@@ -337,6 +338,8 @@ class Settings:
             ("BRIDGE_POLL_INTERVAL", self.bridge_poll_interval),
         ):
             need(value > 0, f"{env}: must be greater than 0, got {value}")
+        if self.bridge_risk_percent is not None:
+            need(0 < self.bridge_risk_percent <= 10, f"BRIDGE_RISK_PERCENT: must be above 0 and at most 10, got {self.bridge_risk_percent}")
         need(self.bridge_magic >= 0, f"BRIDGE_MAGIC: must be 0 or more, got {self.bridge_magic}")
         need(self.bridge_deviation >= 0, f"BRIDGE_DEVIATION: must be 0 or more, got {self.bridge_deviation}")
         need(bool(self.bridge_symbols), "BRIDGE_SYMBOLS: name at least one symbol")

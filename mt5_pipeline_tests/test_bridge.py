@@ -255,6 +255,22 @@ def ack_row(rig, signal_id):
         return conn.execute(select(signals_ack).where(signals_ack.c.signal_id == signal_id)).one()
 
 
+def test_orders_sized_by_risk_lose_that_share_of_the_balance_at_the_stop(sqlite_url, tmp_path):
+    rig = build_rig(sqlite_url, tmp_path, BRIDGE_RISK_PERCENT="1")
+    try:
+        enqueue(rig, *(make_signal(s) for s in EXPECTED))
+        assert push_pending(rig.api_settings).sent == 3
+        volumes = {r["symbol"]: r["volume"] for r in rig.mt5.requests}
+        # 1% of 10,000 USD = 100 USD at a 20-pip stop.
+        assert volumes["EURUSD"] == 0.5  # 20 pips = 200 ticks x 1 USD per lot
+        assert volumes["XAUUSD"] == 0.5  # 2.00 USD = 200 ticks x 1 USD per lot (100 oz)
+        jpy = rig.mt5.requests[[r["symbol"] for r in rig.mt5.requests].index("USDJPY")]
+        loss_per_lot = abs(jpy["price"] - jpy["sl"]) / 0.001 * (100_000 * 0.001 / rig.mt5.symbol_info_tick("USDJPY").bid)
+        assert volumes["USDJPY"] == pytest.approx(int(100 / loss_per_lot * 100) / 100)  # rounded down to 0.01
+    finally:
+        rig.close()
+
+
 def test_a_requote_is_retried_once_at_the_new_price(rig):
     rig.mt5.script("EURUSD", [10004])
     [signal] = enqueue(rig, make_signal("EURUSD", side="BUY"))
@@ -445,6 +461,8 @@ def test_bridge_settings_are_checked():
         Settings.from_env({"BRIDGE_MODE": "both"}, env_file=None)
     with pytest.raises(SettingsError, match="BRIDGE_TIMEFRAMES"):
         Settings.from_env({"BRIDGE_TIMEFRAMES": "M1,M2"}, env_file=None)
+    with pytest.raises(SettingsError, match="BRIDGE_RISK_PERCENT"):
+        Settings.from_env({"BRIDGE_RISK_PERCENT": "25"}, env_file=None)
     with pytest.raises(SettingsError, match="BRIDGE_UTC_OFFSET_HOURS"):
         Settings.from_env({"BRIDGE_UTC_OFFSET_HOURS": "20"}, env_file=None)
     s = Settings.from_env({"BRIDGE_SYMBOLS": "EURUSD, XAUUSD", "BRIDGE_TIMEFRAMES": "m1,h1", "BRIDGE_UTC_OFFSET_HOURS": "3"}, env_file=None)

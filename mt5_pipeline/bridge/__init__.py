@@ -64,7 +64,10 @@ class Bridge:
         self.store = BridgeStore(settings.bridge_store)
         self.api = ApiClient(settings.bridge_api_url, bridge_api_key(settings), timeout=settings.ea_request_timeout, transport=api_transport)
         self.acks = AckSender(self.api, self.store)
-        cfg = OrderSettings(lots=settings.bridge_lots, magic=settings.bridge_magic, deviation=settings.bridge_deviation, pip_sizes=settings.pip_sizes)
+        cfg = OrderSettings(
+            lots=settings.bridge_lots, magic=settings.bridge_magic, deviation=settings.bridge_deviation,
+            pip_sizes=settings.pip_sizes, risk_percent=settings.bridge_risk_percent,
+        )
         self.executor = Executor(self.terminal, self.store, cfg, clock=clock, on_ack=self.acks.wake.set)
         self.bars = BarFeeder(
             self.terminal, self.api, self.store, settings.bridge_symbols, settings.bridge_timeframes,

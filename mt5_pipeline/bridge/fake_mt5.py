@@ -73,6 +73,9 @@ class SymbolInfo(NamedTuple):
     volume_min: float
     volume_max: float
     volume_step: float
+    trade_tick_size: float
+    trade_tick_value: float
+    trade_contract_size: float
     bid: float
     ask: float
     path: str
@@ -150,6 +153,15 @@ class TradeOrder(NamedTuple):
     comment: str
 
 
+class AccountInfo(NamedTuple):
+    login: int
+    balance: float
+    equity: float
+    currency: str
+    margin_free: float
+    trade_allowed: bool
+
+
 class TerminalInfo(NamedTuple):
     connected: bool
     trade_allowed: bool
@@ -193,6 +205,7 @@ class FakeMT5:
         self.market_closed: set[str] = set()
         self.trade_allowed = True
         self.available = True  # False: the terminal is not running (initialize fails)
+        self.balance = 10_000.0
         self._scripts: dict[str, deque[int]] = defaultdict(deque)
         self._shift: dict[str, float] = defaultdict(float)  # price moves from requotes, in price units
         self._error: tuple[int, str] = (RES_S_OK, "Success")
@@ -262,7 +275,14 @@ class FakeMT5:
             return None
         digits, _, stops_level, filling, spread = self.specs[symbol]
         tick = self.symbol_info_tick(symbol)
-        return SymbolInfo(symbol, symbol in self.visible, digits, self._point(symbol), spread, stops_level, filling, 4, 0.01, 100.0, 0.01, tick.bid, tick.ask, f"Fake\\{symbol}")
+        point = self._point(symbol)
+        # A USD account: the value of one tick of one lot in USD.
+        contract = 100.0 if symbol.startswith("XAU") else 100_000.0
+        tick_value = contract * point / tick.bid if symbol.startswith("USD") else contract * point
+        return SymbolInfo(
+            symbol, symbol in self.visible, digits, point, spread, stops_level, filling, 4, 0.01, 100.0, 0.01,
+            point, tick_value, contract, tick.bid, tick.ask, f"Fake\\{symbol}",
+        )
 
     def symbol_select(self, symbol: str, enable: bool = True) -> bool:
         if not self._check(symbol):
@@ -385,8 +405,11 @@ class FakeMT5:
     def history_orders_get(self, date_from: Any = None, date_to: Any = None, group: str | None = None, ticket: int | None = None, position: int | None = None) -> tuple:
         return tuple(o for o in self.orders if ticket is None or o.ticket == ticket)
 
-    def account_info(self) -> Any:
-        return None
+    def account_info(self) -> AccountInfo | None:
+        if not self.initialized:
+            self._error = (-10004, "No IPC connection")
+            return None
+        return AccountInfo(5_000_001, self.balance, self.balance, "USD", self.balance, True)
 
 
 

@@ -152,6 +152,18 @@ def _filling(mt5: Any, info: Any) -> int:
     return mt5.ORDER_FILLING_RETURN
 
 
+def risk_lots(balance: float, risk_percent: float, sl_distance: float, info: Any) -> float:
+    """Lots that lose ``risk_percent`` of ``balance`` if the stop is hit: the loss of one lot
+    is the SL distance in ticks times the tick value (in the account's currency, as the
+    terminal reports it for the symbol: trade_tick_value / trade_tick_size)."""
+    tick_size = float(getattr(info, "trade_tick_size", 0) or 0)
+    tick_value = float(getattr(info, "trade_tick_value", 0) or 0)
+    if tick_size <= 0 or tick_value <= 0 or sl_distance <= 0:
+        raise ValueError(f"cannot size by risk: the terminal gives no tick value for {info.name}")
+    loss_per_lot = sl_distance / tick_size * tick_value
+    return balance * risk_percent / 100.0 / loss_per_lot
+
+
 def _volume(lots: float, info: Any) -> float:
     step = float(getattr(info, "volume_step", 0) or 0)
     vmin = float(getattr(info, "volume_min", 0) or 0)
@@ -164,7 +176,7 @@ def _volume(lots: float, info: Any) -> float:
     if vmax > 0:
         volume = min(volume, vmax)
     if volume < vmin or volume <= 0:
-        raise ValueError(f"BRIDGE_LOTS {lots} is below the symbol's smallest volume {vmin}")
+        raise ValueError(f"volume {lots:.4g} lots (BRIDGE_LOTS or BRIDGE_RISK_PERCENT) is below the symbol's smallest volume {vmin}")
     return volume
 
 
@@ -203,10 +215,12 @@ class OrderSettings:
     magic: int
     deviation: int
     pip_sizes: Mapping[str, float] = field(default_factory=dict)
+    risk_percent: float | None = None  # set: size each order to lose this share of the balance at the SL
 
 
-def build_request(mt5: Any, signal: Mapping[str, Any], info: Any, tick: Any, cfg: OrderSettings) -> tuple[dict, list[str]]:
-    """The ``order_send`` request for ``signal`` at the current tick."""
+def build_request(mt5: Any, signal: Mapping[str, Any], info: Any, tick: Any, cfg: OrderSettings, balance: float | None = None) -> tuple[dict, list[str]]:
+    """The ``order_send`` request for ``signal`` at the current tick (``balance``: the
+    account's, needed when sizing by risk)."""
     side = signal["side"]
     price = float(tick.ask if side == "BUY" else tick.bid)
     digits = int(info.digits)
@@ -219,7 +233,7 @@ def build_request(mt5: Any, signal: Mapping[str, Any], info: Any, tick: Any, cfg
     request = {
         "action": mt5.TRADE_ACTION_DEAL,
         "symbol": signal["symbol"],
-        "volume": _volume(cfg.lots, info),
+        "volume": _volume(cfg.lots if cfg.risk_percent is None else risk_lots(balance or 0.0, cfg.risk_percent, abs(price - sl), info), info),
         "type": mt5.ORDER_TYPE_BUY if side == "BUY" else mt5.ORDER_TYPE_SELL,
         "price": price,
         "sl": sl,
@@ -244,6 +258,13 @@ def place(terminal: Any, signal: Mapping[str, Any], cfg: OrderSettings) -> Execu
         if info is None:
             code, text = terminal.last_error()
             return Execution("REJECTED", description=f"symbol {symbol} not available in the terminal ({code} {text})")
+        balance = None
+        if cfg.risk_percent is not None:
+            account = mt5.account_info()
+            if account is None:
+                code, text = terminal.last_error()
+                return Execution("REJECTED", description=f"account_info failed, cannot size by risk: {code} {text}")
+            balance = float(account.balance)
         requests: list[dict] = []
         result = None
         for attempt in range(2):
@@ -251,7 +272,7 @@ def place(terminal: Any, signal: Mapping[str, Any], cfg: OrderSettings) -> Execu
             if tick is None or not tick.bid or not tick.ask:
                 return Execution("REJECTED", retcode=10021, description=describe_retcode(10021), requests=requests)
             try:
-                request, notes = build_request(mt5, signal, info, tick, cfg)
+                request, notes = build_request(mt5, signal, info, tick, cfg, balance)
             except ValueError as exc:
                 return Execution("REJECTED", description=str(exc), requests=requests)
             requests.append(request)

@@ -42,6 +42,9 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
+        # The official package is a Windows-only wheel: `pip install .[mt5]` on the
+        # terminal's machine; elsewhere the extra installs nothing and the bridge runs --fake.
+        "mt5": ['MetaTrader5>=5.0.45; platform_system=="Windows"'],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",

@@ -108,6 +108,12 @@ def cmd_ea_sim(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
+    from mt5_pipeline.bridge import run_bridge
+
+    return run_bridge(settings, fake=args.fake)
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from mt5_pipeline.demo import run_demo
 
@@ -159,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--ack-url", default=None, help="POST an ack here for every accepted signal (e.g. http://127.0.0.1:18001/ea/ack)")
     sim.add_argument("--log-file", default=None, help="append every accepted signal as a JSON line")
     sim.set_defaults(func=cmd_ea_sim)
+
+    bridge = sub.add_parser("bridge", help="beside the MT5 terminal: closed bars to the API, signals to orders, acks back")
+    bridge.add_argument("--fake", action="store_true", help="a simulated terminal instead of MetaTrader5 (no real orders)")
+    bridge.set_defaults(func=cmd_bridge)
 
     demo = sub.add_parser("demo", help="the whole pipeline once, on the embedded default")
     demo.add_argument("--csv", default=None, help="an MT5 export file to replay instead of the generated sample")

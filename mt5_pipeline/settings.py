@@ -165,6 +165,31 @@ def _log_level(raw: str) -> str:
     return value
 
 
+def _bridge_mode(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("push", "pull"):
+        raise ValueError(f"expected push or pull, got {raw!r}")
+    return value
+
+
+def _timeframes(raw: str) -> tuple[str, ...]:
+    values = tuple(v.strip().upper() for v in raw.split(",") if v.strip())
+    unknown = [v for v in values if v not in TIMEFRAME_SECONDS]
+    if unknown or not values:
+        raise ValueError(f"expected timeframes among {', '.join(TIMEFRAME_SECONDS)}, got {raw!r}")
+    return values
+
+
+def _offset_hours(raw: str) -> float | None:
+    """``auto`` (None: measured from the terminal) or hours such as 2, 3 or -4."""
+    if raw.strip().lower() in ("", "auto"):
+        return None
+    value = _float(raw)
+    if not -12 <= value <= 14:
+        raise ValueError(f"expected auto or hours between -12 and 14, got {raw!r}")
+    return value
+
+
 def _setting(env: str, default: str, meaning: str, parse: Callable[[str], Any] = _str) -> Any:
     return field(metadata={"env": env, "default": default, "meaning": meaning, "parse": parse})
 
@@ -213,6 +238,25 @@ class Settings:
     rf_random_state: int = _setting("RF_RANDOM_STATE", "42", "seed, so a retrain on the same data gives the same model", _int)
     retrain_cron: str = _setting("RETRAIN_CRON", "0 3 * * *", "when rf_m1_retrain_schedule retrains (UTC cron)", _cron)
     dagster_autostart: bool = _setting("DAGSTER_AUTOSTART", "true", "sensors and the retrain schedule start running when the code location loads", _bool)
+    bridge_api_url: str = _setting("BRIDGE_API_URL", "http://127.0.0.1:18001", "the API the MT5 bridge (`mt5-pipeline bridge`) sends bars and acks to", _http_url)
+    bridge_api_key: str = _setting("BRIDGE_API_KEY", "", "X-API-Key the bridge sends to the API (empty: the first of API_KEYS, or the dev key in development)")
+    bridge_mode: str = _setting("BRIDGE_MODE", "push", "push: the bridge serves POST /signals for the pusher (EA_API_KEY); pull: it polls GET /ea/signals", _bridge_mode)
+    bridge_host: str = _setting("BRIDGE_HOST", "127.0.0.1", "where the bridge's signals server listens (0.0.0.0 to take signals from another machine)")
+    bridge_port: int = _setting("BRIDGE_PORT", "8080", "port of the bridge's signals server (POST /signals, GET /health)", _int)
+    bridge_symbols: tuple[str, ...] = _setting("BRIDGE_SYMBOLS", "EURUSD", "symbols whose closed bars the bridge sends, comma-separated, as the terminal names them", _keys)
+    bridge_timeframes: tuple[str, ...] = _setting("BRIDGE_TIMEFRAMES", "M1", "timeframes the bridge sends, comma-separated", _timeframes)
+    bridge_history_bars: int = _setting("BRIDGE_HISTORY_BARS", "5000", "closed bars per symbol sent on the first start (later starts resume after the last bar the API took)", _int)
+    bridge_utc_offset_hours: float | None = _setting("BRIDGE_UTC_OFFSET_HOURS", "auto", "the trade server's UTC offset (MT5 bar times are server time); auto: measured from the last tick", _offset_hours)
+    bridge_lots: float = _setting("BRIDGE_LOTS", "0.01", "volume of each order in lots (rounded down to the symbol's volume step)", _float)
+    bridge_risk_percent: float | None = _setting("BRIDGE_RISK_PERCENT", "", "size each order to lose this % of the balance at its stop-loss instead of BRIDGE_LOTS (empty: fixed BRIDGE_LOTS)", _opt(_float))
+    bridge_magic: int = _setting("BRIDGE_MAGIC", "250101", "magic number on every order the bridge or the MQL5 EA places", _int)
+    bridge_deviation: int = _setting("BRIDGE_DEVIATION", "10", "largest slippage accepted, in points", _int)
+    bridge_poll_interval: float = _setting("BRIDGE_POLL_INTERVAL", "1", "seconds between GET /ea/signals polls in pull mode", _float)
+    bridge_store: Path = _setting("BRIDGE_STORE", "./data/bridge.sqlite3", "the bridge's own SQLite file: executed signal_ids, unsent acks, last bar sent", lambda raw: Path(raw.strip()))
+    bridge_terminal_path: str | None = _setting("BRIDGE_TERMINAL_PATH", "", "terminal64.exe to start or attach to (empty: the running terminal)", _opt(_str))
+    bridge_login: int | None = _setting("BRIDGE_LOGIN", "", "trading account number (empty: the account the terminal is logged in to)", _opt(_int))
+    bridge_password: str | None = _setting("BRIDGE_PASSWORD", "", "that account's password (never logged)", _opt(_str))
+    bridge_server: str | None = _setting("BRIDGE_SERVER", "", "that account's trade server name, e.g. MetaQuotes-Demo", _opt(_str))
     log_level: str = _setting("LOG_LEVEL", "INFO", "logging level", _log_level)
 
     # ---- derived -------------------------------------------------------------
@@ -274,6 +318,7 @@ class Settings:
         for env, value in (
             ("API_PORT", self.api_port),
             ("EA_SERVER_PORT", self.ea_server_port),
+            ("BRIDGE_PORT", self.bridge_port),
         ):
             need(0 < value < 65536, f"{env}: must be a TCP port between 1 and 65535, got {value}")
         for env, value in (
@@ -293,9 +338,17 @@ class Settings:
             ("API_MAX_BODY_BYTES", self.api_max_body_bytes),
             ("LIVE_POLL_SECONDS", self.live_poll_seconds),
             ("LIVE_WORKER_THREADS", self.live_worker_threads),
+            ("BRIDGE_HISTORY_BARS", self.bridge_history_bars),
+            ("BRIDGE_LOTS", self.bridge_lots),
+            ("BRIDGE_POLL_INTERVAL", self.bridge_poll_interval),
         ):
             need(value > 0, f"{env}: must be greater than 0, got {value}")
         need(0 <= self.live_close_grace_seconds < 60, f"LIVE_CLOSE_GRACE_SECONDS: must be between 0 and 60, got {self.live_close_grace_seconds}")
+        if self.bridge_risk_percent is not None:
+            need(0 < self.bridge_risk_percent <= 10, f"BRIDGE_RISK_PERCENT: must be above 0 and at most 10, got {self.bridge_risk_percent}")
+        need(self.bridge_magic >= 0, f"BRIDGE_MAGIC: must be 0 or more, got {self.bridge_magic}")
+        need(self.bridge_deviation >= 0, f"BRIDGE_DEVIATION: must be 0 or more, got {self.bridge_deviation}")
+        need(bool(self.bridge_symbols), "BRIDGE_SYMBOLS: name at least one symbol")
         need(0 < self.rf_max_samples <= 1, f"RF_MAX_SAMPLES: must be in (0, 1], got {self.rf_max_samples}")
         if self.signal_max_bar_age_seconds is not None:
             need(self.signal_max_bar_age_seconds > 0, f"SIGNAL_MAX_BAR_AGE_SECONDS: must be greater than 0, got {self.signal_max_bar_age_seconds}")

@@ -90,7 +90,7 @@ def make_signal(symbol: str = "EURUSD", *, minutes_ago: int = 1, expires_in: flo
 
 def subprocess_env(**env: str) -> dict[str, str]:
     """A clean environment for a child `mt5-pipeline` (no developer .env leaks in)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "EA_", "DATABASE_", "MT5_", "METRICS_", "SIGNAL_", "MODEL_"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "EA_", "DATABASE_", "MT5_", "METRICS_", "SIGNAL_", "MODEL_", "BRIDGE_"))}
     base.update(env)
     return base
 

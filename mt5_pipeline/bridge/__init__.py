@@ -1,0 +1,169 @@
+"""`mt5-pipeline bridge`: the process beside the MetaTrader 5 terminal.
+
+- bars in: :mod:`.bars` posts each closed bar to ``POST /ingest``, catching up after
+  a restart or an API outage;
+- signals in: :mod:`.http` serves the seed's ``POST /signals`` (push mode), or
+  :mod:`.poller` polls ``GET /ea/signals`` (pull mode);
+- orders: :mod:`.executor` and :mod:`.orders` place them through the terminal
+  (:mod:`.terminal`), deduped by ``signal_id`` in :mod:`.store`;
+- acks: :mod:`.acks` posts each outcome to ``POST /ea/ack`` until the API takes it.
+
+:class:`Bridge` wires them together; ``mt5_pipeline.bridge.fake_mt5`` is a stand-in
+terminal for tests and ``--fake``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from mt5_pipeline.bridge.acks import AckSender
+from mt5_pipeline.bridge.bars import BarFeeder
+from mt5_pipeline.bridge.client import ApiClient, bridge_api_key
+from mt5_pipeline.bridge.executor import Executor
+from mt5_pipeline.bridge.orders import OrderSettings
+from mt5_pipeline.bridge.poller import Poller
+from mt5_pipeline.bridge.store import BridgeStore
+from mt5_pipeline.bridge.terminal import Terminal
+from mt5_pipeline.clock import iso_z, utcnow
+from mt5_pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Bridge"]
+
+
+class Bridge:
+    """Every part of the bridge for one terminal, built from the settings.
+
+    ``start()`` runs the loops in daemon threads (bars, acks, and the poller in pull
+    mode); ``app`` is the ASGI app for ``POST /signals`` and ``GET /health``, which the
+    caller serves (``run_bridge`` under uvicorn, tests on a loopback port).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        mt5: Any,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        api_transport: Any = None,
+        connect: bool = True,
+    ) -> None:
+        from mt5_pipeline.bridge.http import create_bridge_app
+        from mt5_pipeline.ea_client import ea_api_key
+
+        self.settings = settings
+        self.clock = clock
+        self.terminal = Terminal(mt5)
+        if connect:
+            self.terminal.connect(settings)
+        self.store = BridgeStore(settings.bridge_store)
+        self.api = ApiClient(settings.bridge_api_url, bridge_api_key(settings), timeout=settings.ea_request_timeout, transport=api_transport)
+        self.acks = AckSender(self.api, self.store)
+        cfg = OrderSettings(
+            lots=settings.bridge_lots, magic=settings.bridge_magic, deviation=settings.bridge_deviation,
+            pip_sizes=settings.pip_sizes, risk_percent=settings.bridge_risk_percent,
+        )
+        self.executor = Executor(self.terminal, self.store, cfg, clock=clock, on_ack=self.acks.wake.set)
+        self.bars = BarFeeder(
+            self.terminal, self.api, self.store, settings.bridge_symbols, settings.bridge_timeframes,
+            settings.bridge_history_bars, settings.bridge_utc_offset_hours, clock=clock,
+        )
+        self.poller = Poller(self.api, self.executor, self.acks, interval=settings.bridge_poll_interval)
+        self.app = create_bridge_app(self.executor, ea_api_key(settings), self.health)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> Bridge:
+        loops: list[tuple[str, Callable[[threading.Event], None]]] = [("bars", self.bars.run), ("acks", self.acks.run)]
+        if self.settings.bridge_mode == "pull":
+            loops.append(("poll", self.poller.run))
+        for name, loop in loops:
+            thread = threading.Thread(target=loop, args=(self._stop,), name=f"bridge-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.acks.wake.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+
+    def close(self) -> None:
+        self.stop()
+        self.api.close()
+        self.store.close()
+        try:
+            self.terminal.shutdown()
+        except Exception:  # the terminal may already be gone
+            log.debug("terminal shutdown failed", exc_info=True)
+
+    def health(self) -> tuple[int, dict]:
+        """200 when the terminal is connected; the state of bars, signals and acks."""
+        with self.terminal.session() as mt5:
+            info = mt5.terminal_info()
+        connected = bool(info is not None and getattr(info, "connected", False))
+        trade_allowed = bool(info is not None and getattr(info, "trade_allowed", False))
+        bars = {
+            f"{symbol} {tf}": {
+                "last_bar": iso_z(datetime.fromtimestamp(s.last_bar, tz=self.clock().tzinfo)) if s.last_bar is not None else None,
+                "error": s.last_error or None,
+            }
+            for (symbol, tf), s in self.bars.status.items()
+        }
+        counts = self.store.counts()
+        body = {
+            "status": "ok" if connected else "degraded",
+            "mode": self.settings.bridge_mode,
+            "terminal": "connected" if connected else "disconnected",
+            "trade_allowed": trade_allowed,
+            "api": "unreachable" if (self.acks.last_error or self.poller.last_error or any(s.api_error for s in self.bars.status.values())) else "ok",
+            "bars": bars,
+            "signals": {k: v for k, v in counts.items() if k != "acks_pending"},
+            "acks_pending": counts["acks_pending"],
+        }
+        return (200 if connected else 503), body
+
+
+def run_bridge(settings: Settings, *, fake: bool = False) -> int:
+    """``mt5-pipeline bridge``: connect, start the loops, serve until Ctrl-C."""
+    import uvicorn
+
+    from mt5_pipeline.bridge.terminal import TerminalError, import_mt5
+
+    if fake:
+        from mt5_pipeline.bridge.fake_mt5 import FakeMT5
+
+        mt5: Any = FakeMT5(symbols=settings.bridge_symbols)
+        log.warning("--fake: a simulated terminal, no real orders")
+    else:
+        try:
+            mt5 = import_mt5()
+        except TerminalError as exc:
+            log.error("%s", exc)
+            return 2
+    if not bridge_api_key(settings):
+        log.error("bridge not started: BRIDGE_API_KEY is empty (set it to one of the API's API_KEYS)")
+        return 2
+    try:
+        bridge = Bridge(settings, mt5)
+    except (TerminalError, ValueError) as exc:
+        log.error("bridge not started: %s", exc)
+        return 2
+    bridge.start()
+    log.info(
+        "MT5 bridge: %s mode, bars of %s %s to %s, signals on http://%s:%d/signals",
+        settings.bridge_mode, ",".join(settings.bridge_symbols), ",".join(settings.bridge_timeframes),
+        settings.bridge_api_url, settings.bridge_host, settings.bridge_port,
+    )
+    try:
+        uvicorn.run(bridge.app, host=settings.bridge_host, port=settings.bridge_port, log_level=settings.log_level.lower())
+    finally:
+        bridge.close()
+    return 0

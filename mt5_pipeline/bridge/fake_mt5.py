@@ -1,0 +1,421 @@
+"""A stand-in for the ``MetaTrader5`` package: same function names, named-tuple results,
+constants and retcodes as its documentation, over a simulated market.
+
+Tests hand an instance to the bridge where the real module would go, and
+``mt5-pipeline bridge --fake`` runs on it. It is a strict peer, not a recorder: orders
+are checked as a trade server would (price within the deviation, stops on the right side
+and beyond the stops level, an allowed filling mode, the volume step) and every
+``order_send`` request is kept in ``requests``.
+
+The market: deterministic M1 prices per symbol up to ``clock()`` (tests drive the clock),
+bar times in the trade server's time (UTC + ``server_offset_hours``), like the real
+terminal. Knobs for tests: ``script(symbol, retcodes)`` makes the next ``order_send``
+calls answer those retcodes (a requote also moves the price, as one does);
+``market_closed`` is a set of symbols whose orders get MARKET_CLOSED.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from mt5_pipeline.clock import utcnow
+
+# ---- constants (values as in the MetaTrader5 package) ------------------------------------
+TIMEFRAME_M1, TIMEFRAME_M5, TIMEFRAME_M15, TIMEFRAME_M30 = 1, 5, 15, 30
+TIMEFRAME_H1, TIMEFRAME_H4, TIMEFRAME_D1 = 16385, 16388, 16408
+TIMEFRAME_W1, TIMEFRAME_MN1 = 32769, 49153
+ORDER_TYPE_BUY, ORDER_TYPE_SELL = 0, 1
+TRADE_ACTION_DEAL = 1
+ORDER_FILLING_FOK, ORDER_FILLING_IOC, ORDER_FILLING_RETURN = 0, 1, 2
+SYMBOL_FILLING_FOK, SYMBOL_FILLING_IOC = 1, 2
+ORDER_TIME_GTC = 0
+TRADE_RETCODE_REQUOTE = 10004
+TRADE_RETCODE_REJECT = 10006
+TRADE_RETCODE_DONE = 10009
+TRADE_RETCODE_INVALID = 10013
+TRADE_RETCODE_INVALID_VOLUME = 10014
+TRADE_RETCODE_INVALID_PRICE = 10015
+TRADE_RETCODE_INVALID_STOPS = 10016
+TRADE_RETCODE_TRADE_DISABLED = 10017
+TRADE_RETCODE_MARKET_CLOSED = 10018
+TRADE_RETCODE_NO_MONEY = 10019
+TRADE_RETCODE_PRICE_CHANGED = 10020
+TRADE_RETCODE_PRICE_OFF = 10021
+TRADE_RETCODE_INVALID_FILL = 10030
+RES_S_OK = 1
+RES_E_FAIL = -1
+RES_E_INVALID_PARAMS = -2
+RES_E_NOT_FOUND = -4
+
+_MINUTES = {TIMEFRAME_M1: 1, TIMEFRAME_M5: 5, TIMEFRAME_M15: 15, TIMEFRAME_M30: 30, TIMEFRAME_H1: 60, TIMEFRAME_H4: 240, TIMEFRAME_D1: 1440}
+
+RATES_DTYPE = np.dtype(
+    [("time", "<i8"), ("open", "<f8"), ("high", "<f8"), ("low", "<f8"), ("close", "<f8"), ("tick_volume", "<u8"), ("spread", "<i4"), ("real_volume", "<u8")]
+)
+
+
+class SymbolInfo(NamedTuple):
+    name: str
+    visible: bool
+    digits: int
+    point: float
+    spread: int
+    trade_stops_level: int
+    filling_mode: int
+    trade_mode: int
+    volume_min: float
+    volume_max: float
+    volume_step: float
+    trade_tick_size: float
+    trade_tick_value: float
+    trade_contract_size: float
+    bid: float
+    ask: float
+    path: str
+
+
+class Tick(NamedTuple):
+    time: int
+    bid: float
+    ask: float
+    last: float
+    volume: int
+    time_msc: int
+    flags: int
+    volume_real: float
+
+
+class TradeRequest(NamedTuple):
+    action: int
+    magic: int
+    order: int
+    symbol: str
+    volume: float
+    price: float
+    stoplimit: float
+    sl: float
+    tp: float
+    deviation: int
+    type: int
+    type_filling: int
+    type_time: int
+    expiration: int
+    comment: str
+    position: int
+    position_by: int
+
+
+class OrderSendResult(NamedTuple):
+    retcode: int
+    deal: int
+    order: int
+    volume: float
+    price: float
+    bid: float
+    ask: float
+    comment: str
+    request_id: int
+    retcode_external: int
+    request: TradeRequest
+
+
+class TradePosition(NamedTuple):
+    ticket: int
+    time: int
+    type: int
+    magic: int
+    identifier: int
+    volume: float
+    price_open: float
+    sl: float
+    tp: float
+    symbol: str
+    comment: str
+
+
+class TradeOrder(NamedTuple):
+    ticket: int
+    time_setup: int
+    type: int
+    magic: int
+    volume_initial: float
+    price_open: float
+    sl: float
+    tp: float
+    symbol: str
+    comment: str
+
+
+class AccountInfo(NamedTuple):
+    login: int
+    balance: float
+    equity: float
+    currency: str
+    margin_free: float
+    trade_allowed: bool
+
+
+class TerminalInfo(NamedTuple):
+    connected: bool
+    trade_allowed: bool
+    name: str
+    path: str
+
+
+# name: (digits, base price, stops level in points, filling flags, spread in points)
+DEFAULT_SYMBOLS: dict[str, tuple[int, float, int, int, int]] = {
+    "EURUSD": (5, 1.08, 10, SYMBOL_FILLING_FOK | SYMBOL_FILLING_IOC, 12),
+    "GBPUSD": (5, 1.27, 10, SYMBOL_FILLING_FOK | SYMBOL_FILLING_IOC, 15),
+    "USDJPY": (3, 151.2, 10, SYMBOL_FILLING_IOC, 14),
+    "XAUUSD": (2, 2390.0, 50, 0, 30),
+}
+_COMMENTS = {10004: "Requote", 10009: "Request executed", 10016: "Invalid stops", 10018: "Market closed", 10030: "Unsupported filling mode", 10014: "Invalid volume", 10019: "No money"}
+
+
+class FakeMT5:
+    """One simulated terminal; use an instance where ``import MetaTrader5 as mt5`` would be."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        server_offset_hours: float = 2.0,
+        symbols: Iterable[str] | None = None,
+        history_minutes: int = 20_000,
+    ) -> None:
+        self.clock = clock
+        self.server_offset_s = int(server_offset_hours * 3600)
+        self.history_minutes = history_minutes
+        self.specs = dict(DEFAULT_SYMBOLS)
+        for name in symbols or ():
+            self.specs.setdefault(name.upper(), (5, 1.0, 10, SYMBOL_FILLING_FOK, 10))
+        self.visible: set[str] = set()
+        self.initialized = False
+        self.calls: list[tuple] = []
+        self.requests: list[dict] = []
+        self.positions: dict[int, TradePosition] = {}
+        self.orders: list[TradeOrder] = []
+        self.market_closed: set[str] = set()
+        self.trade_allowed = True
+        self.available = True  # False: the terminal is not running (initialize fails)
+        self.balance = 10_000.0
+        self._scripts: dict[str, deque[int]] = defaultdict(deque)
+        self._shift: dict[str, float] = defaultdict(float)  # price moves from requotes, in price units
+        self._error: tuple[int, str] = (RES_S_OK, "Success")
+        self._ticket = 50_000_000
+        self._lock = threading.Lock()
+
+    # ---- connection -----------------------------------------------------------------
+    def initialize(self, path: str | None = None, **kwargs: Any) -> bool:
+        self.calls.append(("initialize", path, {k: ("***" if k == "password" else v) for k, v in kwargs.items()}))
+        if not self.available:
+            self._error = (-10003, "IPC initialize failed, MetaTrader 5 x64 not found")
+            return False
+        self.initialized = True
+        self._error = (RES_S_OK, "Success")
+        return True
+
+    def login(self, login: int, password: str = "", server: str = "", timeout: int = 60000) -> bool:
+        self.calls.append(("login", login, server))
+        return self.initialized
+
+    def shutdown(self) -> None:
+        self.initialized = False
+
+    def last_error(self) -> tuple[int, str]:
+        return self._error
+
+    def version(self) -> tuple[int, int, str]:
+        return (500, 4000, "fake")
+
+    def terminal_info(self) -> TerminalInfo | None:
+        if not self.initialized:
+            self._error = (-10004, "No IPC connection")
+            return None
+        return TerminalInfo(True, self.trade_allowed, "FakeMT5", "fake")
+
+    # ---- market ---------------------------------------------------------------------
+    def _now_server(self) -> float:
+        return self.clock().timestamp() + self.server_offset_s
+
+    def _point(self, symbol: str) -> float:
+        return 10.0 ** -self.specs[symbol][0]
+
+    def _price(self, symbol: str, minute: int, frac: float = 1.0) -> float:
+        """A deterministic wander around the symbol's base price, at ``minute`` + ``frac``."""
+        digits, base, *_ = self.specs[symbol]
+        x = minute + frac
+        wave = 0.002 * math.sin(x / 37.0) + 0.001 * math.sin(x / 5.3 + len(symbol))
+        return round(base * (1 + wave), digits)
+
+    def _minute_bar(self, symbol: str, minute: int, upto: float = 1.0) -> tuple[float, float, float, float]:
+        o = self._price(symbol, minute, 0.0)
+        c = self._price(symbol, minute, upto)
+        mid = self._price(symbol, minute, upto / 2)
+        return o, max(o, c, mid), min(o, c, mid), c
+
+    def _check(self, symbol: str) -> bool:
+        if not self.initialized:
+            self._error = (-10004, "No IPC connection")
+            return False
+        if symbol not in self.specs:
+            self._error = (RES_E_NOT_FOUND, f"Terminal: Symbol {symbol} not found")
+            return False
+        return True
+
+    def symbol_info(self, symbol: str) -> SymbolInfo | None:
+        if not self._check(symbol):
+            return None
+        digits, _, stops_level, filling, spread = self.specs[symbol]
+        tick = self.symbol_info_tick(symbol)
+        point = self._point(symbol)
+        # A USD account: the value of one tick of one lot in USD.
+        contract = 100.0 if symbol.startswith("XAU") else 100_000.0
+        tick_value = contract * point / tick.bid if symbol.startswith("USD") else contract * point
+        return SymbolInfo(
+            symbol, symbol in self.visible, digits, point, spread, stops_level, filling, 4, 0.01, 100.0, 0.01,
+            point, tick_value, contract, tick.bid, tick.ask, f"Fake\\{symbol}",
+        )
+
+    def symbol_select(self, symbol: str, enable: bool = True) -> bool:
+        if not self._check(symbol):
+            return False
+        (self.visible.add if enable else self.visible.discard)(symbol)
+        return True
+
+    def symbol_info_tick(self, symbol: str) -> Tick | None:
+        if not self._check(symbol):
+            return None
+        now = self._now_server()
+        minute = int(now // 60)
+        digits, _, _, _, spread = self.specs[symbol]
+        bid = round(self._price(symbol, minute, (now % 60) / 60) + self._shift[symbol], digits)
+        ask = round(bid + spread * self._point(symbol), digits)
+        return Tick(int(now), bid, ask, 0.0, 0, int(now * 1000), 6, 0.0)
+
+    def copy_rates_from_pos(self, symbol: str, timeframe: int, start_pos: int, count: int) -> np.ndarray | None:
+        """Bars newest-last, position 0 being the forming bar, as the real function."""
+        if not self._check(symbol):
+            return None
+        if timeframe not in _MINUTES or count <= 0 or start_pos < 0:
+            self._error = (RES_E_INVALID_PARAMS, "Invalid params")
+            return None
+        width = _MINUTES[timeframe]
+        now = self._now_server()
+        now_min = now / 60
+        current = int(now_min // width) * width  # open minute of the forming bar
+        first_available = int(now_min) - self.history_minutes
+        spread = self.specs[symbol][4]
+        rows = []
+        for pos in range(start_pos + count - 1, start_pos - 1, -1):
+            open_min = current - pos * width
+            if open_min < first_available:
+                continue
+            minutes = [m for m in range(open_min, open_min + width) if m <= now_min]
+            parts = [self._minute_bar(symbol, m, min(1.0, now_min - m)) for m in minutes]
+            o, c = parts[0][0], parts[-1][3]
+            h, lo = max(p[1] for p in parts), min(p[2] for p in parts)
+            rows.append((open_min * 60, o, h, lo, c, 40 + (open_min % 17) * len(parts), spread, 0))
+        return np.array(rows, dtype=RATES_DTYPE)
+
+    # ---- trading --------------------------------------------------------------------
+    def script(self, symbol: str, retcodes: Iterable[int]) -> None:
+        self._scripts[symbol].extend(retcodes)
+
+    def order_send(self, request: dict) -> OrderSendResult | None:
+        with self._lock:
+            self.requests.append(dict(request))
+            required = ("action", "symbol", "volume", "type", "price")
+            if not isinstance(request, dict) or any(k not in request for k in required):
+                self._error = (RES_E_INVALID_PARAMS, "Invalid arguments")
+                return None
+            symbol = request["symbol"]
+            if not self._check(symbol):
+                return None
+            tick = self.symbol_info_tick(symbol)
+            retcode = self._judge(request, tick)
+            if retcode == TRADE_RETCODE_REQUOTE:
+                self._shift[symbol] += 3 * self._point(symbol)  # the price moved: that is what a requote says
+                tick = self.symbol_info_tick(symbol)
+            ticket = 0
+            if retcode == TRADE_RETCODE_DONE:
+                self._ticket += 1
+                ticket = self._ticket
+                pos = TradePosition(
+                    ticket, int(self._now_server()), request["type"], int(request.get("magic", 0)), ticket, float(request["volume"]),
+                    float(request["price"]), float(request.get("sl", 0.0)), float(request.get("tp", 0.0)), symbol, str(request.get("comment", ""))[:31],
+                )
+                self.positions[ticket] = pos
+                self.orders.append(TradeOrder(ticket, pos.time, pos.type, pos.magic, pos.volume, pos.price_open, pos.sl, pos.tp, symbol, pos.comment))
+            fields = {f: request.get(f, 0) for f in TradeRequest._fields}
+            fields["comment"] = str(request.get("comment", ""))
+            fields["symbol"] = symbol
+            self._error = (RES_S_OK, "Success")
+            return OrderSendResult(
+                retcode, ticket, ticket, float(request["volume"]) if ticket else 0.0, float(request["price"]) if ticket else 0.0,
+                tick.bid, tick.ask, _COMMENTS.get(retcode, ""), len(self.requests), 0, TradeRequest(**fields),
+            )
+
+    def _judge(self, request: dict, tick: Tick) -> int:
+        symbol = request["symbol"]
+        if self._scripts[symbol]:
+            return self._scripts[symbol].popleft()
+        if not self.trade_allowed:
+            return 10027
+        if symbol in self.market_closed:
+            return TRADE_RETCODE_MARKET_CLOSED
+        if request["action"] != TRADE_ACTION_DEAL or request["type"] not in (ORDER_TYPE_BUY, ORDER_TYPE_SELL):
+            return TRADE_RETCODE_INVALID
+        digits, _, stops_level, filling, _ = self.specs[symbol]
+        point = self._point(symbol)
+        allowed = {ORDER_FILLING_FOK: filling & SYMBOL_FILLING_FOK, ORDER_FILLING_IOC: filling & SYMBOL_FILLING_IOC, ORDER_FILLING_RETURN: filling == 0}
+        if not allowed.get(request.get("type_filling", ORDER_FILLING_FOK)):
+            return TRADE_RETCODE_INVALID_FILL
+        volume = float(request["volume"])
+        if volume < 0.01 or abs(round(volume / 0.01) - volume / 0.01) > 1e-6:
+            return TRADE_RETCODE_INVALID_VOLUME
+        buy = request["type"] == ORDER_TYPE_BUY
+        market = tick.ask if buy else tick.bid
+        if abs(float(request["price"]) - market) > int(request.get("deviation", 0)) * point + 1e-9:
+            return TRADE_RETCODE_REQUOTE
+        sl, tp = float(request.get("sl", 0) or 0), float(request.get("tp", 0) or 0)
+        close = tick.bid if buy else tick.ask
+        gap = stops_level * point - 1e-9
+        for level, below in ((sl, buy), (tp, not buy)):
+            if not level:
+                continue
+            if round(level, digits) != level:
+                return TRADE_RETCODE_INVALID_STOPS
+            if below and not (level <= close - gap):
+                return TRADE_RETCODE_INVALID_STOPS
+            if not below and not (level >= close + gap):
+                return TRADE_RETCODE_INVALID_STOPS
+        return TRADE_RETCODE_DONE
+
+    def positions_get(self, symbol: str | None = None, group: str | None = None, ticket: int | None = None) -> tuple:
+        return tuple(p for p in self.positions.values() if (symbol is None or p.symbol == symbol) and (ticket is None or p.ticket == ticket))
+
+    def history_orders_get(self, date_from: Any = None, date_to: Any = None, group: str | None = None, ticket: int | None = None, position: int | None = None) -> tuple:
+        return tuple(o for o in self.orders if ticket is None or o.ticket == ticket)
+
+    def account_info(self) -> AccountInfo | None:
+        if not self.initialized:
+            self._error = (-10004, "No IPC connection")
+            return None
+        return AccountInfo(5_000_001, self.balance, self.balance, "USD", self.balance, True)
+
+
+
+
+# The real package exposes its constants as module attributes; code reads them from
+# whatever stands in for the module (``mt5.ORDER_TYPE_BUY``), so the instance has them too.
+for _name, _value in list(globals().items()):
+    if _name.isupper() and isinstance(_value, int) and not _name.startswith("_"):
+        setattr(FakeMT5, _name, _value)

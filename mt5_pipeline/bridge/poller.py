@@ -1,0 +1,56 @@
+"""Pull mode: poll GET /ea/signals for terminals the pusher cannot reach (behind NAT).
+
+A pulled signal stays PENDING on the API until its ack arrives, so the same signal may
+come back in the next poll; the executor's dedupe answers it from the store without a
+second order, and the poll wakes the ack sender so the repeat window stays short.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from mt5_pipeline.bridge.acks import AckSender
+from mt5_pipeline.bridge.client import ApiClient, ApiRefused, ApiUnavailable
+from mt5_pipeline.bridge.executor import Executor
+
+log = logging.getLogger(__name__)
+
+
+class Poller:
+    def __init__(self, api: ApiClient, executor: Executor, acks: AckSender, *, interval: float, limit: int = 100) -> None:
+        self.api = api
+        self.executor = executor
+        self.acks = acks
+        self.interval = interval
+        self.limit = limit
+        self.last_error = ""
+        self.polls = 0
+
+    def poll_once(self) -> list[dict]:
+        """Handle every pulled signal; the answers, in order."""
+        try:
+            signals = self.api.pull(self.limit)
+        except (ApiUnavailable, ApiRefused) as exc:
+            self.last_error = str(exc)
+            log.warning("Polling signals failed: %s", exc)
+            return []
+        self.polls += 1
+        self.last_error = ""
+        answers = []
+        for signal in signals:
+            code, answer = self.executor.handle(signal)
+            if code == 503:
+                log.warning("Pulled signal left for the next poll: %s", answer.get("message"))
+            elif code != 200:
+                log.warning("Pulled signal refused: %s", answer.get("message"))
+            answers.append(answer)
+        return answers
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.poll_once()
+            except Exception:
+                log.exception("Poll cycle failed")
+            stop.wait(self.interval)

@@ -1,0 +1,191 @@
+"""The native EA (mql5/MT5PipelineEA.mq5) against the API contract.
+
+MQL5 cannot be compiled on these machines, so this reads the source: every route it
+calls, every header it sends and every JSON field it writes or reads must exist in the
+API's served /openapi.json with that name and type. A mutated copy shows the check bites.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import anyio
+import pytest
+
+from mt5_pipeline_tests.api_support import api_client
+
+EA = Path(__file__).resolve().parents[1] / "mql5" / "MT5PipelineEA.mq5"
+
+# Which function builds (or reads) which schema of the document.
+BUILDS = {"CandleJson": "Candle", "IngestBody": "IngestRequest", "AckBody": "AckRequest"}
+READS = {"PollSignals": "SignalsResponse", "HandleSignal": "Signal"}
+# Helper -> the JSON types a property may have for it.
+WRITE_TYPES = {"JStr": {"string"}, "JNum": {"number"}, "JInt": {"integer", "number"}, "JArr": {"array"}, "JNull": None}
+READ_TYPES = {"JsonString": {"string"}, "JsonNumber": {"number", "integer"}, "JsonArray": {"array"}}
+FUNCTION = re.compile(r"^(?:string|int|void|double|long|ulong|datetime|bool)\s+(\w+)\(", re.M)
+
+
+@pytest.fixture(scope="module")
+def openapi(tmp_path_factory) -> dict:
+    from mt5_pipeline.settings import Settings
+    from mt5_pipeline.storage import migrate
+
+    db = tmp_path_factory.mktemp("mql5") / "mt5.db"
+    migrate.upgrade(f"sqlite:///{db}")
+    settings = Settings.from_env({"DATABASE_URL": f"sqlite:///{db}", "API_KEYS": "test-key-one"}, env_file=None)
+
+    async def fetch():
+        async with api_client(settings) as client:
+            response = await client.get("/openapi.json")
+            assert response.status_code == 200
+            return response.json()
+
+    return anyio.run(fetch)
+
+
+def functions(source: str) -> dict[str, str]:
+    code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("//"))
+    starts = [(m.start(), m.group(1)) for m in FUNCTION.finditer(code)]
+    return {name: code[pos : (starts[i + 1][0] if i + 1 < len(starts) else len(code))] for i, (pos, name) in enumerate(starts)}
+
+
+def resolve(doc: dict, schema: dict) -> dict:
+    while "$ref" in schema:
+        schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def types_of(doc: dict, schema: dict) -> set[str]:
+    schema = resolve(doc, schema)
+    if "oneOf" in schema:
+        return set().union(*(types_of(doc, s) for s in schema["oneOf"]))
+    return {schema["type"]} if "type" in schema else set()
+
+
+def contract_problems(source: str, doc: dict) -> list[str]:
+    problems: list[str] = []
+    schemas = doc["components"]["schemas"]
+    funcs = functions(source)
+
+    # JSON fields written and read, per function.
+    for name, body in funcs.items():
+        writes = re.findall(r"\b(J(?:Str|Num|Int|Null|Arr))\(\"(\w+)\"", body)
+        reads = re.findall(r"\b(Json(?:String|Number|Array))\(\w+,\s*\"(\w+)\"", body)
+        if writes and name not in BUILDS:
+            problems.append(f"{name} builds JSON but is not mapped to a schema")
+        if reads and name not in READS:
+            problems.append(f"{name} reads JSON but is not mapped to a schema")
+        for helper, field in writes:
+            schema = schemas[BUILDS[name]]
+            prop = schema["properties"].get(field)
+            if prop is None:
+                problems.append(f"{name}: {field} is not a field of {BUILDS[name]}")
+                continue
+            allowed = WRITE_TYPES[helper]
+            if allowed is None:
+                if not resolve(doc, prop).get("nullable"):
+                    problems.append(f"{name}: {field} sent as null but {BUILDS[name]}.{field} is not nullable")
+            elif not types_of(doc, prop) & allowed:
+                problems.append(f"{name}: {field} sent as {helper} but {BUILDS[name]}.{field} is {types_of(doc, prop)}")
+        for helper, field in reads:
+            schema = schemas[READS[name]]
+            prop = schema["properties"].get(field)
+            if prop is None:
+                problems.append(f"{name}: reads {field}, not a field of {READS[name]}")
+            elif not types_of(doc, prop) & READ_TYPES[helper]:
+                problems.append(f"{name}: reads {field} with {helper} but {READS[name]}.{field} is {types_of(doc, prop)}")
+        if name in BUILDS:
+            missing = set(schemas[BUILDS[name]].get("required", [])) - {f for _, f in writes}
+            if missing:
+                problems.append(f"{name}: required fields of {BUILDS[name]} never sent: {sorted(missing)}")
+
+    # Routes, query parameters, request and response bodies.
+    calls = re.findall(r"ApiRequest\(\"(\w+)\",\s*\"([^\"]+)\"(?:\s*\+[^,]+)?,\s*(\w+|\"\")", source)
+    if not calls:
+        problems.append("no ApiRequest calls found")
+    for method, target, body_func in calls:
+        path, _, query = target.partition("?")
+        op = doc["paths"].get(path, {}).get(method.lower())
+        if op is None:
+            problems.append(f"{method} {path} is not in /openapi.json")
+            continue
+        params = {p["name"]: p for p in op.get("parameters", []) if p["in"] == "query"}
+        for pair in filter(None, query.split("&")):
+            key, _, value = pair.partition("=")
+            if key not in params:
+                problems.append(f"{method} {path}: query parameter {key} is not in /openapi.json")
+                continue
+            schema = params[key]["schema"]
+            if "enum" in schema and value not in schema["enum"]:
+                problems.append(f"{method} {path}: {key}={value} is not one of {schema['enum']}")
+            if schema.get("type") == "integer" and not (value.isdigit() and schema.get("minimum", 0) <= int(value) <= schema.get("maximum", 2**63)):
+                problems.append(f"{method} {path}: {key}={value} is not an integer in range")
+        if body_func != '""':
+            ref = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
+            if not ref.endswith("/" + BUILDS.get(body_func, "?")):
+                problems.append(f"{method} {path}: body built by {body_func}, but the route takes {ref or 'no JSON body'}")
+        elif method == "GET":
+            ref = op["responses"]["200"]["content"]["application/json"]["schema"].get("$ref", "")
+            if not ref.endswith("/" + READS["PollSignals"]):
+                problems.append(f"{method} {path}: answer is {ref}, the EA reads it as {READS['PollSignals']}")
+    items = schemas[READS["PollSignals"]]["properties"]["signals"]["items"]["$ref"]
+    if not items.endswith("/" + READS["HandleSignal"]):
+        problems.append(f"signals[] are {items}, the EA reads them as {READS['HandleSignal']}")
+
+    # Headers: Content-Type (the routes take JSON) and the API key header of the security scheme.
+    key_headers = {s["name"].lower() for s in doc["components"]["securitySchemes"].values() if s.get("in") == "header"}
+    headers = [
+        line.split(":", 1)[0]
+        for literal in re.findall(r'"((?:[^"\\]|\\.)*)"', funcs.get("ApiRequest", ""))
+        for line in literal.split("\\r\\n")
+        if re.match(r"^[A-Za-z][A-Za-z0-9-]*: ", line)
+    ]
+    for header in headers:
+        if header.lower() != "content-type" and header.lower() not in key_headers:
+            problems.append(f"header {header} is not the API's key header {sorted(key_headers)}")
+    if not any(h.lower() in key_headers for h in headers):
+        problems.append("ApiRequest sends no API key header")
+    return problems
+
+
+def test_every_route_header_and_field_the_ea_uses_is_in_the_served_openapi(openapi):
+    source = EA.read_text()
+    assert contract_problems(source, openapi) == []
+    # It really uses the three routes of its job.
+    calls = set(re.findall(r"ApiRequest\(\"(\w+)\",\s*\"([^\"?]+)", source))
+    assert calls == {("POST", "/ingest"), ("GET", "/ea/signals"), ("POST", "/ea/ack")}
+
+
+@pytest.mark.parametrize(
+    "old, new, complaint",
+    [
+        ('JStr("status", status)', 'JStr("state", status)', "state is not a field of AckRequest"),
+        ('JInt("tick_volume", r.tick_volume)', 'JStr("tick_volume", "57")', "tick_volume sent as JStr"),
+        ('"/ea/ack"', '"/ea/acknowledge"', "POST /ea/acknowledge is not in /openapi.json"),
+        ('JsonNumber(obj, "sl_pips")', 'JsonNumber(obj, "stop_pips")', "reads stop_pips"),
+        ("X-API-Key: ", "X-Api-Token: ", "header X-Api-Token"),
+        ("status=PENDING", "status=SENT", "status=SENT is not one of"),
+    ],
+)
+def test_the_contract_check_catches_a_drift(openapi, old, new, complaint):
+    source = EA.read_text()
+    assert old in source
+    problems = contract_problems(source.replace(old, new), openapi)
+    assert any(complaint in p for p in problems), problems
+
+
+def test_the_header_says_plainly_it_was_not_compiled_here():
+    head = "\n".join(EA.read_text().splitlines()[:12])
+    assert "NOT COMPILED BY THE PROJECT" in head and "never been compiled" in head
+
+
+def test_the_ea_uses_the_bridges_pip_and_comment_rules():
+    """Same arithmetic as mt5_pipeline/bridge/orders.py, spelled out in both."""
+    source = EA.read_text()
+    assert "if(digits == 3 || digits == 5) return point * 10;" in source
+    assert 'if(digits == 2 && StringFind(symbol, "JPY") < 0) return point * 10;' in source
+    assert "StringSubstr(signalId, 0, 31)" in source
+    from mt5_pipeline.bridge import orders
+
+    assert orders.COMMENT_MAX == 31

@@ -18,6 +18,13 @@ Rules worth knowing:
   its ``--tz-offset``). D1 opens at 00:00, H4 at 00/04/08/...:00, W1 on Sunday 00:00
   (MT5's week), MN1 on the 1st of the month 00:00 — all in that offset's local time.
 * The same ts twice in one batch: the last one wins (a later line is a later version).
+* ``ingested_at`` is stamped after the series lock is taken, from the database's clock,
+  and is always later than every stamp already stored in the series. So a features run
+  that has seen a stamp has seen every change committed before it, however long a
+  commit lagged its stamp (``features.first_stale_bar`` relies on this). A caller's
+  ``now`` (tests, reproducible runs) replaces the clock, not the ordering.
+* ``candle_series`` counts the bars per series in the same transaction, so nothing has
+  to count the candles table to report them.
 * Symbols are stored as given (MT5 suffixes like ``EURUSDm`` are case-sensitive).
 """
 
@@ -28,7 +35,7 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -562,15 +569,17 @@ def ingest_candles(
     `candles`: MqlRates dicts (time, open, high, low, close, tick_volume, spread?,
     real_volume?) or a DataFrame with those columns (``time`` or ``ts``).
     `utc_offset_hours`: the broker's UTC offset, for where H4/D1/W1/MN1 bars begin.
+    `now`: the clock for validation and, when given, the base of the ingest stamp.
     """
+    stamp_base = None if now is None else _now(now)
     now = _now(now)
     batch = validate_candles(symbol, timeframe, candles, now=now, utc_offset_hours=utc_offset_hours)
     if len(batch) == 0:
         return IngestResult(batch.received, 0, 0, 0, None, 0)
     if is_postgres(database_url):
-        inserted, updated, first_us = _store_pg(database_url, batch, now)
+        inserted, updated, first_us = _store_pg(database_url, batch, stamp_base)
     else:
-        inserted, updated, first_us = _store_sqlite(database_url, batch, now)
+        inserted, updated, first_us = _store_sqlite(database_url, batch, stamp_base)
     unique = len(batch)
     first = datetime.fromtimestamp(first_us / 1_000_000, timezone.utc) if first_us is not None else None
     return IngestResult(batch.received, inserted, updated, unique - inserted - updated, first, batch.received - unique)
@@ -635,7 +644,27 @@ def _classify(batch: CandleBatch, stored: np.ndarray) -> tuple[np.ndarray, np.nd
     return ~found, found & differs
 
 
-def _store_pg(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int, int | None]:
+def series_lock_key(symbol: str, timeframe: str) -> str:
+    """The text whose hash is the series' advisory lock (PostgreSQL)."""
+    return f"candles/{symbol}/{timeframe}"
+
+
+# Under the series lock: the database clock now (or the caller's time), but always after
+# every stamp already stored in the series (GREATEST skips the NULL of an empty series).
+_PG_STAMP = (
+    "SELECT GREATEST(COALESCE(%s::timestamptz, clock_timestamp()), "
+    "(SELECT max(ingested_at) FROM candles WHERE symbol = %s AND timeframe = %s) + interval '1 microsecond')"
+)
+
+
+def _count_new_bars_pg(cur: Any, batch: CandleBatch, inserted: int) -> None:
+    key = (batch.symbol, batch.timeframe)
+    cur.execute("UPDATE candle_series SET bars = bars + %s WHERE symbol = %s AND timeframe = %s", (inserted, *key))
+    if cur.rowcount == 0:  # the series' first ingest: count what is there (once)
+        cur.execute("INSERT INTO candle_series (symbol, timeframe, bars) SELECT %s, %s, count(*) FROM candles WHERE symbol = %s AND timeframe = %s", (*key, *key))
+
+
+def _store_pg(url: str, batch: CandleBatch, stamp_base: datetime | None) -> tuple[int, int, int | None]:
     """(inserted, updated, first changed ts in epoch µs) — one transaction.
 
     Ingests of one series are serialised by an advisory lock, so what is read at the
@@ -647,8 +676,11 @@ def _store_pg(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int, in
     slower here: it speculatively inserts every row and locks every conflicting one.)
     """
     with pg_connection(url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"candles/{batch.symbol}/{batch.timeframe}",))
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (series_lock_key(batch.symbol, batch.timeframe),))
         new, changed = _classify(batch, _stored_bars(cur, batch))
+        if new.any() or changed.any():
+            cur.execute(_PG_STAMP, (stamp_base, batch.symbol, batch.timeframe))
+            now = cur.fetchone()[0]
         if new.any():
             rows = slice(None) if new.all() else np.flatnonzero(new)
             columns = [
@@ -665,6 +697,7 @@ def _store_pg(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int, in
                 columns,
                 int(new.sum()),
             )
+            _count_new_bars_pg(cur, batch, int(new.sum()))
         if changed.any():
             rows = np.flatnonzero(changed)
             cur.execute(
@@ -691,10 +724,10 @@ def _store_pg(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int, in
     return int(new.sum()), int(changed.sum()), first
 
 
-def _store_sqlite(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int, int | None]:
+def _store_sqlite(url: str, batch: CandleBatch, stamp_base: datetime | None) -> tuple[int, int, int | None]:
     """Same semantics on SQLite: a temp table, one UPDATE for bars that differ, one INSERT
     for new ones, under BEGIN IMMEDIATE (the write lock from the start, so the counts and
-    the writes see the same data)."""
+    the writes see the same data, and the stamp is read once the lock is held)."""
     ts_text = sqlite_datetime_strings(batch.ts * 1_000_000).tolist()
     rows = list(
         zip(
@@ -730,7 +763,11 @@ def _store_sqlite(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int
                 f"ON c.symbol = ? AND c.timeframe = ? AND c.ts = t.ts WHERE c.ts IS NULL OR {differs}",
                 key,
             ).fetchone()[0]
-            stamp = sqlite_datetime(now)
+            newest = cur.execute("SELECT max(ingested_at) FROM candles WHERE symbol = ? AND timeframe = ?", key).fetchone()[0]
+            stamp_at = stamp_base or datetime.now(timezone.utc)  # one machine: its clock is the database's
+            if newest is not None:
+                stamp_at = max(stamp_at, pd.Timestamp(newest, tz="UTC").to_pydatetime() + timedelta(microseconds=1))
+            stamp = sqlite_datetime(stamp_at)
             cur.execute(
                 f"UPDATE candles AS c SET {_SET}, ingested_at = ? FROM temp._ingest_candles t "
                 f"WHERE c.symbol = ? AND c.timeframe = ? AND c.ts = t.ts AND ({differs})",
@@ -745,6 +782,10 @@ def _store_sqlite(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int
                 (*key, stamp, *key),
             )
             inserted = cur.rowcount
+            if inserted:
+                cur.execute("UPDATE candle_series SET bars = bars + ? WHERE symbol = ? AND timeframe = ?", (inserted, *key))
+                if cur.rowcount == 0:
+                    cur.execute("INSERT INTO candle_series (symbol, timeframe, bars) SELECT ?, ?, count(*) FROM candles WHERE symbol = ? AND timeframe = ?", (*key, *key))
             cur.execute("DELETE FROM temp._ingest_candles")
             cur.execute("COMMIT")
         except BaseException:

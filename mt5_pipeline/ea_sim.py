@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mt5_pipeline.clock import iso_z, utcnow
-from mt5_pipeline.pips import pip_size
+from mt5_pipeline.pips import PipSizeUnknown, pip_size
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,14 @@ class PaperEA:
     def key_ok(self, request: Request) -> bool:
         return hmac.compare_digest(request.headers.get("x-api-key", "").encode(), self._api_key)
 
+    def pip_of(self, body: dict) -> float:
+        """The pip the signal's sl_pips / tp_pips are in: the sender's meta.pip_size when it
+        says, else this EA's PIP_SIZES or the FX rule (PipSizeUnknown for anything else)."""
+        said = (body.get("meta") or {}).get("pip_size") if isinstance(body.get("meta"), dict) else None
+        if isinstance(said, int | float) and not isinstance(said, bool) and said > 0:
+            return float(said)
+        return pip_size(body["symbol"], self.pip_sizes)
+
     def accept(self, body: dict) -> tuple[dict, bool]:
         """Open a paper position for a valid signal; a repeat returns the first answer."""
         with self.lock:
@@ -142,7 +150,7 @@ class PaperEA:
                 return previous, True
             ticket = self._next_ticket
             self._next_ticket += 1
-            pip = pip_size(body["symbol"], self.pip_sizes)
+            pip = self.pip_of(body)
             sign = 1 if body["side"] == "BUY" else -1
             price = float(body["price"])
             position = {
@@ -157,6 +165,7 @@ class PaperEA:
                 "status": "OPEN",
                 "close_price": None,
                 "pips": None,
+                "pip": pip,
             }
             self.positions[ticket] = position
             self.by_signal[body["signal_id"]] = {"success": True, "ticket": ticket}
@@ -179,7 +188,7 @@ class PaperEA:
                 hit_tp = price >= p["tp"] if buy else price <= p["tp"]
                 if hit_sl or hit_tp:
                     exit_price = p["sl"] if hit_sl else p["tp"]
-                    pip = pip_size(symbol, self.pip_sizes)
+                    pip = p["pip"]
                     p.update(status="SL" if hit_sl else "TP", close_price=exit_price, pips=round((exit_price - p["open_price"]) / pip * (1 if buy else -1), 1))
                     closed.append(dict(p))
         return closed
@@ -258,6 +267,10 @@ def create_ea_app(
         if previous is None and ea.clock() >= _parse_time(body["expires_at"]):
             # Too late to trade. Answered with 200 + success:false, as an MQL5 EA usually does.
             return _answer(200, success=False, message=f"signal expired at {body['expires_at']}; not traded")
+        try:
+            ea.pip_of(body)
+        except PipSizeUnknown as exc:  # a stop in unknown pips: refused, never guessed
+            return _answer(422, success=False, message=str(exc))
         answer, duplicate = ea.accept(body)
         if duplicate:
             return _answer(200, **answer, duplicate=True)

@@ -563,6 +563,8 @@ def ingest_candles(
     *,
     now: datetime | None = None,
     utc_offset_hours: float = 0.0,
+    digits: int | None = None,
+    point: float | None = None,
 ) -> IngestResult:
     """Validate `candles` and upsert them in one transaction; see the module docstring.
 
@@ -570,10 +572,23 @@ def ingest_candles(
     real_volume?) or a DataFrame with those columns (``time`` or ``ts``).
     `utc_offset_hours`: the broker's UTC offset, for where H4/D1/W1/MN1 bars begin.
     `now`: the clock for validation and, when given, the base of the ingest stamp.
+    `digits` / `point`: what the EA says about the instrument (MT5's SYMBOL_DIGITS and
+    SYMBOL_POINT), kept in ``symbols`` for its pip size (mt5_pipeline.pips).
     """
+    from mt5_pipeline.pips import check_instrument, record_instrument
+
     stamp_base = None if now is None else _now(now)
     now = _now(now)
-    batch = validate_candles(symbol, timeframe, candles, now=now, utc_offset_hours=utc_offset_hours)
+    instrument_errors = [FieldError(field, message) for field, message in check_instrument(digits, point)]
+    try:
+        batch = validate_candles(symbol, timeframe, candles, now=now, utc_offset_hours=utc_offset_hours)
+    except CandleValidationError as exc:
+        if instrument_errors:
+            raise CandleValidationError(instrument_errors + exc.errors, exc.total + len(instrument_errors)) from None
+        raise
+    if instrument_errors:
+        raise CandleValidationError(instrument_errors)
+    record_instrument(database_url, symbol, digits, point)
     if len(batch) == 0:
         return IngestResult(batch.received, 0, 0, 0, None, 0)
     if is_postgres(database_url):

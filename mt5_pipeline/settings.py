@@ -198,7 +198,7 @@ class Settings:
     default_sl_pips: float = _setting("DEFAULT_SL_PIPS", "20", "stop-loss in pips", _float)
     default_tp_pips: float = _setting("DEFAULT_TP_PIPS", "40", "take-profit in pips", _float)
     symbol_sl_tp_pips: dict = _setting("SYMBOL_SL_TP_PIPS", "", "per-symbol SL/TP overrides, e.g. USDJPY=25/50,XAUUSD=300/600", _symbol_map(_sl_tp))
-    pip_sizes: dict = _setting("PIP_SIZES", "", "per-symbol pip size overrides, e.g. XAUUSD=0.1 (default 0.0001, JPY pairs 0.01)", _symbol_map(_float))
+    pip_sizes: dict = _setting("PIP_SIZES", "", "per-symbol pip sizes, e.g. XAUUSD=0.1,US30=1; otherwise currency pairs 0.0001 (JPY 0.01), other symbols from the EA's digits/point in POST /ingest, else no signals", _symbol_map(_float))
     model_dir: Path = _setting("MODEL_DIR", "./models", "rf_m1.pkl, its versioned copies and their JSON sidecars", lambda raw: Path(raw.strip()))
     label_mode: str = _setting("LABEL_MODE", "horizon", "horizon: close N bars ahead above close now; triple_barrier: TP hit before SL", _label_mode)
     label_horizon_bars: int = _setting("LABEL_HORIZON_BARS", "5", "bars ahead for the horizon label (and the train/test embargo)", _int)

@@ -132,3 +132,16 @@ def test_acks_are_posted_back_with_the_api_key(http, tmp_path):
         ea.stop()
         ea.ea.close()
         api.stop()
+
+
+def test_a_gold_signal_is_refused_unless_its_pip_is_known(reference_ea, http):
+    # The reference EA never places a stop in FX pips on gold: without the sender's
+    # meta.pip_size (or its own PIP_SIZES) the signal is refused with the reason.
+    unknown = make_signal("XAUUSD", price=2034.50)
+    refused = post(http, reference_ea, unknown)
+    assert refused.status_code == 422 and "PIP_SIZES" in refused.json()["message"]
+    known = make_signal("XAUUSD", price=2034.50)
+    known["meta"] = {**known["meta"], "pip_size": 0.1}
+    assert post(http, reference_ea, known).json()["success"] is True
+    (position,) = [p for p in reference_ea.ea.positions.values() if p["symbol"] == "XAUUSD"]
+    assert position["sl"] == pytest.approx(2032.50) and position["tp"] == pytest.approx(2038.50)

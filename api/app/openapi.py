@@ -96,6 +96,20 @@ SCHEMAS: dict[str, Any] = {
                 "default": 0,
                 "description": "the broker's UTC offset: where its H4/D1/W1/MN1 bars begin (times themselves are UTC)",
             },
+            "digits": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 8,
+                "description": "MT5's SYMBOL_DIGITS for this symbol (optional): with `point`, where its pip size comes from for "
+                "anything that is not a currency pair (gold, indices, crypto); a pip is point x 10 on 3- and 5-digit quotes, else one point",
+            },
+            "point": {
+                "type": "number",
+                "minimum": 0,
+                "exclusiveMinimum": True,
+                "maximum": 1,
+                "description": "MT5's SYMBOL_POINT for this symbol (optional), e.g. 0.01 for XAUUSD quoted 2034.56; must match `digits` when both are sent",
+            },
         },
     },
     "IngestResponse": {

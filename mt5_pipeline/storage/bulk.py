@@ -420,15 +420,17 @@ WITH RECURSIVE series AS (
 )
 """
 # Newest bar: the primary key backwards; newest stamp: ix_candles_symbol_tf_ingested_at
-# backwards; bars: candle_series. Only a series written around the ingest core (none in
-# normal use) is counted here, and COALESCE evaluates that count only when it must.
+# backwards; bars: candle_series (NULL for a series written around the ingest core,
+# counted separately: a count in this statement, even never run, inflates its estimated
+# cost past jit_above_cost, and JIT compilation alone took 300 ms at 10M rows).
 _PG_SERIES_STATS = """
 SELECT s.symbol, s.timeframe,
        (SELECT c.ts FROM candles c WHERE c.symbol = s.symbol AND c.timeframe = s.timeframe ORDER BY c.ts DESC LIMIT 1),
-       COALESCE(n.bars, (SELECT count(*) FROM candles c WHERE c.symbol = s.symbol AND c.timeframe = s.timeframe)),
+       n.bars,
        (SELECT c.ingested_at FROM candles c WHERE c.symbol = s.symbol AND c.timeframe = s.timeframe ORDER BY c.ingested_at DESC LIMIT 1)
 FROM series s LEFT JOIN candle_series n ON n.symbol = s.symbol AND n.timeframe = s.timeframe
 ORDER BY 1, 2"""
+_PG_COUNT = "SELECT count(*) FROM candles WHERE symbol = %s AND timeframe = %s"
 
 # SQLite: the same walk from Python, one primary-key probe per step (in-process calls).
 _SQLITE_FIRST = "SELECT symbol, timeframe FROM candles ORDER BY symbol, timeframe LIMIT 1"
@@ -446,8 +448,14 @@ def _series(database_url: str, *, stats: bool) -> list[tuple]:
     if is_postgres(database_url):
         query = _PG_SERIES + (_PG_SERIES_STATS if stats else "SELECT symbol, timeframe, NULL, NULL, NULL FROM series ORDER BY 1, 2")
         with pg_connection(database_url) as conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL jit = off")  # index probes: compiling them costs more than running them
             cur.execute(query)
             rows = cur.fetchall()
+            if stats:
+                for i, row in enumerate(rows):
+                    if row[3] is None:  # not kept by the ingest core: counted, once per call
+                        cur.execute(_PG_COUNT, (row[0], row[1]))
+                        rows[i] = (*row[:3], cur.fetchone()[0], row[4])
 
         def when(value):
             return value.astimezone(timezone.utc) if value is not None else None

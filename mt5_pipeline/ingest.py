@@ -60,6 +60,15 @@ from mt5_pipeline.storage.engine import get_engine, is_postgres
 
 TIMEFRAMES: tuple[str, ...] = tuple(TIMEFRAME_SECONDS)
 FUTURE_SKEW_SECONDS = 60
+# No instrument trades above this (BTC in yen is about 1e7): anything larger is an
+# encoding or unit error, and would poison every feature window it enters.
+MAX_PRICE = 1e10
+# A bar this many times above (or below) the level of the bars around it is a bad tick,
+# not a market move: rejected (PRICE_MAX_JUMP overrides; see _check_jumps).
+DEFAULT_MAX_JUMP = 10.0
+# The level a bar is compared with: the median close of this many bars centred on it,
+# the stored bars just before the batch included.
+JUMP_WINDOW = 21
 MAX_REPORTED_ERRORS = 50
 SYMBOL_PATTERN = re.compile(r"[A-Za-z0-9._#-]{1,32}")
 
@@ -121,6 +130,7 @@ class CandleBatch:
     tick_volume: np.ndarray  # int64
     spread: np.ndarray  # int64
     real_volume: np.ndarray  # int64
+    source_rows: np.ndarray | None = None  # each row's index in the batch as sent (for errors)
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -446,6 +456,13 @@ def _check_values(values: dict[str, np.ndarray], reported: dict[str, np.ndarray]
         v = values[field]
         problems.add_mask(~finite[field] & ~reported[field], field, lambda i, v=v: f"must be a finite number, got {float(v[i])}")
     problems.add_mask(finite["low"] & (lo <= 0), "low", lambda i: f"must be greater than 0, got {_num(lo[i])}")
+    for field in PRICE_FIELDS:
+        v = values[field]
+        problems.add_mask(
+            finite[field] & (v > MAX_PRICE),
+            field,
+            lambda i, v=v: f"{_num(v[i])} is beyond any instrument's price (at most {MAX_PRICE:g}); a unit or encoding error?",
+        )
     prices_ok = finite["open"] & finite["high"] & finite["low"] & finite["close"]
     top = np.maximum(o, c)
     bottom = np.minimum(o, c)
@@ -539,6 +556,7 @@ def validate_candles(
         tick_volume=values["tick_volume"][keep].astype(np.int64),
         spread=values["spread"][keep].astype(np.int64),
         real_volume=values["real_volume"][keep].astype(np.int64),
+        source_rows=keep,
     )
 
 
@@ -565,6 +583,7 @@ def ingest_candles(
     utc_offset_hours: float = 0.0,
     digits: int | None = None,
     point: float | None = None,
+    max_jump: float | None = DEFAULT_MAX_JUMP,
 ) -> IngestResult:
     """Validate `candles` and upsert them in one transaction; see the module docstring.
 
@@ -574,6 +593,8 @@ def ingest_candles(
     `now`: the clock for validation and, when given, the base of the ingest stamp.
     `digits` / `point`: what the EA says about the instrument (MT5's SYMBOL_DIGITS and
     SYMBOL_POINT), kept in ``symbols`` for its pip size (mt5_pipeline.pips).
+    `max_jump`: PRICE_MAX_JUMP; a bar further than this factor from the level of the bars
+    around it rejects the batch (None or 0: no such check).
     """
     from mt5_pipeline.pips import check_instrument, record_instrument
 
@@ -588,6 +609,8 @@ def ingest_candles(
         raise
     if instrument_errors:
         raise CandleValidationError(instrument_errors)
+    if len(batch) and max_jump:
+        _check_jumps(database_url, batch, max_jump)
     record_instrument(database_url, symbol, digits, point)
     if len(batch) == 0:
         return IngestResult(batch.received, 0, 0, 0, None, 0)
@@ -598,6 +621,57 @@ def ingest_candles(
     unique = len(batch)
     first = datetime.fromtimestamp(first_us / 1_000_000, timezone.utc) if first_us is not None else None
     return IngestResult(batch.received, inserted, updated, unique - inserted - updated, first, batch.received - unique)
+
+
+def _check_jumps(database_url: str, batch: CandleBatch, max_jump: float) -> None:
+    """Reject bars far from the level of their neighbours (stored bars before the batch
+    included): a 1e6 in a EURUSD series is a bad tick, and would ride in every rolling
+    feature for the next 50 bars. A trend, however long, moves the level with it.
+
+    Costs one small indexed read; the rolling median runs only when some step between
+    consecutive closes (or a bar's own range) exceeds the factor at all.
+    """
+    from sqlalchemy import select
+
+    from mt5_pipeline.storage.schema import candles
+
+    c = candles.c
+    with get_engine(database_url).connect() as conn:
+        before = conn.execute(
+            select(c.close)
+            .where(c.symbol == batch.symbol, c.timeframe == batch.timeframe, c.ts < _utc(int(batch.ts[0])))
+            .order_by(c.ts.desc())
+            .limit(JUMP_WINDOW // 2)
+        ).scalars().all()
+    limit = math.log(max_jump)
+    context = np.log(np.asarray(before[::-1], dtype=np.float64))
+    log_close = np.log(batch.close)
+    steps = np.abs(np.diff(np.concatenate([context, log_close])))
+    ranges = np.log(batch.high) - np.log(batch.low)
+    if (steps.size == 0 or steps.max() <= limit) and ranges.max() <= limit:
+        return
+    level = pd.Series(np.concatenate([context, log_close])).rolling(JUMP_WINDOW, center=True, min_periods=1).median().to_numpy()[len(context) :]
+    above = np.log(batch.high) - level
+    below = level - np.log(batch.low)
+    bad = np.flatnonzero((above > limit) | (below > limit))
+    if not len(bad):
+        return
+    rows = batch.source_rows if batch.source_rows is not None else np.arange(len(batch))
+    errors = []
+    for i in bad[:MAX_REPORTED_ERRORS]:
+        high_side = above[i] >= below[i]
+        field, price = ("high", batch.high[i]) if high_side else ("low", batch.low[i])
+        factor = math.exp(above[i] if high_side else below[i])
+        errors.append(
+            FieldError(
+                f"candles[{int(rows[i])}].{field}",
+                f"{_num(price)} is {factor:,.3g} times {'above' if high_side else 'below'} the level of the bars around it "
+                f"({math.exp(level[i]):.6g}); more than PRICE_MAX_JUMP={max_jump:g} is taken for a bad tick",
+            )
+        )
+    if len(bad) > MAX_REPORTED_ERRORS:
+        errors.append(FieldError("candles", f"{len(bad) - MAX_REPORTED_ERRORS:,} more errors not shown ({len(bad):,} in all)"))
+    raise CandleValidationError(errors, len(bad))
 
 
 _VALUES = ("open", "high", "low", "close", "tick_volume", "spread", "real_volume")

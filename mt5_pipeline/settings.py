@@ -199,6 +199,7 @@ class Settings:
     default_tp_pips: float = _setting("DEFAULT_TP_PIPS", "40", "take-profit in pips", _float)
     symbol_sl_tp_pips: dict = _setting("SYMBOL_SL_TP_PIPS", "", "per-symbol SL/TP overrides, e.g. USDJPY=25/50,XAUUSD=300/600", _symbol_map(_sl_tp))
     pip_sizes: dict = _setting("PIP_SIZES", "", "per-symbol pip sizes, e.g. XAUUSD=0.1,US30=1; otherwise currency pairs 0.0001 (JPY 0.01), other symbols from the EA's digits/point in POST /ingest, else no signals", _symbol_map(_float))
+    price_max_jump: float = _setting("PRICE_MAX_JUMP", "10", "a candle this many times above or below the level of the bars around it is rejected at ingest as a bad tick (0: off)", _float)
     model_dir: Path = _setting("MODEL_DIR", "./models", "rf_m1.pkl, its versioned copies and their JSON sidecars", lambda raw: Path(raw.strip()))
     label_mode: str = _setting("LABEL_MODE", "horizon", "horizon: close N bars ahead above close now; triple_barrier: TP hit before SL", _label_mode)
     label_horizon_bars: int = _setting("LABEL_HORIZON_BARS", "5", "bars ahead for the horizon label (and the train/test embargo)", _int)
@@ -290,6 +291,7 @@ class Settings:
             ("API_MAX_BODY_BYTES", self.api_max_body_bytes),
         ):
             need(value > 0, f"{env}: must be greater than 0, got {value}")
+        need(self.price_max_jump == 0 or self.price_max_jump > 1, f"PRICE_MAX_JUMP: must be greater than 1 (or 0 to turn the check off), got {self.price_max_jump}")
         need(0 < self.rf_max_samples <= 1, f"RF_MAX_SAMPLES: must be in (0, 1], got {self.rf_max_samples}")
         if self.signal_max_bar_age_seconds is not None:
             need(self.signal_max_bar_age_seconds > 0, f"SIGNAL_MAX_BAR_AGE_SECONDS: must be greater than 0, got {self.signal_max_bar_age_seconds}")

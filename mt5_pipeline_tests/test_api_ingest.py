@@ -208,3 +208,14 @@ async def test_ingest_keeps_the_eas_digits_and_point_for_the_pip(api_settings, d
     assert pip_size_for(api_settings, db_url, "XAUUSD") == pytest.approx(0.01)
     assert pip_size_for(api_settings, db_url, "US30") == pytest.approx(0.1)
     assert len(stored(db_url, "XAUUSD")) == 5
+
+
+async def test_an_absurd_price_is_a_422_naming_the_row_and_nothing_is_stored(api_settings, db_url):
+    sent = bars(10)
+    sent[7] = {**sent[7], "high": 1e308}
+    async with api_client(api_settings) as client:
+        response = await client.post("/ingest", json=body(sent))
+    assert response.status_code == 422
+    assert response.json()["details"][0]["loc"] == "candles[7].high"
+    assert "beyond any instrument's price" in response.json()["details"][0]["message"]
+    assert stored(db_url) == []

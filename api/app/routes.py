@@ -45,7 +45,13 @@ async def ingest(request: Request) -> Response:
     started = time.perf_counter()
     try:
         result = await run_in_threadpool(
-            partial(ingest_candles, utc_offset_hours=req.utc_offset_hours, digits=req.digits, point=req.point),
+            partial(
+                ingest_candles,
+                utc_offset_hours=req.utc_offset_hours,
+                digits=req.digits,
+                point=req.point,
+                max_jump=state.settings.price_max_jump,
+            ),
             state.settings.database_url,
             req.symbol,
             req.timeframe,

@@ -65,3 +65,68 @@ def test_a_long_trend_is_not_a_bad_tick(db_url):
     closes = 100.0 * np.exp(np.arange(4_700) * 0.001)
     rows = [bar(i, round(float(c), 2), wick=0.01) for i, c in enumerate(closes)]
     assert ingest_candles(db_url, "BTCUSD", "M1", rows, now=NOW + timedelta(days=10)).inserted == 4_700
+
+
+# ---- plausible but extreme: stored, flagged, no signal until the next bars confirm ----------
+
+from mt5_pipeline import quality  # noqa: E402
+
+
+def _series_with_jump(db_url: str, *, jump: float = 1.012) -> tuple[list[dict], datetime]:
+    """300 quiet EURUSD bars (about 1 bp a minute), then bar 300 jumps 1.2 %: 100+ standard
+    deviations, yet far from a bad tick's 10x. Returns the bars and the jump bar's time."""
+    history = walk(300)
+    level = history[-1]["close"] * jump
+    ingest_candles(db_url, "EURUSD", "M1", [*history, bar(300, round(level, 5))], now=NOW)
+    return history, datetime.fromtimestamp(T0 + 300 * 60, timezone.utc)
+
+
+def _at(i: int) -> datetime:
+    return datetime.fromtimestamp(T0 + 60 * i, timezone.utc)
+
+
+def test_an_extreme_bar_is_stored_and_waits_for_the_next_bars(db_url):
+    _, jump_ts = _series_with_jump(db_url)
+    assert len(read_candles(db_url, "EURUSD", "M1")) == 301  # stored: plausible
+    flags = quality.extreme_bars(read_candles(db_url, "EURUSD", "M1"))
+    assert list(flags.index[flags["extreme"]]) == [300] and flags["sigmas"].iloc[300] > 50
+
+    reason = quality.unconfirmed_extreme(db_url, "EURUSD", "M1", jump_ts)
+    assert reason is not None and "waiting for 2 more bar(s)" in reason
+    assert quality.unconfirmed_extreme(db_url, "EURUSD", "M1", _at(299)) is None  # the bar before is fine
+    check = quality.candles_extreme_bars(db_url)
+    assert not check.passed and check.severity == "WARN" and check.metadata["unconfirmed"] == 1
+
+    level = read_candles(db_url, "EURUSD", "M1")["close"].iloc[-1]
+    ingest_candles(db_url, "EURUSD", "M1", [bar(301, level + 0.0001)], now=NOW)
+    assert "waiting for 1 more bar(s)" in quality.unconfirmed_extreme(db_url, "EURUSD", "M1", _at(301))
+    ingest_candles(db_url, "EURUSD", "M1", [bar(302, level - 0.0001)], now=NOW)
+    # Two bars held the new level: confirmed, signals may follow.
+    assert quality.unconfirmed_extreme(db_url, "EURUSD", "M1", _at(302)) is None
+    assert quality.candles_extreme_bars(db_url).passed
+
+
+def test_a_spike_the_next_bars_do_not_hold_keeps_its_bars_from_trading(db_url):
+    history, jump_ts = _series_with_jump(db_url)
+    before = history[-1]["close"]
+    ingest_candles(db_url, "EURUSD", "M1", [bar(301, before), bar(302, before + 0.0001)], now=NOW)
+    reason = quality.unconfirmed_extreme(db_url, "EURUSD", "M1", _at(302))
+    assert reason is not None and "did not hold its level" in reason
+    check = quality.candles_extreme_bars(db_url)
+    assert not check.passed and check.metadata["bars"][0]["state"] == "not confirmed"
+    # Once the spike is CONFIRM_BARS + 1 bars back, newer bars trade again.
+    ingest_candles(db_url, "EURUSD", "M1", [bar(303, before)], now=NOW)
+    assert quality.unconfirmed_extreme(db_url, "EURUSD", "M1", _at(303)) is None
+
+
+def test_the_candles_check_flags_it_through_dagster(sqlite_url, settings_for):
+    import dagster as dg
+
+    from mt5_pipeline_tests.orchestration_support import FAST_MODEL, defs_for
+
+    _series_with_jump(sqlite_url)
+    defs = defs_for(settings_for(sqlite_url, **FAST_MODEL), **FAST_MODEL)
+    result = defs.resolve_job_def("candles_checks_job").execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    evaluation = {e.check_name: e for e in result.get_asset_check_evaluations()}["candles_extreme_bars"]
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert "1 unconfirmed" in evaluation.description

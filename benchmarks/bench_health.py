@@ -10,6 +10,7 @@ it, then VACUUM ANALYZE. At each size, in the same run:
 * GET /health from a real `mt5-pipeline serve` process (push disabled, so no EA probe),
   p50 / p99 over 200 requests: the figure;
 * GET /openapi.json (static JSON behind the key) on the same server: the HTTP floor;
+* ``newest_bars()`` called directly (what /health, /metrics and new_candles_sensor read);
 * the newest-bar query /health ran before (count(*) and max() per series), run directly
   on the database: the baseline /health used to pay on top of the HTTP floor.
 
@@ -31,6 +32,7 @@ import psycopg
 from _support import START, add_row, database_name, percentile, report, scratch_database, stop, wait_healthy
 
 from mt5_pipeline.servers import free_port
+from mt5_pipeline.storage.bulk import newest_bars
 
 SYMBOLS = 28
 REQUESTS = 200
@@ -133,12 +135,18 @@ def main() -> int:
                     floor = latencies(client, "/openapi.json", REQUESTS, headers={"X-API-Key": KEY})
             finally:
                 stop(proc)
+            direct = []
+            for _ in range(REQUESTS):
+                t0 = time.perf_counter()
+                newest_bars(url)
+                direct.append((time.perf_counter() - t0) * 1000)
             old = old_query_ms(url, 3 if size >= 10_000_000 else 5)
             label = f"{size / 1e6:g}M candles"
             p50, p99 = percentile(health, 0.5), percentile(health, 0.99)
             old_p50 = percentile(old, 0.5)
             add_row(rows, f"GET /health p50, {label} (baseline: the old count(*) query alone)", p50, "ms", old_p50, f"< {AIM_MS:g} ms", digits=2, higher_is_better=False)
             add_row(rows, f"GET /health p99, {label}", p99, "ms", None, f"< {AIM_MS:g} ms", digits=2)
+            add_row(rows, f"newest_bars() called directly p50, {label} (baseline: the old count(*) query)", percentile(direct, 0.5), "ms", old_p50, "constant in the table size", digits=2, higher_is_better=False)
             add_row(rows, f"GET /openapi.json p50, {label}: the HTTP floor", percentile(floor, 0.5), "ms", None, "context", digits=2)
             print(f"  /health p50 {p50:.2f} ms, p99 {p99:.2f} ms; old query {old_p50:.0f} ms", flush=True)
     report("bench_health", rows)

@@ -629,7 +629,7 @@ def _check_jumps(database_url: str, batch: CandleBatch, max_jump: float) -> None
     feature for the next 50 bars. A trend, however long, moves the level with it.
 
     Costs one small indexed read; the rolling median runs only when some step between
-    consecutive closes (or a bar's own range) exceeds the factor at all.
+    consecutive closes (or a bar's own range) exceeds the square root of the factor.
     """
     from sqlalchemy import select
 
@@ -648,7 +648,8 @@ def _check_jumps(database_url: str, batch: CandleBatch, max_jump: float) -> None
     log_close = np.log(batch.close)
     steps = np.abs(np.diff(np.concatenate([context, log_close])))
     ranges = np.log(batch.high) - np.log(batch.low)
-    if (steps.size == 0 or steps.max() <= limit) and ranges.max() <= limit:
+    # Half the limit: two consecutive steps just under it could still leave a bar past it.
+    if (steps.size == 0 or steps.max() <= limit / 2) and ranges.max() <= limit / 2:
         return
     level = pd.Series(np.concatenate([context, log_close])).rolling(JUMP_WINDOW, center=True, min_periods=1).median().to_numpy()[len(context) :]
     above = np.log(batch.high) - level

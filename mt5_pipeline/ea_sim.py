@@ -133,13 +133,17 @@ class PaperEA:
     def key_ok(self, request: Request) -> bool:
         return hmac.compare_digest(request.headers.get("x-api-key", "").encode(), self._api_key)
 
-    def pip_of(self, body: dict) -> float:
+    def pip_of(self, body: dict) -> float | None:
         """The pip the signal's sl_pips / tp_pips are in: the sender's meta.pip_size when it
-        says, else this EA's PIP_SIZES or the FX rule (PipSizeUnknown for anything else)."""
+        says, else this EA's PIP_SIZES or the FX rule; None for an instrument it cannot
+        tell (a real EA knows its own SYMBOL_POINT; this one never guesses an FX pip)."""
         said = (body.get("meta") or {}).get("pip_size") if isinstance(body.get("meta"), dict) else None
         if isinstance(said, int | float) and not isinstance(said, bool) and said > 0:
             return float(said)
-        return pip_size(body["symbol"], self.pip_sizes)
+        try:
+            return pip_size(body["symbol"], self.pip_sizes)
+        except PipSizeUnknown:
+            return None
 
     def accept(self, body: dict) -> tuple[dict, bool]:
         """Open a paper position for a valid signal; a repeat returns the first answer."""
@@ -159,8 +163,9 @@ class PaperEA:
                 "symbol": body["symbol"],
                 "side": body["side"],
                 "open_price": price,
-                "sl": round(price - sign * body["sl_pips"] * pip, 10),
-                "tp": round(price + sign * body["tp_pips"] * pip, 10),
+                # Without a pip, no stop or target is placed (never at an FX pip's distance).
+                "sl": None if pip is None else round(price - sign * body["sl_pips"] * pip, 10),
+                "tp": None if pip is None else round(price + sign * body["tp_pips"] * pip, 10),
                 "opened_at": iso_z(self.clock()),
                 "status": "OPEN",
                 "close_price": None,
@@ -181,7 +186,7 @@ class PaperEA:
         closed = []
         with self.lock:
             for p in self.positions.values():
-                if p["status"] != "OPEN" or p["symbol"] != symbol:
+                if p["status"] != "OPEN" or p["symbol"] != symbol or p["pip"] is None:
                     continue
                 buy = p["side"] == "BUY"
                 hit_sl = price <= p["sl"] if buy else price >= p["sl"]
@@ -267,10 +272,6 @@ def create_ea_app(
         if previous is None and ea.clock() >= _parse_time(body["expires_at"]):
             # Too late to trade. Answered with 200 + success:false, as an MQL5 EA usually does.
             return _answer(200, success=False, message=f"signal expired at {body['expires_at']}; not traded")
-        try:
-            ea.pip_of(body)
-        except PipSizeUnknown as exc:  # a stop in unknown pips: refused, never guessed
-            return _answer(422, success=False, message=str(exc))
         answer, duplicate = ea.accept(body)
         if duplicate:
             return _answer(200, **answer, duplicate=True)

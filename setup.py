@@ -1,6 +1,6 @@
 """mt5-pipeline: MetaTrader 5 candles -> features -> RandomForest signals -> the EA, orchestrated by Dagster."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 # dagster, dagster-webserver and dagster-postgres are released in lock-step: each
 # dagster-postgres requires its exact dagster, and unpinned pip can fall back to an
@@ -15,9 +15,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["mt5_pipeline", "mt5_pipeline.*", "api", "api.*"]),
-    package_data={"mt5_pipeline": ["storage/migrations/*.ini", "storage/migrations/*.mako", "storage/migrations/versions/*.py"]},
-    include_package_data=True,
+    # Namespace discovery: the alembic directories (storage/migrations, its versions/)
+    # have no __init__.py but hold modules the program runs (`db upgrade` imports
+    # env.py and each version), so they must ship as packages. mt5_pipeline_tests is
+    # not part of the program.
+    packages=find_namespace_packages(include=["mt5_pipeline", "mt5_pipeline.*", "api", "api.*"], exclude=["*.__pycache__"]),
+    package_data={"mt5_pipeline.storage.migrations": ["script.py.mako"]},
     install_requires=[
         f"dagster=={DAGSTER}",
         f"dagster-webserver=={DAGSTER}",

@@ -69,7 +69,9 @@ def _free_port() -> int:
 def _symbols(n: int) -> list[str]:
     majors = ["EUR", "GBP", "AUD", "NZD", "USD", "CAD", "CHF", "JPY"]
     pairs = [a + b for i, a in enumerate(majors) for b in majors[i + 1 :]]  # the 28 majors and crosses
-    return (pairs + [f"SYN{i:03d}" for i in range(max(0, n - len(pairs)))])[:n]
+    # Beyond the 28: real currency pairs against other currencies, so each has an FX pip.
+    others = ["SEK", "NOK", "DKK", "PLN", "HUF", "CZK", "TRY", "ZAR", "MXN", "SGD", "HKD", "CNH"]
+    return (pairs + [a + b for a in majors for b in others])[:n]
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -23,6 +23,7 @@ without trades do not count).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,8 +33,10 @@ import numpy as np
 import pandas as pd
 
 from mt5_pipeline.labels import EXIT_NAMES, walk_barriers
-from mt5_pipeline.pips import pip_size, point_size
+from mt5_pipeline.pips import PipSizeUnknown, pip_size, pip_size_for, point_size, point_size_for
 from mt5_pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
 
 TRADING_DAYS_PER_YEAR = 252
 BASELINE_SEED = 12345
@@ -58,6 +61,8 @@ def simulate_trades(
     tp_pips: float,
     max_hold: int,
     pip_overrides: Mapping[str, float] | None = None,
+    pip: float | None = None,
+    point: float | None = None,
 ) -> pd.DataFrame:
     """Trades for signals on bars ``signal_index`` (positions in ``candles``, sorted by ts), ``side`` +1/-1."""
     signal_index = np.asarray(signal_index, dtype=np.int64)
@@ -65,7 +70,7 @@ def simulate_trades(
     n = len(candles)
     keep = signal_index + 1 < n
     signal_index, side = signal_index[keep], side[keep]
-    pip = pip_size(symbol, pip_overrides)
+    pip = pip_size(symbol, pip_overrides) if pip is None else pip
     open_ = candles["open"].to_numpy(dtype=np.float64)
     close = candles["close"].to_numpy(dtype=np.float64)
     entry = signal_index + 1
@@ -86,7 +91,7 @@ def simulate_trades(
     entry_price = open_[entry]
     gross = side * (exit_price - entry_price) / pip
     spread_points = candles["spread"].to_numpy(dtype=np.float64) if "spread" in candles.columns else np.zeros(n)
-    cost = spread_points[entry] * point_size(symbol, pip_overrides) / pip
+    cost = spread_points[entry] * (point_size(symbol, pip_overrides) if point is None else point) / pip
     # A DatetimeIndex, not .to_numpy(): that would make an object array of Timestamps.
     ts = pd.DatetimeIndex(pd.to_datetime(candles["ts"], utc=True))
     return pd.DataFrame(
@@ -163,7 +168,13 @@ def run_backtest(
         trade = side != 0
         index, side = at[trade], side[trade]
         sl, tp = settings.sl_tp_pips(symbol)
-        common = dict(symbol=symbol, sl_pips=sl, tp_pips=tp, max_hold=settings.label_max_hold_bars, pip_overrides=settings.pip_sizes)
+        try:
+            pip, point = pip_size_for(settings, None, symbol), point_size_for(settings, None, symbol)
+        except PipSizeUnknown as exc:
+            # No stop or target can be placed without a pip: left out, and said so.
+            log.warning("backtest: %s left out: %s", symbol, exc)
+            continue
+        common = dict(symbol=symbol, sl_pips=sl, tp_pips=tp, max_hold=settings.label_max_hold_bars, pip=pip, point=point)
         model_parts.append(simulate_trades(candles, index, side, **common))
         base_parts.append(simulate_trades(candles, index, rng.choice(np.array([-1, 1]), size=len(index)), **common))
     empty = pd.DataFrame(columns=list(_TRADE_COLUMNS))

@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mt5_pipeline.clock import iso_z, utcnow
-from mt5_pipeline.pips import pip_size
+from mt5_pipeline.pips import PipSizeUnknown, pip_size
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,18 @@ class PaperEA:
     def key_ok(self, request: Request) -> bool:
         return hmac.compare_digest(request.headers.get("x-api-key", "").encode(), self._api_key)
 
+    def pip_of(self, body: dict) -> float | None:
+        """The pip the signal's sl_pips / tp_pips are in: the sender's meta.pip_size when it
+        says, else this EA's PIP_SIZES or the FX rule; None for an instrument it cannot
+        tell (a real EA knows its own SYMBOL_POINT; this one never guesses an FX pip)."""
+        said = (body.get("meta") or {}).get("pip_size") if isinstance(body.get("meta"), dict) else None
+        if isinstance(said, int | float) and not isinstance(said, bool) and said > 0:
+            return float(said)
+        try:
+            return pip_size(body["symbol"], self.pip_sizes)
+        except PipSizeUnknown:
+            return None
+
     def accept(self, body: dict) -> tuple[dict, bool]:
         """Open a paper position for a valid signal; a repeat returns the first answer."""
         with self.lock:
@@ -142,7 +154,7 @@ class PaperEA:
                 return previous, True
             ticket = self._next_ticket
             self._next_ticket += 1
-            pip = pip_size(body["symbol"], self.pip_sizes)
+            pip = self.pip_of(body)
             sign = 1 if body["side"] == "BUY" else -1
             price = float(body["price"])
             position = {
@@ -151,12 +163,14 @@ class PaperEA:
                 "symbol": body["symbol"],
                 "side": body["side"],
                 "open_price": price,
-                "sl": round(price - sign * body["sl_pips"] * pip, 10),
-                "tp": round(price + sign * body["tp_pips"] * pip, 10),
+                # Without a pip, no stop or target is placed (never at an FX pip's distance).
+                "sl": None if pip is None else round(price - sign * body["sl_pips"] * pip, 10),
+                "tp": None if pip is None else round(price + sign * body["tp_pips"] * pip, 10),
                 "opened_at": iso_z(self.clock()),
                 "status": "OPEN",
                 "close_price": None,
                 "pips": None,
+                "pip": pip,
             }
             self.positions[ticket] = position
             self.by_signal[body["signal_id"]] = {"success": True, "ticket": ticket}
@@ -172,14 +186,14 @@ class PaperEA:
         closed = []
         with self.lock:
             for p in self.positions.values():
-                if p["status"] != "OPEN" or p["symbol"] != symbol:
+                if p["status"] != "OPEN" or p["symbol"] != symbol or p["pip"] is None:
                     continue
                 buy = p["side"] == "BUY"
                 hit_sl = price <= p["sl"] if buy else price >= p["sl"]
                 hit_tp = price >= p["tp"] if buy else price <= p["tp"]
                 if hit_sl or hit_tp:
                     exit_price = p["sl"] if hit_sl else p["tp"]
-                    pip = pip_size(symbol, self.pip_sizes)
+                    pip = p["pip"]
                     p.update(status="SL" if hit_sl else "TP", close_price=exit_price, pips=round((exit_price - p["open_price"]) / pip * (1 if buy else -1), 1))
                     closed.append(dict(p))
         return closed

@@ -18,6 +18,13 @@ Rules worth knowing:
   its ``--tz-offset``). D1 opens at 00:00, H4 at 00/04/08/...:00, W1 on Sunday 00:00
   (MT5's week), MN1 on the 1st of the month 00:00 — all in that offset's local time.
 * The same ts twice in one batch: the last one wins (a later line is a later version).
+* ``ingested_at`` is stamped after the series lock is taken, from the database's clock,
+  and is always later than every stamp already stored in the series. So a features run
+  that has seen a stamp has seen every change committed before it, however long a
+  commit lagged its stamp (``features.first_stale_bar`` relies on this). A caller's
+  ``now`` (tests, reproducible runs) replaces the clock, not the ordering.
+* ``candle_series`` counts the bars per series in the same transaction, so nothing has
+  to count the candles table to report them.
 * Symbols are stored as given (MT5 suffixes like ``EURUSDm`` are case-sensitive).
 * The forming bar may be stored (and replaced by its final version); only closed bars
   become features, labels or signals (:mod:`mt5_pipeline.bars`). On PostgreSQL a batch
@@ -32,7 +39,7 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -59,6 +66,15 @@ TIMEFRAMES: tuple[str, ...] = tuple(TIMEFRAME_SECONDS)
 # LISTEN/NOTIFY channel of committed closed bars; the payload is "SYMBOL TIMEFRAME".
 CANDLES_CHANNEL = "candles_closed"
 FUTURE_SKEW_SECONDS = 60
+# No instrument trades above this (BTC in yen is about 1e7): anything larger is an
+# encoding or unit error, and would poison every feature window it enters.
+MAX_PRICE = 1e10
+# A bar this many times above (or below) the level of the bars around it is a bad tick,
+# not a market move: rejected (PRICE_MAX_JUMP overrides; see _check_jumps).
+DEFAULT_MAX_JUMP = 10.0
+# The level a bar is compared with: the median close of this many bars centred on it,
+# the stored bars just before the batch included.
+JUMP_WINDOW = 21
 MAX_REPORTED_ERRORS = 50
 SYMBOL_PATTERN = re.compile(r"[A-Za-z0-9._#-]{1,32}")
 
@@ -120,6 +136,7 @@ class CandleBatch:
     tick_volume: np.ndarray  # int64
     spread: np.ndarray  # int64
     real_volume: np.ndarray  # int64
+    source_rows: np.ndarray | None = None  # each row's index in the batch as sent (for errors)
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -445,6 +462,13 @@ def _check_values(values: dict[str, np.ndarray], reported: dict[str, np.ndarray]
         v = values[field]
         problems.add_mask(~finite[field] & ~reported[field], field, lambda i, v=v: f"must be a finite number, got {float(v[i])}")
     problems.add_mask(finite["low"] & (lo <= 0), "low", lambda i: f"must be greater than 0, got {_num(lo[i])}")
+    for field in PRICE_FIELDS:
+        v = values[field]
+        problems.add_mask(
+            finite[field] & (v > MAX_PRICE),
+            field,
+            lambda i, v=v: f"{_num(v[i])} is beyond any instrument's price (at most {MAX_PRICE:g}); a unit or encoding error?",
+        )
     prices_ok = finite["open"] & finite["high"] & finite["low"] & finite["close"]
     top = np.maximum(o, c)
     bottom = np.minimum(o, c)
@@ -538,6 +562,7 @@ def validate_candles(
         tick_volume=values["tick_volume"][keep].astype(np.int64),
         spread=values["spread"][keep].astype(np.int64),
         real_volume=values["real_volume"][keep].astype(np.int64),
+        source_rows=keep,
     )
 
 
@@ -562,24 +587,98 @@ def ingest_candles(
     *,
     now: datetime | None = None,
     utc_offset_hours: float = 0.0,
+    digits: int | None = None,
+    point: float | None = None,
+    max_jump: float | None = DEFAULT_MAX_JUMP,
 ) -> IngestResult:
     """Validate `candles` and upsert them in one transaction; see the module docstring.
 
     `candles`: MqlRates dicts (time, open, high, low, close, tick_volume, spread?,
     real_volume?) or a DataFrame with those columns (``time`` or ``ts``).
     `utc_offset_hours`: the broker's UTC offset, for where H4/D1/W1/MN1 bars begin.
+    `now`: the clock for validation and, when given, the base of the ingest stamp.
+    `digits` / `point`: what the EA says about the instrument (MT5's SYMBOL_DIGITS and
+    SYMBOL_POINT), kept in ``symbols`` for its pip size (mt5_pipeline.pips).
+    `max_jump`: PRICE_MAX_JUMP; a bar further than this factor from the level of the bars
+    around it rejects the batch (None or 0: no such check).
     """
+    from mt5_pipeline.pips import check_instrument, record_instrument
+
+    stamp_base = None if now is None else _now(now)
     now = _now(now)
-    batch = validate_candles(symbol, timeframe, candles, now=now, utc_offset_hours=utc_offset_hours)
+    instrument_errors = [FieldError(field, message) for field, message in check_instrument(digits, point)]
+    try:
+        batch = validate_candles(symbol, timeframe, candles, now=now, utc_offset_hours=utc_offset_hours)
+    except CandleValidationError as exc:
+        if instrument_errors:
+            raise CandleValidationError(instrument_errors + exc.errors, exc.total + len(instrument_errors)) from None
+        raise
+    if instrument_errors:
+        raise CandleValidationError(instrument_errors)
+    if len(batch) and max_jump:
+        _check_jumps(database_url, batch, max_jump)
+    record_instrument(database_url, symbol, digits, point)
     if len(batch) == 0:
         return IngestResult(batch.received, 0, 0, 0, None, 0)
     if is_postgres(database_url):
-        inserted, updated, first_us = _store_pg(database_url, batch, now)
+        inserted, updated, first_us = _store_pg(database_url, batch, stamp_base, clock=now)
     else:
-        inserted, updated, first_us = _store_sqlite(database_url, batch, now)
+        inserted, updated, first_us = _store_sqlite(database_url, batch, stamp_base)
     unique = len(batch)
     first = datetime.fromtimestamp(first_us / 1_000_000, timezone.utc) if first_us is not None else None
     return IngestResult(batch.received, inserted, updated, unique - inserted - updated, first, batch.received - unique)
+
+
+def _check_jumps(database_url: str, batch: CandleBatch, max_jump: float) -> None:
+    """Reject bars far from the level of their neighbours (stored bars before the batch
+    included): a 1e6 in a EURUSD series is a bad tick, and would ride in every rolling
+    feature for the next 50 bars. A trend, however long, moves the level with it.
+
+    Costs one small indexed read; the rolling median runs only when some step between
+    consecutive closes (or a bar's own range) exceeds the square root of the factor.
+    """
+    from sqlalchemy import select
+
+    from mt5_pipeline.storage.schema import candles
+
+    c = candles.c
+    with get_engine(database_url).connect() as conn:
+        before = conn.execute(
+            select(c.close)
+            .where(c.symbol == batch.symbol, c.timeframe == batch.timeframe, c.ts < _utc(int(batch.ts[0])))
+            .order_by(c.ts.desc())
+            .limit(JUMP_WINDOW // 2)
+        ).scalars().all()
+    limit = math.log(max_jump)
+    context = np.log(np.asarray(before[::-1], dtype=np.float64))
+    log_close = np.log(batch.close)
+    steps = np.abs(np.diff(np.concatenate([context, log_close])))
+    ranges = np.log(batch.high) - np.log(batch.low)
+    # Half the limit: two consecutive steps just under it could still leave a bar past it.
+    if (steps.size == 0 or steps.max() <= limit / 2) and ranges.max() <= limit / 2:
+        return
+    level = pd.Series(np.concatenate([context, log_close])).rolling(JUMP_WINDOW, center=True, min_periods=1).median().to_numpy()[len(context) :]
+    above = np.log(batch.high) - level
+    below = level - np.log(batch.low)
+    bad = np.flatnonzero((above > limit) | (below > limit))
+    if not len(bad):
+        return
+    rows = batch.source_rows if batch.source_rows is not None else np.arange(len(batch))
+    errors = []
+    for i in bad[:MAX_REPORTED_ERRORS]:
+        high_side = above[i] >= below[i]
+        field, price = ("high", batch.high[i]) if high_side else ("low", batch.low[i])
+        factor = math.exp(above[i] if high_side else below[i])
+        errors.append(
+            FieldError(
+                f"candles[{int(rows[i])}].{field}",
+                f"{_num(price)} is {factor:,.3g} times {'above' if high_side else 'below'} the level of the bars around it "
+                f"({math.exp(level[i]):.6g}); more than PRICE_MAX_JUMP={max_jump:g} is taken for a bad tick",
+            )
+        )
+    if len(bad) > MAX_REPORTED_ERRORS:
+        errors.append(FieldError("candles", f"{len(bad) - MAX_REPORTED_ERRORS:,} more errors not shown ({len(bad):,} in all)"))
+    raise CandleValidationError(errors, len(bad))
 
 
 _VALUES = ("open", "high", "low", "close", "tick_volume", "spread", "real_volume")
@@ -641,7 +740,27 @@ def _classify(batch: CandleBatch, stored: np.ndarray) -> tuple[np.ndarray, np.nd
     return ~found, found & differs
 
 
-def _store_pg(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int, int | None]:
+def series_lock_key(symbol: str, timeframe: str) -> str:
+    """The text whose hash is the series' advisory lock (PostgreSQL)."""
+    return f"candles/{symbol}/{timeframe}"
+
+
+# Under the series lock: the database clock now (or the caller's time), but always after
+# every stamp already stored in the series (GREATEST skips the NULL of an empty series).
+_PG_STAMP = (
+    "SELECT GREATEST(COALESCE(%s::timestamptz, clock_timestamp()), "
+    "(SELECT max(ingested_at) FROM candles WHERE symbol = %s AND timeframe = %s) + interval '1 microsecond')"
+)
+
+
+def _count_new_bars_pg(cur: Any, batch: CandleBatch, inserted: int) -> None:
+    key = (batch.symbol, batch.timeframe)
+    cur.execute("UPDATE candle_series SET bars = bars + %s WHERE symbol = %s AND timeframe = %s", (inserted, *key))
+    if cur.rowcount == 0:  # the series' first ingest: count what is there (once)
+        cur.execute("INSERT INTO candle_series (symbol, timeframe, bars) SELECT %s, %s, count(*) FROM candles WHERE symbol = %s AND timeframe = %s", (*key, *key))
+
+
+def _store_pg(url: str, batch: CandleBatch, stamp_base: datetime | None, *, clock: datetime) -> tuple[int, int, int | None]:
     """(inserted, updated, first changed ts in epoch µs) — one transaction.
 
     Ingests of one series are serialised by an advisory lock, so what is read at the
@@ -653,8 +772,11 @@ def _store_pg(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int, in
     slower here: it speculatively inserts every row and locks every conflicting one.)
     """
     with pg_connection(url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"candles/{batch.symbol}/{batch.timeframe}",))
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (series_lock_key(batch.symbol, batch.timeframe),))
         new, changed = _classify(batch, _stored_bars(cur, batch))
+        if new.any() or changed.any():
+            cur.execute(_PG_STAMP, (stamp_base, batch.symbol, batch.timeframe))
+            now = cur.fetchone()[0]
         if new.any():
             rows = slice(None) if new.all() else np.flatnonzero(new)
             columns = [
@@ -671,6 +793,7 @@ def _store_pg(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int, in
                 columns,
                 int(new.sum()),
             )
+            _count_new_bars_pg(cur, batch, int(new.sum()))
         if changed.any():
             rows = np.flatnonzero(changed)
             cur.execute(
@@ -692,7 +815,7 @@ def _store_pg(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int, in
             )
             if cur.rowcount != len(rows):  # cannot happen under the lock; never report wrong counts
                 raise RuntimeError(f"updated {cur.rowcount} bars, expected {len(rows)}")
-        closed = newest_closed_in_batch(batch, now)
+        closed = newest_closed_in_batch(batch, clock)
         if closed is not None:
             # Even when nothing changed: a final version identical to the forming one is
             # still the news that the bar closed. Delivered at commit, never before.
@@ -713,10 +836,10 @@ def newest_closed_in_batch(batch: CandleBatch, now: datetime) -> int | None:
     return int(batch.ts[-2]) if len(batch) > 1 else None
 
 
-def _store_sqlite(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int, int | None]:
+def _store_sqlite(url: str, batch: CandleBatch, stamp_base: datetime | None) -> tuple[int, int, int | None]:
     """Same semantics on SQLite: a temp table, one UPDATE for bars that differ, one INSERT
     for new ones, under BEGIN IMMEDIATE (the write lock from the start, so the counts and
-    the writes see the same data)."""
+    the writes see the same data, and the stamp is read once the lock is held)."""
     ts_text = sqlite_datetime_strings(batch.ts * 1_000_000).tolist()
     rows = list(
         zip(
@@ -752,7 +875,11 @@ def _store_sqlite(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int
                 f"ON c.symbol = ? AND c.timeframe = ? AND c.ts = t.ts WHERE c.ts IS NULL OR {differs}",
                 key,
             ).fetchone()[0]
-            stamp = sqlite_datetime(now)
+            newest = cur.execute("SELECT max(ingested_at) FROM candles WHERE symbol = ? AND timeframe = ?", key).fetchone()[0]
+            stamp_at = stamp_base or datetime.now(timezone.utc)  # one machine: its clock is the database's
+            if newest is not None:
+                stamp_at = max(stamp_at, pd.Timestamp(newest, tz="UTC").to_pydatetime() + timedelta(microseconds=1))
+            stamp = sqlite_datetime(stamp_at)
             cur.execute(
                 f"UPDATE candles AS c SET {_SET}, ingested_at = ? FROM temp._ingest_candles t "
                 f"WHERE c.symbol = ? AND c.timeframe = ? AND c.ts = t.ts AND ({differs})",
@@ -767,6 +894,10 @@ def _store_sqlite(url: str, batch: CandleBatch, now: datetime) -> tuple[int, int
                 (*key, stamp, *key),
             )
             inserted = cur.rowcount
+            if inserted:
+                cur.execute("UPDATE candle_series SET bars = bars + ? WHERE symbol = ? AND timeframe = ?", (inserted, *key))
+                if cur.rowcount == 0:
+                    cur.execute("INSERT INTO candle_series (symbol, timeframe, bars) SELECT ?, ?, count(*) FROM candles WHERE symbol = ? AND timeframe = ?", (*key, *key))
             cur.execute("DELETE FROM temp._ingest_candles")
             cur.execute("COMMIT")
         except BaseException:

@@ -24,12 +24,13 @@ purge the training rows whose labels reach into the evaluation part.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from mt5_pipeline.pips import pip_size
+from mt5_pipeline.pips import PipSizeUnknown, pip_size_for
 from mt5_pipeline.settings import Settings
 
 LABEL_MODES = ("horizon", "triple_barrier")
@@ -63,13 +64,19 @@ class LabelSpec:
     @classmethod
     def from_settings(cls, settings: Settings, symbol: str) -> LabelSpec:
         sl, tp = settings.sl_tp_pips(symbol)
+        try:
+            pip = pip_size_for(settings, None, symbol)
+        except PipSizeUnknown:
+            if settings.label_mode == "triple_barrier":
+                raise  # barriers in pips need a pip: never the FX one for gold
+            pip = math.nan  # horizon labels compare closes; no pip is used
         return cls(
             mode=settings.label_mode,
             horizon_bars=settings.label_horizon_bars,
             max_hold_bars=settings.label_max_hold_bars,
             sl_pips=float(sl),
             tp_pips=float(tp),
-            pip=pip_size(symbol, settings.pip_sizes),
+            pip=pip,
         )
 
 

@@ -435,7 +435,7 @@ def import_file(
                         settle()
                         raise _chunk_failure(report, int(lines[0]), int(lines[-1]), exc.problems, exc.total) from None
                     settle()
-                    future = pool.submit(ingest_candles, settings.database_url, symbol, timeframe, frame, utc_offset_hours=tz_offset_hours)
+                    future = pool.submit(ingest_candles, settings.database_url, symbol, timeframe, frame, utc_offset_hours=tz_offset_hours, max_jump=settings.price_max_jump)
                     in_flight = (future, frame, lines)
                 settle()
     finally:

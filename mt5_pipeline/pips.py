@@ -1,21 +1,77 @@
 """Pip sizes: the one place a symbol's pip is decided (labels, backtest, signals).
 
-A pip is 0.0001 for most FX pairs and 0.01 for yen pairs; anything else (metals,
-indices, crypto) needs an override from ``PIP_SIZES`` (``settings.pip_sizes``).
-MT5 quotes ``spread`` in points; on 5- and 3-digit quotes a point is a tenth of a pip.
+Where a pip comes from, first match wins:
+
+1. ``PIP_SIZES`` (``settings.pip_sizes``), e.g. ``XAUUSD=0.1``: the operator's word;
+2. a currency pair (two ISO currency codes, any broker suffix): 0.0001, yen pairs 0.01;
+3. what the EA says about the instrument: the optional ``digits`` / ``point`` of
+   ``POST /ingest``, kept in the ``symbols`` table. A pip is then MQL's usual
+   ``point * 10`` on 3- and 5-digit quotes and one point otherwise (XAUUSD 2034.56 ->
+   0.01, US30 39012.5 -> 0.1, BTCUSD 67012.34 -> 0.01).
+
+Anything else (metals, indices, crypto, CFDs) has no pip until 1 or 3 gives one:
+:class:`PipSizeUnknown` names the setting. An FX default for gold would put a 20-pip
+stop $0.002 away.
+
+MT5 quotes ``spread`` in points; a point is a tenth of a pip on 5- and 3-digit quotes.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
 
 DEFAULT_PIP = 0.0001
 JPY_PIP = 0.01
 POINTS_PER_PIP = 10
+MAX_DIGITS = 8
+
+# ISO 4217 codes of currencies brokers quote as FX pairs. Metals (XAU, XAG, XPT, XPD)
+# and crypto (BTC, ETH) are deliberately absent: they are not priced in FX pips.
+CURRENCIES = frozenset(
+    "USD EUR GBP JPY CHF AUD NZD CAD SEK NOK DKK PLN HUF CZK TRY ZAR MXN SGD HKD CNH CNY RUB ILS THB INR KRW BRL".split()
+)
+_LEADING = re.compile(r"^[^A-Z]*")
 
 
-def pip_size(symbol: str, overrides: Mapping[str, float] | None = None) -> float:
-    """Pip size of ``symbol``; an override (keyed by upper-case symbol) wins."""
+class PipSizeUnknown(ValueError):
+    """No pip size for a symbol that is not a currency pair; the message says how to give one."""
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        super().__init__(
+            f"no pip size for {symbol}: it is not a currency pair, so the FX pip (0.0001) would be wrong. "
+            f"Set PIP_SIZES={symbol.upper()}=<size of one pip> (e.g. PIP_SIZES=XAUUSD=0.1), "
+            f"or have the EA send its digits/point with POST /ingest"
+        )
+
+
+def currency_pair(symbol: str) -> tuple[str, str] | None:
+    """The two currencies of an FX symbol (``EURUSD.m`` -> EUR, USD), or None."""
+    letters = _LEADING.sub("", symbol.strip().upper())
+    base, quote = letters[:3], letters[3:6]
+    if base in CURRENCIES and quote in CURRENCIES and base != quote:
+        return base, quote
+    return None
+
+
+def pip_from_instrument(digits: int | None, point: float | None) -> float | None:
+    """MQL's convention from the EA's SYMBOL_DIGITS / SYMBOL_POINT (either may be missing)."""
+    if digits is None and point is None:
+        return None
+    if point is None:
+        point = 10.0 ** -int(digits)  # type: ignore[arg-type]
+    if digits is None:
+        digits = max(0, round(-math.log10(point)))
+    return float(point) * (POINTS_PER_PIP if int(digits) in (3, 5) else 1)
+
+
+def pip_size(symbol: str, overrides: Mapping[str, float] | None = None, instrument: tuple[int | None, float | None] | None = None) -> float:
+    """Pip size of ``symbol``: an override (keyed by upper-case symbol), else the FX rule,
+    else the EA's (digits, point); raises PipSizeUnknown when none applies."""
     key = symbol.strip().upper()
     if overrides:
         value = overrides.get(key)
@@ -23,12 +79,97 @@ def pip_size(symbol: str, overrides: Mapping[str, float] | None = None) -> float
             value = overrides.get(symbol)
         if value is not None:
             return float(value)
-    # Broker suffixes (EURJPY.m, USDJPYpro) keep the currency codes, so a substring test is enough.
-    if "JPY" in key:
-        return JPY_PIP
-    return DEFAULT_PIP
+    pair = currency_pair(symbol)
+    if pair is not None:
+        return JPY_PIP if "JPY" in pair else DEFAULT_PIP
+    from_ea = pip_from_instrument(*instrument) if instrument is not None else None
+    if from_ea is None:
+        raise PipSizeUnknown(symbol)
+    return from_ea
 
 
-def point_size(symbol: str, overrides: Mapping[str, float] | None = None) -> float:
-    """Size of one MT5 point (the unit of ``spread``), a tenth of a pip."""
+def point_size(symbol: str, overrides: Mapping[str, float] | None = None, instrument: tuple[int | None, float | None] | None = None) -> float:
+    """Size of one MT5 point (the unit of ``spread``): the EA's, else a tenth of a pip."""
+    if instrument is not None and instrument[1] is not None:
+        return float(instrument[1])
+    if instrument is not None and instrument[0] is not None:
+        return 10.0 ** -int(instrument[0])
     return pip_size(symbol, overrides) / POINTS_PER_PIP
+
+
+# ---- what the EA says about an instrument (the `symbols` table) ---------------------------
+
+
+def check_instrument(digits: Any, point: Any) -> list[tuple[str, str]]:
+    """(field, message) for each problem with an EA's digits / point; both optional."""
+    problems = []
+    if digits is not None and (isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= MAX_DIGITS):
+        problems.append(("digits", f"expected a whole number of decimals from 0 to {MAX_DIGITS} (MT5's SYMBOL_DIGITS), got {digits!r}"))
+        digits = None
+    if point is not None:
+        if isinstance(point, bool) or not isinstance(point, int | float) or not math.isfinite(point) or not 0 < point <= 1:
+            problems.append(("point", f"expected the price step, a number in (0, 1] (MT5's SYMBOL_POINT), got {point!r}"))
+        elif digits is not None and not math.isclose(point, 10.0**-digits, rel_tol=1e-6):
+            problems.append(("point", f"{point!r} does not match digits {digits} (expected {10.0 ** -digits:g})"))
+    return problems
+
+
+def record_instrument(database_url: str, symbol: str, digits: int | None, point: float | None) -> None:
+    """Keep what the EA says about `symbol` (an upsert; fields not sent keep their value)."""
+    if digits is None and point is None:
+        return
+    from sqlalchemy import func
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from mt5_pipeline.storage.engine import get_engine, is_postgres
+    from mt5_pipeline.storage.schema import symbols
+
+    values = {"symbol": symbol, "digits": digits, "point": point, "updated_at": datetime.now(timezone.utc)}
+    dialect = postgresql if is_postgres(database_url) else sqlite
+    statement = dialect.insert(symbols).values(values)
+    statement = statement.on_conflict_do_update(
+        index_elements=["symbol"],
+        set_={
+            "digits": func.coalesce(statement.excluded.digits, symbols.c.digits),
+            "point": func.coalesce(statement.excluded.point, symbols.c.point),
+            "updated_at": statement.excluded.updated_at,
+        },
+    )
+    with get_engine(database_url).begin() as conn:
+        conn.execute(statement)
+
+
+def instrument(database_url: str, symbol: str) -> tuple[int | None, float | None] | None:
+    """(digits, point) the EA sent for `symbol`, or None."""
+    from sqlalchemy import select
+
+    from mt5_pipeline.storage.engine import get_engine
+    from mt5_pipeline.storage.schema import symbols
+
+    with get_engine(database_url).connect() as conn:
+        row = conn.execute(select(symbols.c.digits, symbols.c.point).where(symbols.c.symbol == symbol)).first()
+    return None if row is None else (row.digits, row.point)
+
+
+def _is_known_without_the_database(settings: Any, symbol: str) -> bool:
+    overrides = settings.pip_sizes or {}
+    return symbol.strip().upper() in overrides or symbol in overrides or currency_pair(symbol) is not None
+
+
+def pip_size_for(settings: Any, database_url: str | None, symbol: str) -> float:
+    """The pip of `symbol` from PIP_SIZES, the FX rule, or the EA's digits/point.
+
+    Raises PipSizeUnknown (a ValueError naming PIP_SIZES) for a symbol that has none:
+    signals, labels and the backtest refuse such a symbol rather than guess. Reads the
+    database only for a symbol that is neither overridden nor a currency pair.
+    """
+    if _is_known_without_the_database(settings, symbol):
+        return pip_size(symbol, settings.pip_sizes)
+    return pip_size(symbol, settings.pip_sizes, instrument(database_url or settings.database_url, symbol))
+
+
+def point_size_for(settings: Any, database_url: str | None, symbol: str) -> float:
+    """One MT5 point of `symbol` (spreads are in points), by the same sources."""
+    if _is_known_without_the_database(settings, symbol):
+        return point_size(symbol, settings.pip_sizes)
+    return point_size(symbol, settings.pip_sizes, instrument(database_url or settings.database_url, symbol))

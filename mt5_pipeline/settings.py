@@ -226,7 +226,8 @@ class Settings:
     default_sl_pips: float = _setting("DEFAULT_SL_PIPS", "20", "stop-loss in pips", _float)
     default_tp_pips: float = _setting("DEFAULT_TP_PIPS", "40", "take-profit in pips", _float)
     symbol_sl_tp_pips: dict = _setting("SYMBOL_SL_TP_PIPS", "", "per-symbol SL/TP overrides, e.g. USDJPY=25/50,XAUUSD=300/600", _symbol_map(_sl_tp))
-    pip_sizes: dict = _setting("PIP_SIZES", "", "per-symbol pip size overrides, e.g. XAUUSD=0.1 (default 0.0001, JPY pairs 0.01)", _symbol_map(_float))
+    pip_sizes: dict = _setting("PIP_SIZES", "", "per-symbol pip sizes, e.g. XAUUSD=0.1,US30=1; otherwise currency pairs 0.0001 (JPY 0.01), other symbols from the EA's digits/point in POST /ingest, else no signals", _symbol_map(_float))
+    price_max_jump: float = _setting("PRICE_MAX_JUMP", "10", "a candle this many times above or below the level of the bars around it is rejected at ingest as a bad tick (0: off)", _float)
     model_dir: Path = _setting("MODEL_DIR", "./models", "rf_m1.pkl, its versioned copies and their JSON sidecars", lambda raw: Path(raw.strip()))
     label_mode: str = _setting("LABEL_MODE", "horizon", "horizon: close N bars ahead above close now; triple_barrier: TP hit before SL", _label_mode)
     label_horizon_bars: int = _setting("LABEL_HORIZON_BARS", "5", "bars ahead for the horizon label (and the train/test embargo)", _int)
@@ -349,6 +350,7 @@ class Settings:
         need(self.bridge_magic >= 0, f"BRIDGE_MAGIC: must be 0 or more, got {self.bridge_magic}")
         need(self.bridge_deviation >= 0, f"BRIDGE_DEVIATION: must be 0 or more, got {self.bridge_deviation}")
         need(bool(self.bridge_symbols), "BRIDGE_SYMBOLS: name at least one symbol")
+        need(self.price_max_jump == 0 or self.price_max_jump > 1, f"PRICE_MAX_JUMP: must be greater than 1 (or 0 to turn the check off), got {self.price_max_jump}")
         need(0 < self.rf_max_samples <= 1, f"RF_MAX_SAMPLES: must be in (0, 1], got {self.rf_max_samples}")
         if self.signal_max_bar_age_seconds is not None:
             need(self.signal_max_bar_age_seconds > 0, f"SIGNAL_MAX_BAR_AGE_SECONDS: must be greater than 0, got {self.signal_max_bar_age_seconds}")
@@ -357,6 +359,12 @@ class Settings:
             need(bool(self.api_keys), "API_KEYS: must be set when MT5_ENV=production (no key would leave the API open)")
             need(DEV_API_KEY not in self.api_keys, "API_KEYS: the seed's example key is for local development only; set your own when MT5_ENV=production")
             need(self.ea_api_key != DEV_API_KEY, "EA_API_KEY: the seed's example key is for local development only; set your own when MT5_ENV=production")
+            # The EA authenticates the pusher with this key; an empty one is a forgotten
+            # setting, found here rather than as a 401 on the first signal.
+            need(
+                bool(self.ea_api_key) or not self.ea_push_enabled,
+                "EA_API_KEY: must be set when MT5_ENV=production and EA_PUSH_ENABLED=true (the key your EA expects in X-API-Key)",
+            )
         if errors:
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(errors))
 
@@ -385,6 +393,60 @@ def _read_env_file(path: str | Path) -> dict[str, str]:
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
     return Settings.from_env(environ, env_file)
+
+
+# `.env.example` is written for production (docker compose, systemd): these values
+# replace the development defaults there. `make demo` / `make dev` need no .env and keep
+# the defaults above.
+PRODUCTION_EXAMPLE: dict[str, str] = {
+    "DATABASE_URL": "postgresql://mt5:CHANGE_ME@127.0.0.1:5432/mt5",
+    "MT5_ENV": "production",
+    "API_HOST": "0.0.0.0",
+}
+# What a user must set before the stack starts, in this order at the top of the file.
+MUST_SET: dict[str, str] = {
+    "API_KEYS": "REQUIRED: your own key(s) for X-API-Key (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`); empty or the seed's example key refuses to start",
+    "EA_API_KEY": "REQUIRED: the key your EA expects in X-API-Key",
+    "EA_SERVER_URL": "REQUIRED: your EA's signals URL, e.g. http://192.168.15.18:8080/signals (or set EA_SERVER_IP / EA_SERVER_PORT below)",
+    "API_PORT": "the port the EA posts candles to (docker compose publishes it on the host)",
+}
+# Variables of the containers themselves (docker compose), not of the settings.
+_COMPOSE_EXAMPLE = """
+# ---- docker compose only: the TimescaleDB container and Dagster's PostgreSQL storage (dagster.yaml) ----
+# REQUIRED for docker compose: the database password (compose refuses to start without it).
+POSTGRES_USER=mt5
+POSTGRES_PASSWORD=
+POSTGRES_DB=mt5
+# Dagster instance storage for production (dagster.yaml); compose derives these from POSTGRES_*.
+# DAGSTER_PG_USER=mt5
+# DAGSTER_PG_PASSWORD=CHANGE_ME
+# DAGSTER_PG_HOST=127.0.0.1
+# DAGSTER_PG_DB=mt5
+# DAGSTER_PG_PORT=5432
+"""
+
+
+def env_example() -> str:
+    """The text of `.env.example`, generated from the fields above (a test compares them)."""
+    out = [
+        "# mt5-pipeline configuration for production (docker compose, systemd). Copy to .env and",
+        "# set the REQUIRED values below; the environment wins over this file. Every variable the",
+        "# settings read is listed (a test keeps this file in step with the code): regenerate with",
+        "#   python -c 'from mt5_pipeline.settings import env_example; open(\".env.example\", \"w\").write(env_example())'",
+        "# `make demo` and `make dev` need no .env: they run in development mode on SQLite.",
+        "",
+        "# ---- set these first: keys, the EA's address, the port ----",
+    ]
+    variables = {v.name: v for v in documented_variables()}
+    for name, why in MUST_SET.items():
+        out += ["", f"# {why}", f"{name}={PRODUCTION_EXAMPLE.get(name, variables[name].default)}"]
+    out += ["", "# ---- the rest have working defaults ----"]
+    for var in variables.values():
+        if var.name in MUST_SET:
+            continue
+        default = var.default or "empty"
+        out += ["", f"# {var.meaning} (default: {default})", f"{var.name}={PRODUCTION_EXAMPLE.get(var.name, var.default)}"]
+    return "\n".join(out) + "\n" + _COMPOSE_EXAMPLE
 
 
 def config_markdown() -> str:

@@ -19,6 +19,8 @@ from typing import Any
 
 from mt5_pipeline import queue
 from mt5_pipeline.clock import as_utc, iso_z, parse_iso, resolve_now
+from mt5_pipeline.pips import PipSizeUnknown, pip_size_for
+from mt5_pipeline.quality import unconfirmed_extreme
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
 from mt5_pipeline.trade_signal import Signal
 
@@ -39,7 +41,7 @@ class Decision:
 
 @dataclass(frozen=True)
 class GenerateResult:
-    status: str  # "queued" | "duplicate" | "neutral" | "too_late" | "stale_bar" | "stale_model"
+    status: str  # "queued" | "duplicate" | "neutral" | "too_late" | "stale_bar" | "stale_model" | "unconfirmed_extreme" | "unknown_pip_size"
     message: str
     probability: float | None
     confidence: float | None
@@ -128,7 +130,7 @@ def model_staleness(settings: Settings, trained_at: datetime | str | None, *, no
     return None
 
 
-def build_signal(prediction: Any, decision: Decision, settings: Settings, *, forced: bool = False) -> Signal:
+def build_signal(prediction: Any, decision: Decision, settings: Settings, *, forced: bool = False, pip_size: float | None = None) -> Signal:
     """The signal for a decided prediction: priced at the bar's close, expiring at its close + TTL."""
     if decision.side is None:
         raise ValueError("no side: nothing to build")
@@ -153,6 +155,8 @@ def build_signal(prediction: Any, decision: Decision, settings: Settings, *, for
             "label_mode": getattr(prediction, "label_mode", None),
             "label_horizon": getattr(prediction, "label_horizon", None),
             "forced": forced,
+            # The unit of sl_pips/tp_pips in price, so the EA need not guess it.
+            **({"pip_size": pip_size} if pip_size is not None else {}),
         },
     )
 
@@ -211,13 +215,24 @@ def generate_signal(
         log.warning("No signal for %s %s: %s", symbol, timeframe, stale)
         return GenerateResult("stale_model", f"No signal: {stale}", p, None, None, bar)
 
+    hold = unconfirmed_extreme(settings.database_url, symbol, prediction.timeframe, bar)
+    if hold:
+        log.warning("No signal for %s %s: %s", symbol, timeframe, hold)
+        return GenerateResult("unconfirmed_extreme", f"No signal: {hold}", p, None, None, bar)
+
     decision = decide(p, settings, force)
     if decision.side is None:
         message = f"No signal: {decision.reason}; send force=true to trade it anyway"
         log.info("No signal for %s %s: %s", symbol, timeframe, decision.reason)
         return GenerateResult("neutral", message, p, decision.confidence, None, bar)
+    try:
+        # Pips only mean something in the instrument's own unit: never an FX default for gold.
+        pip = pip_size_for(settings, settings.database_url, symbol)
+    except PipSizeUnknown as exc:
+        log.warning("No signal for %s %s: %s", symbol, timeframe, exc)
+        return GenerateResult("unknown_pip_size", f"No signal: {exc}", p, decision.confidence, None, bar)
 
-    signal = build_signal(prediction, decision, settings, forced=force and decision.reason.startswith("forced"))
+    signal = build_signal(prediction, decision, settings, forced=force and decision.reason.startswith("forced"), pip_size=pip)
     if not queue.enqueue(settings.database_url, signal, now=at):
         existing = queue.find_bar_signal(settings.database_url, prediction.symbol, prediction.timeframe, bar)
         if existing is None:  # the signal_id collided, not the bar: cannot happen with uuid4

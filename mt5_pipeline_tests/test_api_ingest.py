@@ -184,3 +184,38 @@ async def test_database_down_is_503_then_serves_again(pg_behind_proxy, settings_
     assert back.json()["inserted"] == 1
     assert status.status_code == 200
     assert len(stored(pg_url)) == 6
+
+
+async def test_ingest_keeps_the_eas_digits_and_point_for_the_pip(api_settings, db_url):
+    from mt5_pipeline.pips import PipSizeUnknown, pip_size_for
+
+    gold = bars(5, start_price=2034.12, step=0.37)
+    for candle in gold:
+        for name in ("open", "high", "low", "close"):
+            candle[name] = round(candle[name], 2)
+    async with api_client(api_settings) as client:
+        bad = await client.post("/ingest", json={**body(gold, "XAUUSD"), "digits": 2.5, "point": -1})
+        wrong = await client.post("/ingest", json={**body(gold, "XAUUSD"), "digits": 2, "point": 0.001})
+        with pytest.raises(PipSizeUnknown):
+            pip_size_for(api_settings, db_url, "XAUUSD")
+        good = await client.post("/ingest", json={**body(gold, "XAUUSD"), "digits": 2, "point": 0.01})
+        index = await client.post("/ingest", json={**body(gold, "US30"), "digits": 1})
+    assert bad.status_code == 422
+    assert {d["loc"] for d in bad.json()["details"]} == {"digits", "point"}
+    assert wrong.status_code == 422 and wrong.json()["details"][0]["loc"] == "point"
+    assert "does not match digits 2" in wrong.json()["details"][0]["message"]
+    assert good.status_code == 200 and index.status_code == 200
+    assert pip_size_for(api_settings, db_url, "XAUUSD") == pytest.approx(0.01)
+    assert pip_size_for(api_settings, db_url, "US30") == pytest.approx(0.1)
+    assert len(stored(db_url, "XAUUSD")) == 5
+
+
+async def test_an_absurd_price_is_a_422_naming_the_row_and_nothing_is_stored(api_settings, db_url):
+    sent = bars(10)
+    sent[7] = {**sent[7], "high": 1e308}
+    async with api_client(api_settings) as client:
+        response = await client.post("/ingest", json=body(sent))
+    assert response.status_code == 422
+    assert response.json()["details"][0]["loc"] == "candles[7].high"
+    assert "beyond any instrument's price" in response.json()["details"][0]["message"]
+    assert stored(db_url) == []

@@ -1,11 +1,17 @@
 """The docs cannot drift from the code: README, .env.example, docker compose and systemd."""
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
+from dotenv import dotenv_values
 
-from mt5_pipeline.settings import config_markdown, documented_variables
+from mt5_pipeline.settings import DEV_API_KEY, MUST_SET, Settings, SettingsError, config_markdown, documented_variables, env_example
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -73,3 +79,71 @@ def test_systemd_units_exist_for_every_long_running_process():
     for unit in units:
         text = (ROOT / "docker" / "systemd" / unit).read_text()
         assert "ExecStart=" in text and "EnvironmentFile=" in text
+
+
+# ---- production by default where it is production ------------------------------------------
+
+SYSTEMD = {p.name: p.read_text() for p in (ROOT / "docker" / "systemd").glob("*.service")}
+APP_SERVICES = {name for name, service in COMPOSE["services"].items() if name != "db"}
+
+
+def test_env_example_is_the_generated_production_one():
+    assert (ROOT / ".env.example").read_text() == env_example(), "regenerate .env.example (see its first lines)"
+    values = dotenv_values(ROOT / ".env.example")
+    assert values["MT5_ENV"] == "production" and values["API_KEYS"] == "" and values["EA_API_KEY"] == ""
+    first = [line.split("=")[0] for line in (ROOT / ".env.example").read_text().splitlines() if line and not line.startswith("#")][: len(MUST_SET)]
+    assert first == list(MUST_SET)  # what a user must set comes first
+
+
+def test_the_env_example_as_copied_refuses_to_start_naming_what_to_set():
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({}, env_file=ROOT / ".env.example")
+    assert "API_KEYS: must be set" in str(err.value) and "EA_API_KEY: must be set" in str(err.value)
+    with pytest.raises(SettingsError, match="API_KEYS: the seed's example key"):
+        Settings.from_env({"API_KEYS": DEV_API_KEY, "EA_API_KEY": "ea-key"}, env_file=ROOT / ".env.example")
+    ready = Settings.from_env({"API_KEYS": "own-key", "EA_API_KEY": "ea-key"}, env_file=ROOT / ".env.example")
+    assert ready.mt5_env == "production" and ready.effective_api_keys == ("own-key",)
+
+
+def test_cp_env_example_then_db_upgrade_says_which_variable_to_set(tmp_path):
+    # What the compose stack's one-shot `migrate` (and every other service) does first.
+    shutil.copy(ROOT / ".env.example", tmp_path / ".env")
+    env = {k: v for k, v in os.environ.items() if k not in {v.name for v in documented_variables()}}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'mt5.db'}"
+    done = subprocess.run([str(Path(sys.executable).with_name("mt5-pipeline")), "db", "upgrade"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "API_KEYS: must be set when MT5_ENV=production" in done.stderr and "EA_API_KEY" in done.stderr
+    assert not (tmp_path / "mt5.db").exists()
+
+
+def test_compose_runs_every_service_in_production_and_requires_the_keys():
+    for name in APP_SERVICES:
+        env = COMPOSE["services"][name]["environment"]
+        assert env["MT5_ENV"] == "production", name
+        # ${VAR:?message}: compose refuses to start while the variable is unset.
+        assert env["API_KEYS"].startswith("${API_KEYS:?"), name
+        assert env["EA_API_KEY"].startswith("${EA_API_KEY:?"), name
+
+
+def test_compose_publishes_dagster_on_loopback_only():
+    for name, service in COMPOSE["services"].items():
+        for port in service.get("ports", []):
+            published = str(port)
+            if published.endswith(":3000"):
+                assert published.startswith("127.0.0.1:"), f"{name} publishes the Dagster UI beyond the host: {published}"
+    assert COMPOSE["services"]["dagster-webserver"]["ports"] == ["127.0.0.1:3000:3000"]
+
+
+def test_systemd_units_run_in_production_and_dagster_on_loopback():
+    for name, text in SYSTEMD.items():
+        assert "Environment=MT5_ENV=production" in text, name
+    webserver = next(line for line in SYSTEMD["mt5-dagster-webserver.service"].splitlines() if line.startswith("ExecStart="))
+    assert " -h 127.0.0.1 " in webserver
+
+
+def test_readme_production_section_starts_from_what_to_set():
+    section = README.split("## Going to production")[1].split("\n## ")[0]
+    head = section.split("- **docker compose**")[0]
+    for name in MUST_SET:
+        assert f"`{name}`" in head, name
+    assert "basic_auth" in section or "auth_basic" in section  # the reverse proxy in front of Dagster

@@ -132,3 +132,19 @@ def test_acks_are_posted_back_with_the_api_key(http, tmp_path):
         ea.stop()
         ea.ea.close()
         api.stop()
+
+
+def test_a_gold_stop_is_never_placed_in_fx_pips(reference_ea, http):
+    # Without the sender's meta.pip_size (or its own PIP_SIZES) the reference EA cannot
+    # tell a pip on gold: it opens the paper position without a stop or target rather
+    # than put them 0.002 away. With meta.pip_size it places them.
+    unknown = make_signal("XAUUSD", price=2034.50)
+    assert post(http, reference_ea, unknown).json()["success"] is True
+    known = make_signal("XAUUSD", price=2034.50)
+    known["meta"] = {**known["meta"], "pip_size": 0.1}
+    assert post(http, reference_ea, known).json()["success"] is True
+    first, second = (p for p in reference_ea.ea.positions.values() if p["symbol"] == "XAUUSD")
+    assert first["sl"] is None and first["tp"] is None
+    assert second["sl"] == pytest.approx(2032.50) and second["tp"] == pytest.approx(2038.50)
+    closed = http.post(f"{reference_ea.base_url}/prices", json={"symbol": "XAUUSD", "price": 2040.0}, headers={"X-API-Key": reference_ea.api_key}).json()["closed"]
+    assert [c["ticket"] for c in closed] == [second["ticket"]]

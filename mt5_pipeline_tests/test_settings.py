@@ -71,8 +71,12 @@ def test_production_refuses_missing_or_example_key():
         load(MT5_ENV="production")
     with pytest.raises(SettingsError, match="example key"):
         load(MT5_ENV="production", API_KEYS=DEV_API_KEY)
-    s = load(MT5_ENV="production", API_KEYS="a-real-secret")
+    with pytest.raises(SettingsError, match="EA_API_KEY: must be set"):
+        load(MT5_ENV="production", API_KEYS="a-real-secret")
+    s = load(MT5_ENV="production", API_KEYS="a-real-secret", EA_API_KEY="the-ea-key")
     assert s.effective_api_keys == ("a-real-secret",)
+    # Pull mode sends nothing to the EA: no outbound key needed.
+    assert load(MT5_ENV="production", API_KEYS="a-real-secret", EA_PUSH_ENABLED="false").ea_api_key == ""
 
 
 def test_production_error_never_prints_the_key():

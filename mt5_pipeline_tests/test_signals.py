@@ -169,3 +169,29 @@ def test_predictor_errors_reach_the_caller(settings):
 
     with pytest.raises(NoModelError):
         generate_signal(settings, "EURUSD", now=NOW, predictor=predict)
+
+
+def test_a_symbol_without_a_pip_size_gets_no_signal_and_the_message_names_the_setting(settings_for, db_url):
+    refused = generate_signal(settings_for(db_url), "XAUUSD", now=NOW, predictor=predictor_of(0.9, close=2650.0))
+    assert refused.status == "unknown_pip_size" and refused.signal is None
+    assert "PIP_SIZES=XAUUSD=" in refused.message
+    assert queue.status_counts(db_url)["PENDING"] == 0
+    gold = generate_signal(settings_for(db_url, pip_sizes="XAUUSD=0.1"), "XAUUSD", now=NOW, predictor=predictor_of(0.9, close=2650.0))
+    assert gold.status == "queued" and gold.signal.meta["pip_size"] == 0.1
+
+
+def test_no_signal_from_an_extreme_bar_until_the_next_bars_confirm_it(settings):
+    from mt5_pipeline.ingest import ingest_candles
+    from mt5_pipeline.sample_data import generate_candles
+
+    history = generate_candles(400, end=BAR - timedelta(minutes=1), seed=3, with_weekends=False)
+    spike = history.iloc[[-1]].copy()
+    spike["time"] = BAR
+    level = float(history["close"].iloc[-1])
+    spike[["open", "low"]] = level
+    spike[["high", "close"]] = level * 1.03  # a 3% jump in one M1 bar: plausible, extreme
+    ingest_candles(settings.database_url, "EURUSD", "M1", history, now=NOW)
+    ingest_candles(settings.database_url, "EURUSD", "M1", spike, now=NOW)
+    held = generate_signal(settings, "EURUSD", now=NOW, predictor=predictor_of(0.9, close=level * 1.03))
+    assert held.status == "unconfirmed_extreme" and held.signal is None
+    assert queue.status_counts(settings.database_url)["PENDING"] == 0

@@ -66,6 +66,8 @@ def test_migration_0003_keeps_old_duplicate_signals_but_sends_only_the_first(db_
     a third."""
     import datetime as dt
 
+    import json
+
     from alembic import command
 
     from mt5_pipeline import queue
@@ -85,7 +87,8 @@ def test_migration_0003_keeps_old_duplicate_signals_but_sends_only_the_first(db_
             conn.execute(
                 signals_queue.insert().values(
                     signal_id=f"sig-{i}", symbol="EURUSD", timeframe="M1", ts=ts, side=side, confidence=0.6, probability=0.6,
-                    sl_pips=20, tp_pips=40, price=1.1, model="rf_m1", model_version=version, meta="{}", status="PENDING",
+                    sl_pips=20, tp_pips=40, price=1.1, model="rf_m1", model_version=version, status="PENDING",
+                    meta=json.dumps({"model": "rf_m1", "model_version": version, "probability": 0.6}),
                     attempts=0, next_attempt_at=now, created_at=now, expires_at=now + dt.timedelta(hours=1),
                 )
             )

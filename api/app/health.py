@@ -1,8 +1,9 @@
 """GET /health: can this process do its job, and is anything it depends on stale?
 
-No key needed. Cheap: one `SELECT 1`, the model sidecar, and (cached for a few seconds)
-the EA probe. The newest bar per series is read fresh:
-an index probe per series on PostgreSQL.
+No key needed. Constant time whatever the size of `candles`: one `SELECT 1`, the model
+sidecar, (cached for a few seconds) the EA probe, and `storage.bulk.newest_bars`, which
+finds each series and its newest bar by index probes and never counts the table
+(benchmarks/bench_health.py: a few ms at 1M and 10M candles).
 """
 
 from __future__ import annotations

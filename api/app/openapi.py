@@ -96,6 +96,20 @@ SCHEMAS: dict[str, Any] = {
                 "default": 0,
                 "description": "the broker's UTC offset: where its H4/D1/W1/MN1 bars begin (times themselves are UTC)",
             },
+            "digits": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 8,
+                "description": "MT5's SYMBOL_DIGITS for this symbol (optional): with `point`, where its pip size comes from for "
+                "anything that is not a currency pair (gold, indices, crypto); a pip is point x 10 on 3- and 5-digit quotes, else one point",
+            },
+            "point": {
+                "type": "number",
+                "minimum": 0,
+                "exclusiveMinimum": True,
+                "maximum": 1,
+                "description": "MT5's SYMBOL_POINT for this symbol (optional), e.g. 0.01 for XAUUSD quoted 2034.56; must match `digits` when both are sent",
+            },
         },
     },
     "IngestResponse": {
@@ -316,7 +330,10 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     "(timeframes_with_model lists those that have one). 409 reason=duplicate: this bar already has its "
                     "signal (one per bar, whatever the model version; `signal` is that one); 409 reason=too_late: the "
                     "bar's close + SIGNAL_TTL_SECONDS has passed, so a signal could not be delivered (`figures` says by "
-                    "how much); 409 reason=stale_bar: the newest bar is too old (the feed has stalled). 503: no model yet "
+                    "how much); 409 reason=stale_bar: the newest bar is too old (the feed has stalled); 409 "
+                    "reason=unconfirmed_extreme: the bar is an extreme move the next bars have not confirmed yet; 409 "
+                    "reason=unknown_pip_size: the symbol is not a currency pair and has no pip size (set PIP_SIZES or "
+                    "send digits/point with its candles). 503: no model yet "
                     "(train one with the rf_m1 asset or `mt5-pipeline` training), a model too old "
                     "(reason=stale_model) or not matching the features, or the database is down."
                 ),

@@ -46,7 +46,13 @@ async def ingest(request: Request) -> Response:
     started = time.perf_counter()
     try:
         result = await run_in_threadpool(
-            partial(ingest_candles, utc_offset_hours=req.utc_offset_hours),
+            partial(
+                ingest_candles,
+                utc_offset_hours=req.utc_offset_hours,
+                digits=req.digits,
+                point=req.point,
+                max_jump=state.settings.price_max_jump,
+            ),
             state.settings.database_url,
             req.symbol,
             req.timeframe,
@@ -115,7 +121,8 @@ def _signal_response(result: Any) -> Response:
                 "reason": "neutral",
             }
         )
-    # duplicate / too_late / stale_bar: the request was fine, the state says no -> 409;
+    # duplicate / too_late / stale_bar / unconfirmed_extreme / unknown_pip_size: the
+    # request was fine, the state (or the configuration) says no -> 409;
     # stale_model: no usable model -> 503, like having none.
     code = 503 if status == "stale_model" else 409
     extra: dict[str, Any] = {"reason": status}

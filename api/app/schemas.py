@@ -81,6 +81,8 @@ class IngestRequest:
     timeframe: str
     candles: list[dict[str, Any]]
     utc_offset_hours: float = 0.0
+    digits: int | None = None
+    point: float | None = None
 
 
 # Broker servers run between UTC-12 and UTC+14.
@@ -112,8 +114,14 @@ def parse_ingest(body: Mapping[str, Any]) -> IngestRequest:
     elif not (UTC_OFFSET_RANGE[0] <= offset <= UTC_OFFSET_RANGE[1]):
         c.fail("utc_offset_hours", f"expected {UTC_OFFSET_RANGE[0]:g} to {UTC_OFFSET_RANGE[1]:g}")
         offset = 0
+    # What the EA knows about the instrument (optional): its pip for signals and labels.
+    from mt5_pipeline.pips import check_instrument
+
+    digits, point = body.get("digits"), body.get("point")
+    for field, message in check_instrument(digits, point):
+        c.fail(field, message)
     c.done("ingest request")
-    return IngestRequest(symbol, timeframe, candles, float(offset))  # type: ignore[arg-type]
+    return IngestRequest(symbol, timeframe, candles, float(offset), digits, None if point is None else float(point))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,11 @@ def candles_fresh(config: SettingsResource, database: DatabaseResource, models: 
     return _result(quality.candles_fresh(database.database_url, pipeline_settings(config, database, models)))
 
 
+@dg.asset_check(asset="candles", description="extreme bars (a move of 20+ standard deviations) confirmed by the bars after them; unconfirmed ones get no signal")
+def candles_extreme_bars(database: DatabaseResource) -> dg.AssetCheckResult:
+    return _result(quality.candles_extreme_bars(database.database_url))
+
+
 @dg.asset_check(asset=features_m1, description="no NaN, null or infinite value in rows used for training")
 def features_m1_finite(database: DatabaseResource) -> dg.AssetCheckResult:
     return _result(quality.features_finite(database.database_url))
@@ -67,6 +72,7 @@ asset_checks = [
     candles_no_duplicate_bars,
     candles_gaps,
     candles_fresh,
+    candles_extreme_bars,
     features_m1_finite,
     features_m1_matches_candles,
     rf_m1_beats_baseline,

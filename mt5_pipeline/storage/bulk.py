@@ -395,7 +395,12 @@ def list_symbols(database_url: str, timeframe: str | None = None) -> list[tuple[
 
 
 def newest_bars(database_url: str) -> list[dict]:
-    """Per (symbol, timeframe): symbol, timeframe, newest_ts, bars, newest_ingested_at (UTC)."""
+    """Per (symbol, timeframe): symbol, timeframe, newest_ts, bars, newest_ingested_at (UTC).
+
+    Constant time in the table's size (it runs on every /health, /metrics scrape and
+    sensor tick): the series and their newest bar and stamp are index probes, the bar
+    count is ``candle_series``, kept by the ingest core.
+    """
     return [
         {"symbol": r[0], "timeframe": r[1], "newest_ts": r[2], "bars": int(r[3] or 0), "newest_ingested_at": r[4]}
         for r in _series(database_url, stats=True)
@@ -414,12 +419,28 @@ WITH RECURSIVE series AS (
              ORDER BY c.symbol, c.timeframe LIMIT 1) nxt
 )
 """
+# Newest bar: the primary key backwards; newest stamp: ix_candles_symbol_tf_ingested_at
+# backwards; bars: candle_series (NULL for a series written around the ingest core,
+# counted separately: a count in this statement, even never run, inflates its estimated
+# cost past jit_above_cost, and JIT compilation alone took 300 ms at 10M rows).
 _PG_SERIES_STATS = """
 SELECT s.symbol, s.timeframe,
-       (SELECT max(ts) FROM candles c WHERE c.symbol = s.symbol AND c.timeframe = s.timeframe),
-       (SELECT count(*) FROM candles c WHERE c.symbol = s.symbol AND c.timeframe = s.timeframe),
-       (SELECT max(ingested_at) FROM candles c WHERE c.symbol = s.symbol AND c.timeframe = s.timeframe)
-FROM series s ORDER BY 1, 2"""
+       (SELECT c.ts FROM candles c WHERE c.symbol = s.symbol AND c.timeframe = s.timeframe ORDER BY c.ts DESC LIMIT 1),
+       n.bars,
+       (SELECT c.ingested_at FROM candles c WHERE c.symbol = s.symbol AND c.timeframe = s.timeframe ORDER BY c.ingested_at DESC LIMIT 1)
+FROM series s LEFT JOIN candle_series n ON n.symbol = s.symbol AND n.timeframe = s.timeframe
+ORDER BY 1, 2"""
+_PG_COUNT = "SELECT count(*) FROM candles WHERE symbol = %s AND timeframe = %s"
+
+# SQLite: the same walk from Python, one primary-key probe per step (in-process calls).
+_SQLITE_FIRST = "SELECT symbol, timeframe FROM candles ORDER BY symbol, timeframe LIMIT 1"
+_SQLITE_NEXT = "SELECT symbol, timeframe FROM candles WHERE (symbol, timeframe) > (?, ?) ORDER BY symbol, timeframe LIMIT 1"
+_SQLITE_STATS = (
+    "SELECT (SELECT max(ts) FROM candles WHERE symbol = ?1 AND timeframe = ?2), "
+    "COALESCE((SELECT bars FROM candle_series WHERE symbol = ?1 AND timeframe = ?2), "
+    "(SELECT count(*) FROM candles WHERE symbol = ?1 AND timeframe = ?2)), "
+    "(SELECT max(ingested_at) FROM candles WHERE symbol = ?1 AND timeframe = ?2)"
+)
 
 
 def _series(database_url: str, *, stats: bool) -> list[tuple]:
@@ -427,16 +448,26 @@ def _series(database_url: str, *, stats: bool) -> list[tuple]:
     if is_postgres(database_url):
         query = _PG_SERIES + (_PG_SERIES_STATS if stats else "SELECT symbol, timeframe, NULL, NULL, NULL FROM series ORDER BY 1, 2")
         with pg_connection(database_url) as conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL jit = off")  # index probes: compiling them costs more than running them
             cur.execute(query)
             rows = cur.fetchall()
+            if stats:
+                for i, row in enumerate(rows):
+                    if row[3] is None:  # not kept by the ingest core: counted, once per call
+                        cur.execute(_PG_COUNT, (row[0], row[1]))
+                        rows[i] = (*row[:3], cur.fetchone()[0], row[4])
 
         def when(value):
             return value.astimezone(timezone.utc) if value is not None else None
 
     else:
-        columns = "max(ts), count(*), max(ingested_at)" if stats else "NULL, NULL, NULL"
+        rows = []
         with get_engine(database_url).connect() as conn:
-            rows = conn.exec_driver_sql(f"SELECT symbol, timeframe, {columns} FROM candles GROUP BY symbol, timeframe ORDER BY 1, 2").fetchall()
+            key = conn.exec_driver_sql(_SQLITE_FIRST).first()
+            while key is not None:
+                figures = conn.exec_driver_sql(_SQLITE_STATS, (key[0], key[1])).first() if stats else (None, None, None)
+                rows.append((key[0], key[1], *figures))
+                key = conn.exec_driver_sql(_SQLITE_NEXT, (key[0], key[1])).first()
 
         def when(value):
             return pd.Timestamp(value, tz="UTC").to_pydatetime() if value is not None else None

@@ -74,6 +74,27 @@ candles = Table(
     Index("ix_candles_symbol_tf_ingested_at", "symbol", "timeframe", "ingested_at"),
 )
 
+# Bars per series, kept by the ingest core in the transaction that changes them (under
+# the series lock), so nothing on a request path or sensor tick counts the candles table.
+candle_series = Table(
+    "candle_series",
+    metadata,
+    Column("symbol", String(32), primary_key=True),
+    Column("timeframe", String(4), primary_key=True),
+    Column("bars", BigInteger, nullable=False, server_default="0", comment="bars stored, kept by the ingest core"),
+)
+
+# What the EA says about an instrument (optional `digits` / `point` in POST /ingest):
+# where a pip is known without guessing (mt5_pipeline.pips).
+symbols = Table(
+    "symbols",
+    metadata,
+    Column("symbol", String(32), primary_key=True),
+    Column("digits", Integer, nullable=True, comment="MT5 SYMBOL_DIGITS: decimals of a quote"),
+    Column("point", Double, nullable=True, comment="MT5 SYMBOL_POINT: smallest price step"),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
 # Feature set: see mt5_pipeline/features.py (FEATURE_SET_NAME / FEATURE_SET_VERSION).
 FEATURE_COLUMNS = (
     "ret_1",

@@ -65,7 +65,6 @@ def test_migration_0003_keeps_old_duplicate_signals_but_sends_only_the_first(db_
     the later one is superseded and (being PENDING) EXPIRED, and the bar is then closed to
     a third."""
     import datetime as dt
-
     import json
 
     from alembic import command

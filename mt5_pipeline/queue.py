@@ -207,6 +207,7 @@ def enqueue_many(database_url: str, signals: Iterable[dict], *, now: datetime | 
 def _claim_statement():
     """The claim, built once (bound parameters: now, limit, token, lease_until)."""
     at = bindparam("now", type_=q.c.expires_at.type)
+    excluded = q.alias("excluded")
     candidates = (
         select(q.c.id, q.c.symbol)
         .where(
@@ -214,6 +215,8 @@ def _claim_statement():
             q.c.next_attempt_at <= at,
             q.c.expires_at > at,
             or_(q.c.lease_until.is_(None), q.c.lease_until < at),
+            # Not the symbol of this row (the breaker's suspect): a probe must be another signal.
+            q.c.symbol.not_in(select(excluded.c.symbol).where(excluded.c.id == bindparam("exclude_id", type_=q.c.id.type))),
         )
         .order_by(q.c.id)
         .limit(bindparam("limit", type_=Integer))
@@ -246,12 +249,14 @@ def _claim_statement():
 _CLAIM = _claim_statement()
 
 
-def claim_batch(database_url: str, limit: int, *, lease_seconds: float, now: datetime | None = None) -> list[Claimed]:
+def claim_batch(database_url: str, limit: int, *, lease_seconds: float, now: datetime | None = None, exclude_id: int | None = None) -> list[Claimed]:
     """Claim up to ``limit`` deliverable rows, oldest first, keeping order per symbol.
 
     Deliverable: PENDING, due (``next_attempt_at <= now``), not expired, not leased.
     Claiming counts the attempt (``attempts + 1``); :func:`release_claims` undoes it for
-    rows that were not tried.
+    rows that were not tried. ``exclude_id``: no row of that row's symbol (the circuit
+    breaker's suspect, when probing with another signal; the later rows of its symbol
+    would wait for it anyway).
     """
     if limit <= 0:
         return []
@@ -259,7 +264,7 @@ def claim_batch(database_url: str, limit: int, *, lease_seconds: float, now: dat
     token = str(uuid.uuid4())
     lease_until = at + timedelta(seconds=lease_seconds)
     engine = get_engine(database_url)
-    params = {"now": at, "limit": int(limit), "token": token, "lease_until": lease_until}
+    params = {"now": at, "limit": int(limit), "token": token, "lease_until": lease_until, "exclude_id": -1 if exclude_id is None else int(exclude_id)}
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # A claim need not survive a database crash (the row would just be claimed
@@ -418,10 +423,12 @@ def release_claims(
     *,
     ids: Iterable[int] | None = None,
     not_before: datetime | None = None,
+    error: str | None = None,
 ) -> int:
-    """Give back rows held under ``claim_token`` that were not tried: the lease goes, and
-    the attempt the claim counted is undone. ``not_before`` postpones them (the EA is down:
-    no point in another pusher trying them at once). Returns the rows released."""
+    """Give back rows held under ``claim_token`` that were not tried, or whose attempt is
+    not the signal's fault (an EA outage, a configuration error): the lease goes, and the
+    attempt the claim counted is undone. ``not_before`` postpones them; ``error`` is kept
+    as their ``last_error``. Returns the rows released."""
     where = [q.c.claim_token == claim_token]
     if ids is not None:
         where.append(q.c.id.in_(list(ids)))
@@ -430,6 +437,8 @@ def release_claims(
         "lease_until": None,
         "attempts": case((q.c.attempts > 0, q.c.attempts - 1), else_=0),
     }
+    if error is not None:
+        values["last_error"] = error
     if not_before is not None:
         nb = as_utc(not_before)
         values["next_attempt_at"] = case((q.c.next_attempt_at < nb, nb), else_=q.c.next_attempt_at)
@@ -449,7 +458,17 @@ def _expire_statement():
             q.c.expires_at <= at,
             or_(q.c.lease_until.is_(None), q.c.lease_until < at),
         )
-        .values(status="EXPIRED", last_error="expired before delivery", claim_token=None, lease_until=None)
+        .values(
+            status="EXPIRED",
+            # A claim left behind means its pusher died holding the row: it may have
+            # reached the EA before that (an ack from the EA would then make it ACKED).
+            last_error=case(
+                (q.c.claim_token.is_not(None), literal("expired before delivery; its pusher stopped while holding it, so it may have reached the EA")),
+                else_=literal("expired before delivery"),
+            ),
+            claim_token=None,
+            lease_until=None,
+        )
     )
 
 

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mt5_pipeline import queue
+from mt5_pipeline import breaker, queue
 from mt5_pipeline.model import Prediction
 from mt5_pipeline.pusher import backoff_seconds, push_pending, run_worker
 from mt5_pipeline.signals import generate_signal
@@ -88,28 +88,145 @@ def test_the_ea_receives_the_seeds_body_and_headers(db_url, settings_for, refere
     assert "📤 Pushed 1 signals to EA" in caplog.text
 
 
-def test_ea_down_retries_with_backoff_then_delivers(pg_settings, reference_ea):
+def breaker_state(settings):
+    return breaker.read_state(settings.database_url, breaker.ea_key(settings.ea_server_url))
+
+
+def next_cycle_at(settings, at: datetime) -> datetime:
+    """When the worker would run its next cycle: the breaker's probe or the next due row
+    (the pinned clock jumps there instead of sleeping)."""
+    state = breaker_state(settings)
+    if not state.closed and state.probe_at is not None:
+        return max(at, state.probe_at)
+    due = queue.next_due_at(settings.database_url, now=at)
+    return max(at, due) if due is not None else at
+
+
+def drain(settings, t: datetime, *, cycles: int = 60, feed=None) -> datetime:
+    """Push cycles on a pinned clock until nothing is pending (``feed(i)`` may queue more)."""
+    for i in range(cycles):
+        if feed is not None:
+            feed(i)
+        if queue.count_pending(settings.database_url, now=t) == 0:
+            return t
+        t = next_cycle_at(settings, t)
+        push_pending(settings, now=t)
+    raise AssertionError("the queue never drained")
+
+
+def test_ea_down_holds_every_signal_without_burning_attempts_then_delivers_in_order(pg_settings, reference_ea, caplog):
+    caplog.set_level(logging.INFO, logger="mt5_pipeline")
     url = pg_settings.database_url
-    eur, gbp, jpy = enqueue(url, [make_signal(sym) for sym in ("EURUSD", "GBPUSD", "USDJPY")])
+    signals = enqueue(url, [make_signal(sym, ts=datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=m)) for m, sym in ((3, "EURUSD"), (2, "GBPUSD"), (1, "EURUSD"))])
     reference_ea.stop()
     t0 = datetime.now(timezone.utc)
     r = push_pending(pg_settings, now=t0)
     assert (r.claimed, r.sent, r.retried, r.released) == (3, 0, 1, 2)
-    first = queue.get_signal(url, eur["signal_id"])
-    assert (first["status"], first["attempts"]) == ("PENDING", 1)
-    assert "cannot connect" in first["last_error"]
-    retry_at = first["next_attempt_at"]
-    assert t0 + timedelta(seconds=0.5) <= retry_at <= t0 + timedelta(seconds=2)
-    for other in (gbp, jpy):  # held back with it, untried, no attempt counted
-        o = queue.get_signal(url, other["signal_id"])
-        assert (o["attempts"], o["next_attempt_at"], o["claim_token"]) == (0, retry_at, None)
-    assert push_pending(pg_settings, now=t0 + timedelta(seconds=0.4)).claimed == 0  # backing off
+    state = breaker_state(pg_settings)
+    assert state.state == "outage" and state.suspect_id is not None and "cannot connect" in state.last_error
+    assert t0 < state.probe_at <= t0 + timedelta(seconds=0.5)
+    assert push_pending(pg_settings, now=t0 + timedelta(seconds=0.1)).held_back  # nobody sends until the probe
+
+    # The probe fails too: that is an outage, and the first signal gets its attempt back.
+    r = push_pending(pg_settings, now=state.probe_at)
+    assert (r.claimed, r.sent, r.outage) == (1, 0, True)
+    assert [x["attempts"] for x in rows(url)] == [0, 0, 0]
+    assert all(x["status"] == "PENDING" and x["claim_token"] is None for x in rows(url))
+    again = breaker_state(pg_settings)
+    assert again.failures == 2 and again.suspect_id is None and again.probe_at > state.probe_at
 
     reference_ea.start()
-    r = push_pending(pg_settings, now=retry_at)
-    assert r.sent == 3
-    assert sorted(reference_ea.signal_ids()) == sorted(s["signal_id"] for s in (eur, gbp, jpy))
-    assert queue.get_signal(url, eur["signal_id"])["attempts"] == 2
+    r = push_pending(pg_settings, now=again.probe_at)
+    assert r.sent == 3 and breaker_state(pg_settings).closed
+    assert reference_ea.signal_ids() in (
+        [s["signal_id"] for s in signals],  # the probe was the oldest, then the rest in order
+        [signals[1]["signal_id"], signals[0]["signal_id"], signals[2]["signal_id"]],  # or GBPUSD probed first
+    )
+    assert [x["attempts"] for x in rows(url)] == [1, 1, 1]  # only the successful sends count
+    assert "EA answering again" in caplog.text
+
+
+def test_a_burst_of_500s_loses_nothing(pg_url, settings_for, reference_ea):
+    s = reference_ea.settings(settings_for(pg_url, ea_max_attempts=5))
+    signals = enqueue(pg_url, by_symbol(10, 5))
+    reference_ea.app_state.fail_next = 10  # the next ten requests fail: twice the attempt budget of any one signal
+    drain(s, datetime.now(timezone.utc))
+    assert queue.status_counts(pg_url)["SENT"] == 10
+    assert {x["status"] for x in rows(pg_url)} == {"SENT"}
+    assert len(reference_ea.ea.positions) == 10
+    assert set(reference_ea.ea.by_signal) == {x["signal_id"] for x in signals}
+    assert len(reference_ea.received) == 20
+
+
+def test_an_outage_past_the_attempt_budget_ends_delivered_or_expired_never_failed(pg_url, settings_for, reference_ea):
+    # A "20 s" outage on a pinned clock: TTL 12 s for the early signals, 10 min for the rest.
+    s = reference_ea.settings(settings_for(pg_url, ea_max_attempts=2, signal_ttl_seconds=12))
+    t0 = datetime.now(timezone.utc)
+    short = enqueue(pg_url, [make_signal(f"S{i}", expires_at=t0 + timedelta(seconds=12)) for i in range(4)])
+    long = enqueue(pg_url, [make_signal(f"L{i}") for i in range(4)])
+    reference_ea.stop()
+    t = t0
+    probes = 0
+    while t < t0 + timedelta(seconds=20):
+        r = push_pending(s, now=t)
+        probes += r.claimed
+        t = next_cycle_at(s, t + timedelta(milliseconds=1))
+    assert probes >= 5  # many more tries than EA_MAX_ATTEMPTS, one signal at a time
+    assert breaker_state(s).failures >= 5
+    # The spacing is capped at TTL/12 = 1 s: the EA's return is noticed within a second.
+    assert breaker_state(s).probe_at - t <= timedelta(seconds=1)
+
+    reference_ea.start()
+    drain(s, t)
+    by_id = {x["signal_id"]: x for x in rows(pg_url)}
+    assert {by_id[x["signal_id"]]["status"] for x in short} == {"EXPIRED"}
+    assert {by_id[x["signal_id"]]["status"] for x in long} == {"SENT"}
+    assert queue.status_counts(pg_url)["FAILED"] == 0
+    assert set(reference_ea.ea.by_signal) == {x["signal_id"] for x in long}  # the expired ones never reached it
+
+
+def test_a_poison_signal_is_failed_while_the_others_flow(pg_url, settings_for, reference_ea, caplog):
+    s = reference_ea.settings(settings_for(pg_url, ea_max_attempts=3))
+    base = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    poison, after = enqueue(pg_url, [make_signal("EURUSD", ts=base - timedelta(minutes=2)), make_signal("EURUSD", ts=base - timedelta(minutes=1))])
+    reference_ea.app_state.poison = {poison["signal_id"]}
+    feed: list[dict] = []
+
+    t = start = datetime.now(timezone.utc)
+
+    def live(i: int) -> None:  # the other symbols keep producing signals (due at once on the pinned clock)
+        feed.append(make_signal(f"FEED{i:02d}"))
+        assert queue.enqueue_many(pg_url, feed[-1:], now=start) == 1
+
+    for i in range(40):
+        live(i)
+        t = next_cycle_at(s, t + timedelta(seconds=0.5))  # a signal every half second
+        push_pending(s, now=t)
+        if queue.get_signal(pg_url, poison["signal_id"])["status"] != "PENDING":
+            break
+    drain(s, t)
+    row = queue.get_signal(pg_url, poison["signal_id"])
+    assert row["status"] == "FAILED" and row["attempts"] == 3
+    assert "gave up after 3 attempts while the EA accepted other signals" in row["last_error"] and "EA answered 500" in row["last_error"]
+    assert queue.get_signal(pg_url, after["signal_id"])["status"] == "SENT"  # it waited for the poison, then went
+    assert {queue.get_signal(pg_url, f["signal_id"])["status"] for f in feed} == {"SENT"}
+    assert reference_ea.signal_ids().count(poison["signal_id"]) == 3
+    assert f"Giving up on signal {poison['signal_id']}" in caplog.text
+
+
+def test_a_lone_signal_that_always_fails_expires_rather_than_failing(pg_url, settings_for, reference_ea):
+    # With no other signal to show the EA is up, a failing signal cannot be told from an outage.
+    s = reference_ea.settings(settings_for(pg_url, ea_max_attempts=2))
+    t0 = datetime.now(timezone.utc)
+    [sig] = enqueue(pg_url, [make_signal(expires_at=t0 + timedelta(seconds=8))])
+    reference_ea.app_state.poison = {sig["signal_id"]}
+    t = t0
+    while t < t0 + timedelta(seconds=10):
+        push_pending(s, now=t)
+        t = next_cycle_at(s, t + timedelta(milliseconds=1))
+    row = queue.get_signal(pg_url, sig["signal_id"])
+    assert row["status"] == "EXPIRED" and row["attempts"] <= 1
+    assert reference_ea.signal_ids().count(sig["signal_id"]) >= 3
 
 
 def test_ea_500_is_retried_with_the_same_signal_id(pg_settings, reference_ea):
@@ -124,18 +241,6 @@ def test_ea_500_is_retried_with_the_same_signal_id(pg_settings, reference_ea):
     assert [h["idempotency-key"] for h, _ in reference_ea.received] == [s["signal_id"]] * 2
     assert reference_ea.signal_ids() == [s["signal_id"]] * 2
     assert len(reference_ea.ea.positions) == 1
-
-
-def test_gives_up_after_ea_max_attempts(pg_url, settings_for, reference_ea):
-    s = reference_ea.settings(settings_for(pg_url, ea_max_attempts=2))
-    [sig] = enqueue(pg_url, [make_signal()])
-    reference_ea.app_state.status = 503
-    t0 = datetime.now(timezone.utc)
-    push_pending(s, now=t0)
-    due = queue.get_signal(pg_url, sig["signal_id"])["next_attempt_at"]
-    assert push_pending(s, now=due).failed == 1
-    row = queue.get_signal(pg_url, sig["signal_id"])
-    assert row["status"] == "FAILED" and "gave up after 2 attempts" in row["last_error"]
 
 
 def test_ea_says_no_and_the_signal_is_rejected_with_its_message(pg_settings, reference_ea):
@@ -271,7 +376,7 @@ def test_the_seeds_worker_entry_point_runs_from_the_repo_and_from_api(sqlite_url
 
 PUSH_LOOP = """
 import sys, time
-from mt5_pipeline import queue
+from mt5_pipeline import breaker, queue
 from mt5_pipeline.pusher import push_pending
 from mt5_pipeline.settings import load_settings
 

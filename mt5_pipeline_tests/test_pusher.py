@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from mt5_pipeline import breaker, queue
 from mt5_pipeline.model import Prediction
-from mt5_pipeline.pusher import backoff_seconds, push_pending, run_worker
+from mt5_pipeline.pusher import LEASE_SECONDS, backoff_seconds, push_pending, run_worker
 from mt5_pipeline.signals import generate_signal
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_queue
@@ -124,8 +124,8 @@ def test_ea_down_holds_every_signal_without_burning_attempts_then_delivers_in_or
     assert (r.claimed, r.sent, r.retried, r.released) == (3, 0, 1, 2)
     state = breaker_state(pg_settings)
     assert state.state == "outage" and state.suspect_id is not None and "cannot connect" in state.last_error
-    assert t0 < state.probe_at <= t0 + timedelta(seconds=0.5)
-    assert push_pending(pg_settings, now=t0 + timedelta(seconds=0.1)).held_back  # nobody sends until the probe
+    assert t0 < state.probe_at <= t0 + timedelta(seconds=0.5 + r.duration_s)
+    assert push_pending(pg_settings, now=state.probe_at - timedelta(seconds=0.2)).held_back  # nobody sends until the probe
 
     # The probe fails too: that is an outage, and the first signal gets its attempt back.
     r = push_pending(pg_settings, now=state.probe_at)
@@ -224,6 +224,7 @@ def test_a_lone_signal_that_always_fails_expires_rather_than_failing(pg_url, set
     while t < t0 + timedelta(seconds=10):
         push_pending(s, now=t)
         t = next_cycle_at(s, t + timedelta(milliseconds=1))
+    push_pending(s, now=t)  # past the deadline: the cycle records it EXPIRED
     row = queue.get_signal(pg_url, sig["signal_id"])
     assert row["status"] == "EXPIRED" and row["attempts"] <= 1
     assert reference_ea.signal_ids().count(sig["signal_id"]) >= 3
@@ -476,3 +477,96 @@ def test_sigterm_finishes_the_request_in_flight_and_releases_claims(pg_url, refe
     assert sent == set(reference_ea.signal_ids())  # what reached the EA is recorded as sent
     assert all(r["attempts"] == 0 for r in table if r["status"] == "PENDING")
     assert 3 <= len(sent) < 40
+
+
+PUSH_ONCE = """
+from mt5_pipeline.pusher import push_pending
+from mt5_pipeline.settings import load_settings
+
+settings = load_settings(env_file=None)
+print("ready", flush=True)
+push_pending(settings)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_pusher_killed_mid_request_is_taken_over_within_the_short_lease(pg_url, settings_for, reference_ea, tmp_path):
+    [sig] = enqueue(pg_url, [make_signal()])
+    reference_ea.app_state.delay = 6.0  # the EA sits on the request longer than a lease
+    script = tmp_path / "push_once.py"
+    script.write_text(PUSH_ONCE)
+    env = env_for(pg_url, reference_ea, ea_request_timeout=30, log_level="WARNING")
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: len(reference_ea.received) == 1, timeout=30)
+        first_lease = queue.get_signal(pg_url, sig["signal_id"])["lease_until"]
+        # The heartbeat renews the lease while the request is in flight.
+        assert wait_for(lambda: queue.get_signal(pg_url, sig["signal_id"])["lease_until"] > first_lease, timeout=10)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = datetime.now(timezone.utc)
+    row = queue.get_signal(pg_url, sig["signal_id"])
+    assert proc.returncode == -signal.SIGKILL and row["status"] == "PENDING" and row["claim_token"] is not None
+    assert row["lease_until"] <= killed_at + timedelta(seconds=LEASE_SECONDS)  # free again within 5 s of the kill
+    assert queue.claim_batch(pg_url, 10, lease_seconds=LEASE_SECONDS, now=killed_at) == []  # not before
+
+    reference_ea.app_state.delay = 0
+    s = reference_ea.settings(settings_for(pg_url))
+    r = push_pending(s, now=row["lease_until"] + timedelta(milliseconds=1))
+    assert (r.claimed, r.sent) == (1, 1)
+    assert reference_ea.signal_ids() == [sig["signal_id"]] * 2  # the same signal_id, twice
+    assert wait_for(lambda: reference_ea.ea.requests == 2, timeout=15)  # the hung first request completes too
+    assert len(reference_ea.ea.positions) == 1  # the EA's dedupe: one position
+    assert queue.get_signal(pg_url, sig["signal_id"])["status"] == "SENT"
+
+
+@pytest.mark.parametrize(("fault", "status"), [("/signal", 404), ("/health", 405), (403, 403), (415, 415)])
+def test_configuration_errors_stop_the_cycle_and_keep_the_signals_pending(pg_url, settings_for, reference_ea, caplog, fault, status):
+    caplog.set_level(logging.INFO, logger="mt5_pipeline")
+    s = reference_ea.settings(settings_for(pg_url))
+    if isinstance(fault, str):  # a wrong path in EA_SERVER_URL: the EA's own 404 or 405
+        s = s.replace(ea_server_url_override=reference_ea.base_url + fault)
+    else:
+        reference_ea.app_state.status = fault
+    enqueue(pg_url, [make_signal(sym) for sym in ("EURUSD", "GBPUSD", "USDJPY")])
+    r = push_pending(s)
+    assert r.config_error and r.status_code == status and (r.sent, r.rejected, r.retried, r.failed, r.released) == (0, 0, 0, 0, 3)
+    assert f"({status})" in r.error and s.ea_server_url in r.error
+    assert [(x["status"], x["attempts"], x["claim_token"]) for x in rows(pg_url)] == [("PENDING", 0, None)] * 3
+    assert any(rec.levelno == logging.ERROR and f"({status})" in rec.getMessage() for rec in caplog.records)
+    state = breaker_state(s)
+    assert (state.state, state.status_code) == ("config", status)
+    assert len(reference_ea.received) == (0 if isinstance(fault, str) else 1)  # stopped at the first answer
+    held = push_pending(s, now=state.probe_at - timedelta(milliseconds=200))
+    assert held.held_back and held.config_error and held.claimed == 0
+    if isinstance(fault, int):  # fixed on the EA's side: the next probe delivers everything, in order
+        reference_ea.app_state.status = None
+        assert push_pending(s, now=state.probe_at).sent == 3
+        assert breaker_state(s).closed
+
+
+def test_a_422_on_a_well_formed_signal_stays_the_eas_rejection(pg_settings, reference_ea):
+    [sig] = enqueue(pg_settings.database_url, [make_signal()])
+    reference_ea.app_state.status = 422
+    reference_ea.app_state.reject = "lot size below the broker's minimum"
+    r = push_pending(pg_settings)
+    assert (r.rejected, r.config_error) == (1, False) and breaker_state(pg_settings).closed
+    row = queue.get_signal(pg_settings.database_url, sig["signal_id"])
+    assert row["status"] == "REJECTED" and "lot size below the broker's minimum" in row["last_error"]
+
+
+def test_the_worker_waits_for_the_breakers_probe_not_the_poll(pg_url, settings_for, reference_ea):
+    from mt5_pipeline.pusher import _idle_seconds
+
+    s = reference_ea.settings(settings_for(pg_url, ea_push_interval=600))
+    enqueue(pg_url, [make_signal()])
+    reference_ea.stop()
+    t0 = datetime.now(timezone.utc)
+    r = push_pending(s, now=t0)
+    assert r.hold_until == breaker_state(s).probe_at
+    assert 0 < _idle_seconds(s, r, now=t0) <= 0.5  # the probe, not EA_PUSH_INTERVAL=600
+    reference_ea.start()

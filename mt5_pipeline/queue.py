@@ -208,6 +208,17 @@ def _claim_statement():
     """The claim, built once (bound parameters: now, limit, token, lease_until)."""
     at = bindparam("now", type_=q.c.expires_at.type)
     excluded = q.alias("excluded")
+    waiting = q.alias("waiting")
+    # An earlier row of the same symbol that cannot go now (waiting for its retry, or
+    # leased by another pusher): this row waits for it. Filtered before the LIMIT, so a
+    # backlog behind a few such rows never hides the rows of other symbols from the claim.
+    behind_a_waiting_row = exists().where(
+        waiting.c.status == "PENDING",
+        waiting.c.symbol == q.c.symbol,
+        waiting.c.id < q.c.id,
+        waiting.c.expires_at > at,
+        or_(waiting.c.next_attempt_at > at, waiting.c.lease_until >= at),
+    )
     candidates = (
         select(q.c.id, q.c.symbol)
         .where(
@@ -217,6 +228,7 @@ def _claim_statement():
             or_(q.c.lease_until.is_(None), q.c.lease_until < at),
             # Not the symbol of this row (the breaker's suspect): a probe must be another signal.
             q.c.symbol.not_in(select(excluded.c.symbol).where(excluded.c.id == bindparam("exclude_id", type_=q.c.id.type))),
+            ~behind_a_waiting_row,
         )
         .order_by(q.c.id)
         .limit(bindparam("limit", type_=Integer))
@@ -224,8 +236,8 @@ def _claim_statement():
         .cte("candidates")
     )
     earlier = q.alias("earlier")
-    # An earlier row of the same symbol still in play and not ours to send first
-    # (leased elsewhere, locked by a concurrent claim, or waiting for its retry).
+    # Then the same rule against the candidates themselves: an earlier row still in play
+    # and not ours to send first (locked by a concurrent claim, SKIP LOCKED skipped it).
     blocked = exists().where(
         earlier.c.status == "PENDING",
         earlier.c.symbol == candidates.c.symbol,

@@ -568,5 +568,18 @@ def test_the_worker_waits_for_the_breakers_probe_not_the_poll(pg_url, settings_f
     t0 = datetime.now(timezone.utc)
     r = push_pending(s, now=t0)
     assert r.hold_until == breaker_state(s).probe_at
-    assert 0 < _idle_seconds(s, r, now=t0) <= 0.5  # the probe, not EA_PUSH_INTERVAL=600
+    assert 0 < _idle_seconds(s, r, now=t0) <= 0.5 + r.duration_s  # the probe, not EA_PUSH_INTERVAL=600
     reference_ea.start()
+
+
+def test_a_backlog_behind_a_retrying_signal_does_not_hide_the_other_symbols(pg_url, settings_for, reference_ea):
+    s = reference_ea.settings(settings_for(pg_url, ea_batch_size=5))
+    base = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    stuck = enqueue(pg_url, [make_signal("EURUSD", ts=base - timedelta(minutes=30 - i)) for i in range(20)])
+    other = enqueue(pg_url, [make_signal("GBPUSD")])
+    with get_engine(pg_url).begin() as conn:  # the first EURUSD signal waits for its retry
+        conn.execute(signals_queue.update().where(signals_queue.c.signal_id == stuck[0]["signal_id"]).values(next_attempt_at=base + timedelta(hours=1)))
+    # More than a batch of EURUSD rows waits behind it; GBPUSD is still found and sent.
+    r = push_pending(s)
+    assert (r.claimed, r.sent) == (1, 1)
+    assert reference_ea.signal_ids() == [other[0]["signal_id"]]

@@ -148,6 +148,14 @@ signals_queue = Table(
         sqlite_where=text("status = 'PENDING'"),
     ),
     Index("ix_signals_queue_status_created", "status", "created_at"),
+    # The claim's "is an earlier row of this symbol waiting?" probe (migration 0004).
+    Index(
+        "ix_signals_queue_pending_symbol",
+        "symbol",
+        "id",
+        postgresql_where=text("status = 'PENDING'"),
+        sqlite_where=text("status = 'PENDING'"),
+    ),
 )
 
 signals_ack = Table(

@@ -1,4 +1,5 @@
-"""ea_delivery_state: the EA circuit breaker and configuration error, shared by pushers
+"""ea_delivery_state: the EA circuit breaker and configuration error, shared by pushers;
+an index for the claim's per-symbol order check
 
 Revision ID: 0004
 Revises: 0002 (the lead re-chains it after 0003 at merge)
@@ -28,7 +29,15 @@ def upgrade() -> None:
         sa.Column("opened_at", Utc, nullable=True),
         sa.Column("updated_at", Utc, nullable=False),
     )
+    op.create_index(
+        "ix_signals_queue_pending_symbol",
+        "signals_queue",
+        ["symbol", "id"],
+        postgresql_where=sa.text("status = 'PENDING'"),
+        sqlite_where=sa.text("status = 'PENDING'"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_signals_queue_pending_symbol", table_name="signals_queue")
     op.drop_table("ea_delivery_state")

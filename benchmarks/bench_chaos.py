@@ -355,7 +355,10 @@ def main() -> int:
         # Whatever is still PENDING now is past its deadline or lost; expire the former.
         queue.expire_stale(direct_url)
         with get_engine(direct_url).connect() as conn:
-            table = {r.signal_id: r for r in conn.execute(select(signals_queue.c.signal_id, signals_queue.c.status, signals_queue.c.expires_at))}
+            table = {
+                r.signal_id: r
+                for r in conn.execute(select(signals_queue.c.signal_id, signals_queue.c.status, signals_queue.c.expires_at, signals_queue.c.attempts, signals_queue.c.last_error))
+            }
         ea.server.stop()
         proxy.close()
 
@@ -379,7 +382,7 @@ def main() -> int:
     add_row(rows, "positions opened by the EA", positions, "positions", None, "= received (each exactly once)", digits=0)
     add_row(rows, "repeats of a signal_id answered by the EA's dedupe", repeats, "requests", None, "duplicates only as repeats", digits=0)
     add_row(rows, "signal_ids received more than once as a new position", positions - len(received), "signals", None, "0", digits=0)
-    add_row(rows, "EXPIRED (deadline passed before delivery)", len(expired), "signals", None, "", digits=0)
+    add_row(rows, "EXPIRED (deadline passed before delivery)", len(expired), "signals", None, f"{sum(1 for sid in expired if ttl_of[sid] > 10)} of them with a 60 s TTL", digits=0)
     add_row(rows, "EXPIRED but received (its pusher died before recording the send)", len(expired_received), "signals", None, "0", digits=0)
     add_row(rows, "FAILED", len(failed), "signals", None, f"only poison ({len(poison)} poison signals)", digits=0)
     add_row(rows, "FAILED that were not poison", len(failed_not_poison), "signals", None, "0", digits=0)
@@ -393,6 +396,10 @@ def main() -> int:
     add_row(rows, "database connections cut through the proxy", DB_CUT_SECONDS if proxy.cuts else 0, "s", None, "5 s", digits=0)
     add_row(rows, "chaos phase / drain after it", chaos_seconds, "s", None, f"drain {drain_seconds:.0f} s", digits=0)
     print(f"\nqueue statuses: {dict(status)}")
+    print(f"EXPIRED by TTL: {dict(collections.Counter(ttl_of[sid] for sid in expired))}")
+    for sid in sorted(poison):
+        r = table[sid]
+        print(f"poison {sid[:8]}: {r.status}, attempts {r.attempts}: {(r.last_error or '')[:100]}")
     report("bench_chaos", rows)
     ok = not lost and not failed_not_poison and not late and not unreceived_but_sent and positions == len(received)
     print("\nOK: lost = 0" if ok else "\nFAILED: see the rows that must be 0")

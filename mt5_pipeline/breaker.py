@@ -6,7 +6,9 @@ about the signal. The breaker tells the two apart without burning the signals' b
 - CLOSED: pushers send normally. The first failure opens the breaker (state ``outage``)
   and makes the failing signal the *suspect*: its attempt is charged, provisionally.
 - OPEN: nobody sends until ``probe_at``. Then exactly one pusher (an atomic update of
-  ``probe_at`` decides which) sends ONE signal, preferring one that is not the suspect.
+  ``probe_at`` decides which) sends ONE signal: not the suspect's symbol if another is
+  due, the first of its symbol (order is kept), preferably one that never failed (so a
+  second poison signal does not pass for an outage).
   - The probe succeeds (or the EA answers it with a verdict, REJECTED): the EA is back;
     the breaker closes. The suspect failed while the EA accepted another signal, so its
     charged attempt stands; a suspect at ``EA_MAX_ATTEMPTS`` becomes FAILED (a poison

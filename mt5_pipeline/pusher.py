@@ -324,11 +324,12 @@ def push_pending(
                 _held_back(result, breaker.read_state(url, ea))
         while not result.held_back:
             if probing:
-                # Probe with one signal, not the suspect if another is due: only another
-                # signal can show the EA is back while the suspect keeps failing.
-                claims = queue.claim_batch(url, 1, lease_seconds=lease, now=clock(), exclude_id=state.suspect_id)
+                # Probe with one signal, not the suspect if another is due (only another
+                # signal can show the EA is back while the suspect keeps failing), the
+                # first of its symbol, preferably one that never failed.
+                claims = queue.claim_batch(url, 1, lease_seconds=lease, now=clock(), exclude_id=state.suspect_id, probe=True)
                 if not claims and state.suspect_id is not None:
-                    claims = queue.claim_batch(url, 1, lease_seconds=lease, now=clock())
+                    claims = queue.claim_batch(url, 1, lease_seconds=lease, now=clock(), probe=True)
                 if not claims:
                     breaker.reschedule_probe(url, ea, clock())  # the next signal probes at once
                     break

@@ -204,8 +204,13 @@ def enqueue_many(database_url: str, signals: Iterable[dict], *, now: datetime | 
     return inserted
 
 
-def _claim_statement():
-    """The claim, built once (bound parameters: now, limit, token, lease_until)."""
+def _claim_statement(probe: bool = False):
+    """The claim, built once (bound parameters: now, limit, token, lease_until, exclude_id).
+
+    ``probe``: the circuit breaker's probe. Only the first unexpired PENDING row of its
+    symbol qualifies (a probe never overtakes a signal of its own symbol), and one that
+    never failed is preferred: a row that failed before may be a poison signal, and a
+    probe that hits one would pass for an outage."""
     at = bindparam("now", type_=q.c.expires_at.type)
     excluded = q.alias("excluded")
     waiting = q.alias("waiting")
@@ -219,6 +224,8 @@ def _claim_statement():
         waiting.c.expires_at > at,
         or_(waiting.c.next_attempt_at > at, waiting.c.lease_until >= at),
     )
+    ahead = q.alias("ahead")
+    head_taken = exists().where(ahead.c.status == "PENDING", ahead.c.symbol == q.c.symbol, ahead.c.id < q.c.id, ahead.c.expires_at > at)
     candidates = (
         select(q.c.id, q.c.symbol)
         .where(
@@ -229,8 +236,9 @@ def _claim_statement():
             # Not the symbol of this row (the breaker's suspect): a probe must be another signal.
             q.c.symbol.not_in(select(excluded.c.symbol).where(excluded.c.id == bindparam("exclude_id", type_=q.c.id.type))),
             ~behind_a_waiting_row,
+            *([~head_taken] if probe else []),
         )
-        .order_by(q.c.id)
+        .order_by(*((q.c.last_error.is_not(None), q.c.attempts) if probe else ()), q.c.id)
         .limit(bindparam("limit", type_=Integer))
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite's compiler drops it
         .cte("candidates")
@@ -259,16 +267,19 @@ def _claim_statement():
 
 
 _CLAIM = _claim_statement()
+_CLAIM_PROBE = _claim_statement(probe=True)
 
 
-def claim_batch(database_url: str, limit: int, *, lease_seconds: float, now: datetime | None = None, exclude_id: int | None = None) -> list[Claimed]:
+def claim_batch(
+    database_url: str, limit: int, *, lease_seconds: float, now: datetime | None = None, exclude_id: int | None = None, probe: bool = False
+) -> list[Claimed]:
     """Claim up to ``limit`` deliverable rows, oldest first, keeping order per symbol.
 
     Deliverable: PENDING, due (``next_attempt_at <= now``), not expired, not leased.
     Claiming counts the attempt (``attempts + 1``); :func:`release_claims` undoes it for
     rows that were not tried. ``exclude_id``: no row of that row's symbol (the circuit
     breaker's suspect, when probing with another signal; the later rows of its symbol
-    would wait for it anyway).
+    would wait for it anyway). ``probe``: see :func:`_claim_statement`.
     """
     if limit <= 0:
         return []
@@ -283,7 +294,7 @@ def claim_batch(database_url: str, limit: int, *, lease_seconds: float, now: dat
             # again, same signal_id), so it does not wait for the WAL flush: this
             # statement sits between a fresh signal and the EA.
             conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
-        rows = conn.execute(_CLAIM, params).all()
+        rows = conn.execute(_CLAIM_PROBE if probe else _CLAIM, params).all()
     rows.sort(key=lambda r: r.id)
     return [
         Claimed(

@@ -386,7 +386,7 @@ def main() -> int:
     add_row(rows, "EXPIRED but received (its pusher died before recording the send)", len(expired_received), "signals", None, "0", digits=0)
     add_row(rows, "FAILED", len(failed), "signals", None, f"only poison ({len(poison)} poison signals)", digits=0)
     add_row(rows, "FAILED that were not poison", len(failed_not_poison), "signals", None, "0", digits=0)
-    add_row(rows, "poison signals EXPIRED instead (no other traffic to tell them apart)", len(poison & expired), "signals", None, "", digits=0)
+    add_row(rows, "poison signals EXPIRED instead (still retrying at their deadline, or no other traffic to tell them from an outage)", len(poison & expired), "signals", None, "", digits=0)
     add_row(rows, "SENT in the queue but not in the EA's log", len(unreceived_but_sent), "signals", None, "0", digits=0)
     add_row(rows, "received after their deadline", len(late), "signals", None, "0", digits=0)
     add_row(rows, "lost (neither received, EXPIRED nor poison FAILED)", len(lost), "signals", None, "must be 0", digits=0)

@@ -188,7 +188,7 @@ def push_pending(
     lease = lease_seconds if lease_seconds is not None else default_lease_seconds(settings)
     own_client = client is None
     client = client or EAClient(settings)
-    ea = breaker.ea_key(client.url)
+    ea = breaker.ea_key(settings.ea_server_url)  # the key /health, /metrics and the sensor read too
     result = PushResult()
 
     def send_round(claims: list[Claimed], probing: bool) -> bool:

@@ -189,7 +189,7 @@ class Settings:
     ea_push_enabled: bool = _setting("EA_PUSH_ENABLED", "true", "automatic pushing on/off (off = pull mode: the EA polls GET /ea/signals)", _bool)
     ea_request_timeout: float = _setting("EA_REQUEST_TIMEOUT", "10", "overall deadline in seconds per EA request", _float)
     ea_batch_size: int = _setting("EA_BATCH_SIZE", "100", "most signals per push cycle", _int)
-    ea_max_attempts: int = _setting("EA_MAX_ATTEMPTS", "5", "delivery attempts before a signal is FAILED", _int)
+    ea_max_attempts: int = _setting("EA_MAX_ATTEMPTS", "5", "failed sends charged to one signal (it failed while the EA accepted others) before it is FAILED; an EA outage charges none", _int)
     signal_ttl_seconds: int = _setting("SIGNAL_TTL_SECONDS", "60", "a signal not delivered this long after its bar closed is EXPIRED, never sent", _int)
     signal_max_bar_age_seconds: int | None = _setting("SIGNAL_MAX_BAR_AGE_SECONDS", "", "no signal when the newest bar is older than this (empty: two bars + 30 s, per timeframe)", _opt(_int))
     model_max_age_hours: float = _setting("MODEL_MAX_AGE_HOURS", "48", "no signal from a model older than this (two missed daily retrains)", _float)

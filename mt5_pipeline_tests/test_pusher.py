@@ -146,13 +146,13 @@ def test_ea_down_holds_every_signal_without_burning_attempts_then_delivers_in_or
     assert "EA answering again" in caplog.text
 
 
-def test_a_burst_of_500s_loses_nothing(pg_url, settings_for, reference_ea):
-    s = reference_ea.settings(settings_for(pg_url, ea_max_attempts=5))
-    signals = enqueue(pg_url, by_symbol(10, 5))
+def test_a_burst_of_500s_loses_nothing(db_url, settings_for, reference_ea):
+    s = reference_ea.settings(settings_for(db_url, ea_max_attempts=5))
+    signals = enqueue(db_url, by_symbol(10, 5))
     reference_ea.app_state.fail_next = 10  # the next ten requests fail: twice the attempt budget of any one signal
     drain(s, datetime.now(timezone.utc))
-    assert queue.status_counts(pg_url)["SENT"] == 10
-    assert {x["status"] for x in rows(pg_url)} == {"SENT"}
+    assert queue.status_counts(db_url)["SENT"] == 10
+    assert {x["status"] for x in rows(db_url)} == {"SENT"}
     assert len(reference_ea.ea.positions) == 10
     assert set(reference_ea.ea.by_signal) == {x["signal_id"] for x in signals}
     assert len(reference_ea.received) == 20

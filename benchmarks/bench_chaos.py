@@ -15,7 +15,7 @@ What runs (a scratch database on TEST_DATABASE_URL's server, dropped afterwards)
   PostgreSQL through a small asyncio TCP proxy written here. Every 10 s one of them (in
   turn) is SIGKILLed and started again.
 * Once, the proxy cuts every database connection and refuses new ones for 5 s.
-* The API (``create_app``, in this process, on a direct database connection) takes the
+* The API (``mt5-pipeline serve``, its own process, on a direct database connection) takes the
   EA's acks (``POST /ea/ack``), as in production: an ack is what turns a send the pusher
   could not confirm (a request the EA acted on after the pusher gave up, a pusher killed
   before recording it) into ACKED, where the pusher alone would have let it expire.
@@ -48,15 +48,13 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from _support import OUT_DIR, ROOT, add_row, report, scratch_database
+from _support import OUT_DIR, ROOT, add_row, report, scratch_database, stop, wait_healthy
 from sqlalchemy import select
 
-from api.app.main import create_app
 from mt5_pipeline import queue
 from mt5_pipeline.clock import iso_z
 from mt5_pipeline.ea_sim import create_ea_app
 from mt5_pipeline.servers import BackgroundServer, free_port
-from mt5_pipeline.settings import Settings
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_queue
 
@@ -266,11 +264,18 @@ def main() -> int:
         # The API (on the direct connection) takes the EA's acks: an ack is how a send the
         # pusher could not confirm (a hung request the EA acted on after the pusher gave
         # up, a pusher killed before recording) becomes ACKED instead of a wrong EXPIRED.
-        api_settings = Settings.from_env(
-            {"DATABASE_URL": direct_url, "API_KEYS": API_KEY, "EA_PUSH_ENABLED": "false", "MODEL_DIR": str(OUT_DIR / "bench_chaos_models")}, env_file=None
+        # In its own process (`mt5-pipeline serve`): in this one it would share the GIL with the EA.
+        api_port = free_port()
+        api_env = dict(os.environ)
+        api_env.update(
+            {"DATABASE_URL": direct_url, "API_KEYS": API_KEY, "EA_PUSH_ENABLED": "false", "MODEL_DIR": str(OUT_DIR / "bench_chaos_models"), "LOG_LEVEL": "WARNING"}
         )
-        api = BackgroundServer(create_app(api_settings)).start()
-        ea = ChaosEA(ea_log, ack_url=f"{api.base_url}/ea/ack")
+        api_log = OUT_DIR / "bench_chaos_api.log"
+        api = subprocess.Popen(
+            [sys.executable, "-m", "mt5_pipeline.cli", "serve", "--port", str(api_port)], cwd=ROOT, env=api_env, stdout=subprocess.DEVNULL, stderr=api_log.open("w")
+        )
+        wait_healthy(f"http://127.0.0.1:{api_port}/health", api, api_log, timeout=120)
+        ea = ChaosEA(ea_log, ack_url=f"http://127.0.0.1:{api_port}/ea/ack")
         ea.server.start()
         env = dict(os.environ)
         env.update(
@@ -374,7 +379,7 @@ def main() -> int:
                 for r in conn.execute(select(signals_queue.c.signal_id, signals_queue.c.status, signals_queue.c.expires_at, signals_queue.c.attempts, signals_queue.c.last_error))
             }
         ea.server.stop()
-        api.stop()
+        stop(api)
         proxy.close()
 
     received = read_ea_log(ea_log)
@@ -413,6 +418,9 @@ def main() -> int:
     add_row(rows, "chaos phase / drain after it", chaos_seconds, "s", None, f"drain {drain_seconds:.0f} s", digits=0)
     print(f"\nqueue statuses: {dict(status)}")
     print(f"EXPIRED by TTL: {dict(collections.Counter(ttl_of[sid] for sid in expired))}")
+    for sid in sorted(lost):
+        r = table[sid]
+        print(f"LOST {sid}: {r.status}, attempts {r.attempts}, expires {r.expires_at:%H:%M:%S.%f}, in the EA's log: {sid in received}: {r.last_error}")
     for sid in sorted(poison):
         r = table[sid]
         print(f"poison {sid[:8]}: {r.status}, attempts {r.attempts}: {(r.last_error or '')[:100]}")

@@ -191,13 +191,13 @@ def push_pending(
     ea = breaker.ea_key(settings.ea_server_url)  # the key /health, /metrics and the sensor read too
     result = PushResult()
 
-    def send_round(claims: list[Claimed], probing: bool) -> bool:
-        """Send ``claims`` (one claim token). True when the EA answered a probe."""
+    def send_round(claims: list[Claimed], probing: bool) -> tuple[bool, bool]:
+        """Send ``claims`` (one claim token). Returns (the EA answered a probe, a request was sent)."""
         token = claims[0].claim_token
         marks: list[Mark] = []
         done: set[int] = set()
         give_back: dict[int, str] = {}  # tried, but the failure is not the signal's
-        answered = False
+        answered = tried = False
         last_flush = time.monotonic()
         heartbeat = _Heartbeat(url, token, lease, clock)
 
@@ -230,6 +230,7 @@ def push_pending(
                     result.lost += 1
                     continue
 
+                tried = True
                 outcome = client.send(c.payload)
                 at = clock()
                 if outcome.kind in ("ok", "reject"):
@@ -238,6 +239,12 @@ def push_pending(
                         marks.append(Mark(c.id, token, "SENT", at, ticket=outcome.ticket))
                         result.sent += 1
                         log.info("✅ Signal sent to EA: %s", _describe(c))
+                    elif at >= c.expires_at:
+                        # Sent in time, but the deadline passed on the way: the EA refused it as
+                        # too late, which is what EXPIRED means.
+                        marks.append(Mark(c.id, token, "EXPIRED", at, error=f"expired on its way to the EA: {outcome.error}"))
+                        result.expired += 1
+                        log.warning("Signal expired on its way to the EA, not traded: %s: %s", _describe(c), outcome.error)
                     else:
                         marks.append(Mark(c.id, token, "REJECTED", at, error=outcome.error))
                         result.rejected += 1
@@ -312,7 +319,7 @@ def push_pending(
                 untried = [c.id for c in claims if c.id not in done and c.id not in give_back]
                 if untried:
                     result.released += queue.release_claims(url, token, ids=untried)
-        return answered
+        return answered, tried
 
     try:
         state = breaker.read_state(url, ea)
@@ -338,7 +345,9 @@ def push_pending(
                 if not claims:
                     break
             result.claimed += len(claims)
-            answered = send_round(claims, probing)
+            answered, tried = send_round(claims, probing)
+            if probing and not tried:  # the probe expired or we were stopped: the next signal probes
+                breaker.reschedule_probe(url, ea, clock())
             if probing and answered and not (stop is not None and stop.is_set()):
                 probing = False  # the EA is back: the held signals, in order, this cycle
                 continue

@@ -583,3 +583,14 @@ def test_a_backlog_behind_a_retrying_signal_does_not_hide_the_other_symbols(pg_u
     r = push_pending(s)
     assert (r.claimed, r.sent) == (1, 1)
     assert reference_ea.signal_ids() == [other[0]["signal_id"]]
+
+
+def test_a_signal_the_ea_refuses_as_too_late_is_expired_not_rejected(pg_settings, reference_ea):
+    # The deadline passes while the request is on its way (the EA sits on it for a moment).
+    [sig] = enqueue(pg_settings.database_url, [make_signal(expires_at=datetime.now(timezone.utc) + timedelta(seconds=2))])
+    reference_ea.app_state.delay = 3.0
+    r = push_pending(pg_settings)
+    assert (r.expired, r.rejected, r.sent) == (1, 0, 0)
+    row = queue.get_signal(pg_settings.database_url, sig["signal_id"])
+    assert row["status"] == "EXPIRED" and "expired on its way to the EA" in row["last_error"] and "not traded" in row["last_error"]
+    assert reference_ea.ea.positions == {}

@@ -214,18 +214,27 @@ def _claim_statement(probe: bool = False):
     at = bindparam("now", type_=q.c.expires_at.type)
     excluded = q.alias("excluded")
     waiting = q.alias("waiting")
-    # An earlier row of the same symbol that cannot go now (waiting for its retry, or
-    # leased by another pusher): this row waits for it. Filtered before the LIMIT, so a
+    # Per symbol, the first row that cannot go now (waiting for its retry, or leased by
+    # another pusher): the rows after it wait for it. Filtered before the LIMIT, so a
     # backlog behind a few such rows never hides the rows of other symbols from the claim.
-    behind_a_waiting_row = exists().where(
-        waiting.c.status == "PENDING",
-        waiting.c.symbol == q.c.symbol,
-        waiting.c.id < q.c.id,
-        waiting.c.expires_at > at,
-        or_(waiting.c.next_attempt_at > at, waiting.c.lease_until >= at),
+    # One grouped pass over the pending rows (not a probe per row): its cost does not hang
+    # on the planner's statistics of a table that fills fast.
+    first_waiting = (
+        select(waiting.c.symbol, func.min(waiting.c.id).label("first_id"))
+        .where(
+            waiting.c.status == "PENDING",
+            waiting.c.expires_at > at,
+            or_(waiting.c.next_attempt_at > at, waiting.c.lease_until >= at),
+        )
+        .group_by(waiting.c.symbol)
+        .cte("first_waiting")
+        # Computed once (at most one row per symbol), never re-run per candidate row.
+        .prefix_with("MATERIALIZED", dialect="postgresql")
     )
+    behind_a_waiting_row = exists().where(first_waiting.c.symbol == q.c.symbol, first_waiting.c.first_id < q.c.id)
+    # The probe: the first unexpired PENDING row of each symbol.
     ahead = q.alias("ahead")
-    head_taken = exists().where(ahead.c.status == "PENDING", ahead.c.symbol == q.c.symbol, ahead.c.id < q.c.id, ahead.c.expires_at > at)
+    heads = select(func.min(ahead.c.id)).where(ahead.c.status == "PENDING", ahead.c.expires_at > at).group_by(ahead.c.symbol).cte("heads").prefix_with("MATERIALIZED", dialect="postgresql")
     candidates = (
         select(q.c.id, q.c.symbol)
         .where(
@@ -236,7 +245,7 @@ def _claim_statement(probe: bool = False):
             # Not the symbol of this row (the breaker's suspect): a probe must be another signal.
             q.c.symbol.not_in(select(excluded.c.symbol).where(excluded.c.id == bindparam("exclude_id", type_=q.c.id.type))),
             ~behind_a_waiting_row,
-            *([~head_taken] if probe else []),
+            *([q.c.id.in_(select(heads))] if probe else []),
         )
         .order_by(*((q.c.last_error.is_not(None), q.c.attempts) if probe else ()), q.c.id)
         .limit(bindparam("limit", type_=Integer))

@@ -594,3 +594,24 @@ def test_a_signal_the_ea_refuses_as_too_late_is_expired_not_rejected(pg_settings
     row = queue.get_signal(pg_settings.database_url, sig["signal_id"])
     assert row["status"] == "EXPIRED" and "expired on its way to the EA" in row["last_error"] and "not traded" in row["last_error"]
     assert reference_ea.ea.positions == {}
+
+
+def test_the_breaker_is_shared_and_only_one_pusher_probes(db_url):
+    ea = breaker.ea_key("https://user:secret@ea.example:8443/signals?x=1")
+    assert ea == "https://ea.example:8443/signals"  # no user info (a secret) in the key
+    t0 = datetime.now(timezone.utc)
+    f = breaker.record_failure(db_url, ea, kind=breaker.OUTAGE, signal_row_id=None, chargeable=False, error="down", status_code=None, ttl_seconds=60, now=t0)
+    assert breaker.read_state(db_url, ea).holds(t0) and not breaker.claim_probe(db_url, ea, now=t0, hold_seconds=5)
+    assert breaker.claim_probe(db_url, ea, now=f.probe_at, hold_seconds=5)  # the first pusher at probe time
+    assert not breaker.claim_probe(db_url, ea, now=f.probe_at, hold_seconds=5)  # the second waits
+    assert breaker.record_success(db_url, ea, max_attempts=5).previous.state == "outage"
+    assert breaker.read_state(db_url, ea).closed and breaker.record_success(db_url, ea, max_attempts=5) is None
+
+
+def test_probe_spacing_doubles_and_is_capped_by_the_ttl():
+    rng = random.Random(3)
+    assert 0.25 <= breaker.probe_spacing(1, ttl_seconds=60, rng=rng) <= 0.5
+    assert 1.0 <= breaker.probe_spacing(3, ttl_seconds=60, rng=rng) <= 2.0
+    assert breaker.probe_spacing(20, ttl_seconds=60, rng=rng) <= 5.0  # min(5 s, TTL/12)
+    assert breaker.probe_spacing(20, ttl_seconds=12, rng=rng) <= 1.0
+    assert breaker.probe_spacing(1, ttl_seconds=60, retry_after=3, rng=rng) == 3.0

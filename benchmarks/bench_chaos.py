@@ -302,6 +302,7 @@ def main() -> int:
         queued: dict[str, dict] = {}
         poison: set[str] = set()
         ttl_of: dict[str, float] = {}
+        queued_at: dict[str, float] = {}
 
         print(f"chaos: {n} signals over {produce_seconds:.0f} s, EA down at {down_at:.0f} s for {EA_DOWN_SECONDS:.0f} s, DB cut at {cut_at:.0f} s for {DB_CUT_SECONDS:.0f} s, a pusher killed every {KILL_EVERY:.0f} s", flush=True)
         started = time.monotonic()
@@ -345,6 +346,7 @@ def main() -> int:
                     ea.poison.add(s["signal_id"])
                 queued[s["signal_id"]] = s
                 ttl_of[s["signal_id"]] = ttl
+                queued_at[s["signal_id"]] = t
                 batch.append(s)
                 produced += 1
             if batch:
@@ -418,6 +420,9 @@ def main() -> int:
     add_row(rows, "chaos phase / drain after it", chaos_seconds, "s", None, f"drain {drain_seconds:.0f} s", digits=0)
     print(f"\nqueue statuses: {dict(status)}")
     print(f"EXPIRED by TTL: {dict(collections.Counter(ttl_of[sid] for sid in expired))}")
+    buckets = collections.Counter(int(queued_at[sid] // 10) * 10 for sid in queued)
+    gone = collections.Counter(int(queued_at[sid] // 10) * 10 for sid in expired)
+    print("queued at (s) -> expired/queued: " + ", ".join(f"{b}: {gone[b]}/{buckets[b]}" for b in sorted(buckets)))
     for sid in sorted(lost):
         r = table[sid]
         print(f"LOST {sid}: {r.status}, attempts {r.attempts}, expires {r.expires_at:%H:%M:%S.%f}, in the EA's log: {sid in received}: {r.last_error}")

@@ -20,7 +20,7 @@ What runs (a scratch database on TEST_DATABASE_URL's server, dropped afterwards)
   could not confirm (a request the EA acted on after the pusher gave up, a pusher killed
   before recording it) into ACKED, where the pusher alone would have let it expire.
 * This process queues the signals (directly, not through the proxy) at an even rate over
-  the run, 1 in 4 with a 10 s TTL (some must expire during the outage), the rest 60 s.
+  the run (10,000 over 240 s), 1 in 4 with a 10 s TTL (some must expire during the outage), the rest 60 s.
 
 When the last signal is queued the chaos stops, the pushers drain the queue, and the
 table is counted: from the EA's log (what it accepted, each signal_id once, and the
@@ -245,7 +245,7 @@ def main() -> int:
     parser.add_argument("--signals", type=int, default=None)
     args = parser.parse_args()
     n = args.signals or (2_000 if args.quick else 10_000)
-    produce_seconds = 45.0 if args.quick else 150.0
+    produce_seconds = 45.0 if args.quick else 240.0
     down_at = 10.0 if args.quick else 40.0
     cut_at = 33.0 if args.quick else 95.0
     rng = random.Random(11)
@@ -285,7 +285,7 @@ def main() -> int:
                 "EA_API_KEY": EA_KEY,
                 "EA_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT),
                 "EA_PUSH_INTERVAL": "2",
-                "EA_BATCH_SIZE": "50",
+                "EA_BATCH_SIZE": "100",
                 "EA_MAX_ATTEMPTS": "5",
                 "SIGNAL_TTL_SECONDS": "60",
                 "LOG_LEVEL": "WARNING",
@@ -303,6 +303,7 @@ def main() -> int:
         poison: set[str] = set()
         ttl_of: dict[str, float] = {}
         queued_at: dict[str, float] = {}
+        queued_wall: dict[str, float] = {}
 
         print(f"chaos: {n} signals over {produce_seconds:.0f} s, EA down at {down_at:.0f} s for {EA_DOWN_SECONDS:.0f} s, DB cut at {cut_at:.0f} s for {DB_CUT_SECONDS:.0f} s, a pusher killed every {KILL_EVERY:.0f} s", flush=True)
         started = time.monotonic()
@@ -347,6 +348,7 @@ def main() -> int:
                 queued[s["signal_id"]] = s
                 ttl_of[s["signal_id"]] = ttl
                 queued_at[s["signal_id"]] = t
+                queued_wall[s["signal_id"]] = time.time()
                 batch.append(s)
                 produced += 1
             if batch:
@@ -397,6 +399,7 @@ def main() -> int:
     unreceived_but_sent = delivered_status - set(received)
     repeats = ea.ea.duplicates
     positions = len(ea.ea.positions)
+    latency = sorted(at - queued_wall[sid] for sid, at in received.items())
 
     rows: list[dict] = []
     add_row(rows, "signals queued (28 symbols; 1 in 4 with a 10 s TTL)", len(queued), "signals", None, "", digits=0)
@@ -418,10 +421,14 @@ def main() -> int:
     add_row(rows, "EA answers 500 / hung requests / poison 500s", ea.answered["500"], "requests", None, f"{ea.answered['hung']} hung, {ea.answered['500 (poison)']} poison", digits=0)
     add_row(rows, "database connections cut through the proxy", DB_CUT_SECONDS if proxy.cuts else 0, "s", None, "5 s", digits=0)
     add_row(rows, "chaos phase / drain after it", chaos_seconds, "s", None, f"drain {drain_seconds:.0f} s", digits=0)
+    if latency:
+        add_row(rows, "queued -> received by the EA, p50 (whole run, outage included)", latency[len(latency) // 2], "s", None, f"p90 {latency[int(len(latency) * 0.9)]:.1f} s", digits=2)
     print(f"\nqueue statuses: {dict(status)}")
     print(f"EXPIRED by TTL: {dict(collections.Counter(ttl_of[sid] for sid in expired))}")
     buckets = collections.Counter(int(queued_at[sid] // 10) * 10 for sid in queued)
     gone = collections.Counter(int(queued_at[sid] // 10) * 10 for sid in expired)
+    if latency:
+        print(f"queued -> received by the EA: p50 {latency[len(latency) // 2]:.2f} s, p90 {latency[int(len(latency) * 0.9)]:.2f} s, max {latency[-1]:.2f} s")
     print("queued at (s) -> expired/queued: " + ", ".join(f"{b}: {gone[b]}/{buckets[b]}" for b in sorted(buckets)))
     for sid in sorted(lost):
         r = table[sid]

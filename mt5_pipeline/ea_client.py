@@ -7,8 +7,19 @@ Outcomes (``SendOutcome.kind``):
   explain. ``ambiguous`` is set when the request may have reached the EA (a read timeout
   after sending, a dropped connection): the trade may exist, so it is only ever retried
   with the same ``signal_id``/``Idempotency-Key``.
-- ``reject``: the EA answered and said no (``success: false``, or a 4xx other than 401/408/429).
-- ``auth``: 401, our key is wrong; the pusher stops the cycle without burning attempts.
+- ``reject``: the EA answered and said no to this signal (``success: false``, 422, 400,
+  413, ...): REJECTED with the EA's message.
+- ``auth``: 401, our key is wrong; ``config``: 403, 404, 405, 415, the request cannot
+  reach the EA's signals route as configured (wrong path, method, content type, a proxy
+  that forbids it). Neither is the signal's fault: the pusher stops the cycle, leaves the
+  signals PENDING without burning attempts, and says so loudly (``SendOutcome.config_error``).
+
+``test_connection`` checks the signals route itself with a probe: ``POST {EA_SERVER_URL}``
+with the body ``{"probe": true}`` (no ``signal_id``, so no EA can take it for a trade). The
+reference EA answers it ``200 {"success": true, "probe": true}`` after checking the key and
+content type; an EA that does not know probes refuses the body (400/422 or ``success:
+false``), which still proves the route exists. 401/403/404/405/415 or a 5xx is "not connected",
+with the status in the message.
 
 The API key is sent, never logged or put in an error message.
 """
@@ -49,7 +60,7 @@ def ea_api_key(settings: Settings) -> str:
 
 @dataclass(frozen=True)
 class SendOutcome:
-    kind: str  # "ok" | "retry" | "reject" | "auth"
+    kind: str  # "ok" | "retry" | "reject" | "auth" | "config"
     status_code: int | None = None
     ticket: int | None = None
     error: str = ""
@@ -60,6 +71,21 @@ class SendOutcome:
     @property
     def ok(self) -> bool:
         return self.kind == "ok"
+
+    @property
+    def config_error(self) -> bool:
+        """A wrong key, path, method or content type: nothing will get through until fixed."""
+        return self.kind in ("auth", "config")
+
+
+# Answers that say the request, not the signal, is wrong. 401 has its own kind ("auth").
+CONFIG_STATUSES = {
+    403: "the EA forbids this request (403): check EA_API_KEY and any proxy in front of the EA",
+    404: "the EA has no such route (404): check the path in EA_SERVER_URL",
+    405: "the EA does not accept POST on this route (405): check the path in EA_SERVER_URL",
+    415: "the EA refuses the content type (415): it must accept application/json",
+}
+PROBE_BODY = {"probe": True}
 
 
 # ---- the overall deadline ------------------------------------------------------------------
@@ -251,6 +277,8 @@ class EAClient:
         code = response.status_code
         if code == 401:
             return outcome("auth", status_code=code, error="the EA refused our API key (401): check EA_API_KEY on both sides")
+        if code in CONFIG_STATUSES:
+            return outcome("config", status_code=code, error=f"{CONFIG_STATUSES[code]} [{self.url}]: {_ea_message(response)}")
         if code in (408, 429) or code >= 500:
             return outcome(
                 "retry", status_code=code, retry_after=_retry_after(response), ambiguous=code >= 500, error=f"EA answered {code}: {_ea_message(response)}"
@@ -275,10 +303,12 @@ class EAClient:
         return outcome("ok", status_code=code, ticket=ticket)
 
     def test_connection(self) -> dict:
-        """GET /health on the EA: the seed's response shape for /ea/test-connection."""
+        """Probe the signals route (see the module docstring): the seed's response shape
+        for /ea/test-connection, plus ``status_code`` when the EA answered."""
         result = {"connected": False, "ea_server": self.server, "ea_url": self.url, "message": ""}
+        body = json.dumps(PROBE_BODY).encode()
         try:
-            response = self._request("GET", f"{self.base_url}/health")
+            response = self._request("POST", self.url, content=body, headers={"Content-Type": "application/json"})
         except httpx.TimeoutException:
             result["message"] = f"❌ EA at {self.server} did not answer within {self.timeout:g} s"
             return result
@@ -287,17 +317,23 @@ class EAClient:
             return result
         code = response.status_code
         result["status_code"] = code
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
         if code == 401:
             result["message"] = "❌ EA refused the API key (401): check EA_API_KEY"
-        elif code >= 500:
+        elif code in CONFIG_STATUSES:
+            result["message"] = f"❌ Not connected: {CONFIG_STATUSES[code]}"
+        elif code >= 500 or code in (408, 429):
             result["message"] = f"❌ EA answered {code}: {_ea_message(response)}"
-        elif code == 404:
-            # It answers HTTP on that address; it just has no health route.
-            result["connected"] = True
-            result["message"] = "✅ Connected (the EA has no /health route)"
-        elif 200 <= code < 300:
+        elif 200 <= code < 300 and isinstance(data, dict) and data.get("probe") is True and data.get("success") is True:
             result["connected"] = True
             result["message"] = "✅ Connected"
+        elif 200 <= code < 300 or code in (400, 422):
+            # An EA that does not know probes refused the empty body: the route exists.
+            result["connected"] = True
+            result["message"] = f"✅ Connected (the signals route answered {code} to a probe; the EA does not implement probes, so the key was not verified)"
         else:
-            result["message"] = f"❌ EA answered {code} on /health"
+            result["message"] = f"❌ EA answered {code} on the signals route: {_ea_message(response)}"
         return result

@@ -9,6 +9,9 @@ terminal run against it, and it is the model an EA author can copy.
   ``signal_id``, ``Idempotency-Key`` equal to it when sent), refuses an expired signal
   with ``success: false``, and dedupes by ``signal_id``: a repeat gets the *same* ticket
   and opens nothing. That dedupe is what makes at-least-once delivery safe.
+  A probe, ``{"probe": true}`` without a ``signal_id`` (what ``/ea/test-connection`` sends),
+  is answered ``200 {"success": true, "probe": true}`` once the key and content type
+  passed: proof that this URL, method, key and content type reach the signals route.
 - ``GET /health``: liveness (no key needed).
 - ``GET /positions``: the paper positions (key needed).
 - ``POST /prices`` ``{"symbol": "EURUSD", "price": 1.0812}``: marks positions to that
@@ -125,6 +128,7 @@ class PaperEA:
         self.by_signal: dict[str, dict] = {}
         self.positions: dict[int, dict] = {}
         self.requests = 0
+        self.probes = 0
         self.duplicates = 0
         self._next_ticket = FIRST_TICKET
         self._ack_client: httpx.Client | None = None
@@ -261,6 +265,10 @@ def create_ea_app(
             body = json.loads(raw)
         except ValueError:
             return _answer(400, success=False, message="body is not valid JSON")
+        if isinstance(body, dict) and body.get("probe") is True and "signal_id" not in body:
+            with ea.lock:
+                ea.probes += 1
+            return _answer(200, success=True, probe=True, message="signals route ready")
         errors = validate_signal(body)
         if errors:
             return _answer(422, success=False, message="; ".join(errors))

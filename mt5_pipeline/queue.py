@@ -164,9 +164,37 @@ def enqueue_many(database_url: str, signals: Iterable[Signal | Mapping[str, Any]
     return inserted
 
 
-def _claim_statement():
-    """The claim, built once (bound parameters: now, limit, token, lease_until)."""
+def _claim_statement(probe: bool = False):
+    """The claim, built once (bound parameters: now, limit, token, lease_until, exclude_id).
+
+    ``probe``: the circuit breaker's probe. Only the first unexpired PENDING row of its
+    symbol qualifies (a probe never overtakes a signal of its own symbol), and one that
+    never failed is preferred: a row that failed before may be a poison signal, and a
+    probe that hits one would pass for an outage."""
     at = bindparam("now", type_=q.c.expires_at.type)
+    excluded = q.alias("excluded")
+    waiting = q.alias("waiting")
+    # Per symbol, the first row that cannot go now (waiting for its retry, or leased by
+    # another pusher): the rows after it wait for it. Filtered before the LIMIT, so a
+    # backlog behind a few such rows never hides the rows of other symbols from the claim.
+    # One grouped pass over the pending rows (not a probe per row): its cost does not hang
+    # on the planner's statistics of a table that fills fast.
+    first_waiting = (
+        select(waiting.c.symbol, func.min(waiting.c.id).label("first_id"))
+        .where(
+            waiting.c.status == "PENDING",
+            waiting.c.expires_at > at,
+            or_(waiting.c.next_attempt_at > at, waiting.c.lease_until >= at),
+        )
+        .group_by(waiting.c.symbol)
+        .cte("first_waiting")
+        # Computed once (at most one row per symbol), never re-run per candidate row.
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    behind_a_waiting_row = exists().where(first_waiting.c.symbol == q.c.symbol, first_waiting.c.first_id < q.c.id)
+    # The probe: the first unexpired PENDING row of each symbol.
+    ahead = q.alias("ahead")
+    heads = select(func.min(ahead.c.id)).where(ahead.c.status == "PENDING", ahead.c.expires_at > at).group_by(ahead.c.symbol).cte("heads").prefix_with("MATERIALIZED", dialect="postgresql")
     candidates = (
         select(q.c.id, q.c.symbol)
         .where(
@@ -174,15 +202,19 @@ def _claim_statement():
             q.c.next_attempt_at <= at,
             q.c.expires_at > at,
             or_(q.c.lease_until.is_(None), q.c.lease_until < at),
+            # Not the symbol of this row (the breaker's suspect): a probe must be another signal.
+            q.c.symbol.not_in(select(excluded.c.symbol).where(excluded.c.id == bindparam("exclude_id", type_=q.c.id.type))),
+            ~behind_a_waiting_row,
+            *([q.c.id.in_(select(heads))] if probe else []),
         )
-        .order_by(q.c.id)
+        .order_by(*((q.c.last_error.is_not(None), q.c.attempts) if probe else ()), q.c.id)
         .limit(bindparam("limit", type_=Integer))
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite's compiler drops it
         .cte("candidates")
     )
     earlier = q.alias("earlier")
-    # An earlier row of the same symbol still in play and not ours to send first
-    # (leased elsewhere, locked by a concurrent claim, or waiting for its retry).
+    # Then the same rule against the candidates themselves: an earlier row still in play
+    # and not ours to send first (locked by a concurrent claim, SKIP LOCKED skipped it).
     blocked = exists().where(
         earlier.c.status == "PENDING",
         earlier.c.symbol == candidates.c.symbol,
@@ -204,14 +236,19 @@ def _claim_statement():
 
 
 _CLAIM = _claim_statement()
+_CLAIM_PROBE = _claim_statement(probe=True)
 
 
-def claim_batch(database_url: str, limit: int, *, lease_seconds: float, now: datetime | None = None) -> list[Claimed]:
+def claim_batch(
+    database_url: str, limit: int, *, lease_seconds: float, now: datetime | None = None, exclude_id: int | None = None, probe: bool = False
+) -> list[Claimed]:
     """Claim up to ``limit`` deliverable rows, oldest first, keeping order per symbol.
 
     Deliverable: PENDING, due (``next_attempt_at <= now``), not expired, not leased.
     Claiming counts the attempt (``attempts + 1``); :func:`release_claims` undoes it for
-    rows that were not tried.
+    rows that were not tried. ``exclude_id``: no row of that row's symbol (the circuit
+    breaker's suspect, when probing with another signal; the later rows of its symbol
+    would wait for it anyway). ``probe``: see :func:`_claim_statement`.
     """
     if limit <= 0:
         return []
@@ -219,14 +256,14 @@ def claim_batch(database_url: str, limit: int, *, lease_seconds: float, now: dat
     token = str(uuid.uuid4())
     lease_until = at + timedelta(seconds=lease_seconds)
     engine = get_engine(database_url)
-    params = {"now": at, "limit": int(limit), "token": token, "lease_until": lease_until}
+    params = {"now": at, "limit": int(limit), "token": token, "lease_until": lease_until, "exclude_id": -1 if exclude_id is None else int(exclude_id)}
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # A claim need not survive a database crash (the row would just be claimed
             # again, same signal_id), so it does not wait for the WAL flush: this
             # statement sits between a fresh signal and the EA.
             conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
-        rows = conn.execute(_CLAIM, params).all()
+        rows = conn.execute(_CLAIM_PROBE if probe else _CLAIM, params).all()
     rows.sort(key=lambda r: r.id)
     return [
         Claimed(id=r.id, signal=Signal.from_row(r), attempts=r.attempts, claim_token=token, lease_until=lease_until)
@@ -367,10 +404,12 @@ def release_claims(
     *,
     ids: Iterable[int] | None = None,
     not_before: datetime | None = None,
+    error: str | None = None,
 ) -> int:
-    """Give back rows held under ``claim_token`` that were not tried: the lease goes, and
-    the attempt the claim counted is undone. ``not_before`` postpones them (the EA is down:
-    no point in another pusher trying them at once). Returns the rows released."""
+    """Give back rows held under ``claim_token`` that were not tried, or whose attempt is
+    not the signal's fault (an EA outage, a configuration error): the lease goes, and the
+    attempt the claim counted is undone. ``not_before`` postpones them; ``error`` is kept
+    as their ``last_error``. Returns the rows released."""
     where = [q.c.claim_token == claim_token]
     if ids is not None:
         where.append(q.c.id.in_(list(ids)))
@@ -379,6 +418,8 @@ def release_claims(
         "lease_until": None,
         "attempts": case((q.c.attempts > 0, q.c.attempts - 1), else_=0),
     }
+    if error is not None:
+        values["last_error"] = error
     if not_before is not None:
         nb = as_utc(not_before)
         values["next_attempt_at"] = case((q.c.next_attempt_at < nb, nb), else_=q.c.next_attempt_at)
@@ -398,7 +439,17 @@ def _expire_statement():
             q.c.expires_at <= at,
             or_(q.c.lease_until.is_(None), q.c.lease_until < at),
         )
-        .values(status="EXPIRED", last_error="expired before delivery", claim_token=None, lease_until=None)
+        .values(
+            status="EXPIRED",
+            # A claim left behind means its pusher died holding the row: it may have
+            # reached the EA before that (an ack from the EA would then make it ACKED).
+            last_error=case(
+                (q.c.claim_token.is_not(None), literal("expired before delivery; its pusher stopped while holding it, so it may have reached the EA")),
+                else_=literal("expired before delivery"),
+            ),
+            claim_token=None,
+            lease_until=None,
+        )
     )
 
 

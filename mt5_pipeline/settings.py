@@ -214,7 +214,7 @@ class Settings:
     ea_push_enabled: bool = _setting("EA_PUSH_ENABLED", "true", "automatic pushing on/off (off = pull mode: the EA polls GET /ea/signals)", _bool)
     ea_request_timeout: float = _setting("EA_REQUEST_TIMEOUT", "10", "overall deadline in seconds per EA request", _float)
     ea_batch_size: int = _setting("EA_BATCH_SIZE", "100", "most signals per push cycle", _int)
-    ea_max_attempts: int = _setting("EA_MAX_ATTEMPTS", "5", "delivery attempts before a signal is FAILED", _int)
+    ea_max_attempts: int = _setting("EA_MAX_ATTEMPTS", "5", "failed sends charged to one signal (it failed while the EA accepted others) before it is FAILED; an EA outage charges none", _int)
     signal_ttl_seconds: int = _setting("SIGNAL_TTL_SECONDS", "60", "a signal not delivered this long after its bar closed is EXPIRED, never sent", _int)
     signal_max_bar_age_seconds: int | None = _setting("SIGNAL_MAX_BAR_AGE_SECONDS", "", "no signal when the newest closed bar opened longer ago than this (empty: two bars + 30 s, per timeframe); a bar past its close + SIGNAL_TTL_SECONDS is refused as too late whatever this says", _opt(_int))
     live_close_grace_seconds: float = _setting("LIVE_CLOSE_GRACE_SECONDS", "2", "the live worker waits this long after a bar's close for its final version before signalling the stored (last forming) version", _float)

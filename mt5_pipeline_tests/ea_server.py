@@ -7,10 +7,13 @@ reference EA itself stays a clean implementation:
     reference_ea.app_state.status = 500          # answer every POST /signals with 500
     reference_ea.app_state.reject = "no margin"  # answer 200 {"success": false, "message": ...}
     reference_ea.app_state.delay = 0.05          # seconds before answering
+    reference_ea.app_state.poison = {signal_id}  # answer 500 to these signals only
+    reference_ea.app_state.fail_next = 10        # answer 500 to the next 10 signals
     reference_ea.stop(); ...; reference_ea.start()   # the EA is down (connection refused), then back
 
 `received` lists every POST /signals that reached the server, as (headers, body), before
 any injected failure; `peers` the client port of each (to see connection reuse).
+Connection probes (``{"probe": true}``, from /ea/test-connection) go to `probes` instead.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -80,6 +83,8 @@ class Faults:
     status: int | None = None  # answer POST /signals with this HTTP status
     reject: str | None = None  # answer 200 {"success": false, "message": reject}
     delay: float = 0.0  # seconds before answering (after recording)
+    poison: set = field(default_factory=set)  # signal_ids answered with 500, whatever else
+    fail_next: int = 0  # answer the next n signals (not probes) with 500
 
 
 class ReferenceEA(ServerThread):
@@ -89,6 +94,7 @@ class ReferenceEA(ServerThread):
         self.ea = self.ea_app.state.ea
         self.app_state = Faults()
         self.received: list[tuple[dict, Any]] = []
+        self.probes: list[dict] = []
         self.peers: list[int] = []
         self._lock = threading.Lock()
         super().__init__(self._asgi, **(server_config or {}))
@@ -121,14 +127,22 @@ class ReferenceEA(ServerThread):
         except ValueError:
             body = raw
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        is_probe = isinstance(body, dict) and body.get("probe") is True
         with self._lock:
-            self.received.append((headers, body))
-            self.peers.append(scope["client"][1] if scope.get("client") else -1)
+            if is_probe:
+                self.probes.append(headers)
+            else:
+                self.received.append((headers, body))
+                self.peers.append(scope["client"][1] if scope.get("client") else -1)
         faults = self.app_state
         if faults.delay:
             await asyncio.sleep(faults.delay)
-        if faults.status is not None or faults.reject is not None:
-            status = faults.status or 200
+        poisoned = isinstance(body, dict) and body.get("signal_id") in faults.poison
+        if not is_probe and faults.fail_next > 0:
+            faults.fail_next -= 1
+            poisoned = True
+        if faults.status is not None or faults.reject is not None or poisoned:
+            status = faults.status or (500 if poisoned else 200)
             message = faults.reject or f"injected {status}"
             payload = json.dumps({"success": False, "message": message}).encode()
             await send(

@@ -274,3 +274,34 @@ async def test_generate_signal_ignores_the_forming_bar_and_refuses_a_timeframe_w
     signal_bar = datetime.fromisoformat(reply.json()["signal"]["timestamp"].replace("Z", "+00:00"))
     assert signal_bar < forming_open
     assert [s.bar for s in queue.pending_for_pull(db_url)] == [signal_bar]
+
+
+# ---- configuration errors ----------------------------------------------------------------
+
+
+async def test_a_wrong_ea_path_is_not_connected_and_stops_delivery_loudly(pg_url, settings_for, reference_ea):  # noqa: F811
+    from mt5_pipeline_tests.test_api_metrics import one, parse
+
+    wrong = settings_for(pg_url, API_KEYS=KEYS, EA_SERVER_URL=reference_ea.base_url + "/signal", EA_API_KEY=reference_ea.api_key)
+    assert queue.enqueue(pg_url, make_signal(minutes_ago=1))
+    async with api_client(wrong) as client:
+        tested = (await client.get("/ea/test-connection")).json()
+        pushed = await client.post("/ea/push-signals")
+        health = await client.get("/health")
+        metrics = parse((await client.get("/metrics")).text)
+    assert (tested["connected"], tested["status_code"]) == (False, 404) and "EA_SERVER_URL" in tested["message"]
+    assert pushed.status_code == 502
+    assert (pushed.json()["reason"], pushed.json()["ea_status_code"]) == ("ea_config", 404)
+    body = health.json()
+    assert health.status_code == 200 and body["status"] == "degraded"
+    assert (body["ea"], body["ea_delivery"], body["ea_delivery_status_code"]) == ("unreachable", "config_error", 404)
+    assert "(404)" in body["ea_delivery_error"] and "EA_SERVER_URL" in body["ea_delivery_error"]
+    assert one(metrics, "ea_config_error", status_code="404") == 1
+    assert one(metrics, "ea_delivery_state", state="config_error") == 1 and one(metrics, "ea_delivery_state", state="ok") == 0
+    assert queue.status_counts(pg_url)["PENDING"] == 1
+
+    right = settings_for(pg_url, API_KEYS=KEYS, EA_SERVER_URL=reference_ea.url, EA_API_KEY=reference_ea.api_key)
+    async with api_client(right) as client:  # the fixed URL starts from a clean state
+        health = (await client.get("/health")).json()
+        assert (health["ea"], health["ea_delivery"]) == ("reachable", "ok")
+        assert (await client.post("/ea/push-signals")).json()["sent_count"] == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from mt5_pipeline.ea_client import EAClient
@@ -80,7 +80,8 @@ def test_a_wrong_key_is_an_auth_outcome_and_the_key_is_never_logged(reference_ea
     o = client.send(make_signal())
     assert (o.kind, o.status_code) == ("auth", 401)
     assert "EA_API_KEY" in o.error and secret not in o.error
-    assert client.test_connection()["connected"] is True  # /health needs no key
+    t = client.test_connection()  # the probe goes to the signals route, with the key
+    assert (t["connected"], t["status_code"]) == (False, 401) and "EA_API_KEY" in t["message"]
     assert secret not in caplog.text and reference_ea.api_key not in caplog.text
 
 
@@ -211,3 +212,42 @@ def test_https_verifies_certificates_and_accepts_a_ca_bundle(self_signed, client
 def test_an_unreadable_ca_bundle_is_named_at_start(client_for, tmp_path):
     with pytest.raises(ValueError, match="EA_CA_BUNDLE"):
         client_for("https://127.0.0.1:8443/signals", ea_ca_bundle=str(tmp_path / "missing.pem"))
+
+
+@pytest.mark.parametrize(("path", "status"), [("/signal", 404), ("/health", 405)])
+def test_a_wrong_path_is_a_configuration_error_and_not_connected(reference_ea, client_for, path, status):
+    client = client_for(reference_ea.base_url + path, reference_ea.api_key)
+    o = client.send(make_signal())
+    assert (o.kind, o.status_code, o.config_error) == ("config", status, True) and "EA_SERVER_URL" in o.error
+    t = client.test_connection()
+    assert (t["connected"], t["status_code"]) == (False, status)
+    assert t["message"].startswith("❌ Not connected") and f"({status})" in t["message"]
+
+
+@pytest.mark.parametrize("status", [403, 415])
+def test_forbidden_and_unsupported_media_type_are_configuration_errors(reference_ea, client_for, status):
+    reference_ea.app_state.status = status
+    client = client_for(reference_ea.url, reference_ea.api_key)
+    assert client.send(make_signal()).kind == "config"
+    assert client.test_connection()["connected"] is False
+    assert reference_ea.signal_ids() == [reference_ea.received[0][1]["signal_id"]]  # the probe is not a signal
+
+
+def test_the_connection_probe_reaches_the_signals_route_and_opens_nothing(reference_ea, client_for):
+    result = client_for(reference_ea.url, reference_ea.api_key).test_connection()
+    assert (result["connected"], result["status_code"]) == (True, 200)
+    assert reference_ea.ea.probes == 1 and reference_ea.ea.positions == {}
+    assert reference_ea.probes[0]["x-api-key"] == reference_ea.api_key
+
+
+def test_an_ea_without_probes_is_connected_when_it_refuses_the_empty_body(client_for):
+    async def strict(request):
+        return JSONResponse({"success": False, "message": "signal_id: required"}, status_code=422)
+
+    server = ServerThread(Starlette(routes=[Route("/signals", strict, methods=["POST"])]))
+    server.start()
+    try:
+        result = client_for(f"{server.base_url}/signals", "k").test_connection()
+    finally:
+        server.stop()
+    assert result["connected"] is True and "does not implement probes" in result["message"]

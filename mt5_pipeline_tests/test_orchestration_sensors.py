@@ -121,3 +121,41 @@ def test_retrain_schedule_requests_a_training_run(sqlite_url, settings_for):
     assert len(requests) == 1
     assert schedule.job_name == "rf_m1_train_job"
     assert schedule.cron_schedule == "15 4 * * *"
+
+
+def test_push_sensor_and_job_are_loud_about_a_configuration_error(pg_url, settings_for, reference_ea):
+    from mt5_pipeline import queue
+
+    settings = reference_ea.settings(settings_for(pg_url)).replace(ea_server_url_override=reference_ea.base_url + "/signal")
+    defs = defs_for(settings, EA_SERVER_URL=reference_ea.base_url + "/signal", EA_API_KEY=reference_ea.api_key)
+    instance = dg.DagsterInstance.ephemeral()
+    assert enqueue(pg_url, _signal(minute_now()))
+    run = defs.resolve_job_def("ea_push_job").execute_in_process(instance=instance, raise_on_error=False)
+    assert not run.success
+    [failure] = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "configuration error" in str(failure.event_specific_data.error) and "(404)" in str(failure.event_specific_data.error)
+    skipped, _ = _tick(defs, instance, "ea_push_sensor")
+    assert isinstance(skipped, dg.SkipReason)
+    assert "EA configuration error (HTTP 404)" in skipped.skip_message and "EA_SERVER_URL" in skipped.skip_message
+    assert queue.status_counts(pg_url)["PENDING"] == 1
+
+
+def test_push_sensor_waits_out_an_ea_outage(pg_url, settings_for, reference_ea):
+    from mt5_pipeline import breaker
+    from mt5_pipeline.pusher import push_pending
+
+    settings = reference_ea.settings(settings_for(pg_url))
+    defs = defs_for(settings, EA_SERVER_URL=reference_ea.url, EA_API_KEY=reference_ea.api_key)
+    assert enqueue(pg_url, _signal(minute_now()))
+    reference_ea.stop()
+    try:
+        assert push_pending(settings).retried == 1
+        for _ in range(5):  # a few failed probes: the next one is seconds away (capped at 5 s)
+            breaker.record_failure(
+                pg_url, breaker.ea_key(reference_ea.url), kind=breaker.OUTAGE, signal_row_id=None, chargeable=False,
+                error="cannot connect", status_code=None, ttl_seconds=60,
+            )  # fmt: skip
+        skipped, _ = _tick(defs, dg.DagsterInstance.ephemeral(), "ea_push_sensor")
+    finally:
+        reference_ea.start()
+    assert isinstance(skipped, dg.SkipReason) and "EA outage" in skipped.skip_message and "next probe" in skipped.skip_message

@@ -22,9 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mt5_pipeline import queue
+from mt5_pipeline import breaker, queue
 from mt5_pipeline.model import Prediction
-from mt5_pipeline.pusher import backoff_seconds, push_pending, run_worker
+from mt5_pipeline.pusher import LEASE_SECONDS, backoff_seconds, push_pending, run_worker
 from mt5_pipeline.signals import generate_signal
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_queue
@@ -88,28 +88,146 @@ def test_the_ea_receives_the_seeds_body_and_headers(db_url, settings_for, refere
     assert "📤 Pushed 1 signals to EA" in caplog.text
 
 
-def test_ea_down_retries_with_backoff_then_delivers(pg_settings, reference_ea):
+def breaker_state(settings):
+    return breaker.read_state(settings.database_url, breaker.ea_key(settings.ea_server_url))
+
+
+def next_cycle_at(settings, at: datetime) -> datetime:
+    """When the worker would run its next cycle: the breaker's probe or the next due row
+    (the pinned clock jumps there instead of sleeping)."""
+    state = breaker_state(settings)
+    if not state.closed and state.probe_at is not None:
+        return max(at, state.probe_at)
+    due = queue.next_due_at(settings.database_url, now=at)
+    return max(at, due) if due is not None else at
+
+
+def drain(settings, t: datetime, *, cycles: int = 60, feed=None) -> datetime:
+    """Push cycles on a pinned clock until nothing is pending (``feed(i)`` may queue more)."""
+    for i in range(cycles):
+        if feed is not None:
+            feed(i)
+        if queue.count_pending(settings.database_url, now=t) == 0:
+            return t
+        t = next_cycle_at(settings, t)
+        push_pending(settings, now=t)
+    raise AssertionError("the queue never drained")
+
+
+def test_ea_down_holds_every_signal_without_burning_attempts_then_delivers_in_order(pg_settings, reference_ea, caplog):
+    caplog.set_level(logging.INFO, logger="mt5_pipeline")
     url = pg_settings.database_url
-    eur, gbp, jpy = enqueue(url, [make_signal(sym) for sym in ("EURUSD", "GBPUSD", "USDJPY")])
+    signals = enqueue(url, [make_signal(sym, ts=datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=m)) for m, sym in ((3, "EURUSD"), (2, "GBPUSD"), (1, "EURUSD"))])
     reference_ea.stop()
     t0 = datetime.now(timezone.utc)
     r = push_pending(pg_settings, now=t0)
     assert (r.claimed, r.sent, r.retried, r.released) == (3, 0, 1, 2)
-    first = queue.get_signal(url, eur["signal_id"])
-    assert (first["status"], first["attempts"]) == ("PENDING", 1)
-    assert "cannot connect" in first["last_error"]
-    retry_at = first["next_attempt_at"]
-    assert t0 + timedelta(seconds=0.5) <= retry_at <= t0 + timedelta(seconds=2)
-    for other in (gbp, jpy):  # held back with it, untried, no attempt counted
-        o = queue.get_signal(url, other["signal_id"])
-        assert (o["attempts"], o["next_attempt_at"], o["claim_token"]) == (0, retry_at, None)
-    assert push_pending(pg_settings, now=t0 + timedelta(seconds=0.4)).claimed == 0  # backing off
+    state = breaker_state(pg_settings)
+    assert state.state == "outage" and state.suspect_id is not None and "cannot connect" in state.last_error
+    assert t0 < state.probe_at <= t0 + timedelta(seconds=0.5 + r.duration_s)
+    assert push_pending(pg_settings, now=state.probe_at - timedelta(seconds=0.2)).held_back  # nobody sends until the probe
+
+    # The probe fails too: that is an outage, and the first signal gets its attempt back.
+    r = push_pending(pg_settings, now=state.probe_at)
+    assert (r.claimed, r.sent, r.outage) == (1, 0, True)
+    assert [x["attempts"] for x in rows(url)] == [0, 0, 0]
+    assert all(x["status"] == "PENDING" and x["claim_token"] is None for x in rows(url))
+    again = breaker_state(pg_settings)
+    assert again.failures == 2 and again.suspect_id is None and again.probe_at > state.probe_at
 
     reference_ea.start()
-    r = push_pending(pg_settings, now=retry_at)
-    assert r.sent == 3
-    assert sorted(reference_ea.signal_ids()) == sorted(s["signal_id"] for s in (eur, gbp, jpy))
-    assert queue.get_signal(url, eur["signal_id"])["attempts"] == 2
+    r = push_pending(pg_settings, now=again.probe_at)
+    assert r.sent == 3 and breaker_state(pg_settings).closed
+    assert reference_ea.signal_ids() in (
+        [s["signal_id"] for s in signals],  # the probe was the oldest, then the rest in order
+        [signals[1]["signal_id"], signals[0]["signal_id"], signals[2]["signal_id"]],  # or GBPUSD probed first
+    )
+    assert [x["attempts"] for x in rows(url)] == [1, 1, 1]  # only the successful sends count
+    assert "EA answering again" in caplog.text
+
+
+def test_a_burst_of_500s_loses_nothing(db_url, settings_for, reference_ea):
+    s = reference_ea.settings(settings_for(db_url, ea_max_attempts=5))
+    signals = enqueue(db_url, by_symbol(10, 5))
+    reference_ea.app_state.fail_next = 10  # the next ten requests fail: twice the attempt budget of any one signal
+    drain(s, datetime.now(timezone.utc))
+    assert queue.status_counts(db_url)["SENT"] == 10
+    assert {x["status"] for x in rows(db_url)} == {"SENT"}
+    assert len(reference_ea.ea.positions) == 10
+    assert set(reference_ea.ea.by_signal) == {x["signal_id"] for x in signals}
+    assert len(reference_ea.received) == 20
+
+
+def test_an_outage_past_the_attempt_budget_ends_delivered_or_expired_never_failed(pg_url, settings_for, reference_ea):
+    # A "20 s" outage on a pinned clock: TTL 12 s for the early signals, 10 min for the rest.
+    s = reference_ea.settings(settings_for(pg_url, ea_max_attempts=2, signal_ttl_seconds=12))
+    t0 = datetime.now(timezone.utc)
+    short = enqueue(pg_url, [make_signal(f"S{i}", expires_at=t0 + timedelta(seconds=12)) for i in range(4)])
+    long = enqueue(pg_url, [make_signal(f"L{i}") for i in range(4)])
+    reference_ea.stop()
+    t = t0
+    probes = 0
+    while t < t0 + timedelta(seconds=20):
+        r = push_pending(s, now=t)
+        probes += r.claimed
+        t = next_cycle_at(s, t + timedelta(milliseconds=1))
+    assert probes >= 5  # many more tries than EA_MAX_ATTEMPTS, one signal at a time
+    assert breaker_state(s).failures >= 5
+    # The spacing is capped at TTL/12 = 1 s: the EA's return is noticed within a second.
+    assert breaker_state(s).probe_at - t <= timedelta(seconds=1)
+
+    reference_ea.start()
+    drain(s, t)
+    by_id = {x["signal_id"]: x for x in rows(pg_url)}
+    assert {by_id[x["signal_id"]]["status"] for x in short} == {"EXPIRED"}
+    assert {by_id[x["signal_id"]]["status"] for x in long} == {"SENT"}
+    assert queue.status_counts(pg_url)["FAILED"] == 0
+    assert set(reference_ea.ea.by_signal) == {x["signal_id"] for x in long}  # the expired ones never reached it
+
+
+def test_a_poison_signal_is_failed_while_the_others_flow(pg_url, settings_for, reference_ea, caplog):
+    s = reference_ea.settings(settings_for(pg_url, ea_max_attempts=3))
+    base = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    poison, after = enqueue(pg_url, [make_signal("EURUSD", ts=base - timedelta(minutes=2)), make_signal("EURUSD", ts=base - timedelta(minutes=1))])
+    reference_ea.app_state.poison = {poison["signal_id"]}
+    feed: list[dict] = []
+
+    t = start = datetime.now(timezone.utc)
+
+    def live(i: int) -> None:  # the other symbols keep producing signals (due at once on the pinned clock)
+        feed.append(make_signal(f"FEED{i:02d}"))
+        assert queue.enqueue_many(pg_url, feed[-1:], now=start) == 1
+
+    for i in range(40):
+        live(i)
+        t = next_cycle_at(s, t + timedelta(seconds=0.5))  # a signal every half second
+        push_pending(s, now=t)
+        if queue.get_signal(pg_url, poison["signal_id"])["status"] != "PENDING":
+            break
+    drain(s, t)
+    row = queue.get_signal(pg_url, poison["signal_id"])
+    assert row["status"] == "FAILED" and row["attempts"] == 3
+    assert "gave up after 3 attempts while the EA accepted other signals" in row["last_error"] and "EA answered 500" in row["last_error"]
+    assert queue.get_signal(pg_url, after["signal_id"])["status"] == "SENT"  # it waited for the poison, then went
+    assert {queue.get_signal(pg_url, f["signal_id"])["status"] for f in feed} == {"SENT"}
+    assert reference_ea.signal_ids().count(poison["signal_id"]) == 3
+    assert f"Giving up on signal {poison['signal_id']}" in caplog.text
+
+
+def test_a_lone_signal_that_always_fails_expires_rather_than_failing(pg_url, settings_for, reference_ea):
+    # With no other signal to show the EA is up, a failing signal cannot be told from an outage.
+    s = reference_ea.settings(settings_for(pg_url, ea_max_attempts=2))
+    t0 = datetime.now(timezone.utc)
+    [sig] = enqueue(pg_url, [make_signal(expires_at=t0 + timedelta(seconds=8))])
+    reference_ea.app_state.poison = {sig["signal_id"]}
+    t = t0
+    while t < t0 + timedelta(seconds=10):
+        push_pending(s, now=t)
+        t = next_cycle_at(s, t + timedelta(milliseconds=1))
+    push_pending(s, now=t)  # past the deadline: the cycle records it EXPIRED
+    row = queue.get_signal(pg_url, sig["signal_id"])
+    assert row["status"] == "EXPIRED" and row["attempts"] <= 1
+    assert reference_ea.signal_ids().count(sig["signal_id"]) >= 3
 
 
 def test_ea_500_is_retried_with_the_same_signal_id(pg_settings, reference_ea):
@@ -124,18 +242,6 @@ def test_ea_500_is_retried_with_the_same_signal_id(pg_settings, reference_ea):
     assert [h["idempotency-key"] for h, _ in reference_ea.received] == [s["signal_id"]] * 2
     assert reference_ea.signal_ids() == [s["signal_id"]] * 2
     assert len(reference_ea.ea.positions) == 1
-
-
-def test_gives_up_after_ea_max_attempts(pg_url, settings_for, reference_ea):
-    s = reference_ea.settings(settings_for(pg_url, ea_max_attempts=2))
-    [sig] = enqueue(pg_url, [make_signal()])
-    reference_ea.app_state.status = 503
-    t0 = datetime.now(timezone.utc)
-    push_pending(s, now=t0)
-    due = queue.get_signal(pg_url, sig["signal_id"])["next_attempt_at"]
-    assert push_pending(s, now=due).failed == 1
-    row = queue.get_signal(pg_url, sig["signal_id"])
-    assert row["status"] == "FAILED" and "gave up after 2 attempts" in row["last_error"]
 
 
 def test_ea_says_no_and_the_signal_is_rejected_with_its_message(pg_settings, reference_ea):
@@ -290,7 +396,7 @@ def test_the_seeds_worker_entry_point_runs_from_the_repo_and_from_api(sqlite_url
 
 PUSH_LOOP = """
 import sys, time
-from mt5_pipeline import queue
+from mt5_pipeline import breaker, queue
 from mt5_pipeline.pusher import push_pending
 from mt5_pipeline.settings import load_settings
 
@@ -390,3 +496,141 @@ def test_sigterm_finishes_the_request_in_flight_and_releases_claims(pg_url, refe
     assert sent == set(reference_ea.signal_ids())  # what reached the EA is recorded as sent
     assert all(r["attempts"] == 0 for r in table if r["status"] == "PENDING")
     assert 3 <= len(sent) < 40
+
+
+PUSH_ONCE = """
+from mt5_pipeline.pusher import push_pending
+from mt5_pipeline.settings import load_settings
+
+settings = load_settings(env_file=None)
+print("ready", flush=True)
+push_pending(settings)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_pusher_killed_mid_request_is_taken_over_within_the_short_lease(pg_url, settings_for, reference_ea, tmp_path):
+    [sig] = enqueue(pg_url, [make_signal()])
+    reference_ea.app_state.delay = 6.0  # the EA sits on the request longer than a lease
+    script = tmp_path / "push_once.py"
+    script.write_text(PUSH_ONCE)
+    env = env_for(pg_url, reference_ea, ea_request_timeout=30, log_level="WARNING")
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: len(reference_ea.received) == 1, timeout=30)
+        first_lease = queue.get_signal(pg_url, sig["signal_id"])["lease_until"]
+        # The heartbeat renews the lease while the request is in flight.
+        assert wait_for(lambda: queue.get_signal(pg_url, sig["signal_id"])["lease_until"] > first_lease, timeout=10)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = datetime.now(timezone.utc)
+    row = queue.get_signal(pg_url, sig["signal_id"])
+    assert proc.returncode == -signal.SIGKILL and row["status"] == "PENDING" and row["claim_token"] is not None
+    assert row["lease_until"] <= killed_at + timedelta(seconds=LEASE_SECONDS)  # free again within 5 s of the kill
+    assert queue.claim_batch(pg_url, 10, lease_seconds=LEASE_SECONDS, now=killed_at) == []  # not before
+
+    reference_ea.app_state.delay = 0
+    s = reference_ea.settings(settings_for(pg_url))
+    r = push_pending(s, now=row["lease_until"] + timedelta(milliseconds=1))
+    assert (r.claimed, r.sent) == (1, 1)
+    assert reference_ea.signal_ids() == [sig["signal_id"]] * 2  # the same signal_id, twice
+    assert wait_for(lambda: reference_ea.ea.requests == 2, timeout=15)  # the hung first request completes too
+    assert len(reference_ea.ea.positions) == 1  # the EA's dedupe: one position
+    assert queue.get_signal(pg_url, sig["signal_id"])["status"] == "SENT"
+
+
+@pytest.mark.parametrize(("fault", "status"), [("/signal", 404), ("/health", 405), (403, 403), (415, 415)])
+def test_configuration_errors_stop_the_cycle_and_keep_the_signals_pending(pg_url, settings_for, reference_ea, caplog, fault, status):
+    caplog.set_level(logging.INFO, logger="mt5_pipeline")
+    s = reference_ea.settings(settings_for(pg_url))
+    if isinstance(fault, str):  # a wrong path in EA_SERVER_URL: the EA's own 404 or 405
+        s = s.replace(ea_server_url_override=reference_ea.base_url + fault)
+    else:
+        reference_ea.app_state.status = fault
+    enqueue(pg_url, [make_signal(sym) for sym in ("EURUSD", "GBPUSD", "USDJPY")])
+    r = push_pending(s)
+    assert r.config_error and r.status_code == status and (r.sent, r.rejected, r.retried, r.failed, r.released) == (0, 0, 0, 0, 3)
+    assert f"({status})" in r.error and s.ea_server_url in r.error
+    assert [(x["status"], x["attempts"], x["claim_token"]) for x in rows(pg_url)] == [("PENDING", 0, None)] * 3
+    assert any(rec.levelno == logging.ERROR and f"({status})" in rec.getMessage() for rec in caplog.records)
+    state = breaker_state(s)
+    assert (state.state, state.status_code) == ("config", status)
+    assert len(reference_ea.received) == (0 if isinstance(fault, str) else 1)  # stopped at the first answer
+    held = push_pending(s, now=state.probe_at - timedelta(milliseconds=200))
+    assert held.held_back and held.config_error and held.claimed == 0
+    if isinstance(fault, int):  # fixed on the EA's side: the next probe delivers everything, in order
+        reference_ea.app_state.status = None
+        assert push_pending(s, now=state.probe_at).sent == 3
+        assert breaker_state(s).closed
+
+
+def test_a_422_on_a_well_formed_signal_stays_the_eas_rejection(pg_settings, reference_ea):
+    [sig] = enqueue(pg_settings.database_url, [make_signal()])
+    reference_ea.app_state.status = 422
+    reference_ea.app_state.reject = "lot size below the broker's minimum"
+    r = push_pending(pg_settings)
+    assert (r.rejected, r.config_error) == (1, False) and breaker_state(pg_settings).closed
+    row = queue.get_signal(pg_settings.database_url, sig["signal_id"])
+    assert row["status"] == "REJECTED" and "lot size below the broker's minimum" in row["last_error"]
+
+
+def test_the_worker_waits_for_the_breakers_probe_not_the_poll(pg_url, settings_for, reference_ea):
+    from mt5_pipeline.pusher import _idle_seconds
+
+    s = reference_ea.settings(settings_for(pg_url, ea_push_interval=600))
+    enqueue(pg_url, [make_signal()])
+    reference_ea.stop()
+    t0 = datetime.now(timezone.utc)
+    r = push_pending(s, now=t0)
+    assert r.hold_until == breaker_state(s).probe_at
+    assert 0 < _idle_seconds(s, r, now=t0) <= 0.5 + r.duration_s  # the probe, not EA_PUSH_INTERVAL=600
+    reference_ea.start()
+
+
+def test_a_backlog_behind_a_retrying_signal_does_not_hide_the_other_symbols(pg_url, settings_for, reference_ea):
+    s = reference_ea.settings(settings_for(pg_url, ea_batch_size=5))
+    base = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    stuck = enqueue(pg_url, [make_signal("EURUSD", ts=base - timedelta(minutes=30 - i)) for i in range(20)])
+    other = enqueue(pg_url, [make_signal("GBPUSD")])
+    with get_engine(pg_url).begin() as conn:  # the first EURUSD signal waits for its retry
+        conn.execute(signals_queue.update().where(signals_queue.c.signal_id == stuck[0]["signal_id"]).values(next_attempt_at=base + timedelta(hours=1)))
+    # More than a batch of EURUSD rows waits behind it; GBPUSD is still found and sent.
+    r = push_pending(s)
+    assert (r.claimed, r.sent) == (1, 1)
+    assert reference_ea.signal_ids() == [other[0]["signal_id"]]
+
+
+def test_a_signal_the_ea_refuses_as_too_late_is_expired_not_rejected(pg_settings, reference_ea):
+    # The deadline passes while the request is on its way (the EA sits on it for a moment).
+    [sig] = enqueue(pg_settings.database_url, [make_signal(expires_at=datetime.now(timezone.utc) + timedelta(seconds=2))])
+    reference_ea.app_state.delay = 3.0
+    r = push_pending(pg_settings)
+    assert (r.expired, r.rejected, r.sent) == (1, 0, 0)
+    row = queue.get_signal(pg_settings.database_url, sig["signal_id"])
+    assert row["status"] == "EXPIRED" and "expired on its way to the EA" in row["last_error"] and "not traded" in row["last_error"]
+    assert reference_ea.ea.positions == {}
+
+
+def test_the_breaker_is_shared_and_only_one_pusher_probes(db_url):
+    ea = breaker.ea_key("https://user:secret@ea.example:8443/signals?x=1")
+    assert ea == "https://ea.example:8443/signals"  # no user info (a secret) in the key
+    t0 = datetime.now(timezone.utc)
+    f = breaker.record_failure(db_url, ea, kind=breaker.OUTAGE, signal_row_id=None, chargeable=False, error="down", status_code=None, ttl_seconds=60, now=t0)
+    assert breaker.read_state(db_url, ea).holds(t0) and not breaker.claim_probe(db_url, ea, now=t0, hold_seconds=5)
+    assert breaker.claim_probe(db_url, ea, now=f.probe_at, hold_seconds=5)  # the first pusher at probe time
+    assert not breaker.claim_probe(db_url, ea, now=f.probe_at, hold_seconds=5)  # the second waits
+    assert breaker.record_success(db_url, ea, max_attempts=5).previous.state == "outage"
+    assert breaker.read_state(db_url, ea).closed and breaker.record_success(db_url, ea, max_attempts=5) is None
+
+
+def test_probe_spacing_doubles_and_is_capped_by_the_ttl():
+    rng = random.Random(3)
+    assert 0.25 <= breaker.probe_spacing(1, ttl_seconds=60, rng=rng) <= 0.5
+    assert 1.0 <= breaker.probe_spacing(3, ttl_seconds=60, rng=rng) <= 2.0
+    assert breaker.probe_spacing(20, ttl_seconds=60, rng=rng) <= 5.0  # min(5 s, TTL/12)
+    assert breaker.probe_spacing(20, ttl_seconds=12, rng=rng) <= 1.0
+    assert breaker.probe_spacing(1, ttl_seconds=60, retry_after=3, rng=rng) == 3.0

@@ -71,6 +71,8 @@ def test_the_migration_counts_what_is_already_stored(db_url):
     engine = get_engine(db_url)
     migrate_to = "0003"
     with engine.begin() as conn:  # back to before 0004 by hand (0002 cannot be undone on TimescaleDB)
+        conn.execute(text("DROP INDEX ix_signals_queue_pending_symbol"))  # 0005, which follows 0004
+        conn.execute(text("DROP TABLE ea_delivery_state"))
         conn.execute(text("DROP TABLE candle_series"))
         conn.execute(text("DROP TABLE symbols"))
         conn.execute(text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = :v"), {"v": migrate_to})

@@ -1,9 +1,10 @@
 """GET /health: can this process do its job, and is anything it depends on stale?
 
 No key needed. Constant time whatever the size of `candles`: one `SELECT 1`, the model
-sidecar, (cached for a few seconds) the EA probe, and `storage.bulk.newest_bars`, which
-finds each series and its newest bar by index probes and never counts the table
-(benchmarks/bench_health.py: a few ms at 1M and 10M candles).
+sidecar, the pushers' EA delivery state (one row by primary key), (cached for a few
+seconds) the EA probe, and `storage.bulk.newest_bars`, which finds each series and its
+newest bar by index probes and never counts the table (benchmarks/bench_health.py: a
+few ms at 1M and 10M candles).
 """
 
 from __future__ import annotations
@@ -79,6 +80,20 @@ def _ea(state: AppState) -> str:
     return state.ea_probe.get(probe)
 
 
+def _delivery(state: AppState) -> dict[str, Any]:
+    """The pushers' view of the EA (mt5_pipeline.breaker), shared through the database:
+    an outage being ridden out, or the configuration error that stopped delivery."""
+    if not state.settings.ea_push_enabled:
+        return {}
+    from mt5_pipeline.breaker import delivery_status
+
+    d = delivery_status(state.settings.database_url, state.settings.ea_server_url)
+    out: dict[str, Any] = {"ea_delivery": d["state"]}
+    if d["state"] != "ok":
+        out.update(ea_delivery_status_code=d["status_code"], ea_delivery_error=d["error"], ea_delivery_since=d["since"])
+    return out
+
+
 def _bars(state: AppState, now: float) -> list[dict[str, Any]]:
     def read() -> list[dict[str, Any]]:
         from mt5_pipeline.storage.bulk import newest_bars
@@ -127,11 +142,16 @@ def check_health(state: AppState) -> tuple[int, dict[str, Any], dict[str, str]]:
     }
     if database_ok:
         try:
+            body.update(_delivery(state))
+        except Exception as exc:
+            if not is_database_outage(exc):
+                log.error("health: reading the EA delivery state failed", exc_info=exc)
+        try:
             body["newest_bars"] = _bars(state, now)
         except Exception as exc:
             if not is_database_outage(exc):
                 log.error("health: reading the newest bars failed", exc_info=exc)
-    healthy = database_ok and body["model"] == "loaded" and body["ea"] in ("reachable", "disabled")
+    healthy = database_ok and body["model"] == "loaded" and body["ea"] in ("reachable", "disabled") and body.get("ea_delivery", "ok") == "ok"
     body["status"] = "ok" if healthy else "degraded"
     if not database_ok:
         return 503, body, {"Retry-After": str(DB_RETRY_AFTER_SECONDS)}

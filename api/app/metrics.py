@@ -60,7 +60,7 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         families: list[Metric] = []
         database_up = 1
-        for part in (self._queue_families, self._candle_families, self._model_families):
+        for part in (self._queue_families, self._candle_families, self._model_families, self._delivery_families):
             try:
                 families.extend(part())
             except ImportError:  # a core module this build does not have
@@ -110,6 +110,23 @@ class DatabaseCollector(Collector):
             if row.get("bars") is not None:
                 bars.add_metric(labels, float(row["bars"]))
         yield from (age, bars)
+
+    def _delivery_families(self) -> Iterator[Metric]:
+        # The pushers run elsewhere; they keep the EA's state in the database (mt5_pipeline.breaker).
+        from mt5_pipeline.breaker import delivery_status
+
+        d = delivery_status(self.settings.database_url, self.settings.ea_server_url)
+        state = GaugeMetricFamily(
+            "ea_delivery_state",
+            "1 for the pushers' current view of the EA: ok, outage (circuit breaker open, signals held) or config_error (401/403/404/405/415: delivery stopped)",
+            labels=["state"],
+        )
+        for name in ("ok", "outage", "config_error"):
+            state.add_metric([name], 1 if d["state"] == name else 0)
+        config = GaugeMetricFamily("ea_config_error", "1 while a configuration error stops delivery, by the EA's HTTP status", labels=["status_code"])
+        if d["state"] == "config_error":
+            config.add_metric([str(d["status_code"])], 1)
+        yield from (state, config)
 
     def _model_families(self) -> Iterator[Metric]:
         from mt5_pipeline.model import current_model_info

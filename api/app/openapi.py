@@ -179,6 +179,7 @@ SCHEMAS: dict[str, Any] = {
             "ea_server": {"type": "string", "example": "192.168.15.18:8080"},
             "ea_url": {"type": "string", "example": "http://192.168.15.18:8080/signals"},
             "message": {"type": "string"},
+            "status_code": {"type": "integer", "description": "what the EA's signals route answered to the probe, when it answered"},
         },
     },
     "QueueStatusResponse": {
@@ -248,6 +249,14 @@ SCHEMAS: dict[str, Any] = {
             "model": {"type": "string", "enum": ["loaded", "missing", "stale"]},
             "ea": {"type": "string", "enum": ["reachable", "unreachable", "disabled"]},
             "delivery": {"type": "string", "enum": ["push", "pull"]},
+            "ea_delivery": {
+                "type": "string",
+                "enum": ["ok", "outage", "config_error"],
+                "description": "the pushers' view of the EA (push mode): outage = signals held while they probe; config_error = delivery stopped (401/403/404/405/415)",
+            },
+            "ea_delivery_status_code": {"type": "integer", "nullable": True},
+            "ea_delivery_error": {"type": "string", "nullable": True, "description": "what the EA answered, and which setting to check"},
+            "ea_delivery_since": {**_TIMESTAMP, "nullable": True},
             "model_version": {"type": "string", "nullable": True},
             "model_age_seconds": {"type": "number", "nullable": True},
             "model_stale_reason": {"type": "string"},
@@ -361,7 +370,12 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         "/ea/test-connection": {
             "get": {
                 "operationId": "testConnection",
-                "summary": "Probe the EA server (sets ea_connection_test_success)",
+                "summary": "Probe the EA's signals route (sets ea_connection_test_success)",
+                "description": (
+                    'POSTs {"probe": true} (no signal_id: no EA can trade it) to EA_SERVER_URL with the key. Connected when '
+                    "the reference EA accepts the probe, or another EA refuses the empty body (400/422): the route exists. "
+                    "401/403/404/405/415 (wrong key, path, method or content type) and 5xx are not connected, with the status."
+                ),
                 "responses": {"200": _json(_ref("TestConnectionResponse"), "the probe's outcome (connected may be false)"), **_AUTH},
             }
         },
@@ -378,13 +392,14 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                 "summary": "Run one push cycle now: deliver pending signals to the EA",
                 "description": (
                     "Works whatever EA_PUSH_ENABLED says (that switch is for the automatic pushers). An EA that does "
-                    "not answer is not an error here: the signals stay PENDING for a retry (see retried). 502 when "
-                    "the EA refuses EA_API_KEY."
+                    "not answer is not an error here: the signals stay PENDING (an outage; see retried). 502 with "
+                    "reason ea_auth when the EA refuses EA_API_KEY, ea_config (and ea_status_code) on a 403/404/405/415: "
+                    "configuration errors, the signals stay PENDING with no attempt spent."
                 ),
                 "responses": {
                     "200": _json(_ref("PushResponse"), "what the cycle did"),
                     **_AUTH,
-                    "502": _error("the EA refused our EA_API_KEY"),
+                    "502": _error("the EA refused our EA_API_KEY, or answered 403/404/405/415 (configuration error)"),
                     **_DB_DOWN,
                 },
             }

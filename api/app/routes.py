@@ -170,6 +170,8 @@ async def push_signals(request: Request) -> Response:
     state.metrics.push_duration.observe(time.perf_counter() - started)
     if result.auth_error:
         raise ApiError(502, f"{result.message}: check EA_API_KEY here and on the EA", extra={"reason": "ea_auth", "sent_count": result.sent})
+    if result.config_error:
+        raise ApiError(502, result.message, extra={"reason": "ea_config", "ea_status_code": result.status_code, "sent_count": result.sent})
     return JSON(
         {
             "success": True,

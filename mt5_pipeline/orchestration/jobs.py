@@ -52,6 +52,8 @@ def push_signals(context: dg.OpExecutionContext, config: SettingsResource, datab
     )
     if result.auth_error:
         raise dg.Failure("the EA refused our key (401): check EA_API_KEY; no attempts were spent")
+    if result.config_error:
+        raise dg.Failure(f"EA configuration error, delivery stopped and signals kept PENDING (no attempts spent): {result.error}")
     return dg.Output(
         None,
         metadata={

@@ -90,6 +90,28 @@ def build_new_candles_sensor(settings: Settings) -> dg.SensorDefinition:
 
 
 def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:
+    # With a worker running, a configuration error's state is refreshed by its probes every
+    # few seconds and the sensor only reports it; with no worker, a push run probes this often.
+    reprobe_seconds = 120.0
+
+    def delivery_blocked(context: dg.SensorEvaluationContext, settings: Settings, database_url: str) -> dg.SkipReason | None:
+        """A skip, with the reason, while the pushers hold back (mt5_pipeline.breaker)."""
+        from datetime import timedelta
+
+        from mt5_pipeline.breaker import delivery_status
+        from mt5_pipeline.clock import utcnow
+
+        d = delivery_status(database_url, settings.ea_server_url)
+        now = utcnow()
+        if d["state"] == "config_error":
+            message = f"EA configuration error (HTTP {d['status_code']}): {d['error']}. Delivery stopped; signals stay PENDING until it is fixed"
+            context.log.error(message)
+            fresh = d["updated_at"] is not None and now - d["updated_at"] < timedelta(seconds=reprobe_seconds)
+            return dg.SkipReason(message) if fresh else None
+        if d["state"] == "outage" and d["next_probe_at"] is not None and d["next_probe_at"] > now:
+            return dg.SkipReason(f"EA outage since {(d['since'] or now):%H:%M:%S} UTC ({d['error']}); signals held, next probe at {d['next_probe_at']:%H:%M:%S} UTC")
+        return None
+
     # A cron schedule cannot fire more often than once a minute; a sensor honours a
     # 30-second minimum interval and can skip when there is nothing to send.
     @dg.sensor(
@@ -108,6 +130,9 @@ def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:
         in_flight = context.instance.get_runs_count(dg.RunsFilter(job_name=ea_push_job.name, statuses=_IN_FLIGHT))
         if in_flight:
             return dg.SkipReason("a push run is already queued or running")
+        blocked = delivery_blocked(context, current, database.database_url)
+        if blocked is not None:
+            return blocked
         pending = count_deliverable(database.database_url)
         if pending == 0:
             return dg.SkipReason("no pending signals due for delivery")

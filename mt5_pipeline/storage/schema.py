@@ -185,6 +185,14 @@ signals_queue = Table(
         sqlite_where=text("status = 'PENDING'"),
     ),
     Index("ix_signals_queue_status_created", "status", "created_at"),
+    # The claim's "is an earlier row of this symbol waiting?" probe (migration 0004).
+    Index(
+        "ix_signals_queue_pending_symbol",
+        "symbol",
+        "id",
+        postgresql_where=text("status = 'PENDING'"),
+        sqlite_where=text("status = 'PENDING'"),
+    ),
 )
 
 signals_ack = Table(
@@ -217,4 +225,22 @@ model_registry = Table(
     Column("data_hash", String(64), nullable=False),
     Column("is_current", Boolean, nullable=False, server_default=text("false")),
     Index("ix_model_registry_model_trained_at", "model", "trained_at"),
+)
+
+# The pusher's view of the EA, shared by every pusher (worker, API, Dagster run) through
+# the database: a circuit breaker while the EA fails every request, and the reason a
+# configuration error (401/403/404/405/415) stopped delivery, for /health, /metrics and
+# the push sensor, which run in other processes. One row per EA URL. mt5_pipeline.breaker.
+ea_delivery_state = Table(
+    "ea_delivery_state",
+    metadata,
+    Column("ea", String(512), primary_key=True, comment="the EA signals URL, without user info"),
+    Column("state", String(10), nullable=False, server_default="closed", comment="closed | outage | config"),
+    Column("failures", Integer, nullable=False, server_default="0", comment="failed requests in a row"),
+    Column("probe_at", UtcDateTime, nullable=True, comment="when one pusher may try the EA again"),
+    Column("suspect_id", BigInteger, nullable=True, comment="signals_queue.id whose failure opened the breaker"),
+    Column("status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("opened_at", UtcDateTime, nullable=True),
+    Column("updated_at", UtcDateTime, nullable=False),
 )

@@ -165,6 +165,35 @@ def _log_level(raw: str) -> str:
     return value
 
 
+MODEL_KINDS = ("random_forest", "hist_gradient_boosting")
+BASELINE_GATES = ("auc", "log_loss", "net_pips")
+
+
+def _model_kind(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in MODEL_KINDS:
+        raise ValueError(f"expected one of {', '.join(MODEL_KINDS)}, got {raw!r}")
+    return value
+
+
+def _baselines(raw: str) -> tuple[str, ...]:
+    items = tuple(dict.fromkeys(i.strip().lower() for i in raw.split(",") if i.strip()))
+    unknown = [i for i in items if i not in BASELINE_GATES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; expected some of {', '.join(BASELINE_GATES)}")
+    return items
+
+
+def _timeframes(raw: str) -> tuple[str, ...]:
+    items = tuple(dict.fromkeys(i.strip().upper() for i in raw.split(",") if i.strip()))
+    if not items:
+        raise ValueError("expected at least one timeframe, e.g. M1 or M1,H1")
+    unknown = [i for i in items if i not in TIMEFRAME_SECONDS]
+    if unknown:
+        raise ValueError(f"unknown timeframe(s) {unknown}; expected some of {', '.join(TIMEFRAME_SECONDS)}")
+    return items
+
+
 def _setting(env: str, default: str, meaning: str, parse: Callable[[str], Any] = _str) -> Any:
     return field(metadata={"env": env, "default": default, "meaning": meaning, "parse": parse})
 
@@ -208,6 +237,16 @@ class Settings:
     rf_min_samples_leaf: int = _setting("RF_MIN_SAMPLES_LEAF", "50", "smallest leaf; larger is smoother and smaller", _int)
     rf_max_samples: float = _setting("RF_MAX_SAMPLES", "0.1", "share of training rows each tree draws (0..1]", _float)
     rf_random_state: int = _setting("RF_RANDOM_STATE", "42", "seed, so a retrain on the same data gives the same model", _int)
+    model_kind: str = _setting("MODEL_KIND", "random_forest", "random_forest (the seed's) or hist_gradient_boosting (scikit-learn's HistGradientBoostingClassifier), same evaluation and promotion", _model_kind)
+    hgb_max_iter: int = _setting("HGB_MAX_ITER", "200", "boosting rounds of hist_gradient_boosting (early stopping may use fewer)", _int)
+    hgb_learning_rate: float = _setting("HGB_LEARNING_RATE", "0.05", "learning rate of hist_gradient_boosting", _float)
+    promotion_margin: float = _setting("PROMOTION_MARGIN", "0.005", "a candidate replaces the champion unless its AUC is lower, or its log loss higher, than the champion's by more than this (same window)", _float)
+    promotion_require: tuple[str, ...] = _setting("PROMOTION_REQUIRE", "auc,log_loss,net_pips", "baselines a candidate must beat to be promoted: auc (0.5), log_loss (the base rate's), net_pips (random sides, after spread)", _baselines)
+    promotion_force: bool = _setting("PROMOTION_FORCE", "false", "promote every candidate whatever its scores (recorded as forced); `mt5-pipeline train --force` does it once", _bool)
+    timeframes: tuple[str, ...] = _setting("TIMEFRAMES", "M1", "timeframes with their own features, model (rf_m1.pkl, rf_h1.pkl, ...), signals and retrain schedule, comma-separated", _timeframes)
+    drift_window_hours: float = _setting("DRIFT_WINDOW_HOURS", "24", "recent window the drift checks compare with the champion's training window", _float)
+    drift_psi_warn: float = _setting("DRIFT_PSI_WARN", "0.25", "population stability index above which a feature's drift is a warning (0.1 moderate, 0.25 large)", _float)
+    drift_signal_share_warn: float = _setting("DRIFT_SIGNAL_SHARE_WARN", "0.2", "live BUY, SELL or neutral share further than this from the champion's backtest is a warning", _float)
     retrain_cron: str = _setting("RETRAIN_CRON", "0 3 * * *", "when rf_m1_retrain_schedule retrains (UTC cron)", _cron)
     dagster_autostart: bool = _setting("DAGSTER_AUTOSTART", "true", "sensors and the retrain schedule start running when the code location loads", _bool)
     log_level: str = _setting("LOG_LEVEL", "INFO", "logging level", _log_level)
@@ -288,8 +327,14 @@ class Settings:
             ("RF_MAX_DEPTH", self.rf_max_depth),
             ("RF_MIN_SAMPLES_LEAF", self.rf_min_samples_leaf),
             ("API_MAX_BODY_BYTES", self.api_max_body_bytes),
+            ("HGB_MAX_ITER", self.hgb_max_iter),
+            ("HGB_LEARNING_RATE", self.hgb_learning_rate),
+            ("DRIFT_WINDOW_HOURS", self.drift_window_hours),
+            ("DRIFT_PSI_WARN", self.drift_psi_warn),
+            ("DRIFT_SIGNAL_SHARE_WARN", self.drift_signal_share_warn),
         ):
             need(value > 0, f"{env}: must be greater than 0, got {value}")
+        need(self.promotion_margin >= 0, f"PROMOTION_MARGIN: must be 0 or more, got {self.promotion_margin}")
         need(0 < self.rf_max_samples <= 1, f"RF_MAX_SAMPLES: must be in (0, 1], got {self.rf_max_samples}")
         if self.signal_max_bar_age_seconds is not None:
             need(self.signal_max_bar_age_seconds > 0, f"SIGNAL_MAX_BAR_AGE_SECONDS: must be greater than 0, got {self.signal_max_bar_age_seconds}")

@@ -125,3 +125,21 @@ async def test_metrics_answer_while_the_database_is_down(settings_for):
     samples = await scrape(settings)
     assert one(samples, "mt5_database_up") == 0
     assert "ea_signals_generated_total" not in samples  # no figure rather than a false zero
+
+
+async def test_a_failed_retrain_shows_in_health_and_is_counted(db_url, settings_for):
+    from mt5_pipeline.model import InsufficientDataError, train_model
+
+    settings = settings_for(db_url, API_KEYS=KEYS, EA_PUSH_ENABLED="false")
+    samples = await scrape(settings)
+    assert one(samples, "mt5_model_retrains_total", model="rf_m1", outcome="failed") == 0
+    with pytest.raises(InsufficientDataError):
+        train_model(settings)  # no data: the retrain fails (in this process, as in a Dagster run)
+    samples = await scrape(settings)
+    assert one(samples, "mt5_model_retrains_total", model="rf_m1", outcome="failed") == 1
+    assert one(samples, "mt5_model_last_retrain_failed", model="rf_m1") == 1
+    async with api_client(settings, auth=False) as client:
+        health = (await client.get("/health")).json()
+    assert health["status"] == "degraded" and health["retrain_failed"] == ["M1"]
+    assert health["last_retrain"]["outcome"] == "failed" and "no usable labelled" in health["last_retrain"]["reason"]
+    assert health["models"]["M1"]["champion_version"] is None and health["champion_age_seconds"] is None

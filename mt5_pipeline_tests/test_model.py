@@ -258,7 +258,9 @@ def test_train_evaluate_persist_register_and_predict(db_url, settings_for):
 def test_triple_barrier_training_and_warm_up_symbols(pg_url, settings_for):
     settings = settings_for(pg_url, RF_N_ESTIMATORS=10, LABEL_MODE="triple_barrier", DEFAULT_SL_PIPS=5, DEFAULT_TP_PIPS=10, LABEL_MAX_HOLD_BARS=30)
     _load_market(pg_url, bars=6_000)
-    result = train_model(settings, now=END)
+    # Forced: this short, weak sample need not beat the baselines; the test is about the labels.
+    result = train_model(settings, now=END, force=True)
+    assert result.decision.decision == "forced" and "would have been" in result.decision.reason
     assert result.label_mode == "triple_barrier" and result.metrics["embargo_bars"] == 30
     assert 0.2 < result.metrics["test_positive_rate"] < 0.8
     # A symbol still in its warm-up has features but no usable row to predict from.

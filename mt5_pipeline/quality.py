@@ -233,3 +233,43 @@ def no_pending_past_expiry(settings: Settings, *, now: datetime | None = None) -
             select(func.count()).select_from(signals_queue).where(q.status == "PENDING", q.expires_at < cutoff)
         ).scalar_one()
     return CheckOutcome(count == 0, f"{count} PENDING signals past their expiry", {"pending_past_expiry": count})
+
+
+# ---- drift ---------------------------------------------------------------------
+
+
+def _drift_outcome(reports, what: str) -> CheckOutcome:
+    if not reports:
+        return CheckOutcome(True, f"no symbol with features yet: no {what} to measure", {}, severity="WARN")
+    meta: dict[str, Any] = {}
+    for r in reports:
+        meta.update({f"{r.symbol}/{k}": float(v) for k, v in r.values.items()})
+        if r.worst:
+            meta[f"{r.symbol}/worst_features"] = ", ".join(f"{k} ({v:.3f})" for k, v in r.worst)
+    failing = [r for r in reports if not r.passed]
+    description = "; ".join(r.description for r in (failing or reports))
+    return CheckOutcome(not failing, description, meta, severity="WARN")
+
+
+def features_drift(settings: Settings, timeframe: str = "M1") -> CheckOutcome:
+    """PSI per feature and symbol, last DRIFT_WINDOW_HOURS against the champion's training window (mt5_pipeline.drift)."""
+    from mt5_pipeline import drift
+
+    reports = [drift.feature_drift(settings, s, timeframe) for s in drift.symbols_with_features(settings, timeframe)]
+    outcome = _drift_outcome(reports, "feature drift")
+    worst = sorted(((k, v, r.symbol) for r in reports for k, v in r.worst), key=lambda t: -t[1])[: drift.WORST_SHOWN]
+    if worst:
+        outcome.metadata["worst_features"] = ", ".join(f"{s} {k} ({v:.3f})" for k, v, s in worst)
+        outcome.metadata["max_psi"] = float(worst[0][1])
+    outcome.metadata["psi_warn"] = settings.drift_psi_warn
+    return outcome
+
+
+def signals_drift(settings: Settings, timeframe: str = "M1") -> CheckOutcome:
+    """Live BUY/SELL/neutral shares and mean probability per symbol against the champion's backtest."""
+    from mt5_pipeline import drift
+
+    reports = [drift.signal_drift(settings, s, timeframe) for s in drift.symbols_with_features(settings, timeframe)]
+    outcome = _drift_outcome(reports, "signal drift")
+    outcome.metadata["share_warn"] = settings.drift_signal_share_warn
+    return outcome

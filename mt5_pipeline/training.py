@@ -281,6 +281,20 @@ def feature_importances(estimator: Any) -> dict[str, float]:
     return {name: float(v) for name, v in zip(MODEL_FEATURES, values, strict=True)}
 
 
+def feature_reference(train_frame: pd.DataFrame, X_train: np.ndarray) -> dict:
+    """Decile histograms of the training rows, per symbol and pooled (``drift.py`` compares live rows with them).
+
+    Per symbol, because one model serves every market and their volatilities differ: a
+    quiet pair would always look drifted against a pool that includes a wild one.
+    """
+    names = list(MODEL_FEATURES)
+    symbols = train_frame["symbol"].to_numpy()
+    return {
+        "all": reference_histograms(X_train, names),
+        "by_symbol": {str(sym): reference_histograms(X_train[symbols == sym], names) for sym in sorted(set(symbols))},
+    }
+
+
 # ---- 4. champion and challenger ------------------------------------------------------------------
 
 
@@ -452,7 +466,7 @@ def _train(settings: Settings, symbols: list[str] | None, *, trained_at: datetim
         "backtest": backtest,
         "feature_importances": importances,
         # What the drift checks compare the live features and signals with.
-        "feature_reference": reference_histograms(X[main.train], list(MODEL_FEATURES)),
+        "feature_reference": feature_reference(frame.iloc[main.train], X[main.train]),
         "signal_reference": decision_shares(cv.test_probability, settings.signal_buy_threshold, settings.signal_sell_threshold),
         "promotion": {"decision": decision.decision, "reason": decision.reason, **decision.scores()},
         "library_versions": library_versions(),

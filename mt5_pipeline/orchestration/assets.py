@@ -34,7 +34,7 @@ candles = dg.AssetSpec(
     kinds={"pandas"},
     description="Scale-free technical features per M1 bar, computed incrementally for new or corrected bars.",
 )
-def features_m1(context: dg.AssetExecutionContext, database: DatabaseResource) -> dg.MaterializeResult:
+def features_m1(context: dg.AssetExecutionContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.MaterializeResult:
     from mt5_pipeline.features import FEATURE_SET_VERSION, update_features
 
     update = update_features(database.database_url, context.partition_key, "M1")
@@ -46,8 +46,33 @@ def features_m1(context: dg.AssetExecutionContext, database: DatabaseResource) -
             "lookback_bars": update.lookback_bars,
             "full_recompute": update.full,
             "feature_set_version": FEATURE_SET_VERSION,
+            **drift_metadata(context, pipeline_settings(config, database, models), context.partition_key, "M1", "features"),
         }
     )
+
+
+def drift_metadata(context, settings, symbol: str, timeframe: str, which: str) -> dict:
+    """This symbol's drift figures as numeric metadata (``drift/...``): the Plots tab shows drift build up.
+
+    Only once a champion exists; a failure here is logged, never fails the materialization.
+    """
+    from mt5_pipeline import drift
+    from mt5_pipeline.model_store import current_model_path
+
+    if not current_model_path(settings, timeframe).is_file():
+        return {}
+    try:
+        report = drift.feature_drift(settings, symbol, timeframe) if which == "features" else drift.signal_drift(settings, symbol, timeframe)
+    except Exception as exc:  # drift is information; the features and signals matter more
+        context.log.warning(f"{which} drift not measured for {symbol}: {type(exc).__name__}: {exc}")
+        return {}
+    meta: dict = {f"drift/{k}": float(v) for k, v in report.values.items() if v == v}
+    if report.worst:
+        meta["drift/worst_features"] = ", ".join(f"{k} ({v:.3f})" for k, v in report.worst)
+    if report.values:
+        meta["drift/status"] = "ok" if report.passed else "warning"
+        meta["drift/description"] = report.description
+    return meta
 
 
 def _equity_markdown(png_path) -> str:
@@ -223,6 +248,7 @@ def signals(context: dg.AssetExecutionContext, config: SettingsResource, databas
         metadata["probability"] = float(result.probability)
     if result.confidence is not None:
         metadata["confidence"] = float(result.confidence)
+    metadata.update(drift_metadata(context, settings, context.partition_key, "M1", "signals"))
     if result.signal:
         metadata["signal_id"] = result.signal["signal_id"]
         metadata["side"] = result.signal["side"]

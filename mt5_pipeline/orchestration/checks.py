@@ -57,6 +57,22 @@ def rf_m1_feature_set_matches(config: SettingsResource, database: DatabaseResour
     return _result(quality.model_matches_features(pipeline_settings(config, database, models)))
 
 
+@dg.asset_check(
+    asset=features_m1,
+    description="feature drift: PSI of each feature per symbol over the last DRIFT_WINDOW_HOURS against the champion's training window (warning past DRIFT_PSI_WARN)",
+)
+def features_m1_drift(config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.AssetCheckResult:
+    return _result(quality.features_drift(pipeline_settings(config, database, models), "M1"))
+
+
+@dg.asset_check(
+    asset=signals,
+    description="signal drift: live BUY/SELL/neutral shares and mean probability per symbol against the champion's backtest (warning past DRIFT_SIGNAL_SHARE_WARN)",
+)
+def signals_drift(config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.AssetCheckResult:
+    return _result(quality.signals_drift(pipeline_settings(config, database, models), "M1"))
+
+
 @dg.asset_check(asset=signals, description="no PENDING signal past its expiry (the pusher expires them each cycle)")
 def signals_none_pending_past_expiry(config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.AssetCheckResult:
     return _result(quality.no_pending_past_expiry(pipeline_settings(config, database, models)))
@@ -72,4 +88,6 @@ asset_checks = [
     rf_m1_beats_baseline,
     rf_m1_feature_set_matches,
     signals_none_pending_past_expiry,
+    features_m1_drift,
+    signals_drift,
 ]

@@ -13,16 +13,23 @@ from mt5_pipeline.orchestration.resources import DatabaseResource, EAResource, M
 # on top of the queue's own claim safety.
 PUSH_CONCURRENCY_TAG = "mt5_pipeline/ea_push"
 
+# The drift checks read a day of every symbol's rows: hourly (drift_checks_job), not on
+# every bar of every symbol. The per-symbol drift figures still ride on each materialization.
+DRIFT_CHECKS = dg.AssetSelection.checks(
+    dg.AssetCheckKey(dg.AssetKey("features_m1"), "features_m1_drift"),
+    dg.AssetCheckKey(dg.AssetKey("signals"), "signals_drift"),
+)
+
 predict_job = dg.define_asset_job(
     "predict_job",
-    selection=dg.AssetSelection.assets("features_m1", "signals"),
+    selection=dg.AssetSelection.assets("features_m1", "signals") - DRIFT_CHECKS,
     executor_def=dg.in_process_executor,
     description="New bars of one symbol: compute their features, then predict and queue a signal.",
 )
 
 features_job = dg.define_asset_job(
     "features_job",
-    selection=dg.AssetSelection.assets("features_m1"),
+    selection=dg.AssetSelection.assets("features_m1") - DRIFT_CHECKS,
     executor_def=dg.in_process_executor,
     description="Features only: what runs for new bars before any model exists.",
 )
@@ -31,6 +38,13 @@ train_job = dg.define_asset_job(
     "rf_m1_train_job",
     selection=dg.AssetSelection.assets("rf_m1"),
     description="Retrain rf_m1 on the newest data, evaluate it and backtest it.",
+)
+
+drift_checks_job = dg.define_asset_job(
+    "drift_checks_job",
+    selection=DRIFT_CHECKS,
+    executor_def=dg.in_process_executor,
+    description="Feature and signal drift of every symbol against the champion (hourly, drift_checks_schedule).",
 )
 
 candles_checks_job = dg.define_asset_job(

@@ -133,12 +133,13 @@ def candles_fresh(database_url: str, settings: Settings, *, now: datetime | None
 # ---- features ------------------------------------------------------------------
 
 
-def features_finite(database_url: str) -> CheckOutcome:
+def features_finite(database_url: str, timeframe: str | None = None) -> CheckOutcome:
     f = features_m1.c
     bad = or_(*(or_(f[name].is_(None), f[name] > _HUGE, f[name] < -_HUGE) for name in FEATURE_COLUMNS))
+    usable_rows = and_(f.usable.is_(True), f.timeframe == timeframe) if timeframe else f.usable.is_(True)
     with get_engine(database_url).connect() as conn:
-        usable = conn.execute(select(func.count()).select_from(features_m1).where(f.usable.is_(True))).scalar_one()
-        broken = conn.execute(select(func.count()).select_from(features_m1).where(and_(f.usable.is_(True), bad))).scalar_one()
+        usable = conn.execute(select(func.count()).select_from(features_m1).where(usable_rows)).scalar_one()
+        broken = conn.execute(select(func.count()).select_from(features_m1).where(and_(usable_rows, bad))).scalar_one()
     return CheckOutcome(broken == 0, f"{broken} of {usable} usable rows hold NaN, null or infinite values", {"usable_rows": usable, "non_finite_rows": broken})
 
 
@@ -172,10 +173,10 @@ def features_match_candles(database_url: str, timeframe: str = "M1") -> CheckOut
 # ---- model ---------------------------------------------------------------------
 
 
-def model_beats_baseline(settings: Settings) -> CheckOutcome:
+def model_beats_baseline(settings: Settings, timeframe: str = "M1") -> CheckOutcome:
     from mt5_pipeline.model import current_model_info
 
-    info = current_model_info(settings)
+    info = current_model_info(settings, timeframe)
     if info is None:
         return CheckOutcome(False, "no model trained yet", {}, severity="WARN")
     return judge_auc(info.get("metrics", {}))
@@ -195,11 +196,11 @@ def judge_auc(metrics: dict[str, Any]) -> CheckOutcome:
     )
 
 
-def model_matches_features(settings: Settings) -> CheckOutcome:
+def model_matches_features(settings: Settings, timeframe: str = "M1") -> CheckOutcome:
     from mt5_pipeline.features import FEATURE_SET_VERSION, MODEL_FEATURES
     from mt5_pipeline.model import current_model_info
 
-    info = current_model_info(settings)
+    info = current_model_info(settings, timeframe)
     if info is None:
         return CheckOutcome(False, "no model trained yet", {})
     names = list(info.get("feature_names", []))

@@ -228,7 +228,7 @@ class Settings:
     default_tp_pips: float = _setting("DEFAULT_TP_PIPS", "40", "take-profit in pips", _float)
     symbol_sl_tp_pips: dict = _setting("SYMBOL_SL_TP_PIPS", "", "per-symbol SL/TP overrides, e.g. USDJPY=25/50,XAUUSD=300/600", _symbol_map(_sl_tp))
     pip_sizes: dict = _setting("PIP_SIZES", "", "per-symbol pip size overrides, e.g. XAUUSD=0.1 (default 0.0001, JPY pairs 0.01)", _symbol_map(_float))
-    model_dir: Path = _setting("MODEL_DIR", "./models", "rf_m1.pkl, its versioned copies and their JSON sidecars", lambda raw: Path(raw.strip()))
+    model_dir: Path = _setting("MODEL_DIR", "./models", "rf_m1.pkl (rf_<tf>.pkl per timeframe: the champions), every candidate's versioned copy and their JSON sidecars", lambda raw: Path(raw.strip()))
     label_mode: str = _setting("LABEL_MODE", "horizon", "horizon: close N bars ahead above close now; triple_barrier: TP hit before SL", _label_mode)
     label_horizon_bars: int = _setting("LABEL_HORIZON_BARS", "5", "bars ahead for the horizon label (and the train/test embargo)", _int)
     label_max_hold_bars: int = _setting("LABEL_MAX_HOLD_BARS", "60", "longest holding time in bars for triple-barrier labels and the backtest", _int)
@@ -247,7 +247,7 @@ class Settings:
     drift_window_hours: float = _setting("DRIFT_WINDOW_HOURS", "24", "recent window the drift checks compare with the champion's training window", _float)
     drift_psi_warn: float = _setting("DRIFT_PSI_WARN", "0.25", "population stability index above which a feature's drift is a warning (0.1 moderate, 0.25 large)", _float)
     drift_signal_share_warn: float = _setting("DRIFT_SIGNAL_SHARE_WARN", "0.2", "live BUY, SELL or neutral share further than this from the champion's backtest is a warning", _float)
-    retrain_cron: str = _setting("RETRAIN_CRON", "0 3 * * *", "when rf_m1_retrain_schedule retrains (UTC cron)", _cron)
+    retrain_cron: str = _setting("RETRAIN_CRON", "0 3 * * *", "when rf_m1_retrain_schedule (and rf_<tf>_retrain_schedule per timeframe) retrains (UTC cron)", _cron)
     dagster_autostart: bool = _setting("DAGSTER_AUTOSTART", "true", "sensors and the retrain schedule start running when the code location loads", _bool)
     log_level: str = _setting("LOG_LEVEL", "INFO", "logging level", _log_level)
 

@@ -1,10 +1,13 @@
-"""The lineage graph: candles -> features_m1 -> rf_m1 -> signals.
+"""The lineage graph: candles -> features_m1 -> rf_m1 -> signals, and the same per timeframe.
 
 `candles` is written by the EA through the API, not by Dagster: it is an external asset
 whose observations (bars, newest bar per symbol) come from `new_candles_sensor`.
 `features_m1` and `signals` are partitioned by symbol so each market is materialized
 and watched apart. `rf_m1` is one model shared by every symbol (see the README): the
 features are scale-free, so one forest learns from all markets' bars at once.
+
+One factory per asset builds them for each timeframe in TIMEFRAMES: M1 keeps the seed's
+keys (features_m1, rf_m1, signals), H1 gets features_h1 -> rf_h1 -> signals_h1, and so on.
 """
 
 
@@ -19,7 +22,7 @@ GROUP = "mt5_pipeline"
 
 candles = dg.AssetSpec(
     "candles",
-    description="M1 bars posted by the EA to POST /ingest (or imported with `mt5-pipeline import-csv`).",
+    description="Bars of every timeframe posted by the EA to POST /ingest (or imported with `mt5-pipeline import-csv`).",
     partitions_def=symbols_partitions,
     group_name=GROUP,
     kinds={"sql"},
@@ -27,28 +30,40 @@ candles = dg.AssetSpec(
 )
 
 
-@dg.asset(
-    deps=[candles],
-    partitions_def=symbols_partitions,
-    group_name=GROUP,
-    kinds={"pandas"},
-    description="Scale-free technical features per M1 bar, computed incrementally for new or corrected bars.",
-)
-def features_m1(context: dg.AssetExecutionContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.MaterializeResult:
-    from mt5_pipeline.features import FEATURE_SET_VERSION, update_features
+def asset_names(timeframe: str) -> dict[str, str]:
+    """The asset keys of a timeframe: M1 keeps the seed's (features_m1, rf_m1, signals)."""
+    tf = timeframe.lower()
+    return {"features": f"features_{tf}", "model": f"rf_{tf}", "signals": "signals" if timeframe == "M1" else f"signals_{tf}"}
 
-    update = update_features(database.database_url, context.partition_key, "M1")
-    return dg.MaterializeResult(
-        metadata={
-            "rows_written": update.rows_written,
-            "newest_bar": update.newest_ts.isoformat() if update.newest_ts else "none",
-            "recomputed_from": update.recomputed_from.isoformat() if update.recomputed_from else "none",
-            "lookback_bars": update.lookback_bars,
-            "full_recompute": update.full,
-            "feature_set_version": FEATURE_SET_VERSION,
-            **drift_metadata(context, pipeline_settings(config, database, models), context.partition_key, "M1", "features"),
-        }
+
+def build_features_asset(timeframe: str) -> dg.AssetsDefinition:
+    """features_<tf>: the timeframe's rows of the features_m1 table (it holds every timeframe)."""
+
+    @dg.asset(
+        name=asset_names(timeframe)["features"],
+        deps=[candles],
+        partitions_def=symbols_partitions,
+        group_name=GROUP,
+        kinds={"pandas"},
+        description=f"Scale-free technical features per {timeframe} bar, computed incrementally for new or corrected bars (table features_m1, timeframe {timeframe}).",
     )
+    def _features(context: dg.AssetExecutionContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.MaterializeResult:
+        from mt5_pipeline.features import FEATURE_SET_VERSION, update_features
+
+        update = update_features(database.database_url, context.partition_key, timeframe)
+        return dg.MaterializeResult(
+            metadata={
+                "rows_written": update.rows_written,
+                "newest_bar": update.newest_ts.isoformat() if update.newest_ts else "none",
+                "recomputed_from": update.recomputed_from.isoformat() if update.recomputed_from else "none",
+                "lookback_bars": update.lookback_bars,
+                "full_recompute": update.full,
+                "feature_set_version": FEATURE_SET_VERSION,
+                **drift_metadata(context, pipeline_settings(config, database, models), context.partition_key, timeframe, "features"),
+            }
+        )
+
+    return _features
 
 
 def drift_metadata(context, settings, symbol: str, timeframe: str, which: str) -> dict:
@@ -124,9 +139,7 @@ def promotion_metadata(decision) -> dict:
 
 def build_model_asset(timeframe: str, features_asset) -> dg.AssetsDefinition:
     """rf_<tf>: a retrain produces a candidate; it replaces the champion only when promoted."""
-    from mt5_pipeline.model_store import model_name
-
-    name = model_name(timeframe)
+    name = asset_names(timeframe)["model"]
 
     @dg.multi_asset(
         name=name,
@@ -224,33 +237,52 @@ def _last_decision_check(settings, timeframe: str) -> dg.AssetCheckResult:
     )
 
 
+def build_signals_asset(timeframe: str, features_asset, model_asset) -> dg.AssetsDefinition:
+    """signals (M1) / signals_<tf>: predict the symbol's newest bar and queue at most one signal for it."""
+
+    @dg.asset(
+        name=asset_names(timeframe)["signals"],
+        deps=[features_asset, model_asset],
+        partitions_def=symbols_partitions,
+        group_name=GROUP,
+        kinds={"python"},
+        description=f"Predicts the newest {timeframe} bar of the symbol and queues at most one BUY/SELL signal for it in signals_queue.",
+    )
+    def _signals(context: dg.AssetExecutionContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.MaterializeResult:
+        from mt5_pipeline.signals import generate_signal
+
+        settings = pipeline_settings(config, database, models)
+        result = generate_signal(settings, context.partition_key, timeframe)
+        context.log.info(f"{context.partition_key} {timeframe}: {result.status} - {result.message}")
+        metadata: dict = {
+            "decision": result.status,
+            "why": result.message,
+        }
+        if result.probability is not None:
+            metadata["probability"] = float(result.probability)
+        if result.confidence is not None:
+            metadata["confidence"] = float(result.confidence)
+        metadata.update(drift_metadata(context, settings, context.partition_key, timeframe, "signals"))
+        if result.signal:
+            metadata["signal_id"] = result.signal["signal_id"]
+            metadata["side"] = result.signal["side"]
+            metadata["bar"] = result.signal["timestamp"]
+        return dg.MaterializeResult(metadata=metadata)
+
+    return _signals
+
+
+features_m1 = build_features_asset("M1")
 rf_m1 = build_model_asset("M1", features_m1)
+signals = build_signals_asset("M1", features_m1, rf_m1)
+
+_BUILT: dict[str, tuple[dg.AssetsDefinition, dg.AssetsDefinition, dg.AssetsDefinition]] = {"M1": (features_m1, rf_m1, signals)}
 
 
-@dg.asset(
-    deps=[features_m1, rf_m1],
-    partitions_def=symbols_partitions,
-    group_name=GROUP,
-    kinds={"python"},
-    description="Predicts the newest bar of the symbol and queues at most one BUY/SELL signal for it in signals_queue.",
-)
-def signals(context: dg.AssetExecutionContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.MaterializeResult:
-    from mt5_pipeline.signals import generate_signal
-
-    settings = pipeline_settings(config, database, models)
-    result = generate_signal(settings, context.partition_key, "M1")
-    context.log.info(f"{context.partition_key}: {result.status} - {result.message}")
-    metadata: dict = {
-        "decision": result.status,
-        "why": result.message,
-    }
-    if result.probability is not None:
-        metadata["probability"] = float(result.probability)
-    if result.confidence is not None:
-        metadata["confidence"] = float(result.confidence)
-    metadata.update(drift_metadata(context, settings, context.partition_key, "M1", "signals"))
-    if result.signal:
-        metadata["signal_id"] = result.signal["signal_id"]
-        metadata["side"] = result.signal["side"]
-        metadata["bar"] = result.signal["timestamp"]
-    return dg.MaterializeResult(metadata=metadata)
+def timeframe_assets(timeframe: str) -> tuple[dg.AssetsDefinition, dg.AssetsDefinition, dg.AssetsDefinition]:
+    """(features, model, signals) of a timeframe, built once per process so every caller shares them."""
+    if timeframe not in _BUILT:
+        features = build_features_asset(timeframe)
+        model = build_model_asset(timeframe, features)
+        _BUILT[timeframe] = (features, model, build_signals_asset(timeframe, features, model))
+    return _BUILT[timeframe]

@@ -269,3 +269,21 @@ def test_triple_barrier_training_and_warm_up_symbols(pg_url, settings_for):
     update_features(pg_url, "GBPUSD", now=END)
     with pytest.raises(NoFeaturesError, match="warm-up"):
         predict_latest(settings, "GBPUSD")
+
+
+def test_hist_gradient_boosting_under_the_same_interface(sqlite_url, settings_for):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    settings = settings_for(sqlite_url, MODEL_KIND="hist_gradient_boosting", HGB_MAX_ITER=20)
+    _load_market(sqlite_url, bars=6_000)
+    result = train_model(settings, now=END, force=True)
+    assert result.kind == "hist_gradient_boosting" and result.decision.decision == "forced"
+    assert result.feature_importances == {}  # no impurity importances for boosting; the table is empty
+    loaded = load_model(settings.model_dir / "rf_m1.pkl")
+    assert isinstance(loaded.forest, HistGradientBoostingClassifier) and loaded.meta["kind"] == "hist_gradient_boosting"
+    assert loaded.meta["params"]["max_iter"] == 20 and loaded.meta["params"]["early_stopping"] is False
+    assert 0.3 < result.metrics["auc"] < 0.8 and "wf_auc_mean" in result.metrics
+    X = np.random.default_rng(0).normal(size=(5, len(MODEL_FEATURES)))
+    np.testing.assert_allclose(loaded.probability_up(X), loaded.forest.predict_proba(X)[:, 1])
+    prediction = predict_latest(settings, "EURUSD")
+    assert prediction.model_version == result.version and 0.0 <= prediction.probability <= 1.0

@@ -238,7 +238,7 @@ class Settings:
     rf_max_samples: float = _setting("RF_MAX_SAMPLES", "0.1", "share of training rows each tree draws (0..1]", _float)
     rf_random_state: int = _setting("RF_RANDOM_STATE", "42", "seed, so a retrain on the same data gives the same model", _int)
     model_kind: str = _setting("MODEL_KIND", "random_forest", "random_forest (the seed's) or hist_gradient_boosting (scikit-learn's HistGradientBoostingClassifier), same evaluation and promotion", _model_kind)
-    hgb_max_iter: int = _setting("HGB_MAX_ITER", "200", "boosting rounds of hist_gradient_boosting (early stopping may use fewer)", _int)
+    hgb_max_iter: int = _setting("HGB_MAX_ITER", "100", "boosting rounds of hist_gradient_boosting (no early stopping: it would validate on a random, not time-ordered, tenth)", _int)
     hgb_learning_rate: float = _setting("HGB_LEARNING_RATE", "0.05", "learning rate of hist_gradient_boosting", _float)
     promotion_margin: float = _setting("PROMOTION_MARGIN", "0.005", "a candidate replaces the champion unless its AUC is lower, or its log loss higher, than the champion's by more than this (same window)", _float)
     promotion_require: tuple[str, ...] = _setting("PROMOTION_REQUIRE", "auc,log_loss,net_pips", "baselines a candidate must beat to be promoted: auc (0.5), log_loss (the base rate's), net_pips (random sides, after spread)", _baselines)

@@ -81,10 +81,10 @@ def materialize_graph(settings: Settings, say: Callable[[str], None]) -> dict:
     from mt5_pipeline.model import current_model_info
 
     # Synthetic random walks carry no edge a model must beat (see the README's honest
-    # evaluation), so the demo forces its first promotion, as `mt5-pipeline train --force`
-    # would; later runs follow the promotion rule and say what it decided.
-    force_first = current_model_info(settings) is None
-    defs = build_defs(settings, resources_for(settings, **({"PROMOTION_FORCE": "true"} if force_first else {})))
+    # evaluation), so the demo forces every promotion, as `mt5-pipeline train --force`
+    # would, and prints what the rule would have decided: a demo that shows no signal
+    # because its random-walk model was rightly rejected would show nothing else.
+    defs = build_defs(settings, resources_for(settings, PROMOTION_FORCE="true"))
     outcome: dict = {}
     with dg.DagsterInstance.get() as instance:
         sensor = defs.get_repository_def().get_sensor_def("new_candles_sensor")

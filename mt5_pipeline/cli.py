@@ -94,6 +94,22 @@ def _update_features(settings: Settings, timeframe: str) -> list[str]:
     ]
 
 
+def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    """The registry, newest first: every retrain, its decision and why."""
+    from mt5_pipeline.model_registry import history
+
+    timeframes = [args.timeframe.upper()] if args.timeframe else list(settings.timeframes)
+    for timeframe in timeframes:
+        rows = history(settings, timeframe, limit=args.limit)
+        print(f"rf_{timeframe.lower()}: {len(rows)} retrain(s) shown, newest first")
+        for r in rows:
+            auc = (r.get("metrics") or {}).get("auc")
+            star = "*" if r["is_current"] else " "
+            print(f" {star} {r['version']:<32} {r['trained_at']:%Y-%m-%d %H:%M} {r['kind']:<22} {r['decision']:<8} AUC {'—' if auc is None else f'{auc:.4f}'}  {r['reason']}")
+    print("(* the champion: what rf_<tf>.pkl holds)")
+    return 0
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -163,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="promote the candidate whatever its scores (recorded as forced)")
     train.add_argument("--timeframe", default=None, help="one timeframe (default: every one in TIMEFRAMES)")
     train.set_defaults(func=cmd_train)
+
+    models = sub.add_parser("models", help="the model registry: every retrain, its decision and why, newest first")
+    models.add_argument("--timeframe", default=None, help="one timeframe (default: every one in TIMEFRAMES)")
+    models.add_argument("--limit", type=int, default=20)
+    models.set_defaults(func=cmd_models)
 
     serve = sub.add_parser("serve", help="the Starlette API under uvicorn")
     serve.add_argument("--host")

@@ -66,3 +66,9 @@ def test_train_rejects_a_candidate_without_skill_and_force_promotes_it(tmp_path)
     assert forced.returncode == 0, forced.stderr
     assert "FORCED: forced" in forced.stdout and "would have been rejected" in forced.stdout
     assert (tmp_path / "models" / "rf_m1.pkl").exists()
+
+    listed = subprocess.run([CLI, "models"], env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    lines = [line for line in listed.stdout.splitlines() if line.startswith((" *", "  "))]
+    assert len(lines) == 2  # newest first: the forced champion, then the rejected candidate
+    assert "forced" in lines[0] and lines[0].startswith(" *") and "rejected" in lines[1] and not lines[1].startswith(" *")

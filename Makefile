@@ -27,6 +27,7 @@ dev: $(STAMP)
 	$(BIN)/mt5-pipeline dev
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/run_all.py
 
 lint: $(STAMP)

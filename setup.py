@@ -57,6 +57,9 @@ setup(
             "PyYAML>=6",
             "ruff>=0.5",
         ],
+        # Benchmarks only: its test data (EURUSD H1, 2017-2018) is the real market in
+        # benchmarks/bench_real.py; nothing in the pipeline imports it.
+        "bench": ["backtesting>=0.6"],
     },
     entry_points={"console_scripts": ["mt5-pipeline=mt5_pipeline.cli:main"]},
 )

@@ -95,7 +95,7 @@ def train(url: str, model_dir: Path) -> Settings:
     frame = generate_candles(6_000, end=minutes_ago(1), with_weekends=False, seed=11)
     ingest_candles(url, "EURUSD", "M1", frame)
     update_features(url, "EURUSD", "M1")
-    result = train_model(settings, ["EURUSD"])
+    result = train_model(settings, ["EURUSD"], force=True)  # latency needs a model, not a good one
     print(f"  trained {result.version} on {result.rows:,} rows", flush=True)
     return settings
 

@@ -21,6 +21,11 @@ postgresql://postgres@127.0.0.1:5432/test), drops it afterwards, and measures in
   size; and at 100k [20k] rows the bounded forest of the settings against an unbounded
   ``RandomForestClassifier`` on the same split: fit time, file size, out-of-sample AUC,
   log loss and accuracy;
+* the two MODEL_KINDs at 1,000,000 [100,000] rows, on the same main split: the seed's
+  bounded RandomForest (the baseline) against HistGradientBoostingClassifier: fit time,
+  file size, out-of-sample AUC and log loss (beside the constant baselines) and the
+  backtest's net pips after spread (beside random sides on the same bars);
+  ``--kinds-only`` runs just this part;
 * one-row prediction p50/p99: ``predict_proba`` with ``n_jobs=1`` against ``n_jobs=-1``;
   the tree-by-tree path ``predict_latest`` uses against ``predict_proba``; and
   ``predict_latest`` itself (database read included).
@@ -212,6 +217,8 @@ def train_child(url: str, symbol: str, model_dir: str, mode: str) -> None:
             "wf_auc_mean": result.metrics["wf_auc_mean"],
             "path": str(result.path),
         }
+    elif mode == "kinds":
+        out = compare_kinds(settings, symbol, Path(model_dir))
     else:  # bounded vs unbounded on the main split, fitted here so both see the same rows
         import joblib
         from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
@@ -244,6 +251,61 @@ def train_child(url: str, symbol: str, model_dir: str, mode: str) -> None:
             }
     out["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(out), flush=True)
+
+
+def compare_kinds(settings: Settings, symbol: str, model_dir: Path) -> dict:
+    """RandomForest and HistGradientBoosting on the same main split: fit, file, AUC, log loss, backtest."""
+    import joblib
+
+    from mt5_pipeline.backtest import run_backtest
+    from mt5_pipeline.evaluation import classification_metrics, time_split
+    from mt5_pipeline.indicators import MODEL_FEATURES
+    from mt5_pipeline.model import build_training_set, make_estimator
+
+    data = build_training_set(settings, [symbol])
+    frame = data.frame
+    X = frame[list(MODEL_FEATURES)].to_numpy(dtype=np.float32)
+    y = frame["label"].to_numpy(dtype=np.int64)
+    split = time_split(frame["ts"], frame["label_end_ts"])
+    test = frame.iloc[split.test]
+    out: dict = {"rows": int(len(split.train)), "test_rows": int(len(split.test))}
+    for kind in ("random_forest", "hist_gradient_boosting"):
+        estimator = make_estimator(settings.replace(model_kind=kind))
+        t = time.perf_counter()
+        estimator.fit(X[split.train], y[split.train])
+        fit = time.perf_counter() - t
+        p = estimator.predict_proba(X[split.test])[:, list(estimator.classes_).index(1)]
+        path = model_dir / f"{kind}.pkl"
+        joblib.dump(estimator, path, compress=3)
+        m = classification_metrics(
+            y[split.test], p, train_positive_rate=float(y[split.train].mean()), buy_threshold=settings.signal_buy_threshold, sell_threshold=settings.signal_sell_threshold
+        )
+        bt = run_backtest(data.candles, pd.DataFrame({"symbol": test["symbol"].to_numpy(), "ts": test["ts"].array, "probability": p}), settings).summary
+        out[kind] = {
+            "fit_s": fit,
+            "file_mb": path.stat().st_size / 1e6,
+            "auc": m["auc"],
+            "log_loss": m["log_loss"],
+            "baseline_log_loss": m["baseline_majority_log_loss"],
+            "net_pips": bt["total_pips"],
+            "trades": bt["trades"],
+            "baseline_net_pips": bt["baseline_random_total_pips"],
+        }
+    return out
+
+
+def bench_model_kinds(url: str, symbol: str, rows: list[dict], work: Path) -> None:
+    result = run_child(url, symbol, work / "kinds", "kinds")
+    rf, hgb = result["random_forest"], result["hist_gradient_boosting"]
+    label = f"{result['rows'] + result['test_rows']:,} rows ({result['rows']:,} to fit, {result['test_rows']:,} to evaluate)"
+    print(f"  model kinds at {label}: fit RF {rf['fit_s']:.1f} s, HGB {hgb['fit_s']:.1f} s; AUC RF {rf['auc']:.4f}, HGB {hgb['auc']:.4f}", flush=True)
+    row(rows, f"MODEL_KIND at {label}: HistGradientBoosting fit", hgb["fit_s"], "s", rf["fit_s"], "baseline: the RandomForest (RF_* settings)")
+    row(rows, "  HistGradientBoosting model file (joblib, compress=3)", hgb["file_mb"], "MB", rf["file_mb"], "baseline: the RandomForest's")
+    for kind, r in (("RandomForest", rf), ("HistGradientBoosting", hgb)):
+        row(rows, f"  {kind} out-of-sample AUC", r["auc"], "", 0.5, "baseline: constant (0.5)", digits=4)
+        row(rows, f"  {kind} out-of-sample log loss", r["log_loss"], "", r["baseline_log_loss"], "baseline: the training base rate as a constant", digits=4)
+        row(rows, f"  {kind} backtest net pips after spread ({r['trades']:.0f} trades)", r["net_pips"], "pips", r["baseline_net_pips"], "baseline: random sides on the same bars", digits=1)
+    (work / "kinds.json").write_text(json.dumps(result, indent=2))
 
 
 def peak_rss_mb() -> float:
@@ -368,6 +430,7 @@ def bench_prediction(url: str, model_path: Path, rows: list[dict], n: int) -> No
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100,000 bars, training at 20k, 50k and 100k rows")
+    parser.add_argument("--kinds-only", action="store_true", help="only the RandomForest vs HistGradientBoosting comparison")
     parser.add_argument("--child", nargs=4, metavar=("MODE", "URL", "SYMBOL", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -385,12 +448,22 @@ def main() -> int:
     with scratch_database("mt5_bench_ml") as url:
         print(f"{n_bars:,} generated M1 bars (PostgreSQL scratch database {database_name(url)}; {os.cpu_count()} cores)", flush=True)
         frame = market(n_bars, seed=1)
+        if args.kinds_only:
+            store(url, "EURUSD", frame, END)
+            update_features(url, "EURUSD", now=END)
+            print("model kinds ...", flush=True)
+            bench_model_kinds(url, "EURUSD", rows, work)
+            report("bench_ml_kinds", rows)
+            print(f"(total {time.perf_counter() - started:.0f} s; load average at the end {os.getloadavg()[0]:.2f})")
+            return 0
         print("features ...", flush=True)
         bench_features(frame, rows)
         print("features_m1 step ...", flush=True)
         bench_feature_step(url, frame, rows)
         print("training ...", flush=True)
         model_path = bench_training(url, train_sizes, n_bars, rows, work)
+        print("model kinds ...", flush=True)
+        bench_model_kinds(url, "EURUSD", rows, work)
         print("prediction ...", flush=True)
         bench_prediction(url, model_path, rows, n_predictions)
     report("bench_ml", rows)

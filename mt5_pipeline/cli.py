@@ -49,25 +49,64 @@ def cmd_import_csv(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_features(settings: Settings, args: argparse.Namespace) -> int:
-    from mt5_pipeline.features import update_all_features
-
-    for update in update_all_features(settings.database_url):
-        print(f"{update.symbol} {update.timeframe}: {update.rows_written} feature rows written, newest bar {update.newest_ts}")
+    for timeframe in settings.timeframes:
+        for line in _update_features(settings, timeframe):
+            print(line)
     return 0
 
 
-def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
-    from mt5_pipeline.model import InsufficientDataError, train_model
+# `mt5-pipeline train` exits with this when the candidate was rejected: the retrain ran,
+# but the champion keeps trading (scripts and cron see it; 1 is an error, 0 promoted).
+EXIT_REJECTED = 3
 
-    cmd_features(settings, args)
-    try:
-        result = train_model(settings)
-    except InsufficientDataError as exc:
-        print(f"rf_m1 not trained: {exc}", file=sys.stderr)
-        return 1
-    metrics = result.metrics
-    print(f"trained {result.version} on {result.rows} rows ({', '.join(result.symbols)}) -> {result.path}")
-    print(f"out-of-sample AUC {metrics.get('auc', float('nan')):.4f} (baseline {metrics.get('baseline_auc', 0.5):.4f})")
+
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    from mt5_pipeline.model import InsufficientDataError, model_name, train_model
+
+    timeframes = [args.timeframe.upper()] if args.timeframe else list(settings.timeframes)
+    code = 0
+    for timeframe in timeframes:
+        for update in _update_features(settings, timeframe):
+            print(update)
+        name = model_name(timeframe)
+        try:
+            result = train_model(settings, timeframe=timeframe, force=True if args.force else None)
+        except InsufficientDataError as exc:
+            print(f"{name} not trained: {exc}", file=sys.stderr)
+            code = max(code, 1)
+            continue
+        metrics = result.metrics
+        decision = result.decision
+        print(f"trained {name} {result.version} on {result.rows} rows ({', '.join(result.symbols)}) -> {result.path}")
+        print(f"out-of-sample AUC {metrics.get('auc', float('nan')):.4f} (baseline {metrics.get('baseline_auc', 0.5):.4f})")
+        print(f"{decision.decision.upper()}: {decision.reason}")
+        if not decision.promoted:
+            code = max(code, EXIT_REJECTED)
+    return code
+
+
+def _update_features(settings: Settings, timeframe: str) -> list[str]:
+    from mt5_pipeline.features import update_all_features
+
+    return [
+        f"{u.symbol} {u.timeframe}: {u.rows_written} feature rows written, newest bar {u.newest_ts}"
+        for u in update_all_features(settings.database_url, timeframe)
+    ]
+
+
+def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    """The registry, newest first: every retrain, its decision and why."""
+    from mt5_pipeline.model_registry import history
+
+    timeframes = [args.timeframe.upper()] if args.timeframe else list(settings.timeframes)
+    for timeframe in timeframes:
+        rows = history(settings, timeframe, limit=args.limit)
+        print(f"rf_{timeframe.lower()}: {len(rows)} retrain(s) shown, newest first")
+        for r in rows:
+            auc = (r.get("metrics") or {}).get("auc")
+            star = "*" if r["is_current"] else " "
+            print(f" {star} {r['version']:<32} {r['trained_at']:%Y-%m-%d %H:%M} {r['kind']:<22} {r['decision']:<8} AUC {'—' if auc is None else f'{auc:.4f}'}  {r['reason']}")
+    print("(* the champion: what rf_<tf>.pkl holds)")
     return 0
 
 
@@ -143,8 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--no-progress", action="store_true")
     imp.set_defaults(func=cmd_import_csv)
 
-    sub.add_parser("features", help="bring features_m1 up to date for every symbol").set_defaults(func=cmd_features)
-    sub.add_parser("train", help="update the features, then train, evaluate and save rf_m1").set_defaults(func=cmd_train)
+    sub.add_parser("features", help="bring features_m1 up to date for every symbol and timeframe in TIMEFRAMES").set_defaults(func=cmd_features)
+    train = sub.add_parser(
+        "train",
+        help="update the features, then train a candidate per timeframe, evaluate it and promote it if it beats the champion "
+        f"(exit 0 promoted, 1 error, {EXIT_REJECTED} rejected)",
+    )
+    train.add_argument("--force", action="store_true", help="promote the candidate whatever its scores (recorded as forced)")
+    train.add_argument("--timeframe", default=None, help="one timeframe (default: every one in TIMEFRAMES)")
+    train.set_defaults(func=cmd_train)
+
+    models = sub.add_parser("models", help="the model registry: every retrain, its decision and why, newest first")
+    models.add_argument("--timeframe", default=None, help="one timeframe (default: every one in TIMEFRAMES)")
+    models.add_argument("--limit", type=int, default=20)
+    models.set_defaults(func=cmd_models)
 
     serve = sub.add_parser("serve", help="the Starlette API under uvicorn")
     serve.add_argument("--host")

@@ -6,11 +6,11 @@ import warnings
 
 import dagster as dg
 
-from mt5_pipeline.orchestration.assets import candles, features_m1, rf_m1, signals
-from mt5_pipeline.orchestration.checks import asset_checks
-from mt5_pipeline.orchestration.jobs import candles_checks_job, ea_push_job, features_job, predict_job, train_job
+from mt5_pipeline.orchestration.assets import candles, timeframe_assets
+from mt5_pipeline.orchestration.checks import checks_for
+from mt5_pipeline.orchestration.jobs import build_drift_checks_job, candles_checks_job, ea_push_job, timeframe_jobs
 from mt5_pipeline.orchestration.resources import default_resources
-from mt5_pipeline.orchestration.schedules import build_retrain_schedule
+from mt5_pipeline.orchestration.schedules import build_drift_schedule, build_retrain_schedule
 from mt5_pipeline.orchestration.sensors import build_ea_push_sensor, build_new_candles_sensor
 from mt5_pipeline.settings import Settings, load_settings
 
@@ -20,14 +20,28 @@ warnings.filterwarnings("ignore", message="Parameter `owners`", category=dg.Beta
 
 
 def build_defs(settings: Settings | None = None, resources: dict | None = None) -> dg.Definitions:
-    """The whole graph; tests pass their own settings and resources."""
+    """The whole graph, one set of assets, checks, jobs, sensors and schedules per timeframe
+    in TIMEFRAMES; tests pass their own settings and resources."""
     settings = settings or load_settings()
+    timeframes = list(settings.timeframes)
+    assets: list = [candles]
+    jobs: list = [ea_push_job, candles_checks_job]
+    sensors = [build_ea_push_sensor(settings)]
+    schedules = []
+    for timeframe in timeframes:
+        assets += list(timeframe_assets(timeframe))
+        jobs += list(timeframe_jobs(timeframe).values())
+        sensors.append(build_new_candles_sensor(settings, timeframe))
+        schedules.append(build_retrain_schedule(settings, timeframe))
+    drift_job = build_drift_checks_job(timeframes)
+    jobs.append(drift_job)
+    schedules.append(build_drift_schedule(settings, drift_job))
     return dg.Definitions(
-        assets=[candles, features_m1, rf_m1, signals],
-        asset_checks=asset_checks,
-        jobs=[predict_job, features_job, train_job, ea_push_job, candles_checks_job],
-        sensors=[build_new_candles_sensor(settings), build_ea_push_sensor(settings)],
-        schedules=[build_retrain_schedule(settings)],
+        assets=assets,
+        asset_checks=checks_for(timeframes),
+        jobs=jobs,
+        sensors=sensors,
+        schedules=schedules,
         resources=resources if resources is not None else default_resources(),
     )
 

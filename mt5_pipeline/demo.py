@@ -78,7 +78,13 @@ def materialize_graph(settings: Settings, say: Callable[[str], None]) -> dict:
 
     home = ensure_local_dagster_home(os.environ.get("DAGSTER_HOME") or ".dagster")
     os.environ["DAGSTER_HOME"] = str(home)
-    defs = build_defs(settings, resources_for(settings))
+    from mt5_pipeline.model import current_model_info
+
+    # Synthetic random walks carry no edge a model must beat (see the README's honest
+    # evaluation), so the demo forces every promotion, as `mt5-pipeline train --force`
+    # would, and prints what the rule would have decided: a demo that shows no signal
+    # because its random-walk model was rightly rejected would show nothing else.
+    defs = build_defs(settings, resources_for(settings, PROMOTION_FORCE="true"))
     outcome: dict = {}
     with dg.DagsterInstance.get() as instance:
         sensor = defs.get_repository_def().get_sensor_def("new_candles_sensor")
@@ -102,8 +108,13 @@ def materialize_graph(settings: Settings, say: Callable[[str], None]) -> dict:
         say(f"features_m1 materialized for {len(symbols)} symbol(s)")
         checks = run("candles_checks_job").get_asset_check_evaluations()
         say("candles checks: " + ", ".join(f"{c.check_name} {'passed' if c.passed else 'FAILED'}" for c in checks))
-        run("rf_m1_train_job")
-        say("rf_m1 trained, evaluated and backtested")
+        trained = defs.resolve_job_def("rf_m1_train_job").execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET_RUN)
+        from mt5_pipeline.model_registry import last_retrain
+
+        last = last_retrain(settings) or {}
+        if last.get("decision") == "failed" or current_model_info(settings) is None:
+            raise RuntimeError(f"rf_m1 training failed: {last.get('reason') or trained.all_events[-1].message}")
+        say(f"rf_m1 trained, evaluated and backtested: {last.get('decision', '?')} - {last.get('reason', '')}")
         decisions = {}
         for symbol in symbols:
             result = run("predict_job", symbol)

@@ -217,12 +217,13 @@ def candles_extreme_bars(database_url: str) -> CheckOutcome:
 # ---- features ------------------------------------------------------------------
 
 
-def features_finite(database_url: str) -> CheckOutcome:
+def features_finite(database_url: str, timeframe: str | None = None) -> CheckOutcome:
     f = features_m1.c
     bad = or_(*(or_(f[name].is_(None), f[name] > _HUGE, f[name] < -_HUGE) for name in FEATURE_COLUMNS))
+    usable_rows = and_(f.usable.is_(True), f.timeframe == timeframe) if timeframe else f.usable.is_(True)
     with get_engine(database_url).connect() as conn:
-        usable = conn.execute(select(func.count()).select_from(features_m1).where(f.usable.is_(True))).scalar_one()
-        broken = conn.execute(select(func.count()).select_from(features_m1).where(and_(f.usable.is_(True), bad))).scalar_one()
+        usable = conn.execute(select(func.count()).select_from(features_m1).where(usable_rows)).scalar_one()
+        broken = conn.execute(select(func.count()).select_from(features_m1).where(and_(usable_rows, bad))).scalar_one()
     return CheckOutcome(broken == 0, f"{broken} of {usable} usable rows hold NaN, null or infinite values", {"usable_rows": usable, "non_finite_rows": broken})
 
 
@@ -256,10 +257,10 @@ def features_match_candles(database_url: str, timeframe: str = "M1") -> CheckOut
 # ---- model ---------------------------------------------------------------------
 
 
-def model_beats_baseline(settings: Settings) -> CheckOutcome:
+def model_beats_baseline(settings: Settings, timeframe: str = "M1") -> CheckOutcome:
     from mt5_pipeline.model import current_model_info
 
-    info = current_model_info(settings)
+    info = current_model_info(settings, timeframe)
     if info is None:
         return CheckOutcome(False, "no model trained yet", {}, severity="WARN")
     return judge_auc(info.get("metrics", {}))
@@ -279,11 +280,11 @@ def judge_auc(metrics: dict[str, Any]) -> CheckOutcome:
     )
 
 
-def model_matches_features(settings: Settings) -> CheckOutcome:
+def model_matches_features(settings: Settings, timeframe: str = "M1") -> CheckOutcome:
     from mt5_pipeline.indicators import FEATURE_SET_VERSION, MODEL_FEATURES
     from mt5_pipeline.model import current_model_info
 
-    info = current_model_info(settings)
+    info = current_model_info(settings, timeframe)
     if info is None:
         return CheckOutcome(False, "no model trained yet", {})
     names = list(info.get("feature_names", []))
@@ -317,3 +318,43 @@ def no_pending_past_expiry(settings: Settings, *, now: datetime | None = None) -
             select(func.count()).select_from(signals_queue).where(q.status == "PENDING", q.expires_at < cutoff)
         ).scalar_one()
     return CheckOutcome(count == 0, f"{count} PENDING signals past their expiry", {"pending_past_expiry": count})
+
+
+# ---- drift ---------------------------------------------------------------------
+
+
+def _drift_outcome(reports, what: str) -> CheckOutcome:
+    if not reports:
+        return CheckOutcome(True, f"no symbol with features yet: no {what} to measure", {}, severity="WARN")
+    meta: dict[str, Any] = {}
+    for r in reports:
+        meta.update({f"{r.symbol}/{k}": float(v) for k, v in r.values.items()})
+        if r.worst:
+            meta[f"{r.symbol}/worst_features"] = ", ".join(f"{k} ({v:.3f})" for k, v in r.worst)
+    failing = [r for r in reports if not r.passed]
+    description = "; ".join(r.description for r in (failing or reports))
+    return CheckOutcome(not failing, description, meta, severity="WARN")
+
+
+def features_drift(settings: Settings, timeframe: str = "M1") -> CheckOutcome:
+    """PSI per feature and symbol, last DRIFT_WINDOW_HOURS against the champion's training window (mt5_pipeline.drift)."""
+    from mt5_pipeline import drift
+
+    reports = [drift.feature_drift(settings, s, timeframe) for s in drift.symbols_with_features(settings, timeframe)]
+    outcome = _drift_outcome(reports, "feature drift")
+    worst = sorted(((k, v, r.symbol) for r in reports for k, v in r.worst), key=lambda t: -t[1])[: drift.WORST_SHOWN]
+    if worst:
+        outcome.metadata["worst_features"] = ", ".join(f"{s} {k} ({v:.3f})" for k, v, s in worst)
+        outcome.metadata["max_psi"] = float(worst[0][1])
+    outcome.metadata["psi_warn"] = settings.drift_psi_warn
+    return outcome
+
+
+def signals_drift(settings: Settings, timeframe: str = "M1") -> CheckOutcome:
+    """Live BUY/SELL/neutral shares and mean probability per symbol against the champion's backtest."""
+    from mt5_pipeline import drift
+
+    reports = [drift.signal_drift(settings, s, timeframe) for s in drift.symbols_with_features(settings, timeframe)]
+    outcome = _drift_outcome(reports, "signal drift")
+    outcome.metadata["share_warn"] = settings.drift_signal_share_warn
+    return outcome

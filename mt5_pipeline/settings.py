@@ -172,14 +172,6 @@ def _bridge_mode(raw: str) -> str:
     return value
 
 
-def _timeframes(raw: str) -> tuple[str, ...]:
-    values = tuple(v.strip().upper() for v in raw.split(",") if v.strip())
-    unknown = [v for v in values if v not in TIMEFRAME_SECONDS]
-    if unknown or not values:
-        raise ValueError(f"expected timeframes among {', '.join(TIMEFRAME_SECONDS)}, got {raw!r}")
-    return values
-
-
 def _offset_hours(raw: str) -> float | None:
     """``auto`` (None: measured from the terminal) or hours such as 2, 3 or -4."""
     if raw.strip().lower() in ("", "auto"):
@@ -188,6 +180,35 @@ def _offset_hours(raw: str) -> float | None:
     if not -12 <= value <= 14:
         raise ValueError(f"expected auto or hours between -12 and 14, got {raw!r}")
     return value
+
+
+MODEL_KINDS = ("random_forest", "hist_gradient_boosting")
+BASELINE_GATES = ("auc", "log_loss", "net_pips")
+
+
+def _model_kind(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in MODEL_KINDS:
+        raise ValueError(f"expected one of {', '.join(MODEL_KINDS)}, got {raw!r}")
+    return value
+
+
+def _baselines(raw: str) -> tuple[str, ...]:
+    items = tuple(dict.fromkeys(i.strip().lower() for i in raw.split(",") if i.strip()))
+    unknown = [i for i in items if i not in BASELINE_GATES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; expected some of {', '.join(BASELINE_GATES)}")
+    return items
+
+
+def _timeframes(raw: str) -> tuple[str, ...]:
+    items = tuple(dict.fromkeys(i.strip().upper() for i in raw.split(",") if i.strip()))
+    if not items:
+        raise ValueError("expected at least one timeframe, e.g. M1 or M1,H1")
+    unknown = [i for i in items if i not in TIMEFRAME_SECONDS]
+    if unknown:
+        raise ValueError(f"unknown timeframe(s) {unknown}; expected some of {', '.join(TIMEFRAME_SECONDS)}")
+    return items
 
 
 def _setting(env: str, default: str, meaning: str, parse: Callable[[str], Any] = _str) -> Any:
@@ -228,7 +249,7 @@ class Settings:
     symbol_sl_tp_pips: dict = _setting("SYMBOL_SL_TP_PIPS", "", "per-symbol SL/TP overrides, e.g. USDJPY=25/50,XAUUSD=300/600", _symbol_map(_sl_tp))
     pip_sizes: dict = _setting("PIP_SIZES", "", "per-symbol pip sizes, e.g. XAUUSD=0.1,US30=1; otherwise currency pairs 0.0001 (JPY 0.01), other symbols from the EA's digits/point in POST /ingest, else no signals", _symbol_map(_float))
     price_max_jump: float = _setting("PRICE_MAX_JUMP", "10", "a candle this many times above or below the level of the bars around it is rejected at ingest as a bad tick (0: off)", _float)
-    model_dir: Path = _setting("MODEL_DIR", "./models", "rf_m1.pkl, its versioned copies and their JSON sidecars", lambda raw: Path(raw.strip()))
+    model_dir: Path = _setting("MODEL_DIR", "./models", "rf_m1.pkl (rf_<tf>.pkl per timeframe: the champions), every candidate's versioned copy and their JSON sidecars", lambda raw: Path(raw.strip()))
     label_mode: str = _setting("LABEL_MODE", "horizon", "horizon: close N bars ahead above close now; triple_barrier: TP hit before SL", _label_mode)
     label_horizon_bars: int = _setting("LABEL_HORIZON_BARS", "5", "bars ahead for the horizon label (and the train/test embargo)", _int)
     label_max_hold_bars: int = _setting("LABEL_MAX_HOLD_BARS", "60", "longest holding time in bars for triple-barrier labels and the backtest", _int)
@@ -237,7 +258,17 @@ class Settings:
     rf_min_samples_leaf: int = _setting("RF_MIN_SAMPLES_LEAF", "50", "smallest leaf; larger is smoother and smaller", _int)
     rf_max_samples: float = _setting("RF_MAX_SAMPLES", "0.1", "share of training rows each tree draws (0..1]", _float)
     rf_random_state: int = _setting("RF_RANDOM_STATE", "42", "seed, so a retrain on the same data gives the same model", _int)
-    retrain_cron: str = _setting("RETRAIN_CRON", "0 3 * * *", "when rf_m1_retrain_schedule retrains (UTC cron)", _cron)
+    model_kind: str = _setting("MODEL_KIND", "random_forest", "random_forest (the seed's) or hist_gradient_boosting (scikit-learn's HistGradientBoostingClassifier), same evaluation and promotion", _model_kind)
+    hgb_max_iter: int = _setting("HGB_MAX_ITER", "100", "boosting rounds of hist_gradient_boosting (no early stopping: it would validate on a random, not time-ordered, tenth)", _int)
+    hgb_learning_rate: float = _setting("HGB_LEARNING_RATE", "0.05", "learning rate of hist_gradient_boosting", _float)
+    promotion_margin: float = _setting("PROMOTION_MARGIN", "0.005", "a candidate replaces the champion unless its AUC is lower, or its log loss higher, than the champion's by more than this (same window)", _float)
+    promotion_require: tuple[str, ...] = _setting("PROMOTION_REQUIRE", "auc,log_loss,net_pips", "baselines a candidate must beat to be promoted: auc (0.5), log_loss (the base rate's), net_pips (random sides, after spread)", _baselines)
+    promotion_force: bool = _setting("PROMOTION_FORCE", "false", "promote every candidate whatever its scores (recorded as forced); `mt5-pipeline train --force` does it once", _bool)
+    timeframes: tuple[str, ...] = _setting("TIMEFRAMES", "M1", "timeframes with their own features, model (rf_m1.pkl, rf_h1.pkl, ...), signals and retrain schedule, comma-separated", _timeframes)
+    drift_window_hours: float = _setting("DRIFT_WINDOW_HOURS", "24", "recent window the drift checks compare with the champion's training window", _float)
+    drift_psi_warn: float = _setting("DRIFT_PSI_WARN", "0.25", "population stability index above which a feature's drift is a warning (0.1 moderate, 0.25 large)", _float)
+    drift_signal_share_warn: float = _setting("DRIFT_SIGNAL_SHARE_WARN", "0.2", "live BUY, SELL or neutral share further than this from the champion's backtest is a warning", _float)
+    retrain_cron: str = _setting("RETRAIN_CRON", "0 3 * * *", "when rf_m1_retrain_schedule (and rf_<tf>_retrain_schedule per timeframe) retrains (UTC cron)", _cron)
     dagster_autostart: bool = _setting("DAGSTER_AUTOSTART", "true", "sensors and the retrain schedule start running when the code location loads", _bool)
     bridge_api_url: str = _setting("BRIDGE_API_URL", "http://127.0.0.1:18001", "the API the MT5 bridge (`mt5-pipeline bridge`) sends bars and acks to", _http_url)
     bridge_api_key: str = _setting("BRIDGE_API_KEY", "", "X-API-Key the bridge sends to the API (empty: the first of API_KEYS, or the dev key in development)")
@@ -342,6 +373,11 @@ class Settings:
             ("BRIDGE_HISTORY_BARS", self.bridge_history_bars),
             ("BRIDGE_LOTS", self.bridge_lots),
             ("BRIDGE_POLL_INTERVAL", self.bridge_poll_interval),
+            ("HGB_MAX_ITER", self.hgb_max_iter),
+            ("HGB_LEARNING_RATE", self.hgb_learning_rate),
+            ("DRIFT_WINDOW_HOURS", self.drift_window_hours),
+            ("DRIFT_PSI_WARN", self.drift_psi_warn),
+            ("DRIFT_SIGNAL_SHARE_WARN", self.drift_signal_share_warn),
         ):
             need(value > 0, f"{env}: must be greater than 0, got {value}")
         need(0 <= self.live_close_grace_seconds < 60, f"LIVE_CLOSE_GRACE_SECONDS: must be between 0 and 60, got {self.live_close_grace_seconds}")
@@ -351,6 +387,7 @@ class Settings:
         need(self.bridge_deviation >= 0, f"BRIDGE_DEVIATION: must be 0 or more, got {self.bridge_deviation}")
         need(bool(self.bridge_symbols), "BRIDGE_SYMBOLS: name at least one symbol")
         need(self.price_max_jump == 0 or self.price_max_jump > 1, f"PRICE_MAX_JUMP: must be greater than 1 (or 0 to turn the check off), got {self.price_max_jump}")
+        need(self.promotion_margin >= 0, f"PROMOTION_MARGIN: must be 0 or more, got {self.promotion_margin}")
         need(0 < self.rf_max_samples <= 1, f"RF_MAX_SAMPLES: must be in (0, 1], got {self.rf_max_samples}")
         if self.signal_max_bar_age_seconds is not None:
             need(self.signal_max_bar_age_seconds > 0, f"SIGNAL_MAX_BAR_AGE_SECONDS: must be greater than 0, got {self.signal_max_bar_age_seconds}")

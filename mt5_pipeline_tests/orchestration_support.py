@@ -13,7 +13,9 @@ from mt5_pipeline.sample_data import generate_candles
 from mt5_pipeline.settings import Settings
 
 # Small and fast: enough bars for warm-up, a split with embargo and a few folds.
-FAST_MODEL = {"RF_N_ESTIMATORS": 10, "RF_MAX_DEPTH": 6, "RF_MIN_SAMPLES_LEAF": 20}
+# Forced promotion: a few thousand random-walk bars carry no edge a model must beat, and
+# these tests are about the graph; promotion has its own tests (test_promotion.py).
+FAST_MODEL = {"RF_N_ESTIMATORS": 10, "RF_MAX_DEPTH": 6, "RF_MIN_SAMPLES_LEAF": 20, "PROMOTION_FORCE": "true"}
 # A band this narrow turns every probability into a BUY or a SELL, so tests that need a
 # queued signal do not depend on what the forest happens to predict; a wide TTL, so they
 # do not depend on where in the minute they run either (a bar is "too late" after its

@@ -161,7 +161,7 @@ def _train(settings) -> None:
     frame = generate_candles(3000, end=minutes_ago(1), with_weekends=False, seed=7)
     ingest_candles(settings.database_url, "EURUSD", "M1", frame)
     update_features(settings.database_url, "EURUSD", "M1")
-    train_model(settings, ["EURUSD"])
+    train_model(settings, ["EURUSD"], force=True)  # the tests need a model, not a good one
 
 
 async def test_generate_signal_paths(db_url, settings_for, reference_ea):  # noqa: F811

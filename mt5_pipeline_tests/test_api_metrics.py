@@ -125,3 +125,46 @@ async def test_metrics_answer_while_the_database_is_down(settings_for):
     samples = await scrape(settings)
     assert one(samples, "mt5_database_up") == 0
     assert "ea_signals_generated_total" not in samples  # no figure rather than a false zero
+
+
+async def test_a_failed_retrain_shows_in_health_and_is_counted(db_url, settings_for):
+    from mt5_pipeline.model import InsufficientDataError, train_model
+
+    settings = settings_for(db_url, API_KEYS=KEYS, EA_PUSH_ENABLED="false")
+    samples = await scrape(settings)
+    assert one(samples, "mt5_model_retrains_total", model="rf_m1", outcome="failed") == 0
+    with pytest.raises(InsufficientDataError):
+        train_model(settings)  # no data: the retrain fails (in this process, as in a Dagster run)
+    samples = await scrape(settings)
+    assert one(samples, "mt5_model_retrains_total", model="rf_m1", outcome="failed") == 1
+    assert one(samples, "mt5_model_last_retrain_failed", model="rf_m1") == 1
+    async with api_client(settings, auth=False) as client:
+        health = (await client.get("/health")).json()
+    assert health["status"] == "degraded" and health["retrain_failed"] == ["M1"]
+    assert health["last_retrain"]["outcome"] == "failed" and "no usable labelled" in health["last_retrain"]["reason"]
+    assert health["models"]["M1"]["champion_version"] is None and health["champion_age_seconds"] is None
+
+
+async def test_health_reports_the_champions_age_and_the_last_retrain(sqlite_url, settings_for):
+    from mt5_pipeline.features import update_features
+    from mt5_pipeline.ingest import ingest_candles
+    from mt5_pipeline.model import train_model
+    from mt5_pipeline.sample_data import generate_candles, minutes_ago
+
+    settings = settings_for(sqlite_url, API_KEYS=KEYS, EA_PUSH_ENABLED="false", RF_N_ESTIMATORS=5, RF_MIN_SAMPLES_LEAF=20)
+    ingest_candles(sqlite_url, "EURUSD", "M1", generate_candles(3000, end=minutes_ago(1), with_weekends=False, seed=7))
+    update_features(sqlite_url, "EURUSD", "M1")
+    champion = train_model(settings, force=True)
+    rejected = train_model(settings_for(sqlite_url, RF_N_ESTIMATORS=5, RF_MIN_SAMPLES_LEAF=1_000_000))  # no skill
+    assert rejected.decision.decision == "rejected"
+    async with api_client(settings, auth=False) as client:
+        health = (await client.get("/health")).json()
+    assert health["status"] == "ok" and "retrain_failed" not in health  # a rejection is the rule at work, not a fault
+    assert health["models"]["M1"]["champion_version"] == champion.version == health["model_version"]
+    assert 0 <= health["champion_age_seconds"] < 600
+    assert health["last_retrain"]["outcome"] == "rejected" and health["last_retrain"]["version"] == rejected.version
+    assert "does not beat the baseline" in health["last_retrain"]["reason"]
+    samples = await scrape(settings)
+    assert one(samples, "mt5_model_retrains_total", model="rf_m1", outcome="forced") == 1
+    assert one(samples, "mt5_model_retrains_total", model="rf_m1", outcome="rejected") == 1
+    assert one(samples, "mt5_model_last_retrain_failed", model="rf_m1") == 0

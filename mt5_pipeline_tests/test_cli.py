@@ -28,7 +28,8 @@ def test_db_upgrade_twice_says_what_it_did(tmp_path):
 
 
 def test_the_seeds_training_scripts_train_a_model(tmp_path):
-    env = _env(tmp_path, RF_N_ESTIMATORS="10", RF_MIN_SAMPLES_LEAF="20")
+    # A few thousand random-walk bars need not beat the baselines; promotion has its own test below.
+    env = _env(tmp_path, RF_N_ESTIMATORS="10", RF_MIN_SAMPLES_LEAF="20", PROMOTION_FORCE="true")
     assert subprocess.run([CLI, "db", "upgrade"], env=env, capture_output=True, timeout=60).returncode == 0
     closed = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=1)
     ingest_candles(env["DATABASE_URL"], "EURUSD", "M1", generate_candles(3000, end=closed, with_weekends=False))
@@ -50,3 +51,26 @@ def test_train_without_data_fails_with_the_reason(tmp_path):
     proc = subprocess.run([CLI, "train"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "rf_m1 not trained" in proc.stderr
+
+
+def test_train_rejects_a_candidate_without_skill_and_force_promotes_it(tmp_path):
+    # One leaf per tree: a constant probability, AUC 0.5, which does not beat the baseline.
+    env = _env(tmp_path, RF_N_ESTIMATORS="5", RF_MIN_SAMPLES_LEAF="1000000")
+    subprocess.run([CLI, "db", "upgrade"], env=env, capture_output=True, timeout=60)
+    ingest_candles(env["DATABASE_URL"], "EURUSD", "M1", generate_candles(3000, with_weekends=False))
+    rejected = subprocess.run([CLI, "train"], env=env, capture_output=True, text=True, timeout=300)
+    assert rejected.returncode == 3, rejected.stderr
+    assert "REJECTED: rejected: AUC" in rejected.stdout and "does not beat the baseline" in rejected.stdout
+    assert not (tmp_path / "models" / "rf_m1.pkl").exists()  # nothing trades
+    assert len(list((tmp_path / "models").glob("rf_m1-*.pkl"))) == 1  # the candidate is kept
+
+    forced = subprocess.run([CLI, "train", "--force"], env=env, capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0, forced.stderr
+    assert "FORCED: forced" in forced.stdout and "would have been rejected" in forced.stdout
+    assert (tmp_path / "models" / "rf_m1.pkl").exists()
+
+    listed = subprocess.run([CLI, "models"], env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    lines = [line for line in listed.stdout.splitlines() if line.startswith((" *", "  "))]
+    assert len(lines) == 2  # newest first: the forced champion, then the rejected candidate
+    assert "forced" in lines[0] and lines[0].startswith(" *") and "rejected" in lines[1] and not lines[1].startswith(" *")

@@ -16,7 +16,8 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import psycopg
 
-from mt5_pipeline.features import WATERMARK_MARGIN, compute_features, load_feature_rows, update_features
+from mt5_pipeline.features import WATERMARK_MARGIN, load_feature_rows, update_features
+from mt5_pipeline.indicators import compute_features
 from mt5_pipeline.ingest import ingest_candles, series_lock_key
 from mt5_pipeline.sample_data import generate_candles
 from mt5_pipeline.storage.bulk import read_candles

@@ -69,13 +69,12 @@ def test_the_migration_counts_what_is_already_stored(db_url):
     ingest_candles(db_url, "EURUSD", "M1", rows(12), now=NOW)
     ingest_candles(db_url, "EURUSD", "M5", [{"time": T0, "open": 1.1, "high": 1.2, "low": 1.0, "close": 1.1, "tick_volume": 1}], now=NOW)
     engine = get_engine(db_url)
-    migrate_to = "0003"
-    with engine.begin() as conn:  # back to before 0004 by hand (0002 cannot be undone on TimescaleDB)
-        conn.execute(text("DROP INDEX ix_signals_queue_pending_symbol"))  # 0005, which follows 0004
-        conn.execute(text("DROP TABLE ea_delivery_state"))
-        conn.execute(text("DROP TABLE candle_series"))
-        conn.execute(text("DROP TABLE symbols"))
-        conn.execute(text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = :v"), {"v": migrate_to})
+    from alembic import command
+
+    with engine.begin() as conn:  # back to before 0004 (which brought candle_series)
+        config = migrate.alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0003")
     migrate.upgrade(db_url)
     assert counted(db_url) == {("EURUSD", "M1"): 12, ("EURUSD", "M5"): 1}
 

@@ -1,10 +1,10 @@
 """GET /health: can this process do its job, and is anything it depends on stale?
 
 No key needed. Constant time whatever the size of `candles`: one `SELECT 1`, the model
-sidecar, the pushers' EA delivery state (one row by primary key), (cached for a few
-seconds) the EA probe, and `storage.bulk.newest_bars`, which finds each series and its
-newest bar by index probes and never counts the table (benchmarks/bench_health.py: a
-few ms at 1M and 10M candles).
+sidecars, one registry query (the last retrain per model), the pushers' EA delivery
+state (one row by primary key), (cached for a few seconds) the EA probe, and
+`storage.bulk.newest_bars`, which finds each series and its newest bar by index probes
+and never counts the table (benchmarks/bench_health.py: a few ms at 1M and 10M candles).
 """
 
 from __future__ import annotations
@@ -59,6 +59,29 @@ def _model(state: AppState, now: float) -> dict[str, Any]:
     out = {"model": "stale" if stale else "loaded", "model_version": info.get("version"), "model_age_seconds": age}
     if stale:
         out["model_stale_reason"] = stale
+    return out
+
+
+def _retrains(state: AppState, now: float) -> dict[str, dict[str, Any]]:
+    """Per timeframe: the champion's version and age, and the last retrain's outcome (from the registry)."""
+    from mt5_pipeline.model_registry import last_outcomes
+    from mt5_pipeline.model_store import current_model_info, model_name
+
+    outcomes = last_outcomes(state.settings.database_url)
+    out: dict[str, dict[str, Any]] = {}
+    for timeframe in state.settings.timeframes:
+        name = model_name(timeframe)
+        info = current_model_info(state.settings, timeframe) or {}
+        trained = _utc_seconds(info.get("trained_at"))
+        last = outcomes.get(name)
+        out[timeframe] = {
+            "model": name,
+            "champion_version": info.get("version"),
+            "champion_age_seconds": None if trained is None else round(max(0.0, now - trained), 1),
+            "last_retrain": None
+            if last is None
+            else {"outcome": last["decision"], "version": last["version"], "at": last["at"], "reason": last["reason"]},
+        }
     return out
 
 
@@ -151,7 +174,23 @@ def check_health(state: AppState) -> tuple[int, dict[str, Any], dict[str, str]]:
         except Exception as exc:
             if not is_database_outage(exc):
                 log.error("health: reading the newest bars failed", exc_info=exc)
-    healthy = database_ok and body["model"] == "loaded" and body["ea"] in ("reachable", "disabled") and body.get("ea_delivery", "ok") == "ok"
+        try:
+            body["models"] = _retrains(state, now)
+        except ImportError:
+            pass
+        except Exception as exc:
+            if not is_database_outage(exc):
+                log.error("health: reading the model registry failed", exc_info=exc)
+    models = body.get("models") or {}
+    first = models.get(state.settings.timeframes[0]) if models else None
+    if first is not None:
+        body["champion_age_seconds"] = first["champion_age_seconds"]
+        body["last_retrain"] = first["last_retrain"]
+    # A failed retrain is loud the same day: the champion still trades, but it is ageing.
+    failed = sorted(tf for tf, m in models.items() if (m.get("last_retrain") or {}).get("outcome") == "failed")
+    if failed:
+        body["retrain_failed"] = failed
+    healthy = database_ok and body["model"] == "loaded" and body["ea"] in ("reachable", "disabled") and body.get("ea_delivery", "ok") == "ok" and not failed
     body["status"] = "ok" if healthy else "degraded"
     if not database_ok:
         return 503, body, {"Retry-After": str(DB_RETRY_AFTER_SECONDS)}

@@ -60,7 +60,7 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         families: list[Metric] = []
         database_up = 1
-        for part in (self._queue_families, self._candle_families, self._model_families, self._delivery_families):
+        for part in (self._queue_families, self._candle_families, self._model_families, self._delivery_families, self._retrain_families):
             try:
                 families.extend(part())
             except ImportError:  # a core module this build does not have
@@ -145,6 +145,23 @@ class DatabaseCollector(Collector):
         version = GaugeMetricFamily("mt5_model_info", "the current model's version", labels=["version"])
         version.add_metric([str(info.get("version", ""))], 1)
         yield version
+
+    def _retrain_families(self) -> Iterator[Metric]:
+        from mt5_pipeline.model_registry import DECISIONS, last_outcomes, retrain_counts
+
+        counts = retrain_counts(self.settings.database_url)
+        names = sorted({name for name, _ in counts} | {f"rf_{tf.lower()}" for tf in self.settings.timeframes})
+        retrains = CounterMetricFamily(
+            "mt5_model_retrains", "retrains per model and outcome (promoted, forced, rejected, failed), from model_registry", labels=["model", "outcome"]
+        )
+        for name in names:
+            for decision in DECISIONS:
+                retrains.add_metric([name, decision], counts.get((name, decision), 0))
+        failed = GaugeMetricFamily("mt5_model_last_retrain_failed", "1 when the model's last retrain failed (the champion is ageing)", labels=["model"])
+        outcomes = last_outcomes(self.settings.database_url)
+        for name in names:
+            failed.add_metric([name], 1 if (outcomes.get(name) or {}).get("decision") == "failed" else 0)
+        yield from (retrains, failed)
 
 
 class ApiMetrics:

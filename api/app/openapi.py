@@ -274,7 +274,32 @@ SCHEMAS: dict[str, Any] = {
                     },
                 },
             },
+            "champion_age_seconds": {"type": "number", "nullable": True, "description": "age of the first timeframe's champion"},
+            "last_retrain": {**_ref("Retrain"), "nullable": True},
+            "retrain_failed": {"type": "array", "items": {"type": "string"}, "description": "timeframes whose last retrain failed (status is degraded)"},
+            "models": {
+                "type": "object",
+                "description": "per timeframe in TIMEFRAMES: the champion and the last retrain",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "model": {"type": "string"},
+                        "champion_version": {"type": "string", "nullable": True},
+                        "champion_age_seconds": {"type": "number", "nullable": True},
+                        "last_retrain": {**_ref("Retrain"), "nullable": True},
+                    },
+                },
+            },
             "version": {"type": "string"},
+        },
+    },
+    "Retrain": {
+        "type": "object",
+        "properties": {
+            "outcome": {"type": "string", "enum": ["promoted", "forced", "rejected", "failed"]},
+            "version": {"type": "string"},
+            "at": _TIMESTAMP,
+            "reason": {"type": "string"},
         },
     },
 }

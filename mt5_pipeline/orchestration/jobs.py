@@ -5,6 +5,8 @@ multiprocess executor would double it for a step that takes milliseconds.
 """
 
 
+from typing import Any
+
 import dagster as dg
 
 from mt5_pipeline.orchestration.resources import DatabaseResource, EAResource, ModelStoreResource, SettingsResource, pipeline_settings
@@ -13,25 +15,64 @@ from mt5_pipeline.orchestration.resources import DatabaseResource, EAResource, M
 # on top of the queue's own claim safety.
 PUSH_CONCURRENCY_TAG = "mt5_pipeline/ea_push"
 
-predict_job = dg.define_asset_job(
-    "predict_job",
-    selection=dg.AssetSelection.assets("features_m1", "signals"),
-    executor_def=dg.in_process_executor,
-    description="New bars of one symbol: compute their features, then predict and queue a signal.",
-)
+def _drift_checks(timeframes) -> dg.AssetSelection:
+    keys = []
+    for timeframe in timeframes:
+        tf = timeframe.lower()
+        signals = "signals" if timeframe == "M1" else f"signals_{tf}"
+        keys += [dg.AssetCheckKey(dg.AssetKey(f"features_{tf}"), f"features_{tf}_drift"), dg.AssetCheckKey(dg.AssetKey(signals), f"{signals}_drift")]
+    return dg.AssetSelection.checks(*keys)
 
-features_job = dg.define_asset_job(
-    "features_job",
-    selection=dg.AssetSelection.assets("features_m1"),
-    executor_def=dg.in_process_executor,
-    description="Features only: what runs for new bars before any model exists.",
-)
 
-train_job = dg.define_asset_job(
-    "rf_m1_train_job",
-    selection=dg.AssetSelection.assets("rf_m1"),
-    description="Retrain rf_m1 on the newest data, evaluate it and backtest it.",
-)
+def build_timeframe_jobs(timeframe: str) -> dict[str, Any]:
+    """predict, features and train jobs of a timeframe; M1 keeps the seed's names (predict_job, features_job, rf_m1_train_job)."""
+    tf = timeframe.lower()
+    suffix = "" if timeframe == "M1" else f"_{tf}"
+    features, model, signals = f"features_{tf}", f"rf_{tf}", "signals" if timeframe == "M1" else f"signals_{tf}"
+    # The drift checks read a day of every symbol's rows: hourly (drift_checks_job), not on
+    # every bar of every symbol. The per-symbol drift figures still ride on each materialization.
+    drift = _drift_checks([timeframe])
+    return {
+        "predict": dg.define_asset_job(
+            f"predict_job{suffix}",
+            selection=dg.AssetSelection.assets(features, signals) - drift,
+            executor_def=dg.in_process_executor,
+            description=f"New {timeframe} bars of one symbol: compute their features, then predict and queue a signal.",
+        ),
+        "features": dg.define_asset_job(
+            f"features_job{suffix}",
+            selection=dg.AssetSelection.assets(features) - drift,
+            executor_def=dg.in_process_executor,
+            description=f"{timeframe} features only: what runs for new bars before any {model} exists.",
+        ),
+        "train": dg.define_asset_job(
+            f"{model}_train_job",
+            selection=dg.AssetSelection.assets(model),
+            description=f"Retrain {model} on the newest data: a candidate, evaluated, backtested and promoted only if better than the champion.",
+        ),
+    }
+
+
+_M1 = build_timeframe_jobs("M1")
+predict_job = _M1["predict"]
+features_job = _M1["features"]
+train_job = _M1["train"]
+_JOBS: dict[str, dict] = {"M1": _M1}
+
+
+def timeframe_jobs(timeframe: str) -> dict[str, Any]:
+    if timeframe not in _JOBS:
+        _JOBS[timeframe] = build_timeframe_jobs(timeframe)
+    return _JOBS[timeframe]
+
+
+def build_drift_checks_job(timeframes) -> Any:
+    return dg.define_asset_job(
+        "drift_checks_job",
+        selection=_drift_checks(timeframes),
+        executor_def=dg.in_process_executor,
+        description="Feature and signal drift of every symbol and timeframe against its champion (hourly, drift_checks_schedule).",
+    )
 
 candles_checks_job = dg.define_asset_job(
     "candles_checks_job",

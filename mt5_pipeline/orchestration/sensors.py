@@ -9,7 +9,7 @@ import json
 
 import dagster as dg
 
-from mt5_pipeline.orchestration.jobs import ea_push_job, features_job, predict_job
+from mt5_pipeline.orchestration.jobs import ea_push_job, timeframe_jobs
 from mt5_pipeline.orchestration.partitions import symbols_partitions
 from mt5_pipeline.orchestration.resources import DatabaseResource, ModelStoreResource, SettingsResource, pipeline_settings
 from mt5_pipeline.settings import Settings
@@ -28,9 +28,13 @@ def _status(settings: Settings) -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.RUNNING if settings.dagster_autostart else dg.DefaultSensorStatus.STOPPED
 
 
-def build_new_candles_sensor(settings: Settings) -> dg.SensorDefinition:
+def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.SensorDefinition:
+    # One sensor per timeframe (TIMEFRAMES): M1's keeps the seed's name.
+    jobs = timeframe_jobs(timeframe)
+    predict_job, features_job = jobs["predict"], jobs["features"]
+
     @dg.sensor(
-        name="new_candles_sensor",
+        name="new_candles_sensor" if timeframe == "M1" else f"new_candles_sensor_{timeframe.lower()}",
         jobs=[predict_job, features_job],
         minimum_interval_seconds=10,
         default_status=_status(settings),
@@ -40,12 +44,12 @@ def build_new_candles_sensor(settings: Settings) -> dg.SensorDefinition:
         from mt5_pipeline.model import current_model_info
         from mt5_pipeline.storage.bulk import newest_bars
 
-        bars = [b for b in newest_bars(database.database_url) if b["timeframe"] == "M1"]
+        bars = [b for b in newest_bars(database.database_url) if b["timeframe"] == timeframe]
         if not bars:
-            return dg.SkipReason("no M1 candles ingested yet: POST /ingest or `mt5-pipeline import-csv`")
+            return dg.SkipReason(f"no {timeframe} candles ingested yet: POST /ingest or `mt5-pipeline import-csv`")
         cursor: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         known = set(context.instance.get_dynamic_partitions(symbols_partitions.name))
-        has_model = current_model_info(pipeline_settings(config, database, models)) is not None
+        has_model = current_model_info(pipeline_settings(config, database, models), timeframe) is not None
         job = predict_job if has_model else features_job
 
         run_requests, observations = [], []

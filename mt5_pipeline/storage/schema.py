@@ -223,8 +223,16 @@ model_registry = Table(
     Column("label_mode", String(20), nullable=False),
     Column("metrics", Text, nullable=False, comment="JSON"),
     Column("data_hash", String(64), nullable=False),
-    Column("is_current", Boolean, nullable=False, server_default=text("false")),
+    Column("is_current", Boolean, nullable=False, server_default=text("false")),  # the champion: what rf_<tf>.pkl holds
+    # Champion/challenger (migration 0006): every retrain leaves a row, see mt5_pipeline/model_registry.py.
+    Column("timeframe", String(4), nullable=False, server_default="M1"),
+    Column("kind", String(32), nullable=False, server_default="random_forest"),
+    Column("decision", String(10), nullable=False, server_default="promoted", comment="promoted, forced, rejected or failed"),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("scores", Text, nullable=False, server_default="{}", comment="JSON: candidate and champion on the same window, with the baselines"),
+    Column("champion_version", String(64), nullable=True, comment="the champion the candidate was compared with"),
     Index("ix_model_registry_model_trained_at", "model", "trained_at"),
+    Index("ix_model_registry_model_decision", "model", "decision"),
 )
 
 # The pusher's view of the EA, shared by every pusher (worker, API, Dagster run) through

@@ -57,6 +57,8 @@ ENV = {
     "SIGNAL_TTL_SECONDS": "14400",
     "SIGNAL_MAX_BAR_AGE_SECONDS": "86400",
     "LOG_LEVEL": "WARNING",
+    # Random walks cannot beat the baselines; the model is only here to be timed.
+    "PROMOTION_FORCE": "true",
 }
 
 

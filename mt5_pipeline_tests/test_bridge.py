@@ -478,7 +478,7 @@ def test_the_bridge_command_feeds_bars_and_trades_pushed_signals(tmp_path):
     pusher in between: bars arrive, a pushed signal becomes an order and comes back ACKED."""
     import subprocess
 
-    from mt5_pipeline.servers import free_port
+    from mt5_pipeline.apps.servers import free_port
     from mt5_pipeline.storage import migrate
     from mt5_pipeline_tests.api_support import cli, serve_process, subprocess_env
     from mt5_pipeline_tests.ea_server import wait_for

@@ -25,11 +25,11 @@ from prometheus_client.registry import Collector
 
 from api.app.errors import is_database_outage
 from mt5_pipeline.settings import Settings
+from mt5_pipeline.storage.schema import SIGNAL_STATUSES
 
 log = logging.getLogger("api.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-SIGNAL_STATUSES = ("PENDING", "SENT", "ACKED", "FAILED", "EXPIRED", "REJECTED")
 
 
 def _utc_seconds(value: object) -> float | None:

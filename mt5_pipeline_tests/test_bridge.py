@@ -17,7 +17,7 @@ from mt5_pipeline.bridge.fake_mt5 import FakeMT5
 from mt5_pipeline.clock import iso_z
 from mt5_pipeline.pusher import push_pending
 from mt5_pipeline.settings import Settings, SettingsError
-from mt5_pipeline.storage.bulk import read_candles
+from mt5_pipeline.storage.candles import read_candles
 from mt5_pipeline_tests.bridge_support import EA_KEY, build_rig
 from mt5_pipeline_tests.ea_server import make_signal
 

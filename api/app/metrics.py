@@ -95,7 +95,7 @@ class DatabaseCollector(Collector):
         yield from (generated, sent, failed, expired, depth)
 
     def _candle_families(self) -> Iterator[Metric]:
-        from mt5_pipeline.storage.bulk import newest_bars
+        from mt5_pipeline.storage.candles import newest_bars
 
         now = self.clock()
         age = GaugeMetricFamily(

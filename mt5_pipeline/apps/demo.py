@@ -36,7 +36,7 @@ def load_candles(settings: Settings, say: Callable[[str], None], *, csv_file: st
     """Bring every demo symbol up to the current minute through the ingest core; return bars stored."""
     from mt5_pipeline.ingest import ingest_candles
     from mt5_pipeline.sample_data import SAMPLE_LABEL, generate_candles, open_minutes
-    from mt5_pipeline.storage.bulk import newest_bars, read_candles
+    from mt5_pipeline.storage.candles import newest_bars, read_candles
 
     if csv_file:
         from mt5_pipeline.mt5_csv import import_file

@@ -1,5 +1,8 @@
 """mt5-pipeline: MetaTrader 5 candles -> features -> RandomForest signals -> the EA, orchestrated by Dagster."""
 
+import re
+from pathlib import Path
+
 from setuptools import find_namespace_packages, setup
 
 # dagster, dagster-webserver and dagster-postgres are released in lock-step: each
@@ -10,7 +13,8 @@ DAGSTER_LIBS = "0.29.27"
 
 setup(
     name="mt5-pipeline",
-    version="0.1.0",
+    # One version string: mt5_pipeline/__init__.py (read as text: installing must not import the package).
+    version=re.search(r'__version__ = "([^"]+)"', (Path(__file__).parent / "mt5_pipeline" / "__init__.py").read_text()).group(1),
     description="MetaTrader 5 market data to ML trade signals, delivered safely to an Expert Advisor",
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
@@ -61,5 +65,5 @@ setup(
         # benchmarks/bench_real.py; nothing in the pipeline imports it.
         "bench": ["backtesting>=0.6"],
     },
-    entry_points={"console_scripts": ["mt5-pipeline=mt5_pipeline.cli:main"]},
+    entry_points={"console_scripts": ["mt5-pipeline=mt5_pipeline.apps.cli:main"]},
 )

@@ -37,8 +37,8 @@ import pandas as pd
 import psycopg
 from _support import add_row, database_name, make_bars, percentile, report, scratch_database, stop, wait_healthy
 
+from mt5_pipeline.apps.servers import free_port
 from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.servers import free_port
 from mt5_pipeline.settings import Settings
 
 BATCH = 10_000
@@ -53,7 +53,7 @@ def batches(frame: pd.DataFrame) -> list[list[dict]]:
 
 def start_server(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen:
     exe = Path(sys.executable).with_name("mt5-pipeline")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mt5_pipeline.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mt5_pipeline.apps.cli"]
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     return subprocess.Popen([*cmd, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
 

@@ -30,11 +30,11 @@ import httpx
 from _support import add_row, percentile, report, scratch_database
 
 from api.app.main import create_app
+from mt5_pipeline.apps.ea_sim import create_ea_app
+from mt5_pipeline.apps.servers import BackgroundServer, free_port
 from mt5_pipeline.bridge import Bridge
 from mt5_pipeline.bridge.bars import CLOSE_GRACE_SECONDS, candle
 from mt5_pipeline.bridge.fake_mt5 import FakeMT5
-from mt5_pipeline.ea_sim import create_ea_app
-from mt5_pipeline.servers import BackgroundServer, free_port
 from mt5_pipeline.settings import Settings
 from mt5_pipeline_tests.ea_server import make_signal
 

@@ -5,13 +5,13 @@ the database connection is cut; counted at the end against the EA's own log.
 
 What runs (a scratch database on TEST_DATABASE_URL's server, dropped afterwards):
 
-* The reference EA (``mt5_pipeline.ea_sim``, its signal log on) under uvicorn in this
+* The reference EA (``mt5_pipeline.apps.ea_sim``, its signal log on) under uvicorn in this
   process, behind a fault wrapper that follows a schedule: every 15 s it answers 500 for
   2 s and hangs for 1.5 s (each hung request held 4 s, longer than the pushers' 2 s
   timeout, then passed on: the EA acts on a request the pusher gave up on); once it is
   DOWN for 20 s (server stopped, connection refused). A few "poison" signals are answered
   500 every time.
-* Two pusher workers (``python -m mt5_pipeline.cli push``), real processes, talking to
+* Two pusher workers (``python -m mt5_pipeline.apps.cli push``), real processes, talking to
   PostgreSQL through a small asyncio TCP proxy written here. Every 10 s one of them (in
   turn) is SIGKILLed and started again.
 * Once, the proxy cuts every database connection and refuses new ones for 5 s.
@@ -52,9 +52,9 @@ from _support import OUT_DIR, ROOT, add_row, report, scratch_database, stop, wai
 from sqlalchemy import select
 
 from mt5_pipeline import queue
+from mt5_pipeline.apps.ea_sim import create_ea_app
+from mt5_pipeline.apps.servers import BackgroundServer, free_port
 from mt5_pipeline.clock import iso_z
-from mt5_pipeline.ea_sim import create_ea_app
-from mt5_pipeline.servers import BackgroundServer, free_port
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_queue
 
@@ -208,7 +208,7 @@ def ea_mode(t: float, down_at: float) -> str:
 
 def start_pusher(env: dict, log: Path) -> subprocess.Popen:
     with log.open("a") as fh:
-        return subprocess.Popen([sys.executable, "-m", "mt5_pipeline.cli", "push"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=fh)
+        return subprocess.Popen([sys.executable, "-m", "mt5_pipeline.apps.cli", "push"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=fh)
 
 
 # ---- signals ------------------------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def main() -> int:
         )
         api_log = OUT_DIR / "bench_chaos_api.log"
         api = subprocess.Popen(
-            [sys.executable, "-m", "mt5_pipeline.cli", "serve", "--port", str(api_port)], cwd=ROOT, env=api_env, stdout=subprocess.DEVNULL, stderr=api_log.open("w")
+            [sys.executable, "-m", "mt5_pipeline.apps.cli", "serve", "--port", str(api_port)], cwd=ROOT, env=api_env, stdout=subprocess.DEVNULL, stderr=api_log.open("w")
         )
         wait_healthy(f"http://127.0.0.1:{api_port}/health", api, api_log, timeout=120)
         ea = ChaosEA(ea_log, ack_url=f"http://127.0.0.1:{api_port}/ea/ack")

@@ -43,10 +43,10 @@ import numpy as np
 from _support import add_row, database_name, percentile, report, scratch_database, stop, wait_healthy
 
 from mt5_pipeline import queue
+from mt5_pipeline.apps.servers import free_port
 from mt5_pipeline.clock import iso_z
 from mt5_pipeline.ea_client import EAClient
 from mt5_pipeline.pusher import push_pending
-from mt5_pipeline.servers import free_port
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.storage.engine import dispose_engines
 
@@ -208,7 +208,7 @@ def main() -> int:
             env.update({"DATABASE_URL": url, "EA_SERVER_URL": ea_url, "EA_API_KEY": EA_KEY, "LOG_LEVEL": "WARNING", "EA_PUSH_INTERVAL": "30"})
             ea_log_path = work / "ea.jsonl"
             ea = start(
-                [sys.executable, "-m", "mt5_pipeline.cli", "ea-sim", "--host", "127.0.0.1", "--port", str(port), "--log-file", str(ea_log_path)],
+                [sys.executable, "-m", "mt5_pipeline.apps.cli", "ea-sim", "--host", "127.0.0.1", "--port", str(port), "--log-file", str(ea_log_path)],
                 env,
                 work,
                 work / "ea.log",
@@ -247,7 +247,7 @@ def main() -> int:
             print(f"  pooled client to a trivial ASGI server: {n_fresh * 4 / t_trivial:,.0f} requests/s", flush=True)
 
             print(f"latency: {n_latency} signals, worker woken by LISTEN/NOTIFY (poll every 30 s)", flush=True)
-            worker = start([sys.executable, "-m", "mt5_pipeline.cli", "push"], env, work, work / "worker.log")
+            worker = start([sys.executable, "-m", "mt5_pipeline.apps.cli", "push"], env, work, work / "worker.log")
             procs.append(worker)
             warm = make_signals(1)[0]
             warm["symbol"] = "WARMUP"

@@ -31,8 +31,8 @@ import httpx
 import psycopg
 from _support import START, add_row, database_name, percentile, report, scratch_database, stop, wait_healthy
 
-from mt5_pipeline.servers import free_port
-from mt5_pipeline.storage.bulk import newest_bars
+from mt5_pipeline.apps.servers import free_port
+from mt5_pipeline.storage.candles import newest_bars
 
 SYMBOLS = 28
 REQUESTS = 200

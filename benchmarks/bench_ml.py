@@ -163,7 +163,7 @@ def bench_feature_step(url: str, frame: pd.DataFrame, rows: list[dict]) -> None:
     )
     read_sql = time.perf_counter() - t
     assert len(naive) == n
-    from mt5_pipeline.storage.bulk import read_candles
+    from mt5_pipeline.storage.candles import read_candles
 
     copy_read = best_of(lambda: read_candles(url, "EURUSD", "M1"), 1)
     row(rows, f"features_m1 step end to end, {n:,} bars (read with COPY, compute, replace with COPY; PostgreSQL)", step, "s", read_sql, "< 15 s; baseline: pd.read_sql read alone")

@@ -3,7 +3,7 @@ symbol. Same as `mt5-pipeline features` and the Dagster `features_m1` asset."""
 
 import sys
 
-from mt5_pipeline.cli import main
+from mt5_pipeline.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["features"]))

@@ -4,7 +4,7 @@ asset does. Same as `mt5-pipeline train`."""
 
 import sys
 
-from mt5_pipeline.cli import main
+from mt5_pipeline.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["train"]))

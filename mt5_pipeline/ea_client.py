@@ -218,6 +218,8 @@ class EAClient:
         self.base_url = f"{parts.scheme}://{parts.netloc}"
         self.timeout = float(settings.ea_request_timeout)
         self._key = ea_api_key(settings)
+        # Whether a key is sent at all (the pusher warns when not), without exposing it.
+        self.has_key = bool(self._key)
         # A pusher sends one request at a time; a few connections cover the API's manual
         # push and test-connection running beside the worker.
         limits = httpx.Limits(max_connections=8, max_keepalive_connections=4, keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS)

@@ -175,7 +175,8 @@ def update_features(
 
 
 def _update_features(database_url: str, symbol: str, timeframe: str, *, full: bool, now: datetime | None) -> FeatureUpdate:
-    from mt5_pipeline.storage.bulk import read_candles, write_frame
+    from mt5_pipeline.storage.bulk import write_frame
+    from mt5_pipeline.storage.candles import read_candles
     from mt5_pipeline.storage.engine import is_postgres
 
     computed_at = resolve_now(now)
@@ -298,7 +299,7 @@ def _delete_orphans(database_url: str, symbol: str, timeframe: str) -> int:
 
 def update_all_features(database_url: str, timeframe: str = "M1") -> list[FeatureUpdate]:
     """`update_features` for every symbol with candles in the timeframe (the seed's prepare_dataset)."""
-    from mt5_pipeline.storage.bulk import list_symbols
+    from mt5_pipeline.storage.candles import list_symbols
 
     return [update_features(database_url, symbol, tf) for symbol, tf in list_symbols(database_url, timeframe)]
 

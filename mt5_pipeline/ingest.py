@@ -27,9 +27,9 @@ Rules worth knowing:
   to count the candles table to report them.
 * Symbols are stored as given (MT5 suffixes like ``EURUSDm`` are case-sensitive).
 * The forming bar may be stored (and replaced by its final version); only closed bars
-  become features, labels or signals (:mod:`mt5_pipeline.bars`). On PostgreSQL a batch
-  holding a closed bar notifies ``CANDLES_CHANNEL`` in its own transaction, so the live
-  worker wakes the moment the bar is visible, never before.
+  become features, labels or signals (:mod:`mt5_pipeline.bars`).
+* Storing (the upsert, the stamp, the NOTIFY for the live worker) is
+  :mod:`mt5_pipeline.storage.candles`; this module validates and decides.
 """
 
 from __future__ import annotations
@@ -39,32 +39,17 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from psycopg2 import sql
 
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
-from mt5_pipeline.storage.bulk import (
-    PG_EPOCH_OFFSET_S,
-    CopyColumn,
-    constant_text,
-    copy_in,
-    copy_out,
-    datetime_to_pg,
-    epoch_seconds_to_pg,
-    parse_copy_binary,
-    pg_connection,
-    sqlite_datetime,
-    sqlite_datetime_strings,
-)
-from mt5_pipeline.storage.engine import get_engine, is_postgres
+from mt5_pipeline.storage.candles import CandleBatch, store_batch
+from mt5_pipeline.storage.engine import get_engine
 
 TIMEFRAMES: tuple[str, ...] = tuple(TIMEFRAME_SECONDS)
-# LISTEN/NOTIFY channel of committed closed bars; the payload is "SYMBOL TIMEFRAME".
-CANDLES_CHANNEL = "candles_closed"
 FUTURE_SKEW_SECONDS = 60
 # No instrument trades above this (BTC in yen is about 1e7): anything larger is an
 # encoding or unit error, and would poison every feature window it enters.
@@ -119,27 +104,6 @@ class IngestResult:
     unchanged: int
     first_changed_ts: datetime | None  # oldest bar inserted or changed: where features must recompute from
     duplicates: int = 0  # rows that repeated an earlier ts of the same batch (the last one was kept)
-
-
-@dataclass(frozen=True)
-class CandleBatch:
-    """A validated batch: one row per distinct ts, sorted by ts."""
-
-    symbol: str
-    timeframe: str
-    received: int
-    ts: np.ndarray  # int64 epoch seconds
-    open: np.ndarray
-    high: np.ndarray
-    low: np.ndarray
-    close: np.ndarray
-    tick_volume: np.ndarray  # int64
-    spread: np.ndarray  # int64
-    real_volume: np.ndarray  # int64
-    source_rows: np.ndarray | None = None  # each row's index in the batch as sent (for errors)
-
-    def __len__(self) -> int:
-        return len(self.ts)
 
 
 # ---------------------------------------------------------------------------------------
@@ -620,10 +584,7 @@ def ingest_candles(
     record_instrument(database_url, symbol, digits, point)
     if len(batch) == 0:
         return IngestResult(batch.received, 0, 0, 0, None, 0)
-    if is_postgres(database_url):
-        inserted, updated, first_us = _store_pg(database_url, batch, stamp_base, clock=now)
-    else:
-        inserted, updated, first_us = _store_sqlite(database_url, batch, stamp_base)
+    inserted, updated, first_us = store_batch(database_url, batch, stamp_base, clock=now)
     unique = len(batch)
     first = datetime.fromtimestamp(first_us / 1_000_000, timezone.utc) if first_us is not None else None
     return IngestResult(batch.received, inserted, updated, unique - inserted - updated, first, batch.received - unique)
@@ -645,7 +606,7 @@ def _check_jumps(database_url: str, batch: CandleBatch, max_jump: float) -> None
     with get_engine(database_url).connect() as conn:
         before = conn.execute(
             select(c.close)
-            .where(c.symbol == batch.symbol, c.timeframe == batch.timeframe, c.ts < _utc(int(batch.ts[0])))
+            .where(c.symbol == batch.symbol, c.timeframe == batch.timeframe, c.ts < datetime.fromtimestamp(int(batch.ts[0]), timezone.utc))
             .order_by(c.ts.desc())
             .limit(JUMP_WINDOW // 2)
         ).scalars().all()
@@ -679,235 +640,3 @@ def _check_jumps(database_url: str, batch: CandleBatch, max_jump: float) -> None
     if len(bad) > MAX_REPORTED_ERRORS:
         errors.append(FieldError("candles", f"{len(bad) - MAX_REPORTED_ERRORS:,} more errors not shown ({len(bad):,} in all)"))
     raise CandleValidationError(errors, len(bad))
-
-
-_VALUES = ("open", "high", "low", "close", "tick_volume", "spread", "real_volume")
-_SET = ", ".join(f"{v} = t.{v}" for v in _VALUES)
-
-
-def _value_columns(batch: CandleBatch, rows: np.ndarray | slice) -> list[CopyColumn]:
-    return [
-        CopyColumn("f8", batch.open[rows]),
-        CopyColumn("f8", batch.high[rows]),
-        CopyColumn("f8", batch.low[rows]),
-        CopyColumn("f8", batch.close[rows]),
-        CopyColumn("i8", batch.tick_volume[rows]),
-        CopyColumn("i4", batch.spread[rows]),
-        CopyColumn("i8", batch.real_volume[rows]),
-    ]
-
-
-# Read the stored bars of a batch by its time range unless that range holds far more
-# bars than the batch (a sparse batch): then join on the batch's own times instead.
-_RANGE_READ_SLACK = 4
-
-
-def _stored_bars(cur: Any, batch: CandleBatch) -> np.ndarray:
-    """The stored (ts, open, ..., real_volume) rows at the batch's times, sorted by ts."""
-    lo, hi = int(batch.ts[0]), int(batch.ts[-1])
-    span = (hi - lo) // TIMEFRAME_SECONDS[batch.timeframe] + 1
-    columns = "c.ts, c.open, c.high, c.low, c.close, c.tick_volume, c.spread, c.real_volume"
-    series = sql.SQL("c.symbol = {} AND c.timeframe = {}").format(sql.Literal(batch.symbol), sql.Literal(batch.timeframe))
-    if span <= _RANGE_READ_SLACK * len(batch) + 10_000:
-        query = sql.SQL("SELECT {} FROM candles c WHERE {} AND c.ts BETWEEN {} AND {} ORDER BY c.ts").format(
-            sql.SQL(columns), series, sql.Literal(_utc(lo)), sql.Literal(_utc(hi))
-        )
-    else:
-        cur.execute("CREATE TEMP TABLE IF NOT EXISTS _ingest_times (ts timestamptz) ON COMMIT DELETE ROWS")
-        copy_in(cur, "COPY _ingest_times FROM STDIN (FORMAT BINARY)", [CopyColumn("ts", epoch_seconds_to_pg(batch.ts))], len(batch))
-        query = sql.SQL("SELECT {} FROM candles c JOIN _ingest_times t ON c.ts = t.ts WHERE {} ORDER BY c.ts").format(sql.SQL(columns), series)
-    # COPY takes no parameters; sql.Literal quotes on the client, so the values are safe.
-    return parse_copy_binary(copy_out(cur, sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)), _STORED_FORMATS)
-
-
-_STORED_FORMATS = (">i8", ">f8", ">f8", ">f8", ">f8", ">i8", ">i4", ">i8")
-
-
-def _utc(epoch_s: int) -> datetime:
-    return datetime.fromtimestamp(epoch_s, timezone.utc)
-
-
-def _classify(batch: CandleBatch, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(new, changed) masks over the batch, by comparing with the stored rows."""
-    if len(stored) == 0:
-        return np.ones(len(batch), dtype=bool), np.zeros(len(batch), dtype=bool)
-    stored_ts = stored["v0"].astype(np.int64) // 1_000_000 + PG_EPOCH_OFFSET_S
-    at = np.minimum(np.searchsorted(stored_ts, batch.ts), len(stored_ts) - 1)
-    found = stored_ts[at] == batch.ts
-    differs = np.zeros(len(batch), dtype=bool)
-    for i, name in enumerate(_VALUES, start=1):
-        differs |= getattr(batch, name) != stored[f"v{i}"][at].astype(getattr(batch, name).dtype)
-    return ~found, found & differs
-
-
-def series_lock_key(symbol: str, timeframe: str) -> str:
-    """The text whose hash is the series' advisory lock (PostgreSQL)."""
-    return f"candles/{symbol}/{timeframe}"
-
-
-# Under the series lock: the database clock now (or the caller's time), but always after
-# every stamp already stored in the series (GREATEST skips the NULL of an empty series).
-_PG_STAMP = (
-    "SELECT GREATEST(COALESCE(%s::timestamptz, clock_timestamp()), "
-    "(SELECT max(ingested_at) FROM candles WHERE symbol = %s AND timeframe = %s) + interval '1 microsecond')"
-)
-
-
-def _count_new_bars_pg(cur: Any, batch: CandleBatch, inserted: int) -> None:
-    key = (batch.symbol, batch.timeframe)
-    cur.execute("UPDATE candle_series SET bars = bars + %s WHERE symbol = %s AND timeframe = %s", (inserted, *key))
-    if cur.rowcount == 0:  # the series' first ingest: count what is there (once)
-        cur.execute("INSERT INTO candle_series (symbol, timeframe, bars) SELECT %s, %s, count(*) FROM candles WHERE symbol = %s AND timeframe = %s", (*key, *key))
-
-
-def _store_pg(url: str, batch: CandleBatch, stamp_base: datetime | None, *, clock: datetime) -> tuple[int, int, int | None]:
-    """(inserted, updated, first changed ts in epoch µs) — one transaction.
-
-    Ingests of one series are serialised by an advisory lock, so what is read at the
-    start stays true until commit. The stored bars at the batch's times are read with a
-    binary COPY and compared in numpy: new bars go in with one binary COPY straight into
-    candles (no conflict can occur under the lock), changed bars are updated from a
-    temporary table, and unchanged bars are neither written nor locked — re-sending a
-    day of history costs a read. (One INSERT ... ON CONFLICT DO UPDATE measured 3x
-    slower here: it speculatively inserts every row and locks every conflicting one.)
-    """
-    with pg_connection(url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (series_lock_key(batch.symbol, batch.timeframe),))
-        new, changed = _classify(batch, _stored_bars(cur, batch))
-        if new.any() or changed.any():
-            cur.execute(_PG_STAMP, (stamp_base, batch.symbol, batch.timeframe))
-            now = cur.fetchone()[0]
-        if new.any():
-            rows = slice(None) if new.all() else np.flatnonzero(new)
-            columns = [
-                constant_text(batch.symbol),
-                constant_text(batch.timeframe),
-                CopyColumn("ts", epoch_seconds_to_pg(batch.ts[rows])),
-                *_value_columns(batch, rows),
-                CopyColumn("ts", datetime_to_pg(now)),
-            ]
-            copy_in(
-                cur,
-                "COPY candles (symbol, timeframe, ts, open, high, low, close, tick_volume, spread, real_volume, ingested_at) "
-                "FROM STDIN (FORMAT BINARY)",
-                columns,
-                int(new.sum()),
-            )
-            _count_new_bars_pg(cur, batch, int(new.sum()))
-        if changed.any():
-            rows = np.flatnonzero(changed)
-            cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS _ingest_candles (ts timestamptz, open float8, high float8, low float8, "
-                "close float8, tick_volume int8, spread int4, real_volume int8) ON COMMIT DELETE ROWS"
-            )
-            copy_in(
-                cur,
-                "COPY _ingest_candles FROM STDIN (FORMAT BINARY)",
-                [CopyColumn("ts", epoch_seconds_to_pg(batch.ts[rows])), *_value_columns(batch, rows)],
-                len(rows),
-            )
-            if len(rows) > 1000:
-                cur.execute("ANALYZE _ingest_candles")  # a planner guessing a few rows picks a nested loop
-            cur.execute(
-                f"UPDATE candles c SET {_SET}, ingested_at = %s FROM _ingest_candles t "
-                "WHERE c.symbol = %s AND c.timeframe = %s AND c.ts = t.ts",
-                (now, batch.symbol, batch.timeframe),
-            )
-            if cur.rowcount != len(rows):  # cannot happen under the lock; never report wrong counts
-                raise RuntimeError(f"updated {cur.rowcount} bars, expected {len(rows)}")
-        closed = newest_closed_in_batch(batch, clock)
-        if closed is not None:
-            # Even when nothing changed: a final version identical to the forming one is
-            # still the news that the bar closed. Delivered at commit, never before.
-            cur.execute("SELECT pg_notify(%s, %s)", (CANDLES_CHANNEL, f"{batch.symbol} {batch.timeframe} {closed}"))
-    touched = new | changed
-    first = int(batch.ts[np.argmax(touched)]) * 1_000_000 if touched.any() else None
-    return int(new.sum()), int(changed.sum()), first
-
-
-def newest_closed_in_batch(batch: CandleBatch, now: datetime) -> int | None:
-    """Open time (epoch s) of the newest closed bar the batch holds, or None: every bar but
-    the newest is closed (a later one exists); the newest is once its timeframe has run out."""
-    if len(batch) == 0:
-        return None
-    newest = int(batch.ts[-1])
-    if newest + TIMEFRAME_SECONDS[batch.timeframe] <= now.timestamp():
-        return newest
-    return int(batch.ts[-2]) if len(batch) > 1 else None
-
-
-def _store_sqlite(url: str, batch: CandleBatch, stamp_base: datetime | None) -> tuple[int, int, int | None]:
-    """Same semantics on SQLite: a temp table, one UPDATE for bars that differ, one INSERT
-    for new ones, under BEGIN IMMEDIATE (the write lock from the start, so the counts and
-    the writes see the same data, and the stamp is read once the lock is held)."""
-    ts_text = sqlite_datetime_strings(batch.ts * 1_000_000).tolist()
-    rows = list(
-        zip(
-            ts_text,
-            batch.open.tolist(),
-            batch.high.tolist(),
-            batch.low.tolist(),
-            batch.close.tolist(),
-            batch.tick_volume.tolist(),
-            batch.spread.tolist(),
-            batch.real_volume.tolist(),
-            strict=True,
-        )
-    )
-    key = (batch.symbol, batch.timeframe)
-    differs = " OR ".join(f"c.{v} IS NOT t.{v}" for v in _VALUES)
-    raw = get_engine(url).raw_connection()
-    try:
-        db = raw.driver_connection
-        saved = db.isolation_level
-        db.isolation_level = None  # explicit BEGIN/COMMIT below
-        cur = db.cursor()
-        try:
-            cur.execute("BEGIN IMMEDIATE")
-            cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS _ingest_candles (ts TEXT PRIMARY KEY, open REAL, high REAL, low REAL, "
-                "close REAL, tick_volume INTEGER, spread INTEGER, real_volume INTEGER)"
-            )
-            cur.execute("DELETE FROM temp._ingest_candles")
-            cur.executemany("INSERT INTO temp._ingest_candles VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            first = cur.execute(
-                "SELECT min(t.ts) FROM temp._ingest_candles t LEFT JOIN candles c "
-                f"ON c.symbol = ? AND c.timeframe = ? AND c.ts = t.ts WHERE c.ts IS NULL OR {differs}",
-                key,
-            ).fetchone()[0]
-            newest = cur.execute("SELECT max(ingested_at) FROM candles WHERE symbol = ? AND timeframe = ?", key).fetchone()[0]
-            stamp_at = stamp_base or datetime.now(timezone.utc)  # one machine: its clock is the database's
-            if newest is not None:
-                stamp_at = max(stamp_at, pd.Timestamp(newest, tz="UTC").to_pydatetime() + timedelta(microseconds=1))
-            stamp = sqlite_datetime(stamp_at)
-            cur.execute(
-                f"UPDATE candles AS c SET {_SET}, ingested_at = ? FROM temp._ingest_candles t "
-                f"WHERE c.symbol = ? AND c.timeframe = ? AND c.ts = t.ts AND ({differs})",
-                (stamp, *key),
-            )
-            updated = cur.rowcount
-            cur.execute(
-                "INSERT INTO candles (symbol, timeframe, ts, open, high, low, close, tick_volume, spread, real_volume, ingested_at) "
-                "SELECT ?, ?, t.ts, t.open, t.high, t.low, t.close, t.tick_volume, t.spread, t.real_volume, ? "
-                "FROM temp._ingest_candles t WHERE NOT EXISTS "
-                "(SELECT 1 FROM candles c WHERE c.symbol = ? AND c.timeframe = ? AND c.ts = t.ts)",
-                (*key, stamp, *key),
-            )
-            inserted = cur.rowcount
-            if inserted:
-                cur.execute("UPDATE candle_series SET bars = bars + ? WHERE symbol = ? AND timeframe = ?", (inserted, *key))
-                if cur.rowcount == 0:
-                    cur.execute("INSERT INTO candle_series (symbol, timeframe, bars) SELECT ?, ?, count(*) FROM candles WHERE symbol = ? AND timeframe = ?", (*key, *key))
-            cur.execute("DELETE FROM temp._ingest_candles")
-            cur.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                cur.execute("ROLLBACK")
-            raise
-        finally:
-            cur.close()
-            db.isolation_level = saved
-    finally:
-        raw.close()
-    first_us = None if first is None else int(pd.Timestamp(first, tz="UTC").value // 1000)
-    return inserted, updated, first_us

@@ -39,10 +39,10 @@ from sqlalchemy import select
 
 from mt5_pipeline.bars import bar_close
 from mt5_pipeline.clock import as_utc, iso_z, resolve_now, utcnow
-from mt5_pipeline.ingest import CANDLES_CHANNEL
 from mt5_pipeline.listen import Listener
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
 from mt5_pipeline.signals import Predictor, generate_signal
+from mt5_pipeline.storage.candles import CANDLES_CHANNEL
 from mt5_pipeline.storage.engine import get_engine, is_postgres
 from mt5_pipeline.storage.schema import candles
 
@@ -107,7 +107,7 @@ class LiveWorker:
 
     def refresh_series(self, *, force: bool = False) -> set[Series]:
         if force or time.monotonic() - self._series_read_at >= SERIES_REFRESH_SECONDS:
-            from mt5_pipeline.storage.bulk import list_symbols
+            from mt5_pipeline.storage.candles import list_symbols
 
             self.known |= set(list_symbols(self.settings.database_url))
             self._series_read_at = time.monotonic()

@@ -429,7 +429,7 @@ def run_worker(
         settings.ea_batch_size,
         ", woken by LISTEN/NOTIFY" if listener else "",
     )
-    if not client._key:
+    if not client.has_key:
         log.warning("EA_API_KEY is empty: the EA will likely refuse every signal (401)")
     idle_logged = False
     try:

@@ -83,7 +83,7 @@ def _is_weekend_gap(prev: pd.Series, nxt: pd.Series) -> np.ndarray:
 
 
 def candles_gaps(database_url: str, timeframe: str = "M1") -> CheckOutcome:
-    from mt5_pipeline.storage.bulk import list_symbols, read_candles
+    from mt5_pipeline.storage.candles import list_symbols, read_candles
 
     step = TIMEFRAME_SECONDS[timeframe]
     per_symbol: dict[str, dict[str, int]] = {}
@@ -176,7 +176,7 @@ def unconfirmed_extreme(database_url: str, symbol: str, timeframe: str, bar_ts: 
     and the bars after it up to `bar_ts` have not (yet) confirmed its level: the
     features of such a bar carry a price the market may never have traded at.
     """
-    from mt5_pipeline.storage.bulk import read_candles
+    from mt5_pipeline.storage.candles import read_candles
 
     frame = read_candles(database_url, symbol, timeframe, end=as_utc(bar_ts), last_n=EXTREME_LOOKBACK_BARS + CONFIRM_BARS + 2)
     if frame.empty:
@@ -196,7 +196,7 @@ def unconfirmed_extreme(database_url: str, symbol: str, timeframe: str, bar_ts: 
 def candles_extreme_bars(database_url: str) -> CheckOutcome:
     """Extreme bars among each series' newest EXTREME_CHECK_BARS; fails (a warning) while
     one is unconfirmed: awaiting the next bars, or not held by them (a likely bad tick)."""
-    from mt5_pipeline.storage.bulk import list_symbols, read_candles
+    from mt5_pipeline.storage.candles import list_symbols, read_candles
 
     found: list[dict[str, Any]] = []
     for symbol, timeframe in list_symbols(database_url):

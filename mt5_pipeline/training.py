@@ -124,7 +124,7 @@ def build_training_set(
     looks at (its close is not a price yet).
     """
     from mt5_pipeline.bars import closed_only
-    from mt5_pipeline.storage.bulk import read_candles
+    from mt5_pipeline.storage.candles import read_candles
 
     url = settings.database_url
     wanted = sorted({s.upper() for s in symbols}) if symbols else feature_symbols(url, timeframe)

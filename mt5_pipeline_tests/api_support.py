@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from api.app.main import create_app
-from mt5_pipeline.servers import free_port  # noqa: F401 - re-exported for the API tests
+from mt5_pipeline.apps.servers import free_port  # noqa: F401 - re-exported for the API tests
 from mt5_pipeline.settings import Settings
 
 API_KEY = "test-key-one"
@@ -97,7 +97,7 @@ def subprocess_env(**env: str) -> dict[str, str]:
 
 def cli() -> list[str]:
     exe = Path(sys.executable).with_name("mt5-pipeline")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mt5_pipeline.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mt5_pipeline.apps.cli"]
 
 
 @contextmanager

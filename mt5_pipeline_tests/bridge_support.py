@@ -10,9 +10,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from api.app.main import create_app
+from mt5_pipeline.apps.servers import BackgroundServer, free_port
 from mt5_pipeline.bridge import Bridge
 from mt5_pipeline.bridge.fake_mt5 import FakeMT5
-from mt5_pipeline.servers import BackgroundServer, free_port
 from mt5_pipeline.settings import Settings
 
 API_KEY = "bridge-test-api-key"

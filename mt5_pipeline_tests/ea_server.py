@@ -1,4 +1,4 @@
-"""The `reference_ea` fixture: the real reference EA (mt5_pipeline.ea_sim) served by uvicorn
+"""The `reference_ea` fixture: the real reference EA (mt5_pipeline.apps.ea_sim) served by uvicorn
 on a free loopback port in a background thread.
 
 Failures are injected here, in a thin ASGI wrapper in front of the product app, so the
@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
+from mt5_pipeline.apps.ea_sim import create_ea_app
+from mt5_pipeline.apps.servers import BackgroundServer
 from mt5_pipeline.clock import iso_z
-from mt5_pipeline.ea_sim import create_ea_app
-from mt5_pipeline.servers import BackgroundServer
 
 TEST_EA_KEY = "test-ea-key-0123456789"
 

@@ -17,7 +17,7 @@ from mt5_pipeline.bridge.fake_mt5 import FakeMT5
 from mt5_pipeline.clock import iso_z
 from mt5_pipeline.pusher import push_pending
 from mt5_pipeline.settings import Settings, SettingsError
-from mt5_pipeline.storage.bulk import read_candles
+from mt5_pipeline.storage.candles import read_candles
 from mt5_pipeline_tests.bridge_support import EA_KEY, build_rig
 from mt5_pipeline_tests.ea_server import make_signal
 
@@ -478,7 +478,7 @@ def test_the_bridge_command_feeds_bars_and_trades_pushed_signals(tmp_path):
     pusher in between: bars arrive, a pushed signal becomes an order and comes back ACKED."""
     import subprocess
 
-    from mt5_pipeline.servers import free_port
+    from mt5_pipeline.apps.servers import free_port
     from mt5_pipeline.storage import migrate
     from mt5_pipeline_tests.api_support import cli, serve_process, subprocess_env
     from mt5_pipeline_tests.ea_server import wait_for

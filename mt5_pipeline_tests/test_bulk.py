@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.storage.bulk import CopyColumn, encode_copy_rows, list_symbols, newest_bars, read_candles, text_column, write_frame
+from mt5_pipeline.storage.bulk import CopyColumn, encode_copy_rows, text_column, write_frame
+from mt5_pipeline.storage.candles import list_symbols, newest_bars, read_candles
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import FEATURE_COLUMNS, RAW_LEVEL_COLUMNS, candles, features_m1
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mt5_pipeline.servers import free_port
+from mt5_pipeline.apps.servers import free_port
 
 CLI = str(Path(sys.executable).with_name("mt5-pipeline"))
 

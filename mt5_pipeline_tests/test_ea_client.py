@@ -14,8 +14,8 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
+from mt5_pipeline.apps.servers import free_port
 from mt5_pipeline.ea_client import EAClient
-from mt5_pipeline.servers import free_port
 from mt5_pipeline_tests.ea_server import ReferenceEA, ServerThread, make_signal
 
 

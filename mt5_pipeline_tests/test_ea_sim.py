@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mt5_pipeline.ea_sim import validate_signal
+from mt5_pipeline.apps.ea_sim import validate_signal
 from mt5_pipeline_tests.ea_server import ReferenceEA, ServerThread, make_signal, wait_for
 
 

@@ -275,7 +275,7 @@ def test_concurrent_updates_of_one_symbol_do_not_collide(db_url):
     """Two runs for consecutive bars may overlap (one sensor run per new bar)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from mt5_pipeline.storage.bulk import read_candles
+    from mt5_pipeline.storage.candles import read_candles
 
     closed_minute = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=1)
     frame = generate_candles(2_000, end=closed_minute, seed=3, with_weekends=False)

@@ -10,16 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mt5_pipeline.ingest import (
-    FUTURE_SKEW_SECONDS,
-    MAX_REPORTED_ERRORS,
-    TIMEFRAMES,
-    CandleValidationError,
-    IngestResult,
-    ingest_candles,
-    validate_candles,
-)
-from mt5_pipeline.storage.bulk import read_candles
+from mt5_pipeline.ingest import FUTURE_SKEW_SECONDS, MAX_REPORTED_ERRORS, TIMEFRAMES, CandleValidationError, IngestResult, ingest_candles, validate_candles
+from mt5_pipeline.storage.candles import read_candles
 
 NOW = datetime(2024, 6, 3, 12, 0, 30, tzinfo=timezone.utc)  # a Monday, half a minute into 12:00
 T0 = int(datetime(2024, 6, 3, 9, 0, tzinfo=timezone.utc).timestamp())
@@ -296,7 +288,7 @@ def test_a_committed_closed_bar_notifies_the_live_worker_and_a_forming_one_does_
     """PostgreSQL: NOTIFY candles_closed "SYMBOL TF OPEN", delivered at commit."""
     import psycopg
 
-    from mt5_pipeline.ingest import CANDLES_CHANNEL
+    from mt5_pipeline.storage.candles import CANDLES_CHANNEL
     from mt5_pipeline.storage.engine import psycopg_conninfo
 
     bar = datetime(2025, 10, 27, 11, 29, tzinfo=timezone.utc)

@@ -18,9 +18,9 @@ import psycopg
 
 from mt5_pipeline.features import WATERMARK_MARGIN, load_feature_rows, update_features
 from mt5_pipeline.indicators import compute_features
-from mt5_pipeline.ingest import ingest_candles, series_lock_key
+from mt5_pipeline.ingest import ingest_candles
 from mt5_pipeline.sample_data import generate_candles
-from mt5_pipeline.storage.bulk import read_candles
+from mt5_pipeline.storage.candles import read_candles, series_lock_key
 from mt5_pipeline.storage.engine import psycopg_conninfo
 from mt5_pipeline_tests.test_features import assert_same_features
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from mt5_pipeline.mt5_csv import ImportError_, import_file
-from mt5_pipeline.storage.bulk import read_candles
+from mt5_pipeline.storage.candles import read_candles
 
 HEADER = "<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<VOL>\t<SPREAD>"
 START = datetime(2024, 1, 2, 9, 30)  # broker time, as MT5 writes it

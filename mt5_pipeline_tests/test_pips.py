@@ -89,7 +89,7 @@ def test_ingest_refuses_digits_and_point_that_disagree(db_url):
     assert err.value.errors[0].loc == "point" and "does not match digits 2" in err.value.errors[0].message
     with pytest.raises(CandleValidationError, match="digits"):
         ingest_candles(db_url, "XAUUSD", "M1", bars, digits=-1)
-    from mt5_pipeline.storage.bulk import newest_bars
+    from mt5_pipeline.storage.candles import newest_bars
 
     assert newest_bars(db_url) == []  # nothing stored
 

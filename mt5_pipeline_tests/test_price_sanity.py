@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mt5_pipeline.ingest import MAX_PRICE, CandleValidationError, ingest_candles
-from mt5_pipeline.storage.bulk import newest_bars, read_candles
+from mt5_pipeline.storage.candles import newest_bars, read_candles
 
 T0 = int(datetime(2024, 6, 3, 9, 0, tzinfo=timezone.utc).timestamp())
 NOW = datetime(2024, 6, 5, 12, 0, tzinfo=timezone.utc)

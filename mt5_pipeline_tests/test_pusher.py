@@ -483,7 +483,7 @@ def test_sigterm_finishes_the_request_in_flight_and_releases_claims(pg_url, refe
     reference_ea.app_state.delay = 0.05
     env = env_for(pg_url, reference_ea, ea_push_interval=30)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "mt5_pipeline.cli", "push"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "mt5_pipeline.apps.cli", "push"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert wait_for(lambda: len(reference_ea.received) >= 3, timeout=30)
     worker.send_signal(signal.SIGTERM)

@@ -13,7 +13,7 @@ from sqlalchemy import insert, select, text
 
 from mt5_pipeline.ingest import ingest_candles
 from mt5_pipeline.storage import migrate
-from mt5_pipeline.storage.bulk import newest_bars
+from mt5_pipeline.storage.candles import newest_bars
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import candle_series, candles
 
@@ -83,7 +83,7 @@ def test_newest_bars_counts_nothing_and_scans_no_table(pg_url):
     """Executed plan: index probes only; the count fallback never runs when ingest kept the count."""
     for k in range(3):
         ingest_candles(pg_url, f"SYM{k}", "M1", rows(2000))
-    from mt5_pipeline.storage.bulk import _PG_SERIES, _PG_SERIES_STATS
+    from mt5_pipeline.storage.candles import _PG_SERIES, _PG_SERIES_STATS
 
     with get_engine(pg_url).connect() as conn:
         conn.execute(text("ANALYZE candles"))

@@ -93,7 +93,7 @@ def test_dotenv_file_is_read_and_environment_wins(tmp_path):
 
 
 def test_cli_stops_with_the_variable_named(monkeypatch, capsys):
-    from mt5_pipeline.cli import main
+    from mt5_pipeline.apps.cli import main
 
     monkeypatch.setenv("EA_PUSH_INTERVAL", "soon")
     monkeypatch.chdir("/")

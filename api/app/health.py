@@ -3,7 +3,7 @@
 No key needed. Constant time whatever the size of `candles`: one `SELECT 1`, the model
 sidecars, one registry query (the last retrain per model), the pushers' EA delivery
 state (one row by primary key), (cached for a few seconds) the EA probe, and
-`storage.bulk.newest_bars`, which finds each series and its newest bar by index probes
+`storage.candles.newest_bars`, which finds each series and its newest bar by index probes
 and never counts the table (benchmarks/bench_health.py: a few ms at 1M and 10M candles).
 """
 
@@ -119,7 +119,7 @@ def _delivery(state: AppState) -> dict[str, Any]:
 
 def _bars(state: AppState, now: float) -> list[dict[str, Any]]:
     def read() -> list[dict[str, Any]]:
-        from mt5_pipeline.storage.bulk import newest_bars
+        from mt5_pipeline.storage.candles import newest_bars
 
         return newest_bars(state.settings.database_url)
 

@@ -31,7 +31,7 @@ from api.app.errors import (
 from api.app.metrics import ApiMetrics
 from api.app.routes import ROUTES
 from api.app.state import AppState
-from mt5_pipeline.settings import DEV_API_KEY, Settings, SettingsError
+from mt5_pipeline.settings import Settings, SettingsError
 
 log = logging.getLogger("api")
 
@@ -41,17 +41,9 @@ _ROUTE_PATHS = frozenset(route.path for route in ROUTES)
 def check_startup(settings: Settings) -> None:
     """Refuse to build an app that would be open, or guarded by the published example key."""
     settings.check()
-    keys = settings.effective_api_keys
-    problems = []
-    if not keys:
-        problems.append("API_KEYS: no key configured; every route but /health would be refused (set API_KEYS)")
-    if settings.mt5_env == "production":
-        if not settings.api_keys:
-            problems.append("API_KEYS: must be set when MT5_ENV=production (no key would leave the API open)")
-        if DEV_API_KEY in keys:
-            problems.append("API_KEYS: the seed's example key is for local development only; set your own when MT5_ENV=production")
-    if problems:
-        raise SettingsError("refusing to start the API:\n  " + "\n  ".join(problems))
+    # settings.check() already refuses production without keys or with the example key.
+    if not settings.effective_api_keys:
+        raise SettingsError("refusing to start the API:\n  API_KEYS: no key configured; every route but /health would be refused (set API_KEYS)")
 
 
 class RequestCounter:

@@ -25,11 +25,11 @@ from prometheus_client.registry import Collector
 
 from api.app.errors import is_database_outage
 from mt5_pipeline.settings import Settings
+from mt5_pipeline.storage.schema import SIGNAL_STATUSES
 
 log = logging.getLogger("api.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-SIGNAL_STATUSES = ("PENDING", "SENT", "ACKED", "FAILED", "EXPIRED", "REJECTED")
 
 
 def _utc_seconds(value: object) -> float | None:
@@ -95,7 +95,7 @@ class DatabaseCollector(Collector):
         yield from (generated, sent, failed, expired, depth)
 
     def _candle_families(self) -> Iterator[Metric]:
-        from mt5_pipeline.storage.bulk import newest_bars
+        from mt5_pipeline.storage.candles import newest_bars
 
         now = self.clock()
         age = GaugeMetricFamily(

@@ -14,9 +14,8 @@ import json
 from typing import Any
 
 from api.app.schemas import ACK_MESSAGE_MAX, ACK_STATUS_PATTERN, MAX_PULL_LIMIT, SIGNAL_ID_MAX, SYMBOL_PATTERN, TIMEFRAMES
+from mt5_pipeline import __version__ as VERSION
 from mt5_pipeline.settings import Settings
-
-VERSION = "0.1.0"
 
 
 def _ref(name: str) -> dict[str, str]:

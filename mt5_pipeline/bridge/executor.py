@@ -14,11 +14,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from mt5_pipeline.apps.ea_sim import validate_signal
 from mt5_pipeline.bridge import orders
 from mt5_pipeline.bridge.store import BridgeStore
 from mt5_pipeline.bridge.terminal import TerminalError
 from mt5_pipeline.clock import parse_iso, utcnow
-from mt5_pipeline.ea_sim import validate_signal
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The bridge's HTTP side: the seed's EA contract (``POST /signals``) and ``GET /health``.
 
-``POST /signals`` answers exactly as the reference EA (:mod:`mt5_pipeline.ea_sim`) does:
+``POST /signals`` answers exactly as the reference EA (:mod:`mt5_pipeline.apps.ea_sim`) does:
 401 for a wrong ``X-API-Key``, 415/413/400/422 for a bad request, 200 with
 ``{"success": true, "ticket": N}`` for a trade (the same answer again for a repeated
 ``signal_id``), 200 with ``{"success": false, "message", "retcode", "description"}`` for
@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from mt5_pipeline.apps.ea_sim import MAX_BODY_BYTES
 from mt5_pipeline.bridge.executor import Executor
-from mt5_pipeline.ea_sim import MAX_BODY_BYTES
 
 
 def create_bridge_app(executor: Executor, api_key: str, health: Callable[[], tuple[int, dict]]) -> Starlette:

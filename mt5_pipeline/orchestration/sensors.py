@@ -42,7 +42,7 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
     )
     def new_candles_sensor(context: dg.SensorEvaluationContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource):
         from mt5_pipeline.model import current_model_info
-        from mt5_pipeline.storage.bulk import newest_bars
+        from mt5_pipeline.storage.candles import newest_bars
 
         bars = [b for b in newest_bars(database.database_url) if b["timeframe"] == timeframe]
         if not bars:

@@ -36,7 +36,7 @@ def load_candles(settings: Settings, say: Callable[[str], None], *, csv_file: st
     """Bring every demo symbol up to the current minute through the ingest core; return bars stored."""
     from mt5_pipeline.ingest import ingest_candles
     from mt5_pipeline.sample_data import SAMPLE_LABEL, generate_candles, open_minutes
-    from mt5_pipeline.storage.bulk import newest_bars, read_candles
+    from mt5_pipeline.storage.candles import newest_bars, read_candles
 
     if csv_file:
         from mt5_pipeline.mt5_csv import import_file
@@ -175,8 +175,8 @@ def _metric_lines(settings: Settings) -> list[str]:
 
 def run_demo(settings: Settings, *, csv_file: str | None = None, say: Callable[[str], None] = print) -> int:
     from api.app.main import create_app
-    from mt5_pipeline.ea_sim import create_ea_app
-    from mt5_pipeline.servers import BackgroundServer, free_port
+    from mt5_pipeline.apps.ea_sim import create_ea_app
+    from mt5_pipeline.apps.servers import BackgroundServer, free_port
     from mt5_pipeline.storage import migrate
     from mt5_pipeline.storage.engine import redact
 

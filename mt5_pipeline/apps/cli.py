@@ -141,7 +141,7 @@ def cmd_live(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_ea_sim(settings: Settings, args: argparse.Namespace) -> int:
-    from mt5_pipeline.ea_sim import serve
+    from mt5_pipeline.apps.ea_sim import serve
 
     serve(settings, host=args.host, port=args.port, ack_url=args.ack_url, ticks_log=args.log_file)
     return 0
@@ -154,13 +154,13 @@ def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from mt5_pipeline.demo import run_demo
+    from mt5_pipeline.apps.demo import run_demo
 
     return run_demo(settings, csv_file=args.csv)
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
-    from mt5_pipeline.devserver import run_dev
+    from mt5_pipeline.apps.devserver import run_dev
 
     return run_dev(settings, dagster_port=args.dagster_port)
 

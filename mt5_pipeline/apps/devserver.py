@@ -69,7 +69,7 @@ def _stop(procs: dict[str, subprocess.Popen], grace: float = 15.0) -> None:
 
 
 def run_dev(settings: Settings, *, dagster_port: int = DAGSTER_UI_PORT) -> int:
-    from mt5_pipeline.demo import DEMO_EA_KEY
+    from mt5_pipeline.apps.demo import DEMO_EA_KEY
     from mt5_pipeline.orchestration.instance import ensure_local_dagster_home
     from mt5_pipeline.storage import migrate
 

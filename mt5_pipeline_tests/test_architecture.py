@@ -1,0 +1,84 @@
+"""The house rule, checked on the source: one plain domain core, shells on top.
+
+The domain modules (mt5_pipeline/*.py and storage/) import neither Dagster, Starlette nor
+uvicorn, nor the API, the launchers, the bridge or the Dagster layer -- at module level or
+inside a function. The two shells (the Dagster layer, the API) know the core and never
+each other. Read with `ast`, so a lazy import inside a function counts too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "mt5_pipeline"
+
+# Shells and peers: what wires the core to triggers and processes.
+SHELLS = {"orchestration", "apps", "bridge", "definitions"}
+FRAMEWORKS = ("dagster", "starlette", "uvicorn")
+SHELL_MODULES = ("api", *(f"mt5_pipeline.{s}" for s in SHELLS))
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            # `from mt5_pipeline import apps` names the shell in the alias
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _under(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def domain_modules() -> list[Path]:
+    # __init__ exposes `defs` lazily for `-m mt5_pipeline` (INTERFACES); importing the
+    # package still imports no framework (test_importing_the_core_imports_no_framework).
+    top = [p for p in PACKAGE.glob("*.py") if p.stem not in SHELLS and p.stem != "__init__"]
+    storage = [p for p in (PACKAGE / "storage").rglob("*.py")]
+    return sorted(top + storage)
+
+
+@pytest.mark.parametrize("path", domain_modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_domain_modules_import_no_framework_no_shell_and_no_launcher(path):
+    bad = sorted(name for name in _imports(path) if _under(name, FRAMEWORKS) or _under(name, SHELL_MODULES))
+    assert bad == [], f"{path.relative_to(ROOT)} imports {bad}: the domain core must not know the shells"
+
+
+def test_the_two_shells_never_import_each_other():
+    api_files = sorted((ROOT / "api").rglob("*.py"))
+    dagster_files = sorted((PACKAGE / "orchestration").rglob("*.py")) + [PACKAGE / "definitions.py"]
+    for path in api_files:
+        bad = sorted(n for n in _imports(path) if _under(n, ("dagster", "mt5_pipeline.orchestration", "mt5_pipeline.definitions", "mt5_pipeline.apps")))
+        assert bad == [], f"{path.relative_to(ROOT)} imports {bad}"
+    for path in dagster_files:
+        bad = sorted(n for n in _imports(path) if _under(n, ("api", "starlette", "uvicorn", "mt5_pipeline.apps")))
+        assert bad == [], f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_the_rule_sees_what_it_checks():
+    # A guard for the guard: the core is found, and a shell's own imports are seen.
+    names = {p.stem for p in domain_modules()}
+    assert {"settings", "ingest", "features", "indicators", "signals", "queue", "pusher", "live", "trade_signal"} <= names
+    assert not names & SHELLS
+    assert "dagster" in _imports(PACKAGE / "definitions.py")
+    assert any(_under(n, ("api",)) for n in _imports(PACKAGE / "apps" / "cli.py"))
+
+
+def test_importing_the_core_imports_no_framework():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mt5_pipeline, mt5_pipeline.live, mt5_pipeline.pusher, mt5_pipeline.signals, mt5_pipeline.ingest; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'starlette', 'uvicorn', 'api')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip()
+    assert out == "[]"

@@ -30,6 +30,7 @@ import logging
 import signal as os_signal
 import threading
 import time
+import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -84,9 +85,11 @@ def parse_notification(payload: str) -> tuple[Series, datetime | None] | None:
 class LiveWorker:
     """Decides each series' newest ready closed bar once. ``handle`` is one pass; ``run`` is the loop."""
 
-    def __init__(self, settings: Settings, *, predictor: Predictor | None = None) -> None:
+    def __init__(self, settings: Settings, *, predictor: Predictor | None = None, shard: tuple[int, int] = (0, 1)) -> None:
         self.settings = settings
         self.predictor = predictor
+        # (index, count): this worker decides the series whose symbol hashes to index.
+        self.shard = shard
         self.decided: dict[Series, datetime] = {}
         self.final: dict[Series, datetime] = {}  # bars the EA sent after they closed (NOTIFY)
         self.known: set[Series] = set()
@@ -157,12 +160,16 @@ class LiveWorker:
         behind each other.
         """
         timeframes = set(self.timeframes())
-        keys = sorted(k for k in set(series) if k[1] in timeframes)
+        keys = sorted(k for k in set(series) if k[1] in timeframes and self.owns(k))
         self.known.update(keys)
         if len(keys) <= 1 or self.settings.live_worker_threads <= 1:
             return [d for d in map(lambda k: self._one(k, now, trigger), keys) if d is not None]
         with ThreadPoolExecutor(max_workers=min(len(keys), self.settings.live_worker_threads), thread_name_prefix="live") as pool:
             return [d for d in pool.map(lambda k: self._one(k, now, trigger), keys) if d is not None]
+
+    def owns(self, key: Series) -> bool:
+        index, count = self.shard
+        return count <= 1 or zlib.crc32(key[0].encode()) % count == index
 
     def _one(self, key: Series, now: datetime | None, trigger: str) -> LiveDecision | None:
         at = resolve_now(now)
@@ -240,8 +247,15 @@ class LiveWorker:
             time.sleep(min(1.0, self.settings.live_poll_seconds))
 
 
-def run_live_worker(settings: Settings, *, stop: threading.Event | None = None, listen: bool | None = None) -> int:
-    """`mt5-pipeline live`: run until SIGTERM/SIGINT (or ``stop``); exit code 0."""
+def run_live_worker(settings: Settings, *, stop: threading.Event | None = None, listen: bool | None = None, shard: tuple[int, int] = (0, 1)) -> int:
+    """`mt5-pipeline live`: run until SIGTERM/SIGINT (or ``stop``); exit code 0.
+
+    With LIVE_PROCESSES > 1 this process starts that many workers, each deciding the
+    symbols that hash to it (a decision is mostly CPU in Python: one process per core
+    lets two closing symbols be decided at once), and stops them with itself.
+    """
+    if settings.live_processes > 1 and shard == (0, 1):
+        return _run_processes(settings, settings.live_processes)
     stop = stop or threading.Event()
     previous: dict[int, object] = {}
     if threading.current_thread() is threading.main_thread():
@@ -252,10 +266,11 @@ def run_live_worker(settings: Settings, *, stop: threading.Event | None = None, 
 
         for sig in (os_signal.SIGTERM, os_signal.SIGINT):
             previous[sig] = os_signal.signal(sig, on_signal)
-    worker = LiveWorker(settings)
+    worker = LiveWorker(settings, shard=shard)
     timeframes = worker.timeframes()
     log.info(
-        "Live worker started: %s, grace %g s after each close%s",
+        "Live worker%s started: %s, grace %g s after each close%s",
+        f" {shard[0] + 1}/{shard[1]}" if shard[1] > 1 else "",
         f"timeframes with a model: {', '.join(timeframes)}" if timeframes else "no model yet (waiting for the first training)",
         settings.live_close_grace_seconds,
         ", woken by LISTEN/NOTIFY" if is_postgres(settings.database_url) and listen is not False else f", polling every {settings.live_poll_seconds:g} s",
@@ -268,3 +283,37 @@ def run_live_worker(settings: Settings, *, stop: threading.Event | None = None, 
     log.info("Live worker stopped")
     return 0
 
+
+def _shard_main(settings: Settings, index: int, count: int) -> None:
+    from mt5_pipeline.storage.engine import dispose_engines
+
+    dispose_engines()  # never share the parent's pooled connections
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
+    run_live_worker(settings, shard=(index, count))
+
+
+def _run_processes(settings: Settings, count: int) -> int:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_shard_main, args=(settings, i, count), name=f"live-{i + 1}") for i in range(count)]
+    for p in procs:
+        p.start()
+    stop = threading.Event()
+    previous = {sig: os_signal.signal(sig, lambda *_: stop.set()) for sig in (os_signal.SIGTERM, os_signal.SIGINT)}
+    try:
+        while not stop.is_set() and all(p.is_alive() for p in procs):
+            stop.wait(0.5)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: each finishes the decision in flight
+        for p in procs:
+            p.join(30)
+        for sig, handler in previous.items():
+            os_signal.signal(sig, handler)
+    failed = [p.name for p in procs if p.exitcode not in (0, -os_signal.SIGTERM)]
+    if failed and not stop.is_set():
+        log.error("live worker process(es) %s exited; stopping", ", ".join(failed))
+        return 1
+    return 0

@@ -197,3 +197,13 @@ def test_the_hot_path_and_the_sensor_path_racing_on_one_bar_leave_one_signal(pg_
     assert statuses == ["duplicate", "queued"], results
     assert queue.status_counts(pg_url)["PENDING"] == 1
     assert _bar_signal(pg_url, last_closed) is not None
+
+
+def test_processes_split_the_symbols_between_them_without_overlap(sqlite_url, settings_for):
+    settings = settings_for(sqlite_url)
+    symbols = [f"{a}{b}" for a in ("EUR", "GBP", "AUD", "NZD", "USD") for b in ("CAD", "CHF", "JPY", "SEK")]
+    shards = [LiveWorker(settings, shard=(i, 2)) for i in range(2)]
+    owned = [{s for s in symbols if w.owns((s, "M1"))} for w in shards]
+    assert owned[0] | owned[1] == set(symbols) and not owned[0] & owned[1]
+    assert owned[0] and owned[1]  # both do some of the work
+    assert all(LiveWorker(settings).owns((s, "M1")) for s in symbols)

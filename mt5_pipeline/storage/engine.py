@@ -8,6 +8,7 @@ Bulk paths (COPY) use psycopg 3 on a raw connection from :func:`psycopg_conninfo
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 
@@ -15,8 +16,13 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 
+@functools.lru_cache(maxsize=64)
 def normalize_url(url: str) -> str:
-    """Return the URL with an explicit driver: psycopg2 for PostgreSQL, pysqlite for SQLite."""
+    """Return the URL with an explicit driver: psycopg2 for PostgreSQL, pysqlite for SQLite.
+
+    Cached: every storage call passes through here, and parsing a URL cost the live path
+    about a millisecond per bar.
+    """
     parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
     backend = parsed.get_backend_name()
     if backend == "postgresql" and parsed.drivername in ("postgresql", "postgresql+psycopg2"):
@@ -27,8 +33,14 @@ def normalize_url(url: str) -> str:
 
 
 def is_postgres(url_or_engine: str | Engine) -> bool:
-    url = url_or_engine.url if isinstance(url_or_engine, Engine) else make_url(normalize_url(url_or_engine))
-    return url.get_backend_name() == "postgresql"
+    if isinstance(url_or_engine, Engine):
+        return url_or_engine.url.get_backend_name() == "postgresql"
+    return _backend(url_or_engine) == "postgresql"
+
+
+@functools.lru_cache(maxsize=64)
+def _backend(url: str) -> str:
+    return make_url(normalize_url(url)).get_backend_name()
 
 
 def redact(url: str) -> str:

@@ -54,9 +54,9 @@ from sqlalchemy import select
 from mt5_pipeline import queue
 from mt5_pipeline.apps.ea_sim import create_ea_app
 from mt5_pipeline.apps.servers import BackgroundServer, free_port
-from mt5_pipeline.clock import iso_z
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_queue
+from mt5_pipeline.trade_signal import Signal
 
 EA_KEY = "bench-chaos-ea-key"
 API_KEY = "bench-chaos-api-key"
@@ -214,20 +214,20 @@ def start_pusher(env: dict, log: Path) -> subprocess.Popen:
 # ---- signals ------------------------------------------------------------------------------------------
 
 
-def make_signal(symbol: str, bar: datetime, ttl: float, version: str) -> dict:
-    return {
-        "signal_id": str(uuid.uuid4()),
-        "timestamp": iso_z(bar),
-        "symbol": symbol,
-        "timeframe": "M1",
-        "side": "BUY",
-        "confidence": 0.7,
-        "sl_pips": 20,
-        "tp_pips": 40,
-        "price": 1.1,
-        "meta": {"model": "rf_m1", "label": 1, "model_version": version, "probability": 0.7},
-        "expires_at": iso_z(datetime.now(timezone.utc) + timedelta(seconds=ttl)),
-    }
+def make_signal(symbol: str, bar: datetime, ttl: float, version: str) -> Signal:
+    return Signal(
+        signal_id=str(uuid.uuid4()),
+        bar=bar,
+        symbol=symbol,
+        timeframe="M1",
+        side="BUY",
+        confidence=0.7,
+        sl_pips=20,
+        tp_pips=40,
+        price=1.1,
+        expires_at=datetime.now(timezone.utc) + timedelta(seconds=ttl),
+        meta={"model": "rf_m1", "label": 1, "model_version": version, "probability": 0.7},
+    )
 
 
 def read_ea_log(path: Path) -> dict[str, float]:
@@ -299,7 +299,7 @@ def main() -> int:
         base = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(days=30)
         bar_of = collections.Counter()
         poison_at = set(rng.sample(range(n // 10, n - n // 10), POISON))
-        queued: dict[str, dict] = {}
+        queued: dict[str, Signal] = {}
         poison: set[str] = set()
         ttl_of: dict[str, float] = {}
         queued_at: dict[str, float] = {}
@@ -343,12 +343,12 @@ def main() -> int:
                 ttl = 10.0 if rng.random() < 0.25 and produced not in poison_at else 60.0
                 s = make_signal(symbol, base + timedelta(minutes=bar_of[symbol]), ttl, version)
                 if produced in poison_at:
-                    poison.add(s["signal_id"])
-                    ea.poison.add(s["signal_id"])
-                queued[s["signal_id"]] = s
-                ttl_of[s["signal_id"]] = ttl
-                queued_at[s["signal_id"]] = t
-                queued_wall[s["signal_id"]] = time.time()
+                    poison.add(s.signal_id)
+                    ea.poison.add(s.signal_id)
+                queued[s.signal_id] = s
+                ttl_of[s.signal_id] = ttl
+                queued_at[s.signal_id] = t
+                queued_wall[s.signal_id] = time.time()
                 batch.append(s)
                 produced += 1
             if batch:

@@ -22,8 +22,9 @@ setup(
     # Namespace discovery: the alembic directories (storage/migrations, its versions/)
     # have no __init__.py but hold modules the program runs (`db upgrade` imports
     # env.py and each version), so they must ship as packages. mt5_pipeline_tests is
-    # not part of the program.
-    packages=find_namespace_packages(include=["mt5_pipeline", "mt5_pipeline.*", "api", "api.*"], exclude=["*.__pycache__"]),
+    # not part of the program; nor is the api/ folder (the seed's run_ea_pusher.py
+    # script): the Starlette shell installs as mt5_pipeline.api, no top-level `api`.
+    packages=find_namespace_packages(include=["mt5_pipeline", "mt5_pipeline.*"], exclude=["*.__pycache__"]),
     package_data={"mt5_pipeline.storage.migrations": ["script.py.mako"]},
     install_requires=[
         f"dagster=={DAGSTER}",

@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 from _support import add_row, percentile, report, scratch_database
 
-from api.app.main import create_app
+from mt5_pipeline.api.main import create_app
 from mt5_pipeline.apps.ea_sim import create_ea_app
 from mt5_pipeline.apps.servers import BackgroundServer, free_port
 from mt5_pipeline.bridge import Bridge

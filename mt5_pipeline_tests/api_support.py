@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from api.app.main import create_app
+from mt5_pipeline.api.main import create_app
 from mt5_pipeline.apps.servers import free_port  # noqa: F401 - re-exported for the API tests
 from mt5_pipeline.settings import Settings
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from api.app.main import create_app
+from mt5_pipeline.api.main import create_app
 from mt5_pipeline.apps.servers import BackgroundServer, free_port
 from mt5_pipeline.bridge import Bridge
 from mt5_pipeline.bridge.fake_mt5 import FakeMT5

@@ -14,9 +14,9 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 from schemathesis.specs.openapi.definitions import OPENAPI_30_VALIDATOR
 
-from api.app.main import create_app
-from api.app.openapi import build_openapi
-from api.app.routes import ROUTES
+from mt5_pipeline.api.main import create_app
+from mt5_pipeline.api.openapi import build_openapi
+from mt5_pipeline.api.routes import ROUTES
 from mt5_pipeline_tests.api_support import AUTH, KEYS, api_client, bars
 from mt5_pipeline_tests.ea_server import reference_ea  # noqa: F401  (fixture)
 

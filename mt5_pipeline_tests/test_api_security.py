@@ -8,9 +8,9 @@ import logging
 
 import pytest
 
-from api.app.auth import key_matches
-from api.app.main import create_app
-from api.app.routes import ROUTES
+from mt5_pipeline.api.auth import key_matches
+from mt5_pipeline.api.main import create_app
+from mt5_pipeline.api.routes import ROUTES
 from mt5_pipeline.settings import DEV_API_KEY, SettingsError
 from mt5_pipeline_tests.api_support import API_KEY, KEYS, OTHER_KEY, api_client
 

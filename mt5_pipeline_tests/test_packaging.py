@@ -39,7 +39,7 @@ def installed(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("wheel")
     src = work / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("mt5_pipeline", "api"):
+    for name in ("mt5_pipeline", "api"):  # api/ holds only the seed script: the wheel must not need it
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("setup.py", "README.md"):
         shutil.copy(ROOT / name, src / name)
@@ -69,11 +69,12 @@ def test_the_build_leaves_no_package_out(installed):
     needed = ["env.py", "script.py.mako", *(f"versions/{p.name}" for p in (migrations / "versions").glob("*.py"))]
     for name in needed:
         assert f"mt5_pipeline/storage/migrations/{name}" in names, name
-    assert not any("__pycache__" in n or n.startswith("mt5_pipeline_tests/") for n in names)
+    assert not any("__pycache__" in n or n.startswith(("mt5_pipeline_tests/", "api/")) for n in names)
+    assert "mt5_pipeline/api/main.py" in names
 
 
 def test_the_installed_package_is_the_wheel(installed):
-    where = _run([str(installed["python"]), "-c", "import mt5_pipeline, api.app.main; print(mt5_pipeline.__file__); print(api.app.main.__file__)"], env=installed["env"], cwd=installed["cwd"])
+    where = _run([str(installed["python"]), "-c", "import mt5_pipeline, mt5_pipeline.api.main; print(mt5_pipeline.__file__); print(mt5_pipeline.api.main.__file__)"], env=installed["env"], cwd=installed["cwd"])
     assert where.returncode == 0, where.stderr
     for line in where.stdout.split():
         assert Path(line).is_relative_to(installed["site"]), line

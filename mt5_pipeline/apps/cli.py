@@ -113,7 +113,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app.main import create_app
+    from mt5_pipeline.api.main import create_app
 
     app = create_app(settings)
     uvicorn.run(

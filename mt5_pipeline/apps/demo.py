@@ -174,7 +174,7 @@ def _metric_lines(settings: Settings) -> list[str]:
 
 
 def run_demo(settings: Settings, *, csv_file: str | None = None, say: Callable[[str], None] = print) -> int:
-    from api.app.main import create_app
+    from mt5_pipeline.api.main import create_app
     from mt5_pipeline.apps.ea_sim import create_ea_app
     from mt5_pipeline.apps.servers import BackgroundServer, free_port
     from mt5_pipeline.storage import migrate

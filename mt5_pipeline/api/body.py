@@ -19,7 +19,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
-from api.app.errors import ApiError, Detail
+from mt5_pipeline.api.errors import ApiError, Detail
 
 # Below this size parsing on the event loop is cheaper than a thread hop.
 _THREAD_PARSE_BYTES = 64 * 1024

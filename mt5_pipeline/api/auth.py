@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.app.errors import error_response
+from mt5_pipeline.api.errors import error_response
 
 log = logging.getLogger("api.auth")
 

@@ -16,12 +16,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from api.app.body import read_json_object
-from api.app.errors import JSON, ApiError
-from api.app.health import check_health
-from api.app.metrics import CONTENT_TYPE
-from api.app.schemas import parse_ack, parse_generate_signal, parse_ingest, parse_pull_query
-from api.app.state import AppState
+from mt5_pipeline.api.body import read_json_object
+from mt5_pipeline.api.errors import JSON, ApiError
+from mt5_pipeline.api.health import check_health
+from mt5_pipeline.api.metrics import CONTENT_TYPE
+from mt5_pipeline.api.schemas import parse_ack, parse_generate_signal, parse_ingest, parse_pull_query
+from mt5_pipeline.api.state import AppState
 from mt5_pipeline.clock import iso_z
 
 NEUTRAL_MESSAGE = "No signal: confidence inside the neutral band"

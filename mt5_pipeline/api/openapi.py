@@ -13,8 +13,8 @@ import html
 import json
 from typing import Any
 
-from api.app.schemas import ACK_MESSAGE_MAX, ACK_STATUS_PATTERN, MAX_PULL_LIMIT, SIGNAL_ID_MAX, SYMBOL_PATTERN, TIMEFRAMES
 from mt5_pipeline import __version__ as VERSION
+from mt5_pipeline.api.schemas import ACK_MESSAGE_MAX, ACK_STATUS_PATTERN, MAX_PULL_LIMIT, SIGNAL_ID_MAX, SYMBOL_PATTERN, TIMEFRAMES
 from mt5_pipeline.settings import Settings
 
 

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from api.app.errors import is_database_outage
+from mt5_pipeline.api.errors import is_database_outage
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.storage.schema import SIGNAL_STATUSES
 

@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from api.app.errors import dumps
-from api.app.metrics import ApiMetrics
-from api.app.openapi import build_openapi, render_docs
+from mt5_pipeline.api.errors import dumps
+from mt5_pipeline.api.metrics import ApiMetrics
+from mt5_pipeline.api.openapi import build_openapi, render_docs
 from mt5_pipeline.settings import Settings
 
 # /health is polled by load balancers and Docker; probing the EA on every poll would

@@ -19,8 +19,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.app.auth import APIKeyMiddleware
-from api.app.errors import (
+from mt5_pipeline.api.auth import APIKeyMiddleware
+from mt5_pipeline.api.errors import (
     ApiError,
     GuardMiddleware,
     database_outage_types,
@@ -28,9 +28,9 @@ from api.app.errors import (
     handle_database_outage,
     handle_http_exception,
 )
-from api.app.metrics import ApiMetrics
-from api.app.routes import ROUTES
-from api.app.state import AppState
+from mt5_pipeline.api.metrics import ApiMetrics
+from mt5_pipeline.api.routes import ROUTES
+from mt5_pipeline.api.state import AppState
 from mt5_pipeline.settings import Settings, SettingsError
 
 log = logging.getLogger("api")

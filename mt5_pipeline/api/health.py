@@ -16,10 +16,10 @@ from typing import Any
 
 from sqlalchemy import text
 
-from api.app.errors import DB_RETRY_AFTER_SECONDS, is_database_outage
-from api.app.metrics import _utc_seconds
-from api.app.openapi import VERSION
-from api.app.state import AppState
+from mt5_pipeline.api.errors import DB_RETRY_AFTER_SECONDS, is_database_outage
+from mt5_pipeline.api.metrics import _utc_seconds
+from mt5_pipeline.api.openapi import VERSION
+from mt5_pipeline.api.state import AppState
 
 log = logging.getLogger("api.health")
 

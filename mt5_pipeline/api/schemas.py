@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from api.app.body import json_type
-from api.app.errors import ApiError, Detail
+from mt5_pipeline.api.body import json_type
+from mt5_pipeline.api.errors import ApiError, Detail
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
 
 TIMEFRAMES: tuple[str, ...] = tuple(TIMEFRAME_SECONDS)

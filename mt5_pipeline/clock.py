@@ -20,6 +20,11 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
+def from_epoch(seconds: float) -> datetime:
+    """Seconds since 1970 (MT5's bar times, epoch columns) as aware UTC."""
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
 def resolve_now(now: datetime | None) -> datetime:
     return as_utc(now) if now is not None else utcnow()
 

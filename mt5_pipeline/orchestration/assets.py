@@ -16,7 +16,7 @@ import base64
 import dagster as dg
 
 from mt5_pipeline.orchestration.partitions import symbols_partitions
-from mt5_pipeline.orchestration.resources import DatabaseResource, ModelStoreResource, SettingsResource, pipeline_settings
+from mt5_pipeline.orchestration.resources import PipelineResource
 
 GROUP = "mt5_pipeline"
 
@@ -47,11 +47,11 @@ def build_features_asset(timeframe: str) -> dg.AssetsDefinition:
         kinds={"pandas"},
         description=f"Scale-free technical features per {timeframe} bar, computed incrementally for new or corrected bars (table features_m1, timeframe {timeframe}).",
     )
-    def _features(context: dg.AssetExecutionContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.MaterializeResult:
+    def _features(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
         from mt5_pipeline.features import update_features
         from mt5_pipeline.indicators import FEATURE_SET_VERSION
 
-        update = update_features(database.database_url, context.partition_key, timeframe)
+        update = update_features(pipeline.database_url, context.partition_key, timeframe)
         return dg.MaterializeResult(
             metadata={
                 "rows_written": update.rows_written,
@@ -60,7 +60,7 @@ def build_features_asset(timeframe: str) -> dg.AssetsDefinition:
                 "lookback_bars": update.lookback_bars,
                 "full_recompute": update.full,
                 "feature_set_version": FEATURE_SET_VERSION,
-                **drift_metadata(context, pipeline_settings(config, database, models), context.partition_key, timeframe, "features"),
+                **drift_metadata(context, pipeline.settings(), context.partition_key, timeframe, "features"),
             }
         )
 
@@ -168,10 +168,10 @@ def build_model_asset(timeframe: str, features_asset) -> dg.AssetsDefinition:
             )
         ],
     )
-    def _model(context: dg.AssetExecutionContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource):
+    def _model(context: dg.AssetExecutionContext, pipeline: PipelineResource):
         from mt5_pipeline.model import InsufficientDataError, train_model
 
-        settings = pipeline_settings(config, database, models)
+        settings = pipeline.settings()
         check_key = dg.AssetCheckKey(dg.AssetKey(name), PROMOTION_CHECK)
         if dg.AssetKey(name) not in context.selected_asset_keys:
             if check_key in context.selected_asset_check_keys:
@@ -249,10 +249,10 @@ def build_signals_asset(timeframe: str, features_asset, model_asset) -> dg.Asset
         kinds={"python"},
         description=f"Predicts the newest {timeframe} bar of the symbol and queues at most one BUY/SELL signal for it in signals_queue.",
     )
-    def _signals(context: dg.AssetExecutionContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource) -> dg.MaterializeResult:
+    def _signals(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
         from mt5_pipeline.signals import generate_signal
 
-        settings = pipeline_settings(config, database, models)
+        settings = pipeline.settings()
         result = generate_signal(settings, context.partition_key, timeframe)
         context.log.info(f"{context.partition_key} {timeframe}: {result.status} - {result.message}")
         metadata: dict = {

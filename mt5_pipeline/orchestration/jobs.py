@@ -9,7 +9,7 @@ from typing import Any
 
 import dagster as dg
 
-from mt5_pipeline.orchestration.resources import DatabaseResource, EAResource, ModelStoreResource, SettingsResource, pipeline_settings
+from mt5_pipeline.orchestration.resources import PipelineResource
 
 # dagster.yaml limits runs carrying this tag to one at a time: two pushes never overlap,
 # on top of the queue's own claim safety.
@@ -83,10 +83,10 @@ candles_checks_job = dg.define_asset_job(
 
 
 @dg.op(description="One push cycle: expire stale signals, claim, send to the EA, record the outcome.")
-def push_signals(context: dg.OpExecutionContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource, ea: EAResource) -> dg.Output:
+def push_signals(context: dg.OpExecutionContext, pipeline: PipelineResource) -> dg.Output:
     from mt5_pipeline.pusher import push_pending
 
-    result = push_pending(pipeline_settings(config, database, models, ea))
+    result = push_pending(pipeline.settings())
     context.log.info(
         f"pushed {result.sent} signals (claimed {result.claimed}, rejected {result.rejected}, retry {result.retried}, "
         f"failed {result.failed}, expired {result.expired})"

@@ -1,8 +1,9 @@
-"""Dagster resources: the database, the model store and the EA, configured from the environment.
+"""The one Dagster resource: the pipeline's `Settings`, configured from the environment.
 
-Each resource holds only what differs per deployment; the rest of the configuration is
-the same `Settings` the API and the worker read. Values that come from the environment
-are passed as `EnvVar`s so the Dagster UI shows the variable's name, never a password.
+The Dagster layer reads the same `Settings` as the API and the workers; the resource
+holds only what differs per deployment (where the database, the models and the EA are)
+so the Dagster UI shows them. Values that come from the environment are passed as
+`EnvVar`s, so the UI shows the variable's name, never a password.
 """
 
 from __future__ import annotations
@@ -15,53 +16,26 @@ import dagster as dg
 from mt5_pipeline.settings import Settings, load_settings
 
 
-class SettingsResource(dg.ConfigurableResource):
-    """Everything else the core reads: the environment, with explicit overrides on top.
+class PipelineResource(dg.ConfigurableResource):
+    """The core's Settings: the environment, `overrides` on top, then the fields below.
 
-    Production leaves `overrides` empty, so the code location reads the same variables as the
-    API and the worker; tests and the demo put their overrides here.
+    Production leaves `overrides` empty, so the code location reads the same variables as
+    the API and the workers; tests and the demo put their overrides there.
     """
 
+    database_url: str
+    model_dir: str
+    ea_server_url: str = ""
+    ea_api_key: str = ""
     overrides: dict[str, str] = {}
 
     def settings(self) -> Settings:
-        return Settings.from_env({**os.environ, **self.overrides})
-
-
-class DatabaseResource(dg.ConfigurableResource):
-    """Where candles, features, the queue and the registry live (DATABASE_URL)."""
-
-    database_url: str
-
-
-class ModelStoreResource(dg.ConfigurableResource):
-    """Where rf_m1.pkl and its versions live (MODEL_DIR)."""
-
-    model_dir: str
-
-    @property
-    def path(self) -> Path:
-        return Path(self.model_dir)
-
-
-class EAResource(dg.ConfigurableResource):
-    """The Expert Advisor's signals endpoint and key (EA_SERVER_URL or EA_SERVER_IP/PORT, EA_API_KEY)."""
-
-    server_url: str = ""
-    api_key: str = ""
-
-
-def pipeline_settings(
-    config: SettingsResource, database: DatabaseResource, models: ModelStoreResource, ea: EAResource | None = None
-) -> Settings:
-    """The core's Settings: the environment and its overrides, with the resources' values on top."""
-    changes: dict = {"database_url": database.database_url, "model_dir": models.path}
-    if ea is not None:
-        if ea.server_url:
-            changes["ea_server_url_override"] = ea.server_url
-        if ea.api_key:
-            changes["ea_api_key"] = ea.api_key
-    return config.settings().replace(**changes)
+        changes: dict = {"database_url": self.database_url, "model_dir": Path(self.model_dir)}
+        if self.ea_server_url:
+            changes["ea_server_url_override"] = self.ea_server_url
+        if self.ea_api_key:
+            changes["ea_api_key"] = self.ea_api_key
+        return Settings.from_env({**os.environ, **self.overrides}).replace(**changes)
 
 
 def _env_or(name: str, default: str) -> str | dg.EnvVar:
@@ -69,13 +43,15 @@ def _env_or(name: str, default: str) -> str | dg.EnvVar:
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    """Resources for the code location, read from the environment when it loads."""
+    """The code location's resources, read from the environment when it loads."""
     base = load_settings()
     return {
-        "config": SettingsResource(),
-        "database": DatabaseResource(database_url=_env_or("DATABASE_URL", base.database_url)),
-        "models": ModelStoreResource(model_dir=_env_or("MODEL_DIR", str(base.model_dir))),
-        "ea": EAResource(server_url=_env_or("EA_SERVER_URL", ""), api_key=_env_or("EA_API_KEY", "")),
+        "pipeline": PipelineResource(
+            database_url=_env_or("DATABASE_URL", base.database_url),
+            model_dir=_env_or("MODEL_DIR", str(base.model_dir)),
+            ea_server_url=_env_or("EA_SERVER_URL", ""),
+            ea_api_key=_env_or("EA_API_KEY", ""),
+        )
     }
 
 
@@ -83,8 +59,11 @@ def resources_for(settings: Settings, **overrides: object) -> dict[str, dg.Confi
     """Resources holding `settings`' values literally (the demo, tests); `overrides` are
     environment variables to lay over the process's for everything else the core reads."""
     return {
-        "config": SettingsResource(overrides={k: str(v) for k, v in overrides.items()}),
-        "database": DatabaseResource(database_url=settings.database_url),
-        "models": ModelStoreResource(model_dir=str(settings.model_dir)),
-        "ea": EAResource(server_url=settings.ea_server_url, api_key=settings.ea_api_key),
+        "pipeline": PipelineResource(
+            database_url=settings.database_url,
+            model_dir=str(settings.model_dir),
+            ea_server_url=settings.ea_server_url,
+            ea_api_key=settings.ea_api_key,
+            overrides={k: str(v) for k, v in overrides.items()},
+        )
     }

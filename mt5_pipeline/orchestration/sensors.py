@@ -11,7 +11,7 @@ import dagster as dg
 
 from mt5_pipeline.orchestration.jobs import ea_push_job, timeframe_jobs
 from mt5_pipeline.orchestration.partitions import symbols_partitions
-from mt5_pipeline.orchestration.resources import DatabaseResource, ModelStoreResource, SettingsResource, pipeline_settings
+from mt5_pipeline.orchestration.resources import PipelineResource
 from mt5_pipeline.settings import Settings
 
 SYMBOL_TAG = "mt5_pipeline/symbol"
@@ -40,16 +40,16 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
         default_status=_status(settings),
         description="Watches the newest ingested bar per symbol; requests features and a prediction for symbols with new or corrected bars.",
     )
-    def new_candles_sensor(context: dg.SensorEvaluationContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource):
+    def new_candles_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
         from mt5_pipeline.model import current_model_info
         from mt5_pipeline.storage.candles import newest_bars
 
-        bars = [b for b in newest_bars(database.database_url) if b["timeframe"] == timeframe]
+        bars = [b for b in newest_bars(pipeline.database_url) if b["timeframe"] == timeframe]
         if not bars:
             return dg.SkipReason(f"no {timeframe} candles ingested yet: POST /ingest or `mt5-pipeline import-csv`")
         cursor: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         known = set(context.instance.get_dynamic_partitions(symbols_partitions.name))
-        has_model = current_model_info(pipeline_settings(config, database, models), timeframe) is not None
+        has_model = current_model_info(pipeline.settings(), timeframe) is not None
         job = predict_job if has_model else features_job
 
         run_requests, observations = [], []
@@ -125,19 +125,19 @@ def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:
         default_status=_status(settings),
         description=f"Every {settings.ea_push_interval:g} s (EA_PUSH_INTERVAL): requests a push run when deliverable signals are pending.",
     )
-    def ea_push_sensor(context: dg.SensorEvaluationContext, config: SettingsResource, database: DatabaseResource, models: ModelStoreResource):
+    def ea_push_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
         from mt5_pipeline.queue import count_deliverable
 
-        current = pipeline_settings(config, database, models)
+        current = pipeline.settings()
         if not current.ea_push_enabled:
             return dg.SkipReason("EA_PUSH_ENABLED=false: pull mode, the EA polls GET /ea/signals")
         in_flight = context.instance.get_runs_count(dg.RunsFilter(job_name=ea_push_job.name, statuses=_IN_FLIGHT))
         if in_flight:
             return dg.SkipReason("a push run is already queued or running")
-        blocked = delivery_blocked(context, current, database.database_url)
+        blocked = delivery_blocked(context, current, pipeline.database_url)
         if blocked is not None:
             return blocked
-        pending = count_deliverable(database.database_url)
+        pending = count_deliverable(pipeline.database_url)
         if pending == 0:
             return dg.SkipReason("no pending signals due for delivery")
         return dg.RunRequest(tags={"mt5_pipeline/pending": str(pending)})

@@ -57,6 +57,8 @@ from mt5_pipeline.apps.servers import BackgroundServer, free_port
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_queue
 from mt5_pipeline.trade_signal import Signal
+from mt5_pipeline_tests.ea_server import make_signal as queued_payload
+from mt5_pipeline_tests.ea_server import read_body, replaying, send_json
 
 EA_KEY = "bench-chaos-ea-key"
 API_KEY = "bench-chaos-api-key"
@@ -158,12 +160,7 @@ class ChaosEA:
         if scope["type"] != "http" or scope["path"] != "/signals":
             await self.app(scope, receive, send)
             return
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        raw = b"".join(chunks)
+        raw = await read_body(receive)
         try:
             signal_id = json.loads(raw).get("signal_id")
         except (ValueError, AttributeError):
@@ -171,25 +168,14 @@ class ChaosEA:
         mode = self.mode
         if signal_id in self.poison or mode == "500":
             self.answered["500 (poison)" if signal_id in self.poison else "500"] += 1
-            body = b'{"success": false, "message": "injected 500"}'
-            await send({"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"application/json")]})
-            await send({"type": "http.response.body", "body": body})
+            await send_json(send, 500, {"success": False, "message": "injected 500"})
             return
         if mode == "hang":
             self.answered["hung"] += 1
             await asyncio.sleep(HANG_SECONDS)  # the pusher has given up by now; the EA still acts
         else:
             self.answered["passed"] += 1
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": raw, "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(raw, receive), send)
 
 
 def ea_mode(t: float, down_at: float) -> str:
@@ -215,19 +201,7 @@ def start_pusher(env: dict, log: Path) -> subprocess.Popen:
 
 
 def make_signal(symbol: str, bar: datetime, ttl: float, version: str) -> Signal:
-    return Signal(
-        signal_id=str(uuid.uuid4()),
-        bar=bar,
-        symbol=symbol,
-        timeframe="M1",
-        side="BUY",
-        confidence=0.7,
-        sl_pips=20,
-        tp_pips=40,
-        price=1.1,
-        expires_at=datetime.now(timezone.utc) + timedelta(seconds=ttl),
-        meta={"model": "rf_m1", "label": 1, "model_version": version, "probability": 0.7},
-    )
+    return Signal.from_payload(queued_payload(symbol, ts=bar, ttl=ttl, model_version=version))
 
 
 def read_ea_log(path: Path) -> dict[str, float]:

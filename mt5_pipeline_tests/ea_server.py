@@ -115,13 +115,7 @@ class ReferenceEA(ServerThread):
         if scope["type"] != "http" or scope["path"] != "/signals" or scope["method"] != "POST":
             await self.ea_app(scope, receive, send)
             return
-        chunks = []
-        more = True
-        while more:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        raw = b"".join(chunks)
+        raw = await read_body(receive)
         try:
             body: Any = json.loads(raw)
         except ValueError:
@@ -144,26 +138,42 @@ class ReferenceEA(ServerThread):
         if faults.status is not None or faults.reject is not None or poisoned:
             status = faults.status or (500 if poisoned else 200)
             message = faults.reject or f"injected {status}"
-            payload = json.dumps({"success": False, "message": message}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": payload})
+            await send_json(send, status, {"success": False, "message": message})
             return
-        replayed = False
+        await self.ea_app(scope, replaying(raw, receive), send)
 
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": raw, "more_body": False}
 
-        await self.ea_app(scope, replay, send)
+# ---- a fault wrapper's ASGI plumbing (the chaos benchmark wraps the reference EA too) ----
+
+
+async def read_body(receive) -> bytes:
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def replaying(raw: bytes, receive):
+    """A `receive` that hands the already-read body to the wrapped app, once."""
+    replayed = False
+
+    async def replay():
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    return replay
+
+
+async def send_json(send, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 @pytest.fixture

@@ -57,35 +57,37 @@ def build_checks(timeframe: str) -> list[dg.AssetChecksDefinition]:
     def _matches(pipeline: PipelineResource) -> dg.AssetCheckResult:
         return _result(quality.features_match_candles(pipeline.database_url, timeframe))
 
-    @dg.asset_check(
-        asset=model,
-        name=f"{m}_beats_baseline",
-        description="the champion's out-of-sample AUC not below the naive baseline beyond a margin (warning: markets are noisy)",
-    )
-    def _beats(pipeline: PipelineResource) -> dg.AssetCheckResult:
-        return _result(quality.model_beats_baseline(pipeline.settings(), timeframe))
+    def judged_on_settings(asset, name: str, description: str, judge) -> dg.AssetChecksDefinition:
+        # The model and drift checks read the champion and the windows from Settings.
+        @dg.asset_check(asset=asset, name=name, description=description)
+        def _check(pipeline: PipelineResource) -> dg.AssetCheckResult:
+            return _result(judge(pipeline.settings(), timeframe))
 
-    @dg.asset_check(asset=model, name=f"{m}_feature_set_matches", description="the model's feature set is the one features_m1 holds")
-    def _feature_set(pipeline: PipelineResource) -> dg.AssetCheckResult:
-        return _result(quality.model_matches_features(pipeline.settings(), timeframe))
+        return _check
 
-    @dg.asset_check(
-        asset=features,
-        name=f"{f}_drift",
-        description="feature drift: PSI of each feature per symbol over the last DRIFT_WINDOW_HOURS against the champion's training window (warning past DRIFT_PSI_WARN)",
-    )
-    def _feature_drift(pipeline: PipelineResource) -> dg.AssetCheckResult:
-        return _result(quality.features_drift(pipeline.settings(), timeframe))
-
-    @dg.asset_check(
-        asset=signals_asset,
-        name=f"{s}_drift",
-        description="signal drift: live BUY/SELL/neutral shares and mean probability per symbol against the champion's backtest (warning past DRIFT_SIGNAL_SHARE_WARN)",
-    )
-    def _signal_drift(pipeline: PipelineResource) -> dg.AssetCheckResult:
-        return _result(quality.signals_drift(pipeline.settings(), timeframe))
-
-    return [_finite, _matches, _beats, _feature_set, _feature_drift, _signal_drift]
+    return [
+        _finite,
+        _matches,
+        judged_on_settings(
+            model,
+            f"{m}_beats_baseline",
+            "the champion's out-of-sample AUC not below the naive baseline beyond a margin (warning: markets are noisy)",
+            quality.model_beats_baseline,
+        ),
+        judged_on_settings(model, f"{m}_feature_set_matches", "the model's feature set is the one features_m1 holds", quality.model_matches_features),
+        judged_on_settings(
+            features,
+            f"{f}_drift",
+            "feature drift: PSI of each feature per symbol over the last DRIFT_WINDOW_HOURS against the champion's training window (warning past DRIFT_PSI_WARN)",
+            quality.features_drift,
+        ),
+        judged_on_settings(
+            signals_asset,
+            f"{s}_drift",
+            "signal drift: live BUY/SELL/neutral shares and mean probability per symbol against the champion's backtest (warning past DRIFT_SIGNAL_SHARE_WARN)",
+            quality.signals_drift,
+        ),
+    ]
 
 
 def drift_check_keys(timeframes) -> list[dg.AssetCheckKey]:

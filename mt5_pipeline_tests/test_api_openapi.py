@@ -3,7 +3,9 @@ schemathesis run over it finds no server error."""
 
 from __future__ import annotations
 
+import json
 import warnings
+from datetime import datetime, timezone
 
 import anyio
 import pytest
@@ -108,6 +110,22 @@ def test_seed_error_codes_are_documented(api_settings):
     ingest = spec["paths"]["/ingest"]["post"]["responses"]
     assert {"200", "400", "401", "413", "422", "503"} <= set(ingest)
     assert "Retry-After" in ingest["503"]["headers"]
+
+
+def test_timestamps_are_written_as_the_core_writes_them():
+    """Datetimes in an answer come out as clock.iso_z, like the signals' timestamp and expires_at."""
+    from mt5_pipeline.api.errors import dumps
+    from mt5_pipeline.clock import iso_z
+
+    whole = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+    fraction = datetime(2024, 3, 1, 12, 0, 0, 120000, tzinfo=timezone.utc)
+    naive = datetime(2024, 3, 1, 12, 0)
+    assert json.loads(dumps({"a": whole, "b": fraction, "c": naive})) == {
+        "a": "2024-03-01T12:00:00Z",
+        "b": "2024-03-01T12:00:00.12Z",
+        "c": "2024-03-01T12:00:00Z",
+    }
+    assert iso_z(fraction) == "2024-03-01T12:00:00.12Z"
 
 
 # ---- schemathesis over the schema -------------------------------------------------------

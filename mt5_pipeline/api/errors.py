@@ -22,6 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mt5_pipeline.clock import iso_z
+
 log = logging.getLogger("api.errors")
 
 # Seconds a client should wait before retrying after a 503 for a database outage.
@@ -64,9 +66,7 @@ def _detail_dict(detail: Any) -> dict[str, str]:
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        return iso_z(value)  # the same text as the signals' timestamps (naive means UTC)
     if isinstance(value, dt.date):
         return value.isoformat()
     # numpy scalars (from pandas-backed core results) have .item()

@@ -7,7 +7,7 @@ what is missing) even in a build without the ML extras installed.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -22,7 +22,7 @@ from mt5_pipeline.api.health import check_health
 from mt5_pipeline.api.metrics import CONTENT_TYPE
 from mt5_pipeline.api.schemas import parse_ack, parse_generate_signal, parse_ingest, parse_pull_query
 from mt5_pipeline.api.state import AppState
-from mt5_pipeline.clock import iso_z
+from mt5_pipeline.clock import iso_z, utcnow
 
 NEUTRAL_MESSAGE = "No signal: confidence inside the neutral band"
 QUEUED_MESSAGE = "Signal generated and added to queue"
@@ -154,7 +154,7 @@ async def queue_status(request: Request) -> Response:
     state = _state(request)
     from mt5_pipeline.queue import queue_status as read_status
 
-    since = datetime.now(timezone.utc) - timedelta(hours=24)
+    since = utcnow() - timedelta(hours=24)
     counts = await run_in_threadpool(read_status, state.settings.database_url, since=since)
     return JSON({"success": True, "queue_status": counts, "period": "last_24_hours"})
 

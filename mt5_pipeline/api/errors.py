@@ -3,7 +3,7 @@
 `{"success": false, "error": "...", "details": [{"loc": "candles[3].high", "message": "..."}]}`
 
 Client input never yields a 500: bad input is caught by the body reader, the request
-schemas or the ingest core's CandleValidationError. A database that cannot be reached
+models or the ingest core's CandleValidationError. A database that cannot be reached
 is a 503 with Retry-After, so the EA backs off and retries rather than dropping data.
 """
 

@@ -43,6 +43,7 @@ setup(
         "psycopg[binary]>=3.2",
         "httpx>=0.27,<1.0",  # ea_client builds its pool on httpcore under httpx's transport
         "starlette>=0.40",
+        "pydantic>=2.10,<3",  # the API's request and response models (PlainValidator's json_schema_input_type)
         "uvicorn>=0.30",
         "prometheus-client>=0.20",
         "python-dotenv>=1.0",

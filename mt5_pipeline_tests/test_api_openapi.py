@@ -3,20 +3,27 @@ schemathesis run over it finds no server error."""
 
 from __future__ import annotations
 
+import json
+import re
 import warnings
+from datetime import datetime, timezone
 
 import anyio
+import jsonschema_rs
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from pydantic import BaseModel
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
-from schemathesis.specs.openapi.definitions import OPENAPI_30_VALIDATOR
+from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
+from mt5_pipeline.api import requests, responses
 from mt5_pipeline.api.main import create_app
 from mt5_pipeline.api.openapi import build_openapi
 from mt5_pipeline.api.routes import ROUTES
+from mt5_pipeline.settings import TIMEFRAME_SECONDS
 from mt5_pipeline_tests.api_support import AUTH, KEYS, api_client, bars
 from mt5_pipeline_tests.ea_server import reference_ea  # noqa: F401  (fixture)
 
@@ -40,13 +47,22 @@ def _served(api_settings) -> dict:
     return response.json()
 
 
-def test_schema_validates_against_openapi_3_0(api_settings):
+def test_schema_validates_against_openapi_3_1(api_settings):
     spec = _served(api_settings)
-    errors = [f"{e.instance_path}: {e.message}" for e in OPENAPI_30_VALIDATOR.iter_errors(spec)]
+    assert spec["openapi"] == "3.1.0"
+    errors = [f"{e.instance_path}: {e.message}" for e in OPENAPI_31_VALIDATOR.iter_errors(spec)]
     assert errors == []
     # And a deliberately broken copy fails, so the validator is really looking.
     broken = {**spec, "paths": {"/x": {"get": {"responses": "nope"}}}}
-    assert not OPENAPI_30_VALIDATOR.is_valid(broken)
+    assert not OPENAPI_31_VALIDATOR.is_valid(broken)
+    # OpenAPI 3.1's own schema does not look inside schema objects: each one must be
+    # valid JSON Schema 2020-12 (the dialect 3.1 uses and pydantic emits).
+    for schema in spec["components"]["schemas"].values():
+        jsonschema_rs.meta.validate({"$schema": "https://json-schema.org/draft/2020-12/schema", **schema})
+    for param in spec["paths"]["/ea/signals"]["get"]["parameters"]:
+        jsonschema_rs.meta.validate({"$schema": "https://json-schema.org/draft/2020-12/schema", **param["schema"]})
+    with pytest.raises(jsonschema_rs.ValidationError):
+        jsonschema_rs.meta.validate({"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "nope"})
 
 
 def test_schema_describes_every_route_and_nothing_else(api_settings):
@@ -108,6 +124,116 @@ def test_seed_error_codes_are_documented(api_settings):
     ingest = spec["paths"]["/ingest"]["post"]["responses"]
     assert {"200", "400", "401", "413", "422", "503"} <= set(ingest)
     assert "Retry-After" in ingest["503"]["headers"]
+
+
+# ---- one declaration: the models, the document and the validator ------------------------
+
+
+def _models() -> dict[str, type[BaseModel]]:
+    """Every model the API declares, by name."""
+    return {
+        name: obj
+        for module in (requests, responses)
+        for name, obj in vars(module).items()
+        if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__ and not name.startswith("_")
+    }
+
+
+def test_the_components_are_exactly_the_models(api_settings):
+    spec = _served(api_settings)
+    components = spec["components"]["schemas"]
+    models = _models()
+    # Every model is a component, but the query string: that one is the parameters.
+    assert set(components) == set(models) - {"PullQuery"}
+    for name, schema in components.items():
+        fields = models[name].model_fields
+        assert set(schema["properties"]) == set(fields), name
+        assert set(schema.get("required", [])) == {n for n, f in fields.items() if f.is_required()}, name
+    params = spec["paths"]["/ea/signals"]["get"]["parameters"]
+    assert {p["name"] for p in params} == set(requests.PullQuery.model_fields)
+    assert all(p["in"] == "query" and not p["required"] for p in params)
+    # Each body a route takes or answers is the component of its model.
+    ops = spec["paths"]
+    assert ops["/ingest"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/IngestRequest"}
+    assert ops["/ea/ack"]["post"]["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/AckResponse"}
+    assert components["IngestRequest"]["properties"]["candles"]["items"] == {"$ref": "#/components/schemas/Candle"}
+    # Nothing is declared and left unused.
+    text = json.dumps(spec)
+    assert [name for name in components if f'"#/components/schemas/{name}"' not in text] == []
+
+
+def test_the_limits_in_the_document_are_the_validators(api_settings):
+    spec = _served(api_settings)
+    schemas = spec["components"]["schemas"]
+    ingest, ack = schemas["IngestRequest"]["properties"], schemas["AckRequest"]["properties"]
+    assert ingest["timeframe"]["enum"] == list(TIMEFRAME_SECONDS)
+    assert schemas["GenerateSignalRequest"]["properties"]["timeframe"]["default"] == "M1"
+    assert ingest["utc_offset_hours"]["anyOf"][0] == {"type": "number", "minimum": -12, "maximum": 14}
+    assert ack["signal_id"]["maxLength"] == requests.SIGNAL_ID_MAX
+    assert ack["message"]["anyOf"][0]["maxLength"] == requests.ACK_MESSAGE_MAX
+    limit = next(p for p in spec["paths"]["/ea/signals"]["get"]["parameters"] if p["name"] == "limit")["schema"]
+    assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, requests.MAX_PULL_LIMIT, 100)
+
+
+REFUSED_SYMBOLS = ["EURUSD\n", "EUR/USD", "X" * 33, "", "EUR USD", "\nEURUSD", "EURUSD€"]
+ACCEPTED_SYMBOLS = ["XAUUSD#", "US30.cash", "EURUSD.m", "EURUSD", "BTC-USD", "EUR_USD", "X" * 32]
+
+
+def test_symbol_rule_is_the_same_in_the_document_the_validator_and_the_core(api_settings):
+    """One rule, three places that apply it: the pattern the document states (read as
+    re.fullmatch would), the API's validator behind the route, and the ingest core."""
+    from mt5_pipeline.ingest import CandleValidationError, validate_candles
+
+    spec = _served(api_settings)
+    schemas = spec["components"]["schemas"]
+    patterns = {schemas[name]["properties"]["symbol"]["pattern"] for name in ("IngestRequest", "GenerateSignalRequest")}
+    assert len(patterns) == 1
+    pattern = patterns.pop()
+
+    async def post_all():
+        async with api_client(api_settings) as client:
+            return {
+                symbol: (
+                    await client.post("/ingest", json={"symbol": symbol, "timeframe": "M1", "candles": bars(1)}),
+                    await client.post("/ea/generate-signal", json={"symbol": symbol}),
+                )
+                for symbol in REFUSED_SYMBOLS + ACCEPTED_SYMBOLS
+            }
+
+    answers = anyio.run(post_all)
+    for symbol in REFUSED_SYMBOLS + ACCEPTED_SYMBOLS:
+        accepted = symbol in ACCEPTED_SYMBOLS
+        assert bool(re.fullmatch(pattern, symbol)) is accepted, symbol
+        try:
+            validate_candles(symbol, "M1", bars(1))
+            core_accepts = True
+        except CandleValidationError as exc:
+            core_accepts = "symbol" not in {e.loc for e in exc.errors}
+        assert core_accepts is accepted, symbol
+        ingest, signal = answers[symbol]
+        if accepted:
+            assert ingest.status_code == 200, (symbol, ingest.text)
+            assert signal.status_code != 422, (symbol, signal.text)  # 404/503 here: no features, no model
+        else:
+            for response in (ingest, signal):
+                assert response.status_code == 422, (symbol, response.text)
+                assert [d["loc"] for d in response.json()["details"]] == ["symbol"], symbol
+
+
+def test_timestamps_are_written_as_the_core_writes_them():
+    """Datetimes in an answer come out as clock.iso_z, like the signals' timestamp and expires_at."""
+    from mt5_pipeline.api.errors import dumps
+    from mt5_pipeline.clock import iso_z
+
+    whole = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+    fraction = datetime(2024, 3, 1, 12, 0, 0, 120000, tzinfo=timezone.utc)
+    naive = datetime(2024, 3, 1, 12, 0)
+    assert json.loads(dumps({"a": whole, "b": fraction, "c": naive})) == {
+        "a": "2024-03-01T12:00:00Z",
+        "b": "2024-03-01T12:00:00.12Z",
+        "c": "2024-03-01T12:00:00Z",
+    }
+    assert iso_z(fraction) == "2024-03-01T12:00:00.12Z"
 
 
 # ---- schemathesis over the schema -------------------------------------------------------

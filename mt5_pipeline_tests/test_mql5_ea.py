@@ -57,10 +57,13 @@ def resolve(doc: dict, schema: dict) -> dict:
 
 
 def types_of(doc: dict, schema: dict) -> set[str]:
+    """JSON types a value may have (OpenAPI 3.1: an optional field is anyOf [..., {"type": "null"}])."""
     schema = resolve(doc, schema)
-    if "oneOf" in schema:
-        return set().union(*(types_of(doc, s) for s in schema["oneOf"]))
-    return {schema["type"]} if "type" in schema else set()
+    for key in ("oneOf", "anyOf"):
+        if key in schema:
+            return set().union(*(types_of(doc, s) for s in schema[key]))
+    kind = schema.get("type")
+    return set(kind) if isinstance(kind, list) else {kind} if kind else set()
 
 
 def contract_problems(source: str, doc: dict) -> list[str]:
@@ -84,7 +87,7 @@ def contract_problems(source: str, doc: dict) -> list[str]:
                 continue
             allowed = WRITE_TYPES[helper]
             if allowed is None:
-                if not resolve(doc, prop).get("nullable"):
+                if "null" not in types_of(doc, prop):
                     problems.append(f"{name}: {field} sent as null but {BUILDS[name]}.{field} is not nullable")
             elif not types_of(doc, prop) & allowed:
                 problems.append(f"{name}: {field} sent as {helper} but {BUILDS[name]}.{field} is {types_of(doc, prop)}")
@@ -117,8 +120,9 @@ def contract_problems(source: str, doc: dict) -> list[str]:
                 problems.append(f"{method} {path}: query parameter {key} is not in /openapi.json")
                 continue
             schema = params[key]["schema"]
-            if "enum" in schema and value not in schema["enum"]:
-                problems.append(f"{method} {path}: {key}={value} is not one of {schema['enum']}")
+            allowed = schema.get("enum", [schema["const"]] if "const" in schema else None)
+            if allowed is not None and value not in allowed:
+                problems.append(f"{method} {path}: {key}={value} is not one of {allowed}")
             if schema.get("type") == "integer" and not (value.isdigit() and schema.get("minimum", 0) <= int(value) <= schema.get("maximum", 2**63)):
                 problems.append(f"{method} {path}: {key}={value} is not an integer in range")
         if body_func != '""':
@@ -161,6 +165,7 @@ def test_every_route_header_and_field_the_ea_uses_is_in_the_served_openapi(opena
     "old, new, complaint",
     [
         ('JStr("status", status)', 'JStr("state", status)', "state is not a field of AckRequest"),
+        ('JStr("status", status)', 'JNull("status")', "status sent as null but AckRequest.status is not nullable"),
         ('JInt("tick_volume", r.tick_volume)', 'JStr("tick_volume", "57")', "tick_volume sent as JStr"),
         ('"/ea/ack"', '"/ea/acknowledge"', "POST /ea/acknowledge is not in /openapi.json"),
         ('JsonNumber(obj, "sl_pips")', 'JsonNumber(obj, "stop_pips")', "reads stop_pips"),

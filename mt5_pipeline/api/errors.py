@@ -3,7 +3,7 @@
 `{"success": false, "error": "...", "details": [{"loc": "candles[3].high", "message": "..."}]}`
 
 Client input never yields a 500: bad input is caught by the body reader, the request
-schemas or the ingest core's CandleValidationError. A database that cannot be reached
+models or the ingest core's CandleValidationError. A database that cannot be reached
 is a 503 with Retry-After, so the EA backs off and retries rather than dropping data.
 """
 
@@ -21,6 +21,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mt5_pipeline.clock import iso_z
 
 log = logging.getLogger("api.errors")
 
@@ -64,9 +66,7 @@ def _detail_dict(detail: Any) -> dict[str, str]:
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        return iso_z(value)  # the same text as the signals' timestamps (naive means UTC)
     if isinstance(value, dt.date):
         return value.isoformat()
     # numpy scalars (from pandas-backed core results) have .item()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import text
@@ -20,6 +19,7 @@ from mt5_pipeline.api.errors import DB_RETRY_AFTER_SECONDS, is_database_outage
 from mt5_pipeline.api.metrics import _utc_seconds
 from mt5_pipeline.api.openapi import VERSION
 from mt5_pipeline.api.state import AppState
+from mt5_pipeline.clock import from_epoch
 
 log = logging.getLogger("api.health")
 
@@ -55,7 +55,7 @@ def _model(state: AppState, now: float) -> dict[str, Any]:
     age = None if trained is None else round(max(0.0, now - trained), 1)
     from mt5_pipeline.signals import model_staleness
 
-    stale = model_staleness(state.settings, info.get("trained_at"), now=datetime.fromtimestamp(now, timezone.utc))
+    stale = model_staleness(state.settings, info.get("trained_at"), now=from_epoch(now))
     out = {"model": "stale" if stale else "loaded", "model_version": info.get("version"), "model_age_seconds": age}
     if stale:
         out["model_stale_reason"] = stale
@@ -129,7 +129,7 @@ def _bars(state: AppState, now: float) -> list[dict[str, Any]]:
         return []
     from mt5_pipeline.signals import bar_staleness
 
-    at = datetime.fromtimestamp(now, timezone.utc)
+    at = from_epoch(now)
     out = []
     for row in rows:
         newest = _utc_seconds(row.get("newest_ts"))
@@ -142,7 +142,7 @@ def _bars(state: AppState, now: float) -> list[dict[str, Any]]:
             {
                 "symbol": row["symbol"],
                 "timeframe": timeframe,
-                "newest_ts": None if newest is None else datetime.fromtimestamp(newest, timezone.utc),
+                "newest_ts": None if newest is None else from_epoch(newest),
                 "age_seconds": None if newest is None else round(max(0.0, now - newest), 1),
                 "stale": stale,
             }

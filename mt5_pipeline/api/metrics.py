@@ -17,13 +17,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from mt5_pipeline.api.errors import is_database_outage
+from mt5_pipeline.clock import parse_iso
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.storage.schema import SIGNAL_STATUSES
 
@@ -33,16 +34,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _utc_seconds(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if hasattr(value, "to_pydatetime"):
-        value = value.to_pydatetime()  # pandas Timestamp
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.timestamp()
+    """Epoch seconds of a stored time: an ISO string, or a datetime (pandas' Timestamp is one), naive meaning UTC."""
+    if isinstance(value, str | datetime):
+        return parse_iso(value).timestamp()
     return None
 
 

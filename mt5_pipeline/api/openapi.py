@@ -1,25 +1,82 @@
-"""The OpenAPI 3.0 document of every route, written by hand, and a /docs page that shows it.
+"""The OpenAPI 3.1 document of every route, and a /docs page that shows it.
 
-Hand-written rather than generated from docstrings: the request and response shapes
-here are the contract with EAs and scripts, so they are spelled out and reviewed as
-such; a test checks that every route of the app appears here and that the document
-validates against the OpenAPI 3.0 schema. /docs renders on the server, from this same
-dict, with no CDN (the page must work on a trading box without internet access).
+The shapes are not written here: `components.schemas` is generated from the request and
+response models (mt5_pipeline.api.requests, mt5_pipeline.api.responses), the same
+models that validate requests, so the document and the validator cannot drift. 3.1
+because its schema dialect is JSON Schema 2020-12, which pydantic emits as is (an
+optional field is `anyOf: [..., {"type": "null"}]`). What is written here is what a
+model cannot know: the paths and operations, status codes, security and examples.
+A test checks that every route of the app appears here and that the document is valid
+OpenAPI 3.1. /docs renders on the server, from this same dict, with no CDN (the page
+must work on a trading box without internet access).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import html
 import json
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+
 from mt5_pipeline import __version__ as VERSION
-from mt5_pipeline.api.schemas import ACK_MESSAGE_MAX, ACK_STATUS_PATTERN, MAX_PULL_LIMIT, SIGNAL_ID_MAX, SYMBOL_PATTERN, TIMEFRAMES
+from mt5_pipeline.api import requests, responses
 from mt5_pipeline.settings import Settings
 
+OPENAPI_VERSION = "3.1.0"
+REF_TEMPLATE = "#/components/schemas/{model}"
+# Every body the document names; the models they contain (Candle, Signal, ...) come along.
+BODY_MODELS: tuple[type[BaseModel], ...] = (
+    requests.IngestRequest,
+    requests.GenerateSignalRequest,
+    requests.AckRequest,
+    responses.Error,
+    responses.IngestResponse,
+    responses.GenerateSignalQueued,
+    responses.GenerateSignalNeutral,
+    responses.TestConnectionResponse,
+    responses.QueueStatusResponse,
+    responses.PushResponse,
+    responses.AckResponse,
+    responses.SignalsResponse,
+    responses.Health,
+)
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+
+class _Schema(GenerateJsonSchema):
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False  # a property's title would only repeat its name
+
+
+@functools.cache
+def _generated() -> tuple[dict[type[BaseModel], dict[str, str]], dict[str, Any]]:
+    refs, top = models_json_schema([(m, "validation") for m in BODY_MODELS], ref_template=REF_TEMPLATE, schema_generator=_Schema)
+    return {model: ref for (model, _), ref in refs.items()}, top["$defs"]
+
+
+def component_schemas() -> dict[str, Any]:
+    """`components.schemas`: every body model and every model inside one, by name."""
+    return copy.deepcopy(_generated()[1])
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return dict(_generated()[0][model])
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """A query-string model as OpenAPI parameters, one per field."""
+    schema = model.model_json_schema(ref_template=REF_TEMPLATE, schema_generator=_Schema)
+    required = set(schema.get("required", ()))
+    out = []
+    for name, prop in schema["properties"].items():
+        param: dict[str, Any] = {"name": name, "in": "query", "required": name in required}
+        if "description" in prop:
+            param["description"] = prop.pop("description")
+        out.append({**param, "schema": prop})
+    return out
 
 
 def _json(schema: dict[str, Any], description: str, example: Any = None) -> dict[str, Any]:
@@ -30,278 +87,13 @@ def _json(schema: dict[str, Any], description: str, example: Any = None) -> dict
 
 
 def _error(description: str, example_error: str | None = None, retry_after: bool = False) -> dict[str, Any]:
-    response = _json(_ref("Error"), description, {"success": False, "error": example_error} if example_error else None)
+    response = _json(_ref(responses.Error), description, {"success": False, "error": example_error} if example_error else None)
     if retry_after:
         response["headers"] = {
             "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
         }
     return response
 
-
-_PRICE = {"type": "number", "minimum": 0, "exclusiveMinimum": True}
-_COUNT = {"type": "integer", "minimum": 0}
-_TIMESTAMP = {"type": "string", "format": "date-time", "description": "ISO 8601, UTC, ending in Z"}
-
-SCHEMAS: dict[str, Any] = {
-    "FieldError": {
-        "type": "object",
-        "required": ["loc", "message"],
-        "properties": {
-            "loc": {"type": "string", "description": "path of the offending value, such as candles[3].high"},
-            "message": {"type": "string"},
-        },
-    },
-    "Error": {
-        "type": "object",
-        "required": ["success", "error"],
-        "properties": {
-            "success": {"type": "boolean", "enum": [False]},
-            "error": {"type": "string", "description": "what went wrong; never names a key or a password"},
-            "details": {"type": "array", "items": _ref("FieldError")},
-            "reason": {"type": "string", "description": "machine-readable cause where several share a status code"},
-        },
-    },
-    "Candle": {
-        "type": "object",
-        "description": "One bar, with MetaTrader 5's MqlRates field names. `time` is the bar's open time in UTC.",
-        "required": ["time", "open", "high", "low", "close", "tick_volume"],
-        "properties": {
-            "time": {
-                "oneOf": [
-                    {"type": "integer", "description": "epoch seconds, UTC"},
-                    {"type": "string", "format": "date-time", "description": "ISO 8601 with Z or an offset"},
-                ]
-            },
-            "open": _PRICE,
-            "high": _PRICE,
-            "low": _PRICE,
-            "close": _PRICE,
-            "tick_volume": _COUNT,
-            "spread": {**_COUNT, "default": 0, "description": "in points, as MT5 gives it"},
-            "real_volume": {**_COUNT, "default": 0},
-        },
-    },
-    "IngestRequest": {
-        "type": "object",
-        "required": ["symbol", "timeframe", "candles"],
-        "properties": {
-            "symbol": {"type": "string", "pattern": SYMBOL_PATTERN, "example": "EURUSD"},
-            "timeframe": {"type": "string", "enum": list(TIMEFRAMES)},
-            "candles": {"type": "array", "items": _ref("Candle")},
-            "utc_offset_hours": {
-                "type": "number",
-                "minimum": -12,
-                "maximum": 14,
-                "default": 0,
-                "description": "the broker's UTC offset: where its H4/D1/W1/MN1 bars begin (times themselves are UTC)",
-            },
-            "digits": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": 8,
-                "description": "MT5's SYMBOL_DIGITS for this symbol (optional): with `point`, where its pip size comes from for "
-                "anything that is not a currency pair (gold, indices, crypto); a pip is point x 10 on 3- and 5-digit quotes, else one point",
-            },
-            "point": {
-                "type": "number",
-                "minimum": 0,
-                "exclusiveMinimum": True,
-                "maximum": 1,
-                "description": "MT5's SYMBOL_POINT for this symbol (optional), e.g. 0.01 for XAUUSD quoted 2034.56; must match `digits` when both are sent",
-            },
-        },
-    },
-    "IngestResponse": {
-        "type": "object",
-        "required": ["success", "received", "inserted", "updated", "unchanged"],
-        "properties": {
-            "success": {"type": "boolean", "enum": [True]},
-            "received": _COUNT,
-            "inserted": _COUNT,
-            "updated": {**_COUNT, "description": "bars already stored whose values changed (re-sent, corrected)"},
-            "unchanged": {**_COUNT, "description": "bars already stored with the same values (a safe retry)"},
-            "duplicates": {**_COUNT, "description": "present when a time appeared twice in the batch (the last one was kept)"},
-        },
-    },
-    "GenerateSignalRequest": {
-        "type": "object",
-        "required": ["symbol"],
-        "properties": {
-            "symbol": {"type": "string", "pattern": SYMBOL_PATTERN, "example": "EURUSD"},
-            "timeframe": {"type": "string", "enum": list(TIMEFRAMES), "default": "M1"},
-            "force": {"type": "boolean", "default": False, "description": "queue a signal even inside the neutral band"},
-        },
-    },
-    "Signal": {
-        "type": "object",
-        "description": "What the EA receives (POST to EA_SERVER_URL, or GET /ea/signals in pull mode).",
-        "required": ["signal_id", "timestamp", "symbol", "timeframe", "side", "confidence", "sl_pips", "tp_pips"],
-        "properties": {
-            "signal_id": {"type": "string", "description": "UUID; the EA dedupes on it"},
-            "timestamp": _TIMESTAMP,
-            "symbol": {"type": "string"},
-            "timeframe": {"type": "string", "enum": list(TIMEFRAMES)},
-            "side": {"type": "string", "enum": ["BUY", "SELL"]},
-            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-            "sl_pips": {"type": "number"},
-            "tp_pips": {"type": "number"},
-            "price": {"type": "number"},
-            "meta": {"type": "object", "description": "model, label, model_version, ..."},
-            "expires_at": _TIMESTAMP,
-        },
-    },
-    "GenerateSignalQueued": {
-        "type": "object",
-        "required": ["success", "message", "signal"],
-        "properties": {
-            "success": {"type": "boolean", "enum": [True]},
-            "message": {"type": "string", "example": "Signal generated and added to queue"},
-            "signal": _ref("Signal"),
-        },
-    },
-    "GenerateSignalNeutral": {
-        "type": "object",
-        "required": ["success", "message", "confidence"],
-        "properties": {
-            "success": {"type": "boolean", "enum": [False]},
-            "message": {"type": "string"},
-            "confidence": {"type": "number"},
-            "probability": {"type": "number", "nullable": True},
-            "reason": {"type": "string", "enum": ["neutral"]},
-        },
-    },
-    "TestConnectionResponse": {
-        "type": "object",
-        "required": ["connected", "ea_server", "ea_url", "message"],
-        "properties": {
-            "connected": {"type": "boolean"},
-            "ea_server": {"type": "string", "example": "192.168.15.18:8080"},
-            "ea_url": {"type": "string", "example": "http://192.168.15.18:8080/signals"},
-            "message": {"type": "string"},
-            "status_code": {"type": "integer", "description": "what the EA's signals route answered to the probe, when it answered"},
-        },
-    },
-    "QueueStatusResponse": {
-        "type": "object",
-        "required": ["success", "queue_status", "period"],
-        "properties": {
-            "success": {"type": "boolean", "enum": [True]},
-            "queue_status": {
-                "type": "object",
-                "description": "per status (PENDING, SENT, ACKED, FAILED, EXPIRED, REJECTED): signals created in the period",
-                "additionalProperties": {
-                    "type": "object",
-                    "required": ["count"],
-                    "properties": {"count": _COUNT, "latest": {**_TIMESTAMP, "nullable": True}},
-                },
-            },
-            "period": {"type": "string", "enum": ["last_24_hours"]},
-        },
-    },
-    "PushResponse": {
-        "type": "object",
-        "required": ["success", "sent_count", "message"],
-        "properties": {
-            "success": {"type": "boolean"},
-            "sent_count": _COUNT,
-            "message": {"type": "string", "example": "Successfully pushed 3 signals to EA"},
-            "claimed": _COUNT,
-            "rejected": _COUNT,
-            "retried": _COUNT,
-            "failed": _COUNT,
-            "expired": _COUNT,
-        },
-    },
-    "AckRequest": {
-        "type": "object",
-        "required": ["signal_id", "status"],
-        "properties": {
-            "signal_id": {"type": "string", "minLength": 1, "maxLength": SIGNAL_ID_MAX},
-            "ticket": {"type": "integer", "minimum": 0, "nullable": True},
-            "status": {"type": "string", "pattern": ACK_STATUS_PATTERN, "example": "FILLED"},
-            "message": {"type": "string", "maxLength": ACK_MESSAGE_MAX, "default": ""},
-        },
-    },
-    "AckResponse": {
-        "type": "object",
-        "required": ["success"],
-        "properties": {
-            "success": {"type": "boolean", "enum": [True]},
-            "signal_id": {"type": "string"},
-            "status": {"type": "string", "description": "the signal's queue status after the ack (ACKED unless it had already ended)"},
-            "ticket": {"type": "integer", "nullable": True},
-            "ack_status": {"type": "string", "description": "the status the EA reported"},
-            "repeated": {"type": "boolean", "description": "this signal had been acked before"},
-        },
-    },
-    "SignalsResponse": {
-        "type": "object",
-        "required": ["success", "signals"],
-        "properties": {"success": {"type": "boolean", "enum": [True]}, "signals": {"type": "array", "items": _ref("Signal")}},
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status", "database", "model", "ea"],
-        "properties": {
-            "status": {"type": "string", "enum": ["ok", "degraded"]},
-            "database": {"type": "string", "enum": ["ok", "unavailable"]},
-            "model": {"type": "string", "enum": ["loaded", "missing", "stale"]},
-            "ea": {"type": "string", "enum": ["reachable", "unreachable", "disabled"]},
-            "delivery": {"type": "string", "enum": ["push", "pull"]},
-            "ea_delivery": {
-                "type": "string",
-                "enum": ["ok", "outage", "config_error"],
-                "description": "the pushers' view of the EA (push mode): outage = signals held while they probe; config_error = delivery stopped (401/403/404/405/415)",
-            },
-            "ea_delivery_status_code": {"type": "integer", "nullable": True},
-            "ea_delivery_error": {"type": "string", "nullable": True, "description": "what the EA answered, and which setting to check"},
-            "ea_delivery_since": {**_TIMESTAMP, "nullable": True},
-            "model_version": {"type": "string", "nullable": True},
-            "model_age_seconds": {"type": "number", "nullable": True},
-            "model_stale_reason": {"type": "string"},
-            "model_error": {"type": "string", "description": "why the model file cannot be used (retrain)"},
-            "newest_bars": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "symbol": {"type": "string"},
-                        "timeframe": {"type": "string"},
-                        "newest_ts": {**_TIMESTAMP, "nullable": True},
-                        "age_seconds": {"type": "number", "nullable": True},
-                        "stale": {"type": "boolean"},
-                    },
-                },
-            },
-            "champion_age_seconds": {"type": "number", "nullable": True, "description": "age of the first timeframe's champion"},
-            "last_retrain": {**_ref("Retrain"), "nullable": True},
-            "retrain_failed": {"type": "array", "items": {"type": "string"}, "description": "timeframes whose last retrain failed (status is degraded)"},
-            "models": {
-                "type": "object",
-                "description": "per timeframe in TIMEFRAMES: the champion and the last retrain",
-                "additionalProperties": {
-                    "type": "object",
-                    "properties": {
-                        "model": {"type": "string"},
-                        "champion_version": {"type": "string", "nullable": True},
-                        "champion_age_seconds": {"type": "number", "nullable": True},
-                        "last_retrain": {**_ref("Retrain"), "nullable": True},
-                    },
-                },
-            },
-            "version": {"type": "string"},
-        },
-    },
-    "Retrain": {
-        "type": "object",
-        "properties": {
-            "outcome": {"type": "string", "enum": ["promoted", "forced", "rejected", "failed"]},
-            "version": {"type": "string"},
-            "at": _TIMESTAMP,
-            "reason": {"type": "string"},
-        },
-    },
-}
 
 _AUTH = {"401": _error("missing or wrong X-API-Key", "invalid or missing API key")}
 _DB_DOWN = {"503": _error("the database is unavailable; retry after Retry-After seconds", "database unavailable; retry later", retry_after=True)}
@@ -312,8 +104,8 @@ _BODY_ERRORS = {
 }
 
 
-def _body(schema_name: str, example: Any = None) -> dict[str, Any]:
-    media: dict[str, Any] = {"schema": _ref(schema_name)}
+def _body(model: type[BaseModel], example: Any = None) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": _ref(model)}
     if example is not None:
         media["example"] = example
     return {"required": True, "content": {"application/json": media}}
@@ -333,7 +125,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     "earlier rows are never touched by a rejected batch. Re-sending a bar is safe."
                 ),
                 "requestBody": _body(
-                    "IngestRequest",
+                    requests.IngestRequest,
                     {
                         "symbol": "EURUSD",
                         "timeframe": "M1",
@@ -344,7 +136,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     },
                 ),
                 "responses": {
-                    "200": _json(_ref("IngestResponse"), "stored", {"success": True, "received": 1, "inserted": 1, "updated": 0, "unchanged": 0}),
+                    "200": _json(_ref(responses.IngestResponse), "stored", {"success": True, "received": 1, "inserted": 1, "updated": 0, "unchanged": 0}),
                     **_BODY_ERRORS,
                     **_AUTH,
                     **_DB_DOWN,
@@ -370,13 +162,13 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     "(train one with the rf_m1 asset or `mt5-pipeline` training), a model too old "
                     "(reason=stale_model) or not matching the features, or the database is down."
                 ),
-                "requestBody": _body("GenerateSignalRequest", {"symbol": "EURUSD", "timeframe": "M1", "force": False}),
+                "requestBody": _body(requests.GenerateSignalRequest, {"symbol": "EURUSD", "timeframe": "M1", "force": False}),
                 "responses": {
                     "200": {
                         "description": "queued, or no signal (neutral band)",
                         "content": {
                             "application/json": {
-                                "schema": {"oneOf": [_ref("GenerateSignalQueued"), _ref("GenerateSignalNeutral")]}
+                                "schema": {"oneOf": [_ref(responses.GenerateSignalQueued), _ref(responses.GenerateSignalNeutral)]}
                             }
                         },
                     },
@@ -400,14 +192,14 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     "the reference EA accepts the probe, or another EA refuses the empty body (400/422): the route exists. "
                     "401/403/404/405/415 (wrong key, path, method or content type) and 5xx are not connected, with the status."
                 ),
-                "responses": {"200": _json(_ref("TestConnectionResponse"), "the probe's outcome (connected may be false)"), **_AUTH},
+                "responses": {"200": _json(_ref(responses.TestConnectionResponse), "the probe's outcome (connected may be false)"), **_AUTH},
             }
         },
         "/ea/queue-status": {
             "get": {
                 "operationId": "queueStatus",
                 "summary": "Signals per status created in the last 24 hours",
-                "responses": {"200": _json(_ref("QueueStatusResponse"), "counts and latest creation time per status"), **_AUTH, **_DB_DOWN},
+                "responses": {"200": _json(_ref(responses.QueueStatusResponse), "counts and latest creation time per status"), **_AUTH, **_DB_DOWN},
             }
         },
         "/ea/push-signals": {
@@ -421,7 +213,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     "configuration errors, the signals stay PENDING with no attempt spent."
                 ),
                 "responses": {
-                    "200": _json(_ref("PushResponse"), "what the cycle did"),
+                    "200": _json(_ref(responses.PushResponse), "what the cycle did"),
                     **_AUTH,
                     "502": _error("the EA refused our EA_API_KEY, or answered 403/404/405/415 (configuration error)"),
                     **_DB_DOWN,
@@ -432,9 +224,9 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "post": {
                 "operationId": "ack",
                 "summary": "The EA reports what it did with a signal (idempotent)",
-                "requestBody": _body("AckRequest", {"signal_id": "550e8400-e29b-41d4-a716-446655440000", "ticket": 12345678, "status": "FILLED", "message": ""}),
+                "requestBody": _body(requests.AckRequest, {"signal_id": "550e8400-e29b-41d4-a716-446655440000", "ticket": 12345678, "status": "FILLED", "message": ""}),
                 "responses": {
-                    "200": _json(_ref("AckResponse"), "recorded (a repeated ack is recorded once)"),
+                    "200": _json(_ref(responses.AckResponse), "recorded (a repeated ack is recorded once)"),
                     **_BODY_ERRORS,
                     **_AUTH,
                     "404": _error("no such signal_id"),
@@ -447,12 +239,9 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                 "operationId": "pullSignals",
                 "summary": "Pull mode: deliverable signals, oldest first; reading changes nothing",
                 "description": "A pulled signal stays deliverable until the EA acks it (POST /ea/ack) or it expires; the EA dedupes on signal_id.",
-                "parameters": [
-                    {"name": "status", "in": "query", "required": False, "schema": {"type": "string", "enum": ["PENDING"], "default": "PENDING"}},
-                    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PULL_LIMIT, "default": 100}},
-                ],
+                "parameters": query_parameters(requests.PullQuery),
                 "responses": {
-                    "200": _json(_ref("SignalsResponse"), "signals the EA has not acked yet"),
+                    "200": _json(_ref(responses.SignalsResponse), "signals the EA has not acked yet"),
                     "422": _error("bad status or limit"),
                     **_AUTH,
                     **_DB_DOWN,
@@ -469,8 +258,8 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                 ),
                 "security": [],
                 "responses": {
-                    "200": _json(_ref("Health"), "ok or degraded"),
-                    "503": {**_json(_ref("Health"), "the database is unavailable"), "headers": _DB_DOWN["503"]["headers"]},
+                    "200": _json(_ref(responses.Health), "ok or degraded"),
+                    "503": {**_json(_ref(responses.Health), "the database is unavailable"), "headers": _DB_DOWN["503"]["headers"]},
                 },
             }
         },
@@ -489,7 +278,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "get": {
                 "operationId": "openapi",
                 "summary": "This document",
-                "responses": {"200": {"description": "OpenAPI 3.0", "content": {"application/json": {"schema": {"type": "object"}}}}, **_AUTH},
+                "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}, **_AUTH},
             }
         },
         "/docs": {
@@ -501,7 +290,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         },
     }
     return {
-        "openapi": "3.0.3",
+        "openapi": OPENAPI_VERSION,
         "info": {
             "title": "mt5-pipeline API",
             "version": VERSION,
@@ -512,7 +301,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": component_schemas(),
             "securitySchemes": {"ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
         },
         "security": [{"ApiKeyAuth": []}],
@@ -542,7 +331,8 @@ def render_docs(spec: dict[str, Any]) -> str:
             if op.get("security") == []:
                 parts.append("<p><em>No key needed.</em></p>")
             for param in op.get("parameters", []):
-                parts.append(f"<p>query <code>{e(param['name'])}</code>: <code>{e(json.dumps(param['schema']))}</code></p>")
+                note = f" ({e(param['description'])})" if param.get("description") else ""
+                parts.append(f"<p>query <code>{e(param['name'])}</code>: <code>{e(json.dumps(param['schema']))}</code>{note}</p>")
             body = op.get("requestBody")
             if body:
                 media = body["content"]["application/json"]

@@ -7,7 +7,7 @@ what is missing) even in a build without the ML extras installed.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -20,9 +20,10 @@ from mt5_pipeline.api.body import read_json_object
 from mt5_pipeline.api.errors import JSON, ApiError
 from mt5_pipeline.api.health import check_health
 from mt5_pipeline.api.metrics import CONTENT_TYPE
-from mt5_pipeline.api.schemas import parse_ack, parse_generate_signal, parse_ingest, parse_pull_query
+from mt5_pipeline.api.requests import AckRequest, GenerateSignalRequest, IngestRequest, PullQuery
 from mt5_pipeline.api.state import AppState
-from mt5_pipeline.clock import iso_z
+from mt5_pipeline.api.validation import validate
+from mt5_pipeline.clock import iso_z, utcnow
 
 NEUTRAL_MESSAGE = "No signal: confidence inside the neutral band"
 QUEUED_MESSAGE = "Signal generated and added to queue"
@@ -38,7 +39,7 @@ def _state(request: Request) -> AppState:
 async def ingest(request: Request) -> Response:
     state = _state(request)
     body = await read_json_object(request, state.settings.api_max_body_bytes)
-    req = parse_ingest(body)
+    req = validate(IngestRequest, body, "ingest request")
     if not req.candles:
         return JSON({"success": True, "received": 0, "inserted": 0, "updated": 0, "unchanged": 0})
     from mt5_pipeline.ingest import CandleValidationError, ingest_candles
@@ -85,7 +86,7 @@ async def ingest(request: Request) -> Response:
 async def generate_signal(request: Request) -> Response:
     state = _state(request)
     body = await read_json_object(request, state.settings.api_max_body_bytes)
-    req = parse_generate_signal(body)
+    req = validate(GenerateSignalRequest, body, "signal request")
     from mt5_pipeline import signals
     from mt5_pipeline.model import ModelMismatchError, ModelTimeframeError, NoFeaturesError, NoModelError
 
@@ -154,7 +155,7 @@ async def queue_status(request: Request) -> Response:
     state = _state(request)
     from mt5_pipeline.queue import queue_status as read_status
 
-    since = datetime.now(timezone.utc) - timedelta(hours=24)
+    since = utcnow() - timedelta(hours=24)
     counts = await run_in_threadpool(read_status, state.settings.database_url, since=since)
     return JSON({"success": True, "queue_status": counts, "period": "last_24_hours"})
 
@@ -189,7 +190,7 @@ async def push_signals(request: Request) -> Response:
 async def ack(request: Request) -> Response:
     state = _state(request)
     body = await read_json_object(request, state.settings.api_max_body_bytes)
-    req = parse_ack(body)
+    req = validate(AckRequest, body, "ack")
     from mt5_pipeline.queue import UnknownSignalError, record_ack
 
     try:
@@ -208,7 +209,7 @@ async def ack(request: Request) -> Response:
 
 async def pull_signals(request: Request) -> Response:
     state = _state(request)
-    query = parse_pull_query(request.query_params)
+    query = validate(PullQuery, dict(request.query_params), "query", prefix="query.")
     from mt5_pipeline.queue import pending_for_pull
 
     signals = await run_in_threadpool(pending_for_pull, state.settings.database_url, query.limit)

@@ -1,0 +1,154 @@
+"""What clients send: each request body and query string, declared once.
+
+These models are both the validator (mt5_pipeline.api.validation) and the OpenAPI
+schema (mt5_pipeline.api.openapi), so the two cannot say different things. Strict: a
+"1" is not 1 and a 1 is not true. Fields not declared here are ignored, as before.
+
+Per-candle checks (prices, alignment, future bars) are the ingest core's job
+(CandleValidationError), done column-wise over the whole batch; here a candle is only
+checked to be an object, and `Candle` describes it for the document.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from mt5_pipeline.api.validation import describe
+from mt5_pipeline.pips import MAX_DIGITS, check_instrument
+from mt5_pipeline.settings import TIMEFRAME_SECONDS
+
+TIMEFRAMES: tuple[str, ...] = tuple(TIMEFRAME_SECONDS)
+# The ingest core's rule (ingest.SYMBOL_PATTERN, full match), anchored so that it means
+# the same under JSON Schema's search semantics, pydantic's Rust regex and re.fullmatch.
+# Broker symbols carry suffixes such as "EURUSD.m", "XAUUSD#" or "US30.cash".
+SYMBOL_PATTERN = r"^[A-Za-z0-9._#\-]{1,32}$"
+SIGNAL_ID_MAX = 36  # signals_queue.signal_id is a UUID string
+ACK_STATUS_PATTERN = r"^[A-Za-z_]{1,20}$"  # signals_ack.status is String(20)
+ACK_MESSAGE_MAX = 2000
+MAX_PULL_LIMIT = 1000
+DEFAULT_PULL_LIMIT = 100
+# Broker servers run between UTC-12 and UTC+14.
+UTC_OFFSET_RANGE = (-12, 14)
+
+Timeframe = Literal[TIMEFRAMES]  # type: ignore[valid-type]
+# The description doubles as the error message's "expected ...", so it says what is valid.
+Symbol = Annotated[
+    str,
+    Field(pattern=SYMBOL_PATTERN, description="1-32 letters, digits or . _ # - (a broker symbol such as EURUSD or XAUUSD#)", examples=["EURUSD"]),
+]
+
+
+def _default_for_null(default: Any) -> AfterValidator:
+    # An explicit null has always meant "not sent" for optional fields; keep it so.
+    return AfterValidator(lambda value: default if value is None else value)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+
+
+class Candle(_Request):
+    """One bar, with MetaTrader 5's MqlRates field names. `time` is the bar's open time in UTC."""
+
+    time: int | datetime = Field(description="the bar's open time: epoch seconds (UTC), or ISO 8601 with Z or an offset")
+    open: float = Field(gt=0)
+    high: float = Field(gt=0)
+    low: float = Field(gt=0)
+    close: float = Field(gt=0)
+    tick_volume: int = Field(ge=0)
+    spread: int | None = Field(0, ge=0, description="in points, as MT5 gives it; null means 0")
+    real_volume: int | None = Field(0, ge=0, description="null means 0")
+
+
+def _an_object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise PydanticCustomError("candle_type", "expected an object, got {got}", {"got": describe(value)})
+    return value
+
+
+# Only "is it an object": pydantic would otherwise build a Candle per bar, ten thousand
+# per batch, to repeat what the core checks anyway (and with other messages).
+CandleObject = Annotated[Candle, PlainValidator(_an_object, json_schema_input_type=Candle)]
+
+
+class IngestRequest(_Request):
+    symbol: Symbol
+    timeframe: Timeframe
+    candles: list[CandleObject]
+    utc_offset_hours: Annotated[
+        float | None,
+        Field(
+            ge=UTC_OFFSET_RANGE[0],
+            le=UTC_OFFSET_RANGE[1],
+            description="the broker's UTC offset: where its H4/D1/W1/MN1 bars begin (times themselves are UTC); null means 0",
+        ),
+        _default_for_null(0.0),
+    ] = 0.0
+    digits: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_DIGITS,
+        description="MT5's SYMBOL_DIGITS for this symbol (optional): with `point`, where its pip size comes from for anything that is "
+        "not a currency pair (gold, indices, crypto); a pip is point x 10 on 3- and 5-digit quotes, else one point",
+    )
+    point: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="MT5's SYMBOL_POINT for this symbol (optional), e.g. 0.01 for XAUUSD quoted 2034.56; must match `digits` when both are sent",
+    )
+
+    @field_validator("point")
+    @classmethod
+    def _point_matches_digits(cls, point: float | None, info: ValidationInfo) -> float | None:
+        # The core's rule and wording (pips.check_instrument); `digits` is in info.data only if valid.
+        for field, message in check_instrument(info.data.get("digits"), point):
+            if field == "point":
+                raise PydanticCustomError("point_mismatch", message)
+        return None if point is None else float(point)
+
+
+class GenerateSignalRequest(_Request):
+    symbol: Symbol
+    timeframe: Annotated[Timeframe | None, _default_for_null("M1")] = "M1"
+    force: Annotated[bool | None, Field(description="queue a signal even inside the neutral band"), _default_for_null(False)] = False
+
+
+class AckRequest(_Request):
+    signal_id: str = Field(min_length=1, max_length=SIGNAL_ID_MAX, description="the signal_id the EA received")
+    ticket: int | None = Field(None, ge=0, lt=2**63, description="the order's ticket, null when there is none")
+    status: Annotated[
+        str,
+        Field(pattern=ACK_STATUS_PATTERN, description="1-20 letters or underscores, such as FILLED or REJECTED", examples=["FILLED"]),
+        AfterValidator(str.upper),
+    ]
+    message: Annotated[str | None, Field(max_length=ACK_MESSAGE_MAX), _default_for_null("")] = ""
+
+
+def _pending_only(value: Any) -> Any:
+    if isinstance(value, str) and value.upper() == "PENDING":
+        return "PENDING"
+    raise PydanticCustomError("pull_status", "only PENDING can be pulled (delivered signals are not sent twice)")
+
+
+_WHOLE = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
+def _whole_number(value: Any) -> Any:
+    # int() would take "5_0" and pydantic's string mode "5.0"; a limit is digits.
+    if isinstance(value, str) and _WHOLE.fullmatch(value):
+        return int(value)
+    raise PydanticCustomError("whole_number", "expected a whole number, got {got}", {"got": describe(value)})
+
+
+class PullQuery(_Request):
+    """GET /ea/signals: every value arrives as a string."""
+
+    status: Annotated[Literal["PENDING"], Field(description="delivered signals are not sent twice"), BeforeValidator(_pending_only)] = "PENDING"
+    limit: Annotated[int, Field(ge=1, le=MAX_PULL_LIMIT, description="at most this many, oldest first"), BeforeValidator(_whole_number)] = DEFAULT_PULL_LIMIT
+

@@ -1,0 +1,168 @@
+"""What the API answers: each response body, declared once for the OpenAPI document.
+
+The routes build these bodies as plain dicts (and the signal from the core's
+Signal.to_payload()); the models are the promise, and the schemathesis test checks the
+answers against the document generated from them. Timestamps are ISO 8601 in UTC with
+`Z` (mt5_pipeline.clock.iso_z): whole seconds unless there is a fraction.
+A field with a default may be left out of the answer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from mt5_pipeline.api.requests import Timeframe
+
+Count = Annotated[int, Field(ge=0)]
+
+
+class FieldError(BaseModel):
+    """One offending path in a request (the ingest core's FieldError has the same fields)."""
+
+    loc: str = Field(description="path of the offending value, such as candles[3].high or query.limit")
+    message: str
+
+
+class Error(BaseModel):
+    """Every failure: `success` false, what went wrong, and for bad input each offending path."""
+
+    success: Literal[False]
+    error: str = Field(description="what went wrong; never names a key or a password")
+    details: list[FieldError] = Field([], description="one entry per offending path (left out when there is none)")
+    reason: str | None = Field(None, description="machine-readable cause where several share a status code")
+
+
+class IngestResponse(BaseModel):
+    success: Literal[True]
+    received: Count
+    inserted: Count
+    updated: Count = Field(description="bars already stored whose values changed (re-sent, corrected)")
+    unchanged: Count = Field(description="bars already stored with the same values (a safe retry)")
+    duplicates: Count = Field(0, description="times that appeared twice in the batch (the last one was kept); left out when 0")
+
+
+class Signal(BaseModel):
+    """What the EA receives (POST to EA_SERVER_URL, or GET /ea/signals in pull mode)."""
+
+    signal_id: str = Field(description="UUID; the EA dedupes on it")
+    timestamp: datetime = Field(description="open time of the bar the signal is for")
+    symbol: str
+    timeframe: Timeframe
+    side: Literal["BUY", "SELL"]
+    confidence: float = Field(ge=0, le=1)
+    sl_pips: float
+    tp_pips: float
+    price: float
+    meta: dict[str, Any] = Field(description="model, label, model_version, ...")
+    expires_at: datetime = Field(description="after this the EA must not trade it")
+
+
+class GenerateSignalQueued(BaseModel):
+    success: Literal[True]
+    message: str = Field(examples=["Signal generated and added to queue"])
+    signal: Signal
+
+
+class GenerateSignalNeutral(BaseModel):
+    success: Literal[False]
+    message: str
+    confidence: float
+    probability: float | None
+    reason: Literal["neutral"]
+
+
+class TestConnectionResponse(BaseModel):
+    connected: bool
+    ea_server: str = Field(examples=["192.168.15.18:8080"])
+    ea_url: str = Field(examples=["http://192.168.15.18:8080/signals"])
+    message: str
+    status_code: int | None = Field(None, description="what the EA's signals route answered to the probe, when it answered")
+
+
+class StatusCount(BaseModel):
+    count: Count
+    latest: datetime | None = Field(description="when the newest of them was created")
+
+
+class QueueStatusResponse(BaseModel):
+    success: Literal[True]
+    queue_status: dict[str, StatusCount] = Field(
+        description="per status (PENDING, SENT, ACKED, FAILED, EXPIRED, REJECTED): signals created in the period; statuses with none are left out"
+    )
+    period: Literal["last_24_hours"]
+
+
+class PushResponse(BaseModel):
+    success: Literal[True]
+    sent_count: Count
+    message: str = Field(examples=["Successfully pushed 3 signals to EA"])
+    claimed: Count
+    rejected: Count
+    retried: Count
+    failed: Count
+    expired: Count
+
+
+class AckResponse(BaseModel):
+    success: Literal[True]
+    signal_id: str
+    status: str = Field(description="the signal's queue status after the ack (ACKED unless it had already ended)")
+    ticket: int | None
+    ack_status: str = Field(description="the status the EA reported")
+    repeated: bool = Field(description="this signal had been acked before")
+
+
+class SignalsResponse(BaseModel):
+    success: Literal[True]
+    signals: list[Signal]
+
+
+class Retrain(BaseModel):
+    outcome: Literal["promoted", "forced", "rejected", "failed"]
+    version: str
+    at: datetime
+    reason: str
+
+
+class NewestBar(BaseModel):
+    symbol: str
+    timeframe: str
+    newest_ts: datetime | None
+    age_seconds: float | None
+    stale: bool
+
+
+class ModelStatus(BaseModel):
+    model: str
+    champion_version: str | None
+    champion_age_seconds: float | None
+    last_retrain: Retrain | None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: Literal["ok", "unavailable"]
+    model: Literal["loaded", "missing", "stale"]
+    model_version: str | None
+    model_age_seconds: float | None
+    model_stale_reason: str | None = None
+    model_error: str | None = Field(None, description="why the model file cannot be used (retrain)")
+    ea: Literal["reachable", "unreachable", "disabled"]
+    delivery: Literal["push", "pull"]
+    ea_delivery: Literal["ok", "outage", "config_error"] | None = Field(
+        None,
+        description="the pushers' view of the EA (push mode): outage = signals held while they probe; "
+        "config_error = delivery stopped (401/403/404/405/415)",
+    )
+    ea_delivery_status_code: int | None = None
+    ea_delivery_error: str | None = Field(None, description="what the EA answered, and which setting to check")
+    ea_delivery_since: datetime | None = None
+    newest_bars: list[NewestBar]
+    champion_age_seconds: float | None = Field(None, description="age of the first timeframe's champion")
+    last_retrain: Retrain | None = None
+    retrain_failed: list[str] = Field([], description="timeframes whose last retrain failed (status is degraded)")
+    models: dict[str, ModelStatus] | None = Field(None, description="per timeframe in TIMEFRAMES: the champion and the last retrain")
+    version: str

@@ -44,11 +44,10 @@ from datetime import datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from mt5_pipeline.clock import as_utc, resolve_now
+from mt5_pipeline.storage.dialect import insert_on_conflict
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import ea_delivery_state, signals_queue
 
@@ -128,8 +127,7 @@ def read_state(database_url: str, ea: str) -> BreakerState:
 def _locked(conn: Connection, ea: str, now: datetime) -> BreakerState:
     """The row, created if missing, locked for this transaction (PostgreSQL; SQLite's
     single writer serialises the transaction anyway)."""
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    conn.execute(dialect_insert(t).values(ea=ea, state=CLOSED, failures=0, updated_at=now).on_conflict_do_nothing())
+    conn.execute(insert_on_conflict(conn, t).values(ea=ea, state=CLOSED, failures=0, updated_at=now).on_conflict_do_nothing())
     return _state_from(conn.execute(select(t).where(t.c.ea == ea).with_for_update()).one())
 
 

@@ -28,8 +28,9 @@ Rules worth knowing:
 * Symbols are stored as given (MT5 suffixes like ``EURUSDm`` are case-sensitive).
 * The forming bar may be stored (and replaced by its final version); only closed bars
   become features, labels or signals (:mod:`mt5_pipeline.bars`).
-* Storing (the upsert, the stamp, the NOTIFY for the live worker) is
-  :mod:`mt5_pipeline.storage.candles`; this module validates and decides.
+* Storing (the upsert, the stamp, the NOTIFY for the live worker) and the read of the
+  bars before a batch are :mod:`mt5_pipeline.storage.candles`; this module validates
+  and decides.
 """
 
 from __future__ import annotations
@@ -39,15 +40,15 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mt5_pipeline.clock import from_epoch, iso_z, resolve_now
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
-from mt5_pipeline.storage.candles import CandleBatch, store_batch
-from mt5_pipeline.storage.engine import get_engine
+from mt5_pipeline.storage.candles import CandleBatch, closes_before, store_batch
 
 TIMEFRAMES: tuple[str, ...] = tuple(TIMEFRAME_SECONDS)
 FUTURE_SKEW_SECONDS = 60
@@ -143,7 +144,7 @@ def _num(value: float) -> str:
 
 def _iso(epoch_s: int) -> str:
     try:
-        return datetime.fromtimestamp(int(epoch_s), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return iso_z(from_epoch(int(epoch_s)))
     except (OverflowError, OSError, ValueError):
         return f"epoch {int(epoch_s)}"
 
@@ -531,11 +532,10 @@ def validate_candles(
 
 
 def _now(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(timezone.utc)
-    if now.tzinfo is None:
+    # Stricter than clock.resolve_now: a naive `now` here is a caller's mistake, not UTC.
+    if now is not None and now.tzinfo is None:
         raise ValueError("now must be timezone-aware (UTC)")
-    return now.astimezone(timezone.utc)
+    return resolve_now(now)
 
 
 # ---------------------------------------------------------------------------------------
@@ -586,7 +586,7 @@ def ingest_candles(
         return IngestResult(batch.received, 0, 0, 0, None, 0)
     inserted, updated, first_us = store_batch(database_url, batch, stamp_base, clock=now)
     unique = len(batch)
-    first = datetime.fromtimestamp(first_us / 1_000_000, timezone.utc) if first_us is not None else None
+    first = from_epoch(first_us / 1_000_000) if first_us is not None else None
     return IngestResult(batch.received, inserted, updated, unique - inserted - updated, first, batch.received - unique)
 
 
@@ -598,20 +598,8 @@ def _check_jumps(database_url: str, batch: CandleBatch, max_jump: float) -> None
     Costs one small indexed read; the rolling median runs only when some step between
     consecutive closes (or a bar's own range) exceeds the square root of the factor.
     """
-    from sqlalchemy import select
-
-    from mt5_pipeline.storage.schema import candles
-
-    c = candles.c
-    with get_engine(database_url).connect() as conn:
-        before = conn.execute(
-            select(c.close)
-            .where(c.symbol == batch.symbol, c.timeframe == batch.timeframe, c.ts < datetime.fromtimestamp(int(batch.ts[0]), timezone.utc))
-            .order_by(c.ts.desc())
-            .limit(JUMP_WINDOW // 2)
-        ).scalars().all()
     limit = math.log(max_jump)
-    context = np.log(np.asarray(before[::-1], dtype=np.float64))
+    context = np.log(closes_before(database_url, batch.symbol, batch.timeframe, from_epoch(int(batch.ts[0])), JUMP_WINDOW // 2))
     log_close = np.log(batch.close)
     steps = np.abs(np.diff(np.concatenate([context, log_close])))
     ranges = np.log(batch.high) - np.log(batch.low)

@@ -34,17 +34,17 @@ import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
 from mt5_pipeline.bars import bar_close
-from mt5_pipeline.clock import as_utc, iso_z, resolve_now, utcnow
-from mt5_pipeline.listen import Listener
+from mt5_pipeline.clock import as_utc, from_epoch, iso_z, resolve_now, utcnow
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
 from mt5_pipeline.signals import Predictor, generate_signal
 from mt5_pipeline.storage.candles import CANDLES_CHANNEL
-from mt5_pipeline.storage.engine import get_engine, is_postgres
+from mt5_pipeline.storage.engine import get_engine
+from mt5_pipeline.storage.notifications import Listener, notifications_supported
 from mt5_pipeline.storage.schema import candles
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def parse_notification(payload: str) -> tuple[Series, datetime | None] | None:
         return None
     final = None
     if len(parts) > 2 and parts[2].isdigit():
-        final = datetime.fromtimestamp(int(parts[2]), timezone.utc)
+        final = from_epoch(int(parts[2]))
     return (parts[0], parts[1]), final
 
 
@@ -146,7 +146,7 @@ class LiveWorker:
             step = TIMEFRAME_SECONDS[timeframe]
             since = (now - timedelta(seconds=grace)).timestamp()
             boundary = (int(since) // step + 1) * step
-            ticks.append(datetime.fromtimestamp(boundary + grace, timezone.utc))
+            ticks.append(from_epoch(boundary + grace))
         return min(ticks) if ticks else None
 
     # ---- one pass ---------------------------------------------------------------------
@@ -202,7 +202,7 @@ class LiveWorker:
 
     def run(self, stop: threading.Event, *, listen: bool | None = None) -> None:
         url = self.settings.database_url
-        use_listen = is_postgres(url) if listen is None else listen
+        use_listen = notifications_supported(url) if listen is None else listen
         listener = Listener(url, CANDLES_CHANNEL) if use_listen else None
         poll = self.settings.live_poll_seconds * (LISTEN_POLL_FACTOR if listener else 1)
         if listener:
@@ -273,7 +273,7 @@ def run_live_worker(settings: Settings, *, stop: threading.Event | None = None, 
         f" {shard[0] + 1}/{shard[1]}" if shard[1] > 1 else "",
         f"timeframes with a model: {', '.join(timeframes)}" if timeframes else "no model yet (waiting for the first training)",
         settings.live_close_grace_seconds,
-        ", woken by LISTEN/NOTIFY" if is_postgres(settings.database_url) and listen is not False else f", polling every {settings.live_poll_seconds:g} s",
+        ", woken by LISTEN/NOTIFY" if notifications_supported(settings.database_url) and listen is not False else f", polling every {settings.live_poll_seconds:g} s",
     )
     try:
         worker.run(stop, listen=listen)

@@ -21,7 +21,7 @@ from datetime import datetime
 import numpy as np
 from sqlalchemy import select
 
-from mt5_pipeline.clock import parse_iso
+from mt5_pipeline.clock import iso_z, parse_iso
 from mt5_pipeline.indicators import FEATURE_SET_VERSION, MODEL_FEATURES
 from mt5_pipeline.model_store import (
     DEFAULT_TIMEFRAME,
@@ -41,7 +41,6 @@ from mt5_pipeline.model_store import (
     publish_champion,
     save_model,
 )
-from mt5_pipeline.model_store import iso as _iso
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import features_m1
@@ -121,7 +120,7 @@ def predict_latest(settings: Settings, symbol: str, timeframe: str = "M1", *, no
     model is kept for.
     """
     from mt5_pipeline.bars import closed_cutoff
-    from mt5_pipeline.features import newest_candle_ts
+    from mt5_pipeline.storage.candles import newest_candle_ts
 
     check_timeframe(settings, timeframe)
     loaded = load_current(settings, timeframe)
@@ -148,12 +147,12 @@ def predict_latest(settings: Settings, symbol: str, timeframe: str = "M1", *, no
     ts = parse_iso(row["ts"])
     if not row["usable"]:
         raise NoFeaturesError(
-            f"the newest bar of {symbol} {timeframe} ({_iso(ts)}) is not usable: the symbol needs more history "
+            f"the newest bar of {symbol} {timeframe} ({iso_z(ts)}) is not usable: the symbol needs more history "
             "(warm-up) or a feature is undefined there"
         )
     X = np.array([[np.nan if row[c] is None else float(row[c]) for c in loaded.meta["feature_names"]]], dtype=np.float64)
     if not np.isfinite(X).all():
-        raise NoFeaturesError(f"the newest features of {symbol} {timeframe} ({_iso(ts)}) hold a null or non-finite value")
+        raise NoFeaturesError(f"the newest features of {symbol} {timeframe} ({iso_z(ts)}) hold a null or non-finite value")
     probability = float(loaded.probability_up(X)[0])
     return Prediction(
         symbol=symbol,

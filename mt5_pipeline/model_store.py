@@ -29,7 +29,7 @@ import tempfile
 import threading
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ import pandas as pd
 import sklearn
 from sklearn.ensemble import RandomForestClassifier
 
-from mt5_pipeline.clock import parse_iso
+from mt5_pipeline.clock import iso_z, parse_iso
 from mt5_pipeline.indicators import FEATURE_SET_VERSION, MODEL_FEATURES
 from mt5_pipeline.settings import Settings
 
@@ -74,10 +74,6 @@ def sidecar_path(path: Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def finite_or_none(value: Any) -> Any:
     """JSON has no NaN or infinity: undefined figures are written as null."""
     if isinstance(value, dict):
@@ -89,7 +85,7 @@ def finite_or_none(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, datetime):
-        return iso(value)
+        return iso_z(value)
     return value
 
 

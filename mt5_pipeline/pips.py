@@ -21,8 +21,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from typing import Any
+
+from mt5_pipeline.clock import utcnow
 
 DEFAULT_PIP = 0.0001
 JPY_PIP = 0.01
@@ -119,23 +120,22 @@ def record_instrument(database_url: str, symbol: str, digits: int | None, point:
     if digits is None and point is None:
         return
     from sqlalchemy import func
-    from sqlalchemy.dialects import postgresql, sqlite
 
-    from mt5_pipeline.storage.engine import get_engine, is_postgres
+    from mt5_pipeline.storage.dialect import insert_on_conflict
+    from mt5_pipeline.storage.engine import get_engine
     from mt5_pipeline.storage.schema import symbols
 
-    values = {"symbol": symbol, "digits": digits, "point": point, "updated_at": datetime.now(timezone.utc)}
-    dialect = postgresql if is_postgres(database_url) else sqlite
-    statement = dialect.insert(symbols).values(values)
-    statement = statement.on_conflict_do_update(
-        index_elements=["symbol"],
-        set_={
-            "digits": func.coalesce(statement.excluded.digits, symbols.c.digits),
-            "point": func.coalesce(statement.excluded.point, symbols.c.point),
-            "updated_at": statement.excluded.updated_at,
-        },
-    )
+    values = {"symbol": symbol, "digits": digits, "point": point, "updated_at": utcnow()}
     with get_engine(database_url).begin() as conn:
+        statement = insert_on_conflict(conn, symbols).values(values)
+        statement = statement.on_conflict_do_update(
+            index_elements=["symbol"],
+            set_={
+                "digits": func.coalesce(statement.excluded.digits, symbols.c.digits),
+                "point": func.coalesce(statement.excluded.point, symbols.c.point),
+                "updated_at": statement.excluded.updated_at,
+            },
+        )
         conn.execute(statement)
 
 

@@ -45,10 +45,9 @@ from datetime import datetime, timedelta
 from mt5_pipeline import breaker, queue
 from mt5_pipeline.clock import as_utc, resolve_now, utcnow
 from mt5_pipeline.ea_client import EAClient
-from mt5_pipeline.listen import Listener
 from mt5_pipeline.queue import Claimed, Mark
 from mt5_pipeline.settings import Settings
-from mt5_pipeline.storage.engine import is_postgres
+from mt5_pipeline.storage.notifications import Listener, notifications_supported
 
 log = logging.getLogger(__name__)
 
@@ -419,7 +418,7 @@ def run_worker(
     # httpx logs every request at INFO; the pusher logs one line per signal itself.
     if logging.getLogger("httpx").level == logging.NOTSET:
         logging.getLogger("httpx").setLevel(logging.WARNING)
-    use_listen = is_postgres(settings.database_url) if listen is None else listen
+    use_listen = notifications_supported(settings.database_url) if listen is None else listen
     listener = Listener(settings.database_url, queue.NOTIFY_CHANNEL) if use_listen and not once else None
     client = EAClient(settings)
     log.info(

@@ -22,7 +22,8 @@ the rest untried.)
 PostgreSQL: the claim is one ``UPDATE ... WHERE id IN (... FOR UPDATE SKIP LOCKED)``
 statement, safe with several pushers. SQLite: the same statement without the lock
 clause; SQLite runs each write statement under its single database write lock, so the
-claim is atomic there too (one pusher is the intended set-up).
+claim is atomic there too (one pusher is the intended set-up). Where the two databases
+spell a statement differently, :mod:`mt5_pipeline.storage.dialect` decides.
 
 Times: aware UTC datetimes in and out. SQLite stores them as naive text in UTC, so every
 value is normalised before binding and given back its zone after reading.
@@ -37,14 +38,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, and_, bindparam, case, exists, func, literal, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import BigInteger, Integer, String, Text, and_, bindparam, case, exists, func, literal, or_, select, update
 from sqlalchemy.engine import Connection
 
 from mt5_pipeline.clock import as_utc, iso_z, resolve_now
+from mt5_pipeline.storage.dialect import RowsParameter, insert_on_conflict, materialized, skip_commit_flush
 from mt5_pipeline.storage.engine import get_engine
-from mt5_pipeline.storage.schema import SIGNAL_STATUSES, signals_ack, signals_queue
+from mt5_pipeline.storage.notifications import notify
+from mt5_pipeline.storage.schema import SIGNAL_STATUSES, UtcDateTime, signals_ack, signals_queue
 from mt5_pipeline.trade_signal import Signal
 
 q = signals_queue
@@ -124,18 +125,16 @@ def _row_values(signal: Signal | Mapping[str, Any], now: datetime) -> dict:
 
 
 def _insert_ignoring_duplicates(conn: Connection):
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     # No conflict target: a second signal for the same bar, whatever the model version
     # (the partial unique index uq_signals_queue_bar), and a re-sent signal_id are both
     # "already queued".
-    return dialect_insert(q).on_conflict_do_nothing().returning(q.c.id)
+    return insert_on_conflict(conn, q).on_conflict_do_nothing().returning(q.c.id)
 
 
 def _notify(conn: Connection, count: int) -> None:
-    # Inside the inserting transaction: PostgreSQL delivers it at commit, never before the
-    # row is visible, and never for a rolled-back insert.
-    if conn.dialect.name == "postgresql" and count:
-        conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": str(count)})
+    # Inside the inserting transaction, so the pusher is woken by the commit, not before.
+    if count:
+        notify(conn, NOTIFY_CHANNEL, str(count))
 
 
 # ---- writing ------------------------------------------------------------------------------
@@ -179,7 +178,8 @@ def _claim_statement(probe: bool = False):
     # backlog behind a few such rows never hides the rows of other symbols from the claim.
     # One grouped pass over the pending rows (not a probe per row): its cost does not hang
     # on the planner's statistics of a table that fills fast.
-    first_waiting = (
+    # Computed once (at most one row per symbol), never re-run per candidate row.
+    first_waiting = materialized(
         select(waiting.c.symbol, func.min(waiting.c.id).label("first_id"))
         .where(
             waiting.c.status == "PENDING",
@@ -188,13 +188,11 @@ def _claim_statement(probe: bool = False):
         )
         .group_by(waiting.c.symbol)
         .cte("first_waiting")
-        # Computed once (at most one row per symbol), never re-run per candidate row.
-        .prefix_with("MATERIALIZED", dialect="postgresql")
     )
     behind_a_waiting_row = exists().where(first_waiting.c.symbol == q.c.symbol, first_waiting.c.first_id < q.c.id)
     # The probe: the first unexpired PENDING row of each symbol.
     ahead = q.alias("ahead")
-    heads = select(func.min(ahead.c.id)).where(ahead.c.status == "PENDING", ahead.c.expires_at > at).group_by(ahead.c.symbol).cte("heads").prefix_with("MATERIALIZED", dialect="postgresql")
+    heads = materialized(select(func.min(ahead.c.id)).where(ahead.c.status == "PENDING", ahead.c.expires_at > at).group_by(ahead.c.symbol).cte("heads"))
     candidates = (
         select(q.c.id, q.c.symbol)
         .where(
@@ -209,7 +207,7 @@ def _claim_statement(probe: bool = False):
         )
         .order_by(*((q.c.last_error.is_not(None), q.c.attempts) if probe else ()), q.c.id)
         .limit(bindparam("limit", type_=Integer))
-        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite's compiler drops it
+        .with_for_update(skip_locked=True)  # SQLite's compiler drops it (one writer at a time there)
         .cte("candidates")
     )
     earlier = q.alias("earlier")
@@ -258,11 +256,9 @@ def claim_batch(
     engine = get_engine(database_url)
     params = {"now": at, "limit": int(limit), "token": token, "lease_until": lease_until, "exclude_id": -1 if exclude_id is None else int(exclude_id)}
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # A claim need not survive a database crash (the row would just be claimed
-            # again, same signal_id), so it does not wait for the WAL flush: this
-            # statement sits between a fresh signal and the EA.
-            conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+        # A claim need not survive a database crash (the row would just be claimed again,
+        # same signal_id), and this statement sits between a fresh signal and the EA.
+        skip_commit_flush(conn)
         rows = conn.execute(_CLAIM_PROBE if probe else _CLAIM, params).all()
     rows.sort(key=lambda r: r.id)
     return [
@@ -295,56 +291,31 @@ class Mark:
     next_attempt_at: datetime | None = None
 
 
-def _mark_statement(mark: Mark):
-    held = and_(q.c.id == mark.id, q.c.claim_token == mark.claim_token)
-    release = {"claim_token": None, "lease_until": None}
-    at = as_utc(mark.at)
-    if mark.kind == "SENT":
-        # The EA's background ack may land before this update: keep ACKED then.
-        return (
-            update(q)
-            .where(held, q.c.status.in_(("PENDING", "ACKED")))
-            .values(
-                status=case((q.c.status == "ACKED", literal("ACKED")), else_=literal("SENT")),
-                sent_at=at,
-                ticket=func.coalesce(q.c.ticket, mark.ticket),
-                **release,
-            )
-        )
-    if mark.kind == "RETRY":
-        if mark.next_attempt_at is None:
-            raise ValueError("a RETRY mark needs next_attempt_at")
-        return update(q).where(held, q.c.status == "PENDING").values(next_attempt_at=as_utc(mark.next_attempt_at), last_error=mark.error, **release)
-    if mark.kind in ("REJECTED", "FAILED", "EXPIRED"):
-        return update(q).where(held, q.c.status == "PENDING").values(status=mark.kind, last_error=mark.error, **release)
-    raise ValueError(f"unknown mark kind {mark.kind!r}")
-
-
-# PostgreSQL: a whole flush of attempt results in one statement (one round trip), the
-# per-row values passed as arrays. Same rules as _mark_statement, row by row.
-_APPLY_MARKS_PG = text(
-    """
-    UPDATE signals_queue AS q SET
-        status = CASE
-            WHEN v.kind = 'SENT' THEN CASE WHEN q.status = 'ACKED' THEN 'ACKED' ELSE 'SENT' END
-            WHEN v.kind = 'RETRY' THEN 'PENDING'
-            ELSE v.kind END,
-        sent_at = CASE WHEN v.kind = 'SENT' THEN v.at ELSE q.sent_at END,
-        ticket = CASE WHEN v.kind = 'SENT' THEN COALESCE(q.ticket, v.ticket) ELSE q.ticket END,
-        next_attempt_at = CASE WHEN v.kind = 'RETRY' THEN v.next_at ELSE q.next_attempt_at END,
-        last_error = CASE WHEN v.kind = 'SENT' THEN q.last_error ELSE v.error END,
-        claim_token = NULL,
-        lease_until = NULL
-    FROM unnest(
-        CAST(:ids AS bigint[]), CAST(:tokens AS varchar[]), CAST(:kinds AS varchar[]), CAST(:tickets AS bigint[]),
-        CAST(:errors AS text[]), CAST(:next_ats AS timestamptz[]), CAST(:ats AS timestamptz[])
-    ) AS v(id, token, kind, ticket, error, next_at, at)
-    WHERE q.id = v.id
-      AND q.claim_token = v.token
-      AND (q.status = 'PENDING' OR (v.kind = 'SENT' AND q.status = 'ACKED'))
-    RETURNING q.id
-    """
+# A flush of attempt results, one row each; the statement applies them all at once.
+_MARKS = RowsParameter(
+    "mark", id=BigInteger(), token=String(), kind=String(), ticket=BigInteger(), error=Text(), next_at=UtcDateTime(), at=UtcDateTime()
 )
+
+
+def _apply_marks_statement(m):
+    """Each mark's row, if its claim token still matches: SENT keeps ACKED (the EA's
+    background ack may land before it), RETRY stays PENDING with its next attempt time,
+    REJECTED / FAILED / EXPIRED end it; every mark releases the lease."""
+    sent, retry = m.c.kind == "SENT", m.c.kind == "RETRY"
+    return (
+        update(q)
+        .where(q.c.id == m.c.id, q.c.claim_token == m.c.token, or_(q.c.status == "PENDING", and_(sent, q.c.status == "ACKED")))
+        .values(
+            status=case((sent, case((q.c.status == "ACKED", literal("ACKED")), else_=literal("SENT"))), (retry, literal("PENDING")), else_=m.c.kind),
+            sent_at=case((sent, m.c.at), else_=q.c.sent_at),
+            ticket=case((sent, func.coalesce(q.c.ticket, m.c.ticket)), else_=q.c.ticket),
+            next_attempt_at=case((retry, m.c.next_at), else_=q.c.next_attempt_at),
+            last_error=case((sent, q.c.last_error), else_=m.c.error),
+            claim_token=None,
+            lease_until=None,
+        )
+        .returning(q.c.id)
+    )
 
 
 def apply_marks(database_url: str, marks: Iterable[Mark]) -> set[int]:
@@ -358,24 +329,11 @@ def apply_marks(database_url: str, marks: Iterable[Mark]) -> set[int]:
             raise ValueError(f"unknown mark kind {mark.kind!r}")
         if mark.kind == "RETRY" and mark.next_attempt_at is None:
             raise ValueError("a RETRY mark needs next_attempt_at")
-    engine = get_engine(database_url)
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            params = {
-                "ids": [m.id for m in marks],
-                "tokens": [m.claim_token for m in marks],
-                "kinds": [m.kind for m in marks],
-                "tickets": [m.ticket for m in marks],
-                "errors": [m.error for m in marks],
-                "next_ats": [as_utc(m.next_attempt_at) if m.next_attempt_at else None for m in marks],
-                "ats": [as_utc(m.at) for m in marks],
-            }
-            return {r[0] for r in conn.execute(_APPLY_MARKS_PG, params)}
-        applied: set[int] = set()
-        for mark in marks:
-            if conn.execute(_mark_statement(mark).returning(q.c.id)).first() is not None:
-                applied.add(mark.id)
-        return applied
+    rows = [
+        (m.id, m.claim_token, m.kind, m.ticket, m.error, as_utc(m.next_attempt_at) if m.next_attempt_at else None, as_utc(m.at)) for m in marks
+    ]
+    with get_engine(database_url).begin() as conn:
+        return {r[0] for r in _MARKS.execute(conn, _apply_marks_statement, rows)}
 
 
 def mark_sent(database_url: str, row_id: int, claim_token: str, ticket: int | None, *, now: datetime | None = None) -> bool:
@@ -487,15 +445,12 @@ def record_ack(
     at = resolve_now(now)
     engine = get_engine(database_url)
     with engine.begin() as conn:
-        lookup = select(q.c.id, q.c.status).where(q.c.signal_id == signal_id)
-        if conn.dialect.name == "postgresql":
-            lookup = lookup.with_for_update()
-        row = conn.execute(lookup).first()
+        # Locked until commit (SQLite's compiler drops the clause: one writer at a time there).
+        row = conn.execute(select(q.c.id, q.c.status).where(q.c.signal_id == signal_id).with_for_update()).first()
         if row is None:
             raise UnknownSignalError(f"unknown signal_id {signal_id!r}: no such signal in signals_queue")
         repeated = conn.execute(select(signals_ack.c.id).where(signals_ack.c.signal_id == signal_id)).first() is not None
-        dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        ins = dialect_insert(signals_ack).values(signal_id=signal_id, ticket=ticket, status=status, message=message, acked_at=at)
+        ins = insert_on_conflict(conn, signals_ack).values(signal_id=signal_id, ticket=ticket, status=status, message=message, acked_at=at)
         conn.execute(
             ins.on_conflict_do_update(
                 index_elements=[signals_ack.c.signal_id],

@@ -7,10 +7,12 @@ valid MqlRates (high >= max(open, close), low <= min(open, close), spread in poi
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
+
+from mt5_pipeline.clock import utcnow
 
 SAMPLE_LABEL = "generated sample (synthetic random walk, not market data)"
 
@@ -38,7 +40,7 @@ def generate_candles(
     real_volume — the names the ingest core and POST /ingest take.
     """
     rng = np.random.default_rng(seed)
-    end = (end or datetime.now(timezone.utc)).replace(second=0, microsecond=0)
+    end = (end or utcnow()).replace(second=0, microsecond=0)
     # Generate enough minutes to leave n open-market bars after removing weekends.
     span = int(n * (1.45 if with_weekends else 1.0)) + 3000
     minutes = pd.date_range(end=pd.Timestamp(end), periods=span, freq="min", tz="UTC")
@@ -104,4 +106,4 @@ def to_ingest_payload(frame: pd.DataFrame) -> list[dict]:
 
 
 def minutes_ago(n: int) -> datetime:
-    return (datetime.now(timezone.utc) - timedelta(minutes=n)).replace(second=0, microsecond=0)
+    return (utcnow() - timedelta(minutes=n)).replace(second=0, microsecond=0)

@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 
 from mt5_pipeline import model_registry
 from mt5_pipeline.backtest import plot_equity, run_backtest
+from mt5_pipeline.clock import iso_z, resolve_now
 from mt5_pipeline.drift import decision_shares, reference_histograms
 from mt5_pipeline.evaluation import DEFAULT_FOLDS, TEST_FRACTION, Fold, classification_metrics, walk_forward_folds
 from mt5_pipeline.features import feature_symbols, load_feature_rows
@@ -52,7 +53,6 @@ from mt5_pipeline.model_store import (
     NoModelError,
     current_model_path,
     finite_or_none,
-    iso,
     library_versions,
     load_model,
     model_name,
@@ -202,9 +202,9 @@ def _fold_record(fold: Fold, ts_ns: np.ndarray, metrics: dict) -> dict:
         "fold": fold.number,
         "train_rows": int(len(fold.train)),
         "test_rows": int(len(fold.test)),
-        "train_end": iso(_to_datetime(ts_ns[fold.train[-1]])) if len(fold.train) else None,
-        "test_start": iso(_to_datetime(ts_ns[fold.test[0]])) if len(fold.test) else None,
-        "test_end": iso(_to_datetime(ts_ns[fold.test[-1]])) if len(fold.test) else None,
+        "train_end": iso_z(_to_datetime(ts_ns[fold.train[-1]])) if len(fold.train) else None,
+        "test_start": iso_z(_to_datetime(ts_ns[fold.test[0]])) if len(fold.test) else None,
+        "test_end": iso_z(_to_datetime(ts_ns[fold.test[-1]])) if len(fold.test) else None,
     }
     for key in ("auc", "accuracy", "balanced_accuracy", "log_loss", "brier", "signal_share", "signal_hit_rate", "baseline_majority_accuracy", "baseline_majority_log_loss", "baseline_always_buy_hit_rate"):
         value = metrics.get(key, math.nan)
@@ -365,8 +365,8 @@ def challenge(
     if champion is not None:
         champion_scores = window_scores(settings, y[positions], champion.probability_up(X[positions]), rows, data.candles, train_positive_rate=train_rate)
     window = {
-        "start": iso(_to_datetime(ts_ns[positions[0]])),
-        "end": iso(_to_datetime(ts_ns[positions[-1]])),
+        "start": iso_z(_to_datetime(ts_ns[positions[0]])),
+        "end": iso_z(_to_datetime(ts_ns[positions[-1]])),
         "rows": int(len(positions)),
     }
     return decide(settings, candidate, champion_scores, champion_version=champion_version, champion_note=note, force=force, window=window)
@@ -389,7 +389,7 @@ def train_model(
     The candidate replaces ``rf_<tf>.pkl`` only if promoted (``result.decision``). A
     retrain that raises is registered as failed before the error propagates.
     """
-    trained_at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    trained_at = resolve_now(now)
     try:
         return _train(settings, symbols, trained_at=trained_at, walk_forward=walk_forward, timeframe=timeframe, force=settings.promotion_force if force is None else force)
     except Exception as exc:
@@ -451,12 +451,12 @@ def _train(settings: Settings, symbols: list[str] | None, *, trained_at: datetim
     meta = {
         "model": name,
         "version": version,
-        "trained_at": iso(trained_at),
+        "trained_at": iso_z(trained_at),
         "symbols": symbols_used,
         "timeframe": timeframe,
         "kind": settings.model_kind,
-        "train_window": [iso(window[0]), iso(window[1])],
-        "evaluation_window": [iso(evaluation_window[0]), iso(evaluation_window[1])],
+        "train_window": [iso_z(window[0]), iso_z(window[1])],
+        "evaluation_window": [iso_z(evaluation_window[0]), iso_z(evaluation_window[1])],
         "rows": int(len(main.train)),
         "test_rows": int(len(main.test)),
         "feature_names": list(MODEL_FEATURES),

@@ -4,8 +4,8 @@
 a Python object and back. Here the PostgreSQL paths build and parse COPY's binary format
 with numpy instead, and :func:`write_frame` upserts through a temporary table and one
 ``INSERT ... ON CONFLICT``. This module is the codec and those generic paths; the
-candles table's own statements (its faster upsert, reads, newest bars) are
-:mod:`mt5_pipeline.storage.candles`.
+candles and features_m1 tables' own statements (their faster writes and reads) are
+:mod:`mt5_pipeline.storage.candles` and :mod:`mt5_pipeline.storage.features`.
 
 Times: PostgreSQL stores ``timestamptz`` (binary: microseconds since 2000-01-01 UTC);
 SQLite stores the text SQLAlchemy writes for ``DateTime(timezone=True)``, which is UTC as
@@ -35,7 +35,6 @@ COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 COPY_HEADER = COPY_SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # no flags, no extension
 COPY_TRAILER = b"\xff\xff"
 
-CANDLE_COLUMNS = ("ts", "open", "high", "low", "close", "tick_volume", "spread", "real_volume", "ingested_at")
 SQLITE_TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 # ---------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The candles table: every statement that reads or writes it, on both backends.
 
-Reading (:func:`read_candles`, :func:`newest_bars`, :func:`list_symbols`) and the ingest
-core's upsert (:func:`store_batch`) live here, beside the column list, so candle SQL is
+Reading (:func:`read_candles`, :func:`newest_candle_ts`, :func:`closes_before`,
+:func:`newest_bars`, :func:`list_symbols`) and the ingest core's upsert
+(:func:`store_batch`) live here, beside the column list, so candle SQL is
 written once. The PostgreSQL/SQLite difference stays inside this module: callers hand a
 validated :class:`CandleBatch` and get counts back.
 
@@ -19,13 +20,15 @@ Storing, worth knowing:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from psycopg2 import sql
+from sqlalchemy import select
 
+from mt5_pipeline.clock import as_utc, from_epoch, parse_iso, utcnow
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
 from mt5_pipeline.storage.bulk import (
     PG_EPOCH_OFFSET_S,
@@ -43,6 +46,7 @@ from mt5_pipeline.storage.bulk import (
     sqlite_datetime_strings,
 )
 from mt5_pipeline.storage.engine import get_engine, is_postgres
+from mt5_pipeline.storage.schema import candles
 
 CANDLE_COLUMNS = ("ts", "open", "high", "low", "close", "tick_volume", "spread", "real_volume", "ingested_at")
 # LISTEN/NOTIFY channel of committed closed bars; the payload is "SYMBOL TIMEFRAME OPEN".
@@ -102,7 +106,7 @@ def _stored_bars(cur: Any, batch: CandleBatch) -> np.ndarray:
     series = sql.SQL("c.symbol = {} AND c.timeframe = {}").format(sql.Literal(batch.symbol), sql.Literal(batch.timeframe))
     if span <= _RANGE_READ_SLACK * len(batch) + 10_000:
         query = sql.SQL("SELECT {} FROM candles c WHERE {} AND c.ts BETWEEN {} AND {} ORDER BY c.ts").format(
-            sql.SQL(columns), series, sql.Literal(_utc(lo)), sql.Literal(_utc(hi))
+            sql.SQL(columns), series, sql.Literal(from_epoch(lo)), sql.Literal(from_epoch(hi))
         )
     else:
         cur.execute("CREATE TEMP TABLE IF NOT EXISTS _ingest_times (ts timestamptz) ON COMMIT DELETE ROWS")
@@ -113,10 +117,6 @@ def _stored_bars(cur: Any, batch: CandleBatch) -> np.ndarray:
 
 
 _STORED_FORMATS = (">i8", ">f8", ">f8", ">f8", ">f8", ">i8", ">i4", ">i8")
-
-
-def _utc(epoch_s: int) -> datetime:
-    return datetime.fromtimestamp(epoch_s, timezone.utc)
 
 
 def _classify(batch: CandleBatch, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +268,7 @@ def _store_sqlite(url: str, batch: CandleBatch, stamp_base: datetime | None) -> 
                 key,
             ).fetchone()[0]
             newest = cur.execute("SELECT max(ingested_at) FROM candles WHERE symbol = ? AND timeframe = ?", key).fetchone()[0]
-            stamp_at = stamp_base or datetime.now(timezone.utc)  # one machine: its clock is the database's
+            stamp_at = stamp_base or utcnow()  # one machine: its clock is the database's
             if newest is not None:
                 stamp_at = max(stamp_at, pd.Timestamp(newest, tz="UTC").to_pydatetime() + timedelta(microseconds=1))
             stamp = sqlite_datetime(stamp_at)
@@ -435,6 +435,26 @@ def _read_candles_sqlite(url, symbol, timeframe, start, end, last_n) -> pd.DataF
     return frame[list(CANDLE_COLUMNS)]
 
 
+def newest_candle_ts(database_url: str, symbol: str, timeframe: str) -> datetime | None:
+    """The series' newest stored bar, forming or not (one primary-key lookup)."""
+    c = candles.c
+    with get_engine(database_url).connect() as conn:
+        value = conn.execute(select(c.ts).where(c.symbol == symbol, c.timeframe == timeframe).order_by(c.ts.desc()).limit(1)).scalar()
+    return None if value is None else parse_iso(value)
+
+
+def closes_before(database_url: str, symbol: str, timeframe: str, before: datetime, n: int) -> np.ndarray:
+    """The closes of the series' last ``n`` bars opening before ``before``, oldest first."""
+    c = candles.c
+    with get_engine(database_url).connect() as conn:
+        newest_first = (
+            conn.execute(select(c.close).where(c.symbol == symbol, c.timeframe == timeframe, c.ts < before).order_by(c.ts.desc()).limit(n))
+            .scalars()
+            .all()
+        )
+    return np.asarray(newest_first[::-1], dtype=np.float64)
+
+
 def list_symbols(database_url: str, timeframe: str | None = None) -> list[tuple[str, str]]:
     """Distinct (symbol, timeframe) pairs in candles, sorted."""
     return [(r[0], r[1]) for r in _series(database_url, stats=False) if timeframe is None or r[1] == timeframe]
@@ -504,7 +524,7 @@ def _series(database_url: str, *, stats: bool) -> list[tuple]:
                         rows[i] = (*row[:3], cur.fetchone()[0], row[4])
 
         def when(value):
-            return value.astimezone(timezone.utc) if value is not None else None
+            return as_utc(value) if value is not None else None
 
     else:
         rows = []

@@ -1,4 +1,5 @@
-"""PostgreSQL LISTEN for the long-running workers: a commit wakes them at once.
+"""Commit notifications: a writing transaction NOTIFYs a channel, a long-running worker
+LISTENs on it and wakes at once (PostgreSQL; SQLite has none, its workers poll).
 
 The pusher listens on the queue's channel (a signal was queued); the live worker on the
 candles channel (a closed bar was committed). Notifications are a latency optimisation
@@ -11,13 +12,28 @@ import logging
 import threading
 import time
 
-from mt5_pipeline.storage.engine import psycopg_conninfo, redact
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from mt5_pipeline.storage.engine import is_postgres, psycopg_conninfo, redact
 
 log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 5.0
 # Short slices so a stop request is seen promptly.
 SLICE_SECONDS = 0.5
+
+
+def notifications_supported(database_url: str) -> bool:
+    """Whether commits on this database can wake a :class:`Listener`."""
+    return is_postgres(database_url)
+
+
+def notify(conn: Connection, channel: str, payload: str) -> None:
+    """Notify `channel` when `conn`'s transaction commits: PostgreSQL delivers it then,
+    never before the rows are visible and never for a rollback. Nothing on SQLite."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload})
 
 
 class Listener:

@@ -27,6 +27,7 @@ Prints a table and writes benchmarks/out/bench_delivery.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -53,15 +54,21 @@ from mt5_pipeline.storage.engine import dispose_engines
 EA_KEY = "bench-ea-key"
 
 
+_CALLS = itertools.count()
+
+
 def make_signals(n: int, symbols: int = 50) -> list[dict]:
     base = datetime.now(timezone.utc).replace(second=0, microsecond=0)
     expires = base + timedelta(hours=1)
     per = max(1, n // symbols)
-    version = f"bench-{uuid.uuid4().hex[:8]}"  # each call's signals are new bars for the unique key
+    version = f"bench-{uuid.uuid4().hex[:8]}"
+    # The queue keeps one signal per (symbol, timeframe, bar): each call takes bars a year
+    # further back than the last, so no call's signals are refused as a second one for a bar.
+    call_back = timedelta(days=365 * next(_CALLS))
     out = []
     for i in range(n):
         sym, k = divmod(i, per)
-        ts = base - timedelta(minutes=per - k) - timedelta(days=sym)  # unique per bar, each symbol's bars in order
+        ts = base - timedelta(minutes=per - k) - timedelta(days=sym) - call_back  # each symbol's bars in order
         out.append(
             {
                 "signal_id": str(uuid.uuid4()),

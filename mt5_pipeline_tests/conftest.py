@@ -104,3 +104,9 @@ def settings_for(tmp_path: Path):
 @pytest.fixture
 def settings(db_url: str, settings_for) -> Settings:
     return settings_for(db_url)
+
+
+@pytest.fixture
+def anyio_backend():
+    # The API tests run their async clients on asyncio only (uvicorn's loop in production).
+    return "asyncio"

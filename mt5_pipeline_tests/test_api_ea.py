@@ -17,11 +17,6 @@ SEED_SIGNAL_KEYS = {"signal_id", "symbol", "timeframe", "side", "confidence", "s
 
 
 @pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
 def ea_settings(db_url, settings_for, reference_ea):  # noqa: F811
     return settings_for(db_url, API_KEYS=KEYS, EA_SERVER_URL=reference_ea.url, EA_API_KEY=reference_ea.api_key)
 

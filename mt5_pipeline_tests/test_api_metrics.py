@@ -14,11 +14,6 @@ from mt5_pipeline_tests.ea_server import reference_ea  # noqa: F401  (fixture)
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 def parse(text: str) -> dict[str, dict[tuple, float]]:
     """{sample name: {sorted label items: value}}"""
     out: dict[str, dict[tuple, float]] = {}

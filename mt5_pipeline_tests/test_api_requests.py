@@ -14,11 +14,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
 def api_settings(sqlite_url, settings_for):
     return settings_for(sqlite_url, API_KEYS=KEYS, EA_SERVER_PORT=9)
 

@@ -25,11 +25,6 @@ def api_settings(sqlite_url, settings_for):
     return settings_for(sqlite_url, API_KEYS=KEYS, EA_SERVER_PORT=9)
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 # ---- keys -------------------------------------------------------------------------
 
 

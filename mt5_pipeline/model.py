@@ -15,7 +15,6 @@ the trees directly (:func:`forest_probability_up`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -41,6 +40,7 @@ from mt5_pipeline.model_store import (
     publish_champion,
     save_model,
 )
+from mt5_pipeline.prediction import MODEL_NAME, Prediction
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import features_m1
@@ -56,7 +56,6 @@ from mt5_pipeline.training import (
     train_model,
 )
 
-MODEL_NAME = "rf_m1"
 TIMEFRAME = DEFAULT_TIMEFRAME
 
 
@@ -72,18 +71,6 @@ class ModelTimeframeError(ValueError):
         self.available = available
 
 
-@dataclass
-class Prediction:
-    symbol: str
-    timeframe: str
-    ts: datetime  # bar open time
-    close: float
-    probability: float  # of class 1: the price goes up (horizon) / a long wins (triple_barrier)
-    model_version: str
-    model_trained_at: datetime
-    label_mode: str
-    label_horizon: int
-    model: str = MODEL_NAME
 
 
 # ---- serving ------------------------------------------------------------------------------

@@ -15,20 +15,18 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from mt5_pipeline import queue
 from mt5_pipeline.clock import as_utc, iso_z, parse_iso, resolve_now
 from mt5_pipeline.pips import PipSizeUnknown, pip_size_for
+from mt5_pipeline.prediction import Prediction
 from mt5_pipeline.quality import unconfirmed_extreme
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
 from mt5_pipeline.trade_signal import Signal
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "rf_m1"
-
-Predictor = Callable[[Settings, str, str], Any]
+Predictor = Callable[[Settings, str, str], Prediction]
 
 
 @dataclass(frozen=True)
@@ -130,7 +128,7 @@ def model_staleness(settings: Settings, trained_at: datetime | str | None, *, no
     return None
 
 
-def build_signal(prediction: Any, decision: Decision, settings: Settings, *, forced: bool = False, pip_size: float | None = None) -> Signal:
+def build_signal(prediction: Prediction, decision: Decision, settings: Settings, *, forced: bool = False, pip_size: float | None = None) -> Signal:
     """The signal for a decided prediction: priced at the bar's close, expiring at its close + TTL."""
     if decision.side is None:
         raise ValueError("no side: nothing to build")
@@ -147,13 +145,13 @@ def build_signal(prediction: Any, decision: Decision, settings: Settings, *, for
         price=float(prediction.close),
         expires_at=signal_expires_at(prediction.ts, prediction.timeframe, settings),
         meta={
-            "model": getattr(prediction, "model", None) or DEFAULT_MODEL_NAME,
+            "model": prediction.model,
             # The class the model predicts: 1 = price up (BUY), 0 = not up (SELL).
             "label": 1 if decision.side == "BUY" else 0,
             "model_version": prediction.model_version,
             "probability": round(decision.probability, 6),
-            "label_mode": getattr(prediction, "label_mode", None),
-            "label_horizon": getattr(prediction, "label_horizon", None),
+            "label_mode": prediction.label_mode,
+            "label_horizon": prediction.label_horizon,
             "forced": forced,
             # The unit of sl_pips/tp_pips in price, so the EA need not guess it.
             **({"pip_size": pip_size} if pip_size is not None else {}),
@@ -210,7 +208,7 @@ def generate_signal(
     if stale:
         log.warning("No signal for %s %s: %s", symbol, timeframe, stale)
         return GenerateResult("stale_bar", f"No signal: {stale}", p, None, None, bar)
-    stale = model_staleness(settings, getattr(prediction, "model_trained_at", None), now=at)
+    stale = model_staleness(settings, prediction.model_trained_at, now=at)
     if stale:
         log.warning("No signal for %s %s: %s", symbol, timeframe, stale)
         return GenerateResult("stale_model", f"No signal: {stale}", p, None, None, bar)

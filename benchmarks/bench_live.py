@@ -51,9 +51,12 @@ ENV = {
     "RF_N_ESTIMATORS": "30",
     "RF_MAX_DEPTH": "8",
     "RF_MIN_SAMPLES_LEAF": "20",
-    # Every probability becomes a BUY or a SELL: every bar is a signal to time.
+    # Every probability becomes a BUY or a SELL: every bar is a signal to time. The SELL
+    # threshold is the double just below 0.5, so no probability falls between the two: a
+    # forest's average of leaves that "is" 0.5 often comes out a hair below it, and with
+    # 0.4999 about one bar in 2,200 was (rightly) neutral and counted as missing.
     "SIGNAL_BUY_THRESHOLD": "0.5",
-    "SIGNAL_SELL_THRESHOLD": "0.4999",
+    "SIGNAL_SELL_THRESHOLD": "0.49999999999999994",
     "SIGNAL_TTL_SECONDS": "14400",
     "SIGNAL_MAX_BAR_AGE_SECONDS": "86400",
     "LOG_LEVEL": "WARNING",
@@ -128,7 +131,10 @@ class Stack:
     def received(self) -> list[dict]:
         if not self.ea_log.exists():
             return []
-        return [json.loads(line) for line in self.ea_log.read_text().splitlines() if line.strip()]
+        text = self.ea_log.read_text()
+        # The EA may be mid-write: a line counts once its newline is there.
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def close(self) -> None:
         for proc in self.procs.values():

@@ -22,8 +22,8 @@ setup(
     # Namespace discovery: the alembic directories (storage/migrations, its versions/)
     # have no __init__.py but hold modules the program runs (`db upgrade` imports
     # env.py and each version), so they must ship as packages. mt5_pipeline_tests is
-    # not part of the program; nor is the api/ folder (the seed's run_ea_pusher.py
-    # script): the Starlette shell installs as mt5_pipeline.api, no top-level `api`.
+    # not part of the program. The Starlette shell installs as mt5_pipeline.api: no
+    # top-level `api` package (api/ holds only the seed's script, shipped below).
     packages=find_namespace_packages(include=["mt5_pipeline", "mt5_pipeline.*"], exclude=["*.__pycache__"]),
     package_data={"mt5_pipeline.storage.migrations": ["script.py.mako"]},
     install_requires=[
@@ -68,4 +68,7 @@ setup(
         "bench": ["backtesting>=0.6"],
     },
     entry_points={"console_scripts": ["mt5-pipeline=mt5_pipeline.apps.cli:main"]},
+    # The seed's worker script ships too, so `run_ea_pusher.py` works from an installed wheel
+    # as `python api/run_ea_pusher.py` does from a checkout.
+    scripts=["api/run_ea_pusher.py"],
 )

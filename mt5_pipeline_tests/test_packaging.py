@@ -39,7 +39,7 @@ def installed(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("wheel")
     src = work / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("mt5_pipeline", "api"):  # api/ holds only the seed script: the wheel must not need it
+    for name in ("mt5_pipeline", "api"):  # api/ holds only the seed's script
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("setup.py", "README.md"):
         shutil.copy(ROOT / name, src / name)
@@ -71,6 +71,7 @@ def test_the_build_leaves_no_package_out(installed):
         assert f"mt5_pipeline/storage/migrations/{name}" in names, name
     assert not any("__pycache__" in n or n.startswith(("mt5_pipeline_tests/", "api/")) for n in names)
     assert "mt5_pipeline/api/main.py" in names
+    assert any(n.endswith(".data/scripts/run_ea_pusher.py") for n in names), "the seed's worker script"
 
 
 def test_the_installed_package_is_the_wheel(installed):
@@ -80,6 +81,13 @@ def test_the_installed_package_is_the_wheel(installed):
         assert Path(line).is_relative_to(installed["site"]), line
     helped = _run([str(installed["cli"]), "--help"], env=installed["env"], cwd=installed["cwd"])
     assert helped.returncode == 0 and "db" in helped.stdout and "serve" in helped.stdout
+
+
+def test_the_seed_worker_script_runs_from_the_wheel(installed, tmp_path):
+    script = installed["cli"].with_name("run_ea_pusher.py")
+    env = {**installed["env"], "DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}", "EA_PUSH_ENABLED": "false"}
+    helped = _run([str(installed["python"]), str(script), "--help"], env=env, cwd=installed["cwd"])
+    assert helped.returncode == 0 and "--once" in helped.stdout, helped.stderr
 
 
 def test_db_upgrade_from_the_wheel_on_sqlite(installed, tmp_path):

@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from mt5_pipeline.clock import from_epoch, iso_z, resolve_now
+from mt5_pipeline.contract import SYMBOL_RE
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
 from mt5_pipeline.storage.candles import CandleBatch, closes_before, store_batch
 
@@ -62,7 +63,7 @@ DEFAULT_MAX_JUMP = 10.0
 # the stored bars just before the batch included.
 JUMP_WINDOW = 21
 MAX_REPORTED_ERRORS = 50
-SYMBOL_PATTERN = re.compile(r"[A-Za-z0-9._#-]{1,32}")
+SYMBOL_PATTERN = SYMBOL_RE  # the contract's rule (mt5_pipeline.contract)
 
 PRICE_FIELDS = ("open", "high", "low", "close")
 VOLUME_FIELDS = ("tick_volume", "spread", "real_volume")

@@ -1,15 +1,20 @@
-"""Pip sizes: the one place a symbol's pip is decided (labels, backtest, signals).
+"""Pip sizes: the one place a symbol's pip is decided (labels, backtest, promotion,
+signals' ``meta.pip_size``, and through it the stops the bridge and the EA place).
 
-Where a pip comes from, first match wins:
+Where a pip comes from, first match wins (docs/execution.md has the table):
 
 1. ``PIP_SIZES`` (``settings.pip_sizes``), e.g. ``XAUUSD=0.1``: the operator's word;
-2. a currency pair (two ISO currency codes, any broker suffix): 0.0001, yen pairs 0.01;
-3. what the EA says about the instrument: the optional ``digits`` / ``point`` of
-   ``POST /ingest``, kept in the ``symbols`` table. A pip is then MQL's usual
-   ``point * 10`` on 3- and 5-digit quotes and one point otherwise (XAUUSD 2034.56 ->
-   0.01, US30 39012.5 -> 0.1, BTCUSD 67012.34 -> 0.01).
+2. what the terminal says about the instrument: ``digits`` / ``point`` sent with
+   ``POST /ingest`` (the bridge and the MQL5 EA send them), kept in the ``symbols``
+   table. A pip is MQL's usual ``point * 10`` on 3- and 5-digit quotes (a fractional
+   pip) and one point otherwise, for every instrument: EURUSD 1.08123 -> 0.0001, USDJPY
+   151.234 -> 0.01, USDHUF 365.123 -> 0.01, USDKRW 1380.12 -> 0.01, XAUUSD 2034.56 ->
+   0.01, US30 39012 -> 1, BTCUSD 67012.34 -> 0.01;
+3. a currency pair (two ISO currency codes, any broker suffix) the terminal has not
+   described yet: 0.0001, yen pairs 0.01 (right for the majors; an exotic quote such as
+   USDHUF needs 2 or 1);
 
-Anything else (metals, indices, crypto, CFDs) has no pip until 1 or 3 gives one:
+Anything else (metals, indices, crypto, CFDs) has no pip until 1 or 2 gives one:
 :class:`PipSizeUnknown` names the setting. An FX default for gold would put a 20-pip
 stop $0.002 away.
 
@@ -60,19 +65,20 @@ def currency_pair(symbol: str) -> tuple[str, str] | None:
 
 
 def pip_from_instrument(digits: int | None, point: float | None) -> float | None:
-    """MQL's convention from the EA's SYMBOL_DIGITS / SYMBOL_POINT (either may be missing)."""
+    """MQL's convention from the terminal's SYMBOL_DIGITS / SYMBOL_POINT (either may be missing)."""
     if digits is None and point is None:
         return None
     if point is None:
         point = 10.0 ** -int(digits)  # type: ignore[arg-type]
     if digits is None:
         digits = max(0, round(-math.log10(point)))
-    return float(point) * (POINTS_PER_PIP if int(digits) in (3, 5) else 1)
+    pip = float(point) * (POINTS_PER_PIP if int(digits) in (3, 5) else 1)
+    return round(pip, int(digits) + 1)  # 0.001 * 10 is 0.010000000000000002
 
 
 def pip_size(symbol: str, overrides: Mapping[str, float] | None = None, instrument: tuple[int | None, float | None] | None = None) -> float:
-    """Pip size of ``symbol``: an override (keyed by upper-case symbol), else the FX rule,
-    else the EA's (digits, point); raises PipSizeUnknown when none applies."""
+    """Pip size of ``symbol``: an override (keyed by upper-case symbol), else the terminal's
+    (digits, point), else the FX name rule; raises PipSizeUnknown when none applies."""
     key = symbol.strip().upper()
     if overrides:
         value = overrides.get(key)
@@ -80,13 +86,14 @@ def pip_size(symbol: str, overrides: Mapping[str, float] | None = None, instrume
             value = overrides.get(symbol)
         if value is not None:
             return float(value)
+    # Digits before the name: a 3-digit USDHUF is not a 5-digit EURUSD.
+    from_terminal = pip_from_instrument(*instrument) if instrument is not None else None
+    if from_terminal is not None:
+        return from_terminal
     pair = currency_pair(symbol)
     if pair is not None:
         return JPY_PIP if "JPY" in pair else DEFAULT_PIP
-    from_ea = pip_from_instrument(*instrument) if instrument is not None else None
-    if from_ea is None:
-        raise PipSizeUnknown(symbol)
-    return from_ea
+    raise PipSizeUnknown(symbol)
 
 
 def point_size(symbol: str, overrides: Mapping[str, float] | None = None, instrument: tuple[int | None, float | None] | None = None) -> float:
@@ -151,25 +158,25 @@ def instrument(database_url: str, symbol: str) -> tuple[int | None, float | None
     return None if row is None else (row.digits, row.point)
 
 
-def _is_known_without_the_database(settings: Any, symbol: str) -> bool:
+def _overridden(settings: Any, symbol: str) -> bool:
     overrides = settings.pip_sizes or {}
-    return symbol.strip().upper() in overrides or symbol in overrides or currency_pair(symbol) is not None
+    return symbol.strip().upper() in overrides or symbol in overrides
 
 
 def pip_size_for(settings: Any, database_url: str | None, symbol: str) -> float:
-    """The pip of `symbol` from PIP_SIZES, the FX rule, or the EA's digits/point.
+    """The pip of `symbol` from PIP_SIZES, the terminal's digits/point, or the FX rule.
 
     Raises PipSizeUnknown (a ValueError naming PIP_SIZES) for a symbol that has none:
     signals, labels and the backtest refuse such a symbol rather than guess. Reads the
-    database only for a symbol that is neither overridden nor a currency pair.
+    database (one row) unless PIP_SIZES names the symbol.
     """
-    if _is_known_without_the_database(settings, symbol):
+    if _overridden(settings, symbol):
         return pip_size(symbol, settings.pip_sizes)
     return pip_size(symbol, settings.pip_sizes, instrument(database_url or settings.database_url, symbol))
 
 
 def point_size_for(settings: Any, database_url: str | None, symbol: str) -> float:
     """One MT5 point of `symbol` (spreads are in points), by the same sources."""
-    if _is_known_without_the_database(settings, symbol):
+    if _overridden(settings, symbol):
         return point_size(symbol, settings.pip_sizes)
     return point_size(symbol, settings.pip_sizes, instrument(database_url or settings.database_url, symbol))

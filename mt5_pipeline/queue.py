@@ -42,6 +42,7 @@ from sqlalchemy import BigInteger, Integer, String, Text, and_, bindparam, case,
 from sqlalchemy.engine import Connection
 
 from mt5_pipeline.clock import as_utc, iso_z, resolve_now
+from mt5_pipeline.contract import ACK_STATUSES, ack_outcome, queue_status_after_ack
 from mt5_pipeline.storage.dialect import RowsParameter, insert_on_conflict, materialized, skip_commit_flush
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.notifications import notify
@@ -52,10 +53,6 @@ q = signals_queue
 
 # LISTEN/NOTIFY channel: enqueue notifies it in the inserting transaction, the worker listens.
 NOTIFY_CHANNEL = "signals_queue"
-
-# An ack proves the EA has the signal, so it wins over our own guess that delivery failed
-# or came too late. A signal the EA itself refused stays REJECTED (the ack is still stored).
-ACKABLE_STATUSES = ("PENDING", "SENT", "FAILED", "EXPIRED")
 
 class UnknownSignalError(LookupError):
     """An ack (or lookup) named a signal_id that is not in signals_queue."""
@@ -304,7 +301,8 @@ def _apply_marks_statement(m):
     sent, retry = m.c.kind == "SENT", m.c.kind == "RETRY"
     return (
         update(q)
-        .where(q.c.id == m.c.id, q.c.claim_token == m.c.token, or_(q.c.status == "PENDING", and_(sent, q.c.status == "ACKED")))
+        # The EA's own ack may have ended the row already with this very outcome.
+        .where(q.c.id == m.c.id, q.c.claim_token == m.c.token, or_(q.c.status == "PENDING", and_(sent, q.c.status == "ACKED"), q.c.status == m.c.kind))
         .values(
             status=case((sent, case((q.c.status == "ACKED", literal("ACKED")), else_=literal("SENT"))), (retry, literal("PENDING")), else_=m.c.kind),
             sent_at=case((sent, m.c.at), else_=q.c.sent_at),
@@ -428,20 +426,31 @@ def record_ack(
     status: str,
     message: str = "",
     *,
+    retcode: int | None = None,
     now: datetime | None = None,
 ) -> dict:
-    """Store the EA's acknowledgement and move the signal to ACKED.
+    """Store the EA's acknowledgement and move the signal as the contract says
+    (:data:`mt5_pipeline.contract.ACK_OUTCOMES`): a success to ACKED with the ticket, a
+    refusal to REJECTED with the retcode and description in ``last_error``, an expiry to
+    EXPIRED; never backwards (:func:`~mt5_pipeline.contract.queue_status_after_ack`).
 
-    Repeating an ack is harmless (the row is updated, ``acked_at`` keeps the first time).
-    Raises UnknownSignalError for a signal_id that was never queued, ValueError for a bad
-    status or ticket.
+    Repeating an ack is harmless; the stored ack keeps the strongest outcome received
+    (``acked_at`` the first time). Raises UnknownSignalError for a signal_id that was never
+    queued, ValueError naming the field for a bad status, ticket or retcode.
     """
-    if not isinstance(status, str) or not status.strip() or len(status.strip()) > 20:
-        raise ValueError("status: expected a non-empty string of at most 20 characters (e.g. FILLED)")
+    if not isinstance(status, str) or not status.strip():
+        raise ValueError(f"status: expected one of {', '.join(ACK_STATUSES)}")
+    status = status.strip().upper()
+    ack_outcome(status)  # raises for an unknown status
     if ticket is not None and (isinstance(ticket, bool) or not isinstance(ticket, int) or ticket < 0):
         raise ValueError("ticket: expected a non-negative whole number or null")
-    status = status.strip()
+    if retcode is not None and (isinstance(retcode, bool) or not isinstance(retcode, int) or retcode < 0):
+        raise ValueError("retcode: expected a non-negative whole number or null")
+    if ticket == 0:
+        ticket = None  # MQL's "no ticket"
     message = message or ""
+    if retcode is not None and f"retcode {retcode}" not in message:
+        message = f"retcode {retcode}: {message}" if message else f"retcode {retcode}"
     at = resolve_now(now)
     engine = get_engine(database_url)
     with engine.begin() as conn:
@@ -449,27 +458,27 @@ def record_ack(
         row = conn.execute(select(q.c.id, q.c.status).where(q.c.signal_id == signal_id).with_for_update()).first()
         if row is None:
             raise UnknownSignalError(f"unknown signal_id {signal_id!r}: no such signal in signals_queue")
-        repeated = conn.execute(select(signals_ack.c.id).where(signals_ack.c.signal_id == signal_id)).first() is not None
-        ins = insert_on_conflict(conn, signals_ack).values(signal_id=signal_id, ticket=ticket, status=status, message=message, acked_at=at)
-        conn.execute(
-            ins.on_conflict_do_update(
-                index_elements=[signals_ack.c.signal_id],
-                set_={
-                    "ticket": func.coalesce(ins.excluded.ticket, signals_ack.c.ticket),
-                    "status": ins.excluded.status,
-                    "message": ins.excluded.message,
-                },
-            )
-        )
-        queue_status = row.status
-        if row.status in ACKABLE_STATUSES:
+        previous = conn.execute(select(signals_ack.c.status).where(signals_ack.c.signal_id == signal_id)).first()
+        repeated = previous is not None
+        outcome = ack_outcome(status)
+        if previous is None:
+            conn.execute(signals_ack.insert().values(signal_id=signal_id, ticket=ticket, status=status, message=message, acked_at=at))
+        elif previous.status not in ACK_STATUSES or queue_status_after_ack(ack_outcome(previous.status), status) == outcome:
+            # A stronger or equal outcome replaces the stored ack; a weaker one never does.
             conn.execute(
-                update(q)
-                .where(q.c.id == row.id)
-                .values(status="ACKED", acked_at=func.coalesce(q.c.acked_at, at), ticket=func.coalesce(literal(ticket, q.c.ticket.type), q.c.ticket))
+                update(signals_ack)
+                .where(signals_ack.c.signal_id == signal_id)
+                .values(ticket=func.coalesce(literal(ticket, signals_ack.c.ticket.type), signals_ack.c.ticket), status=status, message=message)
             )
-            queue_status = "ACKED"
-        elif row.status == "ACKED" and ticket is not None:
+        queue_status = queue_status_after_ack(row.status, status)
+        if queue_status != row.status:
+            values: dict[str, Any] = {"status": queue_status}
+            if queue_status == "ACKED":
+                values.update(acked_at=func.coalesce(q.c.acked_at, at), ticket=func.coalesce(literal(ticket, q.c.ticket.type), q.c.ticket))
+            else:
+                values["last_error"] = f"{status.lower()} by the EA: {message}" if message else f"{status.lower()} by the EA"
+            conn.execute(update(q).where(q.c.id == row.id).values(**values))
+        elif queue_status == "ACKED" and ticket is not None:
             conn.execute(update(q).where(q.c.id == row.id, q.c.ticket.is_(None)).values(ticket=ticket))
     return {"signal_id": signal_id, "status": queue_status, "ticket": ticket, "ack_status": status, "repeated": repeated}
 

@@ -64,10 +64,21 @@ def test_the_two_shells_never_import_each_other():
         assert bad == [], f"{path.relative_to(ROOT)} imports {bad}"
 
 
+def test_the_bridge_imports_neither_the_apps_nor_the_api():
+    # The bridge is a peer of the API beside the terminal: the contract it obeys is the core's.
+    files = sorted((PACKAGE / "bridge").rglob("*.py"))
+    assert len(files) >= 8
+    for path in files:
+        bad = sorted(n for n in _imports(path) if _under(n, ("api", "mt5_pipeline.api", "mt5_pipeline.apps", "mt5_pipeline.orchestration", "mt5_pipeline.definitions")))
+        assert bad == [], f"{path.relative_to(ROOT)} imports {bad}"
+    # A guard for the guard: the contract is what it imports instead.
+    assert "mt5_pipeline.contract" in _imports(PACKAGE / "bridge" / "executor.py")
+
+
 def test_the_rule_sees_what_it_checks():
     # A guard for the guard: the core is found, and a shell's own imports are seen.
     names = {p.stem for p in domain_modules()}
-    assert {"settings", "ingest", "features", "indicators", "signals", "queue", "pusher", "live", "trade_signal", "prediction"} <= names
+    assert {"settings", "ingest", "features", "indicators", "signals", "queue", "pusher", "live", "trade_signal", "prediction", "contract"} <= names
     assert not names & SHELLS
     assert "dagster" in _imports(PACKAGE / "definitions.py")
     assert any(_under(n, ("mt5_pipeline.api",)) for n in _imports(PACKAGE / "apps" / "cli.py"))

@@ -18,6 +18,7 @@ from mt5_pipeline.clock import iso_z
 from mt5_pipeline.pusher import push_pending
 from mt5_pipeline.settings import Settings, SettingsError
 from mt5_pipeline.storage.candles import read_candles
+from mt5_pipeline.trade_signal import Signal
 from mt5_pipeline_tests.bridge_support import EA_KEY, build_rig
 from mt5_pipeline_tests.ea_server import make_signal
 
@@ -191,17 +192,22 @@ def enqueue(rig, *signals):
 
 
 EXPECTED = {
-    # symbol: (pip, filling)
+    # symbol: (meta.pip_size, filling)
     "EURUSD": (0.0001, 0),  # 5 digits; FOK allowed
     "USDJPY": (0.01, 1),  # 3 digits; IOC only
-    "XAUUSD": (0.1, 2),  # 2-digit gold; neither flag: RETURN
+    "XAUUSD": (0.1, 2),  # 2-digit gold with PIP_SIZES=XAUUSD=0.1 on the API; neither flag: RETURN
 }
+
+
+def with_pip(signal: dict, pip: float) -> dict:
+    """A signal as the API sends it: its pip in meta.pip_size."""
+    return {**signal, "meta": {**signal["meta"], "pip_size": pip}}
 
 
 @pytest.mark.parametrize("side", ["BUY", "SELL"])
 def test_buy_and_sell_on_each_symbol_give_the_right_request_and_an_ack(any_rig, side):
     rig = any_rig
-    signals = enqueue(rig, *(make_signal(s, side=side) for s in EXPECTED))
+    signals = enqueue(rig, *(with_pip(make_signal(s, side=side), EXPECTED[s][0]) for s in EXPECTED))
     ticks = {s: rig.mt5.symbol_info_tick(s) for s in EXPECTED}
     result = push_pending(rig.api_settings)
     assert result.sent == 3 and result.rejected == 0
@@ -258,7 +264,7 @@ def ack_row(rig, signal_id):
 def test_orders_sized_by_risk_lose_that_share_of_the_balance_at_the_stop(sqlite_url, tmp_path):
     rig = build_rig(sqlite_url, tmp_path, BRIDGE_RISK_PERCENT="1")
     try:
-        enqueue(rig, *(make_signal(s) for s in EXPECTED))
+        enqueue(rig, *(with_pip(make_signal(s), EXPECTED[s][0]) for s in EXPECTED))
         assert push_pending(rig.api_settings).sent == 3
         volumes = {r["symbol"]: r["volume"] for r in rig.mt5.requests}
         # 1% of 10,000 USD = 100 USD at a 20-pip stop.
@@ -281,13 +287,20 @@ def test_a_requote_is_retried_once_at_the_new_price(rig):
     assert rig.bridge.store.execution(signal["signal_id"])["status"] == "FILLED"
 
 
-def test_a_second_requote_is_a_rejection_not_a_third_try(rig):
+def test_a_second_requote_is_not_final_and_the_next_push_trades_it_once(rig):
+    from datetime import datetime, timezone
+
     rig.mt5.script("EURUSD", [10004, 10020])
     [signal] = enqueue(rig, make_signal("EURUSD"))
-    result = push_pending(rig.api_settings)
-    assert result.rejected == 1
-    assert len(rig.mt5.requests) == 2
-    assert rig.bridge.store.execution(signal["signal_id"])["retcode"] == 10020
+    t0 = datetime.now(timezone.utc)
+    result = push_pending(rig.api_settings, now=t0)
+    assert result.rejected == 0 and result.sent == 0  # 503: the terminal said "not now"
+    assert len(rig.mt5.requests) == 2  # one immediate retry, no third
+    assert rig.bridge.store.execution(signal["signal_id"])["status"] == "RETRY"
+    assert rig.bridge.acks.send_due() == 0  # nothing final, nothing acked
+    assert queue.get_signal(rig.url, signal["signal_id"])["status"] == "PENDING"
+    assert push_pending(rig.api_settings, now=t0 + timedelta(seconds=60)).sent == 1
+    assert len(rig.mt5.positions) == 1 and len(rig.mt5.requests) == 3
 
 
 def test_a_closed_market_is_rejected_with_the_retcode_and_acked_as_such(rig):
@@ -374,7 +387,7 @@ def test_an_interrupted_send_is_looked_up_not_sent_again(rig):
     placed = make_signal("EURUSD")
     lost = make_signal("EURUSD")
     for signal in (placed, lost):
-        rig.bridge.store.begin(signal)  # the bridge died after this, during order_send
+        rig.bridge.store.begin(Signal.from_payload(signal))  # the bridge died after this, during order_send
     tick = rig.mt5.symbol_info_tick("EURUSD")
     rig.mt5.order_send(
         {"action": 1, "symbol": "EURUSD", "volume": 0.1, "type": 0, "price": tick.ask, "sl": 0.0, "tp": 0.0,
@@ -426,25 +439,6 @@ def test_pull_mode_loop_runs_in_the_background(pull_rig):
 
 
 # ---- the arithmetic and the settings ------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "symbol, point, digits, pip",
-    [
-        ("EURUSD", 0.00001, 5, 0.0001),
-        ("EURUSD", 0.0001, 4, 0.0001),
-        ("USDJPY", 0.001, 3, 0.01),
-        ("USDJPY.m", 0.01, 2, 0.01),
-        ("XAUUSD", 0.01, 2, 0.1),
-        ("US30", 1.0, 0, 1.0),
-    ],
-)
-def test_pip_from_point_and_digits(symbol, point, digits, pip):
-    assert orders.pip_for(symbol, point, digits) == pytest.approx(pip)
-
-
-def test_pip_sizes_setting_wins():
-    assert orders.pip_for("XAUUSD", 0.01, 2, {"XAUUSD": 0.01}) == 0.01
 
 
 def test_lots_are_rounded_down_to_the_volume_step_and_too_small_is_refused():

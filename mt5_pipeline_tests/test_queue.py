@@ -177,7 +177,9 @@ def test_record_ack_moves_to_acked_repeats_harmlessly_and_refuses_unknown_ids(db
     # Pull mode: the EA took a PENDING signal from GET /ea/signals and acks it.
     assert queue.record_ack(db_url, pulled["signal_id"], 99, "FILLED", now=T0)["status"] == "ACKED"
     # A signal the EA refused stays REJECTED; its ack is still kept.
-    assert queue.record_ack(db_url, refused["signal_id"], None, "ERROR", "no", now=T0)["status"] == "REJECTED"
+    assert queue.record_ack(db_url, refused["signal_id"], None, "REJECTED", "no", now=T0)["status"] == "REJECTED"
+    with pytest.raises(ValueError, match="status: expected one of FILLED"):
+        queue.record_ack(db_url, refused["signal_id"], None, "ERROR", "no", now=T0)
 
     with pytest.raises(UnknownSignalError, match="unknown signal_id"):
         queue.record_ack(db_url, "00000000-0000-4000-8000-000000000000", 1, "FILLED", now=T0)

@@ -19,14 +19,11 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from mt5_pipeline.api.validation import describe
+from mt5_pipeline.contract import ACK_STATUSES, SYMBOL_PATTERN
 from mt5_pipeline.pips import MAX_DIGITS, check_instrument
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
 
 TIMEFRAMES: tuple[str, ...] = tuple(TIMEFRAME_SECONDS)
-# The ingest core's rule (ingest.SYMBOL_PATTERN, full match), anchored so that it means
-# the same under JSON Schema's search semantics, pydantic's Rust regex and re.fullmatch.
-# Broker symbols carry suffixes such as "EURUSD.m", "XAUUSD#" or "US30.cash".
-SYMBOL_PATTERN = r"^[A-Za-z0-9._#\-]{1,32}$"
 SIGNAL_ID_MAX = 36  # signals_queue.signal_id is a UUID string
 ACK_STATUS_PATTERN = r"^[A-Za-z_]{1,20}$"  # signals_ack.status is String(20)
 ACK_MESSAGE_MAX = 2000
@@ -119,15 +116,28 @@ class GenerateSignalRequest(_Request):
     force: Annotated[bool | None, Field(description="queue a signal even inside the neutral band"), _default_for_null(False)] = False
 
 
+def _known_ack_status(value: str) -> str:
+    value = value.upper()
+    if value not in ACK_STATUSES:
+        raise PydanticCustomError("ack_status", "expected one of {allowed}, got {got}", {"allowed": ", ".join(ACK_STATUSES), "got": value})
+    return value
+
+
 class AckRequest(_Request):
     signal_id: str = Field(min_length=1, max_length=SIGNAL_ID_MAX, description="the signal_id the EA received")
-    ticket: int | None = Field(None, ge=0, lt=2**63, description="the order's ticket, null when there is none")
+    ticket: int | None = Field(None, ge=0, lt=2**63, description="the order's ticket, null (or 0) when there is none")
     status: Annotated[
         str,
-        Field(pattern=ACK_STATUS_PATTERN, description="1-20 letters or underscores, such as FILLED or REJECTED", examples=["FILLED"]),
-        AfterValidator(str.upper),
+        Field(
+            pattern=ACK_STATUS_PATTERN,
+            description="what became of the signal: FILLED, PLACED, PARTIAL or ACKED (a position or order exists) -> ACKED; "
+            "REJECTED -> REJECTED; EXPIRED -> EXPIRED. Never moves a signal backwards (docs/execution.md)",
+            examples=["FILLED"],
+        ),
+        AfterValidator(_known_ack_status),
     ]
     message: Annotated[str | None, Field(max_length=ACK_MESSAGE_MAX), _default_for_null("")] = ""
+    retcode: int | None = Field(None, ge=0, lt=2**31, description="the terminal's MqlTradeResult retcode, e.g. 10018 for a closed market (optional)")
 
 
 def _pending_only(value: Any) -> Any:

@@ -10,9 +10,9 @@ A field with a default may be left out of the answer.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from mt5_pipeline.api.requests import Timeframe
 
@@ -44,6 +44,19 @@ class IngestResponse(BaseModel):
     duplicates: Count = Field(0, description="times that appeared twice in the batch (the last one was kept); left out when 0")
 
 
+class SignalMeta(BaseModel):
+    """The signal's meta: who decided it, and the pip its stops are in."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    model_version: str
+    probability: float = Field(ge=0, le=1)
+    pip_size: float | None = Field(
+        None, gt=0, description="price size of one pip for this symbol (the core's rule): stops go sl_pips x pip_size from the fill price"
+    )
+
+
 class Signal(BaseModel):
     """What the EA receives (POST to EA_SERVER_URL, or GET /ea/signals in pull mode)."""
 
@@ -56,7 +69,7 @@ class Signal(BaseModel):
     sl_pips: float
     tp_pips: float
     price: float
-    meta: dict[str, Any] = Field(description="model, label, model_version, ...")
+    meta: SignalMeta = Field(description="model, label, model_version, probability, pip_size, ...")
     expires_at: datetime = Field(description="after this the EA must not trade it")
 
 
@@ -109,7 +122,7 @@ class PushResponse(BaseModel):
 class AckResponse(BaseModel):
     success: Literal[True]
     signal_id: str
-    status: str = Field(description="the signal's queue status after the ack (ACKED unless it had already ended)")
+    status: str = Field(description="the signal's queue status after the ack: ACKED, REJECTED or EXPIRED as the ack says, or where it already was when that is further along")
     ticket: int | None
     ack_status: str = Field(description="the status the EA reported")
     repeated: bool = Field(description="this signal had been acked before")

@@ -195,7 +195,7 @@ async def ack(request: Request) -> Response:
 
     try:
         recorded = await run_in_threadpool(
-            record_ack, state.settings.database_url, req.signal_id, req.ticket, req.status, req.message
+            partial(record_ack, state.settings.database_url, req.signal_id, req.ticket, req.status, req.message, retcode=req.retcode)
         )
     except UnknownSignalError:
         raise ApiError(404, "no such signal_id", extra={"reason": "unknown_signal"}) from None

@@ -27,10 +27,8 @@ import hmac
 import json
 import logging
 import math
-import re
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
@@ -42,61 +40,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mt5_pipeline.clock import iso_z, utcnow
-from mt5_pipeline.pips import PipSizeUnknown, pip_size
-from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
+from mt5_pipeline.clock import iso_z, parse_iso, utcnow
+from mt5_pipeline.contract import MAX_BODY_BYTES, pip_for_signal, validate_signal
+from mt5_pipeline.pips import PipSizeUnknown
+from mt5_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
 FIRST_TICKET = 10_000_001
-SYMBOL_RE = re.compile(r"^[A-Za-z0-9._#\-]{1,32}$")
-REQUIRED = ("signal_id", "timestamp", "symbol", "timeframe", "side", "confidence", "sl_pips", "tp_pips", "price", "meta", "expires_at")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None  # a time without a zone is ambiguous
-
-
-def validate_signal(body: Any) -> list[str]:
-    """Everything wrong with a signal body, as messages naming the field; [] if valid."""
-    if not isinstance(body, dict):
-        return ["body: expected a JSON object"]
-    errors = [f"{key}: required" for key in REQUIRED if key not in body]
-    if "signal_id" in body:
-        try:
-            uuid.UUID(str(body["signal_id"]))
-            if not isinstance(body["signal_id"], str):
-                raise ValueError
-        except ValueError:
-            errors.append("signal_id: expected a UUID string")
-    for key in ("timestamp", "expires_at"):
-        if key in body and _parse_time(body[key]) is None:
-            errors.append(f"{key}: expected an ISO 8601 time with a zone, e.g. 2025-10-25T10:30:00Z")
-    if "symbol" in body and not (isinstance(body["symbol"], str) and SYMBOL_RE.match(body["symbol"])):
-        errors.append("symbol: expected 1-32 letters, digits or ._#-")
-    if "timeframe" in body and body["timeframe"] not in TIMEFRAME_SECONDS:
-        errors.append(f"timeframe: expected one of {', '.join(TIMEFRAME_SECONDS)}")
-    if "side" in body and body["side"] not in ("BUY", "SELL"):
-        errors.append("side: expected BUY or SELL")
-    if "confidence" in body and not (_is_number(body["confidence"]) and 0 < body["confidence"] <= 1):
-        errors.append("confidence: expected a number in (0, 1]")
-    for key in ("sl_pips", "tp_pips", "price"):
-        if key in body and not (_is_number(body[key]) and body[key] > 0):
-            errors.append(f"{key}: expected a positive number")
-    if "meta" in body and not (isinstance(body["meta"], dict) and isinstance(body["meta"].get("model"), str)):
-        errors.append("meta: expected an object with at least a model name")
-    return errors
 
 
 def _answer(status_code: int, **body: Any) -> JSONResponse:
@@ -141,11 +92,8 @@ class PaperEA:
         """The pip the signal's sl_pips / tp_pips are in: the sender's meta.pip_size when it
         says, else this EA's PIP_SIZES or the FX rule; None for an instrument it cannot
         tell (a real EA knows its own SYMBOL_POINT; this one never guesses an FX pip)."""
-        said = (body.get("meta") or {}).get("pip_size") if isinstance(body.get("meta"), dict) else None
-        if isinstance(said, int | float) and not isinstance(said, bool) and said > 0:
-            return float(said)
         try:
-            return pip_size(body["symbol"], self.pip_sizes)
+            return pip_for_signal(body, None, None, self.pip_sizes)[0]
         except PipSizeUnknown:
             return None
 
@@ -277,7 +225,7 @@ def create_ea_app(
             return _answer(400, success=False, message="Idempotency-Key does not match signal_id")
         with ea.lock:
             previous = ea.by_signal.get(body["signal_id"])
-        if previous is None and ea.clock() >= _parse_time(body["expires_at"]):
+        if previous is None and ea.clock() >= parse_iso(body["expires_at"]):
             # Too late to trade. Answered with 200 + success:false, as an MQL5 EA usually does.
             return _answer(200, success=False, message=f"signal expired at {body['expires_at']}; not traded")
         answer, duplicate = ea.accept(body)
@@ -304,7 +252,7 @@ def create_ea_app(
         try:
             body = json.loads(await request.body())
             symbol, price = body["symbol"], body["price"]
-            if not isinstance(symbol, str) or not (_is_number(price) and price > 0):
+            if not isinstance(symbol, str) or isinstance(price, bool) or not (isinstance(price, int | float) and math.isfinite(price) and price > 0):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             return _answer(422, success=False, message='expected {"symbol": "EURUSD", "price": 1.0812}')

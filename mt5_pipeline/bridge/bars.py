@@ -54,6 +54,12 @@ def candle(rate: Any, offset_s: int) -> dict:
     }
 
 
+def instrument_fields(info: Any) -> dict:
+    """The symbol's digits and point (SYMBOL_DIGITS, SYMBOL_POINT), sent with its bars so
+    the core can decide its pip without PIP_SIZES (gold, indices, crypto, exotics)."""
+    return {"digits": int(info.digits), "point": float(info.point)}
+
+
 @dataclass
 class FeedStatus:
     last_bar: int | None = None  # UTC epoch of the newest bar the API took
@@ -75,6 +81,7 @@ class BarFeeder:
     status: dict[tuple[str, str], FeedStatus] = field(default_factory=dict)
     measured_offset_s: int | None = None
     selected: set[str] = field(default_factory=set)  # symbols put in Market Watch (hidden ones get no rates)
+    instruments: dict[str, dict] = field(default_factory=dict)  # what each symbol says about itself, sent with its bars
 
     # ---- the UTC offset -------------------------------------------------------------
     def offset_seconds(self) -> int | None:
@@ -128,8 +135,11 @@ class BarFeeder:
             count = self.history_bars + 1
         else:
             count = min(MAX_FETCH, max(2, (now - last) // seconds + 3))
-        if symbol not in self.selected and self.terminal.select(symbol) is not None:
-            self.selected.add(symbol)
+        if symbol not in self.selected:
+            info = self.terminal.select(symbol)
+            if info is not None:
+                self.selected.add(symbol)
+                self.instruments[symbol] = instrument_fields(info)
         with self.terminal.session() as mt5:
             rates = mt5.copy_rates_from_pos(symbol, mt5_timeframe(mt5, timeframe), 0, count)
             if rates is None:
@@ -149,7 +159,7 @@ class BarFeeder:
         for start in range(0, len(candles), POST_CHUNK):
             chunk = candles[start : start + POST_CHUNK]
             try:
-                self.api.ingest(symbol, timeframe, chunk, offset / 3600)
+                self.api.ingest(symbol, timeframe, chunk, offset / 3600, self.instruments.get(symbol))
             except (ApiUnavailable, ApiRefused) as exc:
                 status.last_error = str(exc)
                 status.api_error = True

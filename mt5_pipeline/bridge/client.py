@@ -59,8 +59,8 @@ class ApiClient:
             raise ApiRefused(response.status_code, text.strip())
         return body if isinstance(body, dict) else {}
 
-    def ingest(self, symbol: str, timeframe: str, candles: list[dict], utc_offset_hours: float) -> dict:
-        body = {"symbol": symbol, "timeframe": timeframe, "candles": candles, "utc_offset_hours": utc_offset_hours}
+    def ingest(self, symbol: str, timeframe: str, candles: list[dict], utc_offset_hours: float, instrument: dict | None = None) -> dict:
+        body = {"symbol": symbol, "timeframe": timeframe, "candles": candles, "utc_offset_hours": utc_offset_hours, **(instrument or {})}
         return self._call("POST", "/ingest", json=body)
 
     def ack(self, body: dict) -> dict:

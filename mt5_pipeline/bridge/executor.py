@@ -1,5 +1,13 @@
 """One signal in, at most one order out: validation, expiry, dedupe, the order, the ack.
 
+A body is checked and parsed into the typed Signal by the contract
+(:func:`mt5_pipeline.contract.parse_signal`). What the terminal says decides the answer:
+a fill or a refusal is final (stored, acked, answered 200); a transient answer (a
+retcode of :data:`~mt5_pipeline.contract.TRANSIENT_RETCODES`, or a lost ``order_send``
+answer with no order found by its comment) is not: nothing final is stored or acked,
+the answer is 503, so the pusher tries again within the TTL and in pull mode the signal
+stays pending. The next try looks the order up by its comment before sending.
+
 Both ways a signal arrives (POST /signals from the pusher, GET /ea/signals in pull mode)
 end here, so they behave the same. Signals are handled one at a time (one lock): the
 terminal takes one order at a time anyway, and it makes "already executed?" then
@@ -14,11 +22,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from mt5_pipeline.apps.ea_sim import validate_signal
 from mt5_pipeline.bridge import orders
 from mt5_pipeline.bridge.store import BridgeStore
 from mt5_pipeline.bridge.terminal import TerminalError
-from mt5_pipeline.clock import parse_iso, utcnow
+from mt5_pipeline.clock import iso_z, utcnow
+from mt5_pipeline.contract import parse_signal
+from mt5_pipeline.trade_signal import Signal
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +49,19 @@ class Executor:
         self.on_ack = on_ack or (lambda: None)
         self._lock = threading.Lock()
 
-    def handle(self, signal: Any) -> tuple[int, dict]:
+    def handle(self, body: Any) -> tuple[int, dict]:
         """(HTTP status, JSON answer) for one signal body, as the seed's EA answers."""
-        errors = validate_signal(signal)
-        if errors:
+        signal, errors = parse_signal(body)
+        if signal is None:
             return 422, {"success": False, "message": "; ".join(errors)}
         with self._lock:
-            previous = self.store.execution(signal["signal_id"])
-            if previous is not None and previous["status"] != "SENDING":
+            previous = self.store.execution(signal.signal_id)
+            if previous is not None and previous["status"] not in ("SENDING", "RETRY"):
                 return 200, {**previous["answer"], "duplicate": True}
-            if previous is not None:
+            if previous is not None and previous["status"] == "SENDING":
                 return self._reconcile(signal)
-            expires_at = parse_iso(signal["expires_at"])
-            if self.clock() >= expires_at:
-                message = f"signal expired at {signal['expires_at']}; not traded"
+            if self.clock() >= signal.expires_at:
+                message = f"signal expired at {iso_z(signal.expires_at)}; not traded"
                 answer = {"success": False, "message": message, "reason": "expired"}
                 self._finish(signal, "EXPIRED", None, None, message, answer)
                 return 200, answer
@@ -62,18 +70,36 @@ class Executor:
                 # (and in pull mode the signal stays pending for the next poll).
                 code, text = self.terminal.last_error()
                 return 503, {"success": False, "message": f"the MT5 terminal is not reachable ({code} {text}); try again"}
+            if previous is not None:
+                # An earlier try ended "not now" or with a lost answer: the order may exist after all.
+                found = self._lookup(signal)
+                if isinstance(found, tuple):
+                    return found
+                if found is not None:
+                    return 200, self._record(signal, self._recovered(found, "found in the terminal on a retry"))
             self.store.begin(signal)
+            now = self.clock()
             try:
-                execution = orders.place(self.terminal, signal, self.cfg)
+                execution = orders.place(self.terminal, signal, self.cfg, since=now - timedelta(days=7), until=now + timedelta(days=1))
             except Exception:  # the terminal connection broke mid-call: outcome unknown
-                log.exception("order_send for %s raised", signal["signal_id"])
+                log.exception("order_send for %s raised", signal.signal_id)
                 return self._reconcile(signal)
+            if execution.status == "TRANSIENT":
+                return self._transient(signal, execution)
             return 200, self._record(signal, execution)
 
-    def _record(self, signal: dict, execution: orders.Execution) -> dict:
+    def _transient(self, signal: Signal, execution: orders.Execution) -> tuple[int, dict]:
+        self.store.retry_later(signal.signal_id, execution.retcode, execution.message)
+        log.warning("%s %s %s not placed yet (%s); answering 503 so it is tried again", signal.signal_id, signal.side, signal.symbol, execution.message)
+        answer = {"success": False, "message": f"not placed, try again: {execution.message}", "transient": True}
+        if execution.retcode is not None:
+            answer.update(retcode=execution.retcode, description=execution.description)
+        return 503, answer
+
+    def _record(self, signal: Signal, execution: orders.Execution) -> dict:
         if execution.status == "FILLED":
             answer = {"success": True, "ticket": execution.ticket, "retcode": execution.retcode, "message": execution.message}
-            log.info("%s %s %s: ticket %s (%s)", signal["signal_id"], signal["side"], signal["symbol"], execution.ticket, execution.message)
+            log.info("%s %s %s: ticket %s (%s)", signal.signal_id, signal.side, signal.symbol, execution.ticket, execution.message)
         else:
             answer = {
                 "success": False,
@@ -81,30 +107,43 @@ class Executor:
                 "retcode": execution.retcode,
                 "description": execution.description,
             }
-            log.warning("%s %s %s rejected: %s", signal["signal_id"], signal["side"], signal["symbol"], execution.message)
+            log.warning("%s %s %s rejected: %s", signal.signal_id, signal.side, signal.symbol, execution.message)
         self._finish(signal, execution.status, execution.ticket, execution.retcode, execution.message, answer)
         return answer
 
-    def _finish(self, signal: dict, status: str, ticket: int | None, retcode: int | None, message: str, answer: dict) -> None:
-        ack = {"signal_id": signal["signal_id"], "ticket": ticket, "status": status, "message": message[:2000]}
+    def _finish(self, signal: Signal, status: str, ticket: int | None, retcode: int | None, message: str, answer: dict) -> None:
+        ack: dict[str, Any] = {"signal_id": signal.signal_id, "ticket": ticket, "status": status, "message": message[:2000]}
+        if retcode is not None and status == "REJECTED":
+            ack["retcode"] = retcode
         self.store.finish(signal, status, ticket=ticket, retcode=retcode, message=message, answer=answer, ack=ack)
         self.on_ack()
 
-    def _reconcile(self, signal: dict) -> tuple[int, dict]:
+    def _lookup(self, signal: Signal) -> int | None | tuple[int, dict]:
+        """The ticket of this signal's order in the terminal, None, or a 503 answer while
+        the terminal cannot say."""
+        now = self.clock()
+        try:
+            return orders.find_placed(
+                self.terminal, signal.symbol, orders.order_comment(signal.signal_id), self.cfg.magic, now - timedelta(days=7), now + timedelta(days=1)
+            )
+        except TerminalError as exc:
+            return 503, {"success": False, "message": f"outcome of an earlier order_send unknown yet ({exc}); try again"}
+
+    @staticmethod
+    def _recovered(ticket: int, how: str) -> orders.Execution:
+        execution = orders.Execution("FILLED", ticket=ticket, retcode=10009, description=how)
+        execution.notes.append(how)
+        return execution
+
+    def _reconcile(self, signal: Signal) -> tuple[int, dict]:
         """order_send was called but its result never recorded (a crash, a broken
         connection): look the order up in the terminal rather than send it again. While
         the terminal cannot answer, 503 and the signal stays in flight for the next try."""
-        now = self.clock()
-        try:
-            ticket = orders.find_placed(
-                self.terminal, signal["symbol"], orders.order_comment(signal["signal_id"]), self.cfg.magic, now - timedelta(days=7), now + timedelta(days=1)
-            )
-        except TerminalError as exc:
-            return 503, {"success": False, "message": f"outcome of an interrupted order_send unknown yet ({exc}); try again"}
-        if ticket is not None:
-            execution = orders.Execution("FILLED", ticket=ticket, retcode=10009, description="found in the terminal after an interrupted send")
-            execution.notes.append("recovered after an interrupted order_send")
-            return 200, self._record(signal, execution)
+        found = self._lookup(signal)
+        if isinstance(found, tuple):
+            return found
+        if found is not None:
+            return 200, self._record(signal, self._recovered(found, "recovered after an interrupted order_send"))
         execution = orders.Execution(
             "REJECTED", description="an earlier order_send for this signal was interrupted and no order with its comment exists; not sent again"
         )

@@ -176,6 +176,24 @@ DEFAULT_SYMBOLS: dict[str, tuple[int, float, int, int, int]] = {
     "USDJPY": (3, 151.2, 10, SYMBOL_FILLING_IOC, 14),
     "XAUUSD": (2, 2390.0, 50, 0, 30),
 }
+# Instrument classes beyond the defaults (docs/execution.md), for tests and --fake:
+# name: (digits, base price, stops level in points, filling flags, spread in points).
+INSTRUMENT_CLASSES: dict[str, tuple[int, float, int, int, int]] = {
+    "EURUSD.4": (4, 1.08, 2, SYMBOL_FILLING_FOK, 2),  # a 4-digit FX quote
+    "USDJPY.2": (2, 151.2, 2, SYMBOL_FILLING_FOK, 2),  # a 2-digit yen quote
+    "USDHUF": (3, 365.0, 10, SYMBOL_FILLING_FOK, 300),  # exotics quoted in big units
+    "USDCZK": (3, 23.1, 10, SYMBOL_FILLING_FOK, 60),
+    "USDKRW": (2, 1380.0, 10, SYMBOL_FILLING_FOK, 100),
+    "XAUUSD.3": (3, 2390.0, 50, SYMBOL_FILLING_FOK, 300),  # gold at 3 digits
+    "XAGUSD": (3, 28.5, 20, SYMBOL_FILLING_FOK, 30),  # silver at 3 digits
+    "XAGUSD.2": (2, 28.5, 2, SYMBOL_FILLING_FOK, 3),  # silver at 2 digits
+    "US30": (0, 39000.0, 5, SYMBOL_FILLING_IOC, 3),  # indices at 0, 1 and 2 digits
+    "DE40": (1, 18000.0, 10, SYMBOL_FILLING_IOC, 15),
+    "US500": (2, 5200.0, 100, 0, 50),  # 2 digits, quoted in 0.25 steps (TICK_SIZES); exchange execution
+    "BTCUSD": (2, 67000.0, 500, SYMBOL_FILLING_IOC, 2000),  # crypto
+}
+# Symbols whose price moves in steps larger than a point (trade_tick_size).
+TICK_SIZES: dict[str, float] = {"US500": 0.25}
 _COMMENTS = {10004: "Requote", 10009: "Request executed", 10016: "Invalid stops", 10018: "Market closed", 10030: "Unsupported filling mode", 10014: "Invalid volume", 10019: "No money"}
 
 
@@ -194,6 +212,7 @@ class FakeMT5:
         self.server_offset_s = int(server_offset_hours * 3600)
         self.history_minutes = history_minutes
         self.specs = dict(DEFAULT_SYMBOLS)
+        self.specs.update(INSTRUMENT_CLASSES)
         for name in symbols or ():
             self.specs.setdefault(name.upper(), (5, 1.0, 10, SYMBOL_FILLING_FOK, 10))
         self.visible: set[str] = set()
@@ -203,6 +222,7 @@ class FakeMT5:
         self.positions: dict[int, TradePosition] = {}
         self.orders: list[TradeOrder] = []
         self.market_closed: set[str] = set()
+        self.lose_answers = 0  # the next n order_send calls execute, then answer None (a dropped IPC answer)
         self.trade_allowed = True
         self.available = True  # False: the terminal is not running (initialize fails)
         self.balance = 10_000.0
@@ -248,12 +268,19 @@ class FakeMT5:
     def _point(self, symbol: str) -> float:
         return 10.0 ** -self.specs[symbol][0]
 
+    def _tick(self, symbol: str) -> float:
+        return TICK_SIZES.get(symbol, self._point(symbol))
+
+    def _on_grid(self, symbol: str, price: float) -> float:
+        tick = self._tick(symbol)
+        return round(round(price / tick) * tick, self.specs[symbol][0])
+
     def _price(self, symbol: str, minute: int, frac: float = 1.0) -> float:
         """A deterministic wander around the symbol's base price, at ``minute`` + ``frac``."""
         digits, base, *_ = self.specs[symbol]
         x = minute + frac
         wave = 0.002 * math.sin(x / 37.0) + 0.001 * math.sin(x / 5.3 + len(symbol))
-        return round(base * (1 + wave), digits)
+        return self._on_grid(symbol, base * (1 + wave))
 
     def _minute_bar(self, symbol: str, minute: int, upto: float = 1.0) -> tuple[float, float, float, float]:
         o = self._price(symbol, minute, 0.0)
@@ -281,7 +308,7 @@ class FakeMT5:
         tick_value = contract * point / tick.bid if symbol.startswith("USD") else contract * point
         return SymbolInfo(
             symbol, symbol in self.visible, digits, point, spread, stops_level, filling, 4, 0.01, 100.0, 0.01,
-            point, tick_value, contract, tick.bid, tick.ask, f"Fake\\{symbol}",
+            self._tick(symbol), tick_value * self._tick(symbol) / point, contract, tick.bid, tick.ask, f"Fake\\{symbol}",
         )
 
     def symbol_select(self, symbol: str, enable: bool = True) -> bool:
@@ -296,8 +323,8 @@ class FakeMT5:
         now = self._now_server()
         minute = int(now // 60)
         digits, _, _, _, spread = self.specs[symbol]
-        bid = round(self._price(symbol, minute, (now % 60) / 60) + self._shift[symbol], digits)
-        ask = round(bid + spread * self._point(symbol), digits)
+        bid = self._on_grid(symbol, self._price(symbol, minute, (now % 60) / 60) + self._shift[symbol])
+        ask = self._on_grid(symbol, bid + spread * self._point(symbol))
         return Tick(int(now), bid, ask, 0.0, 0, int(now * 1000), 6, 0.0)
 
     def copy_rates_from_pos(self, symbol: str, timeframe: int, start_pos: int, count: int) -> np.ndarray | None:
@@ -342,7 +369,7 @@ class FakeMT5:
             tick = self.symbol_info_tick(symbol)
             retcode = self._judge(request, tick)
             if retcode == TRADE_RETCODE_REQUOTE:
-                self._shift[symbol] += 3 * self._point(symbol)  # the price moved: that is what a requote says
+                self._shift[symbol] += 3 * self._tick(symbol)  # the price moved: that is what a requote says
                 tick = self.symbol_info_tick(symbol)
             ticket = 0
             if retcode == TRADE_RETCODE_DONE:
@@ -354,6 +381,10 @@ class FakeMT5:
                 )
                 self.positions[ticket] = pos
                 self.orders.append(TradeOrder(ticket, pos.time, pos.type, pos.magic, pos.volume, pos.price_open, pos.sl, pos.tp, symbol, pos.comment))
+            if ticket and self.lose_answers > 0:
+                self.lose_answers -= 1
+                self._error = (-10005, "IPC timeout")
+                return None
             fields = {f: request.get(f, 0) for f in TradeRequest._fields}
             fields["comment"] = str(request.get("comment", ""))
             fields["symbol"] = symbol
@@ -388,10 +419,12 @@ class FakeMT5:
         sl, tp = float(request.get("sl", 0) or 0), float(request.get("tp", 0) or 0)
         close = tick.bid if buy else tick.ask
         gap = stops_level * point - 1e-9
+        if self._on_grid(symbol, float(request["price"])) != float(request["price"]):
+            return TRADE_RETCODE_INVALID_PRICE
         for level, below in ((sl, buy), (tp, not buy)):
             if not level:
                 continue
-            if round(level, digits) != level:
+            if round(level, digits) != level or self._on_grid(symbol, level) != level:
                 return TRADE_RETCODE_INVALID_STOPS
             if below and not (level <= close - gap):
                 return TRADE_RETCODE_INVALID_STOPS

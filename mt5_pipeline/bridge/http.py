@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mt5_pipeline.apps.ea_sim import MAX_BODY_BYTES
 from mt5_pipeline.bridge.executor import Executor
+from mt5_pipeline.contract import MAX_BODY_BYTES
 
 
 def create_bridge_app(executor: Executor, api_key: str, health: Callable[[], tuple[int, dict]]) -> Starlette:

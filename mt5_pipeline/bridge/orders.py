@@ -1,22 +1,11 @@
 """Signal -> MT5 market order: prices, stops, filling, and what each retcode means.
 
-Pip size, from the symbol's ``point`` and ``digits`` as the terminal reports them
-(``PIP_SIZES`` wins when set, so the bridge and the API's labels agree):
-
-====================  ======  =======  ==========================================
-quote                 digits  point    pip
-====================  ======  =======  ==========================================
-EURUSD 1.08123        5       0.00001  0.0001  (10 points: fractional pips)
-USDJPY 151.234        3       0.001    0.01    (10 points)
-EURUSD 1.0812         4       0.0001   0.0001  (1 point)
-USDJPY 151.23         2       0.01     0.01    (1 point: a 2-digit currency pair)
-XAUUSD 2391.45        2       0.01     0.1     (10 points: gold's customary pip,
-                                                 the ``PIP_SIZES`` example XAUUSD=0.1)
-anything else         any     p        p       (indices, crypto: set PIP_SIZES)
-====================  ======  =======  ==========================================
-
-A 2-digit symbol counts as gold-like (pip = 10 points) unless its name contains JPY;
-that is the one guess here, and ``PIP_SIZES`` overrides it.
+The pip is the signal's own ``meta.pip_size`` (the core's rule, the one labels, the
+backtest and promotion used; see docs/execution.md). Only a signal without one gets
+the same core rule applied to the terminal's digits and point, and that is logged
+(:func:`mt5_pipeline.contract.pip_for_signal`). Stops go ``sl_pips x pip`` from the fill
+price, widened only to the broker's stops level, and every price is rounded to the
+symbol's tick size (``trade_tick_size``: an index quoted in 0.25 steps takes no 0.1).
 
 The order comment is the first 31 characters of the ``signal_id``: MT5 keeps at most 31
 characters of a comment, and a prefix of the UUID is still searchable in the terminal's
@@ -31,6 +20,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from mt5_pipeline.contract import TRANSIENT_RETCODES, pip_for_signal
+from mt5_pipeline.pips import PipSizeUnknown
+from mt5_pipeline.trade_signal import Signal
 
 log = logging.getLogger(__name__)
 
@@ -92,32 +85,17 @@ def describe_retcode(retcode: int | None, server_comment: str = "") -> str:
     return text or "unknown retcode"
 
 
-def _is_jpy_pair(symbol: str) -> bool:
-    return "JPY" in symbol.upper()  # the MQL5 EA tests the same way (StringFind)
-
-
-def pip_for(symbol: str, point: float, digits: int, overrides: Mapping[str, float] | None = None) -> float:
-    """One pip of ``symbol`` in price units (see the module's table)."""
-    if overrides:
-        value = overrides.get(symbol.upper())
-        if value is not None:
-            return float(value)
-    if digits in (3, 5):
-        return round(point * 10, digits)
-    if digits == 2 and not _is_jpy_pair(symbol):
-        return round(point * 10, digits)
-    return point
-
-
 def order_comment(signal_id: str) -> str:
     return signal_id[:COMMENT_MAX]
 
 
 @dataclass
 class Execution:
-    """What became of one signal: FILLED with a ticket, or REJECTED with the retcode."""
+    """What became of one signal: FILLED with a ticket, REJECTED with the retcode, or
+    TRANSIENT (nothing final: the terminal said "not now", or its answer was lost and no
+    order with the signal's comment exists)."""
 
-    status: str  # FILLED | REJECTED
+    status: str  # FILLED | REJECTED | TRANSIENT
     ticket: int | None = None
     retcode: int | None = None
     description: str = ""
@@ -180,18 +158,29 @@ def _volume(lots: float, info: Any) -> float:
     return volume
 
 
-def stops(side: str, price: float, bid: float, ask: float, sl_pips: float, tp_pips: float, *, pip: float, point: float, digits: int, stops_level: int) -> tuple[float, float, list[str]]:
-    """SL and TP in price for an order at ``price``, at least ``stops_level`` points from
-    the price the position closes at (bid for a BUY, ask for a SELL), widened if closer."""
+def to_tick(value: float, tick: float, digits: int, how: Any = round) -> float:
+    """``value`` on the symbol's price grid: a whole number of ticks, written with ``digits``
+    decimals (``how``: round to the nearest, or math.floor / math.ceil to widen a stop)."""
+    if tick <= 0:
+        return round(value, digits)
+    return round(how(round(value / tick, 9)) * tick, digits)
+
+
+def stops(
+    side: str, price: float, bid: float, ask: float, sl_pips: float, tp_pips: float, *, pip: float, point: float, digits: int, stops_level: int, tick: float = 0.0
+) -> tuple[float, float, list[str]]:
+    """SL and TP in price for an order at ``price``, on the tick grid, at least
+    ``stops_level`` points from the price the position closes at (bid for a BUY, ask for
+    a SELL), widened if closer."""
     sign = 1 if side == "BUY" else -1
-    sl = round(price - sign * sl_pips * pip, digits)
-    tp = round(price + sign * tp_pips * pip, digits)
+    sl = to_tick(price - sign * sl_pips * pip, tick, digits)
+    tp = to_tick(price + sign * tp_pips * pip, tick, digits)
     notes: list[str] = []
     if stops_level > 0:
         gap = stops_level * point
         close_side = bid if side == "BUY" else ask
         if side == "BUY":
-            limit_sl, limit_tp = round(close_side - gap, digits), round(close_side + gap, digits)
+            limit_sl, limit_tp = to_tick(close_side - gap, tick, digits, math.floor), to_tick(close_side + gap, tick, digits, math.ceil)
             if sl > limit_sl:
                 notes.append(f"sl widened from {sl} to {limit_sl} (stops level {stops_level} points)")
                 sl = limit_sl
@@ -199,7 +188,7 @@ def stops(side: str, price: float, bid: float, ask: float, sl_pips: float, tp_pi
                 notes.append(f"tp widened from {tp} to {limit_tp} (stops level {stops_level} points)")
                 tp = limit_tp
         else:
-            limit_sl, limit_tp = round(close_side + gap, digits), round(close_side - gap, digits)
+            limit_sl, limit_tp = to_tick(close_side + gap, tick, digits, math.ceil), to_tick(close_side - gap, tick, digits, math.floor)
             if sl < limit_sl:
                 notes.append(f"sl widened from {sl} to {limit_sl} (stops level {stops_level} points)")
                 sl = limit_sl
@@ -218,21 +207,27 @@ class OrderSettings:
     risk_percent: float | None = None  # set: size each order to lose this share of the balance at the SL
 
 
-def build_request(mt5: Any, signal: Mapping[str, Any], info: Any, tick: Any, cfg: OrderSettings, balance: float | None = None) -> tuple[dict, list[str]]:
+def build_request(mt5: Any, signal: Signal, info: Any, tick: Any, cfg: OrderSettings, balance: float | None = None) -> tuple[dict, list[str]]:
     """The ``order_send`` request for ``signal`` at the current tick (``balance``: the
-    account's, needed when sizing by risk)."""
-    side = signal["side"]
-    price = float(tick.ask if side == "BUY" else tick.bid)
+    account's, needed when sizing by risk). Raises ValueError (PipSizeUnknown among them)
+    when no valid order can be built."""
+    side = signal.side
     digits = int(info.digits)
     point = float(info.point)
-    pip = pip_for(signal["symbol"], point, digits, cfg.pip_sizes)
-    sl, tp, notes = stops(
-        side, price, float(tick.bid), float(tick.ask), float(signal["sl_pips"]), float(signal["tp_pips"]),
-        pip=pip, point=point, digits=digits, stops_level=int(getattr(info, "trade_stops_level", 0) or 0),
+    tick_size = float(getattr(info, "trade_tick_size", 0) or 0)
+    price = to_tick(float(tick.ask if side == "BUY" else tick.bid), tick_size, digits)
+    pip, source = pip_for_signal(signal, digits, point, cfg.pip_sizes)
+    notes: list[str] = []
+    if source != "meta.pip_size":
+        log.warning("%s %s: pip %g from the %s", signal.signal_id, signal.symbol, pip, source)
+        notes.append(f"pip {pip:g} from the {source}")
+    sl, tp, stop_notes = stops(
+        side, price, float(tick.bid), float(tick.ask), float(signal.sl_pips), float(signal.tp_pips),
+        pip=pip, point=point, digits=digits, stops_level=int(getattr(info, "trade_stops_level", 0) or 0), tick=tick_size,
     )
     request = {
         "action": mt5.TRADE_ACTION_DEAL,
-        "symbol": signal["symbol"],
+        "symbol": signal.symbol,
         "volume": _volume(cfg.lots if cfg.risk_percent is None else risk_lots(balance or 0.0, cfg.risk_percent, abs(price - sl), info), info),
         "type": mt5.ORDER_TYPE_BUY if side == "BUY" else mt5.ORDER_TYPE_SELL,
         "price": price,
@@ -240,20 +235,25 @@ def build_request(mt5: Any, signal: Mapping[str, Any], info: Any, tick: Any, cfg
         "tp": tp,
         "deviation": int(cfg.deviation),
         "magic": int(cfg.magic),
-        "comment": order_comment(signal["signal_id"]),
+        "comment": order_comment(signal.signal_id),
         "type_time": mt5.ORDER_TIME_GTC,
         "type_filling": _filling(mt5, info),
     }
-    return request, notes
+    return request, notes + stop_notes
 
 
-def place(terminal: Any, signal: Mapping[str, Any], cfg: OrderSettings) -> Execution:
-    """Send the market order for ``signal``; one retry at the new price after a requote."""
-    symbol = signal["symbol"]
+def place(terminal: Any, signal: Signal, cfg: OrderSettings, *, since: Any = None, until: Any = None) -> Execution:
+    """Send the market order for ``signal``; one retry at the new price after a requote.
+
+    A transient retcode (:data:`mt5_pipeline.contract.TRANSIENT_RETCODES`) is TRANSIENT,
+    never REJECTED. ``order_send`` answering None (the IPC answer was lost) is looked up by
+    the order's comment between ``since`` and ``until``: FILLED with the found ticket, else
+    TRANSIENT (the caller may send again later, after looking again)."""
+    symbol = signal.symbol
     with terminal.session() as mt5:
         if not terminal.ensure():
             code, text = terminal.last_error()
-            return Execution("REJECTED", description=f"the terminal is not reachable ({code} {text})")
+            return Execution("TRANSIENT", description=f"the terminal is not reachable ({code} {text})")
         info = terminal.select(symbol)
         if info is None:
             code, text = terminal.last_error()
@@ -263,25 +263,38 @@ def place(terminal: Any, signal: Mapping[str, Any], cfg: OrderSettings) -> Execu
             account = mt5.account_info()
             if account is None:
                 code, text = terminal.last_error()
-                return Execution("REJECTED", description=f"account_info failed, cannot size by risk: {code} {text}")
+                return Execution("TRANSIENT", description=f"account_info failed, cannot size by risk: {code} {text}")
             balance = float(account.balance)
         requests: list[dict] = []
         result = None
+        notes: list[str] = []
         for attempt in range(2):
             tick = mt5.symbol_info_tick(symbol)
             if tick is None or not tick.bid or not tick.ask:
-                return Execution("REJECTED", retcode=10021, description=describe_retcode(10021), requests=requests)
+                return Execution("TRANSIENT", retcode=10021, description=describe_retcode(10021), requests=requests)
             try:
                 request, notes = build_request(mt5, signal, info, tick, cfg, balance)
+            except PipSizeUnknown as exc:
+                return Execution("REJECTED", description=str(exc), requests=requests)
             except ValueError as exc:
                 return Execution("REJECTED", description=str(exc), requests=requests)
             requests.append(request)
             result = mt5.order_send(request)
             if result is None:
                 code, text = terminal.last_error()
-                return Execution("REJECTED", description=f"order_send failed: {code} {text}", requests=requests)
+                lost = f"order_send answered nothing ({code} {text})"
+                try:
+                    ticket = find_placed(terminal, symbol, request["comment"], cfg.magic, since, until)
+                except Exception as exc:  # the terminal cannot answer: outcome unknown, try again later
+                    return Execution("TRANSIENT", description=f"{lost}; the order could not be looked up ({exc})", requests=requests)
+                if ticket is not None:
+                    return Execution(
+                        "FILLED", ticket=ticket, retcode=10009, description="found in the terminal after a lost answer",
+                        sl=request["sl"], tp=request["tp"], requests=requests, notes=[*notes, f"{lost}; found by its comment"],
+                    )
+                return Execution("TRANSIENT", description=f"{lost}; no order with its comment exists", requests=requests)
             if result.retcode in RETRY_RETCODES and attempt == 0:
-                log.info("%s %s: %s, retrying once at the new price", signal["side"], symbol, describe_retcode(result.retcode))
+                log.info("%s %s: %s, retrying once at the new price", signal.side, symbol, describe_retcode(result.retcode))
                 continue
             break
         assert result is not None
@@ -294,7 +307,8 @@ def place(terminal: Any, signal: Mapping[str, Any], cfg: OrderSettings) -> Execu
                 price=float(result.price or request["price"]), volume=float(result.volume or request["volume"]),
                 sl=request["sl"], tp=request["tp"], requests=requests, notes=notes,
             )
-        return Execution("REJECTED", retcode=retcode, description=description, requests=requests, notes=notes)
+        status = "TRANSIENT" if retcode in TRANSIENT_RETCODES else "REJECTED"
+        return Execution(status, retcode=retcode, description=description, requests=requests, notes=notes)
 
 
 def find_placed(terminal: Any, symbol: str, comment: str, magic: int, since: Any, until: Any) -> int | None:

@@ -13,12 +13,14 @@ import threading
 import time
 from pathlib import Path
 
+from mt5_pipeline.trade_signal import Signal
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
     signal_id   TEXT PRIMARY KEY,
     symbol      TEXT NOT NULL,
     side        TEXT NOT NULL,
-    status      TEXT NOT NULL,          -- SENDING (order_send in flight), FILLED, REJECTED, EXPIRED
+    status      TEXT NOT NULL,          -- SENDING (order_send in flight), RETRY (not placed yet: look up, then send again), FILLED, REJECTED, EXPIRED
     ticket      INTEGER,
     retcode     INTEGER,
     message     TEXT NOT NULL DEFAULT '',
@@ -70,17 +72,27 @@ class BridgeStore:
         out["answer"] = json.loads(out["answer"]) if out["answer"] else None
         return out
 
-    def begin(self, signal: dict) -> None:
+    def begin(self, signal: Signal) -> None:
         """Record that ``order_send`` is about to run (a crash after this is reconciled
         from the terminal's history, never re-sent blindly)."""
         now = time.time()
         with self._lock:
             self._db.execute(
-                "INSERT INTO executions (signal_id, symbol, side, status, created_at, updated_at) VALUES (?, ?, ?, 'SENDING', ?, ?)",
-                (signal["signal_id"], signal["symbol"], signal["side"], now, now),
+                "INSERT INTO executions (signal_id, symbol, side, status, created_at, updated_at) VALUES (?, ?, ?, 'SENDING', ?, ?) "
+                "ON CONFLICT(signal_id) DO UPDATE SET status = 'SENDING', updated_at = excluded.updated_at",
+                (signal.signal_id, signal.symbol, signal.side, now, now),
             )
 
-    def finish(self, signal: dict, status: str, *, ticket: int | None, retcode: int | None, message: str, answer: dict, ack: dict) -> None:
+    def retry_later(self, signal_id: str, retcode: int | None, message: str) -> None:
+        """The terminal said "not now" (or lost its answer and has no such order): nothing
+        final, no ack; the next try looks the order up and then sends again."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE executions SET status = 'RETRY', retcode = ?, message = ?, updated_at = ? WHERE signal_id = ?",
+                (retcode, message, time.time(), signal_id),
+            )
+
+    def finish(self, signal: Signal, status: str, *, ticket: int | None, retcode: int | None, message: str, answer: dict, ack: dict) -> None:
         """The outcome and its ack, in one transaction: no outcome without an ack to send."""
         now = time.time()
         with self._lock:
@@ -91,11 +103,11 @@ class BridgeStore:
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                        ON CONFLICT(signal_id) DO UPDATE SET status=excluded.status, ticket=excluded.ticket, retcode=excluded.retcode,
                            message=excluded.message, answer=excluded.answer, updated_at=excluded.updated_at""",
-                    (signal["signal_id"], signal["symbol"], signal["side"], status, ticket, retcode, message, json.dumps(answer), now, now),
+                    (signal.signal_id, signal.symbol, signal.side, status, ticket, retcode, message, json.dumps(answer), now, now),
                 )
                 self._db.execute(
                     "INSERT OR REPLACE INTO acks (signal_id, body, attempts, next_attempt, acked_at, last_error) VALUES (?, ?, 0, ?, NULL, '')",
-                    (signal["signal_id"], json.dumps(ack), now),
+                    (signal.signal_id, json.dumps(ack), now),
                 )
                 self._db.execute("COMMIT")
             except BaseException:

@@ -471,7 +471,8 @@ def record_ack(
                 .values(ticket=func.coalesce(literal(ticket, signals_ack.c.ticket.type), signals_ack.c.ticket), status=status, message=message)
             )
         queue_status = queue_status_after_ack(row.status, status)
-        if queue_status != row.status:
+        # An ack that agrees with a refusal or expiry already recorded still brings its retcode and words.
+        if queue_status != row.status or (queue_status == outcome and outcome != "ACKED"):
             values: dict[str, Any] = {"status": queue_status}
             if queue_status == "ACKED":
                 values.update(acked_at=func.coalesce(q.c.acked_at, at), ticket=func.coalesce(literal(ticket, q.c.ticket.type), q.c.ticket))

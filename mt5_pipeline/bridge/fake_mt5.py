@@ -190,7 +190,7 @@ INSTRUMENT_CLASSES: dict[str, tuple[int, float, int, int, int]] = {
     "US30": (0, 39000.0, 5, SYMBOL_FILLING_IOC, 3),  # indices at 0, 1 and 2 digits
     "DE40": (1, 18000.0, 10, SYMBOL_FILLING_IOC, 15),
     "US500": (2, 5200.0, 100, 0, 50),  # 2 digits, quoted in 0.25 steps (TICK_SIZES); exchange execution
-    "BTCUSD": (2, 67000.0, 500, SYMBOL_FILLING_IOC, 2000),  # crypto
+    "BTCUSD": (2, 67000.0, 50, SYMBOL_FILLING_IOC, 50),  # crypto
 }
 # Symbols whose price moves in steps larger than a point (trade_tick_size).
 TICK_SIZES: dict[str, float] = {"US500": 0.25}

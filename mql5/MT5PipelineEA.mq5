@@ -6,22 +6,32 @@
 //| run by us. Compile it in MetaEditor (F7) and try it on a demo    |
 //| account first. What is checked automatically: every route,       |
 //| header and JSON field it uses exists in the API's /openapi.json  |
-//| with that name and type (mt5_pipeline_tests/test_mql5_ea.py).    |
+//| with that name and type, and the execution contract's rules are  |
+//| read from this text (mt5_pipeline_tests/test_mql5_ea.py;         |
+//| docs/execution.md): the pip from meta.pip_size, the fallback pip |
+//| rule, the transient retcodes, the timeframe filter, the dedupe,  |
+//| the ack outbox. None of it has run in a terminal.                |
 //|                                                                  |
 //| For traders who will not run Python beside the terminal (the     |
 //| alternative is `mt5-pipeline bridge`). On the chart it runs on:  |
 //|  - POST /ingest each closed bar (on the first start the last     |
 //|    InpHistoryBars; after a restart or an API outage, every bar   |
 //|    since the last one the API took), times moved from the trade |
-//|    server's clock to UTC;                                        |
+//|    server's clock to UTC, with the symbol's digits and point so  |
+//|    the API knows its pip (gold, indices, crypto need no         |
+//|    PIP_SIZES);                                                   |
 //|  - every InpPollSeconds, GET /ea/signals; each signal for this   |
-//|    chart's symbol is deduped by signal_id (terminal global       |
-//|    variables "mt5p.<signal_id>", kept across restarts), refused  |
-//|    past expires_at, traded with CTrade (SL/TP from pips exactly  |
-//|    as the bridge: mt5_pipeline/bridge/orders.py), and acked with |
-//|    POST /ea/ack (ticket, or the rejection with its retcode). A   |
-//|    signal stays PENDING on the API until acked, so a lost ack is |
-//|    sent again at the next poll, from the stored outcome.         |
+//|    chart's symbol AND timeframe is deduped by signal_id across   |
+//|    charts and restarts (terminal global variables                |
+//|    "mt5p.<signal_id>", claimed under a per-symbol lock taken     |
+//|    with GlobalVariableSetOnCondition), refused past expires_at,  |
+//|    traded with CTrade (SL/TP = pips x meta.pip_size from the     |
+//|    fill price, on the tick grid, as the bridge does), and acked  |
+//|    through an outbox file: an ack the API did not take is sent   |
+//|    again every timer tick, also after the signal has expired.    |
+//|    A transient retcode (no connection, too many requests, ...)   |
+//|    is not final: nothing is stored, no ack, the next poll tries  |
+//|    again while the signal is pending.                            |
 //|                                                                  |
 //| Set-up: Tools -> Options -> Expert Advisors -> "Allow WebRequest |
 //| for listed URL", add InpApiUrl; enable Algo Trading; one chart   |
@@ -44,10 +54,16 @@ input int    InpTimeoutMs   = 5000;                     // timeout of each HTTP 
 
 #define MAX_POST_BARS 5000
 // Outcomes kept in the global variable "mt5p.<signal_id>": a ticket (> 0) when filled,
-// or one of these; a rejection is stored as -retcode.
-#define OUTCOME_EXPIRED   0
-#define OUTCOME_INVALID  -1
-#define OUTCOME_SENDING  -2
+// or one of these. A rejection is stored as OUTCOME_REJECTED - retcode, so retcode 0 is
+// -100000, never -0.0 (which reads back as OUTCOME_EXPIRED). An order in flight is
+// OUTCOME_SENDING - TimeGMT(): another chart leaves it alone, and only a marker older
+// than SENDING_STALE_SECONDS (its chart stopped mid-send) is looked up in the terminal.
+#define OUTCOME_EXPIRED        0
+#define OUTCOME_INVALID       -1
+#define OUTCOME_REJECTED      -100000
+#define OUTCOME_SENDING       -1000000000
+#define SENDING_STALE_SECONDS 60
+#define LOCK_STALE_SECONDS    30
 
 CTrade   g_trade;
 datetime g_lastSent = 0;   // open time (server clock) of the newest bar the API took
@@ -131,6 +147,30 @@ double JsonNumber(const string json, const string key)
    int n = StringLen(json);
    while(j < n && StringFind("+-.0123456789eE", ShortToString(StringGetCharacter(json, j))) >= 0) j++;
    return StringToDouble(StringSubstr(json, i, j - i));
+  }
+
+// The object under `key` as its own JSON text ("" if there is none).
+string JsonObject(const string json, const string key)
+  {
+   int i = JsonValueStart(json, key);
+   if(i < 0 || StringGetCharacter(json, i) != '{') return "";
+   int n = StringLen(json);
+   int depth = 0;
+   bool inString = false;
+   for(int j = i; j < n; j++)
+     {
+      ushort c = StringGetCharacter(json, j);
+      if(inString)
+        {
+         if(c == '\\') { j++; continue; }
+         if(c == '"') inString = false;
+         continue;
+        }
+      if(c == '"') { inString = true; continue; }
+      if(c == '{') depth++;
+      if(c == '}') { depth--; if(depth == 0) return StringSubstr(json, i, j - i + 1); }
+     }
+   return "";
   }
 
 // The objects of the array under `key`, each as its own JSON text.
@@ -246,7 +286,7 @@ string CandleJson(const MqlRates &r, const long offset)
 string IngestBody(const string candles, const long offset)
   {
    return "{" + JStr("symbol", _Symbol) + "," + JStr("timeframe", TimeframeName()) + "," + JArr("candles", candles) + ","
-          + JNum("utc_offset_hours", offset / 3600.0, 1) + "}";
+          + JNum("utc_offset_hours", offset / 3600.0, 1) + "," + JInt("digits", _Digits) + "," + JNum("point", _Point, _Digits) + "}";
   }
 
 string LastBarKey() { return "mt5p.bars." + _Symbol + "." + TimeframeName(); }
@@ -283,47 +323,86 @@ void SendClosedBars()
   }
 
 //+------------------------------------------------------------------+
-//| Orders: the same arithmetic as mt5_pipeline/bridge/orders.py      |
+//| Orders: the execution contract (docs/execution.md), as the bridge |
 //+------------------------------------------------------------------+
-double PipSize(const string symbol)
+// The pip of a signal that carries no meta.pip_size: the core's rule on this terminal's
+// digits and point (mt5_pipeline/pips.py pip_from_instrument): 10 points on 3- and
+// 5-digit quotes, one point otherwise, for every instrument.
+double LocalPipSize(const int digits, const double point)
   {
-   int digits = (int)SymbolInfoInteger(symbol, SYMBOL_DIGITS);
-   double point = SymbolInfoDouble(symbol, SYMBOL_POINT);
-   if(digits == 3 || digits == 5) return point * 10;                       // fractional pips
-   if(digits == 2 && StringFind(symbol, "JPY") < 0) return point * 10;    // gold: pip 0.1
+   if(digits == 3 || digits == 5) return point * 10;
    return point;
   }
 
-// SL/TP from pips, at least the stops level from the price the position closes at.
-void Stops(const string symbol, const bool buy, const double price, const MqlTick &tick, const double slPips, const double tpPips, double &sl, double &tp)
+// The signal's own pip (meta.pip_size: what the labels, backtest and promotion used).
+double SignalPipSize(const string meta)
+  {
+   return JsonNumber(meta, "pip_size");
+  }
+
+// `value` as a whole number of ticks (SYMBOL_TRADE_TICK_SIZE): mode 0 nearest, -1 down, 1 up.
+double ToTick(const double value, const double tick, const int digits, const int mode)
+  {
+   if(tick <= 0) return NormalizeDouble(value, digits);
+   double ticks = value / tick;
+   double whole = (mode < 0) ? MathFloor(ticks + 1e-9) : (mode > 0) ? MathCeil(ticks - 1e-9) : MathRound(ticks);
+   return NormalizeDouble(whole * tick, digits);
+  }
+
+// SL/TP from pips, on the tick grid, at least the stops level from the price the position closes at.
+void Stops(const string symbol, const bool buy, const double price, const MqlTick &tick, const double slPips, const double tpPips, const double pip,
+           double &sl, double &tp)
   {
    int digits = (int)SymbolInfoInteger(symbol, SYMBOL_DIGITS);
    double point = SymbolInfoDouble(symbol, SYMBOL_POINT);
-   double pip = PipSize(symbol);
+   double tickSize = SymbolInfoDouble(symbol, SYMBOL_TRADE_TICK_SIZE);
    double sign = buy ? 1.0 : -1.0;
-   sl = NormalizeDouble(price - sign * slPips * pip, digits);
-   tp = NormalizeDouble(price + sign * tpPips * pip, digits);
+   sl = ToTick(price - sign * slPips * pip, tickSize, digits, 0);
+   tp = ToTick(price + sign * tpPips * pip, tickSize, digits, 0);
    long level = SymbolInfoInteger(symbol, SYMBOL_TRADE_STOPS_LEVEL);
    if(level <= 0) return;
    double gap = level * point;
    if(buy)
      {
-      sl = MathMin(sl, NormalizeDouble(tick.bid - gap, digits));
-      tp = MathMax(tp, NormalizeDouble(tick.bid + gap, digits));
+      sl = MathMin(sl, ToTick(tick.bid - gap, tickSize, digits, -1));
+      tp = MathMax(tp, ToTick(tick.bid + gap, tickSize, digits, 1));
      }
    else
      {
-      sl = MathMax(sl, NormalizeDouble(tick.ask + gap, digits));
-      tp = MathMin(tp, NormalizeDouble(tick.ask - gap, digits));
+      sl = MathMax(sl, ToTick(tick.ask + gap, tickSize, digits, 1));
+      tp = MathMin(tp, ToTick(tick.ask - gap, tickSize, digits, -1));
      }
   }
 
+// InpLots rounded down to SYMBOL_VOLUME_STEP, at most SYMBOL_VOLUME_MAX; 0 when below SYMBOL_VOLUME_MIN.
 double Volume(const string symbol)
   {
    double step = SymbolInfoDouble(symbol, SYMBOL_VOLUME_STEP);
+   double vmin = SymbolInfoDouble(symbol, SYMBOL_VOLUME_MIN);
    double vmax = SymbolInfoDouble(symbol, SYMBOL_VOLUME_MAX);
    double v = (step > 0) ? MathFloor(InpLots / step + 1e-9) * step : InpLots;
-   return (vmax > 0) ? MathMin(v, vmax) : v;
+   int volumeDigits = (step > 0) ? (int)MathMax(0, MathCeil(-MathLog10(step) - 1e-9)) : 2;
+   v = NormalizeDouble(v, volumeDigits);
+   if(vmax > 0) v = MathMin(v, vmax);
+   if(v < vmin || v <= 0) return 0;
+   return v;
+  }
+
+// Retcodes that say "not now" (mt5_pipeline/contract.py TRANSIENT_RETCODES): not final.
+bool IsTransient(const uint retcode)
+  {
+   switch(retcode)
+     {
+      case 10004: // requote (after the one immediate retry)
+      case 10012: // request canceled by timeout
+      case 10020: // prices changed (after the one immediate retry)
+      case 10021: // no quotes
+      case 10024: // too frequent requests
+      case 10028: // request locked for processing
+      case 10031: // no connection with the trade server
+         return true;
+     }
+   return false;
   }
 
 // After an interrupted send: the order with this comment and magic, if it exists.
@@ -350,18 +429,70 @@ ulong FindPlaced(const string symbol, const string comment)
 //+------------------------------------------------------------------+
 //| Signals in, acks out                                              |
 //+------------------------------------------------------------------+
-string AckBody(const string signalId, const ulong ticket, const string status, const string message)
+string AckBody(const string signalId, const ulong ticket, const string status, const string message, const long retcode)
   {
    string ticketField = (ticket > 0) ? JInt("ticket", (long)ticket) : JNull("ticket");
-   return "{" + JStr("signal_id", signalId) + "," + ticketField + "," + JStr("status", status) + "," + JStr("message", message) + "}";
+   string retcodeField = (retcode >= 0) ? JInt("retcode", retcode) : JNull("retcode");
+   return "{" + JStr("signal_id", signalId) + "," + ticketField + "," + JStr("status", status) + "," + JStr("message", message) + ","
+          + retcodeField + "}";
   }
 
-void SendAck(const string signalId, const ulong ticket, const string status, const string message)
+// The ack outbox: one JSON body per line in MQL5/Files, kept until the API takes it, so
+// an ack lost to an API outage is sent again even after the signal left PENDING
+// (expired) on the API. One file per chart: charts never write each other's.
+string OutboxFile() { return "mt5p_acks_" + _Symbol + "_" + TimeframeName() + ".txt"; }
+
+bool OutboxAppend(const string body)
   {
-   string response;
-   int code = ApiRequest("POST", "/ea/ack", AckBody(signalId, ticket, status, message), response);
-   if(code != 200)
-      PrintFormat("ack %s: HTTP %d (sent again at the next poll while the signal is pending)", signalId, code);
+   int h = FileOpen(OutboxFile(), FILE_READ | FILE_WRITE | FILE_TXT | FILE_ANSI);
+   if(h == INVALID_HANDLE)
+     {
+      PrintFormat("ack outbox %s: cannot open (error %d)", OutboxFile(), GetLastError());
+      return false;
+     }
+   FileSeek(h, 0, SEEK_END);
+   FileWriteString(h, body + "\n");
+   FileFlush(h);
+   FileClose(h);
+   return true;
+  }
+
+// Send every ack in the outbox; keep the ones the API did not take (network, 5xx, 429).
+// 404 (never queued there) and 422 cannot succeed by repeating: logged and dropped.
+void FlushOutbox()
+  {
+   if(!FileIsExist(OutboxFile())) return;
+   int h = FileOpen(OutboxFile(), FILE_READ | FILE_TXT | FILE_ANSI);
+   if(h == INVALID_HANDLE) return;
+   string keep[];
+   while(!FileIsEnding(h))
+     {
+      string body = FileReadString(h);
+      if(body == "") continue;
+      string response;
+      int code = ApiRequest("POST", "/ea/ack", body, response);
+      if(code == 200) continue;
+      if(code == 404 || code == 422)
+        {
+         PrintFormat("ack dropped, the API refused it: HTTP %d %s", code, StringSubstr(response, 0, 300));
+         continue;
+        }
+      int k = ArraySize(keep);
+      ArrayResize(keep, k + 1);
+      keep[k] = body;
+     }
+   FileClose(h);
+   if(ArraySize(keep) == 0) { FileDelete(OutboxFile()); return; }
+   h = FileOpen(OutboxFile(), FILE_WRITE | FILE_TXT | FILE_ANSI);
+   if(h == INVALID_HANDLE) return;
+   for(int i = 0; i < ArraySize(keep); i++) FileWriteString(h, keep[i] + "\n");
+   FileClose(h);
+  }
+
+void SendAck(const string signalId, const ulong ticket, const string status, const string message, const long retcode)
+  {
+   OutboxAppend(AckBody(signalId, ticket, status, message, retcode));
+   FlushOutbox();
   }
 
 void Remember(const string key, const double outcome)
@@ -370,38 +501,93 @@ void Remember(const string key, const double outcome)
    GlobalVariablesFlush(); // on disk before anything else happens: this is the dedupe
   }
 
+// A per-symbol lock across charts: "take" is atomic (GlobalVariableSetOnCondition sets
+// the holder only while the lock reads 0), so check-then-claim of a signal_id is too.
+string LockKey(const string symbol) { return "mt5p.lock." + symbol; }
+string LockTimeKey(const string symbol) { return "mt5p.lock." + symbol + ".t"; }
+
+bool TakeLock(const string symbol)
+  {
+   string lock = LockKey(symbol);
+   if(!GlobalVariableCheck(lock)) GlobalVariableTemp(lock); // created at 0; a race creates it twice, harmlessly
+   double me = (double)ChartID();
+   for(int i = 0; i < 50; i++)
+     {
+      if(GlobalVariableSetOnCondition(lock, me, 0))
+        {
+         GlobalVariableSet(LockTimeKey(symbol), (double)TimeGMT());
+         return true;
+        }
+      // A holder that stopped while holding it (its chart closed): taken over after a while.
+      double holder = GlobalVariableGet(lock);
+      if(TimeGMT() - (datetime)GlobalVariableGet(LockTimeKey(symbol)) > LOCK_STALE_SECONDS && GlobalVariableSetOnCondition(lock, me, holder))
+        {
+         GlobalVariableSet(LockTimeKey(symbol), (double)TimeGMT());
+         return true;
+        }
+      Sleep(20);
+     }
+   return false;
+  }
+
+void ReleaseLock(const string symbol)
+  {
+   GlobalVariableSetOnCondition(LockKey(symbol), 0, (double)ChartID());
+  }
+
 // Ack a signal handled before, from its stored outcome; never trade it again.
 void AckStored(const string signalId, const string key)
   {
    double outcome = GlobalVariableGet(key);
    if(outcome > 0)
-      SendAck(signalId, (ulong)outcome, "FILLED", "filled (acked again)");
+      SendAck(signalId, (ulong)outcome, "FILLED", "filled (acked again)", -1);
    else if(outcome == OUTCOME_EXPIRED)
-      SendAck(signalId, 0, "EXPIRED", "signal expired; not traded");
+      SendAck(signalId, 0, "EXPIRED", "signal expired; not traded", -1);
    else if(outcome == OUTCOME_INVALID)
-      SendAck(signalId, 0, "REJECTED", "invalid signal");
-   else if(outcome <= -10000)
-      SendAck(signalId, 0, "REJECTED", StringFormat("retcode %d", (int)-outcome));
+      SendAck(signalId, 0, "REJECTED", "invalid signal", -1);
+   else if(outcome <= OUTCOME_REJECTED && outcome > OUTCOME_SENDING)
+     {
+      long retcode = (long)(OUTCOME_REJECTED - outcome);
+      SendAck(signalId, 0, "REJECTED", StringFormat("retcode %d", retcode), retcode);
+     }
+  }
+
+// Claim a signal for this chart: true when this chart is the one to trade it. Under the
+// symbol's lock: a signal another chart has claimed, or handled, is never traded again.
+bool Claim(const string signalId, const string symbol, const string key, const string comment)
+  {
+   if(!TakeLock(symbol)) return false; // busy: the next poll tries again
+   bool mine = false;
+   if(!GlobalVariableCheck(key))
+     {
+      Remember(key, OUTCOME_SENDING - (double)TimeGMT());
+      mine = true;
+     }
+   else
+     {
+      double outcome = GlobalVariableGet(key);
+      if(outcome <= OUTCOME_SENDING && TimeGMT() - (datetime)(OUTCOME_SENDING - outcome) > SENDING_STALE_SECONDS)
+        {
+         // Its chart stopped during the send: look the order up, never send it twice.
+         ulong found = FindPlaced(symbol, comment);
+         Remember(key, found > 0 ? (double)found : OUTCOME_REJECTED - 10011);
+        }
+     }
+   ReleaseLock(symbol);
+   if(!mine && GlobalVariableGet(key) > OUTCOME_SENDING)
+      AckStored(signalId, key);
+   return mine;
   }
 
 void HandleSignal(const string obj)
   {
    string signalId = JsonString(obj, "signal_id");
    string symbol = JsonString(obj, "symbol");
-   if(signalId == "" || symbol != _Symbol) return;
+   // This chart's symbol and timeframe only: an H1 signal is the H1 chart's.
+   if(signalId == "" || symbol != _Symbol || JsonString(obj, "timeframe") != TimeframeName()) return;
    string key = "mt5p." + signalId;
    string comment = StringSubstr(signalId, 0, 31); // MT5 keeps 31 characters of a comment
-   if(GlobalVariableCheck(key))
-     {
-      if(GlobalVariableGet(key) == OUTCOME_SENDING)
-        {
-         // Stopped during the send: look the order up, never send it twice.
-         ulong found = FindPlaced(symbol, comment);
-         Remember(key, found > 0 ? (double)found : -10011.0);
-        }
-      AckStored(signalId, key);
-      return;
-     }
+   if(!Claim(signalId, symbol, key, comment)) return;
    string side = JsonString(obj, "side");
    double slPips = JsonNumber(obj, "sl_pips");
    double tpPips = JsonNumber(obj, "tp_pips");
@@ -410,31 +596,45 @@ void HandleSignal(const string obj)
    if(expires == 0 || TimeGMT() >= expires)
      {
       Remember(key, OUTCOME_EXPIRED);
-      SendAck(signalId, 0, "EXPIRED", "signal expired at " + expiresAt + "; not traded");
+      SendAck(signalId, 0, "EXPIRED", "signal expired at " + expiresAt + "; not traded", -1);
       return;
      }
-   if((side != "BUY" && side != "SELL") || slPips <= 0 || tpPips <= 0)
+   double volume = Volume(symbol);
+   if((side != "BUY" && side != "SELL") || slPips <= 0 || tpPips <= 0 || volume <= 0)
      {
       Remember(key, OUTCOME_INVALID);
-      SendAck(signalId, 0, "REJECTED", "invalid signal: side " + side);
+      SendAck(signalId, 0, "REJECTED", volume <= 0 ? "InpLots is below the symbol's SYMBOL_VOLUME_MIN" : "invalid signal: side " + side, -1);
       return;
      }
+   double pip = SignalPipSize(JsonObject(obj, "meta"));
+   if(pip <= 0)
+     {
+      pip = LocalPipSize((int)SymbolInfoInteger(symbol, SYMBOL_DIGITS), SymbolInfoDouble(symbol, SYMBOL_POINT));
+      PrintFormat("%s: no meta.pip_size in the signal; pip %g from this terminal's digits and point", signalId, pip);
+     }
    bool buy = (side == "BUY");
-   Remember(key, OUTCOME_SENDING);
-   g_trade.SetTypeFillingBySymbol(symbol);
+   // FOK or IOC as the symbol allows; neither (exchange execution): RETURN.
+   if(!g_trade.SetTypeFillingBySymbol(symbol))
+      g_trade.SetTypeFilling(ORDER_FILLING_RETURN);
    uint retcode = 0;
-   for(int attempt = 0; attempt < 2; attempt++)
+   for(int attempt = 0; attempt < 3; attempt++)
      {
       MqlTick tick;
       if(!SymbolInfoTick(symbol, tick)) { retcode = TRADE_RETCODE_PRICE_OFF; break; }
-      double price = buy ? tick.ask : tick.bid;
+      double tickSize = SymbolInfoDouble(symbol, SYMBOL_TRADE_TICK_SIZE);
+      double price = ToTick(buy ? tick.ask : tick.bid, tickSize, (int)SymbolInfoInteger(symbol, SYMBOL_DIGITS), 0);
       double sl, tp;
-      Stops(symbol, buy, price, tick, slPips, tpPips, sl, tp);
+      Stops(symbol, buy, price, tick, slPips, tpPips, pip, sl, tp);
       if(buy)
-         g_trade.Buy(Volume(symbol), symbol, price, sl, tp, comment);
+         g_trade.Buy(volume, symbol, price, sl, tp, comment);
       else
-         g_trade.Sell(Volume(symbol), symbol, price, sl, tp, comment);
+         g_trade.Sell(volume, symbol, price, sl, tp, comment);
       retcode = g_trade.ResultRetcode();
+      if(retcode == TRADE_RETCODE_INVALID_FILL && g_trade.RequestTypeFilling() != ORDER_FILLING_RETURN)
+        {
+         g_trade.SetTypeFilling(ORDER_FILLING_RETURN); // the symbol's flags lied: exchange execution
+         continue;
+        }
       bool moved = (retcode == TRADE_RETCODE_REQUOTE || retcode == TRADE_RETCODE_PRICE_CHANGED || retcode == TRADE_RETCODE_PRICE_OFF);
       if(!(moved && attempt == 0)) break; // one retry at the new price
      }
@@ -442,12 +642,27 @@ void HandleSignal(const string obj)
      {
       ulong ticket = g_trade.ResultOrder();
       Remember(key, (double)ticket);
-      SendAck(signalId, ticket, "FILLED", StringFormat("filled %.2f at %s", g_trade.ResultVolume(), DoubleToString(g_trade.ResultPrice(), _Digits)));
+      SendAck(signalId, ticket, "FILLED", StringFormat("filled %.2f at %s", g_trade.ResultVolume(), DoubleToString(g_trade.ResultPrice(), _Digits)), -1);
+     }
+   else if(retcode == 0 || IsTransient(retcode))
+     {
+      // Not final: no answer from the server (retcode 0 after a failed send), or "not now".
+      // Forget the claim unless the order exists after all; the next poll tries again.
+      ulong found = FindPlaced(symbol, comment);
+      if(found > 0)
+        {
+         Remember(key, (double)found);
+         SendAck(signalId, found, "FILLED", "found in the terminal after an unclear answer", -1);
+         return;
+        }
+      GlobalVariableDel(key);
+      GlobalVariablesFlush();
+      PrintFormat("%s: retcode %u (%s), not final; tried again at the next poll", signalId, retcode, g_trade.ResultRetcodeDescription());
      }
    else
      {
-      Remember(key, -(double)retcode);
-      SendAck(signalId, 0, "REJECTED", StringFormat("retcode %u: %s", retcode, g_trade.ResultRetcodeDescription()));
+      Remember(key, OUTCOME_REJECTED - (double)retcode);
+      SendAck(signalId, 0, "REJECTED", StringFormat("retcode %u: %s", retcode, g_trade.ResultRetcodeDescription()), (long)retcode);
      }
   }
 
@@ -502,6 +717,7 @@ void OnTick()
 void OnTimer()
   {
    SendClosedBars(); // also catches up after an outage and closes bars without ticks
+   FlushOutbox();    // acks the API has not taken yet, whatever the signal's state there
    PollSignals();
   }
 //+------------------------------------------------------------------+

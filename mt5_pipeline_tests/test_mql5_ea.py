@@ -19,10 +19,12 @@ EA = Path(__file__).resolve().parents[1] / "mql5" / "MT5PipelineEA.mq5"
 
 # Which function builds (or reads) which schema of the document.
 BUILDS = {"CandleJson": "Candle", "IngestBody": "IngestRequest", "AckBody": "AckRequest"}
-READS = {"PollSignals": "SignalsResponse", "HandleSignal": "Signal"}
+READS = {"PollSignals": "SignalsResponse", "HandleSignal": "Signal", "SignalPipSize": "SignalMeta"}
+# A variable holding a body built by a builder: the ack outbox keeps AckBody's text.
+CARRIED = {"body": "AckBody"}
 # Helper -> the JSON types a property may have for it.
 WRITE_TYPES = {"JStr": {"string"}, "JNum": {"number"}, "JInt": {"integer", "number"}, "JArr": {"array"}, "JNull": None}
-READ_TYPES = {"JsonString": {"string"}, "JsonNumber": {"number", "integer"}, "JsonArray": {"array"}}
+READ_TYPES = {"JsonString": {"string"}, "JsonNumber": {"number", "integer"}, "JsonArray": {"array"}, "JsonObject": {"object"}}
 FUNCTION = re.compile(r"^(?:string|int|void|double|long|ulong|datetime|bool)\s+(\w+)\(", re.M)
 
 
@@ -74,7 +76,7 @@ def contract_problems(source: str, doc: dict) -> list[str]:
     # JSON fields written and read, per function.
     for name, body in funcs.items():
         writes = re.findall(r"\b(J(?:Str|Num|Int|Null|Arr))\(\"(\w+)\"", body)
-        reads = re.findall(r"\b(Json(?:String|Number|Array))\(\w+,\s*\"(\w+)\"", body)
+        reads = re.findall(r"\b(Json(?:String|Number|Array|Object))\(\w+,\s*\"(\w+)\"", body)
         if writes and name not in BUILDS:
             problems.append(f"{name} builds JSON but is not mapped to a schema")
         if reads and name not in READS:
@@ -127,7 +129,7 @@ def contract_problems(source: str, doc: dict) -> list[str]:
                 problems.append(f"{method} {path}: {key}={value} is not an integer in range")
         if body_func != '""':
             ref = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
-            if not ref.endswith("/" + BUILDS.get(body_func, "?")):
+            if not ref.endswith("/" + BUILDS.get(CARRIED.get(body_func, body_func), "?")):
                 problems.append(f"{method} {path}: body built by {body_func}, but the route takes {ref or 'no JSON body'}")
         elif method == "GET":
             ref = op["responses"]["200"]["content"]["application/json"]["schema"].get("$ref", "")
@@ -171,6 +173,9 @@ def test_every_route_header_and_field_the_ea_uses_is_in_the_served_openapi(opena
         ('JsonNumber(obj, "sl_pips")', 'JsonNumber(obj, "stop_pips")', "reads stop_pips"),
         ("X-API-Key: ", "X-Api-Token: ", "header X-Api-Token"),
         ("status=PENDING", "status=SENT", "status=SENT is not one of"),
+        ('JInt("digits", _Digits)', 'JInt("digit", _Digits)', "digit is not a field of IngestRequest"),
+        ('JsonNumber(meta, "pip_size")', 'JsonNumber(meta, "pipsize")', "reads pipsize, not a field of SignalMeta"),
+        ('JInt("retcode", retcode)', 'JStr("retcode", "10018")', "retcode sent as JStr"),
     ],
 )
 def test_the_contract_check_catches_a_drift(openapi, old, new, complaint):
@@ -185,11 +190,121 @@ def test_the_header_says_plainly_it_was_not_compiled_here():
     assert "NOT COMPILED BY THE PROJECT" in head and "never been compiled" in head
 
 
-def test_the_ea_uses_the_bridges_pip_and_comment_rules():
-    """Same arithmetic as mt5_pipeline/bridge/orders.py, spelled out in both."""
+def mql_function(name: str) -> str:
+    return functions(EA.read_text())[name]
+
+
+def transliterate(body: str):
+    """A Python function from an MQL function made only of `if(cond) return expr;` and
+    `return expr;` lines (the fallback pip rule): read, not compiled, but executed."""
+    lines = []
+    for line in body.splitlines()[1:]:
+        line = line.strip()
+        if line in ("{", "}", ""):
+            continue
+        m = re.fullmatch(r"if\((.+)\) return (.+);", line) or re.fullmatch(r"()return (.+);", line)
+        assert m, f"the fallback pip rule is no longer plain enough to check: {line!r}"
+        cond, expr = m.groups()
+        cond = cond.replace("||", " or ").replace("&&", " and ")
+        lines.append(f"    if {cond}: return {expr}" if cond else f"    return {expr}")
+    namespace: dict = {}
+    exec("def rule(digits, point):\n" + "\n".join(lines), namespace)
+    return namespace["rule"]
+
+
+def test_the_eas_fallback_pip_is_the_cores_rule_for_every_instrument_class():
+    from mt5_pipeline import pips
+    from mt5_pipeline_tests.test_execution_contract import INSTRUMENTS
+
+    rule = transliterate(mql_function("LocalPipSize"))
+    for row in INSTRUMENTS:
+        digits, point = int(row["digits"]), float(row["point"])
+        assert rule(digits, point) == pytest.approx(float(row["pip"])), row
+        assert rule(digits, point) == pytest.approx(pips.pip_from_instrument(digits, point))
+    # The check bites: the old gold guess (2 digits and not yen: 10 points) disagrees.
+    mutated = mql_function("LocalPipSize").replace("   return point;", '   if(digits == 2) return point * 10;\n   return point;')
+    assert transliterate(mutated)(2, 0.01) != pytest.approx(0.01)
+
+
+def test_the_ea_places_stops_in_the_signals_own_pip_on_the_tick_grid():
+    handle = mql_function("HandleSignal")
+    assert 'SignalPipSize(JsonObject(obj, "meta"))' in handle
+    # The terminal's own rule only when the signal has none, and said so in the log.
+    fallback = handle[handle.index("if(pip <= 0)") :]
+    assert fallback.index("LocalPipSize(") < fallback.index("PrintFormat(") < fallback.index("}")
+    assert 'JsonNumber(meta, "pip_size")' in mql_function("SignalPipSize")
+    stops = mql_function("Stops")
+    assert "SYMBOL_TRADE_TICK_SIZE" in stops and "ToTick(price - sign * slPips * pip" in stops and "PipSize" not in stops
+    assert "ToTick(buy ? tick.ask : tick.bid" in handle
+
+
+def test_the_ea_trades_only_its_own_symbol_and_timeframe():
+    handle = mql_function("HandleSignal")
+    guard = handle[: handle.index("Claim(")]
+    assert 'symbol != _Symbol' in guard and 'JsonString(obj, "timeframe") != TimeframeName()' in guard
+
+
+def test_the_dedupe_is_claimed_atomically_across_charts():
+    take = mql_function("TakeLock")
+    assert "GlobalVariableSetOnCondition(lock, me, 0)" in take
+    claim = mql_function("Claim")
+    # Check and claim happen between taking and releasing the symbol's lock.
+    assert claim.index("TakeLock(") < claim.index("GlobalVariableCheck(key)") < claim.index("Remember(key, OUTCOME_SENDING") < claim.index("ReleaseLock(")
+    handle = mql_function("HandleSignal")
+    assert "if(!Claim(" in handle and "GlobalVariableCheck" not in handle
+    # Another chart's order in flight is left alone: only a stale marker is looked up.
+    assert "SENDING_STALE_SECONDS" in claim and "FindPlaced(" in claim
+
+
+def test_filling_falls_back_to_return_and_volume_respects_min_and_step():
+    handle = mql_function("HandleSignal")
+    assert "if(!g_trade.SetTypeFillingBySymbol(symbol))" in handle and "g_trade.SetTypeFilling(ORDER_FILLING_RETURN);" in handle
+    assert "TRADE_RETCODE_INVALID_FILL" in handle
+    volume = mql_function("Volume")
+    assert "SYMBOL_VOLUME_MIN" in volume and "SYMBOL_VOLUME_STEP" in volume and "MathFloor(InpLots / step" in volume
+    assert "volume <= 0" in handle
+
+
+def test_the_transient_retcodes_are_the_contracts_and_leave_nothing_final():
+    from mt5_pipeline import contract
+
+    listed = {int(c) for c in re.findall(r"case (\d+):", mql_function("IsTransient"))}
+    assert listed == set(contract.TRANSIENT_RETCODES)
+    handle = mql_function("HandleSignal")
+    branch = handle[handle.index("IsTransient(retcode)") : handle.index("else\n     {\n      Remember(key, OUTCOME_REJECTED")]
+    assert "GlobalVariableDel(key)" in branch and "FindPlaced(" in branch and 'SendAck(signalId, 0, "REJECTED"' not in branch
+
+
+def test_a_rejection_with_retcode_0_is_not_stored_as_minus_zero():
     source = EA.read_text()
-    assert "if(digits == 3 || digits == 5) return point * 10;" in source
-    assert 'if(digits == 2 && StringFind(symbol, "JPY") < 0) return point * 10;' in source
+    assert "-(double)retcode" not in source
+    assert "Remember(key, OUTCOME_REJECTED - (double)retcode);" in mql_function("HandleSignal")
+    values = {name: float(v) for name, v in re.findall(r"#define (OUTCOME_\w+)\s+(-?\d+)", source)}
+    # Every encoding is distinct from the others for any retcode 0..99999 and any time.
+    assert values["OUTCOME_REJECTED"] - 0 != values["OUTCOME_EXPIRED"]
+    assert values["OUTCOME_REJECTED"] - 99_999 > values["OUTCOME_SENDING"]
+    assert values["OUTCOME_INVALID"] > values["OUTCOME_REJECTED"]
+    # ...and decoded with the same constant.
+    assert "OUTCOME_REJECTED - outcome" in mql_function("AckStored")
+
+
+def test_acks_go_through_a_persisted_outbox_that_outlives_the_signals_pending_state():
+    send = mql_function("SendAck")
+    assert send.index("OutboxAppend(AckBody(") < send.index("FlushOutbox()")
+    assert "FILE_READ | FILE_WRITE" in mql_function("OutboxAppend")
+    flush = mql_function("FlushOutbox")
+    assert 'ApiRequest("POST", "/ea/ack", body' in flush and "keep[k] = body" in flush
+    timer = mql_function("OnTimer")
+    assert timer.index("FlushOutbox()") < timer.index("PollSignals()")  # not tied to the signal being pulled again
+
+
+def test_the_ea_describes_its_instrument_with_its_bars():
+    ingest = mql_function("IngestBody")
+    assert 'JInt("digits", _Digits)' in ingest and 'JNum("point", _Point, _Digits)' in ingest
+
+
+def test_the_ea_keeps_the_bridges_comment_rule():
+    source = EA.read_text()
     assert "StringSubstr(signalId, 0, 31)" in source
     from mt5_pipeline.bridge import orders
 

@@ -172,11 +172,27 @@ def pip_size_for(settings: Any, database_url: str | None, symbol: str) -> float:
     """
     if _overridden(settings, symbol):
         return pip_size(symbol, settings.pip_sizes)
-    return pip_size(symbol, settings.pip_sizes, instrument(database_url or settings.database_url, symbol))
+    return pip_size(symbol, settings.pip_sizes, _described(settings, database_url, symbol))
+
+
+def _described(settings: Any, database_url: str | None, symbol: str) -> tuple[int | None, float | None] | None:
+    """The terminal's (digits, point) for `symbol`; for a currency pair, None also when the
+    database has no schema yet (a backtest on a bare file): its name rule still applies."""
+    if currency_pair(symbol) is None:
+        return instrument(database_url or settings.database_url, symbol)
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    try:
+        return instrument(database_url or settings.database_url, symbol)
+    except (OperationalError, ProgrammingError) as exc:
+        # Only a missing table: an unreachable database must not quietly change a pip.
+        if "no such table" in str(exc) or "does not exist" in str(exc):
+            return None
+        raise
 
 
 def point_size_for(settings: Any, database_url: str | None, symbol: str) -> float:
     """One MT5 point of `symbol` (spreads are in points), by the same sources."""
     if _overridden(settings, symbol):
         return point_size(symbol, settings.pip_sizes)
-    return point_size(symbol, settings.pip_sizes, instrument(database_url or settings.database_url, symbol))
+    return point_size(symbol, settings.pip_sizes, _described(settings, database_url, symbol))

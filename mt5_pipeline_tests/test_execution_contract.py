@@ -325,3 +325,13 @@ def test_transient_retcodes_are_the_terminals_not_now():
     assert contract.TRANSIENT_RETCODES <= set(RETCODE_TEXT)
     assert 10018 not in contract.TRANSIENT_RETCODES and 10016 not in contract.TRANSIENT_RETCODES
     assert math.isclose(pips.pip_from_instrument(3, 0.001), 0.01)
+
+
+def test_the_core_reads_a_described_currency_pairs_digits_from_the_database(db_url, settings_for):
+    settings = settings_for(db_url)
+    assert pips.pip_size_for(settings, db_url, "USDHUF") == 0.0001  # not described yet: the name rule
+    pips.record_instrument(db_url, "USDHUF", 3, 0.001)
+    pips.record_instrument(db_url, "XAUUSD", 2, 0.01)
+    assert pips.pip_size_for(settings, db_url, "USDHUF") == 0.01
+    assert pips.pip_size_for(settings, db_url, "XAUUSD") == 0.01
+    assert pips.pip_size_for(settings_for(db_url, PIP_SIZES="XAUUSD=0.1"), db_url, "XAUUSD") == 0.1  # PIP_SIZES still wins

@@ -130,8 +130,8 @@ class AckRequest(_Request):
         str,
         Field(
             pattern=ACK_STATUS_PATTERN,
-            description="what became of the signal: FILLED, PLACED, PARTIAL or ACKED (a position or order exists) -> ACKED; "
-            "REJECTED -> REJECTED; EXPIRED -> EXPIRED. Never moves a signal backwards (docs/execution.md)",
+            description="1-20 letters or underscores, one of FILLED, PLACED, PARTIAL, ACKED (the signal becomes ACKED), "
+            "REJECTED or EXPIRED; never moves a signal backwards (docs/execution.md)",
             examples=["FILLED"],
         ),
         AfterValidator(_known_ack_status),

@@ -335,3 +335,21 @@ def test_the_core_reads_a_described_currency_pairs_digits_from_the_database(db_u
     assert pips.pip_size_for(settings, db_url, "USDHUF") == 0.01
     assert pips.pip_size_for(settings, db_url, "XAUUSD") == 0.01
     assert pips.pip_size_for(settings_for(db_url, PIP_SIZES="XAUUSD=0.1"), db_url, "XAUUSD") == 0.1  # PIP_SIZES still wins
+
+
+def test_the_pushers_verdict_after_the_eas_own_refusal_agrees_and_is_not_a_lost_lease(db_url):
+    # Push mode: the bridge's REJECTED ack can land while the pusher still holds the row.
+    [signal] = [make_signal("EURUSD")]
+    queue.enqueue_many(db_url, [signal])
+    [claim] = queue.claim_batch(db_url, 10, lease_seconds=30)
+    assert queue.record_ack(db_url, signal["signal_id"], None, "REJECTED", "Market is closed", retcode=10018)["status"] == "REJECTED"
+    assert queue.mark_rejected(db_url, claim.id, claim.claim_token, "rejected by the terminal: retcode 10018: Market is closed")
+    row = queue.get_signal(db_url, signal["signal_id"])
+    assert row["status"] == "REJECTED" and row["claim_token"] is None
+    # A fill the EA reports stays a fill whatever the pusher concluded.
+    [other] = [make_signal("GBPUSD")]
+    queue.enqueue_many(db_url, [other])
+    [claim] = queue.claim_batch(db_url, 10, lease_seconds=30)
+    queue.record_ack(db_url, other["signal_id"], 9, "FILLED")
+    assert not queue.mark_rejected(db_url, claim.id, claim.claim_token, "a late error")
+    assert queue.get_signal(db_url, other["signal_id"])["status"] == "ACKED"

@@ -4,7 +4,9 @@
 401 for a wrong ``X-API-Key``, 415/413/400/422 for a bad request, 200 with
 ``{"success": true, "ticket": N}`` for a trade (the same answer again for a repeated
 ``signal_id``), 200 with ``{"success": false, "message", "retcode", "description"}`` for
-a rejection or an expired signal. ``GET /health`` needs no key.
+a rejection or an expired signal, and 503 with ``"transient": true`` while the terminal
+cannot place it yet (nothing final is stored: the pusher tries again within the TTL).
+``GET /health`` needs no key.
 """
 
 from __future__ import annotations

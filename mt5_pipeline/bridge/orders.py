@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mt5_pipeline.contract import TRANSIENT_RETCODES, pip_for_signal
-from mt5_pipeline.pips import PipSizeUnknown
 from mt5_pipeline.trade_signal import Signal
 
 log = logging.getLogger(__name__)
@@ -274,9 +273,7 @@ def place(terminal: Any, signal: Signal, cfg: OrderSettings, *, since: Any = Non
                 return Execution("TRANSIENT", retcode=10021, description=describe_retcode(10021), requests=requests)
             try:
                 request, notes = build_request(mt5, signal, info, tick, cfg, balance)
-            except PipSizeUnknown as exc:
-                return Execution("REJECTED", description=str(exc), requests=requests)
-            except ValueError as exc:
+            except ValueError as exc:  # PipSizeUnknown among them: no stop is placed at a guessed distance
                 return Execution("REJECTED", description=str(exc), requests=requests)
             requests.append(request)
             result = mt5.order_send(request)

@@ -548,7 +548,7 @@ void AckStored(const string signalId, const string key)
    else if(outcome <= OUTCOME_REJECTED && outcome > OUTCOME_SENDING)
      {
       long retcode = (long)(OUTCOME_REJECTED - outcome);
-      SendAck(signalId, 0, "REJECTED", StringFormat("retcode %d", retcode), retcode);
+      SendAck(signalId, 0, "REJECTED", "retcode " + IntegerToString(retcode), retcode);
      }
   }
 
@@ -570,7 +570,7 @@ bool Claim(const string signalId, const string symbol, const string key, const s
         {
          // Its chart stopped during the send: look the order up, never send it twice.
          ulong found = FindPlaced(symbol, comment);
-         Remember(key, found > 0 ? (double)found : OUTCOME_REJECTED - 10011);
+         Remember(key, found > 0 ? (double)found : (double)(OUTCOME_REJECTED - 10011));
         }
      }
    ReleaseLock(symbol);

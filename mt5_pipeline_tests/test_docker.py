@@ -22,18 +22,17 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from mt5_pipeline.apps.servers import free_port
 from mt5_pipeline.storage.migrate import head_revision
-from mt5_pipeline_tests.conftest import REQUIRE_POSTGRES, TEST_DATABASE_URL
+from mt5_pipeline_tests.install_support import fresh_database as fresh_database_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -153,26 +152,27 @@ def image(tmp_path_factory) -> ScratchImage:
 
 
 @pytest.fixture(scope="module")
-def fresh_database() -> str:
-    admin_url = make_url(TEST_DATABASE_URL.replace("postgresql://", "postgresql+psycopg2://", 1))
-    name = f"mt5_image_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        if REQUIRE_POSTGRES:
-            pytest.fail(f"PostgreSQL unreachable: {exc}")
-        pytest.skip(f"PostgreSQL unreachable: {exc}")
-    yield admin_url.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+def fresh_database() -> Iterator[str]:
+    with fresh_database_for("mt5_image") as url:
+        yield url
 
 
 def app_services() -> dict[str, dict]:
     compose = yaml.safe_load(COMPOSE_FILE.read_text())
     return {name: s for name, s in compose["services"].items() if s.get("build", {}).get("dockerfile") == "docker/Dockerfile"}
+
+
+def interpolate(value: str, values: dict[str, str]) -> str:
+    """compose's ${NAME}, ${NAME:-default} and ${NAME:?message} against ``values``."""
+
+    def one(m: re.Match) -> str:
+        name, op, arg = m.group(1), m.group(2) or "", m.group(3) or ""
+        if values.get(name):
+            return values[name]
+        assert op != ":?", f"compose would refuse to start: {name} unset ({arg})"
+        return arg if op == ":-" else ""
+
+    return re.sub(r"\$\{([A-Z_][A-Z0-9_]*)(:-|:\?)?([^}]*)\}", one, value)
 
 
 def service_env(image: ScratchImage, service: dict, database_url: str) -> dict[str, str]:
@@ -190,7 +190,10 @@ def service_env(image: ScratchImage, service: dict, database_url: str) -> dict[s
     env.update(image.env)
     for key, value in (service.get("environment") or {}).items():
         value = str(value)
-        env[key] = values.get(key, value if "${" not in value else re.sub(r"\$\{([A-Z_]+)[^}]*\}", lambda m: values.get(m.group(1), ""), value))
+        if key in values:
+            env[key] = values[key]
+            continue
+        env[key] = interpolate(value, values)
     env["PATH"] = f"{image.bin}{os.pathsep}{env.get('PATH', '')}"
     # The image's absolute paths live in the scratch root.
     for key in ("MODEL_DIR", "DAGSTER_HOME"):

@@ -18,6 +18,8 @@ setup(
     description="MetaTrader 5 market data to ML trade signals, delivered safely to an Expert Advisor",
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
+    license="MIT",  # the LICENSE file
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     # Namespace discovery: the alembic directories (storage/migrations, its versions/)
     # have no __init__.py but hold modules the program runs (`db upgrade` imports

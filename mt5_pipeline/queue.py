@@ -582,3 +582,17 @@ def find_bar_signal(database_url: str, symbol: str, timeframe: str, ts: datetime
     with get_engine(database_url).connect() as conn:
         row = conn.execute(stmt).first()
     return Signal.from_row(row) if row is not None else None
+
+
+def delivery_figures(database_url: str, *, now: datetime | None = None, window_seconds: float = 3600) -> dict[str, Any]:
+    """For /metrics: when the oldest unexpired PENDING signal was queued (a stuck delivery
+    shows as its growing age), and queue-to-EA seconds (``sent_at - created_at``) of the
+    signals delivered in the last ``window_seconds``."""
+    at = resolve_now(now)
+    with get_engine(database_url).connect() as conn:
+        oldest = conn.execute(select(func.min(q.c.created_at)).where(q.c.status == "PENDING", q.c.expires_at > at)).scalar()
+        rows = conn.execute(
+            select(q.c.created_at, q.c.sent_at).where(q.c.sent_at.is_not(None), q.c.sent_at >= at - timedelta(seconds=window_seconds))
+        ).all()
+    latencies = sorted(max(0.0, (as_utc(r.sent_at) - as_utc(r.created_at)).total_seconds()) for r in rows)
+    return {"oldest_pending_created_at": as_utc(oldest) if oldest is not None else None, "latencies": latencies}

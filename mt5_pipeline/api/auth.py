@@ -1,5 +1,9 @@
 """X-API-Key on every route but /health (and /metrics when METRICS_PUBLIC=true).
 
+/metrics also takes the key as ``Authorization: Bearer <key>``: Prometheus can send that
+header from a file (``authorization.credentials_file``) but no custom header, so the
+scraper gets the key without opening /metrics to everyone.
+
 A pure ASGI middleware, so an unauthenticated request is answered before its body is
 read. The key is compared in constant time against every configured key (the loop
 never stops early), so neither timing nor the answer tells which keys exist. Failed
@@ -19,6 +23,7 @@ from mt5_pipeline.api.errors import error_response
 log = logging.getLogger("api.auth")
 
 HEADER = b"x-api-key"
+BEARER_PATHS = frozenset({"/metrics"})
 UNAUTHORIZED = "invalid or missing API key"
 
 
@@ -43,10 +48,15 @@ class APIKeyMiddleware:
             await self.app(scope, receive, send)
             return
         given: bytes | None = None
+        bearer: bytes | None = None
         for name, value in scope.get("headers", ()):
             if name == HEADER:
                 given = value
                 break
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                bearer = value[7:].strip()
+        if given is None and bearer is not None and scope.get("path") in BEARER_PATHS:
+            given = bearer
         if key_matches(given, self.keys):
             await self.app(scope, receive, send)
             return

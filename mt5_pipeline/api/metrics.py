@@ -15,9 +15,10 @@ process never share or double-register them.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timezone
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -43,9 +44,13 @@ def _utc_seconds(value: object) -> float | None:
 class DatabaseCollector(Collector):
     """Queue, candle and model figures computed from the database on every scrape."""
 
+    # Drift reads a day of features per symbol: computed at most this often, not per scrape.
+    DRIFT_EVERY_SECONDS = 600.0
+
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock
+        self._drift: tuple[float, list[tuple[str, str, float]]] | None = None
 
     def describe(self) -> list[Metric]:
         # Empty: registering must not query the database.
@@ -54,7 +59,7 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         families: list[Metric] = []
         database_up = 1
-        for part in (self._queue_families, self._candle_families, self._model_families, self._delivery_families, self._retrain_families):
+        for part in (self._queue_families, self._latency_families, self._candle_families, self._model_families, self._delivery_families, self._retrain_families, self._drift_families):
             try:
                 families.extend(part())
             except ImportError:  # a core module this build does not have
@@ -87,6 +92,49 @@ class DatabaseCollector(Collector):
         for status in sorted(counts):
             depth.add_metric([status], counts[status])
         yield from (generated, sent, failed, expired, depth)
+
+    def _latency_families(self) -> Iterator[Metric]:
+        from mt5_pipeline.queue import delivery_figures
+
+        now = self.clock()
+        figures = delivery_figures(self.settings.database_url, now=datetime.fromtimestamp(now, tz=timezone.utc))
+        oldest = GaugeMetricFamily(
+            "ea_oldest_pending_age_seconds", "seconds the oldest unexpired PENDING signal has waited since it was queued (0: none waiting)"
+        )
+        created = figures["oldest_pending_created_at"]
+        oldest.add_metric([], max(0.0, now - created.timestamp()) if created is not None else 0.0)
+        latency = GaugeMetricFamily(
+            "ea_delivery_latency_seconds", "queue-to-EA seconds (sent_at - created_at) of the signals delivered in the last hour, by quantile", labels=["quantile"]
+        )
+        values = figures["latencies"]
+        if values:
+            for q in (0.5, 0.9, 0.99):
+                latency.add_metric([str(q)], values[min(len(values) - 1, int(q * len(values)))])
+        delivered = GaugeMetricFamily("ea_signals_delivered_last_hour", "signals delivered to the EA in the last hour")
+        delivered.add_metric([], len(values))
+        yield from (oldest, latency, delivered)
+
+    def _drift_families(self) -> Iterator[Metric]:
+        from mt5_pipeline.drift import feature_drift, symbols_with_features
+
+        now = self.clock()
+        if self._drift is None or now - self._drift[0] >= self.DRIFT_EVERY_SECONDS:
+            rows = []
+            for timeframe in self.settings.timeframes:
+                for symbol in symbols_with_features(self.settings, timeframe):
+                    report = feature_drift(self.settings, symbol, timeframe)
+                    top = report.values.get("max_psi")
+                    if top is not None and math.isfinite(top):
+                        rows.append((symbol, timeframe, float(top)))
+            self._drift = (now, rows)
+        family = GaugeMetricFamily(
+            "mt5_drift_max_psi",
+            "largest feature PSI of the last DRIFT_WINDOW_HOURS against the champion's training rows (0.25: large shift), refreshed every 10 minutes",
+            labels=["symbol", "timeframe"],
+        )
+        for symbol, timeframe, top in self._drift[1]:
+            family.add_metric([symbol, timeframe], top)
+        yield family
 
     def _candle_families(self) -> Iterator[Metric]:
         from mt5_pipeline.storage.candles import newest_bars

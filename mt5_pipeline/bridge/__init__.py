@@ -74,7 +74,7 @@ class Bridge:
             settings.bridge_history_bars, settings.bridge_utc_offset_hours, clock=clock,
         )
         self.poller = Poller(self.api, self.executor, self.acks, interval=settings.bridge_poll_interval)
-        self.app = create_bridge_app(self.executor, ea_api_key(settings), self.health)
+        self.app = create_bridge_app(self.executor, ea_api_key(settings), self.health, push=settings.bridge_mode == "push")
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 

@@ -4,30 +4,44 @@
 401 for a wrong ``X-API-Key``, 415/413/400/422 for a bad request, 200 with
 ``{"success": true, "ticket": N}`` for a trade (the same answer again for a repeated
 ``signal_id``), 200 with ``{"success": false, "message", "retcode", "description"}`` for
+<<<<<<< HEAD
 a rejection or an expired signal, and 503 with ``"transient": true`` while the terminal
 cannot place it yet (nothing final is stored: the pusher tries again within the TTL).
 ``GET /health`` needs no key.
+=======
+a rejection or an expired signal. A probe, ``{"probe": true}`` without a ``signal_id``
+(what the API's ``GET /ea/test-connection`` sends), is answered
+``200 {"success": true, "probe": true}`` once the key and content type pass, as the
+reference EA answers it, so the API reports the key as verified. ``GET /health`` and
+``GET /metrics`` (the terminal's state for Prometheus) need no key.
+
+In pull mode nobody posts signals to the bridge: ``POST /signals`` is not served and no
+``EA_API_KEY`` is needed.
+>>>>>>> issue22
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mt5_pipeline.bridge.executor import Executor
 from mt5_pipeline.contract import MAX_BODY_BYTES
 
 
-def create_bridge_app(executor: Executor, api_key: str, health: Callable[[], tuple[int, dict]]) -> Starlette:
-    if not api_key:
-        raise ValueError("the bridge's signals server needs a key (EA_API_KEY)")
+def create_bridge_app(executor: Executor, api_key: str, health: Callable[[], tuple[int, dict]], *, push: bool = True) -> Starlette:
+    if push and not api_key:
+        raise ValueError("the bridge's signals server needs a key in push mode (EA_API_KEY, the key the pusher sends)")
     key = api_key.encode()
 
     async def signals(request: Request) -> JSONResponse:
@@ -42,6 +56,8 @@ def create_bridge_app(executor: Executor, api_key: str, health: Callable[[], tup
             body = json.loads(raw)
         except ValueError:
             return JSONResponse({"success": False, "message": "body is not valid JSON"}, status_code=400)
+        if isinstance(body, dict) and body.get("probe") is True and "signal_id" not in body:
+            return JSONResponse({"success": True, "probe": True, "message": "signals route ready"})
         idem = request.headers.get("idempotency-key")
         if idem is not None and isinstance(body, dict) and idem != body.get("signal_id"):
             return JSONResponse({"success": False, "message": "Idempotency-Key does not match signal_id"}, status_code=400)
@@ -52,4 +68,40 @@ def create_bridge_app(executor: Executor, api_key: str, health: Callable[[], tup
         code, body = await run_in_threadpool(health)
         return JSONResponse(body, status_code=code)
 
-    return Starlette(routes=[Route("/signals", signals, methods=["POST"]), Route("/health", health_route, methods=["GET"])])
+    async def metrics_route(request: Request) -> Response:
+        code, body = await run_in_threadpool(health)
+        return Response(bridge_metrics(body), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    routes = [Route("/health", health_route, methods=["GET"]), Route("/metrics", metrics_route, methods=["GET"])]
+    if push:
+        routes.append(Route("/signals", signals, methods=["POST"]))
+    return Starlette(routes=routes)
+
+
+def bridge_metrics(health: dict) -> bytes:
+    """The bridge's /health as Prometheus gauges: the one view of the terminal the API's
+    /metrics cannot have (the bridge runs on the terminal's machine)."""
+    registry = CollectorRegistry(auto_describe=False)
+
+    def gauge(name: str, help_text: str, value: float) -> None:
+        family = GaugeMetricFamily(name, help_text)
+        family.add_metric([], value)
+        registry.register(_Fixed(family))
+
+    gauge("mt5_bridge_terminal_connected", "1 while the bridge is attached to a terminal connected to its trade server", int(health.get("terminal") == "connected"))
+    gauge("mt5_bridge_trade_allowed", "1 while algo trading is allowed in the terminal", int(bool(health.get("trade_allowed"))))
+    gauge("mt5_bridge_api_reachable", "1 while the bridge reaches the API (bars, acks, polls)", int(health.get("api") == "ok"))
+    gauge("mt5_bridge_acks_pending", "acks the API has not taken yet", float(health.get("acks_pending") or 0))
+    outcomes = GaugeMetricFamily("mt5_bridge_signals", "signals the bridge has handled, by outcome", labels=["outcome"])
+    for status, count in sorted((health.get("signals") or {}).items()):
+        outcomes.add_metric([str(status)], float(count))
+    registry.register(_Fixed(outcomes))
+    return generate_latest(registry)
+
+
+class _Fixed(Collector):
+    def __init__(self, family: Metric) -> None:
+        self.family = family
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.family

@@ -517,7 +517,7 @@ class FakeMT5:
         made = []
         with self._lock:
             for bar in rates:
-                t, o, h, lo, c = int(bar[0]), float(bar[1]), float(bar[2]), float(bar[3]), float(bar[4])
+                t, h, lo, c = int(bar[0]), float(bar[2]), float(bar[3]), float(bar[4])
                 spread = float(bar[6]) * point if len(bar) > 6 else 0.0
                 for pos in sorted((p for p in self.positions.values() if p.symbol == symbol), key=lambda p: p.ticket):
                     if pos.time >= t + timeframe_seconds:

@@ -162,14 +162,17 @@ MAX_TRADES_PER_REPORT = 1000
 TICKET_MAX = 2**63
 
 
+_YEAR_10000 = 253_402_300_800  # epoch seconds: datetime stops at 9999
+
+
 def _utc_time(value: Any) -> datetime:
     # Epoch seconds as MT5 gives them (converted to UTC by the reporter) or ISO 8601.
-    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**40:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < _YEAR_10000:
         return from_epoch(value)
     if isinstance(value, str):
         try:
             parsed = parse_iso(value) if ("Z" in value or "+" in value[10:] or "-" in value[10:]) else None
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an offset past year 9999
             parsed = None
         if parsed is not None:
             return parsed
@@ -225,8 +228,8 @@ class OpenTradesQuery(_Request):
     """GET /ea/trades: every value arrives as a string."""
 
     status: Literal["open"] = Field("open", description="only open trades are listed (what reconciliation compares)")
-    magic: Annotated[int | None, Field(ge=0, description="only trades with this magic"), BeforeValidator(lambda v: v if v is None else _whole_number(v))] = None
-    account: Annotated[int | None, Field(ge=0, description="only this account's trades (and those with none)"), BeforeValidator(lambda v: v if v is None else _whole_number(v))] = None
+    magic: Annotated[int | None, Field(ge=0, lt=TICKET_MAX, description="only trades with this magic"), BeforeValidator(lambda v: v if v is None else _whole_number(v))] = None
+    account: Annotated[int | None, Field(ge=0, lt=TICKET_MAX, description="only this account's trades (and those with none)"), BeforeValidator(lambda v: v if v is None else _whole_number(v))] = None
 
 
 class TerminalPosition(_Request):

@@ -37,6 +37,7 @@ BOOTSTRAP_DRAWS = 2000
 BAND = (0.025, 0.975)
 MIN_TRADES = 10
 SEED = 20
+_CHUNK_CELLS = 2_000_000  # draws x trades per block of the bootstrap (16 MB of float64)
 
 
 @dataclass
@@ -77,10 +78,13 @@ def bootstrap_band(backtest_pips: np.ndarray, live_pips: np.ndarray, *, draws: i
     if len(backtest_pips) < MIN_TRADES:
         return Plausibility(False, True, f"the model's backtest kept {len(backtest_pips)} trade(s): no band to judge by")
     rng = np.random.default_rng(seed)
-    sample = backtest_pips[rng.integers(0, len(backtest_pips), size=(draws, n))]
-    equity = np.cumsum(sample, axis=1)
-    totals = equity[:, -1]
-    drawdowns = (np.maximum.accumulate(np.maximum(equity, 0.0), axis=1) - equity).max(axis=1)
+    totals, drawdowns = np.empty(draws), np.empty(draws)
+    chunk = max(1, _CHUNK_CELLS // n)  # a year of M1 trades must not need gigabytes
+    for lo in range(0, draws, chunk):
+        k = min(chunk, draws - lo)
+        equity = np.cumsum(backtest_pips[rng.integers(0, len(backtest_pips), size=(k, n))], axis=1)
+        totals[lo : lo + k] = equity[:, -1]
+        drawdowns[lo : lo + k] = (np.maximum.accumulate(np.maximum(equity, 0.0), axis=1) - equity).max(axis=1)
     low, high = (float(q) for q in np.quantile(totals, BAND))
     dd_limit = float(np.quantile(drawdowns, BAND[1]))
     live_equity = np.cumsum(live_pips)

@@ -476,6 +476,7 @@ def _train(settings: Settings, symbols: list[str] | None, *, trained_at: datetim
         "backtest": backtest,
         # Each backtest trade's net pips, by exit time: what live trades are judged
         # against (live_performance's bootstrap band); the newest if there are very many.
+        "execution_policy": {"entry": settings.entry_policy, "max_hold_bars": settings.label_max_hold_bars},
         "backtest_trade_pips": [round(float(x), 2) for x in bt.trades.sort_values("exit_ts", kind="stable")["pips"].to_numpy()[-MAX_SAVED_TRADE_PIPS:]],
         "feature_importances": importances,
         # What the drift checks compare the live features and signals with.

@@ -69,7 +69,7 @@ def test_live_performance_asset_and_its_warning(sqlite_url, settings_for, losing
     backtest_pips = read_sidecar(settings.model_dir / "rf_m1.pkl")["backtest_trade_pips"]
     assert len(backtest_pips) >= MIN_TRADES
     n = 30
-    pips = [-25.0] * n if losing else [float(np.mean(backtest_pips))] * n
+    pips = [-25.0] * n if losing else [round(float(np.mean(backtest_pips)), 2)] * n
     _report(settings, version, pips)
 
     result = dg.materialize([asset], instance=instance, resources=resources)

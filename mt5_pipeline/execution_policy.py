@@ -67,6 +67,12 @@ class ExecutionPolicy:
         return cls(entry=settings.entry_policy, max_hold_bars=settings.label_max_hold_bars)
 
 
+def signal_meta(policy: ExecutionPolicy) -> dict[str, object]:
+    """What an executor that cannot import this module (the MQL5 EA) needs to obey the
+    policy, to travel in the signal's ``meta`` (the EA contract decides where)."""
+    return {"entry_policy": policy.entry, "max_hold_bars": policy.max_hold_bars}
+
+
 @dataclass(frozen=True)
 class OpenPosition:
     """A position as the policy needs to know it. ``entry_bar`` is the open time (UTC) of

@@ -18,6 +18,7 @@ from mt5_pipeline.execution_policy import (
     decide_entry,
     due_exits,
     entry_bar,
+    signal_meta,
 )
 from mt5_pipeline.settings import Settings, SettingsError
 
@@ -33,6 +34,12 @@ def test_default_is_one_per_symbol_timeframe_and_the_setting_is_checked():
     assert ExecutionPolicy.from_settings(settings) == ExecutionPolicy("one_per_symbol_timeframe", 60)
     with pytest.raises(SettingsError, match="ENTRY_POLICY"):
         Settings.from_env({"ENTRY_POLICY": "pyramid"}, env_file=None)
+
+
+def test_signal_meta_carries_the_policy_to_executors_that_cannot_import_it():
+    assert signal_meta(ExecutionPolicy("reverse", 12)) == {"entry_policy": "reverse", "max_hold_bars": 12}
+    with pytest.raises(ValueError, match="unknown entry policy"):
+        ExecutionPolicy("pyramid")
 
 
 def test_decide_entry_per_policy():

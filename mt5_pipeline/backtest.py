@@ -3,13 +3,16 @@
 Rules, the same as the triple-barrier label's (see ``labels.walk_barriers``):
 
 - a probability for bar t at or above ``SIGNAL_BUY_THRESHOLD`` is a BUY, at or below
-  ``SIGNAL_SELL_THRESHOLD`` a SELL; every signal is a trade (the pipeline sends one
-  signal per bar, so trades may overlap, as they would at the EA);
+  ``SIGNAL_SELL_THRESHOLD`` a SELL; which signals become trades is the execution
+  policy's (``execution_policy``, ``ENTRY_POLICY``), the one the bridge and the EA obey:
+  by default one open position per symbol and timeframe;
 - entry at the open of bar t+1, when the signal can first reach the EA;
 - exit at the stop-loss or take-profit (per symbol, in pips), checked against each
   bar's low and high; the stop-loss wins a bar that touches both; else at the close of
-  bar t + ``LABEL_MAX_HOLD_BARS``; trades whose holding window runs past the data and
-  hit nothing are left out (their result is unknown);
+  bar t + ``LABEL_MAX_HOLD_BARS`` (the time exit); under ``reverse``, at the open of the
+  bar an opposite signal enters at (``opposite_signal``). Trades whose holding window
+  runs past the data and hit nothing are left out (their result is unknown), but they
+  hold their slot, as they would live;
 - the entry bar's spread is paid once: MT5 gives it in points, a tenth of a pip on 5-
   and 3-digit quotes (``pips.point_size``). Candles are bid prices, so a long pays it
   on entry and a short on exit: either way the trade's pips shrink by the spread.
@@ -32,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mt5_pipeline.execution_policy import EXIT_OPPOSITE, STACK, ExecutionPolicy, select_entries
 from mt5_pipeline.labels import EXIT_NAMES, walk_barriers
 from mt5_pipeline.pips import PipSizeUnknown, pip_size, pip_size_for, point_size, point_size_for
 from mt5_pipeline.settings import Settings
@@ -63,10 +67,14 @@ def simulate_trades(
     pip_overrides: Mapping[str, float] | None = None,
     pip: float | None = None,
     point: float | None = None,
+    policy: ExecutionPolicy | None = None,
 ) -> pd.DataFrame:
-    """Trades for signals on bars ``signal_index`` (positions in ``candles``, sorted by ts), ``side`` +1/-1."""
-    signal_index = np.asarray(signal_index, dtype=np.int64)
-    side = np.asarray(side, dtype=np.int64)
+    """Trades for signals on bars ``signal_index`` (positions in ``candles``, sorted by ts), ``side`` +1/-1,
+    under ``policy`` (default: ``stack``, every signal a trade; ``max_hold`` is the time exit either way)."""
+    policy = ExecutionPolicy(STACK, max_hold) if policy is None else policy
+    order = np.argsort(np.asarray(signal_index, dtype=np.int64), kind="stable")
+    signal_index = np.asarray(signal_index, dtype=np.int64)[order]
+    side = np.asarray(side, dtype=np.int64)[order]
     n = len(candles)
     keep = signal_index + 1 < n
     signal_index, side = signal_index[keep], side[keep]
@@ -85,9 +93,19 @@ def simulate_trades(
         tp_distance=tp_pips * pip,
         max_hold=max_hold,
     )
-    done = walk.complete
+    # A trade that never exits in the data holds its slot to the end.
+    natural_exit = np.where(walk.complete, walk.exit_index, n)
+    taken, cut = select_entries(policy, signal_index, side, natural_exit)
+    reasons = np.array([EXIT_NAMES[int(r)] for r in walk.reason], dtype=object)
+    exit_index, exit_price, complete = walk.exit_index.copy(), walk.exit_price.copy(), walk.complete.copy()
+    cut_at = cut >= 0
+    exit_index[cut_at] = cut[cut_at]
+    exit_price[cut_at] = open_[cut[cut_at]]
+    reasons[cut_at] = EXIT_OPPOSITE
+    complete[cut_at] = True
+    done = taken & complete
     entry, side, signal_index = entry[done], side[done], signal_index[done]
-    exit_index, exit_price, reason = walk.exit_index[done], walk.exit_price[done], walk.reason[done]
+    exit_index, exit_price, reason_names = exit_index[done], exit_price[done], reasons[done]
     entry_price = open_[entry]
     gross = side * (exit_price - entry_price) / pip
     spread_points = candles["spread"].to_numpy(dtype=np.float64) if "spread" in candles.columns else np.zeros(n)
@@ -106,7 +124,7 @@ def simulate_trades(
             "gross_pips": gross,
             "cost_pips": cost,
             "pips": gross - cost,
-            "exit_reason": [EXIT_NAMES[int(r)] for r in reason],
+            "exit_reason": reason_names.astype(str) if len(reason_names) else np.array([], dtype=str),
         },
         columns=list(_TRADE_COLUMNS),
     )
@@ -174,7 +192,8 @@ def run_backtest(
             # No stop or target can be placed without a pip: left out, and said so.
             log.warning("backtest: %s left out: %s", symbol, exc)
             continue
-        common = dict(symbol=symbol, sl_pips=sl, tp_pips=tp, max_hold=settings.label_max_hold_bars, pip=pip, point=point)
+        policy = ExecutionPolicy.from_settings(settings)
+        common = dict(symbol=symbol, sl_pips=sl, tp_pips=tp, max_hold=policy.max_hold_bars, pip=pip, point=point, policy=policy)
         model_parts.append(simulate_trades(candles, index, side, **common))
         base_parts.append(simulate_trades(candles, index, rng.choice(np.array([-1, 1]), size=len(index)), **common))
     empty = pd.DataFrame(columns=list(_TRADE_COLUMNS))

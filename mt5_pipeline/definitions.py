@@ -9,6 +9,7 @@ import dagster as dg
 from mt5_pipeline.orchestration.assets import candles, timeframe_assets
 from mt5_pipeline.orchestration.checks import checks_for
 from mt5_pipeline.orchestration.jobs import build_drift_checks_job, candles_checks_job, ea_push_job, timeframe_jobs
+from mt5_pipeline.orchestration.performance import build_live_performance_schedule, live_performance_asset, trades_spec
 from mt5_pipeline.orchestration.resources import default_resources
 from mt5_pipeline.orchestration.schedules import build_drift_schedule, build_retrain_schedule
 from mt5_pipeline.orchestration.sensors import build_ea_push_sensor, build_new_candles_sensor
@@ -33,6 +34,8 @@ def build_defs(settings: Settings | None = None, resources: dict | None = None) 
         jobs += list(timeframe_jobs(timeframe).values())
         sensors.append(build_new_candles_sensor(settings, timeframe))
         schedules.append(build_retrain_schedule(settings, timeframe))
+    assets += [trades_spec(timeframes), *(live_performance_asset(tf) for tf in timeframes)]
+    schedules.append(build_live_performance_schedule(settings, timeframes))
     drift_job = build_drift_checks_job(timeframes)
     jobs.append(drift_job)
     schedules.append(build_drift_schedule(settings, drift_job))

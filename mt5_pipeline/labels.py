@@ -30,14 +30,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mt5_pipeline import execution_policy
 from mt5_pipeline.pips import PipSizeUnknown, pip_size_for
 from mt5_pipeline.settings import Settings
 
 LABEL_MODES = ("horizon", "triple_barrier")
 
-# Exit reasons of a barrier walk.
+# Exit reasons of a barrier walk, named as the execution policy names them (the label's
+# trade is one trade of that policy: same barriers, same time exit).
 EXIT_SL, EXIT_TP, EXIT_TIMEOUT = 0, 1, 2
-EXIT_NAMES = {EXIT_SL: "sl", EXIT_TP: "tp", EXIT_TIMEOUT: "timeout"}
+EXIT_NAMES = {EXIT_SL: execution_policy.EXIT_SL, EXIT_TP: execution_policy.EXIT_TP, EXIT_TIMEOUT: execution_policy.EXIT_TIME}
 
 # Comparisons with a level allow this much rounding (prices like 1.1 + 0.004 are not exact).
 _TOUCH_TOLERANCE = 1e-9

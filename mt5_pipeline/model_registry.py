@@ -142,6 +142,13 @@ def last_retrain(settings: Settings, timeframe: str = "M1") -> dict | None:
     return rows[0] if rows else None
 
 
+def by_version(settings: Settings, version: str) -> dict | None:
+    """The registry row of one model version (live performance finds its backtest through it)."""
+    with get_engine(settings.database_url).connect() as conn:
+        row = conn.execute(select(model_registry).where(model_registry.c.version == version)).first()
+    return _row(row) if row is not None else None
+
+
 def champion(settings: Settings, timeframe: str = "M1") -> dict | None:
     r = model_registry.c
     with get_engine(settings.database_url).connect() as conn:

@@ -201,6 +201,14 @@ def _baselines(raw: str) -> tuple[str, ...]:
     return items
 
 
+def _entry_policy(raw: str) -> str:
+    value = raw.strip().lower()
+    choices = ("one_per_symbol_timeframe", "stack", "reverse")  # execution_policy.ENTRY_POLICIES
+    if value not in choices:
+        raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
 def _timeframes(raw: str) -> tuple[str, ...]:
     items = tuple(dict.fromkeys(i.strip().upper() for i in raw.split(",") if i.strip()))
     if not items:
@@ -253,7 +261,15 @@ class Settings:
     model_dir: Path = _setting("MODEL_DIR", "./models", "rf_m1.pkl (rf_<tf>.pkl per timeframe: the champions), every candidate's versioned copy and their JSON sidecars", lambda raw: Path(raw.strip()))
     label_mode: str = _setting("LABEL_MODE", "horizon", "horizon: close N bars ahead above close now; triple_barrier: TP hit before SL", _label_mode)
     label_horizon_bars: int = _setting("LABEL_HORIZON_BARS", "5", "bars ahead for the horizon label (and the train/test embargo)", _int)
-    label_max_hold_bars: int = _setting("LABEL_MAX_HOLD_BARS", "60", "longest holding time in bars for triple-barrier labels and the backtest", _int)
+    label_max_hold_bars: int = _setting(
+        "LABEL_MAX_HOLD_BARS", "60", "longest holding time in bars: triple-barrier labels, the backtest, and the time exit live (closed at that bar's close)", _int
+    )
+    entry_policy: str = _setting(
+        "ENTRY_POLICY",
+        "one_per_symbol_timeframe",
+        "which signals open a position (backtest and live alike, docs/trades.md): one_per_symbol_timeframe (skip while one is open), stack (every signal), reverse (an opposite signal closes and reverses)",
+        _entry_policy,
+    )
     rf_n_estimators: int = _setting("RF_N_ESTIMATORS", "100", "trees in the random forest", _int)
     rf_max_depth: int = _setting("RF_MAX_DEPTH", "12", "depth bound per tree (keeps training time and file size in check)", _int)
     rf_min_samples_leaf: int = _setting("RF_MIN_SAMPLES_LEAF", "50", "smallest leaf; larger is smoother and smaller", _int)

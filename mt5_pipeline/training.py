@@ -66,6 +66,8 @@ from mt5_pipeline.settings import Settings
 
 log = logging.getLogger("mt5_pipeline.model")
 
+# Enough for a bootstrap band, small enough for a JSON sidecar (~8 bytes a trade).
+MAX_SAVED_TRADE_PIPS = 20_000
 # A forest needs some rows per leaf and both classes; fewer rows than this is a set-up problem.
 MIN_TRAIN_ROWS = 200
 
@@ -472,6 +474,10 @@ def _train(settings: Settings, symbols: list[str] | None, *, trained_at: datetim
         "metrics": metrics,
         "walk_forward": cv.folds,
         "backtest": backtest,
+        # Each backtest trade's net pips, by exit time: what live trades are judged
+        # against (live_performance's bootstrap band); the newest if there are very many.
+        "execution_policy": {"entry": settings.entry_policy, "max_hold_bars": settings.label_max_hold_bars},
+        "backtest_trade_pips": [round(float(x), 2) for x in bt.trades.sort_values("exit_ts", kind="stable")["pips"].to_numpy()[-MAX_SAVED_TRADE_PIPS:]],
         "feature_importances": importances,
         # What the drift checks compare the live features and signals with.
         "feature_reference": feature_reference(frame.iloc[main.train], X[main.train]),

@@ -45,7 +45,7 @@ def test_hand_made_path_gives_the_hand_computed_pnl(hand_made):
     result = run_backtest({"EURUSD": candles}, predictions, settings)
     trades = result.trades
     assert list(trades["side"]) == ["BUY", "SELL", "BUY"]
-    assert list(trades["exit_reason"]) == ["tp", "sl", "timeout"]
+    assert list(trades["exit_reason"]) == ["tp", "sl", "time"]
     assert list(trades["entry_ts"]) == list(candles["ts"].iloc[[1, 5, 9]])
     assert list(trades["exit_ts"]) == list(candles["ts"].iloc[[2, 5, 11]])
     assert trades["gross_pips"].to_numpy() == pytest.approx([40.0, -20.0, 12.0])

@@ -27,14 +27,24 @@ def test_package_exposes_defs():
 def test_lineage_is_candles_features_model_signals():
     graph = _defs().resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"candles", "features_m1", "rf_m1", "signals"}
+    assert keys == {"candles", "features_m1", "rf_m1", "signals", "trades", "live_performance"}
     edges = {
         (parent.to_user_string(), key.to_user_string())
         for key in graph.get_all_asset_keys()
         for parent in graph.get(key).parent_keys
     }
-    assert edges == {("candles", "features_m1"), ("features_m1", "rf_m1"), ("features_m1", "signals"), ("rf_m1", "signals")}
+    assert edges == {
+        ("candles", "features_m1"),
+        ("features_m1", "rf_m1"),
+        ("features_m1", "signals"),
+        ("rf_m1", "signals"),
+        # The loop closed (issue 20): the EA trades the signals, the trades come back.
+        ("signals", "trades"),
+        ("trades", "live_performance"),
+        ("rf_m1", "live_performance"),
+    }
     assert not graph.get(dg.AssetKey("candles")).is_materializable  # written by the EA, observed by Dagster
+    assert not graph.get(dg.AssetKey("trades")).is_materializable  # written through POST /ea/trades
     assert graph.get(dg.AssetKey("features_m1")).partitions_def.name == "symbols"
     assert graph.get(dg.AssetKey("rf_m1")).partitions_def is None  # one model shared by every symbol
 
@@ -67,7 +77,8 @@ def test_every_asset_has_its_checks():
     graph = _defs().resolve_asset_graph()
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     by_asset = {a for a, _ in checks}
-    assert by_asset == {"candles", "features_m1", "rf_m1", "signals"}
+    assert by_asset == {"candles", "features_m1", "rf_m1", "signals", "live_performance"}
+    assert ("live_performance", "live_performance_plausible") in checks
     assert ("signals", "signals_none_pending_past_expiry") in checks
 
 

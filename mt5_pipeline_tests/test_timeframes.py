@@ -48,13 +48,13 @@ def test_the_factory_builds_the_same_graph_per_timeframe(sqlite_url, settings_fo
     defs = defs_for(settings_for(sqlite_url, **BOTH))
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"candles", "features_m1", "rf_m1", "signals", "features_h1", "rf_h1", "signals_h1"}
+    assert keys == {"candles", "features_m1", "rf_m1", "signals", "features_h1", "rf_h1", "signals_h1", "trades", "live_performance", "live_performance_h1"}
     edges = {(p.to_user_string(), k.to_user_string()) for k in graph.get_all_asset_keys() for p in graph.get(k).parent_keys}
     assert {("candles", "features_h1"), ("features_h1", "rf_h1"), ("features_h1", "signals_h1"), ("rf_h1", "signals_h1")} <= edges
     assert ("features_m1", "rf_h1") not in edges
     repo = defs.get_repository_def()
     assert {s.name for s in repo.sensor_defs} == {"new_candles_sensor", "new_candles_sensor_h1", "ea_push_sensor"}
-    assert {s.name for s in repo.schedule_defs} == {"rf_m1_retrain_schedule", "rf_h1_retrain_schedule", "drift_checks_schedule"}
+    assert {s.name for s in repo.schedule_defs} == {"rf_m1_retrain_schedule", "rf_h1_retrain_schedule", "drift_checks_schedule", "live_performance_schedule"}
     assert repo.get_schedule_def("rf_h1_retrain_schedule").job_name == "rf_h1_train_job"
     assert {"predict_job", "predict_job_h1", "features_job_h1", "rf_h1_train_job", "drift_checks_job"} <= {j.name for j in repo.get_all_jobs()}
     names = {key.name for c in checks_for(["M1", "H1"]) for key in c.check_keys}

@@ -150,6 +150,18 @@ def _bars(state: AppState, now: float) -> list[dict[str, Any]]:
     return out
 
 
+def _trades(state: AppState) -> dict[str, Any]:
+    """Open positions per symbol and the last reconciliation (mt5_pipeline.trades)."""
+    from mt5_pipeline.storage.trades import position_figures
+    from mt5_pipeline.trades import reconciliation_summary
+
+    figures = position_figures(state.settings.database_url)
+    return {
+        "open_positions": [{"symbol": s, "open": int(f["open"])} for s, f in sorted(figures.items()) if f["open"]],
+        "reconciliation": reconciliation_summary(state.settings),
+    }
+
+
 def check_health(state: AppState) -> tuple[int, dict[str, Any], dict[str, str]]:
     """(status code, body, headers). Runs in a worker thread: everything here blocks."""
     now = time.time()
@@ -175,6 +187,11 @@ def check_health(state: AppState) -> tuple[int, dict[str, Any], dict[str, str]]:
             if not is_database_outage(exc):
                 log.error("health: reading the newest bars failed", exc_info=exc)
         try:
+            body.update(_trades(state))
+        except Exception as exc:
+            if not is_database_outage(exc):
+                log.error("health: reading the trades failed", exc_info=exc)
+        try:
             body["models"] = _retrains(state, now)
         except ImportError:
             pass
@@ -190,7 +207,9 @@ def check_health(state: AppState) -> tuple[int, dict[str, Any], dict[str, str]]:
     failed = sorted(tf for tf, m in models.items() if (m.get("last_retrain") or {}).get("outcome") == "failed")
     if failed:
         body["retrain_failed"] = failed
-    healthy = database_ok and body["model"] == "loaded" and body["ea"] in ("reachable", "disabled") and body.get("ea_delivery", "ok") == "ok" and not failed
+    # Positions the terminal and the record disagree on are money nobody is watching.
+    reconciled = (body.get("reconciliation") or {}).get("state") != "differences"
+    healthy = reconciled and database_ok and body["model"] == "loaded" and body["ea"] in ("reachable", "disabled") and body.get("ea_delivery", "ok") == "ok" and not failed
     body["status"] = "ok" if healthy else "degraded"
     if not database_ok:
         return 503, body, {"Retry-After": str(DB_RETRY_AFTER_SECONDS)}

@@ -59,7 +59,7 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         families: list[Metric] = []
         database_up = 1
-        for part in (self._queue_families, self._latency_families, self._candle_families, self._model_families, self._delivery_families, self._retrain_families, self._drift_families):
+        for part in (self._queue_families, self._latency_families, self._candle_families, self._model_families, self._delivery_families, self._retrain_families, self._drift_families, self._trade_families):
             try:
                 families.extend(part())
             except ImportError:  # a core module this build does not have
@@ -204,6 +204,35 @@ class DatabaseCollector(Collector):
         for name in names:
             failed.add_metric([name], 1 if (outcomes.get(name) or {}).get("decision") == "failed" else 0)
         yield from (retrains, failed)
+
+
+    def _trade_families(self) -> Iterator[Metric]:
+        # Reported by the bridge or the EA (POST /ea/trades), read from the trades table.
+        from mt5_pipeline.storage.trades import position_figures, reconciliation_states
+
+        figures = position_figures(self.settings.database_url)
+        open_ = GaugeMetricFamily("mt5_open_positions", "open trades per symbol, as reported by the bridge or the EA", labels=["symbol"])
+        pips = GaugeMetricFamily("mt5_realised_pips", "net pips of the closed trades per symbol (after spread)", labels=["symbol"])
+        profit = GaugeMetricFamily("mt5_realised_profit", "profit + swap + commission of the closed trades per symbol, account currency", labels=["symbol"])
+        closed = CounterMetricFamily("mt5_trades_closed", "closed trades per symbol", labels=["symbol"])
+        for symbol, f in sorted(figures.items()):
+            open_.add_metric([symbol], f["open"])
+            pips.add_metric([symbol], f["pips"])
+            profit.add_metric([symbol], f["profit"])
+            closed.add_metric([symbol], f["closed"])
+        differences = GaugeMetricFamily(
+            "mt5_reconciliation_differences", "positions the terminal and the trades table disagree on, at the last reconciliation", labels=["kind"]
+        )
+        age = GaugeMetricFamily("mt5_reconciliation_age_seconds", "seconds since the bridge last reconciled (absent: never)")
+        states = reconciliation_states(self.settings.database_url)
+        differences.add_metric(["unknown"], sum(s["unknown_positions"] for s in states))
+        differences.add_metric(["missing"], sum(s["missing_positions"] for s in states))
+        families = [open_, pips, profit, closed, differences]
+        if states:
+            newest = max(_utc_seconds(s["checked_at"]) or 0.0 for s in states)
+            age.add_metric([], max(0.0, self.clock() - newest))
+            families.append(age)
+        yield from families
 
 
 class ApiMetrics:

@@ -33,6 +33,8 @@ BODY_MODELS: tuple[type[BaseModel], ...] = (
     requests.IngestRequest,
     requests.GenerateSignalRequest,
     requests.AckRequest,
+    requests.TradesRequest,
+    requests.ReconcileRequest,
     responses.Error,
     responses.IngestResponse,
     responses.GenerateSignalQueued,
@@ -42,6 +44,9 @@ BODY_MODELS: tuple[type[BaseModel], ...] = (
     responses.PushResponse,
     responses.AckResponse,
     responses.SignalsResponse,
+    responses.TradesResponse,
+    responses.OpenTradesResponse,
+    responses.ReconcileResponse,
     responses.Health,
 )
 
@@ -243,6 +248,66 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                 "responses": {
                     "200": _json(_ref(responses.SignalsResponse), "signals the EA has not acked yet"),
                     "422": _error("bad status or limit"),
+                    **_AUTH,
+                    **_DB_DOWN,
+                },
+            }
+        },
+        "/ea/trades": {
+            "post": {
+                "operationId": "reportTrades",
+                "summary": "The bridge or the EA reports positions: opens and closes, from the deals history (idempotent by ticket)",
+                "description": (
+                    "One row per ticket: the open report inserts it, the close report (same ticket, with close_time, close_price "
+                    "and exit_reason) completes it, a repeat changes nothing, and no report reopens a closed trade. Timeframe and "
+                    "model_version come from the signal; a report whose signal is unknown is kept and flagged (unknown_signal). "
+                    "Pips are computed here from the prices and the signal's pip. Times are UTC. docs/trades.md."
+                ),
+                "requestBody": _body(
+                    requests.TradesRequest,
+                    {
+                        "trades": [
+                            {
+                                "ticket": 50000001, "signal_id": "550e8400-e29b-41d4-a716-446655440000", "symbol": "EURUSD", "side": "BUY",
+                                "volume": 0.01, "open_time": "2024-10-27T03:35:00Z", "open_price": 1.08012, "sl": 1.07812, "tp": 1.08412,
+                                "close_time": "2024-10-27T04:12:00Z", "close_price": 1.08412, "exit_reason": "tp", "profit": 4.0,
+                                "swap": 0.0, "commission": -0.07, "magic": 250101, "account": 5000001,
+                            }
+                        ]
+                    },
+                ),  # fmt: skip
+                "responses": {
+                    "200": _json(_ref(responses.TradesResponse), "recorded; per ticket: inserted, updated or unchanged"),
+                    **_BODY_ERRORS,
+                    **_AUTH,
+                    **_DB_DOWN,
+                },
+            },
+            "get": {
+                "operationId": "openTrades",
+                "summary": "The open trades the API holds (what reconciliation compares with the terminal)",
+                "parameters": query_parameters(requests.OpenTradesQuery),
+                "responses": {
+                    "200": _json(_ref(responses.OpenTradesResponse), "open trades, oldest first"),
+                    "422": _error("bad status, magic or account"),
+                    **_AUTH,
+                    **_DB_DOWN,
+                },
+            },
+        },
+        "/ea/reconcile": {
+            "post": {
+                "operationId": "reconcile",
+                "summary": "Compare the terminal's positions with the open trades; record the state and the unknown positions",
+                "description": (
+                    "Send every open position carrying the magic. Positions the API did not hold open are recorded (flagged if "
+                    "their signal is unknown); open trades the terminal no longer holds come back as missing: report their close "
+                    "from the deals history. Nothing is closed. /health and /metrics show the state."
+                ),
+                "requestBody": _body(requests.ReconcileRequest, {"magic": 250101, "account": 5000001, "positions": []}),
+                "responses": {
+                    "200": _json(_ref(responses.ReconcileResponse), "the differences"),
+                    **_BODY_ERRORS,
                     **_AUTH,
                     **_DB_DOWN,
                 },

@@ -19,7 +19,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from mt5_pipeline.api.validation import describe
+from mt5_pipeline.clock import from_epoch, parse_iso
 from mt5_pipeline.contract import ACK_STATUSES, SYMBOL_PATTERN
+from mt5_pipeline.execution_policy import EXIT_REASONS
 from mt5_pipeline.pips import MAX_DIGITS, check_instrument
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
 
@@ -162,3 +164,101 @@ class PullQuery(_Request):
     status: Annotated[Literal["PENDING"], Field(description="delivered signals are not sent twice"), BeforeValidator(_pending_only)] = "PENDING"
     limit: Annotated[int, Field(ge=1, le=MAX_PULL_LIMIT, description="at most this many, oldest first"), BeforeValidator(_whole_number)] = DEFAULT_PULL_LIMIT
 
+
+
+# ---- trades (POST /ea/trades, GET /ea/trades, POST /ea/reconcile) ------------------------
+
+MAX_TRADES_PER_REPORT = 1000
+TICKET_MAX = 2**63
+
+
+_YEAR_10000 = 253_402_300_800  # epoch seconds: datetime stops at 9999
+
+
+def _utc_time(value: Any) -> datetime:
+    # Epoch seconds as MT5 gives them (converted to UTC by the reporter) or ISO 8601.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < _YEAR_10000:
+        return from_epoch(value)
+    if isinstance(value, str):
+        try:
+            parsed = parse_iso(value) if ("Z" in value or "+" in value[10:] or "-" in value[10:]) else None
+        except (ValueError, OverflowError):  # OverflowError: an offset past year 9999
+            parsed = None
+        if parsed is not None:
+            return parsed
+    raise PydanticCustomError("utc_time", "expected epoch seconds (UTC) or ISO 8601 with Z or an offset, got {got}", {"got": describe(value)})
+
+
+UtcTime = Annotated[datetime, PlainValidator(_utc_time, json_schema_input_type=int | datetime)]
+Price = Annotated[float, Field(gt=0)]
+# A stop or target of 0 is MT5's "none".
+Level = Annotated[float | None, Field(ge=0, description="price; 0 or null: none"), AfterValidator(lambda v: None if not v else v)]
+
+
+class TradeReport(_Request):
+    """One position, as the terminal's deals history tells it: the open (IN deal) and,
+    once closed, the close (OUT deal). Report it again when it closes: same ticket."""
+
+    ticket: int = Field(gt=0, lt=TICKET_MAX, description="the position's ticket (POSITION_IDENTIFIER / DEAL_POSITION_ID)")
+    signal_id: str | None = Field(None, min_length=1, max_length=SIGNAL_ID_MAX, description="the signal that opened it (null: none known; the trade is flagged)")
+    symbol: Symbol
+    timeframe: Timeframe | None = Field(None, description="the signal's timeframe wins when the signal is known")
+    side: Literal["BUY", "SELL"]
+    volume: float = Field(gt=0, description="lots")
+    open_time: UtcTime = Field(description="the IN deal's time, UTC")
+    open_price: Price
+    sl: Level = None
+    tp: Level = None
+    close_time: UtcTime | None = Field(None, description="the OUT deal's time, UTC; null while open")
+    close_price: Price | None = None
+    exit_reason: Literal[EXIT_REASONS] | None = Field(None, description="why it closed (required with close_time)")  # type: ignore[valid-type]
+    profit: float | None = Field(None, description="DEAL_PROFIT of the OUT deal, account currency")
+    pips: float | None = Field(None, description="used only when the API knows no pip for the symbol")
+    swap: float | None = Field(None, description="account currency")
+    commission: float | None = Field(None, description="IN and OUT deals together, account currency")
+    magic: int | None = Field(None, ge=0, lt=TICKET_MAX)
+    account: int | None = Field(None, ge=0, lt=TICKET_MAX, description="the trading account (login)")
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, message) for what one field cannot say: a close is all three of its fields, after the open."""
+        closing = {"close_time": self.close_time, "close_price": self.close_price, "exit_reason": self.exit_reason}
+        if all(v is None for v in closing.values()):
+            return []
+        out = [(name, "required with the other close fields (close_time, close_price, exit_reason)") for name, v in closing.items() if v is None]
+        if self.close_time is not None and self.close_time < self.open_time:
+            out.append(("close_time", "before open_time"))
+        return out
+
+
+class TradesRequest(_Request):
+    trades: list[TradeReport] = Field(min_length=1, max_length=MAX_TRADES_PER_REPORT, description="positions to record; each is idempotent by ticket")
+
+
+class OpenTradesQuery(_Request):
+    """GET /ea/trades: every value arrives as a string."""
+
+    status: Literal["open"] = Field("open", description="only open trades are listed (what reconciliation compares)")
+    magic: Annotated[int | None, Field(ge=0, lt=TICKET_MAX, description="only trades with this magic"), BeforeValidator(lambda v: v if v is None else _whole_number(v))] = None
+    account: Annotated[int | None, Field(ge=0, lt=TICKET_MAX, description="only this account's trades (and those with none)"), BeforeValidator(lambda v: v if v is None else _whole_number(v))] = None
+
+
+class TerminalPosition(_Request):
+    """One of the terminal's open positions (positions_get), as TradeReport's open part."""
+
+    ticket: int = Field(gt=0, lt=TICKET_MAX)
+    signal_id: str | None = Field(None, min_length=1, max_length=SIGNAL_ID_MAX, description="from the position's comment, when it carries one")
+    symbol: Symbol
+    timeframe: Timeframe | None = None
+    side: Literal["BUY", "SELL"]
+    volume: float = Field(gt=0)
+    open_time: UtcTime
+    open_price: Price
+    sl: Level = None
+    tp: Level = None
+    swap: float | None = None
+
+
+class ReconcileRequest(_Request):
+    magic: int = Field(ge=0, lt=TICKET_MAX, description="BRIDGE_MAGIC: only positions carrying it are compared")
+    account: int | None = Field(None, ge=0, lt=TICKET_MAX)
+    positions: list[TerminalPosition] = Field(max_length=10_000, description="every open position in the terminal with this magic")

@@ -155,6 +155,76 @@ class ModelStatus(BaseModel):
     last_retrain: Retrain | None
 
 
+class Trade(BaseModel):
+    """A row of the trades table."""
+
+    ticket: int
+    signal_id: str | None
+    unknown_signal: bool = Field(description="the signal is not in signals_queue: kept, flagged, left out of the model's live figures")
+    model_version: str | None
+    account: int | None
+    magic: int | None
+    symbol: str
+    timeframe: str | None
+    side: Literal["BUY", "SELL"]
+    volume: float
+    open_time: datetime
+    open_price: float
+    sl: float | None
+    tp: float | None
+    close_time: datetime | None
+    close_price: float | None
+    exit_reason: str | None
+    profit: float | None
+    pips: float | None
+    swap: float
+    commission: float
+    pip_size: float | None
+    status: Literal["open", "closed"]
+
+
+class TradeOutcome(BaseModel):
+    ticket: int
+    outcome: Literal["inserted", "updated", "unchanged"] = Field(description="unchanged: a repeated report")
+    status: Literal["open", "closed"]
+    unknown_signal: bool
+
+
+class TradesResponse(BaseModel):
+    success: Literal[True]
+    received: Count
+    inserted: Count
+    updated: Count
+    unchanged: Count
+    flagged: Count = Field(description="reports whose signal is unknown (kept and flagged)")
+    trades: list[TradeOutcome]
+
+
+class OpenTradesResponse(BaseModel):
+    success: Literal[True]
+    trades: list[Trade]
+
+
+class ReconcileResponse(BaseModel):
+    success: Literal[True]
+    in_sync: bool
+    terminal_positions: Count
+    unknown: list[int] = Field(description="positions the API did not hold open: recorded now")
+    missing: list[int] = Field(description="trades the API holds open that the terminal does not: report their close from the deals history")
+
+
+class Reconciliation(BaseModel):
+    state: Literal["never", "in_sync", "differences"]
+    checked_at: datetime | None
+    unknown_positions: Count
+    missing_positions: Count
+
+
+class OpenPositions(BaseModel):
+    symbol: str
+    open: Count
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     database: Literal["ok", "unavailable"]
@@ -178,4 +248,6 @@ class Health(BaseModel):
     last_retrain: Retrain | None = None
     retrain_failed: list[str] = Field([], description="timeframes whose last retrain failed (status is degraded)")
     models: dict[str, ModelStatus] | None = Field(None, description="per timeframe in TIMEFRAMES: the champion and the last retrain")
+    open_positions: list[OpenPositions] = Field([], description="open trades per symbol, as reported (POST /ea/trades)")
+    reconciliation: Reconciliation | None = Field(None, description="the bridge's last comparison of the terminal's positions with the open trades (differences: status degraded)")
     version: str

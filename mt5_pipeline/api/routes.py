@@ -17,10 +17,10 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from mt5_pipeline.api.body import read_json_object
-from mt5_pipeline.api.errors import JSON, ApiError
+from mt5_pipeline.api.errors import JSON, ApiError, Detail
 from mt5_pipeline.api.health import check_health
 from mt5_pipeline.api.metrics import CONTENT_TYPE
-from mt5_pipeline.api.requests import AckRequest, GenerateSignalRequest, IngestRequest, PullQuery
+from mt5_pipeline.api.requests import AckRequest, GenerateSignalRequest, IngestRequest, OpenTradesQuery, PullQuery, ReconcileRequest, TradesRequest
 from mt5_pipeline.api.state import AppState
 from mt5_pipeline.api.validation import validate
 from mt5_pipeline.clock import iso_z, utcnow
@@ -216,6 +216,64 @@ async def pull_signals(request: Request) -> Response:
     return JSON({"success": True, "signals": [s.to_payload() for s in signals]})
 
 
+# ---- trades -----------------------------------------------------------------------
+
+
+def trade_body(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: row.get(k) for k in (
+        "ticket", "signal_id", "unknown_signal", "model_version", "account", "magic", "symbol", "timeframe", "side", "volume",
+        "open_time", "open_price", "sl", "tp", "close_time", "close_price", "exit_reason", "profit", "pips", "swap", "commission", "pip_size",
+    )}  # fmt: skip
+    for k in ("open_time", "close_time"):
+        out[k] = iso_z(out[k]) if out[k] is not None else None
+    out["unknown_signal"] = bool(out["unknown_signal"])
+    out["status"] = "closed" if row.get("close_time") is not None else "open"
+    return out
+
+
+async def report_trades(request: Request) -> Response:
+    state = _state(request)
+    body = await read_json_object(request, state.settings.api_max_body_bytes)
+    req = validate(TradesRequest, body, "trades report")
+    details = [Detail(f"trades[{i}].{name}", message) for i, t in enumerate(req.trades) for name, message in t.problems()]
+    if details:
+        raise ApiError(422, "invalid trades report", details)
+    from mt5_pipeline.trades import record_trades
+
+    reports = [t.model_dump(exclude_none=True) for t in req.trades]
+    recorded = await run_in_threadpool(record_trades, state.settings, reports)
+    counts = {k: sum(1 for r in recorded if r.outcome == k) for k in ("inserted", "updated", "unchanged")}
+    return JSON(
+        {
+            "success": True,
+            "received": len(recorded),
+            **counts,
+            "flagged": sum(1 for r in recorded if r.unknown_signal),
+            "trades": [{"ticket": r.ticket, "outcome": r.outcome, "status": r.status, "unknown_signal": r.unknown_signal} for r in recorded],
+        }
+    )
+
+
+async def list_trades(request: Request) -> Response:
+    state = _state(request)
+    query = validate(OpenTradesQuery, dict(request.query_params), "query", prefix="query.")
+    from mt5_pipeline.trades import open_trades
+
+    rows = await run_in_threadpool(partial(open_trades, state.settings, magic=query.magic, account=query.account))
+    return JSON({"success": True, "trades": [trade_body(r) for r in rows]})
+
+
+async def reconcile(request: Request) -> Response:
+    state = _state(request)
+    body = await read_json_object(request, state.settings.api_max_body_bytes)
+    req = validate(ReconcileRequest, body, "reconciliation")
+    from mt5_pipeline.trades import reconcile as run
+
+    positions = [p.model_dump(exclude_none=True) for p in req.positions]
+    result = await run_in_threadpool(partial(run, state.settings, magic=req.magic, account=req.account, positions=positions))
+    return JSON({"success": True, "in_sync": result.in_sync, "terminal_positions": result.terminal_positions, "unknown": result.unknown, "missing": result.missing})
+
+
 # ---- operations -----------------------------------------------------------------
 
 
@@ -245,6 +303,9 @@ ROUTES = [
     Route("/ea/push-signals", push_signals, methods=["POST"]),
     Route("/ea/ack", ack, methods=["POST"]),
     Route("/ea/signals", pull_signals, methods=["GET"]),
+    Route("/ea/trades", report_trades, methods=["POST"]),
+    Route("/ea/trades", list_trades, methods=["GET"]),
+    Route("/ea/reconcile", reconcile, methods=["POST"]),
     Route("/health", health, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),

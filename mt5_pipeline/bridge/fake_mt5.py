@@ -12,6 +12,17 @@ bar times in the trade server's time (UTC + ``server_offset_hours``), like the r
 terminal. Knobs for tests: ``script(symbol, retcodes)`` makes the next ``order_send``
 calls answer those retcodes (a requote also moves the price, as one does);
 ``market_closed`` is a set of symbols whose orders get MARKET_CLOSED.
+
+Positions close as on a trade server: ``order_send`` with ``position`` set (the
+opposite type) closes it at market; ``feed_bars(symbol, rates)`` plays bars (server
+time, bid prices, spread in points) and closes every position whose stop-loss or
+take-profit a bar touches, at that level (a long at the bid, a short at the ask = bid +
+the bar's spread; the stop-loss first when one bar touches both, as the backtest
+assumes), and the last fed close becomes the market's bid. Every open and close leaves
+deals (``history_deals_get``: DEAL_ENTRY_IN / DEAL_ENTRY_OUT, position_id, reason,
+profit in the USD account, swap, commission) that outlive the position, as the
+terminal's history does. ``commission_per_lot`` (per deal) and ``swap_per_lot_night``
+(charged at the close, per server midnight held) are 0 unless a test sets them.
 """
 
 from __future__ import annotations
@@ -49,6 +60,11 @@ TRADE_RETCODE_NO_MONEY = 10019
 TRADE_RETCODE_PRICE_CHANGED = 10020
 TRADE_RETCODE_PRICE_OFF = 10021
 TRADE_RETCODE_INVALID_FILL = 10030
+DEAL_TYPE_BUY, DEAL_TYPE_SELL = 0, 1
+DEAL_ENTRY_IN, DEAL_ENTRY_OUT = 0, 1
+DEAL_REASON_CLIENT, DEAL_REASON_MOBILE, DEAL_REASON_WEB, DEAL_REASON_EXPERT = 0, 1, 2, 3
+DEAL_REASON_SL, DEAL_REASON_TP, DEAL_REASON_SO = 4, 5, 6
+POSITION_TYPE_BUY, POSITION_TYPE_SELL = 0, 1
 RES_S_OK = 1
 RES_E_FAIL = -1
 RES_E_INVALID_PARAMS = -2
@@ -138,6 +154,27 @@ class TradePosition(NamedTuple):
     tp: float
     symbol: str
     comment: str
+
+
+class TradeDeal(NamedTuple):
+    ticket: int
+    order: int
+    time: int  # server time, epoch seconds, as the terminal gives it
+    time_msc: int
+    type: int  # DEAL_TYPE_BUY / DEAL_TYPE_SELL
+    entry: int  # DEAL_ENTRY_IN / DEAL_ENTRY_OUT
+    magic: int
+    position_id: int
+    reason: int  # DEAL_REASON_*
+    volume: float
+    price: float
+    commission: float
+    swap: float
+    profit: float
+    fee: float
+    symbol: str
+    comment: str
+    external_id: str
 
 
 class TradeOrder(NamedTuple):
@@ -230,7 +267,12 @@ class FakeMT5:
         self._shift: dict[str, float] = defaultdict(float)  # price moves from requotes, in price units
         self._error: tuple[int, str] = (RES_S_OK, "Success")
         self._ticket = 50_000_000
+        self._deal_ticket = 80_000_000
         self._lock = threading.Lock()
+        self.deals: list[TradeDeal] = []
+        self.commission_per_lot = 0.0
+        self.swap_per_lot_night = 0.0
+        self._fed_bid: dict[str, float] = {}  # the last fed bar's close: the market's bid
 
     # ---- connection -----------------------------------------------------------------
     def initialize(self, path: str | None = None, **kwargs: Any) -> bool:
@@ -323,7 +365,8 @@ class FakeMT5:
         now = self._now_server()
         minute = int(now // 60)
         digits, _, _, _, spread = self.specs[symbol]
-        bid = self._on_grid(symbol, self._price(symbol, minute, (now % 60) / 60) + self._shift[symbol])
+        synthetic = self._fed_bid[symbol] if symbol in self._fed_bid else self._price(symbol, minute, (now % 60) / 60)
+        bid = self._on_grid(symbol, synthetic + self._shift[symbol])
         ask = self._on_grid(symbol, bid + spread * self._point(symbol))
         return Tick(int(now), bid, ask, 0.0, 0, int(now * 1000), 6, 0.0)
 
@@ -367,6 +410,8 @@ class FakeMT5:
             if not self._check(symbol):
                 return None
             tick = self.symbol_info_tick(symbol)
+            if request.get("position"):
+                return self._close_request(request, tick)
             retcode = self._judge(request, tick)
             if retcode == TRADE_RETCODE_REQUOTE:
                 self._shift[symbol] += 3 * self._tick(symbol)  # the price moved: that is what a requote says
@@ -381,6 +426,7 @@ class FakeMT5:
                 )
                 self.positions[ticket] = pos
                 self.orders.append(TradeOrder(ticket, pos.time, pos.type, pos.magic, pos.volume, pos.price_open, pos.sl, pos.tp, symbol, pos.comment))
+                self._deal(pos, DEAL_ENTRY_IN, pos.price_open, pos.time, DEAL_REASON_EXPERT if pos.magic else DEAL_REASON_CLIENT, pos.volume, order=ticket)
             if ticket and self.lose_answers > 0:
                 self.lose_answers -= 1
                 self._error = (-10005, "IPC timeout")
@@ -431,6 +477,122 @@ class FakeMT5:
             if not below and not (level >= close + gap):
                 return TRADE_RETCODE_INVALID_STOPS
         return TRADE_RETCODE_DONE
+
+    # ---- closing, stops and the deals history ---------------------------------------------
+    def _profit(self, pos: TradePosition, price: float, volume: float) -> float:
+        """USD profit of closing ``volume`` of ``pos`` at ``price`` (the account is in USD)."""
+        contract = 100.0 if pos.symbol.startswith("XAU") else 100_000.0
+        sign = 1.0 if pos.type == ORDER_TYPE_BUY else -1.0
+        raw = sign * (price - pos.price_open) * volume * contract
+        return round(raw / price if pos.symbol.startswith("USD") else raw, 2)
+
+    def _deal(self, pos: TradePosition, entry: int, price: float, at: int, reason: int, volume: float, *, order: int = 0, profit: float = 0.0, swap: float = 0.0) -> TradeDeal:
+        self._deal_ticket += 1
+        # An IN deal trades the position's way; the OUT deal the other.
+        buy = (pos.type == ORDER_TYPE_BUY) == (entry == DEAL_ENTRY_IN)
+        deal = TradeDeal(
+            self._deal_ticket, order, int(at), int(at) * 1000, DEAL_TYPE_BUY if buy else DEAL_TYPE_SELL, entry, pos.magic, pos.ticket, reason,
+            volume, price, round(-self.commission_per_lot * volume, 2), swap, profit, 0.0, pos.symbol, pos.comment, "",
+        )  # fmt: skip
+        self.deals.append(deal)
+        return deal
+
+    def _close(self, pos: TradePosition, price: float, at: int, reason: int, volume: float | None = None, order: int = 0) -> TradeDeal:
+        volume = pos.volume if volume is None else volume
+        nights = max(0, int(at // 86400) - int(pos.time // 86400))
+        swap = round(-self.swap_per_lot_night * volume * nights, 2)
+        deal = self._deal(pos, DEAL_ENTRY_OUT, price, at, reason, volume, order=order, profit=self._profit(pos, price, volume), swap=swap)
+        left = round(pos.volume - volume, 8)
+        if left > 0:
+            self.positions[pos.ticket] = pos._replace(volume=left)
+        else:
+            del self.positions[pos.ticket]
+        self.balance += deal.profit + deal.swap + deal.commission
+        return deal
+
+    def _close_request(self, request: dict, tick: Tick) -> OrderSendResult:
+        """TRADE_ACTION_DEAL with ``position``: close (all or part of) it at market."""
+        pos = self.positions.get(int(request["position"]))
+        fields = {f: request.get(f, 0) for f in TradeRequest._fields}
+        fields["comment"] = str(request.get("comment", ""))
+        retcode = TRADE_RETCODE_DONE
+        if pos is None or pos.symbol != request["symbol"]:
+            retcode = 10036  # TRADE_RETCODE_POSITION_CLOSED
+        elif request["type"] == pos.type or float(request["volume"]) > pos.volume + 1e-9:
+            retcode = TRADE_RETCODE_INVALID
+        elif self._scripts[pos.symbol]:
+            retcode = self._scripts[pos.symbol].popleft()
+        elif pos.symbol in self.market_closed:
+            retcode = TRADE_RETCODE_MARKET_CLOSED
+        price = 0.0
+        order = 0
+        if retcode == TRADE_RETCODE_DONE:
+            price = tick.bid if pos.type == ORDER_TYPE_BUY else tick.ask
+            if abs(float(request["price"]) - price) > int(request.get("deviation", 0)) * self._point(pos.symbol) + 1e-9:
+                retcode = TRADE_RETCODE_REQUOTE
+        if retcode == TRADE_RETCODE_DONE:
+            self._ticket += 1
+            order = self._ticket
+            self.orders.append(TradeOrder(order, int(self._now_server()), request["type"], int(request.get("magic", 0)), float(request["volume"]), price, 0.0, 0.0, pos.symbol, fields["comment"][:31]))
+            reason = DEAL_REASON_EXPERT if request.get("magic") else DEAL_REASON_CLIENT
+            self._close(pos, price, int(self._now_server()), reason, float(request["volume"]), order=order)
+        self._error = (RES_S_OK, "Success")
+        return OrderSendResult(
+            retcode, self._deal_ticket if order else 0, order, float(request["volume"]) if order else 0.0, price,
+            tick.bid, tick.ask, _COMMENTS.get(retcode, ""), len(self.requests), 0, TradeRequest(**fields),
+        )  # fmt: skip
+
+    def feed_bars(self, symbol: str, rates: Iterable[Any], *, timeframe_seconds: int = 60) -> list[TradeDeal]:
+        """Play bars (MqlRates rows: time in server time, OHLC bid, spread in points) in order:
+        close the positions whose stop or target they touch; the deals made, in order."""
+        digits = self.specs[symbol][0]
+        point = self._point(symbol)
+        made = []
+        with self._lock:
+            for bar in rates:
+                t, h, lo, c = int(bar[0]), float(bar[2]), float(bar[3]), float(bar[4])
+                spread = float(bar[6]) * point if len(bar) > 6 else 0.0
+                for pos in sorted((p for p in self.positions.values() if p.symbol == symbol), key=lambda p: p.ticket):
+                    if pos.time >= t + timeframe_seconds:
+                        continue  # opened after this bar
+                    if pos.type == ORDER_TYPE_BUY:
+                        stop = pos.sl and lo <= pos.sl + 1e-9
+                        target = pos.tp and h >= pos.tp - 1e-9
+                    else:  # a short closes at the ask
+                        stop = pos.sl and h + spread >= pos.sl - 1e-9
+                        target = pos.tp and lo + spread <= pos.tp + 1e-9
+                    if stop or target:
+                        level = round(pos.sl if stop else pos.tp, digits)
+                        # Inside the bar, after the open and after the position's own open.
+                        at = max(t + timeframe_seconds // 2, pos.time)
+                        made.append(self._close(pos, level, at, DEAL_REASON_SL if stop else DEAL_REASON_TP))
+                self._fed_bid[symbol] = round(c, digits)
+                self._shift[symbol] = 0.0
+        return made
+
+    def history_deals_get(self, date_from: Any = None, date_to: Any = None, group: str | None = None, ticket: int | None = None, position: int | None = None) -> tuple:
+        """Deals by time (``date_from``/``date_to``: datetimes or epoch seconds, server time, as the real
+        function takes them), or by deal ``ticket``, or by ``position`` (every deal of one position)."""
+        if not self.initialized:
+            self._error = (-10004, "No IPC connection")
+            return None  # type: ignore[return-value]
+
+        def seconds(value: Any) -> float | None:
+            if value is None:
+                return None
+            return value.timestamp() if isinstance(value, datetime) else float(value)
+
+        lo, hi = seconds(date_from), seconds(date_to)
+        out = []
+        for d in self.deals:
+            if ticket is not None and d.ticket != ticket:
+                continue
+            if position is not None and d.position_id != position:
+                continue
+            if ticket is None and position is None and ((lo is not None and d.time < lo) or (hi is not None and d.time > hi)):
+                continue
+            out.append(d)
+        return tuple(out)
 
     def positions_get(self, symbol: str | None = None, group: str | None = None, ticket: int | None = None) -> tuple:
         return tuple(p for p in self.positions.values() if (symbol is None or p.symbol == symbol) and (ticket is None or p.ticket == ticket))

@@ -252,3 +252,57 @@ ea_delivery_state = Table(
     Column("opened_at", UtcDateTime, nullable=True),
     Column("updated_at", UtcDateTime, nullable=False),
 )
+
+# Positions the signals opened, as the bridge or the MQL5 EA reports them from the
+# terminal's deals history (POST /ea/trades; mt5_pipeline/storage/trades.py). One row per
+# position ticket: the open report inserts it, the close report completes it, a repeat
+# changes nothing. Kept even when the signal is unknown (flagged), never dropped.
+TRADE_EXIT_REASONS = ("sl", "tp", "time", "opposite_signal", "manual")  # execution_policy.EXIT_REASONS
+
+trades = Table(
+    "trades",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("ticket", BigInteger, nullable=False, unique=True, comment="the terminal's position ticket (POSITION_IDENTIFIER)"),
+    Column("signal_id", String(36), nullable=True, comment="the signal that opened it, as the reporter knows it"),
+    Column("unknown_signal", Boolean, nullable=False, server_default=false(), comment="no such signal in signals_queue (opened by hand, or a lost link): kept and flagged"),
+    Column("model_version", String(64), nullable=True, comment="from the signal, when it is known"),
+    Column("account", BigInteger, nullable=True, comment="the trading account (login)"),
+    Column("magic", BigInteger, nullable=True),
+    Column("symbol", String(32), nullable=False),
+    Column("timeframe", String(4), nullable=True, comment="from the signal when known, else as reported"),
+    Column("side", String(4), nullable=False, comment="BUY or SELL"),
+    Column("volume", Double, nullable=False, comment="lots"),
+    Column("open_time", UtcDateTime, nullable=False),
+    Column("open_price", Double, nullable=False),
+    Column("sl", Double, nullable=True),
+    Column("tp", Double, nullable=True),
+    Column("close_time", UtcDateTime, nullable=True, comment="null while the position is open"),
+    Column("close_price", Double, nullable=True),
+    Column("exit_reason", String(16), nullable=True, comment="sl, tp, time, opposite_signal or manual"),
+    Column("profit", Double, nullable=True, comment="in the account currency, before swap and commission (MT5's DEAL_PROFIT)"),
+    Column("pips", Double, nullable=True, comment="(close - open) x side / pip size: the fills' prices, so the spread is paid"),
+    Column("swap", Double, nullable=False, server_default="0"),
+    Column("commission", Double, nullable=False, server_default="0"),
+    Column("pip_size", Double, nullable=True, comment="the price size of the pip used for pips"),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index("ix_trades_signal_id", "signal_id"),
+    # Open positions (reconciliation, /health, /metrics) and a timeframe's closed trades (live performance).
+    Index("ix_trades_open", "magic", "ticket", postgresql_where=text("close_time IS NULL"), sqlite_where=text("close_time IS NULL")),
+    Index("ix_trades_timeframe_close_time", "timeframe", "close_time"),
+)
+
+# The last reconciliation of the terminal's positions with the open trades, per
+# (account, magic): what /health and /metrics show. The bridge runs it (POST /ea/reconcile).
+reconciliation_state = Table(
+    "reconciliation_state",
+    metadata,
+    Column("account", BigInteger, primary_key=True, comment="0 when the reporter did not say"),
+    Column("magic", BigInteger, primary_key=True),
+    Column("checked_at", UtcDateTime, nullable=False),
+    Column("terminal_positions", Integer, nullable=False, server_default="0"),
+    Column("unknown_positions", Integer, nullable=False, server_default="0", comment="in the terminal, not open in trades (recorded now)"),
+    Column("missing_positions", Integer, nullable=False, server_default="0", comment="open in trades, gone from the terminal (its close is to be reported)"),
+    Column("detail", Text, nullable=False, server_default="{}", comment="JSON: the tickets of each kind"),
+)

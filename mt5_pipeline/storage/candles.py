@@ -69,6 +69,19 @@ class CandleBatch:
     spread: np.ndarray  # int64
     real_volume: np.ndarray  # int64
     source_rows: np.ndarray | None = None  # each row's index in the batch as sent (for errors)
+    utc_offset_s: np.ndarray | None = None  # the offset each bar was converted from server time with
+
+    def take(self, keep: np.ndarray) -> CandleBatch:
+        """The rows where `keep` (a mask) is true."""
+        pick = {name: getattr(self, name)[keep] for name in ("ts", "open", "high", "low", "close", "tick_volume", "spread", "real_volume")}
+        return CandleBatch(
+            self.symbol,
+            self.timeframe,
+            self.received,
+            **pick,
+            source_rows=None if self.source_rows is None else self.source_rows[keep],
+            utc_offset_s=None if self.utc_offset_s is None else self.utc_offset_s[keep],
+        )
 
     def __len__(self) -> int:
         return len(self.ts)

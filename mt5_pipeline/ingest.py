@@ -284,7 +284,10 @@ def _times_from_list(values: list, column: Callable[[str], list], problems: _Pro
     n = len(values)
     kinds = set(map(type, values))
     if kinds == {int}:
-        seconds = np.array(values, dtype=np.float64)
+        try:
+            seconds = np.array(values, dtype=np.float64)
+        except OverflowError:  # a 400-digit "time": the object path names it
+            seconds = np.full(n, np.inf)
         if (np.abs(seconds) < 2**53).all():  # exact in a double
             return seconds.astype(np.int64), np.ones(n, dtype=bool)
     objs = _object_array(values, n)

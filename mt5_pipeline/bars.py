@@ -5,10 +5,19 @@ or once a later bar of the same series exists (the EA has moved on, whatever our
 says). Until then it is still forming: it may be stored (an EA may send it, then its
 final version), but no feature row used for a decision, no label and no signal ever
 comes from it. Features, training, the live worker and the API all ask this module.
+
+A closed bar is *ready* to be decided (:func:`ready_bar`) once its final version is in: a
+later bar of the series exists, the EA posted it after its close (its ``ingested_at`` is
+past the close, or the live worker's NOTIFY said so), or LIVE_CLOSE_GRACE_SECONDS after
+its close have passed (an EA that only sends the forming bar: its last forming version
+is then the bar). Until then the bar before it is the one to decide. The live worker,
+``generate_signal`` (the API, the Dagster predict path) all decide the ready bar, so
+none can lock in a signal (one per bar) from a forming version its final one would change.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pandas as pd
@@ -63,3 +72,65 @@ def closed_only(bars: pd.DataFrame, timeframe: str, *, now: datetime | None = No
     cutoff = closed_cutoff(timeframe, now=now, newest_open=ts.max().to_pydatetime())
     keep = ts <= pd.Timestamp(cutoff)
     return bars if bool(keep.all()) else bars[keep.to_numpy()].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The bar to decide now (None: none), and the closed bar waiting for its final version."""
+
+    bar: datetime | None
+    stored: bool  # the series has bars at all
+    waiting: datetime | None = None  # closed by the clock, final version not in yet
+    until: datetime | None = None  # when the grace for `waiting` runs out
+
+
+def ready_among(
+    newest: tuple[datetime, datetime] | None,
+    previous: datetime | None,
+    timeframe: str,
+    *,
+    grace_seconds: float,
+    now: datetime | None = None,
+    final: datetime | None = None,
+) -> Ready:
+    """The rule, on the series' newest bar (open, ingested_at) and the open of the one before."""
+    if newest is None:
+        return Ready(None, False)
+    at = resolve_now(now)
+    newest_open, stamp = as_utc(newest[0]), as_utc(newest[1])
+    close = bar_close(newest_open, timeframe)
+    waiting = until = None
+    if close <= at:
+        sent_closed = stamp >= close or (final is not None and as_utc(final) >= newest_open)
+        until = close + timedelta(seconds=grace_seconds)
+        if sent_closed or at >= until:
+            return Ready(newest_open, True)
+        waiting = newest_open
+    # The newest bar is forming (or its final version may still come): the one before it
+    # is closed and final, since a later bar exists.
+    return Ready(None if previous is None else as_utc(previous), True, waiting, until)
+
+
+def ready_bar(
+    database_url: str,
+    symbol: str,
+    timeframe: str,
+    *,
+    grace_seconds: float,
+    now: datetime | None = None,
+    final: datetime | None = None,
+) -> Ready:
+    """The newest closed bar of the series whose final version is in, or whose grace has
+    passed (see the module docstring). `final`: the newest bar the caller knows was sent
+    after its close (the live worker's NOTIFY), when the stamp cannot say so yet."""
+    from mt5_pipeline.storage.candles import newest_two_bars
+
+    rows = newest_two_bars(database_url, symbol, timeframe)
+    return ready_among(
+        rows[0] if rows else None,
+        rows[1][0] if len(rows) > 1 else None,
+        timeframe,
+        grace_seconds=grace_seconds,
+        now=now,
+        final=final,
+    )

@@ -130,7 +130,7 @@ def _signal_response(result: Any) -> Response:
                 "reason": "neutral",
             }
         )
-    # duplicate / too_late / stale_bar / unconfirmed_extreme / unknown_pip_size: the
+    # duplicate / too_late / stale_bar / unconfirmed_extreme / unknown_pip_size / not_ready: the
     # request was fine, the state (or the configuration) says no -> 409;
     # stale_model: no usable model -> 503, like having none.
     code = 503 if status == "stale_model" else 409

@@ -456,6 +456,16 @@ def newest_candle_ts(database_url: str, symbol: str, timeframe: str) -> datetime
     return None if value is None else parse_iso(value)
 
 
+def newest_two_bars(database_url: str, symbol: str, timeframe: str) -> list[tuple[datetime, datetime]]:
+    """(open, ingested_at) of the series' two newest bars, newest first (one index range)."""
+    c = candles.c
+    with get_engine(database_url).connect() as conn:
+        rows = conn.execute(
+            select(c.ts, c.ingested_at).where(c.symbol == symbol, c.timeframe == timeframe).order_by(c.ts.desc()).limit(2)
+        ).all()
+    return [(as_utc(parse_iso(r.ts)), as_utc(parse_iso(r.ingested_at))) for r in rows]
+
+
 def closes_before(database_url: str, symbol: str, timeframe: str, before: datetime, n: int) -> np.ndarray:
     """The closes of the series' last ``n`` bars opening before ``before``, oldest first."""
     c = candles.c

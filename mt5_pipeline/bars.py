@@ -29,13 +29,53 @@ from mt5_pipeline.settings import TIMEFRAME_SECONDS
 _TICK = timedelta(microseconds=1)
 
 
-def bar_length(timeframe: str) -> timedelta:
+# An MN1 bar opens on the 1st at 00:00 of the broker's clock, which runs between UTC-12
+# and UTC+14: its UTC open lies between the 1st - 14 h and the 1st + 12 h, so the month
+# is the one of (open + 14 h), and the broker's offset is the 1st's midnight minus the open.
+_MONTH_SLACK = timedelta(hours=14)
+
+
+def _month_start(t: datetime) -> datetime:
+    """Midnight UTC of the 1st of the month an MN1 bar opening at `t` (UTC) belongs to."""
+    u = as_utc(t) + _MONTH_SLACK
+    return u.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _next_month(first: datetime) -> datetime:
+    return (first + timedelta(days=32)).replace(day=1)
+
+
+def bar_length(timeframe: str, bar_open: datetime | None = None) -> timedelta:
+    """A timeframe's length; MN1 is the calendar month of `bar_open` (28 to 31 days;
+    without an open, the shortest: 28 days, so "closed by the clock" is never too early
+    where callers use it as a lower bound). W1 is seven days from the broker's Sunday."""
+    if timeframe == "MN1":
+        if bar_open is None:
+            return timedelta(days=28)
+        first = _month_start(bar_open)
+        return _next_month(first) - first
     return timedelta(seconds=TIMEFRAME_SECONDS[timeframe])
 
 
 def bar_close(bar_open: datetime, timeframe: str) -> datetime:
-    """The moment the bar stops forming (its open time plus one timeframe)."""
-    return as_utc(bar_open) + bar_length(timeframe)
+    """The moment the bar stops forming: its open time plus one bar (MN1: the next month's
+    1st at the broker's midnight, at the offset the bar opened with; a daylight-saving
+    change inside the month moves the true close by that hour)."""
+    return as_utc(bar_open) + bar_length(timeframe, bar_open)
+
+
+def _mn1_cutoff(at: datetime) -> datetime:
+    """The newest MN1 open whose calendar month has run out by `at`."""
+    best = None
+    first = _month_start(at)
+    for _ in range(3):
+        lo = first - _MONTH_SLACK  # opens of this month lie in [lo, hi)
+        hi = _next_month(first) - _MONTH_SLACK
+        cutoff = min(hi - _TICK, at - (_next_month(first) - first))
+        if cutoff >= lo:
+            best = cutoff if best is None else max(best, cutoff)
+        first = (first - timedelta(days=1)).replace(day=1)
+    return best if best is not None else at - timedelta(days=62)
 
 
 def closed_cutoff(timeframe: str, *, now: datetime | None = None, newest_open: datetime | None = None) -> datetime:
@@ -44,7 +84,8 @@ def closed_cutoff(timeframe: str, *, now: datetime | None = None, newest_open: d
     ``newest_open`` is the series' newest stored bar: every bar before it is closed even if
     our clock lags the EA's.
     """
-    cutoff = resolve_now(now) - bar_length(timeframe)
+    at = resolve_now(now)
+    cutoff = _mn1_cutoff(at) if timeframe == "MN1" else at - bar_length(timeframe)
     if newest_open is not None:
         cutoff = max(cutoff, as_utc(newest_open) - _TICK)
     return cutoff

@@ -125,7 +125,10 @@ class LiveWorker:
         grace = self.settings.live_close_grace_seconds
         ticks = []
         for timeframe in self.timeframes():
-            step = TIMEFRAME_SECONDS[timeframe]
+            # H4 and longer close on the broker's day (22:00 UTC for a UTC+2 server), W1 on
+            # its Sunday, MN1 on its 1st: the worker does not know the broker's zone, so it
+            # looks every minute (a pass over the series is a few small reads).
+            step = TIMEFRAME_SECONDS[timeframe] if TIMEFRAME_SECONDS[timeframe] <= TIMEFRAME_SECONDS["H1"] else TIMEFRAME_SECONDS["M1"]
             since = (now - timedelta(seconds=grace)).timestamp()
             boundary = (int(since) // step + 1) * step
             ticks.append(from_epoch(boundary + grace))

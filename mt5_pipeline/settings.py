@@ -325,6 +325,8 @@ class Settings:
     def max_bar_age_seconds(self, timeframe: str) -> int:
         if self.signal_max_bar_age_seconds is not None:
             return self.signal_max_bar_age_seconds
+        if timeframe == "MN1":  # the newest closed month opened up to 62 days ago (July + August)
+            return 62 * 86_400 + BAR_AGE_GRACE_SECONDS
         return 2 * TIMEFRAME_SECONDS[timeframe] + BAR_AGE_GRACE_SECONDS
 
     def sl_tp_pips(self, symbol: str) -> tuple[float, float]:

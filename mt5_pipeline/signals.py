@@ -21,7 +21,7 @@ from mt5_pipeline.clock import as_utc, iso_z, parse_iso, resolve_now
 from mt5_pipeline.pips import PipSizeUnknown, pip_size_for
 from mt5_pipeline.prediction import Prediction
 from mt5_pipeline.quality import unconfirmed_extreme
-from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
+from mt5_pipeline.settings import Settings
 from mt5_pipeline.trade_signal import Signal
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,10 @@ def decide(probability: float, settings: Settings, force: bool = False) -> Decis
 
 
 def signal_expires_at(bar_open: datetime, timeframe: str, settings: Settings) -> datetime:
-    """The bar's close (open + timeframe) plus SIGNAL_TTL_SECONDS."""
-    return as_utc(bar_open) + timedelta(seconds=TIMEFRAME_SECONDS[timeframe] + settings.signal_ttl_seconds)
+    """The bar's close (open + timeframe; MN1: the calendar month) plus SIGNAL_TTL_SECONDS."""
+    from mt5_pipeline.bars import bar_close
+
+    return bar_close(bar_open, timeframe) + timedelta(seconds=settings.signal_ttl_seconds)
 
 
 def too_late(settings: Settings, bar_open: datetime, timeframe: str, *, now: datetime | None = None) -> dict | None:
@@ -85,7 +87,7 @@ def too_late(settings: Settings, bar_open: datetime, timeframe: str, *, now: dat
     expires = signal_expires_at(bar_open, timeframe, settings)
     if at < expires:
         return None
-    close = as_utc(bar_open) + timedelta(seconds=TIMEFRAME_SECONDS[timeframe])
+    close = expires - timedelta(seconds=settings.signal_ttl_seconds)
     return {
         "bar": iso_z(bar_open),
         "bar_close": iso_z(close),

@@ -235,8 +235,10 @@ def newest_closed_in_batch(batch: CandleBatch, now: datetime) -> int | None:
     the newest is closed (a later one exists); the newest is once its timeframe has run out."""
     if len(batch) == 0:
         return None
+    from mt5_pipeline.bars import bar_close
+
     newest = int(batch.ts[-1])
-    if newest + TIMEFRAME_SECONDS[batch.timeframe] <= now.timestamp():
+    if bar_close(from_epoch(newest), batch.timeframe) <= now:
         return newest
     return int(batch.ts[-2]) if len(batch) > 1 else None
 

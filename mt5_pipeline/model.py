@@ -104,8 +104,9 @@ def predict_latest(settings: Settings, symbol: str, timeframe: str = "M1", *, no
 
     Feature rows are only written for closed bars; the cutoff here also guards against
     rows an older version wrote for a forming bar. ModelTimeframeError for a timeframe no
-    model is kept for. `bar`: predict exactly that bar (the ready bar,
-    :func:`mt5_pipeline.bars.ready_bar`); NoFeaturesError while it has no feature row.
+    model is kept for. `bar`: the ready bar (:func:`mt5_pipeline.bars.ready_bar`): never
+    a newer one is predicted (its final version may still come); an older one when the
+    features have not caught up with it yet (the Dagster path computes them in its own run).
     """
     from mt5_pipeline.bars import closed_cutoff
     from mt5_pipeline.storage.candles import newest_candle_ts
@@ -135,8 +136,6 @@ def predict_latest(settings: Settings, symbol: str, timeframe: str = "M1", *, no
             f"v{FEATURE_SET_VERSION}: recompute features_m1 (update_features with full=True)"
         )
     ts = parse_iso(row["ts"])
-    if bar is not None and ts != bar:
-        raise NoFeaturesError(f"no features for the {symbol} {timeframe} bar {iso_z(bar)} (the newest are for {iso_z(ts)})")
     if not row["usable"]:
         raise NoFeaturesError(
             f"the newest bar of {symbol} {timeframe} ({iso_z(ts)}) is not usable: the symbol needs more history "

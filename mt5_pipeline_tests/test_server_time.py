@@ -203,3 +203,19 @@ def test_a_bad_tick_is_skipped_and_reported_and_the_feed_goes_on(sqlite_url, tmp
         assert rig.bridge.bars.cycle() == 1  # the next bar comes as usual
     finally:
         rig.close()
+
+
+def test_an_mt5_export_is_imported_bar_by_bar_with_the_zone(db_url, settings_for, tmp_path):
+    from mt5_pipeline.mt5_csv import import_file
+
+    # "Export Bars" lines in server time, on both sides of the US change (9 March 2025).
+    lines = ["<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<VOL>\t<SPREAD>"]
+    for day, hour in ((7, 10), (7, 11), (10, 10), (10, 11)):
+        lines.append(f"2025.03.{day:02d}\t{hour:02d}:00:00\t1.1\t1.2\t1.0\t1.15\t5\t0\t1")
+    path = tmp_path / "EURUSD_H1.csv"
+    path.write_text("\n".join(lines) + "\n")
+    settings = settings_for(db_url)
+    report = import_file(settings, path, symbol="EURUSD", timeframe="H1", server_time_zone="UTC+2/+3@US", progress=False)
+    assert report.inserted == 4
+    stored = [int(t.timestamp()) for t in read_candles(db_url, "EURUSD", "H1")["ts"]]
+    assert stored == [epoch(2025, 3, 7, 8), epoch(2025, 3, 7, 9), epoch(2025, 3, 10, 7), epoch(2025, 3, 10, 8)]

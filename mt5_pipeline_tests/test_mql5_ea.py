@@ -19,11 +19,11 @@ EA = Path(__file__).resolve().parents[1] / "mql5" / "MT5PipelineEA.mq5"
 
 # Which function builds (or reads) which schema of the document.
 BUILDS = {"CandleJson": "Candle", "IngestBody": "IngestRequest", "AckBody": "AckRequest"}
-READS = {"PollSignals": "SignalsResponse", "HandleSignal": "Signal", "SignalPipSize": "SignalMeta"}
+READS = {"PollSignals": "SignalsResponse", "HandleSignal": "Signal", "SignalPipSize": "SignalMeta", "SendClosedBars": "IngestResponse"}
 # A variable holding a body built by a builder: the ack outbox keeps AckBody's text.
 CARRIED = {"body": "AckBody"}
 # Helper -> the JSON types a property may have for it.
-WRITE_TYPES = {"JStr": {"string"}, "JNum": {"number"}, "JInt": {"integer", "number"}, "JArr": {"array"}, "JNull": None}
+WRITE_TYPES = {"JStr": {"string"}, "JNum": {"number"}, "JInt": {"integer", "number"}, "JArr": {"array"}, "JBool": {"boolean"}, "JNull": None}
 READ_TYPES = {"JsonString": {"string"}, "JsonNumber": {"number", "integer"}, "JsonArray": {"array"}, "JsonObject": {"object"}}
 FUNCTION = re.compile(r"^(?:string|int|void|double|long|ulong|datetime|bool)\s+(\w+)\(", re.M)
 
@@ -75,7 +75,7 @@ def contract_problems(source: str, doc: dict) -> list[str]:
 
     # JSON fields written and read, per function.
     for name, body in funcs.items():
-        writes = re.findall(r"\b(J(?:Str|Num|Int|Null|Arr))\(\"(\w+)\"", body)
+        writes = re.findall(r"\b(J(?:Str|Num|Int|Null|Arr|Bool))\(\"(\w+)\"", body)
         reads = re.findall(r"\b(Json(?:String|Number|Array|Object))\(\w+,\s*\"(\w+)\"", body)
         if writes and name not in BUILDS:
             problems.append(f"{name} builds JSON but is not mapped to a schema")

@@ -71,7 +71,7 @@ class Bridge:
         self.executor = Executor(self.terminal, self.store, cfg, clock=clock, on_ack=self.acks.wake.set)
         self.bars = BarFeeder(
             self.terminal, self.api, self.store, settings.bridge_symbols, settings.bridge_timeframes,
-            settings.bridge_history_bars, settings.bridge_utc_offset_hours, clock=clock,
+            settings.bridge_history_bars, settings.bridge_utc_offset_hours, settings.bridge_server_time_zone, clock=clock,
         )
         self.poller = Poller(self.api, self.executor, self.acks, interval=settings.bridge_poll_interval)
         self.app = create_bridge_app(self.executor, ea_api_key(settings), self.health, push=settings.bridge_mode == "push")
@@ -114,6 +114,9 @@ class Bridge:
             f"{symbol} {tf}": {
                 "last_bar": iso_z(datetime.fromtimestamp(s.last_bar, tz=self.clock().tzinfo)) if s.last_bar is not None else None,
                 "error": s.last_error or None,
+                # Bars the API refused and the feed moved past (partial ingest).
+                "skipped": s.bars_skipped,
+                **({"last_skipped": s.last_skipped} if s.last_skipped else {}),
             }
             for (symbol, tf), s in self.bars.status.items()
         }
@@ -127,6 +130,8 @@ class Bridge:
             "bars": bars,
             "signals": {k: v for k, v in counts.items() if k != "acks_pending"},
             "acks_pending": counts["acks_pending"],
+            "bars_skipped": sum(s.bars_skipped for s in self.bars.status.values()),
+            "server_time_zone": self.settings.bridge_server_time_zone or "auto",
         }
         return (200 if connected else 503), body
 

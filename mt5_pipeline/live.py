@@ -15,6 +15,12 @@ signal at the EA within a second of the bar's close. This worker is that hot pat
 - **Incremental.** For each woken series: the newest *ready* closed bar (below), its
   features brought up to date (:func:`features.update_features`, closed bars only), one
   prediction, the decision, one INSERT -- whose own NOTIFY wakes the pusher.
+- **One row per bar.** Each series' recent tail stays in memory
+  (:mod:`mt5_pipeline.series_tail`): a new closed bar costs one feature row, not a
+  500-bar read; a correction sends the series back through the batch path.
+- **Several workers, any host.** On PostgreSQL the workers share the series by leases
+  (:mod:`mt5_pipeline.series_leases`); a dead worker's series are taken over within
+  ``LIVE_LEASE_SECONDS`` and a bit. SQLite has one host: LIVE_PROCESSES split by hash.
 - **Once per bar.** The worker remembers the bar it decided per series; the database's
   one-signal-per-bar index settles a race with the Dagster path (or a second worker):
   the loser gets "duplicate", never a second signal.
@@ -40,6 +46,8 @@ from sqlalchemy import select
 
 from mt5_pipeline.bars import bar_close
 from mt5_pipeline.clock import as_utc, from_epoch, iso_z, resolve_now, utcnow
+from mt5_pipeline.series_leases import LeaseKeeper, SeriesLeases
+from mt5_pipeline.series_tail import SeriesTails
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
 from mt5_pipeline.signals import Predictor, generate_signal
 from mt5_pipeline.storage.candles import CANDLES_CHANNEL
@@ -66,7 +74,7 @@ class LiveDecision:
     bar: datetime | None
     status: str  # generate_signal's status, or "no_features" / "no_model" / "error"
     message: str
-    trigger: str  # "notify" | "poll" | "timer" | "start"
+    trigger: str  # "notify" | "poll" | "timer" | "start" | "takeover"
     signal_id: str | None = None
     seconds: float = 0.0  # time spent on this series (features + predict + queue)
 
@@ -85,11 +93,16 @@ def parse_notification(payload: str) -> tuple[Series, datetime | None] | None:
 class LiveWorker:
     """Decides each series' newest ready closed bar once. ``handle`` is one pass; ``run`` is the loop."""
 
-    def __init__(self, settings: Settings, *, predictor: Predictor | None = None, shard: tuple[int, int] = (0, 1)) -> None:
+    def __init__(
+        self, settings: Settings, *, predictor: Predictor | None = None, shard: tuple[int, int] = (0, 1), leases: SeriesLeases | None = None
+    ) -> None:
         self.settings = settings
         self.predictor = predictor
-        # (index, count): this worker decides the series whose symbol hashes to index.
+        # (index, count): this worker decides the series whose symbol hashes to index (SQLite, one host).
         self.shard = shard
+        # PostgreSQL: the series this worker holds a lease on (any number of hosts).
+        self.leases = leases
+        self.tails = SeriesTails(settings.database_url)
         self.decided: dict[Series, datetime] = {}
         self.final: dict[Series, datetime] = {}  # bars the EA sent after they closed (NOTIFY)
         self.known: set[Series] = set()
@@ -168,6 +181,8 @@ class LiveWorker:
             return [d for d in pool.map(lambda k: self._one(k, now, trigger), keys) if d is not None]
 
     def owns(self, key: Series) -> bool:
+        if self.leases is not None:
+            return self.leases.owns(key)
         index, count = self.shard
         return count <= 1 or zlib.crc32(key[0].encode()) % count == index
 
@@ -184,7 +199,8 @@ class LiveWorker:
         symbol, timeframe = key
         started = time.perf_counter()
         try:
-            result = generate_signal(self.settings, symbol, timeframe, now=at, predictor=self.predictor, refresh_features=True)
+            self.tails.update(symbol, timeframe, now=at)
+            result = generate_signal(self.settings, symbol, timeframe, now=at, predictor=self.predictor)
         except NoFeaturesError as exc:
             self.decided[key] = bar  # warm-up or a gap: nothing to do until the next bar
             return LiveDecision(symbol, timeframe, bar, "no_features", str(exc), trigger, seconds=time.perf_counter() - started)
@@ -207,9 +223,25 @@ class LiveWorker:
         poll = self.settings.live_poll_seconds * (LISTEN_POLL_FACTOR if listener else 1)
         if listener:
             listener.connect()  # before the first pass, so no commit falls between the two
+        keeper, keeper_stop = None, threading.Event()
+        if self.leases is not None:
+            # Leases are kept on their own thread, so a long pass never lets one lapse; the
+            # first tick runs here, so the first pass knows what this worker holds.
+            poll = min(poll, self.leases.interval)
+            self._safely(lambda: self.leases.tick(self.refresh_series(force=True)))
+            self.leases.take_gained()  # the start pass below decides them
+            keeper = LeaseKeeper(self.leases, lambda: set(self.known), keeper_stop)
+            keeper.start()
         self._safely(lambda: self.handle(self.refresh_series(force=True), trigger="start"))
         try:
             while not stop.is_set():
+                if self.leases is not None:
+                    gained = self.leases.take_gained()
+                    if gained:
+                        for key in gained:
+                            self.tails.invalidate(key)  # another worker may have written it meanwhile
+                            self.decided.pop(key, None)
+                        self._safely(lambda keys=gained: self.handle(keys, trigger="takeover"))
                 now = utcnow()
                 tick = self.next_tick(now)
                 wait = poll if tick is None else max(0.0, min(poll, (tick - now).total_seconds()))
@@ -238,6 +270,11 @@ class LiveWorker:
         finally:
             if listener is not None:
                 listener.close()
+            if self.leases is not None:
+                keeper_stop.set()
+                if keeper is not None:
+                    keeper.join(timeout=self.leases.interval + 5)
+                self.leases.stop()
 
     def _safely(self, step) -> None:
         try:
@@ -266,11 +303,13 @@ def run_live_worker(settings: Settings, *, stop: threading.Event | None = None, 
 
         for sig in (os_signal.SIGTERM, os_signal.SIGINT):
             previous[sig] = os_signal.signal(sig, on_signal)
-    worker = LiveWorker(settings, shard=shard)
+    # PostgreSQL: leases (any number of processes and hosts); SQLite: the hash shard.
+    leases = SeriesLeases(settings.database_url, lease_seconds=settings.live_lease_seconds) if notifications_supported(settings.database_url) else None
+    worker = LiveWorker(settings, shard=(0, 1) if leases else shard, leases=leases)
     timeframes = worker.timeframes()
     log.info(
         "Live worker%s started: %s, grace %g s after each close%s",
-        f" {shard[0] + 1}/{shard[1]}" if shard[1] > 1 else "",
+        f" {leases.worker} (leases of {settings.live_lease_seconds:g} s)" if leases else f" {shard[0] + 1}/{shard[1]}" if shard[1] > 1 else "",
         f"timeframes with a model: {', '.join(timeframes)}" if timeframes else "no model yet (waiting for the first training)",
         settings.live_close_grace_seconds,
         ", woken by LISTEN/NOTIFY" if notifications_supported(settings.database_url) and listen is not False else f", polling every {settings.live_poll_seconds:g} s",

@@ -252,3 +252,22 @@ ea_delivery_state = Table(
     Column("opened_at", UtcDateTime, nullable=True),
     Column("updated_at", UtcDateTime, nullable=False),
 )
+
+# Live workers on one host or several share the series through leases (mt5_pipeline.series_leases).
+live_workers = Table(
+    "live_workers",
+    metadata,
+    Column("worker", String(128), primary_key=True, comment="host:pid:random, one per live worker process"),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False, comment="the worker is gone once this passes without a renewal"),
+)
+
+live_leases = Table(
+    "live_leases",
+    metadata,
+    Column("symbol", String(32), primary_key=True),
+    Column("timeframe", String(4), primary_key=True),
+    Column("worker", String(128), nullable=True, index=True, comment="the live worker deciding this series; NULL: free"),
+    Column("expires_at", UtcDateTime, nullable=False, comment="free for another worker once this passes"),
+    Column("acquired_at", UtcDateTime, nullable=True),
+)

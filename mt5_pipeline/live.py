@@ -77,6 +77,20 @@ class LiveDecision:
     trigger: str  # "notify" | "poll" | "timer" | "start" | "takeover"
     signal_id: str | None = None
     seconds: float = 0.0  # time spent on this series (features + predict + queue)
+    probability: float | None = None
+    confidence: float | None = None
+    side: str | None = None
+    feature_rows: int = 0
+    feature_path: str = ""  # "tail" (one row from memory) or "batch"
+
+    def record(self, worker: str, decided_at: datetime) -> dict:
+        """The live_decisions row Dagster's sensor turns into run-less asset events."""
+        return {
+            "symbol": self.symbol, "timeframe": self.timeframe, "bar": self.bar, "status": self.status, "message": self.message[:2000],
+            "probability": self.probability, "confidence": self.confidence, "signal_id": self.signal_id, "side": self.side,
+            "feature_rows": self.feature_rows, "feature_path": self.feature_path, "trigger": self.trigger, "worker": worker,
+            "seconds": self.seconds, "decided_at": decided_at,
+        }  # fmt: skip
 
 
 def parse_notification(payload: str) -> tuple[Series, datetime | None] | None:
@@ -102,6 +116,9 @@ class LiveWorker:
         self.shard = shard
         # PostgreSQL: the series this worker holds a lease on (any number of hosts).
         self.leases = leases
+        # Without leases (SQLite, or a worker built by a test) only a heartbeat: Dagster's
+        # sensor records the bars run-less while some live worker is alive.
+        self.presence = leases or SeriesLeases(settings.database_url, lease_seconds=settings.live_lease_seconds, share=False)
         self.tails = SeriesTails(settings.database_url)
         self.decided: dict[Series, datetime] = {}
         self.final: dict[Series, datetime] = {}  # bars the EA sent after they closed (NOTIFY)
@@ -176,9 +193,24 @@ class LiveWorker:
         keys = sorted(k for k in set(series) if k[1] in timeframes and self.owns(k))
         self.known.update(keys)
         if len(keys) <= 1 or self.settings.live_worker_threads <= 1:
-            return [d for d in map(lambda k: self._one(k, now, trigger), keys) if d is not None]
-        with ThreadPoolExecutor(max_workers=min(len(keys), self.settings.live_worker_threads), thread_name_prefix="live") as pool:
-            return [d for d in pool.map(lambda k: self._one(k, now, trigger), keys) if d is not None]
+            decisions = [d for d in map(lambda k: self._one(k, now, trigger), keys) if d is not None]
+        else:
+            with ThreadPoolExecutor(max_workers=min(len(keys), self.settings.live_worker_threads), thread_name_prefix="live") as pool:
+                decisions = [d for d in pool.map(lambda k: self._one(k, now, trigger), keys) if d is not None]
+        self._record(decisions)
+        return decisions
+
+    def _record(self, decisions: list[LiveDecision]) -> None:
+        """One INSERT for the pass's decisions, after they are queued: the record never delays a signal."""
+        if not decisions:
+            return
+        from mt5_pipeline.storage import decisions as stored_decisions
+
+        at = utcnow()
+        try:
+            stored_decisions.record(self.settings.database_url, [d.record(self.presence.worker, at) for d in decisions])
+        except Exception as exc:  # the signals are queued; only Dagster's view of them is late
+            log.warning("live decisions not recorded for Dagster (%s: %s)", type(exc).__name__, exc)
 
     def owns(self, key: Series) -> bool:
         if self.leases is not None:
@@ -198,21 +230,27 @@ class LiveWorker:
 
         symbol, timeframe = key
         started = time.perf_counter()
+        rows, path = 0, ""
         try:
-            self.tails.update(symbol, timeframe, now=at)
+            rows = self.tails.update(symbol, timeframe, now=at).rows_written
+            path = self.tails.last_path.get(key, "")
             result = generate_signal(self.settings, symbol, timeframe, now=at, predictor=self.predictor)
         except NoFeaturesError as exc:
             self.decided[key] = bar  # warm-up or a gap: nothing to do until the next bar
-            return LiveDecision(symbol, timeframe, bar, "no_features", str(exc), trigger, seconds=time.perf_counter() - started)
+            return LiveDecision(symbol, timeframe, bar, "no_features", str(exc), trigger, seconds=time.perf_counter() - started, feature_rows=rows, feature_path=path)
         except (NoModelError, ModelMismatchError, ModelTimeframeError) as exc:
             self._timeframes_read_at = float("-inf")  # the model changed under us: look again
             log.warning("No live signal for %s %s: %s", symbol, timeframe, exc)
-            return LiveDecision(symbol, timeframe, bar, "no_model", str(exc), trigger, seconds=time.perf_counter() - started)
+            return LiveDecision(symbol, timeframe, bar, "no_model", str(exc), trigger, seconds=time.perf_counter() - started, feature_rows=rows, feature_path=path)
         self.decided[key] = max(bar, result.bar) if result.bar is not None else bar
         signal_id = result.signal.signal_id if result.signal else None
         seconds = time.perf_counter() - started
         log.info("live %s %s bar %s (%s): %s in %.0f ms", symbol, timeframe, iso_z(bar), trigger, result.status, seconds * 1000)
-        return LiveDecision(symbol, timeframe, result.bar or bar, result.status, result.message, trigger, signal_id, seconds)
+        return LiveDecision(
+            symbol, timeframe, result.bar or bar, result.status, result.message, trigger, signal_id, seconds,
+            probability=result.probability, confidence=result.confidence, side=result.signal.side if result.signal else None,
+            feature_rows=rows, feature_path=path,
+        )  # fmt: skip
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -223,15 +261,15 @@ class LiveWorker:
         poll = self.settings.live_poll_seconds * (LISTEN_POLL_FACTOR if listener else 1)
         if listener:
             listener.connect()  # before the first pass, so no commit falls between the two
-        keeper, keeper_stop = None, threading.Event()
+        keeper_stop = threading.Event()
         if self.leases is not None:
             # Leases are kept on their own thread, so a long pass never lets one lapse; the
             # first tick runs here, so the first pass knows what this worker holds.
             poll = min(poll, self.leases.interval)
-            self._safely(lambda: self.leases.tick(self.refresh_series(force=True)))
-            self.leases.take_gained()  # the start pass below decides them
-            keeper = LeaseKeeper(self.leases, lambda: set(self.known), keeper_stop)
-            keeper.start()
+        self._safely(lambda: self.presence.tick(self.refresh_series(force=True)))
+        self.presence.take_gained()  # the start pass below decides them
+        keeper = LeaseKeeper(self.presence, lambda: set(self.known), keeper_stop)
+        keeper.start()
         self._safely(lambda: self.handle(self.refresh_series(force=True), trigger="start"))
         try:
             while not stop.is_set():
@@ -270,11 +308,9 @@ class LiveWorker:
         finally:
             if listener is not None:
                 listener.close()
-            if self.leases is not None:
-                keeper_stop.set()
-                if keeper is not None:
-                    keeper.join(timeout=self.leases.interval + 5)
-                self.leases.stop()
+            keeper_stop.set()
+            keeper.join(timeout=self.presence.interval + 5)
+            self.presence.stop()
 
     def _safely(self, step) -> None:
         try:

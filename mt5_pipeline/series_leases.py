@@ -43,8 +43,11 @@ def new_worker_id() -> str:
 class SeriesLeases:
     """The series this worker holds, kept by :meth:`tick` (called every ``interval`` seconds)."""
 
-    def __init__(self, database_url: str, *, lease_seconds: float, worker: str | None = None) -> None:
+    def __init__(self, database_url: str, *, lease_seconds: float, worker: str | None = None, share: bool = True) -> None:
         self.database_url = database_url
+        # share=False: only the heartbeat (a SQLite worker, one host): Dagster's sensor
+        # still sees that a live worker is deciding the bars.
+        self.share = share
         self.lease_seconds = lease_seconds
         self.worker = worker or new_worker_id()
         self.interval = max(0.05, lease_seconds / 4)
@@ -69,6 +72,9 @@ class SeriesLeases:
     def tick(self, known: Iterable[Series] = ()) -> set[Series]:
         """One round of heartbeat, renew, take or give back; returns the series gained."""
         url, ttl = self.database_url, self.lease_seconds
+        if not self.share:
+            self.workers_alive = rows.heartbeat(url, self.worker, now=utcnow(), ttl=ttl)
+            return set()
         rows.add_series(url, known)
         now = utcnow()
         self.workers_alive = rows.heartbeat(url, self.worker, now=now, ttl=ttl)

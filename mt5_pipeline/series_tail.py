@@ -66,6 +66,7 @@ class SeriesTails:
         self._locks: dict[Series, threading.Lock] = {}
         self._guard = threading.Lock()
         self.stats = TailStats()
+        self.last_path: dict[Series, str] = {}  # "tail" or "batch": how the series' last update was done
 
     def invalidate(self, key: Series | None = None) -> None:
         """Drop one series' tail (all with None): its next update takes the batch path."""
@@ -88,8 +89,10 @@ class SeriesTails:
             if tail is not None:
                 done = self._fast(key, tail, at)
                 if done is not None:
+                    self.last_path[key] = "tail"
                     return done
                 self._tails.pop(key, None)
+            self.last_path[key] = "batch"
             return self._rebuild(key, at)
 
     # ---- the batch path, then a fresh tail ---------------------------------------------------

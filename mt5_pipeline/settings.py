@@ -239,7 +239,7 @@ class Settings:
     signal_ttl_seconds: int = _setting("SIGNAL_TTL_SECONDS", "60", "a signal not delivered this long after its bar closed is EXPIRED, never sent", _int)
     signal_max_bar_age_seconds: int | None = _setting("SIGNAL_MAX_BAR_AGE_SECONDS", "", "no signal when the newest closed bar opened longer ago than this (empty: two bars + 30 s, per timeframe); a bar past its close + SIGNAL_TTL_SECONDS is refused as too late whatever this says", _opt(_int))
     live_close_grace_seconds: float = _setting("LIVE_CLOSE_GRACE_SECONDS", "2", "the live worker waits this long after a bar's close for its final version before signalling the stored (last forming) version", _float)
-    live_processes: int = _setting("LIVE_PROCESSES", "1", "processes `mt5-pipeline live` runs, each deciding the symbols that hash to it (one per spare core for dozens of symbols)", _int)
+    live_processes: int = _setting("LIVE_PROCESSES", "1", "processes `mt5-pipeline live` runs on this host (one per spare core), sharing the series by leases on PostgreSQL with every other worker, by hash on SQLite", _int)
     live_worker_threads: int = _setting("LIVE_WORKER_THREADS", "4", "symbols the live worker decides at once (most of a decision is waiting for the database)", _int)
     live_lease_seconds: float = _setting("LIVE_LEASE_SECONDS", "4", "on PostgreSQL, live workers (any host) share the series by leases of this length: a dead worker's series are taken over within it plus a quarter of it", _float)
     live_poll_seconds: float = _setting("LIVE_POLL_SECONDS", "0.25", "how often the live worker looks for closed bars without LISTEN/NOTIFY (SQLite), and its safety-net poll on PostgreSQL (x20)", _float)

@@ -262,10 +262,12 @@ class LiveWorker:
         if listener:
             listener.connect()  # before the first pass, so no commit falls between the two
         keeper_stop = threading.Event()
-        if self.leases is not None:
-            # Leases are kept on their own thread, so a long pass never lets one lapse; the
-            # first tick runs here, so the first pass knows what this worker holds.
-            poll = min(poll, self.leases.interval)
+        # Leases are kept on their own thread, so a long pass never lets one lapse; the
+        # first tick runs here, so the first pass knows what this worker holds. The loop
+        # wakes every lease tick to decide series it took over, but the safety-net poll
+        # pass keeps its own cadence.
+        wake = min(poll, self.leases.interval) if self.leases is not None else poll
+        polled_at = time.monotonic()
         self._safely(lambda: self.presence.tick(self.refresh_series(force=True)))
         self.presence.take_gained()  # the start pass below decides them
         keeper = LeaseKeeper(self.presence, lambda: set(self.known), keeper_stop)
@@ -282,7 +284,7 @@ class LiveWorker:
                         self._safely(lambda keys=gained: self.handle(keys, trigger="takeover"))
                 now = utcnow()
                 tick = self.next_tick(now)
-                wait = poll if tick is None else max(0.0, min(poll, (tick - now).total_seconds()))
+                wait = wake if tick is None else max(0.0, min(wake, (tick - now).total_seconds()))
                 if listener is not None:
                     payloads = listener.wait(wait, stop)
                 else:
@@ -303,7 +305,8 @@ class LiveWorker:
                     self._safely(lambda keys=woken: self.handle(keys, trigger="notify"))
                 elif tick is not None and utcnow() >= tick:
                     self._safely(lambda: self.handle(self.refresh_series(), trigger="timer"))
-                else:
+                elif time.monotonic() - polled_at >= poll:
+                    polled_at = time.monotonic()
                     self._safely(lambda: self.handle(self.refresh_series(), trigger="poll"))
         finally:
             if listener is not None:

@@ -53,6 +53,7 @@ class SeriesLeases:
         self.interval = max(0.05, lease_seconds / 4)
         self._owned: frozenset[Series] = frozenset()
         self._pending: set[Series] = set()  # gained since the worker last asked
+        self._added: set[Series] = set()  # series whose lease row this worker has made sure of
         self._lock = threading.Lock()
         self.workers_alive = 1
 
@@ -75,11 +76,15 @@ class SeriesLeases:
         if not self.share:
             self.workers_alive = rows.heartbeat(url, self.worker, now=utcnow(), ttl=ttl)
             return set()
-        rows.add_series(url, known)
+        new = set(known) - self._added
+        if new:
+            rows.add_series(url, new)
+            self._added |= new
         now = utcnow()
-        self.workers_alive = rows.heartbeat(url, self.worker, now=now, ttl=ttl)
-        held = rows.renew(url, self.worker, now=now, ttl=ttl)
-        share = math.ceil(rows.series_count(url) / max(1, self.workers_alive))
+        if now.second == 0 or not self._added:
+            rows.heartbeat(url, self.worker, now=now, ttl=ttl)  # also clears rows of workers long gone
+        self.workers_alive, held, total = rows.keep_alive(url, self.worker, now=now, ttl=ttl)
+        share = math.ceil(total / max(1, self.workers_alive))
         if len(held) > share:
             extra = sorted(held)[share:]
             rows.release(url, self.worker, extra, now=now)

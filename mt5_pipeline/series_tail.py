@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 
 from mt5_pipeline.bars import closed_cutoff
@@ -33,7 +34,7 @@ from mt5_pipeline.clock import resolve_now
 from mt5_pipeline.features import LOOKBACK_BARS, WATERMARK_MARGIN, FeatureUpdate, update_features
 from mt5_pipeline.indicators import FEATURE_SET_VERSION, compute_features
 from mt5_pipeline.storage import features as stored
-from mt5_pipeline.storage.candles import candles_stamped_since, read_candles
+from mt5_pipeline.storage.candles import CANDLE_COLUMNS, candles_stamped_since, read_candles
 
 Series = tuple[str, str]
 
@@ -41,8 +42,21 @@ Series = tuple[str, str]
 @dataclass
 class _Tail:
     bars: pd.DataFrame  # the newest LOOKBACK_BARS closed bars with stored features, oldest first
-    seen: dict[pd.Timestamp, pd.Timestamp] = field(default_factory=dict)  # ts -> ingested_at, recently stamped bars already handled
-    watermark: pd.Timestamp | None = None  # newest stamp handled; reads start WATERMARK_MARGIN before it
+    seen: dict[datetime, datetime] = field(default_factory=dict)  # ts -> ingested_at of recently stamped bars already handled
+    watermark: datetime | None = None  # newest stamp handled; reads start WATERMARK_MARGIN before it
+
+
+def _frame(rows: list[tuple]) -> pd.DataFrame:
+    """Candle tuples (CANDLE_COLUMNS order) as read_candles' frame: same columns and dtypes."""
+    columns = list(zip(*rows, strict=True))
+    frame = pd.DataFrame({name: list(values) for name, values in zip(CANDLE_COLUMNS, columns, strict=True)})
+    for name in ("ts", "ingested_at"):
+        frame[name] = pd.DatetimeIndex(frame[name]).tz_convert("UTC").as_unit("ns")
+    for name in ("open", "high", "low", "close"):
+        frame[name] = frame[name].astype(np.float64)
+    for name in ("tick_volume", "spread", "real_volume"):
+        frame[name] = frame[name].astype(np.int64)
+    return frame
 
 
 @dataclass
@@ -113,12 +127,12 @@ class SeriesTails:
         newest = stored.newest_feature(self.database_url, symbol, timeframe)
         if newest is None or newest.feature_set_version != FEATURE_SET_VERSION or bars.empty:
             return result
-        tail = _Tail(bars=bars[["ts", "open", "high", "low", "close", "tick_volume", "spread", "real_volume", "ingested_at"]].reset_index(drop=True))
-        if recent is not None and not recent.empty:
-            tail.seen = dict(zip(recent["ts"], recent["ingested_at"], strict=True))
-            tail.watermark = recent["ingested_at"].max()
+        tail = _Tail(bars=bars[list(CANDLE_COLUMNS)].reset_index(drop=True))
+        if recent:
+            tail.seen = {r[0]: r[-1] for r in recent}
+            tail.watermark = max(r[-1] for r in recent)
         else:
-            tail.watermark = pd.Timestamp(newest.source_ingested_at)
+            tail.watermark = newest.source_ingested_at
         self._tails[key] = tail
         return result
 
@@ -129,29 +143,29 @@ class SeriesTails:
         symbol, timeframe = key
         if tail.watermark is None:
             return None
-        recent = candles_stamped_since(self.database_url, symbol, timeframe, (tail.watermark - WATERMARK_MARGIN).to_pydatetime())
-        end = tail.bars["ts"].iloc[-1]
-        unseen = [tail.seen.get(ts) != stamp for ts, stamp in zip(recent["ts"], recent["ingested_at"], strict=True)]
-        fresh = recent[unseen] if len(recent) else recent
-        if bool((fresh["ts"] <= end).any()):
+        recent = candles_stamped_since(self.database_url, symbol, timeframe, tail.watermark - WATERMARK_MARGIN)
+        end = tail.bars["ts"].iloc[-1].to_pydatetime()
+        fresh = [r for r in recent if tail.seen.get(r[0]) != r[-1]]
+        if any(r[0] <= end for r in fresh):
             return None  # a re-sent bar or a gap filled at or before the tail's end: a correction
-        newest_open = recent["ts"].max() if len(recent) else end
-        cutoff = pd.Timestamp(closed_cutoff(timeframe, now=at, newest_open=max(newest_open, end).to_pydatetime()))
-        new = fresh[fresh["ts"] <= cutoff].reset_index(drop=True)
-        if new.empty:
-            return FeatureUpdate(symbol, timeframe, 0, end.to_pydatetime(), 0, None, False)
+        newest_open = max([end, *(r[0] for r in recent)])
+        cutoff = closed_cutoff(timeframe, now=at, newest_open=newest_open)
+        new_rows = [r for r in fresh if r[0] <= cutoff]
+        if not new_rows:
+            return FeatureUpdate(symbol, timeframe, 0, end, 0, None, False)
+        new = _frame(new_rows)
         frame = pd.concat([tail.bars, new], ignore_index=True)
         feats = compute_features(frame, timeframe=timeframe)
-        out = feats.iloc[len(tail.bars):].reset_index(drop=True)
-        start = new["ts"].iloc[0].to_pydatetime()
+        lookback = len(tail.bars)
+        out = feats.iloc[lookback:].reset_index(drop=True)
+        start = new_rows[0][0]
         with stored.one_writer(self.database_url, symbol, timeframe):
             stored.replace_rows(self.database_url, symbol, timeframe, out, start=start, version=FEATURE_SET_VERSION, computed_at=at)
-        self.stats.fast += len(new)
-        lookback = len(tail.bars)
-        tail.bars = frame.iloc[-self.lookback:].reset_index(drop=True)
-        for ts, stamp in zip(new["ts"], new["ingested_at"], strict=True):
-            tail.seen[ts] = stamp
-        tail.watermark = max(tail.watermark, recent["ingested_at"].max())
+        self.stats.fast += len(new_rows)
+        tail.bars = frame.iloc[-self.lookback :].reset_index(drop=True)
+        for r in new_rows:
+            tail.seen[r[0]] = r[-1]
+        tail.watermark = max(tail.watermark, *(r[-1] for r in recent))
         floor = tail.watermark - 2 * WATERMARK_MARGIN
         tail.seen = {ts: stamp for ts, stamp in tail.seen.items() if stamp >= floor}
-        return FeatureUpdate(symbol, timeframe, len(out), out["ts"].iloc[-1].to_pydatetime(), lookback, start, False)
+        return FeatureUpdate(symbol, timeframe, len(out), new_rows[-1][0], lookback, start, False)

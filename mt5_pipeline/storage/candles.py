@@ -541,11 +541,14 @@ def _series(database_url: str, *, stats: bool) -> list[tuple]:
     return [(r[0], r[1], when(r[2]), r[3], when(r[4])) for r in rows]
 
 
-def candles_stamped_since(database_url: str, symbol: str, timeframe: str, since: datetime) -> pd.DataFrame:
-    """The series' bars stamped (``ingested_at``) at or after ``since``, sorted by ts.
+def candles_stamped_since(database_url: str, symbol: str, timeframe: str, since: datetime) -> list[tuple]:
+    """The series' bars stamped (``ingested_at``) at or after ``since``, sorted by ts, as
+    tuples in CANDLE_COLUMNS order with aware UTC datetimes.
 
     Through the (symbol, timeframe, ingested_at) index: on a live series that is the bar
-    just posted and the forming one, whatever the series' length. Columns as read_candles.
+    just posted and the forming one, whatever the series' length. Plain tuples, not a
+    frame: this runs on every live bar, and building a frame for two rows costs more
+    than reading them.
     """
     c = candles.c
     with get_engine(database_url).connect() as conn:
@@ -554,14 +557,4 @@ def candles_stamped_since(database_url: str, symbol: str, timeframe: str, since:
             .where(c.symbol == symbol, c.timeframe == timeframe, c.ingested_at >= since)
             .order_by(c.ts)
         ).all()
-    if not rows:
-        return _empty_candles()
-    columns = list(zip(*rows, strict=True))
-    frame = pd.DataFrame({name: np.asarray(values) for name, values in zip(CANDLE_COLUMNS, columns, strict=True) if name not in ("ts", "ingested_at")})
-    frame.insert(0, "ts", pd.Series(pd.DatetimeIndex([parse_iso(v) for v in columns[0]]).as_unit("ns")))
-    frame["ingested_at"] = pd.Series(pd.DatetimeIndex([parse_iso(v) for v in columns[8]]).as_unit("ns"))
-    for name in ("open", "high", "low", "close"):
-        frame[name] = frame[name].astype(np.float64)
-    for name in ("tick_volume", "spread", "real_volume"):
-        frame[name] = frame[name].astype(np.int64)
-    return frame[list(CANDLE_COLUMNS)]
+    return [(parse_iso(r[0]), *r[1:8], parse_iso(r[8])) for r in rows]

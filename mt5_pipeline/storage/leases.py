@@ -31,6 +31,20 @@ def heartbeat(database_url: str, worker: str, *, now: datetime, ttl: float) -> i
         return int(conn.execute(select(func.count()).select_from(live_workers).where(live_workers.c.expires_at >= now)).scalar_one())
 
 
+def keep_alive(database_url: str, worker: str, *, now: datetime, ttl: float) -> tuple[int, set[Series], int]:
+    """The heartbeat, the renewal and the counts in one transaction (one round of a lease
+    tick, every second per worker): (workers alive, series still held, series in all)."""
+    expires = now + timedelta(seconds=ttl)
+    c = live_leases.c
+    with get_engine(database_url).begin() as conn:
+        stmt = insert_on_conflict(conn, live_workers).values(worker=worker, started_at=now, expires_at=expires)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["worker"], set_={"expires_at": expires}))
+        alive = int(conn.execute(select(func.count()).select_from(live_workers).where(live_workers.c.expires_at >= now)).scalar_one())
+        held = conn.execute(update(live_leases).where(c.worker == worker).values(expires_at=expires).returning(c.symbol, c.timeframe)).all()
+        total = int(conn.execute(select(func.count()).select_from(live_leases)).scalar_one())
+    return alive, {(r[0], r[1]) for r in held}, total
+
+
 def add_series(database_url: str, keys: Iterable[Series]) -> None:
     """A free lease row for each series that has none yet."""
     rows = [{"symbol": s, "timeframe": t, "worker": None, "expires_at": _FREE_SINCE} for s, t in keys]

@@ -87,7 +87,13 @@ def _symbols(n: int) -> list[str]:
     pairs = [a + b for i, a in enumerate(majors) for b in majors[i + 1 :]]  # the 28 majors and crosses
     # Beyond the 28: real currency pairs against other currencies, so each has an FX pip.
     others = ["SEK", "NOK", "DKK", "PLN", "HUF", "CZK", "TRY", "ZAR", "MXN", "SGD", "HKD", "CNH"]
-    return (pairs + [a + b for a in majors for b in others])[:n]
+    # Beyond those 124 (the 300-symbol run): the same currencies the other way round, then
+    # the other currencies against each other -- still currency pairs, with an FX pip.
+    more = [b + a for a in majors for b in others] + [a + b for a in others for b in others if a != b]
+    names = pairs + [a + b for a in majors for b in others] + more
+    if n > len(names):
+        raise SystemExit(f"at most {len(names)} symbols")
+    return names[:n]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -541,13 +547,15 @@ def _load() -> str:
     return f"load average {load1:.2f} / {load5:.2f} / {load15:.2f} on {os.cpu_count()} cores"
 
 
-def stack_main(quick: bool, pace: float) -> None:
+def stack_main(quick: bool, pace: float, only: list[int] | None = None) -> None:
     print(f"start: {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC, {_load()}")
     runs = {}
     scales = [(28, 3), (100, 2)] if quick else [(28, 8), (100, 6), (300, 4)]
-    for n, rounds in scales:
+    for n, rounds in scales if not only else [(n, 3 if quick else 4) for n in only]:
         runs[f"{n}"] = run_stack(n, rounds, pace=pace)
         print(json.dumps(runs[f"{n}"]), _load(), flush=True)
+    if only:
+        return
     runs["kill"] = run_stack(28, 4 if quick else 8, kill_after=2 if quick else 4, pace=pace)
     print(json.dumps(runs["kill"]), _load(), flush=True)
     runs["baseline"] = run_stack(28, 3 if quick else 4, workers=1, live_runs=True, pace=pace)
@@ -582,9 +590,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds, no 100-symbol run")
     parser.add_argument("--stack", action="store_true", help="the stack as deployed with dagster-daemon and webserver (see the docstring)")
     parser.add_argument("--pace", type=float, default=20.0, help="--stack: seconds between rounds")
+    parser.add_argument("--only", type=int, nargs="*", help="--stack: only these symbol counts (no kill run, no baseline)")
     args = parser.parse_args()
     if args.stack:
-        stack_main(args.quick, args.pace)
+        stack_main(args.quick, args.pace, args.only)
         return
     rounds = 5 if args.quick else 20
     scales = [1, 28] if args.quick else [1, 28, 100]

@@ -56,6 +56,10 @@ setup(
         # The official package is a Windows-only wheel: `pip install .[mt5]` on the
         # terminal's machine; elsewhere the extra installs nothing and the bridge runs --fake.
         "mt5": ['MetaTrader5>=5.0.45; platform_system=="Windows"'],
+        # Each Dagster run (backfills, retraining) in its own container: docker/dagster-docker.yaml.
+        "docker": ["dagster-docker>=0.29,<0.30"],
+        # Each run as a Kubernetes Job: docs/scaling.md.
+        "k8s": ["dagster-k8s>=0.29,<0.30"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -64,6 +68,8 @@ setup(
             "ta>=0.11",
             "PyYAML>=6",
             "ruff>=0.5",
+            # test_scaling validates docker/dagster-docker.yaml against the launcher's own schema.
+            "dagster-docker>=0.29,<0.30",
         ],
         # Benchmarks only: its test data (EURUSD H1, 2017-2018) is the real market in
         # benchmarks/bench_real.py; nothing in the pipeline imports it.

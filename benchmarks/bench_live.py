@@ -23,6 +23,17 @@ above but no live worker:
   right after the POSTs: a lower bound of that path without the tick and the launches.
 
     python benchmarks/bench_live.py [--quick]
+    python benchmarks/bench_live.py --stack [--quick]
+
+``--stack`` measures the stack as deployed *with Dagster*: ``dagster-daemon`` and
+``dagster-webserver`` on the project's dagster.yaml (PostgreSQL instance storage, the
+QueuedRunCoordinator), beside the API, two live workers sharing the series by leases,
+the pusher and the EA. 28, 100 and 300 symbols; the Dagster runs launched and the
+run-less events recorded per live bar; the workers' CPU per bar; a run where one of the
+two workers is SIGKILLed mid-way (bars decided once, takeover time); and the baseline,
+today's path: DAGSTER_LIVE_RUNS=true (a run per symbol per bar beside the worker).
+Rounds are paced ``--pace`` seconds apart (default 20 s: each round meets its own
+sensor tick, as each minute's bars do in production).
 """
 
 from __future__ import annotations
@@ -76,7 +87,13 @@ def _symbols(n: int) -> list[str]:
     pairs = [a + b for i, a in enumerate(majors) for b in majors[i + 1 :]]  # the 28 majors and crosses
     # Beyond the 28: real currency pairs against other currencies, so each has an FX pip.
     others = ["SEK", "NOK", "DKK", "PLN", "HUF", "CZK", "TRY", "ZAR", "MXN", "SGD", "HKD", "CNH"]
-    return (pairs + [a + b for a in majors for b in others])[:n]
+    # Beyond those 124 (the 300-symbol run): the same currencies the other way round, then
+    # the other currencies against each other -- still currency pairs, with an FX pip.
+    more = [b + a for a in majors for b in others] + [a + b for a in others for b in others if a != b]
+    names = pairs + [a + b for a in majors for b in others] + more
+    if n > len(names):
+        raise SystemExit(f"at most {len(names)} symbols")
+    return names[:n]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -332,10 +349,252 @@ def run_daemon_baseline(n_symbols: int, rounds: int, *, wait: float = 90.0) -> d
     return {"symbols": n_symbols, "rounds": rounds, "received": len(latencies), "lost": lost, **_summary(latencies)}
 
 
+# ---- the stack as deployed, with Dagster ------------------------------------------------------
+
+
+def _sql(url: str, query: str) -> list[tuple]:
+    from mt5_pipeline.storage.engine import get_engine
+
+    with get_engine(url).connect() as conn:
+        return [tuple(r) for r in conn.exec_driver_sql(query).all()]
+
+
+def _dagster_counts(url: str) -> tuple[int, int]:
+    """(runs in the instance, run-less materializations of `signals`) in the scratch database."""
+    try:
+        runs = _sql(url, "SELECT count(*) FROM runs")[0][0]
+        events = _sql(
+            url,
+            "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND asset_key = '[\"signals\"]' AND run_id = ''",
+        )[0][0]
+    except Exception:  # the daemon has not created its tables yet
+        return 0, 0
+    return int(runs), int(events)
+
+
+class DagsterStack:
+    """Stack plus N live workers (`mt5-pipeline live` each, as `--scale live-signals=N`),
+    dagster-daemon and dagster-webserver on the project's dagster.yaml."""
+
+    def __init__(self, url: str, model_dir: Path, work: Path, *, workers: int, live_runs: bool) -> None:
+        import shutil
+
+        from _support import database_name
+
+        self.url = url
+        self.stack = Stack(url, model_dir, work, live=False)
+        home = work / "dagster_home"
+        home.mkdir()
+        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+        self.env = {
+            **self.stack.env,
+            "LIVE_PROCESSES": "1",
+            "DAGSTER_HOME": str(home),
+            "DAGSTER_PG_USER": "postgres",
+            "DAGSTER_PG_PASSWORD": "",
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": "5432",
+            "DAGSTER_PG_DB": database_name(url),
+            "DAGSTER_AUTOSTART": "true",
+            "DAGSTER_LIVE_RUNS": "true" if live_runs else "false",
+        }
+        bin_ = Path(sys.executable).with_name("mt5-pipeline")
+        self.workers = [
+            subprocess.Popen([str(bin_), "live"], env=self.env, cwd=work, stdout=(work / f"live{i}.log").open("w"), stderr=subprocess.STDOUT) for i in range(workers)
+        ]
+        deadline = time.monotonic() + 120
+        while _alive_workers(url) < workers:
+            if time.monotonic() > deadline:
+                raise SystemExit("the live workers never started:\n" + (work / "live0.log").read_text()[-3000:])
+            time.sleep(0.2)
+        self.daemon_log = work / "daemon.log"
+        self.web_port = _free_port()
+        self.daemon = subprocess.Popen(
+            [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "mt5_pipeline"],
+            env=self.env, cwd=ROOT, stdout=self.daemon_log.open("w"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.web = subprocess.Popen(
+            [str(Path(sys.executable).with_name("dagster-webserver")), "-m", "mt5_pipeline", "-h", "127.0.0.1", "-p", str(self.web_port)],
+            env=self.env, cwd=ROOT, stdout=(work / "webserver.log").open("w"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_healthy(f"http://127.0.0.1:{self.web_port}/server_info", self.web, work / "webserver.log", 180)
+
+    def worker_cpu(self) -> float:
+        total = 0.0
+        for w in self.workers:
+            try:
+                total += _tree_cpu_seconds(w.pid)
+            except FileNotFoundError:
+                pass
+        return total
+
+    def close(self) -> None:
+        for proc in (self.daemon, self.web, *self.workers):
+            if proc.poll() is None:
+                stop(proc, timeout=30)
+        self.stack.close()
+
+
+def _alive_workers(url: str) -> int:
+    try:
+        return int(_sql(url, "SELECT count(*) FROM live_workers WHERE expires_at >= now()")[0][0])
+    except Exception:
+        return 0
+
+
+def _takeover_watch(url: str, killed_at: float, out: dict) -> None:
+    """Seconds from the kill until one worker holds every series."""
+    from mt5_pipeline.storage.leases import holders
+
+    while time.monotonic() - killed_at < 60:
+        held = holders(url)
+        if held and None not in held.values() and len(set(held.values())) == 1:
+            out["takeover_s"] = time.monotonic() - killed_at
+            return
+        time.sleep(0.05)
+
+
+def run_stack(n_symbols: int, rounds: int, *, workers: int = 2, live_runs: bool = False, kill_after: int | None = None, pace: float = 20.0) -> dict:
+    symbols = _symbols(n_symbols)
+    first = int(time.time()) // 60 * 60 - (rounds + 5) * 60
+    label = "runs" if live_runs else "kill" if kill_after is not None else "stack"
+    with scratch_database(f"bench_live_{label}") as url, tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        frames = prepare(url, work / "models", symbols, first, rounds)
+        ds = DagsterStack(url, work / "models", work, workers=workers, live_runs=live_runs)
+        stack = ds.stack
+        extra: dict = {}
+        try:
+            # Warm: the workers decide the history's newest bar at start; the EA has them.
+            last_hist = datetime.fromtimestamp(first - 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            warm = _wait_received(stack, last_hist, len(symbols), 180)
+            if len(warm) < len(symbols):
+                raise SystemExit(f"only {len(warm)} of {len(symbols)} warm-up signals arrived")
+            time.sleep(12)  # a sensor tick records the warm-up (and adds the partitions)
+            runs0, events0 = _dagster_counts(url)
+            cpu0 = ds.worker_cpu()
+            t0 = time.monotonic()
+            latencies: list[float] = []
+            per_round: list[list[float]] = []
+            missing = 0
+            import httpx
+
+            clients = [httpx.Client(timeout=30, trust_env=False) for _ in symbols]
+            try:
+                for r in range(rounds):
+                    round_start = time.monotonic()
+                    bars = {s: _bar(frames[s], HISTORY_BARS + r) for s in symbols}
+                    bar_iso = datetime.fromtimestamp(first + r * 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    started = _post_round(stack.api_port, bars, clients)
+                    got = _wait_received(stack, bar_iso, len(symbols), 60)
+                    missing += len(symbols) - len(got)
+                    per_round.append([t - started for t in got.values()])
+                    latencies += per_round[-1]
+                    if kill_after is not None and r + 1 == kill_after:
+                        victim = ds.workers[0]
+                        victim.kill()  # SIGKILL: no lease given back
+                        killed_at = time.monotonic()
+                        watcher = threading.Thread(target=_takeover_watch, args=(url, killed_at, extra), daemon=True)
+                        watcher.start()
+                        extra["kill_round"] = r + 1
+                        continue  # the next round right away: its bars meet the takeover
+                    time.sleep(max(0.3, pace - (time.monotonic() - round_start)))
+            finally:
+                for c in clients:
+                    c.close()
+            elapsed = time.monotonic() - t0
+            cpu = ds.worker_cpu() - cpu0
+            # The sensor records the last round on its next tick.
+            deadline = time.monotonic() + 40
+            runs1, events1 = _dagster_counts(url)
+            while events1 - events0 < n_symbols * rounds and not live_runs and time.monotonic() < deadline:
+                time.sleep(1)
+                runs1, events1 = _dagster_counts(url)
+            if kill_after is not None:
+                watcher.join(60)
+                after = per_round[kill_after] if kill_after < len(per_round) else []
+                extra["after_kill_p99_s"] = percentile(after, 0.99) if after else float("nan")
+                extra["after_kill_max_s"] = max(after) if after else float("nan")
+            received = stack.received()
+        finally:
+            ds.close()
+    per_id = Counter(x["signal"]["signal_id"] for x in received)
+    per_bar = Counter((x["signal"]["symbol"], x["signal"]["timestamp"]) for x in received)
+    bars_n = n_symbols * rounds
+    return {
+        "symbols": n_symbols,
+        "workers": workers,
+        "live_runs": live_runs,
+        "rounds": rounds,
+        "bars": bars_n,
+        "received": len(latencies),
+        "missing": missing,
+        "duplicate_deliveries": sum(n - 1 for n in per_id.values()),
+        "second_signal_for_a_bar": sum(1 for n in per_bar.values() if n > 1),
+        "cpu_ms_per_bar": 1000 * cpu / max(1, bars_n),
+        "dagster_runs": runs1 - runs0,
+        "dagster_runs_per_minute": (runs1 - runs0) / (elapsed / 60),
+        "dagster_runs_per_bar": (runs1 - runs0) / bars_n,
+        "runless_signal_events": events1 - events0,
+        "elapsed_s": elapsed,
+        **_summary(latencies),
+        **extra,
+    }
+
+
+def _load() -> str:
+    load1, load5, load15 = os.getloadavg()
+    return f"load average {load1:.2f} / {load5:.2f} / {load15:.2f} on {os.cpu_count()} cores"
+
+
+def stack_main(quick: bool, pace: float, only: list[int] | None = None) -> None:
+    print(f"start: {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC, {_load()}")
+    runs = {}
+    scales = [(28, 3), (100, 2)] if quick else [(28, 8), (100, 6), (300, 4)]
+    for n, rounds in scales if not only else [(n, 3 if quick else 4) for n in only]:
+        runs[f"{n}"] = run_stack(n, rounds, pace=pace)
+        print(json.dumps(runs[f"{n}"]), _load(), flush=True)
+    if only:
+        return
+    runs["kill"] = run_stack(28, 4 if quick else 8, kill_after=2 if quick else 4, pace=pace)
+    print(json.dumps(runs["kill"]), _load(), flush=True)
+    runs["baseline"] = run_stack(28, 3 if quick else 4, workers=1, live_runs=True, pace=pace)
+    print(json.dumps(runs["baseline"]), _load(), flush=True)
+    print(f"end: {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC, {_load()}")
+    print("\nrun                    symbols workers rounds bars recv missing dup 2nd  p50ms  p99ms  maxms  CPUms/bar  runs/min runs/bar runless-events")
+    for name, r in runs.items():
+        print(
+            f"{name:<22} {r['symbols']:>7} {r['workers']:>7} {r['rounds']:>6} {r['bars']:>4} {r['received']:>4} {r['missing']:>7} {r['duplicate_deliveries']:>3} "
+            f"{r['second_signal_for_a_bar']:>3} {r['p50_s'] * 1000:>6.0f} {r['p99_s'] * 1000:>6.0f} {r['max_s'] * 1000:>6.0f} {r['cpu_ms_per_bar']:>10.2f} "
+            f"{r['dagster_runs_per_minute']:>9.1f} {r['dagster_runs_per_bar']:>8.2f} {r['runless_signal_events']:>14}"
+        )
+    kill = runs["kill"]
+    print(f"\nkill: worker 1 of 2 SIGKILLed after round {kill.get('kill_round')}; takeover {kill.get('takeover_s', float('nan')):.2f} s; next round p99 {kill.get('after_kill_p99_s', float('nan')) * 1000:.0f} ms")
+    rows: list[dict] = []
+    base = runs["baseline"]
+    for n in ("28", "100", "300"):
+        if n in runs:
+            r = runs[n]
+            aim = {"28": "p99 < 500 ms", "100": "p99 < 1,000 ms"}.get(n, "")
+            add_row(rows, f"stack with Dagster: {n} symbols, close -> EA p99", r["p99_s"] * 1000, "ms", base["p99_s"] * 1000 if n == "28" else None, aim, digits=0, higher_is_better=False)
+            add_row(rows, f"stack with Dagster: {n} symbols, worker CPU per bar", r["cpu_ms_per_bar"], "ms", base["cpu_ms_per_bar"] if n == "28" else None, "< 3 ms", digits=2, higher_is_better=False)
+            add_row(rows, f"stack with Dagster: {n} symbols, Dagster runs per live bar", r["dagster_runs_per_bar"], "runs", None, "0", digits=2)
+    add_row(rows, "kill one of two workers: takeover", kill.get("takeover_s", float("nan")), "s", None, "a few seconds", digits=2)
+    add_row(rows, "kill one of two workers: second signal for a bar", kill["second_signal_for_a_bar"], "bars", None, "0", digits=0)
+    add_row(rows, "baseline (DAGSTER_LIVE_RUNS=true), 28 symbols: Dagster runs per minute", base["dagster_runs_per_minute"], "runs/min", None, "", digits=1)
+    report("bench_live_stack", rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, no 100-symbol run")
+    parser.add_argument("--stack", action="store_true", help="the stack as deployed with dagster-daemon and webserver (see the docstring)")
+    parser.add_argument("--pace", type=float, default=20.0, help="--stack: seconds between rounds")
+    parser.add_argument("--only", type=int, nargs="*", help="--stack: only these symbol counts (no kill run, no baseline)")
     args = parser.parse_args()
+    if args.stack:
+        stack_main(args.quick, args.pace, args.only)
+        return
     rounds = 5 if args.quick else 20
     scales = [1, 28] if args.quick else [1, 28, 100]
     results = {n: run_live(n, rounds if n <= 28 else max(5, rounds // 2), processes=2) for n in scales}

@@ -15,6 +15,12 @@ signal at the EA within a second of the bar's close. This worker is that hot pat
 - **Incremental.** For each woken series: the newest *ready* closed bar (below), its
   features brought up to date (:func:`features.update_features`, closed bars only), one
   prediction, the decision, one INSERT -- whose own NOTIFY wakes the pusher.
+- **One row per bar.** Each series' recent tail stays in memory
+  (:mod:`mt5_pipeline.series_tail`): a new closed bar costs one feature row, not a
+  500-bar read; a correction sends the series back through the batch path.
+- **Several workers, any host.** On PostgreSQL the workers share the series by leases
+  (:mod:`mt5_pipeline.series_leases`); a dead worker's series are taken over within
+  ``LIVE_LEASE_SECONDS`` and a bit. SQLite has one host: LIVE_PROCESSES split by hash.
 - **Once per bar.** The worker remembers the bar it decided per series; the database's
   one-signal-per-bar index settles a race with the Dagster path (or a second worker):
   the loser gets "duplicate", never a second signal.
@@ -38,6 +44,8 @@ from datetime import datetime, timedelta
 
 from mt5_pipeline.bars import ready_bar
 from mt5_pipeline.clock import from_epoch, iso_z, resolve_now, utcnow
+from mt5_pipeline.series_leases import LeaseKeeper, SeriesLeases
+from mt5_pipeline.series_tail import SeriesTails
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
 from mt5_pipeline.signals import Predictor, generate_signal
 from mt5_pipeline.storage.candles import CANDLES_CHANNEL
@@ -62,9 +70,23 @@ class LiveDecision:
     bar: datetime | None
     status: str  # generate_signal's status, or "no_features" / "no_model" / "error"
     message: str
-    trigger: str  # "notify" | "poll" | "timer" | "start"
+    trigger: str  # "notify" | "poll" | "timer" | "start" | "takeover"
     signal_id: str | None = None
     seconds: float = 0.0  # time spent on this series (features + predict + queue)
+    probability: float | None = None
+    confidence: float | None = None
+    side: str | None = None
+    feature_rows: int = 0
+    feature_path: str = ""  # "tail" (one row from memory) or "batch"
+
+    def record(self, worker: str, decided_at: datetime) -> dict:
+        """The live_decisions row Dagster's sensor turns into run-less asset events."""
+        return {
+            "symbol": self.symbol, "timeframe": self.timeframe, "bar": self.bar, "status": self.status, "message": self.message[:2000],
+            "probability": self.probability, "confidence": self.confidence, "signal_id": self.signal_id, "side": self.side,
+            "feature_rows": self.feature_rows, "feature_path": self.feature_path, "trigger": self.trigger, "worker": worker,
+            "seconds": self.seconds, "decided_at": decided_at,
+        }  # fmt: skip
 
 
 def parse_notification(payload: str) -> tuple[Series, datetime | None] | None:
@@ -81,11 +103,19 @@ def parse_notification(payload: str) -> tuple[Series, datetime | None] | None:
 class LiveWorker:
     """Decides each series' newest ready closed bar once. ``handle`` is one pass; ``run`` is the loop."""
 
-    def __init__(self, settings: Settings, *, predictor: Predictor | None = None, shard: tuple[int, int] = (0, 1)) -> None:
+    def __init__(
+        self, settings: Settings, *, predictor: Predictor | None = None, shard: tuple[int, int] = (0, 1), leases: SeriesLeases | None = None
+    ) -> None:
         self.settings = settings
         self.predictor = predictor
-        # (index, count): this worker decides the series whose symbol hashes to index.
+        # (index, count): this worker decides the series whose symbol hashes to index (SQLite, one host).
         self.shard = shard
+        # PostgreSQL: the series this worker holds a lease on (any number of hosts).
+        self.leases = leases
+        # Without leases (SQLite, or a worker built by a test) only a heartbeat: Dagster's
+        # sensor records the bars run-less while some live worker is alive.
+        self.presence = leases or SeriesLeases(settings.database_url, lease_seconds=settings.live_lease_seconds, share=False)
+        self.tails = SeriesTails(settings.database_url)
         self.decided: dict[Series, datetime] = {}
         self.final: dict[Series, datetime] = {}  # bars the EA sent after they closed (NOTIFY)
         self.known: set[Series] = set()
@@ -148,11 +178,28 @@ class LiveWorker:
         keys = sorted(k for k in set(series) if k[1] in timeframes and self.owns(k))
         self.known.update(keys)
         if len(keys) <= 1 or self.settings.live_worker_threads <= 1:
-            return [d for d in map(lambda k: self._one(k, now, trigger), keys) if d is not None]
-        with ThreadPoolExecutor(max_workers=min(len(keys), self.settings.live_worker_threads), thread_name_prefix="live") as pool:
-            return [d for d in pool.map(lambda k: self._one(k, now, trigger), keys) if d is not None]
+            decisions = [d for d in map(lambda k: self._one(k, now, trigger), keys) if d is not None]
+        else:
+            with ThreadPoolExecutor(max_workers=min(len(keys), self.settings.live_worker_threads), thread_name_prefix="live") as pool:
+                decisions = [d for d in pool.map(lambda k: self._one(k, now, trigger), keys) if d is not None]
+        self._record(decisions)
+        return decisions
+
+    def _record(self, decisions: list[LiveDecision]) -> None:
+        """One INSERT for the pass's decisions, after they are queued: the record never delays a signal."""
+        if not decisions:
+            return
+        from mt5_pipeline.storage import decisions as stored_decisions
+
+        at = utcnow()
+        try:
+            stored_decisions.record(self.settings.database_url, [d.record(self.presence.worker, at) for d in decisions])
+        except Exception as exc:  # the signals are queued; only Dagster's view of them is late
+            log.warning("live decisions not recorded for Dagster (%s: %s)", type(exc).__name__, exc)
 
     def owns(self, key: Series) -> bool:
+        if self.leases is not None:
+            return self.leases.owns(key)
         index, count = self.shard
         return count <= 1 or zlib.crc32(key[0].encode()) % count == index
 
@@ -168,22 +215,29 @@ class LiveWorker:
 
         symbol, timeframe = key
         started = time.perf_counter()
+        rows, path = 0, ""
         try:
+            rows = self.tails.update(symbol, timeframe, now=at).rows_written
+            path = self.tails.last_path.get(key, "")
             # The bar asked for, not "the newest closed": with the previous bar undecided (a
             # start, an error) the newest may still be waiting for its final version.
-            result = generate_signal(self.settings, symbol, timeframe, now=at, predictor=self.predictor, refresh_features=True, bar=bar)
+            result = generate_signal(self.settings, symbol, timeframe, now=at, predictor=self.predictor, bar=bar)
         except NoFeaturesError as exc:
             self.decided[key] = bar  # warm-up or a gap: nothing to do until the next bar
-            return LiveDecision(symbol, timeframe, bar, "no_features", str(exc), trigger, seconds=time.perf_counter() - started)
+            return LiveDecision(symbol, timeframe, bar, "no_features", str(exc), trigger, seconds=time.perf_counter() - started, feature_rows=rows, feature_path=path)
         except (NoModelError, ModelMismatchError, ModelTimeframeError) as exc:
             self._timeframes_read_at = float("-inf")  # the model changed under us: look again
             log.warning("No live signal for %s %s: %s", symbol, timeframe, exc)
-            return LiveDecision(symbol, timeframe, bar, "no_model", str(exc), trigger, seconds=time.perf_counter() - started)
+            return LiveDecision(symbol, timeframe, bar, "no_model", str(exc), trigger, seconds=time.perf_counter() - started, feature_rows=rows, feature_path=path)
         self.decided[key] = max(bar, result.bar) if result.bar is not None else bar
         signal_id = result.signal.signal_id if result.signal else None
         seconds = time.perf_counter() - started
         log.info("live %s %s bar %s (%s): %s in %.0f ms", symbol, timeframe, iso_z(bar), trigger, result.status, seconds * 1000)
-        return LiveDecision(symbol, timeframe, result.bar or bar, result.status, result.message, trigger, signal_id, seconds)
+        return LiveDecision(
+            symbol, timeframe, result.bar or bar, result.status, result.message, trigger, signal_id, seconds,
+            probability=result.probability, confidence=result.confidence, side=result.signal.side if result.signal else None,
+            feature_rows=rows, feature_path=path,
+        )  # fmt: skip
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -194,16 +248,34 @@ class LiveWorker:
         poll = self.settings.live_poll_seconds * (LISTEN_POLL_FACTOR if listener else 1)
         if listener:
             listener.connect()  # before the first pass, so no commit falls between the two
+        keeper_stop = threading.Event()
+        # Leases are kept on their own thread, so a long pass never lets one lapse; the
+        # first tick runs here, so the first pass knows what this worker holds. The loop
+        # wakes every lease tick to decide series it took over, but the safety-net poll
+        # pass keeps its own cadence.
+        wake = min(poll, self.leases.interval) if self.leases is not None else poll
+        polled_at = time.monotonic()
+        self._safely(lambda: self.presence.tick(self.refresh_series(force=True)))
+        self.presence.take_gained()  # the start pass below decides them
+        keeper = LeaseKeeper(self.presence, lambda: set(self.known), keeper_stop)
+        keeper.start()
         self._safely(lambda: self.handle(self.refresh_series(force=True), trigger="start"))
         try:
             tick: datetime | None = None
             while not stop.is_set():
+                if self.leases is not None:
+                    gained = self.leases.take_gained()
+                    if gained:
+                        for key in gained:
+                            self.tails.invalidate(key)  # another worker may have written it meanwhile
+                            self.decided.pop(key, None)
+                        self._safely(lambda keys=gained: self.handle(keys, trigger="takeover"))
                 now = utcnow()
                 if tick is None:
                     # Kept until it has fired: recomputed from the clock each pass, a tick
                     # passed during a notified pass would slide to the next bar's close.
                     tick = self.next_tick(now)
-                wait = poll if tick is None else max(0.0, min(poll, (tick - now).total_seconds()))
+                wait = wake if tick is None else max(0.0, min(wake, (tick - now).total_seconds()))
                 if listener is not None:
                     payloads = listener.wait(wait, stop)
                 else:
@@ -227,11 +299,15 @@ class LiveWorker:
                 if tick is not None and utcnow() >= tick:
                     tick = None
                     self._safely(lambda: self.handle(self.refresh_series(), trigger="timer"))
-                elif not woken:
+                elif not woken and time.monotonic() - polled_at >= poll:
+                    polled_at = time.monotonic()
                     self._safely(lambda: self.handle(self.refresh_series(), trigger="poll"))
         finally:
             if listener is not None:
                 listener.close()
+            keeper_stop.set()
+            keeper.join(timeout=self.presence.interval + 5)
+            self.presence.stop()
 
     def _safely(self, step) -> None:
         try:
@@ -260,11 +336,13 @@ def run_live_worker(settings: Settings, *, stop: threading.Event | None = None, 
 
         for sig in (os_signal.SIGTERM, os_signal.SIGINT):
             previous[sig] = os_signal.signal(sig, on_signal)
-    worker = LiveWorker(settings, shard=shard)
+    # PostgreSQL: leases (any number of processes and hosts); SQLite: the hash shard.
+    leases = SeriesLeases(settings.database_url, lease_seconds=settings.live_lease_seconds) if notifications_supported(settings.database_url) else None
+    worker = LiveWorker(settings, shard=(0, 1) if leases else shard, leases=leases)
     timeframes = worker.timeframes()
     log.info(
         "Live worker%s started: %s, grace %g s after each close%s",
-        f" {shard[0] + 1}/{shard[1]}" if shard[1] > 1 else "",
+        f" {leases.worker} (leases of {settings.live_lease_seconds:g} s)" if leases else f" {shard[0] + 1}/{shard[1]}" if shard[1] > 1 else "",
         f"timeframes with a model: {', '.join(timeframes)}" if timeframes else "no model yet (waiting for the first training)",
         settings.live_close_grace_seconds,
         ", woken by LISTEN/NOTIFY" if notifications_supported(settings.database_url) and listen is not False else f", polling every {settings.live_poll_seconds:g} s",

@@ -256,8 +256,9 @@ class Settings:
     signal_ttl_seconds: int = _setting("SIGNAL_TTL_SECONDS", "60", "a signal not delivered this long after its bar closed is EXPIRED, never sent", _int)
     signal_max_bar_age_seconds: int | None = _setting("SIGNAL_MAX_BAR_AGE_SECONDS", "", "no signal when the newest closed bar opened longer ago than this (empty: two bars + 30 s, per timeframe); a bar past its close + SIGNAL_TTL_SECONDS is refused as too late whatever this says", _opt(_int))
     live_close_grace_seconds: float = _setting("LIVE_CLOSE_GRACE_SECONDS", "2", "the live worker waits this long after a bar's close for its final version before signalling the stored (last forming) version", _float)
-    live_processes: int = _setting("LIVE_PROCESSES", "1", "processes `mt5-pipeline live` runs, each deciding the symbols that hash to it (one per spare core for dozens of symbols)", _int)
+    live_processes: int = _setting("LIVE_PROCESSES", "1", "processes `mt5-pipeline live` runs on this host (one per spare core), sharing the series by leases on PostgreSQL with every other worker, by hash on SQLite", _int)
     live_worker_threads: int = _setting("LIVE_WORKER_THREADS", "4", "symbols the live worker decides at once (most of a decision is waiting for the database)", _int)
+    live_lease_seconds: float = _setting("LIVE_LEASE_SECONDS", "4", "on PostgreSQL, live workers (any host) share the series by leases of this length: a dead worker's series are taken over within it plus a quarter of it", _float)
     live_poll_seconds: float = _setting("LIVE_POLL_SECONDS", "0.25", "how often the live worker looks for closed bars without LISTEN/NOTIFY (SQLite), and its safety-net poll on PostgreSQL (x20)", _float)
     model_max_age_hours: float = _setting("MODEL_MAX_AGE_HOURS", "48", "no signal from a model older than this (two missed daily retrains)", _float)
     signal_buy_threshold: float = _setting("SIGNAL_BUY_THRESHOLD", "0.55", "probability at or above which a BUY is generated", _float)
@@ -295,6 +296,7 @@ class Settings:
     drift_psi_warn: float = _setting("DRIFT_PSI_WARN", "0.25", "population stability index above which a feature's drift is a warning (0.1 moderate, 0.25 large)", _float)
     drift_signal_share_warn: float = _setting("DRIFT_SIGNAL_SHARE_WARN", "0.2", "live BUY, SELL or neutral share further than this from the champion's backtest is a warning", _float)
     retrain_cron: str = _setting("RETRAIN_CRON", "0 3 * * *", "when rf_m1_retrain_schedule (and rf_<tf>_retrain_schedule per timeframe) retrains (UTC cron)", _cron)
+    dagster_live_runs: bool = _setting("DAGSTER_LIVE_RUNS", "false", "true: new_candles_sensor launches a run per symbol per new bar (the old path); false: it records the live worker's features and decisions as run-less asset events", _bool)
     dagster_autostart: bool = _setting("DAGSTER_AUTOSTART", "true", "sensors and the retrain schedule start running when the code location loads", _bool)
     bridge_api_url: str = _setting("BRIDGE_API_URL", "http://127.0.0.1:18001", "the API the MT5 bridge (`mt5-pipeline bridge`) sends bars and acks to", _http_url)
     bridge_api_key: str = _setting("BRIDGE_API_KEY", "", "X-API-Key the bridge sends to the API (empty: the first of API_KEYS, or the dev key in development)")
@@ -407,6 +409,7 @@ class Settings:
             ("LIVE_POLL_SECONDS", self.live_poll_seconds),
             ("LIVE_WORKER_THREADS", self.live_worker_threads),
             ("LIVE_PROCESSES", self.live_processes),
+            ("LIVE_LEASE_SECONDS", self.live_lease_seconds),
             ("BRIDGE_HISTORY_BARS", self.bridge_history_bars),
             ("BRIDGE_LOTS", self.bridge_lots),
             ("BRIDGE_POLL_INTERVAL", self.bridge_poll_interval),

@@ -35,7 +35,7 @@ def test_new_candles_sensor_requests_only_new_bars_and_never_twice(db_url, setti
     assert result.run_requests[0].job_name == "features_job"
     assert result.dynamic_partitions_requests[0].partition_keys == ["EURUSD"]
     assert result.asset_events[0].metadata["bars"].value == 3000
-    assert json.loads(cursor)["EURUSD"].startswith(now.isoformat())
+    assert json.loads(cursor)["bars"]["EURUSD"].startswith(now.isoformat())
     assert result.run_requests[0].tags["mt5_pipeline/symbol"] == "EURUSD"
 
     again, _ = _tick(defs, instance, "new_candles_sensor", cursor)
@@ -159,3 +159,80 @@ def test_push_sensor_waits_out_an_ea_outage(pg_url, settings_for, reference_ea):
     finally:
         reference_ea.start()
     assert isinstance(skipped, dg.SkipReason) and "EA outage" in skipped.skip_message and "next probe" in skipped.skip_message
+
+
+def _report(instance, result) -> None:
+    """What the sensor daemon does with a SensorResult's asset events (dagster/_daemon/sensor.py)."""
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
+
+
+def test_with_a_live_worker_the_sensor_records_every_bar_run_less(db_url, settings_for):
+    from mt5_pipeline.live import LiveWorker
+
+    live = {**FAST_MODEL, "SIGNAL_BUY_THRESHOLD": 0.5, "SIGNAL_SELL_THRESHOLD": 0.4999, "SIGNAL_TTL_SECONDS": 600}
+    settings = settings_for(db_url, **live)
+    defs = defs_for(settings, **live)
+    instance = dg.DagsterInstance.ephemeral()
+    now = minute_now()
+    symbols = {"EURUSD": 0, "GBPUSD": 1}
+    load_symbols(db_url, symbols, end=now - timedelta(minutes=2), bars=3000)
+    from mt5_pipeline.features import update_features
+
+    for symbol in symbols:
+        update_features(db_url, symbol)
+    train_model(settings)
+    _, cursor = _tick(defs, instance, "new_candles_sensor")  # no worker yet: runs requested, as before
+
+    worker = LiveWorker(settings)
+    worker.presence.tick()  # the heartbeat the sensor looks for
+    try:
+        decided = worker.handle([(s, "M1") for s in symbols], trigger="notify")
+        assert sorted(d.symbol for d in decided) == ["EURUSD", "GBPUSD"]
+        for offset in (1,):  # a new closed bar for each symbol, decided by the worker
+            for seed, symbol in enumerate(symbols):
+                bar = generate_candles(1, end=now - timedelta(minutes=offset), seed=50 + seed, with_weekends=False, start_price=1.1 + seed * 0.2)
+                ingest_candles(db_url, symbol, "M1", bar, max_jump=None)
+            decided += worker.handle([(s, "M1") for s in symbols], trigger="notify")
+        assert len(decided) == 4
+
+        result, cursor = _tick(defs, instance, "new_candles_sensor", cursor)
+        assert isinstance(result, dg.SensorResult) and not result.run_requests  # no run for a live bar
+        _report(instance, result)
+        assert instance.get_runs_count() == 0
+        materialized = [e for e in result.asset_events if isinstance(e, dg.AssetMaterialization)]
+        by_asset: dict[str, list] = {}
+        for event in materialized:
+            by_asset.setdefault(event.asset_key.to_user_string(), []).append(event)
+        assert sorted(e.partition for e in by_asset["signals"]) == ["EURUSD", "EURUSD", "GBPUSD", "GBPUSD"]  # every decision
+        # The new bar's feature rows (the first decisions wrote none: the batch had computed them).
+        assert sorted(e.partition for e in by_asset["features_m1"]) == ["EURUSD", "GBPUSD"]
+        newest = now - timedelta(minutes=1)
+        for symbol in symbols:
+            event = instance.get_latest_materialization_event(dg.AssetKey("signals"))
+            assert event is not None
+            records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("signals"), asset_partitions=[symbol]), limit=10).records
+            assert len(records) == 2
+            meta = records[0].asset_materialization.metadata
+            assert meta["bar"].value == newest.isoformat()
+            worker_said = next(d for d in decided[2:] if d.symbol == symbol)
+            assert meta["decision"].value == worker_said.status and meta["why"].value == worker_said.message
+            assert meta["recorded_by"].value.startswith("live worker")
+        features_meta = by_asset["features_m1"][-1].metadata
+        assert features_meta["rows_written"].value == 1 and features_meta["feature_path"].value == "tail"
+        assert instance.get_materialized_partitions(dg.AssetKey("features_m1")) == set(symbols)
+
+        again, cursor = _tick(defs, instance, "new_candles_sensor", cursor)
+        assert not getattr(again, "run_requests", None) and not getattr(again, "asset_events", None)  # nothing recorded twice
+
+        # DAGSTER_LIVE_RUNS=true: the old path, a run per symbol per bar, worker or not.
+        runs = settings_for(db_url, **live, DAGSTER_LIVE_RUNS="true")
+        bar = generate_candles(1, end=now, seed=77, with_weekends=False)
+        ingest_candles(db_url, "EURUSD", "M1", bar, max_jump=None)
+        result, _ = _tick(defs_for(runs, **live, DAGSTER_LIVE_RUNS="true"), instance, "new_candles_sensor", cursor)
+        assert [r.partition_key for r in result.run_requests] == ["EURUSD"]
+    finally:
+        worker.presence.stop()
+    # No worker alive: nobody else decides the bars, so the sensor requests runs again.
+    result, _ = _tick(defs, instance, "new_candles_sensor", cursor)
+    assert [(r.partition_key, r.job_name) for r in result.run_requests] == [("EURUSD", "predict_job")]

@@ -2,19 +2,32 @@
 
 `@asset_sensor` watches Dagster's own event log, not a table, so both are plain sensors
 that read the database. Each says why it skipped, so the sensor history explains itself.
+
+**The live record costs no run.** While a live worker is alive (its heartbeat in
+``live_workers``) and the timeframe has a model, the worker has already computed each
+bar's features and decided it; ``new_candles_sensor`` then turns the worker's
+``live_decisions`` rows into run-less asset events (a features and a signals
+materialization per symbol partition and bar, with the decision as metadata), batched per
+tick. It requests runs only when no worker is alive, for a timeframe without a model
+(features only), or with ``DAGSTER_LIVE_RUNS=true`` (the old run per symbol per bar).
 """
 
 
 import json
+from datetime import timedelta
 
 import dagster as dg
 
+from mt5_pipeline.orchestration.assets import asset_names
 from mt5_pipeline.orchestration.jobs import ea_push_job, timeframe_jobs
 from mt5_pipeline.orchestration.partitions import symbols_partitions
 from mt5_pipeline.orchestration.resources import PipelineResource
 from mt5_pipeline.settings import Settings
 
 SYMBOL_TAG = "mt5_pipeline/symbol"
+# Decisions recorded per tick at most (the rest on the next tick); a day of them is kept.
+DECISIONS_PER_TICK = 5000
+DECISIONS_KEPT = timedelta(days=1)
 
 _IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -41,16 +54,27 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
         description="Watches the newest ingested bar per symbol; requests features and a prediction for symbols with new or corrected bars.",
     )
     def new_candles_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
+        from mt5_pipeline.clock import utcnow
         from mt5_pipeline.model import current_model_info
+        from mt5_pipeline.storage import decisions as live_decisions
         from mt5_pipeline.storage.candles import newest_bars
 
-        bars = [b for b in newest_bars(pipeline.database_url) if b["timeframe"] == timeframe]
+        url = pipeline.database_url
+        bars = [b for b in newest_bars(url) if b["timeframe"] == timeframe]
         if not bars:
             return dg.SkipReason(f"no {timeframe} candles ingested yet: POST /ingest or `mt5-pipeline import-csv`")
-        cursor: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        state = json.loads(context.cursor) if context.cursor else {}
+        if "bars" not in state:  # a cursor from before the run-less record: the stamps alone
+            state = {"bars": state}
+        cursor: dict[str, str] = state["bars"]
         known = set(context.instance.get_dynamic_partitions(symbols_partitions.name))
-        has_model = current_model_info(pipeline.settings(), timeframe) is not None
+        settings = pipeline.settings()
+        has_model = current_model_info(settings, timeframe) is not None
         job = predict_job if has_model else features_job
+        run_less = has_model and not settings.dagster_live_runs and live_decisions.workers_alive(url, utcnow()) > 0
+        if "decision_id" not in state or not run_less:
+            # Record from now on: decisions made while runs were requested are in those runs.
+            state["decision_id"] = live_decisions.newest_id(url)
 
         run_requests, observations = [], []
         for bar in bars:
@@ -68,6 +92,8 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
                     metadata={"bars": int(bar["bars"]), "newest_bar": bar["newest_ts"].isoformat()},
                 )
             )
+            if run_less:
+                continue
             run_requests.append(
                 dg.RunRequest(
                     run_key=f"{job.name}:{symbol}:{stamp}",
@@ -79,6 +105,19 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
                 )
             )
         new_symbols = sorted({b["symbol"] for b in bars} - known)
+        add = [symbols_partitions.build_add_request(new_symbols)] if new_symbols else []
+        if run_less:
+            recorded, last_id = live_record(url, timeframe, state["decision_id"])
+            state["decision_id"] = last_id
+            live_decisions.prune(url, utcnow() - DECISIONS_KEPT)
+            if not recorded and not observations and not add:
+                return dg.SkipReason(f"no new bars for {len(bars)} symbol(s) since the last evaluation")
+            return dg.SensorResult(
+                asset_events=[*observations, *recorded],
+                dynamic_partitions_requests=add,
+                cursor=json.dumps(state, sort_keys=True),
+                skip_reason=None if recorded else "a live worker decides the bars; nothing decided since the last evaluation",
+            )
         if not run_requests:
             return dg.SkipReason(f"no new bars for {len(bars)} symbol(s) since the last evaluation")
         if not has_model:
@@ -86,11 +125,52 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
         return dg.SensorResult(
             run_requests=run_requests,
             asset_events=observations,
-            dynamic_partitions_requests=[symbols_partitions.build_add_request(new_symbols)] if new_symbols else [],
-            cursor=json.dumps(cursor, sort_keys=True),
+            dynamic_partitions_requests=add,
+            cursor=json.dumps(state, sort_keys=True),
         )
 
     return new_candles_sensor
+
+
+def live_record(database_url: str, timeframe: str, after_id: int) -> tuple[list[dg.AssetMaterialization], int]:
+    """The live worker's decisions since ``after_id`` as run-less materializations: per bar,
+    ``features_<tf>`` (when it wrote feature rows) and ``signals`` of the symbol's partition."""
+    from mt5_pipeline.indicators import FEATURE_SET_VERSION
+    from mt5_pipeline.storage import decisions as live_decisions
+
+    names = asset_names(timeframe)
+    rows = live_decisions.since(database_url, after_id, limit=DECISIONS_PER_TICK)
+    events: list[dg.AssetMaterialization] = []
+    for row in rows:
+        if row["timeframe"] != timeframe:
+            continue
+        symbol = row["symbol"]
+        bar = row["bar"].isoformat() if row["bar"] is not None else "none"
+        common = {"bar": bar, "recorded_by": "live worker (run-less event)", "worker": row["worker"], "trigger": row["trigger"]}
+        if row["feature_rows"]:
+            events.append(
+                dg.AssetMaterialization(
+                    asset_key=names["features"],
+                    partition=symbol,
+                    description=f"{row['feature_rows']} feature row(s) up to {bar}, computed by the live worker ({row['feature_path']} path)",
+                    metadata={
+                        **common,
+                        "rows_written": int(row["feature_rows"]),
+                        "newest_bar": bar,
+                        "feature_path": row["feature_path"],
+                        "feature_set_version": FEATURE_SET_VERSION,
+                    },
+                )
+            )
+        metadata: dict = {**common, "decision": row["status"], "why": row["message"], "seconds": float(row["seconds"])}
+        for key in ("probability", "confidence"):
+            if row[key] is not None:
+                metadata[key] = float(row[key])
+        if row["signal_id"]:
+            metadata["signal_id"] = row["signal_id"]
+            metadata["side"] = row["side"] or ""
+        events.append(dg.AssetMaterialization(asset_key=names["signals"], partition=symbol, description=f"{row['status']}: {row['message']}"[:500], metadata=metadata))
+    return events, (rows[-1]["id"] if rows else after_id)
 
 
 def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:

@@ -564,3 +564,22 @@ def _series(database_url: str, *, stats: bool) -> list[tuple]:
             return pd.Timestamp(value, tz="UTC").to_pydatetime() if value is not None else None
 
     return [(r[0], r[1], when(r[2]), r[3], when(r[4])) for r in rows]
+
+
+def candles_stamped_since(database_url: str, symbol: str, timeframe: str, since: datetime) -> list[tuple]:
+    """The series' bars stamped (``ingested_at``) at or after ``since``, sorted by ts, as
+    tuples in CANDLE_COLUMNS order with aware UTC datetimes.
+
+    Through the (symbol, timeframe, ingested_at) index: on a live series that is the bar
+    just posted and the forming one, whatever the series' length. Plain tuples, not a
+    frame: this runs on every live bar, and building a frame for two rows costs more
+    than reading them.
+    """
+    c = candles.c
+    with get_engine(database_url).connect() as conn:
+        rows = conn.execute(
+            select(*(c[name] for name in CANDLE_COLUMNS))
+            .where(c.symbol == symbol, c.timeframe == timeframe, c.ingested_at >= since)
+            .order_by(c.ts)
+        ).all()
+    return [(parse_iso(r[0]), *r[1:8], parse_iso(r[8])) for r in rows]

@@ -321,3 +321,46 @@ reconciliation_state = Table(
     Column("missing_positions", Integer, nullable=False, server_default="0", comment="open in trades, gone from the terminal (its close is to be reported)"),
     Column("detail", Text, nullable=False, server_default="{}", comment="JSON: the tickets of each kind"),
 )
+
+# Live workers on one host or several share the series through leases (mt5_pipeline.series_leases).
+live_workers = Table(
+    "live_workers",
+    metadata,
+    Column("worker", String(128), primary_key=True, comment="host:pid:random, one per live worker process"),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False, comment="the worker is gone once this passes without a renewal"),
+)
+
+live_leases = Table(
+    "live_leases",
+    metadata,
+    Column("symbol", String(32), primary_key=True),
+    Column("timeframe", String(4), primary_key=True),
+    Column("worker", String(128), nullable=True, index=True, comment="the live worker deciding this series; NULL: free"),
+    Column("expires_at", UtcDateTime, nullable=False, comment="free for another worker once this passes"),
+    Column("acquired_at", UtcDateTime, nullable=True),
+)
+
+# What the live worker decided per bar: the Dagster sensor turns these rows into run-less
+# asset events (features_m1 and signals per symbol partition), so the record costs no run.
+live_decisions = Table(
+    "live_decisions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("symbol", String(32), nullable=False),
+    Column("timeframe", String(4), nullable=False),
+    Column("bar", UtcDateTime, nullable=True, comment="the bar decided (open time)"),
+    Column("status", String(24), nullable=False, comment="generate_signal's status, or no_features / no_model"),
+    Column("message", Text, nullable=False, server_default=""),
+    Column("probability", Float, nullable=True),
+    Column("confidence", Float, nullable=True),
+    Column("signal_id", String(36), nullable=True),
+    Column("side", String(4), nullable=True),
+    Column("feature_rows", Integer, nullable=False, server_default="0", comment="feature rows written for this decision"),
+    Column("feature_path", String(8), nullable=False, server_default="", comment="tail (one row from memory) or batch"),
+    Column("trigger", String(10), nullable=False, server_default=""),
+    Column("worker", String(128), nullable=False, server_default=""),
+    Column("seconds", Float, nullable=False, server_default="0"),
+    Column("decided_at", UtcDateTime, nullable=False),
+    Index("ix_live_decisions_decided_at", "decided_at"),
+)

@@ -1,0 +1,38 @@
+"""The live_decisions rows: one per decision of the live worker, read back by Dagster's sensor."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, func, insert, select
+
+from mt5_pipeline.storage.engine import get_engine
+from mt5_pipeline.storage.schema import live_decisions, live_workers
+
+
+def record(database_url: str, rows: list[dict]) -> None:
+    if rows:
+        with get_engine(database_url).begin() as conn:
+            conn.execute(insert(live_decisions), rows)
+
+
+def since(database_url: str, after_id: int, *, limit: int) -> list[dict]:
+    """Decisions with id > after_id, oldest first."""
+    d = live_decisions.c
+    with get_engine(database_url).connect() as conn:
+        return [dict(r) for r in conn.execute(select(live_decisions).where(d.id > after_id).order_by(d.id).limit(limit)).mappings()]
+
+
+def newest_id(database_url: str) -> int:
+    with get_engine(database_url).connect() as conn:
+        return int(conn.execute(select(func.coalesce(func.max(live_decisions.c.id), 0))).scalar_one())
+
+
+def prune(database_url: str, before: datetime) -> int:
+    with get_engine(database_url).begin() as conn:
+        return conn.execute(delete(live_decisions).where(live_decisions.c.decided_at < before)).rowcount
+
+
+def workers_alive(database_url: str, now: datetime) -> int:
+    with get_engine(database_url).connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(live_workers).where(live_workers.c.expires_at >= now)).scalar_one())

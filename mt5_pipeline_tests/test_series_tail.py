@@ -1,0 +1,94 @@
+"""The live worker's in-memory tail gives the batch path's features, bit for bit, one row a bar.
+
+A long series is fed bar by bar, as an EA would post it, into two symbols with the same
+candles: one kept by SeriesTails (the live worker), one by update_features (the batch
+path). Corrections come in along the way: a re-sent bar inside the tail, one older than
+the tail, and a gap filled later. Every feature row of the two must be identical.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+
+from mt5_pipeline.features import LOOKBACK_BARS, load_feature_rows, update_features
+from mt5_pipeline.indicators import FLOAT_COLUMNS
+from mt5_pipeline.ingest import ingest_candles
+from mt5_pipeline.sample_data import generate_candles
+from mt5_pipeline.series_tail import SeriesTails
+
+LIVE_BARS = 160
+
+
+def _post(url: str, frame: pd.DataFrame, now) -> None:
+    for symbol in ("TAIL", "BATCH"):
+        ingest_candles(url, symbol, "M1", frame, now=now, max_jump=None)
+
+
+def _changed(bar: pd.DataFrame) -> pd.DataFrame:
+    out = bar.copy()
+    out["close"] = out["close"] * 1.0003
+    out["high"] = out[["high", "close"]].max(axis=1)
+    out["tick_volume"] = out["tick_volume"] + 7
+    return out
+
+
+def test_the_tail_gives_the_batch_features_over_a_long_series_with_corrections(db_url):
+    history = generate_candles(LOOKBACK_BARS + 700 + LIVE_BARS, seed=11, with_weekends=False).reset_index(drop=True)
+    ts = pd.to_datetime(history["time"] if "time" in history else history["ts"], utc=True)
+    first_live = len(history) - LIVE_BARS
+    gap = set(range(first_live + 40, first_live + 44))  # bars the EA only sends later
+    tails = SeriesTails(db_url)
+
+    start_now = ts.iloc[first_live - 1].to_pydatetime() + timedelta(seconds=61)
+    _post(db_url, history.iloc[:first_live], start_now)
+    tails.update("TAIL", "M1", now=start_now)
+    update_features(db_url, "BATCH", "M1", now=start_now)
+
+    for i in range(first_live, len(history)):
+        now = ts.iloc[i].to_pydatetime() + timedelta(seconds=61)
+        if i not in gap:
+            _post(db_url, history.iloc[[i]], now)
+        if i == first_live + 20:
+            _post(db_url, _changed(history.iloc[[i - 3]]), now)  # a re-sent bar inside the tail
+        if i == first_live + 60:
+            _post(db_url, history.iloc[sorted(gap)], now)  # the gap filled
+        if i == first_live + 100:
+            _post(db_url, _changed(history.iloc[[i - LOOKBACK_BARS - 50]]), now)  # older than the tail
+        tails.update("TAIL", "M1", now=now)
+        update_features(db_url, "BATCH", "M1", now=now)
+
+    rows = load_feature_rows(db_url, ["TAIL", "BATCH"], usable_only=False)
+    tail = rows[rows.symbol == "TAIL"].reset_index(drop=True)
+    batch = rows[rows.symbol == "BATCH"].reset_index(drop=True)
+    assert len(tail) == len(batch) == len(history)
+    assert (tail["ts"].to_numpy() == batch["ts"].to_numpy()).all()
+    for column in (*FLOAT_COLUMNS, "after_gap", "usable"):
+        assert np.array_equal(tail[column].to_numpy(), batch[column].to_numpy(), equal_nan=True), column
+    # The gap's bars and the corrected ones carry the corrected candles' features.
+    assert (tail["source_ingested_at"].to_numpy() == batch["source_ingested_at"].to_numpy()).all()
+    # Most live bars cost one row; each correction (and the first bar) went the batch way.
+    assert tails.stats.fast >= LIVE_BARS - 20
+    assert 2 <= tails.stats.rebuilt <= 12, tails.stats
+
+
+def test_the_tail_matches_a_full_recomputation(pg_url):
+    history = generate_candles(LOOKBACK_BARS + 400, seed=3, with_weekends=False).reset_index(drop=True)
+    ts = pd.to_datetime(history["time"] if "time" in history else history["ts"], utc=True)
+    tails = SeriesTails(pg_url)
+    first_live = len(history) - 60
+    now = ts.iloc[first_live - 1].to_pydatetime() + timedelta(seconds=61)
+    ingest_candles(pg_url, "TAIL", "M1", history.iloc[:first_live], now=now, max_jump=None)
+    tails.update("TAIL", "M1", now=now)
+    for i in range(first_live, len(history)):
+        now = ts.iloc[i].to_pydatetime() + timedelta(seconds=61)
+        ingest_candles(pg_url, "TAIL", "M1", history.iloc[[i]], now=now, max_jump=None)
+        update = tails.update("TAIL", "M1", now=now)
+        assert update.rows_written == 1 and update.lookback_bars == LOOKBACK_BARS
+    live = load_feature_rows(pg_url, ["TAIL"], usable_only=False)
+    update_features(pg_url, "TAIL", "M1", full=True, now=now)
+    full = load_feature_rows(pg_url, ["TAIL"], usable_only=False)
+    for column in FLOAT_COLUMNS:
+        np.testing.assert_allclose(live[column].to_numpy(), full[column].to_numpy(), rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=column)

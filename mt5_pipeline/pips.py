@@ -34,6 +34,9 @@ DEFAULT_PIP = 0.0001
 JPY_PIP = 0.01
 POINTS_PER_PIP = 10
 MAX_DIGITS = 8
+# A point below the finest step any quote has (1e-8) would make a nonsense pip (a 5e-324
+# point passed (0, 1] before); the margin keeps 1e-8 itself, stored as a float, inside.
+_SMALLEST_POINT = 10.0**-MAX_DIGITS * (1 - 1e-9)
 
 # ISO 4217 codes of currencies brokers quote as FX pairs. Metals (XAU, XAG, XPT, XPD)
 # and crypto (BTC, ETH) are deliberately absent: they are not priced in FX pips.
@@ -115,8 +118,8 @@ def check_instrument(digits: Any, point: Any) -> list[tuple[str, str]]:
         problems.append(("digits", f"expected a whole number of decimals from 0 to {MAX_DIGITS} (MT5's SYMBOL_DIGITS), got {digits!r}"))
         digits = None
     if point is not None:
-        if isinstance(point, bool) or not isinstance(point, int | float) or not math.isfinite(point) or not 0 < point <= 1:
-            problems.append(("point", f"expected the price step, a number in (0, 1] (MT5's SYMBOL_POINT), got {point!r}"))
+        if isinstance(point, bool) or not isinstance(point, int | float) or not math.isfinite(point) or not _SMALLEST_POINT <= point <= 1:
+            problems.append(("point", f"expected the price step, a number from {10.0 ** -MAX_DIGITS:g} to 1 (MT5's SYMBOL_POINT), got {point!r}"))
         elif digits is not None and not math.isclose(point, 10.0**-digits, rel_tol=1e-6):
             problems.append(("point", f"{point!r} does not match digits {digits} (expected {10.0 ** -digits:g})"))
     return problems

@@ -198,6 +198,7 @@ _HOLES = [
     ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "candles": ' + _CANDLES.replace("TIME", "1730000040").replace("OPEN", "1.1").replace("LOW", "1.0").replace("VOLUME", "X") + "}", "candles[1]"),
     ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "utc_offset_hours": X, "candles": []}', "utc_offset_hours"),
     ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "digits": X, "candles": []}', "digits"),
+    ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "point": X, "candles": []}', "point"),
     ("/ea/ack", '{"signal_id": "abc", "ticket": X, "status": "FILLED"}', "ticket"),
     ("/ea/generate-signal", '{"symbol": "EURUSD", "force": X}', "force"),
     ("/ea/generate-signal", '{"symbol": X}', "symbol"),

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from mt5_pipeline.execution_policy import EXIT_OPPOSITE, STACK, ExecutionPolicy, select_entries
+from mt5_pipeline.figures import equity_axes
 from mt5_pipeline.labels import EXIT_NAMES, walk_barriers
 from mt5_pipeline.pips import PipSizeUnknown, pip_size, pip_size_for, point_size, point_size_for
 from mt5_pipeline.settings import Settings
@@ -206,30 +207,11 @@ def run_backtest(
 
 def plot_equity(result: BacktestResult, path: Path, *, title: str = "rf_m1 out-of-sample backtest") -> Path:
     """Cumulative pips of the model and of the random-side baseline, by exit time, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and in Dagster runs
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
-    try:
+    with equity_axes(title, ylabel="cumulative pips (after spread)", xlabel="exit time (UTC)") as (ax, save):
         for trades, label, style in ((result.trades, "model", "-"), (result.baseline_trades, "random side (baseline)", "--")):
             if len(trades):
                 ordered = trades.sort_values("exit_ts", kind="stable")
                 ax.plot(pd.to_datetime(ordered["exit_ts"], utc=True), np.cumsum(ordered["pips"].to_numpy(dtype=float)), style, label=f"{label}: {len(trades)} trades")
             else:
                 ax.plot([], [], style, label=f"{label}: no trades")
-        ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set_title(title)
-        ax.set_ylabel("cumulative pips (after spread)")
-        ax.set_xlabel("exit time (UTC)")
-        ax.legend(loc="best")
-        fig.autofmt_xdate()
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    tmp.replace(path)
-    return path
+        return save(path)

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from mt5_pipeline.backtest import summarize
+from mt5_pipeline.figures import equity_axes
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.storage.trades import closed_trades
 
@@ -125,13 +126,7 @@ def performance(settings: Settings, timeframe: str) -> list[VersionPerformance]:
 
 def plot_live_equity(perf: VersionPerformance, path: Path, *, title: str) -> Path:
     """The live cumulative pips by close time, with the backtest's bootstrap band at the last trade."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
-    try:
+    with equity_axes(title, ylabel="cumulative pips (fills, after spread)", xlabel="close time (UTC)") as (ax, save):
         t = perf.trades
         ax.plot(t["exit_ts"], np.cumsum(t["pips"].to_numpy()), "-", label=f"live: {len(t)} trades")
         p = perf.plausibility
@@ -140,17 +135,4 @@ def plot_live_equity(perf: VersionPerformance, path: Path, *, title: str) -> Pat
                 [t["exit_ts"].iloc[-1]], [(p.band_low + p.band_high) / 2], yerr=[[(p.band_high - p.band_low) / 2]], fmt="none", capsize=6, color="grey",
                 label="backtest's 95% band for as many trades",
             )  # fmt: skip
-        ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set_title(title)
-        ax.set_ylabel("cumulative pips (fills, after spread)")
-        ax.set_xlabel("close time (UTC)")
-        ax.legend(loc="best")
-        fig.autofmt_xdate()
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    tmp.replace(path)
-    return path
+        return save(path)

@@ -185,11 +185,13 @@ def reference_ea() -> Iterator[ReferenceEA]:
     ea.ea.close()
 
 
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02) -> bool:
-    """Poll until ``predicate()`` is true; False if it never became true within ``timeout``."""
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02):
+    """Poll until ``predicate()`` is truthy and return that value; its last (falsy) value
+    if it never became truthy within ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return True
+        value = predicate()
+        if value:
+            return value
         time.sleep(interval)
-    return bool(predicate())
+    return predicate()

@@ -21,6 +21,7 @@ from mt5_pipeline.ingest import ingest_candles
 from mt5_pipeline.live import LiveWorker, parse_notification
 from mt5_pipeline.model import train_model
 from mt5_pipeline.sample_data import generate_candles
+from mt5_pipeline_tests.ea_server import wait_for
 from mt5_pipeline_tests.orchestration_support import ALWAYS_DECIDE, FAST_MODEL
 
 END = datetime(2025, 10, 27, 11, 29, tzinfo=timezone.utc)  # a Monday; the bar that will form
@@ -120,14 +121,6 @@ def test_notification_payloads():
 # ---- the loop, on the real clock ----------------------------------------------------------------
 
 
-def _wait_for(predicate, seconds: float = 20.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return None
 
 
 @pytest.mark.slow
@@ -141,9 +134,9 @@ def test_the_running_worker_signals_a_closed_bar_as_soon_as_it_is_ingested(db_ur
     thread.start()
     try:
         # The bar before `last_closed` is decided at start; then the bar just ingested.
-        assert _wait_for(lambda: worker.decided.get(("EURUSD", "M1")) == last_closed - timedelta(minutes=1))
+        assert wait_for(lambda: worker.decided.get(("EURUSD", "M1")) == last_closed - timedelta(minutes=1))
         ingest_candles(db_url, "EURUSD", "M1", final)
-        signal = _wait_for(lambda: _bar_signal(db_url, last_closed))
+        signal = wait_for(lambda: _bar_signal(db_url, last_closed))
         assert signal is not None and signal.price == pytest.approx(float(final["close"].iloc[0]))
     finally:
         stop.set()

@@ -15,16 +15,13 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import uuid
 import zipfile
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from mt5_pipeline.storage.migrate import head_revision
-from mt5_pipeline_tests.conftest import REQUIRE_POSTGRES, TEST_DATABASE_URL
+from mt5_pipeline_tests.install_support import fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -98,22 +95,7 @@ def test_db_upgrade_from_the_wheel_on_sqlite(installed, tmp_path):
 
 
 def test_db_upgrade_from_the_wheel_on_postgresql(installed):
-    admin_url = make_url(TEST_DATABASE_URL.replace("postgresql://", "postgresql+psycopg2://", 1))
-    name = f"mt5_wheel_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        if REQUIRE_POSTGRES:
-            pytest.fail(f"PostgreSQL unreachable: {exc}")
-        pytest.skip(f"PostgreSQL unreachable: {exc}")
-    try:
-        url = admin_url.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
+    with fresh_database("mt5_wheel") as url:
         done = _run([str(installed["cli"]), "db", "upgrade"], env={**installed["env"], "DATABASE_URL": url}, cwd=installed["cwd"])
         assert done.returncode == 0, done.stderr
         assert f"migrated empty -> {head_revision()}" in done.stdout
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()

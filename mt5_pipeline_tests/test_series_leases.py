@@ -19,6 +19,7 @@ from mt5_pipeline.series_leases import SeriesLeases
 from mt5_pipeline.storage import leases as lease_rows
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_queue
+from mt5_pipeline_tests.ea_server import wait_for
 from mt5_pipeline_tests.orchestration_support import ALWAYS_DECIDE, FAST_MODEL
 
 SYMBOLS = ("EURUSD", "GBPUSD", "AUDUSD", "NZDUSD")
@@ -27,14 +28,6 @@ LEASE = 2.0
 PATIENT = {"SIGNAL_MAX_BAR_AGE_SECONDS": 3600, "SIGNAL_TTL_SECONDS": 3600}
 
 
-def _wait_for(predicate, seconds: float = 30.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return None
 
 
 def test_workers_take_their_share_and_give_back_on_stop(pg_url):
@@ -107,23 +100,23 @@ def test_two_worker_processes_one_killed_every_bar_decided_once(pg_url, settings
         def split():
             held = lease_rows.holders(pg_url)
             return len(held) == len(SYMBOLS) and None not in held.values() and len(set(held.values())) == 2
-        assert _wait_for(split, 90), lease_rows.holders(pg_url)
+        assert wait_for(split, 90), lease_rows.holders(pg_url)
         first = last_closed - timedelta(minutes=1)
-        assert _wait_for(lambda: sum(1 for s, b in _signals_per_bar(pg_url) if b == first) == len(SYMBOLS), 60)
+        assert wait_for(lambda: sum(1 for s, b in _signals_per_bar(pg_url) if b == first) == len(SYMBOLS), 60)
 
         victim = procs[0]
         os.kill(victim.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         victim.join(10)
         # The survivor takes every series within the lease and a tick (generous bound: 2 cores shared).
-        survivor_holds_all = _wait_for(lambda: len(set(lease_rows.holders(pg_url).values())) == 1 and None not in lease_rows.holders(pg_url).values(), 30)
+        survivor_holds_all = wait_for(lambda: len(set(lease_rows.holders(pg_url).values())) == 1 and None not in lease_rows.holders(pg_url).values(), 30)
         assert survivor_holds_all
         takeover = time.monotonic() - killed_at
         assert takeover >= LEASE * 0.5  # not before the dead worker's lease could expire
 
         for symbol, bar in held_back.items():
             ingest_candles(pg_url, symbol, "M1", bar)
-        assert _wait_for(lambda: sum(1 for s, b in _signals_per_bar(pg_url) if b == last_closed) == len(SYMBOLS), 60)
+        assert wait_for(lambda: sum(1 for s, b in _signals_per_bar(pg_url) if b == last_closed) == len(SYMBOLS), 60)
         time.sleep(2 * LEASE)  # any second decision of a bar would have landed by now
         counts = _signals_per_bar(pg_url)
         assert set(counts.values()) == {1}, counts

@@ -4,12 +4,9 @@
 401 for a wrong ``X-API-Key``, 415/413/400/422 for a bad request, 200 with
 ``{"success": true, "ticket": N}`` for a trade (the same answer again for a repeated
 ``signal_id``), 200 with ``{"success": false, "message", "retcode", "description"}`` for
-<<<<<<< HEAD
 a rejection or an expired signal, and 503 with ``"transient": true`` while the terminal
 cannot place it yet (nothing final is stored: the pusher tries again within the TTL).
-``GET /health`` needs no key.
-=======
-a rejection or an expired signal. A probe, ``{"probe": true}`` without a ``signal_id``
+A probe, ``{"probe": true}`` without a ``signal_id``
 (what the API's ``GET /ea/test-connection`` sends), is answered
 ``200 {"success": true, "probe": true}`` once the key and content type pass, as the
 reference EA answers it, so the API reports the key as verified. ``GET /health`` and
@@ -17,7 +14,6 @@ reference EA answers it, so the API reports the key as verified. ``GET /health``
 
 In pull mode nobody posts signals to the bridge: ``POST /signals`` is not served and no
 ``EA_API_KEY`` is needed.
->>>>>>> issue22
 """
 
 from __future__ import annotations

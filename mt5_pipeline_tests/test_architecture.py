@@ -94,3 +94,34 @@ def test_importing_the_core_imports_no_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip()
     assert out == "[]"
+
+
+# A conflict hunk left inside a docstring or a Markdown file still imports and renders:
+# nothing else would notice it.
+_MARKERS = ("<" * 7 + " ", "=" * 7 + "\n", ">" * 7 + " ")
+_TEXT_SUFFIXES = {".py", ".md", ".mq5", ".yml", ".yaml", ".toml", ".ini", ".cfg", ".json", ".sh", ".service", ".txt", ".mako"}
+
+
+def _conflict_lines(text: str) -> list[int]:
+    return [n for n, line in enumerate(text.splitlines(keepends=True), 1) if line.startswith(_MARKERS) or line == "=" * 7]
+
+
+def test_no_merge_conflict_markers_or_patch_leftovers_in_the_tree():
+    skip = {".git", ".venv", "build", "node_modules", "data", "models", ".dagster"}
+    found, leftovers = [], []
+    for path in ROOT.rglob("*"):
+        parts = set(path.relative_to(ROOT).parts)
+        if parts & skip or not path.is_file() or any(p.endswith(".egg-info") for p in parts):
+            continue
+        if path.suffix in {".orig", ".rej"}:
+            leftovers.append(str(path.relative_to(ROOT)))
+        elif path.suffix in _TEXT_SUFFIXES or path.name in {"Dockerfile", "Makefile"}:
+            lines = _conflict_lines(path.read_text(encoding="utf-8", errors="replace"))
+            found += [f"{path.relative_to(ROOT)}:{n}" for n in lines]
+    assert not found, f"merge conflict markers: {found}"
+    assert not leftovers, f"patch leftovers: {leftovers}"
+
+
+def test_the_conflict_check_catches_a_hunk():
+    hunk = "a\n" + "<" * 7 + " HEAD\nb\n" + "=" * 7 + "\nc\n" + ">" * 7 + " branch\n"
+    assert _conflict_lines(hunk) == [2, 4, 6]

@@ -120,7 +120,7 @@ def main() -> int:
         print(
             f"  {entry}: backtest {f['backtest_trades']} trades, bridge {f['live_trades']} closed (+{result.open_at_end} open at the end); "
             f"same entries {f['same_entries']}, same exits {f['same_exits']}; pips: backtest {f['backtest_total_pips']:.1f}, bridge {f['live_total_pips']:.1f}; "
-            f"max |diff| {f['max_pips_difference']:.2f} pips, beyond the spread {f['pips_beyond_spread']}; played in {result.seconds:.1f} s",
+            f"max |diff| {f['max_pips_difference']:.2f} pips, beyond the spread {f['pips_beyond_spread']}; not traded: {f['signals_not_traded'] or 0}; played in {result.seconds:.1f} s",
             flush=True,
         )
         add_row(rows, f"{entry}: bridge trades with the backtest's entry (of {f['backtest_trades']})", f["same_entries"] / n, "", 1.0, "identical", digits=3, ratio_digits=3)

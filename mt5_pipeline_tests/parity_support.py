@@ -13,8 +13,8 @@ The play, bar by bar (times UTC; the terminal runs at UTC+2 and the bridge conve
 3. during this bar: the bar is fed to the terminal, which closes positions at their
    stop-loss or take-profit (the stop first when the bar touches both).
 
-At the end the bridge reads the deals history, reports the trades (``POST /ea/trades``)
-and reconciles; the API's rows are read back.
+Every few hundred bars, and at the end, the bridge reads the deals history and reports
+the trades (``POST /ea/trades``); at the end it reconciles, and the API's rows are read back.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import trades as trades_table
 
 SERVER_OFFSET_S = 2 * 3600
+REPORT_EVERY = 200  # bars between two reads of the deals history
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Parity:
     figures: dict = field(default_factory=dict)
     seconds: float = 0.0
     open_at_end: int = 0
+    answers: dict = field(default_factory=dict)  # bar index -> the bridge's answer to that bar's signal
 
 
 def signal_payload(candles: pd.DataFrame, i: int, side: int, *, symbol: str, timeframe: str, sl_pips: float, tp_pips: float, pip: float, policy: ExecutionPolicy) -> dict:
@@ -94,6 +96,8 @@ def play(rig, candles: pd.DataFrame, signals: dict[int, int], *, symbol: str, ti
             answers[i - 1] = (code, answer)
             assert code == 200, answer
         mt5.feed_bars(symbol, rates[i : i + 1], timeframe_seconds=seconds)
+        if i % REPORT_EVERY == REPORT_EVERY - 1:
+            bridge.trade_reports.cycle()  # as the running bridge does every minute (its first look reaches back 30 days only)
     clock.now = datetime.fromtimestamp(int(utc[-1]) + seconds + 0.5, timezone.utc)  # the last bar has closed
     bridge.positions.time_exits()
     status = bridge.reconciler.cycle()
@@ -121,7 +125,14 @@ def play(rig, candles: pd.DataFrame, signals: dict[int, int], *, symbol: str, ti
         # A time exit happens once its last bar has closed (at the next bar's open, or after a weekend).
         last_closed = np.searchsorted(utc + seconds, closed, side="right") - 1
         live["exit_bar"] = np.where(live["exit_reason"] == "time", last_closed, bar_of_close)
-    return Parity(backtest=backtest, live=live, figures=compare(backtest, live, candles, point, pip), seconds=elapsed, open_at_end=open_at_end)
+    figures = compare(backtest, live, candles, point, pip)
+    figures["signals_not_traded"] = {}
+    for _, answer in answers.values():
+        if not answer.get("success"):
+            why = str(answer.get("message", ""))
+            why = why.split(":")[0] if why.startswith("skipped") else why[:80]
+            figures["signals_not_traded"][why] = figures["signals_not_traded"].get(why, 0) + 1
+    return Parity(backtest=backtest, live=live, figures=figures, seconds=elapsed, open_at_end=open_at_end, answers=answers)
 
 
 def compare(backtest: pd.DataFrame, live: pd.DataFrame, candles: pd.DataFrame, point: float, pip: float) -> dict:

@@ -177,3 +177,17 @@ def test_reconciliation_records_unknown_positions_and_leaves_them_open(rig):
     del rig.bridge.trade_reports.scan
     rig.bridge.reconciler.cycle()
     assert api_trades(rig.url)[ticket]["exit_reason"] == "manual"
+
+
+def test_a_position_due_at_the_bar_close_is_closed_before_the_next_signal_is_judged(rig):
+    """The backtest frees the slot at the close of the last bar; a signal arriving before
+    the positions loop has woken must see it free too."""
+    first = signal(rig, "BUY", max_hold_bars=2, entry_policy="one_per_symbol_timeframe")
+    assert rig.bridge.executor.handle(first)[1]["success"]
+    entry = rig.clock().replace(second=0, microsecond=0)
+    rig.clock.now = entry + timedelta(minutes=2, seconds=1)  # the 2nd bar has just closed; no loop ran
+    code, answer = rig.bridge.executor.handle(signal(rig, "SELL", max_hold_bars=2, entry_policy="one_per_symbol_timeframe"))
+    assert answer["success"], answer
+    assert first_ticket(rig, first) not in rig.mt5.positions
+    rig.bridge.reconciler.cycle()
+    assert api_trades(rig.url)[first_ticket(rig, first)]["exit_reason"] == "time"

@@ -3,7 +3,9 @@
 The rule is the core's (:mod:`mt5_pipeline.execution_policy`, the one the backtest
 simulates); the bridge only feeds it what the terminal says:
 
-- before an order: :meth:`PositionKeeper.entry` asks ``decide_entry`` with the open
+- before an order: :meth:`PositionKeeper.entry` runs the time exits due (a position
+  whose last bar has closed is gone before the next bar's signal is judged, as in the
+  backtest), then asks ``decide_entry`` with the open
   positions carrying ``BRIDGE_MAGIC`` (each one's timeframe and entry bar from the
   bridge's store: the terminal does not know them). ``skip`` is answered and acked
   ``REJECTED`` with a message starting "skipped by the execution policy" (the EA said no,
@@ -25,6 +27,7 @@ position is written before the close is sent, so the trade report says ``time`` 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -65,6 +68,9 @@ class PositionKeeper:
         self.time_exits_done = 0
         self.opposite_closes_done = 0
         self.last_error = ""
+        # The executor (before an entry) and the positions loop (each minute) both run the
+        # time exits: one at a time, so a position is closed once.
+        self._exits_lock = threading.Lock()
 
     # ---- the terminal's positions -------------------------------------------------------
     def terminal_positions(self) -> list[Any]:
@@ -96,6 +102,9 @@ class PositionKeeper:
     def entry(self, signal: Signal) -> tuple[str, str]:
         """("open", "") to place the order, ("skip", the ack message) or ("retry", why not now)."""
         policy, source = policy_for_signal(signal, self.default_policy)
+        # Exits due at the bar's close come before an entry at the next open (the backtest's
+        # order), even when the signal arrives before the positions loop has woken.
+        self.time_exits()
         if source != "meta":
             log.info("%s: execution policy from the %s (%s, %d bars)", signal.signal_id, source, policy.entry, policy.max_hold_bars)
         try:
@@ -173,6 +182,10 @@ class PositionKeeper:
     def time_exits(self) -> list[int]:
         """Close the positions whose last bar (``max_hold_bars`` counted from the entry bar)
         has closed; the tickets closed. Bars are the terminal's closed bars, in UTC."""
+        with self._exits_lock:
+            return self._time_exits()
+
+    def _time_exits(self) -> list[int]:
         if not self.terminal.ensure():
             self.last_error = "the terminal is not reachable"
             return []

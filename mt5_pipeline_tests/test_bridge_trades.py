@@ -191,3 +191,19 @@ def test_a_position_due_at_the_bar_close_is_closed_before_the_next_signal_is_jud
     assert first_ticket(rig, first) not in rig.mt5.positions
     rig.bridge.reconciler.cycle()
     assert api_trades(rig.url)[first_ticket(rig, first)]["exit_reason"] == "time"
+
+
+def test_trade_reports_wait_in_the_outbox_while_the_api_is_down(rig):
+    body = signal(rig, "BUY")
+    assert rig.bridge.executor.handle(body)[1]["success"]
+    ticket = first_ticket(rig, body)
+    rig.api_server.stop()
+    assert rig.bridge.trade_reports.cycle() == 0
+    assert rig.bridge.store.report_counts()["pending"] == 1
+    health = rig.bridge.health()[1]
+    assert health["trade_reports"]["pending"] == 1 and health["trade_reports"]["error"]
+    assert rig.bridge.reconciler.cycle().error  # the comparison waits too, and says why
+    rig.api_server.start()
+    rig.bridge.trade_reports.send_due(now=float("inf"))  # past the back-off
+    assert rig.bridge.store.report_counts()["pending"] == 0
+    assert api_trades(rig.url)[ticket]["close_time"] is None

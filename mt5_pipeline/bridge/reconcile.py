@@ -98,7 +98,7 @@ class Reconciler:
             positions = self._positions()
             if positions is None:
                 raise TerminalError("the server's UTC offset is not known yet")
-            answer = self.api.reconcile(self.keeper.cfg.magic, self.reporter._account(), positions)
+            answer = self.api.reconcile(self.keeper.cfg.magic, self.reporter.account_login(), positions)
         except (TerminalError, ApiUnavailable, ApiRefused) as exc:
             status.error = str(exc)
             status.in_sync, status.unknown, status.missing = self.status.in_sync, self.status.unknown, self.status.missing

@@ -82,6 +82,8 @@ class TradeReporter:
         cursor; the number of reports queued. TerminalError when the history cannot be read."""
         if not self.terminal.ensure():
             raise TerminalError("the terminal is not reachable")
+        if self.to_utc([0]) is None:  # never move the cursor past deals whose times cannot be converted yet
+            raise TerminalError("the server's UTC offset is not known yet")
         now = self.clock().timestamp()
         cursor = self.store.cursor(CURSOR)
         # The window is in server time (epoch seconds, as the function takes them); the
@@ -141,7 +143,7 @@ class TradeReporter:
             "sl": record.get("sl"),
             "tp": record.get("tp"),
             "magic": self.magic,
-            "account": self._account(),
+            "account": self.account_login(),
             "swap": round(sum(float(d.swap) for d in deals), 2),
             "commission": round(sum(float(d.commission) for d in deals), 2),
         }
@@ -167,7 +169,7 @@ class TradeReporter:
             return str(record["close_reason"])
         return EXIT_MANUAL
 
-    def _account(self) -> int | None:
+    def account_login(self) -> int | None:
         if self.account is None:
             with self.terminal.session() as mt5:
                 info = mt5.account_info()

@@ -16,10 +16,13 @@
 //| alternative is `mt5-pipeline bridge`). On the chart it runs on:  |
 //|  - POST /ingest each closed bar (on the first start the last     |
 //|    InpHistoryBars; after a restart or an API outage, every bar   |
-//|    since the last one the API took), times moved from the trade |
-//|    server's clock to UTC, with the symbol's digits and point so  |
-//|    the API knows its pip (gold, indices, crypto need no         |
-//|    PIP_SIZES);                                                   |
+//|    since the last one the API took), in the trade server's time |
+//|    with its zone (InpServerTimeZone): the API converts each bar  |
+//|    to UTC with the offset in force at it; with the symbol's      |
+//|    digits and point so the API knows its pip (gold, indices,     |
+//|    crypto need no PIP_SIZES); a bar the API refuses              |
+//|    (partial=true) is counted, printed and skipped, never resent |
+//|    forever;                                                      |
 //|  - every InpPollSeconds, GET /ea/signals; each signal for this   |
 //|    chart's symbol AND timeframe is deduped by signal_id across   |
 //|    charts and restarts (terminal global variables                |
@@ -63,6 +66,10 @@ input int    InpHistoryBars = 500;                      // closed bars sent on t
 input int    InpTimeoutMs   = 5000;                     // timeout of each HTTP request, ms
 input string InpEntryPolicy = "one_per_symbol_timeframe"; // entry rule for a signal without meta.entry_policy (as ENTRY_POLICY)
 input int    InpMaxHoldBars = 60;                       // time exit for a signal without meta.max_hold_bars (as LABEL_MAX_HOLD_BARS)
+// The trade server's time zone, as BRIDGE_SERVER_TIME_ZONE: UTC+2/+3@US (UTC+2 in winter, +3
+// in summer, US dates: most FX brokers), an IANA zone (Europe/Athens) or a fixed UTC+3.
+// "auto": today's offset for every bar, wrong for history across a daylight-saving change.
+input string InpServerTimeZone = "auto";
 
 #define MAX_POST_BARS 5000
 // Outcomes kept in the global variable "mt5p.<signal_id>": a ticket (> 0) when filled,
@@ -80,6 +87,7 @@ input int    InpMaxHoldBars = 60;                       // time exit for a signa
 
 CTrade   g_trade;
 datetime g_lastSent = 0;   // open time (server clock) of the newest bar the API took
+long     g_barsSkipped = 0; // bars the API refused (partial ingest) and the feed moved past
 
 //+------------------------------------------------------------------+
 //| JSON: building (flat, ASCII keys) and reading the API's answers   |
@@ -98,6 +106,7 @@ string JStr(const string key, const string value) { return "\"" + key + "\":\"" 
 string JNum(const string key, const double value, const int digits) { return "\"" + key + "\":" + DoubleToString(value, digits); }
 string JInt(const string key, const long value) { return "\"" + key + "\":" + IntegerToString(value); }
 string JNull(const string key) { return "\"" + key + "\":null"; }
+string JBool(const string key, const bool value) { return "\"" + key + "\":" + (value ? "true" : "false"); }
 string JArr(const string key, const string items) { return "\"" + key + "\":[" + items + "]"; }
 
 // Index just after `"key":` at the top level of the object or array text `json`
@@ -289,17 +298,33 @@ string TimeframeName()
 //+------------------------------------------------------------------+
 //| Bars in                                                           |
 //+------------------------------------------------------------------+
-string CandleJson(const MqlRates &r, const long offset)
+// The bar's time as the server's clock has it: the API converts it with the zone's rules.
+string CandleJson(const MqlRates &r)
   {
-   return "{" + JInt("time", (long)r.time - offset) + "," + JNum("open", r.open, _Digits) + "," + JNum("high", r.high, _Digits) + ","
+   return "{" + JInt("time", (long)r.time) + "," + JNum("open", r.open, _Digits) + "," + JNum("high", r.high, _Digits) + ","
           + JNum("low", r.low, _Digits) + "," + JNum("close", r.close, _Digits) + "," + JInt("tick_volume", r.tick_volume) + ","
           + JInt("spread", r.spread) + "," + JInt("real_volume", r.real_volume) + "}";
   }
 
-string IngestBody(const string candles, const long offset)
+// "auto": today's offset as a fixed zone ("UTC+3", "UTC-3:30"); the API records the offset
+// each bar was stored with and refuses one re-sent with another, so a catch-up across a
+// change cannot overwrite a correct bar, but only the zone stores both sides right.
+string ServerTimeZone()
+  {
+   if(InpServerTimeZone != "auto" && InpServerTimeZone != "")
+      return InpServerTimeZone;
+   long offset = ServerOffsetSeconds();
+   if(offset == 0) return "UTC";
+   long minutes = (offset < 0 ? -offset : offset) / 60;
+   string zone = "UTC" + (offset < 0 ? "-" : "+") + IntegerToString(minutes / 60);
+   if(minutes % 60 != 0) zone += ":" + IntegerToString(minutes % 60, 2, '0');
+   return zone;
+  }
+
+string IngestBody(const string candles)
   {
    return "{" + JStr("symbol", _Symbol) + "," + JStr("timeframe", TimeframeName()) + "," + JArr("candles", candles) + ","
-          + JNum("utc_offset_hours", offset / 3600.0, 1) + "," + JInt("digits", _Digits) + "," + JNum("point", _Point, _Digits) + "}";
+          + JStr("server_time_zone", ServerTimeZone()) + "," + JBool("partial", true) + "," + JInt("digits", _Digits) + "," + JNum("point", _Point, _Digits) + "}";
   }
 
 string LastBarKey() { return "mt5p.bars." + _Symbol + "." + TimeframeName(); }
@@ -310,8 +335,10 @@ void SendClosedBars()
   {
    datetime forming = iTime(_Symbol, _Period, 0);
    if(forming == 0) return;
-   // Bar 0 is closed too once its time is up, before the next bar's first tick.
-   datetime newestClosed = (forming + PeriodSeconds(_Period) <= TimeTradeServer()) ? forming : forming - 1;
+   // Bar 0 is closed too once its time is up, before the next bar's first tick (not MN1:
+   // PeriodSeconds says 30 days, a month is 28 to 31; it waits for the next month's bar).
+   bool upToTime = (_Period != PERIOD_MN1 && forming + PeriodSeconds(_Period) <= TimeTradeServer());
+   datetime newestClosed = upToTime ? forming : forming - 1;
    MqlRates rates[];
    int n;
    if(g_lastSent == 0)
@@ -320,14 +347,20 @@ void SendClosedBars()
       n = CopyRates(_Symbol, _Period, g_lastSent, newestClosed, rates);
    if(n <= 0 || rates[n - 1].time <= g_lastSent) return;
    int count = MathMin(n, MAX_POST_BARS);
-   long offset = ServerOffsetSeconds();
    string items = "";
    for(int i = 0; i < count; i++)
-      items += (i > 0 ? "," : "") + CandleJson(rates[i], offset);
+      items += (i > 0 ? "," : "") + CandleJson(rates[i]);
    string response;
-   int status = ApiRequest("POST", "/ingest", IngestBody(items, offset), response);
+   int status = ApiRequest("POST", "/ingest", IngestBody(items), response);
    if(status == 200)
      {
+      // partial=true: the good bars are stored, the refused ones listed; move on past them.
+      long rejected = (long)JsonNumber(response, "rejected");
+      if(rejected > 0)
+        {
+         g_barsSkipped += rejected;
+         PrintFormat("POST /ingest: %d bar(s) refused and skipped (%d in all): %s", rejected, g_barsSkipped, StringSubstr(response, 0, 400));
+        }
       g_lastSent = rates[count - 1].time;
       GlobalVariableSet(LastBarKey(), (double)g_lastSent);
      }
@@ -461,8 +494,9 @@ int      g_reconcileMissing = 0;
 
 string PosKey(const ulong ticket, const string what) { return "mt5p.pos." + IntegerToString((long)ticket) + "." + what; }
 
-// The server's clock to UTC for deal and position times: the one place the EA converts them
-// (the bars use the same offset).
+// The server's clock to UTC for deal and position times: the one place the EA converts them.
+// Today's offset (MQL5 has no zone rules; the API converts the bars with InpServerTimeZone):
+// right for what happened since the last daylight-saving change, an hour off before it.
 long ServerToUtc(const datetime serverTime) { return (long)serverTime - ServerOffsetSeconds(); }
 
 // The policy a signal carries (what the backtest simulated); the inputs only for a signal without it.
@@ -1114,6 +1148,10 @@ int OnInit()
       return INIT_PARAMETERS_INCORRECT;
    g_trade.SetExpertMagicNumber((ulong)InpMagic);
    g_trade.SetDeviationInPoints((ulong)InpDeviation);
+   if(InpServerTimeZone == "auto" || InpServerTimeZone == "")
+      PrintFormat("WARNING: InpServerTimeZone is auto: every bar is sent as %s. Bars on the other side of a daylight-saving "
+                  "change will be an hour off, or refused where they would replace a bar stored with the other offset. "
+                  "Set InpServerTimeZone (such as UTC+2/+3@US) before sending history that crosses a change.", ServerTimeZone());
    if(GlobalVariableCheck(LastBarKey()))
       g_lastSent = (datetime)GlobalVariableGet(LastBarKey());
    EventSetTimer(MathMax(1, InpPollSeconds));

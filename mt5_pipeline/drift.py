@@ -17,7 +17,11 @@ by construction, which is not drift.
 
 **Signals.** The share of BUY, SELL and neutral decisions and the mean probability
 over the window, from the model's probability on each usable bar (what the signals
-asset decides), against the same figures of the champion's out-of-sample evaluation.
+asset decides), against the same figures of the champion's out-of-sample evaluation
+*for the same symbol* (``meta["signal_reference"]["by_symbol"]``), as the features are:
+one model serves every market, and a symbol whose normal mix differs from the pool's
+would otherwise warn forever. A symbol with too few evaluation rows (or a champion
+trained before this) is compared with the pool.
 """
 
 from __future__ import annotations
@@ -93,6 +97,26 @@ def decision_shares(probability: np.ndarray, buy: float, sell: float) -> dict[st
         return {"buy_share": math.nan, "sell_share": math.nan, "neutral_share": math.nan, "mean_probability": math.nan}
     b, s = float((p >= buy).mean()), float((p <= sell).mean())
     return {"buy_share": b, "sell_share": s, "neutral_share": 1.0 - b - s, "mean_probability": float(p.mean())}
+
+
+def signal_reference(symbols: np.ndarray, probability: np.ndarray, buy: float, sell: float) -> dict:
+    """Decision shares of the evaluation rows, pooled and per symbol (with MIN_ROWS rows or more)."""
+    symbols = np.asarray(symbols)
+    probability = np.asarray(probability, dtype=np.float64)
+    by_symbol = {}
+    for sym in sorted(set(symbols.tolist())):
+        mine = probability[symbols == sym]
+        if len(mine) >= MIN_ROWS:
+            by_symbol[str(sym)] = {**decision_shares(mine, buy, sell), "rows": int(len(mine))}
+    return {"all": {**decision_shares(probability, buy, sell), "rows": int(len(probability))}, "by_symbol": by_symbol}
+
+
+def _signal_reference_for(reference: dict, symbol: str) -> tuple[dict, str]:
+    """(the shares to compare with, which ones): the symbol's own, else the pool's."""
+    if "by_symbol" not in reference and "all" not in reference:
+        return reference, "all symbols"  # a champion from before per-symbol references
+    own = (reference.get("by_symbol") or {}).get(symbol)
+    return (own, symbol) if own else (reference.get("all") or {}, "all symbols")
 
 
 # ---- the reports ----------------------------------------------------------------------------------
@@ -182,6 +206,7 @@ def signal_drift(settings: Settings, symbol: str, timeframe: str = "M1", rows: p
     frame = recent_rows(settings, symbol, timeframe, settings.drift_window_hours) if rows is None else rows
     if len(frame) < MIN_ROWS:
         return DriftReport(symbol, timeframe, True, f"{symbol}: only {len(frame)} usable rows in the last {settings.drift_window_hours:g} h; nothing to compare", rows=len(frame))
+    reference, against = _signal_reference_for(reference, symbol)
     X = frame[list(loaded.meta.get("feature_names") or MODEL_FEATURES)].to_numpy(dtype=np.float64)
     live = decision_shares(loaded.probability_up(X), settings.signal_buy_threshold, settings.signal_sell_threshold)
     values: dict[str, Any] = {}
@@ -198,11 +223,12 @@ def signal_drift(settings: Settings, symbol: str, timeframe: str = "M1", rows: p
         if gap > limit:
             parted.append(f"{key} {value:.3f} vs {float(ref):.3f}")
     values["rows"] = float(len(frame))
+    values["reference_is_symbol"] = float(against == symbol)
     desc_ = (
-        f"{symbol}: live signals part from {loaded.version}'s backtest over the last {settings.drift_window_hours:g} h: " + "; ".join(parted)
+        f"{symbol}: live signals part from {loaded.version}'s backtest ({against}) over the last {settings.drift_window_hours:g} h: " + "; ".join(parted)
         if parted
         else f"{symbol}: BUY {live['buy_share']:.2f} / SELL {live['sell_share']:.2f} / neutral {live['neutral_share']:.2f}, "
-        f"mean probability {live['mean_probability']:.3f}, in line with {loaded.version}'s backtest"
+        f"mean probability {live['mean_probability']:.3f}, in line with {loaded.version}'s backtest ({against})"
     )
     ts = pd.to_datetime(frame["ts"], utc=True)
     return DriftReport(symbol, timeframe, not parted, desc_, values, [], (ts.min().to_pydatetime(), ts.max().to_pydatetime()), len(frame))
@@ -231,6 +257,7 @@ __all__ = [
     "recent_rows",
     "reference_histograms",
     "signal_drift",
+    "signal_reference",
     "symbols_with_features",
     "window_label",
     "window_start",

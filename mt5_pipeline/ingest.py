@@ -48,6 +48,7 @@ import pandas as pd
 
 from mt5_pipeline.clock import from_epoch, iso_z, resolve_now
 from mt5_pipeline.contract import SYMBOL_RE
+from mt5_pipeline.server_time import ServerZone
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
 from mt5_pipeline.storage.candles import CandleBatch, closes_before, store_batch
 
@@ -57,7 +58,7 @@ FUTURE_SKEW_SECONDS = 60
 # encoding or unit error, and would poison every feature window it enters.
 MAX_PRICE = 1e10
 # A bar this many times above (or below) the level of the bars around it is a bad tick,
-# not a market move: rejected (PRICE_MAX_JUMP overrides; see _check_jumps).
+# not a market move: rejected (PRICE_MAX_JUMP overrides; see _jump_errors).
 DEFAULT_MAX_JUMP = 10.0
 # The level a bar is compared with: the median close of this many bars centred on it,
 # the stored bars just before the batch included.
@@ -106,6 +107,8 @@ class IngestResult:
     unchanged: int
     first_changed_ts: datetime | None  # oldest bar inserted or changed: where features must recompute from
     duplicates: int = 0  # rows that repeated an earlier ts of the same batch (the last one was kept)
+    rejected: int = 0  # partial ingest: rows refused (nothing of them stored), listed in errors
+    errors: tuple[FieldError, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------
@@ -175,8 +178,19 @@ class _Problems:
 
     def raise_if_any(self, limit: int = MAX_REPORTED_ERRORS) -> None:
         total = self.total
-        if not total:
-            return
+        if total:
+            raise CandleValidationError(self.report(limit), total)
+
+    def bad_rows(self, n: int) -> np.ndarray:
+        """Mask of the rows with at least one problem (batch-level problems excluded)."""
+        mask = np.zeros(n, dtype=bool)
+        for rows, _, _ in self._checks:
+            mask[rows] = True
+        return mask
+
+    def report(self, limit: int = MAX_REPORTED_ERRORS) -> list[FieldError]:
+        """The first `limit` problems in row order, then one entry counting the rest."""
+        total = self.total
         shown = list(self.batch[:limit])
         if self._checks and len(shown) < limit:
             rows = np.concatenate([r for r, _, _ in self._checks])
@@ -190,7 +204,7 @@ class _Problems:
                 shown.append(FieldError(loc, message(row)))
         if total > len(shown):
             shown.append(FieldError("candles", f"{total - len(shown):,} more errors not shown ({total:,} in all)"))
-        raise CandleValidationError(shown, total)
+        return shown
 
 
 def _object_array(values: Sequence[Any] | np.ndarray, n: int) -> np.ndarray:
@@ -271,7 +285,10 @@ def _times_from_list(values: list, column: Callable[[str], list], problems: _Pro
     n = len(values)
     kinds = set(map(type, values))
     if kinds == {int}:
-        seconds = np.array(values, dtype=np.float64)
+        try:
+            seconds = np.array(values, dtype=np.float64)
+        except OverflowError:  # a 400-digit "time": the object path names it
+            seconds = np.full(n, np.inf)
         if (np.abs(seconds) < 2**53).all():  # exact in a double
             return seconds.astype(np.int64), np.ones(n, dtype=bool)
     objs = _object_array(values, n)
@@ -455,7 +472,9 @@ def _check_values(values: dict[str, np.ndarray], reported: dict[str, np.ndarray]
         problems.add_mask(ok & (v > _INT_MAX[field]), field, lambda i, v=v, f=field: f"is too large ({_num(v[i])} > {_INT_MAX[f]})")
 
 
-def _check_times(ts: np.ndarray, ts_ok: np.ndarray, field: str, timeframe: str | None, now_s: int, offset_s: int, problems: _Problems) -> None:
+def _check_times(
+    ts: np.ndarray, ts_ok: np.ndarray, field: str, timeframe: str | None, now_s: int, offset_s: int | np.ndarray, problems: _Problems, zone: str = ""
+) -> None:
     problems.add_mask(ts_ok & (ts < 0), field, lambda i: f"{_iso(ts[i])} is before 1970")
     future = ts_ok & (ts > now_s + FUTURE_SKEW_SECONDS)
 
@@ -467,8 +486,13 @@ def _check_times(ts: np.ndarray, ts_ok: np.ndarray, field: str, timeframe: str |
     if timeframe is None:
         return
     check = ts_ok & (ts >= 0) & ~future
+    # Per bar: with the server's zone, each bar's own offset (a day starts at the server's
+    # midnight, whichever offset is in force).
     local = ts + offset_s
-    where = f" (broker time UTC{offset_s / 3600:+g})" if offset_s else " UTC"
+    if zone:
+        where = f" server time ({zone})"
+    else:
+        where = f" (broker time UTC{int(offset_s) / 3600:+g})" if offset_s else " UTC"
     if timeframe == "MN1":
         as_dt = np.where(check, local, 0).astype("datetime64[s]")
         bad = check & (as_dt.astype("datetime64[M]").astype("datetime64[s]") != as_dt)
@@ -493,11 +517,30 @@ def validate_candles(
     *,
     now: datetime | None = None,
     utc_offset_hours: float = 0.0,
+    server_zone: ServerZone | None = None,
 ) -> CandleBatch:
     """Check a batch column-wise; return it deduplicated (last wins) and sorted by ts.
 
     Raises CandleValidationError naming each bad row and field; nothing is stored then.
+    `server_zone`: the times are the trade server's clock, converted here bar by bar
+    (:mod:`mt5_pipeline.server_time`); the batch then carries each bar's offset.
     """
+    batch, _ = _validate(symbol, timeframe, candles, now=now, utc_offset_hours=utc_offset_hours, server_zone=server_zone, partial=False)
+    return batch
+
+
+def _validate(
+    symbol: str,
+    timeframe: str,
+    candles: list[dict] | pd.DataFrame,
+    *,
+    now: datetime | None,
+    utc_offset_hours: float,
+    server_zone: ServerZone | None,
+    partial: bool,
+) -> tuple[CandleBatch, _Problems]:
+    """validate_candles; with `partial`, rows with problems are dropped (and left in the
+    returned problems) instead of rejecting the batch. Batch-level problems always raise."""
     now = _now(now)
     problems = _Problems()
     if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
@@ -509,14 +552,30 @@ def validate_candles(
     n, ts, ts_ok, values, reported = _extract(candles, problems)
     time_field = "ts" if isinstance(candles, pd.DataFrame) and "time" not in candles.columns else "time"
     _check_values(values, reported, problems)
-    _check_times(ts, ts_ok, time_field, timeframe if known_tf else None, int(now.timestamp()), round(utc_offset_hours * 3600), problems)
-    problems.raise_if_any()
+    offsets: np.ndarray | int = round(utc_offset_hours * 3600)
+    zone_name = ""
+    if server_zone is not None:
+        server = ts
+        ts, converted = server_zone.to_utc(np.where(ts_ok, server, 0))
+        skipped = ts_ok & ~converted
+        problems.add_mask(
+            skipped, time_field, lambda i: f"server time {_iso(server[i])} does not exist in {server_zone} (its clocks skip that hour)"
+        )
+        ts_ok = ts_ok & converted
+        offsets = np.where(ts_ok, server - ts, 0)
+        zone_name = str(server_zone)
+    _check_times(ts, ts_ok, time_field, timeframe if known_tf else None, int(now.timestamp()), offsets, problems, zone_name)
+    if problems.batch or not partial:
+        problems.raise_if_any()
+    good = ~problems.bad_rows(n) if partial else np.ones(n, dtype=bool)
 
     # Last one wins: a stable sort keeps input order among equal times; keep each run's last.
     order = np.argsort(ts, kind="stable")
+    order = order[good[order]]
     sorted_ts = ts[order]
-    keep = order[np.append(sorted_ts[1:] != sorted_ts[:-1], True)] if n else order
-    return CandleBatch(
+    keep = order[np.append(sorted_ts[1:] != sorted_ts[:-1], True)] if len(order) else order
+    row_offsets = np.broadcast_to(np.asarray(offsets, dtype=np.int64), (n,))
+    batch = CandleBatch(
         symbol=symbol,
         timeframe=timeframe,
         received=n,
@@ -529,7 +588,9 @@ def validate_candles(
         spread=values["spread"][keep].astype(np.int64),
         real_volume=values["real_volume"][keep].astype(np.int64),
         source_rows=keep,
+        utc_offset_s=row_offsets[keep].copy(),
     )
+    return batch, problems
 
 
 def _now(now: datetime | None) -> datetime:
@@ -555,43 +616,111 @@ def ingest_candles(
     digits: int | None = None,
     point: float | None = None,
     max_jump: float | None = DEFAULT_MAX_JUMP,
+    server_time_zone: ServerZone | str | None = None,
+    record_offset: bool = False,
+    partial: bool = False,
 ) -> IngestResult:
     """Validate `candles` and upsert them in one transaction; see the module docstring.
 
     `candles`: MqlRates dicts (time, open, high, low, close, tick_volume, spread?,
     real_volume?) or a DataFrame with those columns (``time`` or ``ts``).
     `utc_offset_hours`: the broker's UTC offset, for where H4/D1/W1/MN1 bars begin.
+    `server_time_zone`: the times are the trade server's clock in this zone
+    (:mod:`mt5_pipeline.server_time`); each bar is converted with the offset in force at
+    it, and that offset is recorded. `record_offset`: the times are UTC, converted by the
+    caller with `utc_offset_hours`; record that offset. Either way a bar whose stored
+    version was converted with another offset is refused (it would replace a bar an hour
+    away), never overwritten.
     `now`: the clock for validation and, when given, the base of the ingest stamp.
     `digits` / `point`: what the EA says about the instrument (MT5's SYMBOL_DIGITS and
     SYMBOL_POINT), kept in ``symbols`` for its pip size (mt5_pipeline.pips).
     `max_jump`: PRICE_MAX_JUMP; a bar further than this factor from the level of the bars
-    around it rejects the batch (None or 0: no such check).
+    around it is refused (None or 0: no such check).
+    `partial`: store the good rows and report the bad ones (``rejected``, ``errors``)
+    instead of rejecting the whole batch; problems with the batch itself (symbol,
+    timeframe, instrument) still reject it.
     """
     from mt5_pipeline.pips import check_instrument, record_instrument
+    from mt5_pipeline.server_time import parse_zone
 
     stamp_base = None if now is None else _now(now)
     now = _now(now)
     instrument_errors = [FieldError(field, message) for field, message in check_instrument(digits, point)]
+    zone = parse_zone(server_time_zone) if isinstance(server_time_zone, str) else server_time_zone
     try:
-        batch = validate_candles(symbol, timeframe, candles, now=now, utc_offset_hours=utc_offset_hours)
+        batch, problems = _validate(
+            symbol, timeframe, candles, now=now, utc_offset_hours=utc_offset_hours, server_zone=zone, partial=partial and not instrument_errors
+        )
     except CandleValidationError as exc:
         if instrument_errors:
             raise CandleValidationError(instrument_errors + exc.errors, exc.total + len(instrument_errors)) from None
         raise
     if instrument_errors:
         raise CandleValidationError(instrument_errors)
+    rejected = int(problems.bad_rows(batch.received).sum()) if partial else 0
+    errors = problems.report() if rejected else []
+    later: list[tuple[np.ndarray, list[FieldError], int]] = []
     if len(batch) and max_jump:
-        _check_jumps(database_url, batch, max_jump)
+        later.append(_jump_errors(database_url, batch, max_jump))
+    runs: list = []
+    if len(batch) and (zone is not None or record_offset):
+        from mt5_pipeline.storage.offsets import offset_runs
+
+        runs = offset_runs(database_url, symbol, timeframe)
+        later.append(_offset_errors(batch, runs))
+    for bad, found, total in later:
+        if not total:
+            continue
+        if not partial:
+            raise CandleValidationError(found, total)
+        keep = np.ones(len(batch), dtype=bool)
+        keep[bad] = False
+        batch = batch.take(keep)
+        rejected += total
+        errors = errors + found
+    if len(errors) > MAX_REPORTED_ERRORS:
+        errors = errors[:MAX_REPORTED_ERRORS] + [FieldError("candles", f"{rejected:,} rows refused in all; the first {MAX_REPORTED_ERRORS} errors are shown")]
     record_instrument(database_url, symbol, digits, point)
     if len(batch) == 0:
-        return IngestResult(batch.received, 0, 0, 0, None, 0)
+        return IngestResult(batch.received, 0, 0, 0, None, 0, rejected, tuple(errors))
     inserted, updated, first_us = store_batch(database_url, batch, stamp_base, clock=now)
+    if zone is not None or record_offset:
+        from mt5_pipeline.storage.offsets import batch_runs, record_runs
+
+        assert batch.utc_offset_s is not None
+        record_runs(database_url, symbol, timeframe, batch_runs(runs, batch.ts, batch.utc_offset_s))
     unique = len(batch)
     first = from_epoch(first_us / 1_000_000) if first_us is not None else None
-    return IngestResult(batch.received, inserted, updated, unique - inserted - updated, first, batch.received - unique)
+    duplicates = batch.received - rejected - unique
+    return IngestResult(batch.received, inserted, updated, unique - inserted - updated, first, max(0, duplicates), rejected, tuple(errors))
 
 
-def _check_jumps(database_url: str, batch: CandleBatch, max_jump: float) -> None:
+def _offset_errors(batch: CandleBatch, runs: list) -> tuple[np.ndarray, list[FieldError], int]:
+    """Bars whose stored version was converted from server time with another offset."""
+    from mt5_pipeline.storage.offsets import NO_RECORD, stored_offsets
+
+    assert batch.utc_offset_s is not None
+    stored = stored_offsets(runs, batch.ts)
+    bad = np.flatnonzero((stored != NO_RECORD) & (stored != batch.utc_offset_s))
+    rows = batch.source_rows if batch.source_rows is not None else np.arange(len(batch))
+    errors = [
+        FieldError(
+            f"candles[{int(rows[i])}].time",
+            f"the bar at {_iso(int(batch.ts[i]))} was stored converted from server time at UTC{int(stored[i]) / 3600:+g}; this one was "
+            f"converted at UTC{int(batch.utc_offset_s[i]) / 3600:+g}, so it is a different bar an hour away: refused, the stored bar kept. "
+            "The server changed its offset (daylight saving): name its time zone (BRIDGE_SERVER_TIME_ZONE, or server_time_zone)",
+        )
+        for i in bad[:MAX_REPORTED_ERRORS]
+    ]
+    return bad, errors, len(bad)
+
+
+def _factor(log_ratio: float) -> str:
+    # A 5e-324 price is 1e300 times below anything: exp() would overflow.
+    return f"{math.exp(log_ratio):,.3g}" if log_ratio < 700 else "more than 1e300"
+
+
+def _jump_errors(database_url: str, batch: CandleBatch, max_jump: float) -> tuple[np.ndarray, list[FieldError], int]:
     """Reject bars far from the level of their neighbours (stored bars before the batch
     included): a 1e6 in a EURUSD series is a bad tick, and would ride in every rolling
     feature for the next 50 bars. A trend, however long, moves the level with it.
@@ -606,26 +735,26 @@ def _check_jumps(database_url: str, batch: CandleBatch, max_jump: float) -> None
     ranges = np.log(batch.high) - np.log(batch.low)
     # Half the limit: two consecutive steps just under it could still leave a bar past it.
     if (steps.size == 0 or steps.max() <= limit / 2) and ranges.max() <= limit / 2:
-        return
+        return np.zeros(0, dtype=np.int64), [], 0
     level = pd.Series(np.concatenate([context, log_close])).rolling(JUMP_WINDOW, center=True, min_periods=1).median().to_numpy()[len(context) :]
     above = np.log(batch.high) - level
     below = level - np.log(batch.low)
     bad = np.flatnonzero((above > limit) | (below > limit))
     if not len(bad):
-        return
+        return bad, [], 0
     rows = batch.source_rows if batch.source_rows is not None else np.arange(len(batch))
     errors = []
     for i in bad[:MAX_REPORTED_ERRORS]:
         high_side = above[i] >= below[i]
         field, price = ("high", batch.high[i]) if high_side else ("low", batch.low[i])
-        factor = math.exp(above[i] if high_side else below[i])
+        factor = _factor(above[i] if high_side else below[i])
         errors.append(
             FieldError(
                 f"candles[{int(rows[i])}].{field}",
-                f"{_num(price)} is {factor:,.3g} times {'above' if high_side else 'below'} the level of the bars around it "
+                f"{_num(price)} is {factor} times {'above' if high_side else 'below'} the level of the bars around it "
                 f"({math.exp(level[i]):.6g}); more than PRICE_MAX_JUMP={max_jump:g} is taken for a bad tick",
             )
         )
     if len(bad) > MAX_REPORTED_ERRORS:
         errors.append(FieldError("candles", f"{len(bad) - MAX_REPORTED_ERRORS:,} more errors not shown ({len(bad):,} in all)"))
-    raise CandleValidationError(errors, len(bad))
+    return bad, errors, len(bad)

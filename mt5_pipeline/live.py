@@ -36,16 +36,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
-
-from mt5_pipeline.bars import bar_close
-from mt5_pipeline.clock import as_utc, from_epoch, iso_z, resolve_now, utcnow
+from mt5_pipeline.bars import ready_bar
+from mt5_pipeline.clock import from_epoch, iso_z, resolve_now, utcnow
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
 from mt5_pipeline.signals import Predictor, generate_signal
 from mt5_pipeline.storage.candles import CANDLES_CHANNEL
-from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.notifications import Listener, notifications_supported
-from mt5_pipeline.storage.schema import candles
 
 log = logging.getLogger(__name__)
 
@@ -117,33 +113,22 @@ class LiveWorker:
         return self.known
 
     def ready_bar(self, series: Series, *, now: datetime | None = None) -> datetime | None:
-        """The newest closed bar of the series whose final version is in, or None."""
+        """The newest closed bar of the series whose final version is in, or None (the
+        core's rule, :func:`mt5_pipeline.bars.ready_bar`, with what NOTIFY told us)."""
         symbol, timeframe = series
-        at = resolve_now(now)
-        c = candles.c
-        with get_engine(self.settings.database_url).connect() as conn:
-            rows = conn.execute(
-                select(c.ts, c.ingested_at).where(c.symbol == symbol, c.timeframe == timeframe).order_by(c.ts.desc()).limit(2)
-            ).all()
-        if not rows:
-            return None
-        newest, newest_stamp = as_utc(rows[0].ts), as_utc(rows[0].ingested_at)
-        close = bar_close(newest, timeframe)
-        if close <= at:
-            sent_closed = newest_stamp >= close or self.final.get(series) == newest
-            grace_over = at >= close + timedelta(seconds=self.settings.live_close_grace_seconds)
-            if sent_closed or grace_over:
-                return newest
-        # The newest bar is forming (or its final version may still come): the one before
-        # it is closed, since a later bar exists.
-        return as_utc(rows[1].ts) if len(rows) > 1 else None
+        return ready_bar(
+            self.settings.database_url, symbol, timeframe, grace_seconds=self.settings.live_close_grace_seconds, now=now, final=self.final.get(series)
+        ).bar
 
     def next_tick(self, now: datetime) -> datetime | None:
         """The next bar close + grace over the timeframes with a model (None: none has one)."""
         grace = self.settings.live_close_grace_seconds
         ticks = []
         for timeframe in self.timeframes():
-            step = TIMEFRAME_SECONDS[timeframe]
+            # H4 and longer close on the broker's day (22:00 UTC for a UTC+2 server), W1 on
+            # its Sunday, MN1 on its 1st: the worker does not know the broker's zone, so it
+            # looks every minute (a pass over the series is a few small reads).
+            step = TIMEFRAME_SECONDS[timeframe] if TIMEFRAME_SECONDS[timeframe] <= TIMEFRAME_SECONDS["H1"] else TIMEFRAME_SECONDS["M1"]
             since = (now - timedelta(seconds=grace)).timestamp()
             boundary = (int(since) // step + 1) * step
             ticks.append(from_epoch(boundary + grace))
@@ -184,7 +169,9 @@ class LiveWorker:
         symbol, timeframe = key
         started = time.perf_counter()
         try:
-            result = generate_signal(self.settings, symbol, timeframe, now=at, predictor=self.predictor, refresh_features=True)
+            # The bar asked for, not "the newest closed": with the previous bar undecided (a
+            # start, an error) the newest may still be waiting for its final version.
+            result = generate_signal(self.settings, symbol, timeframe, now=at, predictor=self.predictor, refresh_features=True, bar=bar)
         except NoFeaturesError as exc:
             self.decided[key] = bar  # warm-up or a gap: nothing to do until the next bar
             return LiveDecision(symbol, timeframe, bar, "no_features", str(exc), trigger, seconds=time.perf_counter() - started)
@@ -209,9 +196,13 @@ class LiveWorker:
             listener.connect()  # before the first pass, so no commit falls between the two
         self._safely(lambda: self.handle(self.refresh_series(force=True), trigger="start"))
         try:
+            tick: datetime | None = None
             while not stop.is_set():
                 now = utcnow()
-                tick = self.next_tick(now)
+                if tick is None:
+                    # Kept until it has fired: recomputed from the clock each pass, a tick
+                    # passed during a notified pass would slide to the next bar's close.
+                    tick = self.next_tick(now)
                 wait = poll if tick is None else max(0.0, min(poll, (tick - now).total_seconds()))
                 if listener is not None:
                     payloads = listener.wait(wait, stop)
@@ -231,9 +222,12 @@ class LiveWorker:
                         self.final[key] = final
                 if woken:
                     self._safely(lambda keys=woken: self.handle(keys, trigger="notify"))
-                elif tick is not None and utcnow() >= tick:
+                # The grace pass runs when due even while notifications stream in: a series
+                # whose EA sends only forming bars is never notified of a closed bar.
+                if tick is not None and utcnow() >= tick:
+                    tick = None
                     self._safely(lambda: self.handle(self.refresh_series(), trigger="timer"))
-                else:
+                elif not woken:
                     self._safely(lambda: self.handle(self.refresh_series(), trigger="poll"))
         finally:
             if listener is not None:

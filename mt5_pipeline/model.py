@@ -98,13 +98,15 @@ def check_timeframe(settings: Settings, timeframe: str) -> None:
         )
 
 
-def predict_latest(settings: Settings, symbol: str, timeframe: str = "M1", *, now: datetime | None = None) -> Prediction:
+def predict_latest(settings: Settings, symbol: str, timeframe: str = "M1", *, now: datetime | None = None, bar: datetime | None = None) -> Prediction:
     """Probability for the symbol's newest CLOSED bar (see :mod:`mt5_pipeline.bars`), from
     the timeframe's champion (``rf_<tf>.pkl``).
 
     Feature rows are only written for closed bars; the cutoff here also guards against
     rows an older version wrote for a forming bar. ModelTimeframeError for a timeframe no
-    model is kept for.
+    model is kept for. `bar`: the ready bar (:func:`mt5_pipeline.bars.ready_bar`): never
+    a newer one is predicted (its final version may still come); an older one when the
+    features have not caught up with it yet (the Dagster path computes them in its own run).
     """
     from mt5_pipeline.bars import closed_cutoff
     from mt5_pipeline.storage.candles import newest_candle_ts
@@ -116,6 +118,8 @@ def predict_latest(settings: Settings, symbol: str, timeframe: str = "M1", *, no
         raise ModelMismatchError(f"{current_model_path(settings, timeframe)} was trained on {trained_on} bars, not {timeframe}; {HOW_TO_TRAIN}")
     url = settings.database_url
     cutoff = closed_cutoff(timeframe, now=now, newest_open=newest_candle_ts(url, symbol, timeframe))
+    if bar is not None:
+        cutoff = min(cutoff, bar)
     f = features_m1.c
     with get_engine(url).connect() as conn:
         row = conn.execute(

@@ -342,10 +342,24 @@ def import_file(
     tz_offset_hours: float = 0.0,
     chunk_rows: int = 200_000,
     progress: bool = True,
+    server_time_zone: str | None = None,
 ) -> ImportReport:
-    """Import an MT5 export or MqlRates CSV file into candles; see the module docstring."""
+    """Import an MT5 export or MqlRates CSV file into candles; see the module docstring.
+
+    `server_time_zone` (instead of `tz_offset_hours`): an MT5 export's times are the trade
+    server's clock in this zone (mt5_pipeline.server_time), converted bar by bar with its
+    daylight-saving rules; one offset is wrong for half of a long history."""
     path = Path(path)
     report = ImportReport(str(path), symbol, timeframe)
+    if server_time_zone is not None:
+        from mt5_pipeline.server_time import ZoneError, parse_zone
+
+        try:
+            server_time_zone = parse_zone(server_time_zone).name
+        except ZoneError as exc:
+            raise ImportError_(f"--server-time-zone: {exc}", report) from None
+        if tz_offset_hours:
+            raise ImportError_("give --server-time-zone or --tz-offset, not both", report)
     if not path.is_file():
         raise ImportError_(f"{path}: no such file", report)
     if chunk_rows <= 0:
@@ -429,13 +443,20 @@ def import_file(
                         chunk, lines = chunk.loc[~blank], lines[~blank]
                     if chunk.empty:
                         continue
+                    if server_time_zone is not None and "date" not in chunk.columns:
+                        raise ImportError_("--server-time-zone is for MT5 exports (Date/Time columns in server time); this file's times say their own zone", report)
                     try:
+                        # With a zone the frame keeps the server's clock; ingest converts it bar by bar.
                         frame = _frame(chunk.reset_index(drop=True), layout, tz_offset_hours, lines)
                     except _BadLines as exc:
                         settle()
                         raise _chunk_failure(report, int(lines[0]), int(lines[-1]), exc.problems, exc.total) from None
                     settle()
-                    future = pool.submit(ingest_candles, settings.database_url, symbol, timeframe, frame, utc_offset_hours=tz_offset_hours, max_jump=settings.price_max_jump)
+                    future = pool.submit(
+                        ingest_candles, settings.database_url, symbol, timeframe, frame,
+                        utc_offset_hours=tz_offset_hours, max_jump=settings.price_max_jump,
+                        server_time_zone=server_time_zone,
+                    )
                     in_flight = (future, frame, lines)
                 settle()
     finally:

@@ -182,6 +182,15 @@ def _offset_hours(raw: str) -> float | None:
     return value
 
 
+def _server_zone(raw: str) -> str | None:
+    """``auto`` (None) or a zone server_time.parse_zone reads, kept as its normal name."""
+    if raw.strip().lower() in ("", "auto"):
+        return None
+    from mt5_pipeline.server_time import parse_zone  # numpy/pandas only when a zone is set
+
+    return parse_zone(raw).name
+
+
 MODEL_KINDS = ("random_forest", "hist_gradient_boosting")
 BASELINE_GATES = ("auc", "log_loss", "net_pips")
 
@@ -296,6 +305,14 @@ class Settings:
     bridge_timeframes: tuple[str, ...] = _setting("BRIDGE_TIMEFRAMES", "M1", "timeframes the bridge sends, comma-separated", _timeframes)
     bridge_history_bars: int = _setting("BRIDGE_HISTORY_BARS", "5000", "closed bars per symbol sent on the first start (later starts resume after the last bar the API took)", _int)
     bridge_utc_offset_hours: float | None = _setting("BRIDGE_UTC_OFFSET_HOURS", "auto", "the trade server's UTC offset (MT5 bar times are server time); auto: measured from the last tick", _offset_hours)
+    bridge_server_time_zone: str | None = _setting(
+        "BRIDGE_SERVER_TIME_ZONE",
+        "auto",
+        "the trade server's time zone, whose rules convert each bar's server time to UTC: UTC+2/+3@US (UTC+2 in winter, +3 in summer, "
+        "on the US dates, as most FX brokers), an IANA zone such as Europe/Athens, or a fixed UTC+3; auto: BRIDGE_UTC_OFFSET_HOURS, "
+        "which is right only while the server's offset does not change (history across a daylight-saving change needs the zone)",
+        _server_zone,
+    )
     bridge_lots: float = _setting("BRIDGE_LOTS", "0.01", "volume of each order in lots (rounded down to the symbol's volume step)", _float)
     bridge_risk_percent: float | None = _setting("BRIDGE_RISK_PERCENT", "", "size each order to lose this % of the balance at its stop-loss instead of BRIDGE_LOTS (empty: fixed BRIDGE_LOTS)", _opt(_float))
     bridge_magic: int = _setting("BRIDGE_MAGIC", "250101", "magic number on every order the bridge or the MQL5 EA places", _int)
@@ -324,6 +341,8 @@ class Settings:
     def max_bar_age_seconds(self, timeframe: str) -> int:
         if self.signal_max_bar_age_seconds is not None:
             return self.signal_max_bar_age_seconds
+        if timeframe == "MN1":  # the newest closed month opened up to 62 days ago (July + August)
+            return 62 * 86_400 + BAR_AGE_GRACE_SECONDS
         return 2 * TIMEFRAME_SECONDS[timeframe] + BAR_AGE_GRACE_SECONDS
 
     def sl_tp_pips(self, symbol: str) -> tuple[float, float]:

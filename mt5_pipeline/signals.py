@@ -22,7 +22,7 @@ from mt5_pipeline.execution_policy import ExecutionPolicy, signal_meta
 from mt5_pipeline.pips import PipSizeUnknown, pip_size_for
 from mt5_pipeline.prediction import Prediction
 from mt5_pipeline.quality import unconfirmed_extreme
-from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
+from mt5_pipeline.settings import Settings
 from mt5_pipeline.trade_signal import Signal
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Decision:
 
 @dataclass(frozen=True)
 class GenerateResult:
-    status: str  # "queued" | "duplicate" | "neutral" | "too_late" | "stale_bar" | "stale_model" | "unconfirmed_extreme" | "unknown_pip_size"
+    status: str  # "queued" | "duplicate" | "neutral" | "too_late" | "stale_bar" | "stale_model" | "unconfirmed_extreme" | "unknown_pip_size" | "not_ready"
     message: str
     probability: float | None
     confidence: float | None
@@ -74,8 +74,10 @@ def decide(probability: float, settings: Settings, force: bool = False) -> Decis
 
 
 def signal_expires_at(bar_open: datetime, timeframe: str, settings: Settings) -> datetime:
-    """The bar's close (open + timeframe) plus SIGNAL_TTL_SECONDS."""
-    return as_utc(bar_open) + timedelta(seconds=TIMEFRAME_SECONDS[timeframe] + settings.signal_ttl_seconds)
+    """The bar's close (open + timeframe; MN1: the calendar month) plus SIGNAL_TTL_SECONDS."""
+    from mt5_pipeline.bars import bar_close
+
+    return bar_close(bar_open, timeframe) + timedelta(seconds=settings.signal_ttl_seconds)
 
 
 def too_late(settings: Settings, bar_open: datetime, timeframe: str, *, now: datetime | None = None) -> dict | None:
@@ -86,7 +88,7 @@ def too_late(settings: Settings, bar_open: datetime, timeframe: str, *, now: dat
     expires = signal_expires_at(bar_open, timeframe, settings)
     if at < expires:
         return None
-    close = as_utc(bar_open) + timedelta(seconds=TIMEFRAME_SECONDS[timeframe])
+    close = expires - timedelta(seconds=settings.signal_ttl_seconds)
     return {
         "bar": iso_z(bar_open),
         "bar_close": iso_z(close),
@@ -162,10 +164,20 @@ def build_signal(prediction: Prediction, decision: Decision, settings: Settings,
     )
 
 
-def _default_predictor(now: datetime) -> Predictor:
+def _default_predictor(now: datetime, bar: datetime | None) -> Predictor:
     from mt5_pipeline.model import predict_latest  # helper module; heavy imports stay lazy
 
-    return lambda settings, symbol, timeframe: predict_latest(settings, symbol, timeframe, now=now)
+    return lambda settings, symbol, timeframe: predict_latest(settings, symbol, timeframe, now=now, bar=bar)
+
+
+def _not_ready(symbol: str, timeframe: str, waiting: datetime | None, until: datetime | None) -> GenerateResult:
+    if waiting is None:
+        message = f"No signal: no closed {symbol} {timeframe} bar yet"
+    else:
+        message = f"No signal yet: the {symbol} {timeframe} bar {iso_z(waiting)} has closed but its final version has not arrived"
+        if until is not None:
+            message += f"; it is decided from the version stored at {iso_z(until)} (LIVE_CLOSE_GRACE_SECONDS after its close) if none comes"
+    return GenerateResult("not_ready", message, None, None, None, waiting)
 
 
 def generate_signal(
@@ -177,8 +189,15 @@ def generate_signal(
     now: datetime | None = None,
     predictor: Predictor | None = None,
     refresh_features: bool = False,
+    bar: datetime | None = None,
 ) -> GenerateResult:
-    """Predict the newest closed bar, decide, and queue at most one signal for it.
+    """Predict the series' ready bar, decide, and queue at most one signal for it.
+
+    The ready bar (:func:`mt5_pipeline.bars.ready_bar`) is the newest closed bar whose final
+    version is in or whose LIVE_CLOSE_GRACE_SECONDS have passed; inside the grace the bar
+    before it is decided, and with nothing ready the answer is "not_ready". `bar`: the
+    caller has chosen it by the same rule (the live worker, which also knows what NOTIFY
+    said); exactly that bar is predicted.
 
     `refresh_features` first brings the symbol's features up to its newest closed candle
     (the API's manual path and the live worker: the bar just ingested may not have
@@ -189,14 +208,26 @@ def generate_signal(
     request for the bar answers "duplicate" with the signal the bar already has.
     """
     at = resolve_now(now)
+    if bar is None:
+        from mt5_pipeline.bars import ready_bar
+
+        ready = ready_bar(settings.database_url, symbol, timeframe, grace_seconds=settings.live_close_grace_seconds, now=at)
+        if ready.stored and ready.bar is None:
+            return _not_ready(symbol, timeframe, ready.waiting, ready.until)
+        wanted = ready.bar
+    else:
+        wanted = as_utc(bar)
     if refresh_features:
         from mt5_pipeline.features import update_features
 
         update_features(settings.database_url, symbol, timeframe, now=at)
-    predict = predictor or _default_predictor(at)
+    predict = predictor or _default_predictor(at, wanted)
     prediction = predict(settings, symbol, timeframe)
     p = float(prediction.probability)
     bar = as_utc(prediction.ts)
+    if wanted is not None and bar > wanted:
+        # An injected predictor went past the ready bar: its final version may still change.
+        return _not_ready(symbol, timeframe, bar, None)
 
     late = too_late(settings, bar, prediction.timeframe, now=at)
     if late:

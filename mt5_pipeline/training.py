@@ -41,7 +41,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 from mt5_pipeline import model_registry
 from mt5_pipeline.backtest import plot_equity, run_backtest
 from mt5_pipeline.clock import iso_z, resolve_now
-from mt5_pipeline.drift import decision_shares, reference_histograms
+from mt5_pipeline.drift import reference_histograms, signal_reference
 from mt5_pipeline.evaluation import DEFAULT_FOLDS, TEST_FRACTION, Fold, classification_metrics, walk_forward_folds
 from mt5_pipeline.features import feature_symbols, load_feature_rows
 from mt5_pipeline.indicators import FEATURE_SET_NAME, FEATURE_SET_VERSION, MODEL_FEATURES
@@ -481,7 +481,10 @@ def _train(settings: Settings, symbols: list[str] | None, *, trained_at: datetim
         "feature_importances": importances,
         # What the drift checks compare the live features and signals with.
         "feature_reference": feature_reference(frame.iloc[main.train], X[main.train]),
-        "signal_reference": decision_shares(cv.test_probability, settings.signal_buy_threshold, settings.signal_sell_threshold),
+        # Per symbol, as the features: one symbol's normal BUY/SELL mix is not another's.
+        "signal_reference": signal_reference(
+            test_frame["symbol"].to_numpy(), cv.test_probability, settings.signal_buy_threshold, settings.signal_sell_threshold
+        ),
         "promotion": {"decision": decision.decision, "reason": decision.reason, **decision.scores()},
         "library_versions": library_versions(),
         "sklearn_version": sklearn.__version__,

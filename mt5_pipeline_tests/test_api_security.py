@@ -188,6 +188,40 @@ async def test_body_must_be_an_object(api_settings, content):
     assert response.json()["details"][0]["loc"] == "body"
 
 
+_CANDLES = '[{"time": 1729999980, "open": 1.1, "high": 1.2, "low": 1.0, "close": 1.1, "tick_volume": 1}, {"time": TIME, "open": OPEN, "high": 1.2, "low": LOW, "close": 1.1, "tick_volume": VOLUME}]'
+_HOSTILE = {"subnormal": "5e-324", "huge float": "1e308", "overflowing float": "1e400", "400 digits": "9" * 400, "5000 digits": "9" * 5000}
+# (route, body with one hole, the field the answer must name)
+_HOLES = [
+    ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "candles": ' + _CANDLES.replace("TIME", "X").replace("OPEN", "1.1").replace("LOW", "1.0").replace("VOLUME", "1") + "}", "candles[1].time"),
+    ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "candles": ' + _CANDLES.replace("TIME", "1730000040").replace("OPEN", "1.1").replace("LOW", "X").replace("VOLUME", "1") + "}", "candles[1].low"),
+    ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "candles": ' + _CANDLES.replace("TIME", "1730000040").replace("OPEN", "X").replace("LOW", "1.0").replace("VOLUME", "1") + "}", "candles[1]"),
+    ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "candles": ' + _CANDLES.replace("TIME", "1730000040").replace("OPEN", "1.1").replace("LOW", "1.0").replace("VOLUME", "X") + "}", "candles[1]"),
+    ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "utc_offset_hours": X, "candles": []}', "utc_offset_hours"),
+    ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "digits": X, "candles": []}', "digits"),
+    ("/ea/ack", '{"signal_id": "abc", "ticket": X, "status": "FILLED"}', "ticket"),
+    ("/ea/generate-signal", '{"symbol": "EURUSD", "force": X}', "force"),
+    ("/ea/generate-signal", '{"symbol": X}', "symbol"),
+]
+
+
+@pytest.mark.parametrize(("path", "template", "loc"), _HOLES, ids=[f"{p} {loc}" for p, _, loc in _HOLES])
+@pytest.mark.parametrize("number", sorted(_HOSTILE), ids=sorted(_HOSTILE))
+async def test_hostile_numbers_are_a_422_naming_the_field_never_a_500(api_settings, path, template, loc, number):
+    """Schemathesis found these: a 5e-324 low overflowed the jump check's factor, a 400-digit
+    time the float conversion, and any integer over 4,300 digits made json.loads raise a
+    ValueError that is not a JSONDecodeError. Some of these are fine values for some fields
+    (a subnormal UTC offset rounds to 0; an empty candles list is fine): never a 5xx, and
+    when refused, the field named."""
+    value = _HOSTILE[number]
+    response = await _post(api_settings, path, template.replace("X", value, 1).encode())
+    assert response.status_code < 500, response.text[:300]
+    if response.status_code >= 400:
+        assert response.status_code == 422, response.text[:300]
+        assert any(d["loc"].startswith(loc) for d in response.json()["details"]), response.text[:300]
+    else:
+        assert (loc, number) == ("utc_offset_hours", "subnormal"), response.text[:300]
+
+
 async def test_deep_nesting_is_a_400_not_a_crash(api_settings):
     response = await _post(api_settings, "/ea/ack", b"[" * 100_000 + b"]" * 100_000)
     assert response.status_code in (400, 422)

@@ -207,3 +207,25 @@ def test_trade_reports_wait_in_the_outbox_while_the_api_is_down(rig):
     rig.bridge.trade_reports.send_due(now=float("inf"))  # past the back-off
     assert rig.bridge.store.report_counts()["pending"] == 0
     assert api_trades(rig.url)[ticket]["close_time"] is None
+
+
+def test_deal_times_are_converted_with_the_servers_zone_rules(sqlite_url, tmp_path):
+    """BRIDGE_SERVER_TIME_ZONE: a deal in summer is UTC+3, one in winter UTC+2, whatever
+    the offset today (the core's server_time, the conversion the API applies to bars)."""
+    from datetime import datetime, timezone
+
+    rig = build_rig(sqlite_url, tmp_path, BRIDGE_SERVER_TIME_ZONE="UTC+2/+3@US")
+    try:
+        july = int(datetime(2024, 7, 10, 12, 0, tzinfo=timezone.utc).timestamp())
+        january = int(datetime(2024, 1, 10, 12, 0, tzinfo=timezone.utc).timestamp())
+        assert rig.bridge.server_to_utc([july + 3 * 3600, january + 2 * 3600]) == [july, january]
+        body = signal(rig, "BUY")
+        assert rig.bridge.executor.handle(body)[1]["success"]
+        ticket = first_ticket(rig, body)
+        # The position's IN deal as a summer server time (the history, not the clock, says when).
+        rig.mt5.deals = [d._replace(time=july + 3 * 3600) if d.position_id == ticket else d for d in rig.mt5.deals]
+        rig.bridge.trade_reports.report_positions([ticket])
+        rig.bridge.trade_reports.send_due()
+        assert int(as_utc(api_trades(rig.url)[ticket]["open_time"]).timestamp()) == july
+    finally:
+        rig.close()

@@ -45,6 +45,21 @@ def test_decision_shares():
     assert shares == pytest.approx({"buy_share": 0.5, "sell_share": 0.25, "neutral_share": 0.25, "mean_probability": 0.5125})
 
 
+def test_the_signal_reference_is_kept_per_symbol():
+    """A symbol whose normal mix is mostly BUY is compared with its own mix, not the pool's
+    (half SELL): against the pool it would warn forever."""
+    symbols = np.array(["EURUSD"] * 100 + ["USDJPY"] * 100 + ["XAUUSD"] * 5)
+    probability = np.concatenate([np.full(100, 0.7), np.full(100, 0.3), np.full(5, 0.5)])
+    reference = drift.signal_reference(symbols, probability, 0.55, 0.45)
+    assert reference["by_symbol"]["EURUSD"]["buy_share"] == 1.0 and reference["by_symbol"]["USDJPY"]["sell_share"] == 1.0
+    assert reference["all"]["buy_share"] == pytest.approx(100 / 205) and reference["all"]["rows"] == 205
+    assert "XAUUSD" not in reference["by_symbol"]  # 5 evaluation rows are no reference
+    assert drift._signal_reference_for(reference, "EURUSD") == (reference["by_symbol"]["EURUSD"], "EURUSD")
+    assert drift._signal_reference_for(reference, "XAUUSD") == (reference["all"], "all symbols")
+    legacy = drift.decision_shares(probability, 0.55, 0.45)  # a champion from before: one pooled dict
+    assert drift._signal_reference_for(legacy, "EURUSD") == (legacy, "all symbols")
+
+
 def _load(url: str) -> None:
     for i, (symbol, price, digits) in enumerate((("EURUSD", 1.08, 5), ("USDJPY", 150.0, 3))):
         frame = generate_candles(8_000, end=END, start_price=price, seed=20 + i, digits=digits, momentum=0.15)
@@ -88,6 +103,11 @@ def test_feature_and_signal_drift_against_the_champion(db_url, settings_for):
 
     steady = drift.signal_drift(settings, "EURUSD", rows=in_sample)
     assert set(steady.values) >= {"live/buy_share", "reference/buy_share", "gap/neutral_share", "live/mean_probability"}
+    from mt5_pipeline.model_store import load_current
+
+    own = load_current(settings, "M1").meta["signal_reference"]["by_symbol"]["EURUSD"]
+    assert steady.values["reference_is_symbol"] == 1.0 and steady.values["reference/buy_share"] == own["buy_share"]
+    assert "(EURUSD)" in steady.description
     assert abs(steady.values["live/mean_probability"] - steady.values["reference/mean_probability"]) < drift.MEAN_PROBABILITY_WARN
     parted = drift.signal_drift(settings_for(db_url, **MODEL, **ALWAYS_DECIDE), "USDJPY")
     assert not parted.passed and parted.values["live/neutral_share"] < 0.01

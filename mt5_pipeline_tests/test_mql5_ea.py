@@ -22,12 +22,15 @@ BUILDS = {
     "CandleJson": "Candle", "IngestBody": "IngestRequest", "AckBody": "AckRequest",
     "TradeJson": "TradeReport", "TradesBody": "TradesRequest", "PositionJson": "TerminalPosition", "ReconcileBody": "ReconcileRequest",
 }  # fmt: skip
-READS = {"PollSignals": "SignalsResponse", "HandleSignal": "Signal", "SignalPipSize": "SignalMeta", "SignalPolicy": "SignalMeta", "Reconcile": "ReconcileResponse"}
+READS = {
+    "PollSignals": "SignalsResponse", "HandleSignal": "Signal", "SignalPipSize": "SignalMeta", "SendClosedBars": "IngestResponse",
+    "SignalPolicy": "SignalMeta", "Reconcile": "ReconcileResponse",
+}  # fmt: skip
 # A variable holding a body built by a builder: the ack outbox keeps AckBody's text, the
 # trade reports outbox TradesBody's.
 CARRIED = {"body": "AckBody", "trades": "TradesBody"}
 # Helper -> the JSON types a property may have for it.
-WRITE_TYPES = {"JStr": {"string"}, "JNum": {"number"}, "JInt": {"integer", "number"}, "JArr": {"array"}, "JNull": None}
+WRITE_TYPES = {"JStr": {"string"}, "JNum": {"number"}, "JInt": {"integer", "number"}, "JArr": {"array"}, "JBool": {"boolean"}, "JNull": None}
 READ_TYPES = {"JsonString": {"string"}, "JsonNumber": {"number", "integer"}, "JsonArray": {"array"}, "JsonObject": {"object"}, "JsonTickets": {"array"}}
 FUNCTION = re.compile(r"^(?:string|int|void|double|long|ulong|datetime|bool)\s+(\w+)\(", re.M)
 
@@ -79,7 +82,7 @@ def contract_problems(source: str, doc: dict) -> list[str]:
 
     # JSON fields written and read, per function.
     for name, body in funcs.items():
-        writes = re.findall(r"\b(J(?:Str|Num|Int|Null|Arr))\(\"(\w+)\"", body)
+        writes = re.findall(r"\b(J(?:Str|Num|Int|Null|Arr|Bool))\(\"(\w+)\"", body)
         reads = re.findall(r"\b(Json(?:String|Number|Array|Object|Tickets))\(\w+,\s*\"(\w+)\"", body)
         if writes and name not in BUILDS:
             problems.append(f"{name} builds JSON but is not mapped to a schema")

@@ -34,6 +34,22 @@ class _NonFinite:
         self.token = token
 
 
+class _HugeInt:
+    """Stand-in for an integer longer than Python converts from text (sys.get_int_max_str_digits)."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, token: str) -> None:
+        self.digits = len(token.lstrip("-"))
+
+
+def _int_or_huge(token: str) -> int | _HugeInt:
+    try:
+        return int(token)
+    except ValueError:
+        return _HugeInt(token)
+
+
 class _DupDict(dict):
     """An object that had a key more than once (the first value is kept, for the path)."""
 
@@ -81,6 +97,8 @@ def _problems(node: Any, at: str, out: list[Detail], limit: int = 100) -> None:
         return
     if isinstance(node, _NonFinite):
         out.append(Detail(at or "body", f"{node.token} is not allowed: JSON numbers must be finite"))
+    elif isinstance(node, _HugeInt):
+        out.append(Detail(at or "body", f"an integer of {node.digits:,} digits is too large for any field"))
     elif isinstance(node, dict):
         for key in getattr(node, "duplicates", ()):
             out.append(Detail(_path(at, key), "duplicate key: each key may appear once per object"))
@@ -106,6 +124,15 @@ def parse_strict(raw: bytes) -> Any:
         raise ApiError(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise ApiError(400, "malformed JSON: nested too deeply") from None
+    except ValueError:
+        # Valid JSON, but an integer over Python's digit limit (4,300): parse again, slowly,
+        # only now, with a hook that keeps such numbers as markers to name their path.
+        hooks = _Strict()
+        hooks.suspect = True
+        try:
+            value = json.loads(text, object_pairs_hook=hooks.pairs, parse_constant=hooks.constant, parse_int=_int_or_huge)
+        except (ValueError, RecursionError):
+            raise ApiError(422, "request body has a number too large to read") from None
     if hooks.suspect:
         found: list[Detail] = []
         _problems(value, "", found)

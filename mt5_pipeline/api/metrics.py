@@ -244,6 +244,9 @@ class ApiMetrics:
         self.connection_test_success = Gauge(
             "ea_connection_test_success", "1 if the last EA connection test from this API succeeded, else 0", registry=r
         )
+        self.candles_rejected = Counter(
+            "mt5_candles_rejected", "candles refused by POST /ingest with partial=true (the rest of the batch was stored)", registry=r
+        )
         self.candles_ingested = Counter(
             "mt5_candles_ingested", "candles received by POST /ingest, by outcome", ["result"], registry=r
         )

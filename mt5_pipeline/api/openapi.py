@@ -154,7 +154,8 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                 "summary": "Predict on the newest closed bar and queue a signal for the EA",
                 "description": (
                     "Only a closed bar is predicted (open + timeframe <= now, or a later bar exists); the forming bar "
-                    "is ignored. 200 with success=true: queued (the seed's response). 200 with success=false: the "
+                    "is ignored, and so is a closed bar whose final version has not arrived within LIVE_CLOSE_GRACE_SECONDS "
+                    "of its close (the bar before it is decided; 409 reason=not_ready when there is none). 200 with success=true: queued (the seed's response). 200 with success=false: the "
                     "probability is inside the neutral band (no signal unless force=true). 404: no features for that "
                     "symbol and timeframe. 422 reason=no_model_for_timeframe: no model was trained on that timeframe "
                     "(timeframes_with_model lists those that have one). 409 reason=duplicate: this bar already has its "
@@ -182,7 +183,8 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     "404": _error("no features for this symbol and timeframe"),
                     "409": _error(
                         "reason=duplicate (this bar already has its signal), reason=too_late (past the bar's close + "
-                        "SIGNAL_TTL_SECONDS) or reason=stale_bar (the feed has stalled)"
+                        "SIGNAL_TTL_SECONDS), reason=stale_bar (the feed has stalled) or reason=not_ready (the closed bar's "
+                        "final version may still come)"
                     ),
                     "503": _error("no model yet (the message says how to train one), a stale or mismatched model, or the database is down"),
                 },

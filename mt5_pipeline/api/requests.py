@@ -15,7 +15,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from mt5_pipeline.api.validation import describe
@@ -23,6 +23,8 @@ from mt5_pipeline.clock import from_epoch, parse_iso
 from mt5_pipeline.contract import ACK_STATUSES, SYMBOL_PATTERN
 from mt5_pipeline.execution_policy import EXIT_REASONS
 from mt5_pipeline.pips import MAX_DIGITS, check_instrument
+from mt5_pipeline.server_time import EXAMPLES as ZONE_EXAMPLES
+from mt5_pipeline.server_time import ZoneError, parse_zone
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
 
 TIMEFRAMES: tuple[str, ...] = tuple(TIMEFRAME_SECONDS)
@@ -75,6 +77,16 @@ def _an_object(value: Any) -> dict[str, Any]:
 CandleObject = Annotated[Candle, PlainValidator(_an_object, json_schema_input_type=Candle)]
 
 
+def _zone(value: str | None) -> str | None:
+    # The core's reading (server_time.parse_zone), so the API refuses what ingest could not convert.
+    if value is None:
+        return None
+    try:
+        return parse_zone(value).name
+    except ZoneError as exc:
+        raise PydanticCustomError("server_time_zone", str(exc)) from None
+
+
 class IngestRequest(_Request):
     symbol: Symbol
     timeframe: Timeframe
@@ -88,6 +100,21 @@ class IngestRequest(_Request):
         ),
         _default_for_null(0.0),
     ] = 0.0
+    server_time_zone: Annotated[
+        str | None,
+        Field(
+            max_length=64,
+            description="the trade server's time zone: candle times are then the server's clock (MT5's bar times), converted to UTC here "
+            f"bar by bar with the zone's rules; such as {ZONE_EXAMPLES}. Instead of utc_offset_hours",
+            examples=["UTC+2/+3@US"],
+        ),
+        AfterValidator(_zone),
+    ] = None
+    partial: Annotated[
+        bool | None,
+        Field(description="true: store the good rows and list the bad ones in the answer (rejected, errors) instead of refusing the batch"),
+        _default_for_null(False),
+    ] = False
     digits: int | None = Field(
         None,
         ge=0,
@@ -101,6 +128,14 @@ class IngestRequest(_Request):
         le=1,
         description="MT5's SYMBOL_POINT for this symbol (optional), e.g. 0.01 for XAUUSD quoted 2034.56; must match `digits` when both are sent",
     )
+
+    @model_validator(mode="after")
+    def _one_way_to_convert(self) -> IngestRequest:
+        if self.server_time_zone is not None and "utc_offset_hours" in self.model_fields_set and self.utc_offset_hours:
+            raise PydanticCustomError(
+                "zone_and_offset", "send server_time_zone (times in server time) or utc_offset_hours (times in UTC), not both"
+            )
+        return self
 
     @field_validator("point")
     @classmethod

@@ -42,6 +42,10 @@ class IngestResponse(BaseModel):
     updated: Count = Field(description="bars already stored whose values changed (re-sent, corrected)")
     unchanged: Count = Field(description="bars already stored with the same values (a safe retry)")
     duplicates: Count = Field(0, description="times that appeared twice in the batch (the last one was kept); left out when 0")
+    rejected: Count = Field(0, description="with partial=true: rows refused and not stored (each named in errors); left out when 0")
+    errors: list[FieldError] = Field(
+        [], description="with partial=true: why each refused row was refused (the first 50, then a count); left out when none"
+    )
 
 
 class SignalMeta(BaseModel):

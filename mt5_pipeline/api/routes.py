@@ -53,6 +53,10 @@ async def ingest(request: Request) -> Response:
                 digits=req.digits,
                 point=req.point,
                 max_jump=state.settings.price_max_jump,
+                server_time_zone=req.server_time_zone,
+                # An offset the client names is the one it converted its times with.
+                record_offset=req.utc_offset_hours is not None and "utc_offset_hours" in req.model_fields_set and req.server_time_zone is None,
+                partial=req.partial,
             ),
             state.settings.database_url,
             req.symbol,
@@ -77,6 +81,10 @@ async def ingest(request: Request) -> Response:
     duplicates = getattr(result, "duplicates", 0)
     if duplicates:
         out["duplicates"] = duplicates  # same ts twice in the batch: the last one was kept
+    if result.rejected:
+        m.candles_rejected.inc(result.rejected)
+        out["rejected"] = result.rejected
+        out["errors"] = [{"loc": e.loc, "message": e.message} for e in result.errors]
     return JSON(out)
 
 
@@ -122,7 +130,7 @@ def _signal_response(result: Any) -> Response:
                 "reason": "neutral",
             }
         )
-    # duplicate / too_late / stale_bar / unconfirmed_extreme / unknown_pip_size: the
+    # duplicate / too_late / stale_bar / unconfirmed_extreme / unknown_pip_size / not_ready: the
     # request was fine, the state (or the configuration) says no -> 409;
     # stale_model: no usable model -> 503, like having none.
     code = 503 if status == "stale_model" else 409

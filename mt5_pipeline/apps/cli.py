@@ -38,6 +38,7 @@ def cmd_import_csv(settings: Settings, args: argparse.Namespace) -> int:
             symbol=args.symbol,
             timeframe=args.timeframe,
             tz_offset_hours=args.tz_offset,
+            server_time_zone=args.server_time_zone,
             chunk_rows=args.chunk_rows,
             progress=not args.no_progress,
         )
@@ -178,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--symbol", required=True)
     imp.add_argument("--timeframe", required=True)
     imp.add_argument("--tz-offset", type=float, default=0.0, help="hours the file's times are ahead of UTC (broker time, often 2 or 3)")
+    imp.add_argument(
+        "--server-time-zone",
+        default=None,
+        help="the trade server's time zone for an MT5 export, such as UTC+2/+3@US or Europe/Athens: each bar converted with the offset in force at it (instead of --tz-offset)",
+    )
     imp.add_argument("--chunk-rows", type=int, default=200_000)
     imp.add_argument("--no-progress", action="store_true")
     imp.set_defaults(func=cmd_import_csv)

@@ -79,7 +79,7 @@ class Bridge:
         )
         self.bars = BarFeeder(
             self.terminal, self.api, self.store, settings.bridge_symbols, settings.bridge_timeframes,
-            settings.bridge_history_bars, settings.bridge_utc_offset_hours, clock=clock,
+            settings.bridge_history_bars, settings.bridge_utc_offset_hours, settings.bridge_server_time_zone, clock=clock,
         )
         to_utc = self.server_to_utc
         self.positions = PositionKeeper(self.terminal, self.store, cfg, ExecutionPolicy.from_settings(settings), to_utc=to_utc, clock=clock)
@@ -134,6 +134,9 @@ class Bridge:
             f"{symbol} {tf}": {
                 "last_bar": iso_z(datetime.fromtimestamp(s.last_bar, tz=self.clock().tzinfo)) if s.last_bar is not None else None,
                 "error": s.last_error or None,
+                # Bars the API refused and the feed moved past (partial ingest).
+                "skipped": s.bars_skipped,
+                **({"last_skipped": s.last_skipped} if s.last_skipped else {}),
             }
             for (symbol, tf), s in self.bars.status.items()
         }
@@ -147,6 +150,8 @@ class Bridge:
             "bars": bars,
             "signals": {k: v for k, v in counts.items() if k != "acks_pending"},
             "acks_pending": counts["acks_pending"],
+            "bars_skipped": sum(s.bars_skipped for s in self.bars.status.values()),
+            "server_time_zone": self.settings.bridge_server_time_zone or "auto",
             **self._positions_health(),
         }
         return (200 if connected else 503), body

@@ -59,8 +59,13 @@ class ApiClient:
             raise ApiRefused(response.status_code, text.strip())
         return body if isinstance(body, dict) else {}
 
-    def ingest(self, symbol: str, timeframe: str, candles: list[dict], utc_offset_hours: float, instrument: dict | None = None) -> dict:
-        body = {"symbol": symbol, "timeframe": timeframe, "candles": candles, "utc_offset_hours": utc_offset_hours, **(instrument or {})}
+    def ingest(
+        self, symbol: str, timeframe: str, candles: list[dict], *, server_time_zone: str, partial: bool = True, instrument: dict | None = None
+    ) -> dict:
+        """Candles in the trade server's time, with its zone (the API converts them bar by
+        bar); `partial`: the API stores the good ones and lists the refused ones;
+        `instrument`: the symbol's digits and point, so the core knows its pip."""
+        body = {"symbol": symbol, "timeframe": timeframe, "candles": candles, "server_time_zone": server_time_zone, "partial": partial, **(instrument or {})}
         return self._call("POST", "/ingest", json=body)
 
     def ack(self, body: dict) -> dict:

@@ -69,6 +69,19 @@ class CandleBatch:
     spread: np.ndarray  # int64
     real_volume: np.ndarray  # int64
     source_rows: np.ndarray | None = None  # each row's index in the batch as sent (for errors)
+    utc_offset_s: np.ndarray | None = None  # the offset each bar was converted from server time with
+
+    def take(self, keep: np.ndarray) -> CandleBatch:
+        """The rows where `keep` (a mask) is true."""
+        pick = {name: getattr(self, name)[keep] for name in ("ts", "open", "high", "low", "close", "tick_volume", "spread", "real_volume")}
+        return CandleBatch(
+            self.symbol,
+            self.timeframe,
+            self.received,
+            **pick,
+            source_rows=None if self.source_rows is None else self.source_rows[keep],
+            utc_offset_s=None if self.utc_offset_s is None else self.utc_offset_s[keep],
+        )
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -222,8 +235,10 @@ def newest_closed_in_batch(batch: CandleBatch, now: datetime) -> int | None:
     the newest is closed (a later one exists); the newest is once its timeframe has run out."""
     if len(batch) == 0:
         return None
+    from mt5_pipeline.bars import bar_close
+
     newest = int(batch.ts[-1])
-    if newest + TIMEFRAME_SECONDS[batch.timeframe] <= now.timestamp():
+    if bar_close(from_epoch(newest), batch.timeframe) <= now:
         return newest
     return int(batch.ts[-2]) if len(batch) > 1 else None
 
@@ -441,6 +456,16 @@ def newest_candle_ts(database_url: str, symbol: str, timeframe: str) -> datetime
     with get_engine(database_url).connect() as conn:
         value = conn.execute(select(c.ts).where(c.symbol == symbol, c.timeframe == timeframe).order_by(c.ts.desc()).limit(1)).scalar()
     return None if value is None else parse_iso(value)
+
+
+def newest_two_bars(database_url: str, symbol: str, timeframe: str) -> list[tuple[datetime, datetime]]:
+    """(open, ingested_at) of the series' two newest bars, newest first (one index range)."""
+    c = candles.c
+    with get_engine(database_url).connect() as conn:
+        rows = conn.execute(
+            select(c.ts, c.ingested_at).where(c.symbol == symbol, c.timeframe == timeframe).order_by(c.ts.desc()).limit(2)
+        ).all()
+    return [(as_utc(parse_iso(r.ts)), as_utc(parse_iso(r.ingested_at))) for r in rows]
 
 
 def closes_before(database_url: str, symbol: str, timeframe: str, before: datetime, n: int) -> np.ndarray:

@@ -86,6 +86,21 @@ candle_series = Table(
 
 # What the EA says about an instrument (optional `digits` / `point` in POST /ingest):
 # where a pip is known without guessing (mt5_pipeline.pips).
+# How the bars of a series were converted from the trade server's clock: runs of bars
+# (first_ts..last_ts, UTC epoch seconds) stored with one UTC offset. A bar re-sent with
+# another offset is refused (mt5_pipeline.server_time, ingest): it would otherwise land
+# an hour off, on top of a bar converted correctly. Runs, not a column per bar: a zone
+# changes its offset twice a year, so a series holds a few rows per year.
+candle_offsets = Table(
+    "candle_offsets",
+    metadata,
+    Column("symbol", String(32), primary_key=True),
+    Column("timeframe", String(4), primary_key=True),
+    Column("first_ts", BigInteger, primary_key=True, comment="UTC epoch seconds of the run's first bar"),
+    Column("last_ts", BigInteger, nullable=False, comment="UTC epoch seconds of the run's last bar"),
+    Column("utc_offset_s", Integer, nullable=False, comment="server time minus UTC, seconds, for every bar in the run"),
+)
+
 symbols = Table(
     "symbols",
     metadata,

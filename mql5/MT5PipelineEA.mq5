@@ -35,6 +35,16 @@
 //|    A transient retcode (no connection, too many requests, ...)   |
 //|    is not final: nothing is stored, no ack, the next poll tries  |
 //|    again while the signal is pending.                            |
+//|  - the execution policy the signal carries (meta.entry_policy,   |
+//|    meta.max_hold_bars; docs/trades.md): a signal it skips is     |
+//|    acked REJECTED saying why, `reverse` closes the opposite      |
+//|    position first, and at each bar close a position held         |
+//|    max_hold_bars bars is closed (the time exit);                 |
+//|  - each position's open and close, read from the deals history,  |
+//|    to POST /ea/trades through a persisted outbox, and at start   |
+//|    and every minute POST /ea/reconcile with the magic's          |
+//|    positions (nothing is closed for it). Checked from the text   |
+//|    like the rest; never run in a terminal either.                |
 //|                                                                  |
 //| Set-up: Tools -> Options -> Expert Advisors -> "Allow WebRequest |
 //| for listed URL", add InpApiUrl; enable Algo Trading; one chart   |
@@ -54,6 +64,8 @@ input int    InpPollSeconds = 2;                        // seconds between GET /
 input int    InpDeviation   = 10;                       // largest slippage accepted, points
 input int    InpHistoryBars = 500;                      // closed bars sent on the first start
 input int    InpTimeoutMs   = 5000;                     // timeout of each HTTP request, ms
+input string InpEntryPolicy = "one_per_symbol_timeframe"; // entry rule for a signal without meta.entry_policy (as ENTRY_POLICY)
+input int    InpMaxHoldBars = 60;                       // time exit for a signal without meta.max_hold_bars (as LABEL_MAX_HOLD_BARS)
 // The trade server's time zone, as BRIDGE_SERVER_TIME_ZONE: UTC+2/+3@US (UTC+2 in winter, +3
 // in summer, US dates: most FX brokers), an IANA zone (Europe/Athens) or a fixed UTC+3.
 // "auto": today's offset for every bar, wrong for history across a daylight-saving change.
@@ -67,6 +79,7 @@ input string InpServerTimeZone = "auto";
 // than SENDING_STALE_SECONDS (its chart stopped mid-send) is looked up in the terminal.
 #define OUTCOME_EXPIRED        0
 #define OUTCOME_INVALID       -1
+#define OUTCOME_SKIPPED       -2   // the execution policy did not trade it (acked REJECTED, saying why)
 #define OUTCOME_REJECTED      -100000
 #define OUTCOME_SENDING       -1000000000
 #define SENDING_STALE_SECONDS 60
@@ -460,6 +473,395 @@ ulong FindPlaced(const string symbol, const string comment)
   }
 
 //+------------------------------------------------------------------+
+//| Positions: the execution policy, trade reports, reconciliation   |
+//| (docs/trades.md). The rule is the core's (execution_policy.py);   |
+//| the signal carries it in meta.entry_policy / meta.max_hold_bars,  |
+//| so the EA obeys it without deciding it. Per position the EA keeps |
+//| terminal global variables: "mt5p.pos.<ticket>.tf" (the chart      |
+//| period it belongs to), ".entry" (the open time, server clock, of  |
+//| its entry bar: the signal's bar + one), ".hold" (max_hold_bars),  |
+//| ".why" (why the EA closed it) and ".rep" (what the API took).     |
+//+------------------------------------------------------------------+
+#define WHY_TIME     1
+#define WHY_OPPOSITE 2
+#define REP_OPEN     1
+#define REP_CLOSED   2
+#define RECONCILE_SECONDS 60
+
+datetime g_lastReconcile = 0;
+int      g_reconcileUnknown = 0;
+int      g_reconcileMissing = 0;
+
+string PosKey(const ulong ticket, const string what) { return "mt5p.pos." + IntegerToString((long)ticket) + "." + what; }
+
+// The server's clock to UTC for deal and position times: the one place the EA converts them.
+// Today's offset (MQL5 has no zone rules; the API converts the bars with InpServerTimeZone):
+// right for what happened since the last daylight-saving change, an hour off before it.
+long ServerToUtc(const datetime serverTime) { return (long)serverTime - ServerOffsetSeconds(); }
+
+// The policy a signal carries (what the backtest simulated); the inputs only for a signal without it.
+void SignalPolicy(const string meta, string &entryPolicy, int &maxHoldBars)
+  {
+   entryPolicy = JsonString(meta, "entry_policy");
+   if(entryPolicy != "one_per_symbol_timeframe" && entryPolicy != "stack" && entryPolicy != "reverse") entryPolicy = InpEntryPolicy;
+   maxHoldBars = (int)JsonNumber(meta, "max_hold_bars");
+   if(maxHoldBars < 1) maxHoldBars = InpMaxHoldBars;
+  }
+
+// This chart's open positions (its symbol and timeframe, opened by this EA), with their sides.
+int MyPositions(ulong &tickets[], bool &longs[])
+  {
+   ArrayResize(tickets, 0);
+   ArrayResize(longs, 0);
+   for(int i = PositionsTotal() - 1; i >= 0; i--)
+     {
+      ulong ticket = PositionGetTicket(i);
+      if(ticket == 0 || PositionGetInteger(POSITION_MAGIC) != InpMagic || PositionGetString(POSITION_SYMBOL) != _Symbol) continue;
+      if(!GlobalVariableCheck(PosKey(ticket, "tf")) || (int)GlobalVariableGet(PosKey(ticket, "tf")) != (int)_Period) continue;
+      int k = ArraySize(tickets);
+      ArrayResize(tickets, k + 1);
+      ArrayResize(longs, k + 1);
+      tickets[k] = ticket;
+      longs[k] = (PositionGetInteger(POSITION_TYPE) == POSITION_TYPE_BUY);
+     }
+   return ArraySize(tickets);
+  }
+
+
+
+// The whole signal_id of an order this EA placed ("mt5p.<signal_id>" holds its ticket); "" if none.
+string SignalOfTicket(const ulong ticket)
+  {
+   for(int i = GlobalVariablesTotal() - 1; i >= 0; i--)
+     {
+      string name = GlobalVariableName(i);
+      if(StringLen(name) == 41 && StringSubstr(name, 0, 5) == "mt5p." && (ulong)GlobalVariableGet(name) == ticket)
+         return StringSubstr(name, 5);
+     }
+   return "";
+  }
+
+string ExitReason(const long dealReason, const ulong ticket)
+  {
+   if(dealReason == DEAL_REASON_SL) return "sl";
+   if(dealReason == DEAL_REASON_TP) return "tp";
+   if(dealReason == DEAL_REASON_EXPERT && GlobalVariableCheck(PosKey(ticket, "why")))
+      return ((int)GlobalVariableGet(PosKey(ticket, "why")) == WHY_TIME) ? "time" : "opposite_signal";
+   return "manual"; // a person, the mobile or web terminal, a stop-out, another EA
+  }
+
+string TimeframeOfTicket(const ulong ticket)
+  {
+   if(!GlobalVariableCheck(PosKey(ticket, "tf"))) return "";
+   switch((int)GlobalVariableGet(PosKey(ticket, "tf")))
+     {
+      case PERIOD_M1:  return "M1";
+      case PERIOD_M5:  return "M5";
+      case PERIOD_M15: return "M15";
+      case PERIOD_M30: return "M30";
+      case PERIOD_H1:  return "H1";
+      case PERIOD_H4:  return "H4";
+      case PERIOD_D1:  return "D1";
+      case PERIOD_W1:  return "W1";
+      case PERIOD_MN1: return "MN1";
+     }
+   return "";
+  }
+
+// One position from its deals (HistorySelectByPosition): the open (IN deal) and, once
+// the position is gone, the close (OUT deals). "" when it is not this magic's. `closed`
+// says which of the two the report is.
+string TradeJson(const ulong ticket, bool &closed)
+  {
+   closed = false;
+   if(!HistorySelectByPosition(ticket)) return "";
+   int n = HistoryDealsTotal();
+   ulong inDeal = 0, lastOut = 0;
+   double volumeIn = 0, volumeOut = 0, priceOut = 0, profit = 0, swap = 0, commission = 0;
+   for(int i = 0; i < n; i++)
+     {
+      ulong deal = HistoryDealGetTicket(i);
+      if(deal == 0) continue;
+      long entry = HistoryDealGetInteger(deal, DEAL_ENTRY);
+      swap += HistoryDealGetDouble(deal, DEAL_SWAP);
+      commission += HistoryDealGetDouble(deal, DEAL_COMMISSION);
+      if(entry == DEAL_ENTRY_IN)
+        {
+         if(inDeal == 0) inDeal = deal;
+         volumeIn += HistoryDealGetDouble(deal, DEAL_VOLUME);
+        }
+      else if(entry == DEAL_ENTRY_OUT || entry == DEAL_ENTRY_OUT_BY)
+        {
+         double v = HistoryDealGetDouble(deal, DEAL_VOLUME);
+         volumeOut += v;
+         priceOut += HistoryDealGetDouble(deal, DEAL_PRICE) * v;
+         profit += HistoryDealGetDouble(deal, DEAL_PROFIT);
+         lastOut = deal;
+        }
+     }
+   if(inDeal == 0 || HistoryDealGetInteger(inDeal, DEAL_MAGIC) != InpMagic) return "";
+   string symbol = HistoryDealGetString(inDeal, DEAL_SYMBOL);
+   int digits = (int)SymbolInfoInteger(symbol, SYMBOL_DIGITS);
+   string signalId = SignalOfTicket(ticket);
+   string tf = TimeframeOfTicket(ticket);
+   double sl = 0, tp = 0;
+   bool isOpen = PositionSelectByTicket(ticket);
+   if(isOpen) { sl = PositionGetDouble(POSITION_SL); tp = PositionGetDouble(POSITION_TP); }
+   string json = "{" + JInt("ticket", (long)ticket) + "," + (signalId != "" ? JStr("signal_id", signalId) : JNull("signal_id")) + ","
+                 + JStr("symbol", symbol) + "," + (tf != "" ? JStr("timeframe", tf) : JNull("timeframe")) + ","
+                 + JStr("side", HistoryDealGetInteger(inDeal, DEAL_TYPE) == DEAL_TYPE_BUY ? "BUY" : "SELL") + ","
+                 + JNum("volume", volumeIn, 2) + "," + JInt("open_time", ServerToUtc((datetime)HistoryDealGetInteger(inDeal, DEAL_TIME))) + ","
+                 + JNum("open_price", HistoryDealGetDouble(inDeal, DEAL_PRICE), digits) + "," + JNum("swap", swap, 2) + ","
+                 + JNum("commission", commission, 2) + "," + JInt("magic", InpMagic) + "," + JInt("account", AccountInfoInteger(ACCOUNT_LOGIN));
+   if(isOpen) json += "," + JNum("sl", sl, digits) + "," + JNum("tp", tp, digits);
+   if(!isOpen && lastOut != 0 && volumeOut + 1e-9 >= volumeIn)
+     {
+      closed = true;
+      json += "," + JInt("close_time", ServerToUtc((datetime)HistoryDealGetInteger(lastOut, DEAL_TIME))) + ","
+              + JNum("close_price", priceOut / volumeOut, digits) + "," + JStr("exit_reason", ExitReason(HistoryDealGetInteger(lastOut, DEAL_REASON), ticket)) + ","
+              + JNum("profit", profit, 2);
+     }
+   return json + "}";
+  }
+
+string TradesBody(const string items) { return "{" + JArr("trades", items) + "}"; }
+
+// The trade reports outbox: one POST /ea/trades body per line, kept until the API takes
+// it, like the ack outbox. One file per chart.
+string TradesOutboxFile() { return "mt5p_trades_" + _Symbol + "_" + TimeframeName() + ".txt"; }
+
+void QueueTrade(const ulong ticket)
+  {
+   bool closed;
+   string item = TradeJson(ticket, closed);
+   if(item == "") return;
+   int state = closed ? REP_CLOSED : REP_OPEN;
+   int said = GlobalVariableCheck(PosKey(ticket, "rep")) ? (int)GlobalVariableGet(PosKey(ticket, "rep")) : 0;
+   if(said >= state) return; // the API has it (each state once; the API is idempotent anyway)
+   int h = FileOpen(TradesOutboxFile(), FILE_READ | FILE_WRITE | FILE_TXT | FILE_ANSI);
+   if(h == INVALID_HANDLE) { PrintFormat("trades outbox %s: cannot open (error %d)", TradesOutboxFile(), GetLastError()); return; }
+   FileSeek(h, 0, SEEK_END);
+   FileWriteString(h, IntegerToString((long)ticket) + " " + IntegerToString(state) + " " + TradesBody(item) + "\n");
+   FileFlush(h);
+   FileClose(h);
+  }
+
+void FlushTrades()
+  {
+   if(!FileIsExist(TradesOutboxFile())) return;
+   int h = FileOpen(TradesOutboxFile(), FILE_READ | FILE_TXT | FILE_ANSI);
+   if(h == INVALID_HANDLE) return;
+   string keep[];
+   while(!FileIsEnding(h))
+     {
+      string line = FileReadString(h);
+      if(line == "") continue;
+      string parts[];
+      if(StringSplit(line, ' ', parts) < 3) continue;
+      ulong ticket = (ulong)StringToInteger(parts[0]);
+      int state = (int)StringToInteger(parts[1]);
+      string trades = StringSubstr(line, StringLen(parts[0]) + StringLen(parts[1]) + 2);
+      string response;
+      int code = ApiRequest("POST", "/ea/trades", trades, response);
+      if(code == 200 || code == 404 || code == 422)
+        {
+         if(code != 200) PrintFormat("trade report for %I64u dropped, the API refused it: HTTP %d %s", ticket, code, StringSubstr(response, 0, 300));
+         if(!GlobalVariableCheck(PosKey(ticket, "rep")) || (int)GlobalVariableGet(PosKey(ticket, "rep")) < state)
+            GlobalVariableSet(PosKey(ticket, "rep"), state);
+         continue;
+        }
+      int k = ArraySize(keep);
+      ArrayResize(keep, k + 1);
+      keep[k] = line;
+     }
+   FileClose(h);
+   GlobalVariablesFlush();
+   if(ArraySize(keep) == 0) { FileDelete(TradesOutboxFile()); return; }
+   h = FileOpen(TradesOutboxFile(), FILE_WRITE | FILE_TXT | FILE_ANSI);
+   if(h == INVALID_HANDLE) return;
+   for(int i = 0; i < ArraySize(keep); i++) FileWriteString(h, keep[i] + "\n");
+   FileClose(h);
+  }
+
+// Every position of the magic the deals history touched since the last look (a trade
+// closed while the EA was off is in the history when it comes back), then the outbox.
+void ReportTrades()
+  {
+   string cursorKey = "mt5p.deals." + _Symbol + "." + TimeframeName();
+   datetime since = GlobalVariableCheck(cursorKey) ? (datetime)GlobalVariableGet(cursorKey) - 300 : TimeTradeServer() - 30 * 86400;
+   if(HistorySelect(since, TimeTradeServer() + 86400))
+     {
+      int n = HistoryDealsTotal();
+      ulong positions[];
+      datetime newest = 0;
+      for(int i = 0; i < n; i++)
+        {
+         ulong deal = HistoryDealGetTicket(i);
+         if(deal == 0) continue;
+         datetime at = (datetime)HistoryDealGetInteger(deal, DEAL_TIME);
+         if(at > newest) newest = at;
+         ulong position = (ulong)HistoryDealGetInteger(deal, DEAL_POSITION_ID);
+         if(position == 0) continue;
+         int k = ArraySize(positions);
+         ArrayResize(positions, k + 1);
+         positions[k] = position;
+        }
+      // TradeJson selects each position's own history: read the list first.
+      for(int i = 0; i < ArraySize(positions); i++) QueueTrade(positions[i]);
+      if(newest > 0) GlobalVariableSet(cursorKey, (double)newest);
+     }
+   FlushTrades();
+  }
+
+bool ClosePosition(const ulong ticket, const int why)
+  {
+   GlobalVariableSet(PosKey(ticket, "why"), why); // before the close: the report says why even after a crash
+   GlobalVariablesFlush();
+   if(!PositionSelectByTicket(ticket)) return true; // already gone: its deals say how
+   if(g_trade.PositionClose(ticket, (ulong)InpDeviation)) return true;
+   uint retcode = g_trade.ResultRetcode();
+   PrintFormat("ticket %I64u not closed (%s): retcode %u %s", ticket, why == WHY_TIME ? "time" : "opposite_signal", retcode, g_trade.ResultRetcodeDescription());
+   return retcode == 10036; // TRADE_RETCODE_POSITION_CLOSED: someone was first
+  }
+
+// The entry rule (execution_policy.decide_entry): 1 open, 0 skip (why says it), -1 not now.
+int PolicyEntry(const string entryPolicy, const bool buy, string &why)
+  {
+   ulong tickets[];
+   bool longs[];
+   int n = MyPositions(tickets, longs);
+   if(entryPolicy == "stack" || n == 0) return 1;
+   string tf = TimeframeName();
+   if(entryPolicy == "one_per_symbol_timeframe")
+     {
+      why = StringFormat("skipped by the execution policy (one_per_symbol_timeframe): a %s %s position is open (ticket %I64u)", _Symbol, tf, tickets[0]);
+      return 0;
+     }
+   // reverse: a same-side signal keeps the open position; an opposite one closes it first.
+   bool opposite = false;
+   for(int i = 0; i < n; i++) if(longs[i] != buy) opposite = true;
+   if(!opposite)
+     {
+      why = StringFormat("skipped by the execution policy (reverse): a %s %s %s position is already open (ticket %I64u)", buy ? "BUY" : "SELL", _Symbol, tf, tickets[0]);
+      return 0;
+     }
+   for(int i = 0; i < n; i++)
+      if(longs[i] != buy && !ClosePosition(tickets[i], WHY_OPPOSITE)) return -1;
+   ReportTrades();
+   return 1;
+  }
+
+void RememberPosition(const ulong ticket, const string signalTime, const int maxHoldBars)
+  {
+   datetime entryBar = (datetime)(IsoToTime(signalTime) + ServerOffsetSeconds() + PeriodSeconds(_Period));
+   GlobalVariableSet(PosKey(ticket, "tf"), (double)_Period);
+   GlobalVariableSet(PosKey(ticket, "entry"), (double)entryBar);
+   GlobalVariableSet(PosKey(ticket, "hold"), (double)maxHoldBars);
+   GlobalVariablesFlush();
+  }
+
+// The time exit (execution_policy.due_exits), at each bar close: a position closes once
+// max_hold_bars bars, counted from its entry bar through the last closed bar, have closed.
+// Bars are counted as the terminal has them (Bars()), as the backtest counts rows, so a
+// weekend does not end a trade early.
+void TimeExits()
+  {
+   datetime forming = iTime(_Symbol, _Period, 0);
+   if(forming == 0) return;
+   datetime newestClosed = (forming + PeriodSeconds(_Period) <= TimeTradeServer()) ? forming : iTime(_Symbol, _Period, 1);
+   ulong tickets[];
+   bool longs[];
+   int n = MyPositions(tickets, longs);
+   bool closed = false;
+   for(int i = 0; i < n; i++)
+     {
+      datetime entryBar = (datetime)GlobalVariableGet(PosKey(tickets[i], "entry"));
+      int hold = (int)GlobalVariableGet(PosKey(tickets[i], "hold"));
+      if(entryBar == 0 || hold < 1 || newestClosed < entryBar) continue;
+      int held = Bars(_Symbol, _Period, entryBar, newestClosed);
+      if(held >= hold && ClosePosition(tickets[i], WHY_TIME)) closed = true;
+     }
+   if(closed) ReportTrades();
+  }
+
+//+------------------------------------------------------------------+
+//| Reconciliation: the terminal's positions of the magic against the |
+//| API's open trades, at start and every minute. The API records the |
+//| unknown ones; the closes of the missing ones are read from the    |
+//| deals history and reported. Nothing is closed.                    |
+//+------------------------------------------------------------------+
+string PositionJson(const ulong ticket)
+  {
+   string symbol = PositionGetString(POSITION_SYMBOL);
+   int digits = (int)SymbolInfoInteger(symbol, SYMBOL_DIGITS);
+   string signalId = SignalOfTicket(ticket);
+   string tf = TimeframeOfTicket(ticket);
+   return "{" + JInt("ticket", (long)ticket) + "," + (signalId != "" ? JStr("signal_id", signalId) : JNull("signal_id")) + "," + JStr("symbol", symbol) + ","
+          + (tf != "" ? JStr("timeframe", tf) : JNull("timeframe")) + "," + JStr("side", PositionGetInteger(POSITION_TYPE) == POSITION_TYPE_BUY ? "BUY" : "SELL") + ","
+          + JNum("volume", PositionGetDouble(POSITION_VOLUME), 2) + "," + JInt("open_time", ServerToUtc((datetime)PositionGetInteger(POSITION_TIME))) + ","
+          + JNum("open_price", PositionGetDouble(POSITION_PRICE_OPEN), digits) + "," + JNum("sl", PositionGetDouble(POSITION_SL), digits) + ","
+          + JNum("tp", PositionGetDouble(POSITION_TP), digits) + "," + JNum("swap", PositionGetDouble(POSITION_SWAP), 2) + "}";
+  }
+
+string ReconcileBody(const string positions)
+  {
+   return "{" + JInt("magic", InpMagic) + "," + JInt("account", AccountInfoInteger(ACCOUNT_LOGIN)) + "," + JArr("positions", positions) + "}";
+  }
+
+// The whole numbers of the array under `key` (the API's ticket lists).
+int JsonTickets(const string json, const string key, ulong &out[])
+  {
+   ArrayResize(out, 0);
+   int i = JsonValueStart(json, key);
+   if(i < 0 || StringGetCharacter(json, i) != '[') return 0;
+   int end = StringFind(json, "]", i);
+   if(end < 0) return 0;
+   string parts[];
+   int n = StringSplit(StringSubstr(json, i + 1, end - i - 1), ',', parts);
+   for(int k = 0; k < n; k++)
+     {
+      StringTrimLeft(parts[k]);
+      StringTrimRight(parts[k]);
+      if(parts[k] == "") continue;
+      int m = ArraySize(out);
+      ArrayResize(out, m + 1);
+      out[m] = (ulong)StringToInteger(parts[k]);
+     }
+   return ArraySize(out);
+  }
+
+void Reconcile()
+  {
+   g_lastReconcile = TimeGMT();
+   ReportTrades(); // what the history says first, so a fresh close is not a difference
+   string items = "";
+   for(int i = PositionsTotal() - 1; i >= 0; i--)
+     {
+      ulong ticket = PositionGetTicket(i);
+      if(ticket == 0 || PositionGetInteger(POSITION_MAGIC) != InpMagic) continue;
+      items += (items == "" ? "" : ",") + PositionJson(ticket);
+     }
+   string response;
+   int status = ApiRequest("POST", "/ea/reconcile", ReconcileBody(items), response);
+   if(status != 200)
+     {
+      PrintFormat("POST /ea/reconcile: HTTP %d %s (tried again in a minute)", status, StringSubstr(response, 0, 300));
+      return;
+     }
+   ulong unknown[], missing[];
+   g_reconcileUnknown = JsonTickets(response, "unknown", unknown);
+   g_reconcileMissing = JsonTickets(response, "missing", missing);
+   if(g_reconcileUnknown > 0)
+      PrintFormat("reconciliation: %d position(s) of magic %I64d were not open in the API: recorded now, left open", g_reconcileUnknown, InpMagic);
+   if(g_reconcileMissing > 0)
+     {
+      PrintFormat("reconciliation: %d trade(s) open in the API are gone from the terminal: reporting their close from the deals history", g_reconcileMissing);
+      for(int k = 0; k < g_reconcileMissing; k++) QueueTrade(missing[k]);
+      FlushTrades();
+     }
+  }
+
+//+------------------------------------------------------------------+
 //| Signals in, acks out                                              |
 //+------------------------------------------------------------------+
 string AckBody(const string signalId, const ulong ticket, const string status, const string message, const long retcode)
@@ -578,6 +980,8 @@ void AckStored(const string signalId, const string key)
       SendAck(signalId, 0, "EXPIRED", "signal expired; not traded", -1);
    else if(outcome == OUTCOME_INVALID)
       SendAck(signalId, 0, "REJECTED", "invalid signal", -1);
+   else if(outcome == OUTCOME_SKIPPED)
+      SendAck(signalId, 0, "REJECTED", "skipped by the execution policy", -1);
    else if(outcome <= OUTCOME_REJECTED && outcome > OUTCOME_SENDING)
      {
       long retcode = (long)(OUTCOME_REJECTED - outcome);
@@ -646,6 +1050,24 @@ void HandleSignal(const string obj)
       PrintFormat("%s: no meta.pip_size in the signal; pip %g from this terminal's digits and point", signalId, pip);
      }
    bool buy = (side == "BUY");
+   string entryPolicy;
+   int maxHoldBars;
+   SignalPolicy(JsonObject(obj, "meta"), entryPolicy, maxHoldBars);
+   string why = "";
+   int verdict = PolicyEntry(entryPolicy, buy, why);
+   if(verdict == 0)
+     {
+      Remember(key, OUTCOME_SKIPPED);
+      SendAck(signalId, 0, "REJECTED", why, -1);
+      return;
+     }
+   if(verdict < 0)
+     {
+      // The opposite position could not be closed now: nothing final, the next poll tries again.
+      GlobalVariableDel(key);
+      GlobalVariablesFlush();
+      return;
+     }
    // FOK or IOC as the symbol allows; neither (exchange execution): RETURN.
    if(!g_trade.SetTypeFillingBySymbol(symbol))
       g_trade.SetTypeFilling(ORDER_FILLING_RETURN);
@@ -675,6 +1097,7 @@ void HandleSignal(const string obj)
      {
       ulong ticket = g_trade.ResultOrder();
       Remember(key, (double)ticket);
+      RememberPosition(ticket, JsonString(obj, "timestamp"), maxHoldBars);
       SendAck(signalId, ticket, "FILLED", StringFormat("filled %.2f at %s", g_trade.ResultVolume(), DoubleToString(g_trade.ResultPrice(), _Digits)), -1);
      }
    else if(retcode == 0 || IsTransient(retcode))
@@ -685,6 +1108,7 @@ void HandleSignal(const string obj)
       if(found > 0)
         {
          Remember(key, (double)found);
+         RememberPosition(found, JsonString(obj, "timestamp"), maxHoldBars);
          SendAck(signalId, found, "FILLED", "found in the terminal after an unclear answer", -1);
          return;
         }
@@ -732,6 +1156,7 @@ int OnInit()
       g_lastSent = (datetime)GlobalVariableGet(LastBarKey());
    EventSetTimer(MathMax(1, InpPollSeconds));
    SendClosedBars();
+   Reconcile(); // at start: trades closed while the EA was off are reported, differences found
    return INIT_SUCCEEDED;
   }
 
@@ -748,13 +1173,17 @@ void OnTick()
      {
       lastBar = bar;
       SendClosedBars(); // a new bar opened: the previous one closed
+      TimeExits();      // the time exit at that bar's close
      }
   }
 
 void OnTimer()
   {
    SendClosedBars(); // also catches up after an outage and closes bars without ticks
+   TimeExits();      // a bar that closed without a tick
    FlushOutbox();    // acks the API has not taken yet, whatever the signal's state there
    PollSignals();
+   if(TimeGMT() - g_lastReconcile >= RECONCILE_SECONDS)
+      Reconcile();   // reports trades, then compares positions with the API
   }
 //+------------------------------------------------------------------+

@@ -12,7 +12,12 @@ each answer does to a queued signal. Decided here, once; the API, the reference 
   the signal's ``meta.pip_size`` (decided by :mod:`mt5_pipeline.pips`, the rule labels,
   backtest and promotion used), and only for a signal without one the same core rule
   applied to the terminal's own digits and point;
-- :data:`TRANSIENT_RETCODES`: terminal answers that say "not now", never "no".
+- :data:`TRANSIENT_RETCODES`: terminal answers that say "not now", never "no";
+- the execution policy: :func:`policy_for_signal` is the entry rule and time exit the
+  signal's ``meta.entry_policy`` / ``meta.max_hold_bars`` carry (decided by
+  :mod:`mt5_pipeline.execution_policy`, the backtest's policy), so the bridge and the
+  MQL5 EA obey the policy the model was judged under without re-deriving it. A signal
+  the policy skips is acked ``REJECTED`` with a message starting :data:`POLICY_SKIP`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from mt5_pipeline.execution_policy import ENTRY_POLICIES, ExecutionPolicy
 from mt5_pipeline.pips import pip_size
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
 from mt5_pipeline.trade_signal import PAYLOAD_KEYS, REQUIRED_META, SIDES, Signal
@@ -31,6 +37,7 @@ from mt5_pipeline.trade_signal import PAYLOAD_KEYS, REQUIRED_META, SIDES, Signal
 __all__ = [
     "ACK_OUTCOMES",
     "ACK_STATUSES",
+    "POLICY_SKIP",
     "MAX_BODY_BYTES",
     "PAYLOAD_KEYS",
     "SYMBOL_PATTERN",
@@ -39,6 +46,7 @@ __all__ = [
     "ack_outcome",
     "parse_signal",
     "pip_for_signal",
+    "policy_for_signal",
     "queue_status_after_ack",
     "validate_signal",
 ]
@@ -114,6 +122,24 @@ def pip_for_signal(signal: Signal | Mapping[str, Any], digits: int | None, point
     return pip_size(symbol, overrides, (digits, point)), "local rule (the signal carries no meta.pip_size)"
 
 
+# ---- the execution policy ------------------------------------------------------------------
+# The ack message of a signal the policy did not trade (status REJECTED: the EA said no,
+# on purpose). Read by people and by the EA contract test; the reason follows.
+POLICY_SKIP = "skipped by the execution policy"
+
+
+def policy_for_signal(signal: Signal | Mapping[str, Any], default: ExecutionPolicy) -> tuple[ExecutionPolicy, str]:
+    """(the policy to apply to ``signal``, where it came from): the signal's
+    ``meta.entry_policy`` and ``meta.max_hold_bars`` (what the pipeline decided and the
+    backtest simulated); each one missing (an older API) is the executor's ``default``."""
+    meta = signal.meta if isinstance(signal, Signal) else (signal.get("meta") or {})
+    entry = meta.get("entry_policy") if isinstance(meta, Mapping) else None
+    hold = meta.get("max_hold_bars") if isinstance(meta, Mapping) else None
+    said = entry in ENTRY_POLICIES, isinstance(hold, int) and not isinstance(hold, bool) and hold >= 1
+    policy = ExecutionPolicy(entry if said[0] else default.entry, hold if said[1] else default.max_hold_bars)
+    return policy, "meta" if all(said) else ("local settings" if not any(said) else "meta, partly local settings")
+
+
 # ---- the signal body -----------------------------------------------------------------------
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -140,6 +166,10 @@ def _meta_problems(meta: Any) -> list[str]:
             problems.append(f"meta.{key}: required, {'a number in [0, 1]' if key == 'probability' else 'a non-empty string'}")
     if "pip_size" in meta and not (_is_number(meta["pip_size"]) and meta["pip_size"] > 0):
         problems.append("meta.pip_size: expected a positive number (the price size of one pip)")
+    if "entry_policy" in meta and meta["entry_policy"] not in ENTRY_POLICIES:
+        problems.append(f"meta.entry_policy: expected one of {', '.join(ENTRY_POLICIES)}")
+    if "max_hold_bars" in meta and not (isinstance(meta["max_hold_bars"], int) and not isinstance(meta["max_hold_bars"], bool) and meta["max_hold_bars"] >= 1):
+        problems.append("meta.max_hold_bars: expected a whole number of bars, at least 1")
     return problems
 
 

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from mt5_pipeline import queue
 from mt5_pipeline.clock import as_utc, iso_z, parse_iso, resolve_now
+from mt5_pipeline.execution_policy import ExecutionPolicy, signal_meta
 from mt5_pipeline.pips import PipSizeUnknown, pip_size_for
 from mt5_pipeline.prediction import Prediction
 from mt5_pipeline.quality import unconfirmed_extreme
@@ -157,6 +158,8 @@ def build_signal(prediction: Prediction, decision: Decision, settings: Settings,
             "forced": forced,
             # The unit of sl_pips/tp_pips in price, so the EA need not guess it.
             **({"pip_size": pip_size} if pip_size is not None else {}),
+            # The entry rule and the time exit the backtest simulated, for the bridge and the EA.
+            **signal_meta(ExecutionPolicy.from_settings(settings)),
         },
     )
 

@@ -98,7 +98,7 @@ def module_rig(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("contract-rig")
     url = f"sqlite:///{tmp / 'api.db'}"
     migrate.upgrade(url)
-    rig = build_rig(url, tmp)
+    rig = build_rig(url, tmp, ENTRY_POLICY="stack")  # each class is traded twice (with and without meta.pip_size)
     yield rig
     rig.close()
 

@@ -18,13 +18,20 @@ from mt5_pipeline_tests.api_support import api_client
 EA = Path(__file__).resolve().parents[1] / "mql5" / "MT5PipelineEA.mq5"
 
 # Which function builds (or reads) which schema of the document.
-BUILDS = {"CandleJson": "Candle", "IngestBody": "IngestRequest", "AckBody": "AckRequest"}
-READS = {"PollSignals": "SignalsResponse", "HandleSignal": "Signal", "SignalPipSize": "SignalMeta", "SendClosedBars": "IngestResponse"}
-# A variable holding a body built by a builder: the ack outbox keeps AckBody's text.
-CARRIED = {"body": "AckBody"}
+BUILDS = {
+    "CandleJson": "Candle", "IngestBody": "IngestRequest", "AckBody": "AckRequest",
+    "TradeJson": "TradeReport", "TradesBody": "TradesRequest", "PositionJson": "TerminalPosition", "ReconcileBody": "ReconcileRequest",
+}  # fmt: skip
+READS = {
+    "PollSignals": "SignalsResponse", "HandleSignal": "Signal", "SignalPipSize": "SignalMeta", "SendClosedBars": "IngestResponse",
+    "SignalPolicy": "SignalMeta", "Reconcile": "ReconcileResponse",
+}  # fmt: skip
+# A variable holding a body built by a builder: the ack outbox keeps AckBody's text, the
+# trade reports outbox TradesBody's.
+CARRIED = {"body": "AckBody", "trades": "TradesBody"}
 # Helper -> the JSON types a property may have for it.
 WRITE_TYPES = {"JStr": {"string"}, "JNum": {"number"}, "JInt": {"integer", "number"}, "JArr": {"array"}, "JBool": {"boolean"}, "JNull": None}
-READ_TYPES = {"JsonString": {"string"}, "JsonNumber": {"number", "integer"}, "JsonArray": {"array"}, "JsonObject": {"object"}}
+READ_TYPES = {"JsonString": {"string"}, "JsonNumber": {"number", "integer"}, "JsonArray": {"array"}, "JsonObject": {"object"}, "JsonTickets": {"array"}}
 FUNCTION = re.compile(r"^(?:string|int|void|double|long|ulong|datetime|bool)\s+(\w+)\(", re.M)
 
 
@@ -76,7 +83,7 @@ def contract_problems(source: str, doc: dict) -> list[str]:
     # JSON fields written and read, per function.
     for name, body in funcs.items():
         writes = re.findall(r"\b(J(?:Str|Num|Int|Null|Arr|Bool))\(\"(\w+)\"", body)
-        reads = re.findall(r"\b(Json(?:String|Number|Array|Object))\(\w+,\s*\"(\w+)\"", body)
+        reads = re.findall(r"\b(Json(?:String|Number|Array|Object|Tickets))\(\w+,\s*\"(\w+)\"", body)
         if writes and name not in BUILDS:
             problems.append(f"{name} builds JSON but is not mapped to a schema")
         if reads and name not in READS:
@@ -158,9 +165,9 @@ def contract_problems(source: str, doc: dict) -> list[str]:
 def test_every_route_header_and_field_the_ea_uses_is_in_the_served_openapi(openapi):
     source = EA.read_text()
     assert contract_problems(source, openapi) == []
-    # It really uses the three routes of its job.
+    # It really uses the routes of its job.
     calls = set(re.findall(r"ApiRequest\(\"(\w+)\",\s*\"([^\"?]+)", source))
-    assert calls == {("POST", "/ingest"), ("GET", "/ea/signals"), ("POST", "/ea/ack")}
+    assert calls == {("POST", "/ingest"), ("GET", "/ea/signals"), ("POST", "/ea/ack"), ("POST", "/ea/trades"), ("POST", "/ea/reconcile")}
 
 
 @pytest.mark.parametrize(
@@ -176,6 +183,11 @@ def test_every_route_header_and_field_the_ea_uses_is_in_the_served_openapi(opena
         ('JInt("digits", _Digits)', 'JInt("digit", _Digits)', "digit is not a field of IngestRequest"),
         ('JsonNumber(meta, "pip_size")', 'JsonNumber(meta, "pipsize")', "reads pipsize, not a field of SignalMeta"),
         ('JInt("retcode", retcode)', 'JStr("retcode", "10018")', "retcode sent as JStr"),
+        ('JStr("exit_reason", ExitReason(', 'JStr("reason", ExitReason(', "reason is not a field of TradeReport"),
+        ('JsonString(meta, "entry_policy")', 'JsonString(meta, "policy")', "reads policy, not a field of SignalMeta"),
+        ('JsonTickets(response, "missing"', 'JsonTickets(response, "gone"', "reads gone, not a field of ReconcileResponse"),
+        ('"/ea/reconcile"', '"/ea/reconciliation"', "POST /ea/reconciliation is not in /openapi.json"),
+        ('JInt("magic", InpMagic) + "," + JInt("account"', 'JInt("account"', "required fields of ReconcileRequest never sent: ['magic']"),
     ],
 )
 def test_the_contract_check_catches_a_drift(openapi, old, new, complaint):
@@ -309,3 +321,69 @@ def test_the_ea_keeps_the_bridges_comment_rule():
     from mt5_pipeline.bridge import orders
 
     assert orders.COMMENT_MAX == 31
+
+
+# ---- the execution policy, trades coming back, reconciliation (docs/trades.md) ------------
+
+
+def test_the_ea_obeys_the_policy_the_signal_carries_with_the_cores_names():
+    from mt5_pipeline.contract import POLICY_SKIP
+    from mt5_pipeline.execution_policy import ENTRY_POLICIES, EXIT_REASONS
+
+    source = EA.read_text()
+    policy = mql_function("SignalPolicy")
+    assert 'JsonString(meta, "entry_policy")' in policy and 'JsonNumber(meta, "max_hold_bars")' in policy
+    # The policy names it knows are exactly the core's; the inputs only stand in for a signal without them.
+    named = set(re.findall(r'entryPolicy [!=]= "(\w+)"', policy + mql_function("PolicyEntry")))
+    assert named == set(ENTRY_POLICIES)
+    assert re.search(r'input string InpEntryPolicy\s*= "one_per_symbol_timeframe"', source)
+    assert re.search(r"input int\s+InpMaxHoldBars\s*= 60;", source)  # LABEL_MAX_HOLD_BARS's default
+    entry = mql_function("PolicyEntry")
+    assert entry.count(POLICY_SKIP) == 2  # one_per_symbol_timeframe, and reverse with a same-side signal
+    assert "ClosePosition(tickets[i], WHY_OPPOSITE)" in entry
+    handle = mql_function("HandleSignal")
+    # Decided before any order is built; a skip is final (stored, acked REJECTED saying why), "not now" is not.
+    assert handle.index("PolicyEntry(") < handle.index("g_trade.Buy(")
+    skip = handle[handle.index("if(verdict == 0)") : handle.index("if(verdict < 0)")]
+    assert "Remember(key, OUTCOME_SKIPPED)" in skip and 'SendAck(signalId, 0, "REJECTED", why' in skip
+    later = handle[handle.index("if(verdict < 0)") : handle.index("SetTypeFillingBySymbol")]
+    assert "GlobalVariableDel(key)" in later and "SendAck" not in later
+    assert "RememberPosition(ticket, " in handle and "RememberPosition(found, " in handle
+    # Every exit reason it reports is one the API takes.
+    reasons = set(re.findall(r'return "(\w+)";', mql_function("ExitReason"))) | set(re.findall(r'"(time|opposite_signal)"', mql_function("ExitReason")))
+    assert reasons <= set(EXIT_REASONS) and {"sl", "tp", "time", "opposite_signal", "manual"} == reasons
+
+
+def test_the_ea_closes_at_the_time_exit_when_a_bar_closes_counting_bars_not_minutes():
+    exits = mql_function("TimeExits")
+    assert "Bars(_Symbol, _Period, entryBar, newestClosed)" in exits and "held >= hold" in exits
+    assert "ClosePosition(tickets[i], WHY_TIME)" in exits
+    # The entry bar is the signal's bar + one bar (execution_policy.entry_bar).
+    assert "IsoToTime(signalTime) + ServerOffsetSeconds() + PeriodSeconds(_Period)" in mql_function("RememberPosition")
+    assert "TimeExits();" in mql_function("OnTick") and "TimeExits();" in mql_function("OnTimer")
+    # Why is written before the close is sent.
+    close = mql_function("ClosePosition")
+    assert close.index('GlobalVariableSet(PosKey(ticket, "why")') < close.index("PositionClose(")
+
+
+def test_trades_are_reported_from_the_deals_history_through_a_persisted_outbox():
+    report = mql_function("ReportTrades")
+    assert "HistorySelect(" in report and "DEAL_POSITION_ID" in report and "FlushTrades()" in report
+    trade = mql_function("TradeJson")
+    assert "HistorySelectByPosition(ticket)" in trade and "DEAL_ENTRY_IN" in trade and "DEAL_ENTRY_OUT" in trade
+    for part in ("DEAL_PROFIT", "DEAL_SWAP", "DEAL_COMMISSION", "ServerToUtc("):
+        assert part in trade, part
+    assert "FILE_READ | FILE_WRITE" in mql_function("QueueTrade")
+    flush = mql_function("FlushTrades")
+    assert 'ApiRequest("POST", "/ea/trades", trades' in flush and "keep[k] = line" in flush
+
+
+def test_the_ea_reconciles_at_start_and_every_minute_and_never_closes_for_it():
+    reconcile = mql_function("Reconcile")
+    assert reconcile.index("ReportTrades()") < reconcile.index('"/ea/reconcile"')
+    assert "QueueTrade(missing[k])" in reconcile
+    assert "PositionClose" not in reconcile and "ClosePosition" not in reconcile
+    assert "Reconcile();" in mql_function("OnInit")
+    timer = mql_function("OnTimer")
+    assert "g_lastReconcile >= RECONCILE_SECONDS" in timer
+    assert re.search(r"#define RECONCILE_SECONDS 60\b", EA.read_text())

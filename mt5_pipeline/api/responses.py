@@ -59,6 +59,10 @@ class SignalMeta(BaseModel):
     pip_size: float | None = Field(
         None, gt=0, description="price size of one pip for this symbol (the core's rule): stops go sl_pips x pip_size from the fill price"
     )
+    entry_policy: Literal["one_per_symbol_timeframe", "stack", "reverse"] | None = Field(
+        None, description="the execution policy's entry rule (ENTRY_POLICY, docs/trades.md): the executor obeys it, as the backtest did"
+    )
+    max_hold_bars: int | None = Field(None, ge=1, description="the time exit: close at the close of this many bars counted from the entry bar")
 
 
 class Signal(BaseModel):

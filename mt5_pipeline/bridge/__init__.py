@@ -6,7 +6,11 @@
   :mod:`.poller` polls ``GET /ea/signals`` (pull mode);
 - orders: :mod:`.executor` and :mod:`.orders` place them through the terminal
   (:mod:`.terminal`), deduped by ``signal_id`` in :mod:`.store`;
-- acks: :mod:`.acks` posts each outcome to ``POST /ea/ack`` until the API takes it.
+- acks: :mod:`.acks` posts each outcome to ``POST /ea/ack`` until the API takes it;
+- positions: :mod:`.positions` applies the core's execution policy (which signals open,
+  the time exit at bar close), :mod:`.trade_reports` reports each position's open and
+  close from the deals history to ``POST /ea/trades``, and :mod:`.reconcile` compares the
+  terminal's positions with the API's open trades at start and every minute.
 
 :class:`Bridge` wires them together; ``mt5_pipeline.bridge.fake_mt5`` is a stand-in
 terminal for tests and ``--fake``.
@@ -26,9 +30,14 @@ from mt5_pipeline.bridge.client import ApiClient, bridge_api_key
 from mt5_pipeline.bridge.executor import Executor
 from mt5_pipeline.bridge.orders import OrderSettings
 from mt5_pipeline.bridge.poller import Poller
+from mt5_pipeline.bridge.positions import PositionKeeper
+from mt5_pipeline.bridge.reconcile import Reconciler, run_positions
+from mt5_pipeline.bridge.server_clock import server_to_utc
 from mt5_pipeline.bridge.store import BridgeStore
-from mt5_pipeline.bridge.terminal import Terminal
+from mt5_pipeline.bridge.terminal import Terminal, TerminalError
+from mt5_pipeline.bridge.trade_reports import TradeReporter
 from mt5_pipeline.clock import iso_z, utcnow
+from mt5_pipeline.execution_policy import ExecutionPolicy
 from mt5_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,18 +77,29 @@ class Bridge:
             lots=settings.bridge_lots, magic=settings.bridge_magic, deviation=settings.bridge_deviation,
             pip_sizes=settings.pip_sizes, risk_percent=settings.bridge_risk_percent,
         )
-        self.executor = Executor(self.terminal, self.store, cfg, clock=clock, on_ack=self.acks.wake.set)
         self.bars = BarFeeder(
             self.terminal, self.api, self.store, settings.bridge_symbols, settings.bridge_timeframes,
             settings.bridge_history_bars, settings.bridge_utc_offset_hours, settings.bridge_server_time_zone, clock=clock,
         )
+        to_utc = self.server_to_utc
+        self.positions = PositionKeeper(self.terminal, self.store, cfg, ExecutionPolicy.from_settings(settings), to_utc=to_utc, clock=clock)
+        self.executor = Executor(self.terminal, self.store, cfg, clock=clock, on_ack=self.acks.wake.set, positions=self.positions)
+        self.trade_reports = TradeReporter(self.terminal, self.api, self.store, settings.bridge_magic, to_utc=to_utc, clock=clock)
+        self.reconciler = Reconciler(self.positions, self.trade_reports, self.api, self.store, to_utc=to_utc, clock=clock)
         self.poller = Poller(self.api, self.executor, self.acks, interval=settings.bridge_poll_interval)
         self.app = create_bridge_app(self.executor, ea_api_key(settings), self.health, push=settings.bridge_mode == "push")
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
+    def server_to_utc(self, server_times: Any) -> list[int] | None:
+        """Deal, position and bar times of the terminal in UTC (one rule: :mod:`.server_clock`)."""
+        return server_to_utc(self.bars, server_times)
+
+    def run_positions(self, stop: threading.Event) -> None:
+        run_positions(stop, self.positions, self.reconciler, clock=self.clock)
+
     def start(self) -> Bridge:
-        loops: list[tuple[str, Callable[[threading.Event], None]]] = [("bars", self.bars.run), ("acks", self.acks.run)]
+        loops: list[tuple[str, Callable[[threading.Event], None]]] = [("bars", self.bars.run), ("acks", self.acks.run), ("positions", self.run_positions)]
         if self.settings.bridge_mode == "pull":
             loops.append(("poll", self.poller.run))
         for name, loop in loops:
@@ -132,8 +152,25 @@ class Bridge:
             "acks_pending": counts["acks_pending"],
             "bars_skipped": sum(s.bars_skipped for s in self.bars.status.values()),
             "server_time_zone": self.settings.bridge_server_time_zone or "auto",
+            **self._positions_health(),
         }
         return (200 if connected else 503), body
+
+
+    def _positions_health(self) -> dict:
+        try:
+            held: int | None = len(self.positions.terminal_positions())
+        except TerminalError:
+            held = None
+        reports = self.store.report_counts()
+        return {
+            "positions": {
+                "open": held, "time_exits": self.positions.time_exits_done, "opposite_signal_closes": self.positions.opposite_closes_done,
+                "error": self.positions.last_error or None,
+            },
+            "trade_reports": {"pending": reports["pending"], "closed_reported": reports["closed_reported"], "error": self.trade_reports.last_error or None},
+            "reconciliation": self.reconciler.status.as_dict(),
+        }  # fmt: skip
 
 
 def run_bridge(settings: Settings, *, fake: bool = False) -> int:

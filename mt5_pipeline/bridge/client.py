@@ -1,4 +1,4 @@
-"""The bridge's calls to the API: POST /ingest, POST /ea/ack, GET /ea/signals."""
+"""The bridge's calls to the API: POST /ingest, POST /ea/ack, GET /ea/signals, POST /ea/trades, POST /ea/reconcile."""
 
 from __future__ import annotations
 
@@ -75,3 +75,9 @@ class ApiClient:
         body = self._call("GET", "/ea/signals", params={"status": "PENDING", "limit": limit})
         signals = body.get("signals")
         return signals if isinstance(signals, list) else []
+
+    def report_trades(self, trades: list[dict]) -> dict:
+        return self._call("POST", "/ea/trades", json={"trades": trades})
+
+    def reconcile(self, magic: int, account: int | None, positions: list[dict]) -> dict:
+        return self._call("POST", "/ea/reconcile", json={"magic": magic, "account": account, "positions": positions})

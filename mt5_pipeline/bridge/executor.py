@@ -8,6 +8,12 @@ answer with no order found by its comment) is not: nothing final is stored or ac
 the answer is 503, so the pusher tries again within the TTL and in pull mode the signal
 stays pending. The next try looks the order up by its comment before sending.
 
+Before an order, the execution policy (:mod:`.positions`, the core's rule with the
+terminal's open positions) may skip the signal (acked REJECTED, "skipped by the
+execution policy ...") or close an opposite position first; every fill is recorded with
+what the policy needs later (timeframe, entry bar, max hold) in the same transaction as
+its ack.
+
 Both ways a signal arrives (POST /signals from the pusher, GET /ea/signals in pull mode)
 end here, so they behave the same. Signals are handled one at a time (one lock): the
 terminal takes one order at a time anyway, and it makes "already executed?" then
@@ -41,12 +47,14 @@ class Executor:
         *,
         clock: Callable[[], datetime] = utcnow,
         on_ack: Callable[[], None] | None = None,
+        positions: Any = None,
     ) -> None:
         self.terminal = terminal
         self.store = store
         self.cfg = cfg
         self.clock = clock
         self.on_ack = on_ack or (lambda: None)
+        self.positions = positions  # a PositionKeeper: the execution policy (None: every signal opens, as before it)
         self._lock = threading.Lock()
 
     def handle(self, body: Any) -> tuple[int, dict]:
@@ -77,6 +85,16 @@ class Executor:
                     return found
                 if found is not None:
                     return 200, self._record(signal, self._recovered(found, "found in the terminal on a retry"))
+            if self.positions is not None:
+                verdict, why = self.positions.entry(signal)
+                if verdict == "skip":
+                    answer = {"success": False, "message": why, "reason": "execution_policy"}
+                    log.info("%s %s %s %s: %s", signal.signal_id, signal.side, signal.symbol, signal.timeframe, why)
+                    self._finish(signal, "REJECTED", None, None, why, answer)
+                    return 200, answer
+                if verdict == "retry":
+                    log.warning("%s %s %s not placed yet: %s", signal.signal_id, signal.side, signal.symbol, why)
+                    return 503, {"success": False, "message": f"not placed, try again: {why}", "transient": True}
             self.store.begin(signal)
             now = self.clock()
             try:
@@ -108,14 +126,17 @@ class Executor:
                 "description": execution.description,
             }
             log.warning("%s %s %s rejected: %s", signal.signal_id, signal.side, signal.symbol, execution.message)
-        self._finish(signal, execution.status, execution.ticket, execution.retcode, execution.message, answer)
+        position = self.positions.record(signal, execution) if self.positions is not None else None
+        self._finish(signal, execution.status, execution.ticket, execution.retcode, execution.message, answer, position)
         return answer
 
-    def _finish(self, signal: Signal, status: str, ticket: int | None, retcode: int | None, message: str, answer: dict) -> None:
+    def _finish(
+        self, signal: Signal, status: str, ticket: int | None, retcode: int | None, message: str, answer: dict, position: dict | None = None
+    ) -> None:
         ack: dict[str, Any] = {"signal_id": signal.signal_id, "ticket": ticket, "status": status, "message": message[:2000]}
         if retcode is not None and status == "REJECTED":
             ack["retcode"] = retcode
-        self.store.finish(signal, status, ticket=ticket, retcode=retcode, message=message, answer=answer, ack=ack)
+        self.store.finish(signal, status, ticket=ticket, retcode=retcode, message=message, answer=answer, ack=ack, position=position)
         self.on_ack()
 
     def _lookup(self, signal: Signal) -> int | None | tuple[int, dict]:

@@ -18,7 +18,9 @@ opposite type) closes it at market; ``feed_bars(symbol, rates)`` plays bars (ser
 time, bid prices, spread in points) and closes every position whose stop-loss or
 take-profit a bar touches, at that level (a long at the bid, a short at the ask = bid +
 the bar's spread; the stop-loss first when one bar touches both, as the backtest
-assumes), and the last fed close becomes the market's bid. Every open and close leaves
+assumes), and the last fed close becomes the market's bid; ``copy_rates_from_pos`` of a
+fed symbol and timeframe then gives the fed bars (those opened by ``clock()``), and
+``quote(symbol, bid)`` moves the market between bars (a bar's open). Every open and close leaves
 deals (``history_deals_get``: DEAL_ENTRY_IN / DEAL_ENTRY_OUT, position_id, reason,
 profit in the USD account, swap, commission) that outlive the position, as the
 terminal's history does. ``commission_per_lot`` (per deal) and ``swap_per_lot_night``
@@ -273,6 +275,8 @@ class FakeMT5:
         self.commission_per_lot = 0.0
         self.swap_per_lot_night = 0.0
         self._fed_bid: dict[str, float] = {}  # the last fed bar's close: the market's bid
+        self._fed_spread: dict[str, int] = {}  # points, from quote()
+        self._fed_rates: dict[tuple[str, int], list[tuple]] = defaultdict(list)  # (symbol, timeframe seconds): fed bars, oldest first
 
     # ---- connection -----------------------------------------------------------------
     def initialize(self, path: str | None = None, **kwargs: Any) -> bool:
@@ -365,6 +369,7 @@ class FakeMT5:
         now = self._now_server()
         minute = int(now // 60)
         digits, _, _, _, spread = self.specs[symbol]
+        spread = self._fed_spread.get(symbol, spread)
         synthetic = self._fed_bid[symbol] if symbol in self._fed_bid else self._price(symbol, minute, (now % 60) / 60)
         bid = self._on_grid(symbol, synthetic + self._shift[symbol])
         ask = self._on_grid(symbol, bid + spread * self._point(symbol))
@@ -379,6 +384,12 @@ class FakeMT5:
             return None
         width = _MINUTES[timeframe]
         now = self._now_server()
+        fed = self._fed_rates.get((symbol, width * 60))
+        if fed:
+            # Fed bars are the market: what has opened by now, newest last, position 0 the newest.
+            known = [r for r in fed if r[0] <= now]
+            end = len(known) - start_pos
+            return np.array(known[max(0, end - count) : max(0, end)], dtype=RATES_DTYPE)
         now_min = now / 60
         current = int(now_min // width) * width  # open minute of the forming bar
         first_available = int(now_min) - self.history_minutes
@@ -568,7 +579,20 @@ class FakeMT5:
                         made.append(self._close(pos, level, at, DEAL_REASON_SL if stop else DEAL_REASON_TP))
                 self._fed_bid[symbol] = round(c, digits)
                 self._shift[symbol] = 0.0
+                row = tuple(bar[k] for k in range(8)) if len(bar) >= 8 else (t, float(bar[1]), h, lo, c, 0, int(bar[6]) if len(bar) > 6 else 0, 0)
+                self._fed_rates[(symbol, timeframe_seconds)].append(row)
         return made
+
+    def quote(self, symbol: str, bid: float, spread_points: int | None = None) -> None:
+        """The market's bid now (a tick: the open of the next bar, say); the ask is the bid
+        plus ``spread_points`` (default: the symbol's usual spread)."""
+        with self._lock:
+            self._fed_bid[symbol] = self._on_grid(symbol, bid)
+            self._shift[symbol] = 0.0
+            if spread_points is None:
+                self._fed_spread.pop(symbol, None)
+            else:
+                self._fed_spread[symbol] = int(spread_points)
 
     def history_deals_get(self, date_from: Any = None, date_to: Any = None, group: str | None = None, ticket: int | None = None, position: int | None = None) -> tuple:
         """Deals by time (``date_from``/``date_to``: datetimes or epoch seconds, server time, as the real

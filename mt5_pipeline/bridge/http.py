@@ -10,7 +10,8 @@ A probe, ``{"probe": true}`` without a ``signal_id``
 (what the API's ``GET /ea/test-connection`` sends), is answered
 ``200 {"success": true, "probe": true}`` once the key and content type pass, as the
 reference EA answers it, so the API reports the key as verified. ``GET /health`` and
-``GET /metrics`` (the terminal's state for Prometheus) need no key.
+``GET /metrics`` (the terminal's state for Prometheus: connection, acks, open positions,
+trade reports pending, reconciliation differences) need no key.
 
 In pull mode nobody posts signals to the bridge: ``POST /signals`` is not served and no
 ``EA_API_KEY`` is needed.
@@ -92,6 +93,19 @@ def bridge_metrics(health: dict) -> bytes:
     for status, count in sorted((health.get("signals") or {}).items()):
         outcomes.add_metric([str(status)], float(count))
     registry.register(_Fixed(outcomes))
+    positions = health.get("positions") or {}
+    if positions.get("open") is not None:
+        gauge("mt5_bridge_open_positions", "positions carrying BRIDGE_MAGIC open in the terminal", float(positions["open"]))
+    gauge("mt5_bridge_time_exits", "positions the bridge closed by the time exit since it started", float(positions.get("time_exits") or 0))
+    gauge("mt5_bridge_trade_reports_pending", "trade reports (POST /ea/trades) the API has not taken yet", float((health.get("trade_reports") or {}).get("pending") or 0))
+    recon = health.get("reconciliation") or {}
+    differences = GaugeMetricFamily(
+        "mt5_bridge_reconciliation_differences", "at the last reconciliation: positions unknown to the API, and open trades gone from the terminal", labels=["kind"]
+    )
+    for kind in ("unknown", "missing"):
+        differences.add_metric([kind], float(len(recon.get(kind) or [])))
+    registry.register(_Fixed(differences))
+    gauge("mt5_bridge_reconciliation_ok", "1 while the last reconciliation found the terminal and the API in sync", int(recon.get("state") == "in_sync"))
     return generate_latest(registry)
 
 

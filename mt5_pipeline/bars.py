@@ -6,7 +6,8 @@ says). Until then it is still forming: it may be stored (an EA may send it, then
 final version), but no feature row used for a decision, no label and no signal ever
 comes from it. Features, training, the live worker and the API all ask this module.
 
-A closed bar is *ready* to be decided (:func:`ready_bar`) once its final version is in: a
+A closed bar is *ready* to be decided (:func:`ready_among`; read from the database by
+:func:`mt5_pipeline.storage.candles.ready_bar`) once its final version is in: a
 later bar of the series exists, the EA posted it after its close (its ``ingested_at`` is
 past the close, or the live worker's NOTIFY said so), or LIVE_CLOSE_GRACE_SECONDS after
 its close have passed (an EA that only sends the forming bar: its last forming version
@@ -150,28 +151,3 @@ def ready_among(
     # The newest bar is forming (or its final version may still come): the one before it
     # is closed and final, since a later bar exists.
     return Ready(None if previous is None else as_utc(previous), True, waiting, until)
-
-
-def ready_bar(
-    database_url: str,
-    symbol: str,
-    timeframe: str,
-    *,
-    grace_seconds: float,
-    now: datetime | None = None,
-    final: datetime | None = None,
-) -> Ready:
-    """The newest closed bar of the series whose final version is in, or whose grace has
-    passed (see the module docstring). `final`: the newest bar the caller knows was sent
-    after its close (the live worker's NOTIFY), when the stamp cannot say so yet."""
-    from mt5_pipeline.storage.candles import newest_two_bars
-
-    rows = newest_two_bars(database_url, symbol, timeframe)
-    return ready_among(
-        rows[0] if rows else None,
-        rows[1][0] if len(rows) > 1 else None,
-        timeframe,
-        grace_seconds=grace_seconds,
-        now=now,
-        final=final,
-    )

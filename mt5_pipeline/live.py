@@ -42,13 +42,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from mt5_pipeline.bars import ready_bar
 from mt5_pipeline.clock import from_epoch, iso_z, resolve_now, utcnow
 from mt5_pipeline.series_leases import LeaseKeeper, SeriesLeases
 from mt5_pipeline.series_tail import SeriesTails
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
 from mt5_pipeline.signals import Predictor, generate_signal
-from mt5_pipeline.storage.candles import CANDLES_CHANNEL
+from mt5_pipeline.storage.candles import CANDLES_CHANNEL, ready_bar
 from mt5_pipeline.storage.notifications import Listener, notifications_supported
 
 log = logging.getLogger(__name__)
@@ -144,7 +143,7 @@ class LiveWorker:
 
     def ready_bar(self, series: Series, *, now: datetime | None = None) -> datetime | None:
         """The newest closed bar of the series whose final version is in, or None (the
-        core's rule, :func:`mt5_pipeline.bars.ready_bar`, with what NOTIFY told us)."""
+        core's rule, :func:`mt5_pipeline.storage.candles.ready_bar`, with what NOTIFY told us)."""
         symbol, timeframe = series
         return ready_bar(
             self.settings.database_url, symbol, timeframe, grace_seconds=self.settings.live_close_grace_seconds, now=now, final=self.final.get(series)

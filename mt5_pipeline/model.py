@@ -104,7 +104,7 @@ def predict_latest(settings: Settings, symbol: str, timeframe: str = "M1", *, no
 
     Feature rows are only written for closed bars; the cutoff here also guards against
     rows an older version wrote for a forming bar. ModelTimeframeError for a timeframe no
-    model is kept for. `bar`: the ready bar (:func:`mt5_pipeline.bars.ready_bar`): never
+    model is kept for. `bar`: the ready bar (:func:`mt5_pipeline.storage.candles.ready_bar`): never
     a newer one is predicted (its final version may still come); an older one when the
     features have not caught up with it yet (the Dagster path computes them in its own run).
     """

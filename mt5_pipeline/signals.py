@@ -46,7 +46,7 @@ class GenerateResult:
     confidence: float | None
     signal: Signal | None  # the signal queued (for "duplicate": the one the bar already has)
     bar: datetime | None = None  # open time of the closed bar that was decided on
-    figures: dict | None = None  # "too_late": the bar's close, the deadline, how late
+    figures: dict | None = None  # "too_late": the bar's close, the deadline, how late; "not_ready": retry_at
 
     @property
     def queued(self) -> bool:
@@ -177,7 +177,7 @@ def _not_ready(symbol: str, timeframe: str, waiting: datetime | None, until: dat
         message = f"No signal yet: the {symbol} {timeframe} bar {iso_z(waiting)} has closed but its final version has not arrived"
         if until is not None:
             message += f"; it is decided from the version stored at {iso_z(until)} (LIVE_CLOSE_GRACE_SECONDS after its close) if none comes"
-    return GenerateResult("not_ready", message, None, None, None, waiting)
+    return GenerateResult("not_ready", message, None, None, None, waiting, {"retry_at": iso_z(until)} if until is not None else None)
 
 
 def generate_signal(
@@ -193,7 +193,7 @@ def generate_signal(
 ) -> GenerateResult:
     """Predict the series' ready bar, decide, and queue at most one signal for it.
 
-    The ready bar (:func:`mt5_pipeline.bars.ready_bar`) is the newest closed bar whose final
+    The ready bar (:func:`mt5_pipeline.storage.candles.ready_bar`) is the newest closed bar whose final
     version is in or whose LIVE_CLOSE_GRACE_SECONDS have passed; inside the grace the bar
     before it is decided, and with nothing ready the answer is "not_ready". `bar`: the
     caller has chosen it by the same rule (the live worker, which also knows what NOTIFY
@@ -208,8 +208,9 @@ def generate_signal(
     request for the bar answers "duplicate" with the signal the bar already has.
     """
     at = resolve_now(now)
+    ready = None
     if bar is None:
-        from mt5_pipeline.bars import ready_bar
+        from mt5_pipeline.storage.candles import ready_bar
 
         ready = ready_bar(settings.database_url, symbol, timeframe, grace_seconds=settings.live_close_grace_seconds, now=at)
         if ready.stored and ready.bar is None:
@@ -230,6 +231,10 @@ def generate_signal(
         return _not_ready(symbol, timeframe, bar, None)
 
     late = too_late(settings, bar, prediction.timeframe, now=at)
+    if late and ready is not None and ready.waiting is not None and ready.waiting > bar:
+        # The bar before is past its deadline, but the one that just closed becomes ready
+        # within the grace: "ask again then", not "too late" (which reads as a dead feed).
+        return _not_ready(symbol, timeframe, ready.waiting, ready.until)
     if late:
         message = (
             f"No signal: too late for {symbol} {prediction.timeframe} bar {late['bar']}: it closed at {late['bar_close']}, "

@@ -1,5 +1,5 @@
 """One rule for which bar is ready, on every path: the newest closed bar whose final
-version is in, or whose LIVE_CLOSE_GRACE_SECONDS have passed (mt5_pipeline.bars.ready_bar).
+version is in, or whose LIVE_CLOSE_GRACE_SECONDS have passed (mt5_pipeline.storage.candles.ready_bar).
 
 Each path is shown a bar's forming version stored before its close, asked inside the
 grace (it must decide the bar before, never lock in the forming one: the database keeps
@@ -74,6 +74,20 @@ def test_generate_signal_answers_not_ready_when_nothing_before_is_stored(db_url,
     result = generate_signal(settings, "EURUSD", "M1", now=END + timedelta(seconds=61))
     assert result.status == "not_ready" and result.bar == END and result.signal is None
     assert iso_z(END + timedelta(seconds=62)) in result.message and "LIVE_CLOSE_GRACE_SECONDS" in result.message
+
+
+def test_inside_the_grace_a_bar_before_past_its_deadline_is_not_ready_not_too_late(db_url, settings_for):
+    """The demo met this when a minute turned as it asked: the bar before is past its TTL,
+    the newest closed bar is seconds from ready. "Ask again at retry_at" is the honest
+    answer; "too late" reads as a dead feed. Once the grace has passed, the newest bar is
+    decided."""
+    settings, _final = _trained(db_url, settings_for, SIGNAL_TTL_SECONDS=30)
+    ingest_candles(db_url, "EURUSD", "M1", _partial(_final), now=END + timedelta(seconds=45))
+    result = generate_signal(settings, "EURUSD", "M1", True, now=END + timedelta(seconds=61), refresh_features=True)
+    assert (result.status, result.bar, result.signal) == ("not_ready", END, None)
+    assert result.figures == {"retry_at": iso_z(END + timedelta(seconds=62))}
+    after = generate_signal(settings, "EURUSD", "M1", True, now=END + timedelta(seconds=62, milliseconds=100), refresh_features=True)
+    assert (after.status, after.bar) == ("queued", END)
 
 
 def _real_clock_bars(db_url, settings_for):

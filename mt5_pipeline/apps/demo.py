@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from mt5_pipeline.clock import parse_iso, utcnow
 from mt5_pipeline.settings import Settings
 
 # Symbol -> (first price, quote digits): scale-free features let one model learn from all.
@@ -203,6 +204,11 @@ def run_demo(settings: Settings, *, csv_file: str | None = None, say: Callable[[
                     if decision == "neutral":
                         # The seed's manual path: POST /ea/generate-signal with force=true.
                         reply = client.post("/ea/generate-signal", json={"symbol": symbol, "timeframe": "M1", "force": True}).json()
+                        if reply.get("reason") == "not_ready":
+                            # A minute turned during the demo: the bar that just closed is
+                            # decided once its grace has passed (a couple of seconds).
+                            _sleep_until(reply.get("figures", {}).get("retry_at"))
+                            reply = client.post("/ea/generate-signal", json={"symbol": symbol, "timeframe": "M1", "force": True}).json()
                         if reply.get("reason") == "duplicate":
                             already.add(symbol)
                         say(f"signals[{symbol}]: forced through POST /ea/generate-signal -> {reply.get('message') or reply.get('error')}")
@@ -239,3 +245,9 @@ def run_demo(settings: Settings, *, csv_file: str | None = None, say: Callable[[
     if not ok:
         say("demo: no signal was delivered and acknowledged; see the lines above for why")
     return 0 if ok else 1
+
+
+def _sleep_until(stamp: str | None) -> None:
+    """Sleep until an ISO time (a little after, for the clock's rounding); at most 10 s."""
+    if stamp:
+        time.sleep(min(10.0, max(0.0, (parse_iso(stamp) - utcnow()).total_seconds()) + 0.05))

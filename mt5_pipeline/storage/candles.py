@@ -28,6 +28,7 @@ import pandas as pd
 from psycopg2 import sql
 from sqlalchemy import select
 
+from mt5_pipeline.bars import Ready, bar_close, ready_among
 from mt5_pipeline.clock import as_utc, from_epoch, parse_iso, utcnow
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
 from mt5_pipeline.storage.bulk import (
@@ -235,8 +236,6 @@ def newest_closed_in_batch(batch: CandleBatch, now: datetime) -> int | None:
     the newest is closed (a later one exists); the newest is once its timeframe has run out."""
     if len(batch) == 0:
         return None
-    from mt5_pipeline.bars import bar_close
-
     newest = int(batch.ts[-1])
     if bar_close(from_epoch(newest), batch.timeframe) <= now:
         return newest
@@ -583,3 +582,26 @@ def candles_stamped_since(database_url: str, symbol: str, timeframe: str, since:
             .order_by(c.ts)
         ).all()
     return [(parse_iso(r[0]), *r[1:8], parse_iso(r[8])) for r in rows]
+
+
+def ready_bar(
+    database_url: str,
+    symbol: str,
+    timeframe: str,
+    *,
+    grace_seconds: float,
+    now: datetime | None = None,
+    final: datetime | None = None,
+) -> Ready:
+    """The newest closed bar of the series whose final version is in, or whose grace has
+    passed (see the module docstring). `final`: the newest bar the caller knows was sent
+    after its close (the live worker's NOTIFY), when the stamp cannot say so yet."""
+    rows = newest_two_bars(database_url, symbol, timeframe)
+    return ready_among(
+        rows[0] if rows else None,
+        rows[1][0] if len(rows) > 1 else None,
+        timeframe,
+        grace_seconds=grace_seconds,
+        now=now,
+        final=final,
+    )

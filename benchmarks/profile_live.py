@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--bars", type=int, default=60)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--breakdown", action="store_true", help="CPU per bar of the main steps (wrapped, not sampled)")
+    parser.add_argument("--idle", type=float, default=0.0, help="then run the worker loop (with leases) this many seconds with no new bar and print its CPU")
     parser.add_argument("--pause", type=float, default=0.0, help="seconds between bars")
     args = parser.parse_args()
 
@@ -137,6 +138,22 @@ def main() -> None:
         print(f"bars {len(cpu)}; decisions {sorted(set(statuses))}")
         print(f"CPU per bar: median {statistics.median(warm) * 1000:.2f} ms, p90 {sorted(warm)[int(0.9 * len(warm))] * 1000:.2f} ms")
         print(f"wall per bar: median {statistics.median(wall[WARM:]) * 1000:.2f} ms")
+        if args.idle:
+            import threading
+
+            from mt5_pipeline.series_leases import SeriesLeases
+
+            idle = LiveWorker(settings, leases=SeriesLeases(url, lease_seconds=settings.live_lease_seconds))
+            stop = threading.Event()
+            loop = threading.Thread(target=idle.run, args=(stop,), daemon=True)
+            loop.start()
+            time.sleep(3)  # its start pass decides the newest bar
+            c0 = time.process_time()
+            time.sleep(args.idle)
+            idle_cpu = time.process_time() - c0
+            stop.set()
+            loop.join(30)
+            print(f"idle worker loop (1 series, leases of {settings.live_lease_seconds:g} s): {idle_cpu / args.idle * 1000:.1f} ms CPU per second")
         if profiler:
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(60)
 

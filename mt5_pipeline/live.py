@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from mt5_pipeline.clock import from_epoch, iso_z, resolve_now, utcnow
+from mt5_pipeline.quality import EXTREME_CHECK_WINDOW
 from mt5_pipeline.series_leases import LeaseKeeper, SeriesLeases
 from mt5_pipeline.series_tail import SeriesTails
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
@@ -220,7 +221,10 @@ class LiveWorker:
             path = self.tails.last_path.get(key, "")
             # The bar asked for, not "the newest closed": with the previous bar undecided (a
             # start, an error) the newest may still be waiting for its final version.
-            result = generate_signal(self.settings, symbol, timeframe, now=at, predictor=self.predictor, bar=bar)
+            result = generate_signal(
+                self.settings, symbol, timeframe, now=at, predictor=self.predictor or self._from_tail(key, bar), bar=bar,
+                recent_bars=self.tails.bars_until(key, bar, EXTREME_CHECK_WINDOW),
+            )  # fmt: skip
         except NoFeaturesError as exc:
             self.decided[key] = bar  # warm-up or a gap: nothing to do until the next bar
             return LiveDecision(symbol, timeframe, bar, "no_features", str(exc), trigger, seconds=time.perf_counter() - started, feature_rows=rows, feature_path=path)
@@ -237,6 +241,16 @@ class LiveWorker:
             probability=result.probability, confidence=result.confidence, side=result.signal.side if result.signal else None,
             feature_rows=rows, feature_path=path,
         )  # fmt: skip
+
+    def _from_tail(self, key: Series, bar: datetime) -> Predictor | None:
+        """The bar's prediction from the feature row the tail just computed and stored
+        (the values predict_latest would read back), or None: read it from the database."""
+        row = self.tails.feature_row(key, bar)
+        if row is None:
+            return None
+        from mt5_pipeline.model import predict_row
+
+        return lambda settings, symbol, timeframe: predict_row(settings, symbol, timeframe, row)
 
     # ---- the loop -------------------------------------------------------------------------
 

@@ -15,7 +15,9 @@ the trees directly (:func:`forest_probability_up`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -111,11 +113,7 @@ def predict_latest(settings: Settings, symbol: str, timeframe: str = "M1", *, no
     from mt5_pipeline.bars import closed_cutoff
     from mt5_pipeline.storage.candles import newest_candle_ts
 
-    check_timeframe(settings, timeframe)
-    loaded = load_current(settings, timeframe)
-    trained_on = str(loaded.meta.get("timeframe") or DEFAULT_TIMEFRAME)
-    if trained_on != timeframe:  # a file copied by hand under another timeframe's name
-        raise ModelMismatchError(f"{current_model_path(settings, timeframe)} was trained on {trained_on} bars, not {timeframe}; {HOW_TO_TRAIN}")
+    loaded = _champion(settings, timeframe)
     url = settings.database_url
     cutoff = closed_cutoff(timeframe, now=now, newest_open=newest_candle_ts(url, symbol, timeframe))
     if bar is not None:
@@ -130,6 +128,27 @@ def predict_latest(settings: Settings, symbol: str, timeframe: str = "M1", *, no
         ).mappings().first()
     if row is None:
         raise NoFeaturesError(f"no features for a closed {symbol} {timeframe} bar: ingest its candles and materialize features_{timeframe.lower()}")
+    return _predict(loaded, symbol, timeframe, row)
+
+
+def predict_row(settings: Settings, symbol: str, timeframe: str, row: Mapping[str, Any]) -> Prediction:
+    """The prediction from a feature row already in hand (the live worker's, computed from
+    its tail and just stored): the same model, checks and values as :func:`predict_latest`
+    reading that row back, without the read. ``row``: ts, close, usable,
+    feature_set_version and the model's features (NaN or None where undefined)."""
+    return _predict(_champion(settings, timeframe), symbol, timeframe, row)
+
+
+def _champion(settings: Settings, timeframe: str) -> LoadedModel:
+    check_timeframe(settings, timeframe)
+    loaded = load_current(settings, timeframe)
+    trained_on = str(loaded.meta.get("timeframe") or DEFAULT_TIMEFRAME)
+    if trained_on != timeframe:  # a file copied by hand under another timeframe's name
+        raise ModelMismatchError(f"{current_model_path(settings, timeframe)} was trained on {trained_on} bars, not {timeframe}; {HOW_TO_TRAIN}")
+    return loaded
+
+
+def _predict(loaded: LoadedModel, symbol: str, timeframe: str, row: Mapping[str, Any]) -> Prediction:
     if str(row["feature_set_version"]) != FEATURE_SET_VERSION:
         raise NoFeaturesError(
             f"the newest features of {symbol} {timeframe} are feature set v{row['feature_set_version']}, this code computes "
@@ -189,6 +208,7 @@ __all__ = [
     "make_forest",
     "model_name",
     "predict_latest",
+    "predict_row",
     "publish_champion",
     "save_model",
     "train_model",

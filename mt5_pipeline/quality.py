@@ -145,6 +145,8 @@ EXTREME_SIGMAS = 20.0
 EXTREME_LOOKBACK_BARS = 100
 MIN_SIGMA = 1e-4  # one basis point per bar
 CONFIRM_BARS = 2
+# The bars unconfirmed_extreme looks at, ending at the bar decided.
+EXTREME_CHECK_WINDOW = EXTREME_LOOKBACK_BARS + CONFIRM_BARS + 2
 # The candles check looks at this many newest bars per series (what trading still uses).
 EXTREME_CHECK_BARS = 5_000
 
@@ -178,7 +180,14 @@ def unconfirmed_extreme(database_url: str, symbol: str, timeframe: str, bar_ts: 
     """
     from mt5_pipeline.storage.candles import read_candles
 
-    frame = read_candles(database_url, symbol, timeframe, end=as_utc(bar_ts), last_n=EXTREME_LOOKBACK_BARS + CONFIRM_BARS + 2)
+    frame = read_candles(database_url, symbol, timeframe, end=as_utc(bar_ts), last_n=EXTREME_CHECK_WINDOW)
+    return unconfirmed_extreme_in(frame, symbol, timeframe)
+
+
+def unconfirmed_extreme_in(frame: pd.DataFrame, symbol: str, timeframe: str) -> str | None:
+    """:func:`unconfirmed_extreme` on the bars in hand: ``frame`` is the series' newest
+    EXTREME_CHECK_WINDOW bars up to the bar decided (all of them when it has fewer),
+    sorted by ts, with ts, high, low and close (the live worker's tail holds them)."""
     if frame.empty:
         return None
     flags = extreme_bars(frame)
@@ -188,7 +197,11 @@ def unconfirmed_extreme(database_url: str, symbol: str, timeframe: str, bar_ts: 
             continue
         when = pd.Timestamp(flags["ts"].iloc[i]).isoformat()
         waiting = n - 1 - i < CONFIRM_BARS
-        state = f"waiting for {CONFIRM_BARS - (n - 1 - i)} more bar(s) to confirm its level" if waiting else f"the {CONFIRM_BARS} bars after it did not hold its level"
+        state = (
+            f"waiting for {CONFIRM_BARS - (n - 1 - i)} more bar(s) to confirm its level"
+            if waiting
+            else f"the {CONFIRM_BARS} bars after it did not hold its level"
+        )
         return f"{symbol} {timeframe} bar {when} moved {flags['sigmas'].iloc[i]:.0f} standard deviations: {state}"
     return None
 
@@ -204,7 +217,9 @@ def candles_extreme_bars(database_url: str) -> CheckOutcome:
         flags = extreme_bars(frame)
         for _, row in flags[flags["extreme"]].iterrows():
             state = {None: "awaiting", True: "confirmed", False: "not confirmed"}[row["confirmed"]]
-            found.append({"symbol": symbol, "timeframe": timeframe, "ts": pd.Timestamp(row["ts"]).isoformat(), "sigmas": round(float(row["sigmas"]), 1), "state": state})
+            found.append(
+                {"symbol": symbol, "timeframe": timeframe, "ts": pd.Timestamp(row["ts"]).isoformat(), "sigmas": round(float(row["sigmas"]), 1), "state": state}
+            )
     unconfirmed = [f for f in found if f["state"] != "confirmed"]
     meta: dict[str, Any] = {"extreme_bars": len(found), "unconfirmed": len(unconfirmed), "threshold_sigmas": EXTREME_SIGMAS}
     if found:
@@ -290,9 +305,7 @@ def model_matches_features(settings: Settings, timeframe: str = "M1") -> CheckOu
     names = list(info.get("feature_names", []))
     version = str(info.get("feature_set_version"))
     with get_engine(settings.database_url).connect() as conn:
-        table_versions = sorted(
-            {str(v) for v in conn.execute(select(features_m1.c.feature_set_version).distinct()).scalars()}
-        )
+        table_versions = sorted({str(v) for v in conn.execute(select(features_m1.c.feature_set_version).distinct()).scalars()})
     problems = []
     if names != list(MODEL_FEATURES):
         problems.append(f"model features {names} differ from the feature set {list(MODEL_FEATURES)}")
@@ -314,9 +327,7 @@ def no_pending_past_expiry(settings: Settings, *, now: datetime | None = None) -
     cutoff = resolve_now(now) - grace
     q = signals_queue.c
     with get_engine(settings.database_url).connect() as conn:
-        count = conn.execute(
-            select(func.count()).select_from(signals_queue).where(q.status == "PENDING", q.expires_at < cutoff)
-        ).scalar_one()
+        count = conn.execute(select(func.count()).select_from(signals_queue).where(q.status == "PENDING", q.expires_at < cutoff)).scalar_one()
     return CheckOutcome(count == 0, f"{count} PENDING signals past their expiry", {"pending_past_expiry": count})
 
 

@@ -32,31 +32,65 @@ import pandas as pd
 from mt5_pipeline.bars import closed_cutoff
 from mt5_pipeline.clock import resolve_now
 from mt5_pipeline.features import LOOKBACK_BARS, WATERMARK_MARGIN, FeatureUpdate, update_features
-from mt5_pipeline.indicators import FEATURE_SET_VERSION, compute_features
+from mt5_pipeline.indicators import FEATURE_SET_VERSION, FLOAT_COLUMNS, compute_features
 from mt5_pipeline.storage import features as stored
 from mt5_pipeline.storage.candles import CANDLE_COLUMNS, candles_stamped_since, read_candles
 
 Series = tuple[str, str]
 
+# Feature rows kept per series for the prediction: the bar decided is the newest computed,
+# or one before it while the newest waits for its final version.
+KEEP_ROWS = 4
+
+
+# What the features and the extreme-bar guard read of a bar; ts and ingested_at as int64
+# nanoseconds since the epoch (UTC). Columns of numpy arrays, not a DataFrame: shifting a
+# frame by one bar and building one from a bar's tuple cost more than the features.
+_TAIL_COLUMNS = ("ts", "high", "low", "close", "tick_volume", "ingested_at")
+_TUPLE_INDEX = {name: CANDLE_COLUMNS.index(name) for name in _TAIL_COLUMNS}
+_TIMES = ("ts", "ingested_at")
+
 
 @dataclass
 class _Tail:
-    bars: pd.DataFrame  # the newest LOOKBACK_BARS closed bars with stored features, oldest first
+    bars: dict[str, np.ndarray]  # the newest LOOKBACK_BARS closed bars with stored features, oldest first
     seen: dict[datetime, datetime] = field(default_factory=dict)  # ts -> ingested_at of recently stamped bars already handled
     watermark: datetime | None = None  # newest stamp handled; reads start WATERMARK_MARGIN before it
+    whole: bool = False  # the tail started at the series' first bar (it held fewer than LOOKBACK_BARS)
+    rows: dict[datetime, dict] = field(default_factory=dict)  # the feature rows of the newest bars computed here, by ts
+
+    def __len__(self) -> int:
+        return len(self.bars["ts"])
 
 
-def _frame(rows: list[tuple]) -> pd.DataFrame:
-    """Candle tuples (CANDLE_COLUMNS order) as read_candles' frame: same columns and dtypes."""
-    columns = list(zip(*rows, strict=True))
-    frame = pd.DataFrame({name: list(values) for name, values in zip(CANDLE_COLUMNS, columns, strict=True)})
-    for name in ("ts", "ingested_at"):
-        frame[name] = pd.DatetimeIndex(frame[name]).tz_convert("UTC").as_unit("ns")
-    for name in ("open", "high", "low", "close"):
-        frame[name] = frame[name].astype(np.float64)
-    for name in ("tick_volume", "spread", "real_volume"):
-        frame[name] = frame[name].astype(np.int64)
-    return frame
+def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """read_candles' frame as the tail's columns."""
+    out = {name: frame[name].to_numpy(dtype=np.float64) for name in ("high", "low", "close")}
+    out["tick_volume"] = frame["tick_volume"].to_numpy(dtype=np.int64)
+    for name in _TIMES:
+        out[name] = pd.DatetimeIndex(frame[name]).as_unit("ns").asi8.copy()
+    return out
+
+
+def _from_tuples(rows: list[tuple]) -> dict[str, np.ndarray]:
+    """Candle tuples (CANDLE_COLUMNS order, aware datetimes) as the tail's columns."""
+    out: dict[str, np.ndarray] = {}
+    for name in _TAIL_COLUMNS:
+        values = [r[_TUPLE_INDEX[name]] for r in rows]
+        if name in _TIMES:
+            out[name] = np.array([pd.Timestamp(v).value for v in values], dtype=np.int64)
+        else:
+            out[name] = np.array(values, dtype=np.int64 if name == "tick_volume" else np.float64)
+    return out
+
+
+def _utc(ns: np.ndarray) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(ns.view("M8[ns]")).tz_localize("UTC")
+
+
+def _frame(bars: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The columns as a frame of read_candles' dtypes (what compute_features and the guards read)."""
+    return pd.DataFrame({name: _utc(values) if name in _TIMES else values for name, values in bars.items()})
 
 
 @dataclass
@@ -89,6 +123,29 @@ class SeriesTails:
                 self._tails.clear()
             else:
                 self._tails.pop(key, None)
+
+    def feature_row(self, key: Series, bar: datetime) -> dict | None:
+        """The feature row this tail computed and stored for ``bar`` (as predict_latest would
+        read it back: ts, the float columns, usable, feature_set_version), or None."""
+        tail = self._tails.get(key)
+        return None if tail is None else tail.rows.get(bar)
+
+    def bars_until(self, key: Series, bar: datetime, n: int) -> pd.DataFrame | None:
+        """The tail's newest ``n`` bars up to ``bar`` (the stored candles: the tail is
+        dropped on any correction), or None without a tail or when ``bar`` is not in it
+        or the tail holds fewer than ``n`` bars before it while the series may hold more."""
+        tail = self._tails.get(key)
+        if tail is None:
+            return None
+        ts = tail.bars["ts"]
+        at = pd.Timestamp(bar).value
+        upto = int(np.searchsorted(ts, at, side="right"))
+        if upto == 0 or ts[upto - 1] != at:
+            return None
+        if upto < n and not tail.whole:
+            return None
+        lo = max(0, upto - n)
+        return _frame({name: tail.bars[name][lo:upto] for name in ("ts", "high", "low", "close")})
 
     def _lock(self, key: Series) -> threading.Lock:
         with self._guard:
@@ -127,7 +184,7 @@ class SeriesTails:
         newest = stored.newest_feature(self.database_url, symbol, timeframe)
         if newest is None or newest.feature_set_version != FEATURE_SET_VERSION or bars.empty:
             return result
-        tail = _Tail(bars=bars[list(CANDLE_COLUMNS)].reset_index(drop=True))
+        tail = _Tail(bars=_columns(bars), whole=len(bars) < self.lookback)
         if recent:
             tail.seen = {r[0]: r[-1] for r in recent}
             tail.watermark = max(r[-1] for r in recent)
@@ -144,7 +201,7 @@ class SeriesTails:
         if tail.watermark is None:
             return None
         recent = candles_stamped_since(self.database_url, symbol, timeframe, tail.watermark - WATERMARK_MARGIN)
-        end = tail.bars["ts"].iloc[-1].to_pydatetime()
+        end = pd.Timestamp(int(tail.bars["ts"][-1]), tz="UTC").to_pydatetime()
         fresh = [r for r in recent if tail.seen.get(r[0]) != r[-1]]
         if any(r[0] <= end for r in fresh):
             return None  # a re-sent bar or a gap filled at or before the tail's end: a correction
@@ -153,16 +210,26 @@ class SeriesTails:
         new_rows = [r for r in fresh if r[0] <= cutoff]
         if not new_rows:
             return FeatureUpdate(symbol, timeframe, 0, end, 0, None, False)
-        new = _frame(new_rows)
-        frame = pd.concat([tail.bars, new], ignore_index=True)
-        feats = compute_features(frame, timeframe=timeframe)
-        lookback = len(tail.bars)
+        new = _from_tuples(new_rows)
+        lookback = len(tail)
+        columns = {name: np.concatenate([tail.bars[name], new[name]]) for name in _TAIL_COLUMNS}
+        feats = compute_features(_frame(columns), timeframe=timeframe)
         out = feats.iloc[lookback:].reset_index(drop=True)
         start = new_rows[0][0]
         with stored.one_writer(self.database_url, symbol, timeframe):
             stored.replace_rows(self.database_url, symbol, timeframe, out, start=start, version=FEATURE_SET_VERSION, computed_at=at)
         self.stats.fast += len(new_rows)
-        tail.bars = frame.iloc[-self.lookback :].reset_index(drop=True)
+        if len(columns["ts"]) > self.lookback:
+            tail.whole = False
+        tail.bars = {name: values[-self.lookback :] for name, values in columns.items()}
+        # The rows just stored, for the prediction: the same float64 values the read-back gives.
+        matrix = out[list(FLOAT_COLUMNS)].to_numpy(dtype=np.float64)
+        for ts, values, usable in zip(out["ts"], matrix.tolist(), out["usable"].tolist(), strict=True):
+            row = dict(zip(FLOAT_COLUMNS, values, strict=True))
+            row.update(ts=ts.to_pydatetime(), usable=usable, feature_set_version=FEATURE_SET_VERSION)
+            tail.rows[row["ts"]] = row
+        for ts in sorted(tail.rows)[:-KEEP_ROWS]:
+            del tail.rows[ts]
         for r in new_rows:
             tail.seen[r[0]] = r[-1]
         tail.watermark = max(tail.watermark, *(r[-1] for r in recent))

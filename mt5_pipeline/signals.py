@@ -15,15 +15,19 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from mt5_pipeline import queue
 from mt5_pipeline.clock import as_utc, iso_z, parse_iso, resolve_now
 from mt5_pipeline.execution_policy import ExecutionPolicy, signal_meta
 from mt5_pipeline.pips import PipSizeUnknown, pip_size_for
 from mt5_pipeline.prediction import Prediction
-from mt5_pipeline.quality import unconfirmed_extreme
+from mt5_pipeline.quality import unconfirmed_extreme, unconfirmed_extreme_in
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.trade_signal import Signal
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +194,7 @@ def generate_signal(
     predictor: Predictor | None = None,
     refresh_features: bool = False,
     bar: datetime | None = None,
+    recent_bars: pd.DataFrame | None = None,
 ) -> GenerateResult:
     """Predict the series' ready bar, decide, and queue at most one signal for it.
 
@@ -206,6 +211,10 @@ def generate_signal(
     propagate. Late or stale inputs never produce a signal, forced or not. The database
     holds one signal per (symbol, timeframe, bar), whatever the model version: a second
     request for the bar answers "duplicate" with the signal the bar already has.
+
+    `recent_bars`: the series' newest EXTREME_CHECK_WINDOW candles up to ``bar`` already in
+    hand (the live worker's tail), for the extreme-bar guard instead of reading them;
+    ignored when they do not end at the bar predicted.
     """
     at = resolve_now(now)
     ready = None
@@ -252,7 +261,10 @@ def generate_signal(
         log.warning("No signal for %s %s: %s", symbol, timeframe, stale)
         return GenerateResult("stale_model", f"No signal: {stale}", p, None, None, bar)
 
-    hold = unconfirmed_extreme(settings.database_url, symbol, prediction.timeframe, bar)
+    if recent_bars is not None and len(recent_bars) and as_utc(recent_bars["ts"].iloc[-1].to_pydatetime()) == bar:
+        hold = unconfirmed_extreme_in(recent_bars, symbol, prediction.timeframe)
+    else:
+        hold = unconfirmed_extreme(settings.database_url, symbol, prediction.timeframe, bar)
     if hold:
         log.warning("No signal for %s %s: %s", symbol, timeframe, hold)
         return GenerateResult("unconfirmed_extreme", f"No signal: {hold}", p, None, None, bar)

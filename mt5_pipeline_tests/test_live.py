@@ -200,3 +200,36 @@ def test_processes_split_the_symbols_between_them_without_overlap(sqlite_url, se
     assert owned[0] | owned[1] == set(symbols) and not owned[0] & owned[1]
     assert owned[0] and owned[1]  # both do some of the work
     assert all(LiveWorker(settings).owns((s, "M1")) for s in symbols)
+
+
+def test_the_prediction_from_the_tails_row_is_the_one_read_back_from_the_database(db_url, settings_for):
+    from mt5_pipeline.model import predict_latest, predict_row
+    from mt5_pipeline.quality import EXTREME_CHECK_WINDOW, unconfirmed_extreme_in
+    from mt5_pipeline.storage.candles import read_candles
+
+    settings, final = _trained(db_url, settings_for)
+    worker = LiveWorker(settings)
+    key = ("EURUSD", "M1")
+    worker.handle([key], now=END, trigger="start")
+    ingest_candles(db_url, "EURUSD", "M1", final, now=END + timedelta(seconds=60, milliseconds=300))
+    at = END + timedelta(seconds=60, milliseconds=400)
+    [decision] = worker.handle([key], now=at, trigger="notify")
+    assert decision.feature_path == "tail" and decision.status == "queued", decision
+
+    row = worker.tails.feature_row(key, END)
+    assert row is not None  # the decision above was predicted from it, not read back
+    from_memory = predict_row(settings, "EURUSD", "M1", row)
+    from_database = predict_latest(settings, "EURUSD", "M1", now=at, bar=END)
+    assert from_memory == from_database
+    assert _bar_signal(db_url, END).meta["probability"] == pytest.approx(round(from_database.probability, 6), abs=0)
+
+    # The extreme-bar guard's window from the tail is the stored candles' window.
+    window = worker.tails.bars_until(key, END, EXTREME_CHECK_WINDOW)
+    stored = read_candles(db_url, "EURUSD", "M1", end=END, last_n=EXTREME_CHECK_WINDOW)
+    assert len(window) == len(stored) == EXTREME_CHECK_WINDOW
+    for column in ("ts", "high", "low", "close"):
+        assert (window[column].to_numpy() == stored[column].to_numpy()).all(), column
+    assert unconfirmed_extreme_in(window, "EURUSD", "M1") is None
+    # A bar the tail does not end at, or does not hold, is left to the database read.
+    assert worker.tails.bars_until(key, END + timedelta(minutes=1), EXTREME_CHECK_WINDOW) is None
+    assert worker.tails.feature_row(key, END + timedelta(minutes=1)) is None

@@ -16,6 +16,7 @@ import pandas as pd
 from mt5_pipeline.features import LOOKBACK_BARS, load_feature_rows, update_features
 from mt5_pipeline.indicators import FLOAT_COLUMNS
 from mt5_pipeline.ingest import ingest_candles
+from mt5_pipeline.quality import EXTREME_CHECK_WINDOW, unconfirmed_extreme, unconfirmed_extreme_in
 from mt5_pipeline.sample_data import generate_candles
 from mt5_pipeline.series_tail import SeriesTails
 
@@ -40,7 +41,10 @@ def test_the_tail_gives_the_batch_features_over_a_long_series_with_corrections(d
     ts = pd.to_datetime(history["time"] if "time" in history else history["ts"], utc=True)
     first_live = len(history) - LIVE_BARS
     gap = set(range(first_live + 40, first_live + 44))  # bars the EA only sends later
+    spike = first_live + 120
+    history.loc[spike, "high"] = history.loc[spike, "high"] * 1.02  # an extreme bar for the guard
     tails = SeriesTails(db_url)
+    holds = []
 
     start_now = ts.iloc[first_live - 1].to_pydatetime() + timedelta(seconds=61)
     _post(db_url, history.iloc[:first_live], start_now)
@@ -59,6 +63,14 @@ def test_the_tail_gives_the_batch_features_over_a_long_series_with_corrections(d
             _post(db_url, _changed(history.iloc[[i - LOOKBACK_BARS - 50]]), now)  # older than the tail
         tails.update("TAIL", "M1", now=now)
         update_features(db_url, "BATCH", "M1", now=now)
+        if i not in gap:
+            # The extreme-bar guard on the tail's bars says what it says on the stored ones.
+            bar = ts.iloc[i].to_pydatetime()
+            window = tails.bars_until(("TAIL", "M1"), bar, EXTREME_CHECK_WINDOW)
+            hold = unconfirmed_extreme(db_url, "TAIL", "M1", bar)
+            assert window is not None, i
+            assert unconfirmed_extreme_in(window, "TAIL", "M1") == hold, i
+            holds.append(hold)
 
     rows = load_feature_rows(db_url, ["TAIL", "BATCH"], usable_only=False)
     tail = rows[rows.symbol == "TAIL"].reset_index(drop=True)
@@ -69,6 +81,12 @@ def test_the_tail_gives_the_batch_features_over_a_long_series_with_corrections(d
         assert np.array_equal(tail[column].to_numpy(), batch[column].to_numpy(), equal_nan=True), column
     # The gap's bars and the corrected ones carry the corrected candles' features.
     assert (tail["source_ingested_at"].to_numpy() == batch["source_ingested_at"].to_numpy()).all()
+    assert any(holds), "the spike was never held"
+    # The feature row kept for the prediction is the stored one.
+    newest = tails.feature_row(("TAIL", "M1"), ts.iloc[-1].to_pydatetime())
+    assert newest is not None and newest["usable"] == bool(tail["usable"].iloc[-1])
+    for column in FLOAT_COLUMNS:
+        assert np.array_equal(newest[column], tail[column].iloc[-1], equal_nan=True), column
     # Most live bars cost one row; each correction (and the first bar) went the batch way.
     assert tails.stats.fast >= LIVE_BARS - 20
     assert 2 <= tails.stats.rebuilt <= 12, tails.stats

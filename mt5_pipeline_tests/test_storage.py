@@ -122,3 +122,30 @@ def test_upgrade_from_empty_on_a_new_sqlite_file(tmp_path):
     result = migrate.upgrade(url)
     assert result.before is None and result.after == migrate.head_revision()
     assert "SQLite" in result.candles_storage
+
+
+def test_a_pooled_connection_killed_while_idle_is_replaced_before_use(pg_url, monkeypatch):
+    """No pre-ping on every checkout, but one after idle: a backend killed while its
+    connection sat in the pool (a database restart) does not cost the next request."""
+    from sqlalchemy import text
+
+    from mt5_pipeline.storage import engine as engines
+
+    engines.dispose_engines()
+    engine = engines.get_engine(pg_url)
+    with engine.connect() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    with engines.make_engine(pg_url).connect() as admin:
+        assert admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+        admin.commit()
+    monkeypatch.setattr(engines, "PING_AFTER_IDLE_SECONDS", 0.0)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+    # Back within the idle limit, the connection is used as it is (no ping round trip).
+    monkeypatch.setattr(engines, "PING_AFTER_IDLE_SECONDS", 3600.0)
+    pings = []
+    monkeypatch.setattr(engine.dialect, "do_ping", lambda dbapi_conn: pings.append(1) or True)
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    assert pings == []
+    engines.dispose_engines()

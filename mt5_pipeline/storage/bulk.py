@@ -41,7 +41,7 @@ SQLITE_TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 # Connections
 #
 # Bulk paths borrow a raw psycopg2 connection from the process-wide SQLAlchemy pool
-# (pre-pinged, so a restarted server costs one retry, not a failed request). psycopg2's
+# (pinged after idle, so a restarted server costs one retry, not a failed request). psycopg2's
 # copy_expert hands COPY TO data to a C-level BytesIO.write per row; psycopg 3 yields
 # each row through a Python generator, which made reading a million bars about twice as
 # slow here. Writing is server-bound either way.

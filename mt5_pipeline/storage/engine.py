@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
+
+# A pooled connection idle longer than this is pinged before use (a database restart or a
+# dropped socket must not cost the next request); one back within it is used as is.
+PING_AFTER_IDLE_SECONDS = 5.0
 
 
 @functools.lru_cache(maxsize=64)
@@ -82,13 +87,37 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
-        pool_pre_ping=True,  # a database restart must not cost the next request
         pool_size=5,
         max_overflow=10,
         connect_args={"connect_timeout": 5, "application_name": "mt5-pipeline"},
     )
+    event.listen(engine.pool, "checkin", _stamp_checkin)
+    event.listen(engine.pool, "checkout", functools.partial(_ping_if_idle, engine.dialect))
+    return engine
+
+
+def _stamp_checkin(_dbapi_conn, record) -> None:
+    if record is not None:
+        record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(dialect, dbapi_conn, record, _proxy) -> None:
+    """SQLAlchemy's pre-ping, only for a connection idle past PING_AFTER_IDLE_SECONDS.
+
+    ``pool_pre_ping`` pings on every checkout: on the live path, a dozen checkouts per bar,
+    each a round trip. A connection checked in moments ago was working moments ago; one
+    that sat idle is the one a database restart may have killed. A failed ping raises
+    DisconnectionError, on which the pool discards the connection and opens a new one.
+    """
+    idle_since = record.info.get("checked_in_at")
+    if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        dialect.do_ping(dbapi_conn)
+    except Exception as error:
+        raise exc.DisconnectionError(f"pooled connection idle for {time.monotonic() - idle_since:.0f} s failed its ping") from error
 
 
 def get_engine(url: str) -> Engine:

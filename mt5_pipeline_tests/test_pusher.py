@@ -468,9 +468,14 @@ def test_a_pusher_killed_mid_batch_loses_nothing_after_restart(pg_url, reference
     out, err = b.communicate(timeout=120)
     assert b.returncode == 0, err[-2000:]
     ids = [s["signal_id"] for s in signals]
-    counts = collections.Counter(reference_ea.signal_ids())
+    # SIGKILL can cut a request mid-body: the EA then reads a truncated, unparsable body
+    # (refused, nothing traded). That is not a delivery, so it is left out of the count.
+    whole = [(headers, body) for headers, body in reference_ea.received if isinstance(body, dict)]
+    cut = len(reference_ea.received) - len(whole)
+    assert cut <= 1, f"{cut} truncated requests: only the one in flight at the kill can be cut"
+    counts = collections.Counter(body.get("signal_id") for _, body in whole)
     assert set(counts) == set(ids)  # every signal received
-    for headers, body in reference_ea.received:
+    for headers, body in whole:
         if counts[body["signal_id"]] > 1:  # a repeat carries the same signal_id and key
             assert headers["idempotency-key"] == body["signal_id"]
     assert len(reference_ea.ea.positions) == 150  # the EA's dedupe: one position each

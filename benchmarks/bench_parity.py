@@ -19,11 +19,12 @@ next open (the market quoted at the bar's open and spread), the bar fed to the t
 the API's rows are compared with ``backtest.simulate_trades`` under the same policy:
 entries matched by (entry bar, side), then exit bar, exit reason and pips.
 
-Why they can differ with a spread: a live fill pays the spread in its price, and its
-stops are placed from that fill, so they sit a spread away from the backtest's (which
-enters at the bid open and pays the spread as a cost). A bar that reaches a barrier by
-less than the spread exits differently; under one position at a time, a different exit
-moves the entries after it. Without a spread (the test) they are identical.
+With a spread: the backtest places its stops from the fill, as the terminal does (a spread
+nearer the stop, a spread farther the target, on bid prices), so with a constant spread the
+trades are identical. Where the spread changes from bar to bar (--quick's generated bars) a
+SELL closes at its exit bar's ask while the backtest charges the entry bar's spread: a time
+exit differs by the change, a barrier touched by less than it exits differently, and under
+one position at a time a different exit moves the entries after it.
 """
 
 from __future__ import annotations

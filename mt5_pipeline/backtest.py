@@ -83,6 +83,12 @@ def simulate_trades(
     open_ = candles["open"].to_numpy(dtype=np.float64)
     close = candles["close"].to_numpy(dtype=np.float64)
     entry = signal_index + 1
+    spread_points = candles["spread"].to_numpy(dtype=np.float64) if "spread" in candles.columns else np.zeros(n)
+    # The entry bar's spread in price: the terminal fills a BUY at the ask and closes a SELL at the
+    # ask, and places the stops from the fill; on bid prices that puts the stop a spread nearer and
+    # the target a spread farther, so a stop nets exactly -sl_pips and a target +tp_pips after the
+    # spread, as live (docs/trades.md).
+    spread = spread_points[entry] * (point_size(symbol, pip_overrides) if point is None else point)
     walk = walk_barriers(
         open_,
         candles["high"].to_numpy(dtype=np.float64),
@@ -90,8 +96,8 @@ def simulate_trades(
         close,
         entry,
         side,
-        sl_distance=sl_pips * pip,
-        tp_distance=tp_pips * pip,
+        sl_distance=np.maximum(sl_pips * pip - spread, 0.0),
+        tp_distance=tp_pips * pip + spread,
         max_hold=max_hold,
     )
     # A trade that never exits in the data holds its slot to the end.
@@ -109,8 +115,7 @@ def simulate_trades(
     exit_index, exit_price, reason_names = exit_index[done], exit_price[done], reasons[done]
     entry_price = open_[entry]
     gross = side * (exit_price - entry_price) / pip
-    spread_points = candles["spread"].to_numpy(dtype=np.float64) if "spread" in candles.columns else np.zeros(n)
-    cost = spread_points[entry] * (point_size(symbol, pip_overrides) if point is None else point) / pip
+    cost = spread[done] / pip
     # A DatetimeIndex, not .to_numpy(): that would make an object array of Timestamps.
     ts = pd.DatetimeIndex(pd.to_datetime(candles["ts"], utc=True))
     return pd.DataFrame(

@@ -144,13 +144,17 @@ def compare(backtest: pd.DataFrame, live: pd.DataFrame, candles: pd.DataFrame, p
     common = sorted(set(b.index) & set(live_keys))
     spread_pips = candles["spread"].to_numpy(dtype=float) * point / pip
     same_exit = 0
-    diffs, beyond = [], 0
+    diffs, beyond, at_barriers = [], 0, []
     for key in common:
         bt, lv = b.loc[key], l_.loc[key]
         if int(bt["exit_bar"]) == int(lv["exit_bar"]) and bt["exit_reason"] == lv["exit_reason"]:
             same_exit += 1
             d = abs(float(lv["pips"]) - float(bt["pips"]))
             diffs.append(d)
+            # A stop or a target nets its pips exactly on both sides (the backtest places them
+            # from the fill); a time exit closes at the exit bar's spread, which may differ.
+            if bt["exit_reason"] in ("sl", "tp"):
+                at_barriers.append(d)
             # Rounding of the stops to the tick grid: a point.
             if d > spread_pips[int(key[0])] + spread_pips[int(bt["exit_bar"])] + point / pip + 1e-6:
                 beyond += 1
@@ -163,6 +167,7 @@ def compare(backtest: pd.DataFrame, live: pd.DataFrame, candles: pd.DataFrame, p
         "entries_only_live": len(set(live_keys) - set(b.index)),
         "max_pips_difference": max(diffs) if diffs else 0.0,
         "mean_pips_difference": float(np.mean(diffs)) if diffs else 0.0,
+        "max_pips_difference_at_barriers": max(at_barriers) if at_barriers else 0.0,
         "pips_beyond_spread": beyond,
         "backtest_total_pips": float(backtest["pips"].sum()) if len(backtest) else 0.0,
         "live_total_pips": float(live["pips"].sum()) if len(live) else 0.0,

@@ -11,11 +11,11 @@ from mt5_pipeline.backtest import plot_equity, run_backtest, summarize
 # (open, high, low, close, spread in points); EURUSD, pip 0.0001, SL 20 / TP 40 pips, hold 3 bars.
 BARS = [
     (1.1000, 1.1005, 1.0995, 1.1000, 0),  # 0  BUY signal (p = 0.9)
-    (1.1000, 1.1010, 1.0990, 1.1005, 10),  # 1  A enters at 1.1000, pays 1 pip; SL 1.0980, TP 1.1040
-    (1.1005, 1.1042, 1.1000, 1.1035, 0),  # 2  A: take-profit, +40
+    (1.1000, 1.1010, 1.0990, 1.1005, 10),  # 1  A enters at the ask 1.1001 (bid 1.1000, 1 pip); SL 1.0981, TP 1.1041 on the bid
+    (1.1005, 1.1042, 1.1000, 1.1035, 0),  # 2  A: take-profit, bid +41, net +40
     (1.1035, 1.1040, 1.1025, 1.1030, 0),  # 3
     (1.1030, 1.1035, 1.1025, 1.1030, 0),  # 4  SELL signal (p = 0.1)
-    (1.1030, 1.1055, 1.0980, 1.1000, 20),  # 5  B enters short at 1.1030, pays 2 pips; SL 1.1050 and TP 1.0990 both touched: SL, -20
+    (1.1030, 1.1055, 1.0980, 1.1000, 20),  # 5  B sells at 1.1030, 2-pip spread; SL ask 1.1050 = bid 1.1048, TP ask 1.0990 = bid 1.0988, both touched: SL, bid -18, net -20
     (1.1000, 1.1005, 1.0995, 1.1000, 0),  # 6
     (1.1000, 1.1005, 1.0995, 1.1000, 0),  # 7
     (1.1000, 1.1005, 1.0995, 1.1000, 0),  # 8  BUY signal (p = 0.7)
@@ -48,16 +48,16 @@ def test_hand_made_path_gives_the_hand_computed_pnl(hand_made):
     assert list(trades["exit_reason"]) == ["tp", "sl", "time"]
     assert list(trades["entry_ts"]) == list(candles["ts"].iloc[[1, 5, 9]])
     assert list(trades["exit_ts"]) == list(candles["ts"].iloc[[2, 5, 11]])
-    assert trades["gross_pips"].to_numpy() == pytest.approx([40.0, -20.0, 12.0])
+    assert trades["gross_pips"].to_numpy() == pytest.approx([41.0, -18.0, 12.0])
     assert trades["cost_pips"].to_numpy() == pytest.approx([1.0, 2.0, 0.0])
-    assert trades["pips"].to_numpy() == pytest.approx([39.0, -22.0, 12.0])
+    assert trades["pips"].to_numpy() == pytest.approx([40.0, -20.0, 12.0])
 
     s = result.summary
     assert s["trades"] == 3
-    assert s["total_pips"] == pytest.approx(29.0)
+    assert s["total_pips"] == pytest.approx(32.0)
     assert s["hit_rate"] == pytest.approx(2 / 3)
-    assert s["profit_factor"] == pytest.approx(51 / 22)
-    assert s["max_drawdown_pips"] == pytest.approx(22.0)  # from +39 down to +17
+    assert s["profit_factor"] == pytest.approx(52 / 20)
+    assert s["max_drawdown_pips"] == pytest.approx(20.0)  # from +40 down to +20
     assert math.isnan(s["sharpe_daily"])  # one trading day: no spread of daily P&L
     assert all(isinstance(v, float) for v in s.values())
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
 from mt5_pipeline.api.main import create_app
 from mt5_pipeline.apps.servers import BackgroundServer, free_port
 from mt5_pipeline.bridge import Bridge
@@ -109,3 +111,27 @@ def build_rig(url: str, tmp: Path, *, mode: str = "push", clock: ManualClock | N
     rig = Rig(url, api_settings, bridge_settings, api_server, bridge_server, bridge, mt5, clock, tmp)
     rig.api_app = api_app  # type: ignore[attr-defined]
     return rig
+
+
+# The rig as fixtures (registered in conftest's pytest_plugins): the bridge's tests, the
+# execution contract's and the trade reports' use the same three.
+@pytest.fixture
+def rig(sqlite_url, tmp_path):
+    r = build_rig(sqlite_url, tmp_path)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def pg_rig(pg_url, tmp_path):
+    r = build_rig(pg_url, tmp_path)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def any_rig(db_url, tmp_path):
+    """The rig on both API databases (SQLite, then PostgreSQL)."""
+    r = build_rig(db_url, tmp_path)
+    yield r
+    r.close()

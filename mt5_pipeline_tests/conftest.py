@@ -22,7 +22,7 @@ from mt5_pipeline.storage import migrate
 from mt5_pipeline.storage.engine import dispose_engines, get_engine, normalize_url
 from mt5_pipeline.storage.schema import metadata
 
-pytest_plugins = ["mt5_pipeline_tests.ea_server"]
+pytest_plugins = ["mt5_pipeline_tests.ea_server", "mt5_pipeline_tests.bridge_support"]
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES", "") == "1"

@@ -26,21 +26,6 @@ OFFSET = 2 * 3600  # the stand-in trade server runs at UTC+2
 
 
 @pytest.fixture
-def rig(sqlite_url, tmp_path):
-    r = build_rig(sqlite_url, tmp_path)
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def any_rig(db_url, tmp_path):
-    """The rig on both API databases (SQLite, then PostgreSQL)."""
-    r = build_rig(db_url, tmp_path)
-    yield r
-    r.close()
-
-
-@pytest.fixture
 def pull_rig(sqlite_url, tmp_path):
     r = build_rig(sqlite_url, tmp_path, mode="pull")
     yield r

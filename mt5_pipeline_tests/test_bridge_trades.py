@@ -35,13 +35,6 @@ def signal(rig, side: str = "BUY", symbol: str = "EURUSD", **meta) -> dict:
 
 
 @pytest.fixture
-def rig(sqlite_url, tmp_path):
-    r = build_rig(sqlite_url, tmp_path)
-    yield r
-    r.close()
-
-
-@pytest.fixture
 def reverse_rig(sqlite_url, tmp_path):
     r = build_rig(sqlite_url, tmp_path, ENTRY_POLICY="reverse")
     yield r

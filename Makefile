@@ -19,8 +19,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mt5-pipeline demo
 
-test: $(STAMP)
-	$(BIN)/ruff check mt5_pipeline api ml benchmarks mt5_pipeline_tests
+LINTED := mt5_pipeline api ml benchmarks mt5_pipeline_tests
+
+test: lint
 	$(BIN)/python -m pytest -q mt5_pipeline_tests
 
 dev: $(STAMP)
@@ -31,7 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check mt5_pipeline api mt5_pipeline_tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

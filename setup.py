@@ -14,7 +14,9 @@ DAGSTER_LIBS = "0.29.27"
 setup(
     name="mt5-pipeline",
     # One version string: mt5_pipeline/__init__.py (read as text: installing must not import the package).
-    version=re.search(r'__version__ = "([^"]+)"', (Path(__file__).parent / "mt5_pipeline" / "__init__.py").read_text()).group(1),
+    version=re.search(
+        r'__version__ = "([^"]+)"', (Path(__file__).parent / "mt5_pipeline" / "__init__.py").read_text()
+    ).group(1),
     description="MetaTrader 5 market data to ML trade signals, delivered safely to an Expert Advisor",
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",

@@ -95,7 +95,9 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) ->
         except httpx.HTTPError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            state = f"exited with {proc.returncode}" if proc.poll() is not None else f"did not answer within {timeout:g} s"
+            state = (
+                f"exited with {proc.returncode}" if proc.poll() is not None else f"did not answer within {timeout:g} s"
+            )
             tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
             raise SystemExit(f"{url}: server {state}:\n{tail}")
         time.sleep(0.1)
@@ -133,8 +135,12 @@ def add_row(
 
     ratio = None
     if baseline:
-        ratio = round(float(value) / float(baseline) if higher_is_better else float(baseline) / float(value), ratio_digits)
-    rows.append({"figure": figure, "value": rnd(value), "unit": unit, "baseline": rnd(baseline), "ratio": ratio, "aim": aim})
+        ratio = round(
+            float(value) / float(baseline) if higher_is_better else float(baseline) / float(value), ratio_digits
+        )
+    rows.append(
+        {"figure": figure, "value": rnd(value), "unit": unit, "baseline": rnd(baseline), "ratio": ratio, "aim": aim}
+    )
 
 
 def _cell(v: float | None) -> str:
@@ -149,7 +155,9 @@ def report(name: str, rows: list[dict]) -> Path:
     print(f"\n{'figure':<{width}}  {'value':>12}  {'unit':<10} {'baseline':>12}  {'ratio':>8}  aim")
     for r in rows:
         ratio = "" if r["ratio"] is None else _cell(r["ratio"]) + "x"
-        print(f"{r['figure']:<{width}}  {_cell(r['value']):>12}  {r['unit']:<10} {_cell(r['baseline']):>12}  {ratio:>8}  {r['aim']}")
+        print(
+            f"{r['figure']:<{width}}  {_cell(r['value']):>12}  {r['unit']:<10} {_cell(r['baseline']):>12}  {ratio:>8}  {r['aim']}"
+        )
     out = OUT_DIR / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2) + "\n")

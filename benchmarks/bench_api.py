@@ -12,7 +12,7 @@ postgresql://postgres@127.0.0.1:5432/test), drops it afterwards, and measures in
   process on loopback, batches of 10,000, one request at a time as an EA sends them
   (bodies serialised before the clock starts: the client's JSON work is not the server's);
 * ``POST /ea/generate-signal`` latency, p50 and p99 over 300 requests (60 with --quick),
-  against a model trained here with ``mt5_pipeline.model.train_model`` on 6,000
+  against a model trained here with ``mt5_pipeline.learning.model.train_model`` on 6,000
   generated bars. ``force: true``: the first request queues a signal, the rest find the
   bar already has one (409), so every request predicts and touches the queue.
 
@@ -38,7 +38,7 @@ import psycopg
 from _support import add_row, database_name, make_bars, percentile, report, scratch_database, stop, wait_healthy
 
 from mt5_pipeline.apps.servers import free_port
-from mt5_pipeline.ingest import ingest_candles
+from mt5_pipeline.market.ingest import ingest_candles
 from mt5_pipeline.settings import Settings
 
 BATCH = 10_000
@@ -55,7 +55,9 @@ def start_server(env: dict[str, str], port: int, log_path: Path) -> subprocess.P
     exe = Path(sys.executable).with_name("mt5-pipeline")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mt5_pipeline.apps.cli"]
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen([*cmd, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [*cmd, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def core_rate(url: str, parts: list[list[dict]]) -> tuple[float, int]:
@@ -87,9 +89,9 @@ def api_rate(base: str, bodies: list[bytes]) -> tuple[float, float, int, list[fl
 
 
 def train(url: str, model_dir: Path) -> Settings:
-    from mt5_pipeline.features import update_features
-    from mt5_pipeline.model import train_model
-    from mt5_pipeline.sample_data import generate_candles, minutes_ago
+    from mt5_pipeline.learning.features import update_features
+    from mt5_pipeline.learning.training import train_model
+    from mt5_pipeline.market.sample_data import generate_candles, minutes_ago
 
     settings = Settings.from_env({"DATABASE_URL": url, "MODEL_DIR": str(model_dir), "API_KEYS": KEY}, env_file=None)
     frame = generate_candles(6_000, end=minutes_ago(1), with_weekends=False, seed=11)
@@ -131,7 +133,10 @@ def main() -> int:
         try:
             frame = make_bars(n, seed=1)
             parts = batches(frame)
-            print(f"{n:,} M1 candles in batches of {BATCH:,} (PostgreSQL scratch database {database_name(url)})", flush=True)
+            print(
+                f"{n:,} M1 candles in batches of {BATCH:,} (PostgreSQL scratch database {database_name(url)})",
+                flush=True,
+            )
 
             t_core, inserted = core_rate(url, parts)
             assert inserted == n, inserted
@@ -139,12 +144,18 @@ def main() -> int:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("TRUNCATE candles")  # the API run starts from the same empty table
 
-            bodies = [json.dumps({"symbol": "EURUSD_API", "timeframe": "M1", "candles": part}).encode() for part in parts]
+            bodies = [
+                json.dumps({"symbol": "EURUSD_API", "timeframe": "M1", "candles": part}).encode() for part in parts
+            ]
             body_mb = sum(map(len, bodies)) / len(bodies) / 1e6
             del parts
 
             port = free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "EA_", "DATABASE_", "MT5_", "METRICS_", "SIGNAL_", "MODEL_"))}
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("API_", "EA_", "DATABASE_", "MT5_", "METRICS_", "SIGNAL_", "MODEL_"))
+            }
             env.update(
                 DATABASE_URL=url,
                 API_KEYS=KEY,
@@ -177,13 +188,35 @@ def main() -> int:
     p99 = percentile(latencies, 0.99, method="nearest") * 1000
 
     rows: list[dict] = []
-    add_row(rows, "POST /ingest to `mt5-pipeline serve`, 10,000-candle batches", api, "candles/s", core, f">= {AIM_RATIO:.0%} of the core's rate")
+    add_row(
+        rows,
+        "POST /ingest to `mt5-pipeline serve`, 10,000-candle batches",
+        api,
+        "candles/s",
+        core,
+        f">= {AIM_RATIO:.0%} of the core's rate",
+    )
     add_row(rows, "POST /ingest, wall clock incl. client", n / wall_api, "candles/s", core, "")
     add_row(rows, "ingest_candles called directly, same batches", core, "candles/s", None, "baseline")
-    add_row(rows, "POST /ingest request p50 (10,000 candles)", percentile(per_request, 0.5, method="nearest") * 1000, "ms", None, "")
+    add_row(
+        rows,
+        "POST /ingest request p50 (10,000 candles)",
+        percentile(per_request, 0.5, method="nearest") * 1000,
+        "ms",
+        None,
+        "",
+    )
     add_row(rows, "POST /ea/generate-signal p50", p50, "ms", None, "", digits=2)
     add_row(rows, "POST /ea/generate-signal p99", p99, "ms", None, f"< {AIM_P99_MS:g} ms", digits=2)
-    add_row(rows, "POST /ea/generate-signal mean", statistics.fmean(latencies) * 1000, "ms", None, f"{len(latencies)} requests: {codes}", digits=2)
+    add_row(
+        rows,
+        "POST /ea/generate-signal mean",
+        statistics.fmean(latencies) * 1000,
+        "ms",
+        None,
+        f"{len(latencies)} requests: {codes}",
+        digits=2,
+    )
     report("bench_api", rows)
     ok = api / core >= AIM_RATIO and p99 < AIM_P99_MS
     print("aim met" if ok else "aim NOT met")

@@ -43,7 +43,9 @@ SYMBOLS = ("EURUSD", "USDJPY", "XAUUSD")
 
 class Clock:
     def __init__(self) -> None:
-        self.now = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(days=3) + timedelta(seconds=5)
+        self.now = (
+            datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(days=3) + timedelta(seconds=5)
+        )
 
     def __call__(self) -> datetime:
         return self.now
@@ -62,16 +64,25 @@ def main() -> None:
         mt5 = FakeMT5(clock=clock, history_minutes=history + 10)
         api_port, bridge_port = free_port(), free_port()
         env = {
-            "DATABASE_URL": url, "MODEL_DIR": str(Path(tmp) / "models"), "API_KEYS": "bench-key", "EA_API_KEY": "bench-ea",
-            "BRIDGE_API_URL": f"http://127.0.0.1:{api_port}", "BRIDGE_PORT": str(bridge_port), "BRIDGE_SYMBOLS": ",".join(SYMBOLS),
-            "BRIDGE_HISTORY_BARS": str(history), "BRIDGE_STORE": str(Path(tmp) / "bridge.sqlite3"),
+            "DATABASE_URL": url,
+            "MODEL_DIR": str(Path(tmp) / "models"),
+            "API_KEYS": "bench-key",
+            "EA_API_KEY": "bench-ea",
+            "BRIDGE_API_URL": f"http://127.0.0.1:{api_port}",
+            "BRIDGE_PORT": str(bridge_port),
+            "BRIDGE_SYMBOLS": ",".join(SYMBOLS),
+            "BRIDGE_HISTORY_BARS": str(history),
+            "BRIDGE_STORE": str(Path(tmp) / "bridge.sqlite3"),
         }
         settings = Settings.from_env(env, env_file=None)
         api_app = create_app(settings)
         with BackgroundServer(api_app, port=api_port, lifespan="off"):
             bridge = Bridge(settings, mt5, clock=clock)
             ea_app = create_ea_app("bench-ea")
-            with BackgroundServer(bridge.app, port=bridge_port, lifespan="off") as bsrv, BackgroundServer(ea_app, lifespan="off") as esrv:
+            with (
+                BackgroundServer(bridge.app, port=bridge_port, lifespan="off") as bsrv,
+                BackgroundServer(ea_app, lifespan="off") as esrv,
+            ):
                 # Catch-up: the first start's history.
                 started = time.perf_counter()
                 sent = 0
@@ -115,16 +126,55 @@ def main() -> None:
         api_app.state.api.close()
 
     ms = 1000.0
-    add_row(rows, f"signal round trip via the bridge (POST /signals -> order -> answer), p50 of {n_signals}", percentile(bridge_times, 0.5) * ms, "ms",
-            percentile(ea_times, 0.5) * ms, "baseline: reference EA (no store, no terminal)", digits=2, higher_is_better=False)
-    add_row(rows, "signal round trip via the bridge, p99", percentile(bridge_times, 0.99) * ms, "ms", percentile(ea_times, 0.99) * ms,
-            "< 100 ms; baseline: reference EA", digits=2, higher_is_better=False)
-    add_row(rows, f"bar-close cycle, 3 symbols (rates -> POST /ingest x3 -> record), p50 of {n_bars}", percentile(cycles, 0.5) * ms, "ms",
-            percentile(direct, 0.5) * ms, "baseline: the 3 POST /ingest alone", digits=2, higher_is_better=False)
-    add_row(rows, "bar-close cycle, 3 symbols, p99", percentile(cycles, 0.99) * ms, "ms", percentile(direct, 0.99) * ms,
-            "baseline: the 3 POST /ingest alone", digits=2, higher_is_better=False)
-    add_row(rows, "bar close -> in the API (grace + cycle p99)", CLOSE_GRACE_SECONDS * ms + percentile(cycles, 0.99) * ms, "ms", None,
-            "< 1000 ms (issue 12: within about a second)", digits=0)
+    add_row(
+        rows,
+        f"signal round trip via the bridge (POST /signals -> order -> answer), p50 of {n_signals}",
+        percentile(bridge_times, 0.5) * ms,
+        "ms",
+        percentile(ea_times, 0.5) * ms,
+        "baseline: reference EA (no store, no terminal)",
+        digits=2,
+        higher_is_better=False,
+    )
+    add_row(
+        rows,
+        "signal round trip via the bridge, p99",
+        percentile(bridge_times, 0.99) * ms,
+        "ms",
+        percentile(ea_times, 0.99) * ms,
+        "< 100 ms; baseline: reference EA",
+        digits=2,
+        higher_is_better=False,
+    )
+    add_row(
+        rows,
+        f"bar-close cycle, 3 symbols (rates -> POST /ingest x3 -> record), p50 of {n_bars}",
+        percentile(cycles, 0.5) * ms,
+        "ms",
+        percentile(direct, 0.5) * ms,
+        "baseline: the 3 POST /ingest alone",
+        digits=2,
+        higher_is_better=False,
+    )
+    add_row(
+        rows,
+        "bar-close cycle, 3 symbols, p99",
+        percentile(cycles, 0.99) * ms,
+        "ms",
+        percentile(direct, 0.99) * ms,
+        "baseline: the 3 POST /ingest alone",
+        digits=2,
+        higher_is_better=False,
+    )
+    add_row(
+        rows,
+        "bar close -> in the API (grace + cycle p99)",
+        CLOSE_GRACE_SECONDS * ms + percentile(cycles, 0.99) * ms,
+        "ms",
+        None,
+        "< 1000 ms (issue 12: within about a second)",
+        digits=0,
+    )
     add_row(rows, f"first-start catch-up, {sent:,} bars of one symbol", sent / catch_up, "bars/s", None, "", digits=0)
     report("bench_bridge", rows)
 

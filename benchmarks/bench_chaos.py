@@ -51,12 +51,12 @@ from pathlib import Path
 from _support import OUT_DIR, ROOT, add_row, report, scratch_database, stop, wait_healthy
 from sqlalchemy import select
 
-from mt5_pipeline import queue
 from mt5_pipeline.apps.ea_sim import create_ea_app
 from mt5_pipeline.apps.servers import BackgroundServer, free_port
+from mt5_pipeline.execution.trade_signal import Signal
+from mt5_pipeline.signals import queue
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_queue
-from mt5_pipeline.trade_signal import Signal
 from mt5_pipeline_tests.ea_server import make_signal as queued_payload
 from mt5_pipeline_tests.ea_server import read_body, replaying, send_json
 
@@ -194,7 +194,13 @@ def ea_mode(t: float, down_at: float) -> str:
 
 def start_pusher(env: dict, log: Path) -> subprocess.Popen:
     with log.open("a") as fh:
-        return subprocess.Popen([sys.executable, "-m", "mt5_pipeline.apps.cli", "push"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=fh)
+        return subprocess.Popen(
+            [sys.executable, "-m", "mt5_pipeline.apps.cli", "push"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=fh,
+        )
 
 
 # ---- signals ------------------------------------------------------------------------------------------
@@ -242,11 +248,21 @@ def main() -> int:
         api_port = free_port()
         api_env = dict(os.environ)
         api_env.update(
-            {"DATABASE_URL": direct_url, "API_KEYS": API_KEY, "EA_PUSH_ENABLED": "false", "MODEL_DIR": str(OUT_DIR / "bench_chaos_models"), "LOG_LEVEL": "WARNING"}
+            {
+                "DATABASE_URL": direct_url,
+                "API_KEYS": API_KEY,
+                "EA_PUSH_ENABLED": "false",
+                "MODEL_DIR": str(OUT_DIR / "bench_chaos_models"),
+                "LOG_LEVEL": "WARNING",
+            }
         )
         api_log = OUT_DIR / "bench_chaos_api.log"
         api = subprocess.Popen(
-            [sys.executable, "-m", "mt5_pipeline.apps.cli", "serve", "--port", str(api_port)], cwd=ROOT, env=api_env, stdout=subprocess.DEVNULL, stderr=api_log.open("w")
+            [sys.executable, "-m", "mt5_pipeline.apps.cli", "serve", "--port", str(api_port)],
+            cwd=ROOT,
+            env=api_env,
+            stdout=subprocess.DEVNULL,
+            stderr=api_log.open("w"),
         )
         wait_healthy(f"http://127.0.0.1:{api_port}/health", api, api_log, timeout=120)
         ea = ChaosEA(ea_log, ack_url=f"http://127.0.0.1:{api_port}/ea/ack")
@@ -279,7 +295,10 @@ def main() -> int:
         queued_at: dict[str, float] = {}
         queued_wall: dict[str, float] = {}
 
-        print(f"chaos: {n} signals over {produce_seconds:.0f} s, EA down at {down_at:.0f} s for {EA_DOWN_SECONDS:.0f} s, DB cut at {cut_at:.0f} s for {DB_CUT_SECONDS:.0f} s, a pusher killed every {KILL_EVERY:.0f} s", flush=True)
+        print(
+            f"chaos: {n} signals over {produce_seconds:.0f} s, EA down at {down_at:.0f} s for {EA_DOWN_SECONDS:.0f} s, DB cut at {cut_at:.0f} s for {DB_CUT_SECONDS:.0f} s, a pusher killed every {KILL_EVERY:.0f} s",
+            flush=True,
+        )
         started = time.monotonic()
         next_kill = KILL_EVERY
         cut_done = False
@@ -354,7 +373,15 @@ def main() -> int:
         with get_engine(direct_url).connect() as conn:
             table = {
                 r.signal_id: r
-                for r in conn.execute(select(signals_queue.c.signal_id, signals_queue.c.status, signals_queue.c.expires_at, signals_queue.c.attempts, signals_queue.c.last_error))
+                for r in conn.execute(
+                    select(
+                        signals_queue.c.signal_id,
+                        signals_queue.c.status,
+                        signals_queue.c.expires_at,
+                        signals_queue.c.attempts,
+                        signals_queue.c.last_error,
+                    )
+                )
             }
         ea.server.stop()
         stop(api)
@@ -366,7 +393,11 @@ def main() -> int:
     expired = {sid for sid, r in table.items() if r.status == "EXPIRED"}
     failed = {sid for sid, r in table.items() if r.status == "FAILED"}
     delivered_status = {sid for sid, r in table.items() if r.status in ("SENT", "ACKED")}
-    lost = {sid for sid in not_received if table[sid].status not in ("EXPIRED", "FAILED") or (table[sid].status == "FAILED" and sid not in poison)}
+    lost = {
+        sid
+        for sid in not_received
+        if table[sid].status not in ("EXPIRED", "FAILED") or (table[sid].status == "FAILED" and sid not in poison)
+    }
     late = {sid for sid, at in received.items() if at > table[sid].expires_at.timestamp()}
     expired_received = expired & set(received)
     failed_not_poison = failed - poison
@@ -377,41 +408,136 @@ def main() -> int:
 
     rows: list[dict] = []
     add_row(rows, "signals queued (28 symbols; 1 in 4 with a 10 s TTL)", len(queued), "signals", None, "", digits=0)
-    add_row(rows, "received by the EA (its log: distinct signal_ids)", len(received), "signals", None, "every signal not EXPIRED or poison", digits=0)
-    add_row(rows, "positions opened by the EA", positions, "positions", None, "= received (each exactly once)", digits=0)
-    add_row(rows, "repeats of a signal_id answered by the EA's dedupe", repeats, "requests", None, "duplicates only as repeats", digits=0)
-    add_row(rows, "signal_ids received more than once as a new position", positions - len(received), "signals", None, "0", digits=0)
-    add_row(rows, "ACKED (the EA's ack arrived)", status["ACKED"], "signals", None, f"{status['SENT']} more SENT without an ack yet", digits=0)
-    add_row(rows, "EXPIRED (deadline passed before delivery)", len(expired), "signals", None, f"{sum(1 for sid in expired if ttl_of[sid] > 10)} of them with a 60 s TTL", digits=0)
-    add_row(rows, "EXPIRED but received (the EA's ack makes such a send ACKED)", len(expired_received), "signals", None, "0", digits=0)
+    add_row(
+        rows,
+        "received by the EA (its log: distinct signal_ids)",
+        len(received),
+        "signals",
+        None,
+        "every signal not EXPIRED or poison",
+        digits=0,
+    )
+    add_row(
+        rows, "positions opened by the EA", positions, "positions", None, "= received (each exactly once)", digits=0
+    )
+    add_row(
+        rows,
+        "repeats of a signal_id answered by the EA's dedupe",
+        repeats,
+        "requests",
+        None,
+        "duplicates only as repeats",
+        digits=0,
+    )
+    add_row(
+        rows,
+        "signal_ids received more than once as a new position",
+        positions - len(received),
+        "signals",
+        None,
+        "0",
+        digits=0,
+    )
+    add_row(
+        rows,
+        "ACKED (the EA's ack arrived)",
+        status["ACKED"],
+        "signals",
+        None,
+        f"{status['SENT']} more SENT without an ack yet",
+        digits=0,
+    )
+    add_row(
+        rows,
+        "EXPIRED (deadline passed before delivery)",
+        len(expired),
+        "signals",
+        None,
+        f"{sum(1 for sid in expired if ttl_of[sid] > 10)} of them with a 60 s TTL",
+        digits=0,
+    )
+    add_row(
+        rows,
+        "EXPIRED but received (the EA's ack makes such a send ACKED)",
+        len(expired_received),
+        "signals",
+        None,
+        "0",
+        digits=0,
+    )
     add_row(rows, "FAILED", len(failed), "signals", None, f"only poison ({len(poison)} poison signals)", digits=0)
     add_row(rows, "FAILED that were not poison", len(failed_not_poison), "signals", None, "0", digits=0)
-    add_row(rows, "poison signals EXPIRED instead (still retrying at their deadline, or no other traffic to tell them from an outage)", len(poison & expired), "signals", None, "", digits=0)
+    add_row(
+        rows,
+        "poison signals EXPIRED instead (still retrying at their deadline, or no other traffic to tell them from an outage)",
+        len(poison & expired),
+        "signals",
+        None,
+        "",
+        digits=0,
+    )
     add_row(rows, "SENT in the queue but not in the EA's log", len(unreceived_but_sent), "signals", None, "0", digits=0)
     add_row(rows, "received after their deadline", len(late), "signals", None, "0", digits=0)
-    add_row(rows, "lost (neither received, EXPIRED nor poison FAILED)", len(lost), "signals", None, "must be 0", digits=0)
+    add_row(
+        rows, "lost (neither received, EXPIRED nor poison FAILED)", len(lost), "signals", None, "must be 0", digits=0
+    )
     add_row(rows, "pushers SIGKILLed (one of two every 10 s)", kills, "kills", None, "", digits=0)
     add_row(rows, "EA down (connection refused)", ea.down_seconds, "s", None, "20 s", digits=1)
-    add_row(rows, "EA answers 500 / hung requests / poison 500s", ea.answered["500"], "requests", None, f"{ea.answered['hung']} hung, {ea.answered['500 (poison)']} poison", digits=0)
-    add_row(rows, "database connections cut through the proxy", DB_CUT_SECONDS if proxy.cuts else 0, "s", None, "5 s", digits=0)
+    add_row(
+        rows,
+        "EA answers 500 / hung requests / poison 500s",
+        ea.answered["500"],
+        "requests",
+        None,
+        f"{ea.answered['hung']} hung, {ea.answered['500 (poison)']} poison",
+        digits=0,
+    )
+    add_row(
+        rows,
+        "database connections cut through the proxy",
+        DB_CUT_SECONDS if proxy.cuts else 0,
+        "s",
+        None,
+        "5 s",
+        digits=0,
+    )
     add_row(rows, "chaos phase / drain after it", chaos_seconds, "s", None, f"drain {drain_seconds:.0f} s", digits=0)
     if latency:
-        add_row(rows, "queued -> received by the EA, p50 (whole run, outage included)", latency[len(latency) // 2], "s", None, f"p90 {latency[int(len(latency) * 0.9)]:.1f} s", digits=2)
+        add_row(
+            rows,
+            "queued -> received by the EA, p50 (whole run, outage included)",
+            latency[len(latency) // 2],
+            "s",
+            None,
+            f"p90 {latency[int(len(latency) * 0.9)]:.1f} s",
+            digits=2,
+        )
     print(f"\nqueue statuses: {dict(status)}")
     print(f"EXPIRED by TTL: {dict(collections.Counter(ttl_of[sid] for sid in expired))}")
     buckets = collections.Counter(int(queued_at[sid] // 10) * 10 for sid in queued)
     gone = collections.Counter(int(queued_at[sid] // 10) * 10 for sid in expired)
     if latency:
-        print(f"queued -> received by the EA: p50 {latency[len(latency) // 2]:.2f} s, p90 {latency[int(len(latency) * 0.9)]:.2f} s, max {latency[-1]:.2f} s")
+        print(
+            f"queued -> received by the EA: p50 {latency[len(latency) // 2]:.2f} s, p90 {latency[int(len(latency) * 0.9)]:.2f} s, max {latency[-1]:.2f} s"
+        )
     print("queued at (s) -> expired/queued: " + ", ".join(f"{b}: {gone[b]}/{buckets[b]}" for b in sorted(buckets)))
     for sid in sorted(lost):
         r = table[sid]
-        print(f"LOST {sid}: {r.status}, attempts {r.attempts}, expires {r.expires_at:%H:%M:%S.%f}, in the EA's log: {sid in received}: {r.last_error}")
+        print(
+            f"LOST {sid}: {r.status}, attempts {r.attempts}, expires {r.expires_at:%H:%M:%S.%f}, in the EA's log: {sid in received}: {r.last_error}"
+        )
     for sid in sorted(poison):
         r = table[sid]
         print(f"poison {sid[:8]}: {r.status}, attempts {r.attempts}: {(r.last_error or '')[:100]}")
     report("bench_chaos", rows)
-    ok = not lost and not failed_not_poison and not late and not unreceived_but_sent and not expired_received and positions == len(received)
+    ok = (
+        not lost
+        and not failed_not_poison
+        and not late
+        and not unreceived_but_sent
+        and not expired_received
+        and positions == len(received)
+    )
     print("\nOK: lost = 0" if ok else "\nFAILED: see the rows that must be 0")
     return 0 if ok else 1
 

@@ -43,12 +43,12 @@ from pathlib import Path
 import numpy as np
 from _support import add_row, database_name, percentile, report, scratch_database, stop, wait_healthy
 
-from mt5_pipeline import queue
 from mt5_pipeline.apps.servers import free_port
 from mt5_pipeline.clock import iso_z
-from mt5_pipeline.ea_client import EAClient
-from mt5_pipeline.pusher import push_pending
+from mt5_pipeline.delivery.ea_client import EAClient
+from mt5_pipeline.delivery.pusher import push_pending
 from mt5_pipeline.settings import Settings
+from mt5_pipeline.signals import queue
 from mt5_pipeline.storage.engine import dispose_engines
 
 EA_KEY = "bench-ea-key"
@@ -212,10 +212,29 @@ def main() -> int:
             port = free_port()
             ea_url = f"http://127.0.0.1:{port}/signals"
             env = dict(os.environ)
-            env.update({"DATABASE_URL": url, "EA_SERVER_URL": ea_url, "EA_API_KEY": EA_KEY, "LOG_LEVEL": "WARNING", "EA_PUSH_INTERVAL": "30"})
+            env.update(
+                {
+                    "DATABASE_URL": url,
+                    "EA_SERVER_URL": ea_url,
+                    "EA_API_KEY": EA_KEY,
+                    "LOG_LEVEL": "WARNING",
+                    "EA_PUSH_INTERVAL": "30",
+                }
+            )
             ea_log_path = work / "ea.jsonl"
             ea = start(
-                [sys.executable, "-m", "mt5_pipeline.apps.cli", "ea-sim", "--host", "127.0.0.1", "--port", str(port), "--log-file", str(ea_log_path)],
+                [
+                    sys.executable,
+                    "-m",
+                    "mt5_pipeline.apps.cli",
+                    "ea-sim",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--log-file",
+                    str(ea_log_path),
+                ],
                 env,
                 work,
                 work / "ea.log",
@@ -225,7 +244,10 @@ def main() -> int:
             settings = Settings.from_env(env, env_file=None)
             ea_log = EALog(ea_log_path)
 
-            print(f"throughput: {n_pooled:,} signals, pooled client (EA on loopback, PostgreSQL {database_name(url)})", flush=True)
+            print(
+                f"throughput: {n_pooled:,} signals, pooled client (EA on loopback, PostgreSQL {database_name(url)})",
+                flush=True,
+            )
             with EAClient(settings) as pooled:
                 client_only(pooled, make_signals(200))  # warm up
                 queue.enqueue_many(url, make_signals(n_pooled))
@@ -246,7 +268,9 @@ def main() -> int:
             trivial = start([sys.executable, "-c", TRIVIAL_EA, str(trivial_port)], env, work, work / "trivial.log")
             procs.append(trivial)
             wait_healthy(f"http://127.0.0.1:{trivial_port}/", trivial, work / "trivial.log", timeout=30)
-            with EAClient(settings.replace(ea_server_url_override=f"http://127.0.0.1:{trivial_port}/signals")) as to_trivial:
+            with EAClient(
+                settings.replace(ea_server_url_override=f"http://127.0.0.1:{trivial_port}/signals")
+            ) as to_trivial:
                 client_only(to_trivial, make_signals(200))
                 t_trivial = client_only(to_trivial, make_signals(n_fresh * 4))
             stop(trivial)
@@ -265,11 +289,14 @@ def main() -> int:
             notify = notify_latencies(url, ea_log, n_latency)
             stop(worker)
             procs.remove(worker)
-            print(f"  p50 {percentile(notify, 0.5) * 1000:.1f} ms, p99 {percentile(notify, 0.99) * 1000:.1f} ms", flush=True)
+            print(
+                f"  p50 {percentile(notify, 0.5) * 1000:.1f} ms, p99 {percentile(notify, 0.99) * 1000:.1f} ms",
+                flush=True,
+            )
 
             print(f"latency: {n_polled} signals, poll-only worker every 1 s (measured)", flush=True)
             poll_env = dict(env, EA_PUSH_INTERVAL="1")
-            code = "from mt5_pipeline.settings import load_settings; from mt5_pipeline.pusher import run_worker; run_worker(load_settings(env_file=None), listen=False)"
+            code = "from mt5_pipeline.settings import load_settings; from mt5_pipeline.delivery.pusher import run_worker; run_worker(load_settings(env_file=None), listen=False)"
             poller = start([sys.executable, "-c", code], poll_env, work, work / "poller.log")
             procs.append(poller)
             time.sleep(2.0)
@@ -296,8 +323,20 @@ def main() -> int:
         fresh_rate,
         ">= 1,000/s and >= 3x baseline",
     )
-    row("EAClient.send alone, pooled (baseline: new client per request)", n_fresh * 4 / t_client_pooled, "requests/s", n_fresh / t_client_fresh, "")
-    row("EAClient.send alone, pooled, to a trivial ASGI server: this machine's HTTP ceiling", n_fresh * 4 / t_trivial, "requests/s", None, "context")
+    row(
+        "EAClient.send alone, pooled (baseline: new client per request)",
+        n_fresh * 4 / t_client_pooled,
+        "requests/s",
+        n_fresh / t_client_fresh,
+        "",
+    )
+    row(
+        "EAClient.send alone, pooled, to a trivial ASGI server: this machine's HTTP ceiling",
+        n_fresh * 4 / t_trivial,
+        "requests/s",
+        None,
+        "context",
+    )
     for q, aim in ((0.5, ""), (0.99, "p99 < 1,000 ms")):
         row(
             f"enqueue -> EA p{q * 100:g}, LISTEN/NOTIFY (baseline: 30 s polling, simulated)",

@@ -124,7 +124,13 @@ def main() -> int:
             }
             exe = Path(sys.executable).with_name("mt5-pipeline")
             with open(log, "wb") as out:
-                proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=work)
+                proc = subprocess.Popen(
+                    [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=work,
+                )
             try:
                 base = f"http://127.0.0.1:{port}"
                 wait_healthy(f"{base}/health", proc, log, timeout=60)
@@ -144,10 +150,36 @@ def main() -> int:
             label = f"{size / 1e6:g}M candles"
             p50, p99 = percentile(health, 0.5), percentile(health, 0.99)
             old_p50 = percentile(old, 0.5)
-            add_row(rows, f"GET /health p50, {label} (baseline: the old count(*) query alone)", p50, "ms", old_p50, f"< {AIM_MS:g} ms", digits=2, higher_is_better=False)
+            add_row(
+                rows,
+                f"GET /health p50, {label} (baseline: the old count(*) query alone)",
+                p50,
+                "ms",
+                old_p50,
+                f"< {AIM_MS:g} ms",
+                digits=2,
+                higher_is_better=False,
+            )
             add_row(rows, f"GET /health p99, {label}", p99, "ms", None, f"< {AIM_MS:g} ms", digits=2)
-            add_row(rows, f"newest_bars() called directly p50, {label} (baseline: the old count(*) query)", percentile(direct, 0.5), "ms", old_p50, "constant in the table size", digits=2, higher_is_better=False)
-            add_row(rows, f"GET /openapi.json p50, {label}: the HTTP floor", percentile(floor, 0.5), "ms", None, "context", digits=2)
+            add_row(
+                rows,
+                f"newest_bars() called directly p50, {label} (baseline: the old count(*) query)",
+                percentile(direct, 0.5),
+                "ms",
+                old_p50,
+                "constant in the table size",
+                digits=2,
+                higher_is_better=False,
+            )
+            add_row(
+                rows,
+                f"GET /openapi.json p50, {label}: the HTTP floor",
+                percentile(floor, 0.5),
+                "ms",
+                None,
+                "context",
+                digits=2,
+            )
             print(f"  /health p50 {p50:.2f} ms, p99 {p99:.2f} ms; old query {old_p50:.0f} ms", flush=True)
     report("bench_health", rows)
     return 0

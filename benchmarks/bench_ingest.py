@@ -32,7 +32,7 @@ import psycopg
 import psycopg2
 from _support import add_row, database_name, make_bars, report, scratch_database
 
-from mt5_pipeline.ingest import ingest_candles
+from mt5_pipeline.market.ingest import ingest_candles
 from mt5_pipeline.storage.engine import psycopg_conninfo
 
 AIM_CANDLES_PER_S = 150_000
@@ -40,7 +40,9 @@ AIM_RATIO = 70
 AIM_PEAK_MB = 1024
 
 
-def ingest_all(url: str, symbol: str, frame: pd.DataFrame, batch: int, as_dicts: bool, now: datetime) -> tuple[float, dict]:
+def ingest_all(
+    url: str, symbol: str, frame: pd.DataFrame, batch: int, as_dicts: bool, now: datetime
+) -> tuple[float, dict]:
     """Seconds spent inside ingest_candles (building the dicts is the client's work, not timed)."""
     spent = 0.0
     totals = {"inserted": 0, "updated": 0, "unchanged": 0}
@@ -55,7 +57,9 @@ def ingest_all(url: str, symbol: str, frame: pd.DataFrame, batch: int, as_dicts:
     return spent, totals
 
 
-def best_of(repeat: int, url: str, symbol: str, frame: pd.DataFrame, batch: int, as_dicts: bool, now: datetime) -> float:
+def best_of(
+    repeat: int, url: str, symbol: str, frame: pd.DataFrame, batch: int, as_dicts: bool, now: datetime
+) -> float:
     times = []
     for _ in range(repeat):
         truncate(url)
@@ -78,7 +82,19 @@ def naive_insert(url: str, frame: pd.DataFrame) -> float:
     conn = psycopg2.connect(psycopg_conninfo(url))
     now = datetime.now(timezone.utc)
     rows = [
-        ("NAIVE", "M1", datetime.fromtimestamp(int(r.time), timezone.utc), r.open, r.high, r.low, r.close, int(r.tick_volume), int(r.spread), int(r.real_volume), now)
+        (
+            "NAIVE",
+            "M1",
+            datetime.fromtimestamp(int(r.time), timezone.utc),
+            r.open,
+            r.high,
+            r.low,
+            r.close,
+            int(r.tick_volume),
+            int(r.spread),
+            int(r.real_volume),
+            now,
+        )
         for r in frame.itertuples(index=False)
     ]
     t0 = time.perf_counter()
@@ -108,7 +124,10 @@ def main() -> int:
         now = datetime.now(timezone.utc)
         frame = make_bars(n, seed=1)
         load = os.getloadavg()[0]
-        print(f"ingest core, {n:,} M1 candles in batches of {args.batch:,} (PostgreSQL scratch database {database_name(url)}; load average {load:.2f})", flush=True)
+        print(
+            f"ingest core, {n:,} M1 candles in batches of {args.batch:,} (PostgreSQL scratch database {database_name(url)}; load average {load:.2f})",
+            flush=True,
+        )
 
         # Each new-bar run starts from an empty table, so no run pays for another's index
         # growth (two million rows outgrow the server's 128 MB of shared buffers). The
@@ -130,8 +149,20 @@ def main() -> int:
 
     rows: list[dict] = []
     row = partial(add_row, rows, digits=1, ratio_digits=1)
-    row(f"ingest_candles, new bars, DataFrame batches (best of {args.repeat})", n / t_df, "candles/s", naive_rate, f">= {AIM_CANDLES_PER_S:,} candles/s, >= {AIM_RATIO}x naive")
-    row(f"ingest_candles, new bars, list-of-dict batches, API path (best of {args.repeat})", n / t_dicts, "candles/s", naive_rate, f">= {AIM_CANDLES_PER_S:,} candles/s")
+    row(
+        f"ingest_candles, new bars, DataFrame batches (best of {args.repeat})",
+        n / t_df,
+        "candles/s",
+        naive_rate,
+        f">= {AIM_CANDLES_PER_S:,} candles/s, >= {AIM_RATIO}x naive",
+    )
+    row(
+        f"ingest_candles, new bars, list-of-dict batches, API path (best of {args.repeat})",
+        n / t_dicts,
+        "candles/s",
+        naive_rate,
+        f">= {AIM_CANDLES_PER_S:,} candles/s",
+    )
     row("ingest_candles, re-sent unchanged bars", n / t_again, "candles/s", naive_rate, "faster than new bars")
     row("ingest_candles, re-sent changed bars (updates)", len(changed) / t_upd, "candles/s", naive_rate, "")
     row("naive: one INSERT + COMMIT per row", naive_rate, "rows/s", None, "baseline")

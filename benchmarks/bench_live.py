@@ -131,7 +131,16 @@ class Stack:
         }
         bin_ = Path(sys.executable).with_name("mt5-pipeline")
         commands = {
-            "ea": [str(bin_), "ea-sim", "--host", "127.0.0.1", "--port", str(self.ea_port), "--log-file", str(self.ea_log)],
+            "ea": [
+                str(bin_),
+                "ea-sim",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.ea_port),
+                "--log-file",
+                str(self.ea_log),
+            ],
             "api": [str(bin_), "serve", "--port", str(self.api_port)],
             "pusher": [str(bin_), "push"],
         }
@@ -140,7 +149,9 @@ class Stack:
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs = {name: workdir / f"{name}.log" for name in commands}
         for name, argv in commands.items():
-            self.procs[name] = subprocess.Popen(argv, env=self.env, cwd=workdir, stdout=self.logs[name].open("w"), stderr=subprocess.STDOUT)
+            self.procs[name] = subprocess.Popen(
+                argv, env=self.env, cwd=workdir, stdout=self.logs[name].open("w"), stderr=subprocess.STDOUT
+            )
         wait_healthy(f"http://127.0.0.1:{self.ea_port}/health", self.procs["ea"], self.logs["ea"], 60)
         wait_healthy(f"http://127.0.0.1:{self.api_port}/health", self.procs["api"], self.logs["api"], 60)
         time.sleep(2.0)  # the workers' imports, and the live worker's first pass
@@ -165,7 +176,11 @@ def _post_round(api_port: int, bars: dict[str, dict], clients: list) -> float:
 
     def post(client, symbol: str, bar: dict) -> None:
         barrier.wait()
-        r = client.post(f"http://127.0.0.1:{api_port}/ingest", json={"symbol": symbol, "timeframe": "M1", "candles": [bar]}, headers={"X-API-Key": KEY})
+        r = client.post(
+            f"http://127.0.0.1:{api_port}/ingest",
+            json={"symbol": symbol, "timeframe": "M1", "candles": [bar]},
+            headers={"X-API-Key": KEY},
+        )
         if r.status_code != 200:
             errors.append(f"{symbol}: {r.status_code} {r.text[:200]}")
 
@@ -183,16 +198,19 @@ def _post_round(api_port: int, bars: dict[str, dict], clients: list) -> float:
 
 def _bar(frame, i: int) -> dict:
     row = frame.iloc[i]
-    return {k: (int(row[k]) if k in ("time", "tick_volume", "spread", "real_volume") else float(row[k])) for k in frame.columns}
+    return {
+        k: (int(row[k]) if k in ("time", "tick_volume", "spread", "real_volume") else float(row[k]))
+        for k in frame.columns
+    }
 
 
 def prepare(url: str, model_dir: Path, symbols: list[str], first_round_open: int, rounds: int):
     """History up to the bar before the first round, features, one model; returns each symbol's frame."""
     from _support import make_bars
 
-    from mt5_pipeline.features import update_features
-    from mt5_pipeline.ingest import ingest_candles
-    from mt5_pipeline.model import train_model
+    from mt5_pipeline.learning.features import update_features
+    from mt5_pipeline.learning.training import train_model
+    from mt5_pipeline.market.ingest import ingest_candles
     from mt5_pipeline.settings import Settings
 
     start = first_round_open - HISTORY_BARS * 60
@@ -207,7 +225,9 @@ def prepare(url: str, model_dir: Path, symbols: list[str], first_round_open: int
     return frames
 
 
-def _timed_rounds(stack: Stack, symbols: list[str], frames: dict, first: int, rounds: int, *, wait: float, after_post=None) -> tuple[list[float], int]:
+def _timed_rounds(
+    stack: Stack, symbols: list[str], frames: dict, first: int, rounds: int, *, wait: float, after_post=None
+) -> tuple[list[float], int]:
     """POST one bar per symbol per round and time each to the EA's receipt; (latencies in s, bars lost)."""
     import httpx
 
@@ -298,7 +318,9 @@ def run_dagster_baseline(n_symbols: int, rounds: int) -> dict:
 
         def runs(posted: list[str]) -> None:
             for s in posted:
-                dg.materialize([features_m1, signals], partition_key=s, instance=instance, resources=resources, raise_on_error=True)
+                dg.materialize(
+                    [features_m1, signals], partition_key=s, instance=instance, resources=resources, raise_on_error=True
+                )
 
         try:
             latencies, lost = _timed_rounds(stack, symbols, frames, first, rounds, wait=20, after_post=runs)
@@ -335,13 +357,18 @@ def run_daemon_baseline(n_symbols: int, rounds: int, *, wait: float = 90.0) -> d
         daemon_log = work / "daemon.log"
         daemon = subprocess.Popen(
             [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "mt5_pipeline"],
-            env=env, cwd=ROOT, stdout=daemon_log.open("w"), stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            stdout=daemon_log.open("w"),
+            stderr=subprocess.STDOUT,
         )
         try:
             # The first tick signals the history's newest bar: the daemon is then warm.
             last_hist = datetime.fromtimestamp(first - 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             if len(_wait_received(stack, last_hist, len(symbols), 180)) < len(symbols):
-                raise SystemExit("the daemon never signalled the history's newest bar:\n" + daemon_log.read_text()[-3000:])
+                raise SystemExit(
+                    "the daemon never signalled the history's newest bar:\n" + daemon_log.read_text()[-3000:]
+                )
             latencies, lost = _timed_rounds(stack, symbols, frames, first, rounds, wait=wait)
         finally:
             stop(daemon, timeout=30)
@@ -400,7 +427,14 @@ class DagsterStack:
         }
         bin_ = Path(sys.executable).with_name("mt5-pipeline")
         self.workers = [
-            subprocess.Popen([str(bin_), "live"], env=self.env, cwd=work, stdout=(work / f"live{i}.log").open("w"), stderr=subprocess.STDOUT) for i in range(workers)
+            subprocess.Popen(
+                [str(bin_), "live"],
+                env=self.env,
+                cwd=work,
+                stdout=(work / f"live{i}.log").open("w"),
+                stderr=subprocess.STDOUT,
+            )
+            for i in range(workers)
         ]
         deadline = time.monotonic() + 120
         while _alive_workers(url) < workers:
@@ -454,7 +488,15 @@ def _takeover_watch(url: str, killed_at: float, out: dict) -> None:
         time.sleep(0.05)
 
 
-def run_stack(n_symbols: int, rounds: int, *, workers: int = 2, live_runs: bool = False, kill_after: int | None = None, pace: float = 20.0) -> dict:
+def run_stack(
+    n_symbols: int,
+    rounds: int,
+    *,
+    workers: int = 2,
+    live_runs: bool = False,
+    kill_after: int | None = None,
+    pace: float = 20.0,
+) -> dict:
     symbols = _symbols(n_symbols)
     first = int(time.time()) // 60 * 60 - (rounds + 5) * 60
     label = "runs" if live_runs else "kill" if kill_after is not None else "stack"
@@ -561,7 +603,9 @@ def stack_main(quick: bool, pace: float, only: list[int] | None = None) -> None:
     runs["baseline"] = run_stack(28, 3 if quick else 4, workers=1, live_runs=True, pace=pace)
     print(json.dumps(runs["baseline"]), _load(), flush=True)
     print(f"end: {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC, {_load()}")
-    print("\nrun                    symbols workers rounds bars recv missing dup 2nd  p50ms  p99ms  maxms  CPUms/bar  runs/min runs/bar runless-events")
+    print(
+        "\nrun                    symbols workers rounds bars recv missing dup 2nd  p50ms  p99ms  maxms  CPUms/bar  runs/min runs/bar runless-events"
+    )
     for name, r in runs.items():
         print(
             f"{name:<22} {r['symbols']:>7} {r['workers']:>7} {r['rounds']:>6} {r['bars']:>4} {r['received']:>4} {r['missing']:>7} {r['duplicate_deliveries']:>3} "
@@ -569,28 +613,86 @@ def stack_main(quick: bool, pace: float, only: list[int] | None = None) -> None:
             f"{r['dagster_runs_per_minute']:>9.1f} {r['dagster_runs_per_bar']:>8.2f} {r['runless_signal_events']:>14}"
         )
     kill = runs["kill"]
-    print(f"\nkill: worker 1 of 2 SIGKILLed after round {kill.get('kill_round')}; takeover {kill.get('takeover_s', float('nan')):.2f} s; next round p99 {kill.get('after_kill_p99_s', float('nan')) * 1000:.0f} ms")
+    print(
+        f"\nkill: worker 1 of 2 SIGKILLed after round {kill.get('kill_round')}; takeover {kill.get('takeover_s', float('nan')):.2f} s; next round p99 {kill.get('after_kill_p99_s', float('nan')) * 1000:.0f} ms"
+    )
     rows: list[dict] = []
     base = runs["baseline"]
     for n in ("28", "100", "300"):
         if n in runs:
             r = runs[n]
             aim = {"28": "p99 < 500 ms", "100": "p99 < 1,000 ms"}.get(n, "")
-            add_row(rows, f"stack with Dagster: {n} symbols, close -> EA p99", r["p99_s"] * 1000, "ms", base["p99_s"] * 1000 if n == "28" else None, aim, digits=0, higher_is_better=False)
-            add_row(rows, f"stack with Dagster: {n} symbols, worker CPU per bar", r["cpu_ms_per_bar"], "ms", base["cpu_ms_per_bar"] if n == "28" else None, "< 3 ms", digits=2, higher_is_better=False)
-            add_row(rows, f"stack with Dagster: {n} symbols, Dagster runs per live bar", r["dagster_runs_per_bar"], "runs", None, "0", digits=2)
-    add_row(rows, "kill one of two workers: takeover", kill.get("takeover_s", float("nan")), "s", None, "a few seconds", digits=2)
-    add_row(rows, "kill one of two workers: second signal for a bar", kill["second_signal_for_a_bar"], "bars", None, "0", digits=0)
-    add_row(rows, "baseline (DAGSTER_LIVE_RUNS=true), 28 symbols: Dagster runs per minute", base["dagster_runs_per_minute"], "runs/min", None, "", digits=1)
+            add_row(
+                rows,
+                f"stack with Dagster: {n} symbols, close -> EA p99",
+                r["p99_s"] * 1000,
+                "ms",
+                base["p99_s"] * 1000 if n == "28" else None,
+                aim,
+                digits=0,
+                higher_is_better=False,
+            )
+            add_row(
+                rows,
+                f"stack with Dagster: {n} symbols, worker CPU per bar",
+                r["cpu_ms_per_bar"],
+                "ms",
+                base["cpu_ms_per_bar"] if n == "28" else None,
+                "< 3 ms",
+                digits=2,
+                higher_is_better=False,
+            )
+            add_row(
+                rows,
+                f"stack with Dagster: {n} symbols, Dagster runs per live bar",
+                r["dagster_runs_per_bar"],
+                "runs",
+                None,
+                "0",
+                digits=2,
+            )
+    add_row(
+        rows,
+        "kill one of two workers: takeover",
+        kill.get("takeover_s", float("nan")),
+        "s",
+        None,
+        "a few seconds",
+        digits=2,
+    )
+    add_row(
+        rows,
+        "kill one of two workers: second signal for a bar",
+        kill["second_signal_for_a_bar"],
+        "bars",
+        None,
+        "0",
+        digits=0,
+    )
+    add_row(
+        rows,
+        "baseline (DAGSTER_LIVE_RUNS=true), 28 symbols: Dagster runs per minute",
+        base["dagster_runs_per_minute"],
+        "runs/min",
+        None,
+        "",
+        digits=1,
+    )
     report("bench_live_stack", rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, no 100-symbol run")
-    parser.add_argument("--stack", action="store_true", help="the stack as deployed with dagster-daemon and webserver (see the docstring)")
+    parser.add_argument(
+        "--stack",
+        action="store_true",
+        help="the stack as deployed with dagster-daemon and webserver (see the docstring)",
+    )
     parser.add_argument("--pace", type=float, default=20.0, help="--stack: seconds between rounds")
-    parser.add_argument("--only", type=int, nargs="*", help="--stack: only these symbol counts (no kill run, no baseline)")
+    parser.add_argument(
+        "--only", type=int, nargs="*", help="--stack: only these symbol counts (no kill run, no baseline)"
+    )
     args = parser.parse_args()
     if args.stack:
         stack_main(args.quick, args.pace, args.only)
@@ -603,8 +705,12 @@ def main() -> None:
     daemon = run_daemon_baseline(4, 2 if args.quick else 3)
 
     live28 = results[28]
-    print(f"\n(LIVE_PROCESSES=2; 28 symbols with LIVE_PROCESSES=1: p50 {one_process['p50_s'] * 1000:.0f} ms, p99 {one_process['p99_s'] * 1000:.0f} ms, missing {one_process['missing']})")
-    print("\nsymbols  rounds  bars  received  missing  dup.deliveries  2nd-signal  p50 ms  p99 ms  max ms  worker CPU ms/bar")
+    print(
+        f"\n(LIVE_PROCESSES=2; 28 symbols with LIVE_PROCESSES=1: p50 {one_process['p50_s'] * 1000:.0f} ms, p99 {one_process['p99_s'] * 1000:.0f} ms, missing {one_process['missing']})"
+    )
+    print(
+        "\nsymbols  rounds  bars  received  missing  dup.deliveries  2nd-signal  p50 ms  p99 ms  max ms  worker CPU ms/bar"
+    )
     for n, r in results.items():
         print(
             f"{n:>7}  {r['rounds']:>6}  {r['bars']:>4}  {r['received']:>8}  {r['missing']:>7}  {r['duplicate_deliveries']:>14}  "
@@ -619,18 +725,69 @@ def main() -> None:
         f"received {daemon['received']}, lost {daemon['lost']}, p50 {daemon['p50_s'] * 1000:.0f} ms, p99 {daemon['p99_s'] * 1000:.0f} ms, max {daemon['max_s'] * 1000:.0f} ms"
     )
     rows: list[dict] = []
-    add_row(rows, "live: 28 symbols (LIVE_PROCESSES=2), POST -> EA p50", live28["p50_s"] * 1000, "ms", None, "", digits=0)
-    add_row(rows, "live: 28 symbols, POST -> EA p99", live28["p99_s"] * 1000, "ms", daemon["p99_s"] * 1000, "p99 < 1,000 ms (baseline: dagster daemon, 4 symbols)", digits=0, higher_is_better=False)
+    add_row(
+        rows, "live: 28 symbols (LIVE_PROCESSES=2), POST -> EA p50", live28["p50_s"] * 1000, "ms", None, "", digits=0
+    )
+    add_row(
+        rows,
+        "live: 28 symbols, POST -> EA p99",
+        live28["p99_s"] * 1000,
+        "ms",
+        daemon["p99_s"] * 1000,
+        "p99 < 1,000 ms (baseline: dagster daemon, 4 symbols)",
+        digits=0,
+        higher_is_better=False,
+    )
     add_row(rows, "live: 28 symbols, POST -> EA max", live28["max_s"] * 1000, "ms", None, "", digits=0)
     add_row(rows, "live: 28 symbols, bars without a signal at the EA", live28["missing"], "bars", None, "0", digits=0)
-    add_row(rows, "live: 28 symbols, second signal for a bar", live28["second_signal_for_a_bar"], "bars", None, "0", digits=0)
+    add_row(
+        rows,
+        "live: 28 symbols, second signal for a bar",
+        live28["second_signal_for_a_bar"],
+        "bars",
+        None,
+        "0",
+        digits=0,
+    )
     add_row(rows, "live worker CPU per bar per symbol (28 symbols)", live28["cpu_ms_per_bar"], "ms", None, "", digits=1)
-    add_row(rows, "live: 28 symbols, one worker process, POST -> EA p99", one_process["p99_s"] * 1000, "ms", None, f"{one_process['missing']} missing", digits=0)
+    add_row(
+        rows,
+        "live: 28 symbols, one worker process, POST -> EA p99",
+        one_process["p99_s"] * 1000,
+        "ms",
+        None,
+        f"{one_process['missing']} missing",
+        digits=0,
+    )
     for n, r in results.items():
         if n != 28:
-            add_row(rows, f"live: {n} symbol(s), POST -> EA p99", r["p99_s"] * 1000, "ms", None, f"{r['missing']} missing", digits=0)
-    add_row(rows, f"baseline: dagster daemon + sensor ({daemon['symbols']} symbols), POST -> EA p99", daemon["p99_s"] * 1000, "ms", None, f"{daemon['lost']} of {daemon['symbols'] * daemon['rounds']} lost", digits=0)
-    add_row(rows, f"baseline: Dagster run per symbol in process ({base['symbols']} symbols), POST -> EA p99", base["p99_s"] * 1000, "ms", None, "lower bound of the sensor path", digits=0)
+            add_row(
+                rows,
+                f"live: {n} symbol(s), POST -> EA p99",
+                r["p99_s"] * 1000,
+                "ms",
+                None,
+                f"{r['missing']} missing",
+                digits=0,
+            )
+    add_row(
+        rows,
+        f"baseline: dagster daemon + sensor ({daemon['symbols']} symbols), POST -> EA p99",
+        daemon["p99_s"] * 1000,
+        "ms",
+        None,
+        f"{daemon['lost']} of {daemon['symbols'] * daemon['rounds']} lost",
+        digits=0,
+    )
+    add_row(
+        rows,
+        f"baseline: Dagster run per symbol in process ({base['symbols']} symbols), POST -> EA p99",
+        base["p99_s"] * 1000,
+        "ms",
+        None,
+        "lower bound of the sensor path",
+        digits=0,
+    )
     report("bench_live", rows)
 
 

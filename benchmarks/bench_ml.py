@@ -52,10 +52,10 @@ import numpy as np
 import pandas as pd
 from _support import ROOT, add_row, database_name, percentile, report, scratch_database
 
-from mt5_pipeline.features import LOOKBACK_BARS, update_features
-from mt5_pipeline.indicators import compute_features, wilder_rsi
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.sample_data import generate_candles
+from mt5_pipeline.learning.features import LOOKBACK_BARS, update_features
+from mt5_pipeline.learning.indicators import compute_features, wilder_rsi
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles
 from mt5_pipeline.settings import Settings
 
 END = datetime(2024, 6, 28, 21, 0, tzinfo=timezone.utc)
@@ -123,7 +123,9 @@ def bench_features(frame: pd.DataFrame, rows: list[dict]) -> None:
     reference = best_of(lambda: ta_features(bars))
     ours_out, ref_out = compute_features(bars), ta_features(bars)
     rsi_diff = float(np.abs(ours_out["rsi_14"].to_numpy()[1000:] - ref_out["rsi_14"].to_numpy()[1000:]).max())
-    ema_diff = float(np.abs(ours_out["volume_ema_20"].to_numpy()[1000:] - ref_out["volume_ema_20"].to_numpy()[1000:]).max())
+    ema_diff = float(
+        np.abs(ours_out["volume_ema_20"].to_numpy()[1000:] - ref_out["volume_ema_20"].to_numpy()[1000:]).max()
+    )
     row(rows, f"compute_features, {n:,} bars", ours, "s", reference, "< 0.5 s; baseline: ta + pandas")
     row(rows, "max |RSI - ta's RSI| after bar 1,000", rsi_diff, "RSI pts", None, "<= 1e-9", digits=None)
     row(rows, "max |volume EMA - ta's EMA| after bar 1,000", ema_diff, "ticks", None, "<= 1e-9", digits=None)
@@ -135,7 +137,15 @@ def bench_features(frame: pd.DataFrame, rows: list[dict]) -> None:
         for end in range(lookback + 5_000, n, max(1, n // 50)):
             window = bars["close"].to_numpy()[end - lookback : end + 1]
             worst = max(worst, abs(wilder_rsi(window)[-1] - full_rsi[end]))
-        row(rows, f"RSI from a {lookback}-bar look-back vs full history (max of 50 bars)", worst, "RSI pts", None, "<= 1e-9 at LOOKBACK_BARS" if lookback == LOOKBACK_BARS else "", digits=None)
+        row(
+            rows,
+            f"RSI from a {lookback}-bar look-back vs full history (max of 50 bars)",
+            worst,
+            "RSI pts",
+            None,
+            "<= 1e-9 at LOOKBACK_BARS" if lookback == LOOKBACK_BARS else "",
+            digits=None,
+        )
 
 
 def bench_feature_step(url: str, frame: pd.DataFrame, rows: list[dict]) -> None:
@@ -159,7 +169,9 @@ def bench_feature_step(url: str, frame: pd.DataFrame, rows: list[dict]) -> None:
     engine = get_engine(url)
     t = time.perf_counter()
     naive = pd.read_sql(
-        text("SELECT ts, open, high, low, close, tick_volume, spread, real_volume, ingested_at FROM candles WHERE symbol = 'EURUSD' AND timeframe = 'M1' ORDER BY ts"),
+        text(
+            "SELECT ts, open, high, low, close, tick_volume, spread, real_volume, ingested_at FROM candles WHERE symbol = 'EURUSD' AND timeframe = 'M1' ORDER BY ts"
+        ),
         engine,
     )
     read_sql = time.perf_counter() - t
@@ -167,7 +179,14 @@ def bench_feature_step(url: str, frame: pd.DataFrame, rows: list[dict]) -> None:
     from mt5_pipeline.storage.candles import read_candles
 
     copy_read = best_of(lambda: read_candles(url, "EURUSD", "M1"), 1)
-    row(rows, f"features_m1 step end to end, {n:,} bars (read with COPY, compute, replace with COPY; PostgreSQL)", step, "s", read_sql, "< 15 s; baseline: pd.read_sql read alone")
+    row(
+        rows,
+        f"features_m1 step end to end, {n:,} bars (read with COPY, compute, replace with COPY; PostgreSQL)",
+        step,
+        "s",
+        read_sql,
+        "< 15 s; baseline: pd.read_sql read alone",
+    )
     row(rows, f"read {n:,} candles with COPY (read_candles)", copy_read, "s", read_sql, "baseline: pd.read_sql")
 
     # One new bar, as the EA posts it.
@@ -191,8 +210,23 @@ def bench_feature_step(url: str, frame: pd.DataFrame, rows: list[dict]) -> None:
     t = time.perf_counter()
     update_features(url, "EURUSD", full=True, now=END + timedelta(hours=1))
     full_step = time.perf_counter() - t
-    row(rows, f"one new bar: compute ({LOOKBACK_BARS}-bar look-back), median of 50", statistics.median(times_compute) * 1000, "ms", full_compute * 1000, "< 5 ms; baseline: full recomputation", digits=3)
-    row(rows, "one new bar: update_features end to end (find stale bars, read look-back, compute, write), median of 20", statistics.median(times_inc) * 1000, "ms", full_step * 1000, "baseline: full=True run")
+    row(
+        rows,
+        f"one new bar: compute ({LOOKBACK_BARS}-bar look-back), median of 50",
+        statistics.median(times_compute) * 1000,
+        "ms",
+        full_compute * 1000,
+        "< 5 ms; baseline: full recomputation",
+        digits=3,
+    )
+    row(
+        rows,
+        "one new bar: update_features end to end (find stale bars, read look-back, compute, write), median of 20",
+        statistics.median(times_inc) * 1000,
+        "ms",
+        full_step * 1000,
+        "baseline: full=True run",
+    )
 
 
 # ---- training -----------------------------------------------------------------------------------
@@ -200,7 +234,7 @@ def bench_feature_step(url: str, frame: pd.DataFrame, rows: list[dict]) -> None:
 
 def train_child(url: str, symbol: str, model_dir: str, mode: str) -> None:
     """Run in a fresh process: one training, its peak memory, printed as JSON."""
-    from mt5_pipeline.model import build_training_set, make_forest, train_model
+    from mt5_pipeline.learning.training import build_training_set, make_forest, train_model
 
     settings = settings_for(url, Path(model_dir))
     Path(model_dir).mkdir(parents=True, exist_ok=True)
@@ -224,8 +258,8 @@ def train_child(url: str, symbol: str, model_dir: str, mode: str) -> None:
         import joblib
         from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
-        from mt5_pipeline.evaluation import time_split
-        from mt5_pipeline.indicators import MODEL_FEATURES
+        from mt5_pipeline.learning.evaluation import time_split
+        from mt5_pipeline.learning.indicators import MODEL_FEATURES
 
         data = build_training_set(settings, [symbol])
         frame = data.frame
@@ -258,10 +292,10 @@ def compare_kinds(settings: Settings, symbol: str, model_dir: Path) -> dict:
     """RandomForest and HistGradientBoosting on the same main split: fit, file, AUC, log loss, backtest."""
     import joblib
 
-    from mt5_pipeline.backtest import run_backtest
-    from mt5_pipeline.evaluation import classification_metrics, time_split
-    from mt5_pipeline.indicators import MODEL_FEATURES
-    from mt5_pipeline.model import build_training_set, make_estimator
+    from mt5_pipeline.learning.backtest import run_backtest
+    from mt5_pipeline.learning.evaluation import classification_metrics, time_split
+    from mt5_pipeline.learning.indicators import MODEL_FEATURES
+    from mt5_pipeline.learning.training import build_training_set, make_estimator
 
     data = build_training_set(settings, [symbol])
     frame = data.frame
@@ -279,9 +313,17 @@ def compare_kinds(settings: Settings, symbol: str, model_dir: Path) -> dict:
         path = model_dir / f"{kind}.pkl"
         joblib.dump(estimator, path, compress=3)
         m = classification_metrics(
-            y[split.test], p, train_positive_rate=float(y[split.train].mean()), buy_threshold=settings.signal_buy_threshold, sell_threshold=settings.signal_sell_threshold
+            y[split.test],
+            p,
+            train_positive_rate=float(y[split.train].mean()),
+            buy_threshold=settings.signal_buy_threshold,
+            sell_threshold=settings.signal_sell_threshold,
         )
-        bt = run_backtest(data.candles, pd.DataFrame({"symbol": test["symbol"].to_numpy(), "ts": test["ts"].array, "probability": p}), settings).summary
+        bt = run_backtest(
+            data.candles,
+            pd.DataFrame({"symbol": test["symbol"].to_numpy(), "ts": test["ts"].array, "probability": p}),
+            settings,
+        ).summary
         out[kind] = {
             "fit_s": fit,
             "file_mb": path.stat().st_size / 1e6,
@@ -299,13 +341,46 @@ def bench_model_kinds(url: str, symbol: str, rows: list[dict], work: Path) -> No
     result = run_child(url, symbol, work / "kinds", "kinds")
     rf, hgb = result["random_forest"], result["hist_gradient_boosting"]
     label = f"{result['rows'] + result['test_rows']:,} rows ({result['rows']:,} to fit, {result['test_rows']:,} to evaluate)"
-    print(f"  model kinds at {label}: fit RF {rf['fit_s']:.1f} s, HGB {hgb['fit_s']:.1f} s; AUC RF {rf['auc']:.4f}, HGB {hgb['auc']:.4f}", flush=True)
-    row(rows, f"MODEL_KIND at {label}: HistGradientBoosting fit", hgb["fit_s"], "s", rf["fit_s"], "baseline: the RandomForest (RF_* settings)")
-    row(rows, "  HistGradientBoosting model file (joblib, compress=3)", hgb["file_mb"], "MB", rf["file_mb"], "baseline: the RandomForest's")
+    print(
+        f"  model kinds at {label}: fit RF {rf['fit_s']:.1f} s, HGB {hgb['fit_s']:.1f} s; AUC RF {rf['auc']:.4f}, HGB {hgb['auc']:.4f}",
+        flush=True,
+    )
+    row(
+        rows,
+        f"MODEL_KIND at {label}: HistGradientBoosting fit",
+        hgb["fit_s"],
+        "s",
+        rf["fit_s"],
+        "baseline: the RandomForest (RF_* settings)",
+    )
+    row(
+        rows,
+        "  HistGradientBoosting model file (joblib, compress=3)",
+        hgb["file_mb"],
+        "MB",
+        rf["file_mb"],
+        "baseline: the RandomForest's",
+    )
     for kind, r in (("RandomForest", rf), ("HistGradientBoosting", hgb)):
         row(rows, f"  {kind} out-of-sample AUC", r["auc"], "", 0.5, "baseline: constant (0.5)", digits=4)
-        row(rows, f"  {kind} out-of-sample log loss", r["log_loss"], "", r["baseline_log_loss"], "baseline: the training base rate as a constant", digits=4)
-        row(rows, f"  {kind} backtest net pips after spread ({r['trades']:.0f} trades)", r["net_pips"], "pips", r["baseline_net_pips"], "baseline: random sides on the same bars", digits=1)
+        row(
+            rows,
+            f"  {kind} out-of-sample log loss",
+            r["log_loss"],
+            "",
+            r["baseline_log_loss"],
+            "baseline: the training base rate as a constant",
+            digits=4,
+        )
+        row(
+            rows,
+            f"  {kind} backtest net pips after spread ({r['trades']:.0f} trades)",
+            r["net_pips"],
+            "pips",
+            r["baseline_net_pips"],
+            "baseline: random sides on the same bars",
+            digits=1,
+        )
     (work / "kinds.json").write_text(json.dumps(result, indent=2))
 
 
@@ -351,26 +426,85 @@ def bench_training(url: str, sizes: list[int], n_bars: int, rows: list[dict], wo
                 conn.execute(text("ANALYZE candles"))
             update_features(url, symbol, now=END)
         result = run_child(url, symbol, work / f"models_{size}", "train")
-        print(f"  train_model {result['rows']:,} training rows: {result['seconds']:.1f} s, peak {result['peak_rss_mb']:.0f} MB, file {result['file_mb']:.1f} MB, AUC {result['auc']:.4f}", flush=True)
+        print(
+            f"  train_model {result['rows']:,} training rows: {result['seconds']:.1f} s, peak {result['peak_rss_mb']:.0f} MB, file {result['file_mb']:.1f} MB, AUC {result['auc']:.4f}",
+            flush=True,
+        )
         label = f"{size // 1000}k"
         aim = "< 180 s on 2 cores" if size >= 1_000_000 else ""
         train_rows = f"{result['rows']:,}"
-        row(rows, f"train_model at {label} rows ({train_rows} in the main fit; 4 walk-forward fits, backtest, save)", result["seconds"], "s", None, aim)
+        row(
+            rows,
+            f"train_model at {label} rows ({train_rows} in the main fit; 4 walk-forward fits, backtest, save)",
+            result["seconds"],
+            "s",
+            None,
+            aim,
+        )
         row(rows, f"  of which forest fits, {label} rows", result["fit_s"], "s", None, "")
         row(rows, f"  peak memory, {label} rows", result["peak_rss_mb"], "MB", None, "")
-        row(rows, f"  model file, {label} rows (joblib, compress=3)", result["file_mb"], "MB", None, "< 100 MB" if size >= 1_000_000 else "")
-        row(rows, f"  out-of-sample AUC, {label} rows (walk-forward mean {result['wf_auc_mean']:.4f})", result["auc"], "", 0.5, "baseline: constant (0.5)", digits=4)
+        row(
+            rows,
+            f"  model file, {label} rows (joblib, compress=3)",
+            result["file_mb"],
+            "MB",
+            None,
+            "< 100 MB" if size >= 1_000_000 else "",
+        )
+        row(
+            rows,
+            f"  out-of-sample AUC, {label} rows (walk-forward mean {result['wf_auc_mean']:.4f})",
+            result["auc"],
+            "",
+            0.5,
+            "baseline: constant (0.5)",
+            digits=4,
+        )
         model_path = Path(result["path"])
     compare_symbol = f"SYM{sizes[0] // 1000}K"
     cmp = run_child(url, compare_symbol, work / "compare", "compare")
     b, u = cmp["bounded"], cmp["unbounded"]
     label = f"{sizes[0] // 1000}k"
-    print(f"  bounded vs unbounded at {label}: fit {b['fit_s']:.1f} s vs {u['fit_s']:.1f} s, AUC {b['auc']:.4f} vs {u['auc']:.4f}", flush=True)
-    row(rows, f"bounded forest fit, {label} rows (one fit)", b["fit_s"], "s", u["fit_s"], "baseline: unbounded RandomForestClassifier")
+    print(
+        f"  bounded vs unbounded at {label}: fit {b['fit_s']:.1f} s vs {u['fit_s']:.1f} s, AUC {b['auc']:.4f} vs {u['auc']:.4f}",
+        flush=True,
+    )
+    row(
+        rows,
+        f"bounded forest fit, {label} rows (one fit)",
+        b["fit_s"],
+        "s",
+        u["fit_s"],
+        "baseline: unbounded RandomForestClassifier",
+    )
     row(rows, f"bounded forest file, {label} rows", b["file_mb"], "MB", u["file_mb"], "baseline: unbounded")
-    row(rows, f"bounded forest out-of-sample AUC, {label} rows", b["auc"], "", u["auc"], "not worse than unbounded", digits=4)
-    row(rows, f"bounded forest out-of-sample log loss, {label} rows", b["log_loss"], "", u["log_loss"], "not worse than unbounded", digits=4)
-    row(rows, f"bounded forest out-of-sample accuracy, {label} rows", b["accuracy"], "", u["accuracy"], "not worse than unbounded", digits=4)
+    row(
+        rows,
+        f"bounded forest out-of-sample AUC, {label} rows",
+        b["auc"],
+        "",
+        u["auc"],
+        "not worse than unbounded",
+        digits=4,
+    )
+    row(
+        rows,
+        f"bounded forest out-of-sample log loss, {label} rows",
+        b["log_loss"],
+        "",
+        u["log_loss"],
+        "not worse than unbounded",
+        digits=4,
+    )
+    row(
+        rows,
+        f"bounded forest out-of-sample accuracy, {label} rows",
+        b["accuracy"],
+        "",
+        u["accuracy"],
+        "not worse than unbounded",
+        digits=4,
+    )
     assert model_path is not None
     return model_path
 
@@ -381,9 +515,10 @@ def bench_training(url: str, sizes: list[int], n_bars: int, rows: list[dict], wo
 def bench_prediction(url: str, model_path: Path, rows: list[dict], n: int) -> None:
     import shutil
 
-    from mt5_pipeline.features import load_feature_rows
-    from mt5_pipeline.indicators import MODEL_FEATURES
-    from mt5_pipeline.model import forest_probability_up, load_model, predict_latest
+    from mt5_pipeline.learning.features import load_feature_rows
+    from mt5_pipeline.learning.indicators import MODEL_FEATURES
+    from mt5_pipeline.learning.model import predict_latest
+    from mt5_pipeline.learning.model_store import forest_probability_up, load_model
 
     forest = load_model(model_path).forest
     feats = load_feature_rows(url, ["EURUSD"], usable_only=True)
@@ -410,10 +545,42 @@ def bench_prediction(url: str, model_path: Path, rows: list[dict], n: int) -> No
     many = latencies(proba(-1), max(50, n // 5))
     fast = latencies(lambda x: forest_probability_up(forest, x), n)
     forest.n_jobs = 1
-    row(rows, "one-row predict_proba n_jobs=1, p50", percentile(one, 0.5) * 1000, "ms", percentile(many, 0.5) * 1000, "baseline: n_jobs=-1", digits=3)
-    row(rows, "one-row predict_proba n_jobs=1, p99", percentile(one, 0.99) * 1000, "ms", percentile(many, 0.99) * 1000, "baseline: n_jobs=-1", digits=3)
-    row(rows, "one-row forest_probability_up (tree by tree, what predict_latest uses), p50", percentile(fast, 0.5) * 1000, "ms", percentile(one, 0.5) * 1000, "baseline: predict_proba n_jobs=1", digits=3)
-    row(rows, "one-row forest_probability_up, p99", percentile(fast, 0.99) * 1000, "ms", percentile(one, 0.99) * 1000, "< 10 ms; baseline: predict_proba n_jobs=1", digits=3)
+    row(
+        rows,
+        "one-row predict_proba n_jobs=1, p50",
+        percentile(one, 0.5) * 1000,
+        "ms",
+        percentile(many, 0.5) * 1000,
+        "baseline: n_jobs=-1",
+        digits=3,
+    )
+    row(
+        rows,
+        "one-row predict_proba n_jobs=1, p99",
+        percentile(one, 0.99) * 1000,
+        "ms",
+        percentile(many, 0.99) * 1000,
+        "baseline: n_jobs=-1",
+        digits=3,
+    )
+    row(
+        rows,
+        "one-row forest_probability_up (tree by tree, what predict_latest uses), p50",
+        percentile(fast, 0.5) * 1000,
+        "ms",
+        percentile(one, 0.5) * 1000,
+        "baseline: predict_proba n_jobs=1",
+        digits=3,
+    )
+    row(
+        rows,
+        "one-row forest_probability_up, p99",
+        percentile(fast, 0.99) * 1000,
+        "ms",
+        percentile(one, 0.99) * 1000,
+        "< 10 ms; baseline: predict_proba n_jobs=1",
+        digits=3,
+    )
 
     model_dir = model_path.parent
     shutil.copyfile(model_path, model_dir / "rf_m1.pkl")
@@ -424,14 +591,24 @@ def bench_prediction(url: str, model_path: Path, rows: list[dict], n: int) -> No
         t = time.perf_counter()
         predict_latest(settings, "EURUSD")
         times.append(time.perf_counter() - t)
-    row(rows, "predict_latest (newest feature row from PostgreSQL + forest), p50", percentile(times, 0.5) * 1000, "ms", None, "", digits=3)
+    row(
+        rows,
+        "predict_latest (newest feature row from PostgreSQL + forest), p50",
+        percentile(times, 0.5) * 1000,
+        "ms",
+        None,
+        "",
+        digits=3,
+    )
     row(rows, "predict_latest, p99", percentile(times, 0.99) * 1000, "ms", None, "< 10 ms", digits=3)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100,000 bars, training at 20k, 50k and 100k rows")
-    parser.add_argument("--kinds-only", action="store_true", help="only the RandomForest vs HistGradientBoosting comparison")
+    parser.add_argument(
+        "--kinds-only", action="store_true", help="only the RandomForest vs HistGradientBoosting comparison"
+    )
     parser.add_argument("--child", nargs=4, metavar=("MODE", "URL", "SYMBOL", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -447,7 +624,10 @@ def main() -> int:
     started = time.perf_counter()
     rows: list[dict] = []
     with scratch_database("mt5_bench_ml") as url:
-        print(f"{n_bars:,} generated M1 bars (PostgreSQL scratch database {database_name(url)}; {os.cpu_count()} cores)", flush=True)
+        print(
+            f"{n_bars:,} generated M1 bars (PostgreSQL scratch database {database_name(url)}; {os.cpu_count()} cores)",
+            flush=True,
+        )
         frame = market(n_bars, seed=1)
         if args.kinds_only:
             store(url, "EURUSD", frame, END)

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from _support import add_row, report
 
-from mt5_pipeline.execution_policy import ENTRY_POLICIES, ExecutionPolicy
+from mt5_pipeline.execution.execution_policy import ENTRY_POLICIES, ExecutionPolicy
 from mt5_pipeline.storage import migrate
 from mt5_pipeline_tests.bridge_support import build_rig
 from mt5_pipeline_tests.parity_support import play
@@ -50,13 +50,21 @@ PIP, POINT = 0.0001, 0.00001
 def quick_stretch():
     from datetime import datetime, timezone
 
-    from mt5_pipeline.sample_data import generate_candles
+    from mt5_pipeline.market.sample_data import generate_candles
 
     candles = generate_candles(3000, end=datetime(2024, 6, 11, 12, 0, tzinfo=timezone.utc), seed=21)
     rng = np.random.default_rng(21)
     index = np.sort(rng.choice(np.arange(len(candles) - 2), size=600, replace=False))
     signals = {int(i): int(s) for i, s in zip(index, rng.choice([-1, 1], size=len(index)), strict=True)}
-    return candles, signals, "M1", 6.0, 9.0, 12, "3,000 generated M1 bars, 600 random signals, SL/TP 6/9 pips, time exit 12 bars"
+    return (
+        candles,
+        signals,
+        "M1",
+        6.0,
+        9.0,
+        12,
+        "3,000 generated M1 bars, 600 random signals, SL/TP 6/9 pips, time exit 12 bars",
+    )
 
 
 def real_stretch(work: Path):
@@ -64,10 +72,10 @@ def real_stretch(work: Path):
     import pandas as pd
     from bench_real import TRAINED_AT, eurusd_h1
 
-    from mt5_pipeline.features import load_feature_rows, update_features
-    from mt5_pipeline.ingest import ingest_candles
-    from mt5_pipeline.model import train_model
-    from mt5_pipeline.model_store import load_model
+    from mt5_pipeline.learning.features import load_feature_rows, update_features
+    from mt5_pipeline.learning.model_store import load_model
+    from mt5_pipeline.learning.training import train_model
+    from mt5_pipeline.market.ingest import ingest_candles
     from mt5_pipeline.settings import Settings
 
     bars = eurusd_h1()
@@ -75,10 +83,16 @@ def real_stretch(work: Path):
     migrate.upgrade(url)
     ingest_candles(url, "EURUSD", "H1", bars)
     update_features(url, "EURUSD", "H1")
-    settings = Settings.from_env({"DATABASE_URL": url, "MODEL_DIR": str(work / "models"), "LOG_LEVEL": "WARNING", "TIMEFRAMES": "H1"}, env_file=None)
+    settings = Settings.from_env(
+        {"DATABASE_URL": url, "MODEL_DIR": str(work / "models"), "LOG_LEVEL": "WARNING", "TIMEFRAMES": "H1"},
+        env_file=None,
+    )
     t = time.perf_counter()
     result = train_model(settings, ["EURUSD"], timeframe="H1", now=TRAINED_AT)
-    print(f"  trained in {time.perf_counter() - t:.1f} s; evaluation window {result.evaluation_window[0]} .. {result.evaluation_window[1]}", flush=True)
+    print(
+        f"  trained in {time.perf_counter() - t:.1f} s; evaluation window {result.evaluation_window[0]} .. {result.evaluation_window[1]}",
+        flush=True,
+    )
     model = load_model(result.path)
     rows = load_feature_rows(url, ["EURUSD"], "H1")
     start, end = (pd.Timestamp(x) for x in result.evaluation_window)
@@ -112,7 +126,18 @@ def main() -> int:
         migrate.upgrade(url)
         rig = build_rig(url, tmp, LABEL_MAX_HOLD_BARS=str(hold), ENTRY_POLICY=entry)
         try:
-            result = play(rig, candles, signals, symbol="EURUSD", timeframe=timeframe, sl_pips=sl, tp_pips=tp, pip=PIP, point=POINT, policy=ExecutionPolicy(entry, hold))
+            result = play(
+                rig,
+                candles,
+                signals,
+                symbol="EURUSD",
+                timeframe=timeframe,
+                sl_pips=sl,
+                tp_pips=tp,
+                pip=PIP,
+                point=POINT,
+                policy=ExecutionPolicy(entry, hold),
+            )
         finally:
             rig.close()
         f = result.figures
@@ -124,13 +149,60 @@ def main() -> int:
             f"max |diff| {f['max_pips_difference']:.2f} pips, beyond the spread {f['pips_beyond_spread']}; not traded: {f['signals_not_traded'] or 0}; played in {result.seconds:.1f} s",
             flush=True,
         )
-        add_row(rows, f"{entry}: bridge trades with the backtest's entry (of {f['backtest_trades']})", f["same_entries"] / n, "", 1.0, "identical", digits=3, ratio_digits=3)
-        add_row(rows, f"{entry}: ... and its exit (bar and reason)", f["same_exits"] / n, "", 1.0, "identical", digits=3, ratio_digits=3)
-        add_row(rows, f"{entry}: net pips, bridge (API trades table)", f["live_total_pips"], "pips", f["backtest_total_pips"], "backtest's net pips", digits=1, ratio_digits=3)
-        add_row(rows, f"{entry}: largest pips difference of a matched trade", f["max_pips_difference"], "pips", None, "within the spread", digits=2)
-        add_row(rows, f"{entry}: bars played per second (bridge + fake terminal + API)", len(candles) / result.seconds, "bars/s", None, "machine shared", digits=0)
+        add_row(
+            rows,
+            f"{entry}: bridge trades with the backtest's entry (of {f['backtest_trades']})",
+            f["same_entries"] / n,
+            "",
+            1.0,
+            "identical",
+            digits=3,
+            ratio_digits=3,
+        )
+        add_row(
+            rows,
+            f"{entry}: ... and its exit (bar and reason)",
+            f["same_exits"] / n,
+            "",
+            1.0,
+            "identical",
+            digits=3,
+            ratio_digits=3,
+        )
+        add_row(
+            rows,
+            f"{entry}: net pips, bridge (API trades table)",
+            f["live_total_pips"],
+            "pips",
+            f["backtest_total_pips"],
+            "backtest's net pips",
+            digits=1,
+            ratio_digits=3,
+        )
+        add_row(
+            rows,
+            f"{entry}: largest pips difference of a matched trade",
+            f["max_pips_difference"],
+            "pips",
+            None,
+            "within the spread",
+            digits=2,
+        )
+        add_row(
+            rows,
+            f"{entry}: bars played per second (bridge + fake terminal + API)",
+            len(candles) / result.seconds,
+            "bars/s",
+            None,
+            "machine shared",
+            digits=0,
+        )
     report("bench_parity" + ("_quick" if args.quick else ""), rows)
-    out = Path(__file__).resolve().parent / "out" / ("bench_parity_quick.json" if args.quick else "bench_parity_details.json")
+    out = (
+        Path(__file__).resolve().parent
+        / "out"
+        / ("bench_parity_quick.json" if args.quick else "bench_parity_details.json")
+    )
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(details, indent=2, default=str) + "\n")
     return 0

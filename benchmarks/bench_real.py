@@ -42,7 +42,16 @@ def eurusd_h1() -> pd.DataFrame:
         from backtesting.test import EURUSD
     except ImportError:  # pragma: no cover - depends on the machine
         sys.exit("the `backtesting` package is missing: pip install -e '.[bench]'")
-    frame = EURUSD.reset_index().rename(columns={"index": "time", "Open": "open", "High": "high", "Low": "low", "Close": "close", "Volume": "tick_volume"})
+    frame = EURUSD.reset_index().rename(
+        columns={
+            "index": "time",
+            "Open": "open",
+            "High": "high",
+            "Low": "low",
+            "Close": "close",
+            "Volume": "tick_volume",
+        }
+    )
     frame = frame.rename(columns={frame.columns[0]: "time"})
     frame["time"] = pd.to_datetime(frame["time"]).dt.tz_localize("UTC")
     frame["tick_volume"] = frame["tick_volume"].astype("int64")
@@ -52,10 +61,17 @@ def eurusd_h1() -> pd.DataFrame:
 
 
 def run(kind: str, url: str, model_dir: Path) -> dict:
-    from mt5_pipeline.model import train_model
+    from mt5_pipeline.learning.training import train_model
 
     settings = Settings.from_env(
-        {"DATABASE_URL": url, "MODEL_DIR": str(model_dir), "MODEL_KIND": kind, "LOG_LEVEL": "WARNING", "TIMEFRAMES": "H1"}, env_file=None
+        {
+            "DATABASE_URL": url,
+            "MODEL_DIR": str(model_dir),
+            "MODEL_KIND": kind,
+            "LOG_LEVEL": "WARNING",
+            "TIMEFRAMES": "H1",
+        },
+        env_file=None,
     )
     t = time.perf_counter()
     result = train_model(settings, ["EURUSD"], timeframe="H1", now=TRAINED_AT)
@@ -73,19 +89,26 @@ def run(kind: str, url: str, model_dir: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the same run (5,000 bars are quick already); accepted for run_all.py")
+    parser.add_argument(
+        "--quick", action="store_true", help="the same run (5,000 bars are quick already); accepted for run_all.py"
+    )
     parser.parse_args()
-    from mt5_pipeline.features import update_features
-    from mt5_pipeline.ingest import ingest_candles
+    from mt5_pipeline.learning.features import update_features
+    from mt5_pipeline.market.ingest import ingest_candles
     from mt5_pipeline.storage import migrate
 
     bars = eurusd_h1()
     work = Path(tempfile.mkdtemp(prefix="bench_real_"))
     rows: list[dict] = []
     results = {}
-    print(f"EURUSD H1 from the backtesting package: {len(bars):,} bars, {bars['time'].iloc[0]} .. {bars['time'].iloc[-1]}", flush=True)
+    print(
+        f"EURUSD H1 from the backtesting package: {len(bars):,} bars, {bars['time'].iloc[0]} .. {bars['time'].iloc[-1]}",
+        flush=True,
+    )
     for kind in ("random_forest", "hist_gradient_boosting"):
-        url = f"sqlite:///{work / kind}.db"  # a fresh database per kind: each model is the first, judged on the baselines
+        url = (
+            f"sqlite:///{work / kind}.db"  # a fresh database per kind: each model is the first, judged on the baselines
+        )
         migrate.upgrade(url)
         ingest_candles(url, "EURUSD", "H1", bars)
         update = update_features(url, "EURUSD", "H1")
@@ -93,15 +116,89 @@ def main() -> int:
         results[kind] = r
         m, b = r["metrics"], r["backtest"]
         name = "RandomForest" if kind == "random_forest" else "HistGradientBoosting"
-        print(f"  {name}: {update.rows_written} H1 feature rows; trained on {m['train_rows']:.0f} rows, evaluated on {m['test_rows']:.0f} ({r['evaluation_window'][0][:10]} .. {r['evaluation_window'][1][:10]})", flush=True)
-        add_row(rows, f"{name}: out-of-sample AUC (main split, last 20%)", m["auc"], "", m["baseline_auc"], "baseline: constant (0.5)", digits=4, ratio_digits=4)
-        add_row(rows, f"{name}: walk-forward AUC, mean of {m['wf_folds']:.0f} folds (min {m['wf_auc_min']:.4f})", m["wf_auc_mean"], "", 0.5, "baseline: constant (0.5)", digits=4, ratio_digits=4)
-        add_row(rows, f"{name}: out-of-sample log loss", m["log_loss"], "", m["baseline_majority_log_loss"], "baseline: training base rate as a constant", digits=4, ratio_digits=4)
-        add_row(rows, f"{name}: accuracy", m["accuracy"], "", m["baseline_majority_accuracy"], "baseline: the training majority class", digits=4, ratio_digits=4)
-        add_row(rows, f"{name}: hit rate of its BUY/SELL calls ({m['signal_share']:.1%} of bars)", m["signal_hit_rate"], "", m["baseline_always_buy_hit_rate"], "baseline: always BUY", digits=4, ratio_digits=4)
-        add_row(rows, f"{name}: backtest net pips after a 1-pip spread ({b['trades']:.0f} trades)", b["total_pips"], "pips", b["baseline_random_total_pips"], "baseline: random sides on the same bars", digits=1, ratio_digits=3)
-        add_row(rows, f"{name}: backtest profit factor", b["profit_factor"], "", b["baseline_random_profit_factor"], "baseline: random sides", digits=3, ratio_digits=3)
-        print("    walk-forward folds: " + "; ".join(f"#{f['fold']} AUC {f['auc']:.4f} (test {f['test_start'][:10]}..{f['test_end'][:10]})" for f in r["walk_forward"] if f.get("auc") is not None), flush=True)
+        print(
+            f"  {name}: {update.rows_written} H1 feature rows; trained on {m['train_rows']:.0f} rows, evaluated on {m['test_rows']:.0f} ({r['evaluation_window'][0][:10]} .. {r['evaluation_window'][1][:10]})",
+            flush=True,
+        )
+        add_row(
+            rows,
+            f"{name}: out-of-sample AUC (main split, last 20%)",
+            m["auc"],
+            "",
+            m["baseline_auc"],
+            "baseline: constant (0.5)",
+            digits=4,
+            ratio_digits=4,
+        )
+        add_row(
+            rows,
+            f"{name}: walk-forward AUC, mean of {m['wf_folds']:.0f} folds (min {m['wf_auc_min']:.4f})",
+            m["wf_auc_mean"],
+            "",
+            0.5,
+            "baseline: constant (0.5)",
+            digits=4,
+            ratio_digits=4,
+        )
+        add_row(
+            rows,
+            f"{name}: out-of-sample log loss",
+            m["log_loss"],
+            "",
+            m["baseline_majority_log_loss"],
+            "baseline: training base rate as a constant",
+            digits=4,
+            ratio_digits=4,
+        )
+        add_row(
+            rows,
+            f"{name}: accuracy",
+            m["accuracy"],
+            "",
+            m["baseline_majority_accuracy"],
+            "baseline: the training majority class",
+            digits=4,
+            ratio_digits=4,
+        )
+        add_row(
+            rows,
+            f"{name}: hit rate of its BUY/SELL calls ({m['signal_share']:.1%} of bars)",
+            m["signal_hit_rate"],
+            "",
+            m["baseline_always_buy_hit_rate"],
+            "baseline: always BUY",
+            digits=4,
+            ratio_digits=4,
+        )
+        add_row(
+            rows,
+            f"{name}: backtest net pips after a 1-pip spread ({b['trades']:.0f} trades)",
+            b["total_pips"],
+            "pips",
+            b["baseline_random_total_pips"],
+            "baseline: random sides on the same bars",
+            digits=1,
+            ratio_digits=3,
+        )
+        add_row(
+            rows,
+            f"{name}: backtest profit factor",
+            b["profit_factor"],
+            "",
+            b["baseline_random_profit_factor"],
+            "baseline: random sides",
+            digits=3,
+            ratio_digits=3,
+        )
+        print(
+            "    walk-forward folds: "
+            + "; ".join(
+                f"#{f['fold']} AUC {f['auc']:.4f} (test {f['test_start'][:10]}..{f['test_end'][:10]})"
+                for f in r["walk_forward"]
+                if f.get("auc") is not None
+            ),
+            flush=True,
+        )
         print(f"    promotion rule (first model, baselines only): {r['decision'].upper()} - {r['reason']}", flush=True)
     report("bench_real", rows)
     out = Path(__file__).resolve().parent / "out" / "bench_real_details.json"

@@ -33,11 +33,11 @@ def _wrap_steps() -> dict[str, float]:
     from collections import defaultdict
 
     import mt5_pipeline.bars as bars
-    import mt5_pipeline.live as live
-    import mt5_pipeline.model as model
-    import mt5_pipeline.queue as queue
-    import mt5_pipeline.series_tail as series_tail
-    import mt5_pipeline.signals as signals
+    import mt5_pipeline.learning.model as model
+    import mt5_pipeline.signals.generation as signals
+    import mt5_pipeline.signals.live as live
+    import mt5_pipeline.signals.queue as queue
+    import mt5_pipeline.signals.series_tail as series_tail
     import mt5_pipeline.storage.decisions as decisions
     import mt5_pipeline.storage.features as stored
 
@@ -82,18 +82,23 @@ def main() -> None:
     parser.add_argument("--bars", type=int, default=60)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--breakdown", action="store_true", help="CPU per bar of the main steps (wrapped, not sampled)")
-    parser.add_argument("--idle", type=float, default=0.0, help="then run the worker loop (with leases) this many seconds with no new bar and print its CPU")
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=0.0,
+        help="then run the worker loop (with leases) this many seconds with no new bar and print its CPU",
+    )
     parser.add_argument("--pause", type=float, default=0.0, help="seconds between bars")
     args = parser.parse_args()
 
     import pandas as pd
 
-    from mt5_pipeline.features import update_features
-    from mt5_pipeline.ingest import ingest_candles
-    from mt5_pipeline.live import LiveWorker
-    from mt5_pipeline.model import train_model
-    from mt5_pipeline.sample_data import generate_candles
+    from mt5_pipeline.learning.features import update_features
+    from mt5_pipeline.learning.training import train_model
+    from mt5_pipeline.market.ingest import ingest_candles
+    from mt5_pipeline.market.sample_data import generate_candles
     from mt5_pipeline.settings import Settings
+    from mt5_pipeline.signals.live import LiveWorker
 
     with scratch_database("profile_live") as url, tempfile.TemporaryDirectory() as models:
         env = {
@@ -136,12 +141,14 @@ def main() -> None:
             for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
                 print(f"  {name}: {seconds / (args.bars - WARM) * 1000:.2f} ms CPU per bar")
         print(f"bars {len(cpu)}; decisions {sorted(set(statuses))}")
-        print(f"CPU per bar: median {statistics.median(warm) * 1000:.2f} ms, p90 {sorted(warm)[int(0.9 * len(warm))] * 1000:.2f} ms")
+        print(
+            f"CPU per bar: median {statistics.median(warm) * 1000:.2f} ms, p90 {sorted(warm)[int(0.9 * len(warm))] * 1000:.2f} ms"
+        )
         print(f"wall per bar: median {statistics.median(wall[WARM:]) * 1000:.2f} ms")
         if args.idle:
             import threading
 
-            from mt5_pipeline.series_leases import SeriesLeases
+            from mt5_pipeline.signals.series_leases import SeriesLeases
 
             idle = LiveWorker(settings, leases=SeriesLeases(url, lease_seconds=settings.live_lease_seconds))
             stop = threading.Event()
@@ -153,7 +160,9 @@ def main() -> None:
             idle_cpu = time.process_time() - c0
             stop.set()
             loop.join(30)
-            print(f"idle worker loop (1 series, leases of {settings.live_lease_seconds:g} s): {idle_cpu / args.idle * 1000:.1f} ms CPU per second")
+            print(
+                f"idle worker loop (1 series, leases of {settings.live_lease_seconds:g} s): {idle_cpu / args.idle * 1000:.1f} ms CPU per second"
+            )
         if profiler:
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(60)
 

@@ -44,7 +44,12 @@ def main(argv: list[str]) -> int:
             sections.append(f"### {name}\n\nfailed (exit {proc.returncode}) after {took:.0f} s\n")
             continue
         rows = json.loads((OUT / f"{name}.json").read_text()) if (OUT / f"{name}.json").exists() else []
-        lines = [f"### {name} ({took:.0f} s)", "", "| figure | value | unit | baseline | ratio | aim |", "| --- | --- | --- | --- | --- | --- |"]
+        lines = [
+            f"### {name} ({took:.0f} s)",
+            "",
+            "| figure | value | unit | baseline | ratio | aim |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for row in rows:
             lines.append(
                 f"| {row.get('figure')} | {_fmt(row.get('value'))} | {row.get('unit', '')} | {_fmt(row.get('baseline'))} | "

@@ -372,7 +372,7 @@ void SendClosedBars()
 //| Orders: the execution contract (docs/execution.md), as the bridge |
 //+------------------------------------------------------------------+
 // The pip of a signal that carries no meta.pip_size: the core's rule on this terminal's
-// digits and point (mt5_pipeline/pips.py pip_from_instrument): 10 points on 3- and
+// digits and point (mt5_pipeline/market/pips.py pip_from_instrument): 10 points on 3- and
 // 5-digit quotes, one point otherwise, for every instrument.
 double LocalPipSize(const int digits, const double point)
   {
@@ -434,7 +434,7 @@ double Volume(const string symbol)
    return v;
   }
 
-// Retcodes that say "not now" (mt5_pipeline/contract.py TRANSIENT_RETCODES): not final.
+// Retcodes that say "not now" (mt5_pipeline/execution/contract.py TRANSIENT_RETCODES): not final.
 bool IsTransient(const uint retcode)
   {
    switch(retcode)

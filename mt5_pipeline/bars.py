@@ -92,7 +92,9 @@ def closed_cutoff(timeframe: str, *, now: datetime | None = None, newest_open: d
     return cutoff
 
 
-def is_closed(bar_open: datetime, timeframe: str, *, now: datetime | None = None, newest_open: datetime | None = None) -> bool:
+def is_closed(
+    bar_open: datetime, timeframe: str, *, now: datetime | None = None, newest_open: datetime | None = None
+) -> bool:
     return as_utc(bar_open) <= closed_cutoff(timeframe, now=now, newest_open=newest_open)
 
 

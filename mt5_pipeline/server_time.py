@@ -116,7 +116,9 @@ def parse_zone(text: str) -> ServerZone:
     if convention:
         winter, summer, dates = int(convention.group(1)), int(convention.group(2)), convention.group(3).upper()
         if summer != winter + 1:
-            raise ZoneError(f"{spec!r}: the summer offset must be one hour more than the winter one (as in UTC+2/+3@US)")
+            raise ZoneError(
+                f"{spec!r}: the summer offset must be one hour more than the winter one (as in UTC+2/+3@US)"
+            )
         base, standard = _SWITCH_ZONES[dates]
         zone = ServerZone(f"UTC{winter:+d}/{summer:+d}@{dates}", base, winter * 3600 - standard)
         _check_range(zone, spec)

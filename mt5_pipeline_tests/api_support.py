@@ -33,14 +33,18 @@ async def api_client(settings: Settings, *, auth: bool = True, **app_kwargs) -> 
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
     headers = AUTH if auth else {}
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://api.test", headers=headers, timeout=60) as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://api.test", headers=headers, timeout=60
+        ) as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
     finally:
         app.state.api.close()
 
 
-def bars(n: int, *, end: datetime | None = None, timeframe_seconds: int = 60, start_price: float = 1.08, step: float = 0.0001) -> list[dict]:
+def bars(
+    n: int, *, end: datetime | None = None, timeframe_seconds: int = 60, start_price: float = 1.08, step: float = 0.0001
+) -> list[dict]:
     """`n` valid, aligned, closed bars ending before `end` (default: now), as MqlRates dicts."""
     end = end or datetime.now(timezone.utc)
     last_open = int(end.timestamp()) // timeframe_seconds * timeframe_seconds - timeframe_seconds
@@ -66,7 +70,9 @@ def bars(n: int, *, end: datetime | None = None, timeframe_seconds: int = 60, st
     return out
 
 
-def make_signal(symbol: str = "EURUSD", *, minutes_ago: int = 1, expires_in: float = 600, version: str = "v-test") -> dict:
+def make_signal(
+    symbol: str = "EURUSD", *, minutes_ago: int = 1, expires_in: float = 600, version: str = "v-test"
+) -> dict:
     """An EA payload as the signal generator builds it, for a bar `minutes_ago` back."""
     from mt5_pipeline.clock import iso_z
 
@@ -87,10 +93,13 @@ def make_signal(symbol: str = "EURUSD", *, minutes_ago: int = 1, expires_in: flo
     }
 
 
-
 def subprocess_env(**env: str) -> dict[str, str]:
     """A clean environment for a child `mt5-pipeline` (no developer .env leaks in)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "EA_", "DATABASE_", "MT5_", "METRICS_", "SIGNAL_", "MODEL_", "BRIDGE_"))}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("API_", "EA_", "DATABASE_", "MT5_", "METRICS_", "SIGNAL_", "MODEL_", "BRIDGE_"))
+    }
     base.update(env)
     return base
 
@@ -101,7 +110,9 @@ def cli() -> list[str]:
 
 
 @contextmanager
-def serve_process(env: dict[str, str], port: int, cwd: Path, *, wait: float = 30.0) -> Iterator[tuple[subprocess.Popen, str]]:
+def serve_process(
+    env: dict[str, str], port: int, cwd: Path, *, wait: float = 30.0
+) -> Iterator[tuple[subprocess.Popen, str]]:
     """A real `mt5-pipeline serve` on loopback, stopped at exit."""
     log_path = cwd / f"serve-{port}.log"
     with open(log_path, "wb") as log:
@@ -117,13 +128,17 @@ def serve_process(env: dict[str, str], port: int, cwd: Path, *, wait: float = 30
             deadline = time.monotonic() + wait
             while True:
                 if proc.poll() is not None:
-                    raise AssertionError(f"serve exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
+                    raise AssertionError(
+                        f"serve exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}"
+                    )
                 try:
                     httpx.get(base + "/health", timeout=2)
                     break
                 except httpx.HTTPError:
                     if time.monotonic() > deadline:
-                        raise AssertionError(f"serve did not answer in {wait} s:\n{log_path.read_text(errors='replace')}") from None
+                        raise AssertionError(
+                            f"serve did not answer in {wait} s:\n{log_path.read_text(errors='replace')}"
+                        ) from None
                     time.sleep(0.1)
             yield proc, base
         finally:

@@ -75,7 +75,15 @@ class Rig:
         self.api_app.state.api.close()  # type: ignore[attr-defined]
 
 
-def build_rig(url: str, tmp: Path, *, mode: str = "push", clock: ManualClock | None = None, mt5: FakeMT5 | None = None, **bridge_env: str) -> Rig:
+def build_rig(
+    url: str,
+    tmp: Path,
+    *,
+    mode: str = "push",
+    clock: ManualClock | None = None,
+    mt5: FakeMT5 | None = None,
+    **bridge_env: str,
+) -> Rig:
     clock = clock or ManualClock()
     mt5 = mt5 or FakeMT5(clock=clock, server_offset_hours=2)
     api_port, bridge_port = free_port(), free_port()

@@ -63,7 +63,12 @@ def make_signal(
         "sl_pips": 20,
         "tp_pips": 40,
         "price": price,
-        "meta": {"model": "rf_m1", "label": 1 if side == "BUY" else 0, "model_version": model_version, "probability": probability},
+        "meta": {
+            "model": "rf_m1",
+            "label": 1 if side == "BUY" else 0,
+            "model_version": model_version,
+            "probability": probability,
+        },
         "expires_at": iso_z(expires_at),
     }
 

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from mt5_pipeline.definitions import build_defs
-from mt5_pipeline.ingest import ingest_candles
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles
 from mt5_pipeline.orchestration.resources import resources_for
-from mt5_pipeline.sample_data import generate_candles
 from mt5_pipeline.settings import Settings
 
 # Small and fast: enough bars for warm-up, a split with embargo and a few folds.
@@ -30,9 +30,14 @@ def minute_now() -> datetime:
 def load_symbols(url: str, symbols: dict[str, int], *, end: datetime | None = None, bars: int = 4000) -> None:
     """`bars` closed M1 bars per symbol, the newest opening at `end` (default: the last closed minute)."""
     for seed, (symbol, _) in enumerate(symbols.items()):
-        frame = generate_candles(bars, end=end or minute_now() - timedelta(minutes=1), seed=seed, with_weekends=False, start_price=1.1 + seed * 0.2)
+        frame = generate_candles(
+            bars,
+            end=end or minute_now() - timedelta(minutes=1),
+            seed=seed,
+            with_weekends=False,
+            start_price=1.1 + seed * 0.2,
+        )
         ingest_candles(url, symbol, "M1", frame)
-
 
 
 def defs_for(settings: Settings, **overrides) -> dg.Definitions:

@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
-from mt5_pipeline import queue
-from mt5_pipeline.backtest import simulate_trades
 from mt5_pipeline.bridge.fake_mt5 import RATES_DTYPE
 from mt5_pipeline.clock import iso_z
-from mt5_pipeline.execution_policy import ExecutionPolicy, signal_meta
+from mt5_pipeline.execution.execution_policy import ExecutionPolicy, signal_meta
+from mt5_pipeline.learning.backtest import simulate_trades
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
+from mt5_pipeline.signals import queue
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import trades as trades_table
 
@@ -51,7 +51,18 @@ class Parity:
     answers: dict = field(default_factory=dict)  # bar index -> the bridge's answer to that bar's signal
 
 
-def signal_payload(candles: pd.DataFrame, i: int, side: int, *, symbol: str, timeframe: str, sl_pips: float, tp_pips: float, pip: float, policy: ExecutionPolicy) -> dict:
+def signal_payload(
+    candles: pd.DataFrame,
+    i: int,
+    side: int,
+    *,
+    symbol: str,
+    timeframe: str,
+    sl_pips: float,
+    tp_pips: float,
+    pip: float,
+    policy: ExecutionPolicy,
+) -> dict:
     ts = candles["time"].iloc[i].to_pydatetime()
     p = 0.8 if side > 0 else 0.2
     return {
@@ -64,13 +75,34 @@ def signal_payload(candles: pd.DataFrame, i: int, side: int, *, symbol: str, tim
         "sl_pips": sl_pips,
         "tp_pips": tp_pips,
         "price": float(candles["close"].iloc[i]),
-        "meta": {"model": f"rf_{timeframe.lower()}", "model_version": "v-parity", "probability": p, "pip_size": pip, **signal_meta(policy)},
+        "meta": {
+            "model": f"rf_{timeframe.lower()}",
+            "model_version": "v-parity",
+            "probability": p,
+            "pip_size": pip,
+            **signal_meta(policy),
+        },
         # Valid through the next bar's open, however long a weekend makes the wait.
-        "expires_at": iso_z(candles["time"].iloc[min(i + 1, len(candles) - 1)].to_pydatetime() + timedelta(seconds=TIMEFRAME_SECONDS[timeframe])),
+        "expires_at": iso_z(
+            candles["time"].iloc[min(i + 1, len(candles) - 1)].to_pydatetime()
+            + timedelta(seconds=TIMEFRAME_SECONDS[timeframe])
+        ),
     }
 
 
-def play(rig, candles: pd.DataFrame, signals: dict[int, int], *, symbol: str, timeframe: str, sl_pips: float, tp_pips: float, pip: float, point: float, policy: ExecutionPolicy) -> Parity:
+def play(
+    rig,
+    candles: pd.DataFrame,
+    signals: dict[int, int],
+    *,
+    symbol: str,
+    timeframe: str,
+    sl_pips: float,
+    tp_pips: float,
+    pip: float,
+    point: float,
+    policy: ExecutionPolicy,
+) -> Parity:
     """Run the bridge of ``rig`` (bridge_support.build_rig) over ``candles`` (time UTC, open,
     high, low, close, tick_volume, spread, real_volume) with ``signals`` {bar index: +1/-1}."""
     started = time.perf_counter()
@@ -81,7 +113,12 @@ def play(rig, candles: pd.DataFrame, signals: dict[int, int], *, symbol: str, ti
     rates["time"] = utc + SERVER_OFFSET_S
     for k in ("open", "high", "low", "close", "tick_volume", "spread", "real_volume"):
         rates[k] = candles[k].to_numpy()
-    payloads = {i: signal_payload(candles, i, s, symbol=symbol, timeframe=timeframe, sl_pips=sl_pips, tp_pips=tp_pips, pip=pip, policy=policy) for i, s in signals.items()}
+    payloads = {
+        i: signal_payload(
+            candles, i, s, symbol=symbol, timeframe=timeframe, sl_pips=sl_pips, tp_pips=tp_pips, pip=pip, policy=policy
+        )
+        for i, s in signals.items()
+    }
     queue.enqueue_many(rig.url, list(payloads.values()), now=datetime.fromtimestamp(int(utc[0]), timezone.utc))
     answers = {}
     for i in range(len(candles)):
@@ -108,7 +145,18 @@ def play(rig, candles: pd.DataFrame, signals: dict[int, int], *, symbol: str, ti
     index = np.array(sorted(signals), dtype=np.int64)
     side = np.array([signals[i] for i in index], dtype=np.int64)
     frame = candles.rename(columns={"time": "ts"})
-    backtest = simulate_trades(frame, index, side, symbol=symbol, sl_pips=sl_pips, tp_pips=tp_pips, max_hold=policy.max_hold_bars, pip=pip, point=point, policy=policy_)
+    backtest = simulate_trades(
+        frame,
+        index,
+        side,
+        symbol=symbol,
+        sl_pips=sl_pips,
+        tp_pips=tp_pips,
+        max_hold=policy.max_hold_bars,
+        pip=pip,
+        point=point,
+        policy=policy_,
+    )
     ts = pd.DatetimeIndex(candles["time"])
     backtest["entry_bar"] = ts.get_indexer(pd.DatetimeIndex(backtest["entry_ts"]))
     backtest["exit_bar"] = ts.get_indexer(pd.DatetimeIndex(backtest["exit_ts"]))
@@ -132,7 +180,9 @@ def play(rig, candles: pd.DataFrame, signals: dict[int, int], *, symbol: str, ti
             why = str(answer.get("message", ""))
             why = why.split(":")[0] if why.startswith("skipped") else why[:80]
             figures["signals_not_traded"][why] = figures["signals_not_traded"].get(why, 0) + 1
-    return Parity(backtest=backtest, live=live, figures=figures, seconds=elapsed, open_at_end=open_at_end, answers=answers)
+    return Parity(
+        backtest=backtest, live=live, figures=figures, seconds=elapsed, open_at_end=open_at_end, answers=answers
+    )
 
 
 def compare(backtest: pd.DataFrame, live: pd.DataFrame, candles: pd.DataFrame, point: float, pip: float) -> dict:

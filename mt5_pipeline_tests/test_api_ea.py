@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from mt5_pipeline import queue
+from mt5_pipeline.signals import queue
 from mt5_pipeline_tests.api_support import KEYS, api_client, make_signal
 from mt5_pipeline_tests.ea_server import reference_ea  # noqa: F401  (fixture)
 
@@ -80,13 +80,17 @@ async def test_push_then_ack(ea_settings, db_url, reference_ea):  # noqa: F811
         again = await client.post("/ea/push-signals")
         assert again.json()["sent_count"] == 0  # nothing sent twice
 
-        acked = await client.post("/ea/ack", json={"signal_id": first["signal_id"], "ticket": 12345678, "status": "FILLED", "message": ""})
+        acked = await client.post(
+            "/ea/ack", json={"signal_id": first["signal_id"], "ticket": 12345678, "status": "FILLED", "message": ""}
+        )
         assert acked.status_code == 200, acked.text
         assert acked.json()["success"] is True
         row = queue.get_signal(db_url, first["signal_id"])
         assert row["status"] == "ACKED" and row["ticket"] == 12345678
 
-        repeated = await client.post("/ea/ack", json={"signal_id": first["signal_id"], "ticket": 12345678, "status": "FILLED"})
+        repeated = await client.post(
+            "/ea/ack", json={"signal_id": first["signal_id"], "ticket": 12345678, "status": "FILLED"}
+        )
         assert repeated.status_code == 200 and repeated.json()["repeated"] is True
 
         unknown = await client.post("/ea/ack", json={"signal_id": str(uuid.uuid4()), "ticket": 1, "status": "FILLED"})
@@ -137,7 +141,9 @@ async def test_pull_mode_lists_deliverable_signals_and_changes_nothing(db_url, s
         payload = first.json()["signals"][0]
         assert SEED_SIGNAL_KEYS | {"price", "meta", "expires_at"} <= set(payload)
         # Acked: it leaves the list.
-        assert (await client.post("/ea/ack", json={"signal_id": older["signal_id"], "ticket": 7, "status": "FILLED"})).status_code == 200
+        assert (
+            await client.post("/ea/ack", json={"signal_id": older["signal_id"], "ticket": 7, "status": "FILLED"})
+        ).status_code == 200
         after = await client.get("/ea/signals")
         health = await client.get("/health")
     assert [s["signal_id"] for s in after.json()["signals"]] == [newer["signal_id"]]
@@ -148,10 +154,10 @@ async def test_pull_mode_lists_deliverable_signals_and_changes_nothing(db_url, s
 
 
 def _train(settings) -> None:
-    from mt5_pipeline.features import update_features
-    from mt5_pipeline.ingest import ingest_candles
-    from mt5_pipeline.model import train_model
-    from mt5_pipeline.sample_data import generate_candles, minutes_ago
+    from mt5_pipeline.learning.features import update_features
+    from mt5_pipeline.learning.training import train_model
+    from mt5_pipeline.market.ingest import ingest_candles
+    from mt5_pipeline.market.sample_data import generate_candles, minutes_ago
 
     frame = generate_candles(3000, end=minutes_ago(1), with_weekends=False, seed=7)
     ingest_candles(settings.database_url, "EURUSD", "M1", frame)
@@ -170,7 +176,9 @@ async def test_generate_signal_paths(db_url, settings_for, reference_ea):  # noq
     }
     settings = settings_for(db_url, **fast)
     async with api_client(settings) as client:
-        no_model = await client.post("/ea/generate-signal", json={"symbol": "EURUSD", "timeframe": "M1", "force": False})
+        no_model = await client.post(
+            "/ea/generate-signal", json={"symbol": "EURUSD", "timeframe": "M1", "force": False}
+        )
         health_before = (await client.get("/health")).json()
     assert no_model.status_code == 503
     assert no_model.json()["reason"] == "no_model"
@@ -227,7 +235,7 @@ async def test_generate_signal_paths(db_url, settings_for, reference_ea):  # noq
 
 
 async def test_a_model_file_that_cannot_be_used_is_503(ea_settings):
-    from mt5_pipeline.model import clear_model_cache, current_model_path
+    from mt5_pipeline.learning.model_store import clear_model_cache, current_model_path
 
     path = current_model_path(ea_settings)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,14 +257,23 @@ async def test_a_model_file_that_cannot_be_used_is_503(ea_settings):
 async def test_generate_signal_ignores_the_forming_bar_and_refuses_a_timeframe_without_model(db_url, settings_for):
     """The manual path brings features up to the newest CLOSED candle first: the forming
     bar just ingested is stored, but the signal is for the bar before it."""
-    from mt5_pipeline.sample_data import generate_candles, minutes_ago, to_ingest_payload
+    from mt5_pipeline.market.sample_data import generate_candles, minutes_ago, to_ingest_payload
 
     # A wide TTL: the test must not depend on where in the minute it runs.
-    settings = settings_for(db_url, API_KEYS=KEYS, RF_N_ESTIMATORS=10, RF_MIN_SAMPLES_LEAF=20, SIGNAL_TTL_SECONDS=600, SIGNAL_MAX_BAR_AGE_SECONDS=900)
+    settings = settings_for(
+        db_url,
+        API_KEYS=KEYS,
+        RF_N_ESTIMATORS=10,
+        RF_MIN_SAMPLES_LEAF=20,
+        SIGNAL_TTL_SECONDS=600,
+        SIGNAL_MAX_BAR_AGE_SECONDS=900,
+    )
     _train(settings)  # closed bars up to the one that opened a minute ago
     forming = generate_candles(1, end=minutes_ago(0), start_price=1.1, seed=11, with_weekends=False)
     async with api_client(settings) as client:
-        ingested = await client.post("/ingest", json={"symbol": "EURUSD", "timeframe": "M1", "candles": to_ingest_payload(forming)})
+        ingested = await client.post(
+            "/ingest", json={"symbol": "EURUSD", "timeframe": "M1", "candles": to_ingest_payload(forming)}
+        )
         assert ingested.status_code == 200 and ingested.json()["inserted"] == 1
         h1 = await client.post("/ea/generate-signal", json={"symbol": "EURUSD", "timeframe": "H1", "force": True})
         reply = await client.post("/ea/generate-signal", json={"symbol": "EURUSD", "force": True})
@@ -277,7 +294,9 @@ async def test_generate_signal_ignores_the_forming_bar_and_refuses_a_timeframe_w
 async def test_a_wrong_ea_path_is_not_connected_and_stops_delivery_loudly(pg_url, settings_for, reference_ea):  # noqa: F811
     from mt5_pipeline_tests.test_api_metrics import one, parse
 
-    wrong = settings_for(pg_url, API_KEYS=KEYS, EA_SERVER_URL=reference_ea.base_url + "/signal", EA_API_KEY=reference_ea.api_key)
+    wrong = settings_for(
+        pg_url, API_KEYS=KEYS, EA_SERVER_URL=reference_ea.base_url + "/signal", EA_API_KEY=reference_ea.api_key
+    )
     assert queue.enqueue(pg_url, make_signal(minutes_ago=1))
     async with api_client(wrong) as client:
         tested = (await client.get("/ea/test-connection")).json()
@@ -292,7 +311,10 @@ async def test_a_wrong_ea_path_is_not_connected_and_stops_delivery_loudly(pg_url
     assert (body["ea"], body["ea_delivery"], body["ea_delivery_status_code"]) == ("unreachable", "config_error", 404)
     assert "(404)" in body["ea_delivery_error"] and "EA_SERVER_URL" in body["ea_delivery_error"]
     assert one(metrics, "ea_config_error", status_code="404") == 1
-    assert one(metrics, "ea_delivery_state", state="config_error") == 1 and one(metrics, "ea_delivery_state", state="ok") == 0
+    assert (
+        one(metrics, "ea_delivery_state", state="config_error") == 1
+        and one(metrics, "ea_delivery_state", state="ok") == 0
+    )
     assert queue.status_counts(pg_url)["PENDING"] == 1
 
     right = settings_for(pg_url, API_KEYS=KEYS, EA_SERVER_URL=reference_ea.url, EA_API_KEY=reference_ea.api_key)

@@ -113,7 +113,10 @@ async def test_bad_candles_are_422_naming_the_path(api_settings, db_url, case):
         ({"symbol": "EURUSD", "timeframe": "M2", "candles": []}, {"timeframe"}),
         ({"symbol": "EURUSD", "timeframe": "M1"}, {"candles"}),
         ({"symbol": "EURUSD", "timeframe": "M1", "candles": {"time": 1}}, {"candles"}),
-        ({"symbol": ["EURUSD"], "timeframe": 1, "candles": [1, "x"]}, {"symbol", "timeframe", "candles[0]", "candles[1]"}),
+        (
+            {"symbol": ["EURUSD"], "timeframe": 1, "candles": [1, "x"]},
+            {"symbol", "timeframe", "candles[0]", "candles[1]"},
+        ),
     ],
 )
 async def test_bad_envelope_is_422(api_settings, envelope, locs):
@@ -135,7 +138,9 @@ async def test_rejected_batch_stores_nothing_and_touches_nothing(api_settings, d
         batch[-1]["low"] = batch[-1]["high"] + 0.01
         response = await client.post("/ingest", json=body(batch))
     assert response.status_code == 422
-    assert [d["loc"].startswith("candles[19]") for d in response.json()["details"]] == [True] * len(response.json()["details"])
+    assert [d["loc"].startswith("candles[19]") for d in response.json()["details"]] == [True] * len(
+        response.json()["details"]
+    )
     assert stored(db_url) == before  # same rows, same values, same ingested_at
 
 
@@ -182,7 +187,7 @@ async def test_database_down_is_503_then_serves_again(pg_behind_proxy, settings_
 
 
 async def test_ingest_keeps_the_eas_digits_and_point_for_the_pip(api_settings, db_url):
-    from mt5_pipeline.pips import PipSizeUnknown, pip_size_for
+    from mt5_pipeline.market.pips import PipSizeUnknown, pip_size_for
 
     gold = bars(5, start_price=2034.12, step=0.37)
     for candle in gold:

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mt5_pipeline import queue
+from mt5_pipeline.signals import queue
 from mt5_pipeline_tests.api_support import KEYS, api_client, bars, cli, make_signal, subprocess_env
 from mt5_pipeline_tests.ea_server import reference_ea  # noqa: F401  (fixture)
 
@@ -37,7 +37,12 @@ async def scrape(settings) -> dict:
 
 async def test_seed_metrics_present_and_parseable(db_url, settings_for):
     samples = await scrape(settings_for(db_url, API_KEYS=KEYS, EA_SERVER_PORT=9))
-    for name in ("ea_signals_generated_total", "ea_signals_sent_total", "ea_signals_failed_total", "ea_connection_test_success"):
+    for name in (
+        "ea_signals_generated_total",
+        "ea_signals_sent_total",
+        "ea_signals_failed_total",
+        "ea_connection_test_success",
+    ):
         assert name in samples, name
     assert one(samples, "mt5_database_up") == 1
     assert one(samples, "ea_signals_generated_total") == 0
@@ -53,7 +58,9 @@ async def test_queue_figures_come_from_the_database(db_url, settings_for):
     claimed = queue.claim_batch(db_url, 10, lease_seconds=30)
     by_id = {c.signal_id: c for c in claimed}
     assert queue.mark_sent(db_url, by_id[first["signal_id"]].id, by_id[first["signal_id"]].claim_token, 111)
-    assert queue.mark_rejected(db_url, by_id[third["signal_id"]].id, by_id[third["signal_id"]].claim_token, "market closed")
+    assert queue.mark_rejected(
+        db_url, by_id[third["signal_id"]].id, by_id[third["signal_id"]].claim_token, "market closed"
+    )
     samples = await scrape(settings)
     assert one(samples, "ea_signals_generated_total") == 3
     assert one(samples, "ea_signals_sent_total") == 1
@@ -75,7 +82,9 @@ async def test_signal_sent_by_the_worker_process_shows_in_the_api_metrics(db_url
         EA_API_KEY=reference_ea.api_key,
         MODEL_DIR=str(tmp_path / "models"),
     )
-    done = subprocess.run([*cli(), "push", "--once"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*cli(), "push", "--once"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(reference_ea.received) == 1
     after = await scrape(settings)
@@ -123,7 +132,7 @@ async def test_metrics_answer_while_the_database_is_down(settings_for):
 
 
 async def test_a_failed_retrain_shows_in_health_and_is_counted(db_url, settings_for):
-    from mt5_pipeline.model import InsufficientDataError, train_model
+    from mt5_pipeline.learning.training import InsufficientDataError, train_model
 
     settings = settings_for(db_url, API_KEYS=KEYS, EA_PUSH_ENABLED="false")
     samples = await scrape(settings)
@@ -141,12 +150,14 @@ async def test_a_failed_retrain_shows_in_health_and_is_counted(db_url, settings_
 
 
 async def test_health_reports_the_champions_age_and_the_last_retrain(sqlite_url, settings_for):
-    from mt5_pipeline.features import update_features
-    from mt5_pipeline.ingest import ingest_candles
-    from mt5_pipeline.model import train_model
-    from mt5_pipeline.sample_data import generate_candles, minutes_ago
+    from mt5_pipeline.learning.features import update_features
+    from mt5_pipeline.learning.training import train_model
+    from mt5_pipeline.market.ingest import ingest_candles
+    from mt5_pipeline.market.sample_data import generate_candles, minutes_ago
 
-    settings = settings_for(sqlite_url, API_KEYS=KEYS, EA_PUSH_ENABLED="false", RF_N_ESTIMATORS=5, RF_MIN_SAMPLES_LEAF=20)
+    settings = settings_for(
+        sqlite_url, API_KEYS=KEYS, EA_PUSH_ENABLED="false", RF_N_ESTIMATORS=5, RF_MIN_SAMPLES_LEAF=20
+    )
     ingest_candles(sqlite_url, "EURUSD", "M1", generate_candles(3000, end=minutes_ago(1), with_weekends=False, seed=7))
     update_features(sqlite_url, "EURUSD", "M1")
     champion = train_model(settings, force=True)

@@ -16,7 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from pydantic import BaseModel
 from schemathesis import GenerationMode
-from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from mt5_pipeline.api import requests, responses
@@ -67,7 +71,9 @@ def test_schema_validates_against_openapi_3_1(api_settings):
 
 def test_schema_describes_every_route_and_nothing_else(api_settings):
     spec = _served(api_settings)
-    served = {(path, method.lower()) for route in ROUTES for path in [route.path] for method in route.methods - {"HEAD"}}
+    served = {
+        (path, method.lower()) for route in ROUTES for path in [route.path] for method in route.methods - {"HEAD"}
+    }
     documented = {(path, method) for path, ops in spec["paths"].items() for method in ops}
     assert documented == served
     for path, ops in spec["paths"].items():
@@ -102,7 +108,11 @@ def test_every_ref_resolves(api_settings):
 def test_security_matches_the_settings(sqlite_url, settings_for):
     closed = build_openapi(settings_for(sqlite_url))
     opened = build_openapi(settings_for(sqlite_url, METRICS_PUBLIC="true"))
-    assert closed["components"]["securitySchemes"]["ApiKeyAuth"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert closed["components"]["securitySchemes"]["ApiKeyAuth"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+    }
     assert closed["paths"]["/health"]["get"]["security"] == []
     assert closed["paths"]["/metrics"]["get"]["security"] == [{"ApiKeyAuth": []}]
     assert opened["paths"]["/metrics"]["get"]["security"] == []
@@ -135,7 +145,10 @@ def _models() -> dict[str, type[BaseModel]]:
         name: obj
         for module in (requests, responses)
         for name, obj in vars(module).items()
-        if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__ and not name.startswith("_")
+        if isinstance(obj, type)
+        and issubclass(obj, BaseModel)
+        and obj.__module__ == module.__name__
+        and not name.startswith("_")
     }
 
 
@@ -154,8 +167,12 @@ def test_the_components_are_exactly_the_models(api_settings):
     assert all(p["in"] == "query" and not p["required"] for p in params)
     # Each body a route takes or answers is the component of its model.
     ops = spec["paths"]
-    assert ops["/ingest"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/IngestRequest"}
-    assert ops["/ea/ack"]["post"]["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/AckResponse"}
+    assert ops["/ingest"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/IngestRequest"
+    }
+    assert ops["/ea/ack"]["post"]["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/AckResponse"
+    }
     assert components["IngestRequest"]["properties"]["candles"]["items"] == {"$ref": "#/components/schemas/Candle"}
     # Nothing is declared and left unused.
     text = json.dumps(spec)
@@ -182,7 +199,7 @@ ACCEPTED_SYMBOLS = ["XAUUSD#", "US30.cash", "EURUSD.m", "EURUSD", "BTC-USD", "EU
 def test_symbol_rule_is_the_same_in_the_document_the_validator_and_the_core(api_settings):
     """One rule, three places that apply it: the pattern the document states (read as
     re.fullmatch would), the API's validator behind the route, and the ingest core."""
-    from mt5_pipeline.ingest import CandleValidationError, validate_candles
+    from mt5_pipeline.market.ingest import CandleValidationError, validate_candles
 
     spec = _served(api_settings)
     schemas = spec["components"]["schemas"]
@@ -242,9 +259,11 @@ def test_timestamps_are_written_as_the_core_writes_them():
 @pytest.fixture
 def api_schema(db_url, settings_for, reference_ea):  # noqa: F811
     """The live app on both backends, with candles stored so the routes have something to work on."""
-    from mt5_pipeline.ingest import ingest_candles
+    from mt5_pipeline.market.ingest import ingest_candles
 
-    settings = settings_for(db_url, API_KEYS=KEYS, EA_SERVER_URL=reference_ea.url, EA_API_KEY=reference_ea.api_key, EA_REQUEST_TIMEOUT=2)
+    settings = settings_for(
+        db_url, API_KEYS=KEYS, EA_SERVER_URL=reference_ea.url, EA_API_KEY=reference_ea.api_key, EA_REQUEST_TIMEOUT=2
+    )
     ingest_candles(db_url, "EURUSD", "M1", bars(60))
     app = create_app(settings)
     with warnings.catch_warnings():
@@ -265,7 +284,9 @@ def test_no_server_error_for_any_generated_request(api_schema, mode):
     seen: dict[str, set[int]] = {}
     for operation in operations:
 
-        @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+        @settings(
+            max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+        )
         @given(case=operation.as_strategy(generation_mode=mode))
         def check(case):
             # Our key, whatever the negative mode did to the security header: the bodies are the target.
@@ -276,9 +297,13 @@ def test_no_server_error_for_any_generated_request(api_schema, mode):
             seen.setdefault(f"{case.method} {case.path}", set()).add(status)
             # 503 is documented for /ea/generate-signal (no model here); nothing else may be a 5xx.
             allowed_5xx = {503} if case.path == "/ea/generate-signal" else set()
-            assert status < 500 or status in allowed_5xx, f"{case.method} {case.path} -> {status}: {response.text[:500]}"
+            assert status < 500 or status in allowed_5xx, (
+                f"{case.method} {case.path} -> {status}: {response.text[:500]}"
+            )
             # And the document tells the truth: the status, content type and body are as described.
-            case.validate_response(response, checks=[status_code_conformance, content_type_conformance, response_schema_conformance])
+            case.validate_response(
+                response, checks=[status_code_conformance, content_type_conformance, response_schema_conformance]
+            )
 
         try:
             check()

@@ -29,7 +29,14 @@ async def _send(settings, method: str, path: str, body):
 INVALID = {
     "ingest: everything wrong at once": (
         "POST /ingest",
-        {"symbol": "EURUSD\n", "timeframe": "M2", "candles": [1, {}, "x"], "utc_offset_hours": "3", "digits": 9, "point": 2},
+        {
+            "symbol": "EURUSD\n",
+            "timeframe": "M2",
+            "candles": [1, {}, "x"],
+            "utc_offset_hours": "3",
+            "digits": 9,
+            "point": 2,
+        },
         "invalid ingest request",
         {
             "symbol": "letters, digits or . _ # -",
@@ -41,12 +48,22 @@ INVALID = {
             "point": "expected 1 or less",
         },
     ),
-    "ingest: nothing sent": ("POST /ingest", {}, "invalid ingest request", {"symbol": "field required", "timeframe": "field required", "candles": "field required"}),
+    "ingest: nothing sent": (
+        "POST /ingest",
+        {},
+        "invalid ingest request",
+        {"symbol": "field required", "timeframe": "field required", "candles": "field required"},
+    ),
     "ingest: no coercion": (
         "POST /ingest",
         {"symbol": 7, "timeframe": "M1", "candles": "[]", "utc_offset_hours": True, "digits": 2.0},
         "invalid ingest request",
-        {"symbol": "expected a string, got a number (7)", "candles": "expected an array", "utc_offset_hours": "got a boolean", "digits": "expected a whole number"},
+        {
+            "symbol": "expected a string, got a number (7)",
+            "candles": "expected an array",
+            "utc_offset_hours": "got a boolean",
+            "digits": "expected a whole number",
+        },
     ),
     "ingest: offset out of range, point against digits": (
         "POST /ingest",
@@ -58,9 +75,18 @@ INVALID = {
         "POST /ea/generate-signal",
         {"symbol": "EUR/USD", "timeframe": "m1", "force": "true"},
         "invalid signal request",
-        {"symbol": "letters, digits", "timeframe": "got a string ('m1')", "force": "expected true or false, got a string ('true')"},
+        {
+            "symbol": "letters, digits",
+            "timeframe": "got a string ('m1')",
+            "force": "expected true or false, got a string ('true')",
+        },
     ),
-    "generate-signal: null symbol": ("POST /ea/generate-signal", {"symbol": None}, "invalid signal request", {"symbol": "expected a string, got null"}),
+    "generate-signal: null symbol": (
+        "POST /ea/generate-signal",
+        {"symbol": None},
+        "invalid signal request",
+        {"symbol": "expected a string, got null"},
+    ),
     "ack: everything wrong at once": (
         "POST /ea/ack",
         {"signal_id": "", "ticket": 1.5, "status": "FILLED!", "message": "x" * 2001},
@@ -76,16 +102,31 @@ INVALID = {
         "POST /ea/ack",
         {"signal_id": 5, "ticket": "7", "status": True, "message": ["x"]},
         "invalid ack",
-        {"signal_id": "expected a string", "ticket": "got a string ('7')", "status": "got a boolean", "message": "got an array"},
+        {
+            "signal_id": "expected a string",
+            "ticket": "got a string ('7')",
+            "status": "got a boolean",
+            "message": "got an array",
+        },
     ),
-    "ack: ticket beyond BIGINT": ("POST /ea/ack", {"signal_id": "a", "ticket": 2**63, "status": "FILLED"}, "invalid ack", {"ticket": "expected less than"}),
+    "ack: ticket beyond BIGINT": (
+        "POST /ea/ack",
+        {"signal_id": "a", "ticket": 2**63, "status": "FILLED"},
+        "invalid ack",
+        {"ticket": "expected less than"},
+    ),
     "pull: everything wrong at once": (
         "GET /ea/signals?status=SENT&limit=5.0",
         None,
         "invalid query",
         {"query.status": "only PENDING can be pulled", "query.limit": "expected a whole number, got a string ('5.0')"},
     ),
-    "pull: limit out of range": ("GET /ea/signals?limit=1001", None, "invalid query", {"query.limit": "expected 1000 or less, got a number (1001)"}),
+    "pull: limit out of range": (
+        "GET /ea/signals?limit=1001",
+        None,
+        "invalid query",
+        {"query.limit": "expected 1000 or less, got a number (1001)"},
+    ),
     "pull: negative limit": ("GET /ea/signals?limit=-1", None, "invalid query", {"query.limit": "expected 1 or more"}),
 }
 
@@ -106,7 +147,9 @@ async def test_every_problem_is_a_422_detail_in_the_apis_words(api_settings, cas
 
 
 async def test_a_batch_of_non_objects_is_reported_up_to_the_limit(api_settings):
-    response = await _send(api_settings, "POST", "/ingest", {"symbol": "EURUSD", "timeframe": "M1", "candles": [0] * (MAX_DETAILS + 50)})
+    response = await _send(
+        api_settings, "POST", "/ingest", {"symbol": "EURUSD", "timeframe": "M1", "candles": [0] * (MAX_DETAILS + 50)}
+    )
     assert response.status_code == 422
     details = response.json()["details"]
     assert len(details) == MAX_DETAILS
@@ -117,12 +160,32 @@ ACCEPTED = {
     # null means "not sent"; fields the API does not know are ignored; case does not matter where it never did.
     "ingest with nulls and an unknown field": (
         "POST /ingest",
-        {"symbol": "US30.cash", "timeframe": "M1", "candles": [], "utc_offset_hours": None, "digits": None, "point": None, "pad": "x"},
+        {
+            "symbol": "US30.cash",
+            "timeframe": "M1",
+            "candles": [],
+            "utc_offset_hours": None,
+            "digits": None,
+            "point": None,
+            "pad": "x",
+        },
         200,
     ),
-    "ingest with an integer offset and point": ("POST /ingest", {"symbol": "XAUUSD#", "timeframe": "H1", "candles": [], "utc_offset_hours": 2, "digits": 0, "point": 1}, 200),
-    "generate-signal with nulls": ("POST /ea/generate-signal", {"symbol": "EURUSD", "timeframe": None, "force": None}, 503),  # no model here
-    "ack in lower case with nulls": ("POST /ea/ack", {"signal_id": "no-such-id", "ticket": None, "status": "filled", "message": None}, 404),
+    "ingest with an integer offset and point": (
+        "POST /ingest",
+        {"symbol": "XAUUSD#", "timeframe": "H1", "candles": [], "utc_offset_hours": 2, "digits": 0, "point": 1},
+        200,
+    ),
+    "generate-signal with nulls": (
+        "POST /ea/generate-signal",
+        {"symbol": "EURUSD", "timeframe": None, "force": None},
+        503,
+    ),  # no model here
+    "ack in lower case with nulls": (
+        "POST /ea/ack",
+        {"signal_id": "no-such-id", "ticket": None, "status": "filled", "message": None},
+        404,
+    ),
     "pull in lower case": ("GET /ea/signals?status=pending&limit=%201000%20", None, 200),
 }
 
@@ -139,7 +202,11 @@ def test_defaults_fill_what_was_not_sent():
     request = validate(GenerateSignalRequest, {"symbol": "EURUSD", "timeframe": None}, "signal request")
     assert (request.timeframe, request.force) == ("M1", False)
     candles = bars(2)
-    ingest = validate(IngestRequest, {"symbol": "EURUSD", "timeframe": "M1", "candles": candles, "utc_offset_hours": 3}, "ingest request")
+    ingest = validate(
+        IngestRequest,
+        {"symbol": "EURUSD", "timeframe": "M1", "candles": candles, "utc_offset_hours": 3},
+        "ingest request",
+    )
     assert ingest.utc_offset_hours == 3.0 and isinstance(ingest.utc_offset_hours, float)
     # The candles go to the core as they came: no copy per candle, no coercion.
     assert all(a is b for a, b in zip(ingest.candles, candles, strict=True))

@@ -16,7 +16,9 @@ from mt5_pipeline_tests.api_support import API_KEY, KEYS, OTHER_KEY, api_client
 
 pytestmark = pytest.mark.anyio
 
-PROTECTED = [(method, route.path) for route in ROUTES for method in sorted(route.methods - {"HEAD"}) if route.path != "/health"]
+PROTECTED = [
+    (method, route.path) for route in ROUTES for method in sorted(route.methods - {"HEAD"}) if route.path != "/health"
+]
 UNAUTHORIZED = {"success": False, "error": "invalid or missing API key"}
 
 
@@ -49,7 +51,9 @@ async def test_health_needs_no_key(api_settings):
 
 async def test_every_configured_key_works_for_rotation(api_settings):
     async with api_client(api_settings, auth=False) as client:
-        codes = [(await client.get("/openapi.json", headers={"X-API-Key": key})).status_code for key in (API_KEY, OTHER_KEY)]
+        codes = [
+            (await client.get("/openapi.json", headers={"X-API-Key": key})).status_code for key in (API_KEY, OTHER_KEY)
+        ]
         dev = await client.get("/openapi.json", headers={"X-API-Key": DEV_API_KEY})
     assert codes == [200, 200]
     # With API_KEYS set, the seed's example key no longer opens anything.
@@ -159,14 +163,20 @@ async def test_malformed_json_is_400(api_settings, path, content, fragment):
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
 async def test_nan_and_infinity_are_refused_naming_the_path(api_settings, token):
     content = (
-        '{"symbol": "EURUSD", "timeframe": "M1", "candles": ['
-        '{"time": 1729999980, "open": 1.1, "high": 1.2, "low": 1.0, "close": 1.1, "tick_volume": 1},'
-        '{"time": 1730000040, "open": 1.1, "high": TOKEN, "low": 1.0, "close": 1.1, "tick_volume": 1}]}'
-    ).replace("TOKEN", token).encode()
+        (
+            '{"symbol": "EURUSD", "timeframe": "M1", "candles": ['
+            '{"time": 1729999980, "open": 1.1, "high": 1.2, "low": 1.0, "close": 1.1, "tick_volume": 1},'
+            '{"time": 1730000040, "open": 1.1, "high": TOKEN, "low": 1.0, "close": 1.1, "tick_volume": 1}]}'
+        )
+        .replace("TOKEN", token)
+        .encode()
+    )
     response = await _post(api_settings, "/ingest", content)
     assert response.status_code == 422
     body = response.json()
-    assert body["details"] == [{"loc": "candles[1].high", "message": f"{token} is not allowed: JSON numbers must be finite"}]
+    assert body["details"] == [
+        {"loc": "candles[1].high", "message": f"{token} is not allowed: JSON numbers must be finite"}
+    ]
 
 
 async def test_duplicate_keys_are_refused_naming_the_path(api_settings):
@@ -189,13 +199,43 @@ async def test_body_must_be_an_object(api_settings, content):
 
 
 _CANDLES = '[{"time": 1729999980, "open": 1.1, "high": 1.2, "low": 1.0, "close": 1.1, "tick_volume": 1}, {"time": TIME, "open": OPEN, "high": 1.2, "low": LOW, "close": 1.1, "tick_volume": VOLUME}]'
-_HOSTILE = {"subnormal": "5e-324", "huge float": "1e308", "overflowing float": "1e400", "400 digits": "9" * 400, "5000 digits": "9" * 5000}
+_HOSTILE = {
+    "subnormal": "5e-324",
+    "huge float": "1e308",
+    "overflowing float": "1e400",
+    "400 digits": "9" * 400,
+    "5000 digits": "9" * 5000,
+}
 # (route, body with one hole, the field the answer must name)
 _HOLES = [
-    ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "candles": ' + _CANDLES.replace("TIME", "X").replace("OPEN", "1.1").replace("LOW", "1.0").replace("VOLUME", "1") + "}", "candles[1].time"),
-    ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "candles": ' + _CANDLES.replace("TIME", "1730000040").replace("OPEN", "1.1").replace("LOW", "X").replace("VOLUME", "1") + "}", "candles[1].low"),
-    ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "candles": ' + _CANDLES.replace("TIME", "1730000040").replace("OPEN", "X").replace("LOW", "1.0").replace("VOLUME", "1") + "}", "candles[1]"),
-    ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "candles": ' + _CANDLES.replace("TIME", "1730000040").replace("OPEN", "1.1").replace("LOW", "1.0").replace("VOLUME", "X") + "}", "candles[1]"),
+    (
+        "/ingest",
+        '{"symbol": "EURUSD", "timeframe": "M1", "candles": '
+        + _CANDLES.replace("TIME", "X").replace("OPEN", "1.1").replace("LOW", "1.0").replace("VOLUME", "1")
+        + "}",
+        "candles[1].time",
+    ),
+    (
+        "/ingest",
+        '{"symbol": "EURUSD", "timeframe": "M1", "candles": '
+        + _CANDLES.replace("TIME", "1730000040").replace("OPEN", "1.1").replace("LOW", "X").replace("VOLUME", "1")
+        + "}",
+        "candles[1].low",
+    ),
+    (
+        "/ingest",
+        '{"symbol": "EURUSD", "timeframe": "M1", "candles": '
+        + _CANDLES.replace("TIME", "1730000040").replace("OPEN", "X").replace("LOW", "1.0").replace("VOLUME", "1")
+        + "}",
+        "candles[1]",
+    ),
+    (
+        "/ingest",
+        '{"symbol": "EURUSD", "timeframe": "M1", "candles": '
+        + _CANDLES.replace("TIME", "1730000040").replace("OPEN", "1.1").replace("LOW", "1.0").replace("VOLUME", "X")
+        + "}",
+        "candles[1]",
+    ),
     ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "utc_offset_hours": X, "candles": []}', "utc_offset_hours"),
     ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "digits": X, "candles": []}', "digits"),
     ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "point": X, "candles": []}', "point"),
@@ -332,7 +372,12 @@ async def test_ack_request_is_checked_field_by_field(api_settings, body, locs):
 
 @pytest.mark.parametrize(
     ("query", "locs"),
-    [("?status=SENT", {"query.status"}), ("?limit=0", {"query.limit"}), ("?limit=abc", {"query.limit"}), ("?limit=100000", {"query.limit"})],
+    [
+        ("?status=SENT", {"query.status"}),
+        ("?limit=0", {"query.limit"}),
+        ("?limit=abc", {"query.limit"}),
+        ("?limit=100000", {"query.limit"}),
+    ],
 )
 async def test_pull_query_is_checked(api_settings, query, locs):
     async with api_client(api_settings) as client:

@@ -93,7 +93,9 @@ def test_seed_curl_commands_work_against_serve(served, reference_ea):  # noqa: F
 def test_serve_ingests_and_reports_health(served):
     proc, base, port, url, _ = served
     headers = {"X-API-Key": DEV_API_KEY}
-    response = httpx.post(base + "/ingest", json={"symbol": "EURUSD", "timeframe": "M1", "candles": bars(50)}, headers=headers, timeout=30)
+    response = httpx.post(
+        base + "/ingest", json={"symbol": "EURUSD", "timeframe": "M1", "candles": bars(50)}, headers=headers, timeout=30
+    )
     assert response.status_code == 200, response.text
     assert response.json() == {"success": True, "received": 50, "inserted": 50, "updated": 0, "unchanged": 0}
     health = httpx.get(base + "/health", timeout=30).json()
@@ -113,8 +115,10 @@ def test_serve_refuses_an_oversized_body_before_it_arrives(served):
     proc, base, port, url, _ = served
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(
-            b"POST /ingest HTTP/1.1\r\nHost: x\r\nX-API-Key: " + DEV_API_KEY.encode()
-            + b"\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n" + b"[" * 1000
+            b"POST /ingest HTTP/1.1\r\nHost: x\r\nX-API-Key: "
+            + DEV_API_KEY.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n"
+            + b"[" * 1000
         )
         started = time.monotonic()
         reply = b""
@@ -142,7 +146,7 @@ def test_serve_refuses_to_start_in_production_with_the_example_key(tmp_path):
 
 def test_push_and_ack_round_trip_through_serve(tmp_path):
     """serve pushes to the reference EA, which acks back to serve's /ea/ack: the signal ends ACKED."""
-    from mt5_pipeline import queue
+    from mt5_pipeline.signals import queue
     from mt5_pipeline_tests.ea_server import ReferenceEA
 
     url = f"sqlite:///{tmp_path / 'mt5.db'}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mt5_pipeline import queue
+from mt5_pipeline.signals import queue
 from mt5_pipeline.storage.trades import get_trades
 from mt5_pipeline_tests.api_support import KEYS, api_client, make_signal
 
@@ -39,7 +39,14 @@ def _open(ticket: int, signal_id: str | None, **extra) -> dict:
 
 
 def _close(ticket: int, signal_id: str | None, **extra) -> dict:
-    closing = {"close_time": 1730000000 + 3600, "close_price": 1.08412, "exit_reason": "tp", "profit": 40.0, "swap": -0.5, "commission": -0.7}
+    closing = {
+        "close_time": 1730000000 + 3600,
+        "close_price": 1.08412,
+        "exit_reason": "tp",
+        "profit": 40.0,
+        "swap": -0.5,
+        "commission": -0.7,
+    }
     return _open(ticket, signal_id, **{**closing, **extra})
 
 
@@ -74,7 +81,9 @@ async def test_open_then_close_upsert_one_row_and_a_repeat_changes_nothing(trade
 
 async def test_unknown_signal_is_kept_and_flagged(trade_settings, db_url):
     async with api_client(trade_settings) as client:
-        response = await client.post("/ea/trades", json={"trades": [_close(202, "no-such-signal"), _close(203, None, side="SELL")]})
+        response = await client.post(
+            "/ea/trades", json={"trades": [_close(202, "no-such-signal"), _close(203, None, side="SELL")]}
+        )
     body = response.json()
     assert response.status_code == 200 and body["flagged"] == 2 and body["inserted"] == 2
     rows = get_trades(db_url, [202, 203])
@@ -108,8 +117,22 @@ async def test_reconcile_records_unknown_positions_and_reports_missing_ones(trad
     async with api_client(trade_settings) as client:
         await client.post("/ea/trades", json={"trades": [_open(401, None), _open(402, None)]})
         terminal = [
-            {"ticket": 402, "symbol": "EURUSD", "side": "BUY", "volume": 0.1, "open_time": "2024-10-27T03:35:00Z", "open_price": 1.08012},
-            {"ticket": 403, "symbol": "EURUSD", "side": "SELL", "volume": 0.2, "open_time": "2024-10-27T03:40:00Z", "open_price": 1.08},
+            {
+                "ticket": 402,
+                "symbol": "EURUSD",
+                "side": "BUY",
+                "volume": 0.1,
+                "open_time": "2024-10-27T03:35:00Z",
+                "open_price": 1.08012,
+            },
+            {
+                "ticket": 403,
+                "symbol": "EURUSD",
+                "side": "SELL",
+                "volume": 0.2,
+                "open_time": "2024-10-27T03:40:00Z",
+                "open_price": 1.08,
+            },
         ]
         response = await client.post("/ea/reconcile", json={"magic": MAGIC, "account": 5000001, "positions": terminal})
         body = response.json()
@@ -125,9 +148,13 @@ async def test_reconcile_records_unknown_positions_and_reports_missing_ones(trad
         assert 'mt5_reconciliation_differences{kind="missing"} 1.0' in metrics
 
         # The bridge reports 401's close from the deals history: the next pass is in sync.
-        await client.post("/ea/trades", json={"trades": [_close(401, None, exit_reason="sl", close_price=1.07812, profit=-20.0)]})
+        await client.post(
+            "/ea/trades", json={"trades": [_close(401, None, exit_reason="sl", close_price=1.07812, profit=-20.0)]}
+        )
         terminal[1]["magic"] = MAGIC
-        again = (await client.post("/ea/reconcile", json={"magic": MAGIC, "account": 5000001, "positions": terminal})).json()
+        again = (
+            await client.post("/ea/reconcile", json={"magic": MAGIC, "account": 5000001, "positions": terminal})
+        ).json()
         assert again["in_sync"] is True and again["unknown"] == [] and again["missing"] == []
         health = (await client.get("/health")).json()
         assert health["reconciliation"]["state"] == "in_sync"

@@ -6,16 +6,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mt5_pipeline.backtest import plot_equity, run_backtest, summarize
+from mt5_pipeline.learning.backtest import plot_equity, run_backtest, summarize
 
 # (open, high, low, close, spread in points); EURUSD, pip 0.0001, SL 20 / TP 40 pips, hold 3 bars.
 BARS = [
     (1.1000, 1.1005, 1.0995, 1.1000, 0),  # 0  BUY signal (p = 0.9)
-    (1.1000, 1.1010, 1.0990, 1.1005, 10),  # 1  A enters at the ask 1.1001 (bid 1.1000, 1 pip); SL 1.0981, TP 1.1041 on the bid
+    (
+        1.1000,
+        1.1010,
+        1.0990,
+        1.1005,
+        10,
+    ),  # 1  A enters at the ask 1.1001 (bid 1.1000, 1 pip); SL 1.0981, TP 1.1041 on the bid
     (1.1005, 1.1042, 1.1000, 1.1035, 0),  # 2  A: take-profit, bid +41, net +40
     (1.1035, 1.1040, 1.1025, 1.1030, 0),  # 3
     (1.1030, 1.1035, 1.1025, 1.1030, 0),  # 4  SELL signal (p = 0.1)
-    (1.1030, 1.1055, 1.0980, 1.1000, 20),  # 5  B sells at 1.1030, 2-pip spread; SL ask 1.1050 = bid 1.1048, TP ask 1.0990 = bid 1.0988, both touched: SL, bid -18, net -20
+    (
+        1.1030,
+        1.1055,
+        1.0980,
+        1.1000,
+        20,
+    ),  # 5  B sells at 1.1030, 2-pip spread; SL ask 1.1050 = bid 1.1048, TP ask 1.0990 = bid 1.0988, both touched: SL, bid -18, net -20
     (1.1000, 1.1005, 1.0995, 1.1000, 0),  # 6
     (1.1000, 1.1005, 1.0995, 1.1000, 0),  # 7
     (1.1000, 1.1005, 1.0995, 1.1000, 0),  # 8  BUY signal (p = 0.7)
@@ -35,8 +47,12 @@ def hand_made(settings_for, tmp_path):
     o, h, lo, c, spread = zip(*BARS, strict=True)
     ts = pd.date_range("2024-06-11 10:00", periods=len(BARS), freq="min", tz="UTC")
     candles = pd.DataFrame({"ts": ts, "open": o, "high": h, "low": lo, "close": c, "tick_volume": 10, "spread": spread})
-    predictions = pd.DataFrame({"symbol": "EURUSD", "ts": ts, "probability": [PROBABILITY.get(i, 0.5) for i in range(len(BARS))]})
-    settings = settings_for(f"sqlite:///{tmp_path / 'x.db'}", DEFAULT_SL_PIPS=20, DEFAULT_TP_PIPS=40, LABEL_MAX_HOLD_BARS=3)
+    predictions = pd.DataFrame(
+        {"symbol": "EURUSD", "ts": ts, "probability": [PROBABILITY.get(i, 0.5) for i in range(len(BARS))]}
+    )
+    settings = settings_for(
+        f"sqlite:///{tmp_path / 'x.db'}", DEFAULT_SL_PIPS=20, DEFAULT_TP_PIPS=40, LABEL_MAX_HOLD_BARS=3
+    )
     return candles, predictions, settings
 
 
@@ -68,7 +84,10 @@ def test_random_side_baseline_uses_the_same_times_and_a_fixed_seed(hand_made):
     again = run_backtest({"EURUSD": candles}, predictions, settings)
     pd.testing.assert_frame_equal(first.baseline_trades, again.baseline_trades)
     assert list(first.baseline_trades["entry_ts"]) == list(first.trades["entry_ts"])
-    sides = {tuple(run_backtest({"EURUSD": candles}, predictions, settings, seed=s).baseline_trades["side"]) for s in range(12)}
+    sides = {
+        tuple(run_backtest({"EURUSD": candles}, predictions, settings, seed=s).baseline_trades["side"])
+        for s in range(12)
+    }
     assert len(sides) > 1  # the sides really are drawn
     assert first.summary["baseline_random_trades"] == 3
 

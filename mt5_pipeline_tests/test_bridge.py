@@ -11,14 +11,14 @@ from itertools import pairwise
 import httpx
 import pytest
 
-from mt5_pipeline import queue
 from mt5_pipeline.bridge import orders
 from mt5_pipeline.bridge.fake_mt5 import FakeMT5
 from mt5_pipeline.clock import iso_z
-from mt5_pipeline.pusher import push_pending
+from mt5_pipeline.delivery.pusher import push_pending
+from mt5_pipeline.execution.trade_signal import Signal
 from mt5_pipeline.settings import Settings, SettingsError
+from mt5_pipeline.signals import queue
 from mt5_pipeline.storage.candles import read_candles
-from mt5_pipeline.trade_signal import Signal
 from mt5_pipeline_tests.bridge_support import EA_KEY, build_rig
 from mt5_pipeline_tests.ea_server import make_signal
 
@@ -256,7 +256,9 @@ def test_orders_sized_by_risk_lose_that_share_of_the_balance_at_the_stop(sqlite_
         assert volumes["EURUSD"] == 0.5  # 20 pips = 200 ticks x 1 USD per lot
         assert volumes["XAUUSD"] == 0.5  # 2.00 USD = 200 ticks x 1 USD per lot (100 oz)
         jpy = rig.mt5.requests[[r["symbol"] for r in rig.mt5.requests].index("USDJPY")]
-        loss_per_lot = abs(jpy["price"] - jpy["sl"]) / 0.001 * (100_000 * 0.001 / rig.mt5.symbol_info_tick("USDJPY").bid)
+        loss_per_lot = (
+            abs(jpy["price"] - jpy["sl"]) / 0.001 * (100_000 * 0.001 / rig.mt5.symbol_info_tick("USDJPY").bid)
+        )
         assert volumes["USDJPY"] == pytest.approx(int(100 / loss_per_lot * 100) / 100)  # rounded down to 0.01
     finally:
         rig.close()
@@ -291,7 +293,9 @@ def test_a_second_requote_is_not_final_and_the_next_push_trades_it_once(rig):
 def test_a_closed_market_is_rejected_with_the_retcode_and_acked_as_such(rig):
     rig.mt5.market_closed.add("USDJPY")
     [signal] = enqueue(rig, make_signal("USDJPY", side="SELL", price=151.2))
-    answer = httpx.post(rig.signals_url, json=signal, headers={"X-API-Key": EA_KEY, "Idempotency-Key": signal["signal_id"]}).json()
+    answer = httpx.post(
+        rig.signals_url, json=signal, headers={"X-API-Key": EA_KEY, "Idempotency-Key": signal["signal_id"]}
+    ).json()
     assert answer["success"] is False
     assert answer["retcode"] == 10018 and "Market is closed" in answer["description"]
     assert rig.bridge.acks.send_due() == 1
@@ -311,7 +315,9 @@ def test_the_pusher_marks_a_terminal_rejection_rejected(rig):
 
 
 def post(rig, body, key=EA_KEY):
-    return httpx.post(rig.signals_url, content=json.dumps(body), headers={"X-API-Key": key, "Content-Type": "application/json"})
+    return httpx.post(
+        rig.signals_url, content=json.dumps(body), headers={"X-API-Key": key, "Content-Type": "application/json"}
+    )
 
 
 def test_a_repeated_signal_id_gets_the_same_ticket_and_no_second_order(rig):
@@ -331,7 +337,9 @@ def test_an_expired_signal_is_refused_and_never_traded(rig):
     assert answer.json()["success"] is False and "expired" in answer.json()["message"]
     assert rig.mt5.requests == []
     assert rig.bridge.store.execution(signal["signal_id"])["status"] == "EXPIRED"
-    assert post(rig, {**signal, "expires_at": iso_z(rig.clock() + timedelta(hours=1))}).json()["success"] is False  # still refused
+    assert (
+        post(rig, {**signal, "expires_at": iso_z(rig.clock() + timedelta(hours=1))}).json()["success"] is False
+    )  # still refused
 
 
 def test_the_signals_server_checks_the_key_and_the_body(rig):
@@ -375,8 +383,19 @@ def test_an_interrupted_send_is_looked_up_not_sent_again(rig):
         rig.bridge.store.begin(Signal.from_payload(signal))  # the bridge died after this, during order_send
     tick = rig.mt5.symbol_info_tick("EURUSD")
     rig.mt5.order_send(
-        {"action": 1, "symbol": "EURUSD", "volume": 0.1, "type": 0, "price": tick.ask, "sl": 0.0, "tp": 0.0,
-         "deviation": 10, "magic": 4242, "comment": placed["signal_id"][:31], "type_filling": 0}
+        {
+            "action": 1,
+            "symbol": "EURUSD",
+            "volume": 0.1,
+            "type": 0,
+            "price": tick.ask,
+            "sl": 0.0,
+            "tp": 0.0,
+            "deviation": 10,
+            "magic": 4242,
+            "comment": placed["signal_id"][:31],
+            "type_filling": 0,
+        }
     )
     ticket = rig.mt5.requests and max(rig.mt5.positions)
     answer = post(rig, placed).json()
@@ -444,8 +463,15 @@ def test_bridge_settings_are_checked():
         Settings.from_env({"BRIDGE_RISK_PERCENT": "25"}, env_file=None)
     with pytest.raises(SettingsError, match="BRIDGE_UTC_OFFSET_HOURS"):
         Settings.from_env({"BRIDGE_UTC_OFFSET_HOURS": "20"}, env_file=None)
-    s = Settings.from_env({"BRIDGE_SYMBOLS": "EURUSD, XAUUSD", "BRIDGE_TIMEFRAMES": "m1,h1", "BRIDGE_UTC_OFFSET_HOURS": "3"}, env_file=None)
-    assert s.bridge_symbols == ("EURUSD", "XAUUSD") and s.bridge_timeframes == ("M1", "H1") and s.bridge_utc_offset_hours == 3
+    s = Settings.from_env(
+        {"BRIDGE_SYMBOLS": "EURUSD, XAUUSD", "BRIDGE_TIMEFRAMES": "m1,h1", "BRIDGE_UTC_OFFSET_HOURS": "3"},
+        env_file=None,
+    )
+    assert (
+        s.bridge_symbols == ("EURUSD", "XAUUSD")
+        and s.bridge_timeframes == ("M1", "H1")
+        and s.bridge_utc_offset_hours == 3
+    )
 
 
 # ---- as operators run it -------------------------------------------------------------------
@@ -465,7 +491,13 @@ def test_the_bridge_command_feeds_bars_and_trades_pushed_signals(tmp_path):
     url = f"sqlite:///{tmp_path / 'mt5.db'}"
     migrate.upgrade(url)
     api_port, bridge_port = free_port(), free_port()
-    common = {"DATABASE_URL": url, "MODEL_DIR": str(tmp_path / "models"), "API_KEYS": "k-api", "EA_API_KEY": "k-ea", "LOG_LEVEL": "INFO"}
+    common = {
+        "DATABASE_URL": url,
+        "MODEL_DIR": str(tmp_path / "models"),
+        "API_KEYS": "k-api",
+        "EA_API_KEY": "k-ea",
+        "LOG_LEVEL": "INFO",
+    }
     env = subprocess_env(
         **common,
         BRIDGE_API_URL=f"http://127.0.0.1:{api_port}",
@@ -476,7 +508,9 @@ def test_the_bridge_command_feeds_bars_and_trades_pushed_signals(tmp_path):
     )
     with serve_process(subprocess_env(**common, API_PORT=str(api_port)), api_port, tmp_path):
         log = open(tmp_path / "bridge.log", "wb")
-        proc = subprocess.Popen([*cli(), "bridge", "--fake"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [*cli(), "bridge", "--fake"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             base = f"http://127.0.0.1:{bridge_port}"
 
@@ -487,7 +521,9 @@ def test_the_bridge_command_feeds_bars_and_trades_pushed_signals(tmp_path):
                     return False
 
             assert wait_for(healthy, timeout=60), (tmp_path / "bridge.log").read_text()
-            assert wait_for(lambda: len(read_candles(url, "XAUUSD", "M1")) >= 30, timeout=30), (tmp_path / "bridge.log").read_text()
+            assert wait_for(lambda: len(read_candles(url, "XAUUSD", "M1")) >= 30, timeout=30), (
+                tmp_path / "bridge.log"
+            ).read_text()
             [signal] = [make_signal("EURUSD")]
             queue.enqueue(url, signal)
             settings = Settings.from_env({**common, "EA_SERVER_URL": f"{base}/signals"}, env_file=None)

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mt5_pipeline.apps.servers import BackgroundServer
 from mt5_pipeline.bridge import Bridge
 from mt5_pipeline.bridge.fake_mt5 import FakeMT5
-from mt5_pipeline.ea_client import EAClient
+from mt5_pipeline.delivery.ea_client import EAClient
 from mt5_pipeline.settings import Settings
 from mt5_pipeline_tests.bridge_support import API_KEY, build_rig
 
@@ -24,7 +24,9 @@ def rig(sqlite_url, tmp_path):
 
 def test_the_apis_connection_test_verifies_the_key_on_the_bridge(rig):
     # What `curl /ea/test-connection` shows a user: the probe is answered, not refused with 422.
-    answer = httpx.get(f"{rig.api_server.base_url}/ea/test-connection", headers={"X-API-Key": API_KEY}, timeout=10).json()
+    answer = httpx.get(
+        f"{rig.api_server.base_url}/ea/test-connection", headers={"X-API-Key": API_KEY}, timeout=10
+    ).json()
     assert answer["connected"] is True, answer
     assert answer["message"] == "✅ Connected"
     assert rig.mt5.requests == []  # a probe never reaches the terminal
@@ -38,7 +40,9 @@ def test_the_apis_connection_test_verifies_the_key_on_the_bridge(rig):
 
 def _metrics(base_url: str) -> dict[str, float]:
     text = httpx.get(f"{base_url}/metrics", timeout=10).text  # no key, like /health
-    return {f"{s.name}{s.labels or ''}": s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        f"{s.name}{s.labels or ''}": s.value for family in text_string_to_metric_families(text) for s in family.samples
+    }
 
 
 def test_metrics_show_the_terminal_state(rig):

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from mt5_pipeline import queue
 from mt5_pipeline.clock import as_utc, iso_z
+from mt5_pipeline.signals import queue
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import trades as trades_table
 from mt5_pipeline_tests.bridge_support import API_KEY, build_rig
@@ -28,7 +28,12 @@ def api_trades(url: str) -> dict[int, dict]:
 
 def signal(rig, side: str = "BUY", symbol: str = "EURUSD", **meta) -> dict:
     now = rig.clock()
-    body = make_signal(symbol, side=side, ts=now.replace(second=0, microsecond=0) - timedelta(minutes=1), expires_at=now + timedelta(minutes=5))
+    body = make_signal(
+        symbol,
+        side=side,
+        ts=now.replace(second=0, microsecond=0) - timedelta(minutes=1),
+        expires_at=now + timedelta(minutes=5),
+    )
     body["meta"].update(pip_size=0.0001 if symbol == "EURUSD" else 0.01, **meta)
     queue.enqueue(rig.url, body, now=now)
     return body
@@ -117,7 +122,9 @@ def test_a_trade_closed_while_the_bridge_was_down_is_reported_when_it_comes_back
     rig.bridge.close()
     pos = rig.mt5.positions[ticket]
     server_bar = int(rig.clock().timestamp()) + 7200 + 60
-    [deal] = rig.mt5.feed_bars("EURUSD", [(server_bar, pos.price_open, pos.price_open + 0.001, pos.sl - 0.0001, pos.price_open, 10, 0, 0)])
+    [deal] = rig.mt5.feed_bars(
+        "EURUSD", [(server_bar, pos.price_open, pos.price_open + 0.001, pos.sl - 0.0001, pos.price_open, 10, 0, 0)]
+    )
     assert deal.reason == rig.mt5.DEAL_REASON_SL
     rig.clock.advance(180)
     rig.api_server.start()
@@ -140,14 +147,43 @@ def test_reconciliation_records_unknown_positions_and_leaves_them_open(rig):
     # A position a person opened with the bridge's magic: no signal, no record.
     tick = rig.mt5.symbol_info_tick("EURUSD")
     result = rig.mt5.order_send(
-        {"action": 1, "symbol": "EURUSD", "volume": 0.05, "type": 0, "price": tick.ask, "deviation": 10, "magic": MAGIC, "comment": "by hand", "type_filling": 0}
+        {
+            "action": 1,
+            "symbol": "EURUSD",
+            "volume": 0.05,
+            "type": 0,
+            "price": tick.ask,
+            "deviation": 10,
+            "magic": MAGIC,
+            "comment": "by hand",
+            "type_filling": 0,
+        }
     )
     ticket = int(result.order)
     # Another one without the magic is none of the bridge's business.
-    rig.mt5.order_send({"action": 1, "symbol": "EURUSD", "volume": 0.05, "type": 0, "price": tick.ask, "deviation": 10, "magic": 0, "type_filling": 0})
+    rig.mt5.order_send(
+        {
+            "action": 1,
+            "symbol": "EURUSD",
+            "volume": 0.05,
+            "type": 0,
+            "price": tick.ask,
+            "deviation": 10,
+            "magic": 0,
+            "type_filling": 0,
+        }
+    )
     # The API believes in a trade this terminal does not hold.
     with httpx.Client(base_url=rig.api_server.base_url, headers={"X-API-Key": API_KEY}) as api:
-        ghost = {"ticket": 777, "symbol": "EURUSD", "side": "SELL", "volume": 0.1, "open_time": iso_z(rig.clock() - timedelta(hours=1)), "open_price": 1.08, "magic": MAGIC}
+        ghost = {
+            "ticket": 777,
+            "symbol": "EURUSD",
+            "side": "SELL",
+            "volume": 0.1,
+            "open_time": iso_z(rig.clock() - timedelta(hours=1)),
+            "open_price": 1.08,
+            "magic": MAGIC,
+        }
         assert api.post("/ea/trades", json={"trades": [ghost]}).status_code == 200
     rig.bridge.trade_reports.scan = lambda: 0  # compare before the history is read, as on a first start
     status = rig.bridge.reconciler.cycle()
@@ -166,7 +202,18 @@ def test_reconciliation_records_unknown_positions_and_leaves_them_open(rig):
     # A person closes the position: reported as manual, and the record is in sync again.
     pos = rig.mt5.positions[ticket]
     tick = rig.mt5.symbol_info_tick("EURUSD")
-    rig.mt5.order_send({"action": 1, "symbol": "EURUSD", "volume": pos.volume, "type": 1, "position": ticket, "price": tick.bid, "deviation": 10, "magic": 0})
+    rig.mt5.order_send(
+        {
+            "action": 1,
+            "symbol": "EURUSD",
+            "volume": pos.volume,
+            "type": 1,
+            "position": ticket,
+            "price": tick.bid,
+            "deviation": 10,
+            "magic": 0,
+        }
+    )
     del rig.bridge.trade_reports.scan
     rig.bridge.reconciler.cycle()
     assert api_trades(rig.url)[ticket]["exit_reason"] == "manual"
@@ -179,7 +226,9 @@ def test_a_position_due_at_the_bar_close_is_closed_before_the_next_signal_is_jud
     assert rig.bridge.executor.handle(first)[1]["success"]
     entry = rig.clock().replace(second=0, microsecond=0)
     rig.clock.now = entry + timedelta(minutes=2, seconds=1)  # the 2nd bar has just closed; no loop ran
-    code, answer = rig.bridge.executor.handle(signal(rig, "SELL", max_hold_bars=2, entry_policy="one_per_symbol_timeframe"))
+    code, answer = rig.bridge.executor.handle(
+        signal(rig, "SELL", max_hold_bars=2, entry_policy="one_per_symbol_timeframe")
+    )
     assert answer["success"], answer
     assert first_ticket(rig, first) not in rig.mt5.positions
     rig.bridge.reconciler.cycle()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from mt5_pipeline.ingest import ingest_candles
+from mt5_pipeline.market.ingest import ingest_candles
 from mt5_pipeline.storage.bulk import CopyColumn, encode_copy_rows, text_column, write_frame
 from mt5_pipeline.storage.candles import list_symbols, newest_bars, read_candles
 from mt5_pipeline.storage.engine import get_engine
@@ -26,7 +26,16 @@ def minute(i: int) -> datetime:
 def load(url: str, symbol: str = "EURUSD", n: int = 10, timeframe: str = "M1", now: datetime = NOW) -> None:
     step = {"M1": 1, "M5": 5}[timeframe]
     rows = [
-        {"time": int(minute(i * step).timestamp()), "open": 1.1 + i / 1e4, "high": 1.2, "low": 1.0, "close": 1.1, "tick_volume": i, "spread": 1, "real_volume": 2 * i}
+        {
+            "time": int(minute(i * step).timestamp()),
+            "open": 1.1 + i / 1e4,
+            "high": 1.2,
+            "low": 1.0,
+            "close": 1.1,
+            "tick_volume": i,
+            "spread": 1,
+            "real_volume": 2 * i,
+        }
         for i in range(n)
     ]
     ingest_candles(url, symbol, timeframe, rows, now=now)
@@ -35,7 +44,17 @@ def load(url: str, symbol: str = "EURUSD", n: int = 10, timeframe: str = "M1", n
 def test_read_candles_bounds_are_inclusive_and_sorted(db_url):
     load(db_url)
     frame = read_candles(db_url, "EURUSD", "M1", minute(2), minute(5))
-    assert list(frame.columns) == ["ts", "open", "high", "low", "close", "tick_volume", "spread", "real_volume", "ingested_at"]
+    assert list(frame.columns) == [
+        "ts",
+        "open",
+        "high",
+        "low",
+        "close",
+        "tick_volume",
+        "spread",
+        "real_volume",
+        "ingested_at",
+    ]
     assert list(frame["ts"]) == [pd.Timestamp(minute(i)) for i in range(2, 6)]
     assert list(frame["tick_volume"]) == [2, 3, 4, 5] and list(frame["real_volume"]) == [4, 6, 8, 10]
     assert frame["open"].tolist() == [1.1 + i / 1e4 for i in range(2, 6)]
@@ -86,7 +105,9 @@ def test_ingested_times_compare_with_sqlalchemy_queries(db_url):
     load(db_url)
     with get_engine(db_url).connect() as conn:
         found = conn.execute(select(candles.c.ts, candles.c.ingested_at).where(candles.c.ts == minute(3))).all()
-        later = conn.execute(select(candles.c.ts).where(candles.c.ts > minute(7)).order_by(candles.c.ts)).scalars().all()
+        later = (
+            conn.execute(select(candles.c.ts).where(candles.c.ts > minute(7)).order_by(candles.c.ts)).scalars().all()
+        )
     assert [(ts.astimezone(timezone.utc), at.astimezone(timezone.utc)) for ts, at in found] == [(minute(3), NOW)]
     assert [ts.astimezone(timezone.utc) for ts in later] == [minute(8), minute(9)]
 
@@ -137,18 +158,25 @@ def test_write_frame_upserts_with_nulls_booleans_text_and_times(db_url):
     stored = read_features(db_url)
     assert len(stored) == 13
     eur = stored[stored["symbol"] == "EURUSD"].reset_index(drop=True)
-    assert eur.loc[:2, "computed_at"].eq(pd.Timestamp(later)).all() and eur.loc[3:, "computed_at"].eq(pd.Timestamp(NOW)).all()
+    assert (
+        eur.loc[:2, "computed_at"].eq(pd.Timestamp(later)).all()
+        and eur.loc[3:, "computed_at"].eq(pd.Timestamp(NOW)).all()
+    )
     assert eur.loc[1, "close"] == again.loc[1, "close"] and eur.loc[2, "rsi_14"] == -1.0
 
 
 def test_write_frame_writes_only_the_given_columns(db_url):
     write_frame(db_url, features_m1, feature_frame("EURUSD", 3, NOW), ["symbol", "timeframe", "ts"])
-    partial = feature_frame("EURUSD", 1, NOW)[["symbol", "timeframe", "ts", "feature_set_version", "source_ingested_at", "computed_at"]]
+    partial = feature_frame("EURUSD", 1, NOW)[
+        ["symbol", "timeframe", "ts", "feature_set_version", "source_ingested_at", "computed_at"]
+    ]
     partial = partial.assign(usable=True, rsi_14=55.5)
     assert write_frame(db_url, features_m1, partial, ["symbol", "timeframe", "ts"]) == 1
     row = read_features(db_url).iloc[0]
     assert row["rsi_14"] == 55.5 and row["usable"]
-    assert row["close"] == RAW_LEVEL_COLUMNS.index("close") and row["hour"] == len(RAW_LEVEL_COLUMNS) + FEATURE_COLUMNS.index("hour")
+    assert row["close"] == RAW_LEVEL_COLUMNS.index("close") and row["hour"] == len(
+        RAW_LEVEL_COLUMNS
+    ) + FEATURE_COLUMNS.index("hour")
 
 
 def test_write_frame_refuses_what_it_cannot_store_faithfully(db_url):
@@ -156,7 +184,9 @@ def test_write_frame_refuses_what_it_cannot_store_faithfully(db_url):
     with pytest.raises(ValueError, match="no column"):
         write_frame(db_url, features_m1, frame.assign(colour="red"), ["symbol", "timeframe", "ts"])
     with pytest.raises(ValueError, match="timezone-aware"):
-        write_frame(db_url, features_m1, frame.assign(ts=frame["ts"].dt.tz_localize(None)), ["symbol", "timeframe", "ts"])
+        write_frame(
+            db_url, features_m1, frame.assign(ts=frame["ts"].dt.tz_localize(None)), ["symbol", "timeframe", "ts"]
+        )
     assert write_frame(db_url, features_m1, frame.iloc[0:0], ["symbol", "timeframe", "ts"]) == 0
 
 

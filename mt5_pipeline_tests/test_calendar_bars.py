@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from mt5_pipeline.bars import bar_close, closed_only, is_closed
-from mt5_pipeline.ingest import CandleValidationError, validate_candles
-from mt5_pipeline.signals import signal_expires_at, too_late
+from mt5_pipeline.market.ingest import CandleValidationError, validate_candles
+from mt5_pipeline.signals.generation import signal_expires_at, too_late
 from mt5_pipeline.storage.candles import newest_closed_in_batch
 
 
@@ -38,7 +38,9 @@ def test_a_31_day_month_is_not_closed_a_day_early():
 
 def test_closed_only_drops_the_forming_month():
     frame = pd.DataFrame({"ts": pd.to_datetime([JAN, FEB], utc=True), "close": [1.0, 1.1]})
-    assert list(closed_only(frame, "MN1", now=JAN + timedelta(days=30, hours=12))["ts"]) == [pd.Timestamp(JAN)]  # only JAN kept by "a later bar exists"
+    assert list(closed_only(frame, "MN1", now=JAN + timedelta(days=30, hours=12))["ts"]) == [
+        pd.Timestamp(JAN)
+    ]  # only JAN kept by "a later bar exists"
     assert closed_only(frame.iloc[[1]], "MN1", now=MAR - timedelta(hours=1)).empty
     assert len(closed_only(frame.iloc[[1]], "MN1", now=MAR)) == 1
 
@@ -57,7 +59,9 @@ def test_the_feed_age_limit_allows_two_long_months(settings):
 
 
 def _batch(ts: list[datetime], timeframe: str, offset_hours: float = 0.0):
-    rows = [{"time": int(t.timestamp()), "open": 1.1, "high": 1.2, "low": 1.0, "close": 1.1, "tick_volume": 1} for t in ts]
+    rows = [
+        {"time": int(t.timestamp()), "open": 1.1, "high": 1.2, "low": 1.0, "close": 1.1, "tick_volume": 1} for t in ts
+    ]
     return validate_candles("EURUSD", timeframe, rows, now=utc(2025, 6, 1), utc_offset_hours=offset_hours)
 
 
@@ -78,7 +82,7 @@ def test_w1_bars_open_on_the_brokers_sunday():
 
 
 def test_the_worker_looks_every_minute_for_bars_on_the_brokers_day(settings_for, sqlite_url):
-    from mt5_pipeline.live import LiveWorker
+    from mt5_pipeline.signals.live import LiveWorker
 
     worker = LiveWorker(settings_for(sqlite_url, live_close_grace_seconds=2))
     worker._timeframes, worker._timeframes_read_at = ["H4", "MN1"], float("inf")

@@ -6,8 +6,8 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.sample_data import generate_candles
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("mt5-pipeline"))
@@ -34,11 +34,15 @@ def test_the_seeds_training_scripts_train_a_model(tmp_path):
     closed = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=1)
     ingest_candles(env["DATABASE_URL"], "EURUSD", "M1", generate_candles(3000, end=closed, with_weekends=False))
 
-    prepared = subprocess.run([sys.executable, "prepare_dataset.py"], cwd=ROOT / "ml", env=env, capture_output=True, text=True, timeout=120)
+    prepared = subprocess.run(
+        [sys.executable, "prepare_dataset.py"], cwd=ROOT / "ml", env=env, capture_output=True, text=True, timeout=120
+    )
     assert prepared.returncode == 0, prepared.stderr
     assert "EURUSD M1: 3000 feature rows written" in prepared.stdout
 
-    trained = subprocess.run([sys.executable, "train_model.py"], cwd=ROOT / "ml", env=env, capture_output=True, text=True, timeout=300)
+    trained = subprocess.run(
+        [sys.executable, "train_model.py"], cwd=ROOT / "ml", env=env, capture_output=True, text=True, timeout=300
+    )
     assert trained.returncode == 0, trained.stderr
     assert "EURUSD M1: 0 feature rows written" in trained.stdout  # already up to date
     assert "trained" in trained.stdout and "out-of-sample AUC" in trained.stdout
@@ -73,4 +77,6 @@ def test_train_rejects_a_candidate_without_skill_and_force_promotes_it(tmp_path)
     assert listed.returncode == 0, listed.stderr
     lines = [line for line in listed.stdout.splitlines() if line.startswith((" *", "  "))]
     assert len(lines) == 2  # newest first: the forced champion, then the rejected candidate
-    assert "forced" in lines[0] and lines[0].startswith(" *") and "rejected" in lines[1] and not lines[1].startswith(" *")
+    assert (
+        "forced" in lines[0] and lines[0].startswith(" *") and "rejected" in lines[1] and not lines[1].startswith(" *")
+    )

@@ -89,7 +89,11 @@ def test_dagster_cli_validates_the_code_location(tmp_path):
     dagster = Path(sys.executable).with_name("dagster")
     proc = subprocess.run(
         [str(dagster), "definitions", "validate", "-m", "mt5_pipeline"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Validation successful" in proc.stdout + proc.stderr
@@ -115,7 +119,13 @@ def test_production_dagster_yaml_stores_runs_in_postgres(pg_server_url, monkeypa
     # A copy in a temp DAGSTER_HOME: the instance keeps run artifacts beside its config.
     shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
     url = make_url(pg_server_url)
-    for name, value in {"USER": url.username, "PASSWORD": url.password or "", "HOST": url.host, "DB": url.database, "PORT": str(url.port or 5432)}.items():
+    for name, value in {
+        "USER": url.username,
+        "PASSWORD": url.password or "",
+        "HOST": url.host,
+        "DB": url.database,
+        "PORT": str(url.port or 5432),
+    }.items():
         monkeypatch.setenv(f"DAGSTER_PG_{name}", value)
 
     @dg.asset

@@ -12,7 +12,11 @@ CLI = str(Path(sys.executable).with_name("mt5-pipeline"))
 
 
 def _run_demo(cwd: Path) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DAGSTER_HOME", "MODEL_DIR", "EA_", "API_", "SIGNAL_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_URL", "DAGSTER_HOME", "MODEL_DIR", "EA_", "API_", "SIGNAL_"))
+    }
     proc = subprocess.run([CLI, "demo"], cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc.stdout

@@ -30,7 +30,13 @@ def test_dev_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     urls = [f"http://127.0.0.1:{api}/health", f"http://127.0.0.1:{ea}/health", f"http://127.0.0.1:{ui}/server_info"]
     # Its own process group, like a terminal's foreground job receiving Ctrl-C.
     proc = subprocess.Popen(
-        [CLI, "dev", "--dagster-port", str(ui)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        [CLI, "dev", "--dagster-port", str(ui)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120

@@ -21,7 +21,10 @@ STORAGE = PACKAGE / "storage"
 
 # (module, finding) -> why it may stay outside storage.
 ALLOWED = {
-    ("mt5_pipeline/api/errors.py", "imports psycopg2"): "the API shell (another change's) maps a lost connection to 503 by the drivers' exception classes",
+    (
+        "mt5_pipeline/api/errors.py",
+        "imports psycopg2",
+    ): "the API shell (another change's) maps a lost connection to 503 by the drivers' exception classes",
     ("mt5_pipeline/api/errors.py", "imports psycopg"): "the same outage check, for psycopg 3",
 }
 
@@ -39,7 +42,11 @@ def _docstrings(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 ids.add(id(first.value))
     return ids
 
@@ -75,7 +82,12 @@ def dialect_decisions(source: str) -> set[str]:
                 found.add("calls get_backend_name")
             if any(k.arg == "dialect" and isinstance(k.value, ast.Constant) for k in node.keywords):
                 found.add("passes a dialect= hint")
-        if isinstance(node, ast.Attribute) and node.attr == "name" and isinstance(node.value, ast.Attribute) and node.value.attr == "dialect":
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr == "name"
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "dialect"
+        ):
             found.add("reads dialect.name")
         if isinstance(node, ast.Compare):
             operands = [node.left, *node.comparators]
@@ -99,13 +111,17 @@ def _outside_storage() -> list[Path]:
 def test_no_module_outside_storage_decides_by_database(path):
     rel = str(path.relative_to(ROOT))
     found = {f for f in dialect_decisions(path.read_text()) if (rel, f) not in ALLOWED}
-    assert not found, f"{rel}: {sorted(found)}; move the difference into mt5_pipeline/storage/ (e.g. storage/dialect.py)"
+    assert not found, (
+        f"{rel}: {sorted(found)}; move the difference into mt5_pipeline/storage/ (e.g. storage/dialect.py)"
+    )
 
 
 def test_every_allowance_is_still_needed():
     for (rel, finding), reason in ALLOWED.items():
         assert reason
-        assert finding in dialect_decisions((ROOT / rel).read_text()), f"{rel} no longer {finding}: drop it from ALLOWED"
+        assert finding in dialect_decisions((ROOT / rel).read_text()), (
+            f"{rel} no longer {finding}: drop it from ALLOWED"
+        )
 
 
 def test_the_check_sees_every_kind_of_decision():
@@ -137,9 +153,25 @@ def f(conn, url, cte, cur):
         "passes a dialect= hint",
         "writes PostgreSQL-only SQL",
     }
-    assert dialect_decisions('"""LISTEN/NOTIFY wakes the worker; COPY ... TO STDOUT."""\nlog = ", woken by LISTEN/NOTIFY"\n') == set()
+    assert (
+        dialect_decisions(
+            '"""LISTEN/NOTIFY wakes the worker; COPY ... TO STDOUT."""\nlog = ", woken by LISTEN/NOTIFY"\n'
+        )
+        == set()
+    )
 
     in_storage = set().union(*(dialect_decisions(p.read_text()) for p in _modules(STORAGE)))
-    assert {"calls is_postgres", "reads dialect.name", "imports sqlalchemy.dialects", "imports psycopg2", "writes PostgreSQL-only SQL"} <= in_storage
+    assert {
+        "calls is_postgres",
+        "reads dialect.name",
+        "imports sqlalchemy.dialects",
+        "imports psycopg2",
+        "writes PostgreSQL-only SQL",
+    } <= in_storage
     names = {str(p.relative_to(ROOT)) for p in _outside_storage()}
-    assert {"mt5_pipeline/features.py", "mt5_pipeline/queue.py", "mt5_pipeline/ingest.py", "mt5_pipeline/api/errors.py"} <= names
+    assert {
+        "mt5_pipeline/learning/features.py",
+        "mt5_pipeline/signals/queue.py",
+        "mt5_pipeline/market/ingest.py",
+        "mt5_pipeline/api/errors.py",
+    } <= names

@@ -64,7 +64,9 @@ def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
 
 
 def _ignored(name: str) -> bool:
-    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
+    ]
     return name in ("__pycache__",) or any(p.strip("*/").rstrip("/") == name for p in patterns)
 
 
@@ -77,7 +79,12 @@ def _copy(sources: list[str], dest: str, workdir: Path) -> list[Path]:
         assert src.exists(), f"COPY {source}: not in the build context"
         if src.is_dir():
             # COPY dir ./dir copies the directory's contents into dest.
-            shutil.copytree(src, target, dirs_exist_ok=True, ignore=lambda d, names: [n for n in names if _ignored(n) or n.endswith(".pyc")])
+            shutil.copytree(
+                src,
+                target,
+                dirs_exist_ok=True,
+                ignore=lambda d, names: [n for n in names if _ignored(n) or n.endswith(".pyc")],
+            )
             copied.append(target)
         else:
             where = target / src.name if into_dir else target
@@ -108,7 +115,9 @@ class ScratchImage:
         assert image_python, instructions[0]
         if image_python.group(1) != f"{sys.version_info.major}.{sys.version_info.minor}":
             pytest.skip(f"the image runs Python {image_python.group(1)}, this machine {sys.version.split()[0]}")
-        done = subprocess.run([sys.executable, "-m", "venv", str(self.venv)], capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "venv", str(self.venv)], capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr
         for word, args in instructions[1:]:
             if word == "ENV":
@@ -132,9 +141,18 @@ class ScratchImage:
                 # The image's pip is its only Python's: here, the venv's. PIP_NO_CACHE_DIR
                 # stays as the image sets it; skipping the .pyc compilation only saves time.
                 env = {**os.environ, "PIP_NO_COMPILE": "1", **self.env}
-                done = subprocess.run([str(self.bin / "python"), "-m", "pip", *words[1:]], cwd=self.workdir, env=env, capture_output=True, text=True, timeout=1200)
+                done = subprocess.run(
+                    [str(self.bin / "python"), "-m", "pip", *words[1:]],
+                    cwd=self.workdir,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=1200,
+                )
                 self.log.append(f"$ {part}\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
-                assert done.returncode == 0, f"RUN {part} failed in a scratch copy of the image's files:\n{done.stderr[-4000:]}"
+                assert done.returncode == 0, (
+                    f"RUN {part} failed in a scratch copy of the image's files:\n{done.stderr[-4000:]}"
+                )
             elif words[0] == "cp":
                 # The image copies dagster.yaml into DAGSTER_HOME: the file must be there already.
                 assert (self.workdir / words[1]).is_file(), f"RUN {part}: {words[1]} was not copied before this step"
@@ -159,7 +177,11 @@ def fresh_database() -> Iterator[str]:
 
 def app_services() -> dict[str, dict]:
     compose = yaml.safe_load(COMPOSE_FILE.read_text())
-    return {name: s for name, s in compose["services"].items() if s.get("build", {}).get("dockerfile") == "docker/Dockerfile"}
+    return {
+        name: s
+        for name, s in compose["services"].items()
+        if s.get("build", {}).get("dockerfile") == "docker/Dockerfile"
+    }
 
 
 def interpolate(value: str, values: dict[str, str]) -> str:
@@ -181,10 +203,15 @@ def service_env(image: ScratchImage, service: dict, database_url: str) -> dict[s
     url = make_url(database_url)
     values = {
         "DATABASE_URL": database_url,
-        "DAGSTER_PG_USER": url.username or "postgres", "DAGSTER_PG_PASSWORD": url.password or "",
-        "DAGSTER_PG_HOST": url.host or "127.0.0.1", "DAGSTER_PG_DB": url.database, "DAGSTER_PG_PORT": str(url.port or 5432),
-        "API_KEYS": "image-test-api-key", "EA_API_KEY": "image-test-ea-key",
-        "EA_SERVER_IP": "127.0.0.1", "EA_SERVER_PORT": str(free_port()),
+        "DAGSTER_PG_USER": url.username or "postgres",
+        "DAGSTER_PG_PASSWORD": url.password or "",
+        "DAGSTER_PG_HOST": url.host or "127.0.0.1",
+        "DAGSTER_PG_DB": url.database,
+        "DAGSTER_PG_PORT": str(url.port or 5432),
+        "API_KEYS": "image-test-api-key",
+        "EA_API_KEY": "image-test-ea-key",
+        "EA_SERVER_IP": "127.0.0.1",
+        "EA_SERVER_PORT": str(free_port()),
     }
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")}
     env.update(image.env)
@@ -210,7 +237,10 @@ def service_command(image: ScratchImage, service: dict, **replace: str) -> tuple
     words = shlex.split(command) if isinstance(command, str) else [str(w) for w in command]
     app = Path(image.app_dir)
     replace = {"0.0.0.0": "127.0.0.1", **replace}  # a test binds loopback only
-    words = [str(image.workdir / Path(w).relative_to(app)) if w.startswith(str(app) + "/") else replace.get(w, w) for w in words]
+    words = [
+        str(image.workdir / Path(w).relative_to(app)) if w.startswith(str(app) + "/") else replace.get(w, w)
+        for w in words
+    ]
     assert (image.bin / words[0]).exists(), f"{words[0]} is not installed in the image"
     words[0] = str(image.bin / words[0])
     working_dir = service.get("working_dir", image.app_dir)
@@ -222,7 +252,13 @@ def service_command(image: ScratchImage, service: dict, **replace: str) -> tuple
 def test_the_dependency_layer_installs_from_what_was_copied_before_it(image):
     # Reaching here means every pip install of the Dockerfile succeeded on exactly the files
     # copied before it; the package then comes from the image's own install, not the checkout.
-    done = subprocess.run([str(image.bin / "python"), "-c", "import mt5_pipeline; print(mt5_pipeline.__file__)"], cwd=image.base, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(image.bin / "python"), "-c", "import mt5_pipeline; print(mt5_pipeline.__file__)"],
+        cwd=image.base,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()).is_relative_to(image.venv)
     print(f"scratch image built in {image.seconds:.0f} s")  # type: ignore[attr-defined]
@@ -230,7 +266,9 @@ def test_the_dependency_layer_installs_from_what_was_copied_before_it(image):
 
 def test_every_compose_service_of_the_image_starts(image, fresh_database):
     services = app_services()
-    assert {"migrate", "api", "dagster-webserver", "dagster-daemon", "ea-pusher", "live-signals", "ml-trainer"} <= set(services)
+    assert {"migrate", "api", "dagster-webserver", "dagster-daemon", "ea-pusher", "live-signals", "ml-trainer"} <= set(
+        services
+    )
     ran = []
 
     def run(name: str, extra: list[str] | None = None, **replace: str) -> subprocess.CompletedProcess:
@@ -287,7 +325,14 @@ def _docker_engine() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
 
 
-@pytest.mark.skipif(not _docker_engine(), reason="no Docker engine here (client only, or none): the scratch build above stands in")
+@pytest.mark.skipif(
+    not _docker_engine(), reason="no Docker engine here (client only, or none): the scratch build above stands in"
+)
 def test_docker_build():
-    done = subprocess.run(["docker", "build", "-f", str(DOCKERFILE), "-t", "mt5-pipeline:test", str(ROOT)], capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        ["docker", "build", "-f", str(DOCKERFILE), "-t", "mt5-pipeline:test", str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stderr[-4000:]

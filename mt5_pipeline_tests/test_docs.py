@@ -11,7 +11,15 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from mt5_pipeline.settings import DEV_API_KEY, MUST_SET, Settings, SettingsError, config_markdown, documented_variables, env_example
+from mt5_pipeline.settings import (
+    DEV_API_KEY,
+    MUST_SET,
+    Settings,
+    SettingsError,
+    config_markdown,
+    documented_variables,
+    env_example,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -20,7 +28,9 @@ CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
 PRODUCTION = (ROOT / "docs" / "production.md").read_text()
 COMPOSE = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
 # Variables of the containers themselves, not of the settings.
-INFRA_VARS = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "DAGSTER_HOME"} | {f"DAGSTER_PG_{k}" for k in ("USER", "PASSWORD", "HOST", "DB", "PORT")}
+INFRA_VARS = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "DAGSTER_HOME"} | {
+    f"DAGSTER_PG_{k}" for k in ("USER", "PASSWORD", "HOST", "DB", "PORT")
+}
 INFRA_PREFIXES = ("GF_",)  # Grafana's own settings
 
 
@@ -46,7 +56,16 @@ def test_configuration_table_is_the_generated_one():
 
 def test_compose_has_the_services_and_the_seed_commands():
     services = COMPOSE["services"]
-    assert {"db", "migrate", "api", "dagster-webserver", "dagster-daemon", "ea-pusher", "live-signals", "ml-trainer"} <= set(services)
+    assert {
+        "db",
+        "migrate",
+        "api",
+        "dagster-webserver",
+        "dagster-daemon",
+        "ea-pusher",
+        "live-signals",
+        "ml-trainer",
+    } <= set(services)
     assert services["live-signals"]["command"] == "mt5-pipeline live"
     assert services["db"]["image"].startswith("timescale/timescaledb")
     assert services["ea-pusher"]["command"] == "python run_ea_pusher.py"
@@ -82,7 +101,13 @@ def test_dockerfile_runs_as_non_root_with_a_dependency_layer():
 
 def test_systemd_units_exist_for_every_long_running_process():
     units = {p.name for p in (ROOT / "docker" / "systemd").glob("*.service")}
-    assert units == {"mt5-api.service", "mt5-ea-pusher.service", "mt5-live-signals.service", "mt5-dagster-daemon.service", "mt5-dagster-webserver.service"}
+    assert units == {
+        "mt5-api.service",
+        "mt5-ea-pusher.service",
+        "mt5-live-signals.service",
+        "mt5-dagster-daemon.service",
+        "mt5-dagster-webserver.service",
+    }
     for unit in units:
         text = (ROOT / "docker" / "systemd" / unit).read_text()
         assert "ExecStart=" in text and "EnvironmentFile=" in text
@@ -92,14 +117,22 @@ def test_systemd_units_exist_for_every_long_running_process():
 
 SYSTEMD = {p.name: p.read_text() for p in (ROOT / "docker" / "systemd").glob("*.service")}
 # The services that run the project's image (db, Prometheus and Grafana run their own).
-APP_SERVICES = {name for name, service in COMPOSE["services"].items() if (service.get("build") or {}).get("dockerfile") == "docker/Dockerfile"}
+APP_SERVICES = {
+    name
+    for name, service in COMPOSE["services"].items()
+    if (service.get("build") or {}).get("dockerfile") == "docker/Dockerfile"
+}
 
 
 def test_env_example_is_the_generated_production_one():
     assert (ROOT / ".env.example").read_text() == env_example(), "regenerate .env.example (see its first lines)"
     values = dotenv_values(ROOT / ".env.example")
     assert values["MT5_ENV"] == "production" and values["API_KEYS"] == "" and values["EA_API_KEY"] == ""
-    first = [line.split("=")[0] for line in (ROOT / ".env.example").read_text().splitlines() if line and not line.startswith("#")][: len(MUST_SET)]
+    first = [
+        line.split("=")[0]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    ][: len(MUST_SET)]
     assert first == list(MUST_SET)  # what a user must set comes first
 
 
@@ -118,7 +151,14 @@ def test_cp_env_example_then_db_upgrade_says_which_variable_to_set(tmp_path):
     shutil.copy(ROOT / ".env.example", tmp_path / ".env")
     env = {k: v for k, v in os.environ.items() if k not in {v.name for v in documented_variables()}}
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'mt5.db'}"
-    done = subprocess.run([str(Path(sys.executable).with_name("mt5-pipeline")), "db", "upgrade"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("mt5-pipeline")), "db", "upgrade"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "API_KEYS: must be set when MT5_ENV=production" in done.stderr and "EA_API_KEY" in done.stderr
     assert not (tmp_path / "mt5.db").exists()
@@ -138,14 +178,18 @@ def test_compose_publishes_dagster_on_loopback_only():
         for port in service.get("ports", []):
             published = str(port)
             if published.endswith(":3000"):
-                assert published.startswith("127.0.0.1:"), f"{name} publishes the Dagster UI beyond the host: {published}"
+                assert published.startswith("127.0.0.1:"), (
+                    f"{name} publishes the Dagster UI beyond the host: {published}"
+                )
     assert COMPOSE["services"]["dagster-webserver"]["ports"] == ["127.0.0.1:3000:3000"]
 
 
 def test_systemd_units_run_in_production_and_dagster_on_loopback():
     for name, text in SYSTEMD.items():
         assert "Environment=MT5_ENV=production" in text, name
-    webserver = next(line for line in SYSTEMD["mt5-dagster-webserver.service"].splitlines() if line.startswith("ExecStart="))
+    webserver = next(
+        line for line in SYSTEMD["mt5-dagster-webserver.service"].splitlines() if line.startswith("ExecStart=")
+    )
     assert " -h 127.0.0.1 " in webserver
 
 
@@ -211,7 +255,7 @@ def _answers_in_the_code() -> set[str]:
     bridge = (code / "bridge" / "executor.py").read_text()
     found = set(re.findall(r'GenerateResult\("(\w+)"', signals))
     found |= set(re.findall(r'"reason": "(\w+)"', routes + bridge))
-    found |= {"outage", "config_error"}  # ea_delivery in /health (mt5_pipeline.breaker)
+    found |= {"outage", "config_error"}  # ea_delivery in /health (mt5_pipeline.delivery.breaker)
     breaker = (code / "breaker.py").read_text()
     assert all(f'"{state}"' in breaker for state in ("outage", "config_error"))
     return found - {"queued"}
@@ -219,7 +263,16 @@ def _answers_in_the_code() -> set[str]:
 
 def test_one_troubleshooting_entry_per_answer_a_user_can_get():
     answers = _answers_in_the_code()
-    assert {"too_late", "stale_bar", "unknown_pip_size", "no_model", "stale_model", "model_mismatch", "neutral", "expired"} <= answers
+    assert {
+        "too_late",
+        "stale_bar",
+        "unknown_pip_size",
+        "no_model",
+        "stale_model",
+        "model_mismatch",
+        "neutral",
+        "expired",
+    } <= answers
     section = _troubleshooting()
     for answer in sorted(answers):
         assert f"`{answer}`" in section or f'"{answer}"' in section, f"no troubleshooting entry for {answer}"
@@ -231,7 +284,18 @@ def test_one_troubleshooting_entry_per_answer_a_user_can_get():
 
 def test_the_quick_start_names_ports_modes_and_ends_at_a_demo_order():
     start = README.split("## Quick start with a real terminal")[1].split("\n## ")[0]
-    for needle in ("18001", "8080", "push", "pull", "BRIDGE_API_URL", "EA_API_KEY", "API_KEYS", "test-connection", "demo order", "clock"):
+    for needle in (
+        "18001",
+        "8080",
+        "push",
+        "pull",
+        "BRIDGE_API_URL",
+        "EA_API_KEY",
+        "API_KEYS",
+        "test-connection",
+        "demo order",
+        "clock",
+    ):
         assert needle.lower() in start.lower(), needle
     checklist = start.split("### First-day checklist")[1]
     steps = re.findall(r"^(\d+)\. ", checklist, re.M)

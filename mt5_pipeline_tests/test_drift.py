@@ -8,16 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mt5_pipeline import drift, quality
-from mt5_pipeline.features import update_features
-from mt5_pipeline.indicators import MODEL_FEATURES
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.model import train_model
+from mt5_pipeline.learning import drift
+from mt5_pipeline.learning.features import update_features
+from mt5_pipeline.learning.indicators import MODEL_FEATURES
+from mt5_pipeline.learning.training import build_training_set, train_model
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles
+from mt5_pipeline.monitoring import quality
 from mt5_pipeline.orchestration.assets import features_m1, signals
 from mt5_pipeline.orchestration.checks import asset_checks
 from mt5_pipeline.orchestration.resources import resources_for
-from mt5_pipeline.sample_data import generate_candles
-from mt5_pipeline.training import build_training_set
 
 END = datetime(2024, 6, 12, 12, 0, tzinfo=timezone.utc)
 MODEL = {"RF_N_ESTIMATORS": 10, "PROMOTION_FORCE": "true"}
@@ -42,7 +42,9 @@ def test_psi_is_zero_for_the_same_distribution_and_large_for_a_shifted_one():
 
 def test_decision_shares():
     shares = drift.decision_shares(np.array([0.6, 0.4, 0.5, 0.55]), 0.55, 0.45)
-    assert shares == pytest.approx({"buy_share": 0.5, "sell_share": 0.25, "neutral_share": 0.25, "mean_probability": 0.5125})
+    assert shares == pytest.approx(
+        {"buy_share": 0.5, "sell_share": 0.25, "neutral_share": 0.25, "mean_probability": 0.5125}
+    )
 
 
 def test_the_signal_reference_is_kept_per_symbol():
@@ -51,7 +53,9 @@ def test_the_signal_reference_is_kept_per_symbol():
     symbols = np.array(["EURUSD"] * 100 + ["USDJPY"] * 100 + ["XAUUSD"] * 5)
     probability = np.concatenate([np.full(100, 0.7), np.full(100, 0.3), np.full(5, 0.5)])
     reference = drift.signal_reference(symbols, probability, 0.55, 0.45)
-    assert reference["by_symbol"]["EURUSD"]["buy_share"] == 1.0 and reference["by_symbol"]["USDJPY"]["sell_share"] == 1.0
+    assert (
+        reference["by_symbol"]["EURUSD"]["buy_share"] == 1.0 and reference["by_symbol"]["USDJPY"]["sell_share"] == 1.0
+    )
     assert reference["all"]["buy_share"] == pytest.approx(100 / 205) and reference["all"]["rows"] == 205
     assert "XAUUSD" not in reference["by_symbol"]  # 5 evaluation rows are no reference
     assert drift._signal_reference_for(reference, "EURUSD") == (reference["by_symbol"]["EURUSD"], "EURUSD")
@@ -85,11 +89,15 @@ def test_feature_and_signal_drift_against_the_champion(db_url, settings_for):
     training = build_training_set(settings).frame
     # Rows drawn across the whole training window: its distribution, so no drift. (One day
     # of it would differ already: the sample's volatility comes in clusters, as markets' does.)
-    in_sample = training[(training["symbol"] == "EURUSD") & (training["ts"] <= champion.window[1])].sample(1_440, random_state=0)
+    in_sample = training[(training["symbol"] == "EURUSD") & (training["ts"] <= champion.window[1])].sample(
+        1_440, random_state=0
+    )
 
     calm = drift.feature_drift(settings, "EURUSD", rows=in_sample)
     assert calm.passed and calm.values["max_psi"] < 0.1, calm.description
-    assert set(k for k in calm.values if k.startswith("psi/")) == {f"psi/{f}" for f in MODEL_FEATURES if f not in drift.CALENDAR_FEATURES}
+    assert set(k for k in calm.values if k.startswith("psi/")) == {
+        f"psi/{f}" for f in MODEL_FEATURES if f not in drift.CALENDAR_FEATURES
+    }
 
     _wild_day(db_url)
     update_features(db_url, "EURUSD", now=END + timedelta(days=1))
@@ -103,12 +111,15 @@ def test_feature_and_signal_drift_against_the_champion(db_url, settings_for):
 
     steady = drift.signal_drift(settings, "EURUSD", rows=in_sample)
     assert set(steady.values) >= {"live/buy_share", "reference/buy_share", "gap/neutral_share", "live/mean_probability"}
-    from mt5_pipeline.model_store import load_current
+    from mt5_pipeline.learning.model_store import load_current
 
     own = load_current(settings, "M1").meta["signal_reference"]["by_symbol"]["EURUSD"]
     assert steady.values["reference_is_symbol"] == 1.0 and steady.values["reference/buy_share"] == own["buy_share"]
     assert "(EURUSD)" in steady.description
-    assert abs(steady.values["live/mean_probability"] - steady.values["reference/mean_probability"]) < drift.MEAN_PROBABILITY_WARN
+    assert (
+        abs(steady.values["live/mean_probability"] - steady.values["reference/mean_probability"])
+        < drift.MEAN_PROBABILITY_WARN
+    )
     parted = drift.signal_drift(settings_for(db_url, **MODEL, **ALWAYS_DECIDE), "USDJPY")
     assert not parted.passed and parted.values["live/neutral_share"] < 0.01
     assert "neutral_share 0.00" in parted.description
@@ -123,15 +134,25 @@ def test_drift_shows_in_the_dagster_checks_and_the_materializations(sqlite_url, 
     instance.add_dynamic_partitions("symbols", ["EURUSD", "USDJPY"])
     resources = resources_for(settings, **MODEL, **ALWAYS_DECIDE)
 
-    result = dg.materialize([features_m1, *asset_checks], partition_key="EURUSD", instance=instance, resources=resources, selection=[features_m1])
+    result = dg.materialize(
+        [features_m1, *asset_checks],
+        partition_key="EURUSD",
+        instance=instance,
+        resources=resources,
+        selection=[features_m1],
+    )
     meta = result.asset_materializations_for_node("features_m1")[0].metadata
-    assert meta["drift/max_psi"].value > 0.25 and isinstance(meta["drift/psi/std_20"].value, float)  # plotted per symbol over time
+    assert meta["drift/max_psi"].value > 0.25 and isinstance(
+        meta["drift/psi/std_20"].value, float
+    )  # plotted per symbol over time
     assert meta["drift/status"].value == "warning" and "std_" in meta["drift/worst_features"].value
     evaluation = {e.check_name: e for e in result.get_asset_check_evaluations()}["features_m1_drift"]
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
     assert "EURUSD std_" in evaluation.metadata["worst_features"].value
 
-    result = dg.materialize([signals, *asset_checks], partition_key="USDJPY", instance=instance, resources=resources, selection=[signals])
+    result = dg.materialize(
+        [signals, *asset_checks], partition_key="USDJPY", instance=instance, resources=resources, selection=[signals]
+    )
     meta = result.asset_materializations_for_node("signals")[0].metadata
     assert meta["drift/live/neutral_share"].value < 0.01 and meta["drift/reference/neutral_share"].value > 0.2
     evaluation = {e.check_name: e for e in result.get_asset_check_evaluations()}["signals_drift"]

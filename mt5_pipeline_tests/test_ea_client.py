@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from mt5_pipeline.apps.servers import free_port
-from mt5_pipeline.ea_client import EAClient
+from mt5_pipeline.delivery.ea_client import EAClient
 from mt5_pipeline_tests.ea_server import ReferenceEA, ServerThread, make_signal
 
 

@@ -36,12 +36,19 @@ def test_a_valid_signal_opens_a_position_with_sl_and_tp(reference_ea, http):
     r1, r2 = post(http, reference_ea, buy), post(http, reference_ea, sell)
     assert r1.status_code == 200 and r1.json()["success"] is True and isinstance(r1.json()["ticket"], int)
     assert r2.json()["ticket"] == r1.json()["ticket"] + 1
-    positions = {p["symbol"]: p for p in http.get(f"{reference_ea.base_url}/positions", headers={"X-API-Key": reference_ea.api_key}).json()["positions"]}
+    positions = {
+        p["symbol"]: p
+        for p in http.get(f"{reference_ea.base_url}/positions", headers={"X-API-Key": reference_ea.api_key}).json()[
+            "positions"
+        ]
+    }
     assert positions["EURUSD"]["sl"] == pytest.approx(1.0980) and positions["EURUSD"]["tp"] == pytest.approx(1.1040)
     assert positions["USDJPY"]["sl"] == pytest.approx(150.20) and positions["USDJPY"]["tp"] == pytest.approx(149.60)
-    closed = http.post(f"{reference_ea.base_url}/prices", json={"symbol": "EURUSD", "price": 1.1041}, headers={"X-API-Key": reference_ea.api_key}).json()[
-        "closed"
-    ]
+    closed = http.post(
+        f"{reference_ea.base_url}/prices",
+        json={"symbol": "EURUSD", "price": 1.1041},
+        headers={"X-API-Key": reference_ea.api_key},
+    ).json()["closed"]
     assert [(c["status"], c["pips"]) for c in closed] == [("TP", 40.0)]
 
 
@@ -125,7 +132,15 @@ def test_acks_are_posted_back_with_the_api_key(http, tmp_path):
         signal = make_signal()
         ticket = post(http, ea, signal).json()["ticket"]
         assert wait_for(lambda: len(acks) == 1, timeout=10)
-        assert acks[0] == ("inbound-api-key", {"signal_id": signal["signal_id"], "ticket": ticket, "status": "FILLED", "message": "paper position opened"})
+        assert acks[0] == (
+            "inbound-api-key",
+            {
+                "signal_id": signal["signal_id"],
+                "ticket": ticket,
+                "status": "FILLED",
+                "message": "paper position opened",
+            },
+        )
         [line] = log_file.read_text().splitlines()
         assert json.loads(line)["signal"] == signal and json.loads(line)["ticket"] == ticket
     finally:
@@ -146,5 +161,9 @@ def test_a_gold_stop_is_never_placed_in_fx_pips(reference_ea, http):
     first, second = (p for p in reference_ea.ea.positions.values() if p["symbol"] == "XAUUSD")
     assert first["sl"] is None and first["tp"] is None
     assert second["sl"] == pytest.approx(2032.50) and second["tp"] == pytest.approx(2038.50)
-    closed = http.post(f"{reference_ea.base_url}/prices", json={"symbol": "XAUUSD", "price": 2040.0}, headers={"X-API-Key": reference_ea.api_key}).json()["closed"]
+    closed = http.post(
+        f"{reference_ea.base_url}/prices",
+        json={"symbol": "XAUUSD", "price": 2040.0},
+        headers={"X-API-Key": reference_ea.api_key},
+    ).json()["closed"]
     assert [c["ticket"] for c in closed] == [second["ticket"]]

@@ -13,9 +13,12 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from mt5_pipeline import contract, pips, queue
 from mt5_pipeline.bridge.fake_mt5 import FakeMT5
-from mt5_pipeline.pusher import push_pending
+from mt5_pipeline.delivery.pusher import push_pending
+from mt5_pipeline.execution import contract
+from mt5_pipeline.market import pips
+from mt5_pipeline.signals import queue
+from mt5_pipeline.storage import symbols as stored_symbols
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_ack, signals_queue
 from mt5_pipeline_tests.bridge_support import API_KEY, EA_KEY, build_rig
@@ -44,7 +47,22 @@ INSTRUMENTS = doc_table("## The pip")
 
 def test_the_doc_table_has_every_class_the_issue_names():
     classes = " ".join(r["class"] for r in INSTRUMENTS)
-    for word in ("major, 5", "major, 4", "yen, 3", "yen, 2", "exotic, 3", "exotic, 2", "gold, 2", "gold, 3", "silver, 3", "silver, 2", "index, 0", "index, 1", "index, 2", "crypto"):
+    for word in (
+        "major, 5",
+        "major, 4",
+        "yen, 3",
+        "yen, 2",
+        "exotic, 3",
+        "exotic, 2",
+        "gold, 2",
+        "gold, 3",
+        "silver, 3",
+        "silver, 2",
+        "index, 0",
+        "index, 1",
+        "index, 2",
+        "crypto",
+    ):
         assert word in classes
     assert len(INSTRUMENTS) >= 15
 
@@ -88,7 +106,11 @@ def test_the_stand_in_terminal_has_every_class_and_its_specs_match_the_table():
     FAKE.initialize()
     for row in INSTRUMENTS:
         info = FAKE.symbol_info(row["example"])
-        assert (info.digits, info.point, info.trade_tick_size) == (int(row["digits"]), pytest.approx(float(row["point"])), pytest.approx(float(row["tick size"])))
+        assert (info.digits, info.point, info.trade_tick_size) == (
+            int(row["digits"]),
+            pytest.approx(float(row["point"])),
+            pytest.approx(float(row["tick size"])),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +138,11 @@ def test_the_bridge_places_stops_at_the_core_pip_on_the_tick_grid_for_every_clas
     before = len(rig.mt5.requests)
     signals = {}
     for i, row in enumerate(ON_THE_FAKE):
-        signal = make_signal(row["example"], side="BUY" if i % 2 == 0 else "SELL", ts=datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=2 + with_meta))
+        signal = make_signal(
+            row["example"],
+            side="BUY" if i % 2 == 0 else "SELL",
+            ts=datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=2 + with_meta),
+        )
         signal.update(sl_pips=200, tp_pips=400)
         if with_meta:
             # Not the terminal's own rule: the bridge must place what the signal says.
@@ -130,7 +156,11 @@ def test_the_bridge_places_stops_at_the_core_pip_on_the_tick_grid_for_every_clas
     for row in ON_THE_FAKE:
         signal = signals[row["example"]]
         req = requests[signal["signal_id"][:31]]
-        pip, tick, digits = float(row["pip"]) * (OBEYED if with_meta else 1), float(row["tick size"]), int(row["digits"])
+        pip, tick, digits = (
+            float(row["pip"]) * (OBEYED if with_meta else 1),
+            float(row["tick size"]),
+            int(row["digits"]),
+        )
         sign = 1 if signal["side"] == "BUY" else -1
         assert req["sl"] == pytest.approx(round(round((req["price"] - sign * 200 * pip) / tick) * tick, digits)), row
         assert req["tp"] == pytest.approx(round(round((req["price"] + sign * 400 * pip) / tick) * tick, digits)), row
@@ -143,8 +173,8 @@ def test_the_bridge_places_stops_at_the_core_pip_on_the_tick_grid_for_every_clas
 
 def test_the_bridge_tells_the_api_each_instruments_digits_and_point_so_gold_needs_no_pip_sizes(rig):
     assert rig.bridge.bars.cycle() > 0
-    assert pips.instrument(rig.url, "XAUUSD") == (2, 0.01)
-    assert pips.instrument(rig.url, "USDJPY") == (3, 0.001)
+    assert stored_symbols.instrument(rig.url, "XAUUSD") == (2, 0.01)
+    assert stored_symbols.instrument(rig.url, "USDJPY") == (3, 0.001)
     assert rig.api_settings.pip_sizes in ({}, None)
     assert pips.pip_size_for(rig.api_settings, rig.url, "XAUUSD") == 0.01
 
@@ -233,8 +263,22 @@ STARTS = ("PENDING", "SENT", "FAILED", "EXPIRED", "REJECTED", "ACKED")
 # contract's function is checked against the rule, not against itself.
 EXPECTED_AFTER = {
     "FILLED": dict.fromkeys(STARTS, "ACKED"),
-    "REJECTED": {"PENDING": "REJECTED", "SENT": "REJECTED", "FAILED": "REJECTED", "EXPIRED": "REJECTED", "REJECTED": "REJECTED", "ACKED": "ACKED"},
-    "EXPIRED": {"PENDING": "EXPIRED", "SENT": "EXPIRED", "FAILED": "EXPIRED", "EXPIRED": "EXPIRED", "REJECTED": "REJECTED", "ACKED": "ACKED"},
+    "REJECTED": {
+        "PENDING": "REJECTED",
+        "SENT": "REJECTED",
+        "FAILED": "REJECTED",
+        "EXPIRED": "REJECTED",
+        "REJECTED": "REJECTED",
+        "ACKED": "ACKED",
+    },
+    "EXPIRED": {
+        "PENDING": "EXPIRED",
+        "SENT": "EXPIRED",
+        "FAILED": "EXPIRED",
+        "EXPIRED": "EXPIRED",
+        "REJECTED": "REJECTED",
+        "ACKED": "ACKED",
+    },
 }
 
 
@@ -253,9 +297,18 @@ def test_each_ack_moves_a_signal_forwards_only_on_both_databases(db_url, ack):
     engine = get_engine(db_url)
     with engine.begin() as conn:
         for signal, start in zip(signals, STARTS, strict=True):
-            conn.execute(update(signals_queue).where(signals_queue.c.signal_id == signal["signal_id"]).values(status=start))
+            conn.execute(
+                update(signals_queue).where(signals_queue.c.signal_id == signal["signal_id"]).values(status=start)
+            )
     for signal, start in zip(signals, STARTS, strict=True):
-        out = queue.record_ack(db_url, signal["signal_id"], 777 if ack == "FILLED" else 0, ack, "from the EA", retcode=10018 if ack == "REJECTED" else None)
+        out = queue.record_ack(
+            db_url,
+            signal["signal_id"],
+            777 if ack == "FILLED" else 0,
+            ack,
+            "from the EA",
+            retcode=10018 if ack == "REJECTED" else None,
+        )
         row = queue.get_signal(db_url, signal["signal_id"])
         expected = EXPECTED_AFTER[ack][start]
         assert out["status"] == row["status"] == expected == contract.queue_status_after_ack(start, ack), (start, ack)
@@ -265,14 +318,18 @@ def test_each_ack_moves_a_signal_forwards_only_on_both_databases(db_url, ack):
             assert "retcode 10018" in row["last_error"]
     counts = queue.status_counts(db_url)
     assert sum(counts.values()) == len(STARTS)
-    assert counts[{"FILLED": "ACKED", "REJECTED": "REJECTED", "EXPIRED": "EXPIRED"}[ack]] == sum(1 for s in STARTS if EXPECTED_AFTER[ack][s] == EXPECTED_AFTER[ack]["PENDING"])
+    assert counts[{"FILLED": "ACKED", "REJECTED": "REJECTED", "EXPIRED": "EXPIRED"}[ack]] == sum(
+        1 for s in STARTS if EXPECTED_AFTER[ack][s] == EXPECTED_AFTER[ack]["PENDING"]
+    )
 
 
 def test_a_weaker_ack_after_a_fill_changes_nothing_and_the_stored_ack_keeps_the_fill(db_url):
     [signal] = [make_signal("EURUSD")]
     queue.enqueue_many(db_url, [signal])
     queue.record_ack(db_url, signal["signal_id"], 5, "FILLED", "filled")
-    assert queue.record_ack(db_url, signal["signal_id"], None, "REJECTED", "late copy", retcode=10018)["status"] == "ACKED"
+    assert (
+        queue.record_ack(db_url, signal["signal_id"], None, "REJECTED", "late copy", retcode=10018)["status"] == "ACKED"
+    )
     with get_engine(db_url).connect() as conn:
         ack = conn.execute(select(signals_ack).where(signals_ack.c.signal_id == signal["signal_id"])).one()
     assert (ack.status, ack.ticket, ack.message) == ("FILLED", 5, "filled")
@@ -299,11 +356,18 @@ def test_a_bad_ack_gets_a_4xx_naming_the_field_and_changes_nothing(rig):
 
 def test_a_bad_signal_gets_a_422_naming_the_field_and_no_order(rig):
     signal = make_signal("EURUSD")
-    for meta, field in [({**signal["meta"], "pip_size": -1}, "meta.pip_size"), ({"model": "rf_m1"}, "meta.model_version")]:
+    for meta, field in [
+        ({**signal["meta"], "pip_size": -1}, "meta.pip_size"),
+        ({"model": "rf_m1"}, "meta.model_version"),
+    ]:
         response = httpx.post(rig.signals_url, json={**signal, "meta": meta}, headers={"X-API-Key": EA_KEY})
         assert response.status_code == 422 and field in response.json()["message"]
     assert rig.mt5.requests == [] and rig.bridge.store.execution(signal["signal_id"]) is None
-    too_big = httpx.post(rig.signals_url, content=b"{" + b" " * contract.MAX_BODY_BYTES + b"}", headers={"X-API-Key": EA_KEY, "Content-Type": "application/json"})
+    too_big = httpx.post(
+        rig.signals_url,
+        content=b"{" + b" " * contract.MAX_BODY_BYTES + b"}",
+        headers={"X-API-Key": EA_KEY, "Content-Type": "application/json"},
+    )
     assert too_big.status_code == 413
 
 
@@ -320,11 +384,13 @@ def test_transient_retcodes_are_the_terminals_not_now():
 def test_the_core_reads_a_described_currency_pairs_digits_from_the_database(db_url, settings_for):
     settings = settings_for(db_url)
     assert pips.pip_size_for(settings, db_url, "USDHUF") == 0.0001  # not described yet: the name rule
-    pips.record_instrument(db_url, "USDHUF", 3, 0.001)
-    pips.record_instrument(db_url, "XAUUSD", 2, 0.01)
+    stored_symbols.record_instrument(db_url, "USDHUF", 3, 0.001)
+    stored_symbols.record_instrument(db_url, "XAUUSD", 2, 0.01)
     assert pips.pip_size_for(settings, db_url, "USDHUF") == 0.01
     assert pips.pip_size_for(settings, db_url, "XAUUSD") == 0.01
-    assert pips.pip_size_for(settings_for(db_url, PIP_SIZES="XAUUSD=0.1"), db_url, "XAUUSD") == 0.1  # PIP_SIZES still wins
+    assert (
+        pips.pip_size_for(settings_for(db_url, PIP_SIZES="XAUUSD=0.1"), db_url, "XAUUSD") == 0.1
+    )  # PIP_SIZES still wins
 
 
 def test_the_pushers_verdict_after_the_eas_own_refusal_agrees_and_is_not_a_lost_lease(db_url):
@@ -332,8 +398,13 @@ def test_the_pushers_verdict_after_the_eas_own_refusal_agrees_and_is_not_a_lost_
     [signal] = [make_signal("EURUSD")]
     queue.enqueue_many(db_url, [signal])
     [claim] = queue.claim_batch(db_url, 10, lease_seconds=30)
-    assert queue.record_ack(db_url, signal["signal_id"], None, "REJECTED", "Market is closed", retcode=10018)["status"] == "REJECTED"
-    assert queue.mark_rejected(db_url, claim.id, claim.claim_token, "rejected by the terminal: retcode 10018: Market is closed")
+    assert (
+        queue.record_ack(db_url, signal["signal_id"], None, "REJECTED", "Market is closed", retcode=10018)["status"]
+        == "REJECTED"
+    )
+    assert queue.mark_rejected(
+        db_url, claim.id, claim.claim_token, "rejected by the terminal: retcode 10018: Market is closed"
+    )
     row = queue.get_signal(db_url, signal["signal_id"])
     assert row["status"] == "REJECTED" and row["claim_token"] is None
     # A fill the EA reports stays a fill whatever the pusher concluded.

@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mt5_pipeline.backtest import simulate_trades
-from mt5_pipeline.execution_policy import (
+from mt5_pipeline.execution.execution_policy import (
     ENTRY_POLICIES,
     ExecutionPolicy,
     OpenPosition,
@@ -20,12 +19,15 @@ from mt5_pipeline.execution_policy import (
     entry_bar,
     signal_meta,
 )
+from mt5_pipeline.learning.backtest import simulate_trades
 from mt5_pipeline.settings import Settings, SettingsError
 
 T0 = datetime(2024, 6, 11, 10, 0, tzinfo=timezone.utc)
 
 
-def _pos(ticket: int, side: str = "BUY", symbol: str = "EURUSD", timeframe: str = "M1", minute: int = 1) -> OpenPosition:
+def _pos(
+    ticket: int, side: str = "BUY", symbol: str = "EURUSD", timeframe: str = "M1", minute: int = 1
+) -> OpenPosition:
     return OpenPosition(ticket, symbol, timeframe, side, T0 + timedelta(minutes=minute))
 
 
@@ -47,7 +49,9 @@ def test_decide_entry_per_policy():
     one, stack, reverse = (ExecutionPolicy(p) for p in ("one_per_symbol_timeframe", "stack", "reverse"))
     assert [a.kind for a in decide_entry(one, "EURUSD", "M1", "SELL", open_)] == ["skip"]
     assert [a.kind for a in decide_entry(one, "USDJPY", "M1", "SELL", open_)] == ["open"]
-    assert [a.kind for a in decide_entry(one, "EURUSD", "M5", "BUY", open_)] == ["open"]  # other timeframes do not count
+    assert [a.kind for a in decide_entry(one, "EURUSD", "M5", "BUY", open_)] == [
+        "open"
+    ]  # other timeframes do not count
     assert [a.kind for a in decide_entry(stack, "EURUSD", "M1", "BUY", open_)] == ["open"]
     assert [a.kind for a in decide_entry(reverse, "EURUSD", "M1", "BUY", open_)] == ["skip"]
     actions = decide_entry(reverse, "EURUSD", "M1", "SELL", open_)
@@ -80,7 +84,9 @@ def _random_path(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"ts": ts, "open": open_, "high": high, "low": low, "close": close, "spread": 0})
 
 
-def _bridge_like(candles: pd.DataFrame, signals: dict[int, int], policy: ExecutionPolicy, sl: float, tp: float) -> list[tuple]:
+def _bridge_like(
+    candles: pd.DataFrame, signals: dict[int, int], policy: ExecutionPolicy, sl: float, tp: float
+) -> list[tuple]:
     """What a bridge calling the policy API bar by bar does; SL/TP as a terminal closes them (SL first)."""
     ts = [t.to_pydatetime() for t in candles["ts"]]
     o, h, lo, c = (candles[k].to_numpy() for k in ("open", "high", "low", "close"))
@@ -100,7 +106,14 @@ def _bridge_like(candles: pd.DataFrame, signals: dict[int, int], policy: Executi
                     ticket += 1
                     price = o[i]
                     s = 1 if side == "BUY" else -1
-                    open_pos[ticket] = {"side": side, "entry": i, "entry_bar": entry_bar(ts[i - 1], "M1"), "s": s, "sl": price - s * sl, "tp": price + s * tp}
+                    open_pos[ticket] = {
+                        "side": side,
+                        "entry": i,
+                        "entry_bar": entry_bar(ts[i - 1], "M1"),
+                        "s": s,
+                        "sl": price - s * sl,
+                        "tp": price + s * tp,
+                    }
         # During bar i: the terminal's stops.
         for k in sorted(open_pos):
             p = open_pos[k]
@@ -124,12 +137,23 @@ def test_backtest_trades_are_what_the_policy_api_does_bar_by_bar(entry):
     index = np.sort(rng.choice(np.arange(590), size=150, replace=False))
     side = rng.choice([-1, 1], size=len(index))
     policy = ExecutionPolicy(entry, max_hold_bars=12)
-    trades = simulate_trades(candles, index, side, symbol="EURUSD", sl_pips=10, tp_pips=15, max_hold=12, policy=policy, pip=0.0001, point=0.00001)
-    pos = {t: i for i, t in enumerate(candles["ts"])}
-    backtest = sorted(
-(pos[r.entry_ts], pos[r.exit_ts], r.exit_reason, r.exit_price) for r in trades.itertuples()
+    trades = simulate_trades(
+        candles,
+        index,
+        side,
+        symbol="EURUSD",
+        sl_pips=10,
+        tp_pips=15,
+        max_hold=12,
+        policy=policy,
+        pip=0.0001,
+        point=0.00001,
     )
-    live = _bridge_like(candles, dict(zip(index.tolist(), side.tolist(), strict=True)), policy, 10 * 0.0001, 15 * 0.0001)
+    pos = {t: i for i, t in enumerate(candles["ts"])}
+    backtest = sorted((pos[r.entry_ts], pos[r.exit_ts], r.exit_reason, r.exit_price) for r in trades.itertuples())
+    live = _bridge_like(
+        candles, dict(zip(index.tolist(), side.tolist(), strict=True)), policy, 10 * 0.0001, 15 * 0.0001
+    )
     assert [b[:3] for b in backtest] == [x[:3] for x in live]
     assert [b[3] for b in backtest] == pytest.approx([x[3] for x in live])
     reasons = set(trades["exit_reason"])
@@ -146,7 +170,20 @@ def test_stacking_takes_more_trades_than_one_per_symbol():
     index = np.arange(0, 390, 2)
     side = np.ones(len(index), dtype=int)
     counts = {
-        e: len(simulate_trades(candles, index, side, symbol="EURUSD", sl_pips=10, tp_pips=15, max_hold=12, policy=ExecutionPolicy(e, 12), pip=0.0001, point=0.00001))
+        e: len(
+            simulate_trades(
+                candles,
+                index,
+                side,
+                symbol="EURUSD",
+                sl_pips=10,
+                tp_pips=15,
+                max_hold=12,
+                policy=ExecutionPolicy(e, 12),
+                pip=0.0001,
+                point=0.00001,
+            )
+        )
         for e in ENTRY_POLICIES
     }
     assert len(index) - 6 <= counts["stack"] <= len(index)  # the last windows may run past the data

@@ -8,10 +8,16 @@ import pandas as pd
 import pytest
 from sqlalchemy import delete, select
 
-from mt5_pipeline.features import LOOKBACK_BARS, load_feature_rows, update_features
-from mt5_pipeline.indicators import AFTER_GAP_BARS, FEATURE_SET_VERSION, MODEL_FEATURES, WARMUP_BARS, compute_features
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.sample_data import generate_candles
+from mt5_pipeline.learning.features import LOOKBACK_BARS, load_feature_rows, update_features
+from mt5_pipeline.learning.indicators import (
+    AFTER_GAP_BARS,
+    FEATURE_SET_VERSION,
+    MODEL_FEATURES,
+    WARMUP_BARS,
+    compute_features,
+)
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import FEATURE_COLUMNS, RAW_LEVEL_COLUMNS, candles, features_m1
 
@@ -119,7 +125,10 @@ def test_windows_count_bars_and_long_gaps_are_flagged():
     assert list(flagged) == list(range(501, 501 + AFTER_GAP_BARS))
     # The windows ignore the clock: the values are those of the gap-free series.
     plain = compute_features(frame)
-    np.testing.assert_array_equal(f[[c for c in FEATURE_COLUMNS if c not in ("hour", "dow")]].to_numpy(), plain[[c for c in FEATURE_COLUMNS if c not in ("hour", "dow")]].to_numpy())
+    np.testing.assert_array_equal(
+        f[[c for c in FEATURE_COLUMNS if c not in ("hour", "dow")]].to_numpy(),
+        plain[[c for c in FEATURE_COLUMNS if c not in ("hour", "dow")]].to_numpy(),
+    )
     # Flagged rows stay usable: they are real market bars (Monday's open).
     assert f["usable"].iloc[501:511].all()
 
@@ -288,7 +297,9 @@ def test_concurrent_updates_of_one_symbol_do_not_collide(db_url):
     stored = load_feature_rows(db_url, ["EURUSD"], usable_only=False).sort_values("ts").reset_index(drop=True)
     expected = compute_features(read_candles(db_url, "EURUSD", "M1"))
     assert len(stored) == len(expected) == 2_000
-    np.testing.assert_allclose(stored["rsi_14"].to_numpy(), expected["rsi_14"].to_numpy(), rtol=0, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(
+        stored["rsi_14"].to_numpy(), expected["rsi_14"].to_numpy(), rtol=0, atol=1e-9, equal_nan=True
+    )
 
 
 def test_the_forming_bar_gets_no_features_until_it_closes_and_then_from_its_final_version(db_url):

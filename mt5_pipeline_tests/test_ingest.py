@@ -10,7 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mt5_pipeline.ingest import FUTURE_SKEW_SECONDS, MAX_REPORTED_ERRORS, TIMEFRAMES, CandleValidationError, IngestResult, ingest_candles, validate_candles
+from mt5_pipeline.market.ingest import (
+    FUTURE_SKEW_SECONDS,
+    MAX_REPORTED_ERRORS,
+    TIMEFRAMES,
+    CandleValidationError,
+    IngestResult,
+    ingest_candles,
+    validate_candles,
+)
 from mt5_pipeline.storage.candles import read_candles
 
 NOW = datetime(2024, 6, 3, 12, 0, 30, tzinfo=timezone.utc)  # a Monday, half a minute into 12:00
@@ -19,7 +27,16 @@ T0 = int(datetime(2024, 6, 3, 9, 0, tzinfo=timezone.utc).timestamp())
 
 def bar(i: int = 0, **changes) -> dict:
     """A valid M1 candle at T0 + i minutes, as the EA sends it (MqlRates names)."""
-    candle = {"time": T0 + 60 * i, "open": 1.08010, "high": 1.08030, "low": 1.07990, "close": 1.08020, "tick_volume": 57, "spread": 2, "real_volume": 0}
+    candle = {
+        "time": T0 + 60 * i,
+        "open": 1.08010,
+        "high": 1.08030,
+        "low": 1.07990,
+        "close": 1.08020,
+        "tick_volume": 57,
+        "spread": 2,
+        "real_volume": 0,
+    }
     candle.update(changes)
     return candle
 
@@ -37,7 +54,9 @@ def stored(url: str, symbol: str = "EURUSD", timeframe: str = "M1") -> pd.DataFr
 
 def test_new_bars_are_stored_with_their_values_and_ingested_at(db_url):
     result = ingest_candles(db_url, "EURUSD", "M1", bars(5), now=NOW)
-    assert result == IngestResult(received=5, inserted=5, updated=0, unchanged=0, first_changed_ts=datetime.fromtimestamp(T0, timezone.utc))
+    assert result == IngestResult(
+        received=5, inserted=5, updated=0, unchanged=0, first_changed_ts=datetime.fromtimestamp(T0, timezone.utc)
+    )
     frame = stored(db_url)
     assert list(frame["ts"]) == [pd.Timestamp(T0 + 60 * i, unit="s", tz="UTC") for i in range(5)]
     assert str(frame["ts"].dtype) == "datetime64[ns, UTC]"
@@ -51,7 +70,15 @@ def test_iso_times_and_optional_fields(db_url):
     later = NOW + timedelta(seconds=5)
     candles = [
         {"time": "2024-06-03T09:00:00Z", "open": 1.1, "high": 1.2, "low": 1.0, "close": 1.1, "tick_volume": 1},
-        {"time": "2024-06-03T11:01:00+02:00", "open": 1.1, "high": 1.2, "low": 1.0, "close": 1.1, "tick_volume": 1, "spread": None},
+        {
+            "time": "2024-06-03T11:01:00+02:00",
+            "open": 1.1,
+            "high": 1.2,
+            "low": 1.0,
+            "close": 1.1,
+            "tick_volume": 1,
+            "spread": None,
+        },
     ]
     result = ingest_candles(db_url, "EURUSD", "M1", candles, now=later)
     assert result.inserted == 2
@@ -105,7 +132,9 @@ def test_series_are_kept_apart(db_url):
     result = ingest_candles(db_url, "EURUSD.m", "M1", bars(3), now=NOW)
     assert result.inserted == 3
     assert ingest_candles(db_url, "EURUSD", "M5", [bar(0), bar(5)], now=NOW).inserted == 2
-    assert len(stored(db_url)) == 3 and len(stored(db_url, "EURUSD.m")) == 3 and len(stored(db_url, timeframe="M5")) == 2
+    assert (
+        len(stored(db_url)) == 3 and len(stored(db_url, "EURUSD.m")) == 3 and len(stored(db_url, timeframe="M5")) == 2
+    )
 
 
 def test_dataframe_input_with_ts_or_time(db_url):
@@ -199,7 +228,9 @@ def test_each_rule_rejects_the_whole_batch(db_url, bad, loc, words):
 def test_future_bar_beyond_the_skew_is_rejected_but_the_forming_bar_is_not(db_url):
     minute = (int(NOW.timestamp()) // 60) * 60
     # The forming bar opened at 12:00 (<= now); 12:01 is 30 s ahead, within the skew.
-    assert ingest_candles(db_url, "EURUSD", "M1", [bar(0, time=minute), bar(0, time=minute + 60)], now=NOW).inserted == 2
+    assert (
+        ingest_candles(db_url, "EURUSD", "M1", [bar(0, time=minute), bar(0, time=minute + 60)], now=NOW).inserted == 2
+    )
     too_far = minute + 60 + FUTURE_SKEW_SECONDS  # 90 s ahead of now
     with pytest.raises(CandleValidationError) as info:
         ingest_candles(db_url, "EURUSD", "M1", [bar(0, time=too_far)], now=NOW)
@@ -209,7 +240,13 @@ def test_future_bar_beyond_the_skew_is_rejected_but_the_forming_bar_is_not(db_ur
 
 @pytest.mark.parametrize(
     "symbol, timeframe, loc",
-    [("EUR USD", "M1", "symbol"), ("", "M1", "symbol"), ("X" * 33, "M1", "symbol"), ("EURUSD", "M2", "timeframe"), ("EURUSD", "m1", "timeframe")],
+    [
+        ("EUR USD", "M1", "symbol"),
+        ("", "M1", "symbol"),
+        ("X" * 33, "M1", "symbol"),
+        ("EURUSD", "M2", "timeframe"),
+        ("EURUSD", "m1", "timeframe"),
+    ],
 )
 def test_symbol_and_timeframe_are_checked(db_url, symbol, timeframe, loc):
     with pytest.raises(CandleValidationError) as info:
@@ -223,7 +260,14 @@ def test_every_bad_row_and_field_is_named_in_row_order():
     with pytest.raises(CandleValidationError) as info:
         validate_candles("EURUSD", "M1", batch, now=NOW)
     locs = [e.loc for e in info.value.errors]
-    assert locs == ["candles[1].high", "candles[2].open", "candles[2].tick_volume", "candles[3]", "candles[4].time", "candles[4].low"]
+    assert locs == [
+        "candles[1].high",
+        "candles[2].open",
+        "candles[2].tick_volume",
+        "candles[3]",
+        "candles[4].time",
+        "candles[4].low",
+    ]
     assert "candles[1].high" in str(info.value)
 
 
@@ -292,7 +336,14 @@ def test_a_committed_closed_bar_notifies_the_live_worker_and_a_forming_one_does_
     from mt5_pipeline.storage.engine import psycopg_conninfo
 
     bar = datetime(2025, 10, 27, 11, 29, tzinfo=timezone.utc)
-    candle = {"time": int(bar.timestamp()), "open": 1.1, "high": 1.1002, "low": 1.0999, "close": 1.1001, "tick_volume": 9}
+    candle = {
+        "time": int(bar.timestamp()),
+        "open": 1.1,
+        "high": 1.1002,
+        "low": 1.0999,
+        "close": 1.1001,
+        "tick_volume": 9,
+    }
     with psycopg.connect(psycopg_conninfo(pg_url), autocommit=True) as listener:
         listener.execute(f"LISTEN {CANDLES_CHANNEL}")
         ingest_candles(pg_url, "EURUSD", "M1", [candle], now=bar + timedelta(seconds=45))  # forming

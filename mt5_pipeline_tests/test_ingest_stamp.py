@@ -16,10 +16,10 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import psycopg
 
-from mt5_pipeline.features import WATERMARK_MARGIN, load_feature_rows, update_features
-from mt5_pipeline.indicators import compute_features
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.sample_data import generate_candles
+from mt5_pipeline.learning.features import WATERMARK_MARGIN, load_feature_rows, update_features
+from mt5_pipeline.learning.indicators import compute_features
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles
 from mt5_pipeline.storage.candles import read_candles, series_lock_key
 from mt5_pipeline.storage.engine import psycopg_conninfo
 from mt5_pipeline_tests.test_features import assert_same_features
@@ -62,7 +62,10 @@ def test_a_correction_whose_stamp_lags_by_more_than_the_margin_is_recomputed(db_
 
     update = update_features(db_url, "EURUSD", now=t0 + lag + timedelta(seconds=1))
     assert update.recomputed_from == bar.to_pydatetime()
-    assert_same_features(load_feature_rows(db_url, ["EURUSD"], "M1", usable_only=False), compute_features(fixed.rename(columns={"time": "ts"})))
+    assert_same_features(
+        load_feature_rows(db_url, ["EURUSD"], "M1", usable_only=False),
+        compute_features(fixed.rename(columns={"time": "ts"})),
+    )
 
 
 def test_the_stamp_is_taken_after_the_series_lock_from_the_database_clock(pg_url):
@@ -87,7 +90,9 @@ def test_the_stamp_is_taken_after_the_series_lock_from_the_database_clock(pg_url
     worker.start()
     with psycopg.connect(psycopg_conninfo(pg_url), autocommit=True) as watcher:
         deadline = time.monotonic() + 30
-        while not watcher.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0]:
+        while not watcher.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ).fetchone()[0]:
             assert time.monotonic() < deadline, "the correction never waited for the lock"
             time.sleep(0.02)
     time.sleep(0.3)  # the lock is held a while after the correction was called
@@ -97,5 +102,7 @@ def test_the_stamp_is_taken_after_the_series_lock_from_the_database_clock(pg_url
     worker.join(timeout=30)
     assert not errors, errors
 
-    stamp = read_candles(pg_url, "EURUSD", "M1").set_index("ts")["ingested_at"].loc[pd.Timestamp(fixed["time"].iloc[50])]
+    stamp = (
+        read_candles(pg_url, "EURUSD", "M1").set_index("ts")["ingested_at"].loc[pd.Timestamp(fixed["time"].iloc[50])]
+    )
     assert stamp.to_pydatetime() > released > called

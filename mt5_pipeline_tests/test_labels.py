@@ -4,7 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mt5_pipeline.labels import EXIT_SL, EXIT_TIMEOUT, EXIT_TP, LabelSpec, horizon_labels, lookahead_bars, make_labels, walk_barriers
+from mt5_pipeline.learning.labels import (
+    EXIT_SL,
+    EXIT_TIMEOUT,
+    EXIT_TP,
+    LabelSpec,
+    horizon_labels,
+    lookahead_bars,
+    make_labels,
+    walk_barriers,
+)
 
 PIP = 0.0001
 # SL 20 pips, TP 40 pips, three bars of holding time.
@@ -42,7 +51,12 @@ def test_both_barriers_in_one_bar_count_as_the_stop():
 
 @pytest.mark.parametrize(("last_close", "expected"), [(1.1012, 1.0), (1.0990, 0.0), (1.1000, 0.0)])
 def test_neither_barrier_labels_by_the_sign_at_timeout(last_close, expected):
-    rows = [BAR0, (1.1000, 1.1010, 1.0990, 1.1005), (1.1005, 1.1015, 1.0995, 1.1000), (1.1000, 1.1020, 1.0985, last_close)]
+    rows = [
+        BAR0,
+        (1.1000, 1.1010, 1.0990, 1.1005),
+        (1.1005, 1.1015, 1.0995, 1.1000),
+        (1.1000, 1.1020, 1.0985, last_close),
+    ]
     assert first_label(rows) == expected
 
 
@@ -66,7 +80,15 @@ def test_horizon_labels():
     np.testing.assert_array_equal(horizon_labels(np.array([1.0, 2.0, 1.0, 3.0, 3.0]), 1), [1.0, 0.0, 1.0, 0.0, np.nan])
     close = np.array([1.10, 1.11, 1.09, 1.12, 1.08, 1.13, 1.13])
     spec = LabelSpec(mode="horizon", horizon_bars=2, max_hold_bars=60, sl_pips=20, tp_pips=40, pip=PIP)
-    frame = pd.DataFrame({"ts": pd.date_range("2024-01-02", periods=7, freq="min", tz="UTC"), "open": close, "high": close, "low": close, "close": close})
+    frame = pd.DataFrame(
+        {
+            "ts": pd.date_range("2024-01-02", periods=7, freq="min", tz="UTC"),
+            "open": close,
+            "high": close,
+            "low": close,
+            "close": close,
+        }
+    )
     labels = make_labels(frame, spec)
     np.testing.assert_array_equal(labels["label"].to_numpy(), [0.0, 1.0, 0.0, 1.0, 1.0, np.nan, np.nan])
     assert labels["label_end_ts"].iloc[0] == frame["ts"].iloc[2]
@@ -75,18 +97,27 @@ def test_horizon_labels():
 def test_shorts_mirror_longs_in_the_barrier_walk():
     frame = path([BAR0, (1.1000, 1.1010, 1.0955, 1.0960), (1.0960, 1.1030, 1.0950, 1.1020), BAR0])
     o, h, lo, c = (frame[k].to_numpy() for k in ("open", "high", "low", "close"))
-    walk = walk_barriers(o, h, lo, c, np.array([1, 1]), np.array([-1, 1]), sl_distance=20 * PIP, tp_distance=40 * PIP, max_hold=3)
+    walk = walk_barriers(
+        o, h, lo, c, np.array([1, 1]), np.array([-1, 1]), sl_distance=20 * PIP, tp_distance=40 * PIP, max_hold=3
+    )
     # The short's target (1.0960) is touched at the first bar; the long's stop (1.0980) too.
     assert list(walk.reason) == [EXIT_TP, EXIT_SL]
     assert walk.exit_price == pytest.approx([1.0960, 1.0980])
     assert list(walk.exit_index) == [1, 1] and walk.complete.all()
     # A window that runs past the data and hits nothing is incomplete.
-    late = walk_barriers(o, h, lo, c, np.array([3]), np.array([1]), sl_distance=20 * PIP, tp_distance=40 * PIP, max_hold=3)
+    late = walk_barriers(
+        o, h, lo, c, np.array([3]), np.array([1]), sl_distance=20 * PIP, tp_distance=40 * PIP, max_hold=3
+    )
     assert late.reason[0] == EXIT_TIMEOUT and not late.complete[0]
 
 
 def test_pip_size_and_per_symbol_barriers_come_from_the_settings(settings_for, tmp_path):
-    settings = settings_for(f"sqlite:///{tmp_path / 'x.db'}", LABEL_MODE="triple_barrier", SYMBOL_SL_TP_PIPS="USDJPY=25/50", LABEL_MAX_HOLD_BARS=30)
+    settings = settings_for(
+        f"sqlite:///{tmp_path / 'x.db'}",
+        LABEL_MODE="triple_barrier",
+        SYMBOL_SL_TP_PIPS="USDJPY=25/50",
+        LABEL_MAX_HOLD_BARS=30,
+    )
     jpy = LabelSpec.from_settings(settings, "USDJPY")
     assert (jpy.pip, jpy.sl_pips, jpy.tp_pips, jpy.max_hold_bars) == (0.01, 25.0, 50.0, 30)
     assert LabelSpec.from_settings(settings, "EURUSD").pip == 0.0001

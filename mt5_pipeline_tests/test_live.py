@@ -15,12 +15,12 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from mt5_pipeline import queue
-from mt5_pipeline.features import update_features
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.live import LiveWorker, parse_notification
-from mt5_pipeline.model import train_model
-from mt5_pipeline.sample_data import generate_candles
+from mt5_pipeline.learning.features import update_features
+from mt5_pipeline.learning.training import train_model
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles
+from mt5_pipeline.signals import queue
+from mt5_pipeline.signals.live import LiveWorker, parse_notification
 from mt5_pipeline_tests.ea_server import wait_for
 from mt5_pipeline_tests.orchestration_support import ALWAYS_DECIDE, FAST_MODEL
 
@@ -113,7 +113,10 @@ def test_a_timeframe_without_model_is_left_alone(db_url, settings_for):
 
 
 def test_notification_payloads():
-    assert parse_notification("EURUSD M1 1761564540") == (("EURUSD", "M1"), datetime(2025, 10, 27, 11, 29, tzinfo=timezone.utc))
+    assert parse_notification("EURUSD M1 1761564540") == (
+        ("EURUSD", "M1"),
+        datetime(2025, 10, 27, 11, 29, tzinfo=timezone.utc),
+    )
     assert parse_notification("XAUUSD.m H1") == (("XAUUSD.m", "H1"), None)
     assert parse_notification("junk") is None and parse_notification("EURUSD X9 1") is None
 
@@ -121,13 +124,13 @@ def test_notification_payloads():
 # ---- the loop, on the real clock ----------------------------------------------------------------
 
 
-
-
 @pytest.mark.slow
 def test_the_running_worker_signals_a_closed_bar_as_soon_as_it_is_ingested(db_url, settings_for):
     """PostgreSQL: woken by the ingest's NOTIFY. SQLite: by its poll. Same result."""
     last_closed = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=1)
-    settings, final = _trained(db_url, settings_for, end=last_closed, now=datetime.now(timezone.utc), SIGNAL_TTL_SECONDS=600)
+    settings, final = _trained(
+        db_url, settings_for, end=last_closed, now=datetime.now(timezone.utc), SIGNAL_TTL_SECONDS=600
+    )
     stop = threading.Event()
     worker = LiveWorker(settings)
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
@@ -145,10 +148,18 @@ def test_the_running_worker_signals_a_closed_bar_as_soon_as_it_is_ingested(db_ur
 
 
 def _race_live(url: str, model_dir: str, start_at: float, out) -> None:
-    from mt5_pipeline.live import LiveWorker
     from mt5_pipeline.settings import Settings
+    from mt5_pipeline.signals.live import LiveWorker
 
-    settings = Settings.from_env({"DATABASE_URL": url, "MODEL_DIR": model_dir, **{k: str(v) for k, v in LIVE.items()}, "SIGNAL_TTL_SECONDS": "600"}, env_file=None)
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": url,
+            "MODEL_DIR": model_dir,
+            **{k: str(v) for k, v in LIVE.items()},
+            "SIGNAL_TTL_SECONDS": "600",
+        },
+        env_file=None,
+    )
     worker = LiveWorker(settings)
     worker.timeframes()  # warm: load the sidecar before the start line
     time.sleep(max(0.0, start_at - time.time()))
@@ -167,20 +178,27 @@ def _race_dagster(url: str, model_dir: str, start_at: float, out) -> None:
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("symbols", ["EURUSD"])
     time.sleep(max(0.0, start_at - time.time()))
-    result = dg.materialize([signals], partition_key="EURUSD", instance=instance, resources=resources_for(settings, **env))
+    result = dg.materialize(
+        [signals], partition_key="EURUSD", instance=instance, resources=resources_for(settings, **env)
+    )
     out.put(("dagster", [result.asset_materializations_for_node("signals")[0].metadata["decision"].value]))
 
 
 @pytest.mark.slow
 def test_the_hot_path_and_the_sensor_path_racing_on_one_bar_leave_one_signal(pg_url, settings_for):
     last_closed = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=1)
-    settings, final = _trained(pg_url, settings_for, end=last_closed, now=datetime.now(timezone.utc), SIGNAL_TTL_SECONDS=600)
+    settings, final = _trained(
+        pg_url, settings_for, end=last_closed, now=datetime.now(timezone.utc), SIGNAL_TTL_SECONDS=600
+    )
     ingest_candles(pg_url, "EURUSD", "M1", final)
     update_features(pg_url, "EURUSD", "M1")  # both processes then only predict and queue
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     start_at = time.time() + 8.0  # after both processes have imported what they need
-    procs = [ctx.Process(target=f, args=(pg_url, str(settings.model_dir), start_at, out)) for f in (_race_live, _race_dagster)]
+    procs = [
+        ctx.Process(target=f, args=(pg_url, str(settings.model_dir), start_at, out))
+        for f in (_race_live, _race_dagster)
+    ]
     for p in procs:
         p.start()
     results = dict(out.get(timeout=120) for _ in procs)
@@ -203,8 +221,8 @@ def test_processes_split_the_symbols_between_them_without_overlap(sqlite_url, se
 
 
 def test_the_prediction_from_the_tails_row_is_the_one_read_back_from_the_database(db_url, settings_for):
-    from mt5_pipeline.model import predict_latest, predict_row
-    from mt5_pipeline.quality import EXTREME_CHECK_WINDOW, unconfirmed_extreme_in
+    from mt5_pipeline.learning.model import predict_latest, predict_row
+    from mt5_pipeline.market.extremes import EXTREME_CHECK_WINDOW, unconfirmed_extreme_in
     from mt5_pipeline.storage.candles import read_candles
 
     settings, final = _trained(db_url, settings_for)

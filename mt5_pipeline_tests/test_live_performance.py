@@ -7,12 +7,13 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from mt5_pipeline import model_registry, queue
-from mt5_pipeline.live_performance import MIN_TRADES, bootstrap_band
-from mt5_pipeline.model_store import read_sidecar
+from mt5_pipeline.delivery.trades import record_trades
+from mt5_pipeline.learning import model_registry
+from mt5_pipeline.learning.model_store import read_sidecar
+from mt5_pipeline.monitoring.live_performance import MIN_TRADES, bootstrap_band
 from mt5_pipeline.orchestration.assets import features_m1, rf_m1
 from mt5_pipeline.orchestration.performance import live_performance_asset, plausible_check_name
-from mt5_pipeline.trades import record_trades
+from mt5_pipeline.signals import queue
 from mt5_pipeline_tests.api_support import make_signal
 from mt5_pipeline_tests.orchestration_support import FAST_MODEL, load_symbols, resources_for
 

@@ -13,23 +13,21 @@ import sklearn
 from sklearn.ensemble import RandomForestClassifier
 from sqlalchemy import select
 
-from mt5_pipeline.evaluation import classification_metrics, time_split, walk_forward_folds
-from mt5_pipeline.features import update_features
-from mt5_pipeline.indicators import FEATURE_SET_VERSION, MODEL_FEATURES
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.labels import LabelSpec, make_labels
-from mt5_pipeline.model import (
+from mt5_pipeline.learning.evaluation import classification_metrics, time_split, walk_forward_folds
+from mt5_pipeline.learning.features import update_features
+from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION, MODEL_FEATURES
+from mt5_pipeline.learning.labels import LabelSpec, make_labels
+from mt5_pipeline.learning.model import ModelTimeframeError, NoFeaturesError, predict_latest
+from mt5_pipeline.learning.model_store import (
     ModelMismatchError,
-    ModelTimeframeError,
-    NoFeaturesError,
     NoModelError,
     current_model_info,
     load_model,
-    predict_latest,
     save_model,
-    train_model,
 )
-from mt5_pipeline.sample_data import generate_candles
+from mt5_pipeline.learning.training import train_model
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import model_registry
 
@@ -89,7 +87,9 @@ def test_walk_forward_refuses_unsorted_rows():
 
 def test_metrics_beside_baselines():
     y = np.array([1, 1, 0, 0, 1, 0, 1, 1])
-    perfect = classification_metrics(y, y.astype(float), train_positive_rate=0.6, buy_threshold=0.55, sell_threshold=0.45)
+    perfect = classification_metrics(
+        y, y.astype(float), train_positive_rate=0.6, buy_threshold=0.55, sell_threshold=0.45
+    )
     assert perfect["auc"] == 1.0 and perfect["accuracy"] == 1.0 and perfect["signal_hit_rate"] == 1.0
     assert perfect["baseline_majority_accuracy"] == pytest.approx(5 / 8)  # the train majority is 1
     assert perfect["baseline_always_buy_hit_rate"] == pytest.approx(5 / 8)
@@ -103,10 +103,14 @@ def test_metrics_beside_baselines():
     assert m["buy_hit_rate"] == pytest.approx(2 / 3) and m["sell_hit_rate"] == pytest.approx(1 / 3)
     assert m["signal_hit_rate"] == pytest.approx(3 / 6)
     assert m["baseline_majority_class"] == 0.0 and m["baseline_majority_accuracy"] == pytest.approx(3 / 8)
-    constant = classification_metrics(y, np.full(8, 0.4), train_positive_rate=0.4, buy_threshold=0.55, sell_threshold=0.45)
+    constant = classification_metrics(
+        y, np.full(8, 0.4), train_positive_rate=0.4, buy_threshold=0.55, sell_threshold=0.45
+    )
     assert constant["auc"] == pytest.approx(constant["baseline_auc"])
     assert constant["log_loss"] == pytest.approx(constant["baseline_majority_log_loss"])
-    one_class = classification_metrics(np.ones(4), np.full(4, 0.7), train_positive_rate=0.5, buy_threshold=0.55, sell_threshold=0.45)
+    one_class = classification_metrics(
+        np.ones(4), np.full(4, 0.7), train_positive_rate=0.5, buy_threshold=0.55, sell_threshold=0.45
+    )
     assert math.isnan(one_class["auc"])  # undefined, not zero
     assert all(isinstance(v, float) for v in m.values())
 
@@ -218,7 +222,18 @@ def test_train_evaluate_persist_register_and_predict(db_url, settings_for):
     assert result.window[1] < result.evaluation_window[0]
     assert result.label_mode == "horizon" and result.feature_set_version == FEATURE_SET_VERSION
     assert all(isinstance(v, float) for v in result.metrics.values())
-    for key in ("accuracy", "balanced_accuracy", "auc", "log_loss", "brier", "signal_share", "signal_hit_rate", "baseline_majority_accuracy", "baseline_always_buy_hit_rate", "wf_auc_mean"):
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "auc",
+        "log_loss",
+        "brier",
+        "signal_share",
+        "signal_hit_rate",
+        "baseline_majority_accuracy",
+        "baseline_always_buy_hit_rate",
+        "wf_auc_mean",
+    ):
         assert key in result.metrics
     assert 0.3 < result.metrics["auc"] < 0.8  # synthetic data: a faint edge at most
     assert len(result.walk_forward) == 4 and all(f.get("auc") is not None for f in result.walk_forward)
@@ -231,15 +246,36 @@ def test_train_evaluate_persist_register_and_predict(db_url, settings_for):
     model_dir = settings.model_dir
     assert result.path == model_dir / f"rf_m1-{result.version}.pkl" and result.path.exists()
     assert (model_dir / "rf_m1.pkl").read_bytes() == result.path.read_bytes()
-    assert result.equity_png == model_dir / f"rf_m1-{result.version}-equity.png" and result.equity_png.read_bytes()[:4] == b"\x89PNG"
+    assert (
+        result.equity_png == model_dir / f"rf_m1-{result.version}-equity.png"
+        and result.equity_png.read_bytes()[:4] == b"\x89PNG"
+    )
     sidecar = json.loads(result.path.with_suffix(".json").read_text())
-    for key in ("version", "trained_at", "symbols", "train_window", "rows", "feature_names", "feature_set_version", "label_mode", "label_horizon", "metrics", "library_versions", "data_hash"):
+    for key in (
+        "version",
+        "trained_at",
+        "symbols",
+        "train_window",
+        "rows",
+        "feature_names",
+        "feature_set_version",
+        "label_mode",
+        "label_horizon",
+        "metrics",
+        "library_versions",
+        "data_hash",
+    ):
         assert key in sidecar, key
     assert sidecar["library_versions"]["sklearn"] == sklearn.__version__
     # What live trades are judged against (live_performance), and under which policy.
     assert len(sidecar["backtest_trade_pips"]) == result.backtest["trades"]
-    assert sum(sidecar["backtest_trade_pips"]) == pytest.approx(result.backtest["total_pips"], abs=0.01 * result.backtest["trades"])
-    assert sidecar["execution_policy"] == {"entry": "one_per_symbol_timeframe", "max_hold_bars": settings.label_max_hold_bars}
+    assert sum(sidecar["backtest_trade_pips"]) == pytest.approx(
+        result.backtest["total_pips"], abs=0.01 * result.backtest["trades"]
+    )
+    assert sidecar["execution_policy"] == {
+        "entry": "one_per_symbol_timeframe",
+        "max_hold_bars": settings.label_max_hold_bars,
+    }
     assert load_model(result.path).forest.get_params()["max_depth"] == settings.rf_max_depth
 
     info = current_model_info(settings)
@@ -266,12 +302,21 @@ def test_train_evaluate_persist_register_and_predict(db_url, settings_for):
     assert again.metrics["auc"] == pytest.approx(result.metrics["auc"])  # fixed seed: the same forest
     assert predict_latest(settings, "USDJPY").model_version == again.version
     with get_engine(db_url).connect() as conn:
-        rows = conn.execute(select(model_registry.c.version, model_registry.c.is_current).order_by(model_registry.c.trained_at)).all()
+        rows = conn.execute(
+            select(model_registry.c.version, model_registry.c.is_current).order_by(model_registry.c.trained_at)
+        ).all()
     assert [(r.version, bool(r.is_current)) for r in rows] == [(result.version, False), (again.version, True)]
 
 
 def test_triple_barrier_training_and_warm_up_symbols(pg_url, settings_for):
-    settings = settings_for(pg_url, RF_N_ESTIMATORS=10, LABEL_MODE="triple_barrier", DEFAULT_SL_PIPS=5, DEFAULT_TP_PIPS=10, LABEL_MAX_HOLD_BARS=30)
+    settings = settings_for(
+        pg_url,
+        RF_N_ESTIMATORS=10,
+        LABEL_MODE="triple_barrier",
+        DEFAULT_SL_PIPS=5,
+        DEFAULT_TP_PIPS=10,
+        LABEL_MAX_HOLD_BARS=30,
+    )
     _load_market(pg_url, bars=6_000)
     # Forced: this short, weak sample need not beat the baselines; the test is about the labels.
     result = train_model(settings, now=END, force=True)

@@ -22,12 +22,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from mt5_pipeline import queue
-from mt5_pipeline.features import update_features
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.model import train_model
-from mt5_pipeline.pusher import push_pending
-from mt5_pipeline.sample_data import generate_candles, minutes_ago
+from mt5_pipeline.delivery.pusher import push_pending
+from mt5_pipeline.learning.features import update_features
+from mt5_pipeline.learning.training import train_model
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles, minutes_ago
+from mt5_pipeline.signals import queue
 from mt5_pipeline_tests.bridge_support import API_KEY, build_rig
 from mt5_pipeline_tests.ea_server import make_signal
 
@@ -37,7 +37,22 @@ DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "mt5-pipeline.json"
 COMPOSE = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
 # Prometheus makes `up` itself for every target.
 SYNTHETIC = {"up"}
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset", "le", "inf", "nan"}
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "le",
+    "inf",
+    "nan",
+}
 
 
 def alert_expressions() -> dict[str, str]:
@@ -70,17 +85,29 @@ def test_the_selector_parser_finds_names_and_matchers():
     assert found == [("mt5_api_requests_total", {"route": "/ingest"}), ("up", {"job": "x"})]
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus): the metric-name check below still runs")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None,
+    reason="promtool not installed (apt-get install prometheus): the metric-name check below still runs",
+)
 def test_promtool_checks_the_config_and_the_rules_fire_as_specified(tmp_path):
     for path in PROMETHEUS.iterdir():
         shutil.copy(path, tmp_path / path.name)
     (tmp_path / "api_key").write_text("key")
     # The container's paths, here.
-    config = (tmp_path / "prometheus.yml").read_text().replace("/etc/prometheus/", f"{tmp_path}/").replace("/prometheus/api_key", f"{tmp_path}/api_key")
+    config = (
+        (tmp_path / "prometheus.yml")
+        .read_text()
+        .replace("/etc/prometheus/", f"{tmp_path}/")
+        .replace("/prometheus/api_key", f"{tmp_path}/api_key")
+    )
     (tmp_path / "prometheus.yml").write_text(config)
-    checked = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=60)
+    checked = subprocess.run(
+        ["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=60
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    tested = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    tested = subprocess.run(
+        ["promtool", "test", "rules", "alerts_test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert tested.returncode == 0, tested.stdout + tested.stderr
     # Every alert has a unit test.
     covered = set(re.findall(r"alertname: (\w+)", (PROMETHEUS / "alerts_test.yml").read_text()))
@@ -99,7 +126,9 @@ def test_compose_provisions_prometheus_and_grafana_with_these_files():
     api_job = next(j for j in config["scrape_configs"] if j["job_name"] == "mt5-api")
     assert api_job["static_configs"][0]["targets"] == ["api:18001"]
     assert api_job["authorization"]["credentials_file"] in prometheus["command"][0]
-    datasource = yaml.safe_load((ROOT / "docker" / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    datasource = yaml.safe_load(
+        (ROOT / "docker" / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )["datasources"][0]
     dash = json.loads(DASHBOARD.read_text())
     assert all(p["datasource"]["uid"] == datasource["uid"] for p in dash["panels"] if p["type"] != "row")
 
@@ -113,8 +142,16 @@ def served(sqlite_url, tmp_path) -> dict[str, dict[str, list[dict[str, str]]]]:
         bars = generate_candles(3000, end=minutes_ago(1), with_weekends=False, seed=7)
         ingest_candles(rig.url, "EURUSD", "M1", bars.iloc[:-10])
         # The newest bars as the EA sends them, so the API's own ingest counters have samples.
-        newest = [{**{k: v for k, v in row.items() if k != "time"}, "time": int(row["time"].timestamp())} for row in bars.iloc[-10:].to_dict("records")]
-        posted = httpx.post(f"{rig.api_server.base_url}/ingest", json={"symbol": "EURUSD", "timeframe": "M1", "candles": newest}, headers={"X-API-Key": API_KEY}, timeout=30)
+        newest = [
+            {**{k: v for k, v in row.items() if k != "time"}, "time": int(row["time"].timestamp())}
+            for row in bars.iloc[-10:].to_dict("records")
+        ]
+        posted = httpx.post(
+            f"{rig.api_server.base_url}/ingest",
+            json={"symbol": "EURUSD", "timeframe": "M1", "candles": newest},
+            headers={"X-API-Key": API_KEY},
+            timeout=30,
+        )
         assert posted.status_code == 200, posted.text
         update_features(rig.url, "EURUSD", "M1")
         train_model(settings, force=True)
@@ -149,7 +186,10 @@ def test_the_new_delivery_drift_and_terminal_metrics_carry_values(served):
 
 def test_every_rule_and_panel_asks_for_metrics_that_exist(served):
     samples = served["samples"]
-    expressions = {**{f"alert {k}": v for k, v in alert_expressions().items()}, **{f"panel {k}": v for k, v in dashboard_expressions().items()}}
+    expressions = {
+        **{f"alert {k}": v for k, v in alert_expressions().items()},
+        **{f"panel {k}": v for k, v in dashboard_expressions().items()},
+    }
     assert len(expressions) > 20
     for where, expr in expressions.items():
         found = selectors(expr)
@@ -160,4 +200,6 @@ def test_every_rule_and_panel_asks_for_metrics_that_exist(served):
             assert name in samples, f"{where}: {name} is not served by the API or the bridge"
             for label, value in labels.items():
                 values = {s.get(label) for s in samples[name]}
-                assert value in values, f"{where}: {name}{{{label}={value!r}}} matches nothing served ({sorted(v for v in values if v)})"
+                assert value in values, (
+                    f"{where}: {name}{{{label}={value!r}}} matches nothing served ({sorted(v for v in values if v)})"
+                )

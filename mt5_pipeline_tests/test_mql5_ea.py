@@ -30,8 +30,21 @@ READS = {
 # trade reports outbox TradesBody's.
 CARRIED = {"body": "AckBody", "trades": "TradesBody"}
 # Helper -> the JSON types a property may have for it.
-WRITE_TYPES = {"JStr": {"string"}, "JNum": {"number"}, "JInt": {"integer", "number"}, "JArr": {"array"}, "JBool": {"boolean"}, "JNull": None}
-READ_TYPES = {"JsonString": {"string"}, "JsonNumber": {"number", "integer"}, "JsonArray": {"array"}, "JsonObject": {"object"}, "JsonTickets": {"array"}}
+WRITE_TYPES = {
+    "JStr": {"string"},
+    "JNum": {"number"},
+    "JInt": {"integer", "number"},
+    "JArr": {"array"},
+    "JBool": {"boolean"},
+    "JNull": None,
+}
+READ_TYPES = {
+    "JsonString": {"string"},
+    "JsonNumber": {"number", "integer"},
+    "JsonArray": {"array"},
+    "JsonObject": {"object"},
+    "JsonTickets": {"array"},
+}
 FUNCTION = re.compile(r"^(?:string|int|void|double|long|ulong|datetime|bool)\s+(\w+)\(", re.M)
 
 
@@ -56,7 +69,10 @@ def openapi(tmp_path_factory) -> dict:
 def functions(source: str) -> dict[str, str]:
     code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("//"))
     starts = [(m.start(), m.group(1)) for m in FUNCTION.finditer(code)]
-    return {name: code[pos : (starts[i + 1][0] if i + 1 < len(starts) else len(code))] for i, (pos, name) in enumerate(starts)}
+    return {
+        name: code[pos : (starts[i + 1][0] if i + 1 < len(starts) else len(code))]
+        for i, (pos, name) in enumerate(starts)
+    }
 
 
 def resolve(doc: dict, schema: dict) -> dict:
@@ -106,7 +122,9 @@ def contract_problems(source: str, doc: dict) -> list[str]:
             if prop is None:
                 problems.append(f"{name}: reads {field}, not a field of {READS[name]}")
             elif not types_of(doc, prop) & READ_TYPES[helper]:
-                problems.append(f"{name}: reads {field} with {helper} but {READS[name]}.{field} is {types_of(doc, prop)}")
+                problems.append(
+                    f"{name}: reads {field} with {helper} but {READS[name]}.{field} is {types_of(doc, prop)}"
+                )
         if name in BUILDS:
             missing = set(schemas[BUILDS[name]].get("required", [])) - {f for _, f in writes}
             if missing:
@@ -132,12 +150,22 @@ def contract_problems(source: str, doc: dict) -> list[str]:
             allowed = schema.get("enum", [schema["const"]] if "const" in schema else None)
             if allowed is not None and value not in allowed:
                 problems.append(f"{method} {path}: {key}={value} is not one of {allowed}")
-            if schema.get("type") == "integer" and not (value.isdigit() and schema.get("minimum", 0) <= int(value) <= schema.get("maximum", 2**63)):
+            if schema.get("type") == "integer" and not (
+                value.isdigit() and schema.get("minimum", 0) <= int(value) <= schema.get("maximum", 2**63)
+            ):
                 problems.append(f"{method} {path}: {key}={value} is not an integer in range")
         if body_func != '""':
-            ref = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
+            ref = (
+                op.get("requestBody", {})
+                .get("content", {})
+                .get("application/json", {})
+                .get("schema", {})
+                .get("$ref", "")
+            )
             if not ref.endswith("/" + BUILDS.get(CARRIED.get(body_func, body_func), "?")):
-                problems.append(f"{method} {path}: body built by {body_func}, but the route takes {ref or 'no JSON body'}")
+                problems.append(
+                    f"{method} {path}: body built by {body_func}, but the route takes {ref or 'no JSON body'}"
+                )
         elif method == "GET":
             ref = op["responses"]["200"]["content"]["application/json"]["schema"].get("$ref", "")
             if not ref.endswith("/" + READS["PollSignals"]):
@@ -167,7 +195,13 @@ def test_every_route_header_and_field_the_ea_uses_is_in_the_served_openapi(opena
     assert contract_problems(source, openapi) == []
     # It really uses the routes of its job.
     calls = set(re.findall(r"ApiRequest\(\"(\w+)\",\s*\"([^\"?]+)", source))
-    assert calls == {("POST", "/ingest"), ("GET", "/ea/signals"), ("POST", "/ea/ack"), ("POST", "/ea/trades"), ("POST", "/ea/reconcile")}
+    assert calls == {
+        ("POST", "/ingest"),
+        ("GET", "/ea/signals"),
+        ("POST", "/ea/ack"),
+        ("POST", "/ea/trades"),
+        ("POST", "/ea/reconcile"),
+    }
 
 
 @pytest.mark.parametrize(
@@ -185,9 +219,17 @@ def test_every_route_header_and_field_the_ea_uses_is_in_the_served_openapi(opena
         ('JInt("retcode", retcode)', 'JStr("retcode", "10018")', "retcode sent as JStr"),
         ('JStr("exit_reason", ExitReason(', 'JStr("reason", ExitReason(', "reason is not a field of TradeReport"),
         ('JsonString(meta, "entry_policy")', 'JsonString(meta, "policy")', "reads policy, not a field of SignalMeta"),
-        ('JsonTickets(response, "missing"', 'JsonTickets(response, "gone"', "reads gone, not a field of ReconcileResponse"),
+        (
+            'JsonTickets(response, "missing"',
+            'JsonTickets(response, "gone"',
+            "reads gone, not a field of ReconcileResponse",
+        ),
         ('"/ea/reconcile"', '"/ea/reconciliation"', "POST /ea/reconciliation is not in /openapi.json"),
-        ('JInt("magic", InpMagic) + "," + JInt("account"', 'JInt("account"', "required fields of ReconcileRequest never sent: ['magic']"),
+        (
+            'JInt("magic", InpMagic) + "," + JInt("account"',
+            'JInt("account"',
+            "required fields of ReconcileRequest never sent: ['magic']",
+        ),
     ],
 )
 def test_the_contract_check_catches_a_drift(openapi, old, new, complaint):
@@ -225,7 +267,7 @@ def transliterate(body: str):
 
 
 def test_the_eas_fallback_pip_is_the_cores_rule_for_every_instrument_class():
-    from mt5_pipeline import pips
+    from mt5_pipeline.market import pips
     from mt5_pipeline_tests.test_execution_contract import INSTRUMENTS
 
     rule = transliterate(mql_function("LocalPipSize"))
@@ -234,7 +276,9 @@ def test_the_eas_fallback_pip_is_the_cores_rule_for_every_instrument_class():
         assert rule(digits, point) == pytest.approx(float(row["pip"])), row
         assert rule(digits, point) == pytest.approx(pips.pip_from_instrument(digits, point))
     # The check bites: the old gold guess (2 digits and not yen: 10 points) disagrees.
-    mutated = mql_function("LocalPipSize").replace("   return point;", '   if(digits == 2) return point * 10;\n   return point;')
+    mutated = mql_function("LocalPipSize").replace(
+        "   return point;", "   if(digits == 2) return point * 10;\n   return point;"
+    )
     assert transliterate(mutated)(2, 0.01) != pytest.approx(0.01)
 
 
@@ -246,14 +290,16 @@ def test_the_ea_places_stops_in_the_signals_own_pip_on_the_tick_grid():
     assert fallback.index("LocalPipSize(") < fallback.index("PrintFormat(") < fallback.index("}")
     assert 'JsonNumber(meta, "pip_size")' in mql_function("SignalPipSize")
     stops = mql_function("Stops")
-    assert "SYMBOL_TRADE_TICK_SIZE" in stops and "ToTick(price - sign * slPips * pip" in stops and "PipSize" not in stops
+    assert (
+        "SYMBOL_TRADE_TICK_SIZE" in stops and "ToTick(price - sign * slPips * pip" in stops and "PipSize" not in stops
+    )
     assert "ToTick(buy ? tick.ask : tick.bid" in handle
 
 
 def test_the_ea_trades_only_its_own_symbol_and_timeframe():
     handle = mql_function("HandleSignal")
     guard = handle[: handle.index("Claim(")]
-    assert 'symbol != _Symbol' in guard and 'JsonString(obj, "timeframe") != TimeframeName()' in guard
+    assert "symbol != _Symbol" in guard and 'JsonString(obj, "timeframe") != TimeframeName()' in guard
 
 
 def test_the_dedupe_is_claimed_atomically_across_charts():
@@ -261,7 +307,12 @@ def test_the_dedupe_is_claimed_atomically_across_charts():
     assert "GlobalVariableSetOnCondition(lock, me, 0)" in take
     claim = mql_function("Claim")
     # Check and claim happen between taking and releasing the symbol's lock.
-    assert claim.index("TakeLock(") < claim.index("GlobalVariableCheck(key)") < claim.index("Remember(key, OUTCOME_SENDING") < claim.index("ReleaseLock(")
+    assert (
+        claim.index("TakeLock(")
+        < claim.index("GlobalVariableCheck(key)")
+        < claim.index("Remember(key, OUTCOME_SENDING")
+        < claim.index("ReleaseLock(")
+    )
     handle = mql_function("HandleSignal")
     assert "if(!Claim(" in handle and "GlobalVariableCheck" not in handle
     # Another chart's order in flight is left alone: only a stale marker is looked up.
@@ -270,7 +321,10 @@ def test_the_dedupe_is_claimed_atomically_across_charts():
 
 def test_filling_falls_back_to_return_and_volume_respects_min_and_step():
     handle = mql_function("HandleSignal")
-    assert "if(!g_trade.SetTypeFillingBySymbol(symbol))" in handle and "g_trade.SetTypeFilling(ORDER_FILLING_RETURN);" in handle
+    assert (
+        "if(!g_trade.SetTypeFillingBySymbol(symbol))" in handle
+        and "g_trade.SetTypeFilling(ORDER_FILLING_RETURN);" in handle
+    )
     assert "TRADE_RETCODE_INVALID_FILL" in handle
     volume = mql_function("Volume")
     assert "SYMBOL_VOLUME_MIN" in volume and "SYMBOL_VOLUME_STEP" in volume and "MathFloor(InpLots / step" in volume
@@ -278,13 +332,19 @@ def test_filling_falls_back_to_return_and_volume_respects_min_and_step():
 
 
 def test_the_transient_retcodes_are_the_contracts_and_leave_nothing_final():
-    from mt5_pipeline import contract
+    from mt5_pipeline.execution import contract
 
     listed = {int(c) for c in re.findall(r"case (\d+):", mql_function("IsTransient"))}
     assert listed == set(contract.TRANSIENT_RETCODES)
     handle = mql_function("HandleSignal")
-    branch = handle[handle.index("IsTransient(retcode)") : handle.index("else\n     {\n      Remember(key, OUTCOME_REJECTED")]
-    assert "GlobalVariableDel(key)" in branch and "FindPlaced(" in branch and 'SendAck(signalId, 0, "REJECTED"' not in branch
+    branch = handle[
+        handle.index("IsTransient(retcode)") : handle.index("else\n     {\n      Remember(key, OUTCOME_REJECTED")
+    ]
+    assert (
+        "GlobalVariableDel(key)" in branch
+        and "FindPlaced(" in branch
+        and 'SendAck(signalId, 0, "REJECTED"' not in branch
+    )
 
 
 def test_a_rejection_with_retcode_0_is_not_stored_as_minus_zero():
@@ -327,8 +387,8 @@ def test_the_ea_keeps_the_bridges_comment_rule():
 
 
 def test_the_ea_obeys_the_policy_the_signal_carries_with_the_cores_names():
-    from mt5_pipeline.contract import POLICY_SKIP
-    from mt5_pipeline.execution_policy import ENTRY_POLICIES, EXIT_REASONS
+    from mt5_pipeline.execution.contract import POLICY_SKIP
+    from mt5_pipeline.execution.execution_policy import ENTRY_POLICIES, EXIT_REASONS
 
     source = EA.read_text()
     policy = mql_function("SignalPolicy")
@@ -350,7 +410,9 @@ def test_the_ea_obeys_the_policy_the_signal_carries_with_the_cores_names():
     assert "GlobalVariableDel(key)" in later and "SendAck" not in later
     assert "RememberPosition(ticket, " in handle and "RememberPosition(found, " in handle
     # Every exit reason it reports is one the API takes.
-    reasons = set(re.findall(r'return "(\w+)";', mql_function("ExitReason"))) | set(re.findall(r'"(time|opposite_signal)"', mql_function("ExitReason")))
+    reasons = set(re.findall(r'return "(\w+)";', mql_function("ExitReason"))) | set(
+        re.findall(r'"(time|opposite_signal)"', mql_function("ExitReason"))
+    )
     assert reasons <= set(EXIT_REASONS) and {"sl", "tp", "time", "opposite_signal", "manual"} == reasons
 
 

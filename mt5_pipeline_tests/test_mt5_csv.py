@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mt5_pipeline.mt5_csv import ImportError_, import_file
+from mt5_pipeline.market.mt5_csv import ImportError_, import_file
 from mt5_pipeline.storage.candles import read_candles
 
 HEADER = "<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<VOL>\t<SPREAD>"
@@ -25,7 +25,9 @@ def mt5_lines(n: int, start: datetime = START) -> list[str]:
         t = start + timedelta(minutes=i)
         o = 1.09500 + 0.00010 * (i % 7)
         c = o + 0.00003 * ((i % 3) - 1)
-        out.append(f"{t:%Y.%m.%d}\t{t:%H:%M:%S}\t{o:.5f}\t{max(o, c) + 0.00005:.5f}\t{min(o, c) - 0.00004:.5f}\t{c:.5f}\t{40 + i % 50}\t0\t{i % 4}")
+        out.append(
+            f"{t:%Y.%m.%d}\t{t:%H:%M:%S}\t{o:.5f}\t{max(o, c) + 0.00005:.5f}\t{min(o, c) - 0.00004:.5f}\t{c:.5f}\t{40 + i % 50}\t0\t{i % 4}"
+        )
     return out
 
 
@@ -56,9 +58,13 @@ def test_mt5_export_imports_and_a_second_run_changes_nothing(settings, tmp_path)
 def test_utf16_export_with_bom_gives_the_same_bars(settings, tmp_path):
     lines = [HEADER, *mt5_lines(12)]
     import_file(settings, write(tmp_path / "a.csv", lines), symbol="EURUSD", timeframe="M1", progress=False)
-    report = import_file(settings, write(tmp_path / "b.csv", lines, "utf-16"), symbol="GBPUSD", timeframe="M1", progress=False)
+    report = import_file(
+        settings, write(tmp_path / "b.csv", lines, "utf-16"), symbol="GBPUSD", timeframe="M1", progress=False
+    )
     assert report.encoding == "UTF-16 LE" and report.inserted == 12
-    utf8, utf16 = (read_candles(settings.database_url, s, "M1").drop(columns="ingested_at") for s in ("EURUSD", "GBPUSD"))
+    utf8, utf16 = (
+        read_candles(settings.database_url, s, "M1").drop(columns="ingested_at") for s in ("EURUSD", "GBPUSD")
+    )
     pd.testing.assert_frame_equal(utf8, utf16)
 
 
@@ -100,10 +106,16 @@ def test_a_bad_line_is_reported_by_number_and_its_chunk_is_not_stored(settings, 
     "line, words",
     [
         ("2024.01.02\t09:40:00\t1.09500\tabc\t1.09490\t1.09500\t40\t0\t1", "line 12: <HIGH> is not a number: 'abc'"),
-        ("2024.13.02\t09:40:00\t1.09500\t1.09600\t1.09490\t1.09500\t40\t0\t1", "line 12: <DATE>/<TIME> '2024.13.02 09:40:00' is not a date and time"),
+        (
+            "2024.13.02\t09:40:00\t1.09500\t1.09600\t1.09490\t1.09500\t40\t0\t1",
+            "line 12: <DATE>/<TIME> '2024.13.02 09:40:00' is not a date and time",
+        ),
         ("2024.01.02\t09:40:00\t1.09500\t1.09600\t1.09490\t1.09500\t40\t0\t1\t7", "line 12: Expected 9 fields, saw 10"),
         ("2024.01.02\t09:40:00\t1.09500\t\t1.09490\t1.09500\t40\t0\t1", "line 12: <HIGH> is empty"),
-        ("2024.01.02\t09:40:30\t1.09500\t1.09600\t1.09490\t1.09500\t40\t0\t1", "line 12: <DATE>/<TIME> 2024-01-02T09:40:30Z is not a bar open time"),
+        (
+            "2024.01.02\t09:40:30\t1.09500\t1.09600\t1.09490\t1.09500\t40\t0\t1",
+            "line 12: <DATE>/<TIME> 2024-01-02T09:40:30Z is not a bar open time",
+        ),
     ],
 )
 def test_each_kind_of_bad_line_names_its_line(settings, tmp_path, line, words):
@@ -171,7 +183,20 @@ def test_import_csv_command_end_to_end(tmp_path):
     assert upgrade.returncode == 0, upgrade.stderr
 
     path = write(tmp_path / "EURUSD_M1.csv", [HEADER, *mt5_lines(40)], "utf-16")
-    done = cli("import-csv", str(path), "--symbol", "EURUSD", "--timeframe", "M1", "--tz-offset", "2", "--chunk-rows", "15", env=env, cwd=tmp_path)
+    done = cli(
+        "import-csv",
+        str(path),
+        "--symbol",
+        "EURUSD",
+        "--timeframe",
+        "M1",
+        "--tz-offset",
+        "2",
+        "--chunk-rows",
+        "15",
+        env=env,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "40 rows read in 3 chunk(s)" in done.stdout and "40 inserted" in done.stdout
     frame = read_candles(url, "EURUSD", "M1")
@@ -180,7 +205,19 @@ def test_import_csv_command_end_to_end(tmp_path):
     lines = [HEADER, *mt5_lines(40, START + timedelta(hours=1))]
     lines[33] = lines[33].replace("\t0\t", "\t-3\t")  # <VOL> negative on file line 34
     bad = write(tmp_path / "bad.csv", lines)
-    failed = cli("import-csv", str(bad), "--symbol", "EURUSD", "--timeframe", "M1", "--chunk-rows", "15", "--no-progress", env=env, cwd=tmp_path)
+    failed = cli(
+        "import-csv",
+        str(bad),
+        "--symbol",
+        "EURUSD",
+        "--timeframe",
+        "M1",
+        "--chunk-rows",
+        "15",
+        "--no-progress",
+        env=env,
+        cwd=tmp_path,
+    )
     assert failed.returncode == 1
     assert "line 34: <VOL> must be >= 0" in failed.stderr and "30 rows before line 32" in failed.stderr
     assert len(read_candles(url, "EURUSD", "M1")) == 70

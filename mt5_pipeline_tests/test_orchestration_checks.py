@@ -22,7 +22,13 @@ def test_checks_pass_on_good_data_and_fail_on_broken_data(sqlite_url, settings_f
     instance.add_dynamic_partitions("symbols", ["EURUSD"])
     resources = resources_for(settings, **FAST_MODEL)
 
-    feats = dg.materialize([features_m1, *asset_checks], partition_key="EURUSD", instance=instance, resources=resources, selection=[features_m1])
+    feats = dg.materialize(
+        [features_m1, *asset_checks],
+        partition_key="EURUSD",
+        instance=instance,
+        resources=resources,
+        selection=[features_m1],
+    )
     evaluations = _evaluations(feats)
     assert evaluations["features_m1_finite"].passed
     assert evaluations["features_m1_matches_candles"].passed
@@ -38,9 +44,32 @@ def test_checks_pass_on_good_data_and_fail_on_broken_data(sqlite_url, settings_f
 
     now = minute_now()
     with get_engine(sqlite_url).begin() as conn:
-        conn.execute(insert(candles).values(symbol="EURUSD", timeframe="M1", ts=now.replace(year=2000), open=1.0, high=0.9, low=1.1, close=1.0, tick_volume=1, spread=0, real_volume=0, ingested_at=now))
+        conn.execute(
+            insert(candles).values(
+                symbol="EURUSD",
+                timeframe="M1",
+                ts=now.replace(year=2000),
+                open=1.0,
+                high=0.9,
+                low=1.1,
+                close=1.0,
+                tick_volume=1,
+                spread=0,
+                real_volume=0,
+                ingested_at=now,
+            )
+        )
         conn.execute(update(features_table).values(feature_set_version="0"))
-    bad = _evaluations(defs.resolve_job_def("candles_checks_job").execute_in_process(instance=instance, raise_on_error=False))
+    bad = _evaluations(
+        defs.resolve_job_def("candles_checks_job").execute_in_process(instance=instance, raise_on_error=False)
+    )
     assert not bad["candles_ohlc_consistent"].passed
-    recheck = _evaluations(dg.materialize([rf_m1, *asset_checks], instance=instance, resources=resources, selection=dg.AssetSelection.checks_for_assets(rf_m1)))
+    recheck = _evaluations(
+        dg.materialize(
+            [rf_m1, *asset_checks],
+            instance=instance,
+            resources=resources,
+            selection=dg.AssetSelection.checks_for_assets(rf_m1),
+        )
+    )
     assert not recheck["rf_m1_feature_set_matches"].passed

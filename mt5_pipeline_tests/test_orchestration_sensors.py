@@ -5,16 +5,18 @@ from datetime import timedelta
 
 import dagster as dg
 
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.model import train_model
-from mt5_pipeline.queue import enqueue
-from mt5_pipeline.sample_data import generate_candles
+from mt5_pipeline.learning.training import train_model
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles
+from mt5_pipeline.signals.queue import enqueue
 from mt5_pipeline_tests.orchestration_support import FAST_MODEL, defs_for, load_symbols, minute_now
 
 
 def _tick(defs, instance, name, cursor=None):
     sensor = defs.get_repository_def().get_sensor_def(name)
-    with dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor, resources=defs.resources) as context:
+    with dg.build_sensor_context(
+        instance=instance, definitions=defs, cursor=cursor, resources=defs.resources
+    ) as context:
         result = sensor(context)
         return result, result.cursor if isinstance(result, dg.SensorResult) else context.cursor
 
@@ -44,7 +46,7 @@ def test_new_candles_sensor_requests_only_new_bars_and_never_twice(db_url, setti
     # A new symbol arrives, and the model now exists: a prediction run for it alone.
     instance.add_dynamic_partitions("symbols", ["EURUSD"])
     ingest_candles(db_url, "GBPUSD", "M1", generate_candles(3000, end=now, seed=7, with_weekends=False))
-    from mt5_pipeline.features import update_features
+    from mt5_pipeline.learning.features import update_features
 
     for symbol in ("EURUSD", "GBPUSD"):
         update_features(db_url, symbol)
@@ -124,16 +126,20 @@ def test_retrain_schedule_requests_a_training_run(sqlite_url, settings_for):
 
 
 def test_push_sensor_and_job_are_loud_about_a_configuration_error(pg_url, settings_for, reference_ea):
-    from mt5_pipeline import queue
+    from mt5_pipeline.signals import queue
 
-    settings = reference_ea.settings(settings_for(pg_url)).replace(ea_server_url_override=reference_ea.base_url + "/signal")
+    settings = reference_ea.settings(settings_for(pg_url)).replace(
+        ea_server_url_override=reference_ea.base_url + "/signal"
+    )
     defs = defs_for(settings, EA_SERVER_URL=reference_ea.base_url + "/signal", EA_API_KEY=reference_ea.api_key)
     instance = dg.DagsterInstance.ephemeral()
     assert enqueue(pg_url, _signal(minute_now()))
     run = defs.resolve_job_def("ea_push_job").execute_in_process(instance=instance, raise_on_error=False)
     assert not run.success
     [failure] = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert "configuration error" in str(failure.event_specific_data.error) and "(404)" in str(failure.event_specific_data.error)
+    assert "configuration error" in str(failure.event_specific_data.error) and "(404)" in str(
+        failure.event_specific_data.error
+    )
     skipped, _ = _tick(defs, instance, "ea_push_sensor")
     assert isinstance(skipped, dg.SkipReason)
     assert "EA configuration error (HTTP 404)" in skipped.skip_message and "EA_SERVER_URL" in skipped.skip_message
@@ -141,8 +147,8 @@ def test_push_sensor_and_job_are_loud_about_a_configuration_error(pg_url, settin
 
 
 def test_push_sensor_waits_out_an_ea_outage(pg_url, settings_for, reference_ea):
-    from mt5_pipeline import breaker
-    from mt5_pipeline.pusher import push_pending
+    from mt5_pipeline.delivery import breaker
+    from mt5_pipeline.delivery.pusher import push_pending
 
     settings = reference_ea.settings(settings_for(pg_url))
     defs = defs_for(settings, EA_SERVER_URL=reference_ea.url, EA_API_KEY=reference_ea.api_key)
@@ -158,7 +164,11 @@ def test_push_sensor_waits_out_an_ea_outage(pg_url, settings_for, reference_ea):
         skipped, _ = _tick(defs, dg.DagsterInstance.ephemeral(), "ea_push_sensor")
     finally:
         reference_ea.start()
-    assert isinstance(skipped, dg.SkipReason) and "EA outage" in skipped.skip_message and "next probe" in skipped.skip_message
+    assert (
+        isinstance(skipped, dg.SkipReason)
+        and "EA outage" in skipped.skip_message
+        and "next probe" in skipped.skip_message
+    )
 
 
 def _report(instance, result) -> None:
@@ -168,7 +178,7 @@ def _report(instance, result) -> None:
 
 
 def test_with_a_live_worker_the_sensor_records_every_bar_run_less(db_url, settings_for):
-    from mt5_pipeline.live import LiveWorker
+    from mt5_pipeline.signals.live import LiveWorker
 
     live = {**FAST_MODEL, "SIGNAL_BUY_THRESHOLD": 0.5, "SIGNAL_SELL_THRESHOLD": 0.4999, "SIGNAL_TTL_SECONDS": 600}
     settings = settings_for(db_url, **live)
@@ -177,7 +187,7 @@ def test_with_a_live_worker_the_sensor_records_every_bar_run_less(db_url, settin
     now = minute_now()
     symbols = {"EURUSD": 0, "GBPUSD": 1}
     load_symbols(db_url, symbols, end=now - timedelta(minutes=2), bars=3000)
-    from mt5_pipeline.features import update_features
+    from mt5_pipeline.learning.features import update_features
 
     for symbol in symbols:
         update_features(db_url, symbol)
@@ -191,7 +201,13 @@ def test_with_a_live_worker_the_sensor_records_every_bar_run_less(db_url, settin
         assert sorted(d.symbol for d in decided) == ["EURUSD", "GBPUSD"]
         for offset in (1,):  # a new closed bar for each symbol, decided by the worker
             for seed, symbol in enumerate(symbols):
-                bar = generate_candles(1, end=now - timedelta(minutes=offset), seed=50 + seed, with_weekends=False, start_price=1.1 + seed * 0.2)
+                bar = generate_candles(
+                    1,
+                    end=now - timedelta(minutes=offset),
+                    seed=50 + seed,
+                    with_weekends=False,
+                    start_price=1.1 + seed * 0.2,
+                )
                 ingest_candles(db_url, symbol, "M1", bar, max_jump=None)
             decided += worker.handle([(s, "M1") for s in symbols], trigger="notify")
         assert len(decided) == 4
@@ -204,14 +220,21 @@ def test_with_a_live_worker_the_sensor_records_every_bar_run_less(db_url, settin
         by_asset: dict[str, list] = {}
         for event in materialized:
             by_asset.setdefault(event.asset_key.to_user_string(), []).append(event)
-        assert sorted(e.partition for e in by_asset["signals"]) == ["EURUSD", "EURUSD", "GBPUSD", "GBPUSD"]  # every decision
+        assert sorted(e.partition for e in by_asset["signals"]) == [
+            "EURUSD",
+            "EURUSD",
+            "GBPUSD",
+            "GBPUSD",
+        ]  # every decision
         # The new bar's feature rows (the first decisions wrote none: the batch had computed them).
         assert sorted(e.partition for e in by_asset["features_m1"]) == ["EURUSD", "GBPUSD"]
         newest = now - timedelta(minutes=1)
         for symbol in symbols:
             event = instance.get_latest_materialization_event(dg.AssetKey("signals"))
             assert event is not None
-            records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("signals"), asset_partitions=[symbol]), limit=10).records
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("signals"), asset_partitions=[symbol]), limit=10
+            ).records
             assert len(records) == 2
             meta = records[0].asset_materialization.metadata
             assert meta["bar"].value == newest.isoformat()
@@ -223,7 +246,9 @@ def test_with_a_live_worker_the_sensor_records_every_bar_run_less(db_url, settin
         assert instance.get_materialized_partitions(dg.AssetKey("features_m1")) == set(symbols)
 
         again, cursor = _tick(defs, instance, "new_candles_sensor", cursor)
-        assert not getattr(again, "run_requests", None) and not getattr(again, "asset_events", None)  # nothing recorded twice
+        assert not getattr(again, "run_requests", None) and not getattr(
+            again, "asset_events", None
+        )  # nothing recorded twice
 
         # DAGSTER_LIVE_RUNS=true: the old path, a run per symbol per bar, worker or not.
         runs = settings_for(db_url, **live, DAGSTER_LIVE_RUNS="true")

@@ -41,7 +41,20 @@ def installed(tmp_path_factory) -> dict:
     for name in ("setup.py", "README.md"):
         shutil.copy(ROOT / name, src / name)
     # --no-build-isolation: build with the setuptools already installed (no download).
-    built = _run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-v", "-w", str(work / "dist")])
+    built = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(src),
+            "--no-deps",
+            "--no-build-isolation",
+            "-v",
+            "-w",
+            str(work / "dist"),
+        ]
+    )
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     wheel = next((work / "dist").glob("mt5_pipeline-*.whl"))
 
@@ -49,13 +62,23 @@ def installed(tmp_path_factory) -> dict:
     assert _run([sys.executable, "-m", "venv", "--without-pip", str(venv)]).returncode == 0
     python = venv / "bin" / "python"
     # pip from this venv installs into the new one (--python): no pip download there.
-    done = _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)])
+    done = _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)]
+    )
     assert done.returncode == 0, done.stderr
     site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
     (site / "zz_project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "PYTHON", "MODEL_DIR"))}
     env["MODEL_DIR"] = str(work / "models")
-    return {"build_log": built.stdout + built.stderr, "wheel": wheel, "python": python, "cli": venv / "bin" / "mt5-pipeline", "site": site, "env": env, "cwd": work}
+    return {
+        "build_log": built.stdout + built.stderr,
+        "wheel": wheel,
+        "python": python,
+        "cli": venv / "bin" / "mt5-pipeline",
+        "site": site,
+        "env": env,
+        "cwd": work,
+    }
 
 
 def test_the_build_leaves_no_package_out(installed):
@@ -72,7 +95,15 @@ def test_the_build_leaves_no_package_out(installed):
 
 
 def test_the_installed_package_is_the_wheel(installed):
-    where = _run([str(installed["python"]), "-c", "import mt5_pipeline, mt5_pipeline.api.main; print(mt5_pipeline.__file__); print(mt5_pipeline.api.main.__file__)"], env=installed["env"], cwd=installed["cwd"])
+    where = _run(
+        [
+            str(installed["python"]),
+            "-c",
+            "import mt5_pipeline, mt5_pipeline.api.main; print(mt5_pipeline.__file__); print(mt5_pipeline.api.main.__file__)",
+        ],
+        env=installed["env"],
+        cwd=installed["cwd"],
+    )
     assert where.returncode == 0, where.stderr
     for line in where.stdout.split():
         assert Path(line).is_relative_to(installed["site"]), line
@@ -96,6 +127,10 @@ def test_db_upgrade_from_the_wheel_on_sqlite(installed, tmp_path):
 
 def test_db_upgrade_from_the_wheel_on_postgresql(installed):
     with fresh_database("mt5_wheel") as url:
-        done = _run([str(installed["cli"]), "db", "upgrade"], env={**installed["env"], "DATABASE_URL": url}, cwd=installed["cwd"])
+        done = _run(
+            [str(installed["cli"]), "db", "upgrade"],
+            env={**installed["env"], "DATABASE_URL": url},
+            cwd=installed["cwd"],
+        )
         assert done.returncode == 0, done.stderr
         assert f"migrated empty -> {head_revision()}" in done.stdout

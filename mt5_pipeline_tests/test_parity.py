@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mt5_pipeline.execution_policy import ENTRY_POLICIES, ExecutionPolicy
-from mt5_pipeline.sample_data import generate_candles
+from mt5_pipeline.execution.execution_policy import ENTRY_POLICIES, ExecutionPolicy
+from mt5_pipeline.market.sample_data import generate_candles
 from mt5_pipeline_tests.bridge_support import build_rig
 from mt5_pipeline_tests.parity_support import play
 
@@ -37,7 +37,18 @@ def test_bridge_trades_are_the_backtest_trades_without_spread(sqlite_url, tmp_pa
     rig = build_rig(sqlite_url, tmp_path, LABEL_MAX_HOLD_BARS="12", ENTRY_POLICY=entry)
     try:
         policy = ExecutionPolicy(entry, 12)
-        result = play(rig, candles, signals, symbol="EURUSD", timeframe="M1", sl_pips=3, tp_pips=4, pip=PIP, point=POINT, policy=policy)
+        result = play(
+            rig,
+            candles,
+            signals,
+            symbol="EURUSD",
+            timeframe="M1",
+            sl_pips=3,
+            tp_pips=4,
+            pip=PIP,
+            point=POINT,
+            policy=policy,
+        )
         f = result.figures
         assert f["backtest_trades"] > 20
         assert f["same_entries"] == f["backtest_trades"] == f["live_trades"], f
@@ -64,7 +75,18 @@ def test_bridge_trades_are_the_backtest_trades_with_a_spread(sqlite_url, tmp_pat
     rig = build_rig(sqlite_url, tmp_path, LABEL_MAX_HOLD_BARS="12")
     try:
         policy = ExecutionPolicy("one_per_symbol_timeframe", 12)
-        result = play(rig, candles, signals, symbol="EURUSD", timeframe="M1", sl_pips=6, tp_pips=9, pip=PIP, point=POINT, policy=policy)
+        result = play(
+            rig,
+            candles,
+            signals,
+            symbol="EURUSD",
+            timeframe="M1",
+            sl_pips=6,
+            tp_pips=9,
+            pip=PIP,
+            point=POINT,
+            policy=policy,
+        )
         f = result.figures
         # The backtest places its stops from the fill, as the terminal does (a spread nearer the
         # stop, a spread farther the target, on bid prices): the same trades, the same exits, and a

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from mt5_pipeline.ingest import MAX_PRICE, CandleValidationError, ingest_candles
+from mt5_pipeline.market.ingest import MAX_PRICE, CandleValidationError, ingest_candles
 from mt5_pipeline.storage.candles import newest_bars, read_candles
 
 T0 = int(datetime(2024, 6, 3, 9, 0, tzinfo=timezone.utc).timestamp())
@@ -16,7 +16,14 @@ NOW = datetime(2024, 6, 5, 12, 0, tzinfo=timezone.utc)
 
 
 def bar(i: int, price: float, *, wick: float = 0.0002) -> dict:
-    return {"time": T0 + 60 * i, "open": price, "high": price + wick, "low": price - wick, "close": price, "tick_volume": 10}
+    return {
+        "time": T0 + 60 * i,
+        "open": price,
+        "high": price + wick,
+        "low": price - wick,
+        "close": price,
+        "tick_volume": 10,
+    }
 
 
 def walk(n: int, start: int = 0, price: float = 1.08) -> list[dict]:
@@ -31,7 +38,11 @@ def test_a_price_beyond_any_instrument_is_refused_with_its_row(db_url):
     with pytest.raises(CandleValidationError) as err:
         ingest_candles(db_url, "EURUSD", "M1", batch, now=NOW)
     (error,) = err.value.errors
-    assert error.loc == "candles[3].high" and "beyond any instrument's price" in error.message and f"{MAX_PRICE:g}" in error.message
+    assert (
+        error.loc == "candles[3].high"
+        and "beyond any instrument's price" in error.message
+        and f"{MAX_PRICE:g}" in error.message
+    )
     assert newest_bars(db_url) == []
 
 
@@ -42,7 +53,11 @@ def test_a_bad_tick_against_the_stored_series_is_refused_and_nothing_is_stored(d
     with pytest.raises(CandleValidationError) as err:
         ingest_candles(db_url, "EURUSD", "M1", batch, now=NOW)
     (error,) = err.value.errors
-    assert error.loc == "candles[2].high" and "times above the level" in error.message and "PRICE_MAX_JUMP=10" in error.message
+    assert (
+        error.loc == "candles[2].high"
+        and "times above the level" in error.message
+        and "PRICE_MAX_JUMP=10" in error.message
+    )
     assert len(read_candles(db_url, "EURUSD", "M1")) == 50  # none of the five
     low = walk(3, start=50)
     low[0] = bar(50, 0.001, wick=0.0001)
@@ -69,7 +84,8 @@ def test_a_long_trend_is_not_a_bad_tick(db_url):
 
 # ---- plausible but extreme: stored, flagged, no signal until the next bars confirm ----------
 
-from mt5_pipeline import quality  # noqa: E402
+from mt5_pipeline.market import extremes  # noqa: E402
+from mt5_pipeline.monitoring import quality  # noqa: E402
 
 
 def _series_with_jump(db_url: str, *, jump: float = 1.012) -> tuple[list[dict], datetime]:
@@ -88,21 +104,21 @@ def _at(i: int) -> datetime:
 def test_an_extreme_bar_is_stored_and_waits_for_the_next_bars(db_url):
     _, jump_ts = _series_with_jump(db_url)
     assert len(read_candles(db_url, "EURUSD", "M1")) == 301  # stored: plausible
-    flags = quality.extreme_bars(read_candles(db_url, "EURUSD", "M1"))
+    flags = extremes.extreme_bars(read_candles(db_url, "EURUSD", "M1"))
     assert list(flags.index[flags["extreme"]]) == [300] and flags["sigmas"].iloc[300] > 50
 
-    reason = quality.unconfirmed_extreme(db_url, "EURUSD", "M1", jump_ts)
+    reason = extremes.unconfirmed_extreme(db_url, "EURUSD", "M1", jump_ts)
     assert reason is not None and "waiting for 2 more bar(s)" in reason
-    assert quality.unconfirmed_extreme(db_url, "EURUSD", "M1", _at(299)) is None  # the bar before is fine
+    assert extremes.unconfirmed_extreme(db_url, "EURUSD", "M1", _at(299)) is None  # the bar before is fine
     check = quality.candles_extreme_bars(db_url)
     assert not check.passed and check.severity == "WARN" and check.metadata["unconfirmed"] == 1
 
     level = read_candles(db_url, "EURUSD", "M1")["close"].iloc[-1]
     ingest_candles(db_url, "EURUSD", "M1", [bar(301, level + 0.0001)], now=NOW)
-    assert "waiting for 1 more bar(s)" in quality.unconfirmed_extreme(db_url, "EURUSD", "M1", _at(301))
+    assert "waiting for 1 more bar(s)" in extremes.unconfirmed_extreme(db_url, "EURUSD", "M1", _at(301))
     ingest_candles(db_url, "EURUSD", "M1", [bar(302, level - 0.0001)], now=NOW)
     # Two bars held the new level: confirmed, signals may follow.
-    assert quality.unconfirmed_extreme(db_url, "EURUSD", "M1", _at(302)) is None
+    assert extremes.unconfirmed_extreme(db_url, "EURUSD", "M1", _at(302)) is None
     assert quality.candles_extreme_bars(db_url).passed
 
 
@@ -110,13 +126,13 @@ def test_a_spike_the_next_bars_do_not_hold_keeps_its_bars_from_trading(db_url):
     history, jump_ts = _series_with_jump(db_url)
     before = history[-1]["close"]
     ingest_candles(db_url, "EURUSD", "M1", [bar(301, before), bar(302, before + 0.0001)], now=NOW)
-    reason = quality.unconfirmed_extreme(db_url, "EURUSD", "M1", _at(302))
+    reason = extremes.unconfirmed_extreme(db_url, "EURUSD", "M1", _at(302))
     assert reason is not None and "did not hold its level" in reason
     check = quality.candles_extreme_bars(db_url)
     assert not check.passed and check.metadata["bars"][0]["state"] == "not confirmed"
     # Once the spike is CONFIRM_BARS + 1 bars back, newer bars trade again.
     ingest_candles(db_url, "EURUSD", "M1", [bar(303, before)], now=NOW)
-    assert quality.unconfirmed_extreme(db_url, "EURUSD", "M1", _at(303)) is None
+    assert extremes.unconfirmed_extreme(db_url, "EURUSD", "M1", _at(303)) is None
 
 
 def test_the_candles_check_flags_it_through_dagster(sqlite_url, settings_for):
@@ -126,7 +142,9 @@ def test_the_candles_check_flags_it_through_dagster(sqlite_url, settings_for):
 
     _series_with_jump(sqlite_url)
     defs = defs_for(settings_for(sqlite_url, **FAST_MODEL), **FAST_MODEL)
-    result = defs.resolve_job_def("candles_checks_job").execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    result = defs.resolve_job_def("candles_checks_job").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+    )
     evaluation = {e.check_name: e for e in result.get_asset_check_evaluations()}["candles_extreme_bars"]
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
     assert "1 unconfirmed" in evaluation.description

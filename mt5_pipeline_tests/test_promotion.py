@@ -8,14 +8,15 @@ import dagster as dg
 import pytest
 from sqlalchemy import select
 
-from mt5_pipeline import model_registry
-from mt5_pipeline.features import update_features
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.model import InsufficientDataError, current_model_info, load_model, train_model
+from mt5_pipeline.learning import model_registry
+from mt5_pipeline.learning.features import update_features
+from mt5_pipeline.learning.model_store import current_model_info, load_model
+from mt5_pipeline.learning.promotion import decide
+from mt5_pipeline.learning.training import InsufficientDataError, train_model
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles
 from mt5_pipeline.orchestration.assets import rf_m1
 from mt5_pipeline.orchestration.resources import resources_for
-from mt5_pipeline.promotion import decide
-from mt5_pipeline.sample_data import generate_candles
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import model_registry as registry_table
 
@@ -30,7 +31,16 @@ NO_SKILL = {"RF_N_ESTIMATORS": 5, "RF_MIN_SAMPLES_LEAF": 1_000_000}
 
 
 def _scores(auc=0.55, log_loss=0.68, net=100.0, **changes) -> dict:
-    scores = {"auc": auc, "log_loss": log_loss, "net_pips": net, "trades": 50.0, "baseline_auc": 0.5, "baseline_log_loss": 0.69, "baseline_net_pips": -20.0, "rows": 500.0}
+    scores = {
+        "auc": auc,
+        "log_loss": log_loss,
+        "net_pips": net,
+        "trades": 50.0,
+        "baseline_auc": 0.5,
+        "baseline_log_loss": 0.69,
+        "baseline_net_pips": -20.0,
+        "rows": 500.0,
+    }
     scores.update(changes)
     return scores
 
@@ -128,7 +138,12 @@ def test_champion_challenger_on_the_same_window_with_the_registry_and_the_files(
         train_model(settings, ["GBPUSD"], now=END + timedelta(hours=4))
 
     rows = _rows(db_url)
-    assert [(r.decision, bool(r.is_current)) for r in rows] == [("promoted", False), ("rejected", False), ("forced", True), ("failed", False)]
+    assert [(r.decision, bool(r.is_current)) for r in rows] == [
+        ("promoted", False),
+        ("rejected", False),
+        ("forced", True),
+        ("failed", False),
+    ]
     assert rows[1].champion_version == first.version and "does not beat the baseline" in rows[1].reason
     scores = json.loads(rows[1].scores)
     assert set(scores) == {"candidate", "champion", "champion_version", "window"}
@@ -136,7 +151,12 @@ def test_champion_challenger_on_the_same_window_with_the_registry_and_the_files(
     assert rows[3].path == "" and "GBPUSD" in rows[3].reason and rows[3].timeframe == "M1"
     assert model_registry.champion(settings)["version"] == forced.version
     assert model_registry.last_retrain(settings)["decision"] == "failed"
-    assert model_registry.retrain_counts(db_url) == {("rf_m1", "promoted"): 1, ("rf_m1", "rejected"): 1, ("rf_m1", "forced"): 1, ("rf_m1", "failed"): 1}
+    assert model_registry.retrain_counts(db_url) == {
+        ("rf_m1", "promoted"): 1,
+        ("rf_m1", "rejected"): 1,
+        ("rf_m1", "forced"): 1,
+        ("rf_m1", "failed"): 1,
+    }
 
 
 def test_a_rejected_candidate_fails_the_dagster_run_through_the_blocking_check(sqlite_url, settings_for):
@@ -150,7 +170,9 @@ def test_a_rejected_candidate_fails_the_dagster_run_through_the_blocking_check(s
     assert "candidate/auc" in meta and "baseline/auc" in meta and "champion/auc" not in meta
     champion = (settings.model_dir / "rf_m1.pkl").read_bytes()
 
-    weak = dg.materialize([rf_m1], instance=instance, resources=resources_for(settings, **NO_SKILL), raise_on_error=False)
+    weak = dg.materialize(
+        [rf_m1], instance=instance, resources=resources_for(settings, **NO_SKILL), raise_on_error=False
+    )
     assert not weak.success  # the run history shows the rejection as a failed run
     (evaluation,) = weak.get_asset_check_evaluations()
     assert evaluation.check_name == "candidate_promoted" and not evaluation.passed
@@ -164,7 +186,13 @@ def test_a_rejected_candidate_fails_the_dagster_run_through_the_blocking_check(s
     assert (settings.model_dir / "rf_m1.pkl").read_bytes() == champion
 
     # Re-running the check alone reports the registry's last decision without training.
-    recheck = dg.materialize([rf_m1], instance=instance, resources=resources_for(settings, **MODEL), selection=dg.AssetSelection.checks_for_assets(rf_m1), raise_on_error=False)
+    recheck = dg.materialize(
+        [rf_m1],
+        instance=instance,
+        resources=resources_for(settings, **MODEL),
+        selection=dg.AssetSelection.checks_for_assets(rf_m1),
+        raise_on_error=False,
+    )
     (again,) = recheck.get_asset_check_evaluations()
     assert not again.passed and "rejected" in again.description
     assert not recheck.asset_materializations_for_node("rf_m1")

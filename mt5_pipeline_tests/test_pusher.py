@@ -22,16 +22,28 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mt5_pipeline import breaker, queue
-from mt5_pipeline.model import Prediction
-from mt5_pipeline.pusher import LEASE_SECONDS, backoff_seconds, push_pending, run_worker
-from mt5_pipeline.signals import generate_signal
+from mt5_pipeline.delivery import breaker
+from mt5_pipeline.delivery.pusher import LEASE_SECONDS, backoff_seconds, push_pending, run_worker
+from mt5_pipeline.learning.prediction import Prediction
+from mt5_pipeline.signals import queue
+from mt5_pipeline.signals.generation import generate_signal
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_queue
 from mt5_pipeline_tests.ea_server import ReferenceEA, ServerThread, make_signal, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-SEED_KEYS = ["signal_id", "timestamp", "symbol", "timeframe", "side", "confidence", "sl_pips", "tp_pips", "price", "meta"]
+SEED_KEYS = [
+    "signal_id",
+    "timestamp",
+    "symbol",
+    "timeframe",
+    "side",
+    "confidence",
+    "sl_pips",
+    "tp_pips",
+    "price",
+    "meta",
+]
 
 
 @pytest.fixture
@@ -53,7 +65,11 @@ def by_symbol(n: int, symbols: int, **kw) -> list[dict]:
     """n signals over `symbols` symbols, each symbol's signals together and in bar order."""
     base = datetime.now(timezone.utc).replace(second=0, microsecond=0)
     per = n // symbols
-    return [make_signal(f"SYM{s:03d}", ts=base - timedelta(minutes=per - i), **kw) for s in range(symbols) for i in range(per)]
+    return [
+        make_signal(f"SYM{s:03d}", ts=base - timedelta(minutes=per - i), **kw)
+        for s in range(symbols)
+        for i in range(per)
+    ]
 
 
 def test_the_ea_receives_the_seeds_body_and_headers(db_url, settings_for, reference_ea, caplog):
@@ -82,7 +98,11 @@ def test_the_ea_receives_the_seeds_body_and_headers(db_url, settings_for, refere
     assert {"model", "label", "model_version", "probability"} <= set(body["meta"])
 
     [r] = rows(s.database_url)
-    assert (r["status"], r["attempts"], r["ticket"]) == ("SENT", 1, reference_ea.ea.by_signal[body["signal_id"]]["ticket"])
+    assert (r["status"], r["attempts"], r["ticket"]) == (
+        "SENT",
+        1,
+        reference_ea.ea.by_signal[body["signal_id"]]["ticket"],
+    )
     assert r["sent_at"] is not None and r["claim_token"] is None
     assert "✅ Signal sent to EA: EURUSD BUY (confidence: 78.5%)" in caplog.text
     assert "📤 Pushed 1 signals to EA" in caplog.text
@@ -117,7 +137,13 @@ def drain(settings, t: datetime, *, cycles: int = 60, feed=None) -> datetime:
 def test_ea_down_holds_every_signal_without_burning_attempts_then_delivers_in_order(pg_settings, reference_ea, caplog):
     caplog.set_level(logging.INFO, logger="mt5_pipeline")
     url = pg_settings.database_url
-    signals = enqueue(url, [make_signal(sym, ts=datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=m)) for m, sym in ((3, "EURUSD"), (2, "GBPUSD"), (1, "EURUSD"))])
+    signals = enqueue(
+        url,
+        [
+            make_signal(sym, ts=datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=m))
+            for m, sym in ((3, "EURUSD"), (2, "GBPUSD"), (1, "EURUSD"))
+        ],
+    )
     reference_ea.stop()
     t0 = datetime.now(timezone.utc)
     r = push_pending(pg_settings, now=t0)
@@ -125,7 +151,9 @@ def test_ea_down_holds_every_signal_without_burning_attempts_then_delivers_in_or
     state = breaker_state(pg_settings)
     assert state.state == "outage" and state.suspect_id is not None and "cannot connect" in state.last_error
     assert t0 < state.probe_at <= t0 + timedelta(seconds=0.5 + r.duration_s)
-    assert push_pending(pg_settings, now=state.probe_at - timedelta(seconds=0.2)).held_back  # nobody sends until the probe
+    assert push_pending(
+        pg_settings, now=state.probe_at - timedelta(seconds=0.2)
+    ).held_back  # nobody sends until the probe
 
     # The probe fails too: that is an outage, and the first signal gets its attempt back.
     r = push_pending(pg_settings, now=state.probe_at)
@@ -188,7 +216,10 @@ def test_an_outage_past_the_attempt_budget_ends_delivered_or_expired_never_faile
 def test_a_poison_signal_is_failed_while_the_others_flow(pg_url, settings_for, reference_ea, caplog):
     s = reference_ea.settings(settings_for(pg_url, ea_max_attempts=3))
     base = datetime.now(timezone.utc).replace(second=0, microsecond=0)
-    poison, after = enqueue(pg_url, [make_signal("EURUSD", ts=base - timedelta(minutes=2)), make_signal("EURUSD", ts=base - timedelta(minutes=1))])
+    poison, after = enqueue(
+        pg_url,
+        [make_signal("EURUSD", ts=base - timedelta(minutes=2)), make_signal("EURUSD", ts=base - timedelta(minutes=1))],
+    )
     reference_ea.app_state.poison = {poison["signal_id"]}
     feed: list[dict] = []
 
@@ -207,7 +238,10 @@ def test_a_poison_signal_is_failed_while_the_others_flow(pg_url, settings_for, r
     drain(s, t)
     row = queue.get_signal(pg_url, poison["signal_id"])
     assert row["status"] == "FAILED" and row["attempts"] == 3
-    assert "gave up after 3 attempts while the EA accepted other signals" in row["last_error"] and "EA answered 500" in row["last_error"]
+    assert (
+        "gave up after 3 attempts while the EA accepted other signals" in row["last_error"]
+        and "EA answered 500" in row["last_error"]
+    )
     assert queue.get_signal(pg_url, after["signal_id"])["status"] == "SENT"  # it waited for the poison, then went
     assert {queue.get_signal(pg_url, f["signal_id"])["status"] for f in feed} == {"SENT"}
     assert reference_ea.signal_ids().count(poison["signal_id"]) == 3
@@ -372,7 +406,9 @@ def test_expiry_runs_in_push_and_in_pull_mode(db_url, settings_for, reference_ea
     finally:
         stop.set()
         worker.join(10)
-    assert queue.get_signal(db_url, fresh["signal_id"])["status"] in (("SENT", "ACKED") if push_enabled == "true" else ("PENDING",))
+    assert queue.get_signal(db_url, fresh["signal_id"])["status"] in (
+        ("SENT", "ACKED") if push_enabled == "true" else ("PENDING",)
+    )
     assert late["signal_id"] not in reference_ea.signal_ids()
 
 
@@ -386,8 +422,12 @@ def env_for(url: str, ea: ReferenceEA, **extra) -> dict:
 def test_the_seeds_worker_entry_point_runs_from_the_repo_and_from_api(sqlite_url, reference_ea, tmp_path):
     env = env_for(sqlite_url, reference_ea)
     for cwd, script in ((REPO, "api/run_ea_pusher.py"), (REPO / "api", "run_ea_pusher.py")):
-        [sig] = enqueue(sqlite_url, [make_signal(ts=datetime.now(timezone.utc) - timedelta(minutes=len(reference_ea.received) + 1))])
-        done = subprocess.run([sys.executable, script, "--once"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+        [sig] = enqueue(
+            sqlite_url, [make_signal(ts=datetime.now(timezone.utc) - timedelta(minutes=len(reference_ea.received) + 1))]
+        )
+        done = subprocess.run(
+            [sys.executable, script, "--once"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stderr
         assert reference_ea.signal_ids()[-1] == sig["signal_id"]
         assert "📤 Pushed 1 signals to EA" in done.stderr
@@ -396,8 +436,9 @@ def test_the_seeds_worker_entry_point_runs_from_the_repo_and_from_api(sqlite_url
 
 PUSH_LOOP = """
 import sys, time
-from mt5_pipeline import breaker, queue
-from mt5_pipeline.pusher import push_pending
+from mt5_pipeline.delivery import breaker
+from mt5_pipeline.signals import queue
+from mt5_pipeline.delivery.pusher import push_pending
 from mt5_pipeline.settings import load_settings
 
 settings = load_settings(env_file=None)
@@ -420,7 +461,13 @@ def start_pusher(tmp_path: Path, env: dict, lease: float) -> subprocess.Popen:
     script = tmp_path / "push_loop.py"
     script.write_text(PUSH_LOOP)
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(lease)], cwd=tmp_path, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(script), str(lease)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout.readline().strip() == "ready"
     return proc
@@ -460,7 +507,9 @@ def test_a_pusher_killed_mid_batch_loses_nothing_after_restart(pg_url, reference
     a.send_signal(signal.SIGKILL)
     a.wait(timeout=10)
     with get_engine(pg_url).connect() as conn:
-        leased = conn.execute(select(func.count()).select_from(signals_queue).where(signals_queue.c.claim_token.is_not(None))).scalar_one()
+        leased = conn.execute(
+            select(func.count()).select_from(signals_queue).where(signals_queue.c.claim_token.is_not(None))
+        ).scalar_one()
     assert leased > 0  # it died holding claims
 
     b = start_pusher(tmp_path, env, lease)
@@ -488,7 +537,12 @@ def test_sigterm_finishes_the_request_in_flight_and_releases_claims(pg_url, refe
     reference_ea.app_state.delay = 0.05
     env = env_for(pg_url, reference_ea, ea_push_interval=30)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "mt5_pipeline.apps.cli", "push"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "mt5_pipeline.apps.cli", "push"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert wait_for(lambda: len(reference_ea.received) >= 3, timeout=30)
     worker.send_signal(signal.SIGTERM)
@@ -504,7 +558,7 @@ def test_sigterm_finishes_the_request_in_flight_and_releases_claims(pg_url, refe
 
 
 PUSH_ONCE = """
-from mt5_pipeline.pusher import push_pending
+from mt5_pipeline.delivery.pusher import push_pending
 from mt5_pipeline.settings import load_settings
 
 settings = load_settings(env_file=None)
@@ -521,7 +575,9 @@ def test_a_pusher_killed_mid_request_is_taken_over_within_the_short_lease(pg_url
     script = tmp_path / "push_once.py"
     script.write_text(PUSH_ONCE)
     env = env_for(pg_url, reference_ea, ea_request_timeout=30, log_level="WARNING")
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert wait_for(lambda: len(reference_ea.received) == 1, timeout=30)
         first_lease = queue.get_signal(pg_url, sig["signal_id"])["lease_until"]
@@ -549,7 +605,9 @@ def test_a_pusher_killed_mid_request_is_taken_over_within_the_short_lease(pg_url
 
 
 @pytest.mark.parametrize(("fault", "status"), [("/signal", 404), ("/health", 405), (403, 403), (415, 415)])
-def test_configuration_errors_stop_the_cycle_and_keep_the_signals_pending(pg_url, settings_for, reference_ea, caplog, fault, status):
+def test_configuration_errors_stop_the_cycle_and_keep_the_signals_pending(
+    pg_url, settings_for, reference_ea, caplog, fault, status
+):
     caplog.set_level(logging.INFO, logger="mt5_pipeline")
     s = reference_ea.settings(settings_for(pg_url))
     if isinstance(fault, str):  # a wrong path in EA_SERVER_URL: the EA's own 404 or 405
@@ -558,7 +616,11 @@ def test_configuration_errors_stop_the_cycle_and_keep_the_signals_pending(pg_url
         reference_ea.app_state.status = fault
     enqueue(pg_url, [make_signal(sym) for sym in ("EURUSD", "GBPUSD", "USDJPY")])
     r = push_pending(s)
-    assert r.config_error and r.status_code == status and (r.sent, r.rejected, r.retried, r.failed, r.released) == (0, 0, 0, 0, 3)
+    assert (
+        r.config_error
+        and r.status_code == status
+        and (r.sent, r.rejected, r.retried, r.failed, r.released) == (0, 0, 0, 0, 3)
+    )
     assert f"({status})" in r.error and s.ea_server_url in r.error
     assert [(x["status"], x["attempts"], x["claim_token"]) for x in rows(pg_url)] == [("PENDING", 0, None)] * 3
     assert any(rec.levelno == logging.ERROR and f"({status})" in rec.getMessage() for rec in caplog.records)
@@ -584,7 +646,7 @@ def test_a_422_on_a_well_formed_signal_stays_the_eas_rejection(pg_settings, refe
 
 
 def test_the_worker_waits_for_the_breakers_probe_not_the_poll(pg_url, settings_for, reference_ea):
-    from mt5_pipeline.pusher import _idle_seconds
+    from mt5_pipeline.delivery.pusher import _idle_seconds
 
     s = reference_ea.settings(settings_for(pg_url, ea_push_interval=600))
     enqueue(pg_url, [make_signal()])
@@ -602,7 +664,11 @@ def test_a_backlog_behind_a_retrying_signal_does_not_hide_the_other_symbols(pg_u
     stuck = enqueue(pg_url, [make_signal("EURUSD", ts=base - timedelta(minutes=30 - i)) for i in range(20)])
     other = enqueue(pg_url, [make_signal("GBPUSD")])
     with get_engine(pg_url).begin() as conn:  # the first EURUSD signal waits for its retry
-        conn.execute(signals_queue.update().where(signals_queue.c.signal_id == stuck[0]["signal_id"]).values(next_attempt_at=base + timedelta(hours=1)))
+        conn.execute(
+            signals_queue.update()
+            .where(signals_queue.c.signal_id == stuck[0]["signal_id"])
+            .values(next_attempt_at=base + timedelta(hours=1))
+        )
     # More than a batch of EURUSD rows waits behind it; GBPUSD is still found and sent.
     r = push_pending(s)
     assert (r.claimed, r.sent) == (1, 1)
@@ -611,12 +677,18 @@ def test_a_backlog_behind_a_retrying_signal_does_not_hide_the_other_symbols(pg_u
 
 def test_a_signal_the_ea_refuses_as_too_late_is_expired_not_rejected(pg_settings, reference_ea):
     # The deadline passes while the request is on its way (the EA sits on it for a moment).
-    [sig] = enqueue(pg_settings.database_url, [make_signal(expires_at=datetime.now(timezone.utc) + timedelta(seconds=2))])
+    [sig] = enqueue(
+        pg_settings.database_url, [make_signal(expires_at=datetime.now(timezone.utc) + timedelta(seconds=2))]
+    )
     reference_ea.app_state.delay = 3.0
     r = push_pending(pg_settings)
     assert (r.expired, r.rejected, r.sent) == (1, 0, 0)
     row = queue.get_signal(pg_settings.database_url, sig["signal_id"])
-    assert row["status"] == "EXPIRED" and "expired on its way to the EA" in row["last_error"] and "not traded" in row["last_error"]
+    assert (
+        row["status"] == "EXPIRED"
+        and "expired on its way to the EA" in row["last_error"]
+        and "not traded" in row["last_error"]
+    )
     assert reference_ea.ea.positions == {}
 
 
@@ -624,7 +696,17 @@ def test_the_breaker_is_shared_and_only_one_pusher_probes(db_url):
     ea = breaker.ea_key("https://user:secret@ea.example:8443/signals?x=1")
     assert ea == "https://ea.example:8443/signals"  # no user info (a secret) in the key
     t0 = datetime.now(timezone.utc)
-    f = breaker.record_failure(db_url, ea, kind=breaker.OUTAGE, signal_row_id=None, chargeable=False, error="down", status_code=None, ttl_seconds=60, now=t0)
+    f = breaker.record_failure(
+        db_url,
+        ea,
+        kind=breaker.OUTAGE,
+        signal_row_id=None,
+        chargeable=False,
+        error="down",
+        status_code=None,
+        ttl_seconds=60,
+        now=t0,
+    )
     assert breaker.read_state(db_url, ea).holds(t0) and not breaker.claim_probe(db_url, ea, now=t0, hold_seconds=5)
     assert breaker.claim_probe(db_url, ea, now=f.probe_at, hold_seconds=5)  # the first pusher at probe time
     assert not breaker.claim_probe(db_url, ea, now=f.probe_at, hold_seconds=5)  # the second waits

@@ -5,11 +5,11 @@ from datetime import timedelta
 import pandas as pd
 from sqlalchemy import delete, insert, update
 
-from mt5_pipeline import quality
-from mt5_pipeline.features import update_features
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.queue import enqueue
-from mt5_pipeline.sample_data import generate_candles
+from mt5_pipeline.learning.features import update_features
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles
+from mt5_pipeline.monitoring import quality
+from mt5_pipeline.signals.queue import enqueue
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import candles, features_m1
 from mt5_pipeline_tests.orchestration_support import minute_now
@@ -26,7 +26,19 @@ def test_ohlc_check(db_url):
     assert quality.candles_ohlc_consistent(db_url).passed
     with get_engine(db_url).begin() as conn:  # bypasses the ingest core's validation on purpose
         conn.execute(
-            insert(candles).values(symbol="BROKEN", timeframe="M1", ts=now, open=1.1, high=1.0, low=1.05, close=1.2, tick_volume=1, spread=1, real_volume=0, ingested_at=now)
+            insert(candles).values(
+                symbol="BROKEN",
+                timeframe="M1",
+                ts=now,
+                open=1.1,
+                high=1.0,
+                low=1.05,
+                close=1.2,
+                tick_volume=1,
+                spread=1,
+                real_volume=0,
+                ingested_at=now,
+            )
         )
     outcome = quality.candles_ohlc_consistent(db_url)
     assert not outcome.passed and outcome.metadata["inconsistent_bars"] == 1
@@ -40,7 +52,19 @@ def test_duplicate_check_catches_symbol_spellings(db_url):
     with get_engine(db_url).begin() as conn:
         row = frame.iloc[-1]
         conn.execute(
-            insert(candles).values(symbol="eurusd", timeframe="M1", ts=row["time"].to_pydatetime(), open=float(row.open), high=float(row.high), low=float(row.low), close=float(row.close), tick_volume=1, spread=1, real_volume=0, ingested_at=now)
+            insert(candles).values(
+                symbol="eurusd",
+                timeframe="M1",
+                ts=row["time"].to_pydatetime(),
+                open=float(row.open),
+                high=float(row.high),
+                low=float(row.low),
+                close=float(row.close),
+                tick_volume=1,
+                spread=1,
+                real_volume=0,
+                ingested_at=now,
+            )
         )
     assert not quality.candles_no_duplicates(db_url).passed
 
@@ -53,7 +77,9 @@ def test_gap_check_expects_weekends_and_warns_on_outages(db_url):
     good = quality.candles_gaps(db_url)
     assert good.passed and good.metadata["EURUSD_weekend_gaps"] >= 1
     # A two-hour outage on a Tuesday.
-    cut = (frame["time"] > pd.Timestamp("2024-06-11 08:00", tz="UTC")) & (frame["time"] < pd.Timestamp("2024-06-11 10:00", tz="UTC"))
+    cut = (frame["time"] > pd.Timestamp("2024-06-11 08:00", tz="UTC")) & (
+        frame["time"] < pd.Timestamp("2024-06-11 10:00", tz="UTC")
+    )
     with get_engine(db_url).begin() as conn:
         for ts in frame.loc[cut, "time"]:
             conn.execute(delete(candles).where(candles.c.ts == ts.to_pydatetime()))

@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
-from mt5_pipeline import queue
 from mt5_pipeline.clock import iso_z, utcnow
-from mt5_pipeline.queue import UnknownSignalError
+from mt5_pipeline.execution.trade_signal import PAYLOAD_KEYS
+from mt5_pipeline.signals import queue
+from mt5_pipeline.signals.queue import UnknownSignalError
 from mt5_pipeline.storage.engine import get_engine, psycopg_conninfo
 from mt5_pipeline.storage.schema import signals_ack, signals_queue
-from mt5_pipeline.trade_signal import PAYLOAD_KEYS
 from mt5_pipeline_tests.ea_server import make_signal
 
 T0 = datetime.now(timezone.utc).replace(microsecond=0)
@@ -204,7 +204,14 @@ def test_status_views(db_url):
     status = queue.queue_status(db_url, since=T0 - timedelta(days=1))
     assert status == {"PENDING": {"count": 2, "latest": iso_z(T0)}, "SENT": {"count": 1, "latest": iso_z(T0)}}
     assert queue.queue_status(db_url, since=T0 + timedelta(seconds=1)) == {}
-    assert queue.status_counts(db_url) == {"PENDING": 2, "SENT": 1, "ACKED": 0, "FAILED": 0, "EXPIRED": 0, "REJECTED": 0}
+    assert queue.status_counts(db_url) == {
+        "PENDING": 2,
+        "SENT": 1,
+        "ACKED": 0,
+        "FAILED": 0,
+        "EXPIRED": 0,
+        "REJECTED": 0,
+    }
     assert queue.count_deliverable(db_url, now=T0) == 2
     assert queue.count_pending(db_url, now=T0) == 2
     assert [p.signal_id for p in queue.pending_for_pull(db_url, limit=1, now=T0)] == [signals[1]["signal_id"]]

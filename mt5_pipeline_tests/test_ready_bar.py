@@ -19,10 +19,10 @@ import pytest
 
 from mt5_pipeline.bars import ready_among
 from mt5_pipeline.clock import iso_z
-from mt5_pipeline.features import update_features
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.live import LiveWorker
-from mt5_pipeline.signals import generate_signal
+from mt5_pipeline.learning.features import update_features
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.signals.generation import generate_signal
+from mt5_pipeline.signals.live import LiveWorker
 from mt5_pipeline_tests.api_support import KEYS, api_client
 from mt5_pipeline_tests.orchestration_support import resources_for
 from mt5_pipeline_tests.test_live import END, LIVE, _bar_signal, _history, _partial, _trained
@@ -35,13 +35,17 @@ def test_the_rule():
     forming = (END, END + timedelta(seconds=45))
     final = (END, close + timedelta(milliseconds=300))
     rule = dict(grace_seconds=2)
-    assert ready_among(forming, BEFORE, "M1", now=END + timedelta(seconds=50), **rule).bar == BEFORE  # forming by the clock
+    assert (
+        ready_among(forming, BEFORE, "M1", now=END + timedelta(seconds=50), **rule).bar == BEFORE
+    )  # forming by the clock
     waiting = ready_among(forming, BEFORE, "M1", now=close + timedelta(seconds=1), **rule)
     assert (waiting.bar, waiting.waiting, waiting.until) == (BEFORE, END, close + timedelta(seconds=2))
     assert ready_among(forming, BEFORE, "M1", now=close + timedelta(seconds=2), **rule).bar == END  # the grace ran out
     assert ready_among(final, BEFORE, "M1", now=close + timedelta(seconds=1), **rule).bar == END  # sent after its close
-    assert ready_among(forming, BEFORE, "M1", now=close + timedelta(seconds=1), final=END, **rule).bar == END  # NOTIFY said so
-    assert ready_among(forming, None, "M1", now=close + timedelta(seconds=1), **rule) .bar is None
+    assert (
+        ready_among(forming, BEFORE, "M1", now=close + timedelta(seconds=1), final=END, **rule).bar == END
+    )  # NOTIFY said so
+    assert ready_among(forming, None, "M1", now=close + timedelta(seconds=1), **rule).bar is None
     assert not ready_among(None, None, "M1", **rule).stored
 
 
@@ -86,7 +90,9 @@ def test_inside_the_grace_a_bar_before_past_its_deadline_is_not_ready_not_too_la
     result = generate_signal(settings, "EURUSD", "M1", True, now=END + timedelta(seconds=61), refresh_features=True)
     assert (result.status, result.bar, result.signal) == ("not_ready", END, None)
     assert result.figures == {"retry_at": iso_z(END + timedelta(seconds=62))}
-    after = generate_signal(settings, "EURUSD", "M1", True, now=END + timedelta(seconds=62, milliseconds=100), refresh_features=True)
+    after = generate_signal(
+        settings, "EURUSD", "M1", True, now=END + timedelta(seconds=62, milliseconds=100), refresh_features=True
+    )
     assert (after.status, after.bar) == ("queued", END)
 
 
@@ -97,7 +103,15 @@ def _real_clock_bars(db_url, settings_for):
         time.sleep(61 - datetime.now(timezone.utc).second)
     close = datetime.now(timezone.utc).replace(second=0, microsecond=0)
     end = close - timedelta(minutes=1)
-    settings, final = _trained(db_url, settings_for, end=end, now=end, LIVE_CLOSE_GRACE_SECONDS=59, SIGNAL_TTL_SECONDS=600, SIGNAL_MAX_BAR_AGE_SECONDS=600)
+    settings, final = _trained(
+        db_url,
+        settings_for,
+        end=end,
+        now=end,
+        LIVE_CLOSE_GRACE_SECONDS=59,
+        SIGNAL_TTL_SECONDS=600,
+        SIGNAL_MAX_BAR_AGE_SECONDS=600,
+    )
     ingest_candles(db_url, "EURUSD", "M1", _partial(final), now=end + timedelta(seconds=45))
     update_features(db_url, "EURUSD", "M1")
     assert datetime.now(timezone.utc) < close + timedelta(seconds=59), "the set-up took longer than the grace"
@@ -107,10 +121,21 @@ def _real_clock_bars(db_url, settings_for):
 @pytest.mark.anyio
 async def test_a_final_version_inside_the_grace_wins_on_the_api(db_url, settings_for):
     settings, final, end = _real_clock_bars(db_url, settings_for)
-    settings = settings_for(db_url, **{**LIVE, "LIVE_CLOSE_GRACE_SECONDS": 59, "SIGNAL_TTL_SECONDS": 600, "SIGNAL_MAX_BAR_AGE_SECONDS": 600, "API_KEYS": KEYS})
+    settings = settings_for(
+        db_url,
+        **{
+            **LIVE,
+            "LIVE_CLOSE_GRACE_SECONDS": 59,
+            "SIGNAL_TTL_SECONDS": 600,
+            "SIGNAL_MAX_BAR_AGE_SECONDS": 600,
+            "API_KEYS": KEYS,
+        },
+    )
     async with api_client(settings) as client:
         first = await client.post("/ea/generate-signal", json={"symbol": "EURUSD", "timeframe": "M1"})
-        assert first.status_code == 200 and first.json()["signal"]["timestamp"] == iso_z(end - timedelta(minutes=1)), first.text
+        assert first.status_code == 200 and first.json()["signal"]["timestamp"] == iso_z(end - timedelta(minutes=1)), (
+            first.text
+        )
         ingest_candles(db_url, "EURUSD", "M1", final)  # stamped by the database clock: after the close
         second = await client.post("/ea/generate-signal", json={"symbol": "EURUSD", "timeframe": "M1"})
         body = second.json()
@@ -180,13 +205,19 @@ def test_the_grace_timer_fires_while_other_eas_post_every_second(pg_url, setting
             with conn.cursor() as cur:
                 while not stop.is_set():
                     for symbol in others:
-                        cur.execute("SELECT pg_notify(%s, %s)", (CANDLES_CHANNEL, f"{symbol} M1 {int(end.timestamp())}"))
+                        cur.execute(
+                            "SELECT pg_notify(%s, %s)", (CANDLES_CHANNEL, f"{symbol} M1 {int(end.timestamp())}")
+                        )
                     time.sleep(0.001)
         finally:
             conn.close()
 
     worker = LiveWorker(settings)
-    threads = [threading.Thread(target=post_every_second, daemon=True), threading.Thread(target=repeat_the_news, daemon=True), threading.Thread(target=worker.run, args=(stop,), kwargs={"listen": True}, daemon=True)]
+    threads = [
+        threading.Thread(target=post_every_second, daemon=True),
+        threading.Thread(target=repeat_the_news, daemon=True),
+        threading.Thread(target=worker.run, args=(stop,), kwargs={"listen": True}, daemon=True),
+    ]
     for thread in threads:
         thread.start()
     try:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from mt5_pipeline.apps.seed import project_root
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.sample_data import generate_candles, minutes_ago
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles, minutes_ago
 from mt5_pipeline.settings import documented_variables
 from mt5_pipeline.storage import migrate
 from mt5_pipeline.storage.features import newest_feature
@@ -77,9 +77,20 @@ def test_the_seed_scripts_use_the_projects_database_models_and_env_from_any_dire
 
     # Nothing was created relative to where the scripts were started.
     for where in (elsewhere, checkout / "ml", checkout / "api"):
-        assert not (where / "data").exists() and not (where / "models").exists() and not (where / "models_from_env").exists(), where
+        assert (
+            not (where / "data").exists()
+            and not (where / "models").exists()
+            and not (where / "models_from_env").exists()
+        ), where
 
     # And it is what `mt5-pipeline` sees from the root.
-    models = subprocess.run([str(Path(sys.executable).with_name("mt5-pipeline")), "models"], cwd=checkout, env=_env(), capture_output=True, text=True, timeout=120)
+    models = subprocess.run(
+        [str(Path(sys.executable).with_name("mt5-pipeline")), "models"],
+        cwd=checkout,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert models.returncode == 0, models.stderr
     assert "forced" in models.stdout

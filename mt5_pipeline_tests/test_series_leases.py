@@ -11,11 +11,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
-from mt5_pipeline.features import update_features
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.model import train_model
-from mt5_pipeline.sample_data import generate_candles
-from mt5_pipeline.series_leases import SeriesLeases
+from mt5_pipeline.learning.features import update_features
+from mt5_pipeline.learning.training import train_model
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles
+from mt5_pipeline.signals.series_leases import SeriesLeases
 from mt5_pipeline.storage import leases as lease_rows
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_queue
@@ -26,8 +26,6 @@ SYMBOLS = ("EURUSD", "GBPUSD", "AUDUSD", "NZDUSD")
 LEASE = 2.0
 # Set-up (training) on a shared machine can take minutes: the bars must not count as stale.
 PATIENT = {"SIGNAL_MAX_BAR_AGE_SECONDS": 3600, "SIGNAL_TTL_SECONDS": 3600}
-
-
 
 
 def test_workers_take_their_share_and_give_back_on_stop(pg_url):
@@ -61,13 +59,20 @@ def test_a_lease_held_by_another_is_not_taken_until_it_expires(pg_url):
 def _worker_main(url: str, model_dir: str) -> None:
     import logging
 
-    from mt5_pipeline.live import run_live_worker
     from mt5_pipeline.settings import Settings
+    from mt5_pipeline.signals.live import run_live_worker
 
     logging.basicConfig(level="INFO")
     env = {k: str(v) for k, v in {**FAST_MODEL, **ALWAYS_DECIDE, **PATIENT}.items()}
     settings = Settings.from_env(
-        {"DATABASE_URL": url, "MODEL_DIR": model_dir, **env, "LIVE_LEASE_SECONDS": str(LEASE), "LIVE_CLOSE_GRACE_SECONDS": "1"}, env_file=None
+        {
+            "DATABASE_URL": url,
+            "MODEL_DIR": model_dir,
+            **env,
+            "LIVE_LEASE_SECONDS": str(LEASE),
+            "LIVE_CLOSE_GRACE_SECONDS": "1",
+        },
+        env_file=None,
     )
     run_live_worker(settings)
 
@@ -92,7 +97,9 @@ def test_two_worker_processes_one_killed_every_bar_decided_once(pg_url, settings
     train_model(settings, ["EURUSD"])
 
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=(pg_url, str(settings.model_dir)), name=f"live-{i}") for i in range(2)]
+    procs = [
+        ctx.Process(target=_worker_main, args=(pg_url, str(settings.model_dir)), name=f"live-{i}") for i in range(2)
+    ]
     for p in procs:
         p.start()
     try:
@@ -100,6 +107,7 @@ def test_two_worker_processes_one_killed_every_bar_decided_once(pg_url, settings
         def split():
             held = lease_rows.holders(pg_url)
             return len(held) == len(SYMBOLS) and None not in held.values() and len(set(held.values())) == 2
+
         assert wait_for(split, 90), lease_rows.holders(pg_url)
         first = last_closed - timedelta(minutes=1)
         assert wait_for(lambda: sum(1 for s, b in _signals_per_bar(pg_url) if b == first) == len(SYMBOLS), 60)
@@ -109,7 +117,12 @@ def test_two_worker_processes_one_killed_every_bar_decided_once(pg_url, settings
         killed_at = time.monotonic()
         victim.join(10)
         # The survivor takes every series within the lease and a tick (generous bound: 2 cores shared).
-        survivor_holds_all = wait_for(lambda: len(set(lease_rows.holders(pg_url).values())) == 1 and None not in lease_rows.holders(pg_url).values(), 30)
+        survivor_holds_all = wait_for(
+            lambda: (
+                len(set(lease_rows.holders(pg_url).values())) == 1 and None not in lease_rows.holders(pg_url).values()
+            ),
+            30,
+        )
         assert survivor_holds_all
         takeover = time.monotonic() - killed_at
         assert takeover >= LEASE * 0.5  # not before the dead worker's lease could expire

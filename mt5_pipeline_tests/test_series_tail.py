@@ -13,12 +13,12 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from mt5_pipeline.features import LOOKBACK_BARS, load_feature_rows, update_features
-from mt5_pipeline.indicators import FLOAT_COLUMNS
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.quality import EXTREME_CHECK_WINDOW, unconfirmed_extreme, unconfirmed_extreme_in
-from mt5_pipeline.sample_data import generate_candles
-from mt5_pipeline.series_tail import SeriesTails
+from mt5_pipeline.learning.features import LOOKBACK_BARS, load_feature_rows, update_features
+from mt5_pipeline.learning.indicators import FLOAT_COLUMNS
+from mt5_pipeline.market.extremes import EXTREME_CHECK_WINDOW, unconfirmed_extreme, unconfirmed_extreme_in
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles
+from mt5_pipeline.signals.series_tail import SeriesTails
 
 LIVE_BARS = 160
 
@@ -109,4 +109,6 @@ def test_the_tail_matches_a_full_recomputation(pg_url):
     update_features(pg_url, "TAIL", "M1", full=True, now=now)
     full = load_feature_rows(pg_url, ["TAIL"], usable_only=False)
     for column in FLOAT_COLUMNS:
-        np.testing.assert_allclose(live[column].to_numpy(), full[column].to_numpy(), rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=column)
+        np.testing.assert_allclose(
+            live[column].to_numpy(), full[column].to_numpy(), rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=column
+        )

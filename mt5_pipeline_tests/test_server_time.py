@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mt5_pipeline.bridge.fake_zone import ZonedFakeMT5
-from mt5_pipeline.ingest import CandleValidationError, ingest_candles
+from mt5_pipeline.market.ingest import CandleValidationError, ingest_candles
 from mt5_pipeline.server_time import ZoneError, parse_zone
 from mt5_pipeline.storage.candles import read_candles
 from mt5_pipeline.storage.offsets import offset_runs
@@ -42,8 +42,13 @@ def test_a_broker_convention_converts_each_bar_with_its_own_offset():
     assert (server - utc).tolist() == [2 * H, 3 * H, 3 * H, 2 * H]  # US dates: Mar 9 and Nov 2, 2025
     assert (zone.to_server(utc) == server).all()
     athens = parse_zone("Europe/Athens")  # EU dates: Mar 30 and Oct 26, 2025
-    assert (np.array([epoch(2025, 3, 28, 10), epoch(2025, 3, 31, 10)]) - athens.to_utc(np.array([epoch(2025, 3, 28, 10), epoch(2025, 3, 31, 10)]))[0]).tolist() == [2 * H, 3 * H]
-    assert parse_zone("utc+3").name == "UTC+3" and parse_zone("UTC+2/+3@EU").to_utc(np.array([epoch(2025, 7, 1)]))[0][0] == epoch(2025, 6, 30, 21)
+    assert (
+        np.array([epoch(2025, 3, 28, 10), epoch(2025, 3, 31, 10)])
+        - athens.to_utc(np.array([epoch(2025, 3, 28, 10), epoch(2025, 3, 31, 10)]))[0]
+    ).tolist() == [2 * H, 3 * H]
+    assert parse_zone("utc+3").name == "UTC+3" and parse_zone("UTC+2/+3@EU").to_utc(np.array([epoch(2025, 7, 1)]))[0][
+        0
+    ] == epoch(2025, 6, 30, 21)
 
 
 def test_a_skipped_server_time_is_not_converted():
@@ -80,19 +85,29 @@ def test_ingest_converts_server_times_bar_by_bar_and_checks_the_servers_day(db_u
 
 def test_a_bar_resent_with_another_offset_is_refused_and_the_stored_one_kept(db_url):
     # Stored from a +2 server in winter: server 13:00 is 11:00 UTC.
-    first = ingest_candles(db_url, "EURUSD", "H1", h1_server_bars([epoch(2025, 3, 6, 13), epoch(2025, 3, 6, 14)]), server_time_zone="UTC+2")
+    first = ingest_candles(
+        db_url, "EURUSD", "H1", h1_server_bars([epoch(2025, 3, 6, 13), epoch(2025, 3, 6, 14)]), server_time_zone="UTC+2"
+    )
     assert first.inserted == 2
     before = read_candles(db_url, "EURUSD", "H1")
     # After the change a bridge with a measured +3 re-sends server 14:00 as 11:00 UTC: another bar.
     moved = [{**b, "open": 1.12} for b in h1_server_bars([epoch(2025, 3, 6, 14), epoch(2025, 3, 6, 16)])]
-    with pytest.raises(CandleValidationError, match=r"candles\[0\]\.time: the bar at 2025-03-06T11:00:00Z was stored converted .* UTC\+2; .* UTC\+3"):
+    with pytest.raises(
+        CandleValidationError,
+        match=r"candles\[0\]\.time: the bar at 2025-03-06T11:00:00Z was stored converted .* UTC\+2; .* UTC\+3",
+    ):
         ingest_candles(db_url, "EURUSD", "H1", moved, server_time_zone="UTC+3")
     partial = ingest_candles(db_url, "EURUSD", "H1", moved, server_time_zone="UTC+3", partial=True)
     assert partial.rejected == 1 and partial.inserted == 1 and partial.errors[0].loc == "candles[0].time"
     after = read_candles(db_url, "EURUSD", "H1")
     assert after.iloc[:2].equals(before)  # nothing stored changed, not even ingested_at
     # The same offset again (a retry) is fine; and a client that names no conversion is not checked.
-    assert ingest_candles(db_url, "EURUSD", "H1", h1_server_bars([epoch(2025, 3, 6, 13)]), server_time_zone="UTC+2").unchanged == 1
+    assert (
+        ingest_candles(
+            db_url, "EURUSD", "H1", h1_server_bars([epoch(2025, 3, 6, 13)]), server_time_zone="UTC+2"
+        ).unchanged
+        == 1
+    )
     assert ingest_candles(db_url, "EURUSD", "H1", h1_server_bars([epoch(2025, 3, 6, 11)])).unchanged == 1
 
 
@@ -106,13 +121,26 @@ async def test_the_api_takes_a_zone_and_partial_batches(db_url, settings_for):
         whole = await client.post("/ingest", json={"symbol": "EURUSD", "timeframe": "M1", "candles": spike})
         assert whole.status_code == 422  # the seed's reject-all stays the default
         assert read_candles(db_url, "EURUSD", "M1").empty
-        answer = await client.post("/ingest", json={"symbol": "EURUSD", "timeframe": "M1", "candles": spike, "partial": True})
+        answer = await client.post(
+            "/ingest", json={"symbol": "EURUSD", "timeframe": "M1", "candles": spike, "partial": True}
+        )
         body = answer.json()
         assert answer.status_code == 200, body
         assert body["inserted"] == 4 and body["rejected"] == 1 and body["errors"][0]["loc"] == "candles[2].high"
-        bad_zone = await client.post("/ingest", json={"symbol": "EURUSD", "timeframe": "M1", "candles": good, "server_time_zone": "Mars/Olympus"})
+        bad_zone = await client.post(
+            "/ingest", json={"symbol": "EURUSD", "timeframe": "M1", "candles": good, "server_time_zone": "Mars/Olympus"}
+        )
         assert bad_zone.status_code == 422 and bad_zone.json()["details"][0]["loc"] == "server_time_zone"
-        both = await client.post("/ingest", json={"symbol": "EURUSD", "timeframe": "M1", "candles": good, "server_time_zone": "UTC+2", "utc_offset_hours": 2})
+        both = await client.post(
+            "/ingest",
+            json={
+                "symbol": "EURUSD",
+                "timeframe": "M1",
+                "candles": good,
+                "server_time_zone": "UTC+2",
+                "utc_offset_hours": 2,
+            },
+        )
         assert both.status_code == 422 and "not both" in both.text
         metrics = (await client.get("/metrics")).text
         assert "mt5_candles_rejected_total 1.0" in metrics
@@ -141,7 +169,9 @@ def zoned_rig(url, tmp_path, start: datetime, **env):
 def assert_true_bars(rig, frame):
     for row in frame.itertuples():
         ts = int(row.ts.timestamp())
-        assert (row.open, row.high, row.low, row.close) == rig.mt5.true_bar("EURUSD", ts, 60), f"bar at {row.ts} holds another hour's prices"
+        assert (row.open, row.high, row.low, row.close) == rig.mt5.true_bar("EURUSD", ts, 60), (
+            f"bar at {row.ts} holds another hour's prices"
+        )
 
 
 def test_history_across_a_change_lands_every_bar_at_its_true_utc_time(db_url, tmp_path):
@@ -149,7 +179,9 @@ def test_history_across_a_change_lands_every_bar_at_its_true_utc_time(db_url, tm
     try:
         assert rig.bridge.bars.cycle() == 400
         frame = read_candles(rig.url, "EURUSD", "H1")
-        assert len(frame) == 400 and frame["ts"].min() < datetime(2025, 3, 7, tzinfo=timezone.utc)  # the history crosses the change
+        assert len(frame) == 400 and frame["ts"].min() < datetime(
+            2025, 3, 7, tzinfo=timezone.utc
+        )  # the history crosses the change
         assert_true_bars(rig, frame)
         server_days = [rig.mt5.zone.to_server(int(t.timestamp()))[0] // 86400 for t in frame["ts"]]
         assert all((d + 3) % 7 < 5 for d in server_days)  # no bar at a weekend
@@ -206,7 +238,7 @@ def test_a_bad_tick_is_skipped_and_reported_and_the_feed_goes_on(sqlite_url, tmp
 
 
 def test_an_mt5_export_is_imported_bar_by_bar_with_the_zone(db_url, settings_for, tmp_path):
-    from mt5_pipeline.mt5_csv import import_file
+    from mt5_pipeline.market.mt5_csv import import_file
 
     # "Export Bars" lines in server time, on both sides of the US change (9 March 2025).
     lines = ["<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<VOL>\t<SPREAD>"]
@@ -215,7 +247,9 @@ def test_an_mt5_export_is_imported_bar_by_bar_with_the_zone(db_url, settings_for
     path = tmp_path / "EURUSD_H1.csv"
     path.write_text("\n".join(lines) + "\n")
     settings = settings_for(db_url)
-    report = import_file(settings, path, symbol="EURUSD", timeframe="H1", server_time_zone="UTC+2/+3@US", progress=False)
+    report = import_file(
+        settings, path, symbol="EURUSD", timeframe="H1", server_time_zone="UTC+2/+3@US", progress=False
+    )
     assert report.inserted == 4
     stored = [int(t.timestamp()) for t in read_candles(db_url, "EURUSD", "H1")["ts"]]
     assert stored == [epoch(2025, 3, 7, 8), epoch(2025, 3, 7, 9), epoch(2025, 3, 10, 7), epoch(2025, 3, 10, 8)]

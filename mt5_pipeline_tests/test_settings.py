@@ -104,4 +104,6 @@ def test_cli_stops_with_the_variable_named(monkeypatch, capsys):
 def test_every_variable_is_documented():
     names = [v.name for v in documented_variables()]
     assert len(names) == len(set(names))
-    assert {"DATABASE_URL", "API_KEYS", "EA_SERVER_URL", "SIGNAL_MAX_BAR_AGE_SECONDS", "MODEL_MAX_AGE_HOURS"} <= set(names)
+    assert {"DATABASE_URL", "API_KEYS", "EA_SERVER_URL", "SIGNAL_MAX_BAR_AGE_SECONDS", "MODEL_MAX_AGE_HOURS"} <= set(
+        names
+    )

@@ -9,16 +9,22 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from mt5_pipeline import queue
-from mt5_pipeline.model import Prediction
-from mt5_pipeline.signals import decide, generate_signal
+from mt5_pipeline.learning.prediction import Prediction
+from mt5_pipeline.signals import queue
+from mt5_pipeline.signals.generation import decide, generate_signal
 
 NOW = datetime(2025, 10, 25, 10, 31, 5, tzinfo=timezone.utc)
 BAR = datetime(2025, 10, 25, 10, 30, tzinfo=timezone.utc)
 
 
 def predictor_of(p: float, *, ts: datetime = BAR, close: float = 1.0950, **kw):
-    fields = {"model_version": "20251025T030000Z", "model_trained_at": NOW - timedelta(hours=7), "label_mode": "horizon", "label_horizon": 5, **kw}
+    fields = {
+        "model_version": "20251025T030000Z",
+        "model_trained_at": NOW - timedelta(hours=7),
+        "label_mode": "horizon",
+        "label_horizon": 5,
+        **kw,
+    }
 
     def predict(settings, symbol, timeframe):
         return Prediction(symbol, timeframe, ts, close, p, **fields)
@@ -28,7 +34,14 @@ def predictor_of(p: float, *, ts: datetime = BAR, close: float = 1.0950, **kw):
 
 @pytest.mark.parametrize(
     "p, side, confidence",
-    [(0.78, "BUY", 0.78), (0.55, "BUY", 0.55), (1.0, "BUY", 1.0), (0.45, "SELL", 0.55), (0.2, "SELL", 0.8), (0.0, "SELL", 1.0)],
+    [
+        (0.78, "BUY", 0.78),
+        (0.55, "BUY", 0.55),
+        (1.0, "BUY", 1.0),
+        (0.45, "SELL", 0.55),
+        (0.2, "SELL", 0.8),
+        (0.0, "SELL", 1.0),
+    ],
 )
 def test_decision_band(settings, p, side, confidence):
     d = decide(p, settings)
@@ -61,9 +74,27 @@ def test_a_buy_is_queued_in_the_seeds_shape_and_logged(settings, caplog):
     result = generate_signal(settings, "EURUSD", "M1", now=NOW, predictor=predictor_of(0.785))
     assert result.status == "queued" and result.message == "Signal generated and added to queue"
     s = result.signal.to_payload()
-    assert list(s) == ["signal_id", "timestamp", "symbol", "timeframe", "side", "confidence", "sl_pips", "tp_pips", "price", "meta", "expires_at"]
+    assert list(s) == [
+        "signal_id",
+        "timestamp",
+        "symbol",
+        "timeframe",
+        "side",
+        "confidence",
+        "sl_pips",
+        "tp_pips",
+        "price",
+        "meta",
+        "expires_at",
+    ]
     assert s["timestamp"] == "2025-10-25T10:30:00Z"  # the bar's open time
-    assert (s["symbol"], s["timeframe"], s["side"], s["confidence"], s["price"]) == ("EURUSD", "M1", "BUY", 0.785, 1.095)
+    assert (s["symbol"], s["timeframe"], s["side"], s["confidence"], s["price"]) == (
+        "EURUSD",
+        "M1",
+        "BUY",
+        0.785,
+        1.095,
+    )
     assert s["sl_pips"] == 20 and s["tp_pips"] == 40 and isinstance(s["sl_pips"], int)
     assert s["meta"]["model"] == "rf_m1" and s["meta"]["label"] == 1
     assert s["meta"]["model_version"] == "20251025T030000Z" and s["meta"]["probability"] == 0.785
@@ -83,7 +114,9 @@ def test_a_sell_carries_the_inverted_confidence_and_per_symbol_pips(settings_for
 
 def test_the_same_bar_predicted_twice_gives_one_signal(settings):
     first = generate_signal(settings, "EURUSD", now=NOW, predictor=predictor_of(0.8))
-    second = generate_signal(settings, "EURUSD", now=NOW + timedelta(seconds=3), predictor=predictor_of(0.8), force=True)
+    second = generate_signal(
+        settings, "EURUSD", now=NOW + timedelta(seconds=3), predictor=predictor_of(0.8), force=True
+    )
     assert first.status == "queued" and second.status == "duplicate"
     assert "already has its signal" in second.message
     assert second.signal.signal_id == first.signal.signal_id
@@ -103,7 +136,9 @@ def test_neutral_probability_queues_nothing_unless_forced(settings):
 def test_a_retrain_mid_bar_never_adds_a_second_signal(settings):
     """The bar has one signal whatever the model version: the database's unique index says so."""
     first = generate_signal(settings, "EURUSD", now=NOW, predictor=predictor_of(0.2, model_version="v1"))
-    second = generate_signal(settings, "EURUSD", now=NOW + timedelta(seconds=5), predictor=predictor_of(0.9, model_version="v2"))
+    second = generate_signal(
+        settings, "EURUSD", now=NOW + timedelta(seconds=5), predictor=predictor_of(0.9, model_version="v2")
+    )
     assert first.status == "queued" and first.signal.side == "SELL"
     assert second.status == "duplicate" and second.signal.signal_id == first.signal.signal_id
     assert first.signal.signal_id in second.message and "SELL" in second.message and "v1" in second.message
@@ -113,7 +148,9 @@ def test_a_retrain_mid_bar_never_adds_a_second_signal(settings):
 
 def test_a_bar_past_close_plus_ttl_is_too_late_and_queues_nothing(settings):
     # M1 bar 10:30 closes 10:31; SIGNAL_TTL_SECONDS=60: deliverable until 10:32:00.
-    late = generate_signal(settings, "EURUSD", force=True, now=BAR + timedelta(seconds=121), predictor=predictor_of(0.9))
+    late = generate_signal(
+        settings, "EURUSD", force=True, now=BAR + timedelta(seconds=121), predictor=predictor_of(0.9)
+    )
     assert late.status == "too_late" and late.signal is None
     assert "too late" in late.message and "10:32:00Z" in late.message and "SIGNAL_TTL_SECONDS=60" in late.message
     assert late.figures == {
@@ -176,13 +213,15 @@ def test_a_symbol_without_a_pip_size_gets_no_signal_and_the_message_names_the_se
     assert refused.status == "unknown_pip_size" and refused.signal is None
     assert "PIP_SIZES=XAUUSD=" in refused.message
     assert queue.status_counts(db_url)["PENDING"] == 0
-    gold = generate_signal(settings_for(db_url, pip_sizes="XAUUSD=0.1"), "XAUUSD", now=NOW, predictor=predictor_of(0.9, close=2650.0))
+    gold = generate_signal(
+        settings_for(db_url, pip_sizes="XAUUSD=0.1"), "XAUUSD", now=NOW, predictor=predictor_of(0.9, close=2650.0)
+    )
     assert gold.status == "queued" and gold.signal.meta["pip_size"] == 0.1
 
 
 def test_no_signal_from_an_extreme_bar_until_the_next_bars_confirm_it(settings):
-    from mt5_pipeline.ingest import ingest_candles
-    from mt5_pipeline.sample_data import generate_candles
+    from mt5_pipeline.market.ingest import ingest_candles
+    from mt5_pipeline.market.sample_data import generate_candles
 
     history = generate_candles(400, end=BAR - timedelta(minutes=1), seed=3, with_weekends=False)
     spike = history.iloc[[-1]].copy()

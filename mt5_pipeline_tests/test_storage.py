@@ -44,7 +44,9 @@ def test_migrations_match_the_schema_module(db_url):
     with engine.connect() as conn:
         # Only our tables: Dagster's storage may share the database (as in production).
         ours = {"include_name": lambda name, kind, _parent: kind != "table" or name in metadata.tables}
-        context = MigrationContext.configure(conn, opts={"compare_type": False, "version_table": migrate.VERSION_TABLE, **ours})
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": False, "version_table": migrate.VERSION_TABLE, **ours}
+        )
         diffs = compare_metadata(context, metadata)
     assert diffs == []
 
@@ -69,7 +71,7 @@ def test_migration_0003_keeps_old_duplicate_signals_but_sends_only_the_first(db_
 
     from alembic import command
 
-    from mt5_pipeline import queue
+    from mt5_pipeline.signals import queue
     from mt5_pipeline.storage.schema import signals_queue
 
     url = db_url
@@ -85,16 +87,34 @@ def test_migration_0003_keeps_old_duplicate_signals_but_sends_only_the_first(db_
             ts = bar if i < 2 else bar - dt.timedelta(minutes=1)
             conn.execute(
                 signals_queue.insert().values(
-                    signal_id=f"sig-{i}", symbol="EURUSD", timeframe="M1", ts=ts, side=side, confidence=0.6, probability=0.6,
-                    sl_pips=20, tp_pips=40, price=1.1, model="rf_m1", model_version=version, status="PENDING",
+                    signal_id=f"sig-{i}",
+                    symbol="EURUSD",
+                    timeframe="M1",
+                    ts=ts,
+                    side=side,
+                    confidence=0.6,
+                    probability=0.6,
+                    sl_pips=20,
+                    tp_pips=40,
+                    price=1.1,
+                    model="rf_m1",
+                    model_version=version,
+                    status="PENDING",
                     meta=json.dumps({"model": "rf_m1", "model_version": version, "probability": 0.6}),
-                    attempts=0, next_attempt_at=now, created_at=now, expires_at=now + dt.timedelta(hours=1),
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
+                    expires_at=now + dt.timedelta(hours=1),
                 )
             )
     migrate.upgrade(url)
     rows = {sid: queue.get_signal(url, sid) for sid in ("sig-0", "sig-1", "sig-2")}
     assert rows["sig-0"]["status"] == "PENDING" and not rows["sig-0"]["superseded"]
-    assert rows["sig-1"]["status"] == "EXPIRED" and rows["sig-1"]["superseded"] and "superseded" in rows["sig-1"]["last_error"]
+    assert (
+        rows["sig-1"]["status"] == "EXPIRED"
+        and rows["sig-1"]["superseded"]
+        and "superseded" in rows["sig-1"]["last_error"]
+    )
     assert rows["sig-2"]["status"] == "PENDING" and not rows["sig-2"]["superseded"]
     assert [s.signal_id for s in queue.pending_for_pull(url, now=now)] == ["sig-0", "sig-2"]
     assert queue.find_bar_signal(url, "EURUSD", "M1", bar).signal_id == "sig-0"

@@ -91,7 +91,9 @@ def test_each_unit_names_files_the_install_creates(installed):
         for assignment in keys.get("Environment", []):
             name, _, value = assignment.partition("=")
             if name == "DAGSTER_HOME":
-                assert (installed / value.lstrip("/") / "dagster.yaml").is_file(), f"{unit.name}: no instance file in {value}"
+                assert (installed / value.lstrip("/") / "dagster.yaml").is_file(), (
+                    f"{unit.name}: no instance file in {value}"
+                )
 
 
 def _configure(installed: Path, database_url: str) -> None:
@@ -100,10 +102,15 @@ def _configure(installed: Path, database_url: str) -> None:
     env_path = installed / APP.lstrip("/") / ".env"
     text = env_path.read_text()
     values = {
-        "API_KEYS": "systemd-test-api-key", "EA_API_KEY": "systemd-test-ea-key",
-        "EA_SERVER_URL": "http://127.0.0.1:9/signals", "DATABASE_URL": database_url,
-        "DAGSTER_PG_USER": url.username or "postgres", "DAGSTER_PG_PASSWORD": url.password or "",
-        "DAGSTER_PG_HOST": url.host or "127.0.0.1", "DAGSTER_PG_DB": url.database or "", "DAGSTER_PG_PORT": str(url.port or 5432),
+        "API_KEYS": "systemd-test-api-key",
+        "EA_API_KEY": "systemd-test-ea-key",
+        "EA_SERVER_URL": "http://127.0.0.1:9/signals",
+        "DATABASE_URL": database_url,
+        "DAGSTER_PG_USER": url.username or "postgres",
+        "DAGSTER_PG_PASSWORD": url.password or "",
+        "DAGSTER_PG_HOST": url.host or "127.0.0.1",
+        "DAGSTER_PG_DB": url.database or "",
+        "DAGSTER_PG_PORT": str(url.port or 5432),
     }
     for name, value in values.items():
         text, n = re.subn(rf"^#? ?{name}=.*$", f"{name}={value}", text, flags=re.M)
@@ -117,7 +124,9 @@ def _unit_env(installed: Path, keys: dict[str, list[str]]) -> dict[str, str]:
     for assignment in keys.get("Environment", []):
         name, _, value = assignment.partition("=")
         env[name] = str(installed / value.lstrip("/")) if value.startswith(APP) else value
-    env.update({k: v for k, v in dotenv_values(installed / keys["EnvironmentFile"][0].lstrip("-/")).items() if v is not None})
+    env.update(
+        {k: v for k, v in dotenv_values(installed / keys["EnvironmentFile"][0].lstrip("-/")).items() if v is not None}
+    )
     return env
 
 
@@ -132,19 +141,40 @@ def test_each_unit_command_runs_with_its_environment(installed):
 
         api = units["mt5-api"]
         [pre] = api["ExecStartPre"]
-        migrated = subprocess.run(_command(installed, pre), cwd=installed / api["WorkingDirectory"][0].lstrip("/"), env=_unit_env(installed, api), capture_output=True, text=True, timeout=180)
+        migrated = subprocess.run(
+            _command(installed, pre),
+            cwd=installed / api["WorkingDirectory"][0].lstrip("/"),
+            env=_unit_env(installed, api),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert migrated.returncode == 0, migrated.stderr
         assert head_revision() in migrated.stdout
 
         # The Dagster units' instance: dagster.yaml in DAGSTER_HOME on PostgreSQL from DAGSTER_PG_*.
         daemon = units["mt5-dagster-daemon"]
         dagster = installed / APP.lstrip("/") / ".venv" / "bin" / "dagster"
-        info = subprocess.run([str(dagster), "instance", "info"], cwd=installed / daemon["WorkingDirectory"][0].lstrip("/"), env=_unit_env(installed, daemon), capture_output=True, text=True, timeout=180)
+        info = subprocess.run(
+            [str(dagster), "instance", "info"],
+            cwd=installed / daemon["WorkingDirectory"][0].lstrip("/"),
+            env=_unit_env(installed, daemon),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert info.returncode == 0, info.stderr[-3000:]
         assert "PostgresRunStorage" in info.stdout, info.stdout[-3000:]
 
         for name, keys in sorted(units.items()):
             [line] = keys["ExecStart"]
-            helped = subprocess.run([*_command(installed, line), "--help"], cwd=installed / keys["WorkingDirectory"][0].lstrip("/"), env=_unit_env(installed, keys), capture_output=True, text=True, timeout=180)
+            helped = subprocess.run(
+                [*_command(installed, line), "--help"],
+                cwd=installed / keys["WorkingDirectory"][0].lstrip("/"),
+                env=_unit_env(installed, keys),
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
             assert helped.returncode == 0, f"{name}: {helped.stderr[-3000:]}"
             assert "usage" in helped.stdout.lower(), name

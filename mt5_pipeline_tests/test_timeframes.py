@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select
 
-from mt5_pipeline.ingest import ingest_candles
-from mt5_pipeline.model import current_model_info, load_model
-from mt5_pipeline.model_registry import history
+from mt5_pipeline.learning.model_registry import history
+from mt5_pipeline.learning.model_store import current_model_info, load_model
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles
 from mt5_pipeline.orchestration.assets import timeframe_assets
 from mt5_pipeline.orchestration.checks import checks_for
-from mt5_pipeline.sample_data import generate_candles
 from mt5_pipeline.settings import SettingsError
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import features_m1 as features_table
@@ -29,9 +29,21 @@ H1_TTL = {"SIGNAL_TTL_SECONDS": 7200}
 def h1_bars(hours: int, *, seed: int = 3) -> pd.DataFrame:
     """H1 bars aggregated from generated M1 bars; the newest one closed at the top of this hour."""
     last_open = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-    m1 = generate_candles(hours * 60, end=last_open + timedelta(minutes=59), seed=seed, with_weekends=False, momentum=0.15)
+    m1 = generate_candles(
+        hours * 60, end=last_open + timedelta(minutes=59), seed=seed, with_weekends=False, momentum=0.15
+    )
     grouped = m1.set_index("time").resample("1h")
-    frame = grouped.agg({"open": "first", "high": "max", "low": "min", "close": "last", "tick_volume": "sum", "spread": "max", "real_volume": "sum"})
+    frame = grouped.agg(
+        {
+            "open": "first",
+            "high": "max",
+            "low": "min",
+            "close": "last",
+            "tick_volume": "sum",
+            "spread": "max",
+            "real_volume": "sum",
+        }
+    )
     frame = frame.dropna().reset_index()
     assert frame["time"].iloc[-1] == last_open
     return frame
@@ -48,17 +60,49 @@ def test_the_factory_builds_the_same_graph_per_timeframe(sqlite_url, settings_fo
     defs = defs_for(settings_for(sqlite_url, **BOTH))
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"candles", "features_m1", "rf_m1", "signals", "features_h1", "rf_h1", "signals_h1", "trades", "live_performance", "live_performance_h1"}
-    edges = {(p.to_user_string(), k.to_user_string()) for k in graph.get_all_asset_keys() for p in graph.get(k).parent_keys}
-    assert {("candles", "features_h1"), ("features_h1", "rf_h1"), ("features_h1", "signals_h1"), ("rf_h1", "signals_h1")} <= edges
+    assert keys == {
+        "candles",
+        "features_m1",
+        "rf_m1",
+        "signals",
+        "features_h1",
+        "rf_h1",
+        "signals_h1",
+        "trades",
+        "live_performance",
+        "live_performance_h1",
+    }
+    edges = {
+        (p.to_user_string(), k.to_user_string()) for k in graph.get_all_asset_keys() for p in graph.get(k).parent_keys
+    }
+    assert {
+        ("candles", "features_h1"),
+        ("features_h1", "rf_h1"),
+        ("features_h1", "signals_h1"),
+        ("rf_h1", "signals_h1"),
+    } <= edges
     assert ("features_m1", "rf_h1") not in edges
     repo = defs.get_repository_def()
     assert {s.name for s in repo.sensor_defs} == {"new_candles_sensor", "new_candles_sensor_h1", "ea_push_sensor"}
-    assert {s.name for s in repo.schedule_defs} == {"rf_m1_retrain_schedule", "rf_h1_retrain_schedule", "drift_checks_schedule", "live_performance_schedule"}
+    assert {s.name for s in repo.schedule_defs} == {
+        "rf_m1_retrain_schedule",
+        "rf_h1_retrain_schedule",
+        "drift_checks_schedule",
+        "live_performance_schedule",
+    }
     assert repo.get_schedule_def("rf_h1_retrain_schedule").job_name == "rf_h1_train_job"
-    assert {"predict_job", "predict_job_h1", "features_job_h1", "rf_h1_train_job", "drift_checks_job"} <= {j.name for j in repo.get_all_jobs()}
+    assert {"predict_job", "predict_job_h1", "features_job_h1", "rf_h1_train_job", "drift_checks_job"} <= {
+        j.name for j in repo.get_all_jobs()
+    }
     names = {key.name for c in checks_for(["M1", "H1"]) for key in c.check_keys}
-    assert {"features_h1_finite", "features_h1_matches_candles", "rf_h1_beats_baseline", "rf_h1_feature_set_matches", "features_h1_drift", "signals_h1_drift"} <= names
+    assert {
+        "features_h1_finite",
+        "features_h1_matches_candles",
+        "rf_h1_beats_baseline",
+        "rf_h1_feature_set_matches",
+        "features_h1_drift",
+        "signals_h1_drift",
+    } <= names
     assert {"features_m1_finite", "rf_m1_beats_baseline", "signals_drift"} <= names  # M1 keeps the seed's names
 
 
@@ -86,7 +130,9 @@ def test_h1_bars_make_h1_features_an_h1_model_and_an_h1_signal(sqlite_url, setti
     for features in (timeframe_assets("M1")[0], features_h1):
         assert dg.materialize([features], partition_key="EURUSD", instance=instance, resources=resources).success
     with get_engine(sqlite_url).connect() as conn:
-        counts = dict(conn.execute(select(features_table.c.timeframe, func.count()).group_by(features_table.c.timeframe)).all())
+        counts = dict(
+            conn.execute(select(features_table.c.timeframe, func.count()).group_by(features_table.c.timeframe)).all()
+        )
     assert counts == {"M1": 4000, "H1": 1500}  # one table, a timeframe column
 
     trained = dg.materialize([rf_h1], instance=instance, resources=resources)

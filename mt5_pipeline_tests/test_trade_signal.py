@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from mt5_pipeline.trade_signal import PAYLOAD_KEYS, Signal
+from mt5_pipeline.execution.trade_signal import PAYLOAD_KEYS, Signal
 
 BAR = datetime(2025, 10, 25, 10, 30, tzinfo=timezone.utc)
 
@@ -52,7 +52,11 @@ def test_it_is_frozen_down_to_its_meta():
 
 @pytest.mark.parametrize(
     "change, message",
-    [({"side": "HOLD"}, "side"), ({"meta": {"model": "rf_m1"}}, "meta lacks model_version, probability"), ({"price": float("nan")}, "price")],
+    [
+        ({"side": "HOLD"}, "side"),
+        ({"meta": {"model": "rf_m1"}}, "meta lacks model_version, probability"),
+        ({"price": float("nan")}, "price"),
+    ],
 )
 def test_a_malformed_signal_cannot_exist(change, message):
     with pytest.raises(ValueError, match=message):

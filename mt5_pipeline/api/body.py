@@ -130,7 +130,9 @@ def parse_strict(raw: bytes) -> Any:
         hooks = _Strict()
         hooks.suspect = True
         try:
-            value = json.loads(text, object_pairs_hook=hooks.pairs, parse_constant=hooks.constant, parse_int=_int_or_huge)
+            value = json.loads(
+                text, object_pairs_hook=hooks.pairs, parse_constant=hooks.constant, parse_int=_int_or_huge
+            )
         except (ValueError, RecursionError):
             raise ApiError(422, "request body has a number too large to read") from None
     if hooks.suspect:
@@ -181,7 +183,9 @@ async def read_json(request: Request, max_bytes: int) -> Any:
 async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     value = await read_json(request, max_bytes)
     if not isinstance(value, dict):
-        raise ApiError(422, "request body must be a JSON object", [Detail("body", f"expected an object, got {json_type(value)}")])
+        raise ApiError(
+            422, "request body must be a JSON object", [Detail("body", f"expected an object, got {json_type(value)}")]
+        )
     return value
 
 

@@ -80,7 +80,9 @@ def _json_default(value: Any) -> Any:
 
 def dumps(data: Any) -> bytes:
     # allow_nan=False: a NaN in a response is a bug, and JSON has no NaN anyway.
-    return json.dumps(data, default=_json_default, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return json.dumps(data, default=_json_default, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode(
+        "utf-8"
+    )
 
 
 class JSON(Response):
@@ -108,7 +110,11 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> JSON:
-    return JSON(error_body(error, [_detail_dict(d) for d in details or ()], **extra), status_code=status_code, headers=dict(headers or {}))
+    return JSON(
+        error_body(error, [_detail_dict(d) for d in details or ()], **extra),
+        status_code=status_code,
+        headers=dict(headers or {}),
+    )
 
 
 # ---- database outages --------------------------------------------------------

@@ -39,7 +39,7 @@ def _database_ok(url: str) -> bool:
 
 def _model(state: AppState, now: float) -> dict[str, Any]:
     try:
-        from mt5_pipeline.model import current_model_info
+        from mt5_pipeline.learning.model_store import current_model_info
 
         info = current_model_info(state.settings)
     except ImportError:
@@ -50,10 +50,15 @@ def _model(state: AppState, now: float) -> dict[str, Any]:
     if not info:
         return {"model": "missing", "model_version": None, "model_age_seconds": None}
     if info.get("error"):  # a model file this code cannot use
-        return {"model": "missing", "model_version": info.get("version"), "model_age_seconds": None, "model_error": str(info["error"])}
+        return {
+            "model": "missing",
+            "model_version": info.get("version"),
+            "model_age_seconds": None,
+            "model_error": str(info["error"]),
+        }
     trained = _utc_seconds(info.get("trained_at"))
     age = None if trained is None else round(max(0.0, now - trained), 1)
-    from mt5_pipeline.signals import model_staleness
+    from mt5_pipeline.signals.generation import model_staleness
 
     stale = model_staleness(state.settings, info.get("trained_at"), now=from_epoch(now))
     out = {"model": "stale" if stale else "loaded", "model_version": info.get("version"), "model_age_seconds": age}
@@ -64,8 +69,8 @@ def _model(state: AppState, now: float) -> dict[str, Any]:
 
 def _retrains(state: AppState, now: float) -> dict[str, dict[str, Any]]:
     """Per timeframe: the champion's version and age, and the last retrain's outcome (from the registry)."""
-    from mt5_pipeline.model_registry import last_outcomes
-    from mt5_pipeline.model_store import current_model_info, model_name
+    from mt5_pipeline.learning.model_registry import last_outcomes
+    from mt5_pipeline.learning.model_store import current_model_info, model_name
 
     outcomes = last_outcomes(state.settings.database_url)
     out: dict[str, dict[str, Any]] = {}
@@ -104,11 +109,11 @@ def _ea(state: AppState) -> str:
 
 
 def _delivery(state: AppState) -> dict[str, Any]:
-    """The pushers' view of the EA (mt5_pipeline.breaker), shared through the database:
+    """The pushers' view of the EA (mt5_pipeline.delivery.breaker), shared through the database:
     an outage being ridden out, or the configuration error that stopped delivery."""
     if not state.settings.ea_push_enabled:
         return {}
-    from mt5_pipeline.breaker import delivery_status
+    from mt5_pipeline.delivery.breaker import delivery_status
 
     d = delivery_status(state.settings.database_url, state.settings.ea_server_url)
     out: dict[str, Any] = {"ea_delivery": d["state"]}
@@ -127,7 +132,7 @@ def _bars(state: AppState, now: float) -> list[dict[str, Any]]:
         rows = read()
     except ImportError:
         return []
-    from mt5_pipeline.signals import bar_staleness
+    from mt5_pipeline.signals.generation import bar_staleness
 
     at = from_epoch(now)
     out = []
@@ -151,9 +156,9 @@ def _bars(state: AppState, now: float) -> list[dict[str, Any]]:
 
 
 def _trades(state: AppState) -> dict[str, Any]:
-    """Open positions per symbol and the last reconciliation (mt5_pipeline.trades)."""
+    """Open positions per symbol and the last reconciliation (mt5_pipeline.delivery.trades)."""
+    from mt5_pipeline.delivery.trades import reconciliation_summary
     from mt5_pipeline.storage.trades import position_figures
-    from mt5_pipeline.trades import reconciliation_summary
 
     figures = position_figures(state.settings.database_url)
     return {
@@ -209,7 +214,14 @@ def check_health(state: AppState) -> tuple[int, dict[str, Any], dict[str, str]]:
         body["retrain_failed"] = failed
     # Positions the terminal and the record disagree on are money nobody is watching.
     reconciled = (body.get("reconciliation") or {}).get("state") != "differences"
-    healthy = reconciled and database_ok and body["model"] == "loaded" and body["ea"] in ("reachable", "disabled") and body.get("ea_delivery", "ok") == "ok" and not failed
+    healthy = (
+        reconciled
+        and database_ok
+        and body["model"] == "loaded"
+        and body["ea"] in ("reachable", "disabled")
+        and body.get("ea_delivery", "ok") == "ok"
+        and not failed
+    )
     body["status"] = "ok" if healthy else "degraded"
     if not database_ok:
         return 503, body, {"Retry-After": str(DB_RETRY_AFTER_SECONDS)}

@@ -43,7 +43,9 @@ def check_startup(settings: Settings) -> None:
     settings.check()
     # settings.check() already refuses production without keys or with the example key.
     if not settings.effective_api_keys:
-        raise SettingsError("refusing to start the API:\n  API_KEYS: no key configured; every route but /health would be refused (set API_KEYS)")
+        raise SettingsError(
+            "refusing to start the API:\n  API_KEYS: no key configured; every route but /health would be refused (set API_KEYS)"
+        )
 
 
 class RequestCounter:
@@ -79,8 +81,14 @@ def create_app(settings: Settings, *, ea_transport: Any = None) -> Starlette:
             try:
                 state.ea_client()  # one pooled client for the app's lifetime
             except ImportError:  # pragma: no cover - a build without the delivery module
-                log.warning("mt5_pipeline.ea_client is not available: /ea routes that talk to the EA will fail")
-        log.info("API ready: %d key(s), metrics %s", len(settings.effective_api_keys), "public" if settings.metrics_public else "behind the key")
+                log.warning(
+                    "mt5_pipeline.delivery.ea_client is not available: /ea routes that talk to the EA will fail"
+                )
+        log.info(
+            "API ready: %d key(s), metrics %s",
+            len(settings.effective_api_keys),
+            "public" if settings.metrics_public else "behind the key",
+        )
         try:
             yield
         finally:

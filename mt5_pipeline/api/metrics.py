@@ -59,7 +59,16 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         families: list[Metric] = []
         database_up = 1
-        for part in (self._queue_families, self._latency_families, self._candle_families, self._model_families, self._delivery_families, self._retrain_families, self._drift_families, self._trade_families):
+        for part in (
+            self._queue_families,
+            self._latency_families,
+            self._candle_families,
+            self._model_families,
+            self._delivery_families,
+            self._retrain_families,
+            self._drift_families,
+            self._trade_families,
+        ):
             try:
                 families.extend(part())
             except ImportError:  # a core module this build does not have
@@ -76,15 +85,19 @@ class DatabaseCollector(Collector):
         yield from families
 
     def _queue_families(self) -> Iterator[Metric]:
-        from mt5_pipeline.queue import status_counts
+        from mt5_pipeline.signals.queue import status_counts
 
         counts = {s: 0 for s in SIGNAL_STATUSES}
         counts.update(status_counts(self.settings.database_url))
-        generated = CounterMetricFamily("ea_signals_generated", "signals ever queued (all statuses), from signals_queue")
+        generated = CounterMetricFamily(
+            "ea_signals_generated", "signals ever queued (all statuses), from signals_queue"
+        )
         generated.add_metric([], sum(counts.values()))
         sent = CounterMetricFamily("ea_signals_sent", "signals delivered to the EA (SENT or ACKED), from signals_queue")
         sent.add_metric([], counts["SENT"] + counts["ACKED"])
-        failed = CounterMetricFamily("ea_signals_failed", "signals never delivered: FAILED (gave up) plus REJECTED (the EA said no)")
+        failed = CounterMetricFamily(
+            "ea_signals_failed", "signals never delivered: FAILED (gave up) plus REJECTED (the EA said no)"
+        )
         failed.add_metric([], counts["FAILED"] + counts["REJECTED"])
         expired = CounterMetricFamily("ea_signals_expired", "signals too late to send (EXPIRED)")
         expired.add_metric([], counts["EXPIRED"])
@@ -94,17 +107,20 @@ class DatabaseCollector(Collector):
         yield from (generated, sent, failed, expired, depth)
 
     def _latency_families(self) -> Iterator[Metric]:
-        from mt5_pipeline.queue import delivery_figures
+        from mt5_pipeline.signals.queue import delivery_figures
 
         now = self.clock()
         figures = delivery_figures(self.settings.database_url, now=datetime.fromtimestamp(now, tz=timezone.utc))
         oldest = GaugeMetricFamily(
-            "ea_oldest_pending_age_seconds", "seconds the oldest unexpired PENDING signal has waited since it was queued (0: none waiting)"
+            "ea_oldest_pending_age_seconds",
+            "seconds the oldest unexpired PENDING signal has waited since it was queued (0: none waiting)",
         )
         created = figures["oldest_pending_created_at"]
         oldest.add_metric([], max(0.0, now - created.timestamp()) if created is not None else 0.0)
         latency = GaugeMetricFamily(
-            "ea_delivery_latency_seconds", "queue-to-EA seconds (sent_at - created_at) of the signals delivered in the last hour, by quantile", labels=["quantile"]
+            "ea_delivery_latency_seconds",
+            "queue-to-EA seconds (sent_at - created_at) of the signals delivered in the last hour, by quantile",
+            labels=["quantile"],
         )
         values = figures["latencies"]
         if values:
@@ -115,7 +131,7 @@ class DatabaseCollector(Collector):
         yield from (oldest, latency, delivered)
 
     def _drift_families(self) -> Iterator[Metric]:
-        from mt5_pipeline.drift import feature_drift, symbols_with_features
+        from mt5_pipeline.learning.drift import feature_drift, symbols_with_features
 
         now = self.clock()
         if self._drift is None or now - self._drift[0] >= self.DRIFT_EVERY_SECONDS:
@@ -141,7 +157,9 @@ class DatabaseCollector(Collector):
 
         now = self.clock()
         age = GaugeMetricFamily(
-            "mt5_newest_bar_age_seconds", "seconds since the open time of the newest stored bar", labels=["symbol", "timeframe"]
+            "mt5_newest_bar_age_seconds",
+            "seconds since the open time of the newest stored bar",
+            labels=["symbol", "timeframe"],
         )
         bars = GaugeMetricFamily("mt5_candles_stored", "bars stored", labels=["symbol", "timeframe"])
         for row in newest_bars(self.settings.database_url):
@@ -154,8 +172,8 @@ class DatabaseCollector(Collector):
         yield from (age, bars)
 
     def _delivery_families(self) -> Iterator[Metric]:
-        # The pushers run elsewhere; they keep the EA's state in the database (mt5_pipeline.breaker).
-        from mt5_pipeline.breaker import delivery_status
+        # The pushers run elsewhere; they keep the EA's state in the database (mt5_pipeline.delivery.breaker).
+        from mt5_pipeline.delivery.breaker import delivery_status
 
         d = delivery_status(self.settings.database_url, self.settings.ea_server_url)
         state = GaugeMetricFamily(
@@ -165,13 +183,17 @@ class DatabaseCollector(Collector):
         )
         for name in ("ok", "outage", "config_error"):
             state.add_metric([name], 1 if d["state"] == name else 0)
-        config = GaugeMetricFamily("ea_config_error", "1 while a configuration error stops delivery, by the EA's HTTP status", labels=["status_code"])
+        config = GaugeMetricFamily(
+            "ea_config_error",
+            "1 while a configuration error stops delivery, by the EA's HTTP status",
+            labels=["status_code"],
+        )
         if d["state"] == "config_error":
             config.add_metric([str(d["status_code"])], 1)
         yield from (state, config)
 
     def _model_families(self) -> Iterator[Metric]:
-        from mt5_pipeline.model import current_model_info
+        from mt5_pipeline.learning.model_store import current_model_info
 
         info = current_model_info(self.settings)
         present = GaugeMetricFamily("mt5_model_present", "1 when a current model exists")
@@ -189,31 +211,44 @@ class DatabaseCollector(Collector):
         yield version
 
     def _retrain_families(self) -> Iterator[Metric]:
-        from mt5_pipeline.model_registry import DECISIONS, last_outcomes, retrain_counts
+        from mt5_pipeline.learning.model_registry import DECISIONS, last_outcomes, retrain_counts
 
         counts = retrain_counts(self.settings.database_url)
         names = sorted({name for name, _ in counts} | {f"rf_{tf.lower()}" for tf in self.settings.timeframes})
         retrains = CounterMetricFamily(
-            "mt5_model_retrains", "retrains per model and outcome (promoted, forced, rejected, failed), from model_registry", labels=["model", "outcome"]
+            "mt5_model_retrains",
+            "retrains per model and outcome (promoted, forced, rejected, failed), from model_registry",
+            labels=["model", "outcome"],
         )
         for name in names:
             for decision in DECISIONS:
                 retrains.add_metric([name, decision], counts.get((name, decision), 0))
-        failed = GaugeMetricFamily("mt5_model_last_retrain_failed", "1 when the model's last retrain failed (the champion is ageing)", labels=["model"])
+        failed = GaugeMetricFamily(
+            "mt5_model_last_retrain_failed",
+            "1 when the model's last retrain failed (the champion is ageing)",
+            labels=["model"],
+        )
         outcomes = last_outcomes(self.settings.database_url)
         for name in names:
             failed.add_metric([name], 1 if (outcomes.get(name) or {}).get("decision") == "failed" else 0)
         yield from (retrains, failed)
-
 
     def _trade_families(self) -> Iterator[Metric]:
         # Reported by the bridge or the EA (POST /ea/trades), read from the trades table.
         from mt5_pipeline.storage.trades import position_figures, reconciliation_states
 
         figures = position_figures(self.settings.database_url)
-        open_ = GaugeMetricFamily("mt5_open_positions", "open trades per symbol, as reported by the bridge or the EA", labels=["symbol"])
-        pips = GaugeMetricFamily("mt5_realised_pips", "net pips of the closed trades per symbol (after spread)", labels=["symbol"])
-        profit = GaugeMetricFamily("mt5_realised_profit", "profit + swap + commission of the closed trades per symbol, account currency", labels=["symbol"])
+        open_ = GaugeMetricFamily(
+            "mt5_open_positions", "open trades per symbol, as reported by the bridge or the EA", labels=["symbol"]
+        )
+        pips = GaugeMetricFamily(
+            "mt5_realised_pips", "net pips of the closed trades per symbol (after spread)", labels=["symbol"]
+        )
+        profit = GaugeMetricFamily(
+            "mt5_realised_profit",
+            "profit + swap + commission of the closed trades per symbol, account currency",
+            labels=["symbol"],
+        )
         closed = CounterMetricFamily("mt5_trades_closed", "closed trades per symbol", labels=["symbol"])
         for symbol, f in sorted(figures.items()):
             open_.add_metric([symbol], f["open"])
@@ -221,9 +256,13 @@ class DatabaseCollector(Collector):
             profit.add_metric([symbol], f["profit"])
             closed.add_metric([symbol], f["closed"])
         differences = GaugeMetricFamily(
-            "mt5_reconciliation_differences", "positions the terminal and the trades table disagree on, at the last reconciliation", labels=["kind"]
+            "mt5_reconciliation_differences",
+            "positions the terminal and the trades table disagree on, at the last reconciliation",
+            labels=["kind"],
         )
-        age = GaugeMetricFamily("mt5_reconciliation_age_seconds", "seconds since the bridge last reconciled (absent: never)")
+        age = GaugeMetricFamily(
+            "mt5_reconciliation_age_seconds", "seconds since the bridge last reconciled (absent: never)"
+        )
         states = reconciliation_states(self.settings.database_url)
         differences.add_metric(["unknown"], sum(s["unknown_positions"] for s in states))
         differences.add_metric(["missing"], sum(s["missing_positions"] for s in states))
@@ -245,7 +284,9 @@ class ApiMetrics:
             "ea_connection_test_success", "1 if the last EA connection test from this API succeeded, else 0", registry=r
         )
         self.candles_rejected = Counter(
-            "mt5_candles_rejected", "candles refused by POST /ingest with partial=true (the rest of the batch was stored)", registry=r
+            "mt5_candles_rejected",
+            "candles refused by POST /ingest with partial=true (the rest of the batch was stored)",
+            registry=r,
         )
         self.candles_ingested = Counter(
             "mt5_candles_ingested", "candles received by POST /ingest, by outcome", ["result"], registry=r

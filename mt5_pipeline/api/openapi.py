@@ -58,7 +58,9 @@ class _Schema(GenerateJsonSchema):
 
 @functools.cache
 def _generated() -> tuple[dict[type[BaseModel], dict[str, str]], dict[str, Any]]:
-    refs, top = models_json_schema([(m, "validation") for m in BODY_MODELS], ref_template=REF_TEMPLATE, schema_generator=_Schema)
+    refs, top = models_json_schema(
+        [(m, "validation") for m in BODY_MODELS], ref_template=REF_TEMPLATE, schema_generator=_Schema
+    )
     return {model: ref for (model, _), ref in refs.items()}, top["$defs"]
 
 
@@ -92,7 +94,9 @@ def _json(schema: dict[str, Any], description: str, example: Any = None) -> dict
 
 
 def _error(description: str, example_error: str | None = None, retry_after: bool = False) -> dict[str, Any]:
-    response = _json(_ref(responses.Error), description, {"success": False, "error": example_error} if example_error else None)
+    response = _json(
+        _ref(responses.Error), description, {"success": False, "error": example_error} if example_error else None
+    )
     if retry_after:
         response["headers"] = {
             "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
@@ -101,11 +105,19 @@ def _error(description: str, example_error: str | None = None, retry_after: bool
 
 
 _AUTH = {"401": _error("missing or wrong X-API-Key", "invalid or missing API key")}
-_DB_DOWN = {"503": _error("the database is unavailable; retry after Retry-After seconds", "database unavailable; retry later", retry_after=True)}
+_DB_DOWN = {
+    "503": _error(
+        "the database is unavailable; retry after Retry-After seconds",
+        "database unavailable; retry later",
+        retry_after=True,
+    )
+}
 _BODY_ERRORS = {
     "400": _error("the body is not JSON (or not UTF-8, or empty)"),
     "413": _error("the body is over API_MAX_BODY_BYTES; it is refused before being read whole"),
-    "422": _error("a field is missing or wrong, or the JSON holds NaN, Infinity or a duplicate key; details name each path"),
+    "422": _error(
+        "a field is missing or wrong, or the JSON holds NaN, Infinity or a duplicate key; details name each path"
+    ),
 }
 
 
@@ -135,13 +147,25 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                         "symbol": "EURUSD",
                         "timeframe": "M1",
                         "candles": [
-                            {"time": 1730000000 - 1730000000 % 60, "open": 1.0801, "high": 1.0803, "low": 1.0799,
-                             "close": 1.0802, "tick_volume": 57, "spread": 2, "real_volume": 0}
+                            {
+                                "time": 1730000000 - 1730000000 % 60,
+                                "open": 1.0801,
+                                "high": 1.0803,
+                                "low": 1.0799,
+                                "close": 1.0802,
+                                "tick_volume": 57,
+                                "spread": 2,
+                                "real_volume": 0,
+                            }
                         ],
                     },
                 ),
                 "responses": {
-                    "200": _json(_ref(responses.IngestResponse), "stored", {"success": True, "received": 1, "inserted": 1, "updated": 0, "unchanged": 0}),
+                    "200": _json(
+                        _ref(responses.IngestResponse),
+                        "stored",
+                        {"success": True, "received": 1, "inserted": 1, "updated": 0, "unchanged": 0},
+                    ),
                     **_BODY_ERRORS,
                     **_AUTH,
                     **_DB_DOWN,
@@ -168,13 +192,20 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     "(train one with the rf_m1 asset or `mt5-pipeline` training), a model too old "
                     "(reason=stale_model) or not matching the features, or the database is down."
                 ),
-                "requestBody": _body(requests.GenerateSignalRequest, {"symbol": "EURUSD", "timeframe": "M1", "force": False}),
+                "requestBody": _body(
+                    requests.GenerateSignalRequest, {"symbol": "EURUSD", "timeframe": "M1", "force": False}
+                ),
                 "responses": {
                     "200": {
                         "description": "queued, or no signal (neutral band)",
                         "content": {
                             "application/json": {
-                                "schema": {"oneOf": [_ref(responses.GenerateSignalQueued), _ref(responses.GenerateSignalNeutral)]}
+                                "schema": {
+                                    "oneOf": [
+                                        _ref(responses.GenerateSignalQueued),
+                                        _ref(responses.GenerateSignalNeutral),
+                                    ]
+                                }
                             }
                         },
                     },
@@ -186,7 +217,9 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                         "SIGNAL_TTL_SECONDS), reason=stale_bar (the feed has stalled) or reason=not_ready (the closed bar's "
                         "final version may still come)"
                     ),
-                    "503": _error("no model yet (the message says how to train one), a stale or mismatched model, or the database is down"),
+                    "503": _error(
+                        "no model yet (the message says how to train one), a stale or mismatched model, or the database is down"
+                    ),
                 },
             }
         },
@@ -199,14 +232,23 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     "the reference EA accepts the probe, or another EA refuses the empty body (400/422): the route exists. "
                     "401/403/404/405/415 (wrong key, path, method or content type) and 5xx are not connected, with the status."
                 ),
-                "responses": {"200": _json(_ref(responses.TestConnectionResponse), "the probe's outcome (connected may be false)"), **_AUTH},
+                "responses": {
+                    "200": _json(
+                        _ref(responses.TestConnectionResponse), "the probe's outcome (connected may be false)"
+                    ),
+                    **_AUTH,
+                },
             }
         },
         "/ea/queue-status": {
             "get": {
                 "operationId": "queueStatus",
                 "summary": "Signals per status created in the last 24 hours",
-                "responses": {"200": _json(_ref(responses.QueueStatusResponse), "counts and latest creation time per status"), **_AUTH, **_DB_DOWN},
+                "responses": {
+                    "200": _json(_ref(responses.QueueStatusResponse), "counts and latest creation time per status"),
+                    **_AUTH,
+                    **_DB_DOWN,
+                },
             }
         },
         "/ea/push-signals": {
@@ -231,7 +273,15 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "post": {
                 "operationId": "ack",
                 "summary": "The EA reports what it did with a signal (idempotent)",
-                "requestBody": _body(requests.AckRequest, {"signal_id": "550e8400-e29b-41d4-a716-446655440000", "ticket": 12345678, "status": "FILLED", "message": ""}),
+                "requestBody": _body(
+                    requests.AckRequest,
+                    {
+                        "signal_id": "550e8400-e29b-41d4-a716-446655440000",
+                        "ticket": 12345678,
+                        "status": "FILLED",
+                        "message": "",
+                    },
+                ),
                 "responses": {
                     "200": _json(_ref(responses.AckResponse), "recorded (a repeated ack is recorded once)"),
                     **_BODY_ERRORS,
@@ -270,16 +320,31 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     {
                         "trades": [
                             {
-                                "ticket": 50000001, "signal_id": "550e8400-e29b-41d4-a716-446655440000", "symbol": "EURUSD", "side": "BUY",
-                                "volume": 0.01, "open_time": "2024-10-27T03:35:00Z", "open_price": 1.08012, "sl": 1.07812, "tp": 1.08412,
-                                "close_time": "2024-10-27T04:12:00Z", "close_price": 1.08412, "exit_reason": "tp", "profit": 4.0,
-                                "swap": 0.0, "commission": -0.07, "magic": 250101, "account": 5000001,
+                                "ticket": 50000001,
+                                "signal_id": "550e8400-e29b-41d4-a716-446655440000",
+                                "symbol": "EURUSD",
+                                "side": "BUY",
+                                "volume": 0.01,
+                                "open_time": "2024-10-27T03:35:00Z",
+                                "open_price": 1.08012,
+                                "sl": 1.07812,
+                                "tp": 1.08412,
+                                "close_time": "2024-10-27T04:12:00Z",
+                                "close_price": 1.08412,
+                                "exit_reason": "tp",
+                                "profit": 4.0,
+                                "swap": 0.0,
+                                "commission": -0.07,
+                                "magic": 250101,
+                                "account": 5000001,
                             }
                         ]
                     },
                 ),  # fmt: skip
                 "responses": {
-                    "200": _json(_ref(responses.TradesResponse), "recorded; per ticket: inserted, updated or unchanged"),
+                    "200": _json(
+                        _ref(responses.TradesResponse), "recorded; per ticket: inserted, updated or unchanged"
+                    ),
                     **_BODY_ERRORS,
                     **_AUTH,
                     **_DB_DOWN,
@@ -326,7 +391,10 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                 "security": [],
                 "responses": {
                     "200": _json(_ref(responses.Health), "ok or degraded"),
-                    "503": {**_json(_ref(responses.Health), "the database is unavailable"), "headers": _DB_DOWN["503"]["headers"]},
+                    "503": {
+                        **_json(_ref(responses.Health), "the database is unavailable"),
+                        "headers": _DB_DOWN["503"]["headers"],
+                    },
                 },
             }
         },
@@ -336,7 +404,10 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                 "summary": "Prometheus metrics (queue figures read from the database at scrape time)",
                 "security": metrics_security,
                 "responses": {
-                    "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
                     **({} if settings.metrics_public else _AUTH),
                 },
             }
@@ -345,14 +416,23 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "get": {
                 "operationId": "openapi",
                 "summary": "This document",
-                "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}, **_AUTH},
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    **_AUTH,
+                },
             }
         },
         "/docs": {
             "get": {
                 "operationId": "docs",
                 "summary": "This document as a page (no CDN needed)",
-                "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}, **_AUTH},
+                "responses": {
+                    "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    **_AUTH,
+                },
             }
         },
     }
@@ -363,7 +443,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "version": VERSION,
             "description": (
                 "MetaTrader 5 candles in, ML trade signals out to the Expert Advisor. Every route but /health needs "
-                "the X-API-Key header. Errors: {\"success\": false, \"error\": ..., \"details\": [{\"loc\", \"message\"}]}."
+                'the X-API-Key header. Errors: {"success": false, "error": ..., "details": [{"loc", "message"}]}.'
             ),
         },
         "paths": paths,
@@ -391,7 +471,9 @@ def render_docs(spec: dict[str, Any]) -> str:
     ]
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
-            parts.append(f"<div class='op' id='{e(op['operationId'])}'><h2><span class='m'>{e(method)}</span><code>{e(path)}</code></h2>")
+            parts.append(
+                f"<div class='op' id='{e(op['operationId'])}'><h2><span class='m'>{e(method)}</span><code>{e(path)}</code></h2>"
+            )
             parts.append(f"<p>{e(op.get('summary', ''))}</p>")
             if op.get("description"):
                 parts.append(f"<p>{e(op['description'])}</p>")
@@ -399,12 +481,16 @@ def render_docs(spec: dict[str, Any]) -> str:
                 parts.append("<p><em>No key needed.</em></p>")
             for param in op.get("parameters", []):
                 note = f" ({e(param['description'])})" if param.get("description") else ""
-                parts.append(f"<p>query <code>{e(param['name'])}</code>: <code>{e(json.dumps(param['schema']))}</code>{note}</p>")
+                parts.append(
+                    f"<p>query <code>{e(param['name'])}</code>: <code>{e(json.dumps(param['schema']))}</code>{note}</p>"
+                )
             body = op.get("requestBody")
             if body:
                 media = body["content"]["application/json"]
                 name = media["schema"]["$ref"].rsplit("/", 1)[-1]
-                parts.append(f"<p>Body: <code>{e(name)}</code></p><pre>{e(json.dumps(spec['components']['schemas'][name], indent=2))}</pre>")
+                parts.append(
+                    f"<p>Body: <code>{e(name)}</code></p><pre>{e(json.dumps(spec['components']['schemas'][name], indent=2))}</pre>"
+                )
                 if "example" in media:
                     parts.append(f"<p>Example:</p><pre>{e(json.dumps(media['example'], indent=2))}</pre>")
             parts.append("<ul>")

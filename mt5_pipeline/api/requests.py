@@ -15,14 +15,24 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from mt5_pipeline.api.validation import describe
 from mt5_pipeline.clock import from_epoch, parse_iso
-from mt5_pipeline.contract import ACK_STATUSES, SYMBOL_PATTERN
-from mt5_pipeline.execution_policy import EXIT_REASONS
-from mt5_pipeline.pips import MAX_DIGITS, check_instrument
+from mt5_pipeline.execution.contract import ACK_STATUSES, SYMBOL_PATTERN
+from mt5_pipeline.execution.execution_policy import EXIT_REASONS
+from mt5_pipeline.market.pips import MAX_DIGITS, check_instrument
 from mt5_pipeline.server_time import EXAMPLES as ZONE_EXAMPLES
 from mt5_pipeline.server_time import ZoneError, parse_zone
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
@@ -40,7 +50,11 @@ Timeframe = Literal[TIMEFRAMES]  # type: ignore[valid-type]
 # The description doubles as the error message's "expected ...", so it says what is valid.
 Symbol = Annotated[
     str,
-    Field(pattern=SYMBOL_PATTERN, description="1-32 letters, digits or . _ # - (a broker symbol such as EURUSD or XAUUSD#)", examples=["EURUSD"]),
+    Field(
+        pattern=SYMBOL_PATTERN,
+        description="1-32 letters, digits or . _ # - (a broker symbol such as EURUSD or XAUUSD#)",
+        examples=["EURUSD"],
+    ),
 ]
 
 
@@ -56,7 +70,9 @@ class _Request(BaseModel):
 class Candle(_Request):
     """One bar, with MetaTrader 5's MqlRates field names. `time` is the bar's open time in UTC."""
 
-    time: int | datetime = Field(description="the bar's open time: epoch seconds (UTC), or ISO 8601 with Z or an offset")
+    time: int | datetime = Field(
+        description="the bar's open time: epoch seconds (UTC), or ISO 8601 with Z or an offset"
+    )
     open: float = Field(gt=0)
     high: float = Field(gt=0)
     low: float = Field(gt=0)
@@ -112,7 +128,9 @@ class IngestRequest(_Request):
     ] = None
     partial: Annotated[
         bool | None,
-        Field(description="true: store the good rows and list the bad ones in the answer (rejected, errors) instead of refusing the batch"),
+        Field(
+            description="true: store the good rows and list the bad ones in the answer (rejected, errors) instead of refusing the batch"
+        ),
         _default_for_null(False),
     ] = False
     digits: int | None = Field(
@@ -133,7 +151,8 @@ class IngestRequest(_Request):
     def _one_way_to_convert(self) -> IngestRequest:
         if self.server_time_zone is not None and "utc_offset_hours" in self.model_fields_set and self.utc_offset_hours:
             raise PydanticCustomError(
-                "zone_and_offset", "send server_time_zone (times in server time) or utc_offset_hours (times in UTC), not both"
+                "zone_and_offset",
+                "send server_time_zone (times in server time) or utc_offset_hours (times in UTC), not both",
             )
         return self
 
@@ -150,13 +169,17 @@ class IngestRequest(_Request):
 class GenerateSignalRequest(_Request):
     symbol: Symbol
     timeframe: Annotated[Timeframe | None, _default_for_null("M1")] = "M1"
-    force: Annotated[bool | None, Field(description="queue a signal even inside the neutral band"), _default_for_null(False)] = False
+    force: Annotated[
+        bool | None, Field(description="queue a signal even inside the neutral band"), _default_for_null(False)
+    ] = False
 
 
 def _known_ack_status(value: str) -> str:
     value = value.upper()
     if value not in ACK_STATUSES:
-        raise PydanticCustomError("ack_status", "expected one of {allowed}, got {got}", {"allowed": ", ".join(ACK_STATUSES), "got": value})
+        raise PydanticCustomError(
+            "ack_status", "expected one of {allowed}, got {got}", {"allowed": ", ".join(ACK_STATUSES), "got": value}
+        )
     return value
 
 
@@ -174,7 +197,12 @@ class AckRequest(_Request):
         AfterValidator(_known_ack_status),
     ]
     message: Annotated[str | None, Field(max_length=ACK_MESSAGE_MAX), _default_for_null("")] = ""
-    retcode: int | None = Field(None, ge=0, lt=2**31, description="the terminal's MqlTradeResult retcode, e.g. 10018 for a closed market (optional)")
+    retcode: int | None = Field(
+        None,
+        ge=0,
+        lt=2**31,
+        description="the terminal's MqlTradeResult retcode, e.g. 10018 for a closed market (optional)",
+    )
 
 
 def _pending_only(value: Any) -> Any:
@@ -196,9 +224,14 @@ def _whole_number(value: Any) -> Any:
 class PullQuery(_Request):
     """GET /ea/signals: every value arrives as a string."""
 
-    status: Annotated[Literal["PENDING"], Field(description="delivered signals are not sent twice"), BeforeValidator(_pending_only)] = "PENDING"
-    limit: Annotated[int, Field(ge=1, le=MAX_PULL_LIMIT, description="at most this many, oldest first"), BeforeValidator(_whole_number)] = DEFAULT_PULL_LIMIT
-
+    status: Annotated[
+        Literal["PENDING"], Field(description="delivered signals are not sent twice"), BeforeValidator(_pending_only)
+    ] = "PENDING"
+    limit: Annotated[
+        int,
+        Field(ge=1, le=MAX_PULL_LIMIT, description="at most this many, oldest first"),
+        BeforeValidator(_whole_number),
+    ] = DEFAULT_PULL_LIMIT
 
 
 # ---- trades (POST /ea/trades, GET /ea/trades, POST /ea/reconcile) ------------------------
@@ -221,21 +254,32 @@ def _utc_time(value: Any) -> datetime:
             parsed = None
         if parsed is not None:
             return parsed
-    raise PydanticCustomError("utc_time", "expected epoch seconds (UTC) or ISO 8601 with Z or an offset, got {got}", {"got": describe(value)})
+    raise PydanticCustomError(
+        "utc_time", "expected epoch seconds (UTC) or ISO 8601 with Z or an offset, got {got}", {"got": describe(value)}
+    )
 
 
 UtcTime = Annotated[datetime, PlainValidator(_utc_time, json_schema_input_type=int | datetime)]
 Price = Annotated[float, Field(gt=0)]
 # A stop or target of 0 is MT5's "none".
-Level = Annotated[float | None, Field(ge=0, description="price; 0 or null: none"), AfterValidator(lambda v: None if not v else v)]
+Level = Annotated[
+    float | None, Field(ge=0, description="price; 0 or null: none"), AfterValidator(lambda v: None if not v else v)
+]
 
 
 class TradeReport(_Request):
     """One position, as the terminal's deals history tells it: the open (IN deal) and,
     once closed, the close (OUT deal). Report it again when it closes: same ticket."""
 
-    ticket: int = Field(gt=0, lt=TICKET_MAX, description="the position's ticket (POSITION_IDENTIFIER / DEAL_POSITION_ID)")
-    signal_id: str | None = Field(None, min_length=1, max_length=SIGNAL_ID_MAX, description="the signal that opened it (null: none known; the trade is flagged)")
+    ticket: int = Field(
+        gt=0, lt=TICKET_MAX, description="the position's ticket (POSITION_IDENTIFIER / DEAL_POSITION_ID)"
+    )
+    signal_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=SIGNAL_ID_MAX,
+        description="the signal that opened it (null: none known; the trade is flagged)",
+    )
     symbol: Symbol
     timeframe: Timeframe | None = Field(None, description="the signal's timeframe wins when the signal is known")
     side: Literal["BUY", "SELL"]
@@ -259,29 +303,45 @@ class TradeReport(_Request):
         closing = {"close_time": self.close_time, "close_price": self.close_price, "exit_reason": self.exit_reason}
         if all(v is None for v in closing.values()):
             return []
-        out = [(name, "required with the other close fields (close_time, close_price, exit_reason)") for name, v in closing.items() if v is None]
+        out = [
+            (name, "required with the other close fields (close_time, close_price, exit_reason)")
+            for name, v in closing.items()
+            if v is None
+        ]
         if self.close_time is not None and self.close_time < self.open_time:
             out.append(("close_time", "before open_time"))
         return out
 
 
 class TradesRequest(_Request):
-    trades: list[TradeReport] = Field(min_length=1, max_length=MAX_TRADES_PER_REPORT, description="positions to record; each is idempotent by ticket")
+    trades: list[TradeReport] = Field(
+        min_length=1, max_length=MAX_TRADES_PER_REPORT, description="positions to record; each is idempotent by ticket"
+    )
 
 
 class OpenTradesQuery(_Request):
     """GET /ea/trades: every value arrives as a string."""
 
     status: Literal["open"] = Field("open", description="only open trades are listed (what reconciliation compares)")
-    magic: Annotated[int | None, Field(ge=0, lt=TICKET_MAX, description="only trades with this magic"), BeforeValidator(lambda v: v if v is None else _whole_number(v))] = None
-    account: Annotated[int | None, Field(ge=0, lt=TICKET_MAX, description="only this account's trades (and those with none)"), BeforeValidator(lambda v: v if v is None else _whole_number(v))] = None
+    magic: Annotated[
+        int | None,
+        Field(ge=0, lt=TICKET_MAX, description="only trades with this magic"),
+        BeforeValidator(lambda v: v if v is None else _whole_number(v)),
+    ] = None
+    account: Annotated[
+        int | None,
+        Field(ge=0, lt=TICKET_MAX, description="only this account's trades (and those with none)"),
+        BeforeValidator(lambda v: v if v is None else _whole_number(v)),
+    ] = None
 
 
 class TerminalPosition(_Request):
     """One of the terminal's open positions (positions_get), as TradeReport's open part."""
 
     ticket: int = Field(gt=0, lt=TICKET_MAX)
-    signal_id: str | None = Field(None, min_length=1, max_length=SIGNAL_ID_MAX, description="from the position's comment, when it carries one")
+    signal_id: str | None = Field(
+        None, min_length=1, max_length=SIGNAL_ID_MAX, description="from the position's comment, when it carries one"
+    )
     symbol: Symbol
     timeframe: Timeframe | None = None
     side: Literal["BUY", "SELL"]
@@ -296,4 +356,6 @@ class TerminalPosition(_Request):
 class ReconcileRequest(_Request):
     magic: int = Field(ge=0, lt=TICKET_MAX, description="BRIDGE_MAGIC: only positions carrying it are compared")
     account: int | None = Field(None, ge=0, lt=TICKET_MAX)
-    positions: list[TerminalPosition] = Field(max_length=10_000, description="every open position in the terminal with this magic")
+    positions: list[TerminalPosition] = Field(
+        max_length=10_000, description="every open position in the terminal with this magic"
+    )

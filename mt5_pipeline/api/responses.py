@@ -41,10 +41,15 @@ class IngestResponse(BaseModel):
     inserted: Count
     updated: Count = Field(description="bars already stored whose values changed (re-sent, corrected)")
     unchanged: Count = Field(description="bars already stored with the same values (a safe retry)")
-    duplicates: Count = Field(0, description="times that appeared twice in the batch (the last one was kept); left out when 0")
-    rejected: Count = Field(0, description="with partial=true: rows refused and not stored (each named in errors); left out when 0")
+    duplicates: Count = Field(
+        0, description="times that appeared twice in the batch (the last one was kept); left out when 0"
+    )
+    rejected: Count = Field(
+        0, description="with partial=true: rows refused and not stored (each named in errors); left out when 0"
+    )
     errors: list[FieldError] = Field(
-        [], description="with partial=true: why each refused row was refused (the first 50, then a count); left out when none"
+        [],
+        description="with partial=true: why each refused row was refused (the first 50, then a count); left out when none",
     )
 
 
@@ -57,12 +62,17 @@ class SignalMeta(BaseModel):
     model_version: str
     probability: float = Field(ge=0, le=1)
     pip_size: float | None = Field(
-        None, gt=0, description="price size of one pip for this symbol (the core's rule): stops go sl_pips x pip_size from the fill price"
+        None,
+        gt=0,
+        description="price size of one pip for this symbol (the core's rule): stops go sl_pips x pip_size from the fill price",
     )
     entry_policy: Literal["one_per_symbol_timeframe", "stack", "reverse"] | None = Field(
-        None, description="the execution policy's entry rule (ENTRY_POLICY, docs/trades.md): the executor obeys it, as the backtest did"
+        None,
+        description="the execution policy's entry rule (ENTRY_POLICY, docs/trades.md): the executor obeys it, as the backtest did",
     )
-    max_hold_bars: int | None = Field(None, ge=1, description="the time exit: close at the close of this many bars counted from the entry bar")
+    max_hold_bars: int | None = Field(
+        None, ge=1, description="the time exit: close at the close of this many bars counted from the entry bar"
+    )
 
 
 class Signal(BaseModel):
@@ -100,7 +110,9 @@ class TestConnectionResponse(BaseModel):
     ea_server: str = Field(examples=["192.168.15.18:8080"])
     ea_url: str = Field(examples=["http://192.168.15.18:8080/signals"])
     message: str
-    status_code: int | None = Field(None, description="what the EA's signals route answered to the probe, when it answered")
+    status_code: int | None = Field(
+        None, description="what the EA's signals route answered to the probe, when it answered"
+    )
 
 
 class StatusCount(BaseModel):
@@ -130,7 +142,9 @@ class PushResponse(BaseModel):
 class AckResponse(BaseModel):
     success: Literal[True]
     signal_id: str
-    status: str = Field(description="the signal's queue status after the ack: ACKED, REJECTED or EXPIRED as the ack says, or where it already was when that is further along")
+    status: str = Field(
+        description="the signal's queue status after the ack: ACKED, REJECTED or EXPIRED as the ack says, or where it already was when that is further along"
+    )
     ticket: int | None
     ack_status: str = Field(description="the status the EA reported")
     repeated: bool = Field(description="this signal had been acked before")
@@ -168,7 +182,9 @@ class Trade(BaseModel):
 
     ticket: int
     signal_id: str | None
-    unknown_signal: bool = Field(description="the signal is not in signals_queue: kept, flagged, left out of the model's live figures")
+    unknown_signal: bool = Field(
+        description="the signal is not in signals_queue: kept, flagged, left out of the model's live figures"
+    )
     model_version: str | None
     account: int | None
     magic: int | None
@@ -218,7 +234,9 @@ class ReconcileResponse(BaseModel):
     in_sync: bool
     terminal_positions: Count
     unknown: list[int] = Field(description="positions the API did not hold open: recorded now")
-    missing: list[int] = Field(description="trades the API holds open that the terminal does not: report their close from the deals history")
+    missing: list[int] = Field(
+        description="trades the API holds open that the terminal does not: report their close from the deals history"
+    )
 
 
 class Reconciliation(BaseModel):
@@ -255,7 +273,12 @@ class Health(BaseModel):
     champion_age_seconds: float | None = Field(None, description="age of the first timeframe's champion")
     last_retrain: Retrain | None = None
     retrain_failed: list[str] = Field([], description="timeframes whose last retrain failed (status is degraded)")
-    models: dict[str, ModelStatus] | None = Field(None, description="per timeframe in TIMEFRAMES: the champion and the last retrain")
+    models: dict[str, ModelStatus] | None = Field(
+        None, description="per timeframe in TIMEFRAMES: the champion and the last retrain"
+    )
     open_positions: list[OpenPositions] = Field([], description="open trades per symbol, as reported (POST /ea/trades)")
-    reconciliation: Reconciliation | None = Field(None, description="the bridge's last comparison of the terminal's positions with the open trades (differences: status degraded)")
+    reconciliation: Reconciliation | None = Field(
+        None,
+        description="the bridge's last comparison of the terminal's positions with the open trades (differences: status degraded)",
+    )
     version: str

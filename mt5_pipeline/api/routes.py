@@ -20,7 +20,15 @@ from mt5_pipeline.api.body import read_json_object
 from mt5_pipeline.api.errors import JSON, ApiError, Detail
 from mt5_pipeline.api.health import check_health
 from mt5_pipeline.api.metrics import CONTENT_TYPE
-from mt5_pipeline.api.requests import AckRequest, GenerateSignalRequest, IngestRequest, OpenTradesQuery, PullQuery, ReconcileRequest, TradesRequest
+from mt5_pipeline.api.requests import (
+    AckRequest,
+    GenerateSignalRequest,
+    IngestRequest,
+    OpenTradesQuery,
+    PullQuery,
+    ReconcileRequest,
+    TradesRequest,
+)
 from mt5_pipeline.api.state import AppState
 from mt5_pipeline.api.validation import validate
 from mt5_pipeline.clock import iso_z, utcnow
@@ -42,7 +50,7 @@ async def ingest(request: Request) -> Response:
     req = validate(IngestRequest, body, "ingest request")
     if not req.candles:
         return JSON({"success": True, "received": 0, "inserted": 0, "updated": 0, "unchanged": 0})
-    from mt5_pipeline.ingest import CandleValidationError, ingest_candles
+    from mt5_pipeline.market.ingest import CandleValidationError, ingest_candles
 
     started = time.perf_counter()
     try:
@@ -55,7 +63,9 @@ async def ingest(request: Request) -> Response:
                 max_jump=state.settings.price_max_jump,
                 server_time_zone=req.server_time_zone,
                 # An offset the client names is the one it converted its times with.
-                record_offset=req.utc_offset_hours is not None and "utc_offset_hours" in req.model_fields_set and req.server_time_zone is None,
+                record_offset=req.utc_offset_hours is not None
+                and "utc_offset_hours" in req.model_fields_set
+                and req.server_time_zone is None,
                 partial=req.partial,
             ),
             state.settings.database_url,
@@ -95,15 +105,18 @@ async def generate_signal(request: Request) -> Response:
     state = _state(request)
     body = await read_json_object(request, state.settings.api_max_body_bytes)
     req = validate(GenerateSignalRequest, body, "signal request")
-    from mt5_pipeline import signals
-    from mt5_pipeline.model import ModelMismatchError, ModelTimeframeError, NoFeaturesError, NoModelError
+    from mt5_pipeline.learning.model import ModelTimeframeError, NoFeaturesError
+    from mt5_pipeline.learning.model_store import ModelMismatchError, NoModelError
+    from mt5_pipeline.signals import generation as signals
 
     try:
         result = await run_in_threadpool(
             signals.generate_signal, state.settings, req.symbol, req.timeframe, req.force, refresh_features=True
         )
     except NoFeaturesError as exc:
-        raise ApiError(404, str(exc) or f"no features for {req.symbol} {req.timeframe}", extra={"reason": "no_features"}) from None
+        raise ApiError(
+            404, str(exc) or f"no features for {req.symbol} {req.timeframe}", extra={"reason": "no_features"}
+        ) from None
     except NoModelError as exc:
         raise ApiError(503, str(exc), extra={"reason": "no_model"}) from None
     except ModelMismatchError as exc:
@@ -111,7 +124,10 @@ async def generate_signal(request: Request) -> Response:
     except ModelTimeframeError as exc:
         # A request for a timeframe no model was trained on: the caller's input, not our outage.
         raise ApiError(
-            422, str(exc), [{"loc": "timeframe", "message": str(exc)}], extra={"reason": "no_model_for_timeframe", "timeframes_with_model": exc.available}
+            422,
+            str(exc),
+            [{"loc": "timeframe", "message": str(exc)}],
+            extra={"reason": "no_model_for_timeframe", "timeframes_with_model": exc.available},
         ) from None
     return _signal_response(result)
 
@@ -161,7 +177,7 @@ async def test_connection(request: Request) -> Response:
 
 async def queue_status(request: Request) -> Response:
     state = _state(request)
-    from mt5_pipeline.queue import queue_status as read_status
+    from mt5_pipeline.signals.queue import queue_status as read_status
 
     since = utcnow() - timedelta(hours=24)
     counts = await run_in_threadpool(read_status, state.settings.database_url, since=since)
@@ -172,15 +188,23 @@ async def push_signals(request: Request) -> Response:
     state = _state(request)
     # A manual push works in pull mode too: EA_PUSH_ENABLED switches the automatic
     # pushers (worker, sensor) only, as the seed describes it.
-    from mt5_pipeline.pusher import push_pending
+    from mt5_pipeline.delivery.pusher import push_pending
 
     started = time.perf_counter()
     result = await run_in_threadpool(push_pending, state.settings, client=state.ea_client())
     state.metrics.push_duration.observe(time.perf_counter() - started)
     if result.auth_error:
-        raise ApiError(502, f"{result.message}: check EA_API_KEY here and on the EA", extra={"reason": "ea_auth", "sent_count": result.sent})
+        raise ApiError(
+            502,
+            f"{result.message}: check EA_API_KEY here and on the EA",
+            extra={"reason": "ea_auth", "sent_count": result.sent},
+        )
     if result.config_error:
-        raise ApiError(502, result.message, extra={"reason": "ea_config", "ea_status_code": result.status_code, "sent_count": result.sent})
+        raise ApiError(
+            502,
+            result.message,
+            extra={"reason": "ea_config", "ea_status_code": result.status_code, "sent_count": result.sent},
+        )
     return JSON(
         {
             "success": True,
@@ -199,11 +223,19 @@ async def ack(request: Request) -> Response:
     state = _state(request)
     body = await read_json_object(request, state.settings.api_max_body_bytes)
     req = validate(AckRequest, body, "ack")
-    from mt5_pipeline.queue import UnknownSignalError, record_ack
+    from mt5_pipeline.signals.queue import UnknownSignalError, record_ack
 
     try:
         recorded = await run_in_threadpool(
-            partial(record_ack, state.settings.database_url, req.signal_id, req.ticket, req.status, req.message, retcode=req.retcode)
+            partial(
+                record_ack,
+                state.settings.database_url,
+                req.signal_id,
+                req.ticket,
+                req.status,
+                req.message,
+                retcode=req.retcode,
+            )
         )
     except UnknownSignalError:
         raise ApiError(404, "no such signal_id", extra={"reason": "unknown_signal"}) from None
@@ -218,7 +250,7 @@ async def ack(request: Request) -> Response:
 async def pull_signals(request: Request) -> Response:
     state = _state(request)
     query = validate(PullQuery, dict(request.query_params), "query", prefix="query.")
-    from mt5_pipeline.queue import pending_for_pull
+    from mt5_pipeline.signals.queue import pending_for_pull
 
     signals = await run_in_threadpool(pending_for_pull, state.settings.database_url, query.limit)
     return JSON({"success": True, "signals": [s.to_payload() for s in signals]})
@@ -243,10 +275,12 @@ async def report_trades(request: Request) -> Response:
     state = _state(request)
     body = await read_json_object(request, state.settings.api_max_body_bytes)
     req = validate(TradesRequest, body, "trades report")
-    details = [Detail(f"trades[{i}].{name}", message) for i, t in enumerate(req.trades) for name, message in t.problems()]
+    details = [
+        Detail(f"trades[{i}].{name}", message) for i, t in enumerate(req.trades) for name, message in t.problems()
+    ]
     if details:
         raise ApiError(422, "invalid trades report", details)
-    from mt5_pipeline.trades import record_trades
+    from mt5_pipeline.delivery.trades import record_trades
 
     reports = [t.model_dump(exclude_none=True) for t in req.trades]
     recorded = await run_in_threadpool(record_trades, state.settings, reports)
@@ -257,7 +291,10 @@ async def report_trades(request: Request) -> Response:
             "received": len(recorded),
             **counts,
             "flagged": sum(1 for r in recorded if r.unknown_signal),
-            "trades": [{"ticket": r.ticket, "outcome": r.outcome, "status": r.status, "unknown_signal": r.unknown_signal} for r in recorded],
+            "trades": [
+                {"ticket": r.ticket, "outcome": r.outcome, "status": r.status, "unknown_signal": r.unknown_signal}
+                for r in recorded
+            ],
         }
     )
 
@@ -265,7 +302,7 @@ async def report_trades(request: Request) -> Response:
 async def list_trades(request: Request) -> Response:
     state = _state(request)
     query = validate(OpenTradesQuery, dict(request.query_params), "query", prefix="query.")
-    from mt5_pipeline.trades import open_trades
+    from mt5_pipeline.delivery.trades import open_trades
 
     rows = await run_in_threadpool(partial(open_trades, state.settings, magic=query.magic, account=query.account))
     return JSON({"success": True, "trades": [trade_body(r) for r in rows]})
@@ -275,11 +312,21 @@ async def reconcile(request: Request) -> Response:
     state = _state(request)
     body = await read_json_object(request, state.settings.api_max_body_bytes)
     req = validate(ReconcileRequest, body, "reconciliation")
-    from mt5_pipeline.trades import reconcile as run
+    from mt5_pipeline.delivery.trades import reconcile as run
 
     positions = [p.model_dump(exclude_none=True) for p in req.positions]
-    result = await run_in_threadpool(partial(run, state.settings, magic=req.magic, account=req.account, positions=positions))
-    return JSON({"success": True, "in_sync": result.in_sync, "terminal_positions": result.terminal_positions, "unknown": result.unknown, "missing": result.missing})
+    result = await run_in_threadpool(
+        partial(run, state.settings, magic=req.magic, account=req.account, positions=positions)
+    )
+    return JSON(
+        {
+            "success": True,
+            "in_sync": result.in_sync,
+            "terminal_positions": result.terminal_positions,
+            "unknown": result.unknown,
+            "missing": result.missing,
+        }
+    )
 
 
 # ---- operations -----------------------------------------------------------------

@@ -56,7 +56,7 @@ class AppState:
         """The one pooled EA client of this app (built on first use, closed at shutdown)."""
         with self._lock:
             if self._ea_client is None:
-                from mt5_pipeline.ea_client import EAClient
+                from mt5_pipeline.delivery.ea_client import EAClient
 
                 self._ea_client = EAClient(self.settings, transport=self._ea_transport)
             return self._ea_client

@@ -44,7 +44,9 @@ def validate(model: type[M], data: Any, what: str, *, prefix: str = "") -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        details = [Detail(prefix + loc(e["loc"]), message(model, e)) for e in exc.errors(include_url=False)[:MAX_DETAILS]]
+        details = [
+            Detail(prefix + loc(e["loc"]), message(model, e)) for e in exc.errors(include_url=False)[:MAX_DETAILS]
+        ]
         raise ApiError(422, f"invalid {what}", details) from None
 
 

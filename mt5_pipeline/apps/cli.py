@@ -29,7 +29,7 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_import_csv(settings: Settings, args: argparse.Namespace) -> int:
-    from mt5_pipeline.mt5_csv import ImportError_, import_file
+    from mt5_pipeline.market.mt5_csv import ImportError_, import_file
 
     try:
         report = import_file(
@@ -62,7 +62,8 @@ EXIT_REJECTED = 3
 
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
-    from mt5_pipeline.model import InsufficientDataError, model_name, train_model
+    from mt5_pipeline.learning.model_store import model_name
+    from mt5_pipeline.learning.training import InsufficientDataError, train_model
 
     timeframes = [args.timeframe.upper()] if args.timeframe else list(settings.timeframes)
     code = 0
@@ -79,7 +80,9 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         metrics = result.metrics
         decision = result.decision
         print(f"trained {name} {result.version} on {result.rows} rows ({', '.join(result.symbols)}) -> {result.path}")
-        print(f"out-of-sample AUC {metrics.get('auc', float('nan')):.4f} (baseline {metrics.get('baseline_auc', 0.5):.4f})")
+        print(
+            f"out-of-sample AUC {metrics.get('auc', float('nan')):.4f} (baseline {metrics.get('baseline_auc', 0.5):.4f})"
+        )
         print(f"{decision.decision.upper()}: {decision.reason}")
         if not decision.promoted:
             code = max(code, EXIT_REJECTED)
@@ -87,7 +90,7 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _update_features(settings: Settings, timeframe: str) -> list[str]:
-    from mt5_pipeline.features import update_all_features
+    from mt5_pipeline.learning.features import update_all_features
 
     return [
         f"{u.symbol} {u.timeframe}: {u.rows_written} feature rows written, newest bar {u.newest_ts}"
@@ -97,7 +100,7 @@ def _update_features(settings: Settings, timeframe: str) -> list[str]:
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     """The registry, newest first: every retrain, its decision and why."""
-    from mt5_pipeline.model_registry import history
+    from mt5_pipeline.learning.model_registry import history
 
     timeframes = [args.timeframe.upper()] if args.timeframe else list(settings.timeframes)
     for timeframe in timeframes:
@@ -106,7 +109,9 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
         for r in rows:
             auc = (r.get("metrics") or {}).get("auc")
             star = "*" if r["is_current"] else " "
-            print(f" {star} {r['version']:<32} {r['trained_at']:%Y-%m-%d %H:%M} {r['kind']:<22} {r['decision']:<8} AUC {'—' if auc is None else f'{auc:.4f}'}  {r['reason']}")
+            print(
+                f" {star} {r['version']:<32} {r['trained_at']:%Y-%m-%d %H:%M} {r['kind']:<22} {r['decision']:<8} AUC {'—' if auc is None else f'{auc:.4f}'}  {r['reason']}"
+            )
     print("(* the champion: what rf_<tf>.pkl holds)")
     return 0
 
@@ -130,13 +135,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_push(settings: Settings, args: argparse.Namespace) -> int:
-    from mt5_pipeline.pusher import run_worker
+    from mt5_pipeline.delivery.pusher import run_worker
 
     return run_worker(settings, once=args.once)
 
 
 def cmd_live(settings: Settings, args: argparse.Namespace) -> int:
-    from mt5_pipeline.live import run_live_worker
+    from mt5_pipeline.signals.live import run_live_worker
 
     return run_live_worker(settings)
 
@@ -178,7 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("file")
     imp.add_argument("--symbol", required=True)
     imp.add_argument("--timeframe", required=True)
-    imp.add_argument("--tz-offset", type=float, default=0.0, help="hours the file's times are ahead of UTC (broker time, often 2 or 3)")
+    imp.add_argument(
+        "--tz-offset",
+        type=float,
+        default=0.0,
+        help="hours the file's times are ahead of UTC (broker time, often 2 or 3)",
+    )
     imp.add_argument(
         "--server-time-zone",
         default=None,
@@ -188,13 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--no-progress", action="store_true")
     imp.set_defaults(func=cmd_import_csv)
 
-    sub.add_parser("features", help="bring features_m1 up to date for every symbol and timeframe in TIMEFRAMES").set_defaults(func=cmd_features)
+    sub.add_parser(
+        "features", help="bring features_m1 up to date for every symbol and timeframe in TIMEFRAMES"
+    ).set_defaults(func=cmd_features)
     train = sub.add_parser(
         "train",
         help="update the features, then train a candidate per timeframe, evaluate it and promote it if it beats the champion "
         f"(exit 0 promoted, 1 error, {EXIT_REJECTED} rejected)",
     )
-    train.add_argument("--force", action="store_true", help="promote the candidate whatever its scores (recorded as forced)")
+    train.add_argument(
+        "--force", action="store_true", help="promote the candidate whatever its scores (recorded as forced)"
+    )
     train.add_argument("--timeframe", default=None, help="one timeframe (default: every one in TIMEFRAMES)")
     train.set_defaults(func=cmd_train)
 
@@ -213,18 +227,27 @@ def build_parser() -> argparse.ArgumentParser:
     push.set_defaults(func=cmd_push)
 
     sub.add_parser(
-        "live", help="the live-signal worker: a signal for each closed bar as soon as it is committed (LISTEN/NOTIFY, or polling on SQLite)"
+        "live",
+        help="the live-signal worker: a signal for each closed bar as soon as it is committed (LISTEN/NOTIFY, or polling on SQLite)",
     ).set_defaults(func=cmd_live)
 
     sim = sub.add_parser("ea-sim", help="the reference EA server (paper trading)")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8080)
-    sim.add_argument("--ack-url", default=None, help="POST an ack here for every accepted signal (e.g. http://127.0.0.1:18001/ea/ack)")
+    sim.add_argument(
+        "--ack-url",
+        default=None,
+        help="POST an ack here for every accepted signal (e.g. http://127.0.0.1:18001/ea/ack)",
+    )
     sim.add_argument("--log-file", default=None, help="append every accepted signal as a JSON line")
     sim.set_defaults(func=cmd_ea_sim)
 
-    bridge = sub.add_parser("bridge", help="beside the MT5 terminal: closed bars to the API, signals to orders, acks back")
-    bridge.add_argument("--fake", action="store_true", help="a simulated terminal instead of MetaTrader5 (no real orders)")
+    bridge = sub.add_parser(
+        "bridge", help="beside the MT5 terminal: closed bars to the API, signals to orders, acks back"
+    )
+    bridge.add_argument(
+        "--fake", action="store_true", help="a simulated terminal instead of MetaTrader5 (no real orders)"
+    )
     bridge.set_defaults(func=cmd_bridge)
 
     demo = sub.add_parser("demo", help="the whole pipeline once, on the embedded default")

@@ -33,14 +33,16 @@ def _minute_now() -> datetime:
     return datetime.now(timezone.utc).replace(second=0, microsecond=0)
 
 
-def load_candles(settings: Settings, say: Callable[[str], None], *, csv_file: str | None = None, bars: int = DEMO_BARS) -> int:
+def load_candles(
+    settings: Settings, say: Callable[[str], None], *, csv_file: str | None = None, bars: int = DEMO_BARS
+) -> int:
     """Bring every demo symbol up to the current minute through the ingest core; return bars stored."""
-    from mt5_pipeline.ingest import ingest_candles
-    from mt5_pipeline.sample_data import SAMPLE_LABEL, generate_candles, open_minutes
+    from mt5_pipeline.market.ingest import ingest_candles
+    from mt5_pipeline.market.sample_data import SAMPLE_LABEL, generate_candles, open_minutes
     from mt5_pipeline.storage.candles import newest_bars, read_candles
 
     if csv_file:
-        from mt5_pipeline.mt5_csv import import_file
+        from mt5_pipeline.market.mt5_csv import import_file
 
         report = import_file(settings, csv_file, symbol="EURUSD", timeframe="M1", progress=False)
         say(f"imported MT5 export file {csv_file}: {report.describe()}")
@@ -58,10 +60,17 @@ def load_candles(settings: Settings, say: Callable[[str], None], *, csv_file: st
                 continue
             last = read_candles(settings.database_url, symbol, "M1", last_n=1)
             frame = generate_candles(
-                n, end=now, start_price=float(last["close"].iloc[-1]), seed=int(now.timestamp()) + index, digits=digits, with_weekends=False
+                n,
+                end=now,
+                start_price=float(last["close"].iloc[-1]),
+                seed=int(now.timestamp()) + index,
+                digits=digits,
+                with_weekends=False,
             )
         result = ingest_candles(settings.database_url, symbol, "M1", frame)
-        say(f"{symbol}: {result.received} bars of the {SAMPLE_LABEL} -> inserted {result.inserted}, updated {result.updated}, unchanged {result.unchanged}")
+        say(
+            f"{symbol}: {result.received} bars of the {SAMPLE_LABEL} -> inserted {result.inserted}, updated {result.updated}, unchanged {result.unchanged}"
+        )
     return sum(int(b["bars"]) for b in newest_bars(settings.database_url) if b["timeframe"] == "M1")
 
 
@@ -79,7 +88,7 @@ def materialize_graph(settings: Settings, say: Callable[[str], None]) -> dict:
 
     home = ensure_local_dagster_home(os.environ.get("DAGSTER_HOME") or ".dagster")
     os.environ["DAGSTER_HOME"] = str(home)
-    from mt5_pipeline.model import current_model_info
+    from mt5_pipeline.learning.model_store import current_model_info
 
     # Synthetic random walks carry no edge a model must beat (see the README's honest
     # evaluation), so the demo forces every promotion, as `mt5-pipeline train --force`
@@ -109,8 +118,10 @@ def materialize_graph(settings: Settings, say: Callable[[str], None]) -> dict:
         say(f"features_m1 materialized for {len(symbols)} symbol(s)")
         checks = run("candles_checks_job").get_asset_check_evaluations()
         say("candles checks: " + ", ".join(f"{c.check_name} {'passed' if c.passed else 'FAILED'}" for c in checks))
-        trained = defs.resolve_job_def("rf_m1_train_job").execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET_RUN)
-        from mt5_pipeline.model_registry import last_retrain
+        trained = defs.resolve_job_def("rf_m1_train_job").execute_in_process(
+            instance=instance, raise_on_error=False, run_config=QUIET_RUN
+        )
+        from mt5_pipeline.learning.model_registry import last_retrain
 
         last = last_retrain(settings) or {}
         if last.get("decision") == "failed" or current_model_info(settings) is None:
@@ -121,7 +132,10 @@ def materialize_graph(settings: Settings, say: Callable[[str], None]) -> dict:
             result = run("predict_job", symbol)
             materialization = [m for m in result.asset_materializations_for_node("signals")]
             meta = materialization[-1].metadata if materialization else {}
-            decisions[symbol] = (meta["decision"].value if "decision" in meta else "?", meta["why"].value if "why" in meta else "")
+            decisions[symbol] = (
+                meta["decision"].value if "decision" in meta else "?",
+                meta["why"].value if "why" in meta else "",
+            )
             say(f"signals[{symbol}]: {decisions[symbol][0]} - {decisions[symbol][1]}")
         outcome["decisions"] = decisions
         outcome["instance"] = str(home)
@@ -135,11 +149,13 @@ def push_through_dagster(settings: Settings) -> None:
     from mt5_pipeline.orchestration.resources import resources_for
 
     with dg.DagsterInstance.get() as instance:
-        build_defs(settings, resources_for(settings)).resolve_job_def("ea_push_job").execute_in_process(instance=instance, raise_on_error=True, run_config=QUIET_RUN)
+        build_defs(settings, resources_for(settings)).resolve_job_def("ea_push_job").execute_in_process(
+            instance=instance, raise_on_error=True, run_config=QUIET_RUN
+        )
 
 
 def _wait_for_acks(settings: Settings, since: datetime, timeout: float = 15.0) -> dict:
-    from mt5_pipeline.queue import queue_status
+    from mt5_pipeline.signals.queue import queue_status
 
     deadline = time.monotonic() + timeout
     while True:
@@ -155,7 +171,7 @@ def _newest_equity_png(model_dir: Path) -> Path | None:
 
 
 def _metric_lines(settings: Settings) -> list[str]:
-    from mt5_pipeline.model import current_model_info
+    from mt5_pipeline.learning.model_store import current_model_info
 
     info = current_model_info(settings) or {}
     metrics = info.get("metrics", {})
@@ -191,7 +207,9 @@ def run_demo(settings: Settings, *, csv_file: str | None = None, say: Callable[[
     ea_key = settings.ea_api_key or DEMO_EA_KEY
     ea_app = create_ea_app(ea_key, ack_url=f"http://127.0.0.1:{api_port}/ea/ack", ack_api_key=api_key)
     with BackgroundServer(ea_app) as ea:
-        settings = settings.replace(ea_server_url_override=f"{ea.base_url}/signals", ea_api_key=ea_key, ea_push_enabled=True)
+        settings = settings.replace(
+            ea_server_url_override=f"{ea.base_url}/signals", ea_api_key=ea_key, ea_push_enabled=True
+        )
         with BackgroundServer(create_app(settings), port=api_port) as api:
             say(f"reference EA on {ea.base_url}, API on {api.base_url}")
             candles_total = load_candles(settings, say, csv_file=csv_file)
@@ -203,15 +221,21 @@ def run_demo(settings: Settings, *, csv_file: str | None = None, say: Callable[[
                 for symbol, (decision, _why) in outcome["decisions"].items():
                     if decision == "neutral":
                         # The seed's manual path: POST /ea/generate-signal with force=true.
-                        reply = client.post("/ea/generate-signal", json={"symbol": symbol, "timeframe": "M1", "force": True}).json()
+                        reply = client.post(
+                            "/ea/generate-signal", json={"symbol": symbol, "timeframe": "M1", "force": True}
+                        ).json()
                         if reply.get("reason") == "not_ready":
                             # A minute turned during the demo: the bar that just closed is
                             # decided once its grace has passed (a couple of seconds).
                             _sleep_until(reply.get("figures", {}).get("retry_at"))
-                            reply = client.post("/ea/generate-signal", json={"symbol": symbol, "timeframe": "M1", "force": True}).json()
+                            reply = client.post(
+                                "/ea/generate-signal", json={"symbol": symbol, "timeframe": "M1", "force": True}
+                            ).json()
                         if reply.get("reason") == "duplicate":
                             already.add(symbol)
-                        say(f"signals[{symbol}]: forced through POST /ea/generate-signal -> {reply.get('message') or reply.get('error')}")
+                        say(
+                            f"signals[{symbol}]: forced through POST /ea/generate-signal -> {reply.get('message') or reply.get('error')}"
+                        )
                 push_through_dagster(settings)
                 status = _wait_for_acks(settings, since)
 
@@ -222,7 +246,10 @@ def run_demo(settings: Settings, *, csv_file: str | None = None, say: Callable[[
 
     with get_engine(settings.database_url).connect() as conn:
         feature_rows = conn.execute(select(func.count()).select_from(features_m1)).scalar_one()
-    count = {name: status.get(name, {}).get("count", 0) for name in ("PENDING", "SENT", "ACKED", "FAILED", "EXPIRED", "REJECTED")}
+    count = {
+        name: status.get(name, {}).get("count", 0)
+        for name in ("PENDING", "SENT", "ACKED", "FAILED", "EXPIRED", "REJECTED")
+    }
     generated = sum(count.values())
     png = _newest_equity_png(Path(settings.model_dir))
     lines = [
@@ -235,7 +262,13 @@ def run_demo(settings: Settings, *, csv_file: str | None = None, say: Callable[[
         f"signals sent        {count['SENT'] + count['ACKED']}",
         f"signals acknowledged {count['ACKED']}",
         f"signals expired     {count['EXPIRED']}  (rejected {count['REJECTED']}, failed {count['FAILED']}, pending {count['PENDING']})",
-        *([f"already signalled   {len(already)}  (their newest closed bar has its signal from an earlier run; one per bar)"] if already else []),
+        *(
+            [
+                f"already signalled   {len(already)}  (their newest closed bar has its signal from an earlier run; one per bar)"
+            ]
+            if already
+            else []
+        ),
         f"equity curve        {png if png else 'not drawn'}",
         f"Dagster instance    {outcome['instance']}  (run `make dev` and open http://127.0.0.1:3000 for the UI)",
         f"took                {time.monotonic() - started:.1f} s",

@@ -33,7 +33,16 @@ def commands(settings: Settings, ea_port: int, dagster_port: int = DAGSTER_UI_PO
         "api": [_bin("mt5-pipeline"), "serve"],
         "live": [_bin("mt5-pipeline"), "live"],
         "pusher": [_bin("mt5-pipeline"), "push"],
-        "ea-sim": [_bin("mt5-pipeline"), "ea-sim", "--host", "127.0.0.1", "--port", str(ea_port), "--ack-url", f"{api}/ea/ack"],
+        "ea-sim": [
+            _bin("mt5-pipeline"),
+            "ea-sim",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ea_port),
+            "--ack-url",
+            f"{api}/ea/ack",
+        ],
     }
 
 
@@ -88,7 +97,9 @@ def run_dev(settings: Settings, *, dagster_port: int = DAGSTER_UI_PORT) -> int:
     for name, argv in commands(settings, ea_port, dagster_port).items():
         # Each child leads its own process group, so a stop reaches what it spawned
         # (dagster dev starts the webserver and the daemon).
-        procs[name] = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        procs[name] = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         threading.Thread(target=_pump, args=(name, procs[name].stdout, lock), daemon=True).start()
     print(
         f"Dagster UI http://127.0.0.1:{dagster_port} | API http://{settings.api_host}:{settings.api_port}/health | "

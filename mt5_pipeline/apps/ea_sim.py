@@ -41,8 +41,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mt5_pipeline.clock import iso_z, parse_iso, utcnow
-from mt5_pipeline.contract import MAX_BODY_BYTES, pip_for_signal, validate_signal
-from mt5_pipeline.pips import PipSizeUnknown
+from mt5_pipeline.execution.contract import MAX_BODY_BYTES, pip_for_signal, validate_signal
+from mt5_pipeline.market.pips import PipSizeUnknown
 from mt5_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,11 @@ class PaperEA:
                 if hit_sl or hit_tp:
                     exit_price = p["sl"] if hit_sl else p["tp"]
                     pip = p["pip"]
-                    p.update(status="SL" if hit_sl else "TP", close_price=exit_price, pips=round((exit_price - p["open_price"]) / pip * (1 if buy else -1), 1))
+                    p.update(
+                        status="SL" if hit_sl else "TP",
+                        close_price=exit_price,
+                        pips=round((exit_price - p["open_price"]) / pip * (1 if buy else -1), 1),
+                    )
                     closed.append(dict(p))
         return closed
 
@@ -252,7 +256,11 @@ def create_ea_app(
         try:
             body = json.loads(await request.body())
             symbol, price = body["symbol"], body["price"]
-            if not isinstance(symbol, str) or isinstance(price, bool) or not (isinstance(price, int | float) and math.isfinite(price) and price > 0):
+            if (
+                not isinstance(symbol, str)
+                or isinstance(price, bool)
+                or not (isinstance(price, int | float) and math.isfinite(price) and price > 0)
+            ):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             return _answer(422, success=False, message='expected {"symbol": "EURUSD", "price": 1.0812}')
@@ -271,14 +279,19 @@ def create_ea_app(
     return app
 
 
-def serve(settings: Settings, *, host: str, port: int, ack_url: str | None = None, ticks_log: str | None = None) -> None:
+def serve(
+    settings: Settings, *, host: str, port: int, ack_url: str | None = None, ticks_log: str | None = None
+) -> None:
     """Run the reference EA under uvicorn (``mt5-pipeline ea-sim``)."""
     import uvicorn
 
-    from mt5_pipeline.ea_client import ea_api_key
-
-    key = ea_api_key(settings)
+    key = settings.effective_ea_api_key
     ack_key = settings.effective_api_keys[0] if settings.effective_api_keys else None
     app = create_ea_app(key, ack_url=ack_url, ack_api_key=ack_key, log_file=ticks_log, pip_sizes=settings.pip_sizes)
-    log.info("Reference EA (paper trading) on http://%s:%d/signals%s", host, port, f", acking to {ack_url}" if ack_url else "")
+    log.info(
+        "Reference EA (paper trading) on http://%s:%d/signals%s",
+        host,
+        port,
+        f", acking to {ack_url}" if ack_url else "",
+    )
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())

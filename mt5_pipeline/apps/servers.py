@@ -27,7 +27,13 @@ class BackgroundServer:
         # Extra uvicorn.Config options (lifespan, interface, ssl_certfile, ...).
         # A bounded graceful shutdown: idle keep-alive connections close at once, a request
         # in flight gets a few seconds, and the app's lifespan shutdown runs to its end.
-        self.config = {"log_level": "warning", "lifespan": "on", "access_log": False, "timeout_graceful_shutdown": 5, **config}
+        self.config = {
+            "log_level": "warning",
+            "lifespan": "on",
+            "access_log": False,
+            "timeout_graceful_shutdown": 5,
+            **config,
+        }
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from mt5_pipeline.bridge.acks import AckSender
 from mt5_pipeline.bridge.bars import BarFeeder
-from mt5_pipeline.bridge.client import ApiClient, bridge_api_key
+from mt5_pipeline.bridge.client import ApiClient
 from mt5_pipeline.bridge.executor import Executor
 from mt5_pipeline.bridge.orders import OrderSettings
 from mt5_pipeline.bridge.poller import Poller
@@ -37,7 +37,7 @@ from mt5_pipeline.bridge.store import BridgeStore
 from mt5_pipeline.bridge.terminal import Terminal, TerminalError
 from mt5_pipeline.bridge.trade_reports import TradeReporter
 from mt5_pipeline.clock import iso_z, utcnow
-from mt5_pipeline.execution_policy import ExecutionPolicy
+from mt5_pipeline.execution.execution_policy import ExecutionPolicy
 from mt5_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ class Bridge:
         connect: bool = True,
     ) -> None:
         from mt5_pipeline.bridge.http import create_bridge_app
-        from mt5_pipeline.ea_client import ea_api_key
 
         self.settings = settings
         self.clock = clock
@@ -71,23 +70,48 @@ class Bridge:
         if connect:
             self.terminal.connect(settings)
         self.store = BridgeStore(settings.bridge_store)
-        self.api = ApiClient(settings.bridge_api_url, bridge_api_key(settings), timeout=settings.ea_request_timeout, transport=api_transport)
+        self.api = ApiClient(
+            settings.bridge_api_url,
+            settings.effective_bridge_api_key,
+            timeout=settings.ea_request_timeout,
+            transport=api_transport,
+        )
         self.acks = AckSender(self.api, self.store)
         cfg = OrderSettings(
-            lots=settings.bridge_lots, magic=settings.bridge_magic, deviation=settings.bridge_deviation,
-            pip_sizes=settings.pip_sizes, risk_percent=settings.bridge_risk_percent,
+            lots=settings.bridge_lots,
+            magic=settings.bridge_magic,
+            deviation=settings.bridge_deviation,
+            pip_sizes=settings.pip_sizes,
+            risk_percent=settings.bridge_risk_percent,
         )
         self.bars = BarFeeder(
-            self.terminal, self.api, self.store, settings.bridge_symbols, settings.bridge_timeframes,
-            settings.bridge_history_bars, settings.bridge_utc_offset_hours, settings.bridge_server_time_zone, clock=clock,
+            self.terminal,
+            self.api,
+            self.store,
+            settings.bridge_symbols,
+            settings.bridge_timeframes,
+            settings.bridge_history_bars,
+            settings.bridge_utc_offset_hours,
+            settings.bridge_server_time_zone,
+            clock=clock,
         )
         to_utc = self.server_to_utc
-        self.positions = PositionKeeper(self.terminal, self.store, cfg, ExecutionPolicy.from_settings(settings), to_utc=to_utc, clock=clock)
-        self.executor = Executor(self.terminal, self.store, cfg, clock=clock, on_ack=self.acks.wake.set, positions=self.positions)
-        self.trade_reports = TradeReporter(self.terminal, self.api, self.store, settings.bridge_magic, to_utc=to_utc, clock=clock)
-        self.reconciler = Reconciler(self.positions, self.trade_reports, self.api, self.store, to_utc=to_utc, clock=clock)
+        self.positions = PositionKeeper(
+            self.terminal, self.store, cfg, ExecutionPolicy.from_settings(settings), to_utc=to_utc, clock=clock
+        )
+        self.executor = Executor(
+            self.terminal, self.store, cfg, clock=clock, on_ack=self.acks.wake.set, positions=self.positions
+        )
+        self.trade_reports = TradeReporter(
+            self.terminal, self.api, self.store, settings.bridge_magic, to_utc=to_utc, clock=clock
+        )
+        self.reconciler = Reconciler(
+            self.positions, self.trade_reports, self.api, self.store, to_utc=to_utc, clock=clock
+        )
         self.poller = Poller(self.api, self.executor, self.acks, interval=settings.bridge_poll_interval)
-        self.app = create_bridge_app(self.executor, ea_api_key(settings), self.health, push=settings.bridge_mode == "push")
+        self.app = create_bridge_app(
+            self.executor, settings.effective_ea_api_key, self.health, push=settings.bridge_mode == "push"
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -99,7 +123,11 @@ class Bridge:
         run_positions(stop, self.positions, self.reconciler, clock=self.clock)
 
     def start(self) -> Bridge:
-        loops: list[tuple[str, Callable[[threading.Event], None]]] = [("bars", self.bars.run), ("acks", self.acks.run), ("positions", self.run_positions)]
+        loops: list[tuple[str, Callable[[threading.Event], None]]] = [
+            ("bars", self.bars.run),
+            ("acks", self.acks.run),
+            ("positions", self.run_positions),
+        ]
         if self.settings.bridge_mode == "pull":
             loops.append(("poll", self.poller.run))
         for name, loop in loops:
@@ -132,7 +160,9 @@ class Bridge:
         trade_allowed = bool(info is not None and getattr(info, "trade_allowed", False))
         bars = {
             f"{symbol} {tf}": {
-                "last_bar": iso_z(datetime.fromtimestamp(s.last_bar, tz=self.clock().tzinfo)) if s.last_bar is not None else None,
+                "last_bar": iso_z(datetime.fromtimestamp(s.last_bar, tz=self.clock().tzinfo))
+                if s.last_bar is not None
+                else None,
                 "error": s.last_error or None,
                 # Bars the API refused and the feed moved past (partial ingest).
                 "skipped": s.bars_skipped,
@@ -146,7 +176,9 @@ class Bridge:
             "mode": self.settings.bridge_mode,
             "terminal": "connected" if connected else "disconnected",
             "trade_allowed": trade_allowed,
-            "api": "unreachable" if (self.acks.last_error or self.poller.last_error or any(s.api_error for s in self.bars.status.values())) else "ok",
+            "api": "unreachable"
+            if (self.acks.last_error or self.poller.last_error or any(s.api_error for s in self.bars.status.values()))
+            else "ok",
             "bars": bars,
             "signals": {k: v for k, v in counts.items() if k != "acks_pending"},
             "acks_pending": counts["acks_pending"],
@@ -155,7 +187,6 @@ class Bridge:
             **self._positions_health(),
         }
         return (200 if connected else 503), body
-
 
     def _positions_health(self) -> dict:
         try:
@@ -190,7 +221,7 @@ def run_bridge(settings: Settings, *, fake: bool = False) -> int:
         except TerminalError as exc:
             log.error("%s", exc)
             return 2
-    if not bridge_api_key(settings):
+    if not settings.effective_bridge_api_key:
         log.error("bridge not started: BRIDGE_API_KEY is empty (set it to one of the API's API_KEYS)")
         return 2
     try:
@@ -201,11 +232,17 @@ def run_bridge(settings: Settings, *, fake: bool = False) -> int:
     bridge.start()
     log.info(
         "MT5 bridge: %s mode, bars of %s %s to %s, signals on http://%s:%d/signals",
-        settings.bridge_mode, ",".join(settings.bridge_symbols), ",".join(settings.bridge_timeframes),
-        settings.bridge_api_url, settings.bridge_host, settings.bridge_port,
+        settings.bridge_mode,
+        ",".join(settings.bridge_symbols),
+        ",".join(settings.bridge_timeframes),
+        settings.bridge_api_url,
+        settings.bridge_host,
+        settings.bridge_port,
     )
     try:
-        uvicorn.run(bridge.app, host=settings.bridge_host, port=settings.bridge_port, log_level=settings.log_level.lower())
+        uvicorn.run(
+            bridge.app, host=settings.bridge_host, port=settings.bridge_port, log_level=settings.log_level.lower()
+        )
     finally:
         bridge.close()
     return 0

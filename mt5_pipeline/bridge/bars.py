@@ -147,7 +147,9 @@ class BarFeeder:
         zone = self.zone()
         if zone is None:
             for key in self._keys():
-                self.status.setdefault(key, FeedStatus()).last_error = (
+                self.status.setdefault(
+                    key, FeedStatus()
+                ).last_error = (
                     "waiting for a fresh tick to measure the server's UTC offset (or set BRIDGE_SERVER_TIME_ZONE)"
                 )
             return 0
@@ -196,7 +198,14 @@ class BarFeeder:
         for start in range(0, len(pairs), POST_CHUNK):
             chunk = pairs[start : start + POST_CHUNK]
             try:
-                answer = self.api.ingest(symbol, timeframe, [c for _, c in chunk], server_time_zone=zone.name, partial=True, instrument=self.instruments.get(symbol))
+                answer = self.api.ingest(
+                    symbol,
+                    timeframe,
+                    [c for _, c in chunk],
+                    server_time_zone=zone.name,
+                    partial=True,
+                    instrument=self.instruments.get(symbol),
+                )
             except (ApiUnavailable, ApiRefused) as exc:
                 status.last_error = str(exc)
                 status.api_error = True
@@ -206,8 +215,16 @@ class BarFeeder:
             if rejected:
                 errors = answer.get("errors") or []
                 status.bars_skipped += rejected
-                status.last_skipped = "; ".join(f"{e.get('loc')}: {e.get('message')}" for e in errors[:3] if isinstance(e, dict))
-                log.warning("Bars %s %s: the API refused %d bar(s), skipped (the rest stored): %s", symbol, timeframe, rejected, status.last_skipped)
+                status.last_skipped = "; ".join(
+                    f"{e.get('loc')}: {e.get('message')}" for e in errors[:3] if isinstance(e, dict)
+                )
+                log.warning(
+                    "Bars %s %s: the API refused %d bar(s), skipped (the rest stored): %s",
+                    symbol,
+                    timeframe,
+                    rejected,
+                    status.last_skipped,
+                )
             newest = chunk[-1][0]
             new += sum(1 for u, _ in chunk if last is None or u > last) - rejected
             self.store.set_last_bar(symbol, timeframe, newest)
@@ -227,14 +244,18 @@ class BarFeeder:
         if self.server_time_zone is not None:
             offset = parse_zone(self.server_time_zone).offset_now(self.clock())
         else:
-            offset = self.utc_offset_hours * 3600 if self.utc_offset_hours is not None else (self.measured_offset_s or 0)
+            offset = (
+                self.utc_offset_hours * 3600 if self.utc_offset_hours is not None else (self.measured_offset_s or 0)
+            )
         waits = []
         for tf in self.timeframes:
             seconds = TIMEFRAME_SECONDS[tf]
             waits.append(seconds - ((now + offset) % seconds) if seconds <= TIMEFRAME_SECONDS["D1"] else 60.0)
         return min(waits) + CLOSE_GRACE_SECONDS
 
-    def run(self, stop: threading.Event, *, retry_seconds: float = 5.0, wait: Callable[[float], bool] | None = None) -> None:
+    def run(
+        self, stop: threading.Event, *, retry_seconds: float = 5.0, wait: Callable[[float], bool] | None = None
+    ) -> None:
         """Cycle at every bar close (+ a grace), sooner while something failed."""
         wait = wait or stop.wait
         while not stop.is_set():

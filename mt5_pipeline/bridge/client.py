@@ -6,8 +6,6 @@ from typing import Any
 
 import httpx
 
-from mt5_pipeline.settings import DEV_API_KEY, Settings
-
 
 class ApiUnavailable(RuntimeError):
     """The API did not take the request (down, 5xx, timeout); try again later."""
@@ -21,19 +19,15 @@ class ApiRefused(RuntimeError):
         self.status_code = status_code
 
 
-def bridge_api_key(settings: Settings) -> str:
-    if settings.bridge_api_key:
-        return settings.bridge_api_key
-    if settings.api_keys:
-        return settings.api_keys[0]
-    return DEV_API_KEY if settings.mt5_env == "development" else ""
-
-
 class ApiClient:
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 10.0, transport: Any = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._client = httpx.Client(
-            base_url=self.base_url, headers={"X-API-Key": api_key}, timeout=timeout, trust_env=False, transport=transport
+            base_url=self.base_url,
+            headers={"X-API-Key": api_key},
+            timeout=timeout,
+            trust_env=False,
+            transport=transport,
         )
 
     def close(self) -> None:
@@ -60,12 +54,26 @@ class ApiClient:
         return body if isinstance(body, dict) else {}
 
     def ingest(
-        self, symbol: str, timeframe: str, candles: list[dict], *, server_time_zone: str, partial: bool = True, instrument: dict | None = None
+        self,
+        symbol: str,
+        timeframe: str,
+        candles: list[dict],
+        *,
+        server_time_zone: str,
+        partial: bool = True,
+        instrument: dict | None = None,
     ) -> dict:
         """Candles in the trade server's time, with its zone (the API converts them bar by
         bar); `partial`: the API stores the good ones and lists the refused ones;
         `instrument`: the symbol's digits and point, so the core knows its pip."""
-        body = {"symbol": symbol, "timeframe": timeframe, "candles": candles, "server_time_zone": server_time_zone, "partial": partial, **(instrument or {})}
+        body = {
+            "symbol": symbol,
+            "timeframe": timeframe,
+            "candles": candles,
+            "server_time_zone": server_time_zone,
+            "partial": partial,
+            **(instrument or {}),
+        }
         return self._call("POST", "/ingest", json=body)
 
     def ack(self, body: dict) -> dict:

@@ -1,9 +1,9 @@
 """One signal in, at most one order out: validation, expiry, dedupe, the order, the ack.
 
 A body is checked and parsed into the typed Signal by the contract
-(:func:`mt5_pipeline.contract.parse_signal`). What the terminal says decides the answer:
+(:func:`mt5_pipeline.execution.contract.parse_signal`). What the terminal says decides the answer:
 a fill or a refusal is final (stored, acked, answered 200); a transient answer (a
-retcode of :data:`~mt5_pipeline.contract.TRANSIENT_RETCODES`, or a lost ``order_send``
+retcode of :data:`~mt5_pipeline.execution.contract.TRANSIENT_RETCODES`, or a lost ``order_send``
 answer with no order found by its comment) is not: nothing final is stored or acked,
 the answer is 503, so the pusher tries again within the TTL and in pull mode the signal
 stays pending. The next try looks the order up by its comment before sending.
@@ -32,8 +32,8 @@ from mt5_pipeline.bridge import orders
 from mt5_pipeline.bridge.store import BridgeStore
 from mt5_pipeline.bridge.terminal import TerminalError
 from mt5_pipeline.clock import iso_z, utcnow
-from mt5_pipeline.contract import parse_signal
-from mt5_pipeline.trade_signal import Signal
+from mt5_pipeline.execution.contract import parse_signal
+from mt5_pipeline.execution.trade_signal import Signal
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,10 @@ class Executor:
                 # Nothing was sent and nothing is recorded: 503 makes the pusher try again
                 # (and in pull mode the signal stays pending for the next poll).
                 code, text = self.terminal.last_error()
-                return 503, {"success": False, "message": f"the MT5 terminal is not reachable ({code} {text}); try again"}
+                return 503, {
+                    "success": False,
+                    "message": f"the MT5 terminal is not reachable ({code} {text}); try again",
+                }
             if previous is not None:
                 # An earlier try ended "not now" or with a lost answer: the order may exist after all.
                 found = self._lookup(signal)
@@ -98,7 +101,9 @@ class Executor:
             self.store.begin(signal)
             now = self.clock()
             try:
-                execution = orders.place(self.terminal, signal, self.cfg, since=now - timedelta(days=7), until=now + timedelta(days=1))
+                execution = orders.place(
+                    self.terminal, signal, self.cfg, since=now - timedelta(days=7), until=now + timedelta(days=1)
+                )
             except Exception:  # the terminal connection broke mid-call: outcome unknown
                 log.exception("order_send for %s raised", signal.signal_id)
                 return self._reconcile(signal)
@@ -108,7 +113,13 @@ class Executor:
 
     def _transient(self, signal: Signal, execution: orders.Execution) -> tuple[int, dict]:
         self.store.retry_later(signal.signal_id, execution.retcode, execution.message)
-        log.warning("%s %s %s not placed yet (%s); answering 503 so it is tried again", signal.signal_id, signal.side, signal.symbol, execution.message)
+        log.warning(
+            "%s %s %s not placed yet (%s); answering 503 so it is tried again",
+            signal.signal_id,
+            signal.side,
+            signal.symbol,
+            execution.message,
+        )
         answer = {"success": False, "message": f"not placed, try again: {execution.message}", "transient": True}
         if execution.retcode is not None:
             answer.update(retcode=execution.retcode, description=execution.description)
@@ -116,8 +127,20 @@ class Executor:
 
     def _record(self, signal: Signal, execution: orders.Execution) -> dict:
         if execution.status == "FILLED":
-            answer = {"success": True, "ticket": execution.ticket, "retcode": execution.retcode, "message": execution.message}
-            log.info("%s %s %s: ticket %s (%s)", signal.signal_id, signal.side, signal.symbol, execution.ticket, execution.message)
+            answer = {
+                "success": True,
+                "ticket": execution.ticket,
+                "retcode": execution.retcode,
+                "message": execution.message,
+            }
+            log.info(
+                "%s %s %s: ticket %s (%s)",
+                signal.signal_id,
+                signal.side,
+                signal.symbol,
+                execution.ticket,
+                execution.message,
+            )
         else:
             answer = {
                 "success": False,
@@ -131,12 +154,26 @@ class Executor:
         return answer
 
     def _finish(
-        self, signal: Signal, status: str, ticket: int | None, retcode: int | None, message: str, answer: dict, position: dict | None = None
+        self,
+        signal: Signal,
+        status: str,
+        ticket: int | None,
+        retcode: int | None,
+        message: str,
+        answer: dict,
+        position: dict | None = None,
     ) -> None:
-        ack: dict[str, Any] = {"signal_id": signal.signal_id, "ticket": ticket, "status": status, "message": message[:2000]}
+        ack: dict[str, Any] = {
+            "signal_id": signal.signal_id,
+            "ticket": ticket,
+            "status": status,
+            "message": message[:2000],
+        }
         if retcode is not None and status == "REJECTED":
             ack["retcode"] = retcode
-        self.store.finish(signal, status, ticket=ticket, retcode=retcode, message=message, answer=answer, ack=ack, position=position)
+        self.store.finish(
+            signal, status, ticket=ticket, retcode=retcode, message=message, answer=answer, ack=ack, position=position
+        )
         self.on_ack()
 
     def _lookup(self, signal: Signal) -> int | None | tuple[int, dict]:
@@ -145,10 +182,18 @@ class Executor:
         now = self.clock()
         try:
             return orders.find_placed(
-                self.terminal, signal.symbol, orders.order_comment(signal.signal_id), self.cfg.magic, now - timedelta(days=7), now + timedelta(days=1)
+                self.terminal,
+                signal.symbol,
+                orders.order_comment(signal.signal_id),
+                self.cfg.magic,
+                now - timedelta(days=7),
+                now + timedelta(days=1),
             )
         except TerminalError as exc:
-            return 503, {"success": False, "message": f"outcome of an earlier order_send unknown yet ({exc}); try again"}
+            return 503, {
+                "success": False,
+                "message": f"outcome of an earlier order_send unknown yet ({exc}); try again",
+            }
 
     @staticmethod
     def _recovered(ticket: int, how: str) -> orders.Execution:
@@ -166,6 +211,7 @@ class Executor:
         if found is not None:
             return 200, self._record(signal, self._recovered(found, "recovered after an interrupted order_send"))
         execution = orders.Execution(
-            "REJECTED", description="an earlier order_send for this signal was interrupted and no order with its comment exists; not sent again"
+            "REJECTED",
+            description="an earlier order_send for this signal was interrupted and no order with its comment exists; not sent again",
         )
         return 200, self._record(signal, execution)

@@ -72,10 +72,27 @@ RES_E_FAIL = -1
 RES_E_INVALID_PARAMS = -2
 RES_E_NOT_FOUND = -4
 
-_MINUTES = {TIMEFRAME_M1: 1, TIMEFRAME_M5: 5, TIMEFRAME_M15: 15, TIMEFRAME_M30: 30, TIMEFRAME_H1: 60, TIMEFRAME_H4: 240, TIMEFRAME_D1: 1440}
+_MINUTES = {
+    TIMEFRAME_M1: 1,
+    TIMEFRAME_M5: 5,
+    TIMEFRAME_M15: 15,
+    TIMEFRAME_M30: 30,
+    TIMEFRAME_H1: 60,
+    TIMEFRAME_H4: 240,
+    TIMEFRAME_D1: 1440,
+}
 
 RATES_DTYPE = np.dtype(
-    [("time", "<i8"), ("open", "<f8"), ("high", "<f8"), ("low", "<f8"), ("close", "<f8"), ("tick_volume", "<u8"), ("spread", "<i4"), ("real_volume", "<u8")]
+    [
+        ("time", "<i8"),
+        ("open", "<f8"),
+        ("high", "<f8"),
+        ("low", "<f8"),
+        ("close", "<f8"),
+        ("tick_volume", "<u8"),
+        ("spread", "<i4"),
+        ("real_volume", "<u8"),
+    ]
 )
 
 
@@ -233,7 +250,15 @@ INSTRUMENT_CLASSES: dict[str, tuple[int, float, int, int, int]] = {
 }
 # Symbols whose price moves in steps larger than a point (trade_tick_size).
 TICK_SIZES: dict[str, float] = {"US500": 0.25}
-_COMMENTS = {10004: "Requote", 10009: "Request executed", 10016: "Invalid stops", 10018: "Market closed", 10030: "Unsupported filling mode", 10014: "Invalid volume", 10019: "No money"}
+_COMMENTS = {
+    10004: "Requote",
+    10009: "Request executed",
+    10016: "Invalid stops",
+    10018: "Market closed",
+    10030: "Unsupported filling mode",
+    10014: "Invalid volume",
+    10019: "No money",
+}
 
 
 class FakeMT5:
@@ -276,7 +301,9 @@ class FakeMT5:
         self.swap_per_lot_night = 0.0
         self._fed_bid: dict[str, float] = {}  # the last fed bar's close: the market's bid
         self._fed_spread: dict[str, int] = {}  # points, from quote()
-        self._fed_rates: dict[tuple[str, int], list[tuple]] = defaultdict(list)  # (symbol, timeframe seconds): fed bars, oldest first
+        self._fed_rates: dict[tuple[str, int], list[tuple]] = defaultdict(
+            list
+        )  # (symbol, timeframe seconds): fed bars, oldest first
 
     # ---- connection -----------------------------------------------------------------
     def initialize(self, path: str | None = None, **kwargs: Any) -> bool:
@@ -353,8 +380,23 @@ class FakeMT5:
         contract = 100.0 if symbol.startswith("XAU") else 100_000.0
         tick_value = contract * point / tick.bid if symbol.startswith("USD") else contract * point
         return SymbolInfo(
-            symbol, symbol in self.visible, digits, point, spread, stops_level, filling, 4, 0.01, 100.0, 0.01,
-            self._tick(symbol), tick_value * self._tick(symbol) / point, contract, tick.bid, tick.ask, f"Fake\\{symbol}",
+            symbol,
+            symbol in self.visible,
+            digits,
+            point,
+            spread,
+            stops_level,
+            filling,
+            4,
+            0.01,
+            100.0,
+            0.01,
+            self._tick(symbol),
+            tick_value * self._tick(symbol) / point,
+            contract,
+            tick.bid,
+            tick.ask,
+            f"Fake\\{symbol}",
         )
 
     def symbol_select(self, symbol: str, enable: bool = True) -> bool:
@@ -432,12 +474,42 @@ class FakeMT5:
                 self._ticket += 1
                 ticket = self._ticket
                 pos = TradePosition(
-                    ticket, int(self._now_server()), request["type"], int(request.get("magic", 0)), ticket, float(request["volume"]),
-                    float(request["price"]), float(request.get("sl", 0.0)), float(request.get("tp", 0.0)), symbol, str(request.get("comment", ""))[:31],
+                    ticket,
+                    int(self._now_server()),
+                    request["type"],
+                    int(request.get("magic", 0)),
+                    ticket,
+                    float(request["volume"]),
+                    float(request["price"]),
+                    float(request.get("sl", 0.0)),
+                    float(request.get("tp", 0.0)),
+                    symbol,
+                    str(request.get("comment", ""))[:31],
                 )
                 self.positions[ticket] = pos
-                self.orders.append(TradeOrder(ticket, pos.time, pos.type, pos.magic, pos.volume, pos.price_open, pos.sl, pos.tp, symbol, pos.comment))
-                self._deal(pos, DEAL_ENTRY_IN, pos.price_open, pos.time, DEAL_REASON_EXPERT if pos.magic else DEAL_REASON_CLIENT, pos.volume, order=ticket)
+                self.orders.append(
+                    TradeOrder(
+                        ticket,
+                        pos.time,
+                        pos.type,
+                        pos.magic,
+                        pos.volume,
+                        pos.price_open,
+                        pos.sl,
+                        pos.tp,
+                        symbol,
+                        pos.comment,
+                    )
+                )
+                self._deal(
+                    pos,
+                    DEAL_ENTRY_IN,
+                    pos.price_open,
+                    pos.time,
+                    DEAL_REASON_EXPERT if pos.magic else DEAL_REASON_CLIENT,
+                    pos.volume,
+                    order=ticket,
+                )
             if ticket and self.lose_answers > 0:
                 self.lose_answers -= 1
                 self._error = (-10005, "IPC timeout")
@@ -447,8 +519,17 @@ class FakeMT5:
             fields["symbol"] = symbol
             self._error = (RES_S_OK, "Success")
             return OrderSendResult(
-                retcode, ticket, ticket, float(request["volume"]) if ticket else 0.0, float(request["price"]) if ticket else 0.0,
-                tick.bid, tick.ask, _COMMENTS.get(retcode, ""), len(self.requests), 0, TradeRequest(**fields),
+                retcode,
+                ticket,
+                ticket,
+                float(request["volume"]) if ticket else 0.0,
+                float(request["price"]) if ticket else 0.0,
+                tick.bid,
+                tick.ask,
+                _COMMENTS.get(retcode, ""),
+                len(self.requests),
+                0,
+                TradeRequest(**fields),
             )
 
     def _judge(self, request: dict, tick: Tick) -> int:
@@ -463,7 +544,11 @@ class FakeMT5:
             return TRADE_RETCODE_INVALID
         digits, _, stops_level, filling, _ = self.specs[symbol]
         point = self._point(symbol)
-        allowed = {ORDER_FILLING_FOK: filling & SYMBOL_FILLING_FOK, ORDER_FILLING_IOC: filling & SYMBOL_FILLING_IOC, ORDER_FILLING_RETURN: filling == 0}
+        allowed = {
+            ORDER_FILLING_FOK: filling & SYMBOL_FILLING_FOK,
+            ORDER_FILLING_IOC: filling & SYMBOL_FILLING_IOC,
+            ORDER_FILLING_RETURN: filling == 0,
+        }
         if not allowed.get(request.get("type_filling", ORDER_FILLING_FOK)):
             return TRADE_RETCODE_INVALID_FILL
         volume = float(request["volume"])
@@ -497,7 +582,19 @@ class FakeMT5:
         raw = sign * (price - pos.price_open) * volume * contract
         return round(raw / price if pos.symbol.startswith("USD") else raw, 2)
 
-    def _deal(self, pos: TradePosition, entry: int, price: float, at: int, reason: int, volume: float, *, order: int = 0, profit: float = 0.0, swap: float = 0.0) -> TradeDeal:
+    def _deal(
+        self,
+        pos: TradePosition,
+        entry: int,
+        price: float,
+        at: int,
+        reason: int,
+        volume: float,
+        *,
+        order: int = 0,
+        profit: float = 0.0,
+        swap: float = 0.0,
+    ) -> TradeDeal:
         self._deal_ticket += 1
         # An IN deal trades the position's way; the OUT deal the other.
         buy = (pos.type == ORDER_TYPE_BUY) == (entry == DEAL_ENTRY_IN)
@@ -508,11 +605,23 @@ class FakeMT5:
         self.deals.append(deal)
         return deal
 
-    def _close(self, pos: TradePosition, price: float, at: int, reason: int, volume: float | None = None, order: int = 0) -> TradeDeal:
+    def _close(
+        self, pos: TradePosition, price: float, at: int, reason: int, volume: float | None = None, order: int = 0
+    ) -> TradeDeal:
         volume = pos.volume if volume is None else volume
         nights = max(0, int(at // 86400) - int(pos.time // 86400))
         swap = round(-self.swap_per_lot_night * volume * nights, 2)
-        deal = self._deal(pos, DEAL_ENTRY_OUT, price, at, reason, volume, order=order, profit=self._profit(pos, price, volume), swap=swap)
+        deal = self._deal(
+            pos,
+            DEAL_ENTRY_OUT,
+            price,
+            at,
+            reason,
+            volume,
+            order=order,
+            profit=self._profit(pos, price, volume),
+            swap=swap,
+        )
         left = round(pos.volume - volume, 8)
         if left > 0:
             self.positions[pos.ticket] = pos._replace(volume=left)
@@ -544,7 +653,20 @@ class FakeMT5:
         if retcode == TRADE_RETCODE_DONE:
             self._ticket += 1
             order = self._ticket
-            self.orders.append(TradeOrder(order, int(self._now_server()), request["type"], int(request.get("magic", 0)), float(request["volume"]), price, 0.0, 0.0, pos.symbol, fields["comment"][:31]))
+            self.orders.append(
+                TradeOrder(
+                    order,
+                    int(self._now_server()),
+                    request["type"],
+                    int(request.get("magic", 0)),
+                    float(request["volume"]),
+                    price,
+                    0.0,
+                    0.0,
+                    pos.symbol,
+                    fields["comment"][:31],
+                )
+            )
             reason = DEAL_REASON_EXPERT if request.get("magic") else DEAL_REASON_CLIENT
             self._close(pos, price, int(self._now_server()), reason, float(request["volume"]), order=order)
         self._error = (RES_S_OK, "Success")
@@ -579,7 +701,11 @@ class FakeMT5:
                         made.append(self._close(pos, level, at, DEAL_REASON_SL if stop else DEAL_REASON_TP))
                 self._fed_bid[symbol] = round(c, digits)
                 self._shift[symbol] = 0.0
-                row = tuple(bar[k] for k in range(8)) if len(bar) >= 8 else (t, float(bar[1]), h, lo, c, 0, int(bar[6]) if len(bar) > 6 else 0, 0)
+                row = (
+                    tuple(bar[k] for k in range(8))
+                    if len(bar) >= 8
+                    else (t, float(bar[1]), h, lo, c, 0, int(bar[6]) if len(bar) > 6 else 0, 0)
+                )
                 self._fed_rates[(symbol, timeframe_seconds)].append(row)
         return made
 
@@ -594,7 +720,14 @@ class FakeMT5:
             else:
                 self._fed_spread[symbol] = int(spread_points)
 
-    def history_deals_get(self, date_from: Any = None, date_to: Any = None, group: str | None = None, ticket: int | None = None, position: int | None = None) -> tuple:
+    def history_deals_get(
+        self,
+        date_from: Any = None,
+        date_to: Any = None,
+        group: str | None = None,
+        ticket: int | None = None,
+        position: int | None = None,
+    ) -> tuple:
         """Deals by time (``date_from``/``date_to``: datetimes or epoch seconds, server time, as the real
         function takes them), or by deal ``ticket``, or by ``position`` (every deal of one position)."""
         if not self.initialized:
@@ -613,15 +746,30 @@ class FakeMT5:
                 continue
             if position is not None and d.position_id != position:
                 continue
-            if ticket is None and position is None and ((lo is not None and d.time < lo) or (hi is not None and d.time > hi)):
+            if (
+                ticket is None
+                and position is None
+                and ((lo is not None and d.time < lo) or (hi is not None and d.time > hi))
+            ):
                 continue
             out.append(d)
         return tuple(out)
 
     def positions_get(self, symbol: str | None = None, group: str | None = None, ticket: int | None = None) -> tuple:
-        return tuple(p for p in self.positions.values() if (symbol is None or p.symbol == symbol) and (ticket is None or p.ticket == ticket))
+        return tuple(
+            p
+            for p in self.positions.values()
+            if (symbol is None or p.symbol == symbol) and (ticket is None or p.ticket == ticket)
+        )
 
-    def history_orders_get(self, date_from: Any = None, date_to: Any = None, group: str | None = None, ticket: int | None = None, position: int | None = None) -> tuple:
+    def history_orders_get(
+        self,
+        date_from: Any = None,
+        date_to: Any = None,
+        group: str | None = None,
+        ticket: int | None = None,
+        position: int | None = None,
+    ) -> tuple:
         return tuple(o for o in self.orders if ticket is None or o.ticket == ticket)
 
     def account_info(self) -> AccountInfo | None:
@@ -629,8 +777,6 @@ class FakeMT5:
             self._error = (-10004, "No IPC connection")
             return None
         return AccountInfo(5_000_001, self.balance, self.balance, "USD", self.balance, True)
-
-
 
 
 # The real package exposes its constants as module attributes; code reads them from

@@ -63,7 +63,12 @@ class ZonedFakeMT5(FakeMT5):
         o = self._prices(symbol, utc_minutes, 0.0)
         c = self._prices(symbol, utc_minutes, upto)
         mid = self._prices(symbol, utc_minutes, upto / 2)
-        return float(o[0]), float(np.maximum(np.maximum(o, c), mid).max()), float(np.minimum(np.minimum(o, c), mid).min()), float(c[-1])
+        return (
+            float(o[0]),
+            float(np.maximum(np.maximum(o, c), mid).max()),
+            float(np.minimum(np.minimum(o, c), mid).min()),
+            float(c[-1]),
+        )
 
     def true_bar(self, symbol: str, utc_open_s: int, minutes: int) -> tuple[float, float, float, float]:
         """The (open, high, low, close) a closed bar opening at this UTC time must have."""

@@ -33,10 +33,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mt5_pipeline.bridge.executor import Executor
-from mt5_pipeline.contract import MAX_BODY_BYTES
+from mt5_pipeline.execution.contract import MAX_BODY_BYTES
 
 
-def create_bridge_app(executor: Executor, api_key: str, health: Callable[[], tuple[int, dict]], *, push: bool = True) -> Starlette:
+def create_bridge_app(
+    executor: Executor, api_key: str, health: Callable[[], tuple[int, dict]], *, push: bool = True
+) -> Starlette:
     if push and not api_key:
         raise ValueError("the bridge's signals server needs a key in push mode (EA_API_KEY, the key the pusher sends)")
     key = api_key.encode()
@@ -48,7 +50,9 @@ def create_bridge_app(executor: Executor, api_key: str, health: Callable[[], tup
             return JSONResponse({"success": False, "message": "Content-Type must be application/json"}, status_code=415)
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
-            return JSONResponse({"success": False, "message": f"body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
+            return JSONResponse(
+                {"success": False, "message": f"body larger than {MAX_BODY_BYTES} bytes"}, status_code=413
+            )
         try:
             body = json.loads(raw)
         except ValueError:
@@ -57,7 +61,9 @@ def create_bridge_app(executor: Executor, api_key: str, health: Callable[[], tup
             return JSONResponse({"success": True, "probe": True, "message": "signals route ready"})
         idem = request.headers.get("idempotency-key")
         if idem is not None and isinstance(body, dict) and idem != body.get("signal_id"):
-            return JSONResponse({"success": False, "message": "Idempotency-Key does not match signal_id"}, status_code=400)
+            return JSONResponse(
+                {"success": False, "message": "Idempotency-Key does not match signal_id"}, status_code=400
+            )
         code, answer = await run_in_threadpool(executor.handle, body)
         return JSONResponse(answer, status_code=code)
 
@@ -85,9 +91,21 @@ def bridge_metrics(health: dict) -> bytes:
         family.add_metric([], value)
         registry.register(_Fixed(family))
 
-    gauge("mt5_bridge_terminal_connected", "1 while the bridge is attached to a terminal connected to its trade server", int(health.get("terminal") == "connected"))
-    gauge("mt5_bridge_trade_allowed", "1 while algo trading is allowed in the terminal", int(bool(health.get("trade_allowed"))))
-    gauge("mt5_bridge_api_reachable", "1 while the bridge reaches the API (bars, acks, polls)", int(health.get("api") == "ok"))
+    gauge(
+        "mt5_bridge_terminal_connected",
+        "1 while the bridge is attached to a terminal connected to its trade server",
+        int(health.get("terminal") == "connected"),
+    )
+    gauge(
+        "mt5_bridge_trade_allowed",
+        "1 while algo trading is allowed in the terminal",
+        int(bool(health.get("trade_allowed"))),
+    )
+    gauge(
+        "mt5_bridge_api_reachable",
+        "1 while the bridge reaches the API (bars, acks, polls)",
+        int(health.get("api") == "ok"),
+    )
     gauge("mt5_bridge_acks_pending", "acks the API has not taken yet", float(health.get("acks_pending") or 0))
     outcomes = GaugeMetricFamily("mt5_bridge_signals", "signals the bridge has handled, by outcome", labels=["outcome"])
     for status, count in sorted((health.get("signals") or {}).items()):
@@ -95,17 +113,35 @@ def bridge_metrics(health: dict) -> bytes:
     registry.register(_Fixed(outcomes))
     positions = health.get("positions") or {}
     if positions.get("open") is not None:
-        gauge("mt5_bridge_open_positions", "positions carrying BRIDGE_MAGIC open in the terminal", float(positions["open"]))
-    gauge("mt5_bridge_time_exits", "positions the bridge closed by the time exit since it started", float(positions.get("time_exits") or 0))
-    gauge("mt5_bridge_trade_reports_pending", "trade reports (POST /ea/trades) the API has not taken yet", float((health.get("trade_reports") or {}).get("pending") or 0))
+        gauge(
+            "mt5_bridge_open_positions",
+            "positions carrying BRIDGE_MAGIC open in the terminal",
+            float(positions["open"]),
+        )
+    gauge(
+        "mt5_bridge_time_exits",
+        "positions the bridge closed by the time exit since it started",
+        float(positions.get("time_exits") or 0),
+    )
+    gauge(
+        "mt5_bridge_trade_reports_pending",
+        "trade reports (POST /ea/trades) the API has not taken yet",
+        float((health.get("trade_reports") or {}).get("pending") or 0),
+    )
     recon = health.get("reconciliation") or {}
     differences = GaugeMetricFamily(
-        "mt5_bridge_reconciliation_differences", "at the last reconciliation: positions unknown to the API, and open trades gone from the terminal", labels=["kind"]
+        "mt5_bridge_reconciliation_differences",
+        "at the last reconciliation: positions unknown to the API, and open trades gone from the terminal",
+        labels=["kind"],
     )
     for kind in ("unknown", "missing"):
         differences.add_metric([kind], float(len(recon.get(kind) or [])))
     registry.register(_Fixed(differences))
-    gauge("mt5_bridge_reconciliation_ok", "1 while the last reconciliation found the terminal and the API in sync", int(recon.get("state") == "in_sync"))
+    gauge(
+        "mt5_bridge_reconciliation_ok",
+        "1 while the last reconciliation found the terminal and the API in sync",
+        int(recon.get("state") == "in_sync"),
+    )
     return generate_latest(registry)
 
 

@@ -3,7 +3,7 @@
 The pip is the signal's own ``meta.pip_size`` (the core's rule, the one labels, the
 backtest and promotion used; see docs/execution.md). Only a signal without one gets
 the same core rule applied to the terminal's digits and point, and that is logged
-(:func:`mt5_pipeline.contract.pip_for_signal`). Stops go ``sl_pips x pip`` from the fill
+(:func:`mt5_pipeline.execution.contract.pip_for_signal`). Stops go ``sl_pips x pip`` from the fill
 price, widened only to the broker's stops level, and every price is rounded to the
 symbol's tick size (``trade_tick_size``: an index quoted in 0.25 steps takes no 0.1).
 
@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mt5_pipeline.contract import TRANSIENT_RETCODES, pip_for_signal
-from mt5_pipeline.trade_signal import Signal
+from mt5_pipeline.execution.contract import TRANSIENT_RETCODES, pip_for_signal
+from mt5_pipeline.execution.trade_signal import Signal
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,9 @@ def _volume(lots: float, info: Any) -> float:
     if vmax > 0:
         volume = min(volume, vmax)
     if volume < vmin or volume <= 0:
-        raise ValueError(f"volume {lots:.4g} lots (BRIDGE_LOTS or BRIDGE_RISK_PERCENT) is below the symbol's smallest volume {vmin}")
+        raise ValueError(
+            f"volume {lots:.4g} lots (BRIDGE_LOTS or BRIDGE_RISK_PERCENT) is below the symbol's smallest volume {vmin}"
+        )
     return volume
 
 
@@ -166,7 +168,18 @@ def to_tick(value: float, tick: float, digits: int, how: Any = round) -> float:
 
 
 def stops(
-    side: str, price: float, bid: float, ask: float, sl_pips: float, tp_pips: float, *, pip: float, point: float, digits: int, stops_level: int, tick: float = 0.0
+    side: str,
+    price: float,
+    bid: float,
+    ask: float,
+    sl_pips: float,
+    tp_pips: float,
+    *,
+    pip: float,
+    point: float,
+    digits: int,
+    stops_level: int,
+    tick: float = 0.0,
 ) -> tuple[float, float, list[str]]:
     """SL and TP in price for an order at ``price``, on the tick grid, at least
     ``stops_level`` points from the price the position closes at (bid for a BUY, ask for
@@ -179,7 +192,10 @@ def stops(
         gap = stops_level * point
         close_side = bid if side == "BUY" else ask
         if side == "BUY":
-            limit_sl, limit_tp = to_tick(close_side - gap, tick, digits, math.floor), to_tick(close_side + gap, tick, digits, math.ceil)
+            limit_sl, limit_tp = (
+                to_tick(close_side - gap, tick, digits, math.floor),
+                to_tick(close_side + gap, tick, digits, math.ceil),
+            )
             if sl > limit_sl:
                 notes.append(f"sl widened from {sl} to {limit_sl} (stops level {stops_level} points)")
                 sl = limit_sl
@@ -187,7 +203,10 @@ def stops(
                 notes.append(f"tp widened from {tp} to {limit_tp} (stops level {stops_level} points)")
                 tp = limit_tp
         else:
-            limit_sl, limit_tp = to_tick(close_side + gap, tick, digits, math.ceil), to_tick(close_side - gap, tick, digits, math.floor)
+            limit_sl, limit_tp = (
+                to_tick(close_side + gap, tick, digits, math.ceil),
+                to_tick(close_side - gap, tick, digits, math.floor),
+            )
             if sl < limit_sl:
                 notes.append(f"sl widened from {sl} to {limit_sl} (stops level {stops_level} points)")
                 sl = limit_sl
@@ -206,7 +225,9 @@ class OrderSettings:
     risk_percent: float | None = None  # set: size each order to lose this share of the balance at the SL
 
 
-def build_request(mt5: Any, signal: Signal, info: Any, tick: Any, cfg: OrderSettings, balance: float | None = None) -> tuple[dict, list[str]]:
+def build_request(
+    mt5: Any, signal: Signal, info: Any, tick: Any, cfg: OrderSettings, balance: float | None = None
+) -> tuple[dict, list[str]]:
     """The ``order_send`` request for ``signal`` at the current tick (``balance``: the
     account's, needed when sizing by risk). Raises ValueError (PipSizeUnknown among them)
     when no valid order can be built."""
@@ -221,13 +242,27 @@ def build_request(mt5: Any, signal: Signal, info: Any, tick: Any, cfg: OrderSett
         log.warning("%s %s: pip %g from the %s", signal.signal_id, signal.symbol, pip, source)
         notes.append(f"pip {pip:g} from the {source}")
     sl, tp, stop_notes = stops(
-        side, price, float(tick.bid), float(tick.ask), float(signal.sl_pips), float(signal.tp_pips),
-        pip=pip, point=point, digits=digits, stops_level=int(getattr(info, "trade_stops_level", 0) or 0), tick=tick_size,
+        side,
+        price,
+        float(tick.bid),
+        float(tick.ask),
+        float(signal.sl_pips),
+        float(signal.tp_pips),
+        pip=pip,
+        point=point,
+        digits=digits,
+        stops_level=int(getattr(info, "trade_stops_level", 0) or 0),
+        tick=tick_size,
     )
     request = {
         "action": mt5.TRADE_ACTION_DEAL,
         "symbol": signal.symbol,
-        "volume": _volume(cfg.lots if cfg.risk_percent is None else risk_lots(balance or 0.0, cfg.risk_percent, abs(price - sl), info), info),
+        "volume": _volume(
+            cfg.lots
+            if cfg.risk_percent is None
+            else risk_lots(balance or 0.0, cfg.risk_percent, abs(price - sl), info),
+            info,
+        ),
         "type": mt5.ORDER_TYPE_BUY if side == "BUY" else mt5.ORDER_TYPE_SELL,
         "price": price,
         "sl": sl,
@@ -244,7 +279,7 @@ def build_request(mt5: Any, signal: Signal, info: Any, tick: Any, cfg: OrderSett
 def place(terminal: Any, signal: Signal, cfg: OrderSettings, *, since: Any = None, until: Any = None) -> Execution:
     """Send the market order for ``signal``; one retry at the new price after a requote.
 
-    A transient retcode (:data:`mt5_pipeline.contract.TRANSIENT_RETCODES`) is TRANSIENT,
+    A transient retcode (:data:`mt5_pipeline.execution.contract.TRANSIENT_RETCODES`) is TRANSIENT,
     never REJECTED. ``order_send`` answering None (the IPC answer was lost) is looked up by
     the order's comment between ``since`` and ``until``: FILLED with the found ticket, else
     TRANSIENT (the caller may send again later, after looking again)."""
@@ -283,15 +318,27 @@ def place(terminal: Any, signal: Signal, cfg: OrderSettings, *, since: Any = Non
                 try:
                     ticket = find_placed(terminal, symbol, request["comment"], cfg.magic, since, until)
                 except Exception as exc:  # the terminal cannot answer: outcome unknown, try again later
-                    return Execution("TRANSIENT", description=f"{lost}; the order could not be looked up ({exc})", requests=requests)
+                    return Execution(
+                        "TRANSIENT", description=f"{lost}; the order could not be looked up ({exc})", requests=requests
+                    )
                 if ticket is not None:
                     return Execution(
-                        "FILLED", ticket=ticket, retcode=10009, description="found in the terminal after a lost answer",
-                        sl=request["sl"], tp=request["tp"], requests=requests, notes=[*notes, f"{lost}; found by its comment"],
+                        "FILLED",
+                        ticket=ticket,
+                        retcode=10009,
+                        description="found in the terminal after a lost answer",
+                        sl=request["sl"],
+                        tp=request["tp"],
+                        requests=requests,
+                        notes=[*notes, f"{lost}; found by its comment"],
                     )
-                return Execution("TRANSIENT", description=f"{lost}; no order with its comment exists", requests=requests)
+                return Execution(
+                    "TRANSIENT", description=f"{lost}; no order with its comment exists", requests=requests
+                )
             if result.retcode in RETRY_RETCODES and attempt == 0:
-                log.info("%s %s: %s, retrying once at the new price", signal.side, symbol, describe_retcode(result.retcode))
+                log.info(
+                    "%s %s: %s, retrying once at the new price", signal.side, symbol, describe_retcode(result.retcode)
+                )
                 continue
             break
         assert result is not None
@@ -300,9 +347,16 @@ def place(terminal: Any, signal: Signal, cfg: OrderSettings, *, since: Any = Non
         if retcode in FILLED_RETCODES:
             ticket = int(result.order or result.deal)
             return Execution(
-                "FILLED", ticket=ticket, retcode=retcode, description=description,
-                price=float(result.price or request["price"]), volume=float(result.volume or request["volume"]),
-                sl=request["sl"], tp=request["tp"], requests=requests, notes=notes,
+                "FILLED",
+                ticket=ticket,
+                retcode=retcode,
+                description=description,
+                price=float(result.price or request["price"]),
+                volume=float(result.volume or request["volume"]),
+                sl=request["sl"],
+                tp=request["tp"],
+                requests=requests,
+                notes=notes,
             )
         status = "TRANSIENT" if retcode in TRANSIENT_RETCODES else "REJECTED"
         return Execution(status, retcode=retcode, description=description, requests=requests, notes=notes)

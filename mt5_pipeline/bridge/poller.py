@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 
 class Poller:
-    def __init__(self, api: ApiClient, executor: Executor, acks: AckSender, *, interval: float, limit: int = 100) -> None:
+    def __init__(
+        self, api: ApiClient, executor: Executor, acks: AckSender, *, interval: float, limit: int = 100
+    ) -> None:
         self.api = api
         self.executor = executor
         self.acks = acks

@@ -1,6 +1,6 @@
 """The execution policy at the terminal: which signals open a position, and the time exit.
 
-The rule is the core's (:mod:`mt5_pipeline.execution_policy`, the one the backtest
+The rule is the core's (:mod:`mt5_pipeline.execution.execution_policy`, the one the backtest
 simulates); the bridge only feeds it what the terminal says:
 
 - before an order: :meth:`PositionKeeper.entry` runs the time exits due (a position
@@ -16,7 +16,7 @@ simulates); the bridge only feeds it what the terminal says:
   counts rows, across weekends and missing bars) and closes the positions due.
 
 The policy is the one the signal carried (``meta.entry_policy``, ``meta.max_hold_bars``,
-see :func:`mt5_pipeline.contract.policy_for_signal`), kept with each position, so a
+see :func:`mt5_pipeline.execution.contract.policy_for_signal`), kept with each position, so a
 change of the settings never changes how an open position is closed. A position the
 bridge did not open (no record: opened by hand with the magic, or before this version)
 takes part in neither decision: its timeframe is unknown. Why the bridge closed a
@@ -37,10 +37,10 @@ from mt5_pipeline.bridge import orders
 from mt5_pipeline.bridge.store import BridgeStore
 from mt5_pipeline.bridge.terminal import TerminalError, mt5_timeframe
 from mt5_pipeline.clock import from_epoch, utcnow
-from mt5_pipeline.contract import POLICY_SKIP, policy_for_signal
-from mt5_pipeline.execution_policy import ExecutionPolicy, OpenPosition, decide_entry, due_exits, entry_bar
+from mt5_pipeline.execution.contract import POLICY_SKIP, policy_for_signal
+from mt5_pipeline.execution.execution_policy import ExecutionPolicy, OpenPosition, decide_entry, due_exits, entry_bar
+from mt5_pipeline.execution.trade_signal import Signal
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
-from mt5_pipeline.trade_signal import Signal
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,9 @@ class PositionKeeper:
             if rec is None:
                 continue  # not opened by this bridge: its timeframe is unknown, the policy leaves it alone
             side = "BUY" if int(p.type) == int(self.terminal.mt5.POSITION_TYPE_BUY) else "SELL"
-            out.append((OpenPosition(int(p.ticket), rec["symbol"], rec["timeframe"], side, from_epoch(rec["entry_bar"])), rec))
+            out.append(
+                (OpenPosition(int(p.ticket), rec["symbol"], rec["timeframe"], side, from_epoch(rec["entry_bar"])), rec)
+            )
         return out
 
     # ---- entry ----------------------------------------------------------------------------
@@ -106,7 +108,13 @@ class PositionKeeper:
         # order), even when the signal arrives before the positions loop has woken.
         self.time_exits()
         if source != "meta":
-            log.info("%s: execution policy from the %s (%s, %d bars)", signal.signal_id, source, policy.entry, policy.max_hold_bars)
+            log.info(
+                "%s: execution policy from the %s (%s, %d bars)",
+                signal.signal_id,
+                source,
+                policy.entry,
+                policy.max_hold_bars,
+            )
         try:
             positions = [op for op, _ in self.open_positions()]
         except TerminalError as exc:
@@ -156,7 +164,11 @@ class PositionKeeper:
                 tick = mt5.symbol_info_tick(pos.symbol)
                 if tick is None or not tick.bid or not tick.ask:
                     return orders.Execution("TRANSIENT", retcode=10021, description=orders.describe_retcode(10021))
-                price = orders.to_tick(float(tick.bid if long_ else tick.ask), float(getattr(info, "trade_tick_size", 0) or 0), int(info.digits))
+                price = orders.to_tick(
+                    float(tick.bid if long_ else tick.ask),
+                    float(getattr(info, "trade_tick_size", 0) or 0),
+                    int(info.digits),
+                )
                 request = {
                     "action": mt5.TRADE_ACTION_DEAL, "symbol": pos.symbol, "volume": float(pos.volume),
                     "type": mt5.ORDER_TYPE_SELL if long_ else mt5.ORDER_TYPE_BUY, "position": int(ticket), "price": price,
@@ -174,10 +186,23 @@ class PositionKeeper:
         retcode = int(result.retcode)
         if retcode in orders.FILLED_RETCODES or retcode == POSITION_CLOSED:
             log.info("ticket %s closed (%s) at %s", ticket, reason, result.price or "its stop")
-            return orders.Execution("FILLED", ticket=ticket, retcode=retcode, description=orders.describe_retcode(retcode), price=float(result.price or 0) or None)
+            return orders.Execution(
+                "FILLED",
+                ticket=ticket,
+                retcode=retcode,
+                description=orders.describe_retcode(retcode),
+                price=float(result.price or 0) or None,
+            )
         status = "TRANSIENT" if retcode in orders.TRANSIENT_RETCODES else "REJECTED"
-        log.warning("ticket %s not closed (%s): %s", ticket, reason, orders.describe_retcode(retcode, getattr(result, "comment", "") or ""))
-        return orders.Execution(status, retcode=retcode, description=orders.describe_retcode(retcode, getattr(result, "comment", "") or ""))
+        log.warning(
+            "ticket %s not closed (%s): %s",
+            ticket,
+            reason,
+            orders.describe_retcode(retcode, getattr(result, "comment", "") or ""),
+        )
+        return orders.Execution(
+            status, retcode=retcode, description=orders.describe_retcode(retcode, getattr(result, "comment", "") or "")
+        )
 
     def time_exits(self) -> list[int]:
         """Close the positions whose last bar (``max_hold_bars`` counted from the entry bar)

@@ -101,7 +101,11 @@ class Reconciler:
             answer = self.api.reconcile(self.keeper.cfg.magic, self.reporter.account_login(), positions)
         except (TerminalError, ApiUnavailable, ApiRefused) as exc:
             status.error = str(exc)
-            status.in_sync, status.unknown, status.missing = self.status.in_sync, self.status.unknown, self.status.missing
+            status.in_sync, status.unknown, status.missing = (
+                self.status.in_sync,
+                self.status.unknown,
+                self.status.missing,
+            )
             log.warning("reconciliation not done: %s", exc)
             self.status = status
             return status
@@ -110,17 +114,26 @@ class Reconciler:
         status.missing = [int(t) for t in answer.get("missing") or []]
         status.in_sync = not status.unknown and not status.missing
         if status.unknown:
-            log.warning("reconciliation: position(s) %s in the terminal were not open in the API: recorded now, left open", status.unknown)
+            log.warning(
+                "reconciliation: position(s) %s in the terminal were not open in the API: recorded now, left open",
+                status.unknown,
+            )
             self.reporter.report_positions(status.unknown)
         if status.missing:
-            log.warning("reconciliation: trade(s) %s open in the API are gone from the terminal: reporting their close from the deals history", status.missing)
+            log.warning(
+                "reconciliation: trade(s) %s open in the API are gone from the terminal: reporting their close from the deals history",
+                status.missing,
+            )
             try:
                 self.reporter.report_positions(status.missing)
             except TerminalError as exc:
                 status.error = f"closes of the missing trades not read: {exc}"
             gone = [t for t in status.missing if self.store.report_state(t) != "closed"]
             if gone:
-                log.warning("reconciliation: no close in this terminal's deals history for %s (another terminal or account?)", gone)
+                log.warning(
+                    "reconciliation: no close in this terminal's deals history for %s (another terminal or account?)",
+                    gone,
+                )
         self.reporter.send_due()
         self.status = status
         return status
@@ -132,7 +145,9 @@ def seconds_to_next_minute(now: datetime, grace: float = 1.0) -> float:
     return 60.0 - (now.timestamp() % 60.0) + grace
 
 
-def run_positions(stop: Any, keeper: PositionKeeper, reconciler: Reconciler, *, clock: Callable[[], datetime] = utcnow) -> None:
+def run_positions(
+    stop: Any, keeper: PositionKeeper, reconciler: Reconciler, *, clock: Callable[[], datetime] = utcnow
+) -> None:
     """The positions loop: at start and after every minute turns, the time exits due,
     then the trade reports and the reconciliation."""
     while not stop.is_set():

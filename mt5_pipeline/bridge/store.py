@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from mt5_pipeline.trade_signal import Signal
+from mt5_pipeline.execution.trade_signal import Signal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
@@ -122,7 +122,16 @@ class BridgeStore:
             )
 
     def finish(
-        self, signal: Signal, status: str, *, ticket: int | None, retcode: int | None, message: str, answer: dict, ack: dict, position: dict | None = None
+        self,
+        signal: Signal,
+        status: str,
+        *,
+        ticket: int | None,
+        retcode: int | None,
+        message: str,
+        answer: dict,
+        ack: dict,
+        position: dict | None = None,
     ) -> None:
         """The outcome and its ack, in one transaction: no outcome without an ack to send,
         and no position the bridge opened without what the policy needs to know of it."""
@@ -135,7 +144,18 @@ class BridgeStore:
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                        ON CONFLICT(signal_id) DO UPDATE SET status=excluded.status, ticket=excluded.ticket, retcode=excluded.retcode,
                            message=excluded.message, answer=excluded.answer, updated_at=excluded.updated_at""",
-                    (signal.signal_id, signal.symbol, signal.side, status, ticket, retcode, message, json.dumps(answer), now, now),
+                    (
+                        signal.signal_id,
+                        signal.symbol,
+                        signal.side,
+                        status,
+                        ticket,
+                        retcode,
+                        message,
+                        json.dumps(answer),
+                        now,
+                        now,
+                    ),
                 )
                 self._db.execute(
                     "INSERT OR REPLACE INTO acks (signal_id, body, attempts, next_attempt, acked_at, last_error) VALUES (?, ?, 0, ?, NULL, '')",
@@ -160,7 +180,8 @@ class BridgeStore:
     def due_acks(self, now: float, limit: int = 50) -> list[dict]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT signal_id, body, attempts FROM acks WHERE acked_at IS NULL AND next_attempt <= ? ORDER BY next_attempt LIMIT ?", (now, limit)
+                "SELECT signal_id, body, attempts FROM acks WHERE acked_at IS NULL AND next_attempt <= ? ORDER BY next_attempt LIMIT ?",
+                (now, limit),
             ).fetchall()
         return [{"signal_id": r["signal_id"], "body": json.loads(r["body"]), "attempts": r["attempts"]} for r in rows]
 
@@ -171,12 +192,15 @@ class BridgeStore:
 
     def ack_done(self, signal_id: str, note: str = "") -> None:
         with self._lock:
-            self._db.execute("UPDATE acks SET acked_at = ?, last_error = ? WHERE signal_id = ?", (time.time(), note, signal_id))
+            self._db.execute(
+                "UPDATE acks SET acked_at = ?, last_error = ? WHERE signal_id = ?", (time.time(), note, signal_id)
+            )
 
     def ack_retry(self, signal_id: str, error: str, next_attempt: float) -> None:
         with self._lock:
             self._db.execute(
-                "UPDATE acks SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE signal_id = ?", (next_attempt, error[:500], signal_id)
+                "UPDATE acks SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE signal_id = ?",
+                (next_attempt, error[:500], signal_id),
             )
 
     def ack_row(self, signal_id: str) -> dict | None:
@@ -187,7 +211,9 @@ class BridgeStore:
     # ---- bars ---------------------------------------------------------------------
     def last_bar(self, symbol: str, timeframe: str) -> int | None:
         with self._lock:
-            row = self._db.execute("SELECT last_time FROM bars_sent WHERE symbol = ? AND timeframe = ?", (symbol, timeframe)).fetchone()
+            row = self._db.execute(
+                "SELECT last_time FROM bars_sent WHERE symbol = ? AND timeframe = ?", (symbol, timeframe)
+            ).fetchone()
         return None if row is None else int(row[0])
 
     def set_last_bar(self, symbol: str, timeframe: str, last_time: int) -> None:
@@ -198,10 +224,19 @@ class BridgeStore:
                 (symbol, timeframe, int(last_time)),
             )
 
-
-
     # ---- positions the bridge opened ---------------------------------------------------
-    _POSITION_COLUMNS = ("ticket", "signal_id", "symbol", "timeframe", "side", "entry_bar", "entry_policy", "max_hold_bars", "sl", "tp")
+    _POSITION_COLUMNS = (
+        "ticket",
+        "signal_id",
+        "symbol",
+        "timeframe",
+        "side",
+        "entry_bar",
+        "entry_policy",
+        "max_hold_bars",
+        "sl",
+        "tp",
+    )
 
     def _put_position(self, position: dict, now: float) -> None:
         cols = self._POSITION_COLUMNS
@@ -219,7 +254,9 @@ class BridgeStore:
             if tickets is None:
                 rows = self._db.execute("SELECT * FROM positions").fetchall()
             else:
-                rows = self._db.execute(f"SELECT * FROM positions WHERE ticket IN ({', '.join('?' * len(tickets))})", list(tickets)).fetchall()
+                rows = self._db.execute(
+                    f"SELECT * FROM positions WHERE ticket IN ({', '.join('?' * len(tickets))})", list(tickets)
+                ).fetchall()
         return {int(r["ticket"]): dict(r) for r in rows}
 
     def set_close_reason(self, ticket: int, reason: str) -> None:
@@ -229,7 +266,9 @@ class BridgeStore:
     def signal_of_ticket(self, ticket: int) -> str | None:
         """The whole signal_id of an order the bridge placed (the comment holds only 31 characters)."""
         with self._lock:
-            row = self._db.execute("SELECT signal_id FROM executions WHERE ticket = ? AND status = 'FILLED'", (ticket,)).fetchone()
+            row = self._db.execute(
+                "SELECT signal_id FROM executions WHERE ticket = ? AND status = 'FILLED'", (ticket,)
+            ).fetchone()
         return None if row is None else str(row[0])
 
     # ---- trade reports (outbox) and the deals history's cursor --------------------------
@@ -250,9 +289,18 @@ class BridgeStore:
     def due_reports(self, now: float, limit: int = 500) -> list[dict]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT ticket, state, body, attempts FROM trade_reports WHERE sent_at IS NULL AND next_attempt <= ? ORDER BY ticket LIMIT ?", (now, limit)
+                "SELECT ticket, state, body, attempts FROM trade_reports WHERE sent_at IS NULL AND next_attempt <= ? ORDER BY ticket LIMIT ?",
+                (now, limit),
             ).fetchall()
-        return [{"ticket": int(r["ticket"]), "state": r["state"], "body": json.loads(r["body"]), "attempts": int(r["attempts"])} for r in rows]
+        return [
+            {
+                "ticket": int(r["ticket"]),
+                "state": r["state"],
+                "body": json.loads(r["body"]),
+                "attempts": int(r["attempts"]),
+            }
+            for r in rows
+        ]
 
     def reports_sent(self, tickets_and_bodies: list[tuple[int, dict]], note: str = "") -> None:
         """Mark these reports taken; a report replaced since it was read stays pending."""
@@ -260,7 +308,8 @@ class BridgeStore:
         with self._lock:
             for ticket, body in tickets_and_bodies:
                 self._db.execute(
-                    "UPDATE trade_reports SET sent_at = ?, last_error = ? WHERE ticket = ? AND body = ?", (now, note, ticket, json.dumps(body, sort_keys=True))
+                    "UPDATE trade_reports SET sent_at = ?, last_error = ? WHERE ticket = ? AND body = ?",
+                    (now, note, ticket, json.dumps(body, sort_keys=True)),
                 )
 
     def reports_retry(self, tickets: list[int], error: str, next_attempt: float) -> None:
@@ -274,7 +323,9 @@ class BridgeStore:
     def report_counts(self) -> dict[str, int]:
         with self._lock:
             pending = self._db.execute("SELECT COUNT(*) FROM trade_reports WHERE sent_at IS NULL").fetchone()[0]
-            closed = self._db.execute("SELECT COUNT(*) FROM trade_reports WHERE state = 'closed' AND sent_at IS NOT NULL").fetchone()[0]
+            closed = self._db.execute(
+                "SELECT COUNT(*) FROM trade_reports WHERE state = 'closed' AND sent_at IS NOT NULL"
+            ).fetchone()[0]
         return {"pending": int(pending), "closed_reported": int(closed)}
 
     def report_state(self, ticket: int) -> str | None:
@@ -290,5 +341,6 @@ class BridgeStore:
     def set_cursor(self, name: str, value: int) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)", (name, int(value))
+                "INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
+                (name, int(value)),
             )

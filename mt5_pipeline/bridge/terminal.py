@@ -68,7 +68,9 @@ class Terminal:
                 raise TerminalError(f"MetaTrader5.initialize failed: {code} {text}")
             info = self.mt5.terminal_info()
             if info is not None and not getattr(info, "trade_allowed", True):
-                log.warning("Algo trading is disabled in the terminal (the AutoTrading / Algo Trading button): orders will be refused")
+                log.warning(
+                    "Algo trading is disabled in the terminal (the AutoTrading / Algo Trading button): orders will be refused"
+                )
 
     def ensure(self) -> bool:
         """Attach again if the terminal went away (restarted, closed and reopened): the
@@ -112,7 +114,17 @@ class Terminal:
             self.mt5.shutdown()
 
 
-TIMEFRAME_CONSTANTS = {"M1": "TIMEFRAME_M1", "M5": "TIMEFRAME_M5", "M15": "TIMEFRAME_M15", "M30": "TIMEFRAME_M30", "H1": "TIMEFRAME_H1", "H4": "TIMEFRAME_H4", "D1": "TIMEFRAME_D1", "W1": "TIMEFRAME_W1", "MN1": "TIMEFRAME_MN1"}
+TIMEFRAME_CONSTANTS = {
+    "M1": "TIMEFRAME_M1",
+    "M5": "TIMEFRAME_M5",
+    "M15": "TIMEFRAME_M15",
+    "M30": "TIMEFRAME_M30",
+    "H1": "TIMEFRAME_H1",
+    "H4": "TIMEFRAME_H4",
+    "D1": "TIMEFRAME_D1",
+    "W1": "TIMEFRAME_W1",
+    "MN1": "TIMEFRAME_MN1",
+}
 
 
 def mt5_timeframe(mt5: Any, timeframe: str) -> int:

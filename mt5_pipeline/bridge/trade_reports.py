@@ -36,7 +36,7 @@ from mt5_pipeline.bridge.client import ApiClient, ApiRefused, ApiUnavailable
 from mt5_pipeline.bridge.store import BridgeStore
 from mt5_pipeline.bridge.terminal import TerminalError
 from mt5_pipeline.clock import utcnow
-from mt5_pipeline.execution_policy import EXIT_MANUAL, EXIT_SL, EXIT_TP
+from mt5_pipeline.execution.execution_policy import EXIT_MANUAL, EXIT_SL, EXIT_TP
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,10 @@ class TradeReporter:
         ins = [d for d in deals if int(d.entry) == int(mt5.DEAL_ENTRY_IN)]
         if not ins or int(ins[0].magic) != self.magic:
             return None
-        outs = sorted((d for d in deals if int(d.entry) == int(getattr(mt5, "DEAL_ENTRY_OUT", 1))), key=lambda d: (d.time, d.ticket))
+        outs = sorted(
+            (d for d in deals if int(d.entry) == int(getattr(mt5, "DEAL_ENTRY_OUT", 1))),
+            key=lambda d: (d.time, d.ticket),
+        )
         first = min(ins, key=lambda d: (d.time, d.ticket))
         volume = sum(float(d.volume) for d in ins)
         with self.terminal.session() as m:

@@ -10,7 +10,6 @@ One factory per asset builds them for each timeframe in TIMEFRAMES: M1 keeps the
 keys (features_m1, rf_m1, signals), H1 gets features_h1 -> rf_h1 -> signals_h1, and so on.
 """
 
-
 import base64
 
 import dagster as dg
@@ -33,7 +32,11 @@ candles = dg.AssetSpec(
 def asset_names(timeframe: str) -> dict[str, str]:
     """The asset keys of a timeframe: M1 keeps the seed's (features_m1, rf_m1, signals)."""
     tf = timeframe.lower()
-    return {"features": f"features_{tf}", "model": f"rf_{tf}", "signals": "signals" if timeframe == "M1" else f"signals_{tf}"}
+    return {
+        "features": f"features_{tf}",
+        "model": f"rf_{tf}",
+        "signals": "signals" if timeframe == "M1" else f"signals_{tf}",
+    }
 
 
 def build_features_asset(timeframe: str) -> dg.AssetsDefinition:
@@ -48,8 +51,8 @@ def build_features_asset(timeframe: str) -> dg.AssetsDefinition:
         description=f"Scale-free technical features per {timeframe} bar, computed incrementally for new or corrected bars (table features_m1, timeframe {timeframe}).",
     )
     def _features(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
-        from mt5_pipeline.features import update_features
-        from mt5_pipeline.indicators import FEATURE_SET_VERSION
+        from mt5_pipeline.learning.features import update_features
+        from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION
 
         update = update_features(pipeline.database_url, context.partition_key, timeframe)
         return dg.MaterializeResult(
@@ -72,13 +75,17 @@ def drift_metadata(context, settings, symbol: str, timeframe: str, which: str) -
 
     Only once a champion exists; a failure here is logged, never fails the materialization.
     """
-    from mt5_pipeline import drift
-    from mt5_pipeline.model_store import current_model_path
+    from mt5_pipeline.learning import drift
+    from mt5_pipeline.learning.model_store import current_model_path
 
     if not current_model_path(settings, timeframe).is_file():
         return {}
     try:
-        report = drift.feature_drift(settings, symbol, timeframe) if which == "features" else drift.signal_drift(settings, symbol, timeframe)
+        report = (
+            drift.feature_drift(settings, symbol, timeframe)
+            if which == "features"
+            else drift.signal_drift(settings, symbol, timeframe)
+        )
     except Exception as exc:  # drift is information; the features and signals matter more
         context.log.warning(f"{which} drift not measured for {symbol}: {type(exc).__name__}: {exc}")
         return {}
@@ -104,7 +111,13 @@ def _score_table(decision) -> str:
     """Candidate, champion and baseline side by side, as the UI shows a markdown table."""
 
     def fmt(value) -> str:
-        return "—" if value is None or value != value else f"{value:.4f}" if isinstance(value, float) and abs(value) < 10 else f"{value:,.1f}"
+        return (
+            "—"
+            if value is None or value != value
+            else f"{value:.4f}"
+            if isinstance(value, float) and abs(value) < 10
+            else f"{value:,.1f}"
+        )
 
     champion = decision.champion or {}
     lines = ["| metric | candidate | champion | baseline |", "| --- | --- | --- | --- |"]
@@ -113,7 +126,9 @@ def _score_table(decision) -> str:
         lines.append(f"| {key} | {fmt(decision.candidate.get(key))} | {fmt(champion.get(key))} | {fmt(base)} |")
     window = decision.window
     lines.append("")
-    lines.append(f"Window: {window.get('start')} .. {window.get('end')} ({window.get('rows')} rows, out of sample for both).")
+    lines.append(
+        f"Window: {window.get('start')} .. {window.get('end')} ({window.get('rows')} rows, out of sample for both)."
+    )
     return "\n".join(lines)
 
 
@@ -133,7 +148,11 @@ def promotion_metadata(decision) -> dict:
         base = decision.candidate.get(f"baseline_{key}")
         if base is not None and base == base:
             meta[f"baseline/{key}"] = float(base)
-        if decision.champion is not None and decision.champion.get(key) is not None and decision.champion[key] == decision.champion[key]:
+        if (
+            decision.champion is not None
+            and decision.champion.get(key) is not None
+            and decision.champion[key] == decision.champion[key]
+        ):
             meta[f"champion/{key}"] = float(decision.champion[key])
     return meta
 
@@ -169,7 +188,7 @@ def build_model_asset(timeframe: str, features_asset) -> dg.AssetsDefinition:
         ],
     )
     def _model(context: dg.AssetExecutionContext, pipeline: PipelineResource):
-        from mt5_pipeline.model import InsufficientDataError, train_model
+        from mt5_pipeline.learning.training import InsufficientDataError, train_model
 
         settings = pipeline.settings()
         check_key = dg.AssetCheckKey(dg.AssetKey(name), PROMOTION_CHECK)
@@ -202,14 +221,18 @@ def build_model_asset(timeframe: str, features_asset) -> dg.AssetsDefinition:
             "feature_set_version": result.feature_set_version,
             "feature_importances": dg.MetadataValue.table(
                 records=[dg.TableRecord({"feature": n, "importance": round(float(v), 6)}) for n, v in importances],
-                schema=dg.TableSchema(columns=[dg.TableColumn("feature", "string"), dg.TableColumn("importance", "float")]),
+                schema=dg.TableSchema(
+                    columns=[dg.TableColumn("feature", "string"), dg.TableColumn("importance", "float")]
+                ),
             ),
             "walk_forward": dg.MetadataValue.json(result.walk_forward),
         }
         if result.equity_png is not None and result.equity_png.exists():
             metadata["equity_curve_path"] = dg.MetadataValue.path(str(result.equity_png))
             metadata["equity_curve"] = dg.MetadataValue.md(_equity_markdown(result.equity_png))
-        context.log.info(f"trained {result.version} on {result.rows} rows; AUC {result.metrics.get('auc')}; {decision.reason}")
+        context.log.info(
+            f"trained {result.version} on {result.rows} rows; AUC {result.metrics.get('auc')}; {decision.reason}"
+        )
         check = dg.AssetCheckResult(
             check_name=PROMOTION_CHECK,
             passed=decision.promoted,
@@ -224,11 +247,16 @@ def build_model_asset(timeframe: str, features_asset) -> dg.AssetsDefinition:
 
 
 def _last_decision_check(settings, timeframe: str) -> dg.AssetCheckResult:
-    from mt5_pipeline.model_registry import PROMOTED, last_retrain
+    from mt5_pipeline.learning.model_registry import PROMOTED, last_retrain
 
     last = last_retrain(settings, timeframe)
     if last is None:
-        return dg.AssetCheckResult(check_name=PROMOTION_CHECK, passed=False, severity=dg.AssetCheckSeverity.ERROR, description="no retrain recorded yet")
+        return dg.AssetCheckResult(
+            check_name=PROMOTION_CHECK,
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="no retrain recorded yet",
+        )
     return dg.AssetCheckResult(
         check_name=PROMOTION_CHECK,
         passed=last["decision"] in PROMOTED,
@@ -250,7 +278,7 @@ def build_signals_asset(timeframe: str, features_asset, model_asset) -> dg.Asset
         description=f"Predicts the newest {timeframe} bar of the symbol and queues at most one BUY/SELL signal for it in signals_queue.",
     )
     def _signals(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
-        from mt5_pipeline.signals import generate_signal
+        from mt5_pipeline.signals.generation import generate_signal
 
         settings = pipeline.settings()
         result = generate_signal(settings, context.partition_key, timeframe)
@@ -277,7 +305,9 @@ features_m1 = build_features_asset("M1")
 rf_m1 = build_model_asset("M1", features_m1)
 signals = build_signals_asset("M1", features_m1, rf_m1)
 
-_BUILT: dict[str, tuple[dg.AssetsDefinition, dg.AssetsDefinition, dg.AssetsDefinition]] = {"M1": (features_m1, rf_m1, signals)}
+_BUILT: dict[str, tuple[dg.AssetsDefinition, dg.AssetsDefinition, dg.AssetsDefinition]] = {
+    "M1": (features_m1, rf_m1, signals)
+}
 
 
 def timeframe_assets(timeframe: str) -> tuple[dg.AssetsDefinition, dg.AssetsDefinition, dg.AssetsDefinition]:

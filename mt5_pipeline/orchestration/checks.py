@@ -1,9 +1,8 @@
-"""Asset checks: thin wrappers over mt5_pipeline.quality, which holds the logic."""
-
+"""Asset checks: thin wrappers over mt5_pipeline.monitoring.quality, which holds the logic."""
 
 import dagster as dg
 
-from mt5_pipeline import quality
+from mt5_pipeline.monitoring import quality
 from mt5_pipeline.orchestration.assets import asset_names, signals, timeframe_assets
 from mt5_pipeline.orchestration.resources import PipelineResource
 
@@ -37,7 +36,10 @@ def candles_fresh(pipeline: PipelineResource) -> dg.AssetCheckResult:
     return _result(quality.candles_fresh(pipeline.database_url, pipeline.settings()))
 
 
-@dg.asset_check(asset="candles", description="extreme bars (a move of 20+ standard deviations) confirmed by the bars after them; unconfirmed ones get no signal")
+@dg.asset_check(
+    asset="candles",
+    description="extreme bars (a move of 20+ standard deviations) confirmed by the bars after them; unconfirmed ones get no signal",
+)
 def candles_extreme_bars(pipeline: PipelineResource) -> dg.AssetCheckResult:
     return _result(quality.candles_extreme_bars(pipeline.database_url))
 
@@ -49,11 +51,17 @@ def build_checks(timeframe: str) -> list[dg.AssetChecksDefinition]:
     f, m, s = names["features"], names["model"], names["signals"]
     only = None if timeframe == "M1" else timeframe  # M1's checks cover the whole table, as before
 
-    @dg.asset_check(asset=features, name=f"{f}_finite", description="no NaN, null or infinite value in rows used for training")
+    @dg.asset_check(
+        asset=features, name=f"{f}_finite", description="no NaN, null or infinite value in rows used for training"
+    )
     def _finite(pipeline: PipelineResource) -> dg.AssetCheckResult:
         return _result(quality.features_finite(pipeline.database_url, only))
 
-    @dg.asset_check(asset=features, name=f"{f}_matches_candles", description="one feature row per candle up to the newest feature row")
+    @dg.asset_check(
+        asset=features,
+        name=f"{f}_matches_candles",
+        description="one feature row per candle up to the newest feature row",
+    )
     def _matches(pipeline: PipelineResource) -> dg.AssetCheckResult:
         return _result(quality.features_match_candles(pipeline.database_url, timeframe))
 
@@ -74,7 +82,12 @@ def build_checks(timeframe: str) -> list[dg.AssetChecksDefinition]:
             "the champion's out-of-sample AUC not below the naive baseline beyond a margin (warning: markets are noisy)",
             quality.model_beats_baseline,
         ),
-        judged_on_settings(model, f"{m}_feature_set_matches", "the model's feature set is the one features_m1 holds", quality.model_matches_features),
+        judged_on_settings(
+            model,
+            f"{m}_feature_set_matches",
+            "the model's feature set is the one features_m1 holds",
+            quality.model_matches_features,
+        ),
         judged_on_settings(
             features,
             f"{f}_drift",
@@ -108,9 +121,20 @@ def signals_none_pending_past_expiry(pipeline: PipelineResource) -> dg.AssetChec
 
 def checks_for(timeframes) -> list[dg.AssetChecksDefinition]:
     """Every check: the candles', each timeframe's, and the queue's (on M1's signals asset)."""
-    out = [candles_ohlc_consistent, candles_no_duplicate_bars, candles_gaps, candles_fresh, candles_extreme_bars, signals_none_pending_past_expiry]
+    out = [
+        candles_ohlc_consistent,
+        candles_no_duplicate_bars,
+        candles_gaps,
+        candles_fresh,
+        candles_extreme_bars,
+        signals_none_pending_past_expiry,
+    ]
     for timeframe in timeframes:
-        out += _TIMEFRAME_CHECKS[timeframe] if timeframe in _TIMEFRAME_CHECKS else _TIMEFRAME_CHECKS.setdefault(timeframe, build_checks(timeframe))
+        out += (
+            _TIMEFRAME_CHECKS[timeframe]
+            if timeframe in _TIMEFRAME_CHECKS
+            else _TIMEFRAME_CHECKS.setdefault(timeframe, build_checks(timeframe))
+        )
     return out
 
 

@@ -4,7 +4,6 @@ The small, frequent jobs run in-process: a run's launch overhead is seconds, and
 multiprocess executor would double it for a step that takes milliseconds.
 """
 
-
 from typing import Any
 
 import dagster as dg
@@ -15,12 +14,16 @@ from mt5_pipeline.orchestration.resources import PipelineResource
 # on top of the queue's own claim safety.
 PUSH_CONCURRENCY_TAG = "mt5_pipeline/ea_push"
 
+
 def _drift_checks(timeframes) -> dg.AssetSelection:
     keys = []
     for timeframe in timeframes:
         tf = timeframe.lower()
         signals = "signals" if timeframe == "M1" else f"signals_{tf}"
-        keys += [dg.AssetCheckKey(dg.AssetKey(f"features_{tf}"), f"features_{tf}_drift"), dg.AssetCheckKey(dg.AssetKey(signals), f"{signals}_drift")]
+        keys += [
+            dg.AssetCheckKey(dg.AssetKey(f"features_{tf}"), f"features_{tf}_drift"),
+            dg.AssetCheckKey(dg.AssetKey(signals), f"{signals}_drift"),
+        ]
     return dg.AssetSelection.checks(*keys)
 
 
@@ -74,6 +77,7 @@ def build_drift_checks_job(timeframes) -> Any:
         description="Feature and signal drift of every symbol and timeframe against its champion (hourly, drift_checks_schedule).",
     )
 
+
 candles_checks_job = dg.define_asset_job(
     "candles_checks_job",
     selection=dg.AssetSelection.checks_for_assets("candles"),
@@ -84,7 +88,7 @@ candles_checks_job = dg.define_asset_job(
 
 @dg.op(description="One push cycle: expire stale signals, claim, send to the EA, record the outcome.")
 def push_signals(context: dg.OpExecutionContext, pipeline: PipelineResource) -> dg.Output:
-    from mt5_pipeline.pusher import push_pending
+    from mt5_pipeline.delivery.pusher import push_pending
 
     result = push_pending(pipeline.settings())
     context.log.info(
@@ -94,7 +98,9 @@ def push_signals(context: dg.OpExecutionContext, pipeline: PipelineResource) -> 
     if result.auth_error:
         raise dg.Failure("the EA refused our key (401): check EA_API_KEY; no attempts were spent")
     if result.config_error:
-        raise dg.Failure(f"EA configuration error, delivery stopped and signals kept PENDING (no attempts spent): {result.error}")
+        raise dg.Failure(
+            f"EA configuration error, delivery stopped and signals kept PENDING (no attempts spent): {result.error}"
+        )
     return dg.Output(
         None,
         metadata={

@@ -1,11 +1,10 @@
 """Live performance: what the traded signals earned, per timeframe and model version,
 beside the same model's backtest, and a warning when live falls outside what that
-backtest makes plausible (mt5_pipeline.live_performance holds the logic).
+backtest makes plausible (mt5_pipeline.monitoring.live_performance holds the logic).
 
 `trades` is external, like `candles`: the bridge or the MQL5 EA writes it through
 POST /ea/trades. `live_performance` (M1) / `live_performance_<tf>` read it hourly.
 """
-
 
 import math
 from pathlib import Path
@@ -75,14 +74,16 @@ def build_live_performance_asset(timeframe: str) -> dg.AssetsDefinition:
         ],
     )
     def _live(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
-        from mt5_pipeline.live_performance import performance, plot_live_equity
+        from mt5_pipeline.monitoring.live_performance import performance, plot_live_equity
 
         settings: Settings = pipeline.settings()
         perfs = performance(settings, timeframe)
         metadata: dict = {"model_versions": len(perfs)}
         if not perfs:
             context.log.info(f"no closed {timeframe} trades with a known signal yet")
-            result = dg.AssetCheckResult(check_name=check, passed=True, severity=dg.AssetCheckSeverity.WARN, description="no live trades yet")
+            result = dg.AssetCheckResult(
+                check_name=check, passed=True, severity=dg.AssetCheckSeverity.WARN, description="no live trades yet"
+            )
             return dg.MaterializeResult(metadata=metadata, check_results=[result])
         newest = perfs[-1]
         metadata["model_version"] = newest.model_version
@@ -104,7 +105,13 @@ def build_live_performance_asset(timeframe: str) -> dg.AssetsDefinition:
         for key in ("band_low", "band_high", "drawdown_limit"):
             if math.isfinite(getattr(p, key)):
                 check_meta[key] = float(getattr(p, key))
-        result = dg.AssetCheckResult(check_name=check, passed=p.passed, severity=dg.AssetCheckSeverity.WARN, description=p.description, metadata=check_meta)
+        result = dg.AssetCheckResult(
+            check_name=check,
+            passed=p.passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=p.description,
+            metadata=check_meta,
+        )
         return dg.MaterializeResult(metadata=metadata, check_results=[result])
 
     return _live
@@ -121,13 +128,17 @@ def live_performance_asset(timeframe: str) -> dg.AssetsDefinition:
 
 def build_live_performance_schedule(settings: Settings, timeframes) -> dg.ScheduleDefinition:
     job = dg.define_asset_job(
-        "live_performance_job", selection=dg.AssetSelection.assets(*[live_performance_asset(tf) for tf in timeframes]), description="Live performance of every timeframe."
+        "live_performance_job",
+        selection=dg.AssetSelection.assets(*[live_performance_asset(tf) for tf in timeframes]),
+        description="Live performance of every timeframe.",
     )
     return dg.ScheduleDefinition(
         name="live_performance_schedule",
         job=job,
         cron_schedule="17 * * * *",
         execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING if settings.dagster_autostart else dg.DefaultScheduleStatus.STOPPED,
+        default_status=dg.DefaultScheduleStatus.RUNNING
+        if settings.dagster_autostart
+        else dg.DefaultScheduleStatus.STOPPED,
         description="Live performance against the backtest, every hour.",
     )

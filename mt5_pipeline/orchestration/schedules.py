@@ -15,7 +15,9 @@ def build_retrain_schedule(settings: Settings, timeframe: str = "M1") -> dg.Sche
         job=timeframe_jobs(timeframe)["train"],
         cron_schedule=settings.retrain_cron,
         execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING if settings.dagster_autostart else dg.DefaultScheduleStatus.STOPPED,
+        default_status=dg.DefaultScheduleStatus.RUNNING
+        if settings.dagster_autostart
+        else dg.DefaultScheduleStatus.STOPPED,
         description=f"Retrain {model} at '{settings.retrain_cron}' UTC (RETRAIN_CRON): a candidate, promoted only if better than the champion.",
     )
 
@@ -28,6 +30,8 @@ def build_drift_schedule(settings: Settings, drift_checks_job) -> dg.ScheduleDef
         job=drift_checks_job,
         cron_schedule="7 * * * *",
         execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING if settings.dagster_autostart else dg.DefaultScheduleStatus.STOPPED,
+        default_status=dg.DefaultScheduleStatus.RUNNING
+        if settings.dagster_autostart
+        else dg.DefaultScheduleStatus.STOPPED,
         description="Feature and signal drift against the champion, every hour.",
     )

@@ -12,7 +12,6 @@ tick. It requests runs only when no worker is alive, for a timeframe without a m
 (features only), or with ``DAGSTER_LIVE_RUNS=true`` (the old run per symbol per bar).
 """
 
-
 import json
 from datetime import timedelta
 
@@ -55,7 +54,7 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
     )
     def new_candles_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
         from mt5_pipeline.clock import utcnow
-        from mt5_pipeline.model import current_model_info
+        from mt5_pipeline.learning.model_store import current_model_info
         from mt5_pipeline.storage import decisions as live_decisions
         from mt5_pipeline.storage.candles import newest_bars
 
@@ -116,12 +115,16 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
                 asset_events=[*observations, *recorded],
                 dynamic_partitions_requests=add,
                 cursor=json.dumps(state, sort_keys=True),
-                skip_reason=None if recorded else "a live worker decides the bars; nothing decided since the last evaluation",
+                skip_reason=None
+                if recorded
+                else "a live worker decides the bars; nothing decided since the last evaluation",
             )
         if not run_requests:
             return dg.SkipReason(f"no new bars for {len(bars)} symbol(s) since the last evaluation")
         if not has_model:
-            context.log.info("no model yet: requesting features only, no signals (materialize rf_m1 to start predicting)")
+            context.log.info(
+                "no model yet: requesting features only, no signals (materialize rf_m1 to start predicting)"
+            )
         return dg.SensorResult(
             run_requests=run_requests,
             asset_events=observations,
@@ -135,7 +138,7 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
 def live_record(database_url: str, timeframe: str, after_id: int) -> tuple[list[dg.AssetMaterialization], int]:
     """The live worker's decisions since ``after_id`` as run-less materializations: per bar,
     ``features_<tf>`` (when it wrote feature rows) and ``signals`` of the symbol's partition."""
-    from mt5_pipeline.indicators import FEATURE_SET_VERSION
+    from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION
     from mt5_pipeline.storage import decisions as live_decisions
 
     names = asset_names(timeframe)
@@ -146,7 +149,12 @@ def live_record(database_url: str, timeframe: str, after_id: int) -> tuple[list[
             continue
         symbol = row["symbol"]
         bar = row["bar"].isoformat() if row["bar"] is not None else "none"
-        common = {"bar": bar, "recorded_by": "live worker (run-less event)", "worker": row["worker"], "trigger": row["trigger"]}
+        common = {
+            "bar": bar,
+            "recorded_by": "live worker (run-less event)",
+            "worker": row["worker"],
+            "trigger": row["trigger"],
+        }
         if row["feature_rows"]:
             events.append(
                 dg.AssetMaterialization(
@@ -169,7 +177,14 @@ def live_record(database_url: str, timeframe: str, after_id: int) -> tuple[list[
         if row["signal_id"]:
             metadata["signal_id"] = row["signal_id"]
             metadata["side"] = row["side"] or ""
-        events.append(dg.AssetMaterialization(asset_key=names["signals"], partition=symbol, description=f"{row['status']}: {row['message']}"[:500], metadata=metadata))
+        events.append(
+            dg.AssetMaterialization(
+                asset_key=names["signals"],
+                partition=symbol,
+                description=f"{row['status']}: {row['message']}"[:500],
+                metadata=metadata,
+            )
+        )
     return events, (rows[-1]["id"] if rows else after_id)
 
 
@@ -178,12 +193,14 @@ def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:
     # few seconds and the sensor only reports it; with no worker, a push run probes this often.
     reprobe_seconds = 120.0
 
-    def delivery_blocked(context: dg.SensorEvaluationContext, settings: Settings, database_url: str) -> dg.SkipReason | None:
-        """A skip, with the reason, while the pushers hold back (mt5_pipeline.breaker)."""
+    def delivery_blocked(
+        context: dg.SensorEvaluationContext, settings: Settings, database_url: str
+    ) -> dg.SkipReason | None:
+        """A skip, with the reason, while the pushers hold back (mt5_pipeline.delivery.breaker)."""
         from datetime import timedelta
 
-        from mt5_pipeline.breaker import delivery_status
         from mt5_pipeline.clock import utcnow
+        from mt5_pipeline.delivery.breaker import delivery_status
 
         d = delivery_status(database_url, settings.ea_server_url)
         now = utcnow()
@@ -193,7 +210,9 @@ def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:
             fresh = d["updated_at"] is not None and now - d["updated_at"] < timedelta(seconds=reprobe_seconds)
             return dg.SkipReason(message) if fresh else None
         if d["state"] == "outage" and d["next_probe_at"] is not None and d["next_probe_at"] > now:
-            return dg.SkipReason(f"EA outage since {(d['since'] or now):%H:%M:%S} UTC ({d['error']}); signals held, next probe at {d['next_probe_at']:%H:%M:%S} UTC")
+            return dg.SkipReason(
+                f"EA outage since {(d['since'] or now):%H:%M:%S} UTC ({d['error']}); signals held, next probe at {d['next_probe_at']:%H:%M:%S} UTC"
+            )
         return None
 
     # A cron schedule cannot fire more often than once a minute; a sensor honours a
@@ -206,7 +225,7 @@ def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:
         description=f"Every {settings.ea_push_interval:g} s (EA_PUSH_INTERVAL): requests a push run when deliverable signals are pending.",
     )
     def ea_push_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
-        from mt5_pipeline.queue import count_deliverable
+        from mt5_pipeline.signals.queue import count_deliverable
 
         current = pipeline.settings()
         if not current.ea_push_enabled:

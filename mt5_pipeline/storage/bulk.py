@@ -234,7 +234,9 @@ def copy_out(cur: Any, statement: sql.Composable | str) -> bytes:
 def parse_copy_binary(data: bytes, formats: Sequence[str]) -> np.ndarray:
     """Rows of a binary COPY whose fields are all fixed-width and NOT NULL, as a structured
     array with fields v0, v1, ... (big-endian; ``astype`` to use them)."""
-    dtype = np.dtype([("n", ">i2")] + [item for i, fmt in enumerate(formats) for item in ((f"l{i}", ">i4"), (f"v{i}", fmt))])
+    dtype = np.dtype(
+        [("n", ">i2")] + [item for i, fmt in enumerate(formats) for item in ((f"l{i}", ">i4"), (f"v{i}", fmt))]
+    )
     if not data:
         return np.zeros(0, dtype=dtype)
     if not data.startswith(COPY_SIGNATURE):
@@ -318,7 +320,11 @@ def _copy_column(series: pd.Series, kind: str, name: str) -> CopyColumn:
     elif kind in ("f8", "f4"):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
-        values = series.astype("Int64").to_numpy(dtype=np.int64, na_value=0) if nulls.any() else series.to_numpy().astype(np.int64)
+        values = (
+            series.astype("Int64").to_numpy(dtype=np.int64, na_value=0)
+            if nulls.any()
+            else series.to_numpy().astype(np.int64)
+        )
     return CopyColumn(kind, values, nulls if nulls.any() else None)
 
 
@@ -358,7 +364,9 @@ def _write_frame_pg(url: str, table: Table, frame: pd.DataFrame, columns: list[s
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
     updates = [c for c in columns if c not in keys]
     conflict = (
-        sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates))
+        sql.SQL("DO UPDATE SET {}").format(
+            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates)
+        )
         if updates
         else sql.SQL("DO NOTHING")
     )
@@ -370,7 +378,9 @@ def _write_frame_pg(url: str, table: Table, frame: pd.DataFrame, columns: list[s
         )
         types = dict(cur.fetchall())
         copy_columns = [_copy_column(frame[c], _pg_kind(types[c]), c) for c in columns]
-        cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(temp, cols, target))
+        cur.execute(
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(temp, cols, target)
+        )
         copy_in(cur, sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(temp, cols), copy_columns, len(frame))
         cur.execute(
             sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
@@ -404,7 +414,9 @@ def _write_frame_sqlite(url: str, table: Table, frame: pd.DataFrame, columns: li
         return '"' + name.replace('"', '""') + '"'
 
     updates = [c for c in columns if c not in keys]
-    conflict = "DO UPDATE SET " + ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in updates) if updates else "DO NOTHING"
+    conflict = (
+        "DO UPDATE SET " + ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in updates) if updates else "DO NOTHING"
+    )
     statement = (
         f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) VALUES ({', '.join('?' for _ in columns)}) "
         f"ON CONFLICT ({', '.join(map(quote, keys))}) {conflict}"

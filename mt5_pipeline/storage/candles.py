@@ -74,7 +74,10 @@ class CandleBatch:
 
     def take(self, keep: np.ndarray) -> CandleBatch:
         """The rows where `keep` (a mask) is true."""
-        pick = {name: getattr(self, name)[keep] for name in ("ts", "open", "high", "low", "close", "tick_volume", "spread", "real_volume")}
+        pick = {
+            name: getattr(self, name)[keep]
+            for name in ("ts", "open", "high", "low", "close", "tick_volume", "spread", "real_volume")
+        }
         return CandleBatch(
             self.symbol,
             self.timeframe,
@@ -117,17 +120,28 @@ def _stored_bars(cur: Any, batch: CandleBatch) -> np.ndarray:
     lo, hi = int(batch.ts[0]), int(batch.ts[-1])
     span = (hi - lo) // TIMEFRAME_SECONDS[batch.timeframe] + 1
     columns = "c.ts, c.open, c.high, c.low, c.close, c.tick_volume, c.spread, c.real_volume"
-    series = sql.SQL("c.symbol = {} AND c.timeframe = {}").format(sql.Literal(batch.symbol), sql.Literal(batch.timeframe))
+    series = sql.SQL("c.symbol = {} AND c.timeframe = {}").format(
+        sql.Literal(batch.symbol), sql.Literal(batch.timeframe)
+    )
     if span <= _RANGE_READ_SLACK * len(batch) + 10_000:
         query = sql.SQL("SELECT {} FROM candles c WHERE {} AND c.ts BETWEEN {} AND {} ORDER BY c.ts").format(
             sql.SQL(columns), series, sql.Literal(from_epoch(lo)), sql.Literal(from_epoch(hi))
         )
     else:
         cur.execute("CREATE TEMP TABLE IF NOT EXISTS _ingest_times (ts timestamptz) ON COMMIT DELETE ROWS")
-        copy_in(cur, "COPY _ingest_times FROM STDIN (FORMAT BINARY)", [CopyColumn("ts", epoch_seconds_to_pg(batch.ts))], len(batch))
-        query = sql.SQL("SELECT {} FROM candles c JOIN _ingest_times t ON c.ts = t.ts WHERE {} ORDER BY c.ts").format(sql.SQL(columns), series)
+        copy_in(
+            cur,
+            "COPY _ingest_times FROM STDIN (FORMAT BINARY)",
+            [CopyColumn("ts", epoch_seconds_to_pg(batch.ts))],
+            len(batch),
+        )
+        query = sql.SQL("SELECT {} FROM candles c JOIN _ingest_times t ON c.ts = t.ts WHERE {} ORDER BY c.ts").format(
+            sql.SQL(columns), series
+        )
     # COPY takes no parameters; sql.Literal quotes on the client, so the values are safe.
-    return parse_copy_binary(copy_out(cur, sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)), _STORED_FORMATS)
+    return parse_copy_binary(
+        copy_out(cur, sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)), _STORED_FORMATS
+    )
 
 
 _STORED_FORMATS = (">i8", ">f8", ">f8", ">f8", ">f8", ">i8", ">i4", ">i8")
@@ -163,10 +177,15 @@ def _count_new_bars_pg(cur: Any, batch: CandleBatch, inserted: int) -> None:
     key = (batch.symbol, batch.timeframe)
     cur.execute("UPDATE candle_series SET bars = bars + %s WHERE symbol = %s AND timeframe = %s", (inserted, *key))
     if cur.rowcount == 0:  # the series' first ingest: count what is there (once)
-        cur.execute("INSERT INTO candle_series (symbol, timeframe, bars) SELECT %s, %s, count(*) FROM candles WHERE symbol = %s AND timeframe = %s", (*key, *key))
+        cur.execute(
+            "INSERT INTO candle_series (symbol, timeframe, bars) SELECT %s, %s, count(*) FROM candles WHERE symbol = %s AND timeframe = %s",
+            (*key, *key),
+        )
 
 
-def _store_pg(url: str, batch: CandleBatch, stamp_base: datetime | None, *, clock: datetime) -> tuple[int, int, int | None]:
+def _store_pg(
+    url: str, batch: CandleBatch, stamp_base: datetime | None, *, clock: datetime
+) -> tuple[int, int, int | None]:
     """(inserted, updated, first changed ts in epoch µs) — one transaction.
 
     Ingests of one series are serialised by an advisory lock, so what is read at the
@@ -178,7 +197,9 @@ def _store_pg(url: str, batch: CandleBatch, stamp_base: datetime | None, *, cloc
     slower here: it speculatively inserts every row and locks every conflicting one.)
     """
     with pg_connection(url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (series_lock_key(batch.symbol, batch.timeframe),))
+        cur.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (series_lock_key(batch.symbol, batch.timeframe),)
+        )
         new, changed = _classify(batch, _stored_bars(cur, batch))
         if new.any() or changed.any():
             cur.execute(_PG_STAMP, (stamp_base, batch.symbol, batch.timeframe))
@@ -281,7 +302,9 @@ def _store_sqlite(url: str, batch: CandleBatch, stamp_base: datetime | None) -> 
                 f"ON c.symbol = ? AND c.timeframe = ? AND c.ts = t.ts WHERE c.ts IS NULL OR {differs}",
                 key,
             ).fetchone()[0]
-            newest = cur.execute("SELECT max(ingested_at) FROM candles WHERE symbol = ? AND timeframe = ?", key).fetchone()[0]
+            newest = cur.execute(
+                "SELECT max(ingested_at) FROM candles WHERE symbol = ? AND timeframe = ?", key
+            ).fetchone()[0]
             stamp_at = stamp_base or utcnow()  # one machine: its clock is the database's
             if newest is not None:
                 stamp_at = max(stamp_at, pd.Timestamp(newest, tz="UTC").to_pydatetime() + timedelta(microseconds=1))
@@ -301,9 +324,14 @@ def _store_sqlite(url: str, batch: CandleBatch, stamp_base: datetime | None) -> 
             )
             inserted = cur.rowcount
             if inserted:
-                cur.execute("UPDATE candle_series SET bars = bars + ? WHERE symbol = ? AND timeframe = ?", (inserted, *key))
+                cur.execute(
+                    "UPDATE candle_series SET bars = bars + ? WHERE symbol = ? AND timeframe = ?", (inserted, *key)
+                )
                 if cur.rowcount == 0:
-                    cur.execute("INSERT INTO candle_series (symbol, timeframe, bars) SELECT ?, ?, count(*) FROM candles WHERE symbol = ? AND timeframe = ?", (*key, *key))
+                    cur.execute(
+                        "INSERT INTO candle_series (symbol, timeframe, bars) SELECT ?, ?, count(*) FROM candles WHERE symbol = ? AND timeframe = ?",
+                        (*key, *key),
+                    )
             cur.execute("DELETE FROM temp._ingest_candles")
             cur.execute("COMMIT")
         except BaseException:
@@ -319,7 +347,9 @@ def _store_sqlite(url: str, batch: CandleBatch, stamp_base: datetime | None) -> 
     return inserted, updated, first_us
 
 
-def store_batch(database_url: str, batch: CandleBatch, stamp_base: datetime | None, *, clock: datetime) -> tuple[int, int, int | None]:
+def store_batch(
+    database_url: str, batch: CandleBatch, stamp_base: datetime | None, *, clock: datetime
+) -> tuple[int, int, int | None]:
     """Upsert a validated batch in one transaction: (inserted, updated, first changed ts in epoch µs).
 
     ``stamp_base``: a fixed base for ``ingested_at`` (tests; None: the database clock);
@@ -404,7 +434,10 @@ def read_candles(
 
 
 def _read_candles_pg(url, symbol, timeframe, start, end, last_n) -> pd.DataFrame:
-    where = [sql.SQL("symbol = {}").format(sql.Literal(symbol)), sql.SQL("timeframe = {}").format(sql.Literal(timeframe))]
+    where = [
+        sql.SQL("symbol = {}").format(sql.Literal(symbol)),
+        sql.SQL("timeframe = {}").format(sql.Literal(timeframe)),
+    ]
     if start is not None:
         where.append(sql.SQL("ts >= {}").format(sql.Literal(start)))
     if end is not None:
@@ -439,7 +472,13 @@ def _read_candles_sqlite(url, symbol, timeframe, start, end, last_n) -> pd.DataF
     if not rows:
         return _empty_candles()
     columns = list(zip(*rows, strict=True))
-    frame = pd.DataFrame({name: np.asarray(values) for name, values in zip(CANDLE_COLUMNS, columns, strict=True) if name not in ("ts", "ingested_at")})
+    frame = pd.DataFrame(
+        {
+            name: np.asarray(values)
+            for name, values in zip(CANDLE_COLUMNS, columns, strict=True)
+            if name not in ("ts", "ingested_at")
+        }
+    )
     frame.insert(0, "ts", _parse_sqlite_times(columns[0]))
     frame["ingested_at"] = _parse_sqlite_times(columns[8])
     for name in ("open", "high", "low", "close"):
@@ -453,7 +492,9 @@ def newest_candle_ts(database_url: str, symbol: str, timeframe: str) -> datetime
     """The series' newest stored bar, forming or not (one primary-key lookup)."""
     c = candles.c
     with get_engine(database_url).connect() as conn:
-        value = conn.execute(select(c.ts).where(c.symbol == symbol, c.timeframe == timeframe).order_by(c.ts.desc()).limit(1)).scalar()
+        value = conn.execute(
+            select(c.ts).where(c.symbol == symbol, c.timeframe == timeframe).order_by(c.ts.desc()).limit(1)
+        ).scalar()
     return None if value is None else parse_iso(value)
 
 
@@ -462,7 +503,10 @@ def newest_two_bars(database_url: str, symbol: str, timeframe: str) -> list[tupl
     c = candles.c
     with get_engine(database_url).connect() as conn:
         rows = conn.execute(
-            select(c.ts, c.ingested_at).where(c.symbol == symbol, c.timeframe == timeframe).order_by(c.ts.desc()).limit(2)
+            select(c.ts, c.ingested_at)
+            .where(c.symbol == symbol, c.timeframe == timeframe)
+            .order_by(c.ts.desc())
+            .limit(2)
         ).all()
     return [(as_utc(parse_iso(r.ts)), as_utc(parse_iso(r.ingested_at))) for r in rows]
 
@@ -472,7 +516,12 @@ def closes_before(database_url: str, symbol: str, timeframe: str, before: dateti
     c = candles.c
     with get_engine(database_url).connect() as conn:
         newest_first = (
-            conn.execute(select(c.close).where(c.symbol == symbol, c.timeframe == timeframe, c.ts < before).order_by(c.ts.desc()).limit(n))
+            conn.execute(
+                select(c.close)
+                .where(c.symbol == symbol, c.timeframe == timeframe, c.ts < before)
+                .order_by(c.ts.desc())
+                .limit(n)
+            )
             .scalars()
             .all()
         )
@@ -524,7 +573,9 @@ _PG_COUNT = "SELECT count(*) FROM candles WHERE symbol = %s AND timeframe = %s"
 
 # SQLite: the same walk from Python, one primary-key probe per step (in-process calls).
 _SQLITE_FIRST = "SELECT symbol, timeframe FROM candles ORDER BY symbol, timeframe LIMIT 1"
-_SQLITE_NEXT = "SELECT symbol, timeframe FROM candles WHERE (symbol, timeframe) > (?, ?) ORDER BY symbol, timeframe LIMIT 1"
+_SQLITE_NEXT = (
+    "SELECT symbol, timeframe FROM candles WHERE (symbol, timeframe) > (?, ?) ORDER BY symbol, timeframe LIMIT 1"
+)
 _SQLITE_STATS = (
     "SELECT (SELECT max(ts) FROM candles WHERE symbol = ?1 AND timeframe = ?2), "
     "COALESCE((SELECT bars FROM candle_series WHERE symbol = ?1 AND timeframe = ?2), "
@@ -536,7 +587,9 @@ _SQLITE_STATS = (
 def _series(database_url: str, *, stats: bool) -> list[tuple]:
     """(symbol, timeframe, newest_ts, bars, newest_ingested_at) per series; stats None unless asked."""
     if is_postgres(database_url):
-        query = _PG_SERIES + (_PG_SERIES_STATS if stats else "SELECT symbol, timeframe, NULL, NULL, NULL FROM series ORDER BY 1, 2")
+        query = _PG_SERIES + (
+            _PG_SERIES_STATS if stats else "SELECT symbol, timeframe, NULL, NULL, NULL FROM series ORDER BY 1, 2"
+        )
         with pg_connection(database_url) as conn, conn.cursor() as cur:
             cur.execute("SET LOCAL jit = off")  # index probes: compiling them costs more than running them
             cur.execute(query)

@@ -20,7 +20,10 @@ def since(database_url: str, after_id: int, *, limit: int) -> list[dict]:
     """Decisions with id > after_id, oldest first."""
     d = live_decisions.c
     with get_engine(database_url).connect() as conn:
-        return [dict(r) for r in conn.execute(select(live_decisions).where(d.id > after_id).order_by(d.id).limit(limit)).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(select(live_decisions).where(d.id > after_id).order_by(d.id).limit(limit)).mappings()
+        ]
 
 
 def newest_id(database_url: str) -> int:
@@ -35,4 +38,8 @@ def prune(database_url: str, before: datetime) -> int:
 
 def workers_alive(database_url: str, now: datetime) -> int:
     with get_engine(database_url).connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(live_workers).where(live_workers.c.expires_at >= now)).scalar_one())
+        return int(
+            conn.execute(
+                select(func.count()).select_from(live_workers).where(live_workers.c.expires_at >= now)
+            ).scalar_one()
+        )

@@ -59,9 +59,13 @@ class RowsParameter:
             arrays = [cast(bindparam(f"{self.name}_{n}", type_=ARRAY(t)), ARRAY(t)) for n, t in self.types.items()]
             columns = [column(n, t) for n, t in self.types.items()]
             return func.unnest(*arrays).table_valued(*columns).render_derived(name=self.name)
-        return select(*(bindparam(f"{self.name}_{n}", type_=t).label(n) for n, t in self.types.items())).subquery(self.name)
+        return select(*(bindparam(f"{self.name}_{n}", type_=t).label(n) for n, t in self.types.items())).subquery(
+            self.name
+        )
 
-    def execute(self, conn: Connection, build: Callable[[FromClause], Executable], rows: Sequence[Sequence[Any]]) -> list[Row]:
+    def execute(
+        self, conn: Connection, build: Callable[[FromClause], Executable], rows: Sequence[Sequence[Any]]
+    ) -> list[Row]:
         """Run ``build(rows_table)`` over `rows` (tuples in the order of the column types);
         the rows it returns. The statement is built once per database kind."""
         on_postgres = _on_postgres(conn)

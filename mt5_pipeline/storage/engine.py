@@ -117,7 +117,9 @@ def _ping_if_idle(dialect, dbapi_conn, record, _proxy) -> None:
     try:
         dialect.do_ping(dbapi_conn)
     except Exception as error:
-        raise exc.DisconnectionError(f"pooled connection idle for {time.monotonic() - idle_since:.0f} s failed its ping") from error
+        raise exc.DisconnectionError(
+            f"pooled connection idle for {time.monotonic() - idle_since:.0f} s failed its ping"
+        ) from error
 
 
 def get_engine(url: str) -> Engine:

@@ -1,6 +1,6 @@
 """The features_m1 table: every statement that reads or writes it, on both backends.
 
-:mod:`mt5_pipeline.features` decides which bars to (re)compute; this module finds the
+:mod:`mt5_pipeline.learning.features` decides which bars to (re)compute; this module finds the
 stale ones, replaces the recomputed tail, reads rows back and serialises the writers, so
 feature SQL is written once. The PostgreSQL paths move rows with binary COPY (a million
 rows are read or replaced in about a second); SQLite's use plain SQL.
@@ -39,7 +39,17 @@ from mt5_pipeline.storage.schema import candles, features_m1
 # The raw levels and features, in the table's order (the formulas' FLOAT_COLUMNS).
 FLOAT_COLUMNS: tuple[str, ...] = tuple(c.name for c in features_m1.columns if isinstance(c.type, Float))
 _TIME_COLUMNS = ("ts", "source_ingested_at", "computed_at")
-_WRITE_COLUMNS = ("symbol", "timeframe", "ts", *FLOAT_COLUMNS, "after_gap", "usable", "feature_set_version", "source_ingested_at", "computed_at")
+_WRITE_COLUMNS = (
+    "symbol",
+    "timeframe",
+    "ts",
+    *FLOAT_COLUMNS,
+    "after_gap",
+    "usable",
+    "feature_set_version",
+    "source_ingested_at",
+    "computed_at",
+)
 
 
 def _as_utc(value: datetime | str | None) -> datetime | None:
@@ -71,7 +81,14 @@ def newest_feature(database_url: str, symbol: str, timeframe: str) -> NewestFeat
 
 
 def first_stale_candle(
-    database_url: str, symbol: str, timeframe: str, *, version: str, stamped_since: datetime, after: datetime, closed_until: datetime | None
+    database_url: str,
+    symbol: str,
+    timeframe: str,
+    *,
+    version: str,
+    stamped_since: datetime,
+    after: datetime,
+    closed_until: datetime | None,
 ) -> datetime | None:
     """The earliest bar (``ts <= closed_until``) that is either stamped at or after
     ``stamped_since`` with an ``ingested_at`` other than the ``source_ingested_at`` of its
@@ -103,7 +120,10 @@ def first_stale_candle(
     with get_engine(database_url).connect() as conn:
         changed = conn.execute(select(func.min(stale.c.ts))).scalar()
         beyond = conn.execute(
-            select(c.ts).where(c.symbol == symbol, c.timeframe == timeframe, c.ts > after, *closed).order_by(c.ts).limit(1)
+            select(c.ts)
+            .where(c.symbol == symbol, c.timeframe == timeframe, c.ts > after, *closed)
+            .order_by(c.ts)
+            .limit(1)
         ).scalar()
     found = [t for t in (_as_utc(changed), _as_utc(beyond)) if t is not None]
     return min(found) if found else None
@@ -149,7 +169,14 @@ def one_writer(database_url: str, symbol: str, timeframe: str) -> Iterator[None]
 
 
 def replace_rows(
-    database_url: str, symbol: str, timeframe: str, rows: pd.DataFrame, *, start: datetime | None, version: str, computed_at: datetime
+    database_url: str,
+    symbol: str,
+    timeframe: str,
+    rows: pd.DataFrame,
+    *,
+    start: datetime | None,
+    version: str,
+    computed_at: datetime,
 ) -> None:
     """Store ``rows`` (ts, the float columns, after_gap, usable, source_ingested_at) as the
     series' features from ``start`` on; ``start`` None: the whole series.
@@ -171,7 +198,13 @@ def replace_rows(
 
 
 def _replace_rows_pg(
-    database_url: str, symbol: str, timeframe: str, out: pd.DataFrame, start: datetime | None, version: str, computed_at: datetime
+    database_url: str,
+    symbol: str,
+    timeframe: str,
+    out: pd.DataFrame,
+    start: datetime | None,
+    version: str,
+    computed_at: datetime,
 ) -> None:
     """A DELETE and a binary COPY straight into the table: an upsert through a temporary
     table and ON CONFLICT cost twice as long for a million rows, and the rows from
@@ -209,7 +242,9 @@ def _replace_rows_pg(
     where = sql.SQL("symbol = {} AND timeframe = {}").format(sql.Literal(symbol), sql.Literal(timeframe))
     if start is not None:
         where = sql.SQL("{} AND ts >= {}").format(where, sql.Literal(start))
-    copy = sql.SQL("COPY features_m1 ({}) FROM STDIN (FORMAT BINARY)").format(sql.SQL(", ").join(map(sql.Identifier, _WRITE_COLUMNS)))
+    copy = sql.SQL("COPY features_m1 ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.SQL(", ").join(map(sql.Identifier, _WRITE_COLUMNS))
+    )
     with pg_connection(database_url) as conn, conn.cursor() as cur:
         # Derived rows: a crash that loses this commit leaves the bars stale, and the next
         # run recomputes them. Not waiting for the WAL flush takes a disk write off the
@@ -231,13 +266,17 @@ def _delete_orphans(database_url: str, symbol: str, timeframe: str) -> int:
         if n_features == n_candles:
             return 0
         candle = select(c.ts).where(c.symbol == f.symbol, c.timeframe == f.timeframe, c.ts == f.ts).scalar_subquery()
-        return conn.execute(delete(features_m1).where(f.symbol == symbol, f.timeframe == timeframe, candle.is_(None))).rowcount
+        return conn.execute(
+            delete(features_m1).where(f.symbol == symbol, f.timeframe == timeframe, candle.is_(None))
+        ).rowcount
 
 
 # ---- reading ------------------------------------------------------------------------------
 
 
-def read_rows(database_url: str, symbols: list[str], timeframe: str, *, version: str, usable_only: bool) -> pd.DataFrame:
+def read_rows(
+    database_url: str, symbols: list[str], timeframe: str, *, version: str, usable_only: bool
+) -> pd.DataFrame:
     """The symbols' feature rows, sorted by symbol (in the order given), ts: symbol,
     timeframe, ts, the float columns, after_gap, usable, feature_set_version,
     source_ingested_at, computed_at. ``usable_only``: usable rows of ``version`` only.
@@ -301,7 +340,8 @@ def _read_pg(database_url: str, symbol: str, timeframe: str, version: str, usabl
         versions: np.ndarray | str = version
         if not is_current.all():
             cur.execute(
-                "SELECT feature_set_version FROM features_m1 WHERE symbol = %s AND timeframe = %s ORDER BY ts", (symbol, timeframe)
+                "SELECT feature_set_version FROM features_m1 WHERE symbol = %s AND timeframe = %s ORDER BY ts",
+                (symbol, timeframe),
             )
             versions = np.array([v for (v,) in cur.fetchall()], dtype=object)
 
@@ -334,7 +374,9 @@ def _read_sqlite(database_url: str, symbol: str, timeframe: str, version: str, u
     values = dict(zip(names, zip(*rows, strict=True), strict=True))
     columns: dict[str, np.ndarray | pd.Series] = {c: np.array(values[c], dtype=np.float64) for c in FLOAT_COLUMNS}
     for c in _TIME_COLUMNS:
-        columns[c] = pd.to_datetime(pd.Series(values[c], dtype=object), format="ISO8601", utc=True).astype("datetime64[ns, UTC]")
+        columns[c] = pd.to_datetime(pd.Series(values[c], dtype=object), format="ISO8601", utc=True).astype(
+            "datetime64[ns, UTC]"
+        )
     columns["after_gap"] = np.array(values["after_gap"], dtype=bool)
     columns["usable"] = np.array(values["usable"], dtype=bool)
     return _finish(symbol, timeframe, columns, np.array(values["feature_set_version"], dtype=object))

@@ -1,4 +1,4 @@
-"""The live_workers and live_leases rows (see :mod:`mt5_pipeline.series_leases`).
+"""The live_workers and live_leases rows (see :mod:`mt5_pipeline.signals.series_leases`).
 
 Times are the workers' clocks (UTC): hosts sharing a database keep NTP time, and a lease
 lasts seconds, far above any skew NTP leaves. Every change of owner is one conditional
@@ -28,7 +28,11 @@ def heartbeat(database_url: str, worker: str, *, now: datetime, ttl: float) -> i
         conn.execute(stmt.on_conflict_do_update(index_elements=["worker"], set_={"expires_at": expires}))
         # Rows of workers long gone (killed, host lost) are only clutter once expired.
         conn.execute(delete(live_workers).where(live_workers.c.expires_at < now - timedelta(seconds=60 * ttl)))
-        return int(conn.execute(select(func.count()).select_from(live_workers).where(live_workers.c.expires_at >= now)).scalar_one())
+        return int(
+            conn.execute(
+                select(func.count()).select_from(live_workers).where(live_workers.c.expires_at >= now)
+            ).scalar_one()
+        )
 
 
 def keep_alive(database_url: str, worker: str, *, now: datetime, ttl: float) -> tuple[int, set[Series], int]:
@@ -39,8 +43,14 @@ def keep_alive(database_url: str, worker: str, *, now: datetime, ttl: float) -> 
     with get_engine(database_url).begin() as conn:
         stmt = insert_on_conflict(conn, live_workers).values(worker=worker, started_at=now, expires_at=expires)
         conn.execute(stmt.on_conflict_do_update(index_elements=["worker"], set_={"expires_at": expires}))
-        alive = int(conn.execute(select(func.count()).select_from(live_workers).where(live_workers.c.expires_at >= now)).scalar_one())
-        held = conn.execute(update(live_leases).where(c.worker == worker).values(expires_at=expires).returning(c.symbol, c.timeframe)).all()
+        alive = int(
+            conn.execute(
+                select(func.count()).select_from(live_workers).where(live_workers.c.expires_at >= now)
+            ).scalar_one()
+        )
+        held = conn.execute(
+            update(live_leases).where(c.worker == worker).values(expires_at=expires).returning(c.symbol, c.timeframe)
+        ).all()
         total = int(conn.execute(select(func.count()).select_from(live_leases)).scalar_one())
     return alive, {(r[0], r[1]) for r in held}, total
 
@@ -51,7 +61,9 @@ def add_series(database_url: str, keys: Iterable[Series]) -> None:
     if not rows:
         return
     with get_engine(database_url).begin() as conn:
-        conn.execute(insert_on_conflict(conn, live_leases).on_conflict_do_nothing(index_elements=["symbol", "timeframe"]), rows)
+        conn.execute(
+            insert_on_conflict(conn, live_leases).on_conflict_do_nothing(index_elements=["symbol", "timeframe"]), rows
+        )
 
 
 def series_count(database_url: str) -> int:
@@ -64,7 +76,10 @@ def renew(database_url: str, worker: str, *, now: datetime, ttl: float) -> set[S
     c = live_leases.c
     with get_engine(database_url).begin() as conn:
         rows = conn.execute(
-            update(live_leases).where(c.worker == worker).values(expires_at=now + timedelta(seconds=ttl)).returning(c.symbol, c.timeframe)
+            update(live_leases)
+            .where(c.worker == worker)
+            .values(expires_at=now + timedelta(seconds=ttl))
+            .returning(c.symbol, c.timeframe)
         ).all()
     return {(r[0], r[1]) for r in rows}
 
@@ -77,7 +92,9 @@ def claim(database_url: str, worker: str, want: int, *, now: datetime, ttl: floa
     free = or_(c.worker.is_(None), c.expires_at < now)
     taken: set[Series] = set()
     with get_engine(database_url).connect() as conn:
-        candidates = conn.execute(select(c.symbol, c.timeframe).where(free).order_by(c.expires_at, c.symbol, c.timeframe).limit(want)).all()
+        candidates = conn.execute(
+            select(c.symbol, c.timeframe).where(free).order_by(c.expires_at, c.symbol, c.timeframe).limit(want)
+        ).all()
         for symbol, timeframe in candidates:
             # Conditional: of two workers reaching for the same series, the second finds it held.
             won = conn.execute(

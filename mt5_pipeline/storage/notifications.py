@@ -59,7 +59,12 @@ class Listener:
         except Exception as exc:
             self.close()
             self._next_connect = time.monotonic() + RECONNECT_SECONDS
-            log.warning("LISTEN %s on %s failed (%s); polling only for now", self.channel, redact(self.database_url), exc.__class__.__name__)
+            log.warning(
+                "LISTEN %s on %s failed (%s); polling only for now",
+                self.channel,
+                redact(self.database_url),
+                exc.__class__.__name__,
+            )
             return False
         return True
 

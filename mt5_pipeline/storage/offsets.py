@@ -24,7 +24,9 @@ def offset_runs(database_url: str, symbol: str, timeframe: str) -> list[Run]:
     o = candle_offsets.c
     with get_engine(database_url).connect() as conn:
         rows = conn.execute(
-            select(o.first_ts, o.last_ts, o.utc_offset_s).where(o.symbol == symbol, o.timeframe == timeframe).order_by(o.first_ts)
+            select(o.first_ts, o.last_ts, o.utc_offset_s)
+            .where(o.symbol == symbol, o.timeframe == timeframe)
+            .order_by(o.first_ts)
         ).all()
     return [(int(a), int(b), int(c)) for a, b, c in rows]
 
@@ -77,9 +79,14 @@ def record_runs(database_url: str, symbol: str, timeframe: str, new: list[Run]) 
     engine = get_engine(database_url)
     with engine.begin() as conn:
         if is_postgres(database_url):
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"offsets {symbol} {timeframe}"})
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                {"key": f"offsets {symbol} {timeframe}"},
+            )
         rows = conn.execute(
-            select(o.first_ts, o.last_ts, o.utc_offset_s).where(o.symbol == symbol, o.timeframe == timeframe).order_by(o.first_ts)
+            select(o.first_ts, o.last_ts, o.utc_offset_s)
+            .where(o.symbol == symbol, o.timeframe == timeframe)
+            .order_by(o.first_ts)
         ).all()
         old = [(int(a), int(b), int(c)) for a, b, c in rows]
         merged = _coalesce(old + list(new))
@@ -89,10 +96,15 @@ def record_runs(database_url: str, symbol: str, timeframe: str, new: list[Run]) 
         added = [r for r in merged if r not in set(old)]
         if gone:
             conn.execute(
-                delete(candle_offsets).where(o.symbol == symbol, o.timeframe == timeframe, o.first_ts.in_([r[0] for r in gone]))
+                delete(candle_offsets).where(
+                    o.symbol == symbol, o.timeframe == timeframe, o.first_ts.in_([r[0] for r in gone])
+                )
             )
         if added:
             conn.execute(
                 insert(candle_offsets),
-                [{"symbol": symbol, "timeframe": timeframe, "first_ts": a, "last_ts": b, "utc_offset_s": c} for a, b, c in added],
+                [
+                    {"symbol": symbol, "timeframe": timeframe, "first_ts": a, "last_ts": b, "utc_offset_s": c}
+                    for a, b, c in added
+                ],
             )

@@ -51,6 +51,7 @@ class UtcDateTime(TypeDecorator):
     def process_result_value(self, value, dialect):
         return None if value is None else as_utc(value)
 
+
 Double = Float(precision=53)
 
 SIGNAL_STATUSES = ("PENDING", "SENT", "ACKED", "FAILED", "EXPIRED", "REJECTED")
@@ -85,7 +86,7 @@ candle_series = Table(
 )
 
 # What the EA says about an instrument (optional `digits` / `point` in POST /ingest):
-# where a pip is known without guessing (mt5_pipeline.pips).
+# where a pip is known without guessing (mt5_pipeline.market.pips).
 # How the bars of a series were converted from the trade server's clock: runs of bars
 # (first_ts..last_ts, UTC epoch seconds) stored with one UTC offset. A bar re-sent with
 # another offset is refused (mt5_pipeline.server_time, ingest): it would otherwise land
@@ -110,7 +111,7 @@ symbols = Table(
     Column("updated_at", UtcDateTime, nullable=False),
 )
 
-# Feature set: see mt5_pipeline/features.py (FEATURE_SET_NAME / FEATURE_SET_VERSION).
+# Feature set: see mt5_pipeline/learning/features.py (FEATURE_SET_NAME / FEATURE_SET_VERSION).
 FEATURE_COLUMNS = (
     "ret_1",
     "ret_5",
@@ -138,10 +139,23 @@ features_m1 = Table(
     Column("ts", UtcDateTime, primary_key=True),
     *(Column(name, Double, nullable=True) for name in RAW_LEVEL_COLUMNS),
     *(Column(name, Double, nullable=True) for name in FEATURE_COLUMNS),
-    Column("after_gap", Boolean, nullable=False, server_default=text("false"), comment="first bars after a gap longer than the limit"),
-    Column("usable", Boolean, nullable=False, server_default=text("false"), comment="every window full and past warm-up"),
+    Column(
+        "after_gap",
+        Boolean,
+        nullable=False,
+        server_default=text("false"),
+        comment="first bars after a gap longer than the limit",
+    ),
+    Column(
+        "usable", Boolean, nullable=False, server_default=text("false"), comment="every window full and past warm-up"
+    ),
     Column("feature_set_version", String(32), nullable=False),
-    Column("source_ingested_at", UtcDateTime, nullable=False, comment="the candle's ingested_at when these features were computed"),
+    Column(
+        "source_ingested_at",
+        UtcDateTime,
+        nullable=False,
+        comment="the candle's ingested_at when these features were computed",
+    ),
     Column("computed_at", UtcDateTime, nullable=False),
 )
 
@@ -239,12 +253,24 @@ model_registry = Table(
     Column("metrics", Text, nullable=False, comment="JSON"),
     Column("data_hash", String(64), nullable=False),
     Column("is_current", Boolean, nullable=False, server_default=text("false")),  # the champion: what rf_<tf>.pkl holds
-    # Champion/challenger (migration 0006): every retrain leaves a row, see mt5_pipeline/model_registry.py.
+    # Champion/challenger (migration 0006): every retrain leaves a row, see mt5_pipeline/learning/model_registry.py.
     Column("timeframe", String(4), nullable=False, server_default="M1"),
     Column("kind", String(32), nullable=False, server_default="random_forest"),
-    Column("decision", String(10), nullable=False, server_default="promoted", comment="promoted, forced, rejected or failed"),
+    Column(
+        "decision",
+        String(10),
+        nullable=False,
+        server_default="promoted",
+        comment="promoted, forced, rejected or failed",
+    ),
     Column("reason", Text, nullable=False, server_default=""),
-    Column("scores", Text, nullable=False, server_default="{}", comment="JSON: candidate and champion on the same window, with the baselines"),
+    Column(
+        "scores",
+        Text,
+        nullable=False,
+        server_default="{}",
+        comment="JSON: candidate and champion on the same window, with the baselines",
+    ),
     Column("champion_version", String(64), nullable=True, comment="the champion the candidate was compared with"),
     Index("ix_model_registry_model_trained_at", "model", "trained_at"),
     Index("ix_model_registry_model_decision", "model", "decision"),
@@ -253,7 +279,7 @@ model_registry = Table(
 # The pusher's view of the EA, shared by every pusher (worker, API, Dagster run) through
 # the database: a circuit breaker while the EA fails every request, and the reason a
 # configuration error (401/403/404/405/415) stopped delivery, for /health, /metrics and
-# the push sensor, which run in other processes. One row per EA URL. mt5_pipeline.breaker.
+# the push sensor, which run in other processes. One row per EA URL. mt5_pipeline.delivery.breaker.
 ea_delivery_state = Table(
     "ea_delivery_state",
     metadata,
@@ -278,9 +304,21 @@ trades = Table(
     "trades",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("ticket", BigInteger, nullable=False, unique=True, comment="the terminal's position ticket (POSITION_IDENTIFIER)"),
+    Column(
+        "ticket",
+        BigInteger,
+        nullable=False,
+        unique=True,
+        comment="the terminal's position ticket (POSITION_IDENTIFIER)",
+    ),
     Column("signal_id", String(36), nullable=True, comment="the signal that opened it, as the reporter knows it"),
-    Column("unknown_signal", Boolean, nullable=False, server_default=false(), comment="no such signal in signals_queue (opened by hand, or a lost link): kept and flagged"),
+    Column(
+        "unknown_signal",
+        Boolean,
+        nullable=False,
+        server_default=false(),
+        comment="no such signal in signals_queue (opened by hand, or a lost link): kept and flagged",
+    ),
     Column("model_version", String(64), nullable=True, comment="from the signal, when it is known"),
     Column("account", BigInteger, nullable=True, comment="the trading account (login)"),
     Column("magic", BigInteger, nullable=True),
@@ -295,8 +333,18 @@ trades = Table(
     Column("close_time", UtcDateTime, nullable=True, comment="null while the position is open"),
     Column("close_price", Double, nullable=True),
     Column("exit_reason", String(16), nullable=True, comment="sl, tp, time, opposite_signal or manual"),
-    Column("profit", Double, nullable=True, comment="in the account currency, before swap and commission (MT5's DEAL_PROFIT)"),
-    Column("pips", Double, nullable=True, comment="(close - open) x side / pip size: the fills' prices, so the spread is paid"),
+    Column(
+        "profit",
+        Double,
+        nullable=True,
+        comment="in the account currency, before swap and commission (MT5's DEAL_PROFIT)",
+    ),
+    Column(
+        "pips",
+        Double,
+        nullable=True,
+        comment="(close - open) x side / pip size: the fills' prices, so the spread is paid",
+    ),
     Column("swap", Double, nullable=False, server_default="0"),
     Column("commission", Double, nullable=False, server_default="0"),
     Column("pip_size", Double, nullable=True, comment="the price size of the pip used for pips"),
@@ -304,7 +352,13 @@ trades = Table(
     Column("updated_at", UtcDateTime, nullable=False),
     Index("ix_trades_signal_id", "signal_id"),
     # Open positions (reconciliation, /health, /metrics) and a timeframe's closed trades (live performance).
-    Index("ix_trades_open", "magic", "ticket", postgresql_where=text("close_time IS NULL"), sqlite_where=text("close_time IS NULL")),
+    Index(
+        "ix_trades_open",
+        "magic",
+        "ticket",
+        postgresql_where=text("close_time IS NULL"),
+        sqlite_where=text("close_time IS NULL"),
+    ),
     Index("ix_trades_timeframe_close_time", "timeframe", "close_time"),
 )
 
@@ -317,12 +371,24 @@ reconciliation_state = Table(
     Column("magic", BigInteger, primary_key=True),
     Column("checked_at", UtcDateTime, nullable=False),
     Column("terminal_positions", Integer, nullable=False, server_default="0"),
-    Column("unknown_positions", Integer, nullable=False, server_default="0", comment="in the terminal, not open in trades (recorded now)"),
-    Column("missing_positions", Integer, nullable=False, server_default="0", comment="open in trades, gone from the terminal (its close is to be reported)"),
+    Column(
+        "unknown_positions",
+        Integer,
+        nullable=False,
+        server_default="0",
+        comment="in the terminal, not open in trades (recorded now)",
+    ),
+    Column(
+        "missing_positions",
+        Integer,
+        nullable=False,
+        server_default="0",
+        comment="open in trades, gone from the terminal (its close is to be reported)",
+    ),
     Column("detail", Text, nullable=False, server_default="{}", comment="JSON: the tickets of each kind"),
 )
 
-# Live workers on one host or several share the series through leases (mt5_pipeline.series_leases).
+# Live workers on one host or several share the series through leases (mt5_pipeline.signals.series_leases).
 live_workers = Table(
     "live_workers",
     metadata,
@@ -336,7 +402,9 @@ live_leases = Table(
     metadata,
     Column("symbol", String(32), primary_key=True),
     Column("timeframe", String(4), primary_key=True),
-    Column("worker", String(128), nullable=True, index=True, comment="the live worker deciding this series; NULL: free"),
+    Column(
+        "worker", String(128), nullable=True, index=True, comment="the live worker deciding this series; NULL: free"
+    ),
     Column("expires_at", UtcDateTime, nullable=False, comment="free for another worker once this passes"),
     Column("acquired_at", UtcDateTime, nullable=True),
 )
@@ -356,7 +424,9 @@ live_decisions = Table(
     Column("confidence", Float, nullable=True),
     Column("signal_id", String(36), nullable=True),
     Column("side", String(4), nullable=True),
-    Column("feature_rows", Integer, nullable=False, server_default="0", comment="feature rows written for this decision"),
+    Column(
+        "feature_rows", Integer, nullable=False, server_default="0", comment="feature rows written for this decision"
+    ),
     Column("feature_path", String(8), nullable=False, server_default="", comment="tail (one row from memory) or batch"),
     Column("trigger", String(10), nullable=False, server_default=""),
     Column("worker", String(128), nullable=False, server_default=""),

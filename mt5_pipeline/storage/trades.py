@@ -36,14 +36,21 @@ def signal_links(conn: Connection, signal_ids: Iterable[str]) -> dict[str, dict[
     if not ids:
         return {}
     q = signals_queue.c
-    rows = conn.execute(select(q.signal_id, q.model_version, q.timeframe, q.symbol, q.meta).where(q.signal_id.in_(ids))).all()
+    rows = conn.execute(
+        select(q.signal_id, q.model_version, q.timeframe, q.symbol, q.meta).where(q.signal_id.in_(ids))
+    ).all()
     out = {}
     for r in rows:
         try:
             meta = json.loads(r.meta or "{}")
         except ValueError:
             meta = {}
-        out[r.signal_id] = {"model_version": r.model_version, "timeframe": r.timeframe, "symbol": r.symbol, "meta": meta}
+        out[r.signal_id] = {
+            "model_version": r.model_version,
+            "timeframe": r.timeframe,
+            "symbol": r.symbol,
+            "meta": meta,
+        }
     return out
 
 
@@ -74,7 +81,9 @@ def merge(stored: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any
     return changes
 
 
-def upsert_trades(database_url: str, reports: list[dict[str, Any]], *, now: datetime) -> list[tuple[str, dict[str, Any]]]:
+def upsert_trades(
+    database_url: str, reports: list[dict[str, Any]], *, now: datetime
+) -> list[tuple[str, dict[str, Any]]]:
     """Record each report (a dict of REPORT_COLUMNS; ``ticket``, and for a new ticket
     ``symbol``, ``side``, ``volume``, ``open_time``, ``open_price``, are required).
     Returns (outcome, row after) per report, in order: inserted, updated or unchanged."""
@@ -88,7 +97,11 @@ def upsert_trades(database_url: str, reports: list[dict[str, Any]], *, now: date
                 .on_conflict_do_nothing(index_elements=["ticket"])
                 .returning(trades.c.id)
             ).first()
-            row = conn.execute(select(trades).where(trades.c.ticket == report["ticket"]).with_for_update()).mappings().one()
+            row = (
+                conn.execute(select(trades).where(trades.c.ticket == report["ticket"]).with_for_update())
+                .mappings()
+                .one()
+            )
             if inserted is not None:
                 out.append(("inserted", dict(row)))
                 continue
@@ -140,15 +153,32 @@ def position_figures(database_url: str) -> dict[str, dict[str, float]]:
         func.sum(case((is_open, 1), else_=0)).label("open"),
         func.count().label("trades"),
         func.coalesce(func.sum(case((is_open, None), else_=t.pips)), 0.0).label("pips"),
-        func.coalesce(func.sum(case((is_open, None), else_=func.coalesce(t.profit, 0.0) + t.swap + t.commission)), 0.0).label("profit"),
+        func.coalesce(
+            func.sum(case((is_open, None), else_=func.coalesce(t.profit, 0.0) + t.swap + t.commission)), 0.0
+        ).label("profit"),
     ).group_by(t.symbol)
     with get_engine(database_url).connect() as conn:
         rows = conn.execute(q).all()
-    return {r.symbol: {"open": float(r.open or 0), "closed": float(r.trades - (r.open or 0)), "pips": float(r.pips or 0), "profit": float(r.profit or 0)} for r in rows}
+    return {
+        r.symbol: {
+            "open": float(r.open or 0),
+            "closed": float(r.trades - (r.open or 0)),
+            "pips": float(r.pips or 0),
+            "profit": float(r.profit or 0),
+        }
+        for r in rows
+    }
 
 
 def record_reconciliation(
-    database_url: str, *, account: int, magic: int, checked_at: datetime, terminal_positions: int, unknown: list[int], missing: list[int]
+    database_url: str,
+    *,
+    account: int,
+    magic: int,
+    checked_at: datetime,
+    terminal_positions: int,
+    unknown: list[int],
+    missing: list[int],
 ) -> None:
     values = {
         "checked_at": checked_at,
@@ -164,7 +194,13 @@ def record_reconciliation(
 
 def reconciliation_states(database_url: str) -> list[dict[str, Any]]:
     with get_engine(database_url).connect() as conn:
-        rows = conn.execute(select(reconciliation_state).order_by(reconciliation_state.c.account, reconciliation_state.c.magic)).mappings().all()
+        rows = (
+            conn.execute(
+                select(reconciliation_state).order_by(reconciliation_state.c.account, reconciliation_state.c.magic)
+            )
+            .mappings()
+            .all()
+        )
     out = []
     for r in rows:
         row = dict(r)

@@ -18,8 +18,23 @@ Double = sa.Float(precision=53)
 FALSE = sa.text("false")
 
 RAW_LEVELS = ("close", "ma_5", "ma_10", "ma_20", "ma_50", "volume_ema_20")
-FEATURES = ("ret_1", "ret_5", "ret_10", "ma_5_ratio", "ma_10_ratio", "ma_20_ratio", "ma_50_ratio",
-            "std_5", "std_10", "std_20", "rsi_14", "vol_ratio", "range_ratio", "hour", "dow")
+FEATURES = (
+    "ret_1",
+    "ret_5",
+    "ret_10",
+    "ma_5_ratio",
+    "ma_10_ratio",
+    "ma_20_ratio",
+    "ma_50_ratio",
+    "std_5",
+    "std_10",
+    "std_20",
+    "rsi_14",
+    "vol_ratio",
+    "range_ratio",
+    "hour",
+    "dow",
+)
 
 
 def upgrade() -> None:
@@ -46,10 +61,23 @@ def upgrade() -> None:
         sa.Column("ts", Utc, primary_key=True),
         *(sa.Column(name, Double, nullable=True) for name in RAW_LEVELS),
         *(sa.Column(name, Double, nullable=True) for name in FEATURES),
-        sa.Column("after_gap", sa.Boolean, nullable=False, server_default=FALSE, comment="first bars after a gap longer than the limit"),
-        sa.Column("usable", sa.Boolean, nullable=False, server_default=FALSE, comment="every window full and past warm-up"),
+        sa.Column(
+            "after_gap",
+            sa.Boolean,
+            nullable=False,
+            server_default=FALSE,
+            comment="first bars after a gap longer than the limit",
+        ),
+        sa.Column(
+            "usable", sa.Boolean, nullable=False, server_default=FALSE, comment="every window full and past warm-up"
+        ),
         sa.Column("feature_set_version", sa.String(32), nullable=False),
-        sa.Column("source_ingested_at", Utc, nullable=False, comment="the candle's ingested_at when these features were computed"),
+        sa.Column(
+            "source_ingested_at",
+            Utc,
+            nullable=False,
+            comment="the candle's ingested_at when these features were computed",
+        ),
         sa.Column("computed_at", Utc, nullable=False),
     )
 
@@ -78,13 +106,18 @@ def upgrade() -> None:
         sa.Column("sent_at", Utc, nullable=True),
         sa.Column("acked_at", Utc, nullable=True),
         sa.Column("ticket", sa.BigInteger, nullable=True),
-        sa.Column("claim_token", sa.String(36), nullable=True, comment="who holds the lease; the final update must match it"),
+        sa.Column(
+            "claim_token", sa.String(36), nullable=True, comment="who holds the lease; the final update must match it"
+        ),
         sa.Column("lease_until", Utc, nullable=True),
         sa.UniqueConstraint("symbol", "timeframe", "ts", "model_version", name="uq_signals_queue_bar_model"),
     )
     op.create_index(
-        "ix_signals_queue_pending", "signals_queue", ["id"],
-        postgresql_where=sa.text("status = 'PENDING'"), sqlite_where=sa.text("status = 'PENDING'"),
+        "ix_signals_queue_pending",
+        "signals_queue",
+        ["id"],
+        postgresql_where=sa.text("status = 'PENDING'"),
+        sqlite_where=sa.text("status = 'PENDING'"),
     )
     op.create_index("ix_signals_queue_status_created", "signals_queue", ["status", "created_at"])
 

@@ -26,9 +26,15 @@ _LATER_DUPLICATE = (
 
 def upgrade() -> None:
     with op.batch_alter_table("signals_queue") as batch:
-        batch.add_column(sa.Column("superseded", sa.Boolean(), nullable=False, server_default=sa.false(), comment=(
-            "a second signal for a bar, kept from before one-signal-per-bar (migration 0003); never sent"
-        )))
+        batch.add_column(
+            sa.Column(
+                "superseded",
+                sa.Boolean(),
+                nullable=False,
+                server_default=sa.false(),
+                comment=("a second signal for a bar, kept from before one-signal-per-bar (migration 0003); never sent"),
+            )
+        )
     op.execute(
         "UPDATE signals_queue SET status = 'EXPIRED', claim_token = NULL, lease_until = NULL, "
         "last_error = 'superseded: the bar already had a signal (migration 0003, one signal per bar)' "

@@ -34,9 +34,13 @@ def upgrade() -> None:
         "candle_series",
         sa.Column("symbol", sa.String(32), primary_key=True),
         sa.Column("timeframe", sa.String(4), primary_key=True),
-        sa.Column("bars", sa.BigInteger, nullable=False, server_default="0", comment="bars stored, kept by the ingest core"),
+        sa.Column(
+            "bars", sa.BigInteger, nullable=False, server_default="0", comment="bars stored, kept by the ingest core"
+        ),
     )
-    op.execute("INSERT INTO candle_series (symbol, timeframe, bars) SELECT symbol, timeframe, count(*) FROM candles GROUP BY symbol, timeframe")
+    op.execute(
+        "INSERT INTO candle_series (symbol, timeframe, bars) SELECT symbol, timeframe, count(*) FROM candles GROUP BY symbol, timeframe"
+    )
 
 
 def downgrade() -> None:

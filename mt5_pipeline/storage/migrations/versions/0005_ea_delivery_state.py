@@ -23,7 +23,9 @@ def upgrade() -> None:
         sa.Column("state", sa.String(10), nullable=False, server_default="closed", comment="closed | outage | config"),
         sa.Column("failures", sa.Integer(), nullable=False, server_default="0", comment="failed requests in a row"),
         sa.Column("probe_at", Utc, nullable=True, comment="when one pusher may try the EA again"),
-        sa.Column("suspect_id", sa.BigInteger(), nullable=True, comment="signals_queue.id whose failure opened the breaker"),
+        sa.Column(
+            "suspect_id", sa.BigInteger(), nullable=True, comment="signals_queue.id whose failure opened the breaker"
+        ),
         sa.Column("status_code", sa.Integer(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("opened_at", Utc, nullable=True),

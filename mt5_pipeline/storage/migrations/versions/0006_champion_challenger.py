@@ -19,10 +19,33 @@ depends_on = None
 _COLUMNS = (
     ("timeframe", lambda: sa.Column("timeframe", sa.String(4), nullable=False, server_default="M1")),
     ("kind", lambda: sa.Column("kind", sa.String(32), nullable=False, server_default="random_forest")),
-    ("decision", lambda: sa.Column("decision", sa.String(10), nullable=False, server_default="promoted", comment="promoted, forced, rejected or failed")),
+    (
+        "decision",
+        lambda: sa.Column(
+            "decision",
+            sa.String(10),
+            nullable=False,
+            server_default="promoted",
+            comment="promoted, forced, rejected or failed",
+        ),
+    ),
     ("reason", lambda: sa.Column("reason", sa.Text, nullable=False, server_default="")),
-    ("scores", lambda: sa.Column("scores", sa.Text, nullable=False, server_default="{}", comment="JSON: candidate and champion on the same window, with the baselines")),
-    ("champion_version", lambda: sa.Column("champion_version", sa.String(64), nullable=True, comment="the champion the candidate was compared with")),
+    (
+        "scores",
+        lambda: sa.Column(
+            "scores",
+            sa.Text,
+            nullable=False,
+            server_default="{}",
+            comment="JSON: candidate and champion on the same window, with the baselines",
+        ),
+    ),
+    (
+        "champion_version",
+        lambda: sa.Column(
+            "champion_version", sa.String(64), nullable=True, comment="the champion the candidate was compared with"
+        ),
+    ),
 )
 
 

@@ -24,7 +24,12 @@ def upgrade() -> None:
         sa.Column("timeframe", sa.String(4), primary_key=True),
         sa.Column("first_ts", sa.BigInteger, primary_key=True, comment="UTC epoch seconds of the run's first bar"),
         sa.Column("last_ts", sa.BigInteger, nullable=False, comment="UTC epoch seconds of the run's last bar"),
-        sa.Column("utc_offset_s", sa.Integer, nullable=False, comment="server time minus UTC, seconds, for every bar in the run"),
+        sa.Column(
+            "utc_offset_s",
+            sa.Integer,
+            nullable=False,
+            comment="server time minus UTC, seconds, for every bar in the run",
+        ),
     )
 
 

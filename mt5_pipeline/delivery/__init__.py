@@ -1,0 +1,1 @@
+"""Delivery: the pusher, the EA client and its breaker, and the trades that come back."""

@@ -1,0 +1,1 @@
+"""Learning: indicators, features, labels, training, evaluation, the model store and serving."""

@@ -1,0 +1,206 @@
+"""The features of each bar, as pure functions of a series' candles (no database here).
+
+What the model sees is scale-free, so a forest trained on 2017 prices means the same on
+2024 prices (and on every symbol at once):
+
+- ``ret_1``, ``ret_5``, ``ret_10``: log returns of the close over 1, 5 and 10 bars;
+- ``ma_N_ratio`` = ma_N / close - 1 for the simple moving averages of the close over 5, 10, 20, 50 bars;
+- ``std_5``, ``std_10``, ``std_20``: rolling standard deviation (ddof=1) of the 1-bar log returns;
+- ``rsi_14``: Wilder's RSI (EWM with alpha = 1/14, not adjusted; 100 when there were no losses, 50 when flat);
+- ``vol_ratio`` = tick_volume / EMA20(tick_volume) (span 20, not adjusted; 1 when the EMA is 0);
+- ``range_ratio`` = (high - low) / close;
+- ``hour`` and ``dow`` (Monday = 0) of the bar's open time in UTC: FX sessions.
+
+The table also keeps raw levels for people to read (``close``, ``ma_5`` .. ``ma_50``,
+``volume_ema_20``); the model does not use them.
+
+Rules, each tested:
+
+- **No look-ahead.** Every feature of bar t uses bars <= t only (rolling windows and
+  recursions run forward; nothing is centred or back-filled).
+- **Gaps.** Windows count bars, not clock minutes: a weekend is simply the step from
+  Friday's last bar to Monday's first. A gap longer than ``GAP_LIMIT_BARS`` bar lengths
+  (10 minutes on M1) sets ``after_gap`` on the first bar after it and the next
+  ``AFTER_GAP_BARS - 1`` bars, while the 10-bar returns and deviations still span the
+  gap. The flag is for people and filters; such rows stay usable (Monday's open is a real
+  market the model must handle).
+- **Warm-up.** A row is ``usable`` when at least ``WARMUP_BARS`` bars of the symbol's
+  history precede it and every feature is finite. After 300 bars the seed of Wilder's
+  RSI weighs (13/14)^300 = 2e-10 and that of the volume EMA less, so usable rows do not
+  depend on where the history starts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.signal import lfilter
+
+from mt5_pipeline.settings import TIMEFRAME_SECONDS
+from mt5_pipeline.storage.schema import FEATURE_COLUMNS, RAW_LEVEL_COLUMNS
+
+FEATURE_SET_NAME = "features_m1"
+# Bump whenever a formula changes: a model records the version it was trained on and
+# refuses features of another.
+FEATURE_SET_VERSION = "1"
+MODEL_FEATURES: tuple[str, ...] = tuple(FEATURE_COLUMNS)
+
+WARMUP_BARS = 300
+GAP_LIMIT_BARS = 10
+AFTER_GAP_BARS = 10
+
+MA_WINDOWS = (5, 10, 20, 50)
+RETURN_BARS = (1, 5, 10)
+STD_WINDOWS = (5, 10, 20)
+RSI_BARS = 14
+VOLUME_EMA_SPAN = 20
+
+FLOAT_COLUMNS: tuple[str, ...] = (*RAW_LEVEL_COLUMNS, *FEATURE_COLUMNS)
+OUTPUT_COLUMNS: tuple[str, ...] = ("ts", *FLOAT_COLUMNS, "after_gap", "usable")
+
+assert max(MA_WINDOWS) < WARMUP_BARS
+
+
+def _ewm(values: np.ndarray, *, alpha: float) -> np.ndarray:
+    """EWM with adjust=False seeded with the first value (pandas' definition), as a linear filter."""
+    if len(values) == 0:
+        return values.astype(np.float64)
+    y, _ = lfilter([alpha], [1.0, alpha - 1.0], values, zi=[(1.0 - alpha) * values[0]])
+    return y
+
+
+def _window_sums(values: np.ndarray, window: int) -> np.ndarray:
+    """Sum of each trailing window of ``window`` values; NaN until the window is full.
+
+    Differences of one cumulative sum: each window costs O(1) whatever its length. The
+    rounding error grows with the running total, so callers centre their values first.
+    """
+    csum = np.cumsum(values)
+    out = np.full(len(values), np.nan)
+    if len(values) >= window:
+        out[window - 1] = csum[window - 1]
+        out[window:] = csum[window:] - csum[:-window]
+    return out
+
+
+def _rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
+    ref = values[0] if len(values) else 0.0
+    return _window_sums(values - ref, window) / window + ref
+
+
+def _rolling_std(values: np.ndarray, window: int) -> np.ndarray:
+    """Sample standard deviation (ddof=1) over trailing windows; ``values[0]`` may be NaN."""
+    x = np.nan_to_num(values, nan=0.0)
+    s1 = _window_sums(x, window)
+    s2 = _window_sums(x * x, window)
+    var = np.maximum((s2 - s1 * s1 / window) / (window - 1), 0.0)
+    std = np.sqrt(var)
+    # The first value has no return (NaN): windows that include it are not full.
+    std[: min(window, len(std))] = np.nan
+    return std
+
+
+def _shift(values: np.ndarray, bars: int) -> np.ndarray:
+    out = np.empty_like(values)
+    out[:bars] = np.nan
+    out[bars:] = values[:-bars]
+    return out
+
+
+def wilder_rsi(close: np.ndarray, bars: int = RSI_BARS) -> np.ndarray:
+    """Wilder's RSI; the first bar's change counts as 0 (as in the ``ta`` library)."""
+    delta = np.diff(close, prepend=close[:1])
+    gain = _ewm(np.where(delta > 0, delta, 0.0), alpha=1.0 / bars)
+    loss = _ewm(np.where(delta < 0, -delta, 0.0), alpha=1.0 / bars)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rsi = 100.0 - 100.0 / (1.0 + gain / loss)
+    # No losses in the memory of the average: the RSI's limit is 100; a flat market 50.
+    rsi = np.where(loss == 0, np.where(gain == 0, 50.0, 100.0), rsi)
+    return rsi
+
+
+def _gap_starts(ts: pd.Series, timeframe: str) -> np.ndarray:
+    ns = pd.DatetimeIndex(ts).as_unit("ns").asi8
+    limit_ns = GAP_LIMIT_BARS * TIMEFRAME_SECONDS[timeframe] * 1_000_000_000
+    starts = np.zeros(len(ns), dtype=np.int64)
+    if len(ns) > 1:
+        starts[1:] = np.diff(ns) > limit_ns
+    return starts
+
+
+def _window_any(flags: np.ndarray) -> np.ndarray:
+    seen = np.cumsum(flags)
+    before = np.zeros_like(seen)
+    before[AFTER_GAP_BARS:] = seen[:-AFTER_GAP_BARS]
+    return (seen - before) > 0
+
+
+def after_gap_flags(ts: pd.Series, timeframe: str = "M1") -> np.ndarray:
+    """True on the first ``AFTER_GAP_BARS`` bars after a gap longer than ``GAP_LIMIT_BARS`` bars."""
+    return _window_any(_gap_starts(ts, timeframe))
+
+
+def _empty_output(with_source: bool) -> pd.DataFrame:
+    result = pd.DataFrame({c: pd.Series(dtype="float64") for c in OUTPUT_COLUMNS})
+    result["ts"] = pd.Series(dtype="datetime64[ns, UTC]")
+    result["after_gap"] = pd.Series(dtype=bool)
+    result["usable"] = pd.Series(dtype=bool)
+    if with_source:
+        result["source_ingested_at"] = pd.Series(dtype="datetime64[ns, UTC]")
+    return result
+
+
+def compute_features(candles: pd.DataFrame, *, timeframe: str = "M1") -> pd.DataFrame:
+    """Features of one symbol's candles (any order; one row per ``ts``).
+
+    Reads ``ts``, ``high``, ``low``, ``close``, ``tick_volume``. Returns a frame with a
+    RangeIndex: ``ts`` + the raw levels + the features + ``after_gap`` + ``usable``, plus
+    ``source_ingested_at`` when the input has ``ingested_at``. ``usable`` takes the first
+    row to be the first bar of the symbol's history.
+    """
+    with_source = "ingested_at" in candles.columns
+    if len(candles) == 0:
+        return _empty_output(with_source)
+    frame = candles if candles["ts"].is_monotonic_increasing else candles.sort_values("ts", kind="stable")
+    n = len(frame)
+    ts = pd.to_datetime(frame["ts"], utc=True).dt.as_unit("ns").reset_index(drop=True)
+    close = frame["close"].to_numpy(dtype=np.float64)
+    high = frame["high"].to_numpy(dtype=np.float64)
+    low = frame["low"].to_numpy(dtype=np.float64)
+    volume = frame["tick_volume"].to_numpy(dtype=np.float64)
+
+    # One Fortran-ordered block: pandas then takes the columns without copying them.
+    matrix = np.empty((n, len(FLOAT_COLUMNS)), order="F")
+    out = {c: matrix[:, i] for i, c in enumerate(FLOAT_COLUMNS)}
+    out["close"][:] = close
+    for w in MA_WINDOWS:
+        out[f"ma_{w}"][:] = _rolling_mean(close, w)
+    volume_ema = out["volume_ema_20"]
+    volume_ema[:] = _ewm(volume, alpha=2.0 / (VOLUME_EMA_SPAN + 1))
+
+    log_close = np.log(close)
+    for k in RETURN_BARS:
+        out[f"ret_{k}"][:] = log_close - _shift(log_close, k)
+    for w in MA_WINDOWS:
+        np.divide(out[f"ma_{w}"], close, out=out[f"ma_{w}_ratio"])
+        out[f"ma_{w}_ratio"] -= 1.0
+    for w in STD_WINDOWS:
+        out[f"std_{w}"][:] = _rolling_std(out["ret_1"], w)
+    out["rsi_14"][:] = wilder_rsi(close)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # A symbol without tick volume (some CSV exports) reads as always-normal volume.
+        out["vol_ratio"][:] = np.where(volume_ema > 0, volume / volume_ema, 1.0)
+    out["range_ratio"][:] = (high - low) / close
+    seconds = pd.DatetimeIndex(ts).asi8 // 1_000_000_000
+    out["hour"][:] = (seconds // 3600) % 24
+    out["dow"][:] = (seconds // 86400 + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+
+    usable = np.arange(n) >= WARMUP_BARS
+    usable &= np.isfinite(matrix[:, len(RAW_LEVEL_COLUMNS) :]).all(axis=1)
+    result = pd.DataFrame(matrix, columns=list(FLOAT_COLUMNS), copy=False)
+    result.insert(0, "ts", ts)
+    result["after_gap"] = after_gap_flags(ts, timeframe)
+    result["usable"] = usable
+    if with_source:
+        result["source_ingested_at"] = pd.to_datetime(frame["ingested_at"], utc=True).dt.as_unit("ns").array
+    return result

@@ -1,0 +1,1 @@
+"""Monitoring: data-quality checks and live performance against the backtest."""

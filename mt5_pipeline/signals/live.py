@@ -1,0 +1,471 @@
+"""The live-signal worker (`mt5-pipeline live`): from a committed closed bar to a queued
+signal in milliseconds, for every symbol at once.
+
+Dagster stays the control plane and the record (``new_candles_sensor`` still
+materializes ``features_m1`` and ``signals`` per symbol, so the UI shows every bar and
+decision), but a Dagster run per symbol and bar costs seconds; a trader on M1 needs the
+signal at the EA within a second of the bar's close. This worker is that hot path:
+
+- **Woken by the ingest commit.** On PostgreSQL the ingest core NOTIFYs
+  ``CANDLES_CHANNEL`` with "SYMBOL TIMEFRAME OPEN" when a batch holds a closed bar; the
+  worker LISTENs. SQLite polls every ``LIVE_POLL_SECONDS`` and reaches the same decisions.
+- **A timer for the EA that only sends the forming bar.** ``LIVE_CLOSE_GRACE_SECONDS``
+  after each bar's close, a bar whose final version never came is signalled from the
+  version stored (its last forming one). A final version posted within the grace wins.
+- **Incremental.** For each woken series: the newest *ready* closed bar (below), its
+  features brought up to date (:func:`features.update_features`, closed bars only), one
+  prediction, the decision, one INSERT -- whose own NOTIFY wakes the pusher.
+- **One row per bar.** Each series' recent tail stays in memory
+  (:mod:`mt5_pipeline.signals.series_tail`): a new closed bar costs one feature row, not a
+  500-bar read; a correction sends the series back through the batch path.
+- **Several workers, any host.** On PostgreSQL the workers share the series by leases
+  (:mod:`mt5_pipeline.signals.series_leases`); a dead worker's series are taken over within
+  ``LIVE_LEASE_SECONDS`` and a bit. SQLite has one host: LIVE_PROCESSES split by hash.
+- **Once per bar.** The worker remembers the bar it decided per series; the database's
+  one-signal-per-bar index settles a race with the Dagster path (or a second worker):
+  the loser gets "duplicate", never a second signal.
+
+A closed bar is *ready* when its final version is in: a later bar of the series exists,
+the EA posted it after its close (its ``ingested_at`` is past the close, or the NOTIFY
+said so), or the grace after its close has run out.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal as os_signal
+import threading
+import time
+import zlib
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from mt5_pipeline.clock import from_epoch, iso_z, resolve_now, utcnow
+from mt5_pipeline.market.extremes import EXTREME_CHECK_WINDOW
+from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
+from mt5_pipeline.signals.generation import Predictor, generate_signal
+from mt5_pipeline.signals.series_leases import LeaseKeeper, SeriesLeases
+from mt5_pipeline.signals.series_tail import SeriesTails
+from mt5_pipeline.storage.candles import CANDLES_CHANNEL, ready_bar
+from mt5_pipeline.storage.notifications import Listener, notifications_supported
+
+log = logging.getLogger(__name__)
+
+Series = tuple[str, str]  # (symbol, timeframe)
+
+# The set of series is re-read this often (a new symbol's first bar also arrives by NOTIFY).
+SERIES_REFRESH_SECONDS = 30.0
+# On PostgreSQL the poll is only a safety net behind LISTEN.
+LISTEN_POLL_FACTOR = 20
+# Which timeframes have a model is re-read this often (a first training starts the worker).
+MODELS_REFRESH_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class LiveDecision:
+    symbol: str
+    timeframe: str
+    bar: datetime | None
+    status: str  # generate_signal's status, or "no_features" / "no_model" / "error"
+    message: str
+    trigger: str  # "notify" | "poll" | "timer" | "start" | "takeover"
+    signal_id: str | None = None
+    seconds: float = 0.0  # time spent on this series (features + predict + queue)
+    probability: float | None = None
+    confidence: float | None = None
+    side: str | None = None
+    feature_rows: int = 0
+    feature_path: str = ""  # "tail" (one row from memory) or "batch"
+
+    def record(self, worker: str, decided_at: datetime) -> dict:
+        """The live_decisions row Dagster's sensor turns into run-less asset events."""
+        return {
+            "symbol": self.symbol, "timeframe": self.timeframe, "bar": self.bar, "status": self.status, "message": self.message[:2000],
+            "probability": self.probability, "confidence": self.confidence, "signal_id": self.signal_id, "side": self.side,
+            "feature_rows": self.feature_rows, "feature_path": self.feature_path, "trigger": self.trigger, "worker": worker,
+            "seconds": self.seconds, "decided_at": decided_at,
+        }  # fmt: skip
+
+
+def parse_notification(payload: str) -> tuple[Series, datetime | None] | None:
+    """ "SYMBOL TIMEFRAME [OPEN]" -> ((symbol, timeframe), open time of the bar the EA sent closed)."""
+    parts = payload.split()
+    if len(parts) < 2 or parts[1] not in TIMEFRAME_SECONDS:
+        return None
+    final = None
+    if len(parts) > 2 and parts[2].isdigit():
+        final = from_epoch(int(parts[2]))
+    return (parts[0], parts[1]), final
+
+
+class LiveWorker:
+    """Decides each series' newest ready closed bar once. ``handle`` is one pass; ``run`` is the loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        predictor: Predictor | None = None,
+        shard: tuple[int, int] = (0, 1),
+        leases: SeriesLeases | None = None,
+    ) -> None:
+        self.settings = settings
+        self.predictor = predictor
+        # (index, count): this worker decides the series whose symbol hashes to index (SQLite, one host).
+        self.shard = shard
+        # PostgreSQL: the series this worker holds a lease on (any number of hosts).
+        self.leases = leases
+        # Without leases (SQLite, or a worker built by a test) only a heartbeat: Dagster's
+        # sensor records the bars run-less while some live worker is alive.
+        self.presence = leases or SeriesLeases(
+            settings.database_url, lease_seconds=settings.live_lease_seconds, share=False
+        )
+        self.tails = SeriesTails(settings.database_url)
+        self.decided: dict[Series, datetime] = {}
+        self.final: dict[Series, datetime] = {}  # bars the EA sent after they closed (NOTIFY)
+        self.known: set[Series] = set()
+        self._series_read_at = float("-inf")
+        self._timeframes: list[str] = []
+        self._timeframes_read_at = float("-inf")
+
+    # ---- what there is to do --------------------------------------------------------
+
+    def timeframes(self) -> list[str]:
+        """Timeframes with a model (no model, no signals: the worker idles until the first training)."""
+        if time.monotonic() - self._timeframes_read_at >= MODELS_REFRESH_SECONDS:
+            from mt5_pipeline.learning.model import model_timeframes
+
+            self._timeframes = model_timeframes(self.settings)
+            self._timeframes_read_at = time.monotonic()
+        return self._timeframes
+
+    def refresh_series(self, *, force: bool = False) -> set[Series]:
+        if force or time.monotonic() - self._series_read_at >= SERIES_REFRESH_SECONDS:
+            from mt5_pipeline.storage.candles import list_symbols
+
+            self.known |= set(list_symbols(self.settings.database_url))
+            self._series_read_at = time.monotonic()
+        return self.known
+
+    def ready_bar(self, series: Series, *, now: datetime | None = None) -> datetime | None:
+        """The newest closed bar of the series whose final version is in, or None (the
+        core's rule, :func:`mt5_pipeline.storage.candles.ready_bar`, with what NOTIFY told us)."""
+        symbol, timeframe = series
+        return ready_bar(
+            self.settings.database_url,
+            symbol,
+            timeframe,
+            grace_seconds=self.settings.live_close_grace_seconds,
+            now=now,
+            final=self.final.get(series),
+        ).bar
+
+    def next_tick(self, now: datetime) -> datetime | None:
+        """The next bar close + grace over the timeframes with a model (None: none has one)."""
+        grace = self.settings.live_close_grace_seconds
+        ticks = []
+        for timeframe in self.timeframes():
+            # H4 and longer close on the broker's day (22:00 UTC for a UTC+2 server), W1 on
+            # its Sunday, MN1 on its 1st: the worker does not know the broker's zone, so it
+            # looks every minute (a pass over the series is a few small reads).
+            step = (
+                TIMEFRAME_SECONDS[timeframe]
+                if TIMEFRAME_SECONDS[timeframe] <= TIMEFRAME_SECONDS["H1"]
+                else TIMEFRAME_SECONDS["M1"]
+            )
+            since = (now - timedelta(seconds=grace)).timestamp()
+            boundary = (int(since) // step + 1) * step
+            ticks.append(from_epoch(boundary + grace))
+        return min(ticks) if ticks else None
+
+    # ---- one pass ---------------------------------------------------------------------
+
+    def handle(
+        self, series: Iterable[Series], *, now: datetime | None = None, trigger: str = "poll"
+    ) -> list[LiveDecision]:
+        """Decide every given series whose newest ready bar is not decided yet.
+
+        Series are independent (one lock per symbol in the features, one row per bar in
+        the queue), so they run on LIVE_WORKER_THREADS threads: most of a decision is
+        waiting for the database, and 28 symbols closing the same minute should not queue
+        behind each other.
+        """
+        timeframes = set(self.timeframes())
+        keys = sorted(k for k in set(series) if k[1] in timeframes and self.owns(k))
+        self.known.update(keys)
+        if len(keys) <= 1 or self.settings.live_worker_threads <= 1:
+            decisions = [d for d in map(lambda k: self._one(k, now, trigger), keys) if d is not None]
+        else:
+            with ThreadPoolExecutor(
+                max_workers=min(len(keys), self.settings.live_worker_threads), thread_name_prefix="live"
+            ) as pool:
+                decisions = [d for d in pool.map(lambda k: self._one(k, now, trigger), keys) if d is not None]
+        self._record(decisions)
+        return decisions
+
+    def _record(self, decisions: list[LiveDecision]) -> None:
+        """One INSERT for the pass's decisions, after they are queued: the record never delays a signal."""
+        if not decisions:
+            return
+        from mt5_pipeline.storage import decisions as stored_decisions
+
+        at = utcnow()
+        try:
+            stored_decisions.record(self.settings.database_url, [d.record(self.presence.worker, at) for d in decisions])
+        except Exception as exc:  # the signals are queued; only Dagster's view of them is late
+            log.warning("live decisions not recorded for Dagster (%s: %s)", type(exc).__name__, exc)
+
+    def owns(self, key: Series) -> bool:
+        if self.leases is not None:
+            return self.leases.owns(key)
+        index, count = self.shard
+        return count <= 1 or zlib.crc32(key[0].encode()) % count == index
+
+    def _one(self, key: Series, now: datetime | None, trigger: str) -> LiveDecision | None:
+        at = resolve_now(now)
+        bar = self.ready_bar(key, now=at)
+        if bar is None or (key in self.decided and self.decided[key] >= bar):
+            return None
+        return self._decide(key, bar, at, trigger)
+
+    def _decide(self, key: Series, bar: datetime, at: datetime, trigger: str) -> LiveDecision:
+        from mt5_pipeline.learning.model import ModelTimeframeError, NoFeaturesError
+        from mt5_pipeline.learning.model_store import ModelMismatchError, NoModelError
+
+        symbol, timeframe = key
+        started = time.perf_counter()
+        rows, path = 0, ""
+        try:
+            rows = self.tails.update(symbol, timeframe, now=at).rows_written
+            path = self.tails.last_path.get(key, "")
+            # The bar asked for, not "the newest closed": with the previous bar undecided (a
+            # start, an error) the newest may still be waiting for its final version.
+            result = generate_signal(
+                self.settings, symbol, timeframe, now=at, predictor=self.predictor or self._from_tail(key, bar), bar=bar,
+                recent_bars=self.tails.bars_until(key, bar, EXTREME_CHECK_WINDOW),
+            )  # fmt: skip
+        except NoFeaturesError as exc:
+            self.decided[key] = bar  # warm-up or a gap: nothing to do until the next bar
+            return LiveDecision(
+                symbol,
+                timeframe,
+                bar,
+                "no_features",
+                str(exc),
+                trigger,
+                seconds=time.perf_counter() - started,
+                feature_rows=rows,
+                feature_path=path,
+            )
+        except (NoModelError, ModelMismatchError, ModelTimeframeError) as exc:
+            self._timeframes_read_at = float("-inf")  # the model changed under us: look again
+            log.warning("No live signal for %s %s: %s", symbol, timeframe, exc)
+            return LiveDecision(
+                symbol,
+                timeframe,
+                bar,
+                "no_model",
+                str(exc),
+                trigger,
+                seconds=time.perf_counter() - started,
+                feature_rows=rows,
+                feature_path=path,
+            )
+        self.decided[key] = max(bar, result.bar) if result.bar is not None else bar
+        signal_id = result.signal.signal_id if result.signal else None
+        seconds = time.perf_counter() - started
+        log.info(
+            "live %s %s bar %s (%s): %s in %.0f ms",
+            symbol,
+            timeframe,
+            iso_z(bar),
+            trigger,
+            result.status,
+            seconds * 1000,
+        )
+        return LiveDecision(
+            symbol, timeframe, result.bar or bar, result.status, result.message, trigger, signal_id, seconds,
+            probability=result.probability, confidence=result.confidence, side=result.signal.side if result.signal else None,
+            feature_rows=rows, feature_path=path,
+        )  # fmt: skip
+
+    def _from_tail(self, key: Series, bar: datetime) -> Predictor | None:
+        """The bar's prediction from the feature row the tail just computed and stored
+        (the values predict_latest would read back), or None: read it from the database."""
+        row = self.tails.feature_row(key, bar)
+        if row is None:
+            return None
+        from mt5_pipeline.learning.model import predict_row
+
+        return lambda settings, symbol, timeframe: predict_row(settings, symbol, timeframe, row)
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, listen: bool | None = None) -> None:
+        url = self.settings.database_url
+        use_listen = notifications_supported(url) if listen is None else listen
+        listener = Listener(url, CANDLES_CHANNEL) if use_listen else None
+        poll = self.settings.live_poll_seconds * (LISTEN_POLL_FACTOR if listener else 1)
+        if listener:
+            listener.connect()  # before the first pass, so no commit falls between the two
+        keeper_stop = threading.Event()
+        # Leases are kept on their own thread, so a long pass never lets one lapse; the
+        # first tick runs here, so the first pass knows what this worker holds. The loop
+        # wakes every lease tick to decide series it took over, but the safety-net poll
+        # pass keeps its own cadence.
+        wake = min(poll, self.leases.interval) if self.leases is not None else poll
+        polled_at = time.monotonic()
+        self._safely(lambda: self.presence.tick(self.refresh_series(force=True)))
+        self.presence.take_gained()  # the start pass below decides them
+        keeper = LeaseKeeper(self.presence, lambda: set(self.known), keeper_stop)
+        keeper.start()
+        self._safely(lambda: self.handle(self.refresh_series(force=True), trigger="start"))
+        try:
+            tick: datetime | None = None
+            while not stop.is_set():
+                if self.leases is not None:
+                    gained = self.leases.take_gained()
+                    if gained:
+                        for key in gained:
+                            self.tails.invalidate(key)  # another worker may have written it meanwhile
+                            self.decided.pop(key, None)
+                        self._safely(lambda keys=gained: self.handle(keys, trigger="takeover"))
+                now = utcnow()
+                if tick is None:
+                    # Kept until it has fired: recomputed from the clock each pass, a tick
+                    # passed during a notified pass would slide to the next bar's close.
+                    tick = self.next_tick(now)
+                wait = wake if tick is None else max(0.0, min(wake, (tick - now).total_seconds()))
+                if listener is not None:
+                    payloads = listener.wait(wait, stop)
+                else:
+                    stop.wait(wait)
+                    payloads = []
+                if stop.is_set():
+                    break
+                woken: set[Series] = set()
+                for payload in payloads:
+                    parsed = parse_notification(payload)
+                    if parsed is None:
+                        continue
+                    key, final = parsed
+                    woken.add(key)
+                    if final is not None and (key not in self.final or final > self.final[key]):
+                        self.final[key] = final
+                if woken:
+                    self._safely(lambda keys=woken: self.handle(keys, trigger="notify"))
+                # The grace pass runs when due even while notifications stream in: a series
+                # whose EA sends only forming bars is never notified of a closed bar.
+                if tick is not None and utcnow() >= tick:
+                    tick = None
+                    self._safely(lambda: self.handle(self.refresh_series(), trigger="timer"))
+                elif not woken and time.monotonic() - polled_at >= poll:
+                    polled_at = time.monotonic()
+                    self._safely(lambda: self.handle(self.refresh_series(), trigger="poll"))
+        finally:
+            if listener is not None:
+                listener.close()
+            keeper_stop.set()
+            keeper.join(timeout=self.presence.interval + 5)
+            self.presence.stop()
+
+    def _safely(self, step) -> None:
+        try:
+            step()
+        except Exception as exc:  # a database blip must not end the worker; the next pass retries
+            log.exception("live pass failed (%s); retrying on the next wake-up", exc.__class__.__name__)
+            time.sleep(min(1.0, self.settings.live_poll_seconds))
+
+
+def run_live_worker(
+    settings: Settings,
+    *,
+    stop: threading.Event | None = None,
+    listen: bool | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> int:
+    """`mt5-pipeline live`: run until SIGTERM/SIGINT (or ``stop``); exit code 0.
+
+    With LIVE_PROCESSES > 1 this process starts that many workers, each deciding the
+    symbols that hash to it (a decision is mostly CPU in Python: one process per core
+    lets two closing symbols be decided at once), and stops them with itself.
+    """
+    if settings.live_processes > 1 and shard == (0, 1):
+        return _run_processes(settings, settings.live_processes)
+    stop = stop or threading.Event()
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("Received %s: stopping the live worker", os_signal.Signals(signum).name)
+            stop.set()
+
+        for sig in (os_signal.SIGTERM, os_signal.SIGINT):
+            previous[sig] = os_signal.signal(sig, on_signal)
+    # PostgreSQL: leases (any number of processes and hosts); SQLite: the hash shard.
+    leases = (
+        SeriesLeases(settings.database_url, lease_seconds=settings.live_lease_seconds)
+        if notifications_supported(settings.database_url)
+        else None
+    )
+    worker = LiveWorker(settings, shard=(0, 1) if leases else shard, leases=leases)
+    timeframes = worker.timeframes()
+    log.info(
+        "Live worker%s started: %s, grace %g s after each close%s",
+        f" {leases.worker} (leases of {settings.live_lease_seconds:g} s)"
+        if leases
+        else f" {shard[0] + 1}/{shard[1]}"
+        if shard[1] > 1
+        else "",
+        f"timeframes with a model: {', '.join(timeframes)}"
+        if timeframes
+        else "no model yet (waiting for the first training)",
+        settings.live_close_grace_seconds,
+        ", woken by LISTEN/NOTIFY"
+        if notifications_supported(settings.database_url) and listen is not False
+        else f", polling every {settings.live_poll_seconds:g} s",
+    )
+    try:
+        worker.run(stop, listen=listen)
+    finally:
+        for sig, handler in previous.items():
+            os_signal.signal(sig, handler)  # type: ignore[arg-type]
+    log.info("Live worker stopped")
+    return 0
+
+
+def _shard_main(settings: Settings, index: int, count: int) -> None:
+    from mt5_pipeline.storage.engine import dispose_engines
+
+    dispose_engines()  # never share the parent's pooled connections
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
+    run_live_worker(settings, shard=(index, count))
+
+
+def _run_processes(settings: Settings, count: int) -> int:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_shard_main, args=(settings, i, count), name=f"live-{i + 1}") for i in range(count)]
+    for p in procs:
+        p.start()
+    stop = threading.Event()
+    previous = {sig: os_signal.signal(sig, lambda *_: stop.set()) for sig in (os_signal.SIGTERM, os_signal.SIGINT)}
+    try:
+        while not stop.is_set() and all(p.is_alive() for p in procs):
+            stop.wait(0.5)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: each finishes the decision in flight
+        for p in procs:
+            p.join(30)
+        for sig, handler in previous.items():
+            os_signal.signal(sig, handler)
+    failed = [p.name for p in procs if p.exitcode not in (0, -os_signal.SIGTERM)]
+    if failed and not stop.is_set():
+        log.error("live worker process(es) %s exited; stopping", ", ".join(failed))
+        return 1
+    return 0

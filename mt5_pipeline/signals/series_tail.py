@@ -1,0 +1,242 @@
+"""Each live series' recent tail, kept in the worker's memory: a new closed bar costs one row.
+
+:func:`features.update_features` finds the first stale bar, reads ``LOOKBACK_BARS`` bars
+before it and recomputes from there: on every live bar that is a 500-bar read and three
+probes. A worker that decided the previous bar already holds those 500 bars. Here a
+series' tail is the ``LOOKBACK_BARS`` closed bars whose features are stored; a new closed
+bar is read alone (the series' recently stamped bars, through the ingested_at index), its
+features computed over tail + bar, one row written, the tail shifted by one.
+
+**Identical to the batch.** The frame computed is exactly the one ``update_features``
+would read for that bar (the ``LOOKBACK_BARS`` stored bars before it, then it), and
+:func:`indicators.compute_features` is deterministic, so the rows are bit for bit those of
+the batch path (tested over a long series with corrections).
+
+**Invalidated by corrections.** Every read of the recent bars also sees a re-sent bar (its
+stamp changes) and a gap filled (a bar older than the tail's end appears): any bar at or
+before the tail's end whose (ts, stamp) the tail has not seen drops the tail, and the
+batch path (:func:`features.update_features`) does that bar's work, reading its look-back
+once; the tail is then read again. The same happens on a feature-set change, a first
+bar, or anything unexpected: the batch path is always the fallback, never a second rule.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from mt5_pipeline.bars import closed_cutoff
+from mt5_pipeline.clock import resolve_now
+from mt5_pipeline.learning.features import LOOKBACK_BARS, WATERMARK_MARGIN, FeatureUpdate, update_features
+from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION, FLOAT_COLUMNS, compute_features
+from mt5_pipeline.storage import features as stored
+from mt5_pipeline.storage.candles import CANDLE_COLUMNS, candles_stamped_since, read_candles
+
+Series = tuple[str, str]
+
+# Feature rows kept per series for the prediction: the bar decided is the newest computed,
+# or one before it while the newest waits for its final version.
+KEEP_ROWS = 4
+
+
+# What the features and the extreme-bar guard read of a bar; ts and ingested_at as int64
+# nanoseconds since the epoch (UTC). Columns of numpy arrays, not a DataFrame: shifting a
+# frame by one bar and building one from a bar's tuple cost more than the features.
+_TAIL_COLUMNS = ("ts", "high", "low", "close", "tick_volume", "ingested_at")
+_TUPLE_INDEX = {name: CANDLE_COLUMNS.index(name) for name in _TAIL_COLUMNS}
+_TIMES = ("ts", "ingested_at")
+
+
+@dataclass
+class _Tail:
+    bars: dict[str, np.ndarray]  # the newest LOOKBACK_BARS closed bars with stored features, oldest first
+    seen: dict[datetime, datetime] = field(
+        default_factory=dict
+    )  # ts -> ingested_at of recently stamped bars already handled
+    watermark: datetime | None = None  # newest stamp handled; reads start WATERMARK_MARGIN before it
+    whole: bool = False  # the tail started at the series' first bar (it held fewer than LOOKBACK_BARS)
+    rows: dict[datetime, dict] = field(default_factory=dict)  # the feature rows of the newest bars computed here, by ts
+
+    def __len__(self) -> int:
+        return len(self.bars["ts"])
+
+
+def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """read_candles' frame as the tail's columns."""
+    out = {name: frame[name].to_numpy(dtype=np.float64) for name in ("high", "low", "close")}
+    out["tick_volume"] = frame["tick_volume"].to_numpy(dtype=np.int64)
+    for name in _TIMES:
+        out[name] = pd.DatetimeIndex(frame[name]).as_unit("ns").asi8.copy()
+    return out
+
+
+def _from_tuples(rows: list[tuple]) -> dict[str, np.ndarray]:
+    """Candle tuples (CANDLE_COLUMNS order, aware datetimes) as the tail's columns."""
+    out: dict[str, np.ndarray] = {}
+    for name in _TAIL_COLUMNS:
+        values = [r[_TUPLE_INDEX[name]] for r in rows]
+        if name in _TIMES:
+            out[name] = np.array([pd.Timestamp(v).value for v in values], dtype=np.int64)
+        else:
+            out[name] = np.array(values, dtype=np.int64 if name == "tick_volume" else np.float64)
+    return out
+
+
+def _utc(ns: np.ndarray) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(ns.view("M8[ns]")).tz_localize("UTC")
+
+
+def _frame(bars: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The columns as a frame of read_candles' dtypes (what compute_features and the guards read)."""
+    return pd.DataFrame({name: _utc(values) if name in _TIMES else values for name, values in bars.items()})
+
+
+@dataclass
+class TailStats:
+    fast: int = 0  # bars computed from the tail (one row each)
+    rebuilt: int = 0  # batch-path updates (first bar of a series, corrections, gaps)
+
+
+class SeriesTails:
+    """The features of each series' new closed bars, from its tail in memory.
+
+    Thread-safe across series (one lock per series; the live worker decides several at
+    once). Another process writing the same series' features is harmless: writes go
+    through the same per-series writer lock, and identical inputs give identical rows.
+    """
+
+    def __init__(self, database_url: str, *, lookback: int = LOOKBACK_BARS) -> None:
+        self.database_url = database_url
+        self.lookback = lookback
+        self._tails: dict[Series, _Tail] = {}
+        self._locks: dict[Series, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self.stats = TailStats()
+        self.last_path: dict[Series, str] = {}  # "tail" or "batch": how the series' last update was done
+
+    def invalidate(self, key: Series | None = None) -> None:
+        """Drop one series' tail (all with None): its next update takes the batch path."""
+        with self._guard:
+            if key is None:
+                self._tails.clear()
+            else:
+                self._tails.pop(key, None)
+
+    def feature_row(self, key: Series, bar: datetime) -> dict | None:
+        """The feature row this tail computed and stored for ``bar`` (as predict_latest would
+        read it back: ts, the float columns, usable, feature_set_version), or None."""
+        tail = self._tails.get(key)
+        return None if tail is None else tail.rows.get(bar)
+
+    def bars_until(self, key: Series, bar: datetime, n: int) -> pd.DataFrame | None:
+        """The tail's newest ``n`` bars up to ``bar`` (the stored candles: the tail is
+        dropped on any correction), or None without a tail or when ``bar`` is not in it
+        or the tail holds fewer than ``n`` bars before it while the series may hold more."""
+        tail = self._tails.get(key)
+        if tail is None:
+            return None
+        ts = tail.bars["ts"]
+        at = pd.Timestamp(bar).value
+        upto = int(np.searchsorted(ts, at, side="right"))
+        if upto == 0 or ts[upto - 1] != at:
+            return None
+        if upto < n and not tail.whole:
+            return None
+        lo = max(0, upto - n)
+        return _frame({name: tail.bars[name][lo:upto] for name in ("ts", "high", "low", "close")})
+
+    def _lock(self, key: Series) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def update(self, symbol: str, timeframe: str, *, now: datetime | None = None) -> FeatureUpdate:
+        """Bring the series' features up to its newest closed bar (as ``update_features`` does)."""
+        key = (symbol, timeframe)
+        at = resolve_now(now)
+        with self._lock(key):
+            tail = self._tails.get(key)
+            if tail is not None:
+                done = self._fast(key, tail, at)
+                if done is not None:
+                    self.last_path[key] = "tail"
+                    return done
+                self._tails.pop(key, None)
+            self.last_path[key] = "batch"
+            return self._rebuild(key, at)
+
+    # ---- the batch path, then a fresh tail ---------------------------------------------------
+
+    def _rebuild(self, key: Series, at: datetime) -> FeatureUpdate:
+        symbol, timeframe = key
+        # What is stamped recently is read BEFORE the batch update: whatever it sees, the
+        # update (which reads later) has handled; a bar stamped in between is not in
+        # `seen`, so the next update takes this path again rather than miss it.
+        newest_stored = stored.newest_feature(self.database_url, symbol, timeframe)
+        since = (newest_stored.source_ingested_at - WATERMARK_MARGIN) if newest_stored is not None else None
+        recent = candles_stamped_since(self.database_url, symbol, timeframe, since) if since is not None else None
+        result = update_features(self.database_url, symbol, timeframe, now=at)
+        self.stats.rebuilt += 1
+        if result.newest_ts is None:
+            return result
+        bars = read_candles(self.database_url, symbol, timeframe, end=result.newest_ts, last_n=self.lookback)
+        newest = stored.newest_feature(self.database_url, symbol, timeframe)
+        if newest is None or newest.feature_set_version != FEATURE_SET_VERSION or bars.empty:
+            return result
+        tail = _Tail(bars=_columns(bars), whole=len(bars) < self.lookback)
+        if recent:
+            tail.seen = {r[0]: r[-1] for r in recent}
+            tail.watermark = max(r[-1] for r in recent)
+        else:
+            tail.watermark = newest.source_ingested_at
+        self._tails[key] = tail
+        return result
+
+    # ---- one row ---------------------------------------------------------------------------
+
+    def _fast(self, key: Series, tail: _Tail, at: datetime) -> FeatureUpdate | None:
+        """The new closed bars from the tail, or None when the batch path must run."""
+        symbol, timeframe = key
+        if tail.watermark is None:
+            return None
+        recent = candles_stamped_since(self.database_url, symbol, timeframe, tail.watermark - WATERMARK_MARGIN)
+        end = pd.Timestamp(int(tail.bars["ts"][-1]), tz="UTC").to_pydatetime()
+        fresh = [r for r in recent if tail.seen.get(r[0]) != r[-1]]
+        if any(r[0] <= end for r in fresh):
+            return None  # a re-sent bar or a gap filled at or before the tail's end: a correction
+        newest_open = max([end, *(r[0] for r in recent)])
+        cutoff = closed_cutoff(timeframe, now=at, newest_open=newest_open)
+        new_rows = [r for r in fresh if r[0] <= cutoff]
+        if not new_rows:
+            return FeatureUpdate(symbol, timeframe, 0, end, 0, None, False)
+        new = _from_tuples(new_rows)
+        lookback = len(tail)
+        columns = {name: np.concatenate([tail.bars[name], new[name]]) for name in _TAIL_COLUMNS}
+        feats = compute_features(_frame(columns), timeframe=timeframe)
+        out = feats.iloc[lookback:].reset_index(drop=True)
+        start = new_rows[0][0]
+        with stored.one_writer(self.database_url, symbol, timeframe):
+            stored.replace_rows(
+                self.database_url, symbol, timeframe, out, start=start, version=FEATURE_SET_VERSION, computed_at=at
+            )
+        self.stats.fast += len(new_rows)
+        if len(columns["ts"]) > self.lookback:
+            tail.whole = False
+        tail.bars = {name: values[-self.lookback :] for name, values in columns.items()}
+        # The rows just stored, for the prediction: the same float64 values the read-back gives.
+        matrix = out[list(FLOAT_COLUMNS)].to_numpy(dtype=np.float64)
+        for ts, values, usable in zip(out["ts"], matrix.tolist(), out["usable"].tolist(), strict=True):
+            row = dict(zip(FLOAT_COLUMNS, values, strict=True))
+            row.update(ts=ts.to_pydatetime(), usable=usable, feature_set_version=FEATURE_SET_VERSION)
+            tail.rows[row["ts"]] = row
+        for ts in sorted(tail.rows)[:-KEEP_ROWS]:
+            del tail.rows[ts]
+        for r in new_rows:
+            tail.seen[r[0]] = r[-1]
+        tail.watermark = max(tail.watermark, *(r[-1] for r in recent))
+        floor = tail.watermark - 2 * WATERMARK_MARGIN
+        tail.seen = {ts: stamp for ts, stamp in tail.seen.items() if stamp >= floor}
+        return FeatureUpdate(symbol, timeframe, len(out), new_rows[-1][0], lookback, start, False)

@@ -70,6 +70,9 @@ setup(
             "ta>=0.11",
             "PyYAML>=6",
             "ruff>=0.5",
+            # `make lint` type-checks the package; the pandas stubs make frames checkable.
+            "mypy>=1.10",
+            "pandas-stubs>=2.2",
             # test_scaling validates docker/dagster-docker.yaml against the launcher's own schema.
             "dagster-docker>=0.29,<0.30",
         ],

@@ -19,7 +19,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mt5-pipeline demo
 
-LINTED := mt5_pipeline api ml benchmarks mt5_pipeline_tests
+LINTED := mt5_pipeline api ml benchmarks tools mt5_pipeline_tests
 
 test: lint
 	$(BIN)/python -m pytest -q mt5_pipeline_tests

@@ -250,13 +250,13 @@ def _answers_in_the_code() -> set[str]:
     """Every reason a user can be answered: the signal outcomes, the API's error reasons,
     the delivery states, the bridge's refusals."""
     code = ROOT / "mt5_pipeline"
-    signals = (code / "signals.py").read_text()
+    signals = "".join(p.read_text() for p in sorted((code / "signals").glob("*.py")))
     routes = (code / "api" / "routes.py").read_text()
     bridge = (code / "bridge" / "executor.py").read_text()
     found = set(re.findall(r'GenerateResult\("(\w+)"', signals))
     found |= set(re.findall(r'"reason": "(\w+)"', routes + bridge))
     found |= {"outage", "config_error"}  # ea_delivery in /health (mt5_pipeline.delivery.breaker)
-    breaker = (code / "breaker.py").read_text()
+    breaker = (code / "delivery" / "breaker.py").read_text()
     assert all(f'"{state}"' in breaker for state in ("outage", "config_error"))
     return found - {"queued"}
 

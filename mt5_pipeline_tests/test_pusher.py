@@ -627,7 +627,9 @@ def test_configuration_errors_stop_the_cycle_and_keep_the_signals_pending(
     state = breaker_state(s)
     assert (state.state, state.status_code) == ("config", status)
     assert len(reference_ea.received) == (0 if isinstance(fault, str) else 1)  # stopped at the first answer
-    held = push_pending(s, now=state.probe_at - timedelta(milliseconds=200))
+    # Well before the next probe is due (the cycle's clock runs on from `now`: building the
+    # client alone takes ~0.15 s, so a margin of a fraction of a second made this test racy).
+    held = push_pending(s, now=state.probe_at - timedelta(seconds=3))
     assert held.held_back and held.config_error and held.claimed == 0
     if isinstance(fault, int):  # fixed on the EA's side: the next probe delivers everything, in order
         reference_ea.app_state.status = None

@@ -73,6 +73,7 @@ setup(
             # `make lint` type-checks the package; the pandas stubs make frames checkable.
             "mypy>=1.10",
             "pandas-stubs>=2.2",
+            "types-tqdm",  # the CSV importer's progress bar
             # test_scaling validates docker/dagster-docker.yaml against the launcher's own schema.
             "dagster-docker>=0.29,<0.30",
         ],

@@ -55,8 +55,9 @@ ROLE = {
 
 def package_of(path: Path) -> str | None:
     rel = path.relative_to(PACKAGE)
-    if len(rel.parts) == 1:
-        return "ground" if rel.stem in GROUND else None
+    top = rel.parts[0].removesuffix(".py")
+    if len(rel.parts) == 1 or top in GROUND:  # a ground module may be a package (settings/)
+        return "ground" if top in GROUND else None
     return rel.parts[0] if rel.parts[0] in ORDER else None
 
 
@@ -87,7 +88,11 @@ def collect() -> tuple[dict[str, list[str]], dict[str, set[str]]]:
         pkg = package_of(path)
         if pkg is None or "migrations" in path.parts:
             continue
-        if path.name != "__init__.py" or pkg == "bridge":
+        if pkg == "ground":  # listed by name, a ground package once
+            name = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+            if name not in modules[pkg]:
+                modules[pkg].append(name)
+        elif path.name != "__init__.py" or pkg == "bridge":
             modules[pkg].append(path.stem)
         edges[pkg] |= imports_of(path) - {pkg}
     return modules, edges

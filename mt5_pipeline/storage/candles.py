@@ -1,10 +1,11 @@
 """The candles table: every statement that reads or writes it, on both backends.
 
 Reading (:func:`read_candles`, :func:`newest_candle_ts`, :func:`closes_before`,
-:func:`newest_bars`, :func:`list_symbols`) and the ingest core's upsert
-(:func:`store_batch`) live here, beside the column list, so candle SQL is
-written once. The PostgreSQL/SQLite difference stays inside this module: callers hand a
-validated :class:`CandleBatch` and get counts back.
+:func:`newest_bars`, :func:`list_symbols`, :func:`candles_stamped_since`,
+:func:`ready_bar`) lives here, beside the column list; the ingest core's upsert is
+:func:`store_batch`, written once per backend in :mod:`~mt5_pipeline.storage.candle_store_pg`
+and :mod:`~mt5_pipeline.storage.candle_store_sqlite`. The PostgreSQL/SQLite difference
+stays inside storage/: callers hand a validated :class:`CandleBatch` and get counts back.
 
 Storing, worth knowing:
 
@@ -19,8 +20,7 @@ Storing, worth knowing:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -28,323 +28,42 @@ import pandas as pd
 from psycopg2 import sql
 from sqlalchemy import select
 
-from mt5_pipeline.bars import Ready, bar_close, ready_among
-from mt5_pipeline.clock import as_utc, from_epoch, parse_iso, utcnow
-from mt5_pipeline.settings import TIMEFRAME_SECONDS
+from mt5_pipeline.bars import Ready, ready_among
+from mt5_pipeline.clock import as_utc, parse_iso
 from mt5_pipeline.storage.bulk import (
-    PG_EPOCH_OFFSET_S,
     PG_EPOCH_OFFSET_US,
-    CopyColumn,
     _parse_sqlite_times,
-    constant_text,
-    copy_in,
     copy_out,
-    datetime_to_pg,
-    epoch_seconds_to_pg,
     parse_copy_binary,
     pg_connection,
     sqlite_datetime,
-    sqlite_datetime_strings,
 )
+from mt5_pipeline.storage.candle_batch import CANDLES_CHANNEL, CandleBatch, newest_closed_in_batch
+from mt5_pipeline.storage.candle_store_pg import series_lock_key, store_pg
+from mt5_pipeline.storage.candle_store_sqlite import store_sqlite
 from mt5_pipeline.storage.engine import get_engine, is_postgres
 from mt5_pipeline.storage.schema import candles
 
+# The batch and the lock are the stores'; callers import them from here, with the table.
+__all__ = [
+    "CANDLES_CHANNEL",
+    "CANDLE_COLUMNS",
+    "CANDLE_COPY_FORMATS",
+    "CandleBatch",
+    "candles_stamped_since",
+    "closes_before",
+    "list_symbols",
+    "newest_bars",
+    "newest_candle_ts",
+    "newest_closed_in_batch",
+    "newest_two_bars",
+    "read_candles",
+    "ready_bar",
+    "series_lock_key",
+    "store_batch",
+]
+
 CANDLE_COLUMNS = ("ts", "open", "high", "low", "close", "tick_volume", "spread", "real_volume", "ingested_at")
-# LISTEN/NOTIFY channel of committed closed bars; the payload is "SYMBOL TIMEFRAME OPEN".
-CANDLES_CHANNEL = "candles_closed"
-
-
-@dataclass(frozen=True)
-class CandleBatch:
-    """A validated batch: one row per distinct ts, sorted by ts."""
-
-    symbol: str
-    timeframe: str
-    received: int
-    ts: np.ndarray  # int64 epoch seconds
-    open: np.ndarray
-    high: np.ndarray
-    low: np.ndarray
-    close: np.ndarray
-    tick_volume: np.ndarray  # int64
-    spread: np.ndarray  # int64
-    real_volume: np.ndarray  # int64
-    source_rows: np.ndarray | None = None  # each row's index in the batch as sent (for errors)
-    utc_offset_s: np.ndarray | None = None  # the offset each bar was converted from server time with
-
-    def take(self, keep: np.ndarray) -> CandleBatch:
-        """The rows where `keep` (a mask) is true."""
-        pick = {
-            name: getattr(self, name)[keep]
-            for name in ("ts", "open", "high", "low", "close", "tick_volume", "spread", "real_volume")
-        }
-        return CandleBatch(
-            self.symbol,
-            self.timeframe,
-            self.received,
-            **pick,
-            source_rows=None if self.source_rows is None else self.source_rows[keep],
-            utc_offset_s=None if self.utc_offset_s is None else self.utc_offset_s[keep],
-        )
-
-    def __len__(self) -> int:
-        return len(self.ts)
-
-
-# ---- storing ------------------------------------------------------------------------------
-
-
-_VALUES = ("open", "high", "low", "close", "tick_volume", "spread", "real_volume")
-_SET = ", ".join(f"{v} = t.{v}" for v in _VALUES)
-
-
-def _value_columns(batch: CandleBatch, rows: np.ndarray | slice) -> list[CopyColumn]:
-    return [
-        CopyColumn("f8", batch.open[rows]),
-        CopyColumn("f8", batch.high[rows]),
-        CopyColumn("f8", batch.low[rows]),
-        CopyColumn("f8", batch.close[rows]),
-        CopyColumn("i8", batch.tick_volume[rows]),
-        CopyColumn("i4", batch.spread[rows]),
-        CopyColumn("i8", batch.real_volume[rows]),
-    ]
-
-
-# Read the stored bars of a batch by its time range unless that range holds far more
-# bars than the batch (a sparse batch): then join on the batch's own times instead.
-_RANGE_READ_SLACK = 4
-
-
-def _stored_bars(cur: Any, batch: CandleBatch) -> np.ndarray:
-    """The stored (ts, open, ..., real_volume) rows at the batch's times, sorted by ts."""
-    lo, hi = int(batch.ts[0]), int(batch.ts[-1])
-    span = (hi - lo) // TIMEFRAME_SECONDS[batch.timeframe] + 1
-    columns = "c.ts, c.open, c.high, c.low, c.close, c.tick_volume, c.spread, c.real_volume"
-    series = sql.SQL("c.symbol = {} AND c.timeframe = {}").format(
-        sql.Literal(batch.symbol), sql.Literal(batch.timeframe)
-    )
-    if span <= _RANGE_READ_SLACK * len(batch) + 10_000:
-        query = sql.SQL("SELECT {} FROM candles c WHERE {} AND c.ts BETWEEN {} AND {} ORDER BY c.ts").format(
-            sql.SQL(columns), series, sql.Literal(from_epoch(lo)), sql.Literal(from_epoch(hi))
-        )
-    else:
-        cur.execute("CREATE TEMP TABLE IF NOT EXISTS _ingest_times (ts timestamptz) ON COMMIT DELETE ROWS")
-        copy_in(
-            cur,
-            "COPY _ingest_times FROM STDIN (FORMAT BINARY)",
-            [CopyColumn("ts", epoch_seconds_to_pg(batch.ts))],
-            len(batch),
-        )
-        query = sql.SQL("SELECT {} FROM candles c JOIN _ingest_times t ON c.ts = t.ts WHERE {} ORDER BY c.ts").format(
-            sql.SQL(columns), series
-        )
-    # COPY takes no parameters; sql.Literal quotes on the client, so the values are safe.
-    return parse_copy_binary(
-        copy_out(cur, sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)), _STORED_FORMATS
-    )
-
-
-_STORED_FORMATS = (">i8", ">f8", ">f8", ">f8", ">f8", ">i8", ">i4", ">i8")
-
-
-def _classify(batch: CandleBatch, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(new, changed) masks over the batch, by comparing with the stored rows."""
-    if len(stored) == 0:
-        return np.ones(len(batch), dtype=bool), np.zeros(len(batch), dtype=bool)
-    stored_ts = stored["v0"].astype(np.int64) // 1_000_000 + PG_EPOCH_OFFSET_S
-    at = np.minimum(np.searchsorted(stored_ts, batch.ts), len(stored_ts) - 1)
-    found = stored_ts[at] == batch.ts
-    differs = np.zeros(len(batch), dtype=bool)
-    for i, name in enumerate(_VALUES, start=1):
-        differs |= getattr(batch, name) != stored[f"v{i}"][at].astype(getattr(batch, name).dtype)
-    return ~found, found & differs
-
-
-def series_lock_key(symbol: str, timeframe: str) -> str:
-    """The text whose hash is the series' advisory lock (PostgreSQL)."""
-    return f"candles/{symbol}/{timeframe}"
-
-
-# Under the series lock: the database clock now (or the caller's time), but always after
-# every stamp already stored in the series (GREATEST skips the NULL of an empty series).
-_PG_STAMP = (
-    "SELECT GREATEST(COALESCE(%s::timestamptz, clock_timestamp()), "
-    "(SELECT max(ingested_at) FROM candles WHERE symbol = %s AND timeframe = %s) + interval '1 microsecond')"
-)
-
-
-def _count_new_bars_pg(cur: Any, batch: CandleBatch, inserted: int) -> None:
-    key = (batch.symbol, batch.timeframe)
-    cur.execute("UPDATE candle_series SET bars = bars + %s WHERE symbol = %s AND timeframe = %s", (inserted, *key))
-    if cur.rowcount == 0:  # the series' first ingest: count what is there (once)
-        cur.execute(
-            "INSERT INTO candle_series (symbol, timeframe, bars) SELECT %s, %s, count(*) FROM candles WHERE symbol = %s AND timeframe = %s",
-            (*key, *key),
-        )
-
-
-def _store_pg(
-    url: str, batch: CandleBatch, stamp_base: datetime | None, *, clock: datetime
-) -> tuple[int, int, int | None]:
-    """(inserted, updated, first changed ts in epoch µs) — one transaction.
-
-    Ingests of one series are serialised by an advisory lock, so what is read at the
-    start stays true until commit. The stored bars at the batch's times are read with a
-    binary COPY and compared in numpy: new bars go in with one binary COPY straight into
-    candles (no conflict can occur under the lock), changed bars are updated from a
-    temporary table, and unchanged bars are neither written nor locked — re-sending a
-    day of history costs a read. (One INSERT ... ON CONFLICT DO UPDATE measured 3x
-    slower here: it speculatively inserts every row and locks every conflicting one.)
-    """
-    with pg_connection(url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (series_lock_key(batch.symbol, batch.timeframe),)
-        )
-        new, changed = _classify(batch, _stored_bars(cur, batch))
-        if new.any() or changed.any():
-            cur.execute(_PG_STAMP, (stamp_base, batch.symbol, batch.timeframe))
-            now = cur.fetchone()[0]
-        if new.any():
-            rows = slice(None) if new.all() else np.flatnonzero(new)
-            columns = [
-                constant_text(batch.symbol),
-                constant_text(batch.timeframe),
-                CopyColumn("ts", epoch_seconds_to_pg(batch.ts[rows])),
-                *_value_columns(batch, rows),
-                CopyColumn("ts", datetime_to_pg(now)),
-            ]
-            copy_in(
-                cur,
-                "COPY candles (symbol, timeframe, ts, open, high, low, close, tick_volume, spread, real_volume, ingested_at) "
-                "FROM STDIN (FORMAT BINARY)",
-                columns,
-                int(new.sum()),
-            )
-            _count_new_bars_pg(cur, batch, int(new.sum()))
-        if changed.any():
-            rows = np.flatnonzero(changed)
-            cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS _ingest_candles (ts timestamptz, open float8, high float8, low float8, "
-                "close float8, tick_volume int8, spread int4, real_volume int8) ON COMMIT DELETE ROWS"
-            )
-            copy_in(
-                cur,
-                "COPY _ingest_candles FROM STDIN (FORMAT BINARY)",
-                [CopyColumn("ts", epoch_seconds_to_pg(batch.ts[rows])), *_value_columns(batch, rows)],
-                len(rows),
-            )
-            if len(rows) > 1000:
-                cur.execute("ANALYZE _ingest_candles")  # a planner guessing a few rows picks a nested loop
-            cur.execute(
-                f"UPDATE candles c SET {_SET}, ingested_at = %s FROM _ingest_candles t "
-                "WHERE c.symbol = %s AND c.timeframe = %s AND c.ts = t.ts",
-                (now, batch.symbol, batch.timeframe),
-            )
-            if cur.rowcount != len(rows):  # cannot happen under the lock; never report wrong counts
-                raise RuntimeError(f"updated {cur.rowcount} bars, expected {len(rows)}")
-        closed = newest_closed_in_batch(batch, clock)
-        if closed is not None:
-            # Even when nothing changed: a final version identical to the forming one is
-            # still the news that the bar closed. Delivered at commit, never before.
-            cur.execute("SELECT pg_notify(%s, %s)", (CANDLES_CHANNEL, f"{batch.symbol} {batch.timeframe} {closed}"))
-    touched = new | changed
-    first = int(batch.ts[np.argmax(touched)]) * 1_000_000 if touched.any() else None
-    return int(new.sum()), int(changed.sum()), first
-
-
-def newest_closed_in_batch(batch: CandleBatch, now: datetime) -> int | None:
-    """Open time (epoch s) of the newest closed bar the batch holds, or None: every bar but
-    the newest is closed (a later one exists); the newest is once its timeframe has run out."""
-    if len(batch) == 0:
-        return None
-    newest = int(batch.ts[-1])
-    if bar_close(from_epoch(newest), batch.timeframe) <= now:
-        return newest
-    return int(batch.ts[-2]) if len(batch) > 1 else None
-
-
-def _store_sqlite(url: str, batch: CandleBatch, stamp_base: datetime | None) -> tuple[int, int, int | None]:
-    """Same semantics on SQLite: a temp table, one UPDATE for bars that differ, one INSERT
-    for new ones, under BEGIN IMMEDIATE (the write lock from the start, so the counts and
-    the writes see the same data, and the stamp is read once the lock is held)."""
-    ts_text = sqlite_datetime_strings(batch.ts * 1_000_000).tolist()
-    rows = list(
-        zip(
-            ts_text,
-            batch.open.tolist(),
-            batch.high.tolist(),
-            batch.low.tolist(),
-            batch.close.tolist(),
-            batch.tick_volume.tolist(),
-            batch.spread.tolist(),
-            batch.real_volume.tolist(),
-            strict=True,
-        )
-    )
-    key = (batch.symbol, batch.timeframe)
-    differs = " OR ".join(f"c.{v} IS NOT t.{v}" for v in _VALUES)
-    raw = get_engine(url).raw_connection()
-    try:
-        db = raw.driver_connection
-        saved = db.isolation_level
-        db.isolation_level = None  # explicit BEGIN/COMMIT below
-        cur = db.cursor()
-        try:
-            cur.execute("BEGIN IMMEDIATE")
-            cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS _ingest_candles (ts TEXT PRIMARY KEY, open REAL, high REAL, low REAL, "
-                "close REAL, tick_volume INTEGER, spread INTEGER, real_volume INTEGER)"
-            )
-            cur.execute("DELETE FROM temp._ingest_candles")
-            cur.executemany("INSERT INTO temp._ingest_candles VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            first = cur.execute(
-                "SELECT min(t.ts) FROM temp._ingest_candles t LEFT JOIN candles c "
-                f"ON c.symbol = ? AND c.timeframe = ? AND c.ts = t.ts WHERE c.ts IS NULL OR {differs}",
-                key,
-            ).fetchone()[0]
-            newest = cur.execute(
-                "SELECT max(ingested_at) FROM candles WHERE symbol = ? AND timeframe = ?", key
-            ).fetchone()[0]
-            stamp_at = stamp_base or utcnow()  # one machine: its clock is the database's
-            if newest is not None:
-                stamp_at = max(stamp_at, pd.Timestamp(newest, tz="UTC").to_pydatetime() + timedelta(microseconds=1))
-            stamp = sqlite_datetime(stamp_at)
-            cur.execute(
-                f"UPDATE candles AS c SET {_SET}, ingested_at = ? FROM temp._ingest_candles t "
-                f"WHERE c.symbol = ? AND c.timeframe = ? AND c.ts = t.ts AND ({differs})",
-                (stamp, *key),
-            )
-            updated = cur.rowcount
-            cur.execute(
-                "INSERT INTO candles (symbol, timeframe, ts, open, high, low, close, tick_volume, spread, real_volume, ingested_at) "
-                "SELECT ?, ?, t.ts, t.open, t.high, t.low, t.close, t.tick_volume, t.spread, t.real_volume, ? "
-                "FROM temp._ingest_candles t WHERE NOT EXISTS "
-                "(SELECT 1 FROM candles c WHERE c.symbol = ? AND c.timeframe = ? AND c.ts = t.ts)",
-                (*key, stamp, *key),
-            )
-            inserted = cur.rowcount
-            if inserted:
-                cur.execute(
-                    "UPDATE candle_series SET bars = bars + ? WHERE symbol = ? AND timeframe = ?", (inserted, *key)
-                )
-                if cur.rowcount == 0:
-                    cur.execute(
-                        "INSERT INTO candle_series (symbol, timeframe, bars) SELECT ?, ?, count(*) FROM candles WHERE symbol = ? AND timeframe = ?",
-                        (*key, *key),
-                    )
-            cur.execute("DELETE FROM temp._ingest_candles")
-            cur.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                cur.execute("ROLLBACK")
-            raise
-        finally:
-            cur.close()
-            db.isolation_level = saved
-    finally:
-        raw.close()
-    first_us = None if first is None else int(pd.Timestamp(first, tz="UTC").value // 1000)
-    return inserted, updated, first_us
 
 
 def store_batch(
@@ -356,8 +75,8 @@ def store_batch(
     ``clock``: the time that decides which bars of the batch are closed (the NOTIFY).
     """
     if is_postgres(database_url):
-        return _store_pg(database_url, batch, stamp_base, clock=clock)
-    return _store_sqlite(database_url, batch, stamp_base)
+        return store_pg(database_url, batch, stamp_base, clock=clock)
+    return store_sqlite(database_url, batch, stamp_base)
 
 
 # ---- reading ------------------------------------------------------------------------------
@@ -433,7 +152,9 @@ def read_candles(
     return _read_candles_sqlite(database_url, symbol, timeframe, start, end, last_n)
 
 
-def _read_candles_pg(url, symbol, timeframe, start, end, last_n) -> pd.DataFrame:
+def _read_candles_pg(
+    url: str, symbol: str, timeframe: str, start: datetime | None, end: datetime | None, last_n: int | None
+) -> pd.DataFrame:
     where = [
         sql.SQL("symbol = {}").format(sql.Literal(symbol)),
         sql.SQL("timeframe = {}").format(sql.Literal(timeframe)),
@@ -455,7 +176,9 @@ def _read_candles_pg(url, symbol, timeframe, start, end, last_n) -> pd.DataFrame
     return frame
 
 
-def _read_candles_sqlite(url, symbol, timeframe, start, end, last_n) -> pd.DataFrame:
+def _read_candles_sqlite(
+    url: str, symbol: str, timeframe: str, start: datetime | None, end: datetime | None, last_n: int | None
+) -> pd.DataFrame:
     clauses = ["symbol = ?", "timeframe = ?"]
     params: list[object] = [symbol, timeframe]
     if start is not None:
@@ -584,38 +307,46 @@ _SQLITE_STATS = (
 )
 
 
-def _series(database_url: str, *, stats: bool) -> list[tuple]:
+def _series(database_url: str, *, stats: bool) -> list[tuple[Any, ...]]:
     """(symbol, timeframe, newest_ts, bars, newest_ingested_at) per series; stats None unless asked."""
     if is_postgres(database_url):
-        query = _PG_SERIES + (
-            _PG_SERIES_STATS if stats else "SELECT symbol, timeframe, NULL, NULL, NULL FROM series ORDER BY 1, 2"
-        )
-        with pg_connection(database_url) as conn, conn.cursor() as cur:
-            cur.execute("SET LOCAL jit = off")  # index probes: compiling them costs more than running them
-            cur.execute(query)
-            rows = cur.fetchall()
-            if stats:
-                for i, row in enumerate(rows):
-                    if row[3] is None:  # not kept by the ingest core: counted, once per call
-                        cur.execute(_PG_COUNT, (row[0], row[1]))
-                        rows[i] = (*row[:3], cur.fetchone()[0], row[4])
+        return [(r[0], r[1], _aware(r[2]), r[3], _aware(r[4])) for r in _series_pg(database_url, stats=stats)]
+    return [(r[0], r[1], _utc_text(r[2]), r[3], _utc_text(r[4])) for r in _series_sqlite(database_url, stats=stats)]
 
-        def when(value):
-            return as_utc(value) if value is not None else None
 
-    else:
-        rows = []
-        with get_engine(database_url).connect() as conn:
-            key = conn.exec_driver_sql(_SQLITE_FIRST).first()
-            while key is not None:
-                figures = conn.exec_driver_sql(_SQLITE_STATS, (key[0], key[1])).first() if stats else (None, None, None)
-                rows.append((key[0], key[1], *figures))
-                key = conn.exec_driver_sql(_SQLITE_NEXT, (key[0], key[1])).first()
+def _series_pg(database_url: str, *, stats: bool) -> list[tuple[Any, ...]]:
+    query = _PG_SERIES + (
+        _PG_SERIES_STATS if stats else "SELECT symbol, timeframe, NULL, NULL, NULL FROM series ORDER BY 1, 2"
+    )
+    with pg_connection(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SET LOCAL jit = off")  # index probes: compiling them costs more than running them
+        cur.execute(query)
+        rows: list[tuple[Any, ...]] = cur.fetchall()
+        if stats:
+            for i, row in enumerate(rows):
+                if row[3] is None:  # not kept by the ingest core: counted, once per call
+                    cur.execute(_PG_COUNT, (row[0], row[1]))
+                    rows[i] = (*row[:3], cur.fetchone()[0], row[4])
+    return rows
 
-        def when(value):
-            return pd.Timestamp(value, tz="UTC").to_pydatetime() if value is not None else None
 
-    return [(r[0], r[1], when(r[2]), r[3], when(r[4])) for r in rows]
+def _series_sqlite(database_url: str, *, stats: bool) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    with get_engine(database_url).connect() as conn:
+        key = conn.exec_driver_sql(_SQLITE_FIRST).first()
+        while key is not None:
+            figures = conn.exec_driver_sql(_SQLITE_STATS, (key[0], key[1])).first() if stats else None
+            rows.append((key[0], key[1], *(figures or (None, None, None))))
+            key = conn.exec_driver_sql(_SQLITE_NEXT, (key[0], key[1])).first()
+    return rows
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return as_utc(value) if value is not None else None
+
+
+def _utc_text(value: str | None) -> datetime | None:
+    return pd.Timestamp(value, tz="UTC").to_pydatetime() if value is not None else None
 
 
 _PG_STAMPED_SINCE = f"SELECT {', '.join(CANDLE_COLUMNS)} FROM candles WHERE symbol = %s AND timeframe = %s AND ingested_at >= %s ORDER BY ts"

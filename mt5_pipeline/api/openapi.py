@@ -66,7 +66,8 @@ def render_docs(spec: dict[str, Any]) -> str:
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
             parts.append(
-                f"<div class='op' id='{e(op['operationId'])}'><h2><span class='m'>{e(method)}</span><code>{e(path)}</code></h2>"
+                f"<div class='op' id='{e(op['operationId'])}'>"
+                f"<h2><span class='m'>{e(method)}</span><code>{e(path)}</code></h2>"
             )
             parts.append(f"<p>{e(op.get('summary', ''))}</p>")
             if op.get("description"):
@@ -83,7 +84,8 @@ def render_docs(spec: dict[str, Any]) -> str:
                 media = body["content"]["application/json"]
                 name = media["schema"]["$ref"].rsplit("/", 1)[-1]
                 parts.append(
-                    f"<p>Body: <code>{e(name)}</code></p><pre>{e(json.dumps(spec['components']['schemas'][name], indent=2))}</pre>"
+                    f"<p>Body: <code>{e(name)}</code></p>"
+                    f"<pre>{e(json.dumps(spec['components']['schemas'][name], indent=2))}</pre>"
                 )
                 if "example" in media:
                     parts.append(f"<p>Example:</p><pre>{e(json.dumps(media['example'], indent=2))}</pre>")

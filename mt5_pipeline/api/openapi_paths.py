@@ -53,13 +53,16 @@ def signal_paths() -> dict[str, Any]:
                 "summary": "Predict on the newest closed bar and queue a signal for the EA",
                 "description": (
                     "Only a closed bar is predicted (open + timeframe <= now, or a later bar exists); the forming bar "
-                    "is ignored, and so is a closed bar whose final version has not arrived within LIVE_CLOSE_GRACE_SECONDS "
-                    "of its close (the bar before it is decided; 409 reason=not_ready when there is none). 200 with success=true: queued (the seed's response). 200 with success=false: the "
+                    "is ignored, and so is a closed bar whose final version has not arrived within "
+                    "LIVE_CLOSE_GRACE_SECONDS "
+                    "of its close (the bar before it is decided; 409 reason=not_ready when there is none). 200 with "
+                    "success=true: queued (the seed's response). 200 with success=false: the "
                     "probability is inside the neutral band (no signal unless force=true). 404: no features for that "
                     "symbol and timeframe. 422 reason=no_model_for_timeframe: no model was trained on that timeframe "
                     "(timeframes_with_model lists those that have one). 409 reason=duplicate: this bar already has its "
                     "signal (one per bar, whatever the model version; `signal` is that one); 409 reason=too_late: the "
-                    "bar's close + SIGNAL_TTL_SECONDS has passed, so a signal could not be delivered (`figures` says by "
+                    "bar's close + SIGNAL_TTL_SECONDS has passed, so a signal could not be delivered (`figures` says "
+                    "by "
                     "how much); 409 reason=stale_bar: the newest bar is too old (the feed has stalled); 409 "
                     "reason=unconfirmed_extreme: the bar is an extreme move the next bars have not confirmed yet; 409 "
                     "reason=unknown_pip_size: the symbol is not a currency pair and has no pip size (set PIP_SIZES or "
@@ -87,11 +90,13 @@ def signal_paths() -> dict[str, Any]:
                     "404": error_response("no features for this symbol and timeframe"),
                     "409": error_response(
                         "reason=duplicate (this bar already has its signal), reason=too_late (past the bar's close + "
-                        "SIGNAL_TTL_SECONDS), reason=stale_bar (the feed has stalled) or reason=not_ready (the closed bar's "
+                        "SIGNAL_TTL_SECONDS), reason=stale_bar (the feed has stalled) or reason=not_ready (the closed "
+                        "bar's "
                         "final version may still come)"
                     ),
                     "503": error_response(
-                        "no model yet (the message says how to train one), a stale or mismatched model, or the database is down"
+                        "no model yet (the message says how to train one), a stale or mismatched model, or the "
+                        "database is down"
                     ),
                 },
             }
@@ -101,9 +106,12 @@ def signal_paths() -> dict[str, Any]:
                 "operationId": "testConnection",
                 "summary": "Probe the EA's signals route (sets ea_connection_test_success)",
                 "description": (
-                    'POSTs {"probe": true} (no signal_id: no EA can trade it) to EA_SERVER_URL with the key. Connected when '
-                    "the reference EA accepts the probe, or another EA refuses the empty body (400/422): the route exists. "
-                    "401/403/404/405/415 (wrong key, path, method or content type) and 5xx are not connected, with the status."
+                    'POSTs {"probe": true} (no signal_id: no EA can trade it) to EA_SERVER_URL with the key. Connected '
+                    "when "
+                    "the reference EA accepts the probe, or another EA refuses the empty body (400/422): the route "
+                    "exists. "
+                    "401/403/404/405/415 (wrong key, path, method or content type) and 5xx are not connected, with the "
+                    "status."
                 ),
                 "responses": {
                     "200": json_response(
@@ -139,7 +147,8 @@ def delivery_paths() -> dict[str, Any]:
                 "description": (
                     "Works whatever EA_PUSH_ENABLED says (that switch is for the automatic pushers). An EA that does "
                     "not answer is not an error here: the signals stay PENDING (an outage; see retried). 502 with "
-                    "reason ea_auth when the EA refuses EA_API_KEY, ea_config (and ea_status_code) on a 403/404/405/415: "
+                    "reason ea_auth when the EA refuses EA_API_KEY, ea_config (and ea_status_code) on a "
+                    "403/404/405/415: "
                     "configuration errors, the signals stay PENDING with no attempt spent."
                 ),
                 "responses": {
@@ -173,7 +182,10 @@ def delivery_paths() -> dict[str, Any]:
             "get": {
                 "operationId": "pullSignals",
                 "summary": "Pull mode: deliverable signals, oldest first; reading changes nothing",
-                "description": "A pulled signal stays deliverable until the EA acks it (POST /ea/ack) or it expires; the EA dedupes on signal_id.",
+                "description": (
+                    "A pulled signal stays deliverable until the EA acks it (POST /ea/ack) or it expires; the EA "
+                    "dedupes on signal_id."
+                ),
                 "parameters": query_parameters(requests.PullQuery),
                 "responses": {
                     "200": json_response(ref(responses.SignalsResponse), "signals the EA has not acked yet"),
@@ -192,11 +204,17 @@ def trade_paths() -> dict[str, Any]:
         "/ea/trades": {
             "post": {
                 "operationId": "reportTrades",
-                "summary": "The bridge or the EA reports positions: opens and closes, from the deals history (idempotent by ticket)",
+                "summary": (
+                    "The bridge or the EA reports positions: opens and closes, from the deals history (idempotent by "
+                    "ticket)"
+                ),
                 "description": (
-                    "One row per ticket: the open report inserts it, the close report (same ticket, with close_time, close_price "
-                    "and exit_reason) completes it, a repeat changes nothing, and no report reopens a closed trade. Timeframe and "
-                    "model_version come from the signal; a report whose signal is unknown is kept and flagged (unknown_signal). "
+                    "One row per ticket: the open report inserts it, the close report (same ticket, with close_time, "
+                    "close_price "
+                    "and exit_reason) completes it, a repeat changes nothing, and no report reopens a closed trade. "
+                    "Timeframe and "
+                    "model_version come from the signal; a report whose signal is unknown is kept and flagged "
+                    "(unknown_signal). "
                     "Pips are computed here from the prices and the signal's pip. Times are UTC. docs/trades.md."
                 ),
                 "requestBody": request_body(
@@ -227,10 +245,14 @@ def trade_paths() -> dict[str, Any]:
         "/ea/reconcile": {
             "post": {
                 "operationId": "reconcile",
-                "summary": "Compare the terminal's positions with the open trades; record the state and the unknown positions",
+                "summary": (
+                    "Compare the terminal's positions with the open trades; record the state and the unknown positions"
+                ),
                 "description": (
-                    "Send every open position carrying the magic. Positions the API did not hold open are recorded (flagged if "
-                    "their signal is unknown); open trades the terminal no longer holds come back as missing: report their close "
+                    "Send every open position carrying the magic. Positions the API did not hold open are recorded "
+                    "(flagged if "
+                    "their signal is unknown); open trades the terminal no longer holds come back as missing: report "
+                    "their close "
                     "from the deals history. Nothing is closed. /health and /metrics show the state."
                 ),
                 "requestBody": request_body(requests.ReconcileRequest, examples.RECONCILE),

@@ -105,9 +105,25 @@ class FakeHistory(FakeMarket):
         # An IN deal trades the position's way; the OUT deal the other.
         buy = (pos.type == ORDER_TYPE_BUY) == (entry == DEAL_ENTRY_IN)
         deal = TradeDeal(
-            self._deal_ticket, order, int(at), int(at) * 1000, DEAL_TYPE_BUY if buy else DEAL_TYPE_SELL, entry, pos.magic, pos.ticket, reason,
-            volume, price, round(-self.commission_per_lot * volume, 2), swap, profit, 0.0, pos.symbol, pos.comment, "",
-        )  # fmt: skip
+            ticket=self._deal_ticket,
+            order=order,
+            time=int(at),
+            time_msc=int(at) * 1000,
+            type=DEAL_TYPE_BUY if buy else DEAL_TYPE_SELL,
+            entry=entry,
+            magic=pos.magic,
+            position_id=pos.ticket,
+            reason=reason,
+            volume=volume,
+            price=price,
+            commission=round(-self.commission_per_lot * volume, 2),
+            swap=swap,
+            profit=profit,
+            fee=0.0,
+            symbol=pos.symbol,
+            comment=pos.comment,
+            external_id="",
+        )
         self.deals.append(deal)
         return deal
 

@@ -36,7 +36,8 @@ def _champion(settings: Settings, timeframe: str) -> tuple[LoadedModel | None, s
     except ModelMismatchError as exc:
         return (
             None,
-            f"the champion cannot be used by this installation ({str(exc).split('. Retrain')[0]}), judged on the baselines alone",
+            f"the champion cannot be used by this installation ({str(exc).split('. Retrain')[0]}), "
+            "judged on the baselines alone",
         )
 
 
@@ -66,7 +67,8 @@ def challenge(
             positions = main.test[ts_ns[main.test] >= start_ns]
         if len(positions) < MIN_COMPARE_ROWS:
             note = (
-                f"champion {champion.version} has only {len(positions)} out-of-sample rows in the candidate's evaluation part "
+                f"champion {champion.version} has only {len(positions)} out-of-sample rows "
+                "in the candidate's evaluation part "
                 f"(need {MIN_COMPARE_ROWS}), judged on the baselines alone"
             )
             champion, positions = None, main.test

@@ -68,7 +68,8 @@ def build_training_set(
         parts.append(merged[["symbol", "ts", *MODEL_FEATURES, "label", "label_end_ts"]])
     if not parts:
         raise InsufficientDataError(
-            f"no usable labelled {timeframe} feature rows for {wanted or 'any symbol'}: ingest candles (more than the warm-up) and materialize features_m1 first"
+            f"no usable labelled {timeframe} feature rows for {wanted or 'any symbol'}: "
+            "ingest candles (more than the warm-up) and materialize features_m1 first"
         )
     frame = pd.concat(parts, ignore_index=True).sort_values(["ts", "symbol"], kind="stable").reset_index(drop=True)
     return TrainingSet(frame=frame, candles=candles_by_symbol)

@@ -281,9 +281,9 @@ def _sidecar(
         "metrics": cv.metrics,
         "walk_forward": cv.folds,
         "backtest": backtest,
+        "execution_policy": {"entry": settings.entry_policy, "max_hold_bars": settings.label_max_hold_bars},
         # Each backtest trade's net pips, by exit time: what live trades are judged
         # against (live_performance's bootstrap band); the newest if there are very many.
-        "execution_policy": {"entry": settings.entry_policy, "max_hold_bars": settings.label_max_hold_bars},
         "backtest_trade_pips": [
             round(float(x), 2)
             for x in bt.trades.sort_values("exit_ts", kind="stable")["pips"].to_numpy()[-MAX_SAVED_TRADE_PIPS:]

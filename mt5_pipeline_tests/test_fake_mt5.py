@@ -101,3 +101,31 @@ def test_history_by_time_keeps_closed_positions(term):
     assert term.history_deals_get(server_now + 7200, server_now + 9000) == ()
     term.shutdown()
     assert term.history_deals_get(0, server_now) is None
+
+
+def test_a_close_is_refused_as_a_trade_server_refuses_it_and_the_position_stays(term):
+    pos = _open(term, mt5.ORDER_TYPE_BUY)
+    tick = term.symbol_info_tick("EURUSD")
+
+    def close(**change):
+        request = {
+            "action": mt5.TRADE_ACTION_DEAL, "symbol": "EURUSD", "volume": pos.volume, "type": mt5.ORDER_TYPE_SELL,
+            "position": pos.ticket, "price": tick.bid, "deviation": 10, "type_filling": mt5.ORDER_FILLING_FOK,
+        }  # fmt: skip
+        return term.order_send({**request, **change})
+
+    assert close(type=mt5.ORDER_TYPE_BUY).retcode == mt5.TRADE_RETCODE_INVALID  # the same side opens, not closes
+    assert close(volume=pos.volume * 2).retcode == mt5.TRADE_RETCODE_INVALID  # more than it holds
+    far = close(price=tick.bid - 0.0050)
+    # A requote quotes the market (the close price) and fills nothing.
+    assert (far.retcode, far.order, far.deal, far.volume) == (mt5.TRADE_RETCODE_REQUOTE, 0, 0, 0.0)
+    assert far.price == pytest.approx(tick.bid)
+    term.script("EURUSD", [mt5.TRADE_RETCODE_NO_MONEY])
+    assert close().retcode == mt5.TRADE_RETCODE_NO_MONEY
+    term.market_closed.add("EURUSD")
+    assert close().retcode == mt5.TRADE_RETCODE_MARKET_CLOSED
+    assert close(symbol="GBPUSD").retcode == 10036  # not that symbol's position
+    assert term.positions_get() == (pos,)
+    assert [d.entry for d in term.history_deals_get(position=pos.ticket)] == [mt5.DEAL_ENTRY_IN]
+    term.market_closed.clear()
+    assert close().retcode == mt5.TRADE_RETCODE_DONE and term.positions_get() == ()

@@ -723,3 +723,44 @@ def test_probe_spacing_doubles_and_is_capped_by_the_ttl():
     assert breaker.probe_spacing(20, ttl_seconds=60, rng=rng) <= 5.0  # min(5 s, TTL/12)
     assert breaker.probe_spacing(20, ttl_seconds=12, rng=rng) <= 1.0
     assert breaker.probe_spacing(1, ttl_seconds=60, retry_after=3, rng=rng) == 3.0
+
+
+# ---- several requests in flight (delivery/push_round's lanes) -------------------------------
+
+
+def test_lanes_overlap_requests_across_symbols_and_keep_each_symbols_order(pg_settings, reference_ea):
+    url = pg_settings.database_url
+    signals = enqueue(url, by_symbol(24, 4))
+    reference_ea.app_state.delay = 0.05
+    r = push_pending(pg_settings)
+    assert (r.claimed, r.sent, r.released) == (24, 24, 0)
+    received = reference_ea.signal_ids()
+    for symbol in {s["symbol"] for s in signals}:
+        queued = [s["signal_id"] for s in signals if s["symbol"] == symbol]
+        assert [sid for sid in received if sid in queued] == queued  # each symbol in its queue order
+    assert received[0] == signals[0]["signal_id"]  # the round's first request went alone
+    assert len(set(reference_ea.peers)) > 1  # more than one connection: requests were in flight together
+
+
+def test_two_lanes_failing_at_once_open_the_breaker_once_and_charge_one_signal(pg_settings, reference_ea):
+    url = pg_settings.database_url
+    signals = enqueue(url, by_symbol(12, 3))  # SYM000 x4, SYM001 x4, SYM002 x4
+    heads = {signals[4]["signal_id"], signals[8]["signal_id"]}  # the first of SYM001 and of SYM002
+    reference_ea.app_state.poison = heads
+    reference_ea.app_state.delay = 1.0  # both heads are in flight before either answers
+    r = push_pending(pg_settings)
+    assert (r.retried, r.outage) == (1, False)  # one failure is the breaker's ...
+    state = breaker_state(pg_settings)
+    assert state.state == "outage" and state.failures == 1
+    by_id = {x["signal_id"]: x for x in rows(url)}
+    charged = [sid for sid in heads if by_id[sid]["attempts"] == 1]
+    assert len(charged) == 1 and by_id[charged[0]]["id"] == state.suspect_id
+    [spared] = heads - set(charged)  # ... the other failed beside it: given back, attempt undone
+    assert by_id[spared]["status"] == "PENDING" and by_id[spared]["attempts"] == 0
+    assert "EA answered 500" in by_id[spared]["last_error"]
+    received = reference_ea.signal_ids()
+    for head in heads:  # nothing of a failed symbol was sent after its failure
+        later = [s["signal_id"] for s in signals if s["symbol"] == by_id[head]["symbol"]][1:]
+        assert not set(later) & set(received)
+    assert all(x["claim_token"] is None for x in rows(url))
+    assert r.sent + r.retried + r.released == 12

@@ -11,7 +11,8 @@ all call it.
 Decisions worth knowing:
 - An EA outage is the EA's, not the signals': the first failed request (refused, timeout,
   5xx, 429) opens the breaker and ends the cycle, the rest of the batch released untried
-  (requests already in flight beside it finish; any that failed too keep their attempt).
+  (requests already in flight beside it finish; one that failed too is given back, its
+  attempt undone).
   While it is open no pusher sends; one probes with a single signal at growing intervals
   (0.5 s doubling, capped at min(5 s, TTL/12)); when the EA answers, the held signals go
   out in order in the same cycle. An attempt is only charged to a signal that fails while

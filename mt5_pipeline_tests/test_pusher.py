@@ -22,8 +22,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from mt5_pipeline.apps.push_worker import run_push_worker
 from mt5_pipeline.delivery import breaker
-from mt5_pipeline.delivery.pusher import LEASE_SECONDS, backoff_seconds, push_pending, run_worker
+from mt5_pipeline.delivery.push_round import backoff_seconds
+from mt5_pipeline.delivery.pusher import LEASE_SECONDS, idle_seconds, push_pending
 from mt5_pipeline.learning.prediction import Prediction
 from mt5_pipeline.signals import queue
 from mt5_pipeline.signals.generation import generate_signal
@@ -324,7 +326,7 @@ def test_backoff_grows_with_jitter_and_stays_inside_the_ttl(settings):
 
 def test_a_long_batch_renews_its_lease_so_no_other_pusher_takes_it(pg_url, settings_for, reference_ea):
     s = reference_ea.settings(settings_for(pg_url, ea_request_timeout=1))
-    enqueue(pg_url, [make_signal(f"SYM{i}") for i in range(8)])
+    enqueue(pg_url, by_symbol(8, 1))  # one symbol: its signals go one after the other
     reference_ea.app_state.delay = 0.3  # 8 sends take > 2.4 s, longer than the 2 s lease
     results: list = []
     pusher = threading.Thread(target=lambda: results.append(push_pending(s, lease_seconds=2.0)))
@@ -369,7 +371,7 @@ def test_worker_wakes_on_notify_instead_of_waiting_for_the_poll(pg_url, settings
     s = reference_ea.settings(settings_for(pg_url, ea_push_interval=600))
     stop = threading.Event()
     codes: list[int] = []
-    worker = threading.Thread(target=lambda: codes.append(run_worker(s, stop=stop)))
+    worker = threading.Thread(target=lambda: codes.append(run_push_worker(s, stop=stop)))
     worker.start()
     try:
         wait_for(lambda: False, timeout=1.0)  # let it run its first (empty) cycle and start waiting
@@ -386,7 +388,7 @@ def test_worker_wakes_on_notify_instead_of_waiting_for_the_poll(pg_url, settings
 def test_worker_idles_while_pushing_is_disabled(pg_url, settings_for, reference_ea):
     s = reference_ea.settings(settings_for(pg_url, ea_push_enabled="false"))
     enqueue(pg_url, [make_signal()])
-    assert run_worker(s, once=True) == 0
+    assert run_push_worker(s, once=True) == 0
     assert reference_ea.received == []
     assert queue.status_counts(pg_url)["PENDING"] == 1
 
@@ -399,7 +401,7 @@ def test_expiry_runs_in_push_and_in_pull_mode(db_url, settings_for, reference_ea
     late, fresh = make_signal(expires_at=now - timedelta(seconds=1)), make_signal("GBPUSD", ttl=600)
     enqueue(db_url, [late, fresh])
     stop = threading.Event()
-    worker = threading.Thread(target=run_worker, args=(s,), kwargs={"stop": stop, "listen": False}, daemon=True)
+    worker = threading.Thread(target=run_push_worker, args=(s,), kwargs={"stop": stop, "listen": False}, daemon=True)
     worker.start()
     try:
         assert wait_for(lambda: queue.get_signal(db_url, late["signal_id"])["status"] == "EXPIRED", timeout=10)
@@ -491,7 +493,8 @@ def test_two_pusher_processes_deliver_each_of_500_signals_once(pg_url, reference
     assert sum(sent) == 500 and min(sent) > 0  # both really took part
     counts = collections.Counter(reference_ea.signal_ids())
     assert set(counts) == {s["signal_id"] for s in signals}
-    assert set(counts.values()) == {1}
+    twice = [(r["symbol"], r["attempts"], r["last_error"]) for r in rows(pg_url) if counts[r["signal_id"]] > 1]
+    assert twice == [], (twice, [o[1][-3000:] for o in outs])
     assert queue.status_counts(pg_url)["SENT"] == 500
 
 
@@ -648,7 +651,6 @@ def test_a_422_on_a_well_formed_signal_stays_the_eas_rejection(pg_settings, refe
 
 
 def test_the_worker_waits_for_the_breakers_probe_not_the_poll(pg_url, settings_for, reference_ea):
-    from mt5_pipeline.delivery.pusher import _idle_seconds
 
     s = reference_ea.settings(settings_for(pg_url, ea_push_interval=600))
     enqueue(pg_url, [make_signal()])
@@ -656,7 +658,7 @@ def test_the_worker_waits_for_the_breakers_probe_not_the_poll(pg_url, settings_f
     t0 = datetime.now(timezone.utc)
     r = push_pending(s, now=t0)
     assert r.hold_until == breaker_state(s).probe_at
-    assert 0 < _idle_seconds(s, r, now=t0) <= 0.5 + r.duration_s  # the probe, not EA_PUSH_INTERVAL=600
+    assert 0 < idle_seconds(s, r, now=t0) <= 0.5 + r.duration_s  # the probe, not EA_PUSH_INTERVAL=600
     reference_ea.start()
 
 
@@ -723,3 +725,44 @@ def test_probe_spacing_doubles_and_is_capped_by_the_ttl():
     assert breaker.probe_spacing(20, ttl_seconds=60, rng=rng) <= 5.0  # min(5 s, TTL/12)
     assert breaker.probe_spacing(20, ttl_seconds=12, rng=rng) <= 1.0
     assert breaker.probe_spacing(1, ttl_seconds=60, retry_after=3, rng=rng) == 3.0
+
+
+# ---- several requests in flight (delivery/push_round's lanes) -------------------------------
+
+
+def test_lanes_overlap_requests_across_symbols_and_keep_each_symbols_order(pg_settings, reference_ea):
+    url = pg_settings.database_url
+    signals = enqueue(url, by_symbol(24, 4))
+    reference_ea.app_state.delay = 0.05
+    r = push_pending(pg_settings)
+    assert (r.claimed, r.sent, r.released) == (24, 24, 0)
+    received = reference_ea.signal_ids()
+    for symbol in {s["symbol"] for s in signals}:
+        queued = [s["signal_id"] for s in signals if s["symbol"] == symbol]
+        assert [sid for sid in received if sid in queued] == queued  # each symbol in its queue order
+    assert received[0] == signals[0]["signal_id"]  # the round's first request went alone
+    assert len(set(reference_ea.peers)) > 1  # more than one connection: requests were in flight together
+
+
+def test_two_lanes_failing_at_once_open_the_breaker_once_and_charge_one_signal(pg_settings, reference_ea):
+    url = pg_settings.database_url
+    signals = enqueue(url, by_symbol(12, 3))  # SYM000 x4, SYM001 x4, SYM002 x4
+    heads = {signals[4]["signal_id"], signals[8]["signal_id"]}  # the first of SYM001 and of SYM002
+    reference_ea.app_state.poison = heads
+    reference_ea.app_state.delay = 1.0  # both heads are in flight before either answers
+    r = push_pending(pg_settings)
+    assert (r.retried, r.outage) == (1, False)  # one failure is the breaker's ...
+    state = breaker_state(pg_settings)
+    assert state.state == "outage" and state.failures == 1
+    by_id = {x["signal_id"]: x for x in rows(url)}
+    charged = [sid for sid in heads if by_id[sid]["attempts"] == 1]
+    assert len(charged) == 1 and by_id[charged[0]]["id"] == state.suspect_id
+    [spared] = heads - set(charged)  # ... the other failed beside it: given back, attempt undone
+    assert by_id[spared]["status"] == "PENDING" and by_id[spared]["attempts"] == 0
+    assert "EA answered 500" in by_id[spared]["last_error"]
+    received = reference_ea.signal_ids()
+    for head in heads:  # nothing of a failed symbol was sent after its failure
+        later = [s["signal_id"] for s in signals if s["symbol"] == by_id[head]["symbol"]][1:]
+        assert not set(later) & set(received)
+    assert all(x["claim_token"] is None for x in rows(url))
+    assert r.sent + r.retried + r.released == 12

@@ -59,8 +59,8 @@ def test_a_lease_held_by_another_is_not_taken_until_it_expires(pg_url):
 def _worker_main(url: str, model_dir: str) -> None:
     import logging
 
+    from mt5_pipeline.apps.live_worker import run_live_worker
     from mt5_pipeline.settings import Settings
-    from mt5_pipeline.signals.live import run_live_worker
 
     logging.basicConfig(level="INFO")
     env = {k: str(v) for k, v in {**FAST_MODEL, **ALWAYS_DECIDE, **PATIENT}.items()}

@@ -135,13 +135,15 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_push(settings: Settings, args: argparse.Namespace) -> int:
-    from mt5_pipeline.delivery.pusher import run_worker
+    # Lazy: httpx and SQLAlchemy load only for this command, not for every `mt5-pipeline` run.
+    from mt5_pipeline.apps.push_worker import run_push_worker
 
-    return run_worker(settings, once=args.once)
+    return run_push_worker(settings, once=args.once)
 
 
 def cmd_live(settings: Settings, args: argparse.Namespace) -> int:
-    from mt5_pipeline.signals.live import run_live_worker
+    # Lazy: the live worker brings pandas, numpy and the model's scikit-learn with it.
+    from mt5_pipeline.apps.live_worker import run_live_worker
 
     return run_live_worker(settings)
 

@@ -77,8 +77,8 @@ def probe_spacing(
 ) -> float:
     """Seconds until the next probe after ``failures`` failed requests in a row: 0.5 s
     doubling with equal jitter, at least the EA's Retry-After, never more than the cap."""
-    rng = rng or random
-    delay = FIRST_PROBE_SECONDS * 2 ** max(0, failures - 1) * (0.5 + 0.5 * rng.random())
+    jitter = rng.random() if rng is not None else random.random()
+    delay = FIRST_PROBE_SECONDS * 2 ** max(0, failures - 1) * (0.5 + 0.5 * jitter)
     if retry_after is not None:
         delay = max(delay, retry_after)
     return min(delay, probe_cap_seconds(ttl_seconds))

@@ -220,9 +220,10 @@ class EAClient:
         self._key = settings.effective_ea_api_key
         # Whether a key is sent at all (the pusher warns when not), without exposing it.
         self.has_key = bool(self._key)
-        # A pusher sends one request at a time; a few connections cover the API's manual
-        # push and test-connection running beside the worker.
-        limits = httpx.Limits(max_connections=8, max_keepalive_connections=4, keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS)
+        # A push round keeps up to SEND_LANES (4) requests in flight; the rest cover the API's
+        # manual push and test-connection running beside the worker. Every lane keeps its
+        # connection alive between rounds.
+        limits = httpx.Limits(max_connections=8, max_keepalive_connections=8, keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS)
         self._client = httpx.Client(
             transport=transport or _DeadlineTransport(ssl_context=make_ssl_context(settings), limits=limits),
             timeout=httpx.Timeout(self.timeout),

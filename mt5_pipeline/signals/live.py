@@ -33,7 +33,6 @@ said so), or the grace after its close has run out.
 from __future__ import annotations
 
 import logging
-import signal as os_signal
 import threading
 import time
 import zlib
@@ -377,95 +376,3 @@ class LiveWorker:
         except Exception as exc:  # a database blip must not end the worker; the next pass retries
             log.exception("live pass failed (%s); retrying on the next wake-up", exc.__class__.__name__)
             time.sleep(min(1.0, self.settings.live_poll_seconds))
-
-
-def run_live_worker(
-    settings: Settings,
-    *,
-    stop: threading.Event | None = None,
-    listen: bool | None = None,
-    shard: tuple[int, int] = (0, 1),
-) -> int:
-    """`mt5-pipeline live`: run until SIGTERM/SIGINT (or ``stop``); exit code 0.
-
-    With LIVE_PROCESSES > 1 this process starts that many workers, each deciding the
-    symbols that hash to it (a decision is mostly CPU in Python: one process per core
-    lets two closing symbols be decided at once), and stops them with itself.
-    """
-    if settings.live_processes > 1 and shard == (0, 1):
-        return _run_processes(settings, settings.live_processes)
-    stop = stop or threading.Event()
-    previous: dict[int, object] = {}
-    if threading.current_thread() is threading.main_thread():
-
-        def on_signal(signum: int, _frame: object) -> None:
-            log.info("Received %s: stopping the live worker", os_signal.Signals(signum).name)
-            stop.set()
-
-        for sig in (os_signal.SIGTERM, os_signal.SIGINT):
-            previous[sig] = os_signal.signal(sig, on_signal)
-    # PostgreSQL: leases (any number of processes and hosts); SQLite: the hash shard.
-    leases = (
-        SeriesLeases(settings.database_url, lease_seconds=settings.live_lease_seconds)
-        if notifications_supported(settings.database_url)
-        else None
-    )
-    worker = LiveWorker(settings, shard=(0, 1) if leases else shard, leases=leases)
-    timeframes = worker.timeframes()
-    log.info(
-        "Live worker%s started: %s, grace %g s after each close%s",
-        f" {leases.worker} (leases of {settings.live_lease_seconds:g} s)"
-        if leases
-        else f" {shard[0] + 1}/{shard[1]}"
-        if shard[1] > 1
-        else "",
-        f"timeframes with a model: {', '.join(timeframes)}"
-        if timeframes
-        else "no model yet (waiting for the first training)",
-        settings.live_close_grace_seconds,
-        ", woken by LISTEN/NOTIFY"
-        if notifications_supported(settings.database_url) and listen is not False
-        else f", polling every {settings.live_poll_seconds:g} s",
-    )
-    try:
-        worker.run(stop, listen=listen)
-    finally:
-        for sig, handler in previous.items():
-            os_signal.signal(sig, handler)  # type: ignore[arg-type]
-    log.info("Live worker stopped")
-    return 0
-
-
-def _shard_main(settings: Settings, index: int, count: int) -> None:
-    from mt5_pipeline.storage.engine import dispose_engines
-
-    dispose_engines()  # never share the parent's pooled connections
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
-    run_live_worker(settings, shard=(index, count))
-
-
-def _run_processes(settings: Settings, count: int) -> int:
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_shard_main, args=(settings, i, count), name=f"live-{i + 1}") for i in range(count)]
-    for p in procs:
-        p.start()
-    stop = threading.Event()
-    previous = {sig: os_signal.signal(sig, lambda *_: stop.set()) for sig in (os_signal.SIGTERM, os_signal.SIGINT)}
-    try:
-        while not stop.is_set() and all(p.is_alive() for p in procs):
-            stop.wait(0.5)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()  # SIGTERM: each finishes the decision in flight
-        for p in procs:
-            p.join(30)
-        for sig, handler in previous.items():
-            os_signal.signal(sig, handler)
-    failed = [p.name for p in procs if p.exitcode not in (0, -os_signal.SIGTERM)]
-    if failed and not stop.is_set():
-        log.error("live worker process(es) %s exited; stopping", ", ".join(failed))
-        return 1
-    return 0

@@ -69,35 +69,46 @@ def _ewm(values: np.ndarray, *, alpha: float) -> np.ndarray:
     return y
 
 
-def _window_sums(values: np.ndarray, window: int) -> np.ndarray:
-    """Sum of each trailing window of ``window`` values; NaN until the window is full.
+def _window_sums(csum: np.ndarray, window: int, lo: int = 0) -> np.ndarray:
+    """Sum of each trailing window of ``window`` values, for the values from index ``lo``
+    on, from their cumulative sum ``csum``; NaN until the window is full.
 
-    Differences of one cumulative sum: each window costs O(1) whatever its length. The
-    rounding error grows with the running total, so callers centre their values first.
+    Differences of one cumulative sum: each window costs O(1) whatever its length, and
+    one cumulative sum serves every window length. The rounding error grows with the
+    running total, so callers centre their values first.
     """
-    csum = np.cumsum(values)
-    out = np.full(len(values), np.nan)
-    if len(values) >= window:
-        out[window - 1] = csum[window - 1]
-        out[window:] = csum[window:] - csum[:-window]
+    n = len(csum)
+    out = np.full(n - lo, np.nan)
+    if n >= window:
+        if lo <= window - 1:
+            out[window - 1 - lo] = csum[window - 1]
+        start = max(lo, window)
+        out[start - lo :] = csum[start:] - csum[start - window : n - window]
     return out
 
 
-def _rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
-    ref = values[0] if len(values) else 0.0
-    return _window_sums(values - ref, window) / window + ref
+def _moving_averages(close: np.ndarray, lo: int) -> dict[int, np.ndarray]:
+    """Simple moving averages of the close over MA_WINDOWS, for the bars from ``lo`` on."""
+    ref = close[0] if len(close) else 0.0
+    csum = np.cumsum(close - ref)
+    return {w: _window_sums(csum, w, lo) / w + ref for w in MA_WINDOWS}
 
 
-def _rolling_std(values: np.ndarray, window: int) -> np.ndarray:
-    """Sample standard deviation (ddof=1) over trailing windows; ``values[0]`` may be NaN."""
+def _deviations(values: np.ndarray, lo: int) -> dict[int, np.ndarray]:
+    """Sample standard deviations (ddof=1) over STD_WINDOWS trailing windows, for the
+    values from ``lo`` on; ``values[0]`` may be NaN."""
     x = np.nan_to_num(values, nan=0.0)
-    s1 = _window_sums(x, window)
-    s2 = _window_sums(x * x, window)
-    var = np.maximum((s2 - s1 * s1 / window) / (window - 1), 0.0)
-    std = np.sqrt(var)
-    # The first value has no return (NaN): windows that include it are not full.
-    std[: min(window, len(std))] = np.nan
-    return std
+    c1, c2 = np.cumsum(x), np.cumsum(x * x)
+    out = {}
+    for window in STD_WINDOWS:
+        s1 = _window_sums(c1, window, lo)
+        s2 = _window_sums(c2, window, lo)
+        var = np.maximum((s2 - s1 * s1 / window) / (window - 1), 0.0)
+        std = np.sqrt(var)
+        # The first value has no return (NaN): windows that include it are not full.
+        std[: max(0, min(window, len(values)) - lo)] = np.nan
+        out[window] = std
+    return out
 
 
 def _shift(values: np.ndarray, bars: int) -> np.ndarray:
@@ -107,11 +118,11 @@ def _shift(values: np.ndarray, bars: int) -> np.ndarray:
     return out
 
 
-def wilder_rsi(close: np.ndarray, bars: int = RSI_BARS) -> np.ndarray:
-    """Wilder's RSI; the first bar's change counts as 0 (as in the ``ta`` library)."""
+def wilder_rsi(close: np.ndarray, bars: int = RSI_BARS, *, lo: int = 0) -> np.ndarray:
+    """Wilder's RSI (of the bars from ``lo`` on); the first bar's change counts as 0 (as in the ``ta`` library)."""
     delta = np.diff(close, prepend=close[:1])
-    gain = _ewm(np.where(delta > 0, delta, 0.0), alpha=1.0 / bars)
-    loss = _ewm(np.where(delta < 0, -delta, 0.0), alpha=1.0 / bars)
+    gain = _ewm(np.where(delta > 0, delta, 0.0), alpha=1.0 / bars)[lo:]
+    loss = _ewm(np.where(delta < 0, -delta, 0.0), alpha=1.0 / bars)[lo:]
     with np.errstate(divide="ignore", invalid="ignore"):
         rsi = 100.0 - 100.0 / (1.0 + gain / loss)
     # No losses in the memory of the average: the RSI's limit is 100; a flat market 50.
@@ -170,9 +181,10 @@ def feature_block(
     batch's own value for a bar depends on where its window starts (the two EWMs are
     seeded with the window's first value; the rolling sums are differences of one
     cumulative sum centred on the window's first close), so a running state would differ
-    from it in the last bits. Those columns are computed over the window (a few
-    microseconds each for 500 bars) and sliced; the log returns over the window too (one
-    ``np.log`` call whatever its length); the rest only on the rows wanted.
+    from it in the last bits. Their cumulative sums and recursions run over the window (a
+    few microseconds each for 500 bars), one cumulative sum per input shared by every
+    window length; the log over the window too (one ``np.log`` call whatever its length);
+    everything else only on the rows wanted.
     """
     n = len(close)
     k = n if last is None else max(0, min(last, n))
@@ -181,8 +193,8 @@ def feature_block(
     out = {c: matrix[:, i] for i, c in enumerate(FLOAT_COLUMNS)}
     close_k = close[lo:]
     out["close"][:] = close_k
-    for w in MA_WINDOWS:
-        out[f"ma_{w}"][:] = _rolling_mean(close, w)[lo:]
+    for w, values in _moving_averages(close, lo).items():
+        out[f"ma_{w}"][:] = values
     volume_ema = out["volume_ema_20"]
     volume_ema[:] = _ewm(volume, alpha=2.0 / (VOLUME_EMA_SPAN + 1))[lo:]
 
@@ -193,9 +205,9 @@ def feature_block(
     for w in MA_WINDOWS:
         np.divide(out[f"ma_{w}"], close_k, out=out[f"ma_{w}_ratio"])
         out[f"ma_{w}_ratio"] -= 1.0
-    for w in STD_WINDOWS:
-        out[f"std_{w}"][:] = _rolling_std(ret_1, w)[lo:]
-    out["rsi_14"][:] = wilder_rsi(close)[lo:]
+    for w, values in _deviations(ret_1, lo).items():
+        out[f"std_{w}"][:] = values
+    out["rsi_14"][:] = wilder_rsi(close, lo=lo)
     volume_k = volume[lo:]
     with np.errstate(divide="ignore", invalid="ignore"):
         # A symbol without tick volume (some CSV exports) reads as always-normal volume.

@@ -52,7 +52,7 @@ from mt5_pipeline.signals.generation import Predictor, generate_signal
 from mt5_pipeline.signals.series_leases import LeaseKeeper, SeriesLeases
 from mt5_pipeline.signals.series_tail import SeriesTails
 from mt5_pipeline.storage import decisions as stored_decisions
-from mt5_pipeline.storage.candles import CANDLES_CHANNEL, ready_bar
+from mt5_pipeline.storage.candles import CANDLES_CHANNEL, newest_bars, ready_bar
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.features import NewRows
 from mt5_pipeline.storage.notifications import Listener, notifications_supported
@@ -139,6 +139,7 @@ class LiveWorker:
         self._series_read_at = float("-inf")
         self._timeframes: list[str] = []
         self._timeframes_read_at = float("-inf")
+        self._polled: dict[Series, tuple] = {}  # each series' newest (bar, stamp) at the last safety-net poll
 
     # ---- what there is to do --------------------------------------------------------
 
@@ -388,13 +389,28 @@ class LiveWorker:
                     self._safely(lambda: self.handle(self.refresh_series(), trigger="timer"))
                 elif not woken and time.monotonic() - polled_at >= poll:
                     polled_at = time.monotonic()
-                    self._safely(lambda: self.handle(self.refresh_series(), trigger="poll"))
+                    if listener is not None:
+                        self._safely(self._safety_net_poll)
+                    else:
+                        self._safely(lambda: self.handle(self.refresh_series(), trigger="poll"))
         finally:
             if listener is not None:
                 listener.close()
             keeper_stop.set()
             keeper.join(timeout=self.presence.interval + 5)
             self.presence.stop()
+
+    def _safety_net_poll(self) -> None:
+        """Behind LISTEN, the poll only looks for a commit whose NOTIFY was missed: one read
+        of every series' newest bar and stamp, and a pass over the series where either
+        changed since the last poll (not a ready_bar read per series every few seconds,
+        the idle worker's largest cost). A bar becoming ready by its grace running out is
+        the minute timer's pass."""
+        newest = {(b["symbol"], b["timeframe"]): (b["newest_ts"], b["newest_ingested_at"]) for b in newest_bars(self.settings.database_url)}  # fmt: skip
+        changed = {key for key, seen in newest.items() if self._polled.get(key) != seen}
+        if changed:
+            self.handle(changed, trigger="poll")
+        self._polled = newest  # after the pass: a pass that failed is retried on the next poll
 
     def _safely(self, step) -> None:
         try:

@@ -274,9 +274,6 @@ class SeriesTails:
             stored.write_new_rows(conn, symbol, timeframe, rows, version=FEATURE_SET_VERSION, computed_at=computed_at)
             return
         with get_engine(self.database_url).begin() as own:
-            if own.dialect.name == "postgresql":
-                # Derived rows alone (no signal in this commit): a crash that loses the
-                # commit leaves the bar stale and the next update recomputes it, so the
-                # commit need not wait for the WAL flush (as the batch path's COPY).
-                own.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-            stored.write_new_rows(own, symbol, timeframe, rows, version=FEATURE_SET_VERSION, computed_at=computed_at)
+            stored.write_new_rows(
+                own, symbol, timeframe, rows, version=FEATURE_SET_VERSION, computed_at=computed_at, alone=True
+            )

@@ -276,7 +276,14 @@ _PG_INSERT = f"INSERT INTO features_m1 ({', '.join(_WRITE_COLUMNS)}) VALUES ({',
 
 
 def write_new_rows(
-    conn: Connection, symbol: str, timeframe: str, rows: NewRows, *, version: str, computed_at: datetime
+    conn: Connection,
+    symbol: str,
+    timeframe: str,
+    rows: NewRows,
+    *,
+    version: str,
+    computed_at: datetime,
+    alone: bool = False,
 ) -> None:
     """Store ``rows`` as the series' features from their first bar on, in ``conn``'s
     transaction (the live worker commits them with the bar's signal: one commit a bar).
@@ -284,7 +291,9 @@ def write_new_rows(
     PostgreSQL: the transaction takes the series' writer lock (the advisory lock
     :func:`one_writer` holds per session; the two exclude each other) until it commits,
     then deletes from the first bar on and inserts: a few rows, plain statements, not a
-    COPY. SQLite has one writer at a time anyway.
+    COPY. SQLite has one writer at a time anyway. ``alone``: the transaction holds only
+    these rows, so (as the COPY path) its commit need not wait for the WAL flush: a crash
+    that loses it leaves the bar stale, and the next update recomputes it.
     """
     if not rows.ts:
         return
@@ -305,6 +314,8 @@ def write_new_rows(
         )
     ]
     if conn.dialect.name == "postgresql":
+        if alone:
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (_writer_key(symbol, timeframe),))
         conn.exec_driver_sql(_PG_DELETE_FROM, (symbol, timeframe, rows.ts[0]))
         conn.exec_driver_sql(_PG_INSERT, values[0] if len(values) == 1 else values)

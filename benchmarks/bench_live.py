@@ -58,6 +58,11 @@ sys.path.insert(0, str(ROOT))
 KEY = "bench-live-key-0123456789"
 EA_KEY = "bench-ea-key-0123456789"
 HISTORY_BARS = 1_400  # warm-up (300) + the incremental look-back (1,000) + room
+IDLE_SECONDS = 20.0
+PER_BAR_JOBS = (
+    "predict_job",
+    "features_job",
+)  # what new_candles_sensor launches per symbol and bar  # --stack: the workers' idle CPU is measured this long before the rounds
 ENV = {
     "RF_N_ESTIMATORS": "30",
     "RF_MAX_DEPTH": "8",
@@ -386,6 +391,14 @@ def _sql(url: str, query: str) -> list[tuple]:
         return [tuple(r) for r in conn.exec_driver_sql(query).all()]
 
 
+def _dagster_jobs(url: str) -> dict[str, str]:
+    """{run_id: job name} of the runs in the instance (what launched a run is its job)."""
+    try:
+        return {r[0]: r[1] for r in _sql(url, "SELECT run_id, pipeline_name FROM runs")}
+    except Exception:  # the daemon has not created its tables yet
+        return {}
+
+
 def _dagster_counts(url: str) -> tuple[int, int]:
     """(runs in the instance, run-less materializations of `signals`) in the scratch database."""
     try:
@@ -513,7 +526,13 @@ def run_stack(
             if len(warm) < len(symbols):
                 raise SystemExit(f"only {len(warm)} of {len(symbols)} warm-up signals arrived")
             time.sleep(12)  # a sensor tick records the warm-up (and adds the partitions)
+            # The workers' CPU with nothing to decide (lease ticks, LISTEN, timers), apart
+            # from the CPU per bar: over a run of N seconds it is N times this, bars or not.
+            idle0, idle_t0 = ds.worker_cpu(), time.monotonic()
+            time.sleep(IDLE_SECONDS)
+            idle_cpu_per_s = (ds.worker_cpu() - idle0) / (time.monotonic() - idle_t0)
             runs0, events0 = _dagster_counts(url)
+            jobs0 = _dagster_jobs(url)
             cpu0 = ds.worker_cpu()
             t0 = time.monotonic()
             latencies: list[float] = []
@@ -552,6 +571,7 @@ def run_stack(
             while events1 - events0 < n_symbols * rounds and not live_runs and time.monotonic() < deadline:
                 time.sleep(1)
                 runs1, events1 = _dagster_counts(url)
+            new_runs = Counter(job for run_id, job in _dagster_jobs(url).items() if run_id not in jobs0)
             if kill_after is not None:
                 watcher.join(60)
                 after = per_round[kill_after] if kill_after < len(per_round) else []
@@ -574,9 +594,15 @@ def run_stack(
         "duplicate_deliveries": sum(n - 1 for n in per_id.values()),
         "second_signal_for_a_bar": sum(1 for n in per_bar.values() if n > 1),
         "cpu_ms_per_bar": 1000 * cpu / max(1, bars_n),
+        # The same less what the workers spend idle over the run's length (both workers).
+        "busy_cpu_ms_per_bar": 1000 * max(0.0, cpu - idle_cpu_per_s * elapsed) / max(1, bars_n),
+        "idle_cpu_ms_per_s": 1000 * idle_cpu_per_s,
         "dagster_runs": runs1 - runs0,
+        "dagster_run_jobs": dict(new_runs),
         "dagster_runs_per_minute": (runs1 - runs0) / (elapsed / 60),
-        "dagster_runs_per_bar": (runs1 - runs0) / bars_n,
+        # Only the runs a live bar launches (the per-bar jobs); a schedule's run (drift checks
+        # at :07, live performance at :17) or a push run is in dagster_run_jobs, not here.
+        "dagster_runs_per_bar": sum(n for job, n in new_runs.items() if job.startswith(PER_BAR_JOBS)) / bars_n,
         "runless_signal_events": events1 - events0,
         "elapsed_s": elapsed,
         **_summary(latencies),
@@ -589,96 +615,86 @@ def _load() -> str:
     return f"load average {load1:.2f} / {load5:.2f} / {load15:.2f} on {os.cpu_count()} cores"
 
 
-def stack_main(quick: bool, pace: float, only: list[int] | None = None) -> None:
+def stack_main(quick: bool, pace: float, only: list[int] | None = None, baseline: bool = True) -> None:
     print(f"start: {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC, {_load()}")
     runs = {}
     scales = [(28, 3), (100, 2)] if quick else [(28, 8), (100, 6), (300, 4)]
     for n, rounds in scales if not only else [(n, 3 if quick else 4) for n in only]:
         runs[f"{n}"] = run_stack(n, rounds, pace=pace)
         print(json.dumps(runs[f"{n}"]), _load(), flush=True)
-    if only:
-        return
-    runs["kill"] = run_stack(28, 4 if quick else 8, kill_after=2 if quick else 4, pace=pace)
-    print(json.dumps(runs["kill"]), _load(), flush=True)
-    runs["baseline"] = run_stack(28, 3 if quick else 4, workers=1, live_runs=True, pace=pace)
-    print(json.dumps(runs["baseline"]), _load(), flush=True)
+    if not only:
+        runs["kill"] = run_stack(28, 4 if quick else 8, kill_after=2 if quick else 4, pace=pace)
+        print(json.dumps(runs["kill"]), _load(), flush=True)
+    if baseline or not only:
+        runs["baseline"] = run_stack(28, 3 if quick else 4, workers=1, live_runs=True, pace=pace)
+        print(json.dumps(runs["baseline"]), _load(), flush=True)
     print(f"end: {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC, {_load()}")
     print(
-        "\nrun                    symbols workers rounds bars recv missing dup 2nd  p50ms  p99ms  maxms  CPUms/bar  runs/min runs/bar runless-events"
+        "\nrun                    symbols workers rounds bars recv missing dup 2nd  p50ms  p99ms  maxms  CPUms/bar busyms/bar idlems/s  runs/min runs/bar runless-events"
     )
     for name, r in runs.items():
         print(
             f"{name:<22} {r['symbols']:>7} {r['workers']:>7} {r['rounds']:>6} {r['bars']:>4} {r['received']:>4} {r['missing']:>7} {r['duplicate_deliveries']:>3} "
             f"{r['second_signal_for_a_bar']:>3} {r['p50_s'] * 1000:>6.0f} {r['p99_s'] * 1000:>6.0f} {r['max_s'] * 1000:>6.0f} {r['cpu_ms_per_bar']:>10.2f} "
+            f"{r['busy_cpu_ms_per_bar']:>10.2f} {r['idle_cpu_ms_per_s']:>8.2f} "
             f"{r['dagster_runs_per_minute']:>9.1f} {r['dagster_runs_per_bar']:>8.2f} {r['runless_signal_events']:>14}"
         )
-    kill = runs["kill"]
-    print(
-        f"\nkill: worker 1 of 2 SIGKILLed after round {kill.get('kill_round')}; takeover {kill.get('takeover_s', float('nan')):.2f} s; next round p99 {kill.get('after_kill_p99_s', float('nan')) * 1000:.0f} ms"
-    )
+    for name, r in runs.items():
+        if r["dagster_run_jobs"]:
+            print(f"{name}: Dagster runs launched during the rounds, by job: {r['dagster_run_jobs']}")
+    kill, base = runs.get("kill"), runs.get("baseline")
+    if kill is not None:
+        print(
+            f"\nkill: worker 1 of 2 SIGKILLed after round {kill.get('kill_round')}; takeover {kill.get('takeover_s', float('nan')):.2f} s; next round p99 {kill.get('after_kill_p99_s', float('nan')) * 1000:.0f} ms"
+        )
     rows: list[dict] = []
-    base = runs["baseline"]
     for n in ("28", "100", "300"):
         if n in runs:
-            r = runs[n]
-            aim = {"28": "p99 < 500 ms", "100": "p99 < 1,000 ms"}.get(n, "")
-            add_row(
-                rows,
-                f"stack with Dagster: {n} symbols, close -> EA p99",
-                r["p99_s"] * 1000,
-                "ms",
-                base["p99_s"] * 1000 if n == "28" else None,
-                aim,
-                digits=0,
-                higher_is_better=False,
-            )
-            add_row(
-                rows,
-                f"stack with Dagster: {n} symbols, worker CPU per bar",
-                r["cpu_ms_per_bar"],
-                "ms",
-                base["cpu_ms_per_bar"] if n == "28" else None,
-                "< 3 ms",
-                digits=2,
-                higher_is_better=False,
-            )
-            add_row(
-                rows,
-                f"stack with Dagster: {n} symbols, Dagster runs per live bar",
-                r["dagster_runs_per_bar"],
-                "runs",
-                None,
-                "0",
-                digits=2,
-            )
+            _scale_rows(rows, n, runs[n], base if n == "28" else None)
+    if kill is not None:
+        add_row(
+            rows,
+            "kill one of two workers: takeover",
+            kill.get("takeover_s", float("nan")),
+            "s",
+            None,
+            "a few seconds",
+            digits=2,
+        )
+        add_row(
+            rows,
+            "kill one of two workers: second signal for a bar",
+            kill["second_signal_for_a_bar"],
+            "bars",
+            None,
+            "0",
+            digits=0,
+        )
+    if base is not None:
+        add_row(
+            rows, "baseline (DAGSTER_LIVE_RUNS=true), 28 symbols: Dagster runs per minute", base["dagster_runs_per_minute"],
+            "runs/min", None, "", digits=1,
+        )  # fmt: skip
+    report("bench_live_stack" if not only else "bench_live_stack_only", rows)
+
+
+def _scale_rows(rows: list[dict], n: str, r: dict, base: dict | None) -> None:
+    aim = {"28": "p99 < 500 ms", "100": "p99 < 1,000 ms"}.get(n, "")
+    figure = f"stack with Dagster: {n} symbols"
     add_row(
-        rows,
-        "kill one of two workers: takeover",
-        kill.get("takeover_s", float("nan")),
-        "s",
-        None,
-        "a few seconds",
-        digits=2,
-    )
+        rows, f"{figure}, close -> EA p99", r["p99_s"] * 1000, "ms", base["p99_s"] * 1000 if base else None, aim,
+        digits=0, higher_is_better=False,
+    )  # fmt: skip
     add_row(
-        rows,
-        "kill one of two workers: second signal for a bar",
-        kill["second_signal_for_a_bar"],
-        "bars",
-        None,
-        "0",
-        digits=0,
-    )
+        rows, f"{figure}, worker CPU per bar (all, idle included)", r["cpu_ms_per_bar"], "ms",
+        base["cpu_ms_per_bar"] if base else None, "< 3 ms", digits=2, higher_is_better=False,
+    )  # fmt: skip
     add_row(
-        rows,
-        "baseline (DAGSTER_LIVE_RUNS=true), 28 symbols: Dagster runs per minute",
-        base["dagster_runs_per_minute"],
-        "runs/min",
-        None,
-        "",
-        digits=1,
-    )
-    report("bench_live_stack", rows)
+        rows, f"{figure}, worker CPU per bar (less idle)", r["busy_cpu_ms_per_bar"], "ms",
+        base["busy_cpu_ms_per_bar"] if base else None, "< 3 ms", digits=2, higher_is_better=False,
+    )  # fmt: skip
+    add_row(rows, f"{figure}, workers' idle CPU per second", r["idle_cpu_ms_per_s"], "ms/s", None, "", digits=2)
+    add_row(rows, f"{figure}, Dagster runs per live bar", r["dagster_runs_per_bar"], "runs", None, "0", digits=2)
 
 
 def main() -> None:
@@ -691,11 +707,15 @@ def main() -> None:
     )
     parser.add_argument("--pace", type=float, default=20.0, help="--stack: seconds between rounds")
     parser.add_argument(
-        "--only", type=int, nargs="*", help="--stack: only these symbol counts (no kill run, no baseline)"
+        "--only",
+        type=int,
+        nargs="*",
+        help="--stack: only these symbol counts (no kill run; the baseline unless --no-baseline)",
     )
+    parser.add_argument("--no-baseline", action="store_true", help="--stack --only: skip the baseline run")
     args = parser.parse_args()
     if args.stack:
-        stack_main(args.quick, args.pace, args.only)
+        stack_main(args.quick, args.pace, args.only, baseline=not args.no_baseline)
         return
     rounds = 5 if args.quick else 20
     scales = [1, 28] if args.quick else [1, 28, 100]

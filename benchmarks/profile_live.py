@@ -44,7 +44,9 @@ def _wrap_steps() -> dict[str, float]:
     spent: dict[str, float] = defaultdict(float)
 
     def wrap(module, name, label=None):
-        original = getattr(module, name)
+        original = getattr(module, name, None)
+        if original is None:  # a step another version of the path does not have
+            return
 
         @functools.wraps(original)
         def timed(*args, **kwargs):
@@ -59,9 +61,12 @@ def _wrap_steps() -> dict[str, float]:
     wrap(live, "ready_bar")
     wrap(series_tail, "candles_stamped_since")
     wrap(series_tail, "compute_features")
+    wrap(series_tail, "feature_block")
     wrap(series_tail, "_frame")
     wrap(series_tail, "_from_tuples")
     wrap(stored, "replace_rows")
+    wrap(stored, "write_new_rows")
+    wrap(getattr(live, "_BarWrite", None), "enqueue", "features + signal commit (all)")
     wrap(stored, "one_writer")
     wrap(model, "predict_row")
     wrap(model, "predict_latest")

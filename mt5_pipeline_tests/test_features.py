@@ -15,6 +15,7 @@ from mt5_pipeline.learning.indicators import (
     MODEL_FEATURES,
     WARMUP_BARS,
     compute_features,
+    feature_block,
 )
 from mt5_pipeline.market.ingest import ingest_candles
 from mt5_pipeline.market.sample_data import generate_candles
@@ -161,6 +162,30 @@ def test_empty_and_tiny_inputs():
 
 def _stored(url: str, symbol: str = "EURUSD") -> pd.DataFrame:
     return load_feature_rows(url, [symbol], "M1", usable_only=False)
+
+
+def test_the_new_rows_alone_are_the_batch_rows_bit_for_bit():
+    """What the live worker computes for its new bars (feature_block's last rows, no frame)
+    is exactly what compute_features gives those bars over the same window: windows at
+    many ends (weekend gaps among them), one to three new bars, short histories too."""
+    frame = bars(2400, seed=7, end=datetime(2024, 6, 10, 12, 0, tzinfo=timezone.utc)).reset_index(drop=True)  # a Monday
+    ns = pd.DatetimeIndex(frame["ts"]).as_unit("ns").asi8
+    columns = {c: frame[c].to_numpy(dtype=np.float64) for c in ("high", "low", "close", "tick_volume")}
+    checked = 0
+    for end in [*range(2, 40, 5), *range(290, 320, 3), *range(LOOKBACK_BARS, len(frame), 37)]:
+        for new in (1, 2, 3):
+            lo = max(0, end + 1 - LOOKBACK_BARS - new)
+            window = slice(lo, end + 1)
+            expected = compute_features(frame.iloc[window]).iloc[-new:]
+            matrix, after_gap, usable = feature_block(
+                ns[window], *(columns[c][window] for c in ("high", "low", "close", "tick_volume")), last=new
+            )
+            assert np.array_equal(matrix, expected[FLOATS].to_numpy(), equal_nan=True), (end, new)
+            assert (after_gap == expected["after_gap"].to_numpy()).all(), (end, new)
+            assert (usable == expected["usable"].to_numpy()).all(), (end, new)
+            checked += 1
+    assert frame["ts"].diff().max() > pd.Timedelta(days=1)  # the windows crossed weekends
+    assert checked > 100
 
 
 def test_incremental_equals_full_recomputation(db_url):

@@ -251,3 +251,26 @@ def test_the_prediction_from_the_tails_row_is_the_one_read_back_from_the_databas
     # A bar the tail does not end at, or does not hold, is left to the database read.
     assert worker.tails.bars_until(key, END + timedelta(minutes=1), EXTREME_CHECK_WINDOW) is None
     assert worker.tails.feature_row(key, END + timedelta(minutes=1)) is None
+
+
+def test_a_series_taken_over_or_restarted_does_not_decide_its_bar_again(db_url, settings_for):
+    """The kill run's extra run-less events: a worker taking a series over re-decided the
+    bar the dead worker had decided ("duplicate", a second `signals` event for the bar).
+    Seeded from live_decisions, it leaves that bar alone and decides the next one."""
+    settings, final = _trained(db_url, settings_for)
+    key = ("EURUSD", "M1")
+    before = END - timedelta(minutes=1)
+    [first] = LiveWorker(settings).handle([key], now=END, trigger="start")
+    assert first.bar == before and first.status == "queued", first
+
+    # Without the seed the bar is decided again: the queue's index answers "duplicate".
+    [again] = LiveWorker(settings).handle([key], now=END, trigger="takeover")
+    assert again.bar == before and again.status == "duplicate", again
+
+    heir = LiveWorker(settings)
+    heir.seed_decided([key, ("GBPUSD", "M1")])
+    assert heir.decided == {key: before}
+    assert heir.handle([key], now=END, trigger="takeover") == []
+    ingest_candles(db_url, "EURUSD", "M1", final, now=END + timedelta(seconds=60, milliseconds=300))
+    [next_bar] = heir.handle([key], now=END + timedelta(seconds=60, milliseconds=400), trigger="notify")
+    assert next_bar.bar == END and next_bar.status == "queued", next_bar

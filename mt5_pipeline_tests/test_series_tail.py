@@ -3,7 +3,16 @@
 A long series is fed bar by bar, as an EA would post it, into two symbols with the same
 candles: one kept by SeriesTails (the live worker), one by update_features (the batch
 path). Corrections come in along the way: a re-sent bar inside the tail, one older than
-the tail, and a gap filled later. Every feature row of the two must be identical.
+the tail, and a gap filled later. Every feature row of the two must be identical: float
+equality, no tolerance.
+
+The tail's rows come from the incremental path (indicators.feature_block on the tail's
+numpy columns, only the new row's values, stored by storage.features.write_new_rows);
+the batch's from compute_features over update_features' frame, stored by COPY. The
+indicators whose value depends on where the 500-bar window starts (the moving averages'
+and deviations' centred cumulative sums, the RSI's and the volume EMA's seeds) are
+recomputed over the window in numpy rather than carried as a running state, which would
+differ from the batch in the last bits (see feature_block's docstring).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from mt5_pipeline.bars import Ready
 from mt5_pipeline.clock import as_utc, iso_z, parse_iso, resolve_now
 from mt5_pipeline.execution.execution_policy import ExecutionPolicy, signal_meta
 from mt5_pipeline.execution.trade_signal import Signal
@@ -197,6 +198,9 @@ def _not_ready(symbol: str, timeframe: str, waiting: datetime | None, until: dat
     )
 
 
+Enqueue = Callable[..., bool]  # queue.enqueue's signature: (database_url, signal, *, now) -> queued
+
+
 def generate_signal(
     settings: Settings,
     symbol: str,
@@ -208,6 +212,7 @@ def generate_signal(
     refresh_features: bool = False,
     bar: datetime | None = None,
     recent_bars: pd.DataFrame | None = None,
+    enqueue: Enqueue | None = None,
 ) -> GenerateResult:
     """Predict the series' ready bar, decide, and queue at most one signal for it.
 
@@ -228,6 +233,9 @@ def generate_signal(
     `recent_bars`: the series' newest EXTREME_CHECK_WINDOW candles up to ``bar`` already in
     hand (the live worker's tail), for the extreme-bar guard instead of reading them;
     ignored when they do not end at the bar predicted.
+
+    `enqueue`: queues the signal (:func:`queue.enqueue` by default); the live worker's
+    also commits the bar's feature row in the same transaction.
     """
     at = resolve_now(now)
     ready = None
@@ -253,7 +261,31 @@ def generate_signal(
     if wanted is not None and bar > wanted:
         # An injected predictor went past the ready bar: its final version may still change.
         return _not_ready(symbol, timeframe, bar, None)
+    held = _held_back(settings, symbol, timeframe, prediction, at, ready, recent_bars)
+    if held is not None:
+        return held
 
+    decision = decide(p, settings, force)
+    if decision.side is None:
+        message = f"No signal: {decision.reason}; send force=true to trade it anyway"
+        log.info("No signal for %s %s: %s", symbol, timeframe, decision.reason)
+        return GenerateResult("neutral", message, p, decision.confidence, None, bar)
+    return _queue(settings, prediction, decision, force=force, now=at, enqueue=enqueue or queue.enqueue)
+
+
+def _held_back(
+    settings: Settings,
+    symbol: str,
+    timeframe: str,
+    prediction: Prediction,
+    at: datetime,
+    ready: Ready | None,
+    recent_bars: pd.DataFrame | None,
+) -> GenerateResult | None:
+    """Why the predicted bar gets no signal whatever the probability (too late, a stalled
+    feed, an old model, an unconfirmed extreme bar), or None."""
+    p = float(prediction.probability)
+    bar = as_utc(prediction.ts)
     late = too_late(settings, bar, prediction.timeframe, now=at)
     if late and ready is not None and ready.waiting is not None and ready.waiting > bar:
         # The bar before is past its deadline, but the one that just closed becomes ready
@@ -283,12 +315,16 @@ def generate_signal(
     if hold:
         log.warning("No signal for %s %s: %s", symbol, timeframe, hold)
         return GenerateResult("unconfirmed_extreme", f"No signal: {hold}", p, None, None, bar)
+    return None
 
-    decision = decide(p, settings, force)
-    if decision.side is None:
-        message = f"No signal: {decision.reason}; send force=true to trade it anyway"
-        log.info("No signal for %s %s: %s", symbol, timeframe, decision.reason)
-        return GenerateResult("neutral", message, p, decision.confidence, None, bar)
+
+def _queue(
+    settings: Settings, prediction: Prediction, decision: Decision, *, force: bool, now: datetime, enqueue: Enqueue
+) -> GenerateResult:
+    """Price the decided signal in the instrument's pips and queue it: "queued", or
+    "duplicate" with the signal the bar already has."""
+    p, bar = decision.probability, as_utc(prediction.ts)
+    symbol, timeframe = prediction.symbol, prediction.timeframe
     try:
         # Pips only mean something in the instrument's own unit: never an FX default for gold.
         pip = pip_size_for(settings, settings.database_url, symbol)
@@ -299,12 +335,12 @@ def generate_signal(
     signal = build_signal(
         prediction, decision, settings, forced=force and decision.reason.startswith("forced"), pip_size=pip
     )
-    if not queue.enqueue(settings.database_url, signal, now=at):
-        existing = queue.find_bar_signal(settings.database_url, prediction.symbol, prediction.timeframe, bar)
+    if not enqueue(settings.database_url, signal, now=now):
+        existing = queue.find_bar_signal(settings.database_url, symbol, timeframe, bar)
         if existing is None:  # the signal_id collided, not the bar: cannot happen with uuid4
             raise RuntimeError(f"signal {signal.signal_id} was not queued and the bar has no signal")
         message = (
-            f"The {prediction.symbol} {prediction.timeframe} bar {iso_z(bar)} already has its signal: {existing.signal_id} "
+            f"The {symbol} {timeframe} bar {iso_z(bar)} already has its signal: {existing.signal_id} "
             f"({existing.side}, model {existing.model_version}); one signal per bar, nothing new queued"
         )
         log.info(message)

@@ -33,6 +33,7 @@ said so), or the grace after its close has run out.
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 import zlib
@@ -42,12 +43,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from mt5_pipeline.clock import from_epoch, iso_z, resolve_now, utcnow
+from mt5_pipeline.execution.trade_signal import Signal
 from mt5_pipeline.market.extremes import EXTREME_CHECK_WINDOW
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
+from mt5_pipeline.signals import queue
 from mt5_pipeline.signals.generation import Predictor, generate_signal
 from mt5_pipeline.signals.series_leases import LeaseKeeper, SeriesLeases
 from mt5_pipeline.signals.series_tail import SeriesTails
-from mt5_pipeline.storage.candles import CANDLES_CHANNEL, ready_bar
+from mt5_pipeline.storage import decisions as stored_decisions
+from mt5_pipeline.storage.candles import CANDLES_CHANNEL, newest_bars, ready_bar
+from mt5_pipeline.storage.engine import get_engine
+from mt5_pipeline.storage.features import NewRows
 from mt5_pipeline.storage.notifications import Listener, notifications_supported
 
 log = logging.getLogger(__name__)
@@ -60,6 +66,10 @@ SERIES_REFRESH_SECONDS = 30.0
 LISTEN_POLL_FACTOR = 20
 # Which timeframes have a model is re-read this often (a first training starts the worker).
 MODELS_REFRESH_SECONDS = 5.0
+# Reading what a readable LISTEN socket holds (it is there already: no wait in practice).
+READ_SECONDS = 0.05
+# At start and on a takeover, bars decided this recently (by any worker) are not decided again.
+DECIDED_LOOKBACK = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,7 @@ class LiveWorker:
         self._series_read_at = float("-inf")
         self._timeframes: list[str] = []
         self._timeframes_read_at = float("-inf")
+        self._polled: dict[Series, tuple] = {}  # each series' newest (bar, stamp) at the last safety-net poll
 
     # ---- what there is to do --------------------------------------------------------
 
@@ -208,8 +219,6 @@ class LiveWorker:
         """One INSERT for the pass's decisions, after they are queued: the record never delays a signal."""
         if not decisions:
             return
-        from mt5_pipeline.storage import decisions as stored_decisions
-
         at = utcnow()
         try:
             stored_decisions.record(self.settings.database_url, [d.record(self.presence.worker, at) for d in decisions])
@@ -237,14 +246,18 @@ class LiveWorker:
         started = time.perf_counter()
         rows, path = 0, ""
         try:
-            rows = self.tails.update(symbol, timeframe, now=at).rows_written
+            rows = self.tails.update(symbol, timeframe, now=at, defer=True).rows_written
             path = self.tails.last_path.get(key, "")
-            # The bar asked for, not "the newest closed": with the previous bar undecided (a
-            # start, an error) the newest may still be waiting for its final version.
-            result = generate_signal(
-                self.settings, symbol, timeframe, now=at, predictor=self.predictor or self._from_tail(key, bar), bar=bar,
-                recent_bars=self.tails.bars_until(key, bar, EXTREME_CHECK_WINDOW),
-            )  # fmt: skip
+            write = _BarWrite(self.tails, key, self.tails.take_pending(key), at)
+            try:
+                # The bar asked for, not "the newest closed": with the previous bar undecided (a
+                # start, an error) the newest may still be waiting for its final version.
+                result = generate_signal(
+                    self.settings, symbol, timeframe, now=at, predictor=self.predictor or self._from_tail(key, bar),
+                    bar=bar, recent_bars=self.tails.bars_until(key, bar, EXTREME_CHECK_WINDOW), enqueue=write.enqueue,
+                )  # fmt: skip
+            finally:
+                write.finish()
         except NoFeaturesError as exc:
             self.decided[key] = bar  # warm-up or a gap: nothing to do until the next bar
             return LiveDecision(
@@ -290,6 +303,17 @@ class LiveWorker:
             feature_rows=rows, feature_path=path,
         )  # fmt: skip
 
+    def seed_decided(self, keys: Iterable[Series]) -> None:
+        """Remember the bars other workers (or this one before a restart) decided: a start
+        or a takeover decides a series' newest ready bar unless it was decided already,
+        so Dagster records each bar's decision once."""
+        decided = stored_decisions.newest_decided(
+            self.settings.database_url, keys, now=utcnow(), within=DECIDED_LOOKBACK
+        )
+        for key, bar in decided.items():
+            if key not in self.decided or self.decided[key] < bar:
+                self.decided[key] = bar
+
     def _from_tail(self, key: Series, bar: datetime) -> Predictor | None:
         """The bar's prediction from the feature row the tail just computed and stored
         (the values predict_latest would read back), or None: read it from the database."""
@@ -320,6 +344,7 @@ class LiveWorker:
         self.presence.take_gained()  # the start pass below decides them
         keeper = LeaseKeeper(self.presence, lambda: set(self.known), keeper_stop)
         keeper.start()
+        self._safely(lambda: self.seed_decided(self.refresh_series(force=True)))
         self._safely(lambda: self.handle(self.refresh_series(force=True), trigger="start"))
         try:
             tick: datetime | None = None
@@ -330,6 +355,7 @@ class LiveWorker:
                         for key in gained:
                             self.tails.invalidate(key)  # another worker may have written it meanwhile
                             self.decided.pop(key, None)
+                        self._safely(lambda keys=gained: self.seed_decided(keys))
                         self._safely(lambda keys=gained: self.handle(keys, trigger="takeover"))
                 now = utcnow()
                 if tick is None:
@@ -338,7 +364,7 @@ class LiveWorker:
                     tick = self.next_tick(now)
                 wait = wake if tick is None else max(0.0, min(wake, (tick - now).total_seconds()))
                 if listener is not None:
-                    payloads = listener.wait(wait, stop)
+                    payloads = _listen(listener, wait, stop)
                 else:
                     stop.wait(wait)
                     payloads = []
@@ -362,7 +388,10 @@ class LiveWorker:
                     self._safely(lambda: self.handle(self.refresh_series(), trigger="timer"))
                 elif not woken and time.monotonic() - polled_at >= poll:
                     polled_at = time.monotonic()
-                    self._safely(lambda: self.handle(self.refresh_series(), trigger="poll"))
+                    if listener is not None:
+                        self._safely(self._safety_net_poll)
+                    else:
+                        self._safely(lambda: self.handle(self.refresh_series(), trigger="poll"))
         finally:
             if listener is not None:
                 listener.close()
@@ -370,9 +399,72 @@ class LiveWorker:
             keeper.join(timeout=self.presence.interval + 5)
             self.presence.stop()
 
+    def _safety_net_poll(self) -> None:
+        """Behind LISTEN, the poll only looks for a commit whose NOTIFY was missed: one read
+        of every series' newest bar and stamp, and a pass over the series where either
+        changed since the last poll (not a ready_bar read per series every few seconds,
+        the idle worker's largest cost). A bar becoming ready by its grace running out is
+        the minute timer's pass."""
+        newest = {(b["symbol"], b["timeframe"]): (b["newest_ts"], b["newest_ingested_at"]) for b in newest_bars(self.settings.database_url)}  # fmt: skip
+        changed = {key for key, seen in newest.items() if self._polled.get(key) != seen}
+        if changed:
+            self.handle(changed, trigger="poll")
+        self._polled = newest  # after the pass: a pass that failed is retried on the next poll
+
     def _safely(self, step) -> None:
         try:
             step()
         except Exception as exc:  # a database blip must not end the worker; the next pass retries
             log.exception("live pass failed (%s); retrying on the next wake-up", exc.__class__.__name__)
             time.sleep(min(1.0, self.settings.live_poll_seconds))
+
+
+def _listen(listener: Listener, seconds: float, stop: threading.Event) -> list[str]:
+    """``listener.wait``, idle on the socket: psycopg's wait for notifications wakes every
+    0.1 s to stay interruptible, a millisecond of CPU a second per idle worker. Here the
+    thread sleeps in select() until the connection has data (a NOTIFY, or its loss, which
+    listener.wait then handles) or the time is up (at most a lease tick: stop is seen then)."""
+    conn = listener.conn
+    if conn is None or seconds <= 0:
+        return listener.wait(seconds, stop)
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], seconds)
+    except (OSError, ValueError):  # a closed socket: listener.wait notices and reconnects
+        readable = [True]
+    if not readable or stop.is_set():
+        return []
+    return listener.wait(READ_SECONDS, stop)
+
+
+class _BarWrite:
+    """A bar's feature rows computed from the tail, committed with its signal in one
+    transaction (the rows, the signal and its NOTIFY: one commit a bar), or alone when
+    no signal is queued. Rows never stored drop the series' tail, so the batch path
+    recomputes them."""
+
+    def __init__(self, tails: SeriesTails, key: Series, rows: NewRows | None, at: datetime) -> None:
+        self.tails, self.key, self.rows, self.at = tails, key, rows, at
+
+    def enqueue(self, database_url: str, signal: Signal, *, now: datetime) -> bool:
+        if self.rows is None:
+            return queue.enqueue(database_url, signal, now=now)
+        # queue.enqueue's own statements, in this transaction (no signal SQL of our own).
+        values = queue._row_values(signal, now)
+        with get_engine(database_url).begin() as conn:
+            self.tails.store(self.key, self.rows, computed_at=self.at, conn=conn)
+            inserted = conn.execute(queue._insert_ignoring_duplicates(conn), values).first() is not None
+            queue._notify(conn, int(inserted))
+        self.rows = None
+        return inserted
+
+    def finish(self) -> None:
+        """Store the rows if the signal's transaction did not (no signal, or it failed)."""
+        if self.rows is None:
+            return
+        rows, self.rows = self.rows, None
+        try:
+            self.tails.store(self.key, rows, computed_at=self.at)
+        except Exception:
+            self.tails.invalidate(self.key)
+            raise
+

@@ -7,10 +7,12 @@ series' tail is the ``LOOKBACK_BARS`` closed bars whose features are stored; a n
 bar is read alone (the series' recently stamped bars, through the ingested_at index), its
 features computed over tail + bar, one row written, the tail shifted by one.
 
-**Identical to the batch.** The frame computed is exactly the one ``update_features``
-would read for that bar (the ``LOOKBACK_BARS`` stored bars before it, then it), and
-:func:`indicators.compute_features` is deterministic, so the rows are bit for bit those of
-the batch path (tested over a long series with corrections).
+**Identical to the batch.** The window computed is exactly the one ``update_features``
+would read for that bar (the ``LOOKBACK_BARS`` stored bars before it, then it), and the
+new row comes from :func:`indicators.feature_block`, the numpy core the batch's
+``compute_features`` runs too (here without a frame, only the new rows' values), so the
+rows are bit for bit those of the batch path (tested over a long series with corrections).
+Why the window and not a running state: see ``feature_block``.
 
 **Invalidated by corrections.** Every read of the recent bars also sees a re-sent bar (its
 stamp changes) and a gap filled (a bar older than the tail's end appears): any bar at or
@@ -24,17 +26,19 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
+from sqlalchemy.engine import Connection
 
 from mt5_pipeline.bars import closed_cutoff
 from mt5_pipeline.clock import resolve_now
 from mt5_pipeline.learning.features import LOOKBACK_BARS, WATERMARK_MARGIN, FeatureUpdate, update_features
-from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION, FLOAT_COLUMNS, compute_features
+from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION, FLOAT_COLUMNS, feature_block
 from mt5_pipeline.storage import features as stored
 from mt5_pipeline.storage.candles import CANDLE_COLUMNS, candles_stamped_since, read_candles
+from mt5_pipeline.storage.engine import get_engine
 
 Series = tuple[str, str]
 
@@ -49,6 +53,7 @@ KEEP_ROWS = 4
 _TAIL_COLUMNS = ("ts", "high", "low", "close", "tick_volume", "ingested_at")
 _TUPLE_INDEX = {name: CANDLE_COLUMNS.index(name) for name in _TAIL_COLUMNS}
 _TIMES = ("ts", "ingested_at")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass
@@ -117,14 +122,17 @@ class SeriesTails:
         self._guard = threading.Lock()
         self.stats = TailStats()
         self.last_path: dict[Series, str] = {}  # "tail" or "batch": how the series' last update was done
+        self._pending: dict[Series, stored.NewRows] = {}  # deferred rows the caller has not taken yet
 
     def invalidate(self, key: Series | None = None) -> None:
         """Drop one series' tail (all with None): its next update takes the batch path."""
         with self._guard:
             if key is None:
                 self._tails.clear()
+                self._pending.clear()
             else:
                 self._tails.pop(key, None)
+                self._pending.pop(key, None)
 
     def feature_row(self, key: Series, bar: datetime) -> dict | None:
         """The feature row this tail computed and stored for ``bar`` (as predict_latest would
@@ -153,14 +161,21 @@ class SeriesTails:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def update(self, symbol: str, timeframe: str, *, now: datetime | None = None) -> FeatureUpdate:
-        """Bring the series' features up to its newest closed bar (as ``update_features`` does)."""
+    def update(self, symbol: str, timeframe: str, *, now: datetime | None = None, defer: bool = False) -> FeatureUpdate:
+        """Bring the series' features up to its newest closed bar (as ``update_features`` does).
+
+        ``defer``: rows computed from the tail are not stored here but handed to the caller
+        (:meth:`take_pending`), who stores them (:meth:`store`) with what it commits next;
+        a caller that cannot must :meth:`invalidate` the series. The batch path stores its own.
+        """
         key = (symbol, timeframe)
         at = resolve_now(now)
         with self._lock(key):
             tail = self._tails.get(key)
+            if self.take_pending(key) is not None:
+                tail = None  # a deferred row was never stored: the batch path finds its bar stale
             if tail is not None:
-                done = self._fast(key, tail, at)
+                done = self._fast(key, tail, at, defer)
                 if done is not None:
                     self.last_path[key] = "tail"
                     return done
@@ -197,13 +212,13 @@ class SeriesTails:
 
     # ---- one row ---------------------------------------------------------------------------
 
-    def _fast(self, key: Series, tail: _Tail, at: datetime) -> FeatureUpdate | None:
+    def _fast(self, key: Series, tail: _Tail, at: datetime, defer: bool) -> FeatureUpdate | None:
         """The new closed bars from the tail, or None when the batch path must run."""
         symbol, timeframe = key
         if tail.watermark is None:
             return None
         recent = candles_stamped_since(self.database_url, symbol, timeframe, tail.watermark - WATERMARK_MARGIN)
-        end = pd.Timestamp(int(tail.bars["ts"][-1]), tz="UTC").to_pydatetime()
+        end = _EPOCH + timedelta(microseconds=int(tail.bars["ts"][-1]) // 1000)
         fresh = [r for r in recent if tail.seen.get(r[0]) != r[-1]]
         if any(r[0] <= end for r in fresh):
             return None  # a re-sent bar or a gap filled at or before the tail's end: a correction
@@ -215,23 +230,24 @@ class SeriesTails:
         new = _from_tuples(new_rows)
         lookback = len(tail)
         columns = {name: np.concatenate([tail.bars[name], new[name]]) for name in _TAIL_COLUMNS}
-        feats = compute_features(_frame(columns), timeframe=timeframe)
-        out = feats.iloc[lookback:].reset_index(drop=True)
-        start = new_rows[0][0]
-        with stored.one_writer(self.database_url, symbol, timeframe):
-            stored.replace_rows(
-                self.database_url, symbol, timeframe, out, start=start, version=FEATURE_SET_VERSION, computed_at=at
-            )
+        matrix, after_gap, usable = feature_block(
+            columns["ts"], columns["high"], columns["low"], columns["close"],
+            columns["tick_volume"].astype(np.float64), timeframe=timeframe, last=len(new_rows),
+        )  # fmt: skip
+        rows = stored.NewRows([r[0] for r in new_rows], matrix, after_gap, usable, [r[-1] for r in new_rows])
+        if defer:
+            self._pending[key] = rows
+        else:
+            self.store(key, rows, computed_at=at)
         self.stats.fast += len(new_rows)
         if len(columns["ts"]) > self.lookback:
             tail.whole = False
         tail.bars = {name: values[-self.lookback :] for name, values in columns.items()}
-        # The rows just stored, for the prediction: the same float64 values the read-back gives.
-        matrix = out[list(FLOAT_COLUMNS)].to_numpy(dtype=np.float64)
-        for ts, values, usable in zip(out["ts"], matrix.tolist(), out["usable"].tolist(), strict=True):
+        # The rows computed, for the prediction: the float64 values the read-back gives.
+        for ts, values, is_usable in zip(rows.ts, matrix.tolist(), usable.tolist(), strict=True):
             row = dict(zip(FLOAT_COLUMNS, values, strict=True))
-            row.update(ts=ts.to_pydatetime(), usable=usable, feature_set_version=FEATURE_SET_VERSION)
-            tail.rows[row["ts"]] = row
+            row.update(ts=ts, usable=is_usable, feature_set_version=FEATURE_SET_VERSION)
+            tail.rows[ts] = row
         for ts in sorted(tail.rows)[:-KEEP_ROWS]:
             del tail.rows[ts]
         for r in new_rows:
@@ -239,4 +255,25 @@ class SeriesTails:
         tail.watermark = max(tail.watermark, *(r[-1] for r in recent))
         floor = tail.watermark - 2 * WATERMARK_MARGIN
         tail.seen = {ts: stamp for ts, stamp in tail.seen.items() if stamp >= floor}
-        return FeatureUpdate(symbol, timeframe, len(out), new_rows[-1][0], lookback, start, False)
+        return FeatureUpdate(symbol, timeframe, len(new_rows), new_rows[-1][0], lookback, new_rows[0][0], False)
+
+    # ---- storing the rows ------------------------------------------------------------------
+
+    def take_pending(self, key: Series) -> stored.NewRows | None:
+        """The rows a deferred update computed and the caller must store (or None)."""
+        with self._guard:
+            return self._pending.pop(key, None)
+
+    def store(
+        self, key: Series, rows: stored.NewRows, *, computed_at: datetime, conn: Connection | None = None
+    ) -> None:
+        """Store rows computed from the tail: in ``conn``'s transaction (the live worker's,
+        which also queues the bar's signal), or in one of their own."""
+        symbol, timeframe = key
+        if conn is not None:
+            stored.write_new_rows(conn, symbol, timeframe, rows, version=FEATURE_SET_VERSION, computed_at=computed_at)
+            return
+        with get_engine(self.database_url).begin() as own:
+            stored.write_new_rows(
+                own, symbol, timeframe, rows, version=FEATURE_SET_VERSION, computed_at=computed_at, alone=True
+            )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, tuple_
 
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import live_decisions, live_workers
@@ -14,6 +15,30 @@ def record(database_url: str, rows: list[dict]) -> None:
     if rows:
         with get_engine(database_url).begin() as conn:
             conn.execute(insert(live_decisions), rows)
+
+
+def newest_decided(
+    database_url: str, keys: Iterable[tuple[str, str]], *, now: datetime, within: timedelta
+) -> dict[tuple[str, str], datetime]:
+    """The newest bar each series had decided (by any worker) in the last ``within``: a
+    worker that takes a series over, or starts, need not decide that bar again. "no_model"
+    does not count (the worker retries those)."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    d = live_decisions.c
+    with get_engine(database_url).connect() as conn:
+        rows = conn.execute(
+            select(d.symbol, d.timeframe, func.max(d.bar))
+            .where(
+                d.decided_at >= now - within,
+                d.status != "no_model",
+                d.bar.is_not(None),
+                tuple_(d.symbol, d.timeframe).in_(wanted),
+            )
+            .group_by(d.symbol, d.timeframe)
+        ).all()
+    return {(r[0], r[1]): r[2] for r in rows if r[2] is not None}
 
 
 def since(database_url: str, after_id: int, *, limit: int) -> list[dict]:

@@ -19,7 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 from psycopg2 import sql
-from sqlalchemy import Float, delete, func, select, text
+from sqlalchemy import Float, delete, func, insert, select, text
+from sqlalchemy.engine import Connection
 
 from mt5_pipeline.clock import parse_iso
 from mt5_pipeline.storage.bulk import (
@@ -77,7 +78,7 @@ def newest_feature(database_url: str, symbol: str, timeframe: str) -> NewestFeat
         ).first()
     if row is None:
         return None
-    return NewestFeature(_as_utc(row.ts), _as_utc(row.source_ingested_at), str(row.feature_set_version))
+    return NewestFeature(parse_iso(row.ts), parse_iso(row.source_ingested_at), str(row.feature_set_version))
 
 
 def first_stale_candle(
@@ -158,7 +159,7 @@ def one_writer(database_url: str, symbol: str, timeframe: str) -> Iterator[None]
     if not is_postgres(database_url):
         yield
         return
-    key = {"key": f"features_m1:{symbol}:{timeframe}"}
+    key = {"key": _writer_key(symbol, timeframe)}
     with get_engine(database_url).connect() as conn:
         conn.execute(text("SELECT pg_advisory_lock(hashtext(:key))"), key)
         try:
@@ -254,6 +255,74 @@ def _replace_rows_pg(
         for rows in (np.flatnonzero(has_null), np.flatnonzero(~has_null)):
             if len(rows):
                 copy_in(cur, copy, columns(rows), len(rows))
+
+
+class NewRows(NamedTuple):
+    """A series' newest feature rows as arrays (the live worker's new bars: no frame on the hot path)."""
+
+    ts: list[datetime]
+    matrix: np.ndarray  # one row per bar, FLOAT_COLUMNS in order; NaN is stored as NULL
+    after_gap: np.ndarray
+    usable: np.ndarray
+    source_ingested_at: list[datetime]
+
+
+def _writer_key(symbol: str, timeframe: str) -> str:
+    return f"features_m1:{symbol}:{timeframe}"
+
+
+_PG_DELETE_FROM = "DELETE FROM features_m1 WHERE symbol = %s AND timeframe = %s AND ts >= %s"
+_PG_INSERT = f"INSERT INTO features_m1 ({', '.join(_WRITE_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_WRITE_COLUMNS))})"
+
+
+def write_new_rows(
+    conn: Connection,
+    symbol: str,
+    timeframe: str,
+    rows: NewRows,
+    *,
+    version: str,
+    computed_at: datetime,
+    alone: bool = False,
+) -> None:
+    """Store ``rows`` as the series' features from their first bar on, in ``conn``'s
+    transaction (the live worker commits them with the bar's signal: one commit a bar).
+
+    PostgreSQL: the transaction takes the series' writer lock (the advisory lock
+    :func:`one_writer` holds per session; the two exclude each other) until it commits,
+    then deletes from the first bar on and inserts: a few rows, plain statements, not a
+    COPY. SQLite has one writer at a time anyway. ``alone``: the transaction holds only
+    these rows, so (as the COPY path) its commit need not wait for the WAL flush: a crash
+    that loses it leaves the bar stale, and the next update recomputes it.
+    """
+    if not rows.ts:
+        return
+    values = [
+        (
+            symbol,
+            timeframe,
+            ts,
+            *(None if v != v else v for v in floats),  # NaN (warm-up) -> NULL, as the COPY path stores it
+            bool(after_gap),
+            bool(usable),
+            version,
+            source,
+            computed_at,
+        )
+        for ts, floats, after_gap, usable, source in zip(
+            rows.ts, rows.matrix.tolist(), rows.after_gap, rows.usable, rows.source_ingested_at, strict=True
+        )
+    ]
+    if conn.dialect.name == "postgresql":
+        if alone:
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (_writer_key(symbol, timeframe),))
+        conn.exec_driver_sql(_PG_DELETE_FROM, (symbol, timeframe, rows.ts[0]))
+        conn.exec_driver_sql(_PG_INSERT, values[0] if len(values) == 1 else values)
+        return
+    f = features_m1.c
+    conn.execute(delete(features_m1).where(f.symbol == symbol, f.timeframe == timeframe, f.ts >= rows.ts[0]))
+    conn.execute(insert(features_m1), [dict(zip(_WRITE_COLUMNS, v, strict=True)) for v in values])
 
 
 def _delete_orphans(database_url: str, symbol: str, timeframe: str) -> int:

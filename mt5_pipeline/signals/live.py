@@ -448,12 +448,9 @@ class _BarWrite:
     def enqueue(self, database_url: str, signal: Signal, *, now: datetime) -> bool:
         if self.rows is None:
             return queue.enqueue(database_url, signal, now=now)
-        # queue.enqueue's own statements, in this transaction (no signal SQL of our own).
-        values = queue._row_values(signal, now)
         with get_engine(database_url).begin() as conn:
             self.tails.store(self.key, self.rows, computed_at=self.at, conn=conn)
-            inserted = conn.execute(queue._insert_ignoring_duplicates(conn), values).first() is not None
-            queue._notify(conn, int(inserted))
+            inserted = queue.enqueue_in(conn, signal, now=now)
         self.rows = None
         return inserted
 
@@ -467,4 +464,3 @@ class _BarWrite:
         except Exception:
             self.tails.invalidate(self.key)
             raise
-

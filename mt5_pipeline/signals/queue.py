@@ -48,7 +48,14 @@ from sqlalchemy import Integer, bindparam, case, exists, func, or_, select, upda
 from mt5_pipeline.clock import as_utc, resolve_now
 from mt5_pipeline.execution.trade_signal import Signal
 from mt5_pipeline.signals.queue_acks import UnknownSignalError, record_ack
-from mt5_pipeline.signals.queue_enqueue import NOTIFY_CHANNEL, PAYLOAD_COLUMNS, _row_values, enqueue, enqueue_many
+from mt5_pipeline.signals.queue_enqueue import (
+    NOTIFY_CHANNEL,
+    PAYLOAD_COLUMNS,
+    _row_values,
+    enqueue,
+    enqueue_in,
+    enqueue_many,
+)
 from mt5_pipeline.signals.queue_inspection import (
     count_deliverable,
     count_pending,
@@ -83,6 +90,7 @@ __all__ = [
     "Mark",
     "UnknownSignalError",
     "_row_values",
+    "enqueue_in",
     "apply_marks",
     "claim_batch",
     "count_deliverable",

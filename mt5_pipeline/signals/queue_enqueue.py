@@ -67,10 +67,17 @@ def enqueue(database_url: str, signal: Signal | Mapping[str, Any], *, now: datet
     """Queue one signal (a Signal, or an EA payload). False when its bar (symbol, timeframe, ts) or
     its signal_id already has a row: the database's unique index decides, not Python, so
     two processes racing on one bar queue one signal."""
-    values = _row_values(signal, resolve_now(now))
     with get_engine(database_url).begin() as conn:
-        inserted = conn.execute(_insert_ignoring_duplicates(conn), values).first() is not None
-        _notify(conn, int(inserted))
+        return enqueue_in(conn, signal, now=now)
+
+
+def enqueue_in(conn: Connection, signal: Signal | Mapping[str, Any], *, now: datetime | None = None) -> bool:
+    """:func:`enqueue` inside the caller's transaction, so what the caller writes with it (the
+    live worker's feature rows) commits with the signal, and the pusher wakes on that commit."""
+    inserted = (
+        conn.execute(_insert_ignoring_duplicates(conn), _row_values(signal, resolve_now(now))).first() is not None
+    )
+    _notify(conn, int(inserted))
     return inserted
 
 

@@ -16,6 +16,7 @@ import dagster as dg
 
 from mt5_pipeline.orchestration.partitions import symbols_partitions
 from mt5_pipeline.orchestration.resources import PipelineResource
+from mt5_pipeline.signals.generation import generate_signal
 
 GROUP = "mt5_pipeline"
 
@@ -51,6 +52,7 @@ def build_features_asset(timeframe: str) -> dg.AssetsDefinition:
         description=f"Scale-free technical features per {timeframe} bar, computed incrementally for new or corrected bars (table features_m1, timeframe {timeframe}).",
     )
     def _features(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+        # scipy and scikit-learn load in the run that needs them, not with the code location.
         from mt5_pipeline.learning.features import update_features
         from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION
 
@@ -75,6 +77,7 @@ def drift_metadata(context, settings, symbol: str, timeframe: str, which: str) -
 
     Only once a champion exists; a failure here is logged, never fails the materialization.
     """
+    # scipy and scikit-learn load in the run that needs them, not with the code location.
     from mt5_pipeline.learning import drift
     from mt5_pipeline.learning.model_store import current_model_path
 
@@ -188,6 +191,7 @@ def build_model_asset(timeframe: str, features_asset) -> dg.AssetsDefinition:
         ],
     )
     def _model(context: dg.AssetExecutionContext, pipeline: PipelineResource):
+        # scipy and scikit-learn load in the run that needs them, not with the code location.
         from mt5_pipeline.learning.training import InsufficientDataError, train_model
 
         settings = pipeline.settings()
@@ -205,6 +209,7 @@ def build_model_asset(timeframe: str, features_asset) -> dg.AssetsDefinition:
             raise dg.Failure(description=f"{name} retrain failed: {type(exc).__name__}: {exc}") from exc
         importances = sorted(result.feature_importances.items(), key=lambda kv: -kv[1])
         decision = result.decision
+        assert decision is not None, "train_model always decides"
         metadata: dict = {
             # Floats and ints only here, so the UI plots each across materializations.
             **{f"metric/{k}": float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))},
@@ -247,6 +252,7 @@ def build_model_asset(timeframe: str, features_asset) -> dg.AssetsDefinition:
 
 
 def _last_decision_check(settings, timeframe: str) -> dg.AssetCheckResult:
+    # scipy and scikit-learn load in the run that needs them, not with the code location.
     from mt5_pipeline.learning.model_registry import PROMOTED, last_retrain
 
     last = last_retrain(settings, timeframe)
@@ -278,8 +284,6 @@ def build_signals_asset(timeframe: str, features_asset, model_asset) -> dg.Asset
         description=f"Predicts the newest {timeframe} bar of the symbol and queues at most one BUY/SELL signal for it in signals_queue.",
     )
     def _signals(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
-        from mt5_pipeline.signals.generation import generate_signal
-
         settings = pipeline.settings()
         result = generate_signal(settings, context.partition_key, timeframe)
         context.log.info(f"{context.partition_key} {timeframe}: {result.status} - {result.message}")

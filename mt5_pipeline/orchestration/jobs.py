@@ -88,6 +88,7 @@ candles_checks_job = dg.define_asset_job(
 
 @dg.op(description="One push cycle: expire stale signals, claim, send to the EA, record the outcome.")
 def push_signals(context: dg.OpExecutionContext, pipeline: PipelineResource) -> dg.Output:
+    # the HTTP client (httpx) loads in the push run, not with the code location.
     from mt5_pipeline.delivery.pusher import push_pending
 
     result = push_pending(pipeline.settings())

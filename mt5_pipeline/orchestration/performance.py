@@ -74,6 +74,7 @@ def build_live_performance_asset(timeframe: str) -> dg.AssetsDefinition:
         ],
     )
     def _live(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+        # scikit-learn and matplotlib load in the run, not with the code location.
         from mt5_pipeline.monitoring.live_performance import performance, plot_live_equity
 
         settings: Settings = pipeline.settings()
@@ -101,7 +102,7 @@ def build_live_performance_asset(timeframe: str) -> dg.AssetsDefinition:
         except Exception as exc:  # a picture must not cost the figures
             context.log.warning(f"live equity curve not drawn: {exc}")
         p = newest.plausibility
-        check_meta = {"judged": p.judged}
+        check_meta: dict[str, bool | float] = {"judged": p.judged}
         for key in ("band_low", "band_high", "drawdown_limit"):
             if math.isfinite(getattr(p, key)):
                 check_meta[key] = float(getattr(p, key))

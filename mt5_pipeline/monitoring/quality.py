@@ -6,9 +6,10 @@ them, so an operator script or a test can run the same checks without Dagster.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,9 @@ from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
 from mt5_pipeline.storage.candles import list_symbols, read_candles
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import FEATURE_COLUMNS, candles, features_m1, signals_queue
+
+if TYPE_CHECKING:
+    from mt5_pipeline.learning.drift import DriftReport
 
 # A gap this long outside a weekend is an outage worth a warning; single missing
 # minutes are normal in quiet markets and are only counted.
@@ -309,7 +313,7 @@ def no_pending_past_expiry(settings: Settings, *, now: datetime | None = None) -
 # ---- drift ---------------------------------------------------------------------
 
 
-def _drift_outcome(reports, what: str) -> CheckOutcome:
+def _drift_outcome(reports: Sequence[DriftReport], what: str) -> CheckOutcome:
     if not reports:
         return CheckOutcome(True, f"no symbol with features yet: no {what} to measure", {}, severity="WARN")
     meta: dict[str, Any] = {}

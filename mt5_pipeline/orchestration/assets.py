@@ -11,12 +11,19 @@ keys (features_m1, rf_m1, signals), H1 gets features_h1 -> rf_h1 -> signals_h1, 
 """
 
 import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from mt5_pipeline.orchestration.partitions import symbols_partitions
 from mt5_pipeline.orchestration.resources import PipelineResource
+from mt5_pipeline.settings import Settings
 from mt5_pipeline.signals.generation import generate_signal
+
+if TYPE_CHECKING:
+    from mt5_pipeline.learning.promotion import Decision
 
 GROUP = "mt5_pipeline"
 
@@ -72,7 +79,9 @@ def build_features_asset(timeframe: str) -> dg.AssetsDefinition:
     return _features
 
 
-def drift_metadata(context, settings, symbol: str, timeframe: str, which: str) -> dict:
+def drift_metadata(
+    context: dg.AssetExecutionContext, settings: Settings, symbol: str, timeframe: str, which: str
+) -> dict:
     """This symbol's drift figures as numeric metadata (``drift/...``): the Plots tab shows drift build up.
 
     Only once a champion exists; a failure here is logged, never fails the materialization.
@@ -101,7 +110,7 @@ def drift_metadata(context, settings, symbol: str, timeframe: str, which: str) -
     return meta
 
 
-def _equity_markdown(png_path) -> str:
+def _equity_markdown(png_path: Path) -> str:
     data = base64.b64encode(png_path.read_bytes()).decode()
     return f"![equity curve](data:image/png;base64,{data})"
 
@@ -110,10 +119,10 @@ PROMOTION_CHECK = "candidate_promoted"
 _SCORES = ("auc", "log_loss", "net_pips", "trades")
 
 
-def _score_table(decision) -> str:
+def _score_table(decision: "Decision") -> str:
     """Candidate, champion and baseline side by side, as the UI shows a markdown table."""
 
-    def fmt(value) -> str:
+    def fmt(value: float | None) -> str:
         return (
             "—"
             if value is None or value != value
@@ -135,7 +144,7 @@ def _score_table(decision) -> str:
     return "\n".join(lines)
 
 
-def promotion_metadata(decision) -> dict:
+def promotion_metadata(decision: "Decision") -> dict:
     """Numbers only under candidate/, champion/ and baseline/, so the UI plots them across retrains."""
     meta: dict = {
         "decision": decision.decision,
@@ -160,7 +169,7 @@ def promotion_metadata(decision) -> dict:
     return meta
 
 
-def build_model_asset(timeframe: str, features_asset) -> dg.AssetsDefinition:
+def build_model_asset(timeframe: str, features_asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
     """rf_<tf>: a retrain produces a candidate; it replaces the champion only when promoted."""
     name = asset_names(timeframe)["model"]
 
@@ -190,7 +199,9 @@ def build_model_asset(timeframe: str, features_asset) -> dg.AssetsDefinition:
             )
         ],
     )
-    def _model(context: dg.AssetExecutionContext, pipeline: PipelineResource):
+    def _model(
+        context: dg.AssetExecutionContext, pipeline: PipelineResource
+    ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
         # scipy and scikit-learn load in the run that needs them, not with the code location.
         from mt5_pipeline.learning.training import InsufficientDataError, train_model
 
@@ -251,7 +262,7 @@ def build_model_asset(timeframe: str, features_asset) -> dg.AssetsDefinition:
     return _model
 
 
-def _last_decision_check(settings, timeframe: str) -> dg.AssetCheckResult:
+def _last_decision_check(settings: Settings, timeframe: str) -> dg.AssetCheckResult:
     # scipy and scikit-learn load in the run that needs them, not with the code location.
     from mt5_pipeline.learning.model_registry import PROMOTED, last_retrain
 
@@ -272,7 +283,9 @@ def _last_decision_check(settings, timeframe: str) -> dg.AssetCheckResult:
     )
 
 
-def build_signals_asset(timeframe: str, features_asset, model_asset) -> dg.AssetsDefinition:
+def build_signals_asset(
+    timeframe: str, features_asset: dg.AssetsDefinition, model_asset: dg.AssetsDefinition
+) -> dg.AssetsDefinition:
     """signals (M1) / signals_<tf>: predict the symbol's newest bar and queue at most one signal for it."""
 
     @dg.asset(

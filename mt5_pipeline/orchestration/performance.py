@@ -7,13 +7,18 @@ POST /ea/trades. `live_performance` (M1) / `live_performance_<tf>` read it hourl
 """
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from mt5_pipeline.orchestration.assets import GROUP, _equity_markdown, asset_names, timeframe_assets
 from mt5_pipeline.orchestration.resources import PipelineResource
 from mt5_pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from mt5_pipeline.monitoring.live_performance import VersionPerformance
 
 _FIGURES = ("trades", "hit_rate", "total_pips", "avg_pips", "profit_factor", "max_drawdown_pips")
 
@@ -26,7 +31,7 @@ def plausible_check_name(timeframe: str) -> str:
     return f"{live_asset_name(timeframe)}_plausible"
 
 
-def trades_spec(timeframes) -> dg.AssetSpec:
+def trades_spec(timeframes: Iterable[str]) -> dg.AssetSpec:
     return dg.AssetSpec(
         "trades",
         deps=[asset_names(tf)["signals"] for tf in timeframes],
@@ -37,13 +42,13 @@ def trades_spec(timeframes) -> dg.AssetSpec:
     )
 
 
-def _fmt(value) -> str:
+def _fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—" if value is None or value != value else ("∞" if value > 0 else "-∞")
     return f"{value:,.3f}" if isinstance(value, float) and abs(value) < 10 else f"{value:,.1f}"
 
 
-def _table(perfs) -> str:
+def _table(perfs: Iterable["VersionPerformance"]) -> str:
     lines = ["| model version | figure | live | backtest |", "| --- | --- | --- | --- |"]
     for p in perfs:
         for key in _FIGURES:
@@ -127,7 +132,7 @@ def live_performance_asset(timeframe: str) -> dg.AssetsDefinition:
     return _BUILT[timeframe]
 
 
-def build_live_performance_schedule(settings: Settings, timeframes) -> dg.ScheduleDefinition:
+def build_live_performance_schedule(settings: Settings, timeframes: Iterable[str]) -> dg.ScheduleDefinition:
     job = dg.define_asset_job(
         "live_performance_job",
         selection=dg.AssetSelection.assets(*[live_performance_asset(tf) for tf in timeframes]),

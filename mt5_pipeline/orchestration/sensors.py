@@ -57,7 +57,9 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
         default_status=_status(settings),
         description="Watches the newest ingested bar per symbol; requests features and a prediction for symbols with new or corrected bars.",
     )
-    def new_candles_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
+    def new_candles_sensor(
+        context: dg.SensorEvaluationContext, pipeline: PipelineResource
+    ) -> dg.SensorResult | dg.SkipReason:
         # scikit-learn loads with the first tick, not with the code location.
         from mt5_pipeline.learning.model_store import current_model_info
 
@@ -224,7 +226,9 @@ def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:
         default_status=_status(settings),
         description=f"Every {settings.ea_push_interval:g} s (EA_PUSH_INTERVAL): requests a push run when deliverable signals are pending.",
     )
-    def ea_push_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
+    def ea_push_sensor(
+        context: dg.SensorEvaluationContext, pipeline: PipelineResource
+    ) -> dg.RunRequest | dg.SkipReason:
         current = pipeline.settings()
         if not current.ea_push_enabled:
             return dg.SkipReason("EA_PUSH_ENABLED=false: pull mode, the EA polls GET /ea/signals")

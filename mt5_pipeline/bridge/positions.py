@@ -37,7 +37,7 @@ from mt5_pipeline.bridge.mt5_api import OrderRequest, OrderSendResult, TradePosi
 from mt5_pipeline.bridge.store import BridgeStore
 from mt5_pipeline.bridge.terminal import Terminal, TerminalError, mt5_timeframe
 from mt5_pipeline.clock import from_epoch, utcnow
-from mt5_pipeline.execution.contract import POLICY_SKIP, policy_for_signal
+from mt5_pipeline.execution.contract import POLICY_SKIP, TRANSIENT_RETCODES, policy_for_signal
 from mt5_pipeline.execution.execution_policy import (
     ExecutionPolicy,
     OpenPosition,
@@ -201,7 +201,7 @@ class PositionKeeper:
                 description=orders.describe_retcode(retcode),
                 price=float(result.price or 0) or None,
             )
-        status = "TRANSIENT" if retcode in orders.TRANSIENT_RETCODES else "REJECTED"
+        status = "TRANSIENT" if retcode in TRANSIENT_RETCODES else "REJECTED"
         log.warning(
             "ticket %s not closed (%s): %s",
             ticket,

@@ -15,7 +15,7 @@ def __dir__() -> list[str]:
 
 def __getattr__(name: str):
     if name == "defs":
-        from mt5_pipeline.definitions import defs
+        from mt5_pipeline.definitions import defs  # Dagster only for whoever asks for the code location
 
         return defs
     raise AttributeError(f"module 'mt5_pipeline' has no attribute {name!r}")

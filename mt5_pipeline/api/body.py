@@ -50,7 +50,7 @@ def _int_or_huge(token: str) -> int | _HugeInt:
         return _HugeInt(token)
 
 
-class _DupDict(dict):
+class _DupDict(dict[str, Any]):
     """An object that had a key more than once (the first value is kept, for the path)."""
 
     duplicates: list[str]
@@ -63,14 +63,14 @@ class _Strict:
     def __init__(self) -> None:
         self.suspect = False
 
-    def pairs(self, pairs: list[tuple[str, Any]]) -> dict:
+    def pairs(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         obj = dict(pairs)
         if len(obj) == len(pairs):
             return obj
         self.suspect = True
         seen: set[str] = set()
         dups: list[str] = []
-        first: dict = _DupDict()
+        first = _DupDict()
         for key, value in pairs:
             if key in seen:
                 if key not in dups:

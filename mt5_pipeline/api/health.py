@@ -20,13 +20,17 @@ from mt5_pipeline.api.metrics import _utc_seconds
 from mt5_pipeline.api.openapi import VERSION
 from mt5_pipeline.api.state import AppState
 from mt5_pipeline.clock import from_epoch
+from mt5_pipeline.delivery.breaker import delivery_status
+from mt5_pipeline.delivery.trades import reconciliation_summary
+from mt5_pipeline.signals.generation import bar_staleness, model_staleness
+from mt5_pipeline.storage.candles import newest_bars
+from mt5_pipeline.storage.engine import get_engine
+from mt5_pipeline.storage.trades import position_figures
 
 log = logging.getLogger("api.health")
 
 
 def _database_ok(url: str) -> bool:
-    from mt5_pipeline.storage.engine import get_engine
-
     try:
         with get_engine(url).connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -39,6 +43,7 @@ def _database_ok(url: str) -> bool:
 
 def _model(state: AppState, now: float) -> dict[str, Any]:
     try:
+        # scikit-learn loads with the first question about a model, not with the app.
         from mt5_pipeline.learning.model_store import current_model_info
 
         info = current_model_info(state.settings)
@@ -58,7 +63,6 @@ def _model(state: AppState, now: float) -> dict[str, Any]:
         }
     trained = _utc_seconds(info.get("trained_at"))
     age = None if trained is None else round(max(0.0, now - trained), 1)
-    from mt5_pipeline.signals.generation import model_staleness
 
     stale = model_staleness(state.settings, info.get("trained_at"), now=from_epoch(now))
     out = {"model": "stale" if stale else "loaded", "model_version": info.get("version"), "model_age_seconds": age}
@@ -69,6 +73,7 @@ def _model(state: AppState, now: float) -> dict[str, Any]:
 
 def _retrains(state: AppState, now: float) -> dict[str, dict[str, Any]]:
     """Per timeframe: the champion's version and age, and the last retrain's outcome (from the registry)."""
+    # scikit-learn loads with the first question about a model, not with the app.
     from mt5_pipeline.learning.model_registry import last_outcomes
     from mt5_pipeline.learning.model_store import current_model_info, model_name
 
@@ -113,7 +118,6 @@ def _delivery(state: AppState) -> dict[str, Any]:
     an outage being ridden out, or the configuration error that stopped delivery."""
     if not state.settings.ea_push_enabled:
         return {}
-    from mt5_pipeline.delivery.breaker import delivery_status
 
     d = delivery_status(state.settings.database_url, state.settings.ea_server_url)
     out: dict[str, Any] = {"ea_delivery": d["state"]}
@@ -123,17 +127,7 @@ def _delivery(state: AppState) -> dict[str, Any]:
 
 
 def _bars(state: AppState, now: float) -> list[dict[str, Any]]:
-    def read() -> list[dict[str, Any]]:
-        from mt5_pipeline.storage.candles import newest_bars
-
-        return newest_bars(state.settings.database_url)
-
-    try:
-        rows = read()
-    except ImportError:
-        return []
-    from mt5_pipeline.signals.generation import bar_staleness
-
+    rows = newest_bars(state.settings.database_url)
     at = from_epoch(now)
     out = []
     for row in rows:
@@ -157,8 +151,6 @@ def _bars(state: AppState, now: float) -> list[dict[str, Any]]:
 
 def _trades(state: AppState) -> dict[str, Any]:
     """Open positions per symbol and the last reconciliation (mt5_pipeline.delivery.trades)."""
-    from mt5_pipeline.delivery.trades import reconciliation_summary
-    from mt5_pipeline.storage.trades import position_figures
 
     figures = position_figures(state.settings.database_url)
     return {

@@ -26,8 +26,12 @@ from prometheus_client.registry import Collector
 
 from mt5_pipeline.api.errors import is_database_outage
 from mt5_pipeline.clock import parse_iso
+from mt5_pipeline.delivery.breaker import delivery_status
 from mt5_pipeline.settings import Settings
+from mt5_pipeline.signals.queue import delivery_figures, status_counts
+from mt5_pipeline.storage.candles import newest_bars
 from mt5_pipeline.storage.schema import SIGNAL_STATUSES
+from mt5_pipeline.storage.trades import position_figures, reconciliation_states
 
 log = logging.getLogger("api.metrics")
 
@@ -85,8 +89,6 @@ class DatabaseCollector(Collector):
         yield from families
 
     def _queue_families(self) -> Iterator[Metric]:
-        from mt5_pipeline.signals.queue import status_counts
-
         counts = {s: 0 for s in SIGNAL_STATUSES}
         counts.update(status_counts(self.settings.database_url))
         generated = CounterMetricFamily(
@@ -107,8 +109,6 @@ class DatabaseCollector(Collector):
         yield from (generated, sent, failed, expired, depth)
 
     def _latency_families(self) -> Iterator[Metric]:
-        from mt5_pipeline.signals.queue import delivery_figures
-
         now = self.clock()
         figures = delivery_figures(self.settings.database_url, now=datetime.fromtimestamp(now, tz=timezone.utc))
         oldest = GaugeMetricFamily(
@@ -131,6 +131,7 @@ class DatabaseCollector(Collector):
         yield from (oldest, latency, delivered)
 
     def _drift_families(self) -> Iterator[Metric]:
+        # scikit-learn and scipy load with the first scrape, not with the app.
         from mt5_pipeline.learning.drift import feature_drift, symbols_with_features
 
         now = self.clock()
@@ -153,8 +154,6 @@ class DatabaseCollector(Collector):
         yield family
 
     def _candle_families(self) -> Iterator[Metric]:
-        from mt5_pipeline.storage.candles import newest_bars
-
         now = self.clock()
         age = GaugeMetricFamily(
             "mt5_newest_bar_age_seconds",
@@ -173,7 +172,6 @@ class DatabaseCollector(Collector):
 
     def _delivery_families(self) -> Iterator[Metric]:
         # The pushers run elsewhere; they keep the EA's state in the database (mt5_pipeline.delivery.breaker).
-        from mt5_pipeline.delivery.breaker import delivery_status
 
         d = delivery_status(self.settings.database_url, self.settings.ea_server_url)
         state = GaugeMetricFamily(
@@ -193,6 +191,7 @@ class DatabaseCollector(Collector):
         yield from (state, config)
 
     def _model_families(self) -> Iterator[Metric]:
+        # scikit-learn loads with the first question about a model, not with the app.
         from mt5_pipeline.learning.model_store import current_model_info
 
         info = current_model_info(self.settings)
@@ -211,6 +210,7 @@ class DatabaseCollector(Collector):
         yield version
 
     def _retrain_families(self) -> Iterator[Metric]:
+        # scikit-learn loads with the first question about a model, not with the app.
         from mt5_pipeline.learning.model_registry import DECISIONS, last_outcomes, retrain_counts
 
         counts = retrain_counts(self.settings.database_url)
@@ -235,7 +235,6 @@ class DatabaseCollector(Collector):
 
     def _trade_families(self) -> Iterator[Metric]:
         # Reported by the bridge or the EA (POST /ea/trades), read from the trades table.
-        from mt5_pipeline.storage.trades import position_figures, reconciliation_states
 
         figures = position_figures(self.settings.database_url)
         open_ = GaugeMetricFamily(

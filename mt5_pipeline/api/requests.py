@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -46,7 +46,12 @@ DEFAULT_PULL_LIMIT = 100
 # Broker servers run between UTC-12 and UTC+14.
 UTC_OFFSET_RANGE = (-12, 14)
 
-Timeframe = Literal[TIMEFRAMES]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # a Literal of a runtime tuple is pydantic's to check, not mypy's
+    Timeframe = str
+    ExitReason = str
+else:
+    Timeframe = Literal[TIMEFRAMES]
+    ExitReason = Literal[EXIT_REASONS]
 # The description doubles as the error message's "expected ...", so it says what is valid.
 Symbol = Annotated[
     str,
@@ -290,7 +295,7 @@ class TradeReport(_Request):
     tp: Level = None
     close_time: UtcTime | None = Field(None, description="the OUT deal's time, UTC; null while open")
     close_price: Price | None = None
-    exit_reason: Literal[EXIT_REASONS] | None = Field(None, description="why it closed (required with close_time)")  # type: ignore[valid-type]
+    exit_reason: ExitReason | None = Field(None, description="why it closed (required with close_time)")
     profit: float | None = Field(None, description="DEAL_PROFIT of the OUT deal, account currency")
     pips: float | None = Field(None, description="used only when the API knows no pip for the symbol")
     swap: float | None = Field(None, description="account currency")

@@ -32,6 +32,12 @@ from mt5_pipeline.api.requests import (
 from mt5_pipeline.api.state import AppState
 from mt5_pipeline.api.validation import validate
 from mt5_pipeline.clock import iso_z, utcnow
+from mt5_pipeline.delivery.trades import open_trades, record_trades
+from mt5_pipeline.delivery.trades import reconcile as run
+from mt5_pipeline.market.ingest import CandleValidationError, ingest_candles
+from mt5_pipeline.signals import generation
+from mt5_pipeline.signals.queue import UnknownSignalError, pending_for_pull, record_ack
+from mt5_pipeline.signals.queue import queue_status as read_status
 
 NEUTRAL_MESSAGE = "No signal: confidence inside the neutral band"
 QUEUED_MESSAGE = "Signal generated and added to queue"
@@ -50,14 +56,13 @@ async def ingest(request: Request) -> Response:
     req = validate(IngestRequest, body, "ingest request")
     if not req.candles:
         return JSON({"success": True, "received": 0, "inserted": 0, "updated": 0, "unchanged": 0})
-    from mt5_pipeline.market.ingest import CandleValidationError, ingest_candles
 
     started = time.perf_counter()
     try:
         result = await run_in_threadpool(
             partial(
                 ingest_candles,
-                utc_offset_hours=req.utc_offset_hours,
+                utc_offset_hours=req.utc_offset_hours or 0.0,
                 digits=req.digits,
                 point=req.point,
                 max_jump=state.settings.price_max_jump,
@@ -66,7 +71,7 @@ async def ingest(request: Request) -> Response:
                 record_offset=req.utc_offset_hours is not None
                 and "utc_offset_hours" in req.model_fields_set
                 and req.server_time_zone is None,
-                partial=req.partial,
+                partial=bool(req.partial),
             ),
             state.settings.database_url,
             req.symbol,
@@ -81,7 +86,7 @@ async def ingest(request: Request) -> Response:
     m.ingest_batch_size.observe(result.received)
     for outcome in ("inserted", "updated", "unchanged"):
         m.candles_ingested.labels(outcome).inc(getattr(result, outcome))
-    out = {
+    out: dict[str, Any] = {
         "success": True,
         "received": result.received,
         "inserted": result.inserted,
@@ -105,13 +110,18 @@ async def generate_signal(request: Request) -> Response:
     state = _state(request)
     body = await read_json_object(request, state.settings.api_max_body_bytes)
     req = validate(GenerateSignalRequest, body, "signal request")
+    # scikit-learn loads with the first signal asked for, not with the app.
     from mt5_pipeline.learning.model import ModelTimeframeError, NoFeaturesError
     from mt5_pipeline.learning.model_store import ModelMismatchError, NoModelError
-    from mt5_pipeline.signals import generation as signals
 
     try:
         result = await run_in_threadpool(
-            signals.generate_signal, state.settings, req.symbol, req.timeframe, req.force, refresh_features=True
+            generation.generate_signal,
+            state.settings,
+            req.symbol,
+            req.timeframe or "M1",
+            bool(req.force),
+            refresh_features=True,
         )
     except NoFeaturesError as exc:
         raise ApiError(
@@ -177,7 +187,6 @@ async def test_connection(request: Request) -> Response:
 
 async def queue_status(request: Request) -> Response:
     state = _state(request)
-    from mt5_pipeline.signals.queue import queue_status as read_status
 
     since = utcnow() - timedelta(hours=24)
     counts = await run_in_threadpool(read_status, state.settings.database_url, since=since)
@@ -188,7 +197,7 @@ async def push_signals(request: Request) -> Response:
     state = _state(request)
     # A manual push works in pull mode too: EA_PUSH_ENABLED switches the automatic
     # pushers (worker, sensor) only, as the seed describes it.
-    from mt5_pipeline.delivery.pusher import push_pending
+    from mt5_pipeline.delivery.pusher import push_pending  # the HTTP client (httpx) loads on the first push
 
     started = time.perf_counter()
     result = await run_in_threadpool(push_pending, state.settings, client=state.ea_client())
@@ -223,7 +232,6 @@ async def ack(request: Request) -> Response:
     state = _state(request)
     body = await read_json_object(request, state.settings.api_max_body_bytes)
     req = validate(AckRequest, body, "ack")
-    from mt5_pipeline.signals.queue import UnknownSignalError, record_ack
 
     try:
         recorded = await run_in_threadpool(
@@ -233,7 +241,7 @@ async def ack(request: Request) -> Response:
                 req.signal_id,
                 req.ticket,
                 req.status,
-                req.message,
+                req.message or "",
                 retcode=req.retcode,
             )
         )
@@ -250,7 +258,6 @@ async def ack(request: Request) -> Response:
 async def pull_signals(request: Request) -> Response:
     state = _state(request)
     query = validate(PullQuery, dict(request.query_params), "query", prefix="query.")
-    from mt5_pipeline.signals.queue import pending_for_pull
 
     signals = await run_in_threadpool(pending_for_pull, state.settings.database_url, query.limit)
     return JSON({"success": True, "signals": [s.to_payload() for s in signals]})
@@ -265,7 +272,8 @@ def trade_body(row: dict[str, Any]) -> dict[str, Any]:
         "open_time", "open_price", "sl", "tp", "close_time", "close_price", "exit_reason", "profit", "pips", "swap", "commission", "pip_size",
     )}  # fmt: skip
     for k in ("open_time", "close_time"):
-        out[k] = iso_z(out[k]) if out[k] is not None else None
+        when = out[k]
+        out[k] = iso_z(when) if when is not None else None
     out["unknown_signal"] = bool(out["unknown_signal"])
     out["status"] = "closed" if row.get("close_time") is not None else "open"
     return out
@@ -280,7 +288,6 @@ async def report_trades(request: Request) -> Response:
     ]
     if details:
         raise ApiError(422, "invalid trades report", details)
-    from mt5_pipeline.delivery.trades import record_trades
 
     reports = [t.model_dump(exclude_none=True) for t in req.trades]
     recorded = await run_in_threadpool(record_trades, state.settings, reports)
@@ -302,7 +309,6 @@ async def report_trades(request: Request) -> Response:
 async def list_trades(request: Request) -> Response:
     state = _state(request)
     query = validate(OpenTradesQuery, dict(request.query_params), "query", prefix="query.")
-    from mt5_pipeline.delivery.trades import open_trades
 
     rows = await run_in_threadpool(partial(open_trades, state.settings, magic=query.magic, account=query.account))
     return JSON({"success": True, "trades": [trade_body(r) for r in rows]})
@@ -312,7 +318,6 @@ async def reconcile(request: Request) -> Response:
     state = _state(request)
     body = await read_json_object(request, state.settings.api_max_body_bytes)
     req = validate(ReconcileRequest, body, "reconciliation")
-    from mt5_pipeline.delivery.trades import reconcile as run
 
     positions = [p.model_dump(exclude_none=True) for p in req.positions]
     result = await run_in_threadpool(

@@ -5,12 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mt5_pipeline.api.errors import dumps
 from mt5_pipeline.api.metrics import ApiMetrics
 from mt5_pipeline.api.openapi import build_openapi, render_docs
 from mt5_pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
+
+    from mt5_pipeline.delivery.ea_client import EAClient
 
 # /health is polled by load balancers and Docker; probing the EA on every poll would
 # make the health check the EA's busiest client.
@@ -41,7 +46,7 @@ class TTLCache:
 
 
 class AppState:
-    def __init__(self, settings: Settings, *, ea_transport: Any = None) -> None:
+    def __init__(self, settings: Settings, *, ea_transport: httpx.BaseTransport | None = None) -> None:
         self.settings = settings
         self.metrics = ApiMetrics(settings)
         self.openapi = build_openapi(settings)
@@ -49,14 +54,14 @@ class AppState:
         self.docs_html = render_docs(self.openapi)
         self.ea_probe = TTLCache(HEALTH_CACHE_SECONDS)
         self._ea_transport = ea_transport
-        self._ea_client: Any = None
+        self._ea_client: EAClient | None = None
         self._lock = threading.Lock()
 
-    def ea_client(self) -> Any:
+    def ea_client(self) -> EAClient:
         """The one pooled EA client of this app (built on first use, closed at shutdown)."""
         with self._lock:
             if self._ea_client is None:
-                from mt5_pipeline.delivery.ea_client import EAClient
+                from mt5_pipeline.delivery.ea_client import EAClient  # httpx only when the EA is asked
 
                 self._ea_client = EAClient(self.settings, transport=self._ea_transport)
             return self._ea_client

@@ -1,4 +1,9 @@
-"""`mt5-pipeline`: the command line. Each command reads the settings once, then calls the core."""
+"""`mt5-pipeline`: the command line. Each command reads the settings once, then calls the core.
+
+Each command imports the modules it calls in its own body (the one place in the project
+that does so throughout): `mt5-pipeline --help` and every command load none of SQLAlchemy,
+pandas, scikit-learn, Dagster or uvicorn unless they use them.
+"""
 
 from __future__ import annotations
 
@@ -79,6 +84,7 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
             continue
         metrics = result.metrics
         decision = result.decision
+        assert decision is not None, "train_model always decides"
         print(f"trained {name} {result.version} on {result.rows} rows ({', '.join(result.symbols)}) -> {result.path}")
         print(
             f"out-of-sample AUC {metrics.get('auc', float('nan')):.4f} (baseline {metrics.get('baseline_auc', 0.5):.4f})"

@@ -18,8 +18,20 @@ from pathlib import Path
 
 import httpx
 
+from mt5_pipeline.api.main import create_app
+from mt5_pipeline.apps.ea_sim import create_ea_app
+from mt5_pipeline.apps.servers import BackgroundServer, free_port
 from mt5_pipeline.clock import parse_iso, utcnow
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.mt5_csv import import_file
+from mt5_pipeline.market.sample_data import SAMPLE_LABEL, generate_candles, open_minutes
+from mt5_pipeline.orchestration.instance import ensure_local_dagster_home
 from mt5_pipeline.settings import Settings
+from mt5_pipeline.signals.queue import queue_status
+from mt5_pipeline.storage import migrate
+from mt5_pipeline.storage.candles import newest_bars, read_candles
+from mt5_pipeline.storage.engine import get_engine, redact
+from mt5_pipeline.storage.schema import features_m1
 
 # Symbol -> (first price, quote digits): scale-free features let one model learn from all.
 DEMO_SYMBOLS: dict[str, tuple[float, int]] = {"EURUSD": (1.0800, 5), "GBPUSD": (1.2700, 5), "USDJPY": (150.00, 3)}
@@ -37,13 +49,8 @@ def load_candles(
     settings: Settings, say: Callable[[str], None], *, csv_file: str | None = None, bars: int = DEMO_BARS
 ) -> int:
     """Bring every demo symbol up to the current minute through the ingest core; return bars stored."""
-    from mt5_pipeline.market.ingest import ingest_candles
-    from mt5_pipeline.market.sample_data import SAMPLE_LABEL, generate_candles, open_minutes
-    from mt5_pipeline.storage.candles import newest_bars, read_candles
 
     if csv_file:
-        from mt5_pipeline.market.mt5_csv import import_file
-
         report = import_file(settings, csv_file, symbol="EURUSD", timeframe="M1", progress=False)
         say(f"imported MT5 export file {csv_file}: {report.describe()}")
     now = _minute_now()
@@ -80,14 +87,15 @@ def materialize_graph(settings: Settings, say: Callable[[str], None]) -> dict:
 
     import dagster as dg
 
+    # Dagster and scikit-learn load once the demo runs (`mt5-pipeline dev` imports this module for DEMO_EA_KEY).
     from mt5_pipeline.definitions import build_defs
-    from mt5_pipeline.orchestration.instance import ensure_local_dagster_home
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     from mt5_pipeline.orchestration.resources import resources_for
 
     home = ensure_local_dagster_home(os.environ.get("DAGSTER_HOME") or ".dagster")
     os.environ["DAGSTER_HOME"] = str(home)
+    # scikit-learn only once the demo trains (see above).
     from mt5_pipeline.learning.model_store import current_model_info
 
     # Synthetic random walks carry no edge a model must beat (see the README's honest
@@ -100,9 +108,11 @@ def materialize_graph(settings: Settings, say: Callable[[str], None]) -> dict:
         sensor = defs.get_repository_def().get_sensor_def("new_candles_sensor")
         with dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources) as context:
             tick = sensor(context)
-        symbols = sorted({rr.partition_key for rr in tick.run_requests})
-        for request in tick.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        if not isinstance(tick, dg.SensorResult):
+            raise TypeError(f"new_candles_sensor returned {type(tick).__name__}, not a SensorResult")
+        symbols = sorted({rr.partition_key for rr in tick.run_requests or () if rr.partition_key is not None})
+        for request in tick.dynamic_partitions_requests or ():
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys or ()))
         for event in tick.asset_events:
             instance.report_runless_asset_event(event)
         say(f"new_candles_sensor: new bars for {', '.join(symbols) or 'no symbol'}")
@@ -121,6 +131,7 @@ def materialize_graph(settings: Settings, say: Callable[[str], None]) -> dict:
         trained = defs.resolve_job_def("rf_m1_train_job").execute_in_process(
             instance=instance, raise_on_error=False, run_config=QUIET_RUN
         )
+        # scikit-learn only once the demo trains.
         from mt5_pipeline.learning.model_registry import last_retrain
 
         last = last_retrain(settings) or {}
@@ -145,6 +156,7 @@ def materialize_graph(settings: Settings, say: Callable[[str], None]) -> dict:
 def push_through_dagster(settings: Settings) -> None:
     import dagster as dg
 
+    # Dagster and scikit-learn load once the demo runs (`mt5-pipeline dev` imports this module for DEMO_EA_KEY).
     from mt5_pipeline.definitions import build_defs
     from mt5_pipeline.orchestration.resources import resources_for
 
@@ -155,8 +167,6 @@ def push_through_dagster(settings: Settings) -> None:
 
 
 def _wait_for_acks(settings: Settings, since: datetime, timeout: float = 15.0) -> dict:
-    from mt5_pipeline.signals.queue import queue_status
-
     deadline = time.monotonic() + timeout
     while True:
         status = queue_status(settings.database_url, since=since)
@@ -171,6 +181,7 @@ def _newest_equity_png(model_dir: Path) -> Path | None:
 
 
 def _metric_lines(settings: Settings) -> list[str]:
+    # scikit-learn only once the demo trains (see above).
     from mt5_pipeline.learning.model_store import current_model_info
 
     info = current_model_info(settings) or {}
@@ -191,12 +202,6 @@ def _metric_lines(settings: Settings) -> list[str]:
 
 
 def run_demo(settings: Settings, *, csv_file: str | None = None, say: Callable[[str], None] = print) -> int:
-    from mt5_pipeline.api.main import create_app
-    from mt5_pipeline.apps.ea_sim import create_ea_app
-    from mt5_pipeline.apps.servers import BackgroundServer, free_port
-    from mt5_pipeline.storage import migrate
-    from mt5_pipeline.storage.engine import redact
-
     started = time.monotonic()
     since = datetime.now(timezone.utc)
     say(f"mt5-pipeline demo on {redact(settings.database_url)} (models in {settings.model_dir})")
@@ -240,9 +245,6 @@ def run_demo(settings: Settings, *, csv_file: str | None = None, say: Callable[[
                 status = _wait_for_acks(settings, since)
 
     from sqlalchemy import func, select
-
-    from mt5_pipeline.storage.engine import get_engine
-    from mt5_pipeline.storage.schema import features_m1
 
     with get_engine(settings.database_url).connect() as conn:
         feature_rows = conn.execute(select(func.count()).select_from(features_m1)).scalar_one()

@@ -15,8 +15,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
+from mt5_pipeline.apps.demo import DEMO_EA_KEY
+from mt5_pipeline.orchestration.instance import ensure_local_dagster_home
 from mt5_pipeline.settings import Settings
+from mt5_pipeline.storage import migrate
 
 DAGSTER_UI_PORT = 3000
 COLORS = {"dagster": "35", "api": "36", "live": "34", "pusher": "33", "ea-sim": "32"}
@@ -46,7 +50,7 @@ def commands(settings: Settings, ea_port: int, dagster_port: int = DAGSTER_UI_PO
     }
 
 
-def _pump(name: str, stream, lock: threading.Lock) -> None:
+def _pump(name: str, stream: IO[str], lock: threading.Lock) -> None:
     color = COLORS.get(name, "0")
     prefix = f"\x1b[{color}m{name:>8} |\x1b[0m " if sys.stdout.isatty() else f"{name:>8} | "
     for line in iter(stream.readline, ""):
@@ -78,10 +82,6 @@ def _stop(procs: dict[str, subprocess.Popen], grace: float = 15.0) -> None:
 
 
 def run_dev(settings: Settings, *, dagster_port: int = DAGSTER_UI_PORT) -> int:
-    from mt5_pipeline.apps.demo import DEMO_EA_KEY
-    from mt5_pipeline.orchestration.instance import ensure_local_dagster_home
-    from mt5_pipeline.storage import migrate
-
     print(migrate.upgrade(settings.database_url).describe())
     home = ensure_local_dagster_home(os.environ.get("DAGSTER_HOME") or ".dagster")
     ea_port = settings.ea_server_port

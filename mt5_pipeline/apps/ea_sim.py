@@ -182,7 +182,7 @@ class PaperEA:
                 self._log_fh = None
 
 
-def _closing(ea: PaperEA):
+def _closing(ea: PaperEA) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield

@@ -17,6 +17,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from mt5_pipeline.apps.cli import main
+
 
 def project_root(script: str | Path) -> Path | None:
     """The checkout a seed script lives in (``<root>/ml/x.py`` → ``<root>``), or None."""
@@ -30,6 +32,5 @@ def run_seed_script(script: str | Path, command: Sequence[str]) -> int:
     root = project_root(script)
     if root is not None:
         os.chdir(root)
-    from mt5_pipeline.apps.cli import main
 
     return main(list(command))

@@ -20,21 +20,26 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import cast
+
+import httpx
 
 from mt5_pipeline.bridge.acks import AckSender
 from mt5_pipeline.bridge.bars import BarFeeder
 from mt5_pipeline.bridge.client import ApiClient
 from mt5_pipeline.bridge.executor import Executor
+from mt5_pipeline.bridge.fake_mt5 import FakeMT5
+from mt5_pipeline.bridge.http import create_bridge_app
+from mt5_pipeline.bridge.mt5_api import MT5
 from mt5_pipeline.bridge.orders import OrderSettings
 from mt5_pipeline.bridge.poller import Poller
 from mt5_pipeline.bridge.positions import PositionKeeper
 from mt5_pipeline.bridge.reconcile import Reconciler, run_positions
 from mt5_pipeline.bridge.server_clock import server_to_utc
 from mt5_pipeline.bridge.store import BridgeStore
-from mt5_pipeline.bridge.terminal import Terminal, TerminalError
+from mt5_pipeline.bridge.terminal import Terminal, TerminalError, import_mt5
 from mt5_pipeline.bridge.trade_reports import TradeReporter
 from mt5_pipeline.clock import iso_z, utcnow
 from mt5_pipeline.execution.execution_policy import ExecutionPolicy
@@ -56,14 +61,12 @@ class Bridge:
     def __init__(
         self,
         settings: Settings,
-        mt5: Any,
+        mt5: MT5,
         *,
         clock: Callable[[], datetime] = utcnow,
-        api_transport: Any = None,
+        api_transport: httpx.BaseTransport | None = None,
         connect: bool = True,
     ) -> None:
-        from mt5_pipeline.bridge.http import create_bridge_app
-
         self.settings = settings
         self.clock = clock
         self.terminal = Terminal(mt5)
@@ -115,7 +118,7 @@ class Bridge:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def server_to_utc(self, server_times: Any) -> list[int] | None:
+    def server_to_utc(self, server_times: Iterable[int]) -> list[int] | None:
         """Deal, position and bar times of the terminal in UTC (one rule: :mod:`.server_clock`)."""
         return server_to_utc(self.bars, server_times)
 
@@ -206,14 +209,11 @@ class Bridge:
 
 def run_bridge(settings: Settings, *, fake: bool = False) -> int:
     """``mt5-pipeline bridge``: connect, start the loops, serve until Ctrl-C."""
-    import uvicorn
-
-    from mt5_pipeline.bridge.terminal import TerminalError, import_mt5
+    import uvicorn  # the server only for the command that serves
 
     if fake:
-        from mt5_pipeline.bridge.fake_mt5 import FakeMT5
-
-        mt5: Any = FakeMT5(symbols=settings.bridge_symbols)
+        # The double sets the package's constants on its class at import, where mypy cannot see them.
+        mt5 = cast(MT5, FakeMT5(symbols=settings.bridge_symbols))
         log.warning("--fake: a simulated terminal, no real orders")
     else:
         try:

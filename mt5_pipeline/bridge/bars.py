@@ -32,13 +32,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
 from mt5_pipeline.bridge.client import ApiClient, ApiRefused, ApiUnavailable
+from mt5_pipeline.bridge.mt5_api import SymbolInfo
 from mt5_pipeline.bridge.store import BridgeStore
-from mt5_pipeline.bridge.terminal import mt5_timeframe
+from mt5_pipeline.bridge.terminal import Terminal, mt5_timeframe
 from mt5_pipeline.clock import utcnow
 from mt5_pipeline.server_time import ServerZone, fixed_zone, parse_zone
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
@@ -54,7 +55,25 @@ CLOSE_GRACE_SECONDS = 0.3
 OFFSET_TOLERANCE_SECONDS = 90
 
 
-def candle(rate: Any, offset_s: int = 0) -> dict:
+class Candle(TypedDict):
+    """One bar as POST /ingest takes it (MqlRates field names)."""
+
+    time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    tick_volume: int
+    spread: int
+    real_volume: int
+
+
+class Instrument(TypedDict):
+    digits: int
+    point: float
+
+
+def candle(rate: np.void, offset_s: int = 0) -> Candle:
     """One MqlRates record as the API's candle (MqlRates field names; the server's time less `offset_s`)."""
     return {
         "time": int(rate["time"]) - offset_s,
@@ -68,7 +87,7 @@ def candle(rate: Any, offset_s: int = 0) -> dict:
     }
 
 
-def instrument_fields(info: Any) -> dict:
+def instrument_fields(info: SymbolInfo) -> Instrument:
     """The symbol's digits and point (SYMBOL_DIGITS, SYMBOL_POINT), sent with its bars so
     the core can decide its pip without PIP_SIZES (gold, indices, crypto, exotics)."""
     return {"digits": int(info.digits), "point": float(info.point)}
@@ -86,7 +105,7 @@ class FeedStatus:
 
 @dataclass
 class BarFeeder:
-    terminal: Any
+    terminal: Terminal
     api: ApiClient
     store: BridgeStore
     symbols: tuple[str, ...]
@@ -98,7 +117,9 @@ class BarFeeder:
     status: dict[tuple[str, str], FeedStatus] = field(default_factory=dict)
     measured_offset_s: int | None = None
     selected: set[str] = field(default_factory=set)  # symbols put in Market Watch (hidden ones get no rates)
-    instruments: dict[str, dict] = field(default_factory=dict)  # what each symbol says about itself, sent with its bars
+    instruments: dict[str, Instrument] = field(
+        default_factory=dict
+    )  # what each symbol says about itself, sent with its bars
 
     def __post_init__(self) -> None:
         if self.server_time_zone is None:
@@ -241,6 +262,7 @@ class BarFeeder:
         whole multiples of their length in server time (hence the offset: an H4 bar of a
         UTC+2 server closes at 22:00, 02:00, ... UTC); W1 and MN1 are checked every minute."""
         now = self.clock().timestamp()
+        offset: float
         if self.server_time_zone is not None:
             offset = parse_zone(self.server_time_zone).offset_now(self.clock())
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -20,7 +21,9 @@ class ApiRefused(RuntimeError):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = 10.0, transport: Any = None) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, *, timeout: float = 10.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._client = httpx.Client(
             base_url=self.base_url,
@@ -57,11 +60,11 @@ class ApiClient:
         self,
         symbol: str,
         timeframe: str,
-        candles: list[dict],
+        candles: Sequence[Mapping[str, object]],
         *,
         server_time_zone: str,
         partial: bool = True,
-        instrument: dict | None = None,
+        instrument: Mapping[str, object] | None = None,
     ) -> dict:
         """Candles in the trade server's time, with its zone (the API converts them bar by
         bar); `partial`: the API stores the good ones and lists the refused ones;
@@ -69,7 +72,7 @@ class ApiClient:
         body = {
             "symbol": symbol,
             "timeframe": timeframe,
-            "candles": candles,
+            "candles": list(candles),
             "server_time_zone": server_time_zone,
             "partial": partial,
             **(instrument or {}),

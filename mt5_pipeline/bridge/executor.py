@@ -29,8 +29,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from mt5_pipeline.bridge import orders
+from mt5_pipeline.bridge.positions import PositionKeeper
 from mt5_pipeline.bridge.store import BridgeStore
-from mt5_pipeline.bridge.terminal import TerminalError
+from mt5_pipeline.bridge.terminal import Terminal, TerminalError
 from mt5_pipeline.clock import iso_z, utcnow
 from mt5_pipeline.execution.contract import parse_signal
 from mt5_pipeline.execution.trade_signal import Signal
@@ -41,13 +42,13 @@ log = logging.getLogger(__name__)
 class Executor:
     def __init__(
         self,
-        terminal: Any,
+        terminal: Terminal,
         store: BridgeStore,
         cfg: orders.OrderSettings,
         *,
         clock: Callable[[], datetime] = utcnow,
         on_ack: Callable[[], None] | None = None,
-        positions: Any = None,
+        positions: PositionKeeper | None = None,
     ) -> None:
         self.terminal = terminal
         self.store = store
@@ -57,7 +58,7 @@ class Executor:
         self.positions = positions  # a PositionKeeper: the execution policy (None: every signal opens, as before it)
         self._lock = threading.Lock()
 
-    def handle(self, body: Any) -> tuple[int, dict]:
+    def handle(self, body: object) -> tuple[int, dict]:
         """(HTTP status, JSON answer) for one signal body, as the seed's EA answers."""
         signal, errors = parse_signal(body)
         if signal is None:

@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import TypeVar
 
+from mt5_pipeline.bridge.mt5_api import MT5, OrderRequest, OrderSendResult, SymbolInfo, Tick
+from mt5_pipeline.bridge.terminal import Terminal, TerminalError
 from mt5_pipeline.execution.contract import TRANSIENT_RETCODES, pip_for_signal
 from mt5_pipeline.execution.trade_signal import Signal
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 COMMENT_MAX = 31
 
@@ -102,7 +107,7 @@ class Execution:
     volume: float | None = None
     sl: float | None = None
     tp: float | None = None
-    requests: list[dict] = field(default_factory=list)
+    requests: list[OrderRequest] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -116,7 +121,7 @@ class Execution:
         return "; ".join([base, *self.notes])
 
 
-def _filling(mt5: Any, info: Any) -> int:
+def _filling(mt5: MT5, info: SymbolInfo) -> int:
     """The order filling type the symbol allows (SYMBOL_FILLING_* flags of ``filling_mode``).
 
     FOK first (all or nothing: the signal's volume or no trade), then IOC; a symbol with
@@ -129,7 +134,7 @@ def _filling(mt5: Any, info: Any) -> int:
     return mt5.ORDER_FILLING_RETURN
 
 
-def risk_lots(balance: float, risk_percent: float, sl_distance: float, info: Any) -> float:
+def risk_lots(balance: float, risk_percent: float, sl_distance: float, info: SymbolInfo) -> float:
     """Lots that lose ``risk_percent`` of ``balance`` if the stop is hit: the loss of one lot
     is the SL distance in ticks times the tick value (in the account's currency, as the
     terminal reports it for the symbol: trade_tick_value / trade_tick_size)."""
@@ -141,7 +146,7 @@ def risk_lots(balance: float, risk_percent: float, sl_distance: float, info: Any
     return balance * risk_percent / 100.0 / loss_per_lot
 
 
-def _volume(lots: float, info: Any) -> float:
+def _volume(lots: float, info: SymbolInfo) -> float:
     step = float(getattr(info, "volume_step", 0) or 0)
     vmin = float(getattr(info, "volume_min", 0) or 0)
     vmax = float(getattr(info, "volume_max", 0) or 0)
@@ -159,7 +164,7 @@ def _volume(lots: float, info: Any) -> float:
     return volume
 
 
-def to_tick(value: float, tick: float, digits: int, how: Any = round) -> float:
+def to_tick(value: float, tick: float, digits: int, how: Callable[[float], float] = round) -> float:
     """``value`` on the symbol's price grid: a whole number of ticks, written with ``digits``
     decimals (``how``: round to the nearest, or math.floor / math.ceil to widen a stop)."""
     if tick <= 0:
@@ -226,8 +231,8 @@ class OrderSettings:
 
 
 def build_request(
-    mt5: Any, signal: Signal, info: Any, tick: Any, cfg: OrderSettings, balance: float | None = None
-) -> tuple[dict, list[str]]:
+    mt5: MT5, signal: Signal, info: SymbolInfo, tick: Tick, cfg: OrderSettings, balance: float | None = None
+) -> tuple[OrderRequest, list[str]]:
     """The ``order_send`` request for ``signal`` at the current tick (``balance``: the
     account's, needed when sizing by risk). Raises ValueError (PipSizeUnknown among them)
     when no valid order can be built."""
@@ -254,7 +259,7 @@ def build_request(
         stops_level=int(getattr(info, "trade_stops_level", 0) or 0),
         tick=tick_size,
     )
-    request = {
+    request: OrderRequest = {
         "action": mt5.TRADE_ACTION_DEAL,
         "symbol": signal.symbol,
         "volume": _volume(
@@ -276,7 +281,14 @@ def build_request(
     return request, notes + stop_notes
 
 
-def place(terminal: Any, signal: Signal, cfg: OrderSettings, *, since: Any = None, until: Any = None) -> Execution:
+def place(
+    terminal: Terminal,
+    signal: Signal,
+    cfg: OrderSettings,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Execution:
     """Send the market order for ``signal``; one retry at the new price after a requote.
 
     A transient retcode (:data:`mt5_pipeline.execution.contract.TRANSIENT_RETCODES`) is TRANSIENT,
@@ -299,8 +311,8 @@ def place(terminal: Any, signal: Signal, cfg: OrderSettings, *, since: Any = Non
                 code, text = terminal.last_error()
                 return Execution("TRANSIENT", description=f"account_info failed, cannot size by risk: {code} {text}")
             balance = float(account.balance)
-        requests: list[dict] = []
-        result = None
+        requests: list[OrderRequest] = []
+        result: OrderSendResult | None = None
         notes: list[str] = []
         for attempt in range(2):
             tick = mt5.symbol_info_tick(symbol)
@@ -362,17 +374,17 @@ def place(terminal: Any, signal: Signal, cfg: OrderSettings, *, since: Any = Non
         return Execution(status, retcode=retcode, description=description, requests=requests, notes=notes)
 
 
-def find_placed(terminal: Any, symbol: str, comment: str, magic: int, since: Any, until: Any) -> int | None:
+def find_placed(
+    terminal: Terminal, symbol: str, comment: str, magic: int, since: datetime | None, until: datetime | None
+) -> int | None:
     """The ticket of an order the bridge already sent for ``comment`` (after a crash
     between ``order_send`` and recording its result), from open positions and history.
     Raises TerminalError when the terminal cannot answer: "not found" must mean not found."""
-    from mt5_pipeline.bridge.terminal import TerminalError
-
     with terminal.session() as mt5:
         if not terminal.ensure():
             raise TerminalError("the terminal is not reachable to look the order up")
 
-        def listed(result: Any, what: str) -> tuple:
+        def listed(result: tuple[T, ...] | None, what: str) -> tuple[T, ...]:
             if result is None:
                 code, text = terminal.last_error()
                 if code != 1:  # RES_S_OK: nothing found, not an error

@@ -31,14 +31,22 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
 
 from mt5_pipeline.bridge import orders
+from mt5_pipeline.bridge.mt5_api import OrderRequest, OrderSendResult, TradePosition
 from mt5_pipeline.bridge.store import BridgeStore
-from mt5_pipeline.bridge.terminal import TerminalError, mt5_timeframe
+from mt5_pipeline.bridge.terminal import Terminal, TerminalError, mt5_timeframe
 from mt5_pipeline.clock import from_epoch, utcnow
-from mt5_pipeline.execution.contract import POLICY_SKIP, policy_for_signal
-from mt5_pipeline.execution.execution_policy import ExecutionPolicy, OpenPosition, decide_entry, due_exits, entry_bar
+from mt5_pipeline.execution.contract import POLICY_SKIP, TRANSIENT_RETCODES, policy_for_signal
+from mt5_pipeline.execution.execution_policy import (
+    ExecutionPolicy,
+    OpenPosition,
+    Side,
+    as_side,
+    decide_entry,
+    due_exits,
+    entry_bar,
+)
 from mt5_pipeline.execution.trade_signal import Signal
 from mt5_pipeline.settings import TIMEFRAME_SECONDS
 
@@ -51,7 +59,7 @@ POSITION_CLOSED = 10036  # TRADE_RETCODE_POSITION_CLOSED: someone (the stop, a p
 class PositionKeeper:
     def __init__(
         self,
-        terminal: Any,
+        terminal: Terminal,
         store: BridgeStore,
         cfg: orders.OrderSettings,
         default_policy: ExecutionPolicy,
@@ -73,7 +81,7 @@ class PositionKeeper:
         self._exits_lock = threading.Lock()
 
     # ---- the terminal's positions -------------------------------------------------------
-    def terminal_positions(self) -> list[Any]:
+    def terminal_positions(self) -> list[TradePosition]:
         """Every open position carrying the magic; TerminalError when the terminal cannot say
         (an empty list must mean none)."""
         with self.terminal.session() as mt5:
@@ -82,7 +90,7 @@ class PositionKeeper:
                 code, text = self.terminal.last_error()
                 if code != 1:  # RES_S_OK: none open
                     raise TerminalError(f"positions_get failed: {code} {text}")
-                listed = ()
+                return []
         return [p for p in listed if int(p.magic) == int(self.cfg.magic)]
 
     def open_positions(self) -> list[tuple[OpenPosition, dict]]:
@@ -94,7 +102,7 @@ class PositionKeeper:
             rec = records.get(int(p.ticket))
             if rec is None:
                 continue  # not opened by this bridge: its timeframe is unknown, the policy leaves it alone
-            side = "BUY" if int(p.type) == int(self.terminal.mt5.POSITION_TYPE_BUY) else "SELL"
+            side: Side = "BUY" if int(p.type) == int(self.terminal.mt5.POSITION_TYPE_BUY) else "SELL"
             out.append(
                 (OpenPosition(int(p.ticket), rec["symbol"], rec["timeframe"], side, from_epoch(rec["entry_bar"])), rec)
             )
@@ -119,7 +127,7 @@ class PositionKeeper:
             positions = [op for op, _ in self.open_positions()]
         except TerminalError as exc:
             return "retry", f"the open positions cannot be read ({exc})"
-        for action in decide_entry(policy, signal.symbol, signal.timeframe, signal.side, positions):  # type: ignore[arg-type]
+        for action in decide_entry(policy, signal.symbol, signal.timeframe, as_side(signal.side), positions):
             if action.kind == "skip":
                 return "skip", f"{POLICY_SKIP} ({policy.entry}): {action.reason}"
             if action.kind == "close":
@@ -159,7 +167,7 @@ class PositionKeeper:
                 code, text = self.terminal.last_error()
                 return orders.Execution("TRANSIENT", description=f"symbol {pos.symbol} not available ({code} {text})")
             long_ = int(pos.type) == int(mt5.POSITION_TYPE_BUY)
-            result = None
+            result: OrderSendResult | None = None
             for attempt in range(2):
                 tick = mt5.symbol_info_tick(pos.symbol)
                 if tick is None or not tick.bid or not tick.ask:
@@ -169,7 +177,7 @@ class PositionKeeper:
                     float(getattr(info, "trade_tick_size", 0) or 0),
                     int(info.digits),
                 )
-                request = {
+                request: OrderRequest = {
                     "action": mt5.TRADE_ACTION_DEAL, "symbol": pos.symbol, "volume": float(pos.volume),
                     "type": mt5.ORDER_TYPE_SELL if long_ else mt5.ORDER_TYPE_BUY, "position": int(ticket), "price": price,
                     "deviation": int(self.cfg.deviation), "magic": int(self.cfg.magic), "comment": f"{reason} exit"[: orders.COMMENT_MAX],
@@ -193,7 +201,7 @@ class PositionKeeper:
                 description=orders.describe_retcode(retcode),
                 price=float(result.price or 0) or None,
             )
-        status = "TRANSIENT" if retcode in orders.TRANSIENT_RETCODES else "REJECTED"
+        status = "TRANSIENT" if retcode in TRANSIENT_RETCODES else "REJECTED"
         log.warning(
             "ticket %s not closed (%s): %s",
             ticket,

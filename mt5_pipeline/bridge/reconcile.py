@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from threading import Event
 from typing import Any
 
 from mt5_pipeline.bridge.client import ApiClient, ApiRefused, ApiUnavailable
@@ -146,7 +147,7 @@ def seconds_to_next_minute(now: datetime, grace: float = 1.0) -> float:
 
 
 def run_positions(
-    stop: Any, keeper: PositionKeeper, reconciler: Reconciler, *, clock: Callable[[], datetime] = utcnow
+    stop: Event, keeper: PositionKeeper, reconciler: Reconciler, *, clock: Callable[[], datetime] = utcnow
 ) -> None:
     """The positions loop: at start and after every minute turns, the time exits due,
     then the trade reports and the reconciliation."""

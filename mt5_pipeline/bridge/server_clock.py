@@ -12,12 +12,20 @@ server's offset does not change.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
+from mt5_pipeline.server_time import ServerZone
 
-def server_to_utc(bars: Any, server_times: Iterable[int]) -> list[int] | None:
+
+class ZoneSource(Protocol):
+    """Whatever knows the server's zone (the bars feed: it measures an auto offset)."""
+
+    def zone(self) -> ServerZone | None: ...
+
+
+def server_to_utc(bars: ZoneSource, server_times: Iterable[int]) -> list[int] | None:
     """UTC epoch seconds of server-clock epoch seconds, or None while the server's zone
     is not known yet (``auto`` before a fresh tick: the caller waits, as the bars feed does)."""
     zone = bars.zone()

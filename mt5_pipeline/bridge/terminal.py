@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from mt5_pipeline.bridge.mt5_api import MT5, SymbolInfo
 from mt5_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,10 +26,10 @@ class TerminalError(RuntimeError):
     """The terminal could not be reached or refused a call; the message says which."""
 
 
-def import_mt5() -> Any:
+def import_mt5() -> MT5:
     """The official package, or a clear error saying how to get it."""
     try:
-        import MetaTrader5  # type: ignore[import-not-found]
+        import MetaTrader5
     except ImportError:
         raise TerminalError(
             "the MetaTrader5 package is not installed: on the terminal's Windows machine run "
@@ -39,13 +41,13 @@ def import_mt5() -> Any:
 class Terminal:
     """One connected terminal; ``call`` runs a package function under the lock."""
 
-    def __init__(self, mt5: Any) -> None:
+    def __init__(self, mt5: MT5) -> None:
         self.mt5 = mt5
         self.lock = threading.RLock()
         self._settings: Settings | None = None
 
     @contextmanager
-    def session(self):
+    def session(self) -> Iterator[MT5]:
         """Hold the lock for several calls that belong together (read tick, then send)."""
         with self.lock:
             yield self.mt5
@@ -97,7 +99,7 @@ class Terminal:
         except (TypeError, ValueError):
             return -1, str(err)
 
-    def select(self, symbol: str) -> Any:
+    def select(self, symbol: str) -> SymbolInfo | None:
         """``symbol_info``, adding the symbol to Market Watch first if needed (rates and
         ticks of a hidden symbol are not updated)."""
         with self.lock:
@@ -127,5 +129,5 @@ TIMEFRAME_CONSTANTS = {
 }
 
 
-def mt5_timeframe(mt5: Any, timeframe: str) -> int:
-    return getattr(mt5, TIMEFRAME_CONSTANTS[timeframe])
+def mt5_timeframe(mt5: MT5, timeframe: str) -> int:
+    return int(getattr(mt5, TIMEFRAME_CONSTANTS[timeframe]))

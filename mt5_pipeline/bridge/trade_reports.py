@@ -33,8 +33,9 @@ from typing import Any
 
 from mt5_pipeline.bridge.acks import backoff
 from mt5_pipeline.bridge.client import ApiClient, ApiRefused, ApiUnavailable
+from mt5_pipeline.bridge.mt5_api import TradeDeal
 from mt5_pipeline.bridge.store import BridgeStore
-from mt5_pipeline.bridge.terminal import TerminalError
+from mt5_pipeline.bridge.terminal import Terminal, TerminalError
 from mt5_pipeline.clock import utcnow
 from mt5_pipeline.execution.execution_policy import EXIT_MANUAL, EXIT_SL, EXIT_TP
 
@@ -49,7 +50,7 @@ BATCH = 500  # reports per POST /ea/trades (the API takes up to 1,000)
 class TradeReporter:
     def __init__(
         self,
-        terminal: Any,
+        terminal: Terminal,
         api: ApiClient,
         store: BridgeStore,
         magic: int,
@@ -67,9 +68,12 @@ class TradeReporter:
         self.account: int | None = None
 
     # ---- reading the history ----------------------------------------------------------
-    def _deals(self, *window: int, **kwargs: Any) -> list[Any]:
+    def _deals(
+        self, since: int | None = None, until: int | None = None, *, position: int | None = None
+    ) -> list[TradeDeal]:
+        """The deals between two server times, or every deal of one position."""
         with self.terminal.session() as mt5:
-            got = mt5.history_deals_get(*window, **kwargs)
+            got = mt5.history_deals_get(since, until) if position is None else mt5.history_deals_get(position=position)
             if got is None:
                 code, text = self.terminal.last_error()
                 if code != 1:
@@ -90,7 +94,7 @@ class TradeReporter:
         # server is within a day of UTC, so the UTC-based bounds are a day wider instead.
         since = int(now - (FIRST_SCAN_DAYS + 1) * 86400) if cursor is None else cursor - RESCAN_SECONDS
         deals = self._deals(since, int(now + 86400))
-        by_position: dict[int, list[Any]] = defaultdict(list)
+        by_position: dict[int, list[TradeDeal]] = defaultdict(list)
         for d in deals:
             if int(getattr(d, "position_id", 0) or 0):
                 by_position[int(d.position_id)].append(d)
@@ -99,7 +103,7 @@ class TradeReporter:
             self.store.set_cursor(CURSOR, max(int(d.time) for d in deals))
         return queued
 
-    def report_positions(self, tickets: Iterable[int], known: dict[int, list[Any]] | None = None) -> int:
+    def report_positions(self, tickets: Iterable[int], known: dict[int, list[TradeDeal]] | None = None) -> int:
         """Queue the report of each position ticket from all its deals (reconciliation
         asks this for the trades the terminal no longer holds)."""
         queued = 0
@@ -115,7 +119,7 @@ class TradeReporter:
                 queued += 1
         return queued
 
-    def build(self, ticket: int, deals: list[Any]) -> tuple[str, dict] | None:
+    def build(self, ticket: int, deals: list[TradeDeal]) -> tuple[str, dict] | None:
         """(open | closed, the report) of one position from its deals; None when it is not
         the magic's, or its times cannot be converted yet."""
         mt5 = self.terminal.mt5

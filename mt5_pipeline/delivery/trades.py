@@ -64,13 +64,13 @@ def record_trades(
 ) -> list[Recorded]:
     """Record open and close reports (dicts with the trades table's column names).
     The reporter's ``timeframe`` and ``model_version`` give way to the signal's."""
-    reports = [dict(r) for r in reports]
+    copies = [dict(r) for r in reports]
     now = resolve_now(now)
     with get_engine(settings.database_url).connect() as conn:
-        links = store.signal_links(conn, (r.get("signal_id") for r in reports))
-    stored = store.get_trades(settings.database_url, (r["ticket"] for r in reports))
+        links = store.signal_links(conn, (r.get("signal_id") or "" for r in copies))
+    stored = store.get_trades(settings.database_url, (r["ticket"] for r in copies))
     rows = []
-    for r in reports:
+    for r in copies:
         link = links.get(r.get("signal_id") or "")
         previous = stored.get(r["ticket"], {})
         if link is not None:
@@ -124,7 +124,7 @@ def reconcile(
     *,
     magic: int,
     account: int | None,
-    positions: list[Mapping[str, Any]],
+    positions: Iterable[Mapping[str, Any]],
     now: datetime | None = None,
 ) -> Reconciliation:
     """Compare the terminal's positions carrying ``magic`` with the open trades, record the

@@ -26,7 +26,7 @@ import math
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from mt5_pipeline.execution.execution_policy import ENTRY_POLICIES, ExecutionPolicy
 from mt5_pipeline.execution.trade_signal import PAYLOAD_KEYS, REQUIRED_META, SIDES, Signal
@@ -135,13 +135,15 @@ def policy_for_signal(signal: Signal | Mapping[str, Any], default: ExecutionPoli
     meta = signal.meta if isinstance(signal, Signal) else (signal.get("meta") or {})
     entry = meta.get("entry_policy") if isinstance(meta, Mapping) else None
     hold = meta.get("max_hold_bars") if isinstance(meta, Mapping) else None
-    said = entry in ENTRY_POLICIES, isinstance(hold, int) and not isinstance(hold, bool) and hold >= 1
-    policy = ExecutionPolicy(entry if said[0] else default.entry, hold if said[1] else default.max_hold_bars)
+    entry_said = entry if isinstance(entry, str) and entry in ENTRY_POLICIES else None
+    hold_said = hold if isinstance(hold, int) and not isinstance(hold, bool) and hold >= 1 else None
+    said = entry_said is not None, hold_said is not None
+    policy = ExecutionPolicy(entry_said or default.entry, hold_said or default.max_hold_bars)
     return policy, "meta" if all(said) else ("local settings" if not any(said) else "meta, partly local settings")
 
 
 # ---- the signal body -----------------------------------------------------------------------
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -51,6 +51,15 @@ EXIT_REASONS = (EXIT_SL, EXIT_TP, EXIT_TIME, EXIT_OPPOSITE, EXIT_MANUAL)
 Side = Literal["BUY", "SELL"]
 
 
+def as_side(value: str) -> Side:
+    """``value`` (a signal's side) as a :data:`Side`; ValueError for anything else."""
+    if value == "BUY":
+        return "BUY"
+    if value == "SELL":
+        return "SELL"
+    raise ValueError(f"side must be BUY or SELL, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ExecutionPolicy:
     entry: str = ONE_PER_SYMBOL_TIMEFRAME

@@ -36,7 +36,12 @@ import pandas as pd
 from sqlalchemy import desc, func, select
 
 from mt5_pipeline.clock import as_utc, resolve_now
+from mt5_pipeline.learning.features import feature_symbols
+from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION, MODEL_FEATURES
+from mt5_pipeline.learning.model_store import ModelMismatchError, NoModelError, current_model_info, load_current
 from mt5_pipeline.settings import Settings
+from mt5_pipeline.storage.engine import get_engine
+from mt5_pipeline.storage.schema import features_m1
 
 BINS = 10
 # The mean probability moving this far from the champion's out-of-sample mean is a
@@ -136,9 +141,6 @@ class DriftReport:
 
 def recent_rows(settings: Settings, symbol: str, timeframe: str, hours: float) -> pd.DataFrame:
     """Usable feature rows of the last ``hours`` up to the symbol's newest usable row (the data's clock, not the wall's)."""
-    from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION, MODEL_FEATURES
-    from mt5_pipeline.storage.engine import get_engine
-    from mt5_pipeline.storage.schema import features_m1
 
     f = features_m1.c
     where = (
@@ -162,8 +164,6 @@ def recent_rows(settings: Settings, symbol: str, timeframe: str, hours: float) -
 
 
 def _champion_meta(settings: Settings, timeframe: str) -> dict | None:
-    from mt5_pipeline.learning.model_store import current_model_info
-
     info = current_model_info(settings, timeframe)
     return None if info is None or info.get("error") else info
 
@@ -230,8 +230,6 @@ def signal_drift(
     settings: Settings, symbol: str, timeframe: str = "M1", rows: pd.DataFrame | None = None
 ) -> DriftReport:
     """Live BUY/SELL/neutral shares and mean probability over the window against the champion's evaluation."""
-    from mt5_pipeline.learning.indicators import MODEL_FEATURES
-    from mt5_pipeline.learning.model_store import ModelMismatchError, NoModelError, load_current
 
     try:
         loaded = load_current(settings, timeframe)
@@ -293,8 +291,6 @@ def signal_drift(
 
 
 def symbols_with_features(settings: Settings, timeframe: str = "M1") -> list[str]:
-    from mt5_pipeline.learning.features import feature_symbols
-
     return feature_symbols(settings.database_url, timeframe)
 
 

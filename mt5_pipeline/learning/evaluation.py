@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,7 +41,11 @@ class Fold:
     test_end_ns: int  # exclusive; the last fold's is past the data
 
 
-def _ns(values) -> np.ndarray:
+# Row times: int64 nanoseconds, datetime64, or timezone-aware times.
+Times = np.ndarray | pd.Series | pd.DatetimeIndex
+
+
+def _ns(values: Times) -> np.ndarray:
     """Int64 nanoseconds from int64 ns, datetime64, or timezone-aware times."""
     if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
         return values.astype(np.int64)
@@ -47,7 +53,7 @@ def _ns(values) -> np.ndarray:
 
 
 def walk_forward_folds(
-    ts, label_end_ts, n_folds: int = DEFAULT_FOLDS, test_fraction: float = TEST_FRACTION
+    ts: Times, label_end_ts: Times, n_folds: int = DEFAULT_FOLDS, test_fraction: float = TEST_FRACTION
 ) -> list[Fold]:
     """Expanding-window folds over rows sorted by ``ts`` (int64 ns or datetime64).
 
@@ -80,12 +86,12 @@ def walk_forward_folds(
     return folds
 
 
-def time_split(ts, label_end_ts, test_fraction: float = TEST_FRACTION) -> Fold:
+def time_split(ts: Times, label_end_ts: Times, test_fraction: float = TEST_FRACTION) -> Fold:
     """The main split: train on the earlier part, evaluate on the last ``test_fraction``."""
     return walk_forward_folds(ts, label_end_ts, 1, test_fraction)[0]
 
 
-def _safe(fn, *args, **kwargs) -> float:
+def _safe(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
     """The metric, or NaN where it is undefined (e.g. one class only), not zero."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

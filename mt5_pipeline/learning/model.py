@@ -15,8 +15,9 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import RowMapping, select
 
+from mt5_pipeline.bars import closed_cutoff
 from mt5_pipeline.clock import iso_z, parse_iso
 from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION, MODEL_FEATURES
 from mt5_pipeline.learning.model_store import (
@@ -30,6 +31,7 @@ from mt5_pipeline.learning.model_store import (
 )
 from mt5_pipeline.learning.prediction import Prediction
 from mt5_pipeline.settings import Settings
+from mt5_pipeline.storage.candles import newest_candle_ts
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import features_m1
 
@@ -85,8 +87,6 @@ def predict_latest(
     a newer one is predicted (its final version may still come); an older one when the
     features have not caught up with it yet (the Dagster path computes them in its own run).
     """
-    from mt5_pipeline.bars import closed_cutoff
-    from mt5_pipeline.storage.candles import newest_candle_ts
 
     loaded = _champion(settings, timeframe)
     url = settings.database_url
@@ -131,7 +131,7 @@ def _champion(settings: Settings, timeframe: str) -> LoadedModel:
     return loaded
 
 
-def _predict(loaded: LoadedModel, symbol: str, timeframe: str, row: Mapping[str, Any]) -> Prediction:
+def _predict(loaded: LoadedModel, symbol: str, timeframe: str, row: RowMapping | Mapping[str, Any]) -> Prediction:
     if str(row["feature_set_version"]) != FEATURE_SET_VERSION:
         raise NoFeaturesError(
             f"the newest features of {symbol} {timeframe} are feature set v{row['feature_set_version']}, this code computes "

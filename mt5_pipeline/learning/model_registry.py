@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import desc, func, select, update
 
+from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION
 from mt5_pipeline.learning.model_store import finite_or_none, model_name
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.storage.engine import get_engine
@@ -91,7 +92,6 @@ def record_candidate(
 
 def record_failure(settings: Settings, timeframe: str, at: datetime, reason: str, *, kind: str, label_mode: str) -> str:
     """A retrain that stopped with an error: a row without a file, so /health and /metrics see it."""
-    from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION
 
     version = unique_version(settings, f"{at:%Y%m%dT%H%M%SZ}-failed", timeframe)
     with get_engine(settings.database_url).begin() as conn:

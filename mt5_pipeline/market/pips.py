@@ -71,11 +71,11 @@ def currency_pair(symbol: str) -> tuple[str, str] | None:
 
 def pip_from_instrument(digits: int | None, point: float | None) -> float | None:
     """MQL's convention from the terminal's SYMBOL_DIGITS / SYMBOL_POINT (either may be missing)."""
-    if digits is None and point is None:
-        return None
     if point is None:
-        point = 10.0 ** -int(digits)  # type: ignore[arg-type]
-    if digits is None:
+        if digits is None:
+            return None
+        point = 10.0 ** -int(digits)
+    elif digits is None:
         digits = max(0, round(-math.log10(point)))
     pip = float(point) * (POINTS_PER_PIP if int(digits) in (3, 5) else 1)
     return round(pip, int(digits) + 1)  # 0.001 * 10 is 0.010000000000000002

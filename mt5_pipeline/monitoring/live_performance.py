@@ -31,6 +31,8 @@ import pandas as pd
 
 from mt5_pipeline.figures import equity_axes
 from mt5_pipeline.learning.backtest import summarize
+from mt5_pipeline.learning.model_registry import by_version
+from mt5_pipeline.learning.model_store import read_sidecar
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.storage.trades import closed_trades
 
@@ -135,9 +137,6 @@ def bootstrap_band(
 
 
 def _backtest_of(settings: Settings, version: str) -> tuple[dict, np.ndarray]:
-    from mt5_pipeline.learning.model_registry import by_version
-    from mt5_pipeline.learning.model_store import read_sidecar
-
     row = by_version(settings, version)
     meta = read_sidecar(Path(row["path"])) if row and row.get("path") else None
     if not meta:

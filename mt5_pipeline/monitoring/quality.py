@@ -6,9 +6,10 @@ them, so an operator script or a test can run the same checks without Dagster.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -17,8 +18,12 @@ from sqlalchemy import and_, func, or_, select
 from mt5_pipeline.clock import as_utc, resolve_now
 from mt5_pipeline.market.extremes import EXTREME_CHECK_BARS, EXTREME_SIGMAS, extreme_bars
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
+from mt5_pipeline.storage.candles import list_symbols, read_candles
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import FEATURE_COLUMNS, candles, features_m1, signals_queue
+
+if TYPE_CHECKING:
+    from mt5_pipeline.learning.drift import DriftReport
 
 # A gap this long outside a weekend is an outage worth a warning; single missing
 # minutes are normal in quiet markets and are only counted.
@@ -86,8 +91,6 @@ def _is_weekend_gap(prev: pd.Series, nxt: pd.Series) -> np.ndarray:
 
 
 def candles_gaps(database_url: str, timeframe: str = "M1") -> CheckOutcome:
-    from mt5_pipeline.storage.candles import list_symbols, read_candles
-
     step = TIMEFRAME_SECONDS[timeframe]
     per_symbol: dict[str, dict[str, int]] = {}
     for symbol, _ in list_symbols(database_url, timeframe):
@@ -147,7 +150,6 @@ def candles_fresh(
 def candles_extreme_bars(database_url: str) -> CheckOutcome:
     """Extreme bars among each series' newest EXTREME_CHECK_BARS; fails (a warning) while
     one is unconfirmed: awaiting the next bars, or not held by them (a likely bad tick)."""
-    from mt5_pipeline.storage.candles import list_symbols, read_candles
 
     found: list[dict[str, Any]] = []
     for symbol, timeframe in list_symbols(database_url):
@@ -238,6 +240,7 @@ def features_match_candles(database_url: str, timeframe: str = "M1") -> CheckOut
 
 
 def model_beats_baseline(settings: Settings, timeframe: str = "M1") -> CheckOutcome:
+    # The Dagster code location imports this module: scikit-learn and scipy load when a check runs.
     from mt5_pipeline.learning.model_store import current_model_info
 
     info = current_model_info(settings, timeframe)
@@ -261,7 +264,10 @@ def judge_auc(metrics: dict[str, Any]) -> CheckOutcome:
 
 
 def model_matches_features(settings: Settings, timeframe: str = "M1") -> CheckOutcome:
+    # The Dagster code location imports this module: scikit-learn and scipy load when a check runs.
     from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION, MODEL_FEATURES
+
+    # The Dagster code location imports this module: scikit-learn and scipy load when a check runs.
     from mt5_pipeline.learning.model_store import current_model_info
 
     info = current_model_info(settings, timeframe)
@@ -307,7 +313,7 @@ def no_pending_past_expiry(settings: Settings, *, now: datetime | None = None) -
 # ---- drift ---------------------------------------------------------------------
 
 
-def _drift_outcome(reports, what: str) -> CheckOutcome:
+def _drift_outcome(reports: Sequence[DriftReport], what: str) -> CheckOutcome:
     if not reports:
         return CheckOutcome(True, f"no symbol with features yet: no {what} to measure", {}, severity="WARN")
     meta: dict[str, Any] = {}
@@ -322,6 +328,7 @@ def _drift_outcome(reports, what: str) -> CheckOutcome:
 
 def features_drift(settings: Settings, timeframe: str = "M1") -> CheckOutcome:
     """PSI per feature and symbol, last DRIFT_WINDOW_HOURS against the champion's training window (mt5_pipeline.learning.drift)."""
+    # The Dagster code location imports this module: scikit-learn and scipy load when a check runs.
     from mt5_pipeline.learning import drift
 
     reports = [drift.feature_drift(settings, s, timeframe) for s in drift.symbols_with_features(settings, timeframe)]
@@ -336,6 +343,7 @@ def features_drift(settings: Settings, timeframe: str = "M1") -> CheckOutcome:
 
 def signals_drift(settings: Settings, timeframe: str = "M1") -> CheckOutcome:
     """Live BUY/SELL/neutral shares and mean probability per symbol against the champion's backtest."""
+    # The Dagster code location imports this module: scikit-learn and scipy load when a check runs.
     from mt5_pipeline.learning import drift
 
     reports = [drift.signal_drift(settings, s, timeframe) for s in drift.symbols_with_features(settings, timeframe)]

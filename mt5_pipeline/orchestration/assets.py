@@ -11,11 +11,19 @@ keys (features_m1, rf_m1, signals), H1 gets features_h1 -> rf_h1 -> signals_h1, 
 """
 
 import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from mt5_pipeline.orchestration.partitions import symbols_partitions
 from mt5_pipeline.orchestration.resources import PipelineResource
+from mt5_pipeline.settings import Settings
+from mt5_pipeline.signals.generation import generate_signal
+
+if TYPE_CHECKING:
+    from mt5_pipeline.learning.promotion import Decision
 
 GROUP = "mt5_pipeline"
 
@@ -51,6 +59,7 @@ def build_features_asset(timeframe: str) -> dg.AssetsDefinition:
         description=f"Scale-free technical features per {timeframe} bar, computed incrementally for new or corrected bars (table features_m1, timeframe {timeframe}).",
     )
     def _features(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+        # scipy and scikit-learn load in the run that needs them, not with the code location.
         from mt5_pipeline.learning.features import update_features
         from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION
 
@@ -70,11 +79,14 @@ def build_features_asset(timeframe: str) -> dg.AssetsDefinition:
     return _features
 
 
-def drift_metadata(context, settings, symbol: str, timeframe: str, which: str) -> dict:
+def drift_metadata(
+    context: dg.AssetExecutionContext, settings: Settings, symbol: str, timeframe: str, which: str
+) -> dict:
     """This symbol's drift figures as numeric metadata (``drift/...``): the Plots tab shows drift build up.
 
     Only once a champion exists; a failure here is logged, never fails the materialization.
     """
+    # scipy and scikit-learn load in the run that needs them, not with the code location.
     from mt5_pipeline.learning import drift
     from mt5_pipeline.learning.model_store import current_model_path
 
@@ -98,7 +110,7 @@ def drift_metadata(context, settings, symbol: str, timeframe: str, which: str) -
     return meta
 
 
-def _equity_markdown(png_path) -> str:
+def _equity_markdown(png_path: Path) -> str:
     data = base64.b64encode(png_path.read_bytes()).decode()
     return f"![equity curve](data:image/png;base64,{data})"
 
@@ -107,10 +119,10 @@ PROMOTION_CHECK = "candidate_promoted"
 _SCORES = ("auc", "log_loss", "net_pips", "trades")
 
 
-def _score_table(decision) -> str:
+def _score_table(decision: "Decision") -> str:
     """Candidate, champion and baseline side by side, as the UI shows a markdown table."""
 
-    def fmt(value) -> str:
+    def fmt(value: float | None) -> str:
         return (
             "—"
             if value is None or value != value
@@ -132,7 +144,7 @@ def _score_table(decision) -> str:
     return "\n".join(lines)
 
 
-def promotion_metadata(decision) -> dict:
+def promotion_metadata(decision: "Decision") -> dict:
     """Numbers only under candidate/, champion/ and baseline/, so the UI plots them across retrains."""
     meta: dict = {
         "decision": decision.decision,
@@ -157,7 +169,7 @@ def promotion_metadata(decision) -> dict:
     return meta
 
 
-def build_model_asset(timeframe: str, features_asset) -> dg.AssetsDefinition:
+def build_model_asset(timeframe: str, features_asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
     """rf_<tf>: a retrain produces a candidate; it replaces the champion only when promoted."""
     name = asset_names(timeframe)["model"]
 
@@ -187,7 +199,10 @@ def build_model_asset(timeframe: str, features_asset) -> dg.AssetsDefinition:
             )
         ],
     )
-    def _model(context: dg.AssetExecutionContext, pipeline: PipelineResource):
+    def _model(
+        context: dg.AssetExecutionContext, pipeline: PipelineResource
+    ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
+        # scipy and scikit-learn load in the run that needs them, not with the code location.
         from mt5_pipeline.learning.training import InsufficientDataError, train_model
 
         settings = pipeline.settings()
@@ -205,6 +220,7 @@ def build_model_asset(timeframe: str, features_asset) -> dg.AssetsDefinition:
             raise dg.Failure(description=f"{name} retrain failed: {type(exc).__name__}: {exc}") from exc
         importances = sorted(result.feature_importances.items(), key=lambda kv: -kv[1])
         decision = result.decision
+        assert decision is not None, "train_model always decides"
         metadata: dict = {
             # Floats and ints only here, so the UI plots each across materializations.
             **{f"metric/{k}": float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))},
@@ -246,7 +262,8 @@ def build_model_asset(timeframe: str, features_asset) -> dg.AssetsDefinition:
     return _model
 
 
-def _last_decision_check(settings, timeframe: str) -> dg.AssetCheckResult:
+def _last_decision_check(settings: Settings, timeframe: str) -> dg.AssetCheckResult:
+    # scipy and scikit-learn load in the run that needs them, not with the code location.
     from mt5_pipeline.learning.model_registry import PROMOTED, last_retrain
 
     last = last_retrain(settings, timeframe)
@@ -266,7 +283,9 @@ def _last_decision_check(settings, timeframe: str) -> dg.AssetCheckResult:
     )
 
 
-def build_signals_asset(timeframe: str, features_asset, model_asset) -> dg.AssetsDefinition:
+def build_signals_asset(
+    timeframe: str, features_asset: dg.AssetsDefinition, model_asset: dg.AssetsDefinition
+) -> dg.AssetsDefinition:
     """signals (M1) / signals_<tf>: predict the symbol's newest bar and queue at most one signal for it."""
 
     @dg.asset(
@@ -278,8 +297,6 @@ def build_signals_asset(timeframe: str, features_asset, model_asset) -> dg.Asset
         description=f"Predicts the newest {timeframe} bar of the symbol and queues at most one BUY/SELL signal for it in signals_queue.",
     )
     def _signals(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
-        from mt5_pipeline.signals.generation import generate_signal
-
         settings = pipeline.settings()
         result = generate_signal(settings, context.partition_key, timeframe)
         context.log.info(f"{context.partition_key} {timeframe}: {result.status} - {result.message}")

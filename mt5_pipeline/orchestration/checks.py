@@ -1,10 +1,13 @@
 """Asset checks: thin wrappers over mt5_pipeline.monitoring.quality, which holds the logic."""
 
+from collections.abc import Callable, Iterable
+
 import dagster as dg
 
 from mt5_pipeline.monitoring import quality
 from mt5_pipeline.orchestration.assets import asset_names, signals, timeframe_assets
 from mt5_pipeline.orchestration.resources import PipelineResource
+from mt5_pipeline.settings import Settings
 
 
 def _result(outcome: quality.CheckOutcome) -> dg.AssetCheckResult:
@@ -65,7 +68,9 @@ def build_checks(timeframe: str) -> list[dg.AssetChecksDefinition]:
     def _matches(pipeline: PipelineResource) -> dg.AssetCheckResult:
         return _result(quality.features_match_candles(pipeline.database_url, timeframe))
 
-    def judged_on_settings(asset, name: str, description: str, judge) -> dg.AssetChecksDefinition:
+    def judged_on_settings(
+        asset: dg.AssetsDefinition, name: str, description: str, judge: Callable[[Settings, str], quality.CheckOutcome]
+    ) -> dg.AssetChecksDefinition:
         # The model and drift checks read the champion and the windows from Settings.
         @dg.asset_check(asset=asset, name=name, description=description)
         def _check(pipeline: PipelineResource) -> dg.AssetCheckResult:
@@ -103,7 +108,7 @@ def build_checks(timeframe: str) -> list[dg.AssetChecksDefinition]:
     ]
 
 
-def drift_check_keys(timeframes) -> list[dg.AssetCheckKey]:
+def drift_check_keys(timeframes: Iterable[str]) -> list[dg.AssetCheckKey]:
     keys = []
     for timeframe in timeframes:
         names = asset_names(timeframe)
@@ -119,7 +124,7 @@ def signals_none_pending_past_expiry(pipeline: PipelineResource) -> dg.AssetChec
     return _result(quality.no_pending_past_expiry(pipeline.settings()))
 
 
-def checks_for(timeframes) -> list[dg.AssetChecksDefinition]:
+def checks_for(timeframes: Iterable[str]) -> list[dg.AssetChecksDefinition]:
     """Every check: the candles', each timeframe's, and the queue's (on M1's signals asset)."""
     out = [
         candles_ohlc_consistent,

@@ -4,6 +4,7 @@ The small, frequent jobs run in-process: a run's launch overhead is seconds, and
 multiprocess executor would double it for a step that takes milliseconds.
 """
 
+from collections.abc import Iterable
 from typing import Any
 
 import dagster as dg
@@ -15,7 +16,7 @@ from mt5_pipeline.orchestration.resources import PipelineResource
 PUSH_CONCURRENCY_TAG = "mt5_pipeline/ea_push"
 
 
-def _drift_checks(timeframes) -> dg.AssetSelection:
+def _drift_checks(timeframes: Iterable[str]) -> dg.AssetSelection:
     keys = []
     for timeframe in timeframes:
         tf = timeframe.lower()
@@ -69,7 +70,7 @@ def timeframe_jobs(timeframe: str) -> dict[str, Any]:
     return _JOBS[timeframe]
 
 
-def build_drift_checks_job(timeframes) -> Any:
+def build_drift_checks_job(timeframes: Iterable[str]) -> Any:
     return dg.define_asset_job(
         "drift_checks_job",
         selection=_drift_checks(timeframes),
@@ -88,6 +89,7 @@ candles_checks_job = dg.define_asset_job(
 
 @dg.op(description="One push cycle: expire stale signals, claim, send to the EA, record the outcome.")
 def push_signals(context: dg.OpExecutionContext, pipeline: PipelineResource) -> dg.Output:
+    # the HTTP client (httpx) loads in the push run, not with the code location.
     from mt5_pipeline.delivery.pusher import push_pending
 
     result = push_pending(pipeline.settings())

@@ -2,4 +2,5 @@
 
 import dagster as dg
 
-symbols_partitions = dg.DynamicPartitionsDefinition(name="symbols")
+SYMBOLS_PARTITIONS = "symbols"
+symbols_partitions = dg.DynamicPartitionsDefinition(name=SYMBOLS_PARTITIONS)

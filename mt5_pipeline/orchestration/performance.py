@@ -7,13 +7,18 @@ POST /ea/trades. `live_performance` (M1) / `live_performance_<tf>` read it hourl
 """
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from mt5_pipeline.orchestration.assets import GROUP, _equity_markdown, asset_names, timeframe_assets
 from mt5_pipeline.orchestration.resources import PipelineResource
 from mt5_pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from mt5_pipeline.monitoring.live_performance import VersionPerformance
 
 _FIGURES = ("trades", "hit_rate", "total_pips", "avg_pips", "profit_factor", "max_drawdown_pips")
 
@@ -26,7 +31,7 @@ def plausible_check_name(timeframe: str) -> str:
     return f"{live_asset_name(timeframe)}_plausible"
 
 
-def trades_spec(timeframes) -> dg.AssetSpec:
+def trades_spec(timeframes: Iterable[str]) -> dg.AssetSpec:
     return dg.AssetSpec(
         "trades",
         deps=[asset_names(tf)["signals"] for tf in timeframes],
@@ -37,13 +42,13 @@ def trades_spec(timeframes) -> dg.AssetSpec:
     )
 
 
-def _fmt(value) -> str:
+def _fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—" if value is None or value != value else ("∞" if value > 0 else "-∞")
     return f"{value:,.3f}" if isinstance(value, float) and abs(value) < 10 else f"{value:,.1f}"
 
 
-def _table(perfs) -> str:
+def _table(perfs: Iterable["VersionPerformance"]) -> str:
     lines = ["| model version | figure | live | backtest |", "| --- | --- | --- | --- |"]
     for p in perfs:
         for key in _FIGURES:
@@ -74,6 +79,7 @@ def build_live_performance_asset(timeframe: str) -> dg.AssetsDefinition:
         ],
     )
     def _live(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+        # scikit-learn and matplotlib load in the run, not with the code location.
         from mt5_pipeline.monitoring.live_performance import performance, plot_live_equity
 
         settings: Settings = pipeline.settings()
@@ -101,7 +107,7 @@ def build_live_performance_asset(timeframe: str) -> dg.AssetsDefinition:
         except Exception as exc:  # a picture must not cost the figures
             context.log.warning(f"live equity curve not drawn: {exc}")
         p = newest.plausibility
-        check_meta = {"judged": p.judged}
+        check_meta: dict[str, bool | float] = {"judged": p.judged}
         for key in ("band_low", "band_high", "drawdown_limit"):
             if math.isfinite(getattr(p, key)):
                 check_meta[key] = float(getattr(p, key))
@@ -126,7 +132,7 @@ def live_performance_asset(timeframe: str) -> dg.AssetsDefinition:
     return _BUILT[timeframe]
 
 
-def build_live_performance_schedule(settings: Settings, timeframes) -> dg.ScheduleDefinition:
+def build_live_performance_schedule(settings: Settings, timeframes: Iterable[str]) -> dg.ScheduleDefinition:
     job = dg.define_asset_job(
         "live_performance_job",
         selection=dg.AssetSelection.assets(*[live_performance_asset(tf) for tf in timeframes]),

@@ -22,7 +22,9 @@ def build_retrain_schedule(settings: Settings, timeframe: str = "M1") -> dg.Sche
     )
 
 
-def build_drift_schedule(settings: Settings, drift_checks_job) -> dg.ScheduleDefinition:
+def build_drift_schedule(
+    settings: Settings, drift_checks_job: dg.UnresolvedAssetJobDefinition
+) -> dg.ScheduleDefinition:
     # Hourly: drift builds over days; the check's history (and the metadata on each
     # features_m1 and signals materialization) shows it build.
     return dg.ScheduleDefinition(

@@ -17,11 +17,16 @@ from datetime import timedelta
 
 import dagster as dg
 
+from mt5_pipeline.clock import utcnow
+from mt5_pipeline.delivery.breaker import delivery_status
 from mt5_pipeline.orchestration.assets import asset_names
 from mt5_pipeline.orchestration.jobs import ea_push_job, timeframe_jobs
-from mt5_pipeline.orchestration.partitions import symbols_partitions
+from mt5_pipeline.orchestration.partitions import SYMBOLS_PARTITIONS, symbols_partitions
 from mt5_pipeline.orchestration.resources import PipelineResource
 from mt5_pipeline.settings import Settings
+from mt5_pipeline.signals.queue import count_deliverable
+from mt5_pipeline.storage import decisions as live_decisions
+from mt5_pipeline.storage.candles import newest_bars
 
 SYMBOL_TAG = "mt5_pipeline/symbol"
 # Decisions recorded per tick at most (the rest on the next tick); a day of them is kept.
@@ -52,11 +57,11 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
         default_status=_status(settings),
         description="Watches the newest ingested bar per symbol; requests features and a prediction for symbols with new or corrected bars.",
     )
-    def new_candles_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
-        from mt5_pipeline.clock import utcnow
+    def new_candles_sensor(
+        context: dg.SensorEvaluationContext, pipeline: PipelineResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        # scikit-learn loads with the first tick, not with the code location.
         from mt5_pipeline.learning.model_store import current_model_info
-        from mt5_pipeline.storage import decisions as live_decisions
-        from mt5_pipeline.storage.candles import newest_bars
 
         url = pipeline.database_url
         bars = [b for b in newest_bars(url) if b["timeframe"] == timeframe]
@@ -66,7 +71,7 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
         if "bars" not in state:  # a cursor from before the run-less record: the stamps alone
             state = {"bars": state}
         cursor: dict[str, str] = state["bars"]
-        known = set(context.instance.get_dynamic_partitions(symbols_partitions.name))
+        known = set(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS))
         settings = pipeline.settings()
         has_model = current_model_info(settings, timeframe) is not None
         job = predict_job if has_model else features_job
@@ -138,8 +143,8 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
 def live_record(database_url: str, timeframe: str, after_id: int) -> tuple[list[dg.AssetMaterialization], int]:
     """The live worker's decisions since ``after_id`` as run-less materializations: per bar,
     ``features_<tf>`` (when it wrote feature rows) and ``signals`` of the symbol's partition."""
+    # scipy loads with the first tick, not with the code location.
     from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION
-    from mt5_pipeline.storage import decisions as live_decisions
 
     names = asset_names(timeframe)
     rows = live_decisions.since(database_url, after_id, limit=DECISIONS_PER_TICK)
@@ -199,9 +204,6 @@ def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:
         """A skip, with the reason, while the pushers hold back (mt5_pipeline.delivery.breaker)."""
         from datetime import timedelta
 
-        from mt5_pipeline.clock import utcnow
-        from mt5_pipeline.delivery.breaker import delivery_status
-
         d = delivery_status(database_url, settings.ea_server_url)
         now = utcnow()
         if d["state"] == "config_error":
@@ -224,9 +226,9 @@ def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:
         default_status=_status(settings),
         description=f"Every {settings.ea_push_interval:g} s (EA_PUSH_INTERVAL): requests a push run when deliverable signals are pending.",
     )
-    def ea_push_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
-        from mt5_pipeline.signals.queue import count_deliverable
-
+    def ea_push_sensor(
+        context: dg.SensorEvaluationContext, pipeline: PipelineResource
+    ) -> dg.RunRequest | dg.SkipReason:
         current = pipeline.settings()
         if not current.ea_push_enabled:
             return dg.SkipReason("EA_PUSH_ENABLED=false: pull mode, the EA polls GET /ea/signals")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from psycopg2 import sql
-from sqlalchemy import Table
+from sqlalchemy import Column, Table
 
 from mt5_pipeline.storage.engine import get_engine, is_postgres
 
@@ -55,6 +55,8 @@ def pg_connection(database_url: str) -> Iterator[Any]:
     raw = get_engine(database_url).raw_connection()
     try:
         conn = raw.driver_connection
+        if conn is None:  # only a connection already given back to the pool has none
+            raise RuntimeError("the pool lent a detached connection")
         try:
             yield conn
             conn.commit()
@@ -267,7 +269,8 @@ def sqlite_datetime(value: datetime) -> str:
 
 
 def _parse_sqlite_times(values: Sequence[str | None]) -> pd.Series:
-    parsed = pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601", utc=True)
+    texts = pd.Series(np.asarray(values, dtype=object))  # None becomes NaT
+    parsed = pd.to_datetime(texts, format="ISO8601", utc=True)
     return parsed.astype("datetime64[ns, UTC]")
 
 
@@ -389,7 +392,7 @@ def _write_frame_pg(url: str, table: Table, frame: pd.DataFrame, columns: list[s
         )
 
 
-def _sqlite_values(series: pd.Series, column, name: str) -> list:
+def _sqlite_values(series: pd.Series, column: Column[Any], name: str) -> list:
     from sqlalchemy import Boolean, DateTime
 
     kind = getattr(column.type, "impl", column.type)  # see through TypeDecorators (UtcDateTime)

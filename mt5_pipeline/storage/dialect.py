@@ -20,7 +20,7 @@ def _on_postgres(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
-def insert_on_conflict(conn: Connection, table: Table):
+def insert_on_conflict(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
     """An INSERT that takes ``on_conflict_do_nothing`` / ``on_conflict_do_update`` and
     ``.excluded``: both databases have the clause, SQLAlchemy builds it per dialect."""
     return (postgresql if _on_postgres(conn) else sqlite).insert(table)
@@ -65,7 +65,7 @@ class RowsParameter:
 
     def execute(
         self, conn: Connection, build: Callable[[FromClause], Executable], rows: Sequence[Sequence[Any]]
-    ) -> list[Row]:
+    ) -> Sequence[Row]:
         """Run ``build(rows_table)`` over `rows` (tuples in the order of the column types);
         the rows it returns. The statement is built once per database kind."""
         on_postgres = _on_postgres(conn)

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, exc
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
 
 # A pooled connection idle longer than this is pinged before use (a database restart or a
 # dropped socket must not cost the next request); one back within it is used as is.
@@ -62,7 +64,7 @@ def psycopg_conninfo(url: str) -> str:
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: object) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets the API read while the pusher or Dagster writes; the busy timeout makes
     # a writer wait for the lock instead of failing at once.
@@ -98,12 +100,12 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def _stamp_checkin(_dbapi_conn, record) -> None:
+def _stamp_checkin(_dbapi_conn: object, record: ConnectionPoolEntry | None) -> None:
     if record is not None:
         record.info["checked_in_at"] = time.monotonic()
 
 
-def _ping_if_idle(dialect, dbapi_conn, record, _proxy) -> None:
+def _ping_if_idle(dialect: Dialect, dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, _proxy: object) -> None:
     """SQLAlchemy's pre-ping, only for a connection idle past PING_AFTER_IDLE_SECONDS.
 
     ``pool_pre_ping`` pings on every checkout: on the live path, a dozen checkouts per bar,

@@ -11,11 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from mt5_pipeline.storage.engine import is_postgres, psycopg_conninfo, redact
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ class Listener:
     def __init__(self, database_url: str, channel: str) -> None:
         self.database_url = database_url
         self.channel = channel
-        self.conn = None
+        self.conn: psycopg.Connection | None = None
         self._next_connect = 0.0
 
     def connect(self) -> bool:
@@ -51,11 +55,11 @@ class Listener:
             return True
         if time.monotonic() < self._next_connect:
             return False
-        import psycopg
+        import psycopg  # only PostgreSQL listens: SQLite deployments never load the driver
 
         try:
-            self.conn = psycopg.connect(psycopg_conninfo(self.database_url), autocommit=True, connect_timeout=5)
-            self.conn.execute(f"LISTEN {self.channel}")
+            self.conn = conn = psycopg.connect(psycopg_conninfo(self.database_url), autocommit=True, connect_timeout=5)
+            conn.execute(f"LISTEN {self.channel}")
         except Exception as exc:
             self.close()
             self._next_connect = time.monotonic() + RECONNECT_SECONDS
@@ -78,7 +82,7 @@ class Listener:
             left = end - time.monotonic()
             if left <= 0:
                 return []
-            if not self.connect():
+            if not self.connect() or self.conn is None:
                 stop.wait(min(left, SLICE_SECONDS))
                 continue
             try:

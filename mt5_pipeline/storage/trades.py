@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from mt5_pipeline.clock import as_utc
 from mt5_pipeline.storage.dialect import insert_on_conflict
@@ -62,7 +62,7 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def merge(stored: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
+def merge(stored: RowMapping | Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
     """The columns to change on ``stored`` for ``report`` (empty: nothing to do)."""
     closed = stored.get("close_time") is not None
     changes: dict[str, Any] = {}

@@ -13,6 +13,7 @@ import dagster as dg
 
 from mt5_pipeline.orchestration.assets import GROUP, _equity_markdown, asset_names, timeframe_assets
 from mt5_pipeline.orchestration.resources import PipelineResource
+from mt5_pipeline.orchestration.schedules import utc_schedule
 from mt5_pipeline.settings import Settings
 
 _FIGURES = ("trades", "hit_rate", "total_pips", "avg_pips", "profit_factor", "max_drawdown_pips")
@@ -132,13 +133,6 @@ def build_live_performance_schedule(settings: Settings, timeframes) -> dg.Schedu
         selection=dg.AssetSelection.assets(*[live_performance_asset(tf) for tf in timeframes]),
         description="Live performance of every timeframe.",
     )
-    return dg.ScheduleDefinition(
-        name="live_performance_schedule",
-        job=job,
-        cron_schedule="17 * * * *",
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING
-        if settings.dagster_autostart
-        else dg.DefaultScheduleStatus.STOPPED,
-        description="Live performance against the backtest, every hour.",
+    return utc_schedule(
+        settings, "live_performance_schedule", job, "17 * * * *", "Live performance against the backtest, every hour."
     )

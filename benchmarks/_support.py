@@ -7,15 +7,17 @@ training children too, which measure their own peak memory: keep the imports lig
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -77,6 +79,14 @@ def make_bars(n: int, seed: int, start: int = START) -> pd.DataFrame:
 def percentile(values: Sequence[float] | np.ndarray, q: float, method: str = "linear") -> float:
     """The q-quantile, 0 <= q <= 1; `method` as numpy's ("nearest": always an observed value)."""
     return float(np.percentile(np.asarray(values, dtype=float), q * 100, method=method))
+
+
+def bench_parser(doc: str | None, quick_help: str | None = None) -> argparse.ArgumentParser:
+    """The command line every benchmark takes: its docstring as help and --quick (a smaller run);
+    callers add their own options before parse_args()."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    return parser
 
 
 # ---- helper processes ------------------------------------------------------------------------------
@@ -143,6 +153,20 @@ def add_row(
     )
 
 
+def add_quantile_rows(
+    rows: list[dict],
+    figures: Mapping[float, tuple[str, str]],
+    seconds: Sequence[float],
+    baseline_seconds: Sequence[float] | None = None,
+    **options: Any,
+) -> None:
+    """One row a quantile q -> (figure, aim): the q-quantile of `seconds` in ms, against the same
+    quantile of `baseline_seconds` where there is one; `options` as add_row's."""
+    for q, (figure, aim) in figures.items():
+        baseline = None if baseline_seconds is None else percentile(baseline_seconds, q) * 1000
+        add_row(rows, figure, percentile(seconds, q) * 1000, "ms", baseline, aim, **options)
+
+
 def _cell(v: float | None) -> str:
     if v is None:
         return ""
@@ -163,3 +187,11 @@ def report(name: str, rows: list[dict]) -> Path:
     out.write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nwrote {out.relative_to(ROOT)}")
     return out
+
+
+def finish(name: str, rows: list[dict], aim_met: bool) -> int:
+    """Report the rows, say whether the benchmark's aim was met; main()'s exit status (0: a
+    missed aim is a figure to read, not a failure)."""
+    report(name, rows)
+    print("aim met" if aim_met else "aim NOT met")
+    return 0

@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import psycopg
-from _support import add_row, database_name, make_bars, percentile, report, scratch_database, stop, wait_healthy
+from _support import add_row, database_name, finish, make_bars, percentile, scratch_database, stop, wait_healthy
 
 from mt5_pipeline.apps.servers import free_port
 from mt5_pipeline.market.ingest import ingest_candles
@@ -217,10 +217,7 @@ def main() -> int:
         f"{len(latencies)} requests: {codes}",
         digits=2,
     )
-    report("bench_api", rows)
-    ok = api / core >= AIM_RATIO and p99 < AIM_P99_MS
-    print("aim met" if ok else "aim NOT met")
-    return 0
+    return finish("bench_api", rows, api / core >= AIM_RATIO and p99 < AIM_P99_MS)
 
 
 if __name__ == "__main__":

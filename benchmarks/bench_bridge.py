@@ -20,14 +20,13 @@ Prints a table and writes benchmarks/out/bench_bridge.json.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
-from _support import add_row, percentile, report, scratch_database
+from _support import add_quantile_rows, add_row, bench_parser, percentile, report, scratch_database
 
 from mt5_pipeline.api.main import create_app
 from mt5_pipeline.apps.ea_sim import create_ea_app
@@ -52,9 +51,7 @@ class Clock:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = bench_parser(__doc__).parse_args()
     n_signals = 100 if args.quick else 400
     n_bars = 30 if args.quick else 120
     history = 2000 if args.quick else 20000
@@ -126,43 +123,31 @@ def main() -> None:
         api_app.state.api.close()
 
     ms = 1000.0
-    add_row(
+    add_quantile_rows(
         rows,
-        f"signal round trip via the bridge (POST /signals -> order -> answer), p50 of {n_signals}",
-        percentile(bridge_times, 0.5) * ms,
-        "ms",
-        percentile(ea_times, 0.5) * ms,
-        "baseline: reference EA (no store, no terminal)",
+        {
+            0.5: (
+                f"signal round trip via the bridge (POST /signals -> order -> answer), p50 of {n_signals}",
+                "baseline: reference EA (no store, no terminal)",
+            ),
+            0.99: ("signal round trip via the bridge, p99", "< 100 ms; baseline: reference EA"),
+        },
+        bridge_times,
+        ea_times,
         digits=2,
         higher_is_better=False,
     )
-    add_row(
+    add_quantile_rows(
         rows,
-        "signal round trip via the bridge, p99",
-        percentile(bridge_times, 0.99) * ms,
-        "ms",
-        percentile(ea_times, 0.99) * ms,
-        "< 100 ms; baseline: reference EA",
-        digits=2,
-        higher_is_better=False,
-    )
-    add_row(
-        rows,
-        f"bar-close cycle, 3 symbols (rates -> POST /ingest x3 -> record), p50 of {n_bars}",
-        percentile(cycles, 0.5) * ms,
-        "ms",
-        percentile(direct, 0.5) * ms,
-        "baseline: the 3 POST /ingest alone",
-        digits=2,
-        higher_is_better=False,
-    )
-    add_row(
-        rows,
-        "bar-close cycle, 3 symbols, p99",
-        percentile(cycles, 0.99) * ms,
-        "ms",
-        percentile(direct, 0.99) * ms,
-        "baseline: the 3 POST /ingest alone",
+        {
+            0.5: (
+                f"bar-close cycle, 3 symbols (rates -> POST /ingest x3 -> record), p50 of {n_bars}",
+                "baseline: the 3 POST /ingest alone",
+            ),
+            0.99: ("bar-close cycle, 3 symbols, p99", "baseline: the 3 POST /ingest alone"),
+        },
+        cycles,
+        direct,
         digits=2,
         higher_is_better=False,
     )

@@ -33,7 +33,6 @@ Writes benchmarks/out/bench_chaos.json (run_all.py puts it in RESULTS.md).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import json
@@ -48,7 +47,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from _support import OUT_DIR, ROOT, add_row, report, scratch_database, stop, wait_healthy
+from _support import OUT_DIR, ROOT, add_row, bench_parser, report, scratch_database, stop, wait_healthy
 from sqlalchemy import select
 
 from mt5_pipeline.apps.ea_sim import create_ea_app
@@ -220,8 +219,7 @@ def read_ea_log(path: Path) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
+    parser = bench_parser(__doc__)
     parser.add_argument("--signals", type=int, default=None)
     args = parser.parse_args()
     n = args.signals or (2_000 if args.quick else 10_000)

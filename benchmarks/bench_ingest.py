@@ -19,7 +19,6 @@ Prints a table and writes benchmarks/out/bench_ingest.json.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import sys
@@ -30,7 +29,7 @@ from functools import partial
 import pandas as pd
 import psycopg
 import psycopg2
-from _support import add_row, database_name, make_bars, report, scratch_database
+from _support import add_row, bench_parser, database_name, finish, make_bars, scratch_database
 
 from mt5_pipeline.market.ingest import ingest_candles
 from mt5_pipeline.storage.engine import psycopg_conninfo
@@ -112,8 +111,7 @@ def naive_insert(url: str, frame: pd.DataFrame) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="200,000 candles and a 2,000-row naive sample")
+    parser = bench_parser(__doc__, "200,000 candles and a 2,000-row naive sample")
     parser.add_argument("--batch", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3, help="new-bar runs per input kind; the best is reported")
     args = parser.parse_args()
@@ -167,10 +165,7 @@ def main() -> int:
     row("ingest_candles, re-sent changed bars (updates)", len(changed) / t_upd, "candles/s", naive_rate, "")
     row("naive: one INSERT + COMMIT per row", naive_rate, "rows/s", None, "baseline")
     row("peak memory (max RSS)", peak_mb, "MB", None, f"< {AIM_PEAK_MB} MB")
-    report("bench_ingest", rows)
-    ok = n / t_df >= AIM_CANDLES_PER_S and peak_mb < AIM_PEAK_MB
-    print("aim met" if ok else "aim NOT met")
-    return 0
+    return finish("bench_ingest", rows, n / t_df >= AIM_CANDLES_PER_S and peak_mb < AIM_PEAK_MB)
 
 
 if __name__ == "__main__":

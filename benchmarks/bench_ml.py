@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _support import ROOT, add_row, database_name, percentile, report, scratch_database
+from _support import ROOT, add_quantile_rows, add_row, bench_parser, database_name, report, scratch_database
 
 from mt5_pipeline.learning.features import LOOKBACK_BARS, update_features
 from mt5_pipeline.learning.indicators import compute_features, wilder_rsi
@@ -545,41 +545,27 @@ def bench_prediction(url: str, model_path: Path, rows: list[dict], n: int) -> No
     many = latencies(proba(-1), max(50, n // 5))
     fast = latencies(lambda x: forest_probability_up(forest, x), n)
     forest.n_jobs = 1
-    row(
+    quantile_rows = partial(add_quantile_rows, digits=3, ratio_digits=4)
+    quantile_rows(
         rows,
-        "one-row predict_proba n_jobs=1, p50",
-        percentile(one, 0.5) * 1000,
-        "ms",
-        percentile(many, 0.5) * 1000,
-        "baseline: n_jobs=-1",
-        digits=3,
+        {
+            0.5: ("one-row predict_proba n_jobs=1, p50", "baseline: n_jobs=-1"),
+            0.99: ("one-row predict_proba n_jobs=1, p99", "baseline: n_jobs=-1"),
+        },
+        one,
+        many,
     )
-    row(
+    quantile_rows(
         rows,
-        "one-row predict_proba n_jobs=1, p99",
-        percentile(one, 0.99) * 1000,
-        "ms",
-        percentile(many, 0.99) * 1000,
-        "baseline: n_jobs=-1",
-        digits=3,
-    )
-    row(
-        rows,
-        "one-row forest_probability_up (tree by tree, what predict_latest uses), p50",
-        percentile(fast, 0.5) * 1000,
-        "ms",
-        percentile(one, 0.5) * 1000,
-        "baseline: predict_proba n_jobs=1",
-        digits=3,
-    )
-    row(
-        rows,
-        "one-row forest_probability_up, p99",
-        percentile(fast, 0.99) * 1000,
-        "ms",
-        percentile(one, 0.99) * 1000,
-        "< 10 ms; baseline: predict_proba n_jobs=1",
-        digits=3,
+        {
+            0.5: (
+                "one-row forest_probability_up (tree by tree, what predict_latest uses), p50",
+                "baseline: predict_proba n_jobs=1",
+            ),
+            0.99: ("one-row forest_probability_up, p99", "< 10 ms; baseline: predict_proba n_jobs=1"),
+        },
+        fast,
+        one,
     )
 
     model_dir = model_path.parent
@@ -591,21 +577,18 @@ def bench_prediction(url: str, model_path: Path, rows: list[dict], n: int) -> No
         t = time.perf_counter()
         predict_latest(settings, "EURUSD")
         times.append(time.perf_counter() - t)
-    row(
+    quantile_rows(
         rows,
-        "predict_latest (newest feature row from PostgreSQL + forest), p50",
-        percentile(times, 0.5) * 1000,
-        "ms",
-        None,
-        "",
-        digits=3,
+        {
+            0.5: ("predict_latest (newest feature row from PostgreSQL + forest), p50", ""),
+            0.99: ("predict_latest, p99", "< 10 ms"),
+        },
+        times,
     )
-    row(rows, "predict_latest, p99", percentile(times, 0.99) * 1000, "ms", None, "< 10 ms", digits=3)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="100,000 bars, training at 20k, 50k and 100k rows")
+    parser = bench_parser(__doc__, "100,000 bars, training at 20k, 50k and 100k rows")
     parser.add_argument(
         "--kinds-only", action="store_true", help="only the RandomForest vs HistGradientBoosting comparison"
     )

@@ -29,7 +29,6 @@ one position at a time a different exit moves the entries after it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _support import add_row, report
+from _support import add_row, bench_parser, report
 
 from mt5_pipeline.execution.execution_policy import ENTRY_POLICIES, ExecutionPolicy
 from mt5_pipeline.storage import migrate
@@ -111,9 +110,7 @@ def real_stretch(work: Path):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="generated M1 bars and random signals (no training)")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, "generated M1 bars and random signals (no training)").parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_parity_"))
     candles, signals, timeframe, sl, tp, hold, what = quick_stretch() if args.quick else real_stretch(work)
     print(what, flush=True)
@@ -149,54 +146,43 @@ def main() -> int:
             f"max |diff| {f['max_pips_difference']:.2f} pips, beyond the spread {f['pips_beyond_spread']}; not traded: {f['signals_not_traded'] or 0}; played in {result.seconds:.1f} s",
             flush=True,
         )
-        add_row(
-            rows,
-            f"{entry}: bridge trades with the backtest's entry (of {f['backtest_trades']})",
-            f["same_entries"] / n,
-            "",
-            1.0,
-            "identical",
-            digits=3,
-            ratio_digits=3,
-        )
-        add_row(
-            rows,
-            f"{entry}: ... and its exit (bar and reason)",
-            f["same_exits"] / n,
-            "",
-            1.0,
-            "identical",
-            digits=3,
-            ratio_digits=3,
-        )
-        add_row(
-            rows,
-            f"{entry}: net pips, bridge (API trades table)",
-            f["live_total_pips"],
-            "pips",
-            f["backtest_total_pips"],
-            "backtest's net pips",
-            digits=1,
-            ratio_digits=3,
-        )
-        add_row(
-            rows,
-            f"{entry}: largest pips difference of a matched trade",
-            f["max_pips_difference"],
-            "pips",
-            None,
-            "within the spread",
-            digits=2,
-        )
-        add_row(
-            rows,
-            f"{entry}: bars played per second (bridge + fake terminal + API)",
-            len(candles) / result.seconds,
-            "bars/s",
-            None,
-            "machine shared",
-            digits=0,
-        )
+        # figure, value, unit, baseline, aim, digits
+        for figure, value, unit, baseline, aim, digits in (
+            (
+                f"bridge trades with the backtest's entry (of {f['backtest_trades']})",
+                f["same_entries"] / n,
+                "",
+                1.0,
+                "identical",
+                3,
+            ),
+            ("... and its exit (bar and reason)", f["same_exits"] / n, "", 1.0, "identical", 3),
+            (
+                "net pips, bridge (API trades table)",
+                f["live_total_pips"],
+                "pips",
+                f["backtest_total_pips"],
+                "backtest's net pips",
+                1,
+            ),
+            (
+                "largest pips difference of a matched trade",
+                f["max_pips_difference"],
+                "pips",
+                None,
+                "within the spread",
+                2,
+            ),
+            (
+                "bars played per second (bridge + fake terminal + API)",
+                len(candles) / result.seconds,
+                "bars/s",
+                None,
+                "machine shared",
+                0,
+            ),
+        ):
+            add_row(rows, f"{entry}: {figure}", value, unit, baseline, aim, digits=digits)
     report("bench_parity" + ("_quick" if args.quick else ""), rows)
     out = (
         Path(__file__).resolve().parent

@@ -8,51 +8,28 @@ REQUIRE_POSTGRES=1 (as in CI), where it fails.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.storage import migrate
-from mt5_pipeline.storage.engine import dispose_engines, get_engine, normalize_url
+from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import metadata
+from mt5_pipeline_tests.postgres_support import new_database
 
 pytest_plugins = ["mt5_pipeline_tests.ea_server", "mt5_pipeline_tests.bridge_support"]
-
-TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES", "") == "1"
-
-
-def _server_url(url: str) -> str:
-    return normalize_url(url)
 
 
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    admin_url = _server_url(TEST_DATABASE_URL)
-    name = f"mt5_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        message = f"PostgreSQL at {make_url(admin_url).render_as_string(hide_password=True)} unreachable: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
-        if REQUIRE_POSTGRES:
-            pytest.fail(message + " (REQUIRE_POSTGRES=1)")
-        pytest.skip(message)
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(url)
-    yield url
-    dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with new_database("mt5_test") as new:
+        url = new.render_as_string(hide_password=False)
+        migrate.upgrade(url)
+        yield url
 
 
 def _truncate(url: str) -> None:

@@ -35,6 +35,21 @@ from mt5_pipeline.apps.servers import BackgroundServer
 from mt5_pipeline.clock import iso_z
 
 TEST_EA_KEY = "test-ea-key-0123456789"
+# The body an EA receives, key by key in the seed's order, then expires_at. Spelt here, not
+# taken from trade_signal.PAYLOAD_KEYS, so that the tests hold the code to the contract.
+BODY_KEYS = [
+    "signal_id",
+    "timestamp",
+    "symbol",
+    "timeframe",
+    "side",
+    "confidence",
+    "sl_pips",
+    "tp_pips",
+    "price",
+    "meta",
+    "expires_at",
+]
 
 
 def make_signal(

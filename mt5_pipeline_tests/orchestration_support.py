@@ -5,12 +5,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
+from sqlalchemy import Insert, insert
 
 from mt5_pipeline.definitions import build_defs
 from mt5_pipeline.market.ingest import ingest_candles
 from mt5_pipeline.market.sample_data import generate_candles
+from mt5_pipeline.orchestration.assets import features_m1
+from mt5_pipeline.orchestration.checks import asset_checks
 from mt5_pipeline.orchestration.resources import resources_for
 from mt5_pipeline.settings import Settings
+from mt5_pipeline.storage.schema import candles
 
 # Small and fast: enough bars for warm-up, a split with embargo and a few folds.
 # Forced promotion: a few thousand random-walk bars carry no edge a model must beat, and
@@ -42,3 +46,35 @@ def load_symbols(url: str, symbols: dict[str, int], *, end: datetime | None = No
 
 def defs_for(settings: Settings, **overrides) -> dg.Definitions:
     return build_defs(settings, resources_for(settings, **overrides))
+
+
+def materialize_features(instance: dg.DagsterInstance, resources: dict, symbol: str = "EURUSD"):
+    """features_m1 for one symbol's partition, with its asset checks."""
+    return dg.materialize(
+        [features_m1, *asset_checks],
+        partition_key=symbol,
+        instance=instance,
+        resources=resources,
+        selection=[features_m1],
+    )
+
+
+def raw_bar(
+    symbol: str, ts: datetime, ohlc: tuple[float, float, float, float], *, ingested_at: datetime, spread: int = 1
+) -> Insert:
+    """An INSERT of one M1 bar as given, past the ingest core's validation: how a test breaks
+    the data a check watches on purpose."""
+    open_, high, low, close = ohlc
+    return insert(candles).values(
+        symbol=symbol,
+        timeframe="M1",
+        ts=ts,
+        open=open_,
+        high=high,
+        low=low,
+        close=close,
+        tick_volume=1,
+        spread=spread,
+        real_volume=0,
+        ingested_at=ingested_at,
+    )

@@ -198,7 +198,15 @@ async def test_body_must_be_an_object(api_settings, content):
     assert response.json()["details"][0]["loc"] == "body"
 
 
-_CANDLES = '[{"time": 1729999980, "open": 1.1, "high": 1.2, "low": 1.0, "close": 1.1, "tick_volume": 1}, {"time": TIME, "open": OPEN, "high": 1.2, "low": LOW, "close": 1.1, "tick_volume": VOLUME}]'
+def _two_bars(time: str = "1730000040", open_: str = "1.1", low: str = "1.0", volume: str = "1") -> str:
+    """An /ingest body of two bars, the second's time, open, low and tick volume as given."""
+    return (
+        '{"symbol": "EURUSD", "timeframe": "M1", "candles": [{"time": 1729999980, "open": 1.1, "high": 1.2, "low": 1.0, '
+        f'"close": 1.1, "tick_volume": 1}}, {{"time": {time}, "open": {open_}, "high": 1.2, "low": {low}, "close": 1.1, '
+        f'"tick_volume": {volume}}}]}}'
+    )
+
+
 _HOSTILE = {
     "subnormal": "5e-324",
     "huge float": "1e308",
@@ -208,34 +216,10 @@ _HOSTILE = {
 }
 # (route, body with one hole, the field the answer must name)
 _HOLES = [
-    (
-        "/ingest",
-        '{"symbol": "EURUSD", "timeframe": "M1", "candles": '
-        + _CANDLES.replace("TIME", "X").replace("OPEN", "1.1").replace("LOW", "1.0").replace("VOLUME", "1")
-        + "}",
-        "candles[1].time",
-    ),
-    (
-        "/ingest",
-        '{"symbol": "EURUSD", "timeframe": "M1", "candles": '
-        + _CANDLES.replace("TIME", "1730000040").replace("OPEN", "1.1").replace("LOW", "X").replace("VOLUME", "1")
-        + "}",
-        "candles[1].low",
-    ),
-    (
-        "/ingest",
-        '{"symbol": "EURUSD", "timeframe": "M1", "candles": '
-        + _CANDLES.replace("TIME", "1730000040").replace("OPEN", "X").replace("LOW", "1.0").replace("VOLUME", "1")
-        + "}",
-        "candles[1]",
-    ),
-    (
-        "/ingest",
-        '{"symbol": "EURUSD", "timeframe": "M1", "candles": '
-        + _CANDLES.replace("TIME", "1730000040").replace("OPEN", "1.1").replace("LOW", "1.0").replace("VOLUME", "X")
-        + "}",
-        "candles[1]",
-    ),
+    ("/ingest", _two_bars(time="X"), "candles[1].time"),
+    ("/ingest", _two_bars(low="X"), "candles[1].low"),
+    ("/ingest", _two_bars(open_="X"), "candles[1]"),
+    ("/ingest", _two_bars(volume="X"), "candles[1]"),
     ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "utc_offset_hours": X, "candles": []}', "utc_offset_hours"),
     ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "digits": X, "candles": []}', "digits"),
     ("/ingest", '{"symbol": "EURUSD", "timeframe": "M1", "point": X, "candles": []}', "point"),
@@ -336,36 +320,24 @@ async def test_unknown_route_and_wrong_method_use_the_error_shape(api_settings):
 
 
 @pytest.mark.parametrize(
-    ("body", "locs"),
+    ("path", "body", "locs"),
     [
-        ({}, {"symbol"}),
-        ({"symbol": 5, "timeframe": "M1", "force": "yes"}, {"symbol", "force"}),
-        ({"symbol": "EURUSD", "timeframe": "M7"}, {"timeframe"}),
-        ({"symbol": "EUR USD"}, {"symbol"}),
-        ({"symbol": "EURUSD", "force": 1}, {"force"}),
+        ("/ea/generate-signal", {}, {"symbol"}),
+        ("/ea/generate-signal", {"symbol": 5, "timeframe": "M1", "force": "yes"}, {"symbol", "force"}),
+        ("/ea/generate-signal", {"symbol": "EURUSD", "timeframe": "M7"}, {"timeframe"}),
+        ("/ea/generate-signal", {"symbol": "EUR USD"}, {"symbol"}),
+        ("/ea/generate-signal", {"symbol": "EURUSD", "force": 1}, {"force"}),
+        ("/ea/ack", {}, {"signal_id", "status"}),
+        ("/ea/ack", {"signal_id": "x" * 37, "status": "FILLED"}, {"signal_id"}),
+        ("/ea/ack", {"signal_id": "abc", "status": "FILLED", "ticket": "123"}, {"ticket"}),
+        ("/ea/ack", {"signal_id": "abc", "status": "FILLED", "ticket": -1}, {"ticket"}),
+        ("/ea/ack", {"signal_id": "abc", "status": "FILLED", "ticket": True}, {"ticket"}),
+        ("/ea/ack", {"signal_id": "abc", "status": "FILLED; DROP TABLE", "message": 3}, {"status", "message"}),
     ],
 )
-async def test_generate_signal_request_is_checked_field_by_field(api_settings, body, locs):
+async def test_generate_signal_and_ack_requests_are_checked_field_by_field(api_settings, path, body, locs):
     async with api_client(api_settings) as client:
-        response = await client.post("/ea/generate-signal", json=body)
-    assert response.status_code == 422
-    assert {d["loc"] for d in response.json()["details"]} == locs
-
-
-@pytest.mark.parametrize(
-    ("body", "locs"),
-    [
-        ({}, {"signal_id", "status"}),
-        ({"signal_id": "x" * 37, "status": "FILLED"}, {"signal_id"}),
-        ({"signal_id": "abc", "status": "FILLED", "ticket": "123"}, {"ticket"}),
-        ({"signal_id": "abc", "status": "FILLED", "ticket": -1}, {"ticket"}),
-        ({"signal_id": "abc", "status": "FILLED", "ticket": True}, {"ticket"}),
-        ({"signal_id": "abc", "status": "FILLED; DROP TABLE", "message": 3}, {"status", "message"}),
-    ],
-)
-async def test_ack_request_is_checked_field_by_field(api_settings, body, locs):
-    async with api_client(api_settings) as client:
-        response = await client.post("/ea/ack", json=body)
+        response = await client.post(path, json=body)
     assert response.status_code == 422
     assert {d["loc"] for d in response.json()["details"]} == locs
 

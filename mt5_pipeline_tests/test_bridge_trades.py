@@ -143,36 +143,29 @@ def test_a_trade_closed_while_the_bridge_was_down_is_reported_when_it_comes_back
     assert api_trades(rig.url)[ticket]["updated_at"] == updated
 
 
+def _buy_by_hand(mt5, magic: int, **extra):
+    """0.05 lots of EURUSD bought at the ask in the terminal itself, not through the bridge."""
+    tick = mt5.symbol_info_tick("EURUSD")
+    return mt5.order_send(
+        {
+            "action": 1,
+            "symbol": "EURUSD",
+            "volume": 0.05,
+            "type": 0,
+            "price": tick.ask,
+            "deviation": 10,
+            "magic": magic,
+            **extra,
+            "type_filling": 0,
+        }
+    )
+
+
 def test_reconciliation_records_unknown_positions_and_leaves_them_open(rig):
     # A position a person opened with the bridge's magic: no signal, no record.
-    tick = rig.mt5.symbol_info_tick("EURUSD")
-    result = rig.mt5.order_send(
-        {
-            "action": 1,
-            "symbol": "EURUSD",
-            "volume": 0.05,
-            "type": 0,
-            "price": tick.ask,
-            "deviation": 10,
-            "magic": MAGIC,
-            "comment": "by hand",
-            "type_filling": 0,
-        }
-    )
-    ticket = int(result.order)
+    ticket = int(_buy_by_hand(rig.mt5, MAGIC, comment="by hand").order)
     # Another one without the magic is none of the bridge's business.
-    rig.mt5.order_send(
-        {
-            "action": 1,
-            "symbol": "EURUSD",
-            "volume": 0.05,
-            "type": 0,
-            "price": tick.ask,
-            "deviation": 10,
-            "magic": 0,
-            "type_filling": 0,
-        }
-    )
+    _buy_by_hand(rig.mt5, 0)
     # The API believes in a trade this terminal does not hold.
     with httpx.Client(base_url=rig.api_server.base_url, headers={"X-API-Key": API_KEY}) as api:
         ghost = {

@@ -15,9 +15,10 @@ from mt5_pipeline.learning.training import build_training_set, train_model
 from mt5_pipeline.market.ingest import ingest_candles
 from mt5_pipeline.market.sample_data import generate_candles
 from mt5_pipeline.monitoring import quality
-from mt5_pipeline.orchestration.assets import features_m1, signals
+from mt5_pipeline.orchestration.assets import signals
 from mt5_pipeline.orchestration.checks import asset_checks
 from mt5_pipeline.orchestration.resources import resources_for
+from mt5_pipeline_tests.orchestration_support import materialize_features
 
 END = datetime(2024, 6, 12, 12, 0, tzinfo=timezone.utc)
 MODEL = {"RF_N_ESTIMATORS": 10, "PROMOTION_FORCE": "true"}
@@ -134,13 +135,7 @@ def test_drift_shows_in_the_dagster_checks_and_the_materializations(sqlite_url, 
     instance.add_dynamic_partitions("symbols", ["EURUSD", "USDJPY"])
     resources = resources_for(settings, **MODEL, **ALWAYS_DECIDE)
 
-    result = dg.materialize(
-        [features_m1, *asset_checks],
-        partition_key="EURUSD",
-        instance=instance,
-        resources=resources,
-        selection=[features_m1],
-    )
+    result = materialize_features(instance, resources)
     meta = result.asset_materializations_for_node("features_m1")[0].metadata
     assert meta["drift/max_psi"].value > 0.25 and isinstance(
         meta["drift/psi/std_20"].value, float

@@ -130,14 +130,9 @@ def _bridge_like(
     return sorted(closed)
 
 
-@pytest.mark.parametrize("entry", ENTRY_POLICIES)
-def test_backtest_trades_are_what_the_policy_api_does_bar_by_bar(entry):
-    candles = _random_path(600, seed=3)
-    rng = np.random.default_rng(4)
-    index = np.sort(rng.choice(np.arange(590), size=150, replace=False))
-    side = rng.choice([-1, 1], size=len(index))
-    policy = ExecutionPolicy(entry, max_hold_bars=12)
-    trades = simulate_trades(
+def _simulated(candles, index, side, policy: ExecutionPolicy):
+    """The backtest's trades on EURUSD: 10 pips stop, 15 pips target, 12 bars at most."""
+    return simulate_trades(
         candles,
         index,
         side,
@@ -149,6 +144,16 @@ def test_backtest_trades_are_what_the_policy_api_does_bar_by_bar(entry):
         pip=0.0001,
         point=0.00001,
     )
+
+
+@pytest.mark.parametrize("entry", ENTRY_POLICIES)
+def test_backtest_trades_are_what_the_policy_api_does_bar_by_bar(entry):
+    candles = _random_path(600, seed=3)
+    rng = np.random.default_rng(4)
+    index = np.sort(rng.choice(np.arange(590), size=150, replace=False))
+    side = rng.choice([-1, 1], size=len(index))
+    policy = ExecutionPolicy(entry, max_hold_bars=12)
+    trades = _simulated(candles, index, side, policy)
     pos = {t: i for i, t in enumerate(candles["ts"])}
     backtest = sorted((pos[r.entry_ts], pos[r.exit_ts], r.exit_reason, r.exit_price) for r in trades.itertuples())
     live = _bridge_like(
@@ -169,23 +174,7 @@ def test_stacking_takes_more_trades_than_one_per_symbol():
     candles = _random_path(400, seed=5)
     index = np.arange(0, 390, 2)
     side = np.ones(len(index), dtype=int)
-    counts = {
-        e: len(
-            simulate_trades(
-                candles,
-                index,
-                side,
-                symbol="EURUSD",
-                sl_pips=10,
-                tp_pips=15,
-                max_hold=12,
-                policy=ExecutionPolicy(e, 12),
-                pip=0.0001,
-                point=0.00001,
-            )
-        )
-        for e in ENTRY_POLICIES
-    }
+    counts = {e: len(_simulated(candles, index, side, ExecutionPolicy(e, 12))) for e in ENTRY_POLICIES}
     assert len(index) - 6 <= counts["stack"] <= len(index)  # the last windows may run past the data
     assert counts["one_per_symbol_timeframe"] < counts["stack"] / 2
     assert counts["reverse"] == counts["one_per_symbol_timeframe"]  # same side every time: reverse never reverses

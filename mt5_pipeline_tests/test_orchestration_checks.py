@@ -1,14 +1,21 @@
 """Asset checks run by Dagster: pass on good data, fail on data built to break them."""
 
 import dagster as dg
-from sqlalchemy import insert, update
+from sqlalchemy import update
 
-from mt5_pipeline.orchestration.assets import features_m1, rf_m1
+from mt5_pipeline.orchestration.assets import rf_m1
 from mt5_pipeline.orchestration.checks import asset_checks
 from mt5_pipeline.storage.engine import get_engine
-from mt5_pipeline.storage.schema import candles
 from mt5_pipeline.storage.schema import features_m1 as features_table
-from mt5_pipeline_tests.orchestration_support import FAST_MODEL, defs_for, load_symbols, minute_now, resources_for
+from mt5_pipeline_tests.orchestration_support import (
+    FAST_MODEL,
+    defs_for,
+    load_symbols,
+    materialize_features,
+    minute_now,
+    raw_bar,
+    resources_for,
+)
 
 
 def _evaluations(result):
@@ -22,13 +29,7 @@ def test_checks_pass_on_good_data_and_fail_on_broken_data(sqlite_url, settings_f
     instance.add_dynamic_partitions("symbols", ["EURUSD"])
     resources = resources_for(settings, **FAST_MODEL)
 
-    feats = dg.materialize(
-        [features_m1, *asset_checks],
-        partition_key="EURUSD",
-        instance=instance,
-        resources=resources,
-        selection=[features_m1],
-    )
+    feats = materialize_features(instance, resources)
     evaluations = _evaluations(feats)
     assert evaluations["features_m1_finite"].passed
     assert evaluations["features_m1_matches_candles"].passed
@@ -44,21 +45,7 @@ def test_checks_pass_on_good_data_and_fail_on_broken_data(sqlite_url, settings_f
 
     now = minute_now()
     with get_engine(sqlite_url).begin() as conn:
-        conn.execute(
-            insert(candles).values(
-                symbol="EURUSD",
-                timeframe="M1",
-                ts=now.replace(year=2000),
-                open=1.0,
-                high=0.9,
-                low=1.1,
-                close=1.0,
-                tick_volume=1,
-                spread=0,
-                real_volume=0,
-                ingested_at=now,
-            )
-        )
+        conn.execute(raw_bar("EURUSD", now.replace(year=2000), (1.0, 0.9, 1.1, 1.0), ingested_at=now, spread=0))
         conn.execute(update(features_table).values(feature_set_version="0"))
     bad = _evaluations(
         defs.resolve_job_def("candles_checks_job").execute_in_process(instance=instance, raise_on_error=False)

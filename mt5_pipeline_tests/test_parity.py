@@ -29,6 +29,23 @@ def _bars_and_signals(spread: bool, seed: int = 7):
     return candles, {int(i): int(s) for i, s in zip(index, rng.choice([-1, 1], size=len(index)), strict=True)}
 
 
+def _played(rig, candles, signals, entry: str, *, sl_pips: float, tp_pips: float):
+    """The bars and signals played through the bridge rig and the backtest alike: EURUSD M1,
+    positions held 12 bars at most under the `entry` policy."""
+    return play(
+        rig,
+        candles,
+        signals,
+        symbol="EURUSD",
+        timeframe="M1",
+        sl_pips=sl_pips,
+        tp_pips=tp_pips,
+        pip=PIP,
+        point=POINT,
+        policy=ExecutionPolicy(entry, 12),
+    )
+
+
 @pytest.mark.parametrize("entry", ENTRY_POLICIES)
 def test_bridge_trades_are_the_backtest_trades_without_spread(sqlite_url, tmp_path, entry):
     candles, signals = _bars_and_signals(spread=False)
@@ -36,19 +53,7 @@ def test_bridge_trades_are_the_backtest_trades_without_spread(sqlite_url, tmp_pa
     assert gaps.max() > 24 * 3600  # the stretch crosses a weekend
     rig = build_rig(sqlite_url, tmp_path, LABEL_MAX_HOLD_BARS="12", ENTRY_POLICY=entry)
     try:
-        policy = ExecutionPolicy(entry, 12)
-        result = play(
-            rig,
-            candles,
-            signals,
-            symbol="EURUSD",
-            timeframe="M1",
-            sl_pips=3,
-            tp_pips=4,
-            pip=PIP,
-            point=POINT,
-            policy=policy,
-        )
+        result = _played(rig, candles, signals, entry, sl_pips=3, tp_pips=4)
         f = result.figures
         assert f["backtest_trades"] > 20
         assert f["same_entries"] == f["backtest_trades"] == f["live_trades"], f
@@ -74,19 +79,7 @@ def test_bridge_trades_are_the_backtest_trades_with_a_spread(sqlite_url, tmp_pat
     candles, signals = _bars_and_signals(spread=True, seed=11)
     rig = build_rig(sqlite_url, tmp_path, LABEL_MAX_HOLD_BARS="12")
     try:
-        policy = ExecutionPolicy("one_per_symbol_timeframe", 12)
-        result = play(
-            rig,
-            candles,
-            signals,
-            symbol="EURUSD",
-            timeframe="M1",
-            sl_pips=6,
-            tp_pips=9,
-            pip=PIP,
-            point=POINT,
-            policy=policy,
-        )
+        result = _played(rig, candles, signals, "one_per_symbol_timeframe", sl_pips=6, tp_pips=9)
         f = result.figures
         # The backtest places its stops from the fill, as the terminal does (a spread nearer the
         # stop, a spread farther the target, on bid prices): the same trades, the same exits, and a

@@ -32,12 +32,18 @@ def walk(n: int, start: int = 0, price: float = 1.08) -> list[dict]:
     return [bar(start + i, round(float(c), 5)) for i, c in enumerate(closes)]
 
 
+def _the_one_error(url: str, batch: list[dict]):
+    """The error EURUSD's `batch` is refused with: it must be refused, for one reason."""
+    with pytest.raises(CandleValidationError) as err:
+        ingest_candles(url, "EURUSD", "M1", batch, now=NOW)
+    (error,) = err.value.errors
+    return error
+
+
 def test_a_price_beyond_any_instrument_is_refused_with_its_row(db_url):
     batch = walk(5)
     batch[3] = {**batch[3], "high": 1e308}
-    with pytest.raises(CandleValidationError) as err:
-        ingest_candles(db_url, "EURUSD", "M1", batch, now=NOW)
-    (error,) = err.value.errors
+    error = _the_one_error(db_url, batch)
     assert (
         error.loc == "candles[3].high"
         and "beyond any instrument's price" in error.message
@@ -50,9 +56,7 @@ def test_a_bad_tick_against_the_stored_series_is_refused_and_nothing_is_stored(d
     ingest_candles(db_url, "EURUSD", "M1", walk(50), now=NOW)
     batch = walk(5, start=50)
     batch[2] = bar(52, 50.0)  # 46x the level
-    with pytest.raises(CandleValidationError) as err:
-        ingest_candles(db_url, "EURUSD", "M1", batch, now=NOW)
-    (error,) = err.value.errors
+    error = _the_one_error(db_url, batch)
     assert (
         error.loc == "candles[2].high"
         and "times above the level" in error.message

@@ -31,21 +31,9 @@ from mt5_pipeline.signals import queue
 from mt5_pipeline.signals.generation import generate_signal
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_queue
-from mt5_pipeline_tests.ea_server import ReferenceEA, ServerThread, make_signal, wait_for
+from mt5_pipeline_tests.ea_server import BODY_KEYS, ReferenceEA, ServerThread, make_signal, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-SEED_KEYS = [
-    "signal_id",
-    "timestamp",
-    "symbol",
-    "timeframe",
-    "side",
-    "confidence",
-    "sl_pips",
-    "tp_pips",
-    "price",
-    "meta",
-]
 
 
 @pytest.fixture
@@ -90,7 +78,7 @@ def test_the_ea_receives_the_seeds_body_and_headers(db_url, settings_for, refere
 
     [(headers, body)] = reference_ea.received
     assert body == generated.signal.to_payload()
-    assert list(body) == SEED_KEYS + ["expires_at"]
+    assert list(body) == BODY_KEYS
     assert headers["content-type"] == "application/json"
     assert headers["x-api-key"] == reference_ea.api_key
     assert headers["idempotency-key"] == body["signal_id"]

@@ -3,7 +3,7 @@
 from datetime import timedelta
 
 import pandas as pd
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, update
 
 from mt5_pipeline.learning.features import update_features
 from mt5_pipeline.market.ingest import ingest_candles
@@ -12,7 +12,7 @@ from mt5_pipeline.monitoring import quality
 from mt5_pipeline.signals.queue import enqueue
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import candles, features_m1
-from mt5_pipeline_tests.orchestration_support import minute_now
+from mt5_pipeline_tests.orchestration_support import minute_now, raw_bar
 from mt5_pipeline_tests.test_orchestration_sensors import _signal
 
 
@@ -25,21 +25,7 @@ def test_ohlc_check(db_url):
     _load(db_url, generate_candles(500, end=now, with_weekends=False))
     assert quality.candles_ohlc_consistent(db_url).passed
     with get_engine(db_url).begin() as conn:  # bypasses the ingest core's validation on purpose
-        conn.execute(
-            insert(candles).values(
-                symbol="BROKEN",
-                timeframe="M1",
-                ts=now,
-                open=1.1,
-                high=1.0,
-                low=1.05,
-                close=1.2,
-                tick_volume=1,
-                spread=1,
-                real_volume=0,
-                ingested_at=now,
-            )
-        )
+        conn.execute(raw_bar("BROKEN", now, (1.1, 1.0, 1.05, 1.2), ingested_at=now))
     outcome = quality.candles_ohlc_consistent(db_url)
     assert not outcome.passed and outcome.metadata["inconsistent_bars"] == 1
 
@@ -51,21 +37,8 @@ def test_duplicate_check_catches_symbol_spellings(db_url):
     assert quality.candles_no_duplicates(db_url).passed
     with get_engine(db_url).begin() as conn:
         row = frame.iloc[-1]
-        conn.execute(
-            insert(candles).values(
-                symbol="eurusd",
-                timeframe="M1",
-                ts=row["time"].to_pydatetime(),
-                open=float(row.open),
-                high=float(row.high),
-                low=float(row.low),
-                close=float(row.close),
-                tick_volume=1,
-                spread=1,
-                real_volume=0,
-                ingested_at=now,
-            )
-        )
+        ohlc = (float(row.open), float(row.high), float(row.low), float(row.close))
+        conn.execute(raw_bar("eurusd", row["time"].to_pydatetime(), ohlc, ingested_at=now))
     assert not quality.candles_no_duplicates(db_url).passed
 
 

@@ -12,6 +12,7 @@ import pytest
 from mt5_pipeline.learning.prediction import Prediction
 from mt5_pipeline.signals import queue
 from mt5_pipeline.signals.generation import decide, generate_signal
+from mt5_pipeline_tests.ea_server import BODY_KEYS
 
 NOW = datetime(2025, 10, 25, 10, 31, 5, tzinfo=timezone.utc)
 BAR = datetime(2025, 10, 25, 10, 30, tzinfo=timezone.utc)
@@ -74,19 +75,7 @@ def test_a_buy_is_queued_in_the_seeds_shape_and_logged(settings, caplog):
     result = generate_signal(settings, "EURUSD", "M1", now=NOW, predictor=predictor_of(0.785))
     assert result.status == "queued" and result.message == "Signal generated and added to queue"
     s = result.signal.to_payload()
-    assert list(s) == [
-        "signal_id",
-        "timestamp",
-        "symbol",
-        "timeframe",
-        "side",
-        "confidence",
-        "sl_pips",
-        "tp_pips",
-        "price",
-        "meta",
-        "expires_at",
-    ]
+    assert list(s) == BODY_KEYS
     assert s["timestamp"] == "2025-10-25T10:30:00Z"  # the bar's open time
     assert (s["symbol"], s["timeframe"], s["side"], s["confidence"], s["price"]) == (
         "EURUSD",

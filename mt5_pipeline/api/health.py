@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import text
@@ -159,6 +160,19 @@ def _trades(state: AppState) -> dict[str, Any]:
     }
 
 
+def _part(what: str, read: Callable[[], dict[str, Any]], quiet: tuple[type[Exception], ...] = ()) -> dict[str, Any]:
+    """What `read` adds to the body, or nothing where it fails: a database outage is in the body
+    already and `quiet` errors are expected; any other failure is logged."""
+    try:
+        return read()
+    except quiet:
+        return {}
+    except Exception as exc:
+        if not is_database_outage(exc):
+            log.error("health: reading %s failed", what, exc_info=exc)
+        return {}
+
+
 def check_health(state: AppState) -> tuple[int, dict[str, Any], dict[str, str]]:
     """(status code, body, headers). Runs in a worker thread: everything here blocks."""
     now = time.time()
@@ -173,28 +187,10 @@ def check_health(state: AppState) -> tuple[int, dict[str, Any], dict[str, str]]:
         "version": VERSION,
     }
     if database_ok:
-        try:
-            body.update(_delivery(state))
-        except Exception as exc:
-            if not is_database_outage(exc):
-                log.error("health: reading the EA delivery state failed", exc_info=exc)
-        try:
-            body["newest_bars"] = _bars(state, now)
-        except Exception as exc:
-            if not is_database_outage(exc):
-                log.error("health: reading the newest bars failed", exc_info=exc)
-        try:
-            body.update(_trades(state))
-        except Exception as exc:
-            if not is_database_outage(exc):
-                log.error("health: reading the trades failed", exc_info=exc)
-        try:
-            body["models"] = _retrains(state, now)
-        except ImportError:
-            pass
-        except Exception as exc:
-            if not is_database_outage(exc):
-                log.error("health: reading the model registry failed", exc_info=exc)
+        body.update(_part("the EA delivery state", lambda: _delivery(state)))
+        body.update(_part("the newest bars", lambda: {"newest_bars": _bars(state, now)}))
+        body.update(_part("the trades", lambda: _trades(state)))
+        body.update(_part("the model registry", lambda: {"models": _retrains(state, now)}, quiet=(ImportError,)))
     models = body.get("models") or {}
     first = models.get(state.settings.timeframes[0]) if models else None
     if first is not None:

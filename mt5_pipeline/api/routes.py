@@ -30,7 +30,7 @@ from mt5_pipeline.api.requests import (
     TradesRequest,
 )
 from mt5_pipeline.api.state import AppState
-from mt5_pipeline.api.validation import validate
+from mt5_pipeline.api.validation import M, validate
 from mt5_pipeline.clock import iso_z, utcnow
 from mt5_pipeline.delivery.trades import open_trades, record_trades
 from mt5_pipeline.delivery.trades import reconcile as run
@@ -47,13 +47,18 @@ def _state(request: Request) -> AppState:
     return request.app.state.api
 
 
+async def _read_body(request: Request, model: type[M], what: str) -> tuple[AppState, M]:
+    """The app's state and the JSON body, read within API_MAX_BODY_BYTES and validated as `model`."""
+    state = _state(request)
+    body = await read_json_object(request, state.settings.api_max_body_bytes)
+    return state, validate(model, body, what)
+
+
 # ---- market data --------------------------------------------------------------
 
 
 async def ingest(request: Request) -> Response:
-    state = _state(request)
-    body = await read_json_object(request, state.settings.api_max_body_bytes)
-    req = validate(IngestRequest, body, "ingest request")
+    state, req = await _read_body(request, IngestRequest, "ingest request")
     if not req.candles:
         return JSON({"success": True, "received": 0, "inserted": 0, "updated": 0, "unchanged": 0})
 
@@ -107,9 +112,7 @@ async def ingest(request: Request) -> Response:
 
 
 async def generate_signal(request: Request) -> Response:
-    state = _state(request)
-    body = await read_json_object(request, state.settings.api_max_body_bytes)
-    req = validate(GenerateSignalRequest, body, "signal request")
+    state, req = await _read_body(request, GenerateSignalRequest, "signal request")
     # scikit-learn loads with the first signal asked for, not with the app.
     from mt5_pipeline.learning.model import ModelTimeframeError, NoFeaturesError
     from mt5_pipeline.learning.model_store import ModelMismatchError, NoModelError
@@ -229,9 +232,7 @@ async def push_signals(request: Request) -> Response:
 
 
 async def ack(request: Request) -> Response:
-    state = _state(request)
-    body = await read_json_object(request, state.settings.api_max_body_bytes)
-    req = validate(AckRequest, body, "ack")
+    state, req = await _read_body(request, AckRequest, "ack")
 
     try:
         recorded = await run_in_threadpool(
@@ -280,9 +281,7 @@ def trade_body(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def report_trades(request: Request) -> Response:
-    state = _state(request)
-    body = await read_json_object(request, state.settings.api_max_body_bytes)
-    req = validate(TradesRequest, body, "trades report")
+    state, req = await _read_body(request, TradesRequest, "trades report")
     details = [
         Detail(f"trades[{i}].{name}", message) for i, t in enumerate(req.trades) for name, message in t.problems()
     ]
@@ -315,9 +314,7 @@ async def list_trades(request: Request) -> Response:
 
 
 async def reconcile(request: Request) -> Response:
-    state = _state(request)
-    body = await read_json_object(request, state.settings.api_max_body_bytes)
-    req = validate(ReconcileRequest, body, "reconciliation")
+    state, req = await _read_body(request, ReconcileRequest, "reconciliation")
 
     positions = [p.model_dump(exclude_none=True) for p in req.positions]
     result = await run_in_threadpool(

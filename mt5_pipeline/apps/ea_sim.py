@@ -191,17 +191,10 @@ def _closing(ea: PaperEA) -> Callable[[Starlette], contextlib.AbstractAsyncConte
     return lifespan
 
 
-def create_ea_app(
-    api_key: str,
-    *,
-    ack_url: str | None = None,
-    ack_api_key: str | None = None,
-    log_file: str | None = None,
-    clock: Callable[[], datetime] = utcnow,
-    pip_sizes: dict | None = None,
-) -> Starlette:
-    """The reference EA as an ASGI app; its state is ``app.state.ea`` (a :class:`PaperEA`)."""
-    ea = PaperEA(api_key, ack_url=ack_url, ack_api_key=ack_api_key, log_file=log_file, clock=clock, pip_sizes=pip_sizes)
+def create_ea_app(api_key: str, **options: Any) -> Starlette:
+    """The reference EA as an ASGI app; its state is ``app.state.ea``, a :class:`PaperEA` made
+    with `options` (ack_url, ack_api_key, log_file, clock, pip_sizes)."""
+    ea = PaperEA(api_key, **options)
 
     async def signals(request: Request) -> JSONResponse:
         with ea.lock:

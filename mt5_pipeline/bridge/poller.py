@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import KW_ONLY, dataclass, field
 
 from mt5_pipeline.bridge.acks import AckSender
 from mt5_pipeline.bridge.client import ApiClient, ApiRefused, ApiUnavailable
@@ -17,17 +18,16 @@ from mt5_pipeline.bridge.executor import Executor
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class Poller:
-    def __init__(
-        self, api: ApiClient, executor: Executor, acks: AckSender, *, interval: float, limit: int = 100
-    ) -> None:
-        self.api = api
-        self.executor = executor
-        self.acks = acks
-        self.interval = interval
-        self.limit = limit
-        self.last_error = ""
-        self.polls = 0
+    api: ApiClient
+    executor: Executor
+    acks: AckSender
+    _: KW_ONLY
+    interval: float
+    limit: int = 100
+    last_error: str = field(default="", init=False)
+    polls: int = field(default=0, init=False)
 
     def poll_once(self) -> list[dict]:
         """Handle every pulled signal; the answers, in order."""

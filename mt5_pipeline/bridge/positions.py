@@ -30,6 +30,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 
 from mt5_pipeline.bridge import orders
@@ -56,29 +57,21 @@ MAX_FETCH = 100_000  # bars read back at once for the time exit (terminals keep 
 POSITION_CLOSED = 10036  # TRADE_RETCODE_POSITION_CLOSED: someone (the stop, a person) was first
 
 
+@dataclass(eq=False)
 class PositionKeeper:
-    def __init__(
-        self,
-        terminal: Terminal,
-        store: BridgeStore,
-        cfg: orders.OrderSettings,
-        default_policy: ExecutionPolicy,
-        *,
-        to_utc: Callable[[Iterable[int]], list[int] | None],
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        self.terminal = terminal
-        self.store = store
-        self.cfg = cfg
-        self.default_policy = default_policy
-        self.to_utc = to_utc
-        self.clock = clock
-        self.time_exits_done = 0
-        self.opposite_closes_done = 0
-        self.last_error = ""
-        # The executor (before an entry) and the positions loop (each minute) both run the
-        # time exits: one at a time, so a position is closed once.
-        self._exits_lock = threading.Lock()
+    terminal: Terminal
+    store: BridgeStore
+    cfg: orders.OrderSettings
+    default_policy: ExecutionPolicy
+    _: KW_ONLY
+    to_utc: Callable[[Iterable[int]], list[int] | None]
+    clock: Callable[[], datetime] = utcnow
+    time_exits_done: int = field(default=0, init=False)
+    opposite_closes_done: int = field(default=0, init=False)
+    last_error: str = field(default="", init=False)
+    # The executor (before an entry) and the positions loop (each minute) both run the
+    # time exits: one at a time, so a position is closed once.
+    _exits_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     # ---- the terminal's positions -------------------------------------------------------
     def terminal_positions(self) -> list[TradePosition]:

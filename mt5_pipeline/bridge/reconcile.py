@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 from threading import Event
 from typing import Any
@@ -52,24 +52,16 @@ class ReconcileStatus:
         }  # fmt: skip
 
 
+@dataclass(eq=False)
 class Reconciler:
-    def __init__(
-        self,
-        keeper: PositionKeeper,
-        reporter: TradeReporter,
-        api: ApiClient,
-        store: BridgeStore,
-        *,
-        to_utc: Callable[[Iterable[int]], list[int] | None],
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        self.keeper = keeper
-        self.reporter = reporter
-        self.api = api
-        self.store = store
-        self.to_utc = to_utc
-        self.clock = clock
-        self.status = ReconcileStatus()
+    keeper: PositionKeeper
+    reporter: TradeReporter
+    api: ApiClient
+    store: BridgeStore
+    _: KW_ONLY
+    to_utc: Callable[[Iterable[int]], list[int] | None]
+    clock: Callable[[], datetime] = utcnow
+    status: ReconcileStatus = field(default_factory=ReconcileStatus, init=False)
 
     def _positions(self) -> list[dict] | None:
         mt5 = self.keeper.terminal.mt5

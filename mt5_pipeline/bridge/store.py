@@ -177,13 +177,18 @@ class BridgeStore:
         return out
 
     # ---- acks ---------------------------------------------------------------------
-    def due_acks(self, now: float, limit: int = 50) -> list[dict]:
+    def _due(self, query: str, now: float, limit: int) -> list[dict]:
+        """The outbox rows `query` finds due at `now` (at most `limit`), their JSON bodies read."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT signal_id, body, attempts FROM acks WHERE acked_at IS NULL AND next_attempt <= ? ORDER BY next_attempt LIMIT ?",
-                (now, limit),
-            ).fetchall()
-        return [{"signal_id": r["signal_id"], "body": json.loads(r["body"]), "attempts": r["attempts"]} for r in rows]
+            rows = self._db.execute(query, (now, limit)).fetchall()
+        return [{**dict(r), "body": json.loads(r["body"])} for r in rows]
+
+    def due_acks(self, now: float, limit: int = 50) -> list[dict]:
+        return self._due(
+            "SELECT signal_id, body, attempts FROM acks WHERE acked_at IS NULL AND next_attempt <= ? ORDER BY next_attempt LIMIT ?",
+            now,
+            limit,
+        )
 
     def next_ack_at(self) -> float | None:
         with self._lock:
@@ -287,20 +292,11 @@ class BridgeStore:
         return True
 
     def due_reports(self, now: float, limit: int = 500) -> list[dict]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT ticket, state, body, attempts FROM trade_reports WHERE sent_at IS NULL AND next_attempt <= ? ORDER BY ticket LIMIT ?",
-                (now, limit),
-            ).fetchall()
-        return [
-            {
-                "ticket": int(r["ticket"]),
-                "state": r["state"],
-                "body": json.loads(r["body"]),
-                "attempts": int(r["attempts"]),
-            }
-            for r in rows
-        ]
+        return self._due(
+            "SELECT ticket, state, body, attempts FROM trade_reports WHERE sent_at IS NULL AND next_attempt <= ? ORDER BY ticket LIMIT ?",
+            now,
+            limit,
+        )
 
     def reports_sent(self, tickets_and_bodies: list[tuple[int, dict]], note: str = "") -> None:
         """Mark these reports taken; a report replaced since it was read stays pending."""

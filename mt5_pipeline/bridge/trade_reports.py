@@ -28,6 +28,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -47,25 +48,20 @@ RESCAN_SECONDS = 300  # read back this far before the cursor: deals of one secon
 BATCH = 500  # reports per POST /ea/trades (the API takes up to 1,000)
 
 
+@dataclass(eq=False)
 class TradeReporter:
-    def __init__(
-        self,
-        terminal: Terminal,
-        api: ApiClient,
-        store: BridgeStore,
-        magic: int,
-        *,
-        to_utc: Callable[[Iterable[int]], list[int] | None],
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        self.terminal = terminal
-        self.api = api
-        self.store = store
-        self.magic = int(magic)
-        self.to_utc = to_utc
-        self.clock = clock
-        self.last_error = ""
-        self.account: int | None = None
+    terminal: Terminal
+    api: ApiClient
+    store: BridgeStore
+    magic: int
+    _: KW_ONLY
+    to_utc: Callable[[Iterable[int]], list[int] | None]
+    clock: Callable[[], datetime] = utcnow
+    last_error: str = field(default="", init=False)
+    account: int | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.magic = int(self.magic)
 
     # ---- reading the history ----------------------------------------------------------
     def _deals(

@@ -108,16 +108,9 @@ class Signal:
         missing = [k for k in PAYLOAD_KEYS if k not in payload]
         if missing:
             raise ValueError(f"signal lacks {', '.join(missing)}")
-        return cls(
-            signal_id=str(payload["signal_id"]),
+        return cls._read(
+            payload,
             bar=parse_iso(payload["timestamp"]),
-            symbol=payload["symbol"],
-            timeframe=payload["timeframe"],
-            side=payload["side"],
-            confidence=float(payload["confidence"]),
-            sl_pips=float(payload["sl_pips"]),
-            tp_pips=float(payload["tp_pips"]),
-            price=float(payload["price"]),
             expires_at=parse_iso(payload["expires_at"]),
             meta=dict(payload["meta"]),
         )
@@ -146,9 +139,15 @@ class Signal:
     @classmethod
     def from_row(cls, row: Any) -> Signal:
         m = row._mapping if hasattr(row, "_mapping") else row
+        return cls._read(m, bar=m["ts"], expires_at=m["expires_at"], meta=json.loads(m["meta"] or "{}"))
+
+    @classmethod
+    def _read(cls, m: Mapping[str, Any], *, bar: Any, expires_at: Any, meta: Mapping[str, Any]) -> Signal:
+        """The fields a payload and a queue row spell alike; the times and meta, which they
+        spell differently, come read."""
         return cls(
-            signal_id=m["signal_id"],
-            bar=m["ts"],
+            signal_id=str(m["signal_id"]),
+            bar=bar,
             symbol=m["symbol"],
             timeframe=m["timeframe"],
             side=m["side"],
@@ -156,6 +155,6 @@ class Signal:
             sl_pips=float(m["sl_pips"]),
             tp_pips=float(m["tp_pips"]),
             price=float(m["price"]),
-            expires_at=m["expires_at"],
-            meta=json.loads(m["meta"] or "{}"),
+            expires_at=expires_at,
+            meta=meta,
         )

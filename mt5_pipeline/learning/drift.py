@@ -27,7 +27,7 @@ trained before this) is compared with the pool.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -168,6 +168,23 @@ def _champion_meta(settings: Settings, timeframe: str) -> dict | None:
     return None if info is None or info.get("error") else info
 
 
+def _too_few_rows(settings: Settings, symbol: str, timeframe: str, n: int) -> DriftReport:
+    """Passes: too few recent rows is no evidence of drift."""
+    return DriftReport(
+        symbol,
+        timeframe,
+        True,
+        f"{symbol}: only {n} usable rows in the last {settings.drift_window_hours:g} h; nothing to compare",
+        rows=n,
+    )
+
+
+def _over_frame(report: DriftReport, frame: pd.DataFrame) -> DriftReport:
+    """`report` with the window and the count of the rows it was computed over."""
+    ts = pd.to_datetime(frame["ts"], utc=True)
+    return replace(report, window=(ts.min().to_pydatetime(), ts.max().to_pydatetime()), rows=len(frame))
+
+
 def feature_drift(
     settings: Settings, symbol: str, timeframe: str = "M1", rows: pd.DataFrame | None = None
 ) -> DriftReport:
@@ -180,15 +197,9 @@ def feature_drift(
             else f"champion {meta.get('version')} has no feature reference (trained before drift checks): retrain"
         )
         return DriftReport(symbol, timeframe, False, f"{symbol}: {why}")
-    frame = recent_rows(settings, symbol, timeframe, settings.drift_window_hours) if rows is None else rows
+    frame = rows if rows is not None else recent_rows(settings, symbol, timeframe, settings.drift_window_hours)
     if len(frame) < MIN_ROWS:
-        return DriftReport(
-            symbol,
-            timeframe,
-            True,
-            f"{symbol}: only {len(frame)} usable rows in the last {settings.drift_window_hours:g} h; nothing to compare",
-            rows=len(frame),
-        )
+        return _too_few_rows(settings, symbol, timeframe, len(frame))
     reference = meta["feature_reference"]
     # The symbol's own training rows; a symbol the champion never saw is compared with the pool.
     reference = (reference.get("by_symbol") or {}).get(symbol) or reference.get("all") or reference
@@ -213,17 +224,7 @@ def feature_drift(
             "rows": float(len(frame)),
         }
     )
-    ts = pd.to_datetime(frame["ts"], utc=True)
-    return DriftReport(
-        symbol,
-        timeframe,
-        not drifted,
-        desc_,
-        out,
-        worst,
-        (ts.min().to_pydatetime(), ts.max().to_pydatetime()),
-        len(frame),
-    )
+    return _over_frame(DriftReport(symbol, timeframe, not drifted, desc_, out, worst), frame)
 
 
 def signal_drift(
@@ -243,15 +244,9 @@ def signal_drift(
             False,
             f"{symbol}: champion {loaded.version} has no signal reference (trained before drift checks): retrain",
         )
-    frame = recent_rows(settings, symbol, timeframe, settings.drift_window_hours) if rows is None else rows
+    frame = rows if rows is not None else recent_rows(settings, symbol, timeframe, settings.drift_window_hours)
     if len(frame) < MIN_ROWS:
-        return DriftReport(
-            symbol,
-            timeframe,
-            True,
-            f"{symbol}: only {len(frame)} usable rows in the last {settings.drift_window_hours:g} h; nothing to compare",
-            rows=len(frame),
-        )
+        return _too_few_rows(settings, symbol, timeframe, len(frame))
     reference, against = _signal_reference_for(reference, symbol)
     X = frame[list(loaded.meta.get("feature_names") or MODEL_FEATURES)].to_numpy(dtype=np.float64)
     live = decision_shares(loaded.probability_up(X), settings.signal_buy_threshold, settings.signal_sell_threshold)
@@ -277,17 +272,7 @@ def signal_drift(
         else f"{symbol}: BUY {live['buy_share']:.2f} / SELL {live['sell_share']:.2f} / neutral {live['neutral_share']:.2f}, "
         f"mean probability {live['mean_probability']:.3f}, in line with {loaded.version}'s backtest ({against})"
     )
-    ts = pd.to_datetime(frame["ts"], utc=True)
-    return DriftReport(
-        symbol,
-        timeframe,
-        not parted,
-        desc_,
-        values,
-        [],
-        (ts.min().to_pydatetime(), ts.max().to_pydatetime()),
-        len(frame),
-    )
+    return _over_frame(DriftReport(symbol, timeframe, not parted, desc_, values, []), frame)
 
 
 def symbols_with_features(settings: Settings, timeframe: str = "M1") -> list[str]:

@@ -15,6 +15,7 @@ import dagster as dg
 
 from mt5_pipeline.orchestration.assets import GROUP, _equity_markdown, asset_names, timeframe_assets
 from mt5_pipeline.orchestration.resources import PipelineResource
+from mt5_pipeline.orchestration.schedules import utc_schedule
 from mt5_pipeline.settings import Settings
 
 if TYPE_CHECKING:
@@ -138,13 +139,6 @@ def build_live_performance_schedule(settings: Settings, timeframes: Iterable[str
         selection=dg.AssetSelection.assets(*[live_performance_asset(tf) for tf in timeframes]),
         description="Live performance of every timeframe.",
     )
-    return dg.ScheduleDefinition(
-        name="live_performance_schedule",
-        job=job,
-        cron_schedule="17 * * * *",
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING
-        if settings.dagster_autostart
-        else dg.DefaultScheduleStatus.STOPPED,
-        description="Live performance against the backtest, every hour.",
+    return utc_schedule(
+        settings, "live_performance_schedule", job, "17 * * * *", "Live performance against the backtest, every hour."
     )

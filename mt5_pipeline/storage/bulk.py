@@ -279,22 +279,24 @@ def _parse_sqlite_times(values: Sequence[str | None]) -> pd.Series:
 # ---------------------------------------------------------------------------------------
 
 
+# PostgreSQL's type name -> how write_frame encodes the column for COPY.
+_PG_KINDS = {
+    "double precision": "f8",
+    "real": "f4",
+    "bigint": "i8",
+    "integer": "i4",
+    "smallint": "i2",
+    "boolean": "bool",
+    "text": "text",
+}
+
+
 def _pg_kind(type_name: str) -> str:
-    if type_name == "double precision":
-        return "f8"
-    if type_name == "real":
-        return "f4"
-    if type_name == "bigint":
-        return "i8"
-    if type_name == "integer":
-        return "i4"
-    if type_name == "smallint":
-        return "i2"
-    if type_name == "boolean":
-        return "bool"
+    if type_name in _PG_KINDS:
+        return _PG_KINDS[type_name]
     if type_name.startswith("timestamp"):
         return "ts"
-    if type_name == "text" or type_name.startswith("character varying"):
+    if type_name.startswith("character varying"):
         return "text"
     raise TypeError(f"write_frame cannot COPY a column of type {type_name!r}")
 

@@ -31,6 +31,12 @@ from mt5_pipeline.clock import as_utc
 
 metadata = MetaData()
 
+
+def partial_index(name: str, *columns: str, where: str, unique: bool = False) -> Index:
+    """An index over the rows `where` holds, on PostgreSQL and SQLite alike."""
+    return Index(name, *columns, unique=unique, postgresql_where=text(where), sqlite_where=text(where))
+
+
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -199,32 +205,13 @@ signals_queue = Table(
     ),
     # One signal per bar whatever the model version, enforced by the database: a retrain
     # mid-bar, or the live worker and a Dagster run racing, can never queue a second one.
-    Index(
-        "uq_signals_queue_bar",
-        "symbol",
-        "timeframe",
-        "ts",
-        unique=True,
-        postgresql_where=text("NOT superseded"),
-        sqlite_where=text("NOT superseded"),
-    ),
+    partial_index("uq_signals_queue_bar", "symbol", "timeframe", "ts", where="NOT superseded", unique=True),
     # The claim scans pending rows oldest first; a partial index keeps that fast when
     # millions of delivered rows sit in the table.
-    Index(
-        "ix_signals_queue_pending",
-        "id",
-        postgresql_where=text("status = 'PENDING'"),
-        sqlite_where=text("status = 'PENDING'"),
-    ),
+    partial_index("ix_signals_queue_pending", "id", where="status = 'PENDING'"),
     Index("ix_signals_queue_status_created", "status", "created_at"),
     # The claim's "is an earlier row of this symbol waiting?" probe (migration 0004).
-    Index(
-        "ix_signals_queue_pending_symbol",
-        "symbol",
-        "id",
-        postgresql_where=text("status = 'PENDING'"),
-        sqlite_where=text("status = 'PENDING'"),
-    ),
+    partial_index("ix_signals_queue_pending_symbol", "symbol", "id", where="status = 'PENDING'"),
 )
 
 signals_ack = Table(
@@ -355,13 +342,7 @@ trades = Table(
     Column("updated_at", UtcDateTime, nullable=False),
     Index("ix_trades_signal_id", "signal_id"),
     # Open positions (reconciliation, /health, /metrics) and a timeframe's closed trades (live performance).
-    Index(
-        "ix_trades_open",
-        "magic",
-        "ticket",
-        postgresql_where=text("close_time IS NULL"),
-        sqlite_where=text("close_time IS NULL"),
-    ),
+    partial_index("ix_trades_open", "magic", "ticket", where="close_time IS NULL"),
     Index("ix_trades_timeframe_close_time", "timeframe", "close_time"),
 )
 

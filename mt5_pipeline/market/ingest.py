@@ -167,20 +167,7 @@ def ingest_candles(
     if len(batch) and recording:
         runs = offset_runs(database_url, symbol, timeframe)
         later.append(_offset_errors(batch, runs))
-    for bad, found, total in later:
-        if not total:
-            continue
-        if not partial:
-            raise CandleValidationError(found, total)
-        keep = np.ones(len(batch), dtype=bool)
-        keep[bad] = False
-        batch = batch.take(keep)
-        rejected += total
-        errors = errors + found
-    if len(errors) > MAX_REPORTED_ERRORS:
-        errors = errors[:MAX_REPORTED_ERRORS] + [
-            FieldError("candles", f"{rejected:,} rows refused in all; the first {MAX_REPORTED_ERRORS} errors are shown")
-        ]
+    batch, rejected, errors = _drop_refused(batch, later, rejected, errors, partial=partial)
     record_instrument(database_url, symbol, digits, point)
     if len(batch) == 0:
         return IngestResult(batch.received, 0, 0, 0, None, 0, rejected, tuple(errors))
@@ -201,6 +188,28 @@ def ingest_candles(
         rejected,
         tuple(errors),
     )
+
+
+def _drop_refused(
+    batch: CandleBatch, refusals: list[Refusal], rejected: int, errors: list[FieldError], *, partial: bool
+) -> tuple[CandleBatch, int, list[FieldError]]:
+    """The batch without the refused rows, the count of rows refused and the errors shown
+    (capped); without `partial`, the first refusal rejects the whole batch."""
+    for bad, found, total in refusals:
+        if not total:
+            continue
+        if not partial:
+            raise CandleValidationError(found, total)
+        keep = np.ones(len(batch), dtype=bool)
+        keep[bad] = False
+        batch = batch.take(keep)
+        rejected += total
+        errors = errors + found
+    if len(errors) > MAX_REPORTED_ERRORS:
+        errors = errors[:MAX_REPORTED_ERRORS] + [
+            FieldError("candles", f"{rejected:,} rows refused in all; the first {MAX_REPORTED_ERRORS} errors are shown")
+        ]
+    return batch, rejected, errors
 
 
 def _validate_with_instrument(

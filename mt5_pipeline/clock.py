@@ -32,7 +32,8 @@ def resolve_now(now: datetime | None) -> datetime:
 def iso_z(value: datetime) -> str:
     """ISO 8601 in UTC with ``Z`` (whole seconds unless there is a fraction)."""
     value = as_utc(value)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    # %Y is not zero-padded below year 1000 on glibc, which breaks RFC 3339 date-time.
+    text = f"{value.year:04d}-{value:%m-%dT%H:%M:%S}"
     if value.microsecond:
         text += f".{value.microsecond:06d}".rstrip("0")
     return text + "Z"

@@ -40,7 +40,7 @@ def make_hist_gradient_boosting(settings: Settings, **overrides: Any) -> HistGra
     return HistGradientBoostingClassifier(**params)
 
 
-def make_estimator(settings: Settings, **overrides: Any):
+def make_estimator(settings: Settings, **overrides: Any) -> Any:  # a scikit-learn classifier (untyped)
     """The MODEL_KIND estimator with its settings."""
     if settings.model_kind == "hist_gradient_boosting":
         return make_hist_gradient_boosting(settings, **overrides)

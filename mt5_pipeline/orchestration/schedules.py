@@ -9,7 +9,9 @@ from mt5_pipeline.orchestration.jobs import timeframe_jobs
 from mt5_pipeline.settings import Settings
 
 
-def utc_schedule(settings: Settings, name: str, job, cron: str, description: str) -> dg.ScheduleDefinition:
+def utc_schedule(
+    settings: Settings, name: str, job: dg.UnresolvedAssetJobDefinition, cron: str, description: str
+) -> dg.ScheduleDefinition:
     """A schedule on UTC cron times, running from the start where DAGSTER_AUTOSTART says so."""
     return dg.ScheduleDefinition(
         name=name,

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.dml import ReturningInsert
 
 from mt5_pipeline.clock import resolve_now
 from mt5_pipeline.execution.trade_signal import Signal
@@ -50,7 +51,7 @@ def _row_values(signal: Signal | Mapping[str, Any], now: datetime) -> dict:
     return {**value.to_row(), "status": "PENDING", "attempts": 0, "next_attempt_at": now, "created_at": now}
 
 
-def _insert_ignoring_duplicates(conn: Connection):
+def _insert_ignoring_duplicates(conn: Connection) -> ReturningInsert[tuple[int]]:
     # No conflict target: a second signal for the same bar, whatever the model version
     # (the partial unique index uq_signals_queue_bar), and a re-sent signal_id are both
     # "already queued".

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, exists, func, or_, select
+from sqlalchemy.sql import ColumnElement, Select
 
 from mt5_pipeline.clock import as_utc, iso_z, resolve_now
 from mt5_pipeline.execution.trade_signal import Signal
@@ -58,7 +59,7 @@ def pending_for_pull(database_url: str, limit: int = 100, *, now: datetime | Non
         return [Signal.from_row(r) for r in conn.execute(stmt)]
 
 
-def _deliverable(at: datetime):
+def _deliverable(at: datetime) -> ColumnElement[bool]:
     return and_(
         q.c.status == "PENDING",
         q.c.next_attempt_at <= at,
@@ -80,7 +81,7 @@ def count_pending(database_url: str, *, now: datetime | None = None) -> int:
         return int(conn.execute(stmt).scalar_one())
 
 
-def _heads_statement():
+def _heads_statement() -> Select[Any]:
     at = bindparam("now", type_=q.c.expires_at.type)
     earlier = q.alias("earlier")
     return select(q.c.next_attempt_at, q.c.lease_until).where(

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import BigInteger, String, Text, and_, bindparam, case, func, literal, or_, update
+from sqlalchemy.sql import FromClause
+from sqlalchemy.sql.dml import Update
 
 from mt5_pipeline.clock import as_utc, resolve_now
 from mt5_pipeline.storage.dialect import RowsParameter
@@ -48,7 +50,7 @@ _MARKS = RowsParameter(
 )
 
 
-def _apply_marks_statement(m):
+def _apply_marks_statement(m: FromClause) -> Update:
     """Each mark's row, if its claim token still matches: SENT keeps ACKED (the EA's
     background ack may land before it), RETRY stays PENDING with its next attempt time,
     REJECTED / FAILED / EXPIRED end it; every mark releases the lease."""
@@ -140,7 +142,7 @@ def mark_expired(database_url: str, row_id: int, claim_token: str, *, now: datet
     )
 
 
-def _expire_statement():
+def _expire_statement() -> Update:
     at = bindparam("now", type_=q.c.expires_at.type)
     return (
         update(q)

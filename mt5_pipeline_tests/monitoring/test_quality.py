@@ -12,8 +12,8 @@ from mt5_pipeline.monitoring import quality
 from mt5_pipeline.signals.queue import enqueue
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import candles, features_m1
+from mt5_pipeline_tests.orchestration.test_sensors import _signal
 from mt5_pipeline_tests.orchestration_support import minute_now
-from mt5_pipeline_tests.test_orchestration_sensors import _signal
 
 
 def _load(url, frame, symbol="EURUSD"):

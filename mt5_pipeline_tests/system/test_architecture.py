@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from mt5_pipeline_tests import ROOT
+
 PACKAGE = ROOT / "mt5_pipeline"
 
 # Shells and peers: what wires the core to triggers and processes.

@@ -25,7 +25,7 @@ from mt5_pipeline.signals.generation import generate_signal
 from mt5_pipeline.signals.live import LiveWorker
 from mt5_pipeline_tests.api_support import KEYS, api_client
 from mt5_pipeline_tests.orchestration_support import resources_for
-from mt5_pipeline_tests.test_live import END, LIVE, _bar_signal, _history, _partial, _trained
+from mt5_pipeline_tests.signals.test_live import END, LIVE, _bar_signal, _history, _partial, _trained
 
 BEFORE = END - timedelta(minutes=1)
 

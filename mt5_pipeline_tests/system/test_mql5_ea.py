@@ -8,14 +8,14 @@ API's served /openapi.json with that name and type. A mutated copy shows the che
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import anyio
 import pytest
 
+from mt5_pipeline_tests import ROOT
 from mt5_pipeline_tests.api_support import api_client
 
-EA = Path(__file__).resolve().parents[1] / "mql5" / "MT5PipelineEA.mq5"
+EA = ROOT / "mql5" / "MT5PipelineEA.mq5"
 
 # Which function builds (or reads) which schema of the document.
 BUILDS = {
@@ -268,7 +268,7 @@ def transliterate(body: str):
 
 def test_the_eas_fallback_pip_is_the_cores_rule_for_every_instrument_class():
     from mt5_pipeline.market import pips
-    from mt5_pipeline_tests.test_execution_contract import INSTRUMENTS
+    from mt5_pipeline_tests.execution.test_contract import INSTRUMENTS
 
     rule = transliterate(mql_function("LocalPipSize"))
     for row in INSTRUMENTS:

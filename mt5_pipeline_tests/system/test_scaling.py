@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from mt5_pipeline_tests import ROOT
 
 
 def test_the_live_worker_service_scales():

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,10 +20,11 @@ from mt5_pipeline.signals import queue
 from mt5_pipeline.storage import symbols as stored_symbols
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_ack, signals_queue
+from mt5_pipeline_tests import ROOT
 from mt5_pipeline_tests.bridge_support import API_KEY, EA_KEY, build_rig
 from mt5_pipeline_tests.ea_server import make_signal
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "execution.md"
+DOC = ROOT / "docs" / "execution.md"
 
 
 def doc_table(heading: str) -> list[dict[str, str]]:

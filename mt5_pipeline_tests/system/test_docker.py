@@ -32,9 +32,9 @@ from sqlalchemy.engine import make_url
 
 from mt5_pipeline.apps.servers import free_port
 from mt5_pipeline.storage.migrate import head_revision
+from mt5_pipeline_tests import ROOT
 from mt5_pipeline_tests.install_support import fresh_database as fresh_database_for
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 COMPOSE_FILE = ROOT / "docker" / "docker-compose.yml"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]

@@ -29,9 +29,10 @@ from mt5_pipeline.signals import queue
 from mt5_pipeline.signals.generation import generate_signal
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_queue
+from mt5_pipeline_tests import ROOT
 from mt5_pipeline_tests.ea_server import ReferenceEA, ServerThread, make_signal, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = ROOT
 SEED_KEYS = [
     "signal_id",
     "timestamp",

@@ -22,7 +22,7 @@ from mt5_pipeline.market.ingest import ingest_candles
 from mt5_pipeline.market.sample_data import generate_candles
 from mt5_pipeline.storage.candles import read_candles, series_lock_key
 from mt5_pipeline.storage.engine import psycopg_conninfo
-from mt5_pipeline_tests.test_features import assert_same_features
+from mt5_pipeline_tests.learning.test_features import assert_same_features
 
 END = datetime(2024, 6, 12, 12, 0, tzinfo=timezone.utc)
 

@@ -24,9 +24,9 @@ from dotenv import dotenv_values
 from sqlalchemy.engine import make_url
 
 from mt5_pipeline.storage.migrate import head_revision
+from mt5_pipeline_tests import ROOT
 from mt5_pipeline_tests.install_support import fresh_database
 
-ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "docker" / "systemd"
 APP = "/opt/mt5-pipeline"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]

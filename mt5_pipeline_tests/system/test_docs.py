@@ -20,8 +20,8 @@ from mt5_pipeline.settings import (
     documented_variables,
     env_example,
 )
+from mt5_pipeline_tests import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 # The reference parts live in docs/ (the README links them): the configuration table, production.
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()

@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import httpx
 import pytest
@@ -28,10 +27,10 @@ from mt5_pipeline.learning.training import train_model
 from mt5_pipeline.market.ingest import ingest_candles
 from mt5_pipeline.market.sample_data import generate_candles, minutes_ago
 from mt5_pipeline.signals import queue
+from mt5_pipeline_tests import ROOT
 from mt5_pipeline_tests.bridge_support import API_KEY, build_rig
 from mt5_pipeline_tests.ea_server import make_signal
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS = ROOT / "docker" / "prometheus"
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "mt5-pipeline.json"
 COMPOSE = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from mt5_pipeline.market.ingest import ingest_candles
 from mt5_pipeline.market.sample_data import generate_candles
+from mt5_pipeline_tests import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("mt5-pipeline"))
 
 

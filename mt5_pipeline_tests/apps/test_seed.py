@@ -18,8 +18,8 @@ from mt5_pipeline.market.sample_data import generate_candles, minutes_ago
 from mt5_pipeline.settings import documented_variables
 from mt5_pipeline.storage import migrate
 from mt5_pipeline.storage.features import newest_feature
+from mt5_pipeline_tests import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 

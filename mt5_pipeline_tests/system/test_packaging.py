@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from mt5_pipeline.storage.migrate import head_revision
+from mt5_pipeline_tests import ROOT
 from mt5_pipeline_tests.install_support import fresh_database
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 

@@ -292,7 +292,7 @@ async def test_generate_signal_ignores_the_forming_bar_and_refuses_a_timeframe_w
 
 
 async def test_a_wrong_ea_path_is_not_connected_and_stops_delivery_loudly(pg_url, settings_for, reference_ea):  # noqa: F811
-    from mt5_pipeline_tests.test_api_metrics import one, parse
+    from mt5_pipeline_tests.api.test_metrics import one, parse
 
     wrong = settings_for(
         pg_url, API_KEYS=KEYS, EA_SERVER_URL=reference_ea.base_url + "/signal", EA_API_KEY=reference_ea.api_key

@@ -16,7 +16,9 @@ LAST_CLOSED = int(NOW.timestamp()) // 60 * 60 - 60  # 09:59 UTC: 10:00 is still 
 
 
 def _feeder(terminal, api, store, clock, symbols=("XAUUSD",), timeframes=("M1",), **kw) -> BarFeeder:
-    return BarFeeder(terminal, api, store, symbols, timeframes, 5, server_time_zone=kw.pop("zone", "UTC+2"), clock=clock, **kw)
+    return BarFeeder(
+        terminal, api, store, symbols, timeframes, 5, server_time_zone=kw.pop("zone", "UTC+2"), clock=clock, **kw
+    )
 
 
 def test_a_rate_becomes_the_apis_candle():

@@ -83,7 +83,9 @@ def test_the_real_api_takes_server_time_bars_and_refuses_a_wrong_key(real_api):
     server_bars = [{**b, "time": b["time"] + 3 * 3600} for b in utc_bars]
     client = ApiClient(real_api, KEY)
     try:
-        first = client.ingest("USDJPY", "H1", server_bars, server_time_zone="UTC+3", instrument={"digits": 3, "point": 0.001})
+        first = client.ingest(
+            "USDJPY", "H1", server_bars, server_time_zone="UTC+3", instrument={"digits": 3, "point": 0.001}
+        )
         again = client.ingest("USDJPY", "H1", server_bars, server_time_zone="UTC+3")
         bad = {**server_bars[-1], "high": server_bars[-1]["low"] - 0.5}
         partial = client.ingest("USDJPY", "H1", [bad], server_time_zone="UTC+3")

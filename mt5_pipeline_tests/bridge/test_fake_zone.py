@@ -12,8 +12,8 @@ from mt5_pipeline.bridge.fake_zone import ZonedFakeMT5
 from mt5_pipeline_tests.bridge_support import ManualClock
 
 
-def _utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
+def _utc(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> datetime:
+    return datetime(y, mo, d, h, mi, s, tzinfo=timezone.utc)
 
 
 def _s(*args: int) -> int:

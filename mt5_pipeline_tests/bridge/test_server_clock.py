@@ -13,8 +13,12 @@ from mt5_pipeline.bridge.terminal import Terminal
 from mt5_pipeline_tests.bridge.parts import NOW
 
 
+def _utc(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> datetime:
+    return datetime(y, mo, d, h, mi, s, tzinfo=timezone.utc)
+
+
 def _s(*args: int) -> int:
-    return int(datetime(*args, tzinfo=timezone.utc).timestamp())
+    return int(_utc(*args).timestamp())
 
 
 def _feeder(terminal: Terminal, api, store, clock, **zone) -> BarFeeder:

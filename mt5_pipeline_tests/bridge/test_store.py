@@ -39,7 +39,11 @@ def test_an_outcome_its_ack_and_its_position_are_written_together(store):
 
 def test_a_failed_write_leaves_neither_the_outcome_nor_its_ack(store):
     signal = signal_of(signal_body("USDJPY"))
-    ack = {"signal_id": signal.signal_id, "status": "FILLED", "at": object()}  # not JSON: fails after the outcome's INSERT
+    ack = {
+        "signal_id": signal.signal_id,
+        "status": "FILLED",
+        "at": object(),
+    }  # not JSON: fails after the outcome's INSERT
     with pytest.raises(TypeError):
         store.finish(signal, "FILLED", ticket=9, retcode=10009, message="filled", answer=ANSWER, ack=ack)
     assert store.execution(signal.signal_id) is None

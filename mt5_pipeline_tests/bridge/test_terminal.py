@@ -91,7 +91,7 @@ def test_every_timeframe_maps_to_the_packages_constant():
 
 def test_without_the_package_the_error_says_how_to_get_it():
     try:
-        import MetaTrader5  # type: ignore[import-not-found]  # noqa: F401
+        import MetaTrader5  # noqa: F401
     except ImportError:
         with pytest.raises(TerminalError, match=r"pip install \.\[mt5\].*--fake"):
             import_mt5()

@@ -1,8 +1,8 @@
 """The tests mirror the code: mt5_pipeline_tests/<package>/test_<module>[_<aspect>].py names
 a module of mt5_pipeline/<package>/ (top-level tests name a top-level module), so a
 renamed or removed module cannot leave a test under a stale name. The package's own name
-stands for its __init__.py (bridge/test_bridge.py tests the Bridge). Tests that mirror no
-single module live in system/."""
+stands for the package as a whole (bridge/test_bridge.py tests the Bridge end to end).
+Tests that mirror no single module live in system/."""
 
 from __future__ import annotations
 

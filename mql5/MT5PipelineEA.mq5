@@ -7,7 +7,7 @@
 //| account first. What is checked automatically: every route,       |
 //| header and JSON field it uses exists in the API's /openapi.json  |
 //| with that name and type, and the execution contract's rules are  |
-//| read from this text (mt5_pipeline_tests/test_mql5_ea.py;         |
+//| read from this text (mt5_pipeline_tests/system/test_mql5_ea.py;  |
 //| docs/execution.md): the pip from meta.pip_size, the fallback pip |
 //| rule, the transient retcodes, the timeframe filter, the dedupe,  |
 //| the ack outbox. None of it has run in a terminal.                |

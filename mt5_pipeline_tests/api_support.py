@@ -18,12 +18,13 @@ import httpx
 from mt5_pipeline.api.main import create_app
 from mt5_pipeline.apps.servers import free_port  # noqa: F401 - re-exported for the API tests
 from mt5_pipeline.settings import Settings
+from mt5_pipeline_tests import ROOT
 
 API_KEY = "test-key-one"
 OTHER_KEY = "test-key-two"  # a second key, as during a rotation
 KEYS = f"{API_KEY},{OTHER_KEY}"
 AUTH = {"X-API-Key": API_KEY}
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT
 
 
 @asynccontextmanager

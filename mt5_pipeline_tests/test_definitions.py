@@ -9,8 +9,7 @@ import dagster as dg
 
 from mt5_pipeline.definitions import build_defs
 from mt5_pipeline.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[1]
+from mt5_pipeline_tests import ROOT
 
 
 def _defs(**env) -> dg.Definitions:

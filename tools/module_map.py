@@ -5,7 +5,7 @@
 
 The picture is a Mermaid graph of the packages (GitHub draws it); an arrow means "imports",
 and an arrow implied by a longer path is left out so the layers stay readable. The table
-under it lists every direct import. `mt5_pipeline_tests/project/test_module_map.py` fails
+under it lists every direct import. `mt5_pipeline_tests/system/test_module_map.py` fails
 when the README's block is not what this script prints.
 """
 

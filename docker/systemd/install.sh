@@ -14,7 +14,7 @@
 # replaced, .env and the data are kept.
 #
 # DESTDIR=/some/dir installs under that directory instead of / and skips what needs root
-# (the user, ownership, systemctl): mt5_pipeline_tests/test_systemd.py uses it.
+# (the user, ownership, systemctl): mt5_pipeline_tests/system/test_systemd.py uses it.
 set -eu
 
 APP=/opt/mt5-pipeline

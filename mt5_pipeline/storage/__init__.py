@@ -1,5 +1,5 @@
 """Storage: the schema, engines, migrations and every statement whose SQL differs between
-PostgreSQL and SQLite (mt5_pipeline_tests/test_dialects.py keeps it so). Everything above
+PostgreSQL and SQLite (mt5_pipeline_tests/system/test_dialects.py keeps it so). Everything above
 it imports from here."""
 
 from mt5_pipeline.storage.engine import get_engine, is_postgres, normalize_url

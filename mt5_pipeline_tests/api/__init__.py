@@ -1,0 +1,1 @@
+"""Tests of mt5_pipeline/api/ (the Starlette shell), one file per module it mainly tests."""

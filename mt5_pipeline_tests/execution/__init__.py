@@ -1,0 +1,1 @@
+"""Tests of mt5_pipeline/execution/ (the contract, the execution policy, the typed signal)."""

@@ -1,0 +1,1 @@
+"""Tests of mt5_pipeline/learning/ (features, labels, training, promotion, backtest, drift)."""

@@ -1,0 +1,1 @@
+"""Tests of mt5_pipeline/monitoring/ (data quality, live performance)."""

@@ -1,0 +1,1 @@
+"""Tests of mt5_pipeline/storage/ (migrations, candles, bulk reads) on both backends."""

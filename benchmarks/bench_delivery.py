@@ -7,13 +7,15 @@ Creates a scratch database on TEST_DATABASE_URL's server (default
 postgresql://postgres@127.0.0.1:5432/test), drops it afterwards, and runs the reference EA
 as a real server (`mt5-pipeline ea-sim`, uvicorn) in its own process on loopback.
 
-* Throughput: N signals over 50 symbols queued, then ``push_pending`` cycles (batches of
+* Throughput: N signals over 50 symbols queued bar by bar (every symbol's signal of a
+  minute together, as a live queue fills), then ``push_pending`` cycles (batches of
   100: claim, send, record) until the queue is empty, with the worker's pooled
   ``EAClient``: as the worker runs it (the round's first request alone, then up to
   SEND_LANES in flight across symbols), and one request at a time (``lanes=1``, the
   pusher before the lanes), alternated twice, the better run of each kept. The baseline is
   the same loop one at a time with a new HTTP client per request (what ``httpx.post()``
-  per signal does). Also the client alone (no database), both ways.
+  per signal does). Also the client alone (no database), both ways, and the same drains
+  queued symbol by symbol (each batch one symbol: order per symbol allows no overlap).
 * Ceiling of the machine: the same pooled ``EAClient`` against a trivial ASGI app under
   uvicorn (answers ``{"success": true}`` without parsing), i.e. what HTTP alone costs here.
 * Latency: the worker (`mt5-pipeline push`, EA_PUSH_INTERVAL=30) in its own process; one
@@ -61,7 +63,10 @@ EA_KEY = "bench-ea-key"
 _CALLS = itertools.count()
 
 
-def make_signals(n: int, symbols: int = 50) -> list[dict]:
+def make_signals(n: int, symbols: int = 50, *, interleaved: bool = False) -> list[dict]:
+    """``n`` signals over ``symbols`` symbols, each symbol's bars in order. Queued symbol by
+    symbol, or ``interleaved``: bar by bar, every symbol's signal for a minute together, as
+    a live queue fills when the bars of all symbols close at once."""
     base = datetime.now(timezone.utc).replace(second=0, microsecond=0)
     expires = base + timedelta(hours=1)
     per = max(1, n // symbols)
@@ -71,7 +76,10 @@ def make_signals(n: int, symbols: int = 50) -> list[dict]:
     call_back = timedelta(days=365 * next(_CALLS))
     out = []
     for i in range(n):
-        sym, k = divmod(i, per)
+        if interleaved:
+            k, sym = divmod(i, symbols)
+        else:
+            sym, k = divmod(i, per)
         ts = base - timedelta(minutes=per - k) - timedelta(days=sym) - call_back  # each symbol's bars in order
         out.append(
             {
@@ -252,17 +260,21 @@ def main() -> int:
                 f"throughput: {n_pooled:,} signals, pooled client (EA on loopback, PostgreSQL {database_name(url)})",
                 flush=True,
             )
-            timings: dict[int, list[float]] = {SEND_LANES: [], 1: []}
+            timings: dict[tuple[int, bool], list[float]] = {}
             with EAClient(settings) as pooled:
                 client_only(pooled, make_signals(200))  # warm up
-                for lanes in (1, SEND_LANES, 1, SEND_LANES):  # alternated: a load swing hits both
-                    queue.enqueue_many(url, make_signals(n_pooled))
-                    took, sent = drain(settings, pooled, lanes=lanes)
-                    assert sent == n_pooled, sent
-                    timings[lanes].append(took)
-                    print(f"  pooled, {lanes} in flight: {n_pooled / took:,.0f} signals/s", flush=True)
+                # Alternated, so that a load swing on the shared machine hits every variant.
+                for interleaved in (True, False, True, False):
+                    for lanes in (1, SEND_LANES):
+                        queue.enqueue_many(url, make_signals(n_pooled, interleaved=interleaved))
+                        took, sent = drain(settings, pooled, lanes=lanes)
+                        assert sent == n_pooled, sent
+                        timings.setdefault((lanes, interleaved), []).append(took)
+                        order = "bar by bar" if interleaved else "symbol by symbol"
+                        print(f"  pooled, {order}, {lanes} in flight: {n_pooled / took:,.0f} signals/s", flush=True)
                 t_client_pooled = client_only(pooled, make_signals(n_fresh * 4))
-            t_pooled, t_serial = min(timings[SEND_LANES]), min(timings[1])
+            t_pooled, t_serial = min(timings[(SEND_LANES, True)]), min(timings[(1, True)])
+            t_grouped, t_grouped_serial = min(timings[(SEND_LANES, False)]), min(timings[(1, False)])
             print(f"throughput: {n_fresh:,} signals, a new client per request", flush=True)
             fresh = NewClientPerRequest(settings)
             queue.enqueue_many(url, make_signals(n_fresh))
@@ -337,6 +349,13 @@ def main() -> int:
         "signals/s",
         serial_rate,
         "context: what the lanes add",
+    )
+    row(
+        "the same, queued symbol by symbol (100 per symbol: one symbol per batch, so one at a time; baseline: lanes=1)",
+        n_pooled / t_grouped,
+        "signals/s",
+        n_pooled / t_grouped_serial,
+        "context: order per symbol bounds it",
     )
     row(
         "EAClient.send alone, pooled (baseline: new client per request)",

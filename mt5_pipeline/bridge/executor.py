@@ -72,7 +72,7 @@ class Executor:
             if self.clock() >= signal.expires_at:
                 message = f"signal expired at {iso_z(signal.expires_at)}; not traded"
                 answer = {"success": False, "message": message, "reason": "expired"}
-                self._finish(signal, "EXPIRED", None, None, message, answer)
+                self._finish(signal, orders.Execution("EXPIRED", description=message), answer)
                 return 200, answer
             if not self.terminal.ensure():
                 # Nothing was sent and nothing is recorded: 503 makes the pusher try again
@@ -94,7 +94,7 @@ class Executor:
                 if verdict == "skip":
                     answer = {"success": False, "message": why, "reason": "execution_policy"}
                     log.info("%s %s %s %s: %s", signal.signal_id, signal.side, signal.symbol, signal.timeframe, why)
-                    self._finish(signal, "REJECTED", None, None, why, answer)
+                    self._finish(signal, orders.Execution("REJECTED", description=why), answer)
                     return 200, answer
                 if verdict == "retry":
                     log.warning("%s %s %s not placed yet: %s", signal.signal_id, signal.side, signal.symbol, why)
@@ -151,19 +151,11 @@ class Executor:
             }
             log.warning("%s %s %s rejected: %s", signal.signal_id, signal.side, signal.symbol, execution.message)
         position = self.positions.record(signal, execution) if self.positions is not None else None
-        self._finish(signal, execution.status, execution.ticket, execution.retcode, execution.message, answer, position)
+        self._finish(signal, execution, answer, position)
         return answer
 
-    def _finish(
-        self,
-        signal: Signal,
-        status: str,
-        ticket: int | None,
-        retcode: int | None,
-        message: str,
-        answer: dict,
-        position: dict | None = None,
-    ) -> None:
+    def _finish(self, signal: Signal, execution: orders.Execution, answer: dict, position: dict | None = None) -> None:
+        status, ticket, retcode, message = execution.status, execution.ticket, execution.retcode, execution.message
         ack: dict[str, Any] = {
             "signal_id": signal.signal_id,
             "ticket": ticket,

@@ -26,6 +26,7 @@ from threading import Event
 from typing import Any
 
 from mt5_pipeline.bridge.client import ApiClient, ApiRefused, ApiUnavailable
+from mt5_pipeline.bridge.cycles import run_cycles
 from mt5_pipeline.bridge.positions import PositionKeeper
 from mt5_pipeline.bridge.store import BridgeStore
 from mt5_pipeline.bridge.terminal import TerminalError
@@ -143,14 +144,5 @@ def run_positions(
 ) -> None:
     """The positions loop: at start and after every minute turns, the time exits due,
     then the trade reports and the reconciliation."""
-    while not stop.is_set():
-        try:
-            keeper.time_exits()
-        except Exception:  # the terminal connection broke: log and keep the loop alive
-            log.exception("time exits failed")
-        try:
-            reconciler.cycle()
-        except Exception:
-            log.exception("trade reports / reconciliation failed")
-        if stop.wait(seconds_to_next_minute(clock())):
-            return
+    steps = {"time exits": keeper.time_exits, "trade reports / reconciliation": reconciler.cycle}
+    run_cycles(stop, steps, lambda: stop.wait(seconds_to_next_minute(clock())), log)

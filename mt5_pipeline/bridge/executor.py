@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,24 +40,16 @@ from mt5_pipeline.execution.trade_signal import Signal
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class Executor:
-    def __init__(
-        self,
-        terminal: Terminal,
-        store: BridgeStore,
-        cfg: orders.OrderSettings,
-        *,
-        clock: Callable[[], datetime] = utcnow,
-        on_ack: Callable[[], None] | None = None,
-        positions: PositionKeeper | None = None,
-    ) -> None:
-        self.terminal = terminal
-        self.store = store
-        self.cfg = cfg
-        self.clock = clock
-        self.on_ack = on_ack or (lambda: None)
-        self.positions = positions  # a PositionKeeper: the execution policy (None: every signal opens, as before it)
-        self._lock = threading.Lock()
+    terminal: Terminal
+    store: BridgeStore
+    cfg: orders.OrderSettings
+    _: KW_ONLY
+    clock: Callable[[], datetime] = utcnow
+    on_ack: Callable[[], None] | None = None  # called after an outcome and its ack are stored
+    positions: PositionKeeper | None = None  # the execution policy (None: every signal opens, as before it)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def handle(self, body: object) -> tuple[int, dict]:
         """(HTTP status, JSON answer) for one signal body, as the seed's EA answers."""
@@ -167,7 +160,8 @@ class Executor:
         self.store.finish(
             signal, status, ticket=ticket, retcode=retcode, message=message, answer=answer, ack=ack, position=position
         )
-        self.on_ack()
+        if self.on_ack is not None:
+            self.on_ack()
 
     def _lookup(self, signal: Signal) -> int | None | tuple[int, dict]:
         """The ticket of this signal's order in the terminal, None, or a 503 answer while

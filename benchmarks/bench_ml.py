@@ -469,42 +469,15 @@ def bench_training(url: str, sizes: list[int], n_bars: int, rows: list[dict], wo
         f"  bounded vs unbounded at {label}: fit {b['fit_s']:.1f} s vs {u['fit_s']:.1f} s, AUC {b['auc']:.4f} vs {u['auc']:.4f}",
         flush=True,
     )
-    row(
-        rows,
-        f"bounded forest fit, {label} rows (one fit)",
-        b["fit_s"],
-        "s",
-        u["fit_s"],
-        "baseline: unbounded RandomForestClassifier",
-    )
-    row(rows, f"bounded forest file, {label} rows", b["file_mb"], "MB", u["file_mb"], "baseline: unbounded")
-    row(
-        rows,
-        f"bounded forest out-of-sample AUC, {label} rows",
-        b["auc"],
-        "",
-        u["auc"],
-        "not worse than unbounded",
-        digits=4,
-    )
-    row(
-        rows,
-        f"bounded forest out-of-sample log loss, {label} rows",
-        b["log_loss"],
-        "",
-        u["log_loss"],
-        "not worse than unbounded",
-        digits=4,
-    )
-    row(
-        rows,
-        f"bounded forest out-of-sample accuracy, {label} rows",
-        b["accuracy"],
-        "",
-        u["accuracy"],
-        "not worse than unbounded",
-        digits=4,
-    )
+    # The bounded forest against the unbounded one: (figure, result key, unit, aim, digits).
+    for figure, key, unit, aim, digits in (
+        ("bounded forest fit, {} rows (one fit)", "fit_s", "s", "baseline: unbounded RandomForestClassifier", 3),
+        ("bounded forest file, {} rows", "file_mb", "MB", "baseline: unbounded", 3),
+        ("bounded forest out-of-sample AUC, {} rows", "auc", "", "not worse than unbounded", 4),
+        ("bounded forest out-of-sample log loss, {} rows", "log_loss", "", "not worse than unbounded", 4),
+        ("bounded forest out-of-sample accuracy, {} rows", "accuracy", "", "not worse than unbounded", 4),
+    ):
+        row(rows, figure.format(label), b[key], unit, u[key], aim, digits=digits)
     assert model_path is not None
     return model_path
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from mt5_pipeline.api import openapi_examples as examples
 from mt5_pipeline.api import requests, responses
 from mt5_pipeline.api.openapi_components import metrics_security, query_parameters, ref
@@ -12,34 +14,47 @@ from mt5_pipeline.api.openapi_responses import AUTH, BODY_ERRORS, DB_DOWN, error
 from mt5_pipeline.settings import Settings
 
 
+def body_operation(
+    operation_id: str,
+    summary: str,
+    body: type[BaseModel],
+    example: Any,
+    ok: dict[str, Any],
+    *,
+    description: str = "",
+    errors: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An operation that takes a JSON body and needs the database: besides its 200 and its own
+    ``errors``, it answers bad bodies, a missing key and a database outage as every such route does."""
+    operation: dict[str, Any] = {"operationId": operation_id, "summary": summary}
+    if description:
+        operation["description"] = description
+    operation["requestBody"] = request_body(body, example)
+    operation["responses"] = {"200": ok, **BODY_ERRORS, **AUTH, **(errors or {}), **DB_DOWN}
+    return operation
+
+
 def ingest_paths() -> dict[str, Any]:
     """POST /ingest: candles in."""
     return {
         "/ingest": {
-            "post": {
-                "operationId": "ingest",
-                "summary": "Store a batch of candles (idempotent upsert)",
-                "description": (
+            "post": body_operation(
+                "ingest",
+                "Store a batch of candles (idempotent upsert)",
+                requests.IngestRequest,
+                examples.INGEST,
+                json_response(
+                    ref(responses.IngestResponse),
+                    "stored",
+                    {"success": True, "received": 1, "inserted": 1, "updated": 0, "unchanged": 0},
+                ),
+                description=(
                     "The whole batch is validated first: prices positive and finite, high >= max(open, close), "
                     "low <= min(open, close), times aligned to the timeframe and not in the future. "
                     "One bad candle rejects the batch (422, details name each path) and nothing is stored; "
                     "earlier rows are never touched by a rejected batch. Re-sending a bar is safe."
                 ),
-                "requestBody": request_body(
-                    requests.IngestRequest,
-                    examples.INGEST,
-                ),
-                "responses": {
-                    "200": json_response(
-                        ref(responses.IngestResponse),
-                        "stored",
-                        {"success": True, "received": 1, "inserted": 1, "updated": 0, "unchanged": 0},
-                    ),
-                    **BODY_ERRORS,
-                    **AUTH,
-                    **DB_DOWN,
-                },
-            }
+            )
         },
     }
 
@@ -162,21 +177,14 @@ def delivery_paths() -> dict[str, Any]:
             }
         },
         "/ea/ack": {
-            "post": {
-                "operationId": "ack",
-                "summary": "The EA reports what it did with a signal (idempotent)",
-                "requestBody": request_body(
-                    requests.AckRequest,
-                    examples.ACK,
-                ),
-                "responses": {
-                    "200": json_response(ref(responses.AckResponse), "recorded (a repeated ack is recorded once)"),
-                    **BODY_ERRORS,
-                    **AUTH,
-                    "404": error_response("no such signal_id"),
-                    **DB_DOWN,
-                },
-            }
+            "post": body_operation(
+                "ack",
+                "The EA reports what it did with a signal (idempotent)",
+                requests.AckRequest,
+                examples.ACK,
+                json_response(ref(responses.AckResponse), "recorded (a repeated ack is recorded once)"),
+                errors={"404": error_response("no such signal_id")},
+            )
         },
         "/ea/signals": {
             "get": {
@@ -202,13 +210,16 @@ def trade_paths() -> dict[str, Any]:
     """Trades the bridge or the EA reports, and reconciliation with the terminal."""
     return {
         "/ea/trades": {
-            "post": {
-                "operationId": "reportTrades",
-                "summary": (
+            "post": body_operation(
+                "reportTrades",
+                (
                     "The bridge or the EA reports positions: opens and closes, from the deals history (idempotent by "
                     "ticket)"
                 ),
-                "description": (
+                requests.TradesRequest,
+                examples.TRADES,
+                json_response(ref(responses.TradesResponse), "recorded; per ticket: inserted, updated or unchanged"),
+                description=(
                     "One row per ticket: the open report inserts it, the close report (same ticket, with close_time, "
                     "close_price "
                     "and exit_reason) completes it, a repeat changes nothing, and no report reopens a closed trade. "
@@ -217,19 +228,7 @@ def trade_paths() -> dict[str, Any]:
                     "(unknown_signal). "
                     "Pips are computed here from the prices and the signal's pip. Times are UTC. docs/trades.md."
                 ),
-                "requestBody": request_body(
-                    requests.TradesRequest,
-                    examples.TRADES,
-                ),
-                "responses": {
-                    "200": json_response(
-                        ref(responses.TradesResponse), "recorded; per ticket: inserted, updated or unchanged"
-                    ),
-                    **BODY_ERRORS,
-                    **AUTH,
-                    **DB_DOWN,
-                },
-            },
+            ),
             "get": {
                 "operationId": "openTrades",
                 "summary": "The open trades the API holds (what reconciliation compares with the terminal)",
@@ -243,26 +242,20 @@ def trade_paths() -> dict[str, Any]:
             },
         },
         "/ea/reconcile": {
-            "post": {
-                "operationId": "reconcile",
-                "summary": (
-                    "Compare the terminal's positions with the open trades; record the state and the unknown positions"
-                ),
-                "description": (
+            "post": body_operation(
+                "reconcile",
+                ("Compare the terminal's positions with the open trades; record the state and the unknown positions"),
+                requests.ReconcileRequest,
+                examples.RECONCILE,
+                json_response(ref(responses.ReconcileResponse), "the differences"),
+                description=(
                     "Send every open position carrying the magic. Positions the API did not hold open are recorded "
                     "(flagged if "
                     "their signal is unknown); open trades the terminal no longer holds come back as missing: report "
                     "their close "
                     "from the deals history. Nothing is closed. /health and /metrics show the state."
                 ),
-                "requestBody": request_body(requests.ReconcileRequest, examples.RECONCILE),
-                "responses": {
-                    "200": json_response(ref(responses.ReconcileResponse), "the differences"),
-                    **BODY_ERRORS,
-                    **AUTH,
-                    **DB_DOWN,
-                },
-            }
+            )
         },
     }
 

@@ -108,9 +108,7 @@ class Bridge:
         self.trade_reports = TradeReporter(
             self.terminal, self.api, self.store, settings.bridge_magic, to_utc=to_utc, clock=clock
         )
-        self.reconciler = Reconciler(
-            self.positions, self.trade_reports, self.api, self.store, to_utc=to_utc, clock=clock
-        )
+        self.reconciler = Reconciler(self.positions, self.trade_reports)
         self.poller = Poller(self.api, self.executor, self.acks, interval=settings.bridge_poll_interval)
         self.app = create_bridge_app(
             self.executor, settings.effective_ea_api_key, self.health, push=settings.bridge_mode == "push"

@@ -13,6 +13,7 @@ import threading
 import time
 
 from mt5_pipeline.bridge.client import ApiClient, ApiRefused, ApiUnavailable
+from mt5_pipeline.bridge.cycles import run_cycles
 from mt5_pipeline.bridge.store import BridgeStore
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,11 @@ class AckSender:
         self.store.ack_retry(row["signal_id"], error, now + delay)
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.send_due()
-            except Exception:
-                log.exception("Ack cycle failed")
-            nxt = self.store.next_ack_at()
-            delay = 5.0 if nxt is None else max(0.05, min(5.0, nxt - time.time()))
-            self.wake.wait(delay)
-            self.wake.clear()
+        run_cycles(stop, {"Ack cycle": self.send_due}, self._pause, log)
+
+    def _pause(self) -> None:
+        """Until the next ack is due (at most 5 s), or sooner when an outcome wakes it."""
+        nxt = self.store.next_ack_at()
+        delay = 5.0 if nxt is None else max(0.05, min(5.0, nxt - time.time()))
+        self.wake.wait(delay)
+        self.wake.clear()

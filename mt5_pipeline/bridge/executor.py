@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,24 +40,16 @@ from mt5_pipeline.execution.trade_signal import Signal
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class Executor:
-    def __init__(
-        self,
-        terminal: Terminal,
-        store: BridgeStore,
-        cfg: orders.OrderSettings,
-        *,
-        clock: Callable[[], datetime] = utcnow,
-        on_ack: Callable[[], None] | None = None,
-        positions: PositionKeeper | None = None,
-    ) -> None:
-        self.terminal = terminal
-        self.store = store
-        self.cfg = cfg
-        self.clock = clock
-        self.on_ack = on_ack or (lambda: None)
-        self.positions = positions  # a PositionKeeper: the execution policy (None: every signal opens, as before it)
-        self._lock = threading.Lock()
+    terminal: Terminal
+    store: BridgeStore
+    cfg: orders.OrderSettings
+    _: KW_ONLY
+    clock: Callable[[], datetime] = utcnow
+    on_ack: Callable[[], None] | None = None  # called after an outcome and its ack are stored
+    positions: PositionKeeper | None = None  # the execution policy (None: every signal opens, as before it)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def handle(self, body: object) -> tuple[int, dict]:
         """(HTTP status, JSON answer) for one signal body, as the seed's EA answers."""
@@ -72,7 +65,7 @@ class Executor:
             if self.clock() >= signal.expires_at:
                 message = f"signal expired at {iso_z(signal.expires_at)}; not traded"
                 answer = {"success": False, "message": message, "reason": "expired"}
-                self._finish(signal, "EXPIRED", None, None, message, answer)
+                self._finish(signal, orders.Execution("EXPIRED", description=message), answer)
                 return 200, answer
             if not self.terminal.ensure():
                 # Nothing was sent and nothing is recorded: 503 makes the pusher try again
@@ -94,7 +87,7 @@ class Executor:
                 if verdict == "skip":
                     answer = {"success": False, "message": why, "reason": "execution_policy"}
                     log.info("%s %s %s %s: %s", signal.signal_id, signal.side, signal.symbol, signal.timeframe, why)
-                    self._finish(signal, "REJECTED", None, None, why, answer)
+                    self._finish(signal, orders.Execution("REJECTED", description=why), answer)
                     return 200, answer
                 if verdict == "retry":
                     log.warning("%s %s %s not placed yet: %s", signal.signal_id, signal.side, signal.symbol, why)
@@ -151,19 +144,11 @@ class Executor:
             }
             log.warning("%s %s %s rejected: %s", signal.signal_id, signal.side, signal.symbol, execution.message)
         position = self.positions.record(signal, execution) if self.positions is not None else None
-        self._finish(signal, execution.status, execution.ticket, execution.retcode, execution.message, answer, position)
+        self._finish(signal, execution, answer, position)
         return answer
 
-    def _finish(
-        self,
-        signal: Signal,
-        status: str,
-        ticket: int | None,
-        retcode: int | None,
-        message: str,
-        answer: dict,
-        position: dict | None = None,
-    ) -> None:
+    def _finish(self, signal: Signal, execution: orders.Execution, answer: dict, position: dict | None = None) -> None:
+        status, ticket, retcode, message = execution.status, execution.ticket, execution.retcode, execution.message
         ack: dict[str, Any] = {
             "signal_id": signal.signal_id,
             "ticket": ticket,
@@ -175,7 +160,8 @@ class Executor:
         self.store.finish(
             signal, status, ticket=ticket, retcode=retcode, message=message, answer=answer, ack=ack, position=position
         )
-        self.on_ack()
+        if self.on_ack is not None:
+            self.on_ack()
 
     def _lookup(self, signal: Signal) -> int | None | tuple[int, dict]:
         """The ticket of this signal's order in the terminal, None, or a 503 answer while

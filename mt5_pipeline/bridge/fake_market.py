@@ -143,12 +143,19 @@ class FakeMarket(FakeConnection):
         assert tick is not None, symbol
         return tick
 
-    def copy_rates_from_pos(self, symbol: str, timeframe: int, start_pos: int, count: int) -> np.ndarray | None:
-        """Bars newest-last, position 0 being the forming bar, as the real function."""
+    def _check_rates_request(self, symbol: str, timeframe: int, start_pos: int, count: int) -> bool:
+        """A known symbol and a timeframe, position and count the real function takes; else the
+        error it sets."""
         if not self._check(symbol):
-            return None
+            return False
         if timeframe not in _MINUTES or count <= 0 or start_pos < 0:
             self._error = (RES_E_INVALID_PARAMS, "Invalid params")
+            return False
+        return True
+
+    def copy_rates_from_pos(self, symbol: str, timeframe: int, start_pos: int, count: int) -> np.ndarray | None:
+        """Bars newest-last, position 0 being the forming bar, as the real function."""
+        if not self._check_rates_request(symbol, timeframe, start_pos, count):
             return None
         width = _MINUTES[timeframe]
         now = self._now_server()

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mt5_pipeline.bridge.fake_mt5 import _MINUTES, RATES_DTYPE, RES_E_INVALID_PARAMS, FakeMT5, Tick
+from mt5_pipeline.bridge.fake_mt5 import _MINUTES, RATES_DTYPE, FakeMT5, Tick
 from mt5_pipeline.server_time import parse_zone
 
 _DAY_MIN = 1440
@@ -90,10 +90,7 @@ class ZonedFakeMT5(FakeMT5):
         return tick._replace(time=last, time_msc=last * 1000)
 
     def copy_rates_from_pos(self, symbol: str, timeframe: int, start_pos: int, count: int) -> np.ndarray | None:
-        if not self._check(symbol):
-            return None
-        if timeframe not in _MINUTES or count <= 0 or start_pos < 0:
-            self._error = (RES_E_INVALID_PARAMS, "Invalid params")
+        if not self._check_rates_request(symbol, timeframe, start_pos, count):
             return None
         width = _MINUTES[timeframe]
         now_min = self._now_server() / 60

@@ -99,7 +99,7 @@ class Execution:
     TRANSIENT (nothing final: the terminal said "not now", or its answer was lost and no
     order with the signal's comment exists)."""
 
-    status: str  # FILLED | REJECTED | TRANSIENT
+    status: str  # FILLED | REJECTED | TRANSIENT (EXPIRED: the executor refused it unsent)
     ticket: int | None = None
     retcode: int | None = None
     description: str = ""

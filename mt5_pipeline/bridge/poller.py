@@ -13,6 +13,7 @@ from dataclasses import KW_ONLY, dataclass, field
 
 from mt5_pipeline.bridge.acks import AckSender
 from mt5_pipeline.bridge.client import ApiClient, ApiRefused, ApiUnavailable
+from mt5_pipeline.bridge.cycles import run_cycles
 from mt5_pipeline.bridge.executor import Executor
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,4 @@ class Poller:
         return answers
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.poll_once()
-            except Exception:
-                log.exception("Poll cycle failed")
-            stop.wait(self.interval)
+        run_cycles(stop, {"Poll cycle": self.poll_once}, lambda: stop.wait(self.interval), log)

@@ -19,15 +19,15 @@ The last result is in the bridge's /health (``reconciliation``) and /metrics
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import KW_ONLY, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from threading import Event
 from typing import Any
 
-from mt5_pipeline.bridge.client import ApiClient, ApiRefused, ApiUnavailable
+from mt5_pipeline.bridge.client import ApiRefused, ApiUnavailable
+from mt5_pipeline.bridge.cycles import run_cycles
 from mt5_pipeline.bridge.positions import PositionKeeper
-from mt5_pipeline.bridge.store import BridgeStore
 from mt5_pipeline.bridge.terminal import TerminalError
 from mt5_pipeline.bridge.trade_reports import TradeReporter
 from mt5_pipeline.clock import iso_z, utcnow
@@ -54,27 +54,25 @@ class ReconcileStatus:
 
 @dataclass(eq=False)
 class Reconciler:
+    """Compares through the API, store, server-time conversion and clock of the reporter it
+    drives: one wiring, so the comparison and the reports it triggers cannot disagree."""
+
     keeper: PositionKeeper
     reporter: TradeReporter
-    api: ApiClient
-    store: BridgeStore
-    _: KW_ONLY
-    to_utc: Callable[[Iterable[int]], list[int] | None]
-    clock: Callable[[], datetime] = utcnow
     status: ReconcileStatus = field(default_factory=ReconcileStatus, init=False)
 
     def _positions(self) -> list[dict] | None:
         mt5 = self.keeper.terminal.mt5
         held = self.keeper.terminal_positions()
-        records = self.store.positions([int(p.ticket) for p in held]) if held else {}
-        times = self.to_utc([int(p.time) for p in held])
+        records = self.reporter.store.positions([int(p.ticket) for p in held]) if held else {}
+        times = self.reporter.to_utc([int(p.time) for p in held])
         if times is None:
             return None
         out = []
         for p, opened in zip(held, times, strict=True):
             rec = records.get(int(p.ticket)) or {}
             body = {
-                "ticket": int(p.ticket), "signal_id": rec.get("signal_id") or self.store.signal_of_ticket(int(p.ticket)),
+                "ticket": int(p.ticket), "signal_id": rec.get("signal_id") or self.reporter.store.signal_of_ticket(int(p.ticket)),
                 "symbol": p.symbol, "timeframe": rec.get("timeframe"), "side": "BUY" if int(p.type) == int(mt5.POSITION_TYPE_BUY) else "SELL",
                 "volume": float(p.volume), "open_time": opened, "open_price": float(p.price_open), "sl": float(p.sl or 0), "tp": float(p.tp or 0),
             }  # fmt: skip
@@ -84,14 +82,14 @@ class Reconciler:
     def cycle(self) -> ReconcileStatus:
         """Report what the history says first (so a fresh close is not a difference), then compare."""
         self.reporter.cycle()
-        status = ReconcileStatus(checked_at=self.clock())
+        status = ReconcileStatus(checked_at=self.reporter.clock())
         try:
             if not self.keeper.terminal.ensure():
                 raise TerminalError("the terminal is not reachable")
             positions = self._positions()
             if positions is None:
                 raise TerminalError("the server's UTC offset is not known yet")
-            answer = self.api.reconcile(self.keeper.cfg.magic, self.reporter.account_login(), positions)
+            answer = self.reporter.api.reconcile(self.keeper.cfg.magic, self.reporter.account_login(), positions)
         except (TerminalError, ApiUnavailable, ApiRefused) as exc:
             status.error = str(exc)
             status.in_sync, status.unknown, status.missing = (
@@ -121,7 +119,7 @@ class Reconciler:
                 self.reporter.report_positions(status.missing)
             except TerminalError as exc:
                 status.error = f"closes of the missing trades not read: {exc}"
-            gone = [t for t in status.missing if self.store.report_state(t) != "closed"]
+            gone = [t for t in status.missing if self.reporter.store.report_state(t) != "closed"]
             if gone:
                 log.warning(
                     "reconciliation: no close in this terminal's deals history for %s (another terminal or account?)",
@@ -143,14 +141,5 @@ def run_positions(
 ) -> None:
     """The positions loop: at start and after every minute turns, the time exits due,
     then the trade reports and the reconciliation."""
-    while not stop.is_set():
-        try:
-            keeper.time_exits()
-        except Exception:  # the terminal connection broke: log and keep the loop alive
-            log.exception("time exits failed")
-        try:
-            reconciler.cycle()
-        except Exception:
-            log.exception("trade reports / reconciliation failed")
-        if stop.wait(seconds_to_next_minute(clock())):
-            return
+    steps = {"time exits": keeper.time_exits, "trade reports / reconciliation": reconciler.cycle}
+    run_cycles(stop, steps, lambda: stop.wait(seconds_to_next_minute(clock())), log)

@@ -101,18 +101,21 @@ def parse_sl_tp(raw: str) -> tuple[float, float]:
     return sl, tp
 
 
-def parse_label_mode(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in ("horizon", "triple_barrier"):
-        raise ValueError(f"expected horizon or triple_barrier, got {raw!r}")
-    return value
+def parse_choice(*choices: str, upper: bool = False) -> Callable[[str], str]:
+    """One of a few words, case-insensitive; the value in the case the choices are written in."""
+    expected = f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+    def parse(raw: str) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected {expected}, got {raw!r}")
+        return value
+
+    return parse
 
 
-def parse_env_name(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in ("development", "production"):
-        raise ValueError(f"expected development or production, got {raw!r}")
-    return value
+parse_label_mode = parse_choice("horizon", "triple_barrier")
+parse_env_name = parse_choice("development", "production")
 
 
 def parse_opt(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -127,18 +130,8 @@ def parse_cron(raw: str) -> str:
     return value
 
 
-def parse_log_level(raw: str) -> str:
-    value = raw.strip().upper()
-    if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ValueError(f"expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw!r}")
-    return value
-
-
-def parse_bridge_mode(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in ("push", "pull"):
-        raise ValueError(f"expected push or pull, got {raw!r}")
-    return value
+parse_log_level = parse_choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", upper=True)
+parse_bridge_mode = parse_choice("push", "pull")
 
 
 def parse_offset_hours(raw: str) -> float | None:

@@ -29,7 +29,7 @@ def keeper(terminal, store, clock) -> PositionKeeper:
 @pytest.fixture
 def reconciler(keeper, terminal, api, store, clock) -> Reconciler:
     reporter = TradeReporter(terminal, api, store, MAGIC, to_utc=to_utc, clock=clock)
-    return Reconciler(keeper, reporter, api, store, to_utc=to_utc, clock=clock)
+    return Reconciler(keeper, reporter)
 
 
 def _open(keeper: PositionKeeper, symbol: str, *, record: bool = True) -> tuple[int, str]:

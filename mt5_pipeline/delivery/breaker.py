@@ -41,10 +41,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 
 from mt5_pipeline.clock import as_utc, resolve_now
 from mt5_pipeline.storage.dialect import insert_on_conflict
@@ -105,7 +106,7 @@ class BreakerState:
         return not self.closed and self.probe_at is not None and as_utc(self.probe_at) > as_utc(now)
 
 
-def _state_from(row) -> BreakerState:
+def _state_from(row: Row[Any]) -> BreakerState:
     m = row._mapping
     return BreakerState(
         ea=m["ea"],

@@ -36,11 +36,11 @@ import pandas as pd
 from sqlalchemy import desc, func, select
 
 from mt5_pipeline.clock import as_utc, resolve_now
-from mt5_pipeline.learning.features import feature_symbols
 from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION, MODEL_FEATURES
 from mt5_pipeline.learning.model_store import ModelMismatchError, NoModelError, current_model_info, load_current
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.storage.engine import get_engine
+from mt5_pipeline.storage.features import feature_symbols
 from mt5_pipeline.storage.schema import features_m1
 
 BINS = 10

@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 
 from mt5_pipeline.bars import closed_only
-from mt5_pipeline.learning.features import feature_symbols, load_feature_rows
+from mt5_pipeline.learning.features import load_feature_rows
 from mt5_pipeline.learning.indicators import MODEL_FEATURES
 from mt5_pipeline.learning.labels import LabelSpec, make_labels
 from mt5_pipeline.learning.model_store import DEFAULT_TIMEFRAME
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.storage.candles import read_candles
+from mt5_pipeline.storage.features import feature_symbols
 
 # A forest needs some rows per leaf and both classes; fewer rows than this is a set-up problem.
 MIN_TRAIN_ROWS = 200

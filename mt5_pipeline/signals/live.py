@@ -32,12 +32,13 @@ said so), or the grace after its close has run out.
 
 from __future__ import annotations
 
+import functools
 import logging
 import select
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -355,8 +356,8 @@ class LiveWorker:
                         for key in gained:
                             self.tails.invalidate(key)  # another worker may have written it meanwhile
                             self.decided.pop(key, None)
-                        self._safely(lambda keys=gained: self.seed_decided(keys))
-                        self._safely(lambda keys=gained: self.handle(keys, trigger="takeover"))
+                        self._safely(functools.partial(self.seed_decided, gained))
+                        self._safely(functools.partial(self.handle, gained, trigger="takeover"))
                 now = utcnow()
                 if tick is None:
                     # Kept until it has fired: recomputed from the clock each pass, a tick
@@ -380,7 +381,7 @@ class LiveWorker:
                     if final is not None and (key not in self.final or final > self.final[key]):
                         self.final[key] = final
                 if woken:
-                    self._safely(lambda keys=woken: self.handle(keys, trigger="notify"))
+                    self._safely(functools.partial(self.handle, woken, trigger="notify"))
                 # The grace pass runs when due even while notifications stream in: a series
                 # whose EA sends only forming bars is never notified of a closed bar.
                 if tick is not None and utcnow() >= tick:
@@ -411,7 +412,7 @@ class LiveWorker:
             self.handle(changed, trigger="poll")
         self._polled = newest  # after the pass: a pass that failed is retried on the next poll
 
-    def _safely(self, step) -> None:
+    def _safely(self, step: Callable[[], object]) -> None:
         try:
             step()
         except Exception as exc:  # a database blip must not end the worker; the next pass retries

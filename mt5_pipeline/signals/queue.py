@@ -44,6 +44,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Integer, bindparam, case, exists, func, or_, select, update
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from mt5_pipeline.clock import as_utc, resolve_now
 from mt5_pipeline.execution.trade_signal import Signal
@@ -155,7 +156,7 @@ class Claimed:
         return self.signal.to_payload()
 
 
-def _claim_statement(probe: bool = False):
+def _claim_statement(probe: bool = False) -> ReturningUpdate[Any]:
     """The claim, built once (bound parameters: now, limit, token, lease_until, exclude_id).
 
     ``probe``: the circuit breaker's probe. Only the first unexpired PENDING row of its

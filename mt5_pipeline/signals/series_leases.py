@@ -26,7 +26,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from mt5_pipeline.clock import utcnow
 from mt5_pipeline.storage import leases as rows
@@ -125,7 +125,13 @@ class SeriesLeases:
 class LeaseKeeper(threading.Thread):
     """Runs :meth:`SeriesLeases.tick` on its own thread, so a long pass never lets a lease lapse."""
 
-    def __init__(self, leases: SeriesLeases, known, stop: threading.Event, wake: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        leases: SeriesLeases,
+        known: Callable[[], Iterable[Series]],
+        stop: threading.Event,
+        wake: threading.Event | None = None,
+    ) -> None:
         super().__init__(name="live-leases", daemon=True)
         self.leases, self.known, self.stop_event, self.wake = leases, known, stop, wake
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -212,7 +212,7 @@ def _replace_rows_pg(
     ``start`` on are all recomputed anyway. Rows holding NULLs (the warm-up) go in their
     own COPY so the million others share one fixed layout."""
 
-    def times(values) -> np.ndarray:
+    def times(values: Any) -> np.ndarray:
         return pd.DatetimeIndex(values).as_unit("us").asi8 - PG_EPOCH_OFFSET_US
 
     n = len(out)
@@ -370,7 +370,9 @@ def _empty_rows() -> pd.DataFrame:
     return frame
 
 
-def _finish(symbol: str, timeframe: str, columns: dict[str, np.ndarray | pd.Series], versions) -> pd.DataFrame:
+def _finish(
+    symbol: str, timeframe: str, columns: dict[str, np.ndarray | pd.Series], versions: str | np.ndarray | pd.Series
+) -> pd.DataFrame:
     n = len(columns["ts"])
     frame = pd.DataFrame({"symbol": [symbol] * n, "timeframe": [timeframe] * n})
     for name in ("ts", *FLOAT_COLUMNS, "after_gap", "usable"):

@@ -180,7 +180,8 @@ def report(name: str, rows: list[dict]) -> Path:
     for r in rows:
         ratio = "" if r["ratio"] is None else _cell(r["ratio"]) + "x"
         print(
-            f"{r['figure']:<{width}}  {_cell(r['value']):>12}  {r['unit']:<10} {_cell(r['baseline']):>12}  {ratio:>8}  {r['aim']}"
+            f"{r['figure']:<{width}}  {_cell(r['value']):>12}  {r['unit']:<10} {_cell(r['baseline']):>12}  {ratio:>8} "
+            f" {r['aim']}"
         )
     out = OUT_DIR / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

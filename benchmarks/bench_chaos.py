@@ -294,7 +294,8 @@ def main() -> int:
         queued_wall: dict[str, float] = {}
 
         print(
-            f"chaos: {n} signals over {produce_seconds:.0f} s, EA down at {down_at:.0f} s for {EA_DOWN_SECONDS:.0f} s, DB cut at {cut_at:.0f} s for {DB_CUT_SECONDS:.0f} s, a pusher killed every {KILL_EVERY:.0f} s",
+            f"chaos: {n} signals over {produce_seconds:.0f} s, EA down at {down_at:.0f} s for {EA_DOWN_SECONDS:.0f} "
+            f"s, DB cut at {cut_at:.0f} s for {DB_CUT_SECONDS:.0f} s, a pusher killed every {KILL_EVERY:.0f} s",
             flush=True,
         )
         started = time.monotonic()
@@ -467,7 +468,8 @@ def main() -> int:
     add_row(rows, "FAILED that were not poison", len(failed_not_poison), "signals", None, "0", digits=0)
     add_row(
         rows,
-        "poison signals EXPIRED instead (still retrying at their deadline, or no other traffic to tell them from an outage)",
+        "poison signals EXPIRED instead (still retrying at their deadline, or no other traffic to tell them from an "
+        "outage)",
         len(poison & expired),
         "signals",
         None,
@@ -516,13 +518,15 @@ def main() -> int:
     gone = collections.Counter(int(queued_at[sid] // 10) * 10 for sid in expired)
     if latency:
         print(
-            f"queued -> received by the EA: p50 {latency[len(latency) // 2]:.2f} s, p90 {latency[int(len(latency) * 0.9)]:.2f} s, max {latency[-1]:.2f} s"
+            f"queued -> received by the EA: p50 {latency[len(latency) // 2]:.2f} s, p90 "
+            f"{latency[int(len(latency) * 0.9)]:.2f} s, max {latency[-1]:.2f} s"
         )
     print("queued at (s) -> expired/queued: " + ", ".join(f"{b}: {gone[b]}/{buckets[b]}" for b in sorted(buckets)))
     for sid in sorted(lost):
         r = table[sid]
         print(
-            f"LOST {sid}: {r.status}, attempts {r.attempts}, expires {r.expires_at:%H:%M:%S.%f}, in the EA's log: {sid in received}: {r.last_error}"
+            f"LOST {sid}: {r.status}, attempts {r.attempts}, expires {r.expires_at:%H:%M:%S.%f}, in the EA's log: "
+            f"{sid in received}: {r.last_error}"
         )
     for sid in sorted(poison):
         r = table[sid]

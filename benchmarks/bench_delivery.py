@@ -337,14 +337,16 @@ def main() -> int:
     row = partial(add_row, rows, digits=2, ratio_digits=2)
     pooled_rate, fresh_rate, serial_rate = n_pooled / t_pooled, n_fresh / t_fresh, n_pooled / t_serial
     row(
-        "push_pending to the reference EA, pooled client (claim + send + record; baseline: new client per request, one at a time)",
+        "push_pending to the reference EA, pooled client (claim + send + record; baseline: new client per request, "
+        "one at a time)",
         pooled_rate,
         "signals/s",
         fresh_rate,
         ">= 1,000/s and >= 3x baseline",
     )
     row(
-        f"push_pending, pooled, up to {SEND_LANES} requests in flight across symbols (baseline: one at a time, same run)",
+        f"push_pending, pooled, up to {SEND_LANES} requests in flight across symbols (baseline: one at a time, same "
+        "run)",
         pooled_rate,
         "signals/s",
         serial_rate,

@@ -64,8 +64,10 @@ def fill(url: str, total: int) -> None:
         t0 = time.perf_counter()
         for k in range(SYMBOLS):  # one statement per symbol keeps each transaction's WAL moderate
             conn.execute(
-                "INSERT INTO candles (symbol, timeframe, ts, open, high, low, close, tick_volume, spread, real_volume, ingested_at) "
-                "SELECT %s, 'M1', to_timestamp(%s::bigint) + i * interval '1 minute', 1.1, 1.2, 1.0, 1.1 + (i %% 7) * 1e-4, 1, 2, 0, now() "
+                "INSERT INTO candles (symbol, timeframe, ts, open, high, low, close, tick_volume, spread, "
+                "real_volume, ingested_at) "
+                "SELECT %s, 'M1', to_timestamp(%s::bigint) + i * interval '1 minute', 1.1, 1.2, 1.0, 1.1 + (i %% 7) * "
+                "1e-4, 1, 2, 0, now() "
                 "FROM generate_series(%s::int, %s::int) AS i",
                 (f"SYM{k:02d}", START, have, per - 1),
             )

@@ -100,7 +100,8 @@ def naive_insert(url: str, frame: pd.DataFrame) -> float:
     with conn.cursor() as cur:
         for row in rows:
             cur.execute(
-                "INSERT INTO candles (symbol, timeframe, ts, open, high, low, close, tick_volume, spread, real_volume, ingested_at) "
+                "INSERT INTO candles (symbol, timeframe, ts, open, high, low, close, tick_volume, spread, "
+                "real_volume, ingested_at) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 row,
             )
@@ -123,7 +124,8 @@ def main() -> int:
         frame = make_bars(n, seed=1)
         load = os.getloadavg()[0]
         print(
-            f"ingest core, {n:,} M1 candles in batches of {args.batch:,} (PostgreSQL scratch database {database_name(url)}; load average {load:.2f})",
+            f"ingest core, {n:,} M1 candles in batches of {args.batch:,} (PostgreSQL scratch database "
+            f"{database_name(url)}; load average {load:.2f})",
             flush=True,
         )
 

@@ -405,7 +405,8 @@ def _dagster_counts(url: str) -> tuple[int, int]:
         runs = _sql(url, "SELECT count(*) FROM runs")[0][0]
         events = _sql(
             url,
-            "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND asset_key = '[\"signals\"]' AND run_id = ''",
+            "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND asset_key = "
+            "'[\"signals\"]' AND run_id = ''",
         )[0][0]
     except Exception:  # the daemon has not created its tables yet
         return 0, 0
@@ -630,12 +631,15 @@ def stack_main(quick: bool, pace: float, only: list[int] | None = None, baseline
         print(json.dumps(runs["baseline"]), _load(), flush=True)
     print(f"end: {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC, {_load()}")
     print(
-        "\nrun                    symbols workers rounds bars recv missing dup 2nd  p50ms  p99ms  maxms  CPUms/bar busyms/bar idlems/s  runs/min runs/bar runless-events"
+        "\nrun                    symbols workers rounds bars recv missing dup 2nd  p50ms  p99ms  maxms  CPUms/bar "
+        "busyms/bar idlems/s  runs/min runs/bar runless-events"
     )
     for name, r in runs.items():
         print(
-            f"{name:<22} {r['symbols']:>7} {r['workers']:>7} {r['rounds']:>6} {r['bars']:>4} {r['received']:>4} {r['missing']:>7} {r['duplicate_deliveries']:>3} "
-            f"{r['second_signal_for_a_bar']:>3} {r['p50_s'] * 1000:>6.0f} {r['p99_s'] * 1000:>6.0f} {r['max_s'] * 1000:>6.0f} {r['cpu_ms_per_bar']:>10.2f} "
+            f"{name:<22} {r['symbols']:>7} {r['workers']:>7} {r['rounds']:>6} {r['bars']:>4} {r['received']:>4} "
+            f"{r['missing']:>7} {r['duplicate_deliveries']:>3} "
+            f"{r['second_signal_for_a_bar']:>3} {r['p50_s'] * 1000:>6.0f} {r['p99_s'] * 1000:>6.0f} "
+            f"{r['max_s'] * 1000:>6.0f} {r['cpu_ms_per_bar']:>10.2f} "
             f"{r['busy_cpu_ms_per_bar']:>10.2f} {r['idle_cpu_ms_per_s']:>8.2f} "
             f"{r['dagster_runs_per_minute']:>9.1f} {r['dagster_runs_per_bar']:>8.2f} {r['runless_signal_events']:>14}"
         )
@@ -645,7 +649,9 @@ def stack_main(quick: bool, pace: float, only: list[int] | None = None, baseline
     kill, base = runs.get("kill"), runs.get("baseline")
     if kill is not None:
         print(
-            f"\nkill: worker 1 of 2 SIGKILLed after round {kill.get('kill_round')}; takeover {kill.get('takeover_s', float('nan')):.2f} s; next round p99 {kill.get('after_kill_p99_s', float('nan')) * 1000:.0f} ms"
+            f"\nkill: worker 1 of 2 SIGKILLed after round {kill.get('kill_round')}; takeover "
+            f"{kill.get('takeover_s', float('nan')):.2f} s; next round p99 "
+            f"{kill.get('after_kill_p99_s', float('nan')) * 1000:.0f} ms"
         )
     rows: list[dict] = []
     for n in ("28", "100", "300"):
@@ -726,23 +732,30 @@ def main() -> None:
 
     live28 = results[28]
     print(
-        f"\n(LIVE_PROCESSES=2; 28 symbols with LIVE_PROCESSES=1: p50 {one_process['p50_s'] * 1000:.0f} ms, p99 {one_process['p99_s'] * 1000:.0f} ms, missing {one_process['missing']})"
+        f"\n(LIVE_PROCESSES=2; 28 symbols with LIVE_PROCESSES=1: p50 {one_process['p50_s'] * 1000:.0f} ms, p99 "
+        f"{one_process['p99_s'] * 1000:.0f} ms, missing {one_process['missing']})"
     )
     print(
-        "\nsymbols  rounds  bars  received  missing  dup.deliveries  2nd-signal  p50 ms  p99 ms  max ms  worker CPU ms/bar"
+        "\nsymbols  rounds  bars  received  missing  dup.deliveries  2nd-signal  p50 ms  p99 ms  max ms  worker CPU "
+        "ms/bar"
     )
     for n, r in results.items():
         print(
-            f"{n:>7}  {r['rounds']:>6}  {r['bars']:>4}  {r['received']:>8}  {r['missing']:>7}  {r['duplicate_deliveries']:>14}  "
-            f"{r['second_signal_for_a_bar']:>10}  {r['p50_s'] * 1000:>6.0f}  {r['p99_s'] * 1000:>6.0f}  {r['max_s'] * 1000:>6.0f}  {r['cpu_ms_per_bar']:>17.1f}"
+            f"{n:>7}  {r['rounds']:>6}  {r['bars']:>4}  {r['received']:>8}  {r['missing']:>7}  "
+            f"{r['duplicate_deliveries']:>14}  "
+            f"{r['second_signal_for_a_bar']:>10}  {r['p50_s'] * 1000:>6.0f}  {r['p99_s'] * 1000:>6.0f}  "
+            f"{r['max_s'] * 1000:>6.0f}  {r['cpu_ms_per_bar']:>17.1f}"
         )
     print(
         f"\nbaseline (a Dagster run per symbol, in process, {base['symbols']} symbols x {base['rounds']} rounds): "
-        f"received {base['received']}, p50 {base['p50_s'] * 1000:.0f} ms, p99 {base['p99_s'] * 1000:.0f} ms, max {base['max_s'] * 1000:.0f} ms"
+        f"received {base['received']}, p50 {base['p50_s'] * 1000:.0f} ms, p99 {base['p99_s'] * 1000:.0f} ms, max "
+        f"{base['max_s'] * 1000:.0f} ms"
     )
     print(
-        f"baseline (dagster-daemon on PostgreSQL storage, sensor + a run per symbol, {daemon['symbols']} symbols x {daemon['rounds']} rounds): "
-        f"received {daemon['received']}, lost {daemon['lost']}, p50 {daemon['p50_s'] * 1000:.0f} ms, p99 {daemon['p99_s'] * 1000:.0f} ms, max {daemon['max_s'] * 1000:.0f} ms"
+        f"baseline (dagster-daemon on PostgreSQL storage, sensor + a run per symbol, {daemon['symbols']} symbols x "
+        f"{daemon['rounds']} rounds): "
+        f"received {daemon['received']}, lost {daemon['lost']}, p50 {daemon['p50_s'] * 1000:.0f} ms, p99 "
+        f"{daemon['p99_s'] * 1000:.0f} ms, max {daemon['max_s'] * 1000:.0f} ms"
     )
     rows: list[dict] = []
     add_row(

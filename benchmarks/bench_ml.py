@@ -170,7 +170,8 @@ def bench_feature_step(url: str, frame: pd.DataFrame, rows: list[dict]) -> None:
     t = time.perf_counter()
     naive = pd.read_sql(
         text(
-            "SELECT ts, open, high, low, close, tick_volume, spread, real_volume, ingested_at FROM candles WHERE symbol = 'EURUSD' AND timeframe = 'M1' ORDER BY ts"
+            "SELECT ts, open, high, low, close, tick_volume, spread, real_volume, ingested_at FROM candles WHERE "
+            "symbol = 'EURUSD' AND timeframe = 'M1' ORDER BY ts"
         ),
         engine,
     )
@@ -342,7 +343,8 @@ def bench_model_kinds(url: str, symbol: str, rows: list[dict], work: Path) -> No
     rf, hgb = result["random_forest"], result["hist_gradient_boosting"]
     label = f"{result['rows'] + result['test_rows']:,} rows ({result['rows']:,} to fit, {result['test_rows']:,} to evaluate)"
     print(
-        f"  model kinds at {label}: fit RF {rf['fit_s']:.1f} s, HGB {hgb['fit_s']:.1f} s; AUC RF {rf['auc']:.4f}, HGB {hgb['auc']:.4f}",
+        f"  model kinds at {label}: fit RF {rf['fit_s']:.1f} s, HGB {hgb['fit_s']:.1f} s; AUC RF {rf['auc']:.4f}, HGB "
+        f"{hgb['auc']:.4f}",
         flush=True,
     )
     row(
@@ -427,7 +429,8 @@ def bench_training(url: str, sizes: list[int], n_bars: int, rows: list[dict], wo
             update_features(url, symbol, now=END)
         result = run_child(url, symbol, work / f"models_{size}", "train")
         print(
-            f"  train_model {result['rows']:,} training rows: {result['seconds']:.1f} s, peak {result['peak_rss_mb']:.0f} MB, file {result['file_mb']:.1f} MB, AUC {result['auc']:.4f}",
+            f"  train_model {result['rows']:,} training rows: {result['seconds']:.1f} s, peak "
+            f"{result['peak_rss_mb']:.0f} MB, file {result['file_mb']:.1f} MB, AUC {result['auc']:.4f}",
             flush=True,
         )
         label = f"{size // 1000}k"
@@ -466,7 +469,8 @@ def bench_training(url: str, sizes: list[int], n_bars: int, rows: list[dict], wo
     b, u = cmp["bounded"], cmp["unbounded"]
     label = f"{sizes[0] // 1000}k"
     print(
-        f"  bounded vs unbounded at {label}: fit {b['fit_s']:.1f} s vs {u['fit_s']:.1f} s, AUC {b['auc']:.4f} vs {u['auc']:.4f}",
+        f"  bounded vs unbounded at {label}: fit {b['fit_s']:.1f} s vs {u['fit_s']:.1f} s, AUC {b['auc']:.4f} vs "
+        f"{u['auc']:.4f}",
         flush=True,
     )
     # The bounded forest against the unbounded one: (figure, result key, unit, aim, digits).

@@ -89,7 +89,8 @@ def real_stretch(work: Path):
     t = time.perf_counter()
     result = train_model(settings, ["EURUSD"], timeframe="H1", now=TRAINED_AT)
     print(
-        f"  trained in {time.perf_counter() - t:.1f} s; evaluation window {result.evaluation_window[0]} .. {result.evaluation_window[1]}",
+        f"  trained in {time.perf_counter() - t:.1f} s; evaluation window {result.evaluation_window[0]} .. "
+        f"{result.evaluation_window[1]}",
         flush=True,
     )
     model = load_model(result.path)
@@ -103,8 +104,10 @@ def real_stretch(work: Path):
     signals = {int(i): int(s) for i, s in zip(at, side, strict=True) if s != 0 and 0 <= i < len(candles) - 1}
     sl, tp = settings.sl_tp_pips("EURUSD")
     what = (
-        f"EURUSD H1 {candles['time'].iloc[0]:%Y-%m-%d} .. {candles['time'].iloc[-1]:%Y-%m-%d} ({len(candles):,} bars, 1-pip spread), "
-        f"{len(signals)} signals of the trained model (out of sample), SL/TP {sl:g}/{tp:g} pips, time exit {settings.label_max_hold_bars} bars"
+        f"EURUSD H1 {candles['time'].iloc[0]:%Y-%m-%d} .. {candles['time'].iloc[-1]:%Y-%m-%d} ({len(candles):,} bars, "
+        "1-pip spread), "
+        f"{len(signals)} signals of the trained model (out of sample), SL/TP {sl:g}/{tp:g} pips, time exit "
+        f"{settings.label_max_hold_bars} bars"
     )
     return candles, signals, "H1", sl, tp, settings.label_max_hold_bars, what
 
@@ -141,9 +144,12 @@ def main() -> int:
         details[entry] = {**f, "seconds": result.seconds, "open_at_end": result.open_at_end}
         n = max(1, f["backtest_trades"])
         print(
-            f"  {entry}: backtest {f['backtest_trades']} trades, bridge {f['live_trades']} closed (+{result.open_at_end} open at the end); "
-            f"same entries {f['same_entries']}, same exits {f['same_exits']}; pips: backtest {f['backtest_total_pips']:.1f}, bridge {f['live_total_pips']:.1f}; "
-            f"max |diff| {f['max_pips_difference']:.2f} pips, beyond the spread {f['pips_beyond_spread']}; not traded: {f['signals_not_traded'] or 0}; played in {result.seconds:.1f} s",
+            f"  {entry}: backtest {f['backtest_trades']} trades, bridge {f['live_trades']} closed "
+            f"(+{result.open_at_end} open at the end); "
+            f"same entries {f['same_entries']}, same exits {f['same_exits']}; pips: backtest "
+            f"{f['backtest_total_pips']:.1f}, bridge {f['live_total_pips']:.1f}; "
+            f"max |diff| {f['max_pips_difference']:.2f} pips, beyond the spread {f['pips_beyond_spread']}; not "
+            f"traded: {f['signals_not_traded'] or 0}; played in {result.seconds:.1f} s",
             flush=True,
         )
         # figure, value, unit, baseline, aim, digits

@@ -102,7 +102,8 @@ def main() -> int:
     rows: list[dict] = []
     results = {}
     print(
-        f"EURUSD H1 from the backtesting package: {len(bars):,} bars, {bars['time'].iloc[0]} .. {bars['time'].iloc[-1]}",
+        f"EURUSD H1 from the backtesting package: {len(bars):,} bars, {bars['time'].iloc[0]} .. "
+        f"{bars['time'].iloc[-1]}",
         flush=True,
     )
     for kind in ("random_forest", "hist_gradient_boosting"):
@@ -117,7 +118,8 @@ def main() -> int:
         m, b = r["metrics"], r["backtest"]
         name = "RandomForest" if kind == "random_forest" else "HistGradientBoosting"
         print(
-            f"  {name}: {update.rows_written} H1 feature rows; trained on {m['train_rows']:.0f} rows, evaluated on {m['test_rows']:.0f} ({r['evaluation_window'][0][:10]} .. {r['evaluation_window'][1][:10]})",
+            f"  {name}: {update.rows_written} H1 feature rows; trained on {m['train_rows']:.0f} rows, evaluated on "
+            f"{m['test_rows']:.0f} ({r['evaluation_window'][0][:10]} .. {r['evaluation_window'][1][:10]})",
             flush=True,
         )
         add_row(

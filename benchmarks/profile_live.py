@@ -147,7 +147,8 @@ def main() -> None:
                 print(f"  {name}: {seconds / (args.bars - WARM) * 1000:.2f} ms CPU per bar")
         print(f"bars {len(cpu)}; decisions {sorted(set(statuses))}")
         print(
-            f"CPU per bar: median {statistics.median(warm) * 1000:.2f} ms, p90 {sorted(warm)[int(0.9 * len(warm))] * 1000:.2f} ms"
+            f"CPU per bar: median {statistics.median(warm) * 1000:.2f} ms, p90 "
+            f"{sorted(warm)[int(0.9 * len(warm))] * 1000:.2f} ms"
         )
         print(f"wall per bar: median {statistics.median(wall[WARM:]) * 1000:.2f} ms")
         if args.idle:
@@ -166,7 +167,8 @@ def main() -> None:
             stop.set()
             loop.join(30)
             print(
-                f"idle worker loop (1 series, leases of {settings.live_lease_seconds:g} s): {idle_cpu / args.idle * 1000:.1f} ms CPU per second"
+                f"idle worker loop (1 series, leases of {settings.live_lease_seconds:g} s): "
+                f"{idle_cpu / args.idle * 1000:.1f} ms CPU per second"
             )
         if profiler:
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(60)

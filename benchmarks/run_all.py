@@ -52,7 +52,8 @@ def main(argv: list[str]) -> int:
         ]
         for row in rows:
             lines.append(
-                f"| {row.get('figure')} | {_fmt(row.get('value'))} | {row.get('unit', '')} | {_fmt(row.get('baseline'))} | "
+                f"| {row.get('figure')} | {_fmt(row.get('value'))} | {row.get('unit', '')} | "
+                f"{_fmt(row.get('baseline'))} | "
                 f"{_fmt(row.get('ratio'))} | {row.get('aim') or ''} |"
             )
         sections.append("\n".join(lines) + "\n")

@@ -44,7 +44,8 @@ def check_startup(settings: Settings) -> None:
     # settings.check() already refuses production without keys or with the example key.
     if not settings.effective_api_keys:
         raise SettingsError(
-            "refusing to start the API:\n  API_KEYS: no key configured; every route but /health would be refused (set API_KEYS)"
+            "refusing to start the API:\n  API_KEYS: no key configured; every route but /health would be refused (set "
+            "API_KEYS)"
         )
 
 

@@ -146,7 +146,8 @@ class DatabaseCollector(Collector):
             self._drift = (now, rows)
         family = GaugeMetricFamily(
             "mt5_drift_max_psi",
-            "largest feature PSI of the last DRIFT_WINDOW_HOURS against the champion's training rows (0.25: large shift), refreshed every 10 minutes",
+            "largest feature PSI of the last DRIFT_WINDOW_HOURS against the champion's training rows (0.25: large "
+            "shift), refreshed every 10 minutes",
             labels=["symbol", "timeframe"],
         )
         for symbol, timeframe, top in self._drift[1]:
@@ -176,7 +177,8 @@ class DatabaseCollector(Collector):
         d = delivery_status(self.settings.database_url, self.settings.ea_server_url)
         state = GaugeMetricFamily(
             "ea_delivery_state",
-            "1 for the pushers' current view of the EA: ok, outage (circuit breaker open, signals held) or config_error (401/403/404/405/415: delivery stopped)",
+            "1 for the pushers' current view of the EA: ok, outage (circuit breaker open, signals held) or "
+            "config_error (401/403/404/405/415: delivery stopped)",
             labels=["state"],
         )
         for name in ("ok", "outage", "config_error"):

@@ -87,7 +87,8 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         assert decision is not None, "train_model always decides"
         print(f"trained {name} {result.version} on {result.rows} rows ({', '.join(result.symbols)}) -> {result.path}")
         print(
-            f"out-of-sample AUC {metrics.get('auc', float('nan')):.4f} (baseline {metrics.get('baseline_auc', 0.5):.4f})"
+            f"out-of-sample AUC {metrics.get('auc', float('nan')):.4f} (baseline "
+            f"{metrics.get('baseline_auc', 0.5):.4f})"
         )
         print(f"{decision.decision.upper()}: {decision.reason}")
         if not decision.promoted:
@@ -116,7 +117,8 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
             auc = (r.get("metrics") or {}).get("auc")
             star = "*" if r["is_current"] else " "
             print(
-                f" {star} {r['version']:<32} {r['trained_at']:%Y-%m-%d %H:%M} {r['kind']:<22} {r['decision']:<8} AUC {'—' if auc is None else f'{auc:.4f}'}  {r['reason']}"
+                f" {star} {r['version']:<32} {r['trained_at']:%Y-%m-%d %H:%M} {r['kind']:<22} {r['decision']:<8} AUC "
+                f"{'—' if auc is None else f'{auc:.4f}'}  {r['reason']}"
             )
     print("(* the champion: what rf_<tf>.pkl holds)")
     return 0

@@ -76,7 +76,8 @@ def load_candles(
             )
         result = ingest_candles(settings.database_url, symbol, "M1", frame)
         say(
-            f"{symbol}: {result.received} bars of the {SAMPLE_LABEL} -> inserted {result.inserted}, updated {result.updated}, unchanged {result.unchanged}"
+            f"{symbol}: {result.received} bars of the {SAMPLE_LABEL} -> inserted {result.inserted}, updated "
+            f"{result.updated}, unchanged {result.unchanged}"
         )
     return sum(int(b["bars"]) for b in newest_bars(settings.database_url) if b["timeframe"] == "M1")
 
@@ -239,7 +240,8 @@ def run_demo(settings: Settings, *, csv_file: str | None = None, say: Callable[[
                         if reply.get("reason") == "duplicate":
                             already.add(symbol)
                         say(
-                            f"signals[{symbol}]: forced through POST /ea/generate-signal -> {reply.get('message') or reply.get('error')}"
+                            f"signals[{symbol}]: forced through POST /ea/generate-signal -> "
+                            f"{reply.get('message') or reply.get('error')}"
                         )
                 push_through_dagster(settings)
                 status = _wait_for_acks(settings, since)
@@ -263,10 +265,12 @@ def run_demo(settings: Settings, *, csv_file: str | None = None, say: Callable[[
         f"signals generated   {generated}",
         f"signals sent        {count['SENT'] + count['ACKED']}",
         f"signals acknowledged {count['ACKED']}",
-        f"signals expired     {count['EXPIRED']}  (rejected {count['REJECTED']}, failed {count['FAILED']}, pending {count['PENDING']})",
+        f"signals expired     {count['EXPIRED']}  (rejected {count['REJECTED']}, failed {count['FAILED']}, pending "
+        f"{count['PENDING']})",
         *(
             [
-                f"already signalled   {len(already)}  (their newest closed bar has its signal from an earlier run; one per bar)"
+                f"already signalled   {len(already)}  (their newest closed bar has its signal from an earlier run; "
+                "one per bar)"
             ]
             if already
             else []

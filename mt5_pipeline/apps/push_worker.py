@@ -58,7 +58,8 @@ class PushWorker:
         """Pull mode: nothing is pushed, but what passes its deadline still becomes EXPIRED."""
         if not self.idle_logged:
             log.info(
-                "EA_PUSH_ENABLED=false: not pushing (pull mode: the EA polls GET /ea/signals); expiring what passes its deadline"
+                "EA_PUSH_ENABLED=false: not pushing (pull mode: the EA polls GET /ea/signals); expiring what passes "
+                "its deadline"
             )
             self.idle_logged = True
         self.exit_code = 0

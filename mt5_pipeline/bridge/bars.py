@@ -124,9 +124,12 @@ class BarFeeder:
     def __post_init__(self) -> None:
         if self.server_time_zone is None:
             log.warning(
-                "BRIDGE_SERVER_TIME_ZONE is auto: every bar is converted with one UTC offset (%s). Bars on the other side of a "
-                "daylight-saving change (most brokers: UTC+2 in winter, UTC+3 in summer) will be an hour off, or refused where "
-                "they would replace a bar stored with the other offset. Set BRIDGE_SERVER_TIME_ZONE (such as UTC+2/+3@US) "
+                "BRIDGE_SERVER_TIME_ZONE is auto: every bar is converted with one UTC offset (%s). Bars on the other "
+                "side of a "
+                "daylight-saving change (most brokers: UTC+2 in winter, UTC+3 in summer) will be an hour off, or "
+                "refused where "
+                "they would replace a bar stored with the other offset. Set BRIDGE_SERVER_TIME_ZONE (such as "
+                "UTC+2/+3@US) "
                 "before sending history that crosses a change.",
                 "measured from the last tick" if self.utc_offset_hours is None else f"UTC{self.utc_offset_hours:+g}",
             )

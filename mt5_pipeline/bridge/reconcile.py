@@ -112,7 +112,8 @@ class Reconciler:
             self.reporter.report_positions(status.unknown)
         if status.missing:
             log.warning(
-                "reconciliation: trade(s) %s open in the API are gone from the terminal: reporting their close from the deals history",
+                "reconciliation: trade(s) %s open in the API are gone from the terminal: reporting their close from "
+                "the deals history",
                 status.missing,
             )
             try:

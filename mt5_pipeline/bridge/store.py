@@ -107,7 +107,8 @@ class BridgeStore:
         now = time.time()
         with self._lock:
             self._db.execute(
-                "INSERT INTO executions (signal_id, symbol, side, status, created_at, updated_at) VALUES (?, ?, ?, 'SENDING', ?, ?) "
+                "INSERT INTO executions (signal_id, symbol, side, status, created_at, updated_at) VALUES (?, ?, ?, "
+                "'SENDING', ?, ?) "
                 "ON CONFLICT(signal_id) DO UPDATE SET status = 'SENDING', updated_at = excluded.updated_at",
                 (signal.signal_id, signal.symbol, signal.side, now, now),
             )
@@ -158,7 +159,8 @@ class BridgeStore:
                     ),
                 )
                 self._db.execute(
-                    "INSERT OR REPLACE INTO acks (signal_id, body, attempts, next_attempt, acked_at, last_error) VALUES (?, ?, 0, ?, NULL, '')",
+                    "INSERT OR REPLACE INTO acks (signal_id, body, attempts, next_attempt, acked_at, last_error) "
+                    "VALUES (?, ?, 0, ?, NULL, '')",
                     (signal.signal_id, json.dumps(ack), now),
                 )
                 if position is not None:
@@ -185,7 +187,8 @@ class BridgeStore:
 
     def due_acks(self, now: float, limit: int = 50) -> list[dict]:
         return self._due(
-            "SELECT signal_id, body, attempts FROM acks WHERE acked_at IS NULL AND next_attempt <= ? ORDER BY next_attempt LIMIT ?",
+            "SELECT signal_id, body, attempts FROM acks WHERE acked_at IS NULL AND next_attempt <= ? ORDER BY "
+            "next_attempt LIMIT ?",
             now,
             limit,
         )
@@ -286,14 +289,16 @@ class BridgeStore:
             if row is not None and (row["body"] == text or (row["state"] == "closed" and state != "closed")):
                 return False
             self._db.execute(
-                "INSERT OR REPLACE INTO trade_reports (ticket, state, body, attempts, next_attempt, sent_at, last_error) VALUES (?, ?, ?, 0, ?, NULL, '')",
+                "INSERT OR REPLACE INTO trade_reports (ticket, state, body, attempts, next_attempt, sent_at, "
+                "last_error) VALUES (?, ?, ?, 0, ?, NULL, '')",
                 (ticket, state, text, time.time()),
             )
         return True
 
     def due_reports(self, now: float, limit: int = 500) -> list[dict]:
         return self._due(
-            "SELECT ticket, state, body, attempts FROM trade_reports WHERE sent_at IS NULL AND next_attempt <= ? ORDER BY ticket LIMIT ?",
+            "SELECT ticket, state, body, attempts FROM trade_reports WHERE sent_at IS NULL AND next_attempt <= ? "
+            "ORDER BY ticket LIMIT ?",
             now,
             limit,
         )
@@ -312,7 +317,8 @@ class BridgeStore:
         with self._lock:
             for ticket in tickets:
                 self._db.execute(
-                    "UPDATE trade_reports SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE ticket = ? AND sent_at IS NULL",
+                    "UPDATE trade_reports SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE ticket "
+                    "= ? AND sent_at IS NULL",
                     (next_attempt, error[:500], ticket),
                 )
 
@@ -337,6 +343,7 @@ class BridgeStore:
     def set_cursor(self, name: str, value: int) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
+                "INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = MAX(value, "
+                "excluded.value)",
                 (name, int(value)),
             )

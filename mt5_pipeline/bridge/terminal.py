@@ -71,7 +71,8 @@ class Terminal:
             info = self.mt5.terminal_info()
             if info is not None and not getattr(info, "trade_allowed", True):
                 log.warning(
-                    "Algo trading is disabled in the terminal (the AutoTrading / Algo Trading button): orders will be refused"
+                    "Algo trading is disabled in the terminal (the AutoTrading / Algo Trading button): orders will be "
+                    "refused"
                 )
 
     def ensure(self) -> bool:

@@ -361,7 +361,8 @@ class EAClient:
             # An EA that does not know probes refused the empty body: the route exists.
             result["connected"] = True
             result["message"] = (
-                f"✅ Connected (the signals route answered {code} to a probe; the EA does not implement probes, so the key was not verified)"
+                f"✅ Connected (the signals route answered {code} to a probe; the EA does not implement probes, so the "
+                "key was not verified)"
             )
         else:
             result["message"] = f"❌ EA answered {code} on the signals route: {_ea_message(response)}"

@@ -396,7 +396,8 @@ class PushRound:
             self.marks.append(Mark(c.id, self.token, "RETRY", at, error=outcome.error, next_attempt_at=retry_at))
             result.retried += 1
             log.warning(
-                "⚠️ EA failed %s (attempt %d of %d): %s. Holding every signal until a probe in %.1f s tells an EA outage from a bad signal",
+                "⚠️ EA failed %s (attempt %d of %d): %s. Holding every signal until a probe in %.1f s tells an EA "
+                "outage from a bad signal",
                 describe(c), c.attempts, settings.ea_max_attempts, outcome.error, (failure.probe_at - at).total_seconds(),
             )  # fmt: skip
             return
@@ -405,7 +406,8 @@ class PushRound:
         level = logging.WARNING if failure.failures <= 2 or failure.changed else logging.INFO
         log.log(
             level,
-            "⚠️ EA outage (%d failed requests in a row): %s. Signals stay PENDING with their attempts; next probe in %.1f s",
+            "⚠️ EA outage (%d failed requests in a row): %s. Signals stay PENDING with their attempts; next probe in "
+            "%.1f s",
             failure.failures, outcome.error, (failure.probe_at - at).total_seconds(),
         )  # fmt: skip
 
@@ -422,7 +424,8 @@ class PushRound:
             if lost:
                 self.result.lost += len(lost)
                 log.warning(
-                    "Lost the lease on %d signals before recording them (another pusher took them over; the EA dedupes by signal_id)",
+                    "Lost the lease on %d signals before recording them (another pusher took them over; the EA "
+                    "dedupes by signal_id)",
                     len(lost),
                 )
             self.marks.clear()

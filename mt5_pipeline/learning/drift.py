@@ -211,7 +211,8 @@ def feature_drift(
     drifted = [k for k, v in finite.items() if v > limit]
     named = ", ".join(f"{k} {v:.3f}" for k, v in worst)
     desc_ = (
-        f"{symbol}: {len(drifted)} feature(s) past PSI {limit:g} over the last {settings.drift_window_hours:g} h vs {meta.get('version')}'s training window; worst: {named}"
+        f"{symbol}: {len(drifted)} feature(s) past PSI {limit:g} over the last {settings.drift_window_hours:g} h vs "
+        f"{meta.get('version')}'s training window; worst: {named}"
         if drifted
         else f"{symbol}: every feature within PSI {limit:g} (worst: {named})"
     )
@@ -266,8 +267,8 @@ def signal_drift(
     values["rows"] = float(len(frame))
     values["reference_is_symbol"] = float(against == symbol)
     desc_ = (
-        f"{symbol}: live signals part from {loaded.version}'s backtest ({against}) over the last {settings.drift_window_hours:g} h: "
-        + "; ".join(parted)
+        f"{symbol}: live signals part from {loaded.version}'s backtest ({against}) over the last "
+        f"{settings.drift_window_hours:g} h: " + "; ".join(parted)
         if parted
         else f"{symbol}: BUY {live['buy_share']:.2f} / SELL {live['sell_share']:.2f} / neutral {live['neutral_share']:.2f}, "
         f"mean probability {live['mean_probability']:.3f}, in line with {loaded.version}'s backtest ({against})"

@@ -107,7 +107,8 @@ def predict_latest(
         )
     if row is None:
         raise NoFeaturesError(
-            f"no features for a closed {symbol} {timeframe} bar: ingest its candles and materialize features_{timeframe.lower()}"
+            f"no features for a closed {symbol} {timeframe} bar: ingest its candles and materialize "
+            f"features_{timeframe.lower()}"
         )
     return _predict(loaded, symbol, timeframe, row)
 
@@ -126,7 +127,8 @@ def _champion(settings: Settings, timeframe: str) -> LoadedModel:
     trained_on = str(loaded.meta.get("timeframe") or DEFAULT_TIMEFRAME)
     if trained_on != timeframe:  # a file copied by hand under another timeframe's name
         raise ModelMismatchError(
-            f"{current_model_path(settings, timeframe)} was trained on {trained_on} bars, not {timeframe}; {HOW_TO_TRAIN}"
+            f"{current_model_path(settings, timeframe)} was trained on {trained_on} bars, not {timeframe}; "
+            f"{HOW_TO_TRAIN}"
         )
     return loaded
 
@@ -134,7 +136,8 @@ def _champion(settings: Settings, timeframe: str) -> LoadedModel:
 def _predict(loaded: LoadedModel, symbol: str, timeframe: str, row: RowMapping | Mapping[str, Any]) -> Prediction:
     if str(row["feature_set_version"]) != FEATURE_SET_VERSION:
         raise NoFeaturesError(
-            f"the newest features of {symbol} {timeframe} are feature set v{row['feature_set_version']}, this code computes "
+            f"the newest features of {symbol} {timeframe} are feature set v{row['feature_set_version']}, this code "
+            "computes "
             f"v{FEATURE_SET_VERSION}: recompute features_m1 (update_features with full=True)"
         )
     ts = parse_iso(row["ts"])

@@ -108,7 +108,8 @@ def baseline_failures(scores: dict, required: tuple[str, ...]) -> list[str]:
         out.append(f"log loss {scores['log_loss']:.4f} does not beat the base rate's {scores['baseline_log_loss']:.4f}")
     if "net_pips" in required and not scores["net_pips"] > scores["baseline_net_pips"]:
         out.append(
-            f"backtest {scores['net_pips']:.1f} pips after spread does not beat random sides' {scores['baseline_net_pips']:.1f}"
+            f"backtest {scores['net_pips']:.1f} pips after spread does not beat random sides' "
+            f"{scores['baseline_net_pips']:.1f}"
         )
     return out
 
@@ -122,7 +123,8 @@ def champion_failures(candidate: dict, champion: dict, margin: float) -> list[st
         not _bad(champion["log_loss"]) and candidate["log_loss"] > champion["log_loss"] + margin
     ):
         out.append(
-            f"log loss {candidate['log_loss']:.4f} is above the champion's {champion['log_loss']:.4f} by more than {margin}"
+            f"log loss {candidate['log_loss']:.4f} is above the champion's {champion['log_loss']:.4f} by more than "
+            f"{margin}"
         )
     return out
 

@@ -253,9 +253,12 @@ def _offset_errors(batch: CandleBatch, runs: list[Run]) -> Refusal:
     errors = [
         FieldError(
             f"candles[{int(rows[i])}].time",
-            f"the bar at {show_time(int(batch.ts[i]))} was stored converted from server time at UTC{int(stored[i]) / 3600:+g}; this one was "
-            f"converted at UTC{int(batch.utc_offset_s[i]) / 3600:+g}, so it is a different bar an hour away: refused, the stored bar kept. "
-            "The server changed its offset (daylight saving): name its time zone (BRIDGE_SERVER_TIME_ZONE, or server_time_zone)",
+            f"the bar at {show_time(int(batch.ts[i]))} was stored converted from server time at "
+            f"UTC{int(stored[i]) / 3600:+g}; this one was "
+            f"converted at UTC{int(batch.utc_offset_s[i]) / 3600:+g}, so it is a different bar an hour away: refused, "
+            "the stored bar kept. "
+            "The server changed its offset (daylight saving): name its time zone (BRIDGE_SERVER_TIME_ZONE, or "
+            "server_time_zone)",
         )
         for i in bad[:MAX_REPORTED_ERRORS]
     ]
@@ -305,7 +308,8 @@ def _jump_errors(database_url: str, batch: CandleBatch, max_jump: float) -> Refu
         errors.append(
             FieldError(
                 f"candles[{int(rows[i])}].{field}",
-                f"{show_number(price)} is {factor} times {'above' if high_side else 'below'} the level of the bars around it "
+                f"{show_number(price)} is {factor} times {'above' if high_side else 'below'} the level of the bars "
+                "around it "
                 f"({math.exp(level[i]):.6g}); more than PRICE_MAX_JUMP={max_jump:g} is taken for a bad tick",
             )
         )

@@ -241,7 +241,8 @@ class _ChunkImport:
             return
         if self.server_time_zone is not None and "date" not in chunk.columns:
             raise ImportError_(
-                "--server-time-zone is for MT5 exports (Date/Time columns in server time); this file's times say their own zone",
+                "--server-time-zone is for MT5 exports (Date/Time columns in server time); this file's times say "
+                "their own zone",
                 report,
             )
         try:
@@ -297,12 +298,14 @@ def _chunk_failure(
     if report.chunks:
         kept = (
             f"lines {first_line:,}-{last_line:,} were not imported (the database is as it was for them); "
-            f"the {report.rows_read:,} rows before line {first_line:,} ({report.chunks} chunk(s)) were imported and stay. "
+            f"the {report.rows_read:,} rows before line {first_line:,} ({report.chunks} chunk(s)) were imported and "
+            "stay. "
         )
     else:
         kept = f"Nothing was imported (lines {first_line:,}-{last_line:,} were checked as one chunk). "
     return ImportError_(
-        f"{report.path}: {shown}{more}. {kept}Fix the file and run the import again: rows already stored are left unchanged.",
+        f"{report.path}: {shown}{more}. {kept}Fix the file and run the import again: rows already stored are left "
+        "unchanged.",
         report,
     )
 
@@ -363,6 +366,7 @@ def _parser_failure(report: ImportReport, exc: Exception, next_line: int) -> Imp
     else:
         kept = "Nothing was imported."
     return ImportError_(
-        f"{report.path}: {where}{detail}. {kept} Fix the line and run the import again: rows already stored are left unchanged.",
+        f"{report.path}: {where}{detail}. {kept} Fix the line and run the import again: rows already stored are left "
+        "unchanged.",
         report,
     )

@@ -135,7 +135,8 @@ def read_layout(first_line: str) -> Layout:
         missing = [k for k in ("time", *_REQUIRED) if k not in names]
         if len(missing) > 3:
             raise LayoutError(
-                "line 1: not a recognised header. Expected MT5's '<DATE>\\t<TIME>\\t<OPEN>\\t<HIGH>\\t<LOW>\\t<CLOSE>\\t<TICKVOL>\\t<VOL>\\t<SPREAD>' "
+                "line 1: not a recognised header. Expected MT5's "
+                "'<DATE>\\t<TIME>\\t<OPEN>\\t<HIGH>\\t<LOW>\\t<CLOSE>\\t<TICKVOL>\\t<VOL>\\t<SPREAD>' "
                 f"or MqlRates names 'time,open,high,low,close,tick_volume,spread,real_volume'; got {line[:120]!r}"
             )
     if missing:

@@ -140,7 +140,8 @@ def check_instrument(digits: Any, point: Any) -> list[tuple[str, str]]:
             problems.append(
                 (
                     "point",
-                    f"expected the price step, a number from {10.0**-MAX_DIGITS:g} to 1 (MT5's SYMBOL_POINT), got {point!r}",
+                    f"expected the price step, a number from {10.0**-MAX_DIGITS:g} to 1 (MT5's SYMBOL_POINT), got "
+                    f"{point!r}",
                 )
             )
         elif digits is not None and not math.isclose(point, 10.0**-digits, rel_tol=1e-6):

@@ -129,7 +129,8 @@ def bootstrap_band(
     return Plausibility(
         True,
         True,
-        f"net {live_total:.1f} pips within [{low:.1f}, {high:.1f}], drawdown {live_dd:.1f} <= {dd_limit:.1f}, {n} trades{note}",
+        f"net {live_total:.1f} pips within [{low:.1f}, {high:.1f}], drawdown {live_dd:.1f} <= {dd_limit:.1f}, {n} "
+        f"trades{note}",
         low,
         high,
         dd_limit,

@@ -182,8 +182,10 @@ def build_model_asset(timeframe: str, features_asset: dg.AssetsDefinition) -> dg
                 group_name=GROUP,
                 kinds={"scikitlearn"},
                 description=(
-                    f"Retrains the {timeframe} model on every symbol's usable features (MODEL_KIND): a candidate, evaluated out of sample "
-                    f"against naive baselines and the champion on the same window; {name}.pkl changes only when it is promoted."
+                    f"Retrains the {timeframe} model on every symbol's usable features (MODEL_KIND): a candidate, "
+                    "evaluated out of sample "
+                    f"against naive baselines and the champion on the same window; {name}.pkl changes only when it is "
+                    "promoted."
                 ),
             )
         ],

@@ -84,7 +84,8 @@ def build_checks(timeframe: str) -> list[dg.AssetChecksDefinition]:
         judged_on_settings(
             model,
             f"{m}_beats_baseline",
-            "the champion's out-of-sample AUC not below the naive baseline beyond a margin (warning: markets are noisy)",
+            "the champion's out-of-sample AUC not below the naive baseline beyond a margin (warning: markets are "
+            "noisy)",
             quality.model_beats_baseline,
         ),
         judged_on_settings(
@@ -96,13 +97,15 @@ def build_checks(timeframe: str) -> list[dg.AssetChecksDefinition]:
         judged_on_settings(
             features,
             f"{f}_drift",
-            "feature drift: PSI of each feature per symbol over the last DRIFT_WINDOW_HOURS against the champion's training window (warning past DRIFT_PSI_WARN)",
+            "feature drift: PSI of each feature per symbol over the last DRIFT_WINDOW_HOURS against the champion's "
+            "training window (warning past DRIFT_PSI_WARN)",
             quality.features_drift,
         ),
         judged_on_settings(
             signals_asset,
             f"{s}_drift",
-            "signal drift: live BUY/SELL/neutral shares and mean probability per symbol against the champion's backtest (warning past DRIFT_SIGNAL_SHARE_WARN)",
+            "signal drift: live BUY/SELL/neutral shares and mean probability per symbol against the champion's "
+            "backtest (warning past DRIFT_SIGNAL_SHARE_WARN)",
             quality.signals_drift,
         ),
     ]

@@ -68,7 +68,8 @@ def build_live_performance_asset(timeframe: str) -> dg.AssetsDefinition:
         group_name=GROUP,
         kinds={"pandas"},
         description=(
-            f"Live results of the {timeframe} signals from the trades table, per model version: trades, hit rate, net pips, "
+            f"Live results of the {timeframe} signals from the trades table, per model version: trades, hit rate, net "
+            "pips, "
             "profit factor, maximum drawdown and the live equity curve, beside the model's backtest."
         ),
         check_specs=[

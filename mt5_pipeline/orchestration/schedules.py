@@ -32,7 +32,8 @@ def build_retrain_schedule(settings: Settings, timeframe: str = "M1") -> dg.Sche
         f"{model}_retrain_schedule",
         timeframe_jobs(timeframe)["train"],
         settings.retrain_cron,
-        f"Retrain {model} at '{settings.retrain_cron}' UTC (RETRAIN_CRON): a candidate, promoted only if better than the champion.",
+        f"Retrain {model} at '{settings.retrain_cron}' UTC (RETRAIN_CRON): a candidate, promoted only if better than "
+        "the champion.",
     )
 
 

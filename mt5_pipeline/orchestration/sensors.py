@@ -213,7 +213,8 @@ def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:
             return dg.SkipReason(message) if fresh else None
         if d["state"] == "outage" and d["next_probe_at"] is not None and d["next_probe_at"] > now:
             return dg.SkipReason(
-                f"EA outage since {(d['since'] or now):%H:%M:%S} UTC ({d['error']}); signals held, next probe at {d['next_probe_at']:%H:%M:%S} UTC"
+                f"EA outage since {(d['since'] or now):%H:%M:%S} UTC ({d['error']}); signals held, next probe at "
+                f"{d['next_probe_at']:%H:%M:%S} UTC"
             )
         return None
 

@@ -43,7 +43,8 @@ def _thresholds(s: Settings) -> list[str]:
     rules.append(
         (
             s.signal_buy_threshold > s.signal_sell_threshold,
-            f"SIGNAL_BUY_THRESHOLD ({s.signal_buy_threshold}) must be greater than SIGNAL_SELL_THRESHOLD ({s.signal_sell_threshold})",
+            f"SIGNAL_BUY_THRESHOLD ({s.signal_buy_threshold}) must be greater than SIGNAL_SELL_THRESHOLD "
+            f"({s.signal_sell_threshold})",
         )
     )
     return _broken(rules)
@@ -147,13 +148,15 @@ def _production(s: Settings) -> list[str]:
             ),
             (
                 s.ea_api_key != DEV_API_KEY,
-                "EA_API_KEY: the seed's example key is for local development only; set your own when MT5_ENV=production",
+                "EA_API_KEY: the seed's example key is for local development only; set your own when "
+                "MT5_ENV=production",
             ),
             # The EA authenticates the pusher with this key; an empty one is a forgotten
             # setting, found here rather than as a 401 on the first signal.
             (
                 bool(s.ea_api_key) or not s.ea_push_enabled,
-                "EA_API_KEY: must be set when MT5_ENV=production and EA_PUSH_ENABLED=true (the key your EA expects in X-API-Key)",
+                "EA_API_KEY: must be set when MT5_ENV=production and EA_PUSH_ENABLED=true (the key your EA expects in "
+                "X-API-Key)",
             ),
         ]
     )

@@ -62,7 +62,8 @@ def env_example() -> str:
         "# mt5-pipeline configuration for production (docker compose, systemd). Copy to .env and",
         "# set the REQUIRED values below; the environment wins over this file. Every variable the",
         "# settings read is listed (a test keeps this file in step with the code): regenerate with",
-        '#   python -c \'from mt5_pipeline.settings import env_example; open(".env.example", "w").write(env_example())\'',
+        '#   python -c \'from mt5_pipeline.settings import env_example; open(".env.example", '
+        '"w").write(env_example())\'',
         "# `make demo` and `make dev` need no .env: they run in development mode on SQLite.",
         "",
         "# ---- set these first: keys, the EA's address, the port ----",

@@ -113,7 +113,8 @@ class Settings:
     ea_max_attempts: int = _setting(
         "EA_MAX_ATTEMPTS",
         "5",
-        "failed sends charged to one signal (it failed while the EA accepted others) before it is FAILED; an EA outage charges none",
+        "failed sends charged to one signal (it failed while the EA accepted others) before it is FAILED; an EA "
+        "outage charges none",
         parse_int,
     )
     signal_ttl_seconds: int = _setting(
@@ -125,19 +126,22 @@ class Settings:
     signal_max_bar_age_seconds: int | None = _setting(
         "SIGNAL_MAX_BAR_AGE_SECONDS",
         "",
-        "no signal when the newest closed bar opened longer ago than this (empty: two bars + 30 s, per timeframe); a bar past its close + SIGNAL_TTL_SECONDS is refused as too late whatever this says",
+        "no signal when the newest closed bar opened longer ago than this (empty: two bars + 30 s, per timeframe); a "
+        "bar past its close + SIGNAL_TTL_SECONDS is refused as too late whatever this says",
         parse_opt(parse_int),
     )
     live_close_grace_seconds: float = _setting(
         "LIVE_CLOSE_GRACE_SECONDS",
         "2",
-        "the live worker waits this long after a bar's close for its final version before signalling the stored (last forming) version",
+        "the live worker waits this long after a bar's close for its final version before signalling the stored (last "
+        "forming) version",
         parse_float,
     )
     live_processes: int = _setting(
         "LIVE_PROCESSES",
         "1",
-        "processes `mt5-pipeline live` runs on this host (one per spare core), sharing the series by leases on PostgreSQL with every other worker, by hash on SQLite",
+        "processes `mt5-pipeline live` runs on this host (one per spare core), sharing the series by leases on "
+        "PostgreSQL with every other worker, by hash on SQLite",
         parse_int,
     )
     live_worker_threads: int = _setting(
@@ -149,13 +153,15 @@ class Settings:
     live_lease_seconds: float = _setting(
         "LIVE_LEASE_SECONDS",
         "4",
-        "on PostgreSQL, live workers (any host) share the series by leases of this length: a dead worker's series are taken over within it plus a quarter of it",
+        "on PostgreSQL, live workers (any host) share the series by leases of this length: a dead worker's series are "
+        "taken over within it plus a quarter of it",
         parse_float,
     )
     live_poll_seconds: float = _setting(
         "LIVE_POLL_SECONDS",
         "0.25",
-        "how often the live worker looks for closed bars without LISTEN/NOTIFY (SQLite), and its safety-net poll on PostgreSQL (x20)",
+        "how often the live worker looks for closed bars without LISTEN/NOTIFY (SQLite), and its safety-net poll on "
+        "PostgreSQL (x20)",
         parse_float,
     )
     model_max_age_hours: float = _setting(
@@ -178,19 +184,22 @@ class Settings:
     pip_sizes: dict = _setting(
         "PIP_SIZES",
         "",
-        "per-symbol pip sizes, e.g. XAUUSD=0.1,US30=1; otherwise currency pairs 0.0001 (JPY 0.01), other symbols from the EA's digits/point in POST /ingest, else no signals",
+        "per-symbol pip sizes, e.g. XAUUSD=0.1,US30=1; otherwise currency pairs 0.0001 (JPY 0.01), other symbols from "
+        "the EA's digits/point in POST /ingest, else no signals",
         parse_symbol_map(parse_float),
     )
     price_max_jump: float = _setting(
         "PRICE_MAX_JUMP",
         "10",
-        "a candle this many times above or below the level of the bars around it is rejected at ingest as a bad tick (0: off)",
+        "a candle this many times above or below the level of the bars around it is rejected at ingest as a bad tick "
+        "(0: off)",
         parse_float,
     )
     model_dir: Path = _setting(
         "MODEL_DIR",
         "./models",
-        "rf_m1.pkl (rf_<tf>.pkl per timeframe: the champions), every candidate's versioned copy and their JSON sidecars",
+        "rf_m1.pkl (rf_<tf>.pkl per timeframe: the champions), every candidate's versioned copy and their JSON "
+        "sidecars",
         lambda raw: Path(raw.strip()),
     )
     label_mode: str = _setting(
@@ -205,13 +214,15 @@ class Settings:
     label_max_hold_bars: int = _setting(
         "LABEL_MAX_HOLD_BARS",
         "60",
-        "longest holding time in bars: triple-barrier labels, the backtest, and the time exit live (closed at that bar's close)",
+        "longest holding time in bars: triple-barrier labels, the backtest, and the time exit live (closed at that "
+        "bar's close)",
         parse_int,
     )
     entry_policy: str = _setting(
         "ENTRY_POLICY",
         "one_per_symbol_timeframe",
-        "which signals open a position (backtest and live alike, docs/trades.md): one_per_symbol_timeframe (skip while one is open), stack (every signal), reverse (an opposite signal closes and reverses)",
+        "which signals open a position (backtest and live alike, docs/trades.md): one_per_symbol_timeframe (skip "
+        "while one is open), stack (every signal), reverse (an opposite signal closes and reverses)",
         parse_entry_policy,
     )
     rf_n_estimators: int = _setting("RF_N_ESTIMATORS", "100", "trees in the random forest", parse_int)
@@ -230,13 +241,15 @@ class Settings:
     model_kind: str = _setting(
         "MODEL_KIND",
         "random_forest",
-        "random_forest (the seed's) or hist_gradient_boosting (scikit-learn's HistGradientBoostingClassifier), same evaluation and promotion",
+        "random_forest (the seed's) or hist_gradient_boosting (scikit-learn's HistGradientBoostingClassifier), same "
+        "evaluation and promotion",
         parse_model_kind,
     )
     hgb_max_iter: int = _setting(
         "HGB_MAX_ITER",
         "100",
-        "boosting rounds of hist_gradient_boosting (no early stopping: it would validate on a random, not time-ordered, tenth)",
+        "boosting rounds of hist_gradient_boosting (no early stopping: it would validate on a random, not "
+        "time-ordered, tenth)",
         parse_int,
     )
     hgb_learning_rate: float = _setting(
@@ -245,13 +258,15 @@ class Settings:
     promotion_margin: float = _setting(
         "PROMOTION_MARGIN",
         "0.005",
-        "a candidate replaces the champion unless its AUC is lower, or its log loss higher, than the champion's by more than this (same window)",
+        "a candidate replaces the champion unless its AUC is lower, or its log loss higher, than the champion's by "
+        "more than this (same window)",
         parse_float,
     )
     promotion_require: tuple[str, ...] = _setting(
         "PROMOTION_REQUIRE",
         "auc,log_loss,net_pips",
-        "baselines a candidate must beat to be promoted: auc (0.5), log_loss (the base rate's), net_pips (random sides, after spread)",
+        "baselines a candidate must beat to be promoted: auc (0.5), log_loss (the base rate's), net_pips (random "
+        "sides, after spread)",
         parse_baselines,
     )
     promotion_force: bool = _setting(
@@ -263,7 +278,8 @@ class Settings:
     timeframes: tuple[str, ...] = _setting(
         "TIMEFRAMES",
         "M1",
-        "timeframes with their own features, model (rf_m1.pkl, rf_h1.pkl, ...), signals and retrain schedule, comma-separated",
+        "timeframes with their own features, model (rf_m1.pkl, rf_h1.pkl, ...), signals and retrain schedule, "
+        "comma-separated",
         parse_timeframes,
     )
     drift_window_hours: float = _setting(
@@ -293,7 +309,8 @@ class Settings:
     dagster_live_runs: bool = _setting(
         "DAGSTER_LIVE_RUNS",
         "false",
-        "true: new_candles_sensor launches a run per symbol per new bar (the old path); false: it records the live worker's features and decisions as run-less asset events",
+        "true: new_candles_sensor launches a run per symbol per new bar (the old path); false: it records the live "
+        "worker's features and decisions as run-less asset events",
         parse_bool,
     )
     dagster_autostart: bool = _setting(
@@ -351,9 +368,12 @@ class Settings:
     bridge_server_time_zone: str | None = _setting(
         "BRIDGE_SERVER_TIME_ZONE",
         "auto",
-        "the trade server's time zone, whose rules convert each bar's server time to UTC: UTC+2/+3@US (UTC+2 in winter, +3 in summer, "
-        "on the US dates, as most FX brokers), an IANA zone such as Europe/Athens, or a fixed UTC+3; auto: BRIDGE_UTC_OFFSET_HOURS, "
-        "which is right only while the server's offset does not change (history across a daylight-saving change needs the zone)",
+        "the trade server's time zone, whose rules convert each bar's server time to UTC: UTC+2/+3@US (UTC+2 in "
+        "winter, +3 in summer, "
+        "on the US dates, as most FX brokers), an IANA zone such as Europe/Athens, or a fixed UTC+3; auto: "
+        "BRIDGE_UTC_OFFSET_HOURS, "
+        "which is right only while the server's offset does not change (history across a daylight-saving change needs "
+        "the zone)",
         parse_server_zone,
     )
     bridge_lots: float = _setting(
@@ -362,7 +382,8 @@ class Settings:
     bridge_risk_percent: float | None = _setting(
         "BRIDGE_RISK_PERCENT",
         "",
-        "size each order to lose this % of the balance at its stop-loss instead of BRIDGE_LOTS (empty: fixed BRIDGE_LOTS)",
+        "size each order to lose this % of the balance at its stop-loss instead of BRIDGE_LOTS (empty: fixed "
+        "BRIDGE_LOTS)",
         parse_opt(parse_float),
     )
     bridge_magic: int = _setting(

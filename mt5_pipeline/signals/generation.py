@@ -293,8 +293,10 @@ def _held_back(
         return _not_ready(symbol, timeframe, ready.waiting, ready.until)
     if late:
         message = (
-            f"No signal: too late for {symbol} {prediction.timeframe} bar {late['bar']}: it closed at {late['bar_close']}, "
-            f"and with SIGNAL_TTL_SECONDS={late['signal_ttl_seconds']} its signal had to reach the EA by {late['deadline']}; "
+            f"No signal: too late for {symbol} {prediction.timeframe} bar {late['bar']}: it closed at "
+            f"{late['bar_close']}, "
+            f"and with SIGNAL_TTL_SECONDS={late['signal_ttl_seconds']} its signal had to reach the EA by "
+            f"{late['deadline']}; "
             f"it is now {late['now']} ({late['seconds_late']:g} s late)"
         )
         log.warning(message)

@@ -423,7 +423,8 @@ def _write_frame_sqlite(url: str, table: Table, frame: pd.DataFrame, columns: li
         "DO UPDATE SET " + ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in updates) if updates else "DO NOTHING"
     )
     statement = (
-        f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) VALUES ({', '.join('?' for _ in columns)}) "
+        f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) VALUES "
+        f"({', '.join('?' for _ in columns)}) "
         f"ON CONFLICT ({', '.join(map(quote, keys))}) {conflict}"
     )
     values = [_sqlite_values(frame[c], table.c[c], c) for c in columns]

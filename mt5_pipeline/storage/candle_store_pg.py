@@ -119,7 +119,8 @@ def _count_new_bars_pg(cur: Any, batch: CandleBatch, inserted: int) -> None:
     cur.execute("UPDATE candle_series SET bars = bars + %s WHERE symbol = %s AND timeframe = %s", (inserted, *key))
     if cur.rowcount == 0:  # the series' first ingest: count what is there (once)
         cur.execute(
-            "INSERT INTO candle_series (symbol, timeframe, bars) SELECT %s, %s, count(*) FROM candles WHERE symbol = %s AND timeframe = %s",
+            "INSERT INTO candle_series (symbol, timeframe, bars) SELECT %s, %s, count(*) FROM candles WHERE symbol = "
+            "%s AND timeframe = %s",
             (*key, *key),
         )
 

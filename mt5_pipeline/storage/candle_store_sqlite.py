@@ -86,7 +86,8 @@ def _upsert(cur: Any, batch: CandleBatch, stamp_base: datetime | None) -> tuple[
     )
     updated = cur.rowcount
     cur.execute(
-        "INSERT INTO candles (symbol, timeframe, ts, open, high, low, close, tick_volume, spread, real_volume, ingested_at) "
+        "INSERT INTO candles (symbol, timeframe, ts, open, high, low, close, tick_volume, spread, real_volume, "
+        "ingested_at) "
         "SELECT ?, ?, t.ts, t.open, t.high, t.low, t.close, t.tick_volume, t.spread, t.real_volume, ? "
         "FROM temp._ingest_candles t WHERE NOT EXISTS "
         "(SELECT 1 FROM candles c WHERE c.symbol = ? AND c.timeframe = ? AND c.ts = t.ts)",
@@ -97,7 +98,8 @@ def _upsert(cur: Any, batch: CandleBatch, stamp_base: datetime | None) -> tuple[
         cur.execute("UPDATE candle_series SET bars = bars + ? WHERE symbol = ? AND timeframe = ?", (inserted, *key))
         if cur.rowcount == 0:
             cur.execute(
-                "INSERT INTO candle_series (symbol, timeframe, bars) SELECT ?, ?, count(*) FROM candles WHERE symbol = ? AND timeframe = ?",
+                "INSERT INTO candle_series (symbol, timeframe, bars) SELECT ?, ?, count(*) FROM candles WHERE symbol "
+                "= ? AND timeframe = ?",
                 (*key, *key),
             )
     cur.execute("DELETE FROM temp._ingest_candles")

@@ -201,8 +201,10 @@ async def test_body_must_be_an_object(api_settings, content):
 def _two_bars(time: str = "1730000040", open_: str = "1.1", low: str = "1.0", volume: str = "1") -> str:
     """An /ingest body of two bars, the second's time, open, low and tick volume as given."""
     return (
-        '{"symbol": "EURUSD", "timeframe": "M1", "candles": [{"time": 1729999980, "open": 1.1, "high": 1.2, "low": 1.0, '
-        f'"close": 1.1, "tick_volume": 1}}, {{"time": {time}, "open": {open_}, "high": 1.2, "low": {low}, "close": 1.1, '
+        '{"symbol": "EURUSD", "timeframe": "M1", "candles": [{"time": 1729999980, "open": 1.1, "high": 1.2, "low": '
+        "1.0, "
+        f'"close": 1.1, "tick_volume": 1}}, {{"time": {time}, "open": {open_}, "high": 1.2, "low": {low}, "close": '
+        "1.1, "
         f'"tick_volume": {volume}}}]}}'
     )
 

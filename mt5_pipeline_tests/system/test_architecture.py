@@ -183,7 +183,8 @@ def test_importing_the_core_imports_no_framework():
     import sys
 
     code = (
-        "import sys, mt5_pipeline, mt5_pipeline.signals.live, mt5_pipeline.delivery.pusher, mt5_pipeline.signals.generation, mt5_pipeline.market.ingest; "
+        "import sys, mt5_pipeline, mt5_pipeline.signals.live, mt5_pipeline.delivery.pusher, "
+        "mt5_pipeline.signals.generation, mt5_pipeline.market.ingest; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'starlette', 'uvicorn', 'api')))"
     )
     out = subprocess.run(

@@ -99,7 +99,8 @@ def test_the_installed_package_is_the_wheel(installed):
         [
             str(installed["python"]),
             "-c",
-            "import mt5_pipeline, mt5_pipeline.api.main; print(mt5_pipeline.__file__); print(mt5_pipeline.api.main.__file__)",
+            "import mt5_pipeline, mt5_pipeline.api.main; print(mt5_pipeline.__file__); "
+            "print(mt5_pipeline.api.main.__file__)",
         ],
         env=installed["env"],
         cwd=installed["cwd"],

@@ -39,7 +39,8 @@ def upgrade() -> None:
         ),
     )
     op.execute(
-        "INSERT INTO candle_series (symbol, timeframe, bars) SELECT symbol, timeframe, count(*) FROM candles GROUP BY symbol, timeframe"
+        "INSERT INTO candle_series (symbol, timeframe, bars) SELECT symbol, timeframe, count(*) FROM candles GROUP BY "
+        "symbol, timeframe"
     )
 
 

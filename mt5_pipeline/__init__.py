@@ -5,7 +5,7 @@ model, signals, queue, ea_client, pusher). The Dagster code location is exposed 
 ``defs`` lazily, so that importing the core never imports Dagster.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __dir__() -> list[str]:

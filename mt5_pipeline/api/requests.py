@@ -117,7 +117,9 @@ class IngestRequest(_Request):
         Field(
             ge=UTC_OFFSET_RANGE[0],
             le=UTC_OFFSET_RANGE[1],
-            description="the broker's UTC offset: where its H4/D1/W1/MN1 bars begin (times themselves are UTC); null means 0",
+            description=(
+                "the broker's UTC offset: where its H4/D1/W1/MN1 bars begin (times themselves are UTC); null means 0"
+            ),
         ),
         _default_for_null(0.0),
     ] = 0.0
@@ -125,8 +127,11 @@ class IngestRequest(_Request):
         str | None,
         Field(
             max_length=64,
-            description="the trade server's time zone: candle times are then the server's clock (MT5's bar times), converted to UTC here "
-            f"bar by bar with the zone's rules; such as {ZONE_EXAMPLES}. Instead of utc_offset_hours",
+            description=(
+                "the trade server's time zone: candle times are then the server's clock (MT5's bar times), "
+                "converted to UTC here "
+                f"bar by bar with the zone's rules; such as {ZONE_EXAMPLES}. Instead of utc_offset_hours"
+            ),
             examples=["UTC+2/+3@US"],
         ),
         AfterValidator(_zone),
@@ -134,7 +139,10 @@ class IngestRequest(_Request):
     partial: Annotated[
         bool | None,
         Field(
-            description="true: store the good rows and list the bad ones in the answer (rejected, errors) instead of refusing the batch"
+            description=(
+                "true: store the good rows and list the bad ones in the answer (rejected, errors) instead of "
+                "refusing the batch"
+            )
         ),
         _default_for_null(False),
     ] = False
@@ -142,14 +150,20 @@ class IngestRequest(_Request):
         None,
         ge=0,
         le=MAX_DIGITS,
-        description="MT5's SYMBOL_DIGITS for this symbol (optional): with `point`, where its pip size comes from for anything that is "
-        "not a currency pair (gold, indices, crypto); a pip is point x 10 on 3- and 5-digit quotes, else one point",
+        description=(
+            "MT5's SYMBOL_DIGITS for this symbol (optional): with `point`, where its pip size comes from for "
+            "anything that is "
+            "not a currency pair (gold, indices, crypto); a pip is point x 10 on 3- and 5-digit quotes, else one point"
+        ),
     )
     point: float | None = Field(
         None,
         gt=0,
         le=1,
-        description="MT5's SYMBOL_POINT for this symbol (optional), e.g. 0.01 for XAUUSD quoted 2034.56; must match `digits` when both are sent",
+        description=(
+            "MT5's SYMBOL_POINT for this symbol (optional), e.g. 0.01 for XAUUSD quoted 2034.56; must match `digits` "
+            "when both are sent"
+        ),
     )
 
     @model_validator(mode="after")
@@ -195,8 +209,10 @@ class AckRequest(_Request):
         str,
         Field(
             pattern=ACK_STATUS_PATTERN,
-            description="1-20 letters or underscores, one of FILLED, PLACED, PARTIAL, ACKED (the signal becomes ACKED), "
-            "REJECTED or EXPIRED; never moves a signal backwards (docs/execution.md)",
+            description=(
+                "1-20 letters or underscores, one of FILLED, PLACED, PARTIAL, ACKED (the signal becomes ACKED), "
+                "REJECTED or EXPIRED; never moves a signal backwards (docs/execution.md)"
+            ),
             examples=["FILLED"],
         ),
         AfterValidator(_known_ack_status),

@@ -49,7 +49,9 @@ class IngestResponse(BaseModel):
     )
     errors: list[FieldError] = Field(
         [],
-        description="with partial=true: why each refused row was refused (the first 50, then a count); left out when none",
+        description=(
+            "with partial=true: why each refused row was refused (the first 50, then a count); left out when none"
+        ),
     )
 
 
@@ -64,11 +66,16 @@ class SignalMeta(BaseModel):
     pip_size: float | None = Field(
         None,
         gt=0,
-        description="price size of one pip for this symbol (the core's rule): stops go sl_pips x pip_size from the fill price",
+        description=(
+            "price size of one pip for this symbol (the core's rule): stops go sl_pips x pip_size from the fill price"
+        ),
     )
     entry_policy: Literal["one_per_symbol_timeframe", "stack", "reverse"] | None = Field(
         None,
-        description="the execution policy's entry rule (ENTRY_POLICY, docs/trades.md): the executor obeys it, as the backtest did",
+        description=(
+            "the execution policy's entry rule (ENTRY_POLICY, docs/trades.md): the executor obeys it, "
+            "as the backtest did"
+        ),
     )
     max_hold_bars: int | None = Field(
         None, ge=1, description="the time exit: close at the close of this many bars counted from the entry bar"
@@ -123,7 +130,10 @@ class StatusCount(BaseModel):
 class QueueStatusResponse(BaseModel):
     success: Literal[True]
     queue_status: dict[str, StatusCount] = Field(
-        description="per status (PENDING, SENT, ACKED, FAILED, EXPIRED, REJECTED): signals created in the period; statuses with none are left out"
+        description=(
+            "per status (PENDING, SENT, ACKED, FAILED, EXPIRED, REJECTED): signals created in the period; statuses "
+            "with none are left out"
+        )
     )
     period: Literal["last_24_hours"]
 
@@ -143,7 +153,10 @@ class AckResponse(BaseModel):
     success: Literal[True]
     signal_id: str
     status: str = Field(
-        description="the signal's queue status after the ack: ACKED, REJECTED or EXPIRED as the ack says, or where it already was when that is further along"
+        description=(
+            "the signal's queue status after the ack: ACKED, REJECTED or EXPIRED as the ack says, or where it already "
+            "was when that is further along"
+        )
     )
     ticket: int | None
     ack_status: str = Field(description="the status the EA reported")
@@ -279,6 +292,9 @@ class Health(BaseModel):
     open_positions: list[OpenPositions] = Field([], description="open trades per symbol, as reported (POST /ea/trades)")
     reconciliation: Reconciliation | None = Field(
         None,
-        description="the bridge's last comparison of the terminal's positions with the open trades (differences: status degraded)",
+        description=(
+            "the bridge's last comparison of the terminal's positions with the open trades "
+            "(differences: status degraded)"
+        ),
     )
     version: str

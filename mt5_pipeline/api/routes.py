@@ -269,8 +269,9 @@ async def pull_signals(request: Request) -> Response:
 
 def trade_body(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: row.get(k) for k in (
-        "ticket", "signal_id", "unknown_signal", "model_version", "account", "magic", "symbol", "timeframe", "side", "volume",
-        "open_time", "open_price", "sl", "tp", "close_time", "close_price", "exit_reason", "profit", "pips", "swap", "commission", "pip_size",
+        "ticket", "signal_id", "unknown_signal", "model_version", "account", "magic", "symbol", "timeframe", "side",
+        "volume", "open_time", "open_price", "sl", "tp", "close_time", "close_price", "exit_reason", "profit", "pips",
+        "swap", "commission", "pip_size",
     )}  # fmt: skip
     for k in ("open_time", "close_time"):
         when = out[k]

@@ -202,7 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument(
         "--server-time-zone",
         default=None,
-        help="the trade server's time zone for an MT5 export, such as UTC+2/+3@US or Europe/Athens: each bar converted with the offset in force at it (instead of --tz-offset)",
+        help=(
+            "the trade server's time zone for an MT5 export, such as UTC+2/+3@US or Europe/Athens: each bar "
+            "converted with the offset in force at it (instead of --tz-offset)"
+        ),
     )
     imp.add_argument("--chunk-rows", type=int, default=200_000)
     imp.add_argument("--no-progress", action="store_true")
@@ -213,8 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_features)
     train = sub.add_parser(
         "train",
-        help="update the features, then train a candidate per timeframe, evaluate it and promote it if it beats the champion "
-        f"(exit 0 promoted, 1 error, {EXIT_REJECTED} rejected)",
+        help=(
+            "update the features, then train a candidate per timeframe, evaluate it and promote it if it beats "
+            "the champion "
+            f"(exit 0 promoted, 1 error, {EXIT_REJECTED} rejected)"
+        ),
     )
     train.add_argument(
         "--force", action="store_true", help="promote the candidate whatever its scores (recorded as forced)"
@@ -238,7 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "live",
-        help="the live-signal worker: a signal for each closed bar as soon as it is committed (LISTEN/NOTIFY, or polling on SQLite)",
+        help=(
+            "the live-signal worker: a signal for each closed bar as soon as it is committed "
+            "(LISTEN/NOTIFY, or polling on SQLite)"
+        ),
     ).set_defaults(func=cmd_live)
 
     sim = sub.add_parser("ea-sim", help="the reference EA server (paper trading)")

@@ -254,7 +254,10 @@ def record_success(database_url: str, ea: str, *, max_attempts: int, now: dateti
                 )
             ).first()
             if suspect is not None:
-                failed_error = f"gave up after {suspect.attempts} attempts while the EA accepted other signals: {suspect.last_error or ''}".strip()
+                failed_error = (
+                    f"gave up after {suspect.attempts} attempts while the EA accepted other signals: "
+                    f"{suspect.last_error or ''}"
+                ).strip()
                 conn.execute(
                     update(q)
                     .where(q.c.id == before.suspect_id, q.c.status == "PENDING")

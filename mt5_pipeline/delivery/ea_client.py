@@ -279,13 +279,19 @@ class EAClient:
             return outcome(
                 "retry",
                 ambiguous=True,
-                error=f"no answer from the EA within {self.timeout:g} s ({exc.__class__.__name__}: {_short(str(exc))}); it may have acted, retrying with the same signal_id",
+                error=(
+                    f"no answer from the EA within {self.timeout:g} s ({exc.__class__.__name__}: "
+                    f"{_short(str(exc))}); it may have acted, retrying with the same signal_id"
+                ),
             )
         except httpx.TransportError as exc:
             return outcome(
                 "retry",
                 ambiguous=True,
-                error=f"connection to the EA broke: {exc.__class__.__name__}: {_short(str(exc))}; retrying with the same signal_id",
+                error=(
+                    f"connection to the EA broke: {exc.__class__.__name__}: {_short(str(exc))}; "
+                    "retrying with the same signal_id"
+                ),
             )
 
         code = response.status_code

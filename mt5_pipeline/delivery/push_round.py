@@ -398,7 +398,8 @@ class PushRound:
             log.warning(
                 "⚠️ EA failed %s (attempt %d of %d): %s. Holding every signal until a probe in %.1f s tells an EA "
                 "outage from a bad signal",
-                describe(c), c.attempts, settings.ea_max_attempts, outcome.error, (failure.probe_at - at).total_seconds(),
+                describe(c), c.attempts, settings.ea_max_attempts, outcome.error,
+                (failure.probe_at - at).total_seconds(),
             )  # fmt: skip
             return
         self.give_back[c.id] = outcome.error

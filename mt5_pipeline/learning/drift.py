@@ -140,7 +140,8 @@ class DriftReport:
 
 
 def recent_rows(settings: Settings, symbol: str, timeframe: str, hours: float) -> pd.DataFrame:
-    """Usable feature rows of the last ``hours`` up to the symbol's newest usable row (the data's clock, not the wall's)."""
+    """Usable feature rows of the last ``hours`` up to the symbol's newest usable row
+    (the data's clock, not the wall's)."""
 
     f = features_m1.c
     where = (
@@ -270,7 +271,8 @@ def signal_drift(
         f"{symbol}: live signals part from {loaded.version}'s backtest ({against}) over the last "
         f"{settings.drift_window_hours:g} h: " + "; ".join(parted)
         if parted
-        else f"{symbol}: BUY {live['buy_share']:.2f} / SELL {live['sell_share']:.2f} / neutral {live['neutral_share']:.2f}, "
+        else f"{symbol}: BUY {live['buy_share']:.2f} / SELL {live['sell_share']:.2f} / "
+        f"neutral {live['neutral_share']:.2f}, "
         f"mean probability {live['mean_probability']:.3f}, in line with {loaded.version}'s backtest ({against})"
     )
     return _over_frame(DriftReport(symbol, timeframe, not parted, desc_, values, []), frame)

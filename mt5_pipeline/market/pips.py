@@ -43,7 +43,9 @@ _SMALLEST_POINT = 10.0**-MAX_DIGITS * (1 - 1e-9)
 # ISO 4217 codes of currencies brokers quote as FX pairs. Metals (XAU, XAG, XPT, XPD)
 # and crypto (BTC, ETH) are deliberately absent: they are not priced in FX pips.
 CURRENCIES = frozenset(
-    "USD EUR GBP JPY CHF AUD NZD CAD SEK NOK DKK PLN HUF CZK TRY ZAR MXN SGD HKD CNH CNY RUB ILS THB INR KRW BRL".split()
+    (
+        "USD EUR GBP JPY CHF AUD NZD CAD SEK NOK DKK PLN HUF CZK TRY ZAR MXN SGD HKD CNH CNY RUB ILS THB INR KRW BRL"
+    ).split()
 )
 _LEADING = re.compile(r"^[^A-Z]*")
 

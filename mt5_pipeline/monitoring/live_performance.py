@@ -168,7 +168,8 @@ def plot_live_equity(perf: VersionPerformance, path: Path, *, title: str) -> Pat
         p = perf.plausibility
         if p.judged:
             ax.errorbar(
-                [t["exit_ts"].iloc[-1]], [(p.band_low + p.band_high) / 2], yerr=[[(p.band_high - p.band_low) / 2]], fmt="none", capsize=6, color="grey",
+                [t["exit_ts"].iloc[-1]], [(p.band_low + p.band_high) / 2], yerr=[[(p.band_high - p.band_low) / 2]],
+                fmt="none", capsize=6, color="grey",
                 label="backtest's 95% band for as many trades",
             )  # fmt: skip
         return save(path)

@@ -327,7 +327,8 @@ def _drift_outcome(reports: Sequence[DriftReport], what: str) -> CheckOutcome:
 
 
 def features_drift(settings: Settings, timeframe: str = "M1") -> CheckOutcome:
-    """PSI per feature and symbol, last DRIFT_WINDOW_HOURS against the champion's training window (mt5_pipeline.learning.drift)."""
+    """PSI per feature and symbol, last DRIFT_WINDOW_HOURS against the champion's training window
+    (mt5_pipeline.learning.drift)."""
     # The Dagster code location imports this module: scikit-learn and scipy load when a check runs.
     from mt5_pipeline.learning import drift
 

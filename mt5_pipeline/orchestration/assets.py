@@ -29,7 +29,9 @@ GROUP = "mt5_pipeline"
 
 candles = dg.AssetSpec(
     "candles",
-    description="Bars of every timeframe posted by the EA to POST /ingest (or imported with `mt5-pipeline import-csv`).",
+    description=(
+        "Bars of every timeframe posted by the EA to POST /ingest (or imported with `mt5-pipeline import-csv`)."
+    ),
     partitions_def=symbols_partitions,
     group_name=GROUP,
     kinds={"sql"},
@@ -56,7 +58,10 @@ def build_features_asset(timeframe: str) -> dg.AssetsDefinition:
         partitions_def=symbols_partitions,
         group_name=GROUP,
         kinds={"pandas"},
-        description=f"Scale-free technical features per {timeframe} bar, computed incrementally for new or corrected bars (table features_m1, timeframe {timeframe}).",
+        description=(
+            f"Scale-free technical features per {timeframe} bar, computed incrementally for new or corrected bars "
+            f"(table features_m1, timeframe {timeframe})."
+        ),
     )
     def _features(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
         # scipy and scikit-learn load in the run that needs them, not with the code location.
@@ -197,7 +202,10 @@ def build_model_asset(timeframe: str, features_asset: dg.AssetsDefinition) -> dg
                 PROMOTION_CHECK,
                 asset=name,
                 blocking=True,
-                description="the candidate was promoted (or forced); fails the run when it was rejected, so the run history shows it",
+                description=(
+                    "the candidate was promoted (or forced); fails the run when it was rejected, so the run history "
+                    "shows it"
+                ),
             )
         ],
     )
@@ -296,7 +304,10 @@ def build_signals_asset(
         partitions_def=symbols_partitions,
         group_name=GROUP,
         kinds={"python"},
-        description=f"Predicts the newest {timeframe} bar of the symbol and queues at most one BUY/SELL signal for it in signals_queue.",
+        description=(
+            f"Predicts the newest {timeframe} bar of the symbol and queues at most one BUY/SELL signal for it "
+            "in signals_queue."
+        ),
     )
     def _signals(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
         settings = pipeline.settings()

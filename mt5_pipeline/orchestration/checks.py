@@ -41,7 +41,10 @@ def candles_fresh(pipeline: PipelineResource) -> dg.AssetCheckResult:
 
 @dg.asset_check(
     asset="candles",
-    description="extreme bars (a move of 20+ standard deviations) confirmed by the bars after them; unconfirmed ones get no signal",
+    description=(
+        "extreme bars (a move of 20+ standard deviations) confirmed by the bars after them; "
+        "unconfirmed ones get no signal"
+    ),
 )
 def candles_extreme_bars(pipeline: PipelineResource) -> dg.AssetCheckResult:
     return _result(quality.candles_extreme_bars(pipeline.database_url))

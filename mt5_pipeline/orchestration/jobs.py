@@ -29,7 +29,8 @@ def _drift_checks(timeframes: Iterable[str]) -> dg.AssetSelection:
 
 
 def build_timeframe_jobs(timeframe: str) -> dict[str, Any]:
-    """predict, features and train jobs of a timeframe; M1 keeps the seed's names (predict_job, features_job, rf_m1_train_job)."""
+    """predict, features and train jobs of a timeframe; M1 keeps the seed's names
+    (predict_job, features_job, rf_m1_train_job)."""
     tf = timeframe.lower()
     suffix = "" if timeframe == "M1" else f"_{tf}"
     features, model, signals = f"features_{tf}", f"rf_{tf}", "signals" if timeframe == "M1" else f"signals_{tf}"
@@ -52,7 +53,10 @@ def build_timeframe_jobs(timeframe: str) -> dict[str, Any]:
         "train": dg.define_asset_job(
             f"{model}_train_job",
             selection=dg.AssetSelection.assets(model),
-            description=f"Retrain {model} on the newest data: a candidate, evaluated, backtested and promoted only if better than the champion.",
+            description=(
+                f"Retrain {model} on the newest data: a candidate, evaluated, backtested and promoted only if better "
+                "than the champion."
+            ),
         ),
     }
 
@@ -75,7 +79,10 @@ def build_drift_checks_job(timeframes: Iterable[str]) -> Any:
         "drift_checks_job",
         selection=_drift_checks(timeframes),
         executor_def=dg.in_process_executor,
-        description="Feature and signal drift of every symbol and timeframe against its champion (hourly, drift_checks_schedule).",
+        description=(
+            "Feature and signal drift of every symbol and timeframe against its champion "
+            "(hourly, drift_checks_schedule)."
+        ),
     )
 
 

@@ -36,7 +36,9 @@ def trades_spec(timeframes: Iterable[str]) -> dg.AssetSpec:
     return dg.AssetSpec(
         "trades",
         deps=[asset_names(tf)["signals"] for tf in timeframes],
-        description="Positions the signals opened, reported back by the bridge or the MQL5 EA (POST /ea/trades, table trades).",
+        description=(
+            "Positions the signals opened, reported back by the bridge or the MQL5 EA (POST /ea/trades, table trades)."
+        ),
         group_name=GROUP,
         kinds={"sql"},
         metadata={"table": "trades"},
@@ -76,7 +78,10 @@ def build_live_performance_asset(timeframe: str) -> dg.AssetsDefinition:
             dg.AssetCheckSpec(
                 check,
                 asset=name,
-                description="the newest model's live net pips and drawdown lie within the bootstrap band of its own backtest trades (a warning when not)",
+                description=(
+                    "the newest model's live net pips and drawdown lie within the bootstrap band of its own backtest "
+                    "trades (a warning when not)"
+                ),
             )
         ],
     )

@@ -55,7 +55,10 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
         jobs=[predict_job, features_job],
         minimum_interval_seconds=10,
         default_status=_status(settings),
-        description="Watches the newest ingested bar per symbol; requests features and a prediction for symbols with new or corrected bars.",
+        description=(
+            "Watches the newest ingested bar per symbol; requests features and a prediction for symbols with new "
+            "or corrected bars."
+        ),
     )
     def new_candles_sensor(
         context: dg.SensorEvaluationContext, pipeline: PipelineResource
@@ -165,7 +168,10 @@ def live_record(database_url: str, timeframe: str, after_id: int) -> tuple[list[
                 dg.AssetMaterialization(
                     asset_key=names["features"],
                     partition=symbol,
-                    description=f"{row['feature_rows']} feature row(s) up to {bar}, computed by the live worker ({row['feature_path']} path)",
+                    description=(
+                        f"{row['feature_rows']} feature row(s) up to {bar}, computed by the live worker "
+                        f"({row['feature_path']} path)"
+                    ),
                     metadata={
                         **common,
                         "rows_written": int(row["feature_rows"]),
@@ -207,7 +213,10 @@ def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:
         d = delivery_status(database_url, settings.ea_server_url)
         now = utcnow()
         if d["state"] == "config_error":
-            message = f"EA configuration error (HTTP {d['status_code']}): {d['error']}. Delivery stopped; signals stay PENDING until it is fixed"
+            message = (
+                f"EA configuration error (HTTP {d['status_code']}): {d['error']}. Delivery stopped; signals stay "
+                "PENDING until it is fixed"
+            )
             context.log.error(message)
             fresh = d["updated_at"] is not None and now - d["updated_at"] < timedelta(seconds=reprobe_seconds)
             return dg.SkipReason(message) if fresh else None
@@ -225,7 +234,10 @@ def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:
         job=ea_push_job,
         minimum_interval_seconds=max(1, int(round(settings.ea_push_interval))),
         default_status=_status(settings),
-        description=f"Every {settings.ea_push_interval:g} s (EA_PUSH_INTERVAL): requests a push run when deliverable signals are pending.",
+        description=(
+            f"Every {settings.ea_push_interval:g} s (EA_PUSH_INTERVAL): requests a push run when deliverable signals "
+            "are pending."
+        ),
     )
     def ea_push_sensor(
         context: dg.SensorEvaluationContext, pipeline: PipelineResource

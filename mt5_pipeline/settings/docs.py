@@ -35,9 +35,16 @@ PRODUCTION_EXAMPLE: dict[str, str] = {
 }
 # What a user must set before the stack starts, in this order at the top of the file.
 MUST_SET: dict[str, str] = {
-    "API_KEYS": "REQUIRED: your own key(s) for X-API-Key (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`); empty or the seed's example key refuses to start",
+    "API_KEYS": (
+        "REQUIRED: your own key(s) for X-API-Key "
+        "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`); "
+        "empty or the seed's example key refuses to start"
+    ),
     "EA_API_KEY": "REQUIRED: the key your EA expects in X-API-Key",
-    "EA_SERVER_URL": "REQUIRED: your EA's signals URL, e.g. http://192.168.15.18:8080/signals (or set EA_SERVER_IP / EA_SERVER_PORT below)",
+    "EA_SERVER_URL": (
+        "REQUIRED: your EA's signals URL, e.g. http://192.168.15.18:8080/signals "
+        "(or set EA_SERVER_IP / EA_SERVER_PORT below)"
+    ),
     "API_PORT": "the port the EA posts candles to (docker compose publishes it on the host)",
 }
 # Variables of the containers themselves (docker compose), not of the settings.

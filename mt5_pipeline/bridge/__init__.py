@@ -197,10 +197,14 @@ class Bridge:
         reports = self.store.report_counts()
         return {
             "positions": {
-                "open": held, "time_exits": self.positions.time_exits_done, "opposite_signal_closes": self.positions.opposite_closes_done,
+                "open": held, "time_exits": self.positions.time_exits_done,
+                "opposite_signal_closes": self.positions.opposite_closes_done,
                 "error": self.positions.last_error or None,
             },
-            "trade_reports": {"pending": reports["pending"], "closed_reported": reports["closed_reported"], "error": self.trade_reports.last_error or None},
+            "trade_reports": {
+                "pending": reports["pending"], "closed_reported": reports["closed_reported"],
+                "error": self.trade_reports.last_error or None,
+            },
             "reconciliation": self.reconciler.status.as_dict(),
         }  # fmt: skip
 

@@ -199,6 +199,9 @@ class Executor:
             return 200, self._record(signal, self._recovered(found, "recovered after an interrupted order_send"))
         execution = orders.Execution(
             "REJECTED",
-            description="an earlier order_send for this signal was interrupted and no order with its comment exists; not sent again",
+            description=(
+                "an earlier order_send for this signal was interrupted and no order with its comment exists; "
+                "not sent again"
+            ),
         )
         return 200, self._record(signal, execution)

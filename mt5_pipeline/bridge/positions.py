@@ -137,8 +137,9 @@ class PositionKeeper:
             return None
         policy, _ = policy_for_signal(signal, self.default_policy)
         return {
-            "ticket": int(execution.ticket), "signal_id": signal.signal_id, "symbol": signal.symbol, "timeframe": signal.timeframe,
-            "side": signal.side, "entry_bar": int(entry_bar(signal.bar, signal.timeframe).timestamp()), "entry_policy": policy.entry,
+            "ticket": int(execution.ticket), "signal_id": signal.signal_id, "symbol": signal.symbol,
+            "timeframe": signal.timeframe, "side": signal.side,
+            "entry_bar": int(entry_bar(signal.bar, signal.timeframe).timestamp()), "entry_policy": policy.entry,
             "max_hold_bars": policy.max_hold_bars, "sl": execution.sl, "tp": execution.tp,
         }  # fmt: skip
 
@@ -172,8 +173,9 @@ class PositionKeeper:
                 )
                 request: OrderRequest = {
                     "action": mt5.TRADE_ACTION_DEAL, "symbol": pos.symbol, "volume": float(pos.volume),
-                    "type": mt5.ORDER_TYPE_SELL if long_ else mt5.ORDER_TYPE_BUY, "position": int(ticket), "price": price,
-                    "deviation": int(self.cfg.deviation), "magic": int(self.cfg.magic), "comment": f"{reason} exit"[: orders.COMMENT_MAX],
+                    "type": mt5.ORDER_TYPE_SELL if long_ else mt5.ORDER_TYPE_BUY, "position": int(ticket),
+                    "price": price, "deviation": int(self.cfg.deviation), "magic": int(self.cfg.magic),
+                    "comment": f"{reason} exit"[: orders.COMMENT_MAX],
                     "type_time": mt5.ORDER_TIME_GTC, "type_filling": orders._filling(mt5, info),
                 }  # fmt: skip
                 result = mt5.order_send(request)

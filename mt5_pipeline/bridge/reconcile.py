@@ -47,8 +47,9 @@ class ReconcileStatus:
     def as_dict(self) -> dict[str, Any]:
         state = "never" if self.in_sync is None else ("in_sync" if self.in_sync else "differences")
         return {
-            "state": state, "checked_at": iso_z(self.checked_at) if self.checked_at else None, "terminal_positions": self.terminal_positions,
-            "unknown": self.unknown, "missing": self.missing, "error": self.error or None,
+            "state": state, "checked_at": iso_z(self.checked_at) if self.checked_at else None,
+            "terminal_positions": self.terminal_positions, "unknown": self.unknown, "missing": self.missing,
+            "error": self.error or None,
         }  # fmt: skip
 
 
@@ -72,9 +73,12 @@ class Reconciler:
         for p, opened in zip(held, times, strict=True):
             rec = records.get(int(p.ticket)) or {}
             body = {
-                "ticket": int(p.ticket), "signal_id": rec.get("signal_id") or self.reporter.store.signal_of_ticket(int(p.ticket)),
-                "symbol": p.symbol, "timeframe": rec.get("timeframe"), "side": "BUY" if int(p.type) == int(mt5.POSITION_TYPE_BUY) else "SELL",
-                "volume": float(p.volume), "open_time": opened, "open_price": float(p.price_open), "sl": float(p.sl or 0), "tp": float(p.tp or 0),
+                "ticket": int(p.ticket),
+                "signal_id": rec.get("signal_id") or self.reporter.store.signal_of_ticket(int(p.ticket)),
+                "symbol": p.symbol, "timeframe": rec.get("timeframe"),
+                "side": "BUY" if int(p.type) == int(mt5.POSITION_TYPE_BUY) else "SELL",
+                "volume": float(p.volume), "open_time": opened, "open_price": float(p.price_open),
+                "sl": float(p.sl or 0), "tp": float(p.tp or 0),
             }  # fmt: skip
             out.append({k: v for k, v in body.items() if v is not None})
         return out

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS executions (
     signal_id   TEXT PRIMARY KEY,
     symbol      TEXT NOT NULL,
     side        TEXT NOT NULL,
-    status      TEXT NOT NULL,          -- SENDING (order_send in flight), RETRY (not placed yet: look up, then send again), FILLED, REJECTED, EXPIRED
+    -- SENDING (order_send in flight), RETRY (not placed yet: look up, then send again), FILLED, REJECTED, EXPIRED
+    status      TEXT NOT NULL,
     ticket      INTEGER,
     retcode     INTEGER,
     message     TEXT NOT NULL DEFAULT '',
@@ -141,10 +142,12 @@ class BridgeStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(
-                    """INSERT INTO executions (signal_id, symbol, side, status, ticket, retcode, message, answer, created_at, updated_at)
+                    """INSERT INTO executions
+                           (signal_id, symbol, side, status, ticket, retcode, message, answer, created_at, updated_at)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                       ON CONFLICT(signal_id) DO UPDATE SET status=excluded.status, ticket=excluded.ticket, retcode=excluded.retcode,
-                           message=excluded.message, answer=excluded.answer, updated_at=excluded.updated_at""",
+                       ON CONFLICT(signal_id) DO UPDATE SET status=excluded.status, ticket=excluded.ticket,
+                           retcode=excluded.retcode, message=excluded.message, answer=excluded.answer,
+                           updated_at=excluded.updated_at""",
                     (
                         signal.signal_id,
                         signal.symbol,

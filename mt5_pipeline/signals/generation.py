@@ -45,7 +45,9 @@ class Decision:
 
 @dataclass(frozen=True)
 class GenerateResult:
-    status: str  # "queued" | "duplicate" | "neutral" | "too_late" | "stale_bar" | "stale_model" | "unconfirmed_extreme" | "unknown_pip_size" | "not_ready"
+    # "queued" | "duplicate" | "neutral" | "too_late" | "stale_bar" | "stale_model" | "unconfirmed_extreme"
+    # | "unknown_pip_size" | "not_ready"
+    status: str
     message: str
     probability: float | None
     confidence: float | None
@@ -122,7 +124,10 @@ def bar_staleness(
     age = (at - newest_bar_open).total_seconds()
     limit = settings.max_bar_age_seconds(timeframe)
     if age > limit:
-        return f"the newest {timeframe} bar ({iso_z(newest_bar_open)}) is {age:.0f} s old, more than SIGNAL_MAX_BAR_AGE_SECONDS={limit}: the feed has stalled"
+        return (
+            f"the newest {timeframe} bar ({iso_z(newest_bar_open)}) is {age:.0f} s old, "
+            f"more than SIGNAL_MAX_BAR_AGE_SECONDS={limit}: the feed has stalled"
+        )
     return None
 
 
@@ -136,7 +141,10 @@ def model_staleness(
     trained_at = parse_iso(trained_at)
     age_h = (at - trained_at).total_seconds() / 3600.0
     if age_h > settings.model_max_age_hours:
-        return f"the model was trained {age_h:.1f} h ago ({iso_z(trained_at)}), more than MODEL_MAX_AGE_HOURS={settings.model_max_age_hours:g}: retrain it"
+        return (
+            f"the model was trained {age_h:.1f} h ago ({iso_z(trained_at)}), "
+            f"more than MODEL_MAX_AGE_HOURS={settings.model_max_age_hours:g}: retrain it"
+        )
     return None
 
 
@@ -190,9 +198,15 @@ def _not_ready(symbol: str, timeframe: str, waiting: datetime | None, until: dat
     if waiting is None:
         message = f"No signal: no closed {symbol} {timeframe} bar yet"
     else:
-        message = f"No signal yet: the {symbol} {timeframe} bar {iso_z(waiting)} has closed but its final version has not arrived"
+        message = (
+            f"No signal yet: the {symbol} {timeframe} bar {iso_z(waiting)} has closed "
+            "but its final version has not arrived"
+        )
         if until is not None:
-            message += f"; it is decided from the version stored at {iso_z(until)} (LIVE_CLOSE_GRACE_SECONDS after its close) if none comes"
+            message += (
+                f"; it is decided from the version stored at {iso_z(until)} "
+                "(LIVE_CLOSE_GRACE_SECONDS after its close) if none comes"
+            )
     return GenerateResult(
         "not_ready", message, None, None, None, waiting, {"retry_at": iso_z(until)} if until is not None else None
     )

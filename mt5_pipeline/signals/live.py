@@ -92,9 +92,10 @@ class LiveDecision:
     def record(self, worker: str, decided_at: datetime) -> dict:
         """The live_decisions row Dagster's sensor turns into run-less asset events."""
         return {
-            "symbol": self.symbol, "timeframe": self.timeframe, "bar": self.bar, "status": self.status, "message": self.message[:2000],
-            "probability": self.probability, "confidence": self.confidence, "signal_id": self.signal_id, "side": self.side,
-            "feature_rows": self.feature_rows, "feature_path": self.feature_path, "trigger": self.trigger, "worker": worker,
+            "symbol": self.symbol, "timeframe": self.timeframe, "bar": self.bar, "status": self.status,
+            "message": self.message[:2000], "probability": self.probability, "confidence": self.confidence,
+            "signal_id": self.signal_id, "side": self.side, "feature_rows": self.feature_rows,
+            "feature_path": self.feature_path, "trigger": self.trigger, "worker": worker,
             "seconds": self.seconds, "decided_at": decided_at,
         }  # fmt: skip
 
@@ -300,8 +301,8 @@ class LiveWorker:
         )
         return LiveDecision(
             symbol, timeframe, result.bar or bar, result.status, result.message, trigger, signal_id, seconds,
-            probability=result.probability, confidence=result.confidence, side=result.signal.side if result.signal else None,
-            feature_rows=rows, feature_path=path,
+            probability=result.probability, confidence=result.confidence,
+            side=result.signal.side if result.signal else None, feature_rows=rows, feature_path=path,
         )  # fmt: skip
 
     def seed_decided(self, keys: Iterable[Series]) -> None:
@@ -406,7 +407,10 @@ class LiveWorker:
         changed since the last poll (not a ready_bar read per series every few seconds,
         the idle worker's largest cost). A bar becoming ready by its grace running out is
         the minute timer's pass."""
-        newest = {(b["symbol"], b["timeframe"]): (b["newest_ts"], b["newest_ingested_at"]) for b in newest_bars(self.settings.database_url)}  # fmt: skip
+        newest = {
+            (b["symbol"], b["timeframe"]): (b["newest_ts"], b["newest_ingested_at"])
+            for b in newest_bars(self.settings.database_url)
+        }  # fmt: skip
         changed = {key for key, seen in newest.items() if self._polled.get(key) != seen}
         if changed:
             self.handle(changed, trigger="poll")

@@ -287,9 +287,11 @@ WITH RECURSIVE series AS (
 # cost past jit_above_cost, and JIT compilation alone took 300 ms at 10M rows).
 _PG_SERIES_STATS = """
 SELECT s.symbol, s.timeframe,
-       (SELECT c.ts FROM candles c WHERE c.symbol = s.symbol AND c.timeframe = s.timeframe ORDER BY c.ts DESC LIMIT 1),
+       (SELECT c.ts FROM candles c WHERE c.symbol = s.symbol AND c.timeframe = s.timeframe
+        ORDER BY c.ts DESC LIMIT 1),
        n.bars,
-       (SELECT c.ingested_at FROM candles c WHERE c.symbol = s.symbol AND c.timeframe = s.timeframe ORDER BY c.ingested_at DESC LIMIT 1)
+       (SELECT c.ingested_at FROM candles c WHERE c.symbol = s.symbol AND c.timeframe = s.timeframe
+        ORDER BY c.ingested_at DESC LIMIT 1)
 FROM series s LEFT JOIN candle_series n ON n.symbol = s.symbol AND n.timeframe = s.timeframe
 ORDER BY 1, 2"""
 _PG_COUNT = "SELECT count(*) FROM candles WHERE symbol = %s AND timeframe = %s"
@@ -349,7 +351,10 @@ def _utc_text(value: str | None) -> datetime | None:
     return pd.Timestamp(value, tz="UTC").to_pydatetime() if value is not None else None
 
 
-_PG_STAMPED_SINCE = f"SELECT {', '.join(CANDLE_COLUMNS)} FROM candles WHERE symbol = %s AND timeframe = %s AND ingested_at >= %s ORDER BY ts"
+_PG_STAMPED_SINCE = (
+    f"SELECT {', '.join(CANDLE_COLUMNS)} FROM candles "
+    "WHERE symbol = %s AND timeframe = %s AND ingested_at >= %s ORDER BY ts"
+)
 
 
 def candles_stamped_since(database_url: str, symbol: str, timeframe: str, since: datetime) -> list[tuple]:

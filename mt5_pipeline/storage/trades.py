@@ -24,8 +24,9 @@ from mt5_pipeline.storage.schema import reconciliation_state, signals_queue, tra
 
 # Columns a report may set; the rest (id, created_at, updated_at) are the table's.
 REPORT_COLUMNS = (
-    "ticket", "signal_id", "unknown_signal", "model_version", "account", "magic", "symbol", "timeframe", "side", "volume",
-    "open_time", "open_price", "sl", "tp", "close_time", "close_price", "exit_reason", "profit", "pips", "swap", "commission", "pip_size",
+    "ticket", "signal_id", "unknown_signal", "model_version", "account", "magic", "symbol", "timeframe", "side",
+    "volume", "open_time", "open_price", "sl", "tp", "close_time", "close_price", "exit_reason", "profit", "pips",
+    "swap", "commission", "pip_size",
 )  # fmt: skip
 _CLOSE_COLUMNS = ("close_time", "close_price", "exit_reason", "profit", "pips")
 

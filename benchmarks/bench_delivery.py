@@ -316,7 +316,11 @@ def main() -> int:
 
             print(f"latency: {n_polled} signals, poll-only worker every 1 s (measured)", flush=True)
             poll_env = dict(env, EA_PUSH_INTERVAL="1")
-            code = "from mt5_pipeline.settings import load_settings; from mt5_pipeline.apps.push_worker import run_push_worker; run_push_worker(load_settings(env_file=None), listen=False)"
+            code = (
+                "from mt5_pipeline.settings import load_settings; "
+                "from mt5_pipeline.apps.push_worker import run_push_worker; "
+                "run_push_worker(load_settings(env_file=None), listen=False)"
+            )
             poller = start([sys.executable, "-c", code], poll_env, work, work / "poller.log")
             procs.append(poller)
             time.sleep(2.0)

@@ -58,11 +58,13 @@ sys.path.insert(0, str(ROOT))
 KEY = "bench-live-key-0123456789"
 EA_KEY = "bench-ea-key-0123456789"
 HISTORY_BARS = 1_400  # warm-up (300) + the incremental look-back (1,000) + room
+# --stack: the workers' idle CPU is measured this long before the rounds
 IDLE_SECONDS = 20.0
+# what new_candles_sensor launches per symbol and bar
 PER_BAR_JOBS = (
     "predict_job",
     "features_job",
-)  # what new_candles_sensor launches per symbol and bar  # --stack: the workers' idle CPU is measured this long before the rounds
+)
 ENV = {
     "RF_N_ESTIMATORS": "30",
     "RF_MAX_DEPTH": "8",
@@ -462,7 +464,8 @@ class DagsterStack:
             env=self.env, cwd=ROOT, stdout=self.daemon_log.open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.web = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster-webserver")), "-m", "mt5_pipeline", "-h", "127.0.0.1", "-p", str(self.web_port)],
+            [str(Path(sys.executable).with_name("dagster-webserver")), "-m", "mt5_pipeline",
+             "-h", "127.0.0.1", "-p", str(self.web_port)],
             env=self.env, cwd=ROOT, stdout=(work / "webserver.log").open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_healthy(f"http://127.0.0.1:{self.web_port}/server_info", self.web, work / "webserver.log", 180)
@@ -678,8 +681,8 @@ def stack_main(quick: bool, pace: float, only: list[int] | None = None, baseline
         )
     if base is not None:
         add_row(
-            rows, "baseline (DAGSTER_LIVE_RUNS=true), 28 symbols: Dagster runs per minute", base["dagster_runs_per_minute"],
-            "runs/min", None, "", digits=1,
+            rows, "baseline (DAGSTER_LIVE_RUNS=true), 28 symbols: Dagster runs per minute",
+            base["dagster_runs_per_minute"], "runs/min", None, "", digits=1,
         )  # fmt: skip
     report("bench_live_stack" if not only else "bench_live_stack_only", rows)
 

@@ -17,8 +17,9 @@ postgresql://postgres@127.0.0.1:5432/test), drops it afterwards, and measures in
   recomputation, and ``update_features`` end to end for that bar against a full run;
   plus how far Wilder's RSI from a 60/300/1,000-bar look-back is from the full history's;
 * ``train_model`` (walk-forward folds, backtest and saving included) at 100k, 300k and
-  1M [20k, 50k, 100k] rows (labelled rows; the main forest fits on the first 80%), each in a fresh process for its peak memory, with the model file's
-  size; and at 100k [20k] rows the bounded forest of the settings against an unbounded
+  1M [20k, 50k, 100k] rows (labelled rows; the main forest fits on the first 80%), each
+  in a fresh process for its peak memory, with the model file's size; and at 100k [20k]
+  rows the bounded forest of the settings against an unbounded
   ``RandomForestClassifier`` on the same split: fit time, file size, out-of-sample AUC,
   log loss and accuracy;
 * the two MODEL_KINDs at 1,000,000 [100,000] rows, on the same main split: the seed's
@@ -341,7 +342,10 @@ def compare_kinds(settings: Settings, symbol: str, model_dir: Path) -> dict:
 def bench_model_kinds(url: str, symbol: str, rows: list[dict], work: Path) -> None:
     result = run_child(url, symbol, work / "kinds", "kinds")
     rf, hgb = result["random_forest"], result["hist_gradient_boosting"]
-    label = f"{result['rows'] + result['test_rows']:,} rows ({result['rows']:,} to fit, {result['test_rows']:,} to evaluate)"
+    label = (
+        f"{result['rows'] + result['test_rows']:,} rows "
+        f"({result['rows']:,} to fit, {result['test_rows']:,} to evaluate)"
+    )
     print(
         f"  model kinds at {label}: fit RF {rf['fit_s']:.1f} s, HGB {hgb['fit_s']:.1f} s; AUC RF {rf['auc']:.4f}, HGB "
         f"{hgb['auc']:.4f}",

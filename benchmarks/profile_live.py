@@ -107,9 +107,10 @@ def main() -> None:
 
     with scratch_database("profile_live") as url, tempfile.TemporaryDirectory() as models:
         env = {
-            "DATABASE_URL": url, "MODEL_DIR": models, "RF_N_ESTIMATORS": "30", "RF_MAX_DEPTH": "8", "RF_MIN_SAMPLES_LEAF": "20",
-            "SIGNAL_BUY_THRESHOLD": "0.5", "SIGNAL_SELL_THRESHOLD": "0.49999999999999994", "SIGNAL_TTL_SECONDS": "14400",
-            "SIGNAL_MAX_BAR_AGE_SECONDS": "86400", "PROMOTION_FORCE": "true", "LOG_LEVEL": "WARNING",
+            "DATABASE_URL": url, "MODEL_DIR": models, "RF_N_ESTIMATORS": "30", "RF_MAX_DEPTH": "8",
+            "RF_MIN_SAMPLES_LEAF": "20", "SIGNAL_BUY_THRESHOLD": "0.5", "SIGNAL_SELL_THRESHOLD": "0.49999999999999994",
+            "SIGNAL_TTL_SECONDS": "14400", "SIGNAL_MAX_BAR_AGE_SECONDS": "86400", "PROMOTION_FORCE": "true",
+            "LOG_LEVEL": "WARNING",
         }  # fmt: skip
         settings = Settings.from_env(env, env_file=None)
         history = generate_candles(3000 + args.bars + 5, seed=5, with_weekends=False).reset_index(drop=True)

@@ -134,7 +134,8 @@ def play(
             assert code == 200, answer
         mt5.feed_bars(symbol, rates[i : i + 1], timeframe_seconds=seconds)
         if i % REPORT_EVERY == REPORT_EVERY - 1:
-            bridge.trade_reports.cycle()  # as the running bridge does every minute (its first look reaches back 30 days only)
+            # as the running bridge does every minute (its first look reaches back 30 days only)
+            bridge.trade_reports.cycle()
     clock.now = datetime.fromtimestamp(int(utc[-1]) + seconds + 0.5, timezone.utc)  # the last bar has closed
     bridge.positions.time_exits()
     status = bridge.reconciler.cycle()

@@ -30,7 +30,10 @@ def new_database(prefix: str) -> Iterator[URL]:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # pragma: no cover - depends on the machine
-        message = f"PostgreSQL at {make_url(admin_url).render_as_string(hide_password=True)} unreachable: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+        message = (
+            f"PostgreSQL at {make_url(admin_url).render_as_string(hide_password=True)} unreachable: "
+            f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+        )
         if REQUIRE_POSTGRES:
             pytest.fail(message + " (REQUIRE_POSTGRES=1)")
         pytest.skip(message)

@@ -70,7 +70,12 @@ async def test_queue_figures_come_from_the_database(db_url, settings_for):
 
 
 @pytest.mark.slow
-async def test_signal_sent_by_the_worker_process_shows_in_the_api_metrics(db_url, settings_for, reference_ea, tmp_path):  # noqa: F811
+async def test_signal_sent_by_the_worker_process_shows_in_the_api_metrics(
+    db_url,
+    settings_for,
+    reference_ea,  # noqa: F811
+    tmp_path,
+):
     settings = settings_for(db_url, API_KEYS=KEYS)
     before = await scrape(settings)
     assert one(before, "ea_signals_sent_total") == 0

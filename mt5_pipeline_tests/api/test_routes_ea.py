@@ -98,7 +98,11 @@ async def test_push_then_ack(ea_settings, db_url, reference_ea):  # noqa: F811
         assert unknown.json()["success"] is False
 
 
-async def test_push_with_a_key_the_ea_refuses_is_502_and_keeps_the_signal(db_url, settings_for, reference_ea):  # noqa: F811
+async def test_push_with_a_key_the_ea_refuses_is_502_and_keeps_the_signal(
+    db_url,
+    settings_for,
+    reference_ea,  # noqa: F811
+):
     settings = settings_for(db_url, API_KEYS=KEYS, EA_SERVER_URL=reference_ea.url, EA_API_KEY="not-the-ea-key")
     signal = make_signal()
     assert queue.enqueue(db_url, signal)
@@ -291,7 +295,11 @@ async def test_generate_signal_ignores_the_forming_bar_and_refuses_a_timeframe_w
 # ---- configuration errors ----------------------------------------------------------------
 
 
-async def test_a_wrong_ea_path_is_not_connected_and_stops_delivery_loudly(pg_url, settings_for, reference_ea):  # noqa: F811
+async def test_a_wrong_ea_path_is_not_connected_and_stops_delivery_loudly(
+    pg_url,
+    settings_for,
+    reference_ea,  # noqa: F811
+):
     from mt5_pipeline_tests.api.test_metrics import one, parse
 
     wrong = settings_for(

@@ -107,7 +107,8 @@ def test_an_order_send_interrupted_by_a_crash_is_looked_up_not_sent_again(execut
         store.begin(signal_of(body))  # the bridge died after this, before recording the outcome
     ticket = mt5.order_send(
         {"action": 1, "symbol": "XAUUSD", "volume": 0.1, "type": 0, "price": mt5.symbol_info_tick("XAUUSD").ask,
-         "deviation": 10, "magic": MAGIC, "comment": placed["signal_id"][:31], "type_filling": fake_mt5.ORDER_FILLING_RETURN},
+         "deviation": 10, "magic": MAGIC, "comment": placed["signal_id"][:31],
+         "type_filling": fake_mt5.ORDER_FILLING_RETURN},
     ).order  # fmt: skip
     code, answer = executor.handle(placed)
     assert code == 200 and answer["ticket"] == ticket and "recovered" in answer["message"]

@@ -76,8 +76,9 @@ def test_order_send_with_position_closes_at_market_and_charges_commission_and_sw
     pos = _open(term, mt5.ORDER_TYPE_BUY, volume=0.2)
     tick = term.symbol_info_tick("EURUSD")
     close = {
-        "action": mt5.TRADE_ACTION_DEAL, "symbol": "EURUSD", "volume": 0.2, "type": mt5.ORDER_TYPE_SELL, "position": pos.ticket,
-        "price": tick.bid, "deviation": 10, "magic": 250101, "comment": "time exit", "type_filling": mt5.ORDER_FILLING_FOK,
+        "action": mt5.TRADE_ACTION_DEAL, "symbol": "EURUSD", "volume": 0.2, "type": mt5.ORDER_TYPE_SELL,
+        "position": pos.ticket, "price": tick.bid, "deviation": 10, "magic": 250101, "comment": "time exit",
+        "type_filling": mt5.ORDER_FILLING_FOK,
     }  # fmt: skip
     result = term.order_send(close)
     assert result.retcode == mt5.TRADE_RETCODE_DONE and result.price == pytest.approx(tick.bid)

@@ -121,7 +121,8 @@ def _samples(health: dict) -> dict[tuple[str, tuple], float]:
 def test_metrics_are_the_health_as_gauges():
     samples = _samples({
         **HEALTH, "signals": {"FILLED": 5, "REJECTED": 1}, "positions": {"open": 3, "time_exits": 2},
-        "trade_reports": {"pending": 4}, "reconciliation": {"state": "differences", "unknown": [11, 12], "missing": [13]},
+        "trade_reports": {"pending": 4},
+        "reconciliation": {"state": "differences", "unknown": [11, 12], "missing": [13]},
     })  # fmt: skip
     assert samples[("mt5_bridge_terminal_connected", ())] == 1
     assert samples[("mt5_bridge_acks_pending", ())] == 2

@@ -13,8 +13,9 @@ ANSWER = {"success": True, "ticket": 50000001}
 
 def _position(signal, ticket: int = 50000001, **change) -> dict:
     return {
-        "ticket": ticket, "signal_id": signal.signal_id, "symbol": signal.symbol, "timeframe": "H1", "side": signal.side,
-        "entry_bar": 1736935200, "entry_policy": "stack", "max_hold_bars": 12, "sl": 2378.5, "tp": 2410.25, **change,
+        "ticket": ticket, "signal_id": signal.signal_id, "symbol": signal.symbol, "timeframe": "H1",
+        "side": signal.side, "entry_bar": 1736935200, "entry_policy": "stack", "max_hold_bars": 12,
+        "sl": 2378.5, "tp": 2410.25, **change,
     }  # fmt: skip
 
 

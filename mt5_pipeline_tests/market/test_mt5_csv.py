@@ -26,7 +26,8 @@ def mt5_lines(n: int, start: datetime = START) -> list[str]:
         o = 1.09500 + 0.00010 * (i % 7)
         c = o + 0.00003 * ((i % 3) - 1)
         out.append(
-            f"{t:%Y.%m.%d}\t{t:%H:%M:%S}\t{o:.5f}\t{max(o, c) + 0.00005:.5f}\t{min(o, c) - 0.00004:.5f}\t{c:.5f}\t{40 + i % 50}\t0\t{i % 4}"
+            f"{t:%Y.%m.%d}\t{t:%H:%M:%S}\t{o:.5f}\t{max(o, c) + 0.00005:.5f}\t{min(o, c) - 0.00004:.5f}\t{c:.5f}"
+            f"\t{40 + i % 50}\t0\t{i % 4}"
         )
     return out
 

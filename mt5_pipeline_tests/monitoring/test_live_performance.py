@@ -38,9 +38,10 @@ def _report(settings, version: str, pips: list[float]) -> None:
         assert queue.enqueue(settings.database_url, signal)
         reports.append(
             {
-                "ticket": 900_000 + i, "signal_id": signal["signal_id"], "symbol": "EURUSD", "side": "BUY", "volume": 0.1,
-                "open_time": f"2024-06-11T10:{i:02d}:00Z", "open_price": 1.1, "close_time": f"2024-06-11T11:{i:02d}:00Z",
-                "close_price": round(1.1 + p * 0.0001, 6), "exit_reason": "tp" if p > 0 else "sl", "profit": p,
+                "ticket": 900_000 + i, "signal_id": signal["signal_id"], "symbol": "EURUSD", "side": "BUY",
+                "volume": 0.1, "open_time": f"2024-06-11T10:{i:02d}:00Z", "open_price": 1.1,
+                "close_time": f"2024-06-11T11:{i:02d}:00Z", "close_price": round(1.1 + p * 0.0001, 6),
+                "exit_reason": "tp" if p > 0 else "sl", "profit": p,
             }
         )  # fmt: skip
     from mt5_pipeline.clock import parse_iso

@@ -20,11 +20,12 @@ EA = ROOT / "mql5" / "MT5PipelineEA.mq5"
 # Which function builds (or reads) which schema of the document.
 BUILDS = {
     "CandleJson": "Candle", "IngestBody": "IngestRequest", "AckBody": "AckRequest",
-    "TradeJson": "TradeReport", "TradesBody": "TradesRequest", "PositionJson": "TerminalPosition", "ReconcileBody": "ReconcileRequest",
+    "TradeJson": "TradeReport", "TradesBody": "TradesRequest", "PositionJson": "TerminalPosition",
+    "ReconcileBody": "ReconcileRequest",
 }  # fmt: skip
 READS = {
-    "PollSignals": "SignalsResponse", "HandleSignal": "Signal", "SignalPipSize": "SignalMeta", "SendClosedBars": "IngestResponse",
-    "SignalPolicy": "SignalMeta", "Reconcile": "ReconcileResponse",
+    "PollSignals": "SignalsResponse", "HandleSignal": "Signal", "SignalPipSize": "SignalMeta",
+    "SendClosedBars": "IngestResponse", "SignalPolicy": "SignalMeta", "Reconcile": "ReconcileResponse",
 }  # fmt: skip
 # A variable holding a body built by a builder: the ack outbox keeps AckBody's text, the
 # trade reports outbox TradesBody's.

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -51,7 +52,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from _support import ROOT, add_row, percentile, report, scratch_database, stop, wait_healthy
+from _support import ROOT, add_row, database_name, percentile, report, scratch_database, stop, wait_healthy
 
 sys.path.insert(0, str(ROOT))
 
@@ -336,11 +337,25 @@ def run_dagster_baseline(n_symbols: int, rounds: int) -> dict:
     return {"symbols": n_symbols, "rounds": rounds, "received": len(latencies), "lost": lost, **_summary(latencies)}
 
 
+def dagster_instance_env(work: Path, url: str) -> dict[str, str]:
+    """A Dagster home under ``work`` with the project's own dagster.yaml (PostgreSQL storage
+    on the scratch database), and the variables that point Dagster at it."""
+    home = work / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    return {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_USER": "postgres",
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": "5432",
+        "DAGSTER_PG_DB": database_name(url),
+        "DAGSTER_AUTOSTART": "true",
+    }
+
+
 def run_daemon_baseline(n_symbols: int, rounds: int, *, wait: float = 90.0) -> dict:
     """The sensor-and-run path as deployed: dagster-daemon on PostgreSQL storage."""
-    import shutil
-
-    from _support import database_name
 
     symbols = _symbols(n_symbols)
     first = int(time.time()) // 60 * 60 - (rounds + 5) * 60
@@ -348,19 +363,7 @@ def run_daemon_baseline(n_symbols: int, rounds: int, *, wait: float = 90.0) -> d
         work = Path(tmp)
         frames = prepare(url, work / "models", symbols, first, rounds)
         stack = Stack(url, work / "models", work, live=False)
-        home = work / "dagster_home"
-        home.mkdir()
-        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-        env = {
-            **stack.env,
-            "DAGSTER_HOME": str(home),
-            "DAGSTER_PG_USER": "postgres",
-            "DAGSTER_PG_PASSWORD": "",
-            "DAGSTER_PG_HOST": "127.0.0.1",
-            "DAGSTER_PG_PORT": "5432",
-            "DAGSTER_PG_DB": database_name(url),
-            "DAGSTER_AUTOSTART": "true",
-        }
+        env = {**stack.env, **dagster_instance_env(work, url)}
         daemon_log = work / "daemon.log"
         daemon = subprocess.Popen(
             [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "mt5_pipeline"],
@@ -420,25 +423,13 @@ class DagsterStack:
     dagster-daemon and dagster-webserver on the project's dagster.yaml."""
 
     def __init__(self, url: str, model_dir: Path, work: Path, *, workers: int, live_runs: bool) -> None:
-        import shutil
-
-        from _support import database_name
 
         self.url = url
         self.stack = Stack(url, model_dir, work, live=False)
-        home = work / "dagster_home"
-        home.mkdir()
-        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
         self.env = {
             **self.stack.env,
             "LIVE_PROCESSES": "1",
-            "DAGSTER_HOME": str(home),
-            "DAGSTER_PG_USER": "postgres",
-            "DAGSTER_PG_PASSWORD": "",
-            "DAGSTER_PG_HOST": "127.0.0.1",
-            "DAGSTER_PG_PORT": "5432",
-            "DAGSTER_PG_DB": database_name(url),
-            "DAGSTER_AUTOSTART": "true",
+            **dagster_instance_env(work, url),
             "DAGSTER_LIVE_RUNS": "true" if live_runs else "false",
         }
         bin_ = Path(sys.executable).with_name("mt5-pipeline")

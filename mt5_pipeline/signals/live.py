@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from mt5_pipeline.clock import from_epoch, iso_z, resolve_now, utcnow
 from mt5_pipeline.execution.trade_signal import Signal
@@ -262,31 +263,11 @@ class LiveWorker:
                 write.finish()
         except NoFeaturesError as exc:
             self.decided[key] = bar  # warm-up or a gap: nothing to do until the next bar
-            return LiveDecision(
-                symbol,
-                timeframe,
-                bar,
-                "no_features",
-                str(exc),
-                trigger,
-                seconds=time.perf_counter() - started,
-                feature_rows=rows,
-                feature_path=path,
-            )
+            return LiveDecision(*key, bar, "no_features", str(exc), trigger, **_spent(started, rows, path))
         except (NoModelError, ModelMismatchError, ModelTimeframeError) as exc:
             self._timeframes_read_at = float("-inf")  # the model changed under us: look again
             log.warning("No live signal for %s %s: %s", symbol, timeframe, exc)
-            return LiveDecision(
-                symbol,
-                timeframe,
-                bar,
-                "no_model",
-                str(exc),
-                trigger,
-                seconds=time.perf_counter() - started,
-                feature_rows=rows,
-                feature_path=path,
-            )
+            return LiveDecision(*key, bar, "no_model", str(exc), trigger, **_spent(started, rows, path))
         self.decided[key] = max(bar, result.bar) if result.bar is not None else bar
         signal_id = result.signal.signal_id if result.signal else None
         seconds = time.perf_counter() - started
@@ -422,6 +403,11 @@ class LiveWorker:
         except Exception as exc:  # a database blip must not end the worker; the next pass retries
             log.exception("live pass failed (%s); retrying on the next wake-up", exc.__class__.__name__)
             time.sleep(min(1.0, self.settings.live_poll_seconds))
+
+
+def _spent(started: float, rows: int, path: str) -> dict[str, Any]:
+    """What a decision cost: its time and the feature rows it wrote (and how)."""
+    return {"seconds": time.perf_counter() - started, "feature_rows": rows, "feature_path": path}
 
 
 def _listen(listener: Listener, seconds: float, stop: threading.Event) -> list[str]:

@@ -49,8 +49,11 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from _support import ROOT, add_row, database_name, percentile, report, scratch_database, stop, wait_healthy
 
@@ -233,6 +236,28 @@ def prepare(url: str, model_dir: Path, symbols: list[str], first_round_open: int
     return frames
 
 
+class Prepared(NamedTuple):
+    """What each run starts from (see _prepared)."""
+
+    symbols: list[str]
+    first: int  # the open of the first round's bar (Unix seconds)
+    url: str
+    work: Path
+    frames: dict
+
+
+@contextmanager
+def _prepared(n_symbols: int, rounds: int, label: str) -> Iterator[Prepared]:
+    """N symbols, a scratch database named after `label` and a work folder, prepared (history,
+    features, a model in work/models) for `rounds` rounds that end minutes before now."""
+    symbols = _symbols(n_symbols)
+    first = int(time.time()) // 60 * 60 - (rounds + 5) * 60
+    with scratch_database(label) as url, tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        frames = prepare(url, work / "models", symbols, first, rounds)
+        yield Prepared(symbols, first, url, work, frames)
+
+
 def _timed_rounds(
     stack: Stack, symbols: list[str], frames: dict, first: int, rounds: int, *, wait: float, after_post=None
 ) -> tuple[list[float], int]:
@@ -245,7 +270,7 @@ def _timed_rounds(
     try:
         for r in range(rounds):
             bars = {s: _bar(frames[s], HISTORY_BARS + r) for s in symbols}
-            bar_iso = datetime.fromtimestamp(first + r * 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            bar_iso = _iso(first + r * 60)
             started = _post_round(stack.api_port, bars, clients)
             if after_post is not None:
                 after_post(symbols)
@@ -269,6 +294,21 @@ def _wait_received(stack: Stack, bar_iso: str, n: int, wait: float) -> dict[str,
         time.sleep(0.01)
 
 
+def _iso(ts: int) -> str:
+    """A bar's open as the signals stamp it."""
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _repeats(received: list[dict]) -> dict:
+    """Signals the EA received more than once, and bars that got a second signal."""
+    per_id = Counter(x["signal"]["signal_id"] for x in received)
+    per_bar = Counter((x["signal"]["symbol"], x["signal"]["timestamp"]) for x in received)
+    return {
+        "duplicate_deliveries": sum(n - 1 for n in per_id.values()),
+        "second_signal_for_a_bar": sum(1 for n in per_bar.values() if n > 1),
+    }
+
+
 def _summary(latencies: list[float]) -> dict:
     if not latencies:
         return {"p50_s": float("nan"), "p99_s": float("nan"), "max_s": float("nan")}
@@ -276,11 +316,7 @@ def _summary(latencies: list[float]) -> dict:
 
 
 def run_live(n_symbols: int, rounds: int, processes: int = 1) -> dict:
-    symbols = _symbols(n_symbols)
-    first = int(time.time()) // 60 * 60 - (rounds + 5) * 60
-    with scratch_database("bench_live") as url, tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        frames = prepare(url, work / "models", symbols, first, rounds)
+    with _prepared(n_symbols, rounds, "bench_live") as (symbols, first, url, work, frames):
         stack = Stack(url, work / "models", work, processes=processes)
         try:
             cpu0 = _tree_cpu_seconds(stack.procs["live"].pid)
@@ -289,8 +325,6 @@ def run_live(n_symbols: int, rounds: int, processes: int = 1) -> dict:
             received = stack.received()
         finally:
             stack.close()
-    per_id = Counter(x["signal"]["signal_id"] for x in received)
-    per_bar = Counter((x["signal"]["symbol"], x["signal"]["timestamp"]) for x in received)
     return {
         "symbols": n_symbols,
         "processes": processes,
@@ -298,8 +332,7 @@ def run_live(n_symbols: int, rounds: int, processes: int = 1) -> dict:
         "bars": n_symbols * rounds,
         "received": len(latencies),
         "missing": missing,
-        "duplicate_deliveries": sum(n - 1 for n in per_id.values()),
-        "second_signal_for_a_bar": sum(1 for n in per_bar.values() if n > 1),
+        **_repeats(received),
         "cpu_ms_per_bar": 1000 * cpu / max(1, n_symbols * rounds),
         **_summary(latencies),
     }
@@ -313,11 +346,7 @@ def run_dagster_baseline(n_symbols: int, rounds: int) -> dict:
     from mt5_pipeline.orchestration.resources import resources_for
     from mt5_pipeline.settings import Settings
 
-    symbols = _symbols(n_symbols)
-    first = int(time.time()) // 60 * 60 - (rounds + 5) * 60
-    with scratch_database("bench_live_base") as url, tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        frames = prepare(url, work / "models", symbols, first, rounds)
+    with _prepared(n_symbols, rounds, "bench_live_base") as (symbols, first, url, work, frames):
         stack = Stack(url, work / "models", work, live=False)
         settings = Settings.from_env({**ENV, "DATABASE_URL": url, "MODEL_DIR": str(work / "models")}, env_file=None)
         instance = dg.DagsterInstance.ephemeral()
@@ -357,11 +386,7 @@ def dagster_instance_env(work: Path, url: str) -> dict[str, str]:
 def run_daemon_baseline(n_symbols: int, rounds: int, *, wait: float = 90.0) -> dict:
     """The sensor-and-run path as deployed: dagster-daemon on PostgreSQL storage."""
 
-    symbols = _symbols(n_symbols)
-    first = int(time.time()) // 60 * 60 - (rounds + 5) * 60
-    with scratch_database("bench_live_daemon") as url, tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        frames = prepare(url, work / "models", symbols, first, rounds)
+    with _prepared(n_symbols, rounds, "bench_live_daemon") as (symbols, first, url, work, frames):
         stack = Stack(url, work / "models", work, live=False)
         env = {**stack.env, **dagster_instance_env(work, url)}
         daemon_log = work / "daemon.log"
@@ -374,7 +399,7 @@ def run_daemon_baseline(n_symbols: int, rounds: int, *, wait: float = 90.0) -> d
         )
         try:
             # The first tick signals the history's newest bar: the daemon is then warm.
-            last_hist = datetime.fromtimestamp(first - 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            last_hist = _iso(first - 60)
             if len(_wait_received(stack, last_hist, len(symbols), 180)) < len(symbols):
                 raise SystemExit(
                     "the daemon never signalled the history's newest bar:\n" + daemon_log.read_text()[-3000:]
@@ -505,18 +530,14 @@ def run_stack(
     kill_after: int | None = None,
     pace: float = 20.0,
 ) -> dict:
-    symbols = _symbols(n_symbols)
-    first = int(time.time()) // 60 * 60 - (rounds + 5) * 60
     label = "runs" if live_runs else "kill" if kill_after is not None else "stack"
-    with scratch_database(f"bench_live_{label}") as url, tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        frames = prepare(url, work / "models", symbols, first, rounds)
+    with _prepared(n_symbols, rounds, f"bench_live_{label}") as (symbols, first, url, work, frames):
         ds = DagsterStack(url, work / "models", work, workers=workers, live_runs=live_runs)
         stack = ds.stack
         extra: dict = {}
         try:
             # Warm: the workers decide the history's newest bar at start; the EA has them.
-            last_hist = datetime.fromtimestamp(first - 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            last_hist = _iso(first - 60)
             warm = _wait_received(stack, last_hist, len(symbols), 180)
             if len(warm) < len(symbols):
                 raise SystemExit(f"only {len(warm)} of {len(symbols)} warm-up signals arrived")
@@ -540,7 +561,7 @@ def run_stack(
                 for r in range(rounds):
                     round_start = time.monotonic()
                     bars = {s: _bar(frames[s], HISTORY_BARS + r) for s in symbols}
-                    bar_iso = datetime.fromtimestamp(first + r * 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    bar_iso = _iso(first + r * 60)
                     started = _post_round(stack.api_port, bars, clients)
                     got = _wait_received(stack, bar_iso, len(symbols), 60)
                     missing += len(symbols) - len(got)
@@ -575,8 +596,6 @@ def run_stack(
             received = stack.received()
         finally:
             ds.close()
-    per_id = Counter(x["signal"]["signal_id"] for x in received)
-    per_bar = Counter((x["signal"]["symbol"], x["signal"]["timestamp"]) for x in received)
     bars_n = n_symbols * rounds
     return {
         "symbols": n_symbols,
@@ -586,8 +605,7 @@ def run_stack(
         "bars": bars_n,
         "received": len(latencies),
         "missing": missing,
-        "duplicate_deliveries": sum(n - 1 for n in per_id.values()),
-        "second_signal_for_a_bar": sum(1 for n in per_bar.values() if n > 1),
+        **_repeats(received),
         "cpu_ms_per_bar": 1000 * cpu / max(1, bars_n),
         # The same less what the workers spend idle over the run's length (both workers).
         "busy_cpu_ms_per_bar": 1000 * max(0.0, cpu - idle_cpu_per_s * elapsed) / max(1, bars_n),

@@ -92,6 +92,28 @@ def types_of(doc: dict, schema: dict) -> set[str]:
     return set(kind) if isinstance(kind, list) else {kind} if kind else set()
 
 
+# What a field's problem says: the function builds a body with it, or reads it from one.
+SAYS = {
+    "builds": ("{field} is not a field of {schema}", "{field} sent as {helper} but {schema}.{field} is {types}"),
+    "reads": ("reads {field}, not a field of {schema}", "reads {field} with {helper} but {schema}.{field} is {types}"),
+}
+
+
+def field_problem(doc: dict, verb: str, helper: str, field: str, schema: str) -> str | None:
+    """What is wrong with a field a function writes or reads with `helper`, against `schema`."""
+    prop = doc["components"]["schemas"][schema]["properties"].get(field)
+    absent, clash = SAYS[verb]
+    if prop is None:
+        return absent.format(field=field, schema=schema)
+    types = types_of(doc, prop)
+    allowed = (WRITE_TYPES if verb == "builds" else READ_TYPES)[helper]
+    if allowed is None:  # JNull: the field must take null
+        return None if "null" in types else f"{field} sent as null but {schema}.{field} is not nullable"
+    if types & allowed:
+        return None
+    return clash.format(field=field, helper=helper, schema=schema, types=types)
+
+
 def contract_problems(source: str, doc: dict) -> list[str]:
     problems: list[str] = []
     schemas = doc["components"]["schemas"]
@@ -101,31 +123,14 @@ def contract_problems(source: str, doc: dict) -> list[str]:
     for name, body in funcs.items():
         writes = re.findall(r"\b(J(?:Str|Num|Int|Null|Arr|Bool))\(\"(\w+)\"", body)
         reads = re.findall(r"\b(Json(?:String|Number|Array|Object|Tickets))\(\w+,\s*\"(\w+)\"", body)
-        if writes and name not in BUILDS:
-            problems.append(f"{name} builds JSON but is not mapped to a schema")
-        if reads and name not in READS:
-            problems.append(f"{name} reads JSON but is not mapped to a schema")
-        for helper, field in writes:
-            schema = schemas[BUILDS[name]]
-            prop = schema["properties"].get(field)
-            if prop is None:
-                problems.append(f"{name}: {field} is not a field of {BUILDS[name]}")
+        for verb, used, schema_of in (("builds", writes, BUILDS), ("reads", reads, READS)):
+            if used and name not in schema_of:
+                problems.append(f"{name} {verb} JSON but is not mapped to a schema")
                 continue
-            allowed = WRITE_TYPES[helper]
-            if allowed is None:
-                if "null" not in types_of(doc, prop):
-                    problems.append(f"{name}: {field} sent as null but {BUILDS[name]}.{field} is not nullable")
-            elif not types_of(doc, prop) & allowed:
-                problems.append(f"{name}: {field} sent as {helper} but {BUILDS[name]}.{field} is {types_of(doc, prop)}")
-        for helper, field in reads:
-            schema = schemas[READS[name]]
-            prop = schema["properties"].get(field)
-            if prop is None:
-                problems.append(f"{name}: reads {field}, not a field of {READS[name]}")
-            elif not types_of(doc, prop) & READ_TYPES[helper]:
-                problems.append(
-                    f"{name}: reads {field} with {helper} but {READS[name]}.{field} is {types_of(doc, prop)}"
-                )
+            for helper, field in used:
+                problem = field_problem(doc, verb, helper, field, schema_of[name])
+                if problem is not None:
+                    problems.append(f"{name}: {problem}")
         if name in BUILDS:
             missing = set(schemas[BUILDS[name]].get("required", [])) - {f for _, f in writes}
             if missing:

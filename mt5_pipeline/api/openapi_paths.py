@@ -14,6 +14,31 @@ from mt5_pipeline.api.openapi_responses import AUTH, BODY_ERRORS, DB_DOWN, error
 from mt5_pipeline.settings import Settings
 
 
+def operation(
+    operation_id: str,
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    description: str = "",
+    parameters: list[dict[str, Any]] | None = None,
+    request: dict[str, Any] | None = None,
+    invalid: dict[str, Any] | None = None,
+    errors: dict[str, Any] | None = None,
+    database: bool = True,
+) -> dict[str, Any]:
+    """An operation behind the API key: its 200, the answers to bad input (``invalid``), a
+    missing key, its own ``errors`` and, when it needs the database, a database outage."""
+    op: dict[str, Any] = {"operationId": operation_id, "summary": summary}
+    if description:
+        op["description"] = description
+    if parameters is not None:
+        op["parameters"] = parameters
+    if request is not None:
+        op["requestBody"] = request
+    op["responses"] = {"200": ok, **(invalid or {}), **AUTH, **(errors or {}), **(DB_DOWN if database else {})}
+    return op
+
+
 def body_operation(
     operation_id: str,
     summary: str,
@@ -26,12 +51,15 @@ def body_operation(
 ) -> dict[str, Any]:
     """An operation that takes a JSON body and needs the database: besides its 200 and its own
     ``errors``, it answers bad bodies, a missing key and a database outage as every such route does."""
-    operation: dict[str, Any] = {"operationId": operation_id, "summary": summary}
-    if description:
-        operation["description"] = description
-    operation["requestBody"] = request_body(body, example)
-    operation["responses"] = {"200": ok, **BODY_ERRORS, **AUTH, **(errors or {}), **DB_DOWN}
-    return operation
+    return operation(
+        operation_id,
+        summary,
+        ok,
+        description=description,
+        request=request_body(body, example),
+        invalid=BODY_ERRORS,
+        errors=errors,
+    )
 
 
 def ingest_paths() -> dict[str, Any]:
@@ -117,10 +145,12 @@ def signal_paths() -> dict[str, Any]:
             }
         },
         "/ea/test-connection": {
-            "get": {
-                "operationId": "testConnection",
-                "summary": "Probe the EA's signals route (sets ea_connection_test_success)",
-                "description": (
+            "get": operation(
+                "testConnection",
+                "Probe the EA's signals route (sets ea_connection_test_success)",
+                json_response(ref(responses.TestConnectionResponse), "the probe's outcome (connected may be false)"),
+                database=False,
+                description=(
                     'POSTs {"probe": true} (no signal_id: no EA can trade it) to EA_SERVER_URL with the key. Connected '
                     "when "
                     "the reference EA accepts the probe, or another EA refuses the empty body (400/422): the route "
@@ -128,26 +158,14 @@ def signal_paths() -> dict[str, Any]:
                     "401/403/404/405/415 (wrong key, path, method or content type) and 5xx are not connected, with the "
                     "status."
                 ),
-                "responses": {
-                    "200": json_response(
-                        ref(responses.TestConnectionResponse), "the probe's outcome (connected may be false)"
-                    ),
-                    **AUTH,
-                },
-            }
+            )
         },
         "/ea/queue-status": {
-            "get": {
-                "operationId": "queueStatus",
-                "summary": "Signals per status created in the last 24 hours",
-                "responses": {
-                    "200": json_response(
-                        ref(responses.QueueStatusResponse), "counts and latest creation time per status"
-                    ),
-                    **AUTH,
-                    **DB_DOWN,
-                },
-            }
+            "get": operation(
+                "queueStatus",
+                "Signals per status created in the last 24 hours",
+                json_response(ref(responses.QueueStatusResponse), "counts and latest creation time per status"),
+            )
         },
     }
 
@@ -156,25 +174,23 @@ def delivery_paths() -> dict[str, Any]:
     """Delivery: push now, the EA's ack, pull mode."""
     return {
         "/ea/push-signals": {
-            "post": {
-                "operationId": "pushSignals",
-                "summary": "Run one push cycle now: deliver pending signals to the EA",
-                "description": (
+            "post": operation(
+                "pushSignals",
+                "Run one push cycle now: deliver pending signals to the EA",
+                json_response(ref(responses.PushResponse), "what the cycle did"),
+                errors={
+                    "502": error_response(
+                        "the EA refused our EA_API_KEY, or answered 403/404/405/415 (configuration error)"
+                    )
+                },
+                description=(
                     "Works whatever EA_PUSH_ENABLED says (that switch is for the automatic pushers). An EA that does "
                     "not answer is not an error here: the signals stay PENDING (an outage; see retried). 502 with "
                     "reason ea_auth when the EA refuses EA_API_KEY, ea_config (and ea_status_code) on a "
                     "403/404/405/415: "
                     "configuration errors, the signals stay PENDING with no attempt spent."
                 ),
-                "responses": {
-                    "200": json_response(ref(responses.PushResponse), "what the cycle did"),
-                    **AUTH,
-                    "502": error_response(
-                        "the EA refused our EA_API_KEY, or answered 403/404/405/415 (configuration error)"
-                    ),
-                    **DB_DOWN,
-                },
-            }
+            )
         },
         "/ea/ack": {
             "post": body_operation(
@@ -187,21 +203,17 @@ def delivery_paths() -> dict[str, Any]:
             )
         },
         "/ea/signals": {
-            "get": {
-                "operationId": "pullSignals",
-                "summary": "Pull mode: deliverable signals, oldest first; reading changes nothing",
-                "description": (
+            "get": operation(
+                "pullSignals",
+                "Pull mode: deliverable signals, oldest first; reading changes nothing",
+                json_response(ref(responses.SignalsResponse), "signals the EA has not acked yet"),
+                description=(
                     "A pulled signal stays deliverable until the EA acks it (POST /ea/ack) or it expires; the EA "
                     "dedupes on signal_id."
                 ),
-                "parameters": query_parameters(requests.PullQuery),
-                "responses": {
-                    "200": json_response(ref(responses.SignalsResponse), "signals the EA has not acked yet"),
-                    "422": error_response("bad status or limit"),
-                    **AUTH,
-                    **DB_DOWN,
-                },
-            }
+                parameters=query_parameters(requests.PullQuery),
+                invalid={"422": error_response("bad status or limit")},
+            )
         },
     }
 
@@ -229,17 +241,13 @@ def trade_paths() -> dict[str, Any]:
                     "Pips are computed here from the prices and the signal's pip. Times are UTC. docs/trades.md."
                 ),
             ),
-            "get": {
-                "operationId": "openTrades",
-                "summary": "The open trades the API holds (what reconciliation compares with the terminal)",
-                "parameters": query_parameters(requests.OpenTradesQuery),
-                "responses": {
-                    "200": json_response(ref(responses.OpenTradesResponse), "open trades, oldest first"),
-                    "422": error_response("bad status, magic or account"),
-                    **AUTH,
-                    **DB_DOWN,
-                },
-            },
+            "get": operation(
+                "openTrades",
+                "The open trades the API holds (what reconciliation compares with the terminal)",
+                json_response(ref(responses.OpenTradesResponse), "open trades, oldest first"),
+                parameters=query_parameters(requests.OpenTradesQuery),
+                invalid={"422": error_response("bad status, magic or account")},
+            ),
         },
         "/ea/reconcile": {
             "post": body_operation(

@@ -8,6 +8,7 @@ SQLAlchemy, so always compare through these column objects, never with raw strin
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 from mt5_pipeline.clock import as_utc
@@ -39,6 +41,23 @@ def partial_index(name: str, *columns: str, where: str, unique: bool = False) ->
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def series_key() -> tuple[Column, Column]:
+    """The primary key of a per-series table: the symbol and the timeframe."""
+    return Column("symbol", String(32), primary_key=True), Column("timeframe", String(4), primary_key=True)
+
+
+def flag(name: str, comment: str | None = None, *, server_default: ColumnElement[Any] | None = None) -> Column:
+    """A NOT NULL boolean, false unless set. ``server_default`` is for the flags whose migration
+    wrote the default as ``false()`` (0 on SQLite) rather than the literal ``false``."""
+    default = text("false") if server_default is None else server_default
+    return Column(name, Boolean, nullable=False, server_default=default, comment=comment)
+
+
+def surrogate_id() -> Column:
+    """An auto-incremented BIGINT primary key (INTEGER on SQLite)."""
+    return Column("id", BigId, primary_key=True, autoincrement=True)
 
 
 class UtcDateTime(TypeDecorator):
@@ -68,8 +87,7 @@ SIGNAL_STATUSES = ("PENDING", "SENT", "ACKED", "FAILED", "EXPIRED", "REJECTED")
 candles = Table(
     "candles",
     metadata,
-    Column("symbol", String(32), primary_key=True),
-    Column("timeframe", String(4), primary_key=True),
+    *series_key(),
     Column("ts", UtcDateTime, primary_key=True, comment="bar open time, UTC (MT5's bar time)"),
     Column("open", Double, nullable=False),
     Column("high", Double, nullable=False),
@@ -89,8 +107,7 @@ candles = Table(
 candle_series = Table(
     "candle_series",
     metadata,
-    Column("symbol", String(32), primary_key=True),
-    Column("timeframe", String(4), primary_key=True),
+    *series_key(),
     Column("bars", BigInteger, nullable=False, server_default="0", comment="bars stored, kept by the ingest core"),
 )
 
@@ -104,8 +121,7 @@ candle_series = Table(
 candle_offsets = Table(
     "candle_offsets",
     metadata,
-    Column("symbol", String(32), primary_key=True),
-    Column("timeframe", String(4), primary_key=True),
+    *series_key(),
     Column("first_ts", BigInteger, primary_key=True, comment="UTC epoch seconds of the run's first bar"),
     Column("last_ts", BigInteger, nullable=False, comment="UTC epoch seconds of the run's last bar"),
     Column("utc_offset_s", Integer, nullable=False, comment="server time minus UTC, seconds, for every bar in the run"),
@@ -148,16 +164,8 @@ features_m1 = Table(
     Column("ts", UtcDateTime, primary_key=True),
     *(Column(name, Double, nullable=True) for name in RAW_LEVEL_COLUMNS),
     *(Column(name, Double, nullable=True) for name in FEATURE_COLUMNS),
-    Column(
-        "after_gap",
-        Boolean,
-        nullable=False,
-        server_default=text("false"),
-        comment="first bars after a gap longer than the limit",
-    ),
-    Column(
-        "usable", Boolean, nullable=False, server_default=text("false"), comment="every window full and past warm-up"
-    ),
+    flag("after_gap", "first bars after a gap longer than the limit"),
+    flag("usable", "every window full and past warm-up"),
     Column("feature_set_version", String(32), nullable=False),
     Column(
         "source_ingested_at",
@@ -171,7 +179,7 @@ features_m1 = Table(
 signals_queue = Table(
     "signals_queue",
     metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    surrogate_id(),
     Column("signal_id", String(36), nullable=False, unique=True),
     Column("symbol", String(32), nullable=False),
     Column("timeframe", String(4), nullable=False),
@@ -196,12 +204,10 @@ signals_queue = Table(
     Column("ticket", BigInteger, nullable=True),
     Column("claim_token", String(36), nullable=True, comment="who holds the lease; the final update must match it"),
     Column("lease_until", UtcDateTime, nullable=True),
-    Column(
+    flag(
         "superseded",
-        Boolean,
-        nullable=False,
+        "a second signal for a bar, kept from before one-signal-per-bar (migration 0003); never sent",
         server_default=false(),
-        comment="a second signal for a bar, kept from before one-signal-per-bar (migration 0003); never sent",
     ),
     # One signal per bar whatever the model version, enforced by the database: a retrain
     # mid-bar, or the live worker and a Dagster run racing, can never queue a second one.
@@ -217,7 +223,7 @@ signals_queue = Table(
 signals_ack = Table(
     "signals_ack",
     metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    surrogate_id(),
     Column("signal_id", String(36), nullable=False, unique=True),
     Column("ticket", BigInteger, nullable=True),
     Column("status", String(20), nullable=False),
@@ -229,7 +235,7 @@ signals_ack = Table(
 model_registry = Table(
     "model_registry",
     metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    surrogate_id(),
     Column("model", String(64), nullable=False),
     Column("version", String(64), nullable=False, unique=True),
     Column("path", Text, nullable=False),
@@ -242,7 +248,7 @@ model_registry = Table(
     Column("label_mode", String(20), nullable=False),
     Column("metrics", Text, nullable=False, comment="JSON"),
     Column("data_hash", String(64), nullable=False),
-    Column("is_current", Boolean, nullable=False, server_default=text("false")),  # the champion: what rf_<tf>.pkl holds
+    flag("is_current"),  # the champion: what rf_<tf>.pkl holds
     # Champion/challenger (migration 0006): every retrain leaves a row, see mt5_pipeline/learning/model_registry.py.
     Column("timeframe", String(4), nullable=False, server_default="M1"),
     Column("kind", String(32), nullable=False, server_default="random_forest"),
@@ -293,7 +299,7 @@ TRADE_EXIT_REASONS = ("sl", "tp", "time", "opposite_signal", "manual")  # execut
 trades = Table(
     "trades",
     metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    surrogate_id(),
     Column(
         "ticket",
         BigInteger,
@@ -302,12 +308,10 @@ trades = Table(
         comment="the terminal's position ticket (POSITION_IDENTIFIER)",
     ),
     Column("signal_id", String(36), nullable=True, comment="the signal that opened it, as the reporter knows it"),
-    Column(
+    flag(
         "unknown_signal",
-        Boolean,
-        nullable=False,
+        "no such signal in signals_queue (opened by hand, or a lost link): kept and flagged",
         server_default=false(),
-        comment="no such signal in signals_queue (opened by hand, or a lost link): kept and flagged",
     ),
     Column("model_version", String(64), nullable=True, comment="from the signal, when it is known"),
     Column("account", BigInteger, nullable=True, comment="the trading account (login)"),
@@ -384,8 +388,7 @@ live_workers = Table(
 live_leases = Table(
     "live_leases",
     metadata,
-    Column("symbol", String(32), primary_key=True),
-    Column("timeframe", String(4), primary_key=True),
+    *series_key(),
     Column(
         "worker", String(128), nullable=True, index=True, comment="the live worker deciding this series; NULL: free"
     ),
@@ -398,7 +401,7 @@ live_leases = Table(
 live_decisions = Table(
     "live_decisions",
     metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    surrogate_id(),
     Column("symbol", String(32), nullable=False),
     Column("timeframe", String(4), nullable=False),
     Column("bar", UtcDateTime, nullable=True, comment="the bar decided (open time)"),

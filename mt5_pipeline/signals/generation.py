@@ -15,20 +15,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from mt5_pipeline.bars import Ready
 from mt5_pipeline.clock import as_utc, iso_z, parse_iso, resolve_now
 from mt5_pipeline.execution.execution_policy import ExecutionPolicy, signal_meta
 from mt5_pipeline.execution.trade_signal import Signal
 from mt5_pipeline.learning.prediction import Prediction
-from mt5_pipeline.market.extremes import unconfirmed_extreme, unconfirmed_extreme_in
+from mt5_pipeline.market.extremes import RecentBars, unconfirmed_extreme, unconfirmed_extreme_in, window_ends_at
 from mt5_pipeline.market.pips import PipSizeUnknown, pip_size_for
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.signals import queue
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +221,7 @@ def generate_signal(
     predictor: Predictor | None = None,
     refresh_features: bool = False,
     bar: datetime | None = None,
-    recent_bars: pd.DataFrame | None = None,
+    recent_bars: RecentBars | None = None,
     enqueue: Enqueue | None = None,
 ) -> GenerateResult:
     """Predict the series' ready bar, decide, and queue at most one signal for it.
@@ -294,7 +290,7 @@ def _held_back(
     prediction: Prediction,
     at: datetime,
     ready: Ready | None,
-    recent_bars: pd.DataFrame | None,
+    recent_bars: RecentBars | None,
 ) -> GenerateResult | None:
     """Why the predicted bar gets no signal whatever the probability (too late, a stalled
     feed, an old model, an unconfirmed extreme bar), or None."""
@@ -324,7 +320,7 @@ def _held_back(
         log.warning("No signal for %s %s: %s", symbol, timeframe, stale)
         return GenerateResult("stale_model", f"No signal: {stale}", p, None, None, bar)
 
-    if recent_bars is not None and len(recent_bars) and as_utc(recent_bars["ts"].iloc[-1].to_pydatetime()) == bar:
+    if recent_bars is not None and window_ends_at(recent_bars, bar):
         hold = unconfirmed_extreme_in(recent_bars, symbol, prediction.timeframe)
     else:
         hold = unconfirmed_extreme(settings.database_url, symbol, prediction.timeframe, bar)

@@ -141,9 +141,15 @@ class SeriesTails:
         return None if tail is None else tail.rows.get(bar)
 
     def bars_until(self, key: Series, bar: datetime, n: int) -> pd.DataFrame | None:
+        """:meth:`bar_columns_until` as a frame of read_candles' dtypes."""
+        columns = self.bar_columns_until(key, bar, n)
+        return None if columns is None else _frame(columns)
+
+    def bar_columns_until(self, key: Series, bar: datetime, n: int) -> dict[str, np.ndarray] | None:
         """The tail's newest ``n`` bars up to ``bar`` (the stored candles: the tail is
-        dropped on any correction), or None without a tail or when ``bar`` is not in it
-        or the tail holds fewer than ``n`` bars before it while the series may hold more."""
+        dropped on any correction) as numpy columns (ts, high, low, close; ts in int64
+        nanoseconds, UTC), or None without a tail or when ``bar`` is not in it or the tail
+        holds fewer than ``n`` bars before it while the series may hold more."""
         tail = self._tails.get(key)
         if tail is None:
             return None
@@ -155,7 +161,7 @@ class SeriesTails:
         if upto < n and not tail.whole:
             return None
         lo = max(0, upto - n)
-        return _frame({name: tail.bars[name][lo:upto] for name in ("ts", "high", "low", "close")})
+        return {name: tail.bars[name][lo:upto] for name in ("ts", "high", "low", "close")}
 
     def _lock(self, key: Series) -> threading.Lock:
         with self._guard:

@@ -24,7 +24,12 @@ import pandas as pd
 
 from mt5_pipeline.learning.features import LOOKBACK_BARS, load_feature_rows, update_features
 from mt5_pipeline.learning.indicators import FLOAT_COLUMNS
-from mt5_pipeline.market.extremes import EXTREME_CHECK_WINDOW, unconfirmed_extreme, unconfirmed_extreme_in
+from mt5_pipeline.market.extremes import (
+    EXTREME_CHECK_WINDOW,
+    unconfirmed_extreme,
+    unconfirmed_extreme_in,
+    window_ends_at,
+)
 from mt5_pipeline.market.ingest import ingest_candles
 from mt5_pipeline.market.sample_data import generate_candles
 from mt5_pipeline.signals.series_tail import SeriesTails
@@ -79,6 +84,10 @@ def test_the_tail_gives_the_batch_features_over_a_long_series_with_corrections(d
             hold = unconfirmed_extreme(db_url, "TAIL", "M1", bar)
             assert window is not None, i
             assert unconfirmed_extreme_in(window, "TAIL", "M1") == hold, i
+            # The same from the numpy columns the live worker hands the guard.
+            columns = tails.bar_columns_until(("TAIL", "M1"), bar, EXTREME_CHECK_WINDOW)
+            assert columns is not None and window_ends_at(columns, bar) and window_ends_at(window, bar), i
+            assert unconfirmed_extreme_in(columns, "TAIL", "M1") == hold, i
             holds.append(hold)
 
     rows = load_feature_rows(db_url, ["TAIL", "BATCH"], usable_only=False)

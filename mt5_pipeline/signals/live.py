@@ -257,7 +257,8 @@ class LiveWorker:
                 # start, an error) the newest may still be waiting for its final version.
                 result = generate_signal(
                     self.settings, symbol, timeframe, now=at, predictor=self.predictor or self._from_tail(key, bar),
-                    bar=bar, recent_bars=self.tails.bar_columns_until(key, bar, EXTREME_CHECK_WINDOW), enqueue=write.enqueue,
+                    bar=bar, recent_bars=self.tails.bar_columns_until(key, bar, EXTREME_CHECK_WINDOW),
+                    enqueue=write.enqueue,
                 )  # fmt: skip
             finally:
                 write.finish()

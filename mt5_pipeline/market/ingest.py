@@ -194,17 +194,22 @@ def _drop_refused(
     batch: CandleBatch, refusals: list[Refusal], rejected: int, errors: list[FieldError], *, partial: bool
 ) -> tuple[CandleBatch, int, list[FieldError]]:
     """The batch without the refused rows, the count of rows refused and the errors shown
-    (capped); without `partial`, the first refusal rejects the whole batch."""
+    (capped); without `partial`, the first refusal rejects the whole batch.
+
+    Every refusal's row positions refer to `batch` as given, so the rows are dropped once,
+    together: dropping one refusal's rows first would shift the next one's positions onto
+    good rows. A row refused twice counts once."""
+    refused = np.zeros(len(batch), dtype=bool)
     for bad, found, total in refusals:
         if not total:
             continue
         if not partial:
             raise CandleValidationError(found, total)
-        keep = np.ones(len(batch), dtype=bool)
-        keep[bad] = False
-        batch = batch.take(keep)
-        rejected += total
+        refused[bad] = True
         errors = errors + found
+    if refused.any():
+        batch = batch.take(~refused)
+        rejected += int(refused.sum())
     if len(errors) > MAX_REPORTED_ERRORS:
         errors = errors[:MAX_REPORTED_ERRORS] + [
             FieldError("candles", f"{rejected:,} rows refused in all; the first {MAX_REPORTED_ERRORS} errors are shown")

@@ -10,12 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mt5_pipeline.market.candle_checks import validate_batch
+from mt5_pipeline.market.candle_problems import FieldError
 from mt5_pipeline.market.ingest import (
     FUTURE_SKEW_SECONDS,
     MAX_REPORTED_ERRORS,
     TIMEFRAMES,
     CandleValidationError,
     IngestResult,
+    _drop_refused,
     ingest_candles,
     validate_candles,
 )
@@ -353,3 +356,22 @@ def test_a_committed_closed_bar_notifies_the_live_worker_and_a_forming_one_does_
         nxt = {**candle, "time": int(bar.timestamp()) + 60}
         ingest_candles(pg_url, "EURUSD", "M1", [candle, nxt], now=bar + timedelta(seconds=75))  # a later bar closes it
         assert [n.payload for n in listener.notifies(timeout=2, stop_after=1)] == [f"EURUSD M1 {int(bar.timestamp())}"]
+
+
+def test_a_partial_batch_drops_exactly_the_rows_each_later_check_refused():
+    # The price-jump check and the offset check each name rows of the batch as validated;
+    # dropping the first check's rows before the second's shifted its positions onto good
+    # rows (a bad row stored, a good one lost) or past the end.
+    batch, _ = validate_batch(
+        "XAUUSD", "M1", [bar(i) for i in range(5)], now=NOW, utc_offset_hours=0.0, server_zone=None, partial=True
+    )
+    assert len(batch) == 5
+    jump = (np.array([1]), [FieldError("candles[1].high", "a bad tick")], 1)
+    offset = (np.array([3]), [FieldError("candles[3].time", "another offset")], 1)
+    both = (np.array([3]), [FieldError("candles[3].close", "also a bad tick")], 1)
+    kept, rejected, errors = _drop_refused(batch, [jump, offset, both], 0, [], partial=True)
+    assert list(kept.ts) == [batch.ts[0], batch.ts[2], batch.ts[4]]
+    assert rejected == 2  # rows, not refusals: row 3 was refused twice
+    assert [e.loc for e in errors] == ["candles[1].high", "candles[3].time", "candles[3].close"]
+    with pytest.raises(CandleValidationError):
+        _drop_refused(batch, [jump], 0, [], partial=False)

@@ -52,7 +52,6 @@ from mt5_pipeline.signals.queue_acks import UnknownSignalError, record_ack
 from mt5_pipeline.signals.queue_enqueue import (
     NOTIFY_CHANNEL,
     PAYLOAD_COLUMNS,
-    _row_values,
     enqueue,
     enqueue_in,
     enqueue_many,
@@ -90,7 +89,6 @@ __all__ = [
     "Claimed",
     "Mark",
     "UnknownSignalError",
-    "_row_values",
     "enqueue_in",
     "apply_marks",
     "claim_batch",

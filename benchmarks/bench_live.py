@@ -123,6 +123,38 @@ def _tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def _role(cmdline: list[str]) -> str | None:
+    """Which part of the stack a process is, by its command line (None: not the stack's)."""
+    text = " ".join(cmdline)
+    if cmdline and cmdline[0].startswith("postgres"):
+        return "postgres"
+    for needle, role in (
+        (" live", "live workers"), (" serve", "api"), (" push", "pusher"), (" ea-sim", "ea"),
+        ("dagster-daemon", "dagster daemon"), ("dagster-webserver", "dagster webserver"),
+        ("dagster api grpc", "dagster code server"), ("dagster code-server", "dagster code server"),
+        ("bench_live.py", "benchmark client"),
+    ):  # fmt: skip
+        if needle in text:
+            return role
+    return None
+
+
+def _cpu_by_role() -> Counter:
+    """CPU seconds so far of every process of the stack on this machine, summed by role."""
+    out: Counter = Counter()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            role = _role([c for c in cmdline if c])
+            if role is not None:
+                out[role] += _cpu_seconds(int(proc.name))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            pass
+    return out
+
+
 class Stack:
     """API, live worker, pusher and reference EA as processes."""
 
@@ -544,12 +576,17 @@ def run_stack(
             time.sleep(12)  # a sensor tick records the warm-up (and adds the partitions)
             # The workers' CPU with nothing to decide (lease ticks, LISTEN, timers), apart
             # from the CPU per bar: over a run of N seconds it is N times this, bars or not.
-            idle0, idle_t0 = ds.worker_cpu(), time.monotonic()
+            idle0, idle_t0, idle_roles0 = ds.worker_cpu(), time.monotonic(), _cpu_by_role()
             time.sleep(IDLE_SECONDS)
-            idle_cpu_per_s = (ds.worker_cpu() - idle0) / (time.monotonic() - idle_t0)
+            idle_s = time.monotonic() - idle_t0
+            idle_cpu_per_s = (ds.worker_cpu() - idle0) / idle_s
+            idle_roles = _cpu_by_role()
+            idle_by_role = {k: (idle_roles[k] - idle_roles0.get(k, 0.0)) / idle_s for k in idle_roles}
             runs0, events0 = _dagster_counts(url)
             jobs0 = _dagster_jobs(url)
             cpu0 = ds.worker_cpu()
+            roles0 = _cpu_by_role()
+            rounds_from = _sql(url, "SELECT now()")[0][0]
             t0 = time.monotonic()
             latencies: list[float] = []
             per_round: list[list[float]] = []
@@ -581,6 +618,17 @@ def run_stack(
                     c.close()
             elapsed = time.monotonic() - t0
             cpu = ds.worker_cpu() - cpu0
+            roles = _cpu_by_role()
+            # What each part of the stack spent per bar over the rounds (idle time included;
+            # a process that ended meanwhile is left out).
+            by_role = {k: round(1000 * (roles[k] - roles0.get(k, 0.0)) / (n_symbols * rounds), 2) for k in roles}
+            busy_by_role = {
+                k: round(
+                    1000 * max(0.0, roles[k] - roles0.get(k, 0.0) - idle_by_role.get(k, 0.0) * elapsed)
+                    / (n_symbols * rounds), 2,
+                )
+                for k in roles
+            }  # fmt: skip
             # The sensor records the last round on its next tick.
             deadline = time.monotonic() + 40
             runs1, events1 = _dagster_counts(url)
@@ -594,6 +642,15 @@ def run_stack(
                 extra["after_kill_p99_s"] = percentile(after, 0.99) if after else float("nan")
                 extra["after_kill_max_s"] = max(after) if after else float("nan")
             received = stack.received()
+            # How the rounds' bars were decided: "tail" (one row from memory) or "batch".
+            paths = {
+                f"{r[0] or '-'}/{r[1]}": int(r[2])
+                for r in _sql(
+                    url,
+                    "SELECT feature_path, trigger, count(*) FROM live_decisions WHERE decided_at >= "
+                    f"'{rounds_from.isoformat()}' GROUP BY 1, 2",
+                )
+            }
         finally:
             ds.close()
     bars_n = n_symbols * rounds
@@ -617,6 +674,10 @@ def run_stack(
         # at :07, live performance at :17) or a push run is in dagster_run_jobs, not here.
         "dagster_runs_per_bar": sum(n for job, n in new_runs.items() if job.startswith(PER_BAR_JOBS)) / bars_n,
         "runless_signal_events": events1 - events0,
+        "cpu_ms_per_bar_by_role": by_role,
+        "busy_cpu_ms_per_bar_by_role": busy_by_role,
+        "idle_cpu_ms_per_s_by_role": {k: round(1000 * v, 2) for k, v in idle_by_role.items()},
+        "decisions_by_path": paths,
         "elapsed_s": elapsed,
         **_summary(latencies),
         **extra,
@@ -655,6 +716,20 @@ def stack_main(quick: bool, pace: float, only: list[int] | None = None, baseline
             f"{r['busy_cpu_ms_per_bar']:>10.2f} {r['idle_cpu_ms_per_s']:>8.2f} "
             f"{r['dagster_runs_per_minute']:>9.1f} {r['dagster_runs_per_bar']:>8.2f} {r['runless_signal_events']:>14}"
         )
+    for name, r in runs.items():
+        shares = ", ".join(
+            f"{k} {v:.1f}" for k, v in sorted(r["cpu_ms_per_bar_by_role"].items(), key=lambda kv: -kv[1])
+        )
+        print(f"{name}: CPU ms per bar by part of the stack (machine-wide, idle included): {shares}")
+        shares = ", ".join(
+            f"{k} {v:.1f}" for k, v in sorted(r["busy_cpu_ms_per_bar_by_role"].items(), key=lambda kv: -kv[1])
+        )
+        print(f"{name}: the same less each part's idle CPU: {shares}")
+        shares = ", ".join(
+            f"{k} {v:.1f}" for k, v in sorted(r["idle_cpu_ms_per_s_by_role"].items(), key=lambda kv: -kv[1])
+        )
+        print(f"{name}: idle CPU ms per second by part: {shares}")
+        print(f"{name}: decisions in the rounds by feature path/trigger: {r['decisions_by_path']}")
     for name, r in runs.items():
         if r["dagster_run_jobs"]:
             print(f"{name}: Dagster runs launched during the rounds, by job: {r['dagster_run_jobs']}")

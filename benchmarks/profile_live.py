@@ -34,6 +34,7 @@ def _wrap_steps() -> dict[str, float]:
 
     import mt5_pipeline.bars as bars
     import mt5_pipeline.learning.model as model
+    import mt5_pipeline.signals.bar_write as bar_write
     import mt5_pipeline.signals.generation as signals
     import mt5_pipeline.signals.live as live
     import mt5_pipeline.signals.queue as queue
@@ -59,6 +60,7 @@ def _wrap_steps() -> dict[str, float]:
         setattr(module, name, timed)
 
     wrap(live, "ready_bar")
+    wrap(live, "read_snapshot")
     wrap(series_tail, "candles_stamped_since")
     wrap(series_tail, "compute_features")
     wrap(series_tail, "feature_block")
@@ -66,7 +68,7 @@ def _wrap_steps() -> dict[str, float]:
     wrap(series_tail, "_from_tuples")
     wrap(stored, "replace_rows")
     wrap(stored, "write_new_rows")
-    wrap(getattr(live, "_BarWrite", None), "enqueue", "features + signal commit (all)")
+    wrap(getattr(bar_write, "BarWrite", None), "enqueue", "features + signal commit (all)")
     wrap(stored, "one_writer")
     wrap(model, "predict_row")
     wrap(model, "predict_latest")
@@ -94,6 +96,13 @@ def main() -> None:
         help="then run the worker loop (with leases) this many seconds with no new bar and print its CPU",
     )
     parser.add_argument("--pause", type=float, default=0.0, help="seconds between bars")
+    parser.add_argument(
+        "--symbols",
+        type=int,
+        default=1,
+        help="series decided per pass (a bar close wakes the worker for every symbol at once); CPU is per bar",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="LIVE_WORKER_THREADS (default: the setting's)")
     args = parser.parse_args()
 
     import pandas as pd
@@ -112,18 +121,29 @@ def main() -> None:
             "SIGNAL_TTL_SECONDS": "14400", "SIGNAL_MAX_BAR_AGE_SECONDS": "86400", "PROMOTION_FORCE": "true",
             "LOG_LEVEL": "WARNING",
         }  # fmt: skip
+        if args.threads is not None:
+            env["LIVE_WORKER_THREADS"] = str(args.threads)
         settings = Settings.from_env(env, env_file=None)
-        history = generate_candles(3000 + args.bars + 5, seed=5, with_weekends=False).reset_index(drop=True)
+        names = ["EURUSD", "GBPUSD", "USDJPY", "AUDUSD", "USDCAD", "USDCHF", "NZDUSD", "EURGBP", "EURJPY", "GBPJPY"]
+        symbols = [
+            names[i % len(names)] + ("" if i < len(names) else f".{i // len(names)}") for i in range(args.symbols)
+        ]
+        histories = {
+            s: generate_candles(3000 + args.bars + 5, seed=5 + i, with_weekends=False).reset_index(drop=True)
+            for i, s in enumerate(symbols)
+        }
+        history = histories[symbols[0]]
         ts = pd.to_datetime(history["time"] if "time" in history else history["ts"], utc=True)
         first = 3000
         now = ts.iloc[first - 1].to_pydatetime() + timedelta(seconds=61)
-        ingest_candles(url, "EURUSD", "M1", history.iloc[:first], now=now)
-        update_features(url, "EURUSD", "M1", now=now)
-        train_model(settings, ["EURUSD"], now=now)
+        for s in symbols:
+            ingest_candles(url, s, "M1", histories[s].iloc[:first], now=now)
+            update_features(url, s, "M1", now=now)
+        train_model(settings, symbols[:1], now=now)
         spent = _wrap_steps() if args.breakdown else None
         worker = LiveWorker(settings)
-        key = ("EURUSD", "M1")
-        worker.handle([key], now=now, trigger="start")
+        keys = [(s, "M1") for s in symbols]
+        worker.handle(keys, now=now, trigger="start")
         cpu, wall, statuses = [], [], []
         profiler = cProfile.Profile(time.process_time) if args.profile else None  # CPU, not wall
         for i in range(first, first + args.bars):
@@ -132,26 +152,27 @@ def main() -> None:
                 spent.clear()  # the first bars rebuild the tail: the breakdown is of the steady state
             if args.pause:
                 time.sleep(args.pause)
-            ingest_candles(url, "EURUSD", "M1", history.iloc[[i]], now=now)
+            for s in symbols:
+                ingest_candles(url, s, "M1", histories[s].iloc[[i]], now=now)
             c0, w0 = time.process_time(), time.perf_counter()
             if profiler:
                 profiler.enable()
-            decisions = worker.handle([key], now=now, trigger="notify")
+            decisions = worker.handle(keys, now=now, trigger="notify")
             if profiler:
                 profiler.disable()
-            cpu.append(time.process_time() - c0)
-            wall.append(time.perf_counter() - w0)
+            cpu.append((time.process_time() - c0) / len(keys))
+            wall.append((time.perf_counter() - w0) / len(keys))
             statuses += [(d.status, d.feature_path) for d in decisions]
         warm = cpu[WARM:]
         if spent is not None:
             for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
-                print(f"  {name}: {seconds / (args.bars - WARM) * 1000:.2f} ms CPU per bar")
+                print(f"  {name}: {seconds / ((args.bars - WARM) * len(keys)) * 1000:.2f} ms CPU per bar")
         print(f"bars {len(cpu)}; decisions {sorted(set(statuses))}")
         print(
             f"CPU per bar: median {statistics.median(warm) * 1000:.2f} ms, p90 "
             f"{sorted(warm)[int(0.9 * len(warm))] * 1000:.2f} ms"
         )
-        print(f"wall per bar: median {statistics.median(wall[WARM:]) * 1000:.2f} ms")
+        print(f"wall per bar: median {statistics.median(wall[WARM:]) * 1000:.2f} ms ({len(keys)} series per pass)")
         if args.idle:
             import threading
 

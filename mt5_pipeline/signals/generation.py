@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from mt5_pipeline.bars import Ready
 from mt5_pipeline.clock import as_utc, iso_z, parse_iso, resolve_now
@@ -22,13 +23,14 @@ from mt5_pipeline.execution.execution_policy import ExecutionPolicy, signal_meta
 from mt5_pipeline.execution.trade_signal import Signal
 from mt5_pipeline.learning.prediction import Prediction
 from mt5_pipeline.market.extremes import RecentBars, unconfirmed_extreme, unconfirmed_extreme_in, window_ends_at
-from mt5_pipeline.market.pips import PipSizeUnknown, pip_size_for
+from mt5_pipeline.market.pips import PipSizeUnknown, pip_size, pip_size_for
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.signals import queue
 
 log = logging.getLogger(__name__)
 
 Predictor = Callable[[Settings, str, str], Prediction]
+Instrument = tuple[int | None, float | None]  # the symbols row: (digits, point)
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,7 @@ def generate_signal(
     bar: datetime | None = None,
     recent_bars: RecentBars | None = None,
     enqueue: Enqueue | None = None,
+    instrument: Instrument | None | Literal["unread"] = "unread",
 ) -> GenerateResult:
     """Predict the series' ready bar, decide, and queue at most one signal for it.
 
@@ -246,6 +249,9 @@ def generate_signal(
 
     `enqueue`: queues the signal (:func:`queue.enqueue` by default); the live worker's
     also commits the bar's feature row in the same transaction.
+
+    `instrument`: the symbol's (digits, point) as the caller just read them (None: the EA
+    never described it), for the pip instead of reading them again.
     """
     at = resolve_now(now)
     ready = None
@@ -280,7 +286,9 @@ def generate_signal(
         message = f"No signal: {decision.reason}; send force=true to trade it anyway"
         log.info("No signal for %s %s: %s", symbol, timeframe, decision.reason)
         return GenerateResult("neutral", message, p, decision.confidence, None, bar)
-    return _queue(settings, prediction, decision, force=force, now=at, enqueue=enqueue or queue.enqueue)
+    return _queue(
+        settings, prediction, decision, force=force, now=at, enqueue=enqueue or queue.enqueue, instrument=instrument
+    )
 
 
 def _held_back(
@@ -331,7 +339,14 @@ def _held_back(
 
 
 def _queue(
-    settings: Settings, prediction: Prediction, decision: Decision, *, force: bool, now: datetime, enqueue: Enqueue
+    settings: Settings,
+    prediction: Prediction,
+    decision: Decision,
+    *,
+    force: bool,
+    now: datetime,
+    enqueue: Enqueue,
+    instrument: Instrument | None | Literal["unread"],
 ) -> GenerateResult:
     """Price the decided signal in the instrument's pips and queue it: "queued", or
     "duplicate" with the signal the bar already has."""
@@ -339,7 +354,10 @@ def _queue(
     symbol, timeframe = prediction.symbol, prediction.timeframe
     try:
         # Pips only mean something in the instrument's own unit: never an FX default for gold.
-        pip = pip_size_for(settings, settings.database_url, symbol)
+        if instrument == "unread":
+            pip = pip_size_for(settings, settings.database_url, symbol)
+        else:  # the same rule, on the row the caller read
+            pip = pip_size(symbol, settings.pip_sizes, instrument)
     except PipSizeUnknown as exc:
         log.warning("No signal for %s %s: %s", symbol, timeframe, exc)
         return GenerateResult("unknown_pip_size", f"No signal: {exc}", p, decision.confidence, None, bar)

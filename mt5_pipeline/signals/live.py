@@ -12,12 +12,14 @@ signal at the EA within a second of the bar's close. This worker is that hot pat
 - **A timer for the EA that only sends the forming bar.** ``LIVE_CLOSE_GRACE_SECONDS``
   after each bar's close, a bar whose final version never came is signalled from the
   version stored (its last forming one). A final version posted within the grace wins.
-- **Incremental.** For each woken series: the newest *ready* closed bar (below), its
-  features brought up to date (:func:`features.update_features`, closed bars only), one
-  prediction, the decision, one INSERT -- whose own NOTIFY wakes the pusher.
+- **Incremental.** For each woken series: one read (:mod:`mt5_pipeline.storage.series_snapshot`:
+  the ready rule's bars, the tail's new bars, the pip's row), the newest *ready* closed bar
+  (below), its feature row, one prediction, the decision, and one round trip that commits
+  the row with the signal (:mod:`mt5_pipeline.signals.bar_write`), whose NOTIFY wakes the pusher.
 - **One row per bar.** Each series' recent tail stays in memory
   (:mod:`mt5_pipeline.signals.series_tail`): a new closed bar costs one feature row, not a
-  500-bar read; a correction sends the series back through the batch path.
+  500-bar read; a correction sends the series back through the batch path. A series taken
+  over (or decided before a restart) gets its tail at once, not on its next bar.
 - **Several workers, any host.** On PostgreSQL the workers share the series by leases
   (:mod:`mt5_pipeline.signals.series_leases`); a dead worker's series are taken over within
   ``LIVE_LEASE_SECONDS`` and a bit. SQLite has one host: LIVE_PROCESSES split by hash.
@@ -42,21 +44,20 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
+from mt5_pipeline.bars import ready_among
 from mt5_pipeline.clock import from_epoch, iso_z, resolve_now, utcnow
-from mt5_pipeline.execution.trade_signal import Signal
 from mt5_pipeline.market.extremes import EXTREME_CHECK_WINDOW
 from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
-from mt5_pipeline.signals import queue
-from mt5_pipeline.signals.generation import Predictor, generate_signal
+from mt5_pipeline.signals.bar_write import BarWrite
+from mt5_pipeline.signals.generation import Instrument, Predictor, generate_signal
 from mt5_pipeline.signals.series_leases import LeaseKeeper, SeriesLeases
 from mt5_pipeline.signals.series_tail import SeriesTails
 from mt5_pipeline.storage import decisions as stored_decisions
-from mt5_pipeline.storage.candles import CANDLES_CHANNEL, newest_bars, ready_bar
-from mt5_pipeline.storage.engine import get_engine
-from mt5_pipeline.storage.features import NewRows
+from mt5_pipeline.storage.candles import CANDLES_CHANNEL, newest_bars
 from mt5_pipeline.storage.notifications import Listener, notifications_supported
+from mt5_pipeline.storage.series_snapshot import read_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class LiveWorker:
         self._timeframes: list[str] = []
         self._timeframes_read_at = float("-inf")
         self._polled: dict[Series, tuple] = {}  # each series' newest (bar, stamp) at the last safety-net poll
+        self._executor: ThreadPoolExecutor | None = None
 
     # ---- what there is to do --------------------------------------------------------
 
@@ -161,19 +163,6 @@ class LiveWorker:
             self.known |= set(list_symbols(self.settings.database_url))
             self._series_read_at = time.monotonic()
         return self.known
-
-    def ready_bar(self, series: Series, *, now: datetime | None = None) -> datetime | None:
-        """The newest closed bar of the series whose final version is in, or None (the
-        core's rule, :func:`mt5_pipeline.storage.candles.ready_bar`, with what NOTIFY told us)."""
-        symbol, timeframe = series
-        return ready_bar(
-            self.settings.database_url,
-            symbol,
-            timeframe,
-            grace_seconds=self.settings.live_close_grace_seconds,
-            now=now,
-            final=self.final.get(series),
-        ).bar
 
     def next_tick(self, now: datetime) -> datetime | None:
         """The next bar close + grace over the timeframes with a model (None: none has one)."""
@@ -211,12 +200,23 @@ class LiveWorker:
         if len(keys) <= 1 or self.settings.live_worker_threads <= 1:
             decisions = [d for d in map(lambda k: self._one(k, now, trigger), keys) if d is not None]
         else:
-            with ThreadPoolExecutor(
-                max_workers=min(len(keys), self.settings.live_worker_threads), thread_name_prefix="live"
-            ) as pool:
-                decisions = [d for d in pool.map(lambda k: self._one(k, now, trigger), keys) if d is not None]
+            decisions = [d for d in self._pool().map(lambda k: self._one(k, now, trigger), keys) if d is not None]
         self._record(decisions)
         return decisions
+
+    def _pool(self) -> ThreadPoolExecutor:
+        # Kept across passes: a pass a bar, and new threads for each cost more than a decision.
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.settings.live_worker_threads, thread_name_prefix="live"
+            )
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the pass's threads (``run`` does on its way out)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def _record(self, decisions: list[LiveDecision]) -> None:
         """One INSERT for the pass's decisions, after they are queued: the record never delays a signal."""
@@ -236,12 +236,44 @@ class LiveWorker:
 
     def _one(self, key: Series, now: datetime | None, trigger: str) -> LiveDecision | None:
         at = resolve_now(now)
-        bar = self.ready_bar(key, now=at)
+        symbol, timeframe = key
+        # One round trip: the ready rule's two newest bars, the tail's new bars, the pip's row.
+        since = self.tails.since(key)
+        snapshot = read_snapshot(self.settings.database_url, symbol, timeframe, since)
+        newest = snapshot.newest
+        bar = ready_among(
+            newest[0] if newest else None,
+            newest[1][0] if len(newest) > 1 else None,
+            timeframe,
+            grace_seconds=self.settings.live_close_grace_seconds,
+            now=at,
+            final=self.final.get(key),
+        ).bar
         if bar is None or (key in self.decided and self.decided[key] >= bar):
+            if bar is not None and not self.tails.has_tail(key):
+                self._warm(key, at)
             return None
-        return self._decide(key, bar, at, trigger)
+        recent = None if since is None or snapshot.recent is None else (since, snapshot.recent)
+        return self._decide(key, bar, at, trigger, recent=recent, instrument=snapshot.instrument)
 
-    def _decide(self, key: Series, bar: datetime, at: datetime, trigger: str) -> LiveDecision:
+    def _warm(self, key: Series, at: datetime) -> None:
+        """Build the tail of a series with nothing to decide (taken over, or decided before a
+        restart), so its next bar costs one row, not the batch path on the hot path."""
+        try:
+            self.tails.update(*key, now=at)
+        except Exception as exc:  # only a later bar's speed is at stake: it takes the batch path
+            log.warning("live tail of %s %s not built (%s: %s)", *key, type(exc).__name__, exc)
+
+    def _decide(
+        self,
+        key: Series,
+        bar: datetime,
+        at: datetime,
+        trigger: str,
+        *,
+        recent: tuple[datetime, list[tuple]] | None = None,
+        instrument: Instrument | None | Literal["unread"] = "unread",
+    ) -> LiveDecision:
         from mt5_pipeline.learning.model import ModelTimeframeError, NoFeaturesError
         from mt5_pipeline.learning.model_store import ModelMismatchError, NoModelError
 
@@ -249,16 +281,16 @@ class LiveWorker:
         started = time.perf_counter()
         rows, path = 0, ""
         try:
-            rows = self.tails.update(symbol, timeframe, now=at, defer=True).rows_written
+            rows = self.tails.update(symbol, timeframe, now=at, defer=True, recent=recent).rows_written
             path = self.tails.last_path.get(key, "")
-            write = _BarWrite(self.tails, key, self.tails.take_pending(key), at)
+            write = BarWrite(self.tails, key, self.tails.take_pending(key), at)
             try:
                 # The bar asked for, not "the newest closed": with the previous bar undecided (a
                 # start, an error) the newest may still be waiting for its final version.
                 result = generate_signal(
                     self.settings, symbol, timeframe, now=at, predictor=self.predictor or self._from_tail(key, bar),
                     bar=bar, recent_bars=self.tails.bar_columns_until(key, bar, EXTREME_CHECK_WINDOW),
-                    enqueue=write.enqueue,
+                    enqueue=write.enqueue, instrument=instrument,
                 )  # fmt: skip
             finally:
                 write.finish()
@@ -382,6 +414,7 @@ class LiveWorker:
             keeper_stop.set()
             keeper.join(timeout=self.presence.interval + 5)
             self.presence.stop()
+            self.close()
 
     def _safety_net_poll(self) -> None:
         """Behind LISTEN, the poll only looks for a commit whose NOTIFY was missed: one read
@@ -426,33 +459,3 @@ def _listen(listener: Listener, seconds: float, stop: threading.Event) -> list[s
     if not readable or stop.is_set():
         return []
     return listener.wait(READ_SECONDS, stop)
-
-
-class _BarWrite:
-    """A bar's feature rows computed from the tail, committed with its signal in one
-    transaction (the rows, the signal and its NOTIFY: one commit a bar), or alone when
-    no signal is queued. Rows never stored drop the series' tail, so the batch path
-    recomputes them."""
-
-    def __init__(self, tails: SeriesTails, key: Series, rows: NewRows | None, at: datetime) -> None:
-        self.tails, self.key, self.rows, self.at = tails, key, rows, at
-
-    def enqueue(self, database_url: str, signal: Signal, *, now: datetime) -> bool:
-        if self.rows is None:
-            return queue.enqueue(database_url, signal, now=now)
-        with get_engine(database_url).begin() as conn:
-            self.tails.store(self.key, self.rows, computed_at=self.at, conn=conn)
-            inserted = queue.enqueue_in(conn, signal, now=now)
-        self.rows = None
-        return inserted
-
-    def finish(self) -> None:
-        """Store the rows if the signal's transaction did not (no signal, or it failed)."""
-        if self.rows is None:
-            return
-        rows, self.rows = self.rows, None
-        try:
-            self.tails.store(self.key, rows, computed_at=self.at)
-        except Exception:
-            self.tails.invalidate(self.key)
-            raise

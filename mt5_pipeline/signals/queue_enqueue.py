@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import ReturningInsert
 
-from mt5_pipeline.clock import resolve_now
+from mt5_pipeline.clock import as_utc, resolve_now
 from mt5_pipeline.execution.trade_signal import Signal
 from mt5_pipeline.storage.dialect import insert_on_conflict
 from mt5_pipeline.storage.engine import get_engine
@@ -80,6 +80,20 @@ def enqueue_in(conn: Connection, signal: Signal | Mapping[str, Any], *, now: dat
     )
     _notify(conn, int(inserted))
     return inserted
+
+
+def enqueue_sql(signal: Signal | Mapping[str, Any], *, now: datetime | None = None) -> tuple[str, list[Any]]:
+    """:func:`enqueue_in` on PostgreSQL as one statement and its parameters, for a caller
+    that sends it in one round trip after statements that commit with it (the live
+    worker's feature rows). It returns one row when the signal was queued (and NOTIFYs
+    the pusher), none when its bar or signal_id already has a row."""
+    row = _row_values(signal, resolve_now(now))
+    names = list(row)
+    statement = (
+        f"WITH queued AS (INSERT INTO {q.name} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) "
+        f"ON CONFLICT DO NOTHING RETURNING id) SELECT id, pg_notify('{NOTIFY_CHANNEL}', '1') FROM queued"
+    )
+    return statement, [as_utc(v) if isinstance(v, datetime) else v for v in row.values()]
 
 
 def enqueue_many(

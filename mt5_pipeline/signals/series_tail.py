@@ -163,16 +163,40 @@ class SeriesTails:
         lo = max(0, upto - n)
         return {name: tail.bars[name][lo:upto] for name in ("ts", "high", "low", "close")}
 
+    def since(self, key: Series) -> datetime | None:
+        """Where the series' next read of recently stamped bars starts (None: no tail, the
+        next update takes the batch path). A caller may read them itself, with more, in one
+        round trip and hand them to :meth:`update` (``recent``)."""
+        tail = self._tails.get(key)
+        if tail is None or tail.watermark is None:
+            return None
+        return tail.watermark - WATERMARK_MARGIN
+
+    def has_tail(self, key: Series) -> bool:
+        return key in self._tails
+
     def _lock(self, key: Series) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def update(self, symbol: str, timeframe: str, *, now: datetime | None = None, defer: bool = False) -> FeatureUpdate:
+    def update(
+        self,
+        symbol: str,
+        timeframe: str,
+        *,
+        now: datetime | None = None,
+        defer: bool = False,
+        recent: tuple[datetime, list[tuple]] | None = None,
+    ) -> FeatureUpdate:
         """Bring the series' features up to its newest closed bar (as ``update_features`` does).
 
         ``defer``: rows computed from the tail are not stored here but handed to the caller
         (:meth:`take_pending`), who stores them (:meth:`store`) with what it commits next;
         a caller that cannot must :meth:`invalidate` the series. The batch path stores its own.
+
+        ``recent``: (since, rows) -- the bars stamped since :meth:`since` that the caller read
+        (as :func:`candles_stamped_since` returns them); used when the tail still starts
+        there, else read again.
         """
         key = (symbol, timeframe)
         at = resolve_now(now)
@@ -181,7 +205,7 @@ class SeriesTails:
             if self.take_pending(key) is not None:
                 tail = None  # a deferred row was never stored: the batch path finds its bar stale
             if tail is not None:
-                done = self._fast(key, tail, at, defer)
+                done = self._fast(key, tail, at, defer, recent)
                 if done is not None:
                     self.last_path[key] = "tail"
                     return done
@@ -218,12 +242,18 @@ class SeriesTails:
 
     # ---- one row ---------------------------------------------------------------------------
 
-    def _fast(self, key: Series, tail: _Tail, at: datetime, defer: bool) -> FeatureUpdate | None:
+    def _fast(
+        self, key: Series, tail: _Tail, at: datetime, defer: bool, read: tuple[datetime, list[tuple]] | None
+    ) -> FeatureUpdate | None:
         """The new closed bars from the tail, or None when the batch path must run."""
         symbol, timeframe = key
         if tail.watermark is None:
             return None
-        recent = candles_stamped_since(self.database_url, symbol, timeframe, tail.watermark - WATERMARK_MARGIN)
+        since = tail.watermark - WATERMARK_MARGIN
+        if read is not None and read[0] == since:
+            recent = read[1]
+        else:
+            recent = candles_stamped_since(self.database_url, symbol, timeframe, since)
         end = _EPOCH + timedelta(microseconds=int(tail.bars["ts"][-1]) // 1000)
         fresh = [r for r in recent if tail.seen.get(r[0]) != r[-1]]
         if any(r[0] <= end for r in fresh):

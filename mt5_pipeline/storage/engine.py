@@ -11,7 +11,10 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import Dialect, make_url
@@ -140,3 +143,26 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+
+
+@contextmanager
+def autocommit_cursor(database_url: str) -> Iterator[Any]:
+    """A psycopg2 cursor on a pooled PostgreSQL connection in autocommit: one round trip a
+    call to ``execute``. Through the engine a read is three (psycopg2's BEGIN, the query,
+    the pool's ROLLBACK at check-in); on the live path, once a bar per symbol, that was
+    most of the worker's wait. Several statements in one ``execute`` run as one implicit
+    transaction: committed together after the last, or rolled back together on an error.
+    """
+    with get_engine(database_url).connect() as conn:
+        raw: Any = conn.connection.dbapi_connection
+        raw.autocommit = True
+        try:
+            with raw.cursor() as cursor:
+                yield cursor
+        except Exception:
+            if raw.closed:  # the server went away: the pool must not hand this connection out again
+                conn.invalidate()
+            raise
+        finally:
+            if not raw.closed:
+                raw.autocommit = False

@@ -297,7 +297,23 @@ def write_new_rows(
     """
     if not rows.ts:
         return
-    values = [
+    values = _new_row_values(symbol, timeframe, rows, version=version, computed_at=computed_at)
+    if conn.dialect.name == "postgresql":
+        if alone:
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (_writer_key(symbol, timeframe),))
+        conn.exec_driver_sql(_PG_DELETE_FROM, (symbol, timeframe, rows.ts[0]))
+        conn.exec_driver_sql(_PG_INSERT, values[0] if len(values) == 1 else values)
+        return
+    f = features_m1.c
+    conn.execute(delete(features_m1).where(f.symbol == symbol, f.timeframe == timeframe, f.ts >= rows.ts[0]))
+    conn.execute(insert(features_m1), [dict(zip(_WRITE_COLUMNS, v, strict=True)) for v in values])
+
+
+def _new_row_values(
+    symbol: str, timeframe: str, rows: NewRows, *, version: str, computed_at: datetime
+) -> list[tuple[Any, ...]]:
+    return [
         (
             symbol,
             timeframe,
@@ -313,16 +329,25 @@ def write_new_rows(
             rows.ts, rows.matrix.tolist(), rows.after_gap, rows.usable, rows.source_ingested_at, strict=True
         )
     ]
-    if conn.dialect.name == "postgresql":
-        if alone:
-            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (_writer_key(symbol, timeframe),))
-        conn.exec_driver_sql(_PG_DELETE_FROM, (symbol, timeframe, rows.ts[0]))
-        conn.exec_driver_sql(_PG_INSERT, values[0] if len(values) == 1 else values)
-        return
-    f = features_m1.c
-    conn.execute(delete(features_m1).where(f.symbol == symbol, f.timeframe == timeframe, f.ts >= rows.ts[0]))
-    conn.execute(insert(features_m1), [dict(zip(_WRITE_COLUMNS, v, strict=True)) for v in values])
+
+
+def new_rows_sql(
+    symbol: str, timeframe: str, rows: NewRows, *, version: str, computed_at: datetime
+) -> tuple[str, list[Any]]:
+    """:func:`write_new_rows` on PostgreSQL as one string of statements and its parameters,
+    for a caller that sends them in one round trip with what commits with them (the live
+    worker's bar write: these rows and the bar's signal, one implicit transaction)."""
+    values = _new_row_values(symbol, timeframe, rows, version=version, computed_at=computed_at)
+    one_row = "(" + ", ".join(["%s"] * len(_WRITE_COLUMNS)) + ")"
+    statements = (
+        "SELECT pg_advisory_xact_lock(hashtext(%s));\n"
+        f"{_PG_DELETE_FROM};\n"
+        f"INSERT INTO features_m1 ({', '.join(_WRITE_COLUMNS)}) VALUES {', '.join([one_row] * len(values))}"
+    )
+    params: list[Any] = [_writer_key(symbol, timeframe), symbol, timeframe, rows.ts[0]]
+    for row in values:
+        params.extend(row)
+    return statements, params
 
 
 def _delete_orphans(database_url: str, symbol: str, timeframe: str) -> int:

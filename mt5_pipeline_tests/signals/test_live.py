@@ -271,6 +271,9 @@ def test_a_series_taken_over_or_restarted_does_not_decide_its_bar_again(db_url, 
     heir.seed_decided([key, ("GBPUSD", "M1")])
     assert heir.decided == {key: before}
     assert heir.handle([key], now=END, trigger="takeover") == []
+    # Nothing to decide, but the tail is built now: the next bar is one row, not the batch path.
+    assert heir.tails.has_tail(key)
     ingest_candles(db_url, "EURUSD", "M1", final, now=END + timedelta(seconds=60, milliseconds=300))
     [next_bar] = heir.handle([key], now=END + timedelta(seconds=60, milliseconds=400), trigger="notify")
     assert next_bar.bar == END and next_bar.status == "queued", next_bar
+    assert next_bar.feature_path == "tail", next_bar

@@ -33,6 +33,7 @@ from mt5_pipeline.market.extremes import (
 from mt5_pipeline.market.ingest import ingest_candles
 from mt5_pipeline.market.sample_data import generate_candles
 from mt5_pipeline.signals.series_tail import SeriesTails
+from mt5_pipeline.storage.series_snapshot import read_snapshot
 
 LIVE_BARS = 160
 
@@ -75,7 +76,15 @@ def test_the_tail_gives_the_batch_features_over_a_long_series_with_corrections(d
             _post(db_url, history.iloc[sorted(gap)], now)  # the gap filled
         if i == first_live + 100:
             _post(db_url, _changed(history.iloc[[i - LOOKBACK_BARS - 50]]), now)  # older than the tail
-        tails.update("TAIL", "M1", now=now)
+        since = tails.since(("TAIL", "M1"))
+        if i % 2 and since is not None:
+            # As the live worker does every other bar here: the new bars read with the
+            # ready rule's in one snapshot, handed to the tail.
+            snapshot = read_snapshot(db_url, "TAIL", "M1", since)
+            assert snapshot.recent is not None
+            tails.update("TAIL", "M1", now=now, recent=(since, snapshot.recent))
+        else:
+            tails.update("TAIL", "M1", now=now)
         update_features(db_url, "BATCH", "M1", now=now)
         if i not in gap:
             # The extreme-bar guard on the tail's bars says what it says on the stored ones.

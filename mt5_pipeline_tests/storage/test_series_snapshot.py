@@ -1,0 +1,54 @@
+"""The live worker's one-round-trip read gives what the three reads it replaces give."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+
+from mt5_pipeline.market.ingest import ingest_candles
+from mt5_pipeline.market.sample_data import generate_candles
+from mt5_pipeline.storage.candles import candles_stamped_since, newest_two_bars
+from mt5_pipeline.storage.series_snapshot import read_snapshot
+from mt5_pipeline.storage.symbols import instrument, record_instrument
+
+
+def _times(frame: pd.DataFrame) -> pd.Series:
+    return pd.to_datetime(frame["time"] if "time" in frame else frame["ts"], utc=True)
+
+
+def test_the_snapshot_is_the_three_reads(db_url):
+    bars = generate_candles(40, seed=7, with_weekends=False).reset_index(drop=True)
+    ts = _times(bars)
+    first = ts.iloc[29].to_pydatetime() + timedelta(seconds=61)
+    ingest_candles(db_url, "XAUUSD", "M1", bars.iloc[:30], now=first, max_jump=None)
+    later = ts.iloc[39].to_pydatetime() + timedelta(seconds=61)
+    ingest_candles(db_url, "XAUUSD", "M1", bars.iloc[30:], now=later, max_jump=None)
+    record_instrument(db_url, "XAUUSD", 2, 0.01)
+    ingest_candles(db_url, "EURUSD", "M1", bars.iloc[:3], now=first, max_jump=None)  # another series
+
+    for since in (None, later - timedelta(seconds=1), first - timedelta(hours=1), later + timedelta(hours=1)):
+        snapshot = read_snapshot(db_url, "XAUUSD", "M1", since)
+        assert snapshot.newest == newest_two_bars(db_url, "XAUUSD", "M1")
+        assert snapshot.instrument == instrument(db_url, "XAUUSD") == (2, 0.01)
+        if since is None:
+            assert snapshot.recent is None
+        else:
+            assert snapshot.recent == candles_stamped_since(db_url, "XAUUSD", "M1", since)
+    assert [r[0] for r in read_snapshot(db_url, "XAUUSD", "M1", later - timedelta(seconds=1)).recent or []] == [
+        t.to_pydatetime() for t in ts.iloc[30:]
+    ]
+    # Times are aware UTC, the newest first, as the ready rule reads them.
+    newest = read_snapshot(db_url, "XAUUSD", "M1", None).newest
+    assert [n[0] for n in newest] == [ts.iloc[39].to_pydatetime(), ts.iloc[38].to_pydatetime()]
+    assert all(t.tzinfo is not None and t.utcoffset() == timedelta(0) for pair in newest for t in pair)
+
+
+def test_a_series_without_bars_or_instrument(db_url):
+    since = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    snapshot = read_snapshot(db_url, "US30", "M1", since)
+    assert snapshot.newest == [] and snapshot.recent == [] and snapshot.instrument is None
+    bars = generate_candles(1, seed=1, with_weekends=False).reset_index(drop=True)
+    ingest_candles(db_url, "US30", "M1", bars, now=_times(bars).iloc[0].to_pydatetime() + timedelta(seconds=61))
+    snapshot = read_snapshot(db_url, "US30", "M1", None)
+    assert len(snapshot.newest) == 1 and snapshot.instrument is None  # one bar, never described

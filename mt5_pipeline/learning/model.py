@@ -5,7 +5,8 @@ the per-process cache are ``model_store.py``, the candidates' table ``model_regi
 
 :func:`predict_latest` keeps the loaded model per process and reloads it when
 ``rf_m1.pkl`` is replaced. Training uses every core; inference sets ``n_jobs=1`` and asks
-the trees directly (:func:`forest_probability_up`).
+the trees directly (:func:`forest_probability_up`), one row at a time through the flat
+forest (:mod:`mt5_pipeline.learning.flat_forest`: every tree walked at once).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ import sklearn
 from sklearn.ensemble import RandomForestClassifier
 
 from mt5_pipeline.clock import iso_z, parse_iso
+from mt5_pipeline.learning.flat_forest import FlatForest
 from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION, MODEL_FEATURES
 from mt5_pipeline.settings import Settings
 
@@ -160,6 +161,8 @@ class LoadedModel:
     forest: Any  # the estimator: a RandomForestClassifier or a HistGradientBoostingClassifier
     meta: dict
     path: Path
+    # The forest's trees as flat arrays, built on the first one-row prediction (the live path's).
+    _flat: FlatForest | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def version(self) -> str:
@@ -174,6 +177,10 @@ class LoadedModel:
         return str(self.meta.get("timeframe") or DEFAULT_TIMEFRAME)
 
     def probability_up(self, X: np.ndarray) -> np.ndarray:
+        if len(X) == 1 and isinstance(self.forest, RandomForestClassifier):
+            if self._flat is None:
+                self._flat = FlatForest(self.forest)
+            return np.array([self._flat.probability_up(X[0])])
         return probability_up(self.forest, X)
 
 

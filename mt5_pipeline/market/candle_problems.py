@@ -92,7 +92,9 @@ class Problems:
             self._checks.append((np.asarray(rows, dtype=np.int64), field, message))
 
     def add_mask(self, mask: np.ndarray, field: str, message: Callable[[int], str]) -> None:
-        self.add(np.flatnonzero(mask), field, message)
+        # Most checks find nothing: any() costs a fraction of flatnonzero (28 checks per batch).
+        if mask.any():
+            self.add(np.flatnonzero(mask), field, message)
 
     @property
     def total(self) -> int:

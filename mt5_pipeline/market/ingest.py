@@ -28,9 +28,10 @@ Rules worth knowing:
 * Symbols are stored as given (MT5 suffixes like ``EURUSDm`` are case-sensitive).
 * The forming bar may be stored (and replaced by its final version); only closed bars
   become features, labels or signals (:mod:`mt5_pipeline.bars`).
-* Storing (the upsert, the stamp, the NOTIFY for the live worker) and the read of the
-  bars before a batch are :mod:`mt5_pipeline.storage.candles`; this module validates
-  and decides.
+* Storing (the upsert, the stamp, the NOTIFY for the live worker, the offset runs, the
+  instrument) and the reads before a batch are :mod:`mt5_pipeline.storage.series_write`
+  (on PostgreSQL one transaction under the series lock); this module validates and
+  decides.
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ from mt5_pipeline.market.candle_problems import (
 )
 from mt5_pipeline.market.pips import check_instrument
 from mt5_pipeline.server_time import ServerZone, parse_zone
-from mt5_pipeline.storage.candles import CandleBatch, closes_before, store_batch
-from mt5_pipeline.storage.offsets import NO_RECORD, Run, batch_runs, offset_runs, record_runs, stored_offsets
-from mt5_pipeline.storage.symbols import record_instrument
+from mt5_pipeline.storage.candles import CandleBatch
+from mt5_pipeline.storage.offsets import NO_RECORD, Run, batch_runs, stored_offsets
+from mt5_pipeline.storage.series_write import series_write
 
 # The batch's rules and error types live beside it; callers import them from here, the
 # market's front door.
@@ -160,21 +161,24 @@ def ingest_candles(
     rejected = int(problems.bad_rows(batch.received).sum()) if partial else 0
     errors = problems.report() if rejected else []
     recording = zone is not None or record_offset
-    later: list[Refusal] = []
-    if len(batch) and max_jump:
-        later.append(_jump_errors(database_url, batch, max_jump))
-    runs: list[Run] = []
-    if len(batch) and recording:
-        runs = offset_runs(database_url, symbol, timeframe)
-        later.append(_offset_errors(batch, runs))
-    batch, rejected, errors = _drop_refused(batch, later, rejected, errors, partial=partial)
-    record_instrument(database_url, symbol, digits, point)
-    if len(batch) == 0:
-        return IngestResult(batch.received, 0, 0, 0, None, 0, rejected, tuple(errors))
-    inserted, updated, first_us = store_batch(database_url, batch, stamp_base, clock=now)
-    if recording:
-        assert batch.utc_offset_s is not None
-        record_runs(database_url, symbol, timeframe, batch_runs(runs, batch.ts, batch.utc_offset_s))
+    with series_write(database_url, symbol, timeframe, stamp_base=stamp_base) as write:
+        later: list[Refusal] = []
+        runs: list[Run] = []
+        if len(batch) and (max_jump or recording):
+            before = write.read(batch, JUMP_WINDOW // 2 if max_jump else 0, runs=recording)
+            if max_jump:
+                later.append(_jump_errors(before.closes, batch, max_jump))
+            if recording:
+                runs = before.runs
+                later.append(_offset_errors(batch, runs))
+        batch, rejected, errors = _drop_refused(batch, later, rejected, errors, partial=partial)
+        write.record_instrument(digits, point)
+        if len(batch) == 0:
+            return IngestResult(batch.received, 0, 0, 0, None, 0, rejected, tuple(errors))
+        inserted, updated, first_us = write.store(batch, clock=now)
+        if recording:
+            assert batch.utc_offset_s is not None
+            write.record_runs(batch_runs(runs, batch.ts, batch.utc_offset_s))
     unique = len(batch)
     first = from_epoch(first_us / 1_000_000) if first_us is not None else None
     duplicates = batch.received - rejected - unique
@@ -275,18 +279,17 @@ def _factor(log_ratio: float) -> str:
     return f"{math.exp(log_ratio):,.3g}" if log_ratio < 700 else "more than 1e300"
 
 
-def _jump_errors(database_url: str, batch: CandleBatch, max_jump: float) -> Refusal:
+def _jump_errors(closes_before: np.ndarray, batch: CandleBatch, max_jump: float) -> Refusal:
     """Reject bars far from the level of their neighbours (stored bars before the batch
     included): a 1e6 in a EURUSD series is a bad tick, and would ride in every rolling
     feature for the next 50 bars. A trend, however long, moves the level with it.
 
-    Costs one small indexed read; the rolling median runs only when some step between
+    `closes_before`: the closes of the JUMP_WINDOW // 2 stored bars before the batch. The
+    rolling median runs only when some step between
     consecutive closes (or a bar's own range) exceeds the square root of the factor.
     """
     limit = math.log(max_jump)
-    context = np.log(
-        closes_before(database_url, batch.symbol, batch.timeframe, from_epoch(int(batch.ts[0])), JUMP_WINDOW // 2)
-    )
+    context = np.log(closes_before)
     log_close = np.log(batch.close)
     steps = np.abs(np.diff(np.concatenate([context, log_close])))
     ranges = np.log(batch.high) - np.log(batch.low)

@@ -81,14 +81,14 @@ def _stored_bars(cur: Any, batch: CandleBatch) -> np.ndarray:
         )
     # COPY takes no parameters; sql.Literal quotes on the client, so the values are safe.
     return parse_copy_binary(
-        copy_out(cur, sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)), _STORED_FORMATS
+        copy_out(cur, sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)), STORED_FORMATS
     )
 
 
-_STORED_FORMATS = (">i8", ">f8", ">f8", ">f8", ">f8", ">i8", ">i4", ">i8")
+STORED_FORMATS = (">i8", ">f8", ">f8", ">f8", ">f8", ">i8", ">i4", ">i8")
 
 
-def _classify(batch: CandleBatch, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def classify(batch: CandleBatch, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(new, changed) masks over the batch, by comparing with the stored rows."""
     if len(stored) == 0:
         return np.ones(len(batch), dtype=bool), np.zeros(len(batch), dtype=bool)
@@ -130,22 +130,43 @@ def store_pg(
 ) -> tuple[int, int, int | None]:
     """(inserted, updated, first changed ts in epoch µs) -- one transaction (see the module docstring)."""
     with pg_connection(url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (series_lock_key(batch.symbol, batch.timeframe),)
-        )
-        new, changed = _classify(batch, _stored_bars(cur, batch))
-        if new.any() or changed.any():
-            cur.execute(_PG_STAMP, (stamp_base, batch.symbol, batch.timeframe))
-            now = cur.fetchone()[0]
-        if new.any():
-            _insert_new(cur, batch, new, now)
-        if changed.any():
-            _update_changed(cur, batch, np.flatnonzero(changed), now)
-        closed = newest_closed_in_batch(batch, clock)
-        if closed is not None:
-            # Even when nothing changed: a final version identical to the forming one is
-            # still the news that the bar closed. Delivered at commit, never before.
-            cur.execute("SELECT pg_notify(%s, %s)", (CANDLES_CHANNEL, f"{batch.symbol} {batch.timeframe} {closed}"))
+        cur.execute(PG_LOCK_SERIES, (series_lock_key(batch.symbol, batch.timeframe),))
+        return store_locked(cur, batch, stamp_base, clock=clock)
+
+
+# The series' advisory lock, held until the transaction ends.
+PG_LOCK_SERIES = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+
+
+def store_locked(
+    cur: Any, batch: CandleBatch, stamp_base: datetime | None, *, clock: datetime
+) -> tuple[int, int, int | None]:
+    """store_pg's work in the caller's transaction, which holds the series lock (PG_LOCK_SERIES)."""
+    new, changed = classify(batch, _stored_bars(cur, batch))
+    if new.any() or changed.any():
+        cur.execute(_PG_STAMP, (stamp_base, batch.symbol, batch.timeframe))
+        now = cur.fetchone()[0]
+    if new.any():
+        _insert_new(cur, batch, new, now)
+    if changed.any():
+        _update_changed(cur, batch, np.flatnonzero(changed), now)
+    closed = newest_closed_in_batch(batch, clock)
+    if closed is not None:
+        # Even when nothing changed: a final version identical to the forming one is
+        # still the news that the bar closed. Delivered at commit, never before.
+        cur.execute(PG_NOTIFY, (CANDLES_CHANNEL, notify_payload(batch, closed)))
+    return counts(batch, new, changed)
+
+
+PG_NOTIFY = "SELECT pg_notify(%s, %s)"
+
+
+def notify_payload(batch: CandleBatch, closed: int) -> str:
+    return f"{batch.symbol} {batch.timeframe} {closed}"
+
+
+def counts(batch: CandleBatch, new: np.ndarray, changed: np.ndarray) -> tuple[int, int, int | None]:
+    """(inserted, updated, first changed ts in epoch µs) from the masks over the batch."""
     touched = new | changed
     first = int(batch.ts[np.argmax(touched)]) * 1_000_000 if touched.any() else None
     return int(new.sum()), int(changed.sum()), first

@@ -2,10 +2,12 @@
 
 The ingest core reads the runs before storing a batch (a bar inside a run of another
 offset is refused) and records the batch's runs after, merged with their neighbours so a
-series keeps a few rows per year. The record is serialised per series (an advisory lock
-on PostgreSQL, SQLite's single writer); check and record are two short transactions
-around the candle upsert, so two clients racing on one bar with two offsets are not
-caught (a bridge and an EA feeding one series with different zones: a set-up error).
+series keeps a few rows per year. On PostgreSQL the check, the candle upsert and the
+record are one transaction under the series lock
+(:mod:`mt5_pipeline.storage.series_write`). On SQLite the record is serialised by the
+single writer, but check and record are two short transactions around the candle
+upsert, so two clients racing on one bar with two offsets are not caught there (a bridge
+and an EA feeding one series with different zones: a set-up error).
 """
 
 from __future__ import annotations
@@ -71,6 +73,15 @@ def _coalesce(runs: list[Run]) -> list[Run]:
     return merged
 
 
+def runs_change(old: list[Run], new: list[Run]) -> tuple[list[Run], list[Run]]:
+    """(stored runs to delete, runs to insert) to add `new` to `old`, neighbours of equal offset merged."""
+    merged = _coalesce(old + list(new))
+    if merged == old:
+        return [], []
+    kept = set(old)
+    return sorted(kept - set(merged)), [r for r in merged if r not in kept]
+
+
 def record_runs(database_url: str, symbol: str, timeframe: str, new: list[Run]) -> None:
     """Add the batch's runs, merging neighbours of equal offset; rewrites only what changed."""
     if not new:
@@ -89,11 +100,7 @@ def record_runs(database_url: str, symbol: str, timeframe: str, new: list[Run]) 
             .order_by(o.first_ts)
         ).all()
         old = [(int(a), int(b), int(c)) for a, b, c in rows]
-        merged = _coalesce(old + list(new))
-        if merged == old:
-            return
-        gone = set(old) - set(merged)
-        added = [r for r in merged if r not in set(old)]
+        gone, added = runs_change(old, new)
         if gone:
             conn.execute(
                 delete(candle_offsets).where(

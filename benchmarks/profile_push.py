@@ -6,7 +6,7 @@ minute boundary), drained by ``push_pending`` cycles as the worker runs them (a 
 then ``idle_seconds``, again while it says 0), with the worker's pooled client. Prints the
 pusher process's CPU per signal (every thread: the lanes and the heartbeat included) and
 the statements it sent per signal and per cycle (every cursor execution, and the
-transactions around them: each BEGIN and COMMIT is a round trip too). ``--profile``: cProfile's top
+transactions around them: each BEGIN, COMMIT and ROLLBACK is a round trip too). ``--profile``: cProfile's top
 functions (main thread only: the lanes' sends are not in it).
 
     python benchmarks/profile_push.py [--symbols 300] [--bursts 10] [--profile]
@@ -61,8 +61,26 @@ def main() -> int:
         if counting[0]:
             statements["(BEGIN + COMMIT)"] += 2
 
+    def count_read(_conn) -> None:  # type: ignore[no-untyped-def]
+        if counting[0]:
+            statements["(BEGIN + ROLLBACK of a read)"] += 2
+
     event.listen(Engine, "before_cursor_execute", count)
     event.listen(Engine, "commit", count_tx)
+    event.listen(Engine, "rollback", count_read)
+    try:  # statements sent in one round trip, outside SQLAlchemy's execution (where the code has them)
+        from mt5_pipeline.storage.dialect import DriverStatement
+
+        run = DriverStatement.run
+
+        def counted_run(self, conn, params):  # type: ignore[no-untyped-def]
+            if counting[0]:
+                statements["(one round trip) " + " ".join(self.sql.split())[:72]] += 1
+            return run(self, conn, params)
+
+        DriverStatement.run = counted_run  # type: ignore[method-assign]
+    except ImportError:
+        pass
 
     work = Path(tempfile.mkdtemp(prefix="profile_push_"))
     with scratch_database("mt5_profile_push") as url:

@@ -111,13 +111,21 @@ class DriverStatement:
         self.defaults = dict(compiled.params)
 
     def run(self, conn: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """Run on ``conn`` (PostgreSQL, no transaction begun on it) with autocommit on."""
+        """Run on ``conn`` (PostgreSQL, no transaction begun on it) with autocommit on; the
+        rows it returns."""
+        return self._run(conn, params)[0]
+
+    def rowcount(self, conn: Connection, params: dict[str, Any]) -> int:
+        """As :meth:`run`; the rows it changed."""
+        return self._run(conn, params)[1]
+
+    def _run(self, conn: Connection, params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
         dbapi = conn.connection.driver_connection
         assert dbapi is not None
         dbapi.autocommit = True
         try:
             with dbapi.cursor() as cur:
                 cur.execute(self.sql, {**self.defaults, **params})
-                return cur.fetchall() if cur.description is not None else []
+                return (cur.fetchall() if cur.description is not None else []), cur.rowcount
         finally:
             dbapi.autocommit = False

@@ -263,8 +263,8 @@ def test_enqueue_notifies_listeners_on_postgres(pg_url):
         assert list(listener.notifies(timeout=0.3)) == []
 
 
-def test_on_postgres_a_claim_and_a_flush_of_marks_are_one_round_trip_each(pg_url):
-    """The claim (with its unflushed commit) and the marks are each one string sent once, in
+def test_on_postgres_a_claim_a_flush_of_marks_and_the_expiry_are_one_round_trip_each(pg_url):
+    """The claim (with its unflushed commit), the marks and the expiry sweep are each one string sent once, in
     autocommit: no BEGIN, no separate SET, no COMMIT. What they write is what the portable
     statements write."""
     signals = queued(pg_url, 3)
@@ -285,6 +285,8 @@ def test_on_postgres_a_claim_and_a_flush_of_marks_are_one_round_trip_each(pg_url
         marks.append(queue.Mark(claims[1].id, claims[1].claim_token, "RETRY", T0, error="x", next_attempt_at=T0))
         marks.append(queue.Mark(claims[2].id, "not-the-token", "SENT", T0, ticket=8))
         applied = queue.apply_marks(pg_url, marks)
+        # The cycle's other statements on the way: the expiry sweep (nothing to expire here).
+        assert queue.expire_stale(pg_url, now=T0) == 0
     finally:
         event.remove(engine, "before_cursor_execute", count)
         event.remove(engine, "begin", count)

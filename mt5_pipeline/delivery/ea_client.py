@@ -178,7 +178,7 @@ class EAClient:
             # keeps its connection alive between rounds.
             self._exchange = Wire(
                 self.url,
-                ssl_context=make_ssl_context(settings) if parts.scheme == "https" else None,
+                ssl_context=make_ssl_context(settings),  # built even for http: a bad EA_CA_BUNDLE is named at start
                 max_connections=8,
                 keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
                 headers=headers,

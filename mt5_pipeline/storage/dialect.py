@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import ARRAY, CTE, FromClause, Table, bindparam, cast, column, func, select, text
+from sqlalchemy import ARRAY, CTE, FromClause, Table, bindparam, cast, column, exc, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.expression import Executable
@@ -122,10 +122,21 @@ class DriverStatement:
     def _run(self, conn: Connection, params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
         dbapi = conn.connection.driver_connection
         assert dbapi is not None
+        errors = conn.dialect.loaded_dbapi.Error
+        bound = {**self.defaults, **params}
+        if dbapi.get_transaction_status() != 0:  # not idle: the pool's ping after idling left one open
+            dbapi.rollback()
         dbapi.autocommit = True
         try:
             with dbapi.cursor() as cur:
-                cur.execute(self.sql, {**self.defaults, **params})
+                cur.execute(self.sql, bound)
                 return (cur.fetchall() if cur.description is not None else []), cur.rowcount
+        except errors as error:
+            # As SQLAlchemy's own execution would: a lost connection leaves the pool, and the
+            # error is SQLAlchemy's (OperationalError, IntegrityError, ...).
+            if conn.dialect.is_disconnect(error, dbapi, None):
+                conn.invalidate()
+            raise exc.DBAPIError.instance(self.sql, bound, error, errors) from error
         finally:
-            dbapi.autocommit = False
+            if not dbapi.closed:
+                dbapi.autocommit = False

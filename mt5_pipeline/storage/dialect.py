@@ -124,8 +124,8 @@ class DriverStatement:
         assert dbapi is not None
         errors = conn.dialect.loaded_dbapi.Error
         bound = {**self.defaults, **params}
-        if dbapi.get_transaction_status() != 0:  # not idle: the pool's ping after idling left one open
-            dbapi.rollback()
+        if conn.in_transaction():  # autocommit cannot be set inside one, and its work is not ours to end
+            raise RuntimeError("a DriverStatement runs as its own transaction: on a connection with none begun")
         dbapi.autocommit = True
         try:
             with dbapi.cursor() as cur:

@@ -299,3 +299,19 @@ def test_on_postgres_a_claim_a_flush_of_marks_and_the_expiry_are_one_round_trip_
     with psycopg.connect(psycopg_conninfo(pg_url)) as check:  # committed: seen from another session
         statuses = check.execute("SELECT status, claim_token FROM signals_queue ORDER BY id").fetchall()
     assert statuses == [("SENT", None), ("PENDING", None), ("PENDING", claims[2].claim_token)]
+
+
+def test_the_one_round_trip_statements_run_on_a_connection_the_pool_pinged(pg_url, monkeypatch):
+    """A pooled connection idle past PING_AFTER_IDLE_SECONDS is pinged on checkout (as after
+    an idle worker's quiet minute): the claim, marks and expiry run on it as on any other."""
+    from mt5_pipeline.storage import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_SECONDS", 0.0)  # every checkout pings
+    signals = queued(pg_url, 2)
+    claims = queue.claim_batch(pg_url, 10, lease_seconds=30, now=T0)
+    assert [c.signal_id for c in claims] == [s["signal_id"] for s in signals]
+    assert queue.apply_marks(pg_url, [queue.Mark(c.id, c.claim_token, "SENT", T0) for c in claims]) == {
+        c.id for c in claims
+    }
+    assert queue.expire_stale(pg_url, now=T0) == 0
+    assert queue.status_counts(pg_url)["SENT"] == 2

@@ -21,14 +21,16 @@ WRITE = DriverStatement(
 def test_a_write_commits_by_itself_and_an_error_is_sqlalchemys(pg_url):
     engine = get_engine(pg_url)
     with engine.connect() as conn:
-        conn.connection.driver_connection.cursor().execute("SELECT 1")  # a transaction open, as a ping leaves one
         assert WRITE.rowcount(conn, {"ea": "a", "failures": 2}) == 1
         with pytest.raises(exc.IntegrityError):  # the same key again
             WRITE.rowcount(conn, {"ea": "a", "failures": 3})
         assert conn.connection.driver_connection.autocommit is False  # handed back as it came
     with engine.connect() as conn:  # committed, and the failed one left nothing open
-        assert conn.execute(select(t.c.failures).where(t.c.ea == "a")).scalar_one() == 2
         assert READ.run(conn, {"ea": "a"}) == [("a", 2)]
+        assert conn.execute(select(t.c.failures).where(t.c.ea == "a")).scalar_one() == 2
+        # A transaction begun on the connection is the caller's: never ended behind its back.
+        with pytest.raises(RuntimeError, match="its own transaction"):
+            READ.run(conn, {"ea": "a"})
 
 
 def test_a_lost_connection_is_dropped_from_the_pool(pg_url):

@@ -39,16 +39,17 @@ delivery stopped.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection, Row
 
 from mt5_pipeline.clock import as_utc, resolve_now
-from mt5_pipeline.storage.dialect import insert_on_conflict
+from mt5_pipeline.storage.dialect import DriverStatement, insert_on_conflict
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import ea_delivery_state, signals_queue
 
@@ -107,7 +108,10 @@ class BreakerState:
 
 
 def _state_from(row: Row[Any]) -> BreakerState:
-    m = row._mapping
+    return _state_from_mapping(dict(row._mapping))
+
+
+def _state_from_mapping(m: Mapping[str, Any]) -> BreakerState:
     return BreakerState(
         ea=m["ea"],
         state=m["state"],
@@ -121,9 +125,21 @@ def _state_from(row: Row[Any]) -> BreakerState:
     )
 
 
+_READ = select(t).where(t.c.ea == bindparam("ea", type_=t.c.ea.type))
+# Every push cycle reads the state first, on the way from a fresh signal to the EA: one
+# round trip (no transaction around a one-row read).
+_PG_READ = DriverStatement(_READ)
+
+
 def read_state(database_url: str, ea: str) -> BreakerState:
-    with get_engine(database_url).connect() as conn:
-        row = conn.execute(select(t).where(t.c.ea == ea)).first()
+    engine = get_engine(database_url)
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            rows = _PG_READ.run(conn, {"ea": ea})
+            if not rows:
+                return BreakerState(ea)
+            return _state_from_mapping(dict(zip(_READ.selected_columns.keys(), rows[0], strict=True)))
+        row = conn.execute(_READ, {"ea": ea}).first()
     return _state_from(row) if row is not None else BreakerState(ea)
 
 

@@ -29,16 +29,15 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import httpcore
 import httpx
 
+from mt5_pipeline.delivery.ea_http import Answer, AnswerTimeout, ConnectFailed, ConnectionBroke, Wire
 from mt5_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,99 +80,6 @@ CONFIG_STATUSES = {
 PROBE_BODY = {"probe": True}
 
 
-# ---- the overall deadline ------------------------------------------------------------------
-# httpx's timeouts apply to each socket operation, so a server that trickles a byte every
-# few seconds never trips them. The transport below clamps every connect/read/write to
-# what is left of the request's deadline, which the client sets per thread.
-
-_deadline = threading.local()
-
-
-def _remaining(timeout: float | None) -> float | None:
-    end = getattr(_deadline, "end", None)
-    if end is None:
-        return timeout
-    left = end - time.monotonic()
-    if left <= 0:
-        return 0.0
-    return left if timeout is None else min(timeout, left)
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
-        self._inner = inner
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        left = _remaining(timeout)
-        if left == 0.0:
-            raise httpcore.ReadTimeout("overall request deadline exceeded")
-        return self._inner.read(max_bytes, left)
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        left = _remaining(timeout)
-        if left == 0.0:
-            raise httpcore.WriteTimeout("overall request deadline exceeded")
-        self._inner.write(buffer, left)
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        left = _remaining(timeout)
-        if left == 0.0:
-            raise httpcore.ConnectTimeout("overall request deadline exceeded")
-        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, left))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    def __init__(self) -> None:
-        self._inner = httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        left = _remaining(timeout)
-        if left == 0.0:
-            raise httpcore.ConnectTimeout("overall request deadline exceeded")
-        return _DeadlineStream(self._inner.connect_tcp(host, port, left, local_address, socket_options))
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.NetworkStream:
-        return _DeadlineStream(self._inner.connect_unix_socket(path, _remaining(timeout), socket_options))
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
-class _DeadlineTransport(httpx.HTTPTransport):
-    """httpx's own transport, with its connection pool built on the deadline backend."""
-
-    def __init__(self, *, ssl_context: ssl.SSLContext, limits: httpx.Limits) -> None:
-        super().__init__(verify=ssl_context, limits=limits)
-        # httpx builds the httpcore pool in __init__ and offers no hook for the network
-        # backend; this replaces it with an identical pool on that backend.
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=_DeadlineBackend(),
-        )
-
-
 def make_ssl_context(settings: Settings) -> ssl.SSLContext:
     """Verification always on; EA_CA_BUNDLE adds the EA's self-signed CA."""
     context = ssl.create_default_context()
@@ -192,7 +98,7 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
-def _ea_message(response: httpx.Response) -> str:
+def _ea_message(response: Answer) -> str:
     try:
         body = response.json()
     except ValueError:
@@ -204,16 +110,50 @@ def _ea_message(response: httpx.Response) -> str:
     return _short(json.dumps(body))
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("Retry-After")
+def _retry_after(response: Answer) -> float | None:
+    raw = response.headers.get("retry-after")
     try:
         return max(0.0, float(raw)) if raw else None
     except ValueError:
         return None
 
 
+class _Exchange(Protocol):
+    def request(self, method: str, body: bytes, headers: Mapping[str, str], timeout: float) -> Answer: ...
+
+    def close(self) -> None: ...
+
+
+class _HttpxExchange:
+    """Requests through an httpx transport handed in (the API's tests pass one), their
+    errors told apart as the wire tells them."""
+
+    def __init__(self, url: str, transport: httpx.BaseTransport, headers: Mapping[str, str], timeout: float) -> None:
+        self.url = url
+        self._client = httpx.Client(
+            transport=transport, timeout=httpx.Timeout(timeout), headers=dict(headers), follow_redirects=False,
+            trust_env=False,
+        )  # fmt: skip
+
+    def request(self, method: str, body: bytes, headers: Mapping[str, str], timeout: float) -> Answer:
+        try:
+            response = self._client.request(method, self.url, content=body, headers=dict(headers))
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise ConnectFailed(f"{exc.__class__.__name__}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise AnswerTimeout(f"{exc.__class__.__name__}: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise ConnectionBroke(f"{exc.__class__.__name__}: {exc}") from exc
+        headers_out = {k.lower(): v for k, v in response.headers.items()}
+        return Answer(response.status_code, response.reason_phrase, headers_out, response.content)
+
+    def close(self) -> None:
+        self._client.close()
+
+
 class EAClient:
-    """One pooled, keep-alive ``httpx.Client`` for the EA. Thread-safe; close() when done."""
+    """Pooled keep-alive connections to the EA (:mod:`mt5_pipeline.delivery.ea_http`).
+    Thread-safe; close() when done."""
 
     def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None) -> None:
         self.settings = settings
@@ -226,17 +166,23 @@ class EAClient:
         self._key = settings.effective_ea_api_key
         # Whether a key is sent at all (the pusher warns when not), without exposing it.
         self.has_key = bool(self._key)
-        # A push round keeps up to SEND_LANES (4) requests in flight; the rest cover the API's
-        # manual push and test-connection running beside the worker. Every lane keeps its
-        # connection alive between rounds.
-        limits = httpx.Limits(max_connections=8, max_keepalive_connections=8, keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS)
-        self._client = httpx.Client(
-            transport=transport or _DeadlineTransport(ssl_context=make_ssl_context(settings), limits=limits),
-            timeout=httpx.Timeout(self.timeout),
-            headers={"X-API-Key": self._key} if self._key else {},
-            follow_redirects=False,  # a redirect would re-send the key somewhere else
-            trust_env=False,  # an HTTP(S)_PROXY meant for the internet must not catch the LAN EA
-        )
+        headers = {"User-Agent": "mt5-pipeline", **({"X-API-Key": self._key} if self._key else {})}
+        # Redirects are never followed (one would re-send the key somewhere else), and no
+        # HTTP(S)_PROXY meant for the internet can catch the LAN EA: the wire knows neither.
+        self._exchange: _Exchange
+        if transport is not None:
+            self._exchange = _HttpxExchange(self.url, transport, headers, self.timeout)
+        else:
+            # A push round keeps up to SEND_LANES (4) requests in flight; the rest cover the
+            # API's manual push and test-connection running beside the worker. Every lane
+            # keeps its connection alive between rounds.
+            self._exchange = Wire(
+                self.url,
+                ssl_context=make_ssl_context(settings),  # built even for http: a bad EA_CA_BUNDLE is named at start
+                max_connections=8,
+                keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+                headers=headers,
+            )
 
     def __enter__(self) -> EAClient:
         return self
@@ -245,17 +191,11 @@ class EAClient:
         self.close()
 
     def close(self) -> None:
-        self._client.close()
+        self._exchange.close()
 
-    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """One request within the overall deadline (EA_REQUEST_TIMEOUT); the body is read fully."""
-        _deadline.end = time.monotonic() + self.timeout
-        try:
-            with self._client.stream(method, url, **kwargs) as response:
-                response.read()
-                return response
-        finally:
-            _deadline.end = None
+    def _request(self, body: bytes, headers: Mapping[str, str]) -> Answer:
+        """One POST within the overall deadline (EA_REQUEST_TIMEOUT); the body is read fully."""
+        return self._exchange.request("POST", body, headers, self.timeout)
 
     def send(self, payload: dict) -> SendOutcome:
         """POST one signal; never raises for network or EA errors (they become outcomes)."""
@@ -268,30 +208,24 @@ class EAClient:
             return SendOutcome(kind, elapsed_s=time.monotonic() - started, **kw)
 
         try:
-            response = self._request("POST", self.url, content=body, headers=headers)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            response = self._request(body, headers)
+        except ConnectFailed as exc:
             # Nothing reached the EA: a plain retry.
-            return outcome(
-                "retry",
-                error=f"cannot connect to the EA at {self.server}: {exc.__class__.__name__}: {_short(str(exc))}",
-            )
-        except httpx.TimeoutException as exc:
+            return outcome("retry", error=f"cannot connect to the EA at {self.server}: {_short(str(exc))}")
+        except AnswerTimeout as exc:
             return outcome(
                 "retry",
                 ambiguous=True,
                 error=(
-                    f"no answer from the EA within {self.timeout:g} s ({exc.__class__.__name__}: "
-                    f"{_short(str(exc))}); it may have acted, retrying with the same signal_id"
-                ),
-            )
-        except httpx.TransportError as exc:
-            return outcome(
-                "retry",
-                ambiguous=True,
-                error=(
-                    f"connection to the EA broke: {exc.__class__.__name__}: {_short(str(exc))}; "
+                    f"no answer from the EA within {self.timeout:g} s ({_short(str(exc))}); it may have acted, "
                     "retrying with the same signal_id"
                 ),
+            )
+        except ConnectionBroke as exc:
+            return outcome(
+                "retry",
+                ambiguous=True,
+                error=f"connection to the EA broke: {_short(str(exc))}; retrying with the same signal_id",
             )
 
         code = response.status_code
@@ -339,14 +273,12 @@ class EAClient:
         result = {"connected": False, "ea_server": self.server, "ea_url": self.url, "message": ""}
         body = json.dumps(PROBE_BODY).encode()
         try:
-            response = self._request("POST", self.url, content=body, headers={"Content-Type": "application/json"})
-        except httpx.TimeoutException:
+            response = self._request(body, {"Content-Type": "application/json"})
+        except AnswerTimeout:
             result["message"] = f"❌ EA at {self.server} did not answer within {self.timeout:g} s"
             return result
-        except httpx.TransportError as exc:
-            result["message"] = (
-                f"❌ Cannot connect to EA at {self.server}: {exc.__class__.__name__}: {_short(str(exc))}"
-            )
+        except (ConnectFailed, ConnectionBroke) as exc:
+            result["message"] = f"❌ Cannot connect to EA at {self.server}: {_short(str(exc))}"
             return result
         code = response.status_code
         result["status_code"] = code

@@ -44,7 +44,9 @@ from mt5_pipeline.signals.queue import Claimed, Mark
 log = logging.getLogger("mt5_pipeline.delivery.pusher")  # one logger for the whole push cycle
 
 BACKOFF_BASE_SECONDS = 1.0
-FLUSH_EVERY = 25
+# Outcomes are written every FLUSH_EVERY sends or FLUSH_SECONDS, and at the end: a batch
+# (EA_BATCH_SIZE, 100 by default) that the EA answers briskly is one statement.
+FLUSH_EVERY = 100
 FLUSH_SECONDS = 0.25
 # Requests in flight at once once the EA has answered the round's first one. A few are
 # enough to keep both the pusher and the EA busy; more only queue up at the EA.
@@ -328,7 +330,8 @@ class PushRound:
         if outcome.kind == "ok":
             self.marks.append(Mark(c.id, self.token, "SENT", at, ticket=outcome.ticket))
             self.result.sent += 1
-            log.info("✅ Signal sent to EA: %s", describe(c))
+            if log.isEnabledFor(logging.INFO):  # the line is one per signal: built only when written
+                log.info("✅ Signal sent to EA: %s", describe(c))
         elif at >= c.expires_at:
             # Sent in time, but the deadline passed on the way: the EA refused it as too
             # late, which is what EXPIRED means.

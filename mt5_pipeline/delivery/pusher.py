@@ -28,7 +28,7 @@ Decisions worth knowing:
 - Leases are short (5 s) and renewed every third of that by a heartbeat thread for as
   long as the cycle runs, a request in flight included. A pusher that dies stops
   renewing: its rows are claimable again within 5 s, re-sent with the same signal_id.
-- Outcomes are written in small groups (every 25 sends or 0.25 s, and at the end) rather
+- Outcomes are written in groups (every 100 sends or 0.25 s, and at the end) rather
   than one commit per send. If the process dies in between, those rows are sent again
   (same signal_id) once the lease runs out; the EA dedupes.
 - A suspect signal's own retry waits ``1 s * 2**(attempt-1)`` with equal jitter (x0.5..1),

@@ -77,7 +77,7 @@ from mt5_pipeline.signals.queue_marks import (
     mark_retry,
     mark_sent,
 )
-from mt5_pipeline.storage.dialect import materialized, skip_commit_flush
+from mt5_pipeline.storage.dialect import DriverStatement, materialized, skip_commit_flush
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_queue
 
@@ -233,6 +233,12 @@ def _claim_statement(probe: bool = False) -> ReturningUpdate[Any]:
 
 _CLAIM = _claim_statement()
 _CLAIM_PROBE = _claim_statement(probe=True)
+# PostgreSQL: the claim in one round trip. Its commit need not wait for the WAL flush (a
+# claim lost to a database crash is claimed again, same signal_id), and it sits between a
+# fresh signal and the EA.
+_NO_FLUSH = "SET LOCAL synchronous_commit TO OFF; "
+_PAYLOAD_NAMES = [c.name for c in PAYLOAD_COLUMNS]
+_PG_CLAIM = {False: DriverStatement(_CLAIM, _NO_FLUSH), True: DriverStatement(_CLAIM_PROBE, _NO_FLUSH)}
 
 
 def claim_batch(
@@ -265,14 +271,21 @@ def claim_batch(
         "lease_until": lease_until,
         "exclude_id": -1 if exclude_id is None else int(exclude_id),
     }
-    with engine.begin() as conn:
-        # A claim need not survive a database crash (the row would just be claimed again,
-        # same signal_id), and this statement sits between a fresh signal and the EA.
-        skip_commit_flush(conn)
-        rows = conn.execute(_CLAIM_PROBE if probe else _CLAIM, params).all()
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            raw = _PG_CLAIM[probe].run(conn, params)
+        rows = [dict(zip(_PAYLOAD_NAMES, r, strict=True)) for r in raw]
+        for m in rows:  # what the table's UtcDateTime gives back through SQLAlchemy
+            m["ts"], m["expires_at"] = as_utc(m["ts"]), as_utc(m["expires_at"])
+    else:
+        with engine.begin() as conn:
+            skip_commit_flush(conn)
+            rows = [dict(r._mapping) for r in conn.execute(_CLAIM_PROBE if probe else _CLAIM, params)]
     return [
-        Claimed(id=r.id, signal=Signal.from_row(r), attempts=r.attempts, claim_token=token, lease_until=lease_until)
-        for r in sorted(rows, key=lambda r: r.id)
+        Claimed(
+            id=m["id"], signal=Signal.from_row(m), attempts=m["attempts"], claim_token=token, lease_until=lease_until
+        )
+        for m in sorted(rows, key=lambda m: m["id"])
     ]
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.sql import FromClause
 from sqlalchemy.sql.dml import Update
 
 from mt5_pipeline.clock import as_utc, resolve_now
-from mt5_pipeline.storage.dialect import RowsParameter
+from mt5_pipeline.storage.dialect import DriverStatement, RowsParameter
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import UtcDateTime, signals_queue
 
@@ -103,7 +103,11 @@ def apply_marks(database_url: str, marks: Iterable[Mark]) -> set[int]:
         )
         for m in marks
     ]
-    with get_engine(database_url).begin() as conn:
+    engine = get_engine(database_url)
+    if engine.dialect.name == "postgresql":  # a flush is one round trip: it runs beside the sends
+        with engine.connect() as conn:
+            return {r[0] for r in _MARKS.run_in_one_round_trip(conn, _apply_marks_statement, rows)}
+    with engine.begin() as conn:
         return {r[0] for r in _MARKS.execute(conn, _apply_marks_statement, rows)}
 
 
@@ -171,10 +175,15 @@ def _expire_statement() -> Update:
 
 
 _EXPIRE = _expire_statement()
+_PG_EXPIRE = DriverStatement(_EXPIRE)  # every push cycle runs it: one round trip
 
 
 def expire_stale(database_url: str, *, now: datetime | None = None) -> int:
     """PENDING rows past ``expires_at`` become EXPIRED (never sent). Leased rows are left to
     their holder, which checks expiry itself before sending."""
-    with get_engine(database_url).begin() as conn:
+    engine = get_engine(database_url)
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            return _PG_EXPIRE.rowcount(conn, {"now": resolve_now(now)})
+    with engine.begin() as conn:
         return conn.execute(_EXPIRE, {"now": resolve_now(now)}).rowcount

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import ARRAY, CTE, FromClause, Table, bindparam, cast, column, func, select, text
+from sqlalchemy import ARRAY, CTE, FromClause, Table, bindparam, cast, column, exc, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.expression import Executable
@@ -53,6 +53,7 @@ class RowsParameter:
         self.name = name
         self.types = types
         self._statements: dict[str, Executable] = {}
+        self._driver: DriverStatement | None = None
 
     def _rows(self, on_postgres: bool) -> FromClause:
         if on_postgres:
@@ -80,3 +81,62 @@ class RowsParameter:
         for row in rows:
             out += conn.execute(statement, dict(zip(keys, row, strict=True))).all()
         return out
+
+    def run_in_one_round_trip(
+        self, conn: Connection, build: Callable[[FromClause], Executable], rows: Sequence[Sequence[Any]]
+    ) -> list[tuple[Any, ...]]:
+        """PostgreSQL only: as :meth:`execute`, as a :class:`DriverStatement` (one round
+        trip, its own transaction; values bound as given, no bind types applied)."""
+        driver = self._driver
+        if driver is None:
+            driver = self._driver = DriverStatement(build(self._rows(True)))
+        columns = list(zip(*rows, strict=True))
+        return driver.run(conn, {f"{self.name}_{n}": list(v) for n, v in zip(self.types, columns, strict=True)})
+
+
+class DriverStatement:
+    """A statement compiled once to PostgreSQL's driver SQL, run in ONE round trip.
+
+    ``prefix`` (e.g. ``SET LOCAL ...;``) is sent in the same string. Autocommit makes the
+    string one implicit transaction that commits as it ends, so a write costs one round
+    trip instead of four (BEGIN, prefix, statement, COMMIT), and no SQLAlchemy execution
+    machinery runs per call. For the statements on the path of every signal; the rows come
+    back as the driver gives them (no result types applied).
+    """
+
+    def __init__(self, statement: Executable, prefix: str = "") -> None:
+        compiled = statement.compile(dialect=postgresql.psycopg2.dialect())  # type: ignore[attr-defined,no-untyped-call]
+        self.sql = prefix + str(compiled)
+        # Literals in the statement are anonymous bound parameters, with their values here.
+        self.defaults = dict(compiled.params)
+
+    def run(self, conn: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run on ``conn`` (PostgreSQL, no transaction begun on it) with autocommit on; the
+        rows it returns."""
+        return self._run(conn, params)[0]
+
+    def rowcount(self, conn: Connection, params: dict[str, Any]) -> int:
+        """As :meth:`run`; the rows it changed."""
+        return self._run(conn, params)[1]
+
+    def _run(self, conn: Connection, params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
+        dbapi = conn.connection.driver_connection
+        assert dbapi is not None
+        errors = conn.dialect.loaded_dbapi.Error
+        bound = {**self.defaults, **params}
+        if conn.in_transaction():  # autocommit cannot be set inside one, and its work is not ours to end
+            raise RuntimeError("a DriverStatement runs as its own transaction: on a connection with none begun")
+        dbapi.autocommit = True
+        try:
+            with dbapi.cursor() as cur:
+                cur.execute(self.sql, bound)
+                return (cur.fetchall() if cur.description is not None else []), cur.rowcount
+        except errors as error:
+            # As SQLAlchemy's own execution would: a lost connection leaves the pool, and the
+            # error is SQLAlchemy's (OperationalError, IntegrityError, ...).
+            if conn.dialect.is_disconnect(error, dbapi, None):
+                conn.invalidate()
+            raise exc.DBAPIError.instance(self.sql, bound, error, errors) from error
+        finally:
+            if not dbapi.closed:
+                dbapi.autocommit = False

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from mt5_pipeline.clock import iso_z, utcnow
@@ -261,3 +261,57 @@ def test_enqueue_notifies_listeners_on_postgres(pg_url):
         # A duplicate queues nothing and wakes nobody.
         assert queue.enqueue(pg_url, make_signal(ts=BAR)) is False
         assert list(listener.notifies(timeout=0.3)) == []
+
+
+def test_on_postgres_a_claim_a_flush_of_marks_and_the_expiry_are_one_round_trip_each(pg_url):
+    """The claim (with its unflushed commit), the marks and the expiry sweep are each one string sent once, in
+    autocommit: no BEGIN, no separate SET, no COMMIT. What they write is what the portable
+    statements write."""
+    signals = queued(pg_url, 3)
+    sent: list[str] = []
+    engine = get_engine(pg_url)
+
+    def count(*args) -> None:
+        sent.append(args[2] if len(args) > 2 else "begin")
+
+    event.listen(engine, "before_cursor_execute", count)
+    event.listen(engine, "begin", count)
+    try:
+        claims = queue.claim_batch(pg_url, 10, lease_seconds=30, now=T0)
+        assert [c.signal_id for c in claims] == [s["signal_id"] for s in signals]
+        assert all(c.expires_at.utcoffset() == timedelta(0) and c.attempts == 1 for c in claims)
+        assert claims[0].payload == {**signals[0], "meta": signals[0]["meta"]}
+        marks = [queue.Mark(claims[0].id, claims[0].claim_token, "SENT", T0, ticket=7)]
+        marks.append(queue.Mark(claims[1].id, claims[1].claim_token, "RETRY", T0, error="x", next_attempt_at=T0))
+        marks.append(queue.Mark(claims[2].id, "not-the-token", "SENT", T0, ticket=8))
+        applied = queue.apply_marks(pg_url, marks)
+        # The cycle's other statements on the way: the expiry sweep (nothing to expire here).
+        assert queue.expire_stale(pg_url, now=T0) == 0
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+        event.remove(engine, "begin", count)
+    assert sent == []  # neither went through SQLAlchemy's execution (nor opened a transaction)
+    assert applied == {claims[0].id, claims[1].id}
+    first, second, third = (row(pg_url, s["signal_id"]) for s in signals)
+    assert (first["status"], first["ticket"]) == ("SENT", 7)
+    assert (second["status"], second["last_error"]) == ("PENDING", "x")
+    assert third["status"] == "PENDING"  # a stale token writes nothing
+    with psycopg.connect(psycopg_conninfo(pg_url)) as check:  # committed: seen from another session
+        statuses = check.execute("SELECT status, claim_token FROM signals_queue ORDER BY id").fetchall()
+    assert statuses == [("SENT", None), ("PENDING", None), ("PENDING", claims[2].claim_token)]
+
+
+def test_the_one_round_trip_statements_run_on_a_connection_the_pool_pinged(pg_url, monkeypatch):
+    """A pooled connection idle past PING_AFTER_IDLE_SECONDS is pinged on checkout (as after
+    an idle worker's quiet minute): the claim, marks and expiry run on it as on any other."""
+    from mt5_pipeline.storage import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_SECONDS", 0.0)  # every checkout pings
+    signals = queued(pg_url, 2)
+    claims = queue.claim_batch(pg_url, 10, lease_seconds=30, now=T0)
+    assert [c.signal_id for c in claims] == [s["signal_id"] for s in signals]
+    assert queue.apply_marks(pg_url, [queue.Mark(c.id, c.claim_token, "SENT", T0) for c in claims]) == {
+        c.id for c in claims
+    }
+    assert queue.expire_stale(pg_url, now=T0) == 0
+    assert queue.status_counts(pg_url)["SENT"] == 2

@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import ARRAY, CTE, FromClause, Table, bindparam, cast, column, exc, func, select, text
+from sqlalchemy import ARRAY, CTE, FromClause, Table, bindparam, cast, column, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TypeEngine
+
+from mt5_pipeline.storage.engine import autocommit
 
 
 def _on_postgres(conn: Connection) -> bool:
@@ -120,23 +122,6 @@ class DriverStatement:
         return self._run(conn, params)[1]
 
     def _run(self, conn: Connection, params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
-        dbapi = conn.connection.driver_connection
-        assert dbapi is not None
-        errors = conn.dialect.loaded_dbapi.Error
-        bound = {**self.defaults, **params}
-        if conn.in_transaction():  # autocommit cannot be set inside one, and its work is not ours to end
-            raise RuntimeError("a DriverStatement runs as its own transaction: on a connection with none begun")
-        dbapi.autocommit = True
-        try:
-            with dbapi.cursor() as cur:
-                cur.execute(self.sql, bound)
-                return (cur.fetchall() if cur.description is not None else []), cur.rowcount
-        except errors as error:
-            # As SQLAlchemy's own execution would: a lost connection leaves the pool, and the
-            # error is SQLAlchemy's (OperationalError, IntegrityError, ...).
-            if conn.dialect.is_disconnect(error, dbapi, None):
-                conn.invalidate()
-            raise exc.DBAPIError.instance(self.sql, bound, error, errors) from error
-        finally:
-            if not dbapi.closed:
-                dbapi.autocommit = False
+        with autocommit(conn) as cur:
+            cur.execute(self.sql, {**self.defaults, **params})
+            return (cur.fetchall() if cur.description is not None else []), cur.rowcount

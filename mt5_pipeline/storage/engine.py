@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -146,23 +146,38 @@ def dispose_engines() -> None:
 
 
 @contextmanager
-def autocommit_cursor(database_url: str) -> Iterator[Any]:
-    """A psycopg2 cursor on a pooled PostgreSQL connection in autocommit: one round trip a
-    call to ``execute``. Through the engine a read is three (psycopg2's BEGIN, the query,
-    the pool's ROLLBACK at check-in); on the live path, once a bar per symbol, that was
-    most of the worker's wait. Several statements in one ``execute`` run as one implicit
-    transaction: committed together after the last, or rolled back together on an error.
+def autocommit(conn: Connection) -> Iterator[Any]:
+    """A driver cursor on ``conn`` (PostgreSQL, no transaction begun on it) in autocommit:
+    one round trip a call to ``execute``. Through SQLAlchemy a write is four (psycopg2's
+    BEGIN, the statement, anything set before it, COMMIT) and a read three (the pool's
+    ROLLBACK at check-in); on the paths every bar and every signal takes, that was most of
+    their wait. Several statements in one ``execute`` run as one implicit transaction:
+    committed together after the last, or rolled back together on an error. Errors come
+    out as SQLAlchemy's (``OperationalError``, ``IntegrityError``...), and a connection the
+    server dropped leaves the pool, as SQLAlchemy's own execution would have it.
     """
-    with get_engine(database_url).connect() as conn:
-        raw: Any = conn.connection.dbapi_connection
-        raw.autocommit = True
-        try:
-            with raw.cursor() as cursor:
-                yield cursor
-        except Exception:
-            if raw.closed:  # the server went away: the pool must not hand this connection out again
-                conn.invalidate()
-            raise
-        finally:
-            if not raw.closed:
-                raw.autocommit = False
+    driver: Any = conn.connection.driver_connection
+    if conn.in_transaction():  # autocommit cannot be set inside one, and its work is not ours to end
+        raise RuntimeError("statements in autocommit run as their own transaction: on a connection with none begun")
+    errors = conn.dialect.loaded_dbapi.Error
+    driver.autocommit = True
+    cursor = driver.cursor()
+    try:
+        yield cursor
+    except errors as error:
+        if conn.dialect.is_disconnect(error, driver, cursor):
+            conn.invalidate()
+        query = cursor.query.decode(errors="replace")[:1000] if getattr(cursor, "query", None) else ""
+        raise exc.DBAPIError.instance(query, None, error, errors) from error
+    finally:
+        if not cursor.closed:
+            cursor.close()
+        if not driver.closed:
+            driver.autocommit = False
+
+
+@contextmanager
+def autocommit_cursor(database_url: str) -> Iterator[Any]:
+    """:func:`autocommit` on a pooled connection of ``database_url``'s engine."""
+    with get_engine(database_url).connect() as conn, autocommit(conn) as cursor:
+        yield cursor

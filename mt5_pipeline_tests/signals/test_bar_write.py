@@ -8,9 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import psycopg
-import psycopg2
 import pytest
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from mt5_pipeline.execution.trade_signal import Signal
 from mt5_pipeline.learning.features import load_feature_rows
@@ -64,7 +63,7 @@ def test_a_failed_write_stores_neither_and_the_connection_stays_usable(db_url):
     bad = _signal(model_version="v" * 300)
     if db_url.startswith("sqlite"):
         object.__setattr__(bad, "side", None)
-    with pytest.raises((psycopg2.DataError, IntegrityError)):
+    with pytest.raises((DataError, IntegrityError)):
         write.enqueue(db_url, bad, now=AT)
     assert load_feature_rows(db_url, ["XAUUSD"], usable_only=False).empty
     assert queue.status_counts(db_url).get("PENDING", 0) == 0

@@ -29,7 +29,7 @@ def test_a_write_commits_by_itself_and_an_error_is_sqlalchemys(pg_url):
         assert READ.run(conn, {"ea": "a"}) == [("a", 2)]
         assert conn.execute(select(t.c.failures).where(t.c.ea == "a")).scalar_one() == 2
         # A transaction begun on the connection is the caller's: never ended behind its back.
-        with pytest.raises(RuntimeError, match="its own transaction"):
+        with pytest.raises(RuntimeError, match="their own transaction"):
             READ.run(conn, {"ea": "a"})
 
 

@@ -4,9 +4,9 @@ lent again."""
 
 from __future__ import annotations
 
-import psycopg2
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from mt5_pipeline.storage.engine import autocommit_cursor, get_engine
 
@@ -19,7 +19,7 @@ def test_statements_sent_together_commit_or_fail_together(pg_url):
             "INSERT INTO probe_rows VALUES (1); INSERT INTO probe_rows VALUES (2); SELECT count(*) FROM probe_rows"
         )
         assert cursor.fetchone() == (2,)
-    with pytest.raises(psycopg2.IntegrityError):
+    with pytest.raises(IntegrityError):
         with autocommit_cursor(pg_url) as cursor:
             cursor.execute("INSERT INTO probe_rows VALUES (3); INSERT INTO probe_rows VALUES (1)")
     with get_engine(pg_url).connect() as conn:
@@ -31,7 +31,7 @@ def test_statements_sent_together_commit_or_fail_together(pg_url):
 
 
 def test_a_connection_the_server_dropped_is_not_lent_again(pg_url):
-    with pytest.raises(psycopg2.OperationalError):
+    with pytest.raises(OperationalError):
         with autocommit_cursor(pg_url) as cursor:
             cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
     for _ in range(6):  # more than the pool holds

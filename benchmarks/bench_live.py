@@ -39,8 +39,10 @@ sensor tick, as each minute's bars do in production).
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -161,6 +163,9 @@ class Stack:
     def __init__(self, url: str, model_dir: Path, workdir: Path, *, live: bool = True, processes: int = 1) -> None:
         self.api_port, self.ea_port = _free_port(), _free_port()
         self.ea_log = workdir / "ea-received.jsonl"
+        self._read_to = 0
+        self._received: list[dict] = []
+        self._by_bar: dict[str, dict[str, float]] = {}
         self.env = {
             **os.environ,
             **ENV,
@@ -200,43 +205,95 @@ class Stack:
         time.sleep(2.0)  # the workers' imports, and the live worker's first pass
 
     def received(self) -> list[dict]:
+        """Every receipt the EA logged so far; the log is read from where the last call stopped."""
         if not self.ea_log.exists():
-            return []
-        text = self.ea_log.read_text()
+            return self._received
+        with self.ea_log.open("rb") as f:
+            f.seek(self._read_to)
+            data = f.read()
         # The EA may be mid-write: a line counts once its newline is there.
-        complete = text[: text.rfind("\n") + 1]
-        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+        complete = data[: data.rfind(b"\n") + 1]
+        self._read_to += len(complete)
+        for line in complete.splitlines():
+            if line.strip():
+                x = json.loads(line)
+                self._received.append(x)
+                self._by_bar.setdefault(x["signal"]["timestamp"], {})[x["signal"]["symbol"]] = x["received_at"]
+        return self._received
+
+    def receipts(self, bar_iso: str) -> dict[str, float]:
+        """{symbol: receipt time} of the signals for the bar so far (a repeat: its last receipt)."""
+        self.received()
+        return dict(self._by_bar.get(bar_iso, {}))
 
     def close(self) -> None:
         for proc in self.procs.values():
             stop(proc)
 
 
-def _post_round(api_port: int, bars: dict[str, dict], clients: list) -> float:
-    """POST each symbol's bar from its own thread, all released at once; returns the release time."""
-    barrier = threading.Barrier(len(bars) + 1)
-    errors: list[str] = []
+class EAs:
+    """The N EAs' POSTs /ingest, at little CPU of this machine's (in production each EA is
+    another machine): one keep-alive connection per EA, each round's requests encoded
+    before its release, sent back to back from this one thread, then each 200 read.
 
-    def post(client, symbol: str, bar: dict) -> None:
-        barrier.wait()
-        r = client.post(
-            f"http://127.0.0.1:{api_port}/ingest",
-            json={"symbol": symbol, "timeframe": "M1", "candles": [bar]},
-            headers={"X-API-Key": KEY},
-        )
-        if r.status_code != 200:
-            errors.append(f"{symbol}: {r.status_code} {r.text[:200]}")
+    The server closes a connection idle longer than its keep-alive (uvicorn: 5 s, shorter
+    than the pace); like an HTTP client's pool, such a connection is reopened when the
+    round's request is sent, after the release, so the latency still includes the connect."""
 
-    threads = [threading.Thread(target=post, args=(clients[i], s, b)) for i, (s, b) in enumerate(bars.items())]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    started = time.time()
-    for t in threads:
-        t.join()
-    if errors:
-        raise SystemExit("ingest failed: " + "; ".join(errors[:5]))
-    return started
+    def __init__(self, api_port: int, n: int) -> None:
+        self.port = api_port
+        self.socks: list[socket.socket | None] = [None] * n
+        self.head = (
+            f"POST /ingest HTTP/1.1\r\nHost: 127.0.0.1:{api_port}\r\nX-API-Key: {KEY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: "
+        ).encode()
+
+    def request(self, symbol: str, bar: dict) -> bytes:
+        # The body as httpx's json= encodes it.
+        body = json.dumps(
+            {"symbol": symbol, "timeframe": "M1", "candles": [bar]},
+            ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+        ).encode()  # fmt: skip
+        return self.head + str(len(body)).encode() + b"\r\n\r\n" + body
+
+    def _connected(self, i: int) -> socket.socket:
+        sock = self.socks[i]
+        # An idle keep-alive connection that reads as ready has been closed by the server.
+        if sock is not None and select.select([sock], [], [], 0)[0]:
+            sock.close()
+            sock = None
+        if sock is None:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.socks[i] = sock
+        return sock
+
+    def post_round(self, bars: dict[str, dict]) -> float:
+        """POST each symbol's bar, all released at once; returns the release time."""
+        requests = [self.request(symbol, bar) for symbol, bar in bars.items()]
+        started = time.time()
+        for i, raw in enumerate(requests):
+            self._connected(i).sendall(raw)
+        errors: list[str] = []
+        for i, symbol in enumerate(bars):
+            sock = self.socks[i]
+            assert sock is not None
+            response = http.client.HTTPResponse(sock, method="POST")
+            response.begin()
+            body = response.read()
+            if response.status != 200:
+                errors.append(f"{symbol}: {response.status} {body[:200]!r}")
+            if response.will_close:
+                sock.close()
+                self.socks[i] = None
+        if errors:
+            raise SystemExit("ingest failed: " + "; ".join(errors[:5]))
+        return started
+
+    def close(self) -> None:
+        for sock in self.socks:
+            if sock is not None:
+                sock.close()
 
 
 def _bar(frame, i: int) -> dict:
@@ -294,16 +351,14 @@ def _timed_rounds(
     stack: Stack, symbols: list[str], frames: dict, first: int, rounds: int, *, wait: float, after_post=None
 ) -> tuple[list[float], int]:
     """POST one bar per symbol per round and time each to the EA's receipt; (latencies in s, bars lost)."""
-    import httpx
-
-    clients = [httpx.Client(timeout=30, trust_env=False) for _ in symbols]
+    eas = EAs(stack.api_port, len(symbols))
     latencies: list[float] = []
     lost = 0
     try:
         for r in range(rounds):
             bars = {s: _bar(frames[s], HISTORY_BARS + r) for s in symbols}
             bar_iso = _iso(first + r * 60)
-            started = _post_round(stack.api_port, bars, clients)
+            started = eas.post_round(bars)
             if after_post is not None:
                 after_post(symbols)
             got = _wait_received(stack, bar_iso, len(symbols), wait)
@@ -311,8 +366,7 @@ def _timed_rounds(
             latencies += [t - started for t in got.values()]
             time.sleep(0.3)
     finally:
-        for c in clients:
-            c.close()
+        eas.close()
     return latencies, lost
 
 
@@ -320,7 +374,7 @@ def _wait_received(stack: Stack, bar_iso: str, n: int, wait: float) -> dict[str,
     """{symbol: receipt time} of the signals for the bar, once all n arrived or `wait` ran out."""
     deadline = time.monotonic() + wait
     while True:
-        got = {x["signal"]["symbol"]: x["received_at"] for x in stack.received() if x["signal"]["timestamp"] == bar_iso}
+        got = stack.receipts(bar_iso)
         if len(got) >= n or time.monotonic() > deadline:
             return got
         time.sleep(0.01)
@@ -415,6 +469,16 @@ def dagster_instance_env(work: Path, url: str) -> dict[str, str]:
     }
 
 
+def _record(argv: list[str], env: dict[str, str]) -> list[str]:
+    """A Dagster process (and the code servers it spawns) at the priority deployments give it:
+    DAGSTER_NICE, as `mt5-pipeline dev` does (the units: Nice=10; mt5_pipeline.apps.priority).
+    The bench's processes share its session, so the niceness alone ranks them."""
+    from mt5_pipeline.apps.priority import niced
+    from mt5_pipeline.settings import Settings
+
+    return niced(argv, Settings.from_env(env, env_file=None).dagster_nice)
+
+
 def run_daemon_baseline(n_symbols: int, rounds: int, *, wait: float = 90.0) -> dict:
     """The sensor-and-run path as deployed: dagster-daemon on PostgreSQL storage."""
 
@@ -423,7 +487,7 @@ def run_daemon_baseline(n_symbols: int, rounds: int, *, wait: float = 90.0) -> d
         env = {**stack.env, **dagster_instance_env(work, url)}
         daemon_log = work / "daemon.log"
         daemon = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "mt5_pipeline"],
+            _record([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "mt5_pipeline"], env),
             env=env,
             cwd=ROOT,
             stdout=daemon_log.open("w"),
@@ -508,12 +572,12 @@ class DagsterStack:
         self.daemon_log = work / "daemon.log"
         self.web_port = _free_port()
         self.daemon = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "mt5_pipeline"],
+            _record([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "mt5_pipeline"], self.env),
             env=self.env, cwd=ROOT, stdout=self.daemon_log.open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.web = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster-webserver")), "-m", "mt5_pipeline",
-             "-h", "127.0.0.1", "-p", str(self.web_port)],
+            _record([str(Path(sys.executable).with_name("dagster-webserver")), "-m", "mt5_pipeline",
+                     "-h", "127.0.0.1", "-p", str(self.web_port)], self.env),
             env=self.env, cwd=ROOT, stdout=(work / "webserver.log").open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_healthy(f"http://127.0.0.1:{self.web_port}/server_info", self.web, work / "webserver.log", 180)
@@ -591,15 +655,13 @@ def run_stack(
             latencies: list[float] = []
             per_round: list[list[float]] = []
             missing = 0
-            import httpx
-
-            clients = [httpx.Client(timeout=30, trust_env=False) for _ in symbols]
+            eas = EAs(stack.api_port, len(symbols))
             try:
                 for r in range(rounds):
                     round_start = time.monotonic()
                     bars = {s: _bar(frames[s], HISTORY_BARS + r) for s in symbols}
                     bar_iso = _iso(first + r * 60)
-                    started = _post_round(stack.api_port, bars, clients)
+                    started = eas.post_round(bars)
                     got = _wait_received(stack, bar_iso, len(symbols), 60)
                     missing += len(symbols) - len(got)
                     per_round.append([t - started for t in got.values()])
@@ -614,8 +676,7 @@ def run_stack(
                         continue  # the next round right away: its bars meet the takeover
                     time.sleep(max(0.3, pace - (time.monotonic() - round_start)))
             finally:
-                for c in clients:
-                    c.close()
+                eas.close()
             elapsed = time.monotonic() - t0
             cpu = ds.worker_cpu() - cpu0
             roles = _cpu_by_role()

@@ -3,7 +3,8 @@
 Dagster webserver + daemon (`dagster dev`, sensors and schedules live), the API, the
 live-signal worker, the
 pusher worker and the reference EA, on the embedded default (SQLite under ./data/,
-Dagster instance under ./.dagster/).
+Dagster instance under ./.dagster/). Dagster and the code servers it spawns run at
+DAGSTER_NICE (mt5_pipeline.apps.priority): the record yields the CPU to the trade.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from pathlib import Path
 from typing import IO
 
 from mt5_pipeline.apps.demo import DEMO_EA_KEY
+from mt5_pipeline.apps.priority import lower_session, niced
 from mt5_pipeline.orchestration.instance import ensure_local_dagster_home
 from mt5_pipeline.settings import Settings
 from mt5_pipeline.storage import migrate
 
 DAGSTER_UI_PORT = 3000
+# The record, not the trade: started at DAGSTER_NICE.
+RECORD = ("dagster",)
 COLORS = {"dagster": "35", "api": "36", "live": "34", "pusher": "33", "ea-sim": "32"}
 
 
@@ -33,7 +37,10 @@ def _bin(name: str) -> str:
 def commands(settings: Settings, ea_port: int, dagster_port: int = DAGSTER_UI_PORT) -> dict[str, list[str]]:
     api = f"http://{settings.api_host}:{settings.api_port}"
     return {
-        "dagster": [_bin("dagster"), "dev", "-m", "mt5_pipeline", "-h", "127.0.0.1", "-p", str(dagster_port)],
+        "dagster": niced(
+            [_bin("dagster"), "dev", "-m", "mt5_pipeline", "-h", "127.0.0.1", "-p", str(dagster_port)],
+            settings.dagster_nice,
+        ),
         "api": [_bin("mt5-pipeline"), "serve"],
         "live": [_bin("mt5-pipeline"), "live"],
         "pusher": [_bin("mt5-pipeline"), "push"],
@@ -100,6 +107,10 @@ def run_dev(settings: Settings, *, dagster_port: int = DAGSTER_UI_PORT) -> int:
         procs[name] = subprocess.Popen(
             argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
+        if name in RECORD:
+            # Its own session is its own autogroup: the niceness counts against the API's only
+            # once the group has it too (mt5_pipeline.apps.priority).
+            lower_session(procs[name].pid, settings.dagster_nice)
         threading.Thread(target=_pump, args=(name, procs[name].stdout, lock), daemon=True).start()
     print(
         f"Dagster UI http://127.0.0.1:{dagster_port} | API http://{settings.api_host}:{settings.api_port}/health | "

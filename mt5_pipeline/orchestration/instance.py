@@ -25,6 +25,12 @@ run_coordinator:
       - key: dagster/job_name
         value: rf_m1_train_job
         limit: 1
+# No automation conditions, no freshness policies: no asset or freshness daemon.
+auto_materialize:
+  enabled: false
+  use_sensors: false
+freshness:
+  enabled: false
 telemetry:
   enabled: false
 """

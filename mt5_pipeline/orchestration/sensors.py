@@ -74,7 +74,6 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
         if "bars" not in state:  # a cursor from before the run-less record: the stamps alone
             state = {"bars": state}
         cursor: dict[str, str] = state["bars"]
-        known = set(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS))
         settings = pipeline.settings()
         has_model = current_model_info(settings, timeframe) is not None
         job = predict_job if has_model else features_job
@@ -111,8 +110,7 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
                     tags={"mt5_pipeline/newest_bar": bar["newest_ts"].isoformat(), SYMBOL_TAG: symbol},
                 )
             )
-        new_symbols = sorted({b["symbol"] for b in bars} - known)
-        add = [symbols_partitions.build_add_request(new_symbols)] if new_symbols else []
+        add = _new_partitions(context, state, {b["symbol"] for b in bars})
         if run_less:
             recorded, last_id = live_record(url, timeframe, state["decision_id"])
             state["decision_id"] = last_id
@@ -141,6 +139,21 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
         )
 
     return new_candles_sensor
+
+
+def _new_partitions(context: dg.SensorEvaluationContext, state: dict, symbols: set[str]) -> list:
+    """The request adding the symbols that have no partition yet (none: an empty list).
+
+    The symbols already added are remembered in the cursor: the instance is asked only when a
+    symbol is new to the cursor. A tick that touches ``context.instance`` builds a whole instance
+    in the code server (a connection per storage, each a PostgreSQL backend), every 10 s."""
+    known = set(state.get("partitions", ()))
+    if symbols <= known:
+        return []
+    known |= set(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS))
+    new_symbols = sorted(symbols - known)
+    state["partitions"] = sorted(known | symbols)
+    return [symbols_partitions.build_add_request(new_symbols)] if new_symbols else []
 
 
 def live_record(database_url: str, timeframe: str, after_id: int) -> tuple[list[dg.AssetMaterialization], int]:
@@ -245,15 +258,17 @@ def build_ea_push_sensor(settings: Settings) -> dg.SensorDefinition:
         current = pipeline.settings()
         if not current.ea_push_enabled:
             return dg.SkipReason("EA_PUSH_ENABLED=false: pull mode, the EA polls GET /ea/signals")
-        in_flight = context.instance.get_runs_count(dg.RunsFilter(job_name=ea_push_job.name, statuses=_IN_FLIGHT))
-        if in_flight:
-            return dg.SkipReason("a push run is already queued or running")
         blocked = delivery_blocked(context, current, pipeline.database_url)
         if blocked is not None:
             return blocked
         pending = count_deliverable(pipeline.database_url)
         if pending == 0:
             return dg.SkipReason("no pending signals due for delivery")
+        # Asked last: the run storage is the Dagster instance, which a tick builds anew (a
+        # connection per storage); with the queue empty, as the pusher keeps it, it is not needed.
+        in_flight = context.instance.get_runs_count(dg.RunsFilter(job_name=ea_push_job.name, statuses=_IN_FLIGHT))
+        if in_flight:
+            return dg.SkipReason("a push run is already queued or running")
         return dg.RunRequest(tags={"mt5_pipeline/pending": str(pending)})
 
     return ea_push_sensor

@@ -28,6 +28,13 @@ def parse_int(raw: str) -> int:
         raise ValueError(f"expected a whole number, got {raw!r}") from None
 
 
+def parse_niceness(raw: str) -> int:
+    value = parse_int(raw)
+    if not 0 <= value <= 19:
+        raise ValueError(f"expected a niceness from 0 (the trade's own priority) to 19 (the lowest), got {raw!r}")
+    return value
+
+
 def parse_float(raw: str) -> float:
     try:
         value = float(raw.strip())

@@ -29,6 +29,7 @@ from mt5_pipeline.settings.parsers import (
     parse_label_mode,
     parse_log_level,
     parse_model_kind,
+    parse_niceness,
     parse_offset_hours,
     parse_opt,
     parse_server_zone,
@@ -312,6 +313,14 @@ class Settings:
         "true: new_candles_sensor launches a run per symbol per new bar (the old path); false: it records the live "
         "worker's features and decisions as run-less asset events",
         parse_bool,
+    )
+    dagster_nice: int = _setting(
+        "DAGSTER_NICE",
+        "10",
+        "niceness (0-19) `mt5-pipeline dev` starts Dagster's webserver, daemon and code servers with: the record "
+        "yields the CPU to the API, the live workers and the pusher (systemd: Nice= and CPUWeight= in the units; "
+        "compose: cpu_shares)",
+        parse_niceness,
     )
     dagster_autostart: bool = _setting(
         "DAGSTER_AUTOSTART",

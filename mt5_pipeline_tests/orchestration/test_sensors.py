@@ -21,6 +21,15 @@ def _tick(defs, instance, name, cursor=None):
         return result, result.cursor if isinstance(result, dg.SensorResult) else context.cursor
 
 
+def _tick_without_instance(defs, name, cursor=None):
+    """A tick whose context has no Dagster instance: touching ``context.instance`` raises. In the
+    code server each tick that touches it builds a whole instance (a connection per storage)."""
+    sensor = defs.get_repository_def().get_sensor_def(name)
+    with dg.build_sensor_context(definitions=defs, cursor=cursor, resources=defs.resources) as context:
+        result = sensor(context)
+        return result, result.cursor if isinstance(result, dg.SensorResult) else context.cursor
+
+
 def test_new_candles_sensor_requests_only_new_bars_and_never_twice(db_url, settings_for):
     settings = settings_for(db_url, **FAST_MODEL)
     defs = defs_for(settings, **FAST_MODEL)
@@ -90,6 +99,9 @@ def test_ea_push_sensor_skips_on_empty_queue_and_requests_a_run_otherwise(db_url
     defs = defs_for(settings)
     instance = dg.DagsterInstance.ephemeral()
     skipped, _ = _tick(defs, instance, "ea_push_sensor")
+    assert isinstance(skipped, dg.SkipReason) and "no pending signals" in skipped.skip_message
+    # The usual tick (nothing to push) does not need the instance.
+    skipped, _ = _tick_without_instance(defs, "ea_push_sensor")
     assert isinstance(skipped, dg.SkipReason) and "no pending signals" in skipped.skip_message
 
     assert enqueue(db_url, _signal(minute_now()))
@@ -249,6 +261,16 @@ def test_with_a_live_worker_the_sensor_records_every_bar_run_less(db_url, settin
         assert not getattr(again, "run_requests", None) and not getattr(
             again, "asset_events", None
         )  # nothing recorded twice
+        # The symbols' partitions are known from the cursor: the usual tick, and one observing a
+        # new bar of a known symbol, need no Dagster instance.
+        assert sorted(json.loads(cursor)["partitions"]) == sorted(symbols)
+        idle, _ = _tick_without_instance(defs, "new_candles_sensor", cursor)
+        assert isinstance(idle, dg.SkipReason)
+        bar = generate_candles(1, end=now, seed=78, with_weekends=False, start_price=1.1)
+        ingest_candles(db_url, "EURUSD", "M1", bar, max_jump=None)
+        observed, _ = _tick_without_instance(defs, "new_candles_sensor", cursor)
+        assert isinstance(observed, dg.SensorResult) and not observed.dynamic_partitions_requests
+        assert [(e.asset_key.to_user_string(), e.partition) for e in observed.asset_events] == [("candles", "EURUSD")]
 
         # DAGSTER_LIVE_RUNS=true: the old path, a run per symbol per bar, worker or not.
         runs = settings_for(db_url, **live, DAGSTER_LIVE_RUNS="true")

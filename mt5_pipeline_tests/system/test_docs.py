@@ -184,6 +184,19 @@ def test_compose_publishes_dagster_on_loopback_only():
     assert COMPOSE["services"]["dagster-webserver"]["ports"] == ["127.0.0.1:3000:3000"]
 
 
+def test_compose_gives_the_record_less_cpu_weight_than_the_trade():
+    # cpu_shares weighs each container's cgroup when the cores are contended (Docker's
+    # default 1024): Dagster's services below the API, the live workers and the pusher.
+    services = COMPOSE["services"]
+    for name in ("dagster-webserver", "dagster-daemon"):
+        assert 2 <= services[name]["cpu_shares"] < 1024, name
+    for name in ("api", "live-signals", "ea-pusher"):
+        assert services[name].get("cpu_shares", 1024) >= 1024, name
+    # The merge kept everything else of the app's anchor.
+    assert services["dagster-daemon"]["environment"]["MT5_ENV"] == "production"
+    assert services["dagster-daemon"]["image"] == services["api"]["image"]
+
+
 def test_systemd_units_run_in_production_and_dagster_on_loopback():
     for name, text in SYSTEMD.items():
         assert "Environment=MT5_ENV=production" in text, name

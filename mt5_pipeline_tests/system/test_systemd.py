@@ -44,6 +44,23 @@ def parse_unit(path: Path) -> dict[str, list[str]]:
     return out
 
 
+def test_the_record_yields_to_the_trade():
+    # Dagster's units: a lower CPU weight (their cgroups against the trade's) and a higher
+    # niceness (their processes, where the units share a group) than the API, the live
+    # workers and the pusher, which keep systemd's defaults (CPUWeight 100, Nice 0).
+    units = {p.stem: parse_unit(p) for p in UNITS.glob("*.service")}
+    record = {name: keys for name, keys in units.items() if name.startswith("mt5-dagster-")}
+    trade = {name: keys for name, keys in units.items() if name not in record}
+    assert sorted(record) == ["mt5-dagster-daemon", "mt5-dagster-webserver"]
+    assert sorted(trade) == ["mt5-api", "mt5-ea-pusher", "mt5-live-signals"]
+    for name, keys in record.items():
+        assert 0 < int(keys["Nice"][0]) <= 19, name
+        assert 1 <= int(keys["CPUWeight"][0]) < 100, name
+    for name, keys in trade.items():
+        assert int(keys.get("Nice", ["0"])[0]) <= 0, name
+        assert int(keys.get("CPUWeight", ["100"])[0]) >= 100, name
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("machine")

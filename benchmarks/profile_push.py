@@ -9,7 +9,12 @@ the statements it sent per signal and per cycle (every cursor execution, and the
 transactions around them: each BEGIN, COMMIT and ROLLBACK is a round trip too). ``--profile``: cProfile's top
 functions (main thread only: the lanes' sends are not in it).
 
-    python benchmarks/profile_push.py [--symbols 300] [--bursts 10] [--profile]
+``--client N``: instead, the EA client alone: N requests (``EAClient.send``, one at a
+time, one pooled connection) to the same reference EA, the client process's CPU per
+request, through the pusher's wire (``delivery/ea_http``, http.client) and through httpx
+(the baseline), alternated in blocks of N/5.
+
+    python benchmarks/profile_push.py [--symbols 300] [--bursts 10] [--profile] [--client 2000]
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ def main() -> int:
     parser.add_argument("--symbols", type=int, default=300)
     parser.add_argument("--bursts", type=int, default=10)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--client", type=int, default=0, metavar="N")
     args = parser.parse_args()
 
     from bench_delivery import make_signals
@@ -92,6 +98,8 @@ def main() -> int:
         try:
             wait_healthy(f"http://127.0.0.1:{port}/health", ea, work / "ea.log", timeout=30)
             settings = Settings.from_env(env, env_file=None)
+            if args.client:
+                return client_cpu(settings, args.client)
             profiler = cProfile.Profile() if args.profile else None
             cpu: list[float] = []
             cycles = sent_total = 0
@@ -131,6 +139,43 @@ def main() -> int:
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+    return 0
+
+
+def client_cpu(settings: object, n: int) -> int:
+    """CPU per request of EAClient.send: the wire in use against httpx, alternated."""
+    import httpx
+    from bench_delivery import make_signals
+
+    from mt5_pipeline.delivery.ea_client import EAClient, make_ssl_context
+    from mt5_pipeline.settings import Settings
+
+    assert isinstance(settings, Settings)
+    block = max(1, n // 5)
+    clients = {
+        "wire (http.client)": EAClient(settings),
+        "httpx (baseline)": EAClient(settings, transport=httpx.HTTPTransport(verify=make_ssl_context(settings))),
+    }
+    cpu: dict[str, list[float]] = {name: [] for name in clients}
+    try:
+        for client in clients.values():  # warm: connection, imports
+            for signal in make_signals(50, symbols=50):
+                assert client.send(signal).ok
+        for _ in range(5):
+            for name, client in clients.items():
+                signals = make_signals(block, symbols=50)
+                c0 = time.process_time()
+                for signal in signals:
+                    assert client.send(signal).ok
+                cpu[name].append((time.process_time() - c0) / block)
+    finally:
+        for client in clients.values():
+            client.close()
+    wire, base = (statistics.median(cpu[name]) for name in clients)
+    for name, values in cpu.items():
+        shown = ", ".join(f"{v * 1000:.3f}" for v in values)
+        print(f"{name}: client CPU per request median {statistics.median(values) * 1000:.3f} ms ({shown})")
+    print(f"ratio wire / httpx: {wire / base:.2f}")
     return 0
 
 

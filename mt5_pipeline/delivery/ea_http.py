@@ -1,23 +1,34 @@
-"""The wire to the EA: HTTP/1.1 requests over pooled keep-alive sockets, each within one
-overall deadline.
+"""The wire to the EA: HTTP/1.1 requests through the standard library's ``http.client``
+over pooled keep-alive connections, each request within one overall deadline.
 
-Why not httpx here: at the bar close every signal is one request, and httpx (its client,
-httpcore's pool, h11) cost about 0.7 ms of CPU per request on this machine, more than the
-reference EA spends answering it; this module costs about a tenth of that
-(benchmarks/profile_push.py). It speaks exactly what the pusher needs: one request at a
-time per connection, a body of known length out, an answer framed by Content-Length,
-chunked transfer coding or the end of the connection back; TLS with the caller's
-verifying context.
+``http.client`` (HTTPConnection, HTTPSConnection with the caller's verifying SSLContext)
+writes the request and parses the answer: status line, headers, a body framed by
+Content-Length, chunked transfer coding or the end of the connection; it skips 100 Continue
+(another interim answer, which no EA sends, comes back as the answer, ``unexpected`` to the
+EA client, and its connection is closed). What is ours is policy, not protocol: the pool,
+the deadline, and what a failure means.
 
-The deadline is overall: every connect, TLS handshake, write and read gets what is left
-of it, so a server that trickles a byte at a time cannot hold a request past it.
+Why http.client and not httpx: at the bar close every signal is one request, and httpx
+(its client, httpcore's pool, h11) cost 0.94 ms of client CPU per request to the reference
+EA on this machine, more than the EA spends answering it (about 0.29 ms); ``http.client``
+costs 0.37 ms in the same run (``benchmarks/profile_push.py --client``). A hand-written
+HTTP/1.1 parser in its place cost about half of that (0.17-0.20 ms, alternated with this
+module): not worth parsing HTTP ourselves in a trading tool. Most of the difference is
+http.client's header parsing (through the email package, about 0.09 ms per answer).
+
+The deadline is overall: connecting gets what is left of it (the TCP connect and then the
+TLS handshake each get what was left when connecting began, so a slow handshake can run
+past it by at most the connect's time; nothing has been sent then), the request's write
+gets what is left, and so does every read of the answer, so a server that trickles a byte
+at a time cannot hold a request past it.
 
 What failed is said by the exception, because it decides whether the EA may have acted:
 - :class:`ConnectFailed`: nothing reached the EA (refused, unreachable, connect or TLS
-  handshake failed, every connection busy past the deadline);
+  handshake failed, the deadline passed before sending, every connection busy past the
+  deadline);
 - :class:`AnswerTimeout`: the deadline passed once the request was (being) sent;
 - :class:`ConnectionBroke`: the connection failed or the answer was not HTTP after the
-  request was (being) sent.
+  request was (being) sent, or the request could not be written (a line break in a header).
 
 Idle connections are kept ``keepalive_expiry`` seconds, and one the server has closed (or
 written to unasked) is dropped before it is reused, never written to.
@@ -26,20 +37,18 @@ written to unasked) is dropped before it is reused, never written to.
 from __future__ import annotations
 
 import base64
+import http.client
+import io
 import json
 import select
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
-
-# An answer's head (status line and headers) larger than this is not an EA's answer.
-MAX_HEAD_BYTES = 64 * 1024
-RECV_BYTES = 65536
 
 
 class WireError(Exception):
@@ -80,28 +89,104 @@ class Answer:
         return json.loads(self.content)
 
 
-class _Connection:
-    __slots__ = ("sock", "idle_since")
+class _Deadline:
+    """The end of the request a connection is serving."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    __slots__ = ("end",)
+
+    def __init__(self) -> None:
+        self.end = 0.0
+
+    def left(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("overall request deadline exceeded")
+        return left
+
+
+class _ReadWithin(io.RawIOBase):
+    """The socket as http.client reads an answer from it: every read waits at most what
+    is left of the deadline (a per-read timeout alone would restart with each byte)."""
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+        super().__init__()
+        self._sock = sock
+        # socket.makefile's own reader: it keeps the socket open while the answer is read
+        # (http.client closes the connection before reading an answer framed by closing).
+        self._reader = sock.makefile("rb", buffering=0)
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int | None:
+        self._sock.settimeout(self._deadline.left())
+        return self._reader.readinto(b)
+
+    def close(self) -> None:
+        self._reader.close()
+        super().close()
+
+
+class _AnswerSource:
+    """What HTTPResponse is given in place of the socket: it only calls makefile("rb")."""
+
+    __slots__ = ("sock", "deadline")
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
         self.sock = sock
+        self.deadline = deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        # Bytes the server sent beyond the answer stay in this buffer and go with it: they
+        # are never taken for the next answer, and any that come later make the idle
+        # connection readable, so it is dropped (_Connection.reusable).
+        return io.BufferedReader(_ReadWithin(self.sock, self.deadline))
+
+
+def _responses_within(deadline: _Deadline) -> type[http.client.HTTPResponse]:
+    """A response_class for an HTTPConnection: http.client's own HTTPResponse, reading
+    within ``deadline``."""
+
+    def response(
+        sock: socket.socket, debuglevel: int = 0, method: str | None = None, url: str | None = None
+    ) -> http.client.HTTPResponse:
+        source = cast(socket.socket, _AnswerSource(sock, deadline))
+        return http.client.HTTPResponse(source, debuglevel, method, url)
+
+    return cast("type[http.client.HTTPResponse]", response)
+
+
+class _Connection:
+    """One HTTP(S)Connection of the pool, with the deadline its reads obey."""
+
+    __slots__ = ("http", "deadline", "idle_since")
+
+    def __init__(self, conn: http.client.HTTPConnection, deadline: _Deadline) -> None:
+        self.http = conn
+        self.deadline = deadline
         self.idle_since = 0.0
+
+    @property
+    def sock(self) -> socket.socket | None:
+        return self.http.sock
 
     def close(self) -> None:
         try:
-            self.sock.close()
+            self.http.close()
         except OSError:
             pass
 
     def reusable(self, now: float, keepalive_expiry: float) -> bool:
         """Idle for less than the expiry, and nothing to read: a closed connection reads as
         readable (its end of file), and an answer nobody asked for means it is not in step."""
-        if now - self.idle_since >= keepalive_expiry:
+        sock = self.http.sock
+        if sock is None or now - self.idle_since >= keepalive_expiry:
             return False
-        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return False
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
+            readable, _, _ = select.select([sock], [], [], 0)
         except (OSError, ValueError):
             return False
         return not readable
@@ -127,14 +212,12 @@ class Wire:
         self.host = parts.hostname
         self.port = parts.port or (443 if self.tls else 80)
         self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default_port = self.port == (443 if self.tls else 80)
-        fixed = {"Host": host if default_port else f"{host}:{self.port}", "Accept": "*/*"}
+        # http.client writes Host itself; the rest go with every request.
+        self._fixed = {"Accept": "*/*"}
         if parts.username is not None:  # user info in the URL is Basic auth, as httpx sent it
             creds = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-            fixed["Authorization"] = "Basic " + base64.b64encode(creds).decode()
-        fixed.update(headers or {})
-        self._fixed_head = _header_lines(fixed)
+            self._fixed["Authorization"] = "Basic " + base64.b64encode(creds).decode()
+        self._fixed.update(headers or {})
         self.ssl_context = ssl_context if self.tls else None
         self.keepalive_expiry = keepalive_expiry
         self._idle: list[_Connection] = []
@@ -144,14 +227,8 @@ class Wire:
 
     # ---- connections ---------------------------------------------------------------------
 
-    def _left(self, end: float) -> float:
-        left = end - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("overall request deadline exceeded")
-        return left
-
-    def _checkout(self, end: float) -> _Connection:
-        """An idle connection that is still good, or a new one."""
+    def _checkout(self) -> _Connection:
+        """An idle connection that is still good, or a new one (connected when used)."""
         now = time.monotonic()
         with self._lock:
             while self._idle:
@@ -159,19 +236,14 @@ class Wire:
                 if conn.reusable(now, self.keepalive_expiry):
                     return conn
                 conn.close()
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=self._left(end))
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self.ssl_context is not None:
-                    sock.settimeout(self._left(end))
-                    sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host)
-            except BaseException:
-                sock.close()
-                raise
-        except (OSError, ssl.SSLError) as exc:  # TimeoutError and ssl's errors are OSErrors
-            raise ConnectFailed(_named(exc)) from exc
-        return _Connection(sock)
+        http_conn: http.client.HTTPConnection
+        if self.ssl_context is not None:
+            http_conn = http.client.HTTPSConnection(self.host, self.port, context=self.ssl_context)
+        else:
+            http_conn = http.client.HTTPConnection(self.host, self.port)
+        deadline = _Deadline()
+        http_conn.response_class = _responses_within(deadline)
+        return _Connection(http_conn, deadline)
 
     def _checkin(self, conn: _Connection) -> None:
         conn.idle_since = time.monotonic()
@@ -194,31 +266,14 @@ class Wire:
         """Send ``method`` with ``body`` to the URL, headers beside the fixed ones; the
         whole answer, within ``timeout`` seconds overall."""
         end = time.monotonic() + timeout
-        try:
-            request = (
-                f"{method} {self.target} HTTP/1.1\r\n".encode("ascii")
-                + self._fixed_head
-                + _header_lines(headers)
-                + b"Content-Length: %d\r\n\r\n" % len(body)
-                + body
-            )
-        except ValueError as exc:  # as httpx had it: a request it cannot write is a broken exchange
-            raise ConnectionBroke(_named(exc)) from exc
         if not self._slots.acquire(timeout=max(0.0, end - time.monotonic())):
             raise ConnectFailed(f"PoolTimeout: every one of the connections to the EA was busy for {timeout:g} s")
         try:
-            conn = self._checkout(end)
+            conn = self._checkout()
+            conn.deadline.end = end
             keep = False
             try:
-                sock = conn.sock
-                try:
-                    sock.settimeout(self._left(end))
-                    sock.sendall(request)
-                    answer, keep = _read_answer(sock, end, self._left)
-                except TimeoutError as exc:  # socket.timeout is TimeoutError
-                    raise AnswerTimeout(_named(exc)) from exc
-                except (OSError, ValueError) as exc:
-                    raise ConnectionBroke(_named(exc)) from exc
+                answer, keep = self._exchange(conn.http, conn.deadline, method, body, headers)
             finally:
                 if keep:
                     self._checkin(conn)
@@ -228,131 +283,44 @@ class Wire:
         finally:
             self._slots.release()
 
-
-def _header_lines(headers: Mapping[str, str]) -> bytes:
-    out = []
-    for name, value in headers.items():
-        if any(c in name or c in value for c in "\r\n\0") or ":" in name:
-            raise ValueError(f"header {name!r}: line breaks, NUL and a colon in the name are not allowed")
-        out.append(f"{name}: {value}\r\n")
-    return "".join(out).encode("latin-1")
-
-
-class _Reader:
-    """The bytes of one connection, read as they are needed, each read within the deadline."""
-
-    __slots__ = ("sock", "end", "left", "buf", "pos")
-
-    def __init__(self, sock: socket.socket, end: float, left: Callable[[float], float]) -> None:
-        self.sock = sock
-        self.end = end
-        self.left = left
-        self.buf = b""
-        self.pos = 0
-
-    def fill(self) -> bool:
-        """Read more; False at the end of the connection."""
-        self.sock.settimeout(self.left(self.end))
-        got = self.sock.recv(RECV_BYTES)
-        if not got:
-            return False
-        self.buf = self.buf[self.pos :] + got
-        self.pos = 0
-        return True
-
-    def until(self, marker: bytes, limit: int, what: str) -> bytes:
-        """The bytes up to ``marker`` (consumed with it)."""
-        while True:
-            at = self.buf.find(marker, self.pos)
-            if at >= 0:
-                out = self.buf[self.pos : at]
-                self.pos = at + len(marker)
-                return out
-            if len(self.buf) - self.pos > limit:
-                raise ValueError(f"{what} longer than {limit} bytes")
-            if not self.fill():
-                raise ConnectionResetError(
-                    "the EA closed the connection without an answer"
-                    if not self.buf
-                    else f"the EA closed the connection in the middle of the {what}"
-                )
-
-    def exactly(self, n: int) -> bytes:
-        while len(self.buf) - self.pos < n:
-            if not self.fill():
-                raise ConnectionResetError("the EA closed the connection in the middle of the body")
-        out = self.buf[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def rest(self) -> bytes:
-        """Everything until the connection ends (an answer framed by closing)."""
-        while self.fill():
-            pass
-        out = self.buf[self.pos :]
-        self.pos = len(self.buf)
-        return out
-
-    def leftover(self) -> bool:
-        return self.pos < len(self.buf)
-
-
-def _read_answer(sock: socket.socket, end: float, left: Callable[[float], float]) -> tuple[Answer, bool]:
-    """The answer to the request just sent, and whether the connection may serve another."""
-    reader = _Reader(sock, end, left)
-    while True:
-        head = reader.until(b"\r\n\r\n", MAX_HEAD_BYTES, "answer's head").decode("latin-1")
-        status_line, _, header_block = head.partition("\r\n")
-        version, _, rest = status_line.partition(" ")
-        code_text, _, reason = rest.partition(" ")
-        if not version.startswith("HTTP/1.") or len(code_text) != 3 or not code_text.isdigit():
-            raise ValueError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
-        code = int(code_text)
-        headers: dict[str, str] = {}
-        for line in header_block.split("\r\n") if header_block else ():
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                raise ValueError(f"malformed header line: {line[:80]!r}")
-            key = name.lower()
-            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-        if 100 <= code < 200:
-            if code == 101:
-                raise ValueError("the EA switched protocols")
-            continue  # an interim answer (100 Continue, 103 Early Hints): the real one follows
-        break
-    connection = headers.get("connection", "").lower()
-    keep = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
-    coding = headers.get("transfer-encoding", "").lower()
-    if code in (204, 304):
-        body = b""
-    elif coding:
-        if coding.rsplit(",", 1)[-1].strip() != "chunked":
-            raise ValueError(f"unsupported transfer coding {coding!r}")
-        body = _chunked(reader)
-    elif "content-length" in headers:
-        length = headers["content-length"].split(",")[0].strip()
-        if not length.isdigit():
-            raise ValueError(f"bad Content-Length {headers['content-length']!r}")
-        body = reader.exactly(int(length))
-    else:
-        body, keep = reader.rest(), False
-    if reader.leftover():  # bytes beyond the answer: the connection is out of step
-        keep = False
-    return Answer(code, reason, headers, body), keep
-
-
-def _chunked(reader: _Reader) -> bytes:
-    parts: list[bytes] = []
-    while True:
-        size_line = reader.until(b"\r\n", 1024, "chunk size").split(b";", 1)[0].strip()
+    def _exchange(
+        self,
+        conn: http.client.HTTPConnection,
+        deadline: _Deadline,
+        method: str,
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> tuple[Answer, bool]:
+        """The answer, and whether the connection may serve another request."""
+        try:  # http.client only buffers the head here; it refuses line breaks in a header
+            conn.putrequest(method, self.target, skip_accept_encoding=True)
+            for name, value in self._fixed.items():
+                conn.putheader(name, value)
+            for name, value in headers.items():
+                conn.putheader(name, value)
+            conn.putheader("Content-Length", str(len(body)))
+        except (ValueError, http.client.HTTPException) as exc:  # as httpx had it: a request it cannot write is broken
+            raise ConnectionBroke(_named(exc)) from exc
         try:
-            size = int(size_line, 16)
-        except ValueError:
-            raise ValueError(f"bad chunk size {size_line[:20]!r}") from None
-        if size == 0:
-            while reader.until(b"\r\n", MAX_HEAD_BYTES, "trailer"):
-                pass
-            return b"".join(parts)
-        parts.append(reader.exactly(size))
-        if reader.exactly(2) != b"\r\n":
-            raise ValueError("a chunk does not end with CRLF")
+            if conn.sock is None:
+                conn.timeout = deadline.left()
+                conn.connect()
+            conn.sock.settimeout(deadline.left())
+        except OSError as exc:  # TimeoutError and ssl's errors are OSErrors
+            raise ConnectFailed(_named(exc)) from exc
+        try:
+            conn.endheaders(body)  # head and body in one write
+            response = conn.getresponse()
+            content = response.read()
+        except TimeoutError as exc:  # socket.timeout is TimeoutError
+            raise AnswerTimeout(_named(exc)) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise ConnectionBroke(_named(exc)) from exc
+        answer_headers: dict[str, str] = {}
+        for name, value in response.getheaders():
+            key = name.lower()
+            answer_headers[key] = f"{answer_headers[key]}, {value}" if key in answer_headers else value
+        # http.client skips 100 Continue only: after another interim answer (103 Early
+        # Hints) the final one is still to come on this connection, so it cannot be reused.
+        keep = conn.sock is not None and response.status >= 200
+        return Answer(response.status, response.reason, answer_headers, content), keep

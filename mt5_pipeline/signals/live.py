@@ -239,7 +239,7 @@ class LiveWorker:
         symbol, timeframe = key
         # One round trip: the ready rule's two newest bars, the tail's new bars, the pip's row.
         since = self.tails.since(key)
-        snapshot = read_snapshot(self.settings.database_url, symbol, timeframe, since)
+        snapshot = read_snapshot(self.settings.database_url, symbol, timeframe, since, known=self.tails.end(key))
         newest = snapshot.newest
         bar = ready_among(
             newest[0] if newest else None,

@@ -172,6 +172,12 @@ class SeriesTails:
             return None
         return tail.watermark - WATERMARK_MARGIN
 
+    def end(self, key: Series) -> datetime | None:
+        """The open of the tail's newest bar: of a stamped bar at or before it the tail
+        reads only its time and stamp (:func:`read_snapshot`'s ``known``)."""
+        tail = self._tails.get(key)
+        return None if tail is None else _EPOCH + timedelta(microseconds=int(tail.bars["ts"][-1]) // 1000)
+
     def has_tail(self, key: Series) -> bool:
         return key in self._tails
 
@@ -195,8 +201,8 @@ class SeriesTails:
         a caller that cannot must :meth:`invalidate` the series. The batch path stores its own.
 
         ``recent``: (since, rows) -- the bars stamped since :meth:`since` that the caller read
-        (as :func:`candles_stamped_since` returns them); used when the tail still starts
-        there, else read again.
+        (as :func:`candles_stamped_since` returns them, or with only the time and stamp of
+        the bars at or before :meth:`end`); used when the tail still starts there, else read again.
         """
         key = (symbol, timeframe)
         at = resolve_now(now)

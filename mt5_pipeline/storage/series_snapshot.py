@@ -28,30 +28,45 @@ class SeriesSnapshot(NamedTuple):
 
 
 # One row per bar; `part` says which read a row answers. The symbols row rides in the
-# candle columns of its own part: point in `open`, digits in `tick_volume`.
+# candle columns of its own part: point in `open`, digits in `tick_volume`. A stamped bar
+# at or before `known` (the tail's end) brings only its time and stamp: the tail compares
+# those, and such a bar is never a new row (it is a correction, or one the tail has). After
+# a bulk ingest (history posted at the EA's start) the read spans every bar of the batch
+# for a minute, and converting their prices was most of a decision's CPU.
+_PRICES = ", ".join(
+    f"CASE WHEN ts > %(known)s THEN {name} END" for name in CANDLE_COLUMNS if name not in ("ts", "ingested_at")
+)
 _PG_SNAPSHOT = f"""
 (SELECT 0 AS part, ts, NULL::float8, NULL::float8, NULL::float8, NULL::float8, NULL::bigint, NULL::int,
         NULL::bigint, ingested_at
    FROM candles WHERE symbol = %(symbol)s AND timeframe = %(timeframe)s ORDER BY ts DESC LIMIT 2)
 UNION ALL
-(SELECT 1, {", ".join(CANDLE_COLUMNS)}
+(SELECT 1, ts, {_PRICES}, ingested_at
    FROM candles WHERE symbol = %(symbol)s AND timeframe = %(timeframe)s AND ingested_at >= %(since)s)
 UNION ALL
 (SELECT 2, NULL, point, NULL, NULL, NULL, digits, NULL, NULL, NULL FROM symbols WHERE symbol = %(symbol)s)
 """
 
 
-def read_snapshot(database_url: str, symbol: str, timeframe: str, since: datetime | None) -> SeriesSnapshot:
+def read_snapshot(
+    database_url: str, symbol: str, timeframe: str, since: datetime | None, *, known: datetime | None = None
+) -> SeriesSnapshot:
     """The series' two newest bars, its bars stamped since ``since`` (skipped with None)
     and its instrument row, as :func:`newest_two_bars`, :func:`candles_stamped_since` and
-    :func:`instrument` return them."""
+    :func:`instrument` return them -- except that on PostgreSQL a stamped bar opening at or
+    before ``known`` comes with its time and stamp only (its prices None)."""
     if not is_postgres(database_url):
         return SeriesSnapshot(
             newest_two_bars(database_url, symbol, timeframe),
             None if since is None else candles_stamped_since(database_url, symbol, timeframe, since),
             instrument(database_url, symbol),
         )
-    params = {"symbol": symbol, "timeframe": timeframe, "since": "infinity" if since is None else since}
+    params = {
+        "symbol": symbol,
+        "timeframe": timeframe,
+        "since": "infinity" if since is None else since,
+        "known": "-infinity" if known is None else known,
+    }
     with autocommit_cursor(database_url) as cursor:
         cursor.execute(_PG_SNAPSHOT, params)
         rows = cursor.fetchall()

@@ -80,7 +80,7 @@ def test_the_tail_gives_the_batch_features_over_a_long_series_with_corrections(d
         if i % 2 and since is not None:
             # As the live worker does every other bar here: the new bars read with the
             # ready rule's in one snapshot, handed to the tail.
-            snapshot = read_snapshot(db_url, "TAIL", "M1", since)
+            snapshot = read_snapshot(db_url, "TAIL", "M1", since, known=tails.end(("TAIL", "M1")))
             assert snapshot.recent is not None
             tails.update("TAIL", "M1", now=now, recent=(since, snapshot.recent))
         else:

@@ -52,3 +52,21 @@ def test_a_series_without_bars_or_instrument(db_url):
     ingest_candles(db_url, "US30", "M1", bars, now=_times(bars).iloc[0].to_pydatetime() + timedelta(seconds=61))
     snapshot = read_snapshot(db_url, "US30", "M1", None)
     assert len(snapshot.newest) == 1 and snapshot.instrument is None  # one bar, never described
+
+
+def test_bars_the_tail_knows_come_with_their_time_and_stamp_only(db_url):
+    bars = generate_candles(12, seed=3, with_weekends=False).reset_index(drop=True)
+    ts = _times(bars)
+    now = ts.iloc[11].to_pydatetime() + timedelta(seconds=61)
+    ingest_candles(db_url, "USDJPY", "M1", bars, now=now, max_jump=None)
+    since = now - timedelta(hours=1)
+    known = ts.iloc[8].to_pydatetime()
+    full = candles_stamped_since(db_url, "USDJPY", "M1", since)
+    recent = read_snapshot(db_url, "USDJPY", "M1", since, known=known).recent
+    assert recent is not None and len(recent) == len(full) == 12
+    for got, want in zip(recent, full, strict=True):
+        assert (got[0], got[-1]) == (want[0], want[-1])  # time and stamp always
+        if got[0] > known or db_url.startswith("sqlite"):
+            assert got == want
+        else:
+            assert got[1:-1] == (None,) * (len(want) - 2)

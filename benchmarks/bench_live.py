@@ -704,6 +704,15 @@ def run_stack(
                 extra["after_kill_max_s"] = max(after) if after else float("nan")
             received = stack.received()
             # How the rounds' bars were decided: "tail" (one row from memory) or "batch".
+            # A decision's own time (the worker's wall time per series), round by round.
+            per_round_ms = [
+                [round(1000 * float(r[1]), 1), round(1000 * float(r[2]), 1)]
+                for r in _sql(
+                    url,
+                    "SELECT bar, avg(seconds), max(seconds) FROM live_decisions WHERE decided_at >= "
+                    f"'{rounds_from.isoformat()}' GROUP BY bar ORDER BY bar",
+                )
+            ]
             paths = {
                 f"{r[0] or '-'}/{r[1]}": int(r[2])
                 for r in _sql(
@@ -739,6 +748,7 @@ def run_stack(
         "busy_cpu_ms_per_bar_by_role": busy_by_role,
         "idle_cpu_ms_per_s_by_role": {k: round(1000 * v, 2) for k, v in idle_by_role.items()},
         "decisions_by_path": paths,
+        "decision_ms_by_round": per_round_ms,
         "elapsed_s": elapsed,
         **_summary(latencies),
         **extra,
@@ -790,6 +800,7 @@ def stack_main(quick: bool, pace: float, only: list[int] | None = None, baseline
             f"{k} {v:.1f}" for k, v in sorted(r["idle_cpu_ms_per_s_by_role"].items(), key=lambda kv: -kv[1])
         )
         print(f"{name}: idle CPU ms per second by part: {shares}")
+        print(f"{name}: a decision's wall time per round, mean / max ms: {r['decision_ms_by_round']}")
         print(f"{name}: decisions in the rounds by feature path/trigger: {r['decisions_by_path']}")
     for name, r in runs.items():
         if r["dagster_run_jobs"]:

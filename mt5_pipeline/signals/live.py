@@ -426,7 +426,13 @@ class LiveWorker:
             (b["symbol"], b["timeframe"]): (b["newest_ts"], b["newest_ingested_at"])
             for b in newest_bars(self.settings.database_url)
         }  # fmt: skip
-        changed = {key for key, seen in newest.items() if self._polled.get(key) != seen}
+        # A series whose newest bar is the one it decided has nothing new (the notified pass
+        # decided it): after every bar close that is every series, a read each.
+        changed = {
+            key
+            for key, seen in newest.items()
+            if self._polled.get(key) != seen and not (key in self.decided and seen[0] <= self.decided[key])
+        }
         if changed:
             self.handle(changed, trigger="poll")
         self._polled = newest  # after the pass: a pass that failed is retried on the next poll

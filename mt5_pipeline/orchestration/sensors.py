@@ -32,6 +32,12 @@ SYMBOL_TAG = "mt5_pipeline/symbol"
 # Decisions recorded per tick at most (the rest on the next tick); a day of them is kept.
 DECISIONS_PER_TICK = 5000
 DECISIONS_KEPT = timedelta(days=1)
+# The record yields to the trade: a tick that lands while the live worker is deciding a bar
+# close (its newest decision this recent) records nothing and leaves it all to the next
+# tick, so the events' writes (several statements and a new PostgreSQL connection each)
+# do not compete with the signals still on their way. At most this many ticks in a row.
+RECORD_QUIET = timedelta(seconds=2)
+RECORD_DEFERRED_TICKS = 3
 
 _IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -73,6 +79,9 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
         state = json.loads(context.cursor) if context.cursor else {}
         if "bars" not in state:  # a cursor from before the run-less record: the stamps alone
             state = {"bars": state}
+        deferred = _deferred(url, state)
+        if deferred is not None:
+            return deferred
         cursor: dict[str, str] = state["bars"]
         settings = pipeline.settings()
         has_model = current_model_info(settings, timeframe) is not None
@@ -111,6 +120,7 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
                 )
             )
         add = _new_partitions(context, state, {b["symbol"] for b in bars})
+        state.pop("deferred", None)
         if run_less:
             recorded, last_id = live_record(url, timeframe, state["decision_id"])
             state["decision_id"] = last_id
@@ -139,6 +149,25 @@ def build_new_candles_sensor(settings: Settings, timeframe: str = "M1") -> dg.Se
         )
 
     return new_candles_sensor
+
+
+def _deferred(url: str, state: dict) -> dg.SensorResult | None:
+    """This tick's answer when the live worker is busy with a bar close (see RECORD_QUIET):
+    nothing recorded, the cursor as it was but for the count of ticks deferred; else None."""
+    if state.get("deferred", 0) >= RECORD_DEFERRED_TICKS or "decision_id" not in state:
+        return None
+    newest = live_decisions.newest_decided_at(url)
+    now = utcnow()
+    if newest is None or now - newest >= RECORD_QUIET or newest > now:
+        return None
+    waited = {**state, "deferred": state.get("deferred", 0) + 1}
+    return dg.SensorResult(
+        cursor=json.dumps(waited, sort_keys=True),
+        skip_reason=(
+            f"the live worker is deciding a bar close (its newest decision {(now - newest).total_seconds():.1f} s "
+            "ago): recorded on the next tick"
+        ),
+    )
 
 
 def _new_partitions(context: dg.SensorEvaluationContext, state: dict, symbols: set[str]) -> list:

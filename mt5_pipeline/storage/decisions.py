@@ -65,6 +65,12 @@ def since(database_url: str, after_id: int, *, limit: int) -> list[dict]:
         ]
 
 
+def newest_decided_at(database_url: str) -> datetime | None:
+    """When the newest decision was made (through the decided_at index), or None."""
+    with get_engine(database_url).connect() as conn:
+        return conn.execute(select(func.max(live_decisions.c.decided_at))).scalar()
+
+
 def newest_id(database_url: str) -> int:
     with get_engine(database_url).connect() as conn:
         return int(conn.execute(select(func.coalesce(func.max(live_decisions.c.id), 0))).scalar_one())

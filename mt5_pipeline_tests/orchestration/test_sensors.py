@@ -1,6 +1,7 @@
 """Sensors and the schedule evaluated with Dagster's own contexts against a real database."""
 
 import json
+import time
 from datetime import timedelta
 
 import dagster as dg
@@ -8,6 +9,7 @@ import dagster as dg
 from mt5_pipeline.learning.training import train_model
 from mt5_pipeline.market.ingest import ingest_candles
 from mt5_pipeline.market.sample_data import generate_candles
+from mt5_pipeline.orchestration.sensors import RECORD_QUIET
 from mt5_pipeline.signals.queue import enqueue
 from mt5_pipeline_tests.orchestration_support import FAST_MODEL, defs_for, load_symbols, minute_now
 
@@ -224,6 +226,11 @@ def test_with_a_live_worker_the_sensor_records_every_bar_run_less(db_url, settin
             decided += worker.handle([(s, "M1") for s in symbols], trigger="notify")
         assert len(decided) == 4
 
+        # A tick while the worker is deciding a bar close records nothing: the next one does.
+        result, cursor = _tick(defs, instance, "new_candles_sensor", cursor)
+        assert isinstance(result, dg.SensorResult) and not result.asset_events and not result.run_requests
+        assert "deciding a bar close" in (result.skip_reason.skip_message or "")
+        time.sleep(RECORD_QUIET.total_seconds())
         result, cursor = _tick(defs, instance, "new_candles_sensor", cursor)
         assert isinstance(result, dg.SensorResult) and not result.run_requests  # no run for a live bar
         _report(instance, result)

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection
 
 from mt5_pipeline.bars import closed_cutoff
 from mt5_pipeline.clock import resolve_now
-from mt5_pipeline.learning.features import LOOKBACK_BARS, WATERMARK_MARGIN, FeatureUpdate, update_features
+from mt5_pipeline.learning.features import LOOKBACK_BARS, FeatureUpdate, update_features
 from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION, FLOAT_COLUMNS, feature_block
 from mt5_pipeline.storage import features as stored
 from mt5_pipeline.storage.candles import CANDLE_COLUMNS, candles_stamped_since, read_candles
@@ -45,6 +45,13 @@ Series = tuple[str, str]
 # Feature rows kept per series for the prediction: the bar decided is the newest computed,
 # or one before it while the newest waits for its final version.
 KEEP_ROWS = 4
+# How far before the newest stamp it handled the tail reads again. The ingest stamps a
+# series' bars after taking its lock, later than every stamp stored, so whoever has seen a
+# stamp has seen every change committed before it (market.ingest); this margin is only a
+# guard. Not the batch path's WATERMARK_MARGIN (60 s): every bar stamped within the margin
+# is read again on every live bar, and after a bulk ingest (the history an EA posts at its
+# start) a minute of that was most of the worker's CPU at the next bar closes.
+TAIL_MARGIN = timedelta(seconds=10)
 
 
 # What the features and the extreme-bar guard read of a bar; ts and ingested_at as int64
@@ -62,7 +69,7 @@ class _Tail:
     seen: dict[datetime, datetime] = field(
         default_factory=dict
     )  # ts -> ingested_at of recently stamped bars already handled
-    watermark: datetime | None = None  # newest stamp handled; reads start WATERMARK_MARGIN before it
+    watermark: datetime | None = None  # newest stamp handled; reads start TAIL_MARGIN before it
     whole: bool = False  # the tail started at the series' first bar (it held fewer than LOOKBACK_BARS)
     rows: dict[datetime, dict] = field(default_factory=dict)  # the feature rows of the newest bars computed here, by ts
 
@@ -170,7 +177,7 @@ class SeriesTails:
         tail = self._tails.get(key)
         if tail is None or tail.watermark is None:
             return None
-        return tail.watermark - WATERMARK_MARGIN
+        return tail.watermark - TAIL_MARGIN
 
     def end(self, key: Series) -> datetime | None:
         """The open of the tail's newest bar: of a stamped bar at or before it the tail
@@ -227,7 +234,7 @@ class SeriesTails:
         # update (which reads later) has handled; a bar stamped in between is not in
         # `seen`, so the next update takes this path again rather than miss it.
         newest_stored = stored.newest_feature(self.database_url, symbol, timeframe)
-        since = (newest_stored.source_ingested_at - WATERMARK_MARGIN) if newest_stored is not None else None
+        since = (newest_stored.source_ingested_at - TAIL_MARGIN) if newest_stored is not None else None
         recent = candles_stamped_since(self.database_url, symbol, timeframe, since) if since is not None else None
         result = update_features(self.database_url, symbol, timeframe, now=at)
         self.stats.rebuilt += 1
@@ -255,7 +262,7 @@ class SeriesTails:
         symbol, timeframe = key
         if tail.watermark is None:
             return None
-        since = tail.watermark - WATERMARK_MARGIN
+        since = tail.watermark - TAIL_MARGIN
         if read is not None and read[0] == since:
             recent = read[1]
         else:
@@ -295,7 +302,7 @@ class SeriesTails:
         for r in new_rows:
             tail.seen[r[0]] = r[-1]
         tail.watermark = max(tail.watermark, *(r[-1] for r in recent))
-        floor = tail.watermark - 2 * WATERMARK_MARGIN
+        floor = tail.watermark - 2 * TAIL_MARGIN
         tail.seen = {ts: stamp for ts, stamp in tail.seen.items() if stamp >= floor}
         return FeatureUpdate(symbol, timeframe, len(new_rows), new_rows[-1][0], lookback, new_rows[0][0], False)
 

@@ -144,7 +144,9 @@ def add_row(
         return None if v is None else (float(f"{v:.3g}") if digits is None else round(float(v), digits))
 
     ratio = None
-    if baseline:
+    # No ratio against a zero: a zero value where lower is better (a busy CPU that the idle
+    # estimate swallowed) has none.
+    if baseline and (higher_is_better or value):
         ratio = round(
             float(value) / float(baseline) if higher_is_better else float(baseline) / float(value), ratio_digits
         )

@@ -17,10 +17,10 @@ from datetime import datetime
 from mt5_pipeline.execution.trade_signal import Signal
 from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION
 from mt5_pipeline.signals import queue
-from mt5_pipeline.signals.queue_enqueue import enqueue_sql
+from mt5_pipeline.signals.queue_enqueue import NOTIFY_CHANNEL, row_values
 from mt5_pipeline.signals.series_tail import SeriesTails
-from mt5_pipeline.storage.engine import autocommit_cursor, get_engine, is_postgres
-from mt5_pipeline.storage.features import NewRows, new_rows_sql
+from mt5_pipeline.storage.bar_commit import commit_bar
+from mt5_pipeline.storage.features import NewRows
 
 Series = tuple[str, str]
 
@@ -35,18 +35,10 @@ class BarWrite:
         if self.rows is None:
             return queue.enqueue(database_url, signal, now=now)
         rows, (symbol, timeframe) = self.rows, self.key
-        if is_postgres(database_url):
-            rows_sql, rows_params = new_rows_sql(
-                symbol, timeframe, rows, version=FEATURE_SET_VERSION, computed_at=self.at
-            )
-            signal_sql, signal_params = enqueue_sql(signal, now=now)
-            with autocommit_cursor(database_url) as cursor:
-                cursor.execute(f"{rows_sql};\n{signal_sql}", rows_params + signal_params)
-                inserted = cursor.fetchone() is not None
-        else:
-            with get_engine(database_url).begin() as conn:
-                self.tails.store(self.key, rows, computed_at=self.at, conn=conn)
-                inserted = queue.enqueue_in(conn, signal, now=now)
+        inserted = commit_bar(
+            database_url, symbol, timeframe, rows, version=FEATURE_SET_VERSION, computed_at=self.at,
+            signal_row=row_values(signal, now), channel=NOTIFY_CHANNEL,
+        )  # fmt: skip
         self.rows = None
         return inserted
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import ReturningInsert
 
-from mt5_pipeline.clock import as_utc, resolve_now
+from mt5_pipeline.clock import resolve_now
 from mt5_pipeline.execution.trade_signal import Signal
 from mt5_pipeline.storage.dialect import insert_on_conflict
 from mt5_pipeline.storage.engine import get_engine
@@ -45,7 +45,7 @@ PAYLOAD_COLUMNS = (
 )
 
 
-def _row_values(signal: Signal | Mapping[str, Any], now: datetime) -> dict:
+def row_values(signal: Signal | Mapping[str, Any], now: datetime) -> dict:
     """A new PENDING row for a signal (a Signal, or an EA payload that must parse as one)."""
     value = signal if isinstance(signal, Signal) else Signal.from_payload(signal)
     return {**value.to_row(), "status": "PENDING", "attempts": 0, "next_attempt_at": now, "created_at": now}
@@ -75,25 +75,9 @@ def enqueue(database_url: str, signal: Signal | Mapping[str, Any], *, now: datet
 def enqueue_in(conn: Connection, signal: Signal | Mapping[str, Any], *, now: datetime | None = None) -> bool:
     """:func:`enqueue` inside the caller's transaction, so what the caller writes with it (the
     live worker's feature rows) commits with the signal, and the pusher wakes on that commit."""
-    inserted = (
-        conn.execute(_insert_ignoring_duplicates(conn), _row_values(signal, resolve_now(now))).first() is not None
-    )
+    inserted = conn.execute(_insert_ignoring_duplicates(conn), row_values(signal, resolve_now(now))).first() is not None
     _notify(conn, int(inserted))
     return inserted
-
-
-def enqueue_sql(signal: Signal | Mapping[str, Any], *, now: datetime | None = None) -> tuple[str, list[Any]]:
-    """:func:`enqueue_in` on PostgreSQL as one statement and its parameters, for a caller
-    that sends it in one round trip after statements that commit with it (the live
-    worker's feature rows). It returns one row when the signal was queued (and NOTIFYs
-    the pusher), none when its bar or signal_id already has a row."""
-    row = _row_values(signal, resolve_now(now))
-    names = list(row)
-    statement = (
-        f"WITH queued AS (INSERT INTO {q.name} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) "
-        f"ON CONFLICT DO NOTHING RETURNING id) SELECT id, pg_notify('{NOTIFY_CHANNEL}', '1') FROM queued"
-    )
-    return statement, [as_utc(v) if isinstance(v, datetime) else v for v in row.values()]
 
 
 def enqueue_many(
@@ -101,7 +85,7 @@ def enqueue_many(
 ) -> int:
     """Queue many signals in one transaction (one NOTIFY); returns how many were new."""
     at = resolve_now(now)
-    rows = [_row_values(s, at) for s in signals]
+    rows = [row_values(s, at) for s in signals]
     if not rows:
         return 0
     with get_engine(database_url).begin() as conn:

@@ -15,7 +15,7 @@ from mt5_pipeline.clock import iso_z, utcnow
 from mt5_pipeline.execution.trade_signal import PAYLOAD_KEYS
 from mt5_pipeline.signals import queue
 from mt5_pipeline.signals.queue import UnknownSignalError
-from mt5_pipeline.signals.queue_enqueue import _row_values
+from mt5_pipeline.signals.queue_enqueue import row_values
 from mt5_pipeline.storage.engine import get_engine, psycopg_conninfo
 from mt5_pipeline.storage.schema import signals_ack, signals_queue
 from mt5_pipeline_tests.ea_server import make_signal
@@ -50,7 +50,7 @@ def test_one_signal_per_bar_whatever_the_model_version_is_the_databases_rule(db_
     assert queue.enqueue(db_url, first, now=T0) is False  # the same signal_id twice
     assert queue.enqueue(db_url, make_signal(ts=BAR, timeframe="M5"), now=T0) is True  # another series' bar
     # Not only a check in Python: a plain INSERT of a second signal for the bar fails.
-    values = _row_values(make_signal(ts=BAR, model_version="v-third"), T0)
+    values = row_values(make_signal(ts=BAR, model_version="v-third"), T0)
     with pytest.raises(IntegrityError):
         with get_engine(db_url).begin() as conn:
             conn.execute(insert(signals_queue).values(**values))

@@ -24,10 +24,6 @@ WHY_PUSH = (
     "issue 21's one-round-trip push statements (storage.dialect.DriverStatement) are chosen beside "
     "their SQLite form here; to move behind storage/ (a debt of 2026-12-06, named in that stop's closing note)"
 )
-WHY_BAR = (
-    "issue 21's one-round-trip bar write (feature rows + signal + NOTIFY in one execute) is chosen "
-    "here; to move into storage/ with its SQL (a debt of 2026-12-06, named in that stop's closing note)"
-)
 
 # (module, finding) -> why it may stay outside storage.
 ALLOWED = {
@@ -43,9 +39,6 @@ ALLOWED = {
     ("mt5_pipeline/signals/queue.py", "writes PostgreSQL-only SQL"): WHY_PUSH,
     ("mt5_pipeline/signals/queue_marks.py", "compares with a backend name"): WHY_PUSH,
     ("mt5_pipeline/signals/queue_marks.py", "reads dialect.name"): WHY_PUSH,
-    ("mt5_pipeline/signals/bar_write.py", "calls is_postgres"): WHY_BAR,
-    ("mt5_pipeline/signals/bar_write.py", "imports is_postgres"): WHY_BAR,
-    ("mt5_pipeline/signals/queue_enqueue.py", "writes PostgreSQL-only SQL"): WHY_BAR,
 }
 
 DRIVERS = ("psycopg2", "psycopg")

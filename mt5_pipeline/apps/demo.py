@@ -202,6 +202,9 @@ def _metric_lines(settings: Settings) -> list[str]:
     return lines
 
 
+DEMO_TTL_SECONDS = 180
+
+
 def run_demo(settings: Settings, *, csv_file: str | None = None, say: Callable[[str], None] = print) -> int:
     started = time.monotonic()
     since = datetime.now(timezone.utc)
@@ -213,8 +216,13 @@ def run_demo(settings: Settings, *, csv_file: str | None = None, say: Callable[[
     ea_key = settings.ea_api_key or DEMO_EA_KEY
     ea_app = create_ea_app(ea_key, ack_url=f"http://127.0.0.1:{api_port}/ea/ack", ack_api_key=api_key)
     with BackgroundServer(ea_app) as ea:
+        # The demo trains between its bars' close and the push: with the default 60 s TTL a
+        # run whose push fell in the last seconds of that minute found its signals expired.
         settings = settings.replace(
-            ea_server_url_override=f"{ea.base_url}/signals", ea_api_key=ea_key, ea_push_enabled=True
+            ea_server_url_override=f"{ea.base_url}/signals",
+            ea_api_key=ea_key,
+            ea_push_enabled=True,
+            signal_ttl_seconds=max(settings.signal_ttl_seconds, DEMO_TTL_SECONDS),
         )
         with BackgroundServer(create_app(settings), port=api_port) as api:
             say(f"reference EA on {ea.base_url}, API on {api.base_url}")

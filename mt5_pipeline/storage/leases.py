@@ -82,7 +82,10 @@ def keep_alive(database_url: str, worker: str, *, now: datetime, ttl: float) -> 
 
 def add_series(database_url: str, keys: Iterable[Series]) -> None:
     """A free lease row for each series that has none yet."""
-    rows = [{"symbol": s, "timeframe": t, "worker": None, "expires_at": _FREE_SINCE} for s, t in keys]
+    # In key order: two workers starting together insert the same rows, and in a set's
+    # order each could wait on a row the other inserted first -- a deadlock PostgreSQL
+    # breaks by failing one of them (seen when two workers start at once).
+    rows = [{"symbol": s, "timeframe": t, "worker": None, "expires_at": _FREE_SINCE} for s, t in sorted(keys)]
     if not rows:
         return
     with get_engine(database_url).begin() as conn:

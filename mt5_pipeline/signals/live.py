@@ -53,7 +53,7 @@ from mt5_pipeline.settings import TIMEFRAME_SECONDS, Settings
 from mt5_pipeline.signals.bar_write import BarWrite
 from mt5_pipeline.signals.generation import Instrument, Predictor, generate_signal
 from mt5_pipeline.signals.series_leases import LeaseKeeper, SeriesLeases
-from mt5_pipeline.signals.series_tail import SeriesTails
+from mt5_pipeline.signals.series_tail import Recent, SeriesTails
 from mt5_pipeline.storage import decisions as stored_decisions
 from mt5_pipeline.storage.candles import CANDLES_CHANNEL, newest_bars
 from mt5_pipeline.storage.notifications import Listener, notifications_supported
@@ -197,12 +197,30 @@ class LiveWorker:
         timeframes = set(self.timeframes())
         keys = sorted(k for k in set(series) if k[1] in timeframes and self.owns(k))
         self.known.update(keys)
+        at = resolve_now(now)
+        keys = [k for k in keys if not self._decided_newest(k, at)]
         if len(keys) <= 1 or self.settings.live_worker_threads <= 1:
             decisions = [d for d in map(lambda k: self._one(k, now, trigger), keys) if d is not None]
         else:
             decisions = [d for d in self._pool().map(lambda k: self._one(k, now, trigger), keys) if d is not None]
         self._record(decisions)
         return decisions
+
+    def _decided_newest(self, key: Series, at: datetime) -> bool:
+        """The series' decided bar is the newest that can be closed at ``at``: the next one
+        closes a whole bar after it. Then the pass has nothing to read (the minute timer's
+        pass over every series, the NOTIFY of a forming bar). Bars up to H1 only: they
+        last as long in UTC as in the broker's clock; H4 and D1 across a daylight-saving
+        change, and calendar months, do not. A series without a tail is read anyway: the
+        pass builds it (a takeover), so its next bar costs one row."""
+        decided = self.decided.get(key)
+        step = TIMEFRAME_SECONDS[key[1]]
+        return (
+            decided is not None
+            and step <= TIMEFRAME_SECONDS["H1"]
+            and at < decided + timedelta(seconds=2 * step)
+            and self.tails.window(key) is not None
+        )
 
     def _pool(self) -> ThreadPoolExecutor:
         # Kept across passes: a pass a bar, and new threads for each cost more than a decision.
@@ -238,8 +256,9 @@ class LiveWorker:
         at = resolve_now(now)
         symbol, timeframe = key
         # One round trip: the ready rule's two newest bars, the tail's new bars, the pip's row.
-        since = self.tails.since(key)
-        snapshot = read_snapshot(self.settings.database_url, symbol, timeframe, since, known=self.tails.end(key))
+        window = self.tails.window(key)
+        since, end = (None, None) if window is None else window
+        snapshot = read_snapshot(self.settings.database_url, symbol, timeframe, since, known=end)
         newest = snapshot.newest
         bar = ready_among(
             newest[0] if newest else None,
@@ -250,10 +269,10 @@ class LiveWorker:
             final=self.final.get(key),
         ).bar
         if bar is None or (key in self.decided and self.decided[key] >= bar):
-            if bar is not None and not self.tails.has_tail(key):
+            if bar is not None and window is None:
                 self._warm(key, at)
             return None
-        recent = None if since is None or snapshot.recent is None else (since, snapshot.recent)
+        recent = None if window is None or snapshot.recent is None else Recent(window, snapshot.recent, snapshot.known)
         return self._decide(key, bar, at, trigger, recent=recent, instrument=snapshot.instrument)
 
     def _warm(self, key: Series, at: datetime) -> None:
@@ -271,7 +290,7 @@ class LiveWorker:
         at: datetime,
         trigger: str,
         *,
-        recent: tuple[datetime, list[tuple]] | None = None,
+        recent: Recent | None = None,
         instrument: Instrument | None | Literal["unread"] = "unread",
     ) -> LiveDecision:
         from mt5_pipeline.learning.model import ModelTimeframeError, NoFeaturesError

@@ -27,6 +27,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,7 @@ from mt5_pipeline.learning.indicators import FEATURE_SET_VERSION, FLOAT_COLUMNS,
 from mt5_pipeline.storage import features as stored
 from mt5_pipeline.storage.candles import CANDLE_COLUMNS, candles_stamped_since, read_candles
 from mt5_pipeline.storage.engine import get_engine
+from mt5_pipeline.storage.series_snapshot import StampDigest, stamp_digest
 
 Series = tuple[str, str]
 
@@ -63,6 +65,25 @@ _TIMES = ("ts", "ingested_at")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+class TailWindow(NamedTuple):
+    """Where a series' next read of recently stamped bars starts, and the open of the
+    tail's newest bar: of a stamped bar at or before it the tail needs only to know it
+    has seen it (:func:`read_snapshot`'s ``known``)."""
+
+    since: datetime
+    end: datetime
+
+
+class Recent(NamedTuple):
+    """Bars stamped since ``window.since`` that a caller read for the tail (as
+    :func:`candles_stamped_since` returns them), or, with ``known``, only those opening
+    after ``window.end`` and a digest of the rest (:func:`read_snapshot`)."""
+
+    window: TailWindow
+    rows: list[tuple]
+    known: StampDigest | None = None
+
+
 @dataclass
 class _Tail:
     bars: dict[str, np.ndarray]  # the newest LOOKBACK_BARS closed bars with stored features, oldest first
@@ -75,6 +96,11 @@ class _Tail:
 
     def __len__(self) -> int:
         return len(self.bars["ts"])
+
+    @property
+    def end(self) -> datetime:
+        """The open of the newest bar."""
+        return _EPOCH + timedelta(microseconds=int(self.bars["ts"][-1]) // 1000)
 
 
 def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -170,23 +196,14 @@ class SeriesTails:
         lo = max(0, upto - n)
         return {name: tail.bars[name][lo:upto] for name in ("ts", "high", "low", "close")}
 
-    def since(self, key: Series) -> datetime | None:
-        """Where the series' next read of recently stamped bars starts (None: no tail, the
-        next update takes the batch path). A caller may read them itself, with more, in one
-        round trip and hand them to :meth:`update` (``recent``)."""
+    def window(self, key: Series) -> TailWindow | None:
+        """The series' :class:`TailWindow` (None: no tail, the next update takes the batch
+        path). A caller may read the recent bars itself, with more, in one round trip and
+        hand them to :meth:`update` (``recent``)."""
         tail = self._tails.get(key)
         if tail is None or tail.watermark is None:
             return None
-        return tail.watermark - TAIL_MARGIN
-
-    def end(self, key: Series) -> datetime | None:
-        """The open of the tail's newest bar: of a stamped bar at or before it the tail
-        reads only its time and stamp (:func:`read_snapshot`'s ``known``)."""
-        tail = self._tails.get(key)
-        return None if tail is None else _EPOCH + timedelta(microseconds=int(tail.bars["ts"][-1]) // 1000)
-
-    def has_tail(self, key: Series) -> bool:
-        return key in self._tails
+        return TailWindow(tail.watermark - TAIL_MARGIN, tail.end)
 
     def _lock(self, key: Series) -> threading.Lock:
         with self._guard:
@@ -199,7 +216,7 @@ class SeriesTails:
         *,
         now: datetime | None = None,
         defer: bool = False,
-        recent: tuple[datetime, list[tuple]] | None = None,
+        recent: Recent | None = None,
     ) -> FeatureUpdate:
         """Bring the series' features up to its newest closed bar (as ``update_features`` does).
 
@@ -207,9 +224,8 @@ class SeriesTails:
         (:meth:`take_pending`), who stores them (:meth:`store`) with what it commits next;
         a caller that cannot must :meth:`invalidate` the series. The batch path stores its own.
 
-        ``recent``: (since, rows) -- the bars stamped since :meth:`since` that the caller read
-        (as :func:`candles_stamped_since` returns them, or with only the time and stamp of
-        the bars at or before :meth:`end`); used when the tail still starts there, else read again.
+        ``recent``: the bars stamped since the :meth:`window` that the caller read; used
+        when the tail's window is still that one, else read again.
         """
         key = (symbol, timeframe)
         at = resolve_now(now)
@@ -255,19 +271,20 @@ class SeriesTails:
 
     # ---- one row ---------------------------------------------------------------------------
 
-    def _fast(
-        self, key: Series, tail: _Tail, at: datetime, defer: bool, read: tuple[datetime, list[tuple]] | None
-    ) -> FeatureUpdate | None:
+    def _fast(self, key: Series, tail: _Tail, at: datetime, defer: bool, read: Recent | None) -> FeatureUpdate | None:
         """The new closed bars from the tail, or None when the batch path must run."""
         symbol, timeframe = key
         if tail.watermark is None:
             return None
-        since = tail.watermark - TAIL_MARGIN
-        if read is not None and read[0] == since:
-            recent = read[1]
+        since, end = tail.watermark - TAIL_MARGIN, tail.end
+        if read is not None and read.window == (since, end):
+            recent = read.rows
+            if read.known is not None and read.known != stamp_digest(
+                (ts, stamp) for ts, stamp in tail.seen.items() if ts <= end and stamp >= since
+            ):
+                return None  # the bars at or before the tail's end are not the ones it saw: a correction
         else:
             recent = candles_stamped_since(self.database_url, symbol, timeframe, since)
-        end = _EPOCH + timedelta(microseconds=int(tail.bars["ts"][-1]) // 1000)
         fresh = [r for r in recent if tail.seen.get(r[0]) != r[-1]]
         if any(r[0] <= end for r in fresh):
             return None  # a re-sent bar or a gap filled at or before the tail's end: a correction

@@ -10,7 +10,8 @@ tail see the same bars. SQLite (one process, no network) makes the three reads.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
 from mt5_pipeline.clock import as_utc
@@ -21,30 +22,69 @@ from mt5_pipeline.storage.symbols import instrument
 Instrument = tuple[int | None, float | None]
 
 
+class StampDigest(NamedTuple):
+    """What stands for a set of (bar open, stamp) pairs in the snapshot: their count and
+    three sums of their times in microseconds (modulo a prime under 2**53, so each is an
+    exact float8 on the wire). Two sets that differ by a re-stamped bar or a bar added
+    differ here; the tail computes the same over the pairs it has seen."""
+
+    bars: int
+    opens: int
+    stamps: int
+    pairs: int
+
+
 class SeriesSnapshot(NamedTuple):
     newest: list[tuple[datetime, datetime]]  # (open, ingested_at) of the two newest bars, newest first
     recent: list[tuple] | None  # bars stamped at or after `since`, by ts, CANDLE_COLUMNS order; None: not asked
     instrument: Instrument | None  # the symbols row (digits, point), or None: the EA never described it
+    # With `known` (PostgreSQL): the stamped bars opening at or before it, as a digest, and
+    # not in `recent`. None: no such split (every stamped bar is in `recent`).
+    known: StampDigest | None = None
 
 
-# One row per bar; `part` says which read a row answers. The symbols row rides in the
-# candle columns of its own part: point in `open`, digits in `tick_volume`. A stamped bar
-# at or before `known` (the tail's end) brings only its time and stamp: the tail compares
-# those, and such a bar is never a new row (it is a correction, or one the tail has). After
-# a bulk ingest (history posted at the EA's start) the read spans every bar of the batch
-# for a minute, and converting their prices was most of a decision's CPU.
-_PRICES = ", ".join(
-    f"CASE WHEN ts > %(known)s THEN {name} END" for name in CANDLE_COLUMNS if name not in ("ts", "ingested_at")
-)
+# 2**53 - 111, a prime: the sums below stay exact in float8.
+_MODULUS = 9007199254740881
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICRO = timedelta(microseconds=1)
+
+
+def stamp_digest(pairs: Iterable[tuple[datetime, datetime]]) -> StampDigest:
+    """The digest of (open, stamp) pairs, as the snapshot's SQL computes it."""
+    count = opens = stamps = both = 0
+    for ts, stamp in pairs:
+        t, s = (ts - _EPOCH) // _MICRO % _MODULUS, (stamp - _EPOCH) // _MICRO % _MODULUS
+        count, opens, stamps, both = count + 1, opens + t, stamps + s, both + t * s
+    return StampDigest(count, opens % _MODULUS, stamps % _MODULUS, both % _MODULUS)
+
+
+# One row per bar, or per part; `part` says which read a row answers. The symbols row
+# rides in the candle columns of its own part: point in `open`, digits in `tick_volume`;
+# the digest in part 3: the count in `tick_volume`, the sums in the float columns.
+#
+# A stamped bar at or before `known` (the tail's end) is never a new row: it is a bar the
+# tail has (stamped within its margin) or a correction. The tail needs only to know
+# whether such bars are exactly the ones it has seen, so they come as one digest row.
+# After a bulk ingest (the history an EA posts at its start) they were every bar of the
+# batch for a minute, and reading them at the next bar close was most of its CPU.
+_US = "(extract(epoch FROM {0}) * 1000000)::numeric %% {1}".format
 _PG_SNAPSHOT = f"""
 (SELECT 0 AS part, ts, NULL::float8, NULL::float8, NULL::float8, NULL::float8, NULL::bigint, NULL::int,
         NULL::bigint, ingested_at
    FROM candles WHERE symbol = %(symbol)s AND timeframe = %(timeframe)s ORDER BY ts DESC LIMIT 2)
 UNION ALL
-(SELECT 1, ts, {_PRICES}, ingested_at
-   FROM candles WHERE symbol = %(symbol)s AND timeframe = %(timeframe)s AND ingested_at >= %(since)s)
+(SELECT 1, {", ".join(CANDLE_COLUMNS)}
+   FROM candles WHERE symbol = %(symbol)s AND timeframe = %(timeframe)s AND ingested_at >= %(since)s
+                  AND ts > %(known)s)
 UNION ALL
 (SELECT 2, NULL, point, NULL, NULL, NULL, digits, NULL, NULL, NULL FROM symbols WHERE symbol = %(symbol)s)
+UNION ALL
+(SELECT 3, NULL, (sum({_US("ts", _MODULUS)}) %% {_MODULUS})::float8,
+        (sum({_US("ingested_at", _MODULUS)}) %% {_MODULUS})::float8,
+        (sum(({_US("ts", _MODULUS)}) * ({_US("ingested_at", _MODULUS)})) %% {_MODULUS})::float8,
+        NULL, count(*), NULL, NULL, NULL
+   FROM candles WHERE symbol = %(symbol)s AND timeframe = %(timeframe)s AND ingested_at >= %(since)s
+                  AND ts <= %(known)s AND %(split)s)
 """
 
 
@@ -53,8 +93,8 @@ def read_snapshot(
 ) -> SeriesSnapshot:
     """The series' two newest bars, its bars stamped since ``since`` (skipped with None)
     and its instrument row, as :func:`newest_two_bars`, :func:`candles_stamped_since` and
-    :func:`instrument` return them -- except that on PostgreSQL a stamped bar opening at or
-    before ``known`` comes with its time and stamp only (its prices None)."""
+    :func:`instrument` return them -- except that on PostgreSQL, given ``known``, the
+    stamped bars opening at or before it are not in ``recent`` but in the digest ``known``."""
     if not is_postgres(database_url):
         return SeriesSnapshot(
             newest_two_bars(database_url, symbol, timeframe),
@@ -66,6 +106,7 @@ def read_snapshot(
         "timeframe": timeframe,
         "since": "infinity" if since is None else since,
         "known": "-infinity" if known is None else known,
+        "split": known is not None and since is not None,
     }
     with autocommit_cursor(database_url) as cursor:
         cursor.execute(_PG_SNAPSHOT, params)
@@ -73,13 +114,16 @@ def read_snapshot(
     newest: list[tuple[datetime, datetime]] = []
     recent: list[tuple] = []
     described: Instrument | None = None
+    digest: StampDigest | None = None
     for row in rows:
         if row[0] == 0:
             newest.append((as_utc(row[1]), as_utc(row[9])))
         elif row[0] == 1:
             recent.append((as_utc(row[1]), *row[2:9], as_utc(row[9])))
-        else:
+        elif row[0] == 2:
             described = (row[6], row[2])
+        elif params["split"]:
+            digest = StampDigest(int(row[6]), *(0 if v is None else int(v) for v in row[2:5]))
     newest.sort(reverse=True)
     recent.sort(key=lambda r: r[0])
-    return SeriesSnapshot(newest, None if since is None else recent, described)
+    return SeriesSnapshot(newest, None if since is None else recent, described, digest)

@@ -93,6 +93,39 @@ def test_the_minute_timer_signals_a_bar_only_ever_sent_while_forming(db_url, set
     assert _bar_signal(db_url, END).price == pytest.approx(float(partial["close"].iloc[0]))
 
 
+def test_a_series_whose_newest_closable_bar_is_decided_is_not_read(db_url, settings_for, monkeypatch):
+    # The minute timer's pass goes over every series; the ones the notified pass already
+    # decided cannot have a newer closed bar until a whole bar later, and cost no read.
+    from mt5_pipeline.signals import live
+
+    settings, final = _trained(db_url, settings_for)
+    reads: list[tuple[str, str]] = []
+    real = live.read_snapshot
+
+    def counted(url, symbol, timeframe, *args, **kwargs):
+        reads.append((symbol, timeframe))
+        return real(url, symbol, timeframe, *args, **kwargs)
+
+    monkeypatch.setattr(live, "read_snapshot", counted)
+    worker = LiveWorker(settings)
+    worker.handle([("EURUSD", "M1")], now=END, trigger="start")
+    assert worker.decided[("EURUSD", "M1")] == END - timedelta(minutes=1) and len(reads) == 1
+    # Until END + 1 min the bar at END is forming: nothing to read.
+    for seconds in (1, 30, 59.9):
+        assert worker.handle([("EURUSD", "M1")], now=END + timedelta(seconds=seconds), trigger="timer") == []
+    assert len(reads) == 1
+    ingest_candles(db_url, "EURUSD", "M1", final, now=END + timedelta(seconds=60, milliseconds=200))
+    [decision] = worker.handle([("EURUSD", "M1")], now=END + timedelta(seconds=60, milliseconds=300))
+    assert decision.bar == END and decision.status == "queued" and len(reads) == 2
+    assert worker.handle([("EURUSD", "M1")], now=END + timedelta(seconds=62), trigger="timer") == []
+    assert len(reads) == 2
+    # An H4 series gets no such shortcut (its bars' UTC length changes with the broker's DST).
+    worker.decided[("EURUSD", "H4")] = END
+    assert not worker._decided_newest(("EURUSD", "H4"), END + timedelta(minutes=1))
+    assert worker._decided_newest(("EURUSD", "M1"), END + timedelta(seconds=119))
+    assert not worker._decided_newest(("EURUSD", "M1"), END + timedelta(seconds=120))
+
+
 def test_a_bar_whose_ttl_has_passed_gets_no_signal(db_url, settings_for):
     settings, final = _trained(db_url, settings_for)
     ingest_candles(db_url, "EURUSD", "M1", final, now=END + timedelta(seconds=61))
@@ -272,7 +305,7 @@ def test_a_series_taken_over_or_restarted_does_not_decide_its_bar_again(db_url, 
     assert heir.decided == {key: before}
     assert heir.handle([key], now=END, trigger="takeover") == []
     # Nothing to decide, but the tail is built now: the next bar is one row, not the batch path.
-    assert heir.tails.has_tail(key)
+    assert heir.tails.window(key) is not None
     ingest_candles(db_url, "EURUSD", "M1", final, now=END + timedelta(seconds=60, milliseconds=300))
     [next_bar] = heir.handle([key], now=END + timedelta(seconds=60, milliseconds=400), trigger="notify")
     assert next_bar.bar == END and next_bar.status == "queued", next_bar

@@ -32,7 +32,7 @@ from mt5_pipeline.market.extremes import (
 )
 from mt5_pipeline.market.ingest import ingest_candles
 from mt5_pipeline.market.sample_data import generate_candles
-from mt5_pipeline.signals.series_tail import SeriesTails
+from mt5_pipeline.signals.series_tail import Recent, SeriesTails
 from mt5_pipeline.storage.series_snapshot import read_snapshot
 
 LIVE_BARS = 160
@@ -72,17 +72,23 @@ def test_the_tail_gives_the_batch_features_over_a_long_series_with_corrections(d
             _post(db_url, history.iloc[[i]], now)
         if i == first_live + 20:
             _post(db_url, _changed(history.iloc[[i - 3]]), now)  # a re-sent bar inside the tail
+        if i == first_live + 31:
+            # Odd bars go through the snapshot (below): there the bars at or before the
+            # tail's end come as a digest, which must tell this re-sent bar.
+            _post(db_url, _changed(history.iloc[[i - 2]]), now)
+        if i == first_live + 111:
+            _post(db_url, _changed(history.iloc[[i - LOOKBACK_BARS - 9]]), now)  # the same, older than the tail
         if i == first_live + 60:
             _post(db_url, history.iloc[sorted(gap)], now)  # the gap filled
         if i == first_live + 100:
             _post(db_url, _changed(history.iloc[[i - LOOKBACK_BARS - 50]]), now)  # older than the tail
-        since = tails.since(("TAIL", "M1"))
-        if i % 2 and since is not None:
+        window = tails.window(("TAIL", "M1"))
+        if i % 2 and window is not None:
             # As the live worker does every other bar here: the new bars read with the
             # ready rule's in one snapshot, handed to the tail.
-            snapshot = read_snapshot(db_url, "TAIL", "M1", since, known=tails.end(("TAIL", "M1")))
+            snapshot = read_snapshot(db_url, "TAIL", "M1", window.since, known=window.end)
             assert snapshot.recent is not None
-            tails.update("TAIL", "M1", now=now, recent=(since, snapshot.recent))
+            tails.update("TAIL", "M1", now=now, recent=Recent(window, snapshot.recent, snapshot.known))
         else:
             tails.update("TAIL", "M1", now=now)
         update_features(db_url, "BATCH", "M1", now=now)

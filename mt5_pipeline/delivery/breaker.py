@@ -125,22 +125,18 @@ def _state_from_mapping(m: Mapping[str, Any]) -> BreakerState:
     )
 
 
-_READ = select(t).where(t.c.ea == bindparam("ea", type_=t.c.ea.type))
 # Every push cycle reads the state first, on the way from a fresh signal to the EA: one
-# round trip (no transaction around a one-row read).
-_PG_READ = DriverStatement(_READ)
+# round trip on PostgreSQL (no transaction around a one-row read).
+_READ = DriverStatement(select(t).where(t.c.ea == bindparam("ea", type_=t.c.ea.type)))
+_READ_NAMES = list(t.columns.keys())
 
 
 def read_state(database_url: str, ea: str) -> BreakerState:
-    engine = get_engine(database_url)
-    with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            rows = _PG_READ.run(conn, {"ea": ea})
-            if not rows:
-                return BreakerState(ea)
-            return _state_from_mapping(dict(zip(_READ.selected_columns.keys(), rows[0], strict=True)))
-        row = conn.execute(_READ, {"ea": ea}).first()
-    return _state_from(row) if row is not None else BreakerState(ea)
+    with get_engine(database_url).connect() as conn:
+        rows = _READ.run(conn, {"ea": ea})
+    if not rows:
+        return BreakerState(ea)
+    return _state_from_mapping(dict(zip(_READ_NAMES, rows[0], strict=True)))
 
 
 def _locked(conn: Connection, ea: str, now: datetime) -> BreakerState:

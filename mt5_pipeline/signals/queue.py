@@ -77,7 +77,7 @@ from mt5_pipeline.signals.queue_marks import (
     mark_retry,
     mark_sent,
 )
-from mt5_pipeline.storage.dialect import DriverStatement, materialized, skip_commit_flush
+from mt5_pipeline.storage.dialect import DriverStatement, materialized
 from mt5_pipeline.storage.engine import get_engine
 from mt5_pipeline.storage.schema import signals_queue
 
@@ -231,14 +231,11 @@ def _claim_statement(probe: bool = False) -> ReturningUpdate[Any]:
     )
 
 
-_CLAIM = _claim_statement()
-_CLAIM_PROBE = _claim_statement(probe=True)
-# PostgreSQL: the claim in one round trip. Its commit need not wait for the WAL flush (a
+# The claim: one round trip on PostgreSQL. Its commit need not wait for the WAL flush (a
 # claim lost to a database crash is claimed again, same signal_id), and it sits between a
 # fresh signal and the EA.
-_NO_FLUSH = "SET LOCAL synchronous_commit TO OFF; "
+_CLAIM = {probe: DriverStatement(_claim_statement(probe), no_commit_flush=True) for probe in (False, True)}
 _PAYLOAD_NAMES = [c.name for c in PAYLOAD_COLUMNS]
-_PG_CLAIM = {False: DriverStatement(_CLAIM, _NO_FLUSH), True: DriverStatement(_CLAIM_PROBE, _NO_FLUSH)}
 
 
 def claim_batch(
@@ -263,7 +260,6 @@ def claim_batch(
     at = resolve_now(now)
     token = str(uuid.uuid4())
     lease_until = at + timedelta(seconds=lease_seconds)
-    engine = get_engine(database_url)
     params = {
         "now": at,
         "limit": int(limit),
@@ -271,16 +267,11 @@ def claim_batch(
         "lease_until": lease_until,
         "exclude_id": -1 if exclude_id is None else int(exclude_id),
     }
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            raw = _PG_CLAIM[probe].run(conn, params)
-        rows = [dict(zip(_PAYLOAD_NAMES, r, strict=True)) for r in raw]
-        for m in rows:  # what the table's UtcDateTime gives back through SQLAlchemy
-            m["ts"], m["expires_at"] = as_utc(m["ts"]), as_utc(m["expires_at"])
-    else:
-        with engine.begin() as conn:
-            skip_commit_flush(conn)
-            rows = [dict(r._mapping) for r in conn.execute(_CLAIM_PROBE if probe else _CLAIM, params)]
+    with get_engine(database_url).connect() as conn:
+        raw = _CLAIM[probe].run(conn, params)
+    rows = [dict(zip(_PAYLOAD_NAMES, r, strict=True)) for r in raw]
+    for m in rows:  # what the table's UtcDateTime gives back through SQLAlchemy
+        m["ts"], m["expires_at"] = as_utc(m["ts"]), as_utc(m["expires_at"])
     return [
         Claimed(
             id=m["id"], signal=Signal.from_row(m), attempts=m["attempts"], claim_token=token, lease_until=lease_until

@@ -103,12 +103,9 @@ def apply_marks(database_url: str, marks: Iterable[Mark]) -> set[int]:
         )
         for m in marks
     ]
-    engine = get_engine(database_url)
-    if engine.dialect.name == "postgresql":  # a flush is one round trip: it runs beside the sends
-        with engine.connect() as conn:
-            return {r[0] for r in _MARKS.run_in_one_round_trip(conn, _apply_marks_statement, rows)}
-    with engine.begin() as conn:
-        return {r[0] for r in _MARKS.execute(conn, _apply_marks_statement, rows)}
+    # A flush is one round trip on PostgreSQL: it runs beside the sends.
+    with get_engine(database_url).connect() as conn:
+        return {r[0] for r in _MARKS.run_in_one_round_trip(conn, _apply_marks_statement, rows)}
 
 
 def mark_sent(
@@ -174,16 +171,11 @@ def _expire_statement() -> Update:
     )
 
 
-_EXPIRE = _expire_statement()
-_PG_EXPIRE = DriverStatement(_EXPIRE)  # every push cycle runs it: one round trip
+_EXPIRE = DriverStatement(_expire_statement())  # every push cycle runs it: one round trip on PostgreSQL
 
 
 def expire_stale(database_url: str, *, now: datetime | None = None) -> int:
     """PENDING rows past ``expires_at`` become EXPIRED (never sent). Leased rows are left to
     their holder, which checks expiry itself before sending."""
-    engine = get_engine(database_url)
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            return _PG_EXPIRE.rowcount(conn, {"now": resolve_now(now)})
-    with engine.begin() as conn:
-        return conn.execute(_EXPIRE, {"now": resolve_now(now)}).rowcount
+    with get_engine(database_url).connect() as conn:
+        return _EXPIRE.rowcount(conn, {"now": resolve_now(now)})

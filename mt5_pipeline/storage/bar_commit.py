@@ -12,12 +12,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from mt5_pipeline.clock import as_utc
-from mt5_pipeline.storage.dialect import insert_on_conflict
+from sqlalchemy import Select, bindparam, func, literal, select
+from sqlalchemy.dialects import postgresql
+
+from mt5_pipeline.storage.dialect import RowsInsert, insert_on_conflict
 from mt5_pipeline.storage.engine import autocommit_cursor, get_engine, is_postgres
 from mt5_pipeline.storage.features import NewRows, new_rows_sql, write_new_rows
 from mt5_pipeline.storage.notifications import notify
 from mt5_pipeline.storage.schema import signals_queue
+
+
+def _queued_and_notified(insert: postgresql.Insert) -> Select[Any]:
+    # No conflict target: a second signal for the bar and a re-sent signal_id are both
+    # "already queued"; the NOTIFY only for a row queued, delivered at the commit.
+    queued = insert.on_conflict_do_nothing().returning(signals_queue.c.id).cte("queued")
+    return select(queued.c.id, func.pg_notify(bindparam("channel"), literal("1")))
+
+
+_PG_QUEUED = RowsInsert(signals_queue, _queued_and_notified)
 
 
 def commit_bar(
@@ -36,15 +48,9 @@ def commit_bar(
     or the signal_id already had a row (the rows are stored all the same)."""
     if is_postgres(database_url):
         rows_sql, rows_params = new_rows_sql(symbol, timeframe, rows, version=version, computed_at=computed_at)
-        names = list(signal_row)
-        signal_sql = (
-            f"WITH queued AS (INSERT INTO {signals_queue.name} ({', '.join(names)}) "
-            f"VALUES ({', '.join(['%s'] * len(names))}) ON CONFLICT DO NOTHING RETURNING id) "
-            "SELECT id, pg_notify(%s, '1') FROM queued"
-        )
-        values = [as_utc(v) if isinstance(v, datetime) else v for v in signal_row.values()]
+        signal_sql, signal_params = _PG_QUEUED.render(list(signal_row), [list(signal_row.values())], channel=channel)
         with autocommit_cursor(database_url) as cursor:
-            cursor.execute(f"{rows_sql};\n{signal_sql}", [*rows_params, *values, channel])
+            cursor.execute(f"{rows_sql};\n{signal_sql}", [*rows_params, *signal_params])
             return cursor.fetchone() is not None
     with get_engine(database_url).begin() as conn:
         write_new_rows(conn, symbol, timeframe, rows, version=version, computed_at=computed_at)

@@ -7,9 +7,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, insert, select, tuple_
 
-from mt5_pipeline.clock import as_utc
+from mt5_pipeline.storage.dialect import RowsInsert
 from mt5_pipeline.storage.engine import autocommit_cursor, get_engine, is_postgres
 from mt5_pipeline.storage.schema import live_decisions, live_workers
+
+_PG_INSERT = RowsInsert(live_decisions)
 
 
 def record(database_url: str, rows: list[dict]) -> None:
@@ -21,9 +23,7 @@ def record(database_url: str, rows: list[dict]) -> None:
         return
     if is_postgres(database_url):
         names = list(rows[0])
-        one = "(" + ", ".join(["%s"] * len(names)) + ")"
-        statement = f"INSERT INTO {live_decisions.name} ({', '.join(names)}) VALUES {', '.join([one] * len(rows))}"
-        params = [as_utc(v) if isinstance(v, datetime) else v for row in rows for v in (row[n] for n in names)]
+        statement, params = _PG_INSERT.render(names, [[row[n] for n in names] for row in rows])
         with autocommit_cursor(database_url) as cursor:
             cursor.execute(statement, params)
         return

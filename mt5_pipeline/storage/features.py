@@ -34,6 +34,7 @@ from mt5_pipeline.storage.bulk import (
     pg_connection,
     write_frame,
 )
+from mt5_pipeline.storage.dialect import RowsInsert
 from mt5_pipeline.storage.engine import get_engine, is_postgres
 from mt5_pipeline.storage.schema import candles, features_m1
 
@@ -272,7 +273,7 @@ def _writer_key(symbol: str, timeframe: str) -> str:
 
 
 _PG_DELETE_FROM = "DELETE FROM features_m1 WHERE symbol = %s AND timeframe = %s AND ts >= %s"
-_PG_INSERT = f"INSERT INTO features_m1 ({', '.join(_WRITE_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_WRITE_COLUMNS))})"
+_PG_INSERT = RowsInsert(features_m1)
 
 
 def write_new_rows(
@@ -303,7 +304,8 @@ def write_new_rows(
             conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (_writer_key(symbol, timeframe),))
         conn.exec_driver_sql(_PG_DELETE_FROM, (symbol, timeframe, rows.ts[0]))
-        conn.exec_driver_sql(_PG_INSERT, values[0] if len(values) == 1 else values)
+        insert_sql, params = _PG_INSERT.render(_WRITE_COLUMNS, values)
+        conn.exec_driver_sql(insert_sql, tuple(params))  # a tuple: one parameter set (a list is many)
         return
     f = features_m1.c
     conn.execute(delete(features_m1).where(f.symbol == symbol, f.timeframe == timeframe, f.ts >= rows.ts[0]))
@@ -338,16 +340,9 @@ def new_rows_sql(
     for a caller that sends them in one round trip with what commits with them (the live
     worker's bar write: these rows and the bar's signal, one implicit transaction)."""
     values = _new_row_values(symbol, timeframe, rows, version=version, computed_at=computed_at)
-    one_row = "(" + ", ".join(["%s"] * len(_WRITE_COLUMNS)) + ")"
-    statements = (
-        "SELECT pg_advisory_xact_lock(hashtext(%s));\n"
-        f"{_PG_DELETE_FROM};\n"
-        f"INSERT INTO features_m1 ({', '.join(_WRITE_COLUMNS)}) VALUES {', '.join([one_row] * len(values))}"
-    )
-    params: list[Any] = [_writer_key(symbol, timeframe), symbol, timeframe, rows.ts[0]]
-    for row in values:
-        params.extend(row)
-    return statements, params
+    insert_sql, insert_params = _PG_INSERT.render(_WRITE_COLUMNS, values)
+    statements = f"SELECT pg_advisory_xact_lock(hashtext(%s));\n{_PG_DELETE_FROM};\n{insert_sql}"
+    return statements, [_writer_key(symbol, timeframe), symbol, timeframe, rows.ts[0], *insert_params]
 
 
 def _delete_orphans(database_url: str, symbol: str, timeframe: str) -> int:

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from mt5_pipeline.storage.engine import autocommit_cursor, get_engine
+from mt5_pipeline.storage.engine import autocommit, autocommit_cursor, get_engine
 
 
 def test_statements_sent_together_commit_or_fail_together(pg_url):
@@ -31,9 +31,15 @@ def test_statements_sent_together_commit_or_fail_together(pg_url):
 
 
 def test_a_connection_the_server_dropped_is_not_lent_again(pg_url):
-    with pytest.raises(OperationalError):
-        with autocommit_cursor(pg_url) as cursor:
-            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    with get_engine(pg_url).connect() as conn:
+        with pytest.raises(OperationalError):
+            with autocommit(conn) as cursor:
+                cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        # Invalidated by autocommit itself, not only by the pool's failed reset at check-in:
+        # the caller still holding the connection gets a new one on its next statement.
+        assert conn.invalidated
+        assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+        conn.commit()
     for _ in range(6):  # more than the pool holds
         with autocommit_cursor(pg_url) as cursor:
             cursor.execute("SELECT 1")

@@ -20,11 +20,6 @@ from mt5_pipeline_tests import ROOT
 PACKAGE = ROOT / "mt5_pipeline"
 STORAGE = PACKAGE / "storage"
 
-WHY_PUSH = (
-    "issue 21's one-round-trip push statements (storage.dialect.DriverStatement) are chosen beside "
-    "their SQLite form here; to move behind storage/ (a debt of 2026-12-06, named in that stop's closing note)"
-)
-
 # (module, finding) -> why it may stay outside storage.
 ALLOWED = {
     (
@@ -32,13 +27,6 @@ ALLOWED = {
         "imports psycopg2",
     ): "the API shell (another change's) maps a lost connection to 503 by the drivers' exception classes",
     ("mt5_pipeline/api/errors.py", "imports psycopg"): "the same outage check, for psycopg 3",
-    ("mt5_pipeline/delivery/breaker.py", "compares with a backend name"): WHY_PUSH,
-    ("mt5_pipeline/delivery/breaker.py", "reads dialect.name"): WHY_PUSH,
-    ("mt5_pipeline/signals/queue.py", "compares with a backend name"): WHY_PUSH,
-    ("mt5_pipeline/signals/queue.py", "reads dialect.name"): WHY_PUSH,
-    ("mt5_pipeline/signals/queue.py", "writes PostgreSQL-only SQL"): WHY_PUSH,
-    ("mt5_pipeline/signals/queue_marks.py", "compares with a backend name"): WHY_PUSH,
-    ("mt5_pipeline/signals/queue_marks.py", "reads dialect.name"): WHY_PUSH,
 }
 
 DRIVERS = ("psycopg2", "psycopg")

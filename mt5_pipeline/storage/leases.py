@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import and_, delete, func, or_, select, update
 
 from mt5_pipeline.storage.dialect import insert_on_conflict
-from mt5_pipeline.storage.engine import get_engine
+from mt5_pipeline.storage.engine import autocommit_cursor, get_engine
 from mt5_pipeline.storage.schema import live_leases, live_workers
 
 Series = tuple[str, str]
@@ -62,8 +62,10 @@ def keep_alive(database_url: str, worker: str, *, now: datetime, ttl: float) -> 
     c = live_leases.c
     engine = get_engine(database_url)
     if engine.dialect.name == "postgresql":
-        with engine.begin() as conn:
-            rows = conn.exec_driver_sql(_PG_KEEP_ALIVE, {"worker": worker, "now": now, "expires": expires}).all()
+        # In autocommit: one round trip, where a transaction through the engine was three.
+        with autocommit_cursor(database_url) as cursor:
+            cursor.execute(_PG_KEEP_ALIVE, {"worker": worker, "now": now, "expires": expires})
+            rows = cursor.fetchall()
         return int(rows[0][0]), {(r[2], r[3]) for r in rows if r[2] is not None}, int(rows[0][1])
     with engine.begin() as conn:
         stmt = insert_on_conflict(conn, live_workers).values(worker=worker, started_at=now, expires_at=expires)

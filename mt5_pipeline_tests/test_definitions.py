@@ -104,7 +104,8 @@ def test_workspace_yaml_loads_the_module():
     spec = yaml.safe_load((ROOT / "workspace.yaml").read_text())
     assert spec["load_from"][0]["python_module"]["module_name"] == "mt5_pipeline"
     instance = yaml.safe_load((ROOT / "dagster.yaml").read_text())
-    assert instance["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
+    for storage in ("event_log_storage", "run_storage", "schedule_storage"):
+        assert instance[storage]["config"]["postgres_db"]["scheme"] == "postgresql+psycopg2", storage
     limits = instance["run_coordinator"]["config"]["tag_concurrency_limits"]
     assert {"key": "mt5_pipeline/ea_push", "limit": 1} in limits
 
@@ -132,7 +133,9 @@ def test_production_dagster_yaml_stores_runs_in_postgres(pg_server_url, monkeypa
         return 1
 
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
-        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        from dagster_postgres.run_storage import PostgresRunStorage
+
+        assert isinstance(instance.run_storage, PostgresRunStorage)
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         result = dg.materialize([probe], instance=instance)
         assert result.success

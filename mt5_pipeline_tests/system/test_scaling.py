@@ -24,7 +24,8 @@ def test_the_docker_run_launcher_instance_is_valid_dagster_config():
     assert config["run_launcher"]["class"] == "DockerRunLauncher"
     # The storage and run queue are the production instance's.
     production = yaml.safe_load((ROOT / "dagster.yaml").read_text())
-    assert config["storage"] == production["storage"]
+    for storage in ("event_log_storage", "run_storage", "schedule_storage"):
+        assert config[storage] == production[storage], storage
     assert config["run_coordinator"] == production["run_coordinator"]
     override = yaml.safe_load((ROOT / "docker" / "docker-compose.run-launcher.yml").read_text())
     for service in ("dagster-webserver", "dagster-daemon"):

@@ -16,7 +16,8 @@ Baselines, in the same run, on the path that served live signals before the live
 above but no live worker:
 
 - "dagster daemon": the stack as deployed -- `dagster-daemon run` on PostgreSQL instance
-  storage (the repository's dagster.yaml), new_candles_sensor every 10 s, a run per
+  storage (the repository's dagster.yaml) with its code server apart (workspace.grpc.yaml),
+  new_candles_sensor every 10 s, a run per
   symbol through the QueuedRunCoordinator -- at a scale it can finish (4 symbols);
   bars that never reach the EA within 90 s count as lost.
 - "in process": the same assets materialized with `dagster.materialize` per symbol,
@@ -25,13 +26,15 @@ above but no live worker:
     python benchmarks/bench_live.py [--quick]
     python benchmarks/bench_live.py --stack [--quick]
 
-``--stack`` measures the stack as deployed *with Dagster*: ``dagster-daemon`` and
-``dagster-webserver`` on the project's dagster.yaml (PostgreSQL instance storage, the
-QueuedRunCoordinator), beside the API, two live workers sharing the series by leases,
-the pusher and the EA. 28, 100 and 300 symbols; the Dagster runs launched and the
-run-less events recorded per live bar; the workers' CPU per bar; a run where one of the
-two workers is SIGKILLed mid-way (bars decided once, takeover time); and the baseline,
-today's path: DAGSTER_LIVE_RUNS=true (a run per symbol per bar beside the worker).
+``--stack`` measures the stack as deployed *with Dagster*: the code server (``dagster
+code-server start -m mt5_pipeline``), and ``dagster-daemon`` and ``dagster-webserver``
+loading the location from it (workspace.grpc.yaml), on the project's dagster.yaml
+(PostgreSQL instance storage, the QueuedRunCoordinator), beside the API, two live
+workers sharing the series by leases, the pusher and the EA. 28, 100 and 300 symbols;
+the Dagster runs launched and the run-less events recorded per live bar; the workers'
+CPU per bar; a run where one of the two workers is SIGKILLed mid-way (bars decided once,
+takeover time); and the baseline, today's path: DAGSTER_LIVE_RUNS=true (a run per symbol
+per bar beside the worker).
 Rounds are paced ``--pace`` seconds apart (default 20 s: each round meets its own
 sensor tick, as each minute's bars do in production).
 """
@@ -52,7 +55,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -470,7 +473,7 @@ def dagster_instance_env(work: Path, url: str) -> dict[str, str]:
 
 
 def _record(argv: list[str], env: dict[str, str]) -> list[str]:
-    """A Dagster process (and the code servers it spawns) at the priority deployments give it:
+    """A Dagster process (and the runs it launches) at the priority deployments give it:
     DAGSTER_NICE, as `mt5-pipeline dev` does (the units: Nice=10; mt5_pipeline.apps.priority).
     The bench's processes share its session, so the niceness alone ranks them."""
     from mt5_pipeline.apps.priority import niced
@@ -479,31 +482,56 @@ def _record(argv: list[str], env: dict[str, str]) -> list[str]:
     return niced(argv, Settings.from_env(env, env_file=None).dagster_nice)
 
 
-def run_daemon_baseline(n_symbols: int, rounds: int, *, wait: float = 90.0) -> dict:
-    """The sensor-and-run path as deployed: dagster-daemon on PostgreSQL storage."""
+@contextmanager
+def code_server(env: dict[str, str], log: Path) -> Iterator[list[str]]:
+    """The deployments' code server (`dagster code-server start -m mt5_pipeline`, compose's
+    dagster-code-server, the unit mt5-dagster-code-server) on a free loopback port, at the
+    record's priority; ``env`` gains the address workspace.grpc.yaml reads. Yields the
+    ``-w`` arguments for the daemon and the webserver."""
+    port = _free_port()
+    env.update({"DAGSTER_CODE_SERVER_HOST": "127.0.0.1", "DAGSTER_CODE_SERVER_PORT": str(port)})
+    proc = subprocess.Popen(
+        _record([str(Path(sys.executable).with_name("dagster")), "code-server", "start", "-m", "mt5_pipeline"], env),
+        env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the code server never opened its port:\n" + log.read_text()[-3000:]) from None
+                time.sleep(0.2)
+        yield ["-w", str(ROOT / "workspace.grpc.yaml")]
+    finally:
+        stop(proc, timeout=30)
 
-    with _prepared(n_symbols, rounds, "bench_live_daemon") as (symbols, first, url, work, frames):
+
+def run_daemon_baseline(n_symbols: int, rounds: int, *, wait: float = 90.0) -> dict:
+    """The sensor-and-run path as deployed: dagster-daemon on PostgreSQL storage, its code
+    location from the code server."""
+
+    with _prepared(n_symbols, rounds, "bench_live_daemon") as (symbols, first, url, work, frames), ExitStack() as done:
         stack = Stack(url, work / "models", work, live=False)
+        done.callback(stack.close)
         env = {**stack.env, **dagster_instance_env(work, url)}
+        workspace = done.enter_context(code_server(env, work / "code-server.log"))
         daemon_log = work / "daemon.log"
         daemon = subprocess.Popen(
-            _record([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "mt5_pipeline"], env),
+            _record([str(Path(sys.executable).with_name("dagster-daemon")), "run", *workspace], env),
             env=env,
             cwd=ROOT,
             stdout=daemon_log.open("w"),
             stderr=subprocess.STDOUT,
         )
-        try:
-            # The first tick signals the history's newest bar: the daemon is then warm.
-            last_hist = _iso(first - 60)
-            if len(_wait_received(stack, last_hist, len(symbols), 180)) < len(symbols):
-                raise SystemExit(
-                    "the daemon never signalled the history's newest bar:\n" + daemon_log.read_text()[-3000:]
-                )
-            latencies, lost = _timed_rounds(stack, symbols, frames, first, rounds, wait=wait)
-        finally:
-            stop(daemon, timeout=30)
-            stack.close()
+        done.callback(stop, daemon, timeout=30)
+        # The first tick signals the history's newest bar: the daemon is then warm.
+        last_hist = _iso(first - 60)
+        if len(_wait_received(stack, last_hist, len(symbols), 180)) < len(symbols):
+            raise SystemExit("the daemon never signalled the history's newest bar:\n" + daemon_log.read_text()[-3000:])
+        latencies, lost = _timed_rounds(stack, symbols, frames, first, rounds, wait=wait)
     return {"symbols": n_symbols, "rounds": rounds, "received": len(latencies), "lost": lost, **_summary(latencies)}
 
 
@@ -540,8 +568,9 @@ def _dagster_counts(url: str) -> tuple[int, int]:
 
 
 class DagsterStack:
-    """Stack plus N live workers (`mt5-pipeline live` each, as `--scale live-signals=N`),
-    dagster-daemon and dagster-webserver on the project's dagster.yaml."""
+    """Stack plus N live workers (`mt5-pipeline live` each, as `--scale live-signals=N`), the
+    code server, and dagster-daemon and dagster-webserver loading the location from it, on
+    the project's dagster.yaml: the deployments' Dagster (docker-compose.yml, the units)."""
 
     def __init__(self, url: str, model_dir: Path, work: Path, *, workers: int, live_runs: bool) -> None:
 
@@ -571,12 +600,14 @@ class DagsterStack:
             time.sleep(0.2)
         self.daemon_log = work / "daemon.log"
         self.web_port = _free_port()
+        self.code_server = ExitStack()
+        workspace = self.code_server.enter_context(code_server(self.env, work / "code-server.log"))
         self.daemon = subprocess.Popen(
-            _record([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "mt5_pipeline"], self.env),
+            _record([str(Path(sys.executable).with_name("dagster-daemon")), "run", *workspace], self.env),
             env=self.env, cwd=ROOT, stdout=self.daemon_log.open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.web = subprocess.Popen(
-            _record([str(Path(sys.executable).with_name("dagster-webserver")), "-m", "mt5_pipeline",
+            _record([str(Path(sys.executable).with_name("dagster-webserver")), *workspace,
                      "-h", "127.0.0.1", "-p", str(self.web_port)], self.env),
             env=self.env, cwd=ROOT, stdout=(work / "webserver.log").open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -595,6 +626,7 @@ class DagsterStack:
         for proc in (self.daemon, self.web, *self.workers):
             if proc.poll() is None:
                 stop(proc, timeout=30)
+        self.code_server.close()
         self.stack.close()
 
 
@@ -878,7 +910,7 @@ def main() -> None:
     parser.add_argument(
         "--stack",
         action="store_true",
-        help="the stack as deployed with dagster-daemon and webserver (see the docstring)",
+        help="the stack as deployed with Dagster: code server, daemon and webserver (see the docstring)",
     )
     parser.add_argument("--pace", type=float, default=20.0, help="--stack: seconds between rounds")
     parser.add_argument(

@@ -1,11 +1,16 @@
 """The code location: loadable, validated by Dagster's own CLI, and the lineage we promise."""
 
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from mt5_pipeline.definitions import build_defs
 from mt5_pipeline.settings import Settings
@@ -140,3 +145,105 @@ def test_production_dagster_yaml_stores_runs_in_postgres(pg_server_url, monkeypa
         result = dg.materialize([probe], instance=instance)
         assert result.success
         assert instance.get_run_by_id(result.run_id) is not None
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """{pid: command line} of every process under ``pid``."""
+    out: dict[int, str] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        for child in map(int, children):
+            try:
+                out[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                out.update(_descendants(child))
+            except FileNotFoundError:  # a run or a probe that has already ended
+                pass
+    return out
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (Dagster stops cleanly on it), then SIGKILL the whole session if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.timeout(120)
+def test_deployments_load_the_location_from_a_running_code_server(tmp_path):
+    """workspace.grpc.yaml as the compose file and the systemd units run it: one
+    `dagster code-server start -m mt5_pipeline` serves the location, and the daemon evaluates
+    the sensors from there without a code server of its own. (With workspace.yaml's
+    python_module the daemon spawns one, and a new one after every workspace refresh.)"""
+    from mt5_pipeline.apps.servers import free_port
+    from mt5_pipeline.storage import migrate
+    from mt5_pipeline_tests.postgres_support import new_database
+
+    with new_database("mt5_codeserver") as url:
+        # Its own database: the sensors run for real and must not see other tests' rows.
+        database_url = url.render_as_string(hide_password=False)
+        migrate.upgrade(database_url)
+        shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+        port = free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "DAGSTER_HOME": str(tmp_path),
+            "DAGSTER_PG_USER": url.username or "postgres",
+            "DAGSTER_PG_PASSWORD": url.password or "",
+            "DAGSTER_PG_HOST": url.host or "127.0.0.1",
+            "DAGSTER_PG_DB": url.database or "",
+            "DAGSTER_PG_PORT": str(url.port or 5432),
+            "DAGSTER_AUTOSTART": "true",
+            # What `code-server start` binds and the workspace file dials, as in the units.
+            "DAGSTER_CODE_SERVER_HOST": "127.0.0.1",
+            "DAGSTER_CODE_SERVER_PORT": str(port),
+        }
+        bin_dir = Path(sys.executable).parent
+        server_log, daemon_log = tmp_path / "code-server.log", tmp_path / "daemon.log"
+        server = subprocess.Popen(
+            [str(bin_dir / "dagster"), "code-server", "start", "-m", "mt5_pipeline"],
+            cwd=ROOT, env=env, stdout=server_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        daemon = None
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert server.poll() is None, server_log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the code server never opened its port"
+                try:
+                    socket.create_connection(("127.0.0.1", port), 1).close()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            code = [pid for pid, cmd in _descendants(server.pid).items() if "api grpc" in cmd]
+            assert len(code) == 1, "the proxy loads the code in one child process"
+
+            daemon = subprocess.Popen(
+                [str(bin_dir / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.grpc.yaml")],
+                cwd=ROOT, env=env, stdout=daemon_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+            # A sensor evaluated: the daemon has the location, and its sensors answer.
+            deadline = time.monotonic() + 60
+            while "Sensor new_candles_sensor skipped" not in daemon_log.read_text():
+                assert daemon.poll() is None, daemon_log.read_text()[-3000:]
+                assert time.monotonic() < deadline, daemon_log.read_text()[-3000:]
+                time.sleep(0.2)
+            spawned = [cmd for cmd in _descendants(daemon.pid).values() if "api grpc" in cmd or "code-server" in cmd]
+            assert spawned == [], "the daemon started a code server of its own"
+            assert "no M1 candles ingested yet" in daemon_log.read_text()  # the sensor ran, on this database
+            # The code server answered from the process it started with.
+            assert [pid for pid, cmd in _descendants(server.pid).items() if "api grpc" in cmd] == code
+        finally:
+            if daemon is not None:
+                _stop(daemon)
+            _stop(server)

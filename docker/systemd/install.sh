@@ -5,10 +5,10 @@
 #   sudo docker/systemd/install.sh
 #
 # It creates the `mt5` system user, copies the checkout to /opt/mt5-pipeline (the units
-# run from there: the pusher from api/, Dagster reads workspace.yaml), installs the
+# run from there: the pusher from api/, Dagster reads workspace.grpc.yaml), installs the
 # project into /opt/mt5-pipeline/.venv, creates /opt/mt5-pipeline/.env from
 # .env.example (mode 600, never overwritten) and the Dagster instance folder
-# /opt/mt5-pipeline/dagster_home with the repository's dagster.yaml, and copies the five
+# /opt/mt5-pipeline/dagster_home with the repository's dagster.yaml, and copies the six
 # units to /etc/systemd/system. It starts nothing: set the configuration first (the
 # script ends by saying what). Run it again to upgrade: the code and the venv are
 # replaced, .env and the data are kept.
@@ -29,7 +29,7 @@ if [ -z "$DESTDIR" ]; then
     id mt5 >/dev/null 2>&1 || useradd --system --home-dir "$APP" --shell /usr/sbin/nologin mt5
 fi
 
-# 1. The checkout (code, workspace.yaml, dagster.yaml, the seed's scripts), without the
+# 1. The checkout (code, workspace.grpc.yaml, dagster.yaml, the seed's scripts), without the
 #    local state of the source tree.
 mkdir -p "$ROOT_DIR"
 tar -C "$SRC" --exclude=./.git --exclude=./.venv --exclude=./data --exclude=./models \
@@ -46,7 +46,7 @@ if [ ! -f "$ROOT_DIR/.env" ]; then
     chmod 600 "$ROOT_DIR/.env"
 fi
 
-# 4. The Dagster instance (DAGSTER_HOME of the two Dagster units): PostgreSQL storage
+# 4. The Dagster instance (DAGSTER_HOME of the three Dagster units): PostgreSQL storage
 #    configured from the DAGSTER_PG_* variables in .env.
 mkdir -p "$ROOT_DIR/dagster_home" "$ROOT_DIR/data" "$ROOT_DIR/models"
 cp "$ROOT_DIR/dagster.yaml" "$ROOT_DIR/dagster_home/dagster.yaml"
@@ -67,5 +67,5 @@ Installed in $ROOT_DIR. Before starting, edit $ROOT_DIR/.env:
   DAGSTER_PG_USER, DAGSTER_PG_PASSWORD, DAGSTER_PG_HOST, DAGSTER_PG_DB, DAGSTER_PG_PORT
   (uncomment them at the end; the same server and database as DATABASE_URL).
 Then:
-  sudo systemctl enable --now mt5-api mt5-live-signals mt5-ea-pusher mt5-dagster-daemon mt5-dagster-webserver
+  sudo systemctl enable --now mt5-api mt5-live-signals mt5-ea-pusher mt5-dagster-code-server mt5-dagster-daemon mt5-dagster-webserver
 MSG

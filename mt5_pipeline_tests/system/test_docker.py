@@ -5,8 +5,9 @@ a scratch directory (so a layer sees only what was copied before it, as in the i
 its ENV, and its `pip install` commands in a fresh virtual environment of the same
 Python minor version. Then each compose service that runs the image runs its command
 from that environment, in its working directory, with its environment: a real start
-against a fresh PostgreSQL database for `migrate`, `api`, `dagster-webserver` and
-`ea-pusher` (one push cycle), `--help` for the rest. With a Docker engine present,
+against a fresh PostgreSQL database for `migrate`, `api`, `dagster-code-server` with
+`dagster-webserver` loading the code location from it, and `ea-pusher` (one push cycle),
+`--help` for the rest. With a Docker engine present,
 `docker build` runs too.
 
 pip installs from the machine's configured wheels/index (pip.conf's find-links); the
@@ -266,9 +267,10 @@ def test_the_dependency_layer_installs_from_what_was_copied_before_it(image):
 
 def test_every_compose_service_of_the_image_starts(image, fresh_database):
     services = app_services()
-    assert {"migrate", "api", "dagster-webserver", "dagster-daemon", "ea-pusher", "live-signals", "ml-trainer"} <= set(
-        services
-    )
+    assert {
+        "migrate", "api", "dagster-code-server", "dagster-webserver", "dagster-daemon", "ea-pusher", "live-signals",
+        "ml-trainer",
+    } <= set(services)  # fmt: skip
     ran = []
 
     def run(name: str, extra: list[str] | None = None, **replace: str) -> subprocess.CompletedProcess:
@@ -283,11 +285,47 @@ def test_every_compose_service_of_the_image_starts(image, fresh_database):
     assert migrated.returncode == 0, migrated.stderr
     assert head_revision() in migrated.stdout
 
+    # The code server, on loopback: the webserver below loads the location from it.
+    grpc_port = str(free_port())
+    words, cwd = service_command(image, services["dagster-code-server"], **{"4000": grpc_port})
+    server_log = open(image.base / "dagster-code-server.log", "w")
+    code_server = subprocess.Popen(
+        words,
+        cwd=cwd,
+        env=service_env(image, services["dagster-code-server"], fresh_database),
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+    )
+    # The service names of compose's network are this machine's loopback here.
+    at_the_code_server = {"DAGSTER_CODE_SERVER_HOST": "127.0.0.1", "DAGSTER_CODE_SERVER_PORT": grpc_port}
+    try:
+        _serve_and_check(image, services, fresh_database, at_the_code_server)
+    finally:
+        code_server.terminate()
+        code_server.wait(timeout=60)
+        server_log.close()
+    ran += ["api", "dagster-code-server", "dagster-webserver"]
+
+    # The seed's pusher, one real cycle against the migrated database.
+    pushed = run("ea-pusher", ["--once"])
+    assert pushed.returncode == 0, pushed.stderr
+    for name in sorted(set(services) - set(ran)):
+        helped = run(name, ["--help"])
+        assert helped.returncode == 0, f"{name}: {helped.stderr[-3000:]}"
+        assert "usage" in helped.stdout.lower(), name
+
+
+LOCATIONS = "{ workspaceOrError { ... on Workspace { locationEntries { name locationOrLoadError { __typename } } } } }"
+
+
+def _serve_and_check(image: ScratchImage, services: dict, database: str, code_server_env: dict[str, str]) -> None:
+    """The API and the webserver up and answering; the webserver with the code location
+    loaded from the code server."""
     for name, ready in (("api", "/health"), ("dagster-webserver", "/server_info")):
         port = str(free_port())
         inner = "18001" if name == "api" else "3000"
         words, cwd = service_command(image, services[name], **{inner: port})
-        env = service_env(image, services[name], fresh_database)
+        env = {**service_env(image, services[name], database), **code_server_env}
         log = open(image.base / f"{name}.log", "w")
         proc = subprocess.Popen(words, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -304,19 +342,15 @@ def test_every_compose_service_of_the_image_starts(image, fresh_database):
             assert answer is not None and answer.status_code == 200, (image.base / f"{name}.log").read_text()[-4000:]
             if name == "api":
                 assert answer.json()["database"] == "ok"
+            else:
+                graphql = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": LOCATIONS}, timeout=30)
+                [entry] = graphql.json()["data"]["workspaceOrError"]["locationEntries"]
+                loaded = {"name": "mt5_pipeline", "locationOrLoadError": {"__typename": "RepositoryLocation"}}
+                assert entry == loaded, (image.base / f"{name}.log").read_text()[-4000:]
         finally:
             proc.terminate()
             proc.wait(timeout=60)
             log.close()
-        ran.append(name)
-
-    # The seed's pusher, one real cycle against the migrated database.
-    pushed = run("ea-pusher", ["--once"])
-    assert pushed.returncode == 0, pushed.stderr
-    for name in sorted(set(services) - set(ran)):
-        helped = run(name, ["--help"])
-        assert helped.returncode == 0, f"{name}: {helped.stderr[-3000:]}"
-        assert "usage" in helped.stdout.lower(), name
 
 
 def _docker_engine() -> bool:

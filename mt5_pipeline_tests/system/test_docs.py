@@ -31,6 +31,8 @@ COMPOSE = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
 INFRA_VARS = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "DAGSTER_HOME"} | {
     f"DAGSTER_PG_{k}" for k in ("USER", "PASSWORD", "HOST", "DB", "PORT")
 }
+# Dagster's own: the code server's address (`dagster code-server start` and workspace.grpc.yaml).
+INFRA_VARS |= {"DAGSTER_CODE_SERVER_HOST", "DAGSTER_CODE_SERVER_PORT"}
 INFRA_PREFIXES = ("GF_",)  # Grafana's own settings
 
 
@@ -60,6 +62,7 @@ def test_compose_has_the_services_and_the_seed_commands():
         "db",
         "migrate",
         "api",
+        "dagster-code-server",
         "dagster-webserver",
         "dagster-daemon",
         "ea-pusher",
@@ -105,6 +108,7 @@ def test_systemd_units_exist_for_every_long_running_process():
         "mt5-api.service",
         "mt5-ea-pusher.service",
         "mt5-live-signals.service",
+        "mt5-dagster-code-server.service",
         "mt5-dagster-daemon.service",
         "mt5-dagster-webserver.service",
     }
@@ -188,13 +192,41 @@ def test_compose_gives_the_record_less_cpu_weight_than_the_trade():
     # cpu_shares weighs each container's cgroup when the cores are contended (Docker's
     # default 1024): Dagster's services below the API, the live workers and the pusher.
     services = COMPOSE["services"]
-    for name in ("dagster-webserver", "dagster-daemon"):
+    for name in ("dagster-code-server", "dagster-webserver", "dagster-daemon"):
         assert 2 <= services[name]["cpu_shares"] < 1024, name
     for name in ("api", "live-signals", "ea-pusher"):
         assert services[name].get("cpu_shares", 1024) >= 1024, name
     # The merge kept everything else of the app's anchor.
     assert services["dagster-daemon"]["environment"]["MT5_ENV"] == "production"
     assert services["dagster-daemon"]["image"] == services["api"]["image"]
+
+
+def test_compose_serves_the_code_location_from_one_code_server():
+    # The daemon and the webserver load the location over gRPC from dagster-code-server,
+    # which starts first; with /app/workspace.yaml each would spawn a code server of its
+    # own, the daemon a new one every minute.
+    services = COMPOSE["services"]
+    server = services["dagster-code-server"]
+    assert server["command"] == ["dagster", "code-server", "start", "-m", "mt5_pipeline", "-h", "0.0.0.0", "-p", "4000"]
+    assert "ports" not in server, "the gRPC API has no authentication: the compose network only"
+    assert server["image"] == services["api"]["image"]
+    assert "models:/models" in server["volumes"]  # the runs it launches read and write the models
+    assert "4000" in " ".join(server["healthcheck"]["test"])
+    for name in ("dagster-webserver", "dagster-daemon"):
+        service = services[name]
+        command = service["command"]
+        assert command[command.index("-w") + 1] == "/app/workspace.grpc.yaml", name
+        assert service["depends_on"]["dagster-code-server"] == {"condition": "service_healthy"}, name
+        env = service["environment"]
+        assert (env["DAGSTER_CODE_SERVER_HOST"], env["DAGSTER_CODE_SERVER_PORT"]) == ("dagster-code-server", "4000")
+    workspace = yaml.safe_load((ROOT / "workspace.grpc.yaml").read_text())
+    [location] = workspace["load_from"]
+    assert location["grpc_server"] == {
+        "host": {"env": "DAGSTER_CODE_SERVER_HOST"},
+        "port": {"env": "DAGSTER_CODE_SERVER_PORT"},
+        "location_name": "mt5_pipeline",
+    }
+    assert "workspace.grpc.yaml" in (ROOT / "docker" / "Dockerfile").read_text()
 
 
 def test_systemd_units_run_in_production_and_dagster_on_loopback():
@@ -204,6 +236,8 @@ def test_systemd_units_run_in_production_and_dagster_on_loopback():
         line for line in SYSTEMD["mt5-dagster-webserver.service"].splitlines() if line.startswith("ExecStart=")
     )
     assert " -h 127.0.0.1 " in webserver
+    # The code server's gRPC API has no authentication either: loopback only.
+    assert "Environment=DAGSTER_CODE_SERVER_HOST=127.0.0.1" in SYSTEMD["mt5-dagster-code-server.service"]
 
 
 def test_production_page_starts_from_what_to_set():

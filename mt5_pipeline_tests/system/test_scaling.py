@@ -28,9 +28,11 @@ def test_the_docker_run_launcher_instance_is_valid_dagster_config():
         assert config[storage] == production[storage], storage
     assert config["run_coordinator"] == production["run_coordinator"]
     override = yaml.safe_load((ROOT / "docker" / "docker-compose.run-launcher.yml").read_text())
-    for service in ("dagster-webserver", "dagster-daemon"):
+    for service in ("dagster-code-server", "dagster-webserver", "dagster-daemon"):
         volumes = override["services"][service]["volumes"]
         assert "./dagster-docker.yaml:/opt/dagster/home/dagster.yaml:ro" in volumes
+    # Only what launches runs reaches the Docker engine.
+    assert not any("docker.sock" in v for v in override["services"]["dagster-code-server"]["volumes"])
 
 
 def test_a_bad_run_launcher_config_is_refused():

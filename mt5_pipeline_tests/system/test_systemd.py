@@ -51,7 +51,7 @@ def test_the_record_yields_to_the_trade():
     units = {p.stem: parse_unit(p) for p in UNITS.glob("*.service")}
     record = {name: keys for name, keys in units.items() if name.startswith("mt5-dagster-")}
     trade = {name: keys for name, keys in units.items() if name not in record}
-    assert sorted(record) == ["mt5-dagster-daemon", "mt5-dagster-webserver"]
+    assert sorted(record) == ["mt5-dagster-code-server", "mt5-dagster-daemon", "mt5-dagster-webserver"]
     assert sorted(trade) == ["mt5-api", "mt5-ea-pusher", "mt5-live-signals"]
     for name, keys in record.items():
         assert 0 < int(keys["Nice"][0]) <= 19, name
@@ -59,6 +59,27 @@ def test_the_record_yields_to_the_trade():
     for name, keys in trade.items():
         assert int(keys.get("Nice", ["0"])[0]) <= 0, name
         assert int(keys.get("CPUWeight", ["100"])[0]) >= 100, name
+
+
+def test_the_daemon_and_the_webserver_load_the_code_server_s_location():
+    # One long-running code server: the daemon and the webserver dial it through
+    # workspace.grpc.yaml, after its unit, at the address it binds (the same two variables in
+    # the three units). workspace.yaml would have each spawn its own, the daemon a new one
+    # every minute.
+    server = parse_unit(UNITS / "mt5-dagster-code-server.service")
+    [start] = server["ExecStart"]
+    assert shlex.split(start)[1:] == ["code-server", "start", "-m", "mt5_pipeline"]
+    address = {k: v for k, _, v in (a.partition("=") for a in server["Environment"]) if k.startswith("DAGSTER_CODE")}
+    assert address == {"DAGSTER_CODE_SERVER_HOST": "127.0.0.1", "DAGSTER_CODE_SERVER_PORT": "4000"}
+    assert server["Restart"] == ["always"]
+    for name in ("mt5-dagster-daemon", "mt5-dagster-webserver"):
+        keys = parse_unit(UNITS / f"{name}.service")
+        words = shlex.split(keys["ExecStart"][0])
+        assert words[words.index("-w") + 1] == f"{APP}/workspace.grpc.yaml", name
+        env = {k: v for k, _, v in (a.partition("=") for a in keys["Environment"])}
+        assert {k: env.get(k) for k in address} == address, name
+        assert "mt5-dagster-code-server.service" in keys["After"][0].split(), name
+        assert "mt5-dagster-code-server.service" in keys["Wants"][0].split(), name
 
 
 @pytest.fixture(scope="module")

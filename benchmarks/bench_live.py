@@ -851,9 +851,8 @@ def stack_main(quick: bool, pace: float, only: list[int] | None = None, baseline
             f"{kill.get('after_kill_p99_s', float('nan')) * 1000:.0f} ms"
         )
     rows: list[dict] = []
-    for n in ("28", "100", "300"):
-        if n in runs:
-            _scale_rows(rows, n, runs[n], base if n == "28" else None)
+    for n in (k for k in runs if k.isdigit()):  # --only may name any symbol count
+        _scale_rows(rows, n, runs[n], base if n == "28" else None)
     if kill is not None:
         add_row(
             rows,

@@ -93,6 +93,17 @@ class _Tail:
     watermark: datetime | None = None  # newest stamp handled; reads start TAIL_MARGIN before it
     whole: bool = False  # the tail started at the series' first bar (it held fewer than LOOKBACK_BARS)
     rows: dict[datetime, dict] = field(default_factory=dict)  # the feature rows of the newest bars computed here, by ts
+    # The digest of `seen` within a window, computed when the tail is built: after a bulk
+    # ingest `seen` holds the whole batch until the next bar, and digesting it then, on the
+    # hot path, cost more than the rest of the decision.
+    digest: tuple[TailWindow, StampDigest] | None = None
+
+    def seen_digest(self, window: TailWindow) -> StampDigest:
+        """The digest of the (open, stamp) pairs seen that :func:`read_snapshot` digests for ``window``."""
+        if self.digest is not None and self.digest[0] == window:
+            return self.digest[1]
+        since, end = window
+        return stamp_digest((ts, stamp) for ts, stamp in self.seen.items() if ts <= end and stamp >= since)
 
     def __len__(self) -> int:
         return len(self.bars["ts"])
@@ -264,6 +275,8 @@ class SeriesTails:
         if recent:
             tail.seen = {r[0]: r[-1] for r in recent}
             tail.watermark = max(r[-1] for r in recent)
+            window = TailWindow(tail.watermark - TAIL_MARGIN, tail.end)
+            tail.digest = (window, tail.seen_digest(window))
         else:
             tail.watermark = newest.source_ingested_at
         self._tails[key] = tail
@@ -279,9 +292,7 @@ class SeriesTails:
         since, end = tail.watermark - TAIL_MARGIN, tail.end
         if read is not None and read.window == (since, end):
             recent = read.rows
-            if read.known is not None and read.known != stamp_digest(
-                (ts, stamp) for ts, stamp in tail.seen.items() if ts <= end and stamp >= since
-            ):
+            if read.known is not None and read.known != tail.seen_digest(read.window):
                 return None  # the bars at or before the tail's end are not the ones it saw: a correction
         else:
             recent = candles_stamped_since(self.database_url, symbol, timeframe, since)
@@ -321,6 +332,7 @@ class SeriesTails:
         tail.watermark = max(tail.watermark, *(r[-1] for r in recent))
         floor = tail.watermark - 2 * TAIL_MARGIN
         tail.seen = {ts: stamp for ts, stamp in tail.seen.items() if stamp >= floor}
+        tail.digest = None  # of the window before: the next one is a new window over a small `seen`
         return FeatureUpdate(symbol, timeframe, len(new_rows), new_rows[-1][0], lookback, new_rows[0][0], False)
 
     # ---- storing the rows ------------------------------------------------------------------

@@ -10,6 +10,7 @@ tail see the same bars. SQLite (one process, no network) makes the three reads.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
@@ -51,11 +52,13 @@ _MICRO = timedelta(microseconds=1)
 
 def stamp_digest(pairs: Iterable[tuple[datetime, datetime]]) -> StampDigest:
     """The digest of (open, stamp) pairs, as the snapshot's SQL computes it."""
-    count = opens = stamps = both = 0
+    opens: list[int] = []
+    stamps: list[int] = []
     for ts, stamp in pairs:
-        t, s = (ts - _EPOCH) // _MICRO % _MODULUS, (stamp - _EPOCH) // _MICRO % _MODULUS
-        count, opens, stamps, both = count + 1, opens + t, stamps + s, both + t * s
-    return StampDigest(count, opens % _MODULUS, stamps % _MODULUS, both % _MODULUS)
+        opens.append((ts - _EPOCH) // _MICRO % _MODULUS)
+        stamps.append((stamp - _EPOCH) // _MICRO % _MODULUS)
+    both = sum(map(operator.mul, opens, stamps))
+    return StampDigest(len(opens), sum(opens) % _MODULUS, sum(stamps) % _MODULUS, both % _MODULUS)
 
 
 # One row per bar, or per part; `part` says which read a row answers. The symbols row

@@ -51,6 +51,20 @@ def _changed(bar: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _assert_same_features(db_url: str) -> pd.DataFrame:
+    """TAIL's feature rows are BATCH's, value for value; TAIL's rows."""
+    rows = load_feature_rows(db_url, ["TAIL", "BATCH"], usable_only=False)
+    tail = rows[rows.symbol == "TAIL"].reset_index(drop=True)
+    batch = rows[rows.symbol == "BATCH"].reset_index(drop=True)
+    assert len(tail) == len(batch)
+    assert (tail["ts"].to_numpy() == batch["ts"].to_numpy()).all()
+    for column in (*FLOAT_COLUMNS, "after_gap", "usable"):
+        assert np.array_equal(tail[column].to_numpy(), batch[column].to_numpy(), equal_nan=True), column
+    # The gap's bars and the corrected ones carry the corrected candles' features.
+    assert (tail["source_ingested_at"].to_numpy() == batch["source_ingested_at"].to_numpy()).all()
+    return tail
+
+
 def test_the_tail_gives_the_batch_features_over_a_long_series_with_corrections(db_url):
     history = generate_candles(LOOKBACK_BARS + 700 + LIVE_BARS, seed=11, with_weekends=False).reset_index(drop=True)
     ts = pd.to_datetime(history["time"] if "time" in history else history["ts"], utc=True)
@@ -72,6 +86,10 @@ def test_the_tail_gives_the_batch_features_over_a_long_series_with_corrections(d
             _post(db_url, history.iloc[[i]], now)
         if i == first_live + 20:
             _post(db_url, _changed(history.iloc[[i - 3]]), now)  # a re-sent bar inside the tail
+        if i == first_live + 21:
+            # Right after the rebuild at +20: the snapshot path compares with the digest the
+            # rebuild computed, and must still tell a re-sent bar.
+            _post(db_url, _changed(history.iloc[[i - 5]]), now)
         if i == first_live + 31:
             # Odd bars go through the snapshot (below): there the bars at or before the
             # tail's end come as a digest, which must tell this re-sent bar.
@@ -92,6 +110,10 @@ def test_the_tail_gives_the_batch_features_over_a_long_series_with_corrections(d
         else:
             tails.update("TAIL", "M1", now=now)
         update_features(db_url, "BATCH", "M1", now=now)
+        if i - first_live in (21, 22, 31, 32, 111, 112):
+            # Just after a correction: the next rebuild would mend a missed one, so the
+            # rows are compared here, not only at the end.
+            _assert_same_features(db_url)
         if i not in gap:
             # The extreme-bar guard on the tail's bars says what it says on the stored ones.
             bar = ts.iloc[i].to_pydatetime()
@@ -105,15 +127,8 @@ def test_the_tail_gives_the_batch_features_over_a_long_series_with_corrections(d
             assert unconfirmed_extreme_in(columns, "TAIL", "M1") == hold, i
             holds.append(hold)
 
-    rows = load_feature_rows(db_url, ["TAIL", "BATCH"], usable_only=False)
-    tail = rows[rows.symbol == "TAIL"].reset_index(drop=True)
-    batch = rows[rows.symbol == "BATCH"].reset_index(drop=True)
-    assert len(tail) == len(batch) == len(history)
-    assert (tail["ts"].to_numpy() == batch["ts"].to_numpy()).all()
-    for column in (*FLOAT_COLUMNS, "after_gap", "usable"):
-        assert np.array_equal(tail[column].to_numpy(), batch[column].to_numpy(), equal_nan=True), column
-    # The gap's bars and the corrected ones carry the corrected candles' features.
-    assert (tail["source_ingested_at"].to_numpy() == batch["source_ingested_at"].to_numpy()).all()
+    tail = _assert_same_features(db_url)
+    assert len(tail) == len(history)
     assert any(holds), "the spike was never held"
     # The feature row kept for the prediction is the stored one.
     newest = tails.feature_row(("TAIL", "M1"), ts.iloc[-1].to_pydatetime())

@@ -81,6 +81,22 @@ def test_compose_has_the_services_and_the_seed_commands():
     assert "healthcheck" in services["db"] and "healthcheck" in services["api"]
 
 
+def test_no_long_running_service_inherits_the_apis_health_check():
+    # The image's HEALTHCHECK asks the API's /health on its port: a container of the image
+    # that serves no API (a worker, the daemon) would be "unhealthy" for as long as it runs.
+    assert "18001/health" in (ROOT / "docker" / "Dockerfile").read_text()
+    services = COMPOSE["services"]
+    for name, service in services.items():
+        if service.get("image") != "mt5-pipeline:latest" or service.get("restart") == "no":
+            continue
+        check = service.get("healthcheck")
+        assert check is not None, f"{name} inherits the image's check of the API's /health"
+        serves_api = "serve" in " ".join(
+            service["command"] if isinstance(service["command"], list) else [service["command"]]
+        )
+        assert check.get("disable") or serves_api or "18001" not in " ".join(check["test"]), name
+
+
 def test_compose_variables_are_settings_or_infrastructure():
     known = {v.name for v in documented_variables()} | INFRA_VARS
     for name, service in COMPOSE["services"].items():

@@ -70,7 +70,12 @@ def stamp_digest(pairs: Iterable[tuple[datetime, datetime]]) -> StampDigest:
 # whether such bars are exactly the ones it has seen, so they come as one digest row.
 # After a bulk ingest (the history an EA posts at its start) they were every bar of the
 # batch for a minute, and reading them at the next bar close was most of its CPU.
-_US = "(extract(epoch FROM {0}) * 1000000)::numeric %% {1}".format
+# A time in whole microseconds since the epoch, exactly on any PostgreSQL: before 14,
+# extract() returns float8, whose epoch seconds lose the last microsecond digit.
+_US = (
+    "((extract(epoch FROM date_trunc('second', {0}))::bigint * 1000000"
+    " + extract(microseconds FROM {0})::bigint %% 1000000)::numeric %% {1})"
+).format
 _PG_SNAPSHOT = f"""
 (SELECT 0 AS part, ts, NULL::float8, NULL::float8, NULL::float8, NULL::float8, NULL::bigint, NULL::int,
         NULL::bigint, ingested_at

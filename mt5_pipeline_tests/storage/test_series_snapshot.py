@@ -57,7 +57,7 @@ def test_a_series_without_bars_or_instrument(db_url):
 def test_bars_the_tail_knows_come_as_a_digest(db_url):
     bars = generate_candles(12, seed=3, with_weekends=False).reset_index(drop=True)
     ts = _times(bars)
-    now = ts.iloc[11].to_pydatetime() + timedelta(seconds=61)
+    now = ts.iloc[11].to_pydatetime() + timedelta(seconds=61, microseconds=999_999)  # every digit counts
     ingest_candles(db_url, "USDJPY", "M1", bars, now=now, max_jump=None)
     since = now - timedelta(hours=1)
     known = ts.iloc[8].to_pydatetime()
@@ -72,7 +72,7 @@ def test_bars_the_tail_knows_come_as_a_digest(db_url):
     assert len(seen) == 9 and snapshot.known == stamp_digest(seen)
     # A bar re-sent (a correction: a new stamp) changes the digest; the other bars' pairs
     # digest the same as before.
-    later = now + timedelta(seconds=5)
+    later = now + timedelta(seconds=5, microseconds=3)
     resent = bars.iloc[[4]].assign(tick_volume=bars["tick_volume"].iloc[4] + 1)
     ingest_candles(db_url, "USDJPY", "M1", resent, now=later)
     again = read_snapshot(db_url, "USDJPY", "M1", since, known=known)

@@ -54,31 +54,21 @@ def _arguments(inst_data: ConfigurableClassData | None, config_value: Mapping[st
     }
 
 
-class PooledPostgresEventLogStorage(PostgresEventLogStorage):
+class _KeepsConnections:
+    """``from_config_value`` as dagster-postgres's, then the pool (see the module)."""
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]) -> Any:
+        return _pooled(cls(**_arguments(inst_data, config_value)))  # type: ignore[type-var]
+
+
+class PooledPostgresEventLogStorage(_KeepsConnections, PostgresEventLogStorage):
     """:class:`PostgresEventLogStorage` with its connections kept (see the module)."""
 
-    @classmethod
-    def from_config_value(
-        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> PooledPostgresEventLogStorage:
-        return _pooled(cls(**_arguments(inst_data, config_value)))
 
-
-class PooledPostgresRunStorage(PostgresRunStorage):
+class PooledPostgresRunStorage(_KeepsConnections, PostgresRunStorage):
     """:class:`PostgresRunStorage` with its connections kept (see the module)."""
 
-    @classmethod
-    def from_config_value(
-        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> PooledPostgresRunStorage:
-        return _pooled(cls(**_arguments(inst_data, config_value)))
 
-
-class PooledPostgresScheduleStorage(PostgresScheduleStorage):
+class PooledPostgresScheduleStorage(_KeepsConnections, PostgresScheduleStorage):
     """:class:`PostgresScheduleStorage` with its connections kept (see the module)."""
-
-    @classmethod
-    def from_config_value(
-        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> PooledPostgresScheduleStorage:
-        return _pooled(cls(**_arguments(inst_data, config_value)))

@@ -144,6 +144,14 @@ def materialize_graph(settings: Settings, say: Callable[[str], None]) -> dict:
             result = run("predict_job", symbol)
             materialization = [m for m in result.asset_materializations_for_node("signals")]
             meta = materialization[-1].metadata if materialization else {}
+            if "retry_at" in meta:
+                # Training ran past a minute's end: the newest bar (forming when the sample
+                # was made) has closed and waits for its final version until the grace ends,
+                # as in live trading. Then it is decided from the version stored.
+                _sleep_until(str(meta["retry_at"].value))
+                result = run("predict_job", symbol)
+                materialization = [m for m in result.asset_materializations_for_node("signals")]
+                meta = materialization[-1].metadata if materialization else {}
             decisions[symbol] = (
                 meta["decision"].value if "decision" in meta else "?",
                 meta["why"].value if "why" in meta else "",

@@ -321,6 +321,8 @@ def build_signals_asset(
             metadata["probability"] = float(result.probability)
         if result.confidence is not None:
             metadata["confidence"] = float(result.confidence)
+        if result.figures and "retry_at" in result.figures:  # not_ready: when the bar is decided anyway
+            metadata["retry_at"] = str(result.figures["retry_at"])
         metadata.update(drift_metadata(context, settings, context.partition_key, timeframe, "signals"))
         if result.signal:
             metadata["signal_id"] = result.signal.signal_id

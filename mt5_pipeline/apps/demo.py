@@ -148,6 +148,7 @@ def materialize_graph(settings: Settings, say: Callable[[str], None]) -> dict:
                 # Training ran past a minute's end: the newest bar (forming when the sample
                 # was made) has closed and waits for its final version until the grace ends,
                 # as in live trading. Then it is decided from the version stored.
+                say(f"signals[{symbol}]: not_ready - the minute ended; asking again at {meta['retry_at'].value}")
                 _sleep_until(str(meta["retry_at"].value))
                 result = run("predict_job", symbol)
                 materialization = [m for m in result.asset_materializations_for_node("signals")]

@@ -4,8 +4,8 @@ dagster-postgres opens a new PostgreSQL connection for every statement outside t
 webserver (a NullPool, so that short-lived run processes hold nothing open). The daemon
 is long-lived, and it records each live bar run-less: three asset events a bar, each
 several connections, each a new PostgreSQL backend forked, authenticated and warmed --
-measured, 2.7 ms of the daemon's CPU and 21 ms of wall time per event, against 1.0 ms and
-4.5 ms with the connection kept. On a machine that also runs the live path that was
+measured, 2.7 ms of the daemon's CPU and 21 ms of wall time per event, against 0.9 ms and
+1.7 ms with the connections kept as here. On a machine that also runs the live path that was
 CPU taken from the trade. These classes are dagster-postgres's own, configured the way
 it configures itself in the webserver (``optimize_for_webserver``): a small pool per
 storage, a connection checked before it is lent (a PostgreSQL restart costs a reconnect,

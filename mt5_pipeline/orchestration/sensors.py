@@ -34,8 +34,8 @@ DECISIONS_PER_TICK = 5000
 DECISIONS_KEPT = timedelta(days=1)
 # The record yields to the trade: a tick that lands while the live worker is deciding a bar
 # close (its newest decision this recent) records nothing and leaves it all to the next
-# tick, so the events' writes (several statements and a new PostgreSQL connection each)
-# do not compete with the signals still on their way. At most this many ticks in a row.
+# tick, so the events' writes (several statements each) do not compete with the signals
+# still on their way. At most this many ticks in a row.
 RECORD_QUIET = timedelta(seconds=2)
 RECORD_DEFERRED_TICKS = 3
 

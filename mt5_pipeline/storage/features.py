@@ -298,15 +298,13 @@ def write_new_rows(
     """
     if not rows.ts:
         return
-    values = _new_row_values(symbol, timeframe, rows, version=version, computed_at=computed_at)
     if conn.dialect.name == "postgresql":
         if alone:
             conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (_writer_key(symbol, timeframe),))
-        conn.exec_driver_sql(_PG_DELETE_FROM, (symbol, timeframe, rows.ts[0]))
-        insert_sql, params = _PG_INSERT.render(_WRITE_COLUMNS, values)
-        conn.exec_driver_sql(insert_sql, tuple(params))  # a tuple: one parameter set (a list is many)
+        statements, params = new_rows_sql(symbol, timeframe, rows, version=version, computed_at=computed_at)
+        conn.exec_driver_sql(statements, tuple(params))  # a tuple: one parameter set (a list is many)
         return
+    values = _new_row_values(symbol, timeframe, rows, version=version, computed_at=computed_at)
     f = features_m1.c
     conn.execute(delete(features_m1).where(f.symbol == symbol, f.timeframe == timeframe, f.ts >= rows.ts[0]))
     conn.execute(insert(features_m1), [dict(zip(_WRITE_COLUMNS, v, strict=True)) for v in values])
